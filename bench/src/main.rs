@@ -1,0 +1,28 @@
+//! `dsrgate-bench`: benchmarks that print human-readable tables, or JSON with `--json`.
+
+use clap::Parser;
+
+mod maglev;
+mod pipeline;
+
+#[derive(Parser)]
+#[command(name = "dsrgate-bench", about = "dsrgate benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Maglev table build time, balance and disruption.
+    Maglev(maglev::Args),
+    /// Per-packet cost of the pipeline for hot and cold flows, SYNs and passes.
+    Pipeline(pipeline::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Maglev(a) => maglev::run(a),
+        Cmd::Pipeline(a) => pipeline::run(a),
+    }
+}

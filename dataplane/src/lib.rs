@@ -1,0 +1,16 @@
+//! dsrgate's packet path.
+//!
+//! A frame's way through this crate: [`xsk`] receives it, [`pipeline`] turns it into a
+//! verdict using [`wire`] views, the per-worker [`flow`] table and the [`maglev`] tables
+//! held in an immutable [`snapshot`], and [`xsk`] transmits it. [`bpf`] holds the XDP
+//! programs (steering on the gateway, decapsulation on nodes) and their loader.
+//!
+//! `wire`, `maglev`, `flow`, `snapshot` and `pipeline` are pure: no sockets, threads or clocks.
+
+pub mod bpf;
+pub mod flow;
+pub mod maglev;
+pub mod pipeline;
+pub mod snapshot;
+pub mod wire;
+pub mod xsk;
