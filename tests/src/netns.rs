@@ -505,7 +505,7 @@ impl Topology {
         }
         for b in &self.bridges {
             let ns = net.ns(&b.ns);
-            ns.ip(&["link", "add", &b.name, "type", "bridge"])?;
+            ns.ip(&["link", "add", "name", &b.name, "type", "bridge"])?;
             if let Some(mtu) = b.mtu {
                 ns.ip(&["link", "set", "dev", &b.name, "mtu", &mtu.to_string()])?;
             }
@@ -555,7 +555,7 @@ impl Topology {
         }
         args.extend(
             [
-                "link", "add", &a_name, "type", "veth", "peer", "name", &b_name,
+                "link", "add", "name", &a_name, "type", "veth", "peer", "name", &b_name,
             ]
             .map(String::from),
         );
