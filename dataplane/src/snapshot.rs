@@ -1,1 +1,632 @@
-//! (in progress)
+//! The immutable configuration the workers read: VIPs, their Maglev tables, next hops, MTU.
+//!
+//! The control plane builds a [`Snapshot`] from a [`SnapshotConfig`] off the hot path
+//! ([`Snapshot::new`] does every expensive step: validation, Maglev builds, the VIP hash
+//! table) and publishes it; a worker loads it once per batch and only reads it.
+//!
+//! Indices: VIP `i` is `config.vips[i]`; its backends occupy the flat slots
+//! `vip(i).backends()`, in the order of [`MaglevTable::backends`] (sorted by address). The
+//! workers' per-VIP and per-backend counters use these indices, so a publisher that wants
+//! counters to stay comparable across generations keeps the VIP order stable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+
+use crate::maglev::{self, Backend, MaglevTable};
+
+/// Transport protocol of a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+/// A virtual service: address, protocol, port (never 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: IpAddr,
+    pub proto: Proto,
+    pub port: u16,
+}
+
+impl fmt::Display for VipKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{p}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{p}", self.port),
+        }
+    }
+}
+
+/// Which fields of a packet pick its backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HashMode {
+    /// Source and destination address and port, and protocol: connections spread.
+    #[default]
+    FiveTuple,
+    /// Source and destination address and protocol (the source port is ignored): all of a
+    /// client's connections to this VIP go to one backend.
+    ThreeTuple,
+}
+
+/// How packets for a VIP are carried to the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Encap {
+    /// Plain IP-in-IP: IPv4-in-IPv4, IPv6-in-IPv6 or IPv4-in-IPv6 by the backend's family.
+    #[default]
+    IpIp,
+    /// IP in GUE (UDP to `port`, then the 4-byte GUE header), for networks that only ECMP
+    /// or pass UDP.
+    Gue { port: u16 },
+}
+
+/// One backend of a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub addr: IpAddr,
+    /// Relative share of new flows; 0 means draining (no new flows, existing flows stay).
+    pub weight: u32,
+}
+
+/// One VIP and its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipConfig {
+    pub key: VipKey,
+    pub backends: Vec<BackendConfig>,
+    pub hash: HashMode,
+    pub encap: Encap,
+}
+
+/// An outer-source prefix: the high `len` bits come from `addr`, the rest from the flow hash,
+/// so a backend's RSS spreads flows over its queues. `len` 32 (or 128) is a single address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePrefix<A> {
+    pub addr: A,
+    pub len: u8,
+}
+
+/// Everything a snapshot is built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Identifies this snapshot; the publisher increments it on every change.
+    pub generation: u64,
+    pub vips: Vec<VipConfig>,
+    /// Maglev table size M (a prime); [`maglev::DEFAULT_TABLE_SIZE`] by default.
+    pub maglev_size: u32,
+    /// Seed of the Maglev permutations. Every gateway announcing the same VIPs must use the
+    /// same value, or they pick different backends for one flow.
+    pub maglev_seed: u64,
+    /// Seed of the flow hash (which picks the Maglev slot). Same rule as `maglev_seed`.
+    pub hash_seed: u64,
+    /// Largest outer packet (IP header included) the path to the nodes carries.
+    pub tunnel_mtu: u16,
+    /// Outer source for IPv4 tunnels; required if any backend is IPv4.
+    pub outer_src_v4: Option<SourcePrefix<Ipv4Addr>>,
+    /// Outer source for IPv6 tunnels; required if any backend is IPv6.
+    pub outer_src_v6: Option<SourcePrefix<Ipv6Addr>>,
+    /// Source MAC of frames sent toward the nodes.
+    pub local_mac: [u8; 6],
+    /// Next-hop MAC per backend address, as resolved by the control side. A backend with no
+    /// entry is unresolved: packets for it are dropped and counted.
+    pub next_hops: HashMap<IpAddr, [u8; 6]>,
+    /// 802.1Q VLAN ID of frames sent toward the nodes; `None` sends them untagged.
+    pub egress_vlan: Option<u16>,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            generation: 0,
+            vips: Vec::new(),
+            maglev_size: maglev::DEFAULT_TABLE_SIZE,
+            maglev_seed: 0,
+            hash_seed: 0,
+            tunnel_mtu: 1500,
+            outer_src_v4: None,
+            outer_src_v6: None,
+            local_mac: [0; 6],
+            next_hops: HashMap::new(),
+            egress_vlan: None,
+        }
+    }
+}
+
+/// Why a configuration cannot become a snapshot. Each names the offending field or VIP.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("vip {0}: port 0 is not a valid service port")]
+    PortZero(VipKey),
+    #[error("vip {0}: address must be unicast")]
+    BadVipAddr(VipKey),
+    #[error("vip {0} is configured twice")]
+    DuplicateVip(VipKey),
+    #[error("vip {vip}: backend {addr} is listed twice")]
+    DuplicateBackend { vip: VipKey, addr: IpAddr },
+    #[error(
+        "vip {vip}: backend {addr} is IPv4 but the vip is IPv6 (IPv6-in-IPv4 is not supported)"
+    )]
+    FamilyMismatch { vip: VipKey, addr: IpAddr },
+    #[error("vip {vip}: maglev: {msg}")]
+    Maglev { vip: VipKey, msg: String },
+    #[error("outer_src_v4 is required: vip {0} has an IPv4 backend")]
+    NoOuterSrcV4(VipKey),
+    #[error("outer_src_v6 is required: vip {0} has an IPv6 backend")]
+    NoOuterSrcV6(VipKey),
+    #[error("outer_src_{family}: prefix length {len} is out of range")]
+    BadPrefix { family: &'static str, len: u8 },
+    #[error("tunnel_mtu {mtu}: after {overhead} bytes of encapsulation an inner {family} packet would be below its minimum MTU {min}")]
+    MtuTooSmall {
+        mtu: u16,
+        overhead: u16,
+        family: &'static str,
+        min: u16,
+    },
+    #[error("egress_vlan {0}: must be 1..=4094")]
+    BadVlan(u16),
+    #[error("gue port 0 on vip {0}")]
+    GuePortZero(VipKey),
+    #[error("too many vips or backends ({0}); the limit is 2^31")]
+    TooMany(usize),
+}
+
+/// A backend slot, flat over all VIPs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSlot {
+    /// The node address, IPv4-mapped if IPv4.
+    pub addr: [u8; 16],
+    pub is_v4: bool,
+    pub weight: u32,
+    /// Resolved next-hop MAC, or `None` while unresolved.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// One VIP inside a snapshot.
+pub struct Vip {
+    pub key: VipKey,
+    pub hash: HashMode,
+    pub encap: Encap,
+    maglev: MaglevTable,
+    backends: Range<u32>,
+}
+
+impl Vip {
+    /// Its flat backend slots in the snapshot, in Maglev index order.
+    pub fn backends(&self) -> Range<u32> {
+        self.backends.clone()
+    }
+
+    pub fn maglev(&self) -> &MaglevTable {
+        &self.maglev
+    }
+}
+
+/// An outer source prefix as masks over the address bits.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SrcBits {
+    pub(crate) base: u128,
+    pub(crate) host_mask: u128,
+}
+
+impl SrcBits {
+    /// The source address for a flow hash. For IPv4 prefixes with more than two addresses
+    /// the all-zeros and all-ones host parts (network and broadcast) are avoided, since
+    /// receivers drop those as martians.
+    #[inline]
+    pub(crate) fn pick(&self, hash: u64, v4: bool) -> u128 {
+        let spread = (hash as u128) | ((hash.rotate_left(32) as u128) << 64);
+        let mut host = spread & self.host_mask;
+        if v4 && self.host_mask > 1 {
+            if host == 0 {
+                host = 1;
+            } else if host == self.host_mask {
+                host -= 1;
+            }
+        }
+        self.base | host
+    }
+}
+
+/// The VIP lookup table: open addressing over (address, protocol, port).
+#[derive(Clone, Copy, Default)]
+struct VipSlot {
+    addr: [u8; 16],
+    port: u16,
+    proto: u8,
+    used: bool,
+    vip: u32,
+}
+
+/// Protocol value marking an "address is a VIP address" entry (port 0).
+const ANY_PROTO: u8 = 0;
+
+/// The immutable configuration a worker reads. See the module docs.
+pub struct Snapshot {
+    generation: u64,
+    vips: Vec<Vip>,
+    backends: Vec<BackendSlot>,
+    table: Box<[VipSlot]>,
+    table_mask: usize,
+    pub(crate) hash_seed: u64,
+    pub(crate) tunnel_mtu: u16,
+    pub(crate) src_v4: SrcBits,
+    pub(crate) src_v6: SrcBits,
+    pub(crate) local_mac: [u8; 6],
+    pub(crate) egress_vlan: Option<u16>,
+}
+
+/// Bytes one encapsulation adds in front of the inner IP packet, not counting Ethernet.
+pub(crate) fn encap_overhead(outer_v6: bool, encap: Encap) -> usize {
+    let ip = if outer_v6 { 40 } else { 20 };
+    match encap {
+        Encap::IpIp => ip,
+        Encap::Gue { .. } => ip + crate::wire::UDP_HEADER_LEN + crate::wire::gue::HEADER_LEN,
+    }
+}
+
+pub(crate) fn mapped(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+#[inline]
+fn slot_hash(addr: &[u8; 16], proto: u8, port: u16) -> u64 {
+    let a = u64::from_le_bytes(addr[0..8].try_into().unwrap_or_default());
+    let b = u64::from_le_bytes(addr[8..16].try_into().unwrap_or_default());
+    let x = a ^ b.rotate_left(23) ^ (u64::from(port) << 8 | u64::from(proto)).rotate_left(47);
+    crate::flow::fold_mul(x ^ 0x9e37_79b9_7f4a_7c15, 0xbf58_476d_1ce4_e5b9)
+}
+
+fn src_bits<const BITS: u32>(
+    p: Option<(u128, u8)>,
+    family: &'static str,
+) -> Result<SrcBits, SnapshotError> {
+    let Some((addr, len)) = p else {
+        return Ok(SrcBits::default());
+    };
+    if u32::from(len) > BITS || len == 0 {
+        return Err(SnapshotError::BadPrefix { family, len });
+    }
+    let host_bits = BITS - u32::from(len);
+    let host_mask = if host_bits == 0 {
+        0
+    } else {
+        u128::MAX >> (128 - host_bits)
+    };
+    let base = if BITS == 32 {
+        // IPv4 is stored v4-mapped: ::ffff:a.b.c.d.
+        (0xffffu128 << 32) | (addr & !host_mask)
+    } else {
+        addr & !host_mask
+    };
+    Ok(SrcBits { base, host_mask })
+}
+
+impl Snapshot {
+    /// Validates `cfg` and builds everything the workers need. Errors name the field or VIP.
+    pub fn new(cfg: &SnapshotConfig) -> Result<Snapshot, SnapshotError> {
+        if let Some(v) = cfg.egress_vlan {
+            if v == 0 || v >= 4095 {
+                return Err(SnapshotError::BadVlan(v));
+            }
+        }
+        let src_v4 = src_bits::<32>(
+            cfg.outer_src_v4
+                .map(|p| (u128::from(u32::from(p.addr)), p.len)),
+            "v4",
+        )?;
+        let src_v6 = src_bits::<128>(cfg.outer_src_v6.map(|p| (u128::from(p.addr), p.len)), "v6")?;
+        let total_backends: usize = cfg.vips.iter().map(|v| v.backends.len()).sum();
+        for n in [cfg.vips.len(), total_backends] {
+            if n > i32::MAX as usize {
+                return Err(SnapshotError::TooMany(n));
+            }
+        }
+
+        let mut vips = Vec::with_capacity(cfg.vips.len());
+        let mut backends = Vec::with_capacity(total_backends);
+        let mut seen = HashMap::new();
+        for (i, v) in cfg.vips.iter().enumerate() {
+            let key = v.key;
+            if key.port == 0 {
+                return Err(SnapshotError::PortZero(key));
+            }
+            let unicast = match key.addr {
+                IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
+                IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
+            };
+            if !unicast {
+                return Err(SnapshotError::BadVipAddr(key));
+            }
+            if seen.insert(key, i).is_some() {
+                return Err(SnapshotError::DuplicateVip(key));
+            }
+            if let Encap::Gue { port: 0 } = v.encap {
+                return Err(SnapshotError::GuePortZero(key));
+            }
+            let mut list = Vec::with_capacity(v.backends.len());
+            for b in &v.backends {
+                if key.addr.is_ipv6() && b.addr.is_ipv4() {
+                    return Err(SnapshotError::FamilyMismatch {
+                        vip: key,
+                        addr: b.addr,
+                    });
+                }
+                if b.addr.is_ipv4() && cfg.outer_src_v4.is_none() {
+                    return Err(SnapshotError::NoOuterSrcV4(key));
+                }
+                if b.addr.is_ipv6() && cfg.outer_src_v6.is_none() {
+                    return Err(SnapshotError::NoOuterSrcV6(key));
+                }
+                if list.iter().any(|x: &Backend| x.addr == b.addr) {
+                    return Err(SnapshotError::DuplicateBackend {
+                        vip: key,
+                        addr: b.addr,
+                    });
+                }
+                list.push(Backend {
+                    addr: b.addr,
+                    weight: b.weight,
+                });
+                check_mtu(
+                    cfg.tunnel_mtu,
+                    key.addr.is_ipv6(),
+                    b.addr.is_ipv6(),
+                    v.encap,
+                )?;
+            }
+            let table =
+                MaglevTable::build(&list, cfg.maglev_size, cfg.maglev_seed).map_err(|e| {
+                    SnapshotError::Maglev {
+                        vip: key,
+                        msg: e.to_string(),
+                    }
+                })?;
+            let start = backends.len() as u32;
+            for b in table.backends() {
+                backends.push(BackendSlot {
+                    addr: mapped(b.addr),
+                    is_v4: b.addr.is_ipv4(),
+                    weight: b.weight,
+                    mac: cfg.next_hops.get(&b.addr).copied(),
+                });
+            }
+            vips.push(Vip {
+                key,
+                hash: v.hash,
+                encap: v.encap,
+                maglev: table,
+                backends: start..backends.len() as u32,
+            });
+        }
+
+        // Entries: every VIP; per (address, protocol) the lowest-port VIP under port 0, the
+        // "fragment VIP" that all fragments use (they carry no ports); per address one
+        // ANY_PROTO entry that marks it a VIP address.
+        let mut entries: Vec<([u8; 16], u8, u16, u32)> = Vec::new();
+        let mut frag: HashMap<([u8; 16], u8), (u16, u32)> = HashMap::new();
+        let mut addrs: HashMap<[u8; 16], u32> = HashMap::new();
+        for (i, v) in vips.iter().enumerate() {
+            let a = mapped(v.key.addr);
+            let p = v.key.proto.number();
+            entries.push((a, p, v.key.port, i as u32));
+            let f = frag.entry((a, p)).or_insert((v.key.port, i as u32));
+            if v.key.port < f.0 {
+                *f = (v.key.port, i as u32);
+            }
+            addrs.entry(a).or_insert(i as u32);
+        }
+        entries.extend(frag.into_iter().map(|((a, p), (_, i))| (a, p, 0, i)));
+        entries.extend(addrs.into_iter().map(|(a, i)| (a, ANY_PROTO, 0, i)));
+        let size = (entries.len() * 2).next_power_of_two().max(16);
+        let mut table = vec![VipSlot::default(); size].into_boxed_slice();
+        let mask = size - 1;
+        for (addr, proto, port, vip) in entries {
+            let mut i = slot_hash(&addr, proto, port) as usize & mask;
+            while table[i].used {
+                i = (i + 1) & mask;
+            }
+            table[i] = VipSlot {
+                addr,
+                port,
+                proto,
+                used: true,
+                vip,
+            };
+        }
+
+        Ok(Snapshot {
+            generation: cfg.generation,
+            vips,
+            backends,
+            table,
+            table_mask: mask,
+            hash_seed: cfg.hash_seed,
+            tunnel_mtu: cfg.tunnel_mtu,
+            src_v4,
+            src_v6,
+            local_mac: cfg.local_mac,
+            egress_vlan: cfg.egress_vlan,
+        })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// VIPs in configuration order (the index used by per-VIP counters).
+    pub fn vips(&self) -> &[Vip] {
+        &self.vips
+    }
+
+    /// Backend slots, flat over all VIPs (the index used by per-backend counters).
+    pub fn backends(&self) -> &[BackendSlot] {
+        &self.backends
+    }
+
+    /// The index of the VIP for (address, protocol number, port). Port 0 asks for the VIP
+    /// that fragments to (address, protocol) use: the one with the lowest port.
+    #[inline]
+    pub fn lookup_vip(&self, addr: &[u8; 16], proto: u8, port: u16) -> Option<u32> {
+        let mut i = slot_hash(addr, proto, port) as usize & self.table_mask;
+        loop {
+            let s = self.table.get(i)?;
+            if !s.used {
+                return None;
+            }
+            if s.port == port && s.proto == proto && s.addr == *addr {
+                return Some(s.vip);
+            }
+            i = (i + 1) & self.table_mask;
+        }
+    }
+
+    /// True if `addr` is the address of any VIP.
+    pub fn is_vip_addr(&self, addr: &[u8; 16]) -> bool {
+        self.lookup_vip(addr, ANY_PROTO, 0).is_some()
+    }
+}
+
+/// Checks that an inner packet still has its family's minimum MTU after encapsulation
+/// (RFC 791: 68 for IPv4; RFC 8200: 1280 for IPv6).
+fn check_mtu(mtu: u16, inner_v6: bool, outer_v6: bool, encap: Encap) -> Result<(), SnapshotError> {
+    let overhead = encap_overhead(outer_v6, encap) as u16;
+    let (family, min) = if inner_v6 {
+        ("IPv6", 1280)
+    } else {
+        ("IPv4", 68)
+    };
+    if mtu < overhead.saturating_add(min) {
+        return Err(SnapshotError::MtuTooSmall {
+            mtu,
+            overhead,
+            family,
+            min,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        IpAddr::V4(s.parse().unwrap())
+    }
+
+    fn cfg() -> SnapshotConfig {
+        let b = |a: &str, w| BackendConfig {
+            addr: v4(a),
+            weight: w,
+        };
+        SnapshotConfig {
+            vips: vec![
+                VipConfig {
+                    key: VipKey {
+                        addr: v4("10.0.0.1"),
+                        proto: Proto::Tcp,
+                        port: 443,
+                    },
+                    backends: vec![b("192.168.1.3", 1), b("192.168.1.2", 1)],
+                    hash: HashMode::FiveTuple,
+                    encap: Encap::IpIp,
+                },
+                VipConfig {
+                    key: VipKey {
+                        addr: v4("10.0.0.1"),
+                        proto: Proto::Tcp,
+                        port: 80,
+                    },
+                    backends: vec![b("192.168.1.2", 0)],
+                    hash: HashMode::ThreeTuple,
+                    encap: Encap::Gue { port: 6080 },
+                },
+            ],
+            outer_src_v4: Some(SourcePrefix {
+                addr: "172.16.0.0".parse().unwrap(),
+                len: 24,
+            }),
+            next_hops: [(v4("192.168.1.2"), [2, 0, 0, 0, 0, 2])]
+                .into_iter()
+                .collect(),
+            ..SnapshotConfig::default()
+        }
+    }
+
+    #[test]
+    fn lookups() {
+        let s = Snapshot::new(&cfg()).unwrap();
+        let a = mapped(v4("10.0.0.1"));
+        assert_eq!(s.lookup_vip(&a, 6, 443), Some(0));
+        assert_eq!(s.lookup_vip(&a, 6, 80), Some(1));
+        assert_eq!(
+            s.lookup_vip(&a, 6, 0),
+            Some(1),
+            "fragments use the lowest port"
+        );
+        assert_eq!(s.lookup_vip(&a, 17, 443), None);
+        assert!(s.is_vip_addr(&a));
+        assert!(!s.is_vip_addr(&mapped(v4("10.0.0.2"))));
+        // Backends are in Maglev order (sorted by address) with their MACs.
+        let r = s.vips()[0].backends();
+        let slots = &s.backends()[r.start as usize..r.end as usize];
+        assert_eq!(slots[0].addr, mapped(v4("192.168.1.2")));
+        assert_eq!(slots[0].mac, Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(slots[1].mac, None);
+    }
+
+    #[test]
+    fn errors_name_the_vip() {
+        let mut c = cfg();
+        c.vips[1].key.port = 443;
+        let e = Snapshot::new(&c).err().unwrap();
+        assert_eq!(e.to_string(), "vip 10.0.0.1:443/tcp is configured twice");
+        let mut c = cfg();
+        c.outer_src_v4 = None;
+        assert!(matches!(
+            Snapshot::new(&c),
+            Err(SnapshotError::NoOuterSrcV4(_))
+        ));
+        let mut c = cfg();
+        c.tunnel_mtu = 80;
+        assert!(matches!(
+            Snapshot::new(&c),
+            Err(SnapshotError::MtuTooSmall { .. })
+        ));
+        let mut c = cfg();
+        c.vips[0].backends[1].addr = c.vips[0].backends[0].addr;
+        assert!(matches!(
+            Snapshot::new(&c),
+            Err(SnapshotError::DuplicateBackend { .. })
+        ));
+    }
+
+    #[test]
+    fn source_prefix_spreads_and_avoids_network_and_broadcast() {
+        let s = Snapshot::new(&cfg()).unwrap();
+        let base = (0xffffu128 << 32) | u128::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)));
+        assert_eq!(s.src_v4.pick(0, true), base | 1);
+        assert_eq!(s.src_v4.pick(0xff, true), base | 0xfe);
+        assert_eq!(s.src_v4.pick(0x1234_5677, true), base | 0x77);
+        let single = src_bits::<32>(Some((0x0a00_0001, 32)), "v4").unwrap();
+        assert_eq!(single.pick(u64::MAX, true) as u32, 0x0a00_0001);
+    }
+}

@@ -1,0 +1,556 @@
+//! Frame in, verdict out. Pure: no I/O, no clock (the caller passes `now` once per batch).
+//!
+//! A [`Worker`] owns one RX queue's state: its flow table and its counters. For each batch
+//! [`Worker::process`] makes two passes. The first parses every frame, finds its VIP, hashes
+//! its flow and prefetches the flow-table bucket; the second, by which time those buckets are
+//! in cache, looks the flows up, picks backends and rewrites the frames.
+//!
+//! # Which backend
+//! - A TCP SYN (without ACK) always takes the current Maglev choice, and (re)records it.
+//! - A packet of a known flow goes to the recorded backend while that backend is still in the
+//!   VIP's set, even with weight 0 (draining). A flow whose backend was removed is re-hashed
+//!   through the current table and re-recorded.
+//! - Any other packet takes the Maglev choice and records it, so a flow that arrives at this
+//!   gateway mid-connection (ECMP change, another gateway lost) sticks from then on.
+//! - ICMP errors for a flow follow the flow but never create one.
+//!
+//! # Hash and fragments
+//! The flow hash covers (source, destination, protocol, source port, destination port) by
+//! default. A VIP in [`HashMode::ThreeTuple`] zeroes the source port, so a client's
+//! connections share a backend. IPv4 and IPv6 fragments are hashed without the source port
+//! too, and since a later fragment carries no destination port either, every fragment is
+//! attributed to the *fragment VIP* of its (address, protocol): the VIP with the lowest port
+//! (see [`Snapshot::lookup_vip`]), whose port stands in for the missing one. So the first and
+//! the later fragments of a datagram compute the same key and reach the same backend, on every
+//! gateway, in any order, with no reassembly state. The trade-off: a datagram that is
+//! fragmented may reach a different backend than the same flow's unfragmented datagrams
+//! (unless its VIP is 3-tuple), and one that is for another port of that address is balanced
+//! by the fragment VIP's backend set. Fragmented UDP is rare and is mostly one-shot (DNS,
+//! IKE); TCP avoids fragmentation with PMTU discovery, which the Path MTU handling supports.
+//!
+//! # TTL
+//! A packet for a VIP that arrives with TTL (hop limit) 0 or 1 is dropped
+//! ([`DropReason::TtlExhausted`]). The gateway is a routed hop: the router forwarded the
+//! packet to it, and forwarding it again with an exhausted TTL would let a routing loop
+//! through a gateway live forever. Other packets are not decremented: the inner header stays
+//! untouched, so the node sees exactly what the client sent (as Katran and Maglev do).
+
+mod encap;
+mod icmp;
+mod parse;
+
+use crate::flow::{FlowKey, FlowTable, FlowTimeouts, TimeoutClass, DEFAULT_CAPACITY};
+use crate::snapshot::{encap_overhead, HashMode, Snapshot};
+use encap::Tunnel;
+use parse::{Early, Kind, Parsed, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// Most frames one call processes; the AF_XDP workers use the same batch size.
+pub const BATCH: usize = 64;
+
+/// Headroom (bytes in front of `Frame::offset`) the largest rewrite needs: IPv6 + UDP + GUE
+/// headers plus a VLAN tag that the received frame did not have.
+pub const MIN_HEADROOM: usize = 40 + 8 + 4 + 4;
+
+/// One received frame inside its buffer. `buf` is the whole buffer (for AF_XDP, the UMEM
+/// chunk); the packet occupies `buf[offset..offset + len]`, and the bytes in front of
+/// `offset` are headroom that encapsulation may grow into.
+pub struct Frame<'a> {
+    pub buf: &'a mut [u8],
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// What to do with a frame after processing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit `buf[offset..offset + len]` toward the nodes (the frame was rewritten in place).
+    Tx { offset: usize, len: usize },
+    /// Transmit `buf[offset..offset + len]` back out of the receiving interface (an ICMP error
+    /// to the client). In a one-arm topology this is the same interface as `Tx`.
+    Reply { offset: usize, len: usize },
+    /// Not ours: hand it to the kernel unchanged.
+    Pass,
+    /// Drop it, counted under the reason.
+    Drop(DropReason),
+}
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $name:ident = $label:literal,)*) => {
+        /// Why a frame was dropped. Each reason has its own counter.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            /// Number of reasons (the length of [`Counters::drops`]).
+            pub const COUNT: usize = DropReason::ALL.len();
+
+            /// A stable snake_case name for metrics labels.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// The frame ends before a header it needs (Ethernet, VLAN tag, IP, TCP/UDP, ICMP), or
+    /// the frame does not fit its buffer.
+    Truncated = "truncated",
+    /// The IP version field disagrees with the EtherType.
+    BadVersion = "bad_version",
+    /// IPv4 header length below 20 bytes or beyond the total length.
+    BadIhl = "bad_ihl",
+    /// A length field (IPv4 total length, IPv6 payload length, TCP data offset, UDP length)
+    /// is inconsistent with the frame.
+    BadLength = "bad_length",
+    /// IPv4 header checksum mismatch.
+    BadChecksum = "bad_checksum",
+    /// A protocol other than TCP, UDP or ICMP sent to a VIP address.
+    Unsupported = "unsupported",
+    /// More IPv6 extension headers than the parser walks.
+    TooManyExtHeaders = "too_many_ext_headers",
+    /// TTL or hop limit 0 or 1 on arrival (see the module docs).
+    TtlExhausted = "ttl_exhausted",
+    /// The VIP has no backend with nonzero weight, and the flow has no live one recorded.
+    NoBackend = "no_backend",
+    /// The chosen backend's next-hop MAC is not resolved yet.
+    NoNextHop = "no_next_hop",
+    /// Too big for the tunnel and not allowed a "too big" reply: IPv4 without DF, a later
+    /// fragment, an ICMP error, or a sender address no reply may go to.
+    TooBig = "too_big",
+    /// Too big for the tunnel; the "too big" reply was suppressed by the rate limit.
+    IcmpRateLimited = "icmp_rate_limited",
+    /// Not enough headroom in front of the frame to encapsulate or reply.
+    NoHeadroom = "no_headroom",
+    /// An ICMP error to a VIP whose quoted header is malformed or not from that VIP.
+    BadIcmp = "bad_icmp",
+}
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketBytes {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl PacketBytes {
+    #[inline]
+    fn add(&mut self, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+/// One worker's counters. Plain integers: only the worker writes them; whoever publishes
+/// them reads a copy between batches.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::COUNT],
+    /// Frames sent toward the nodes (bytes as transmitted, after encapsulation).
+    pub tx: PacketBytes,
+    /// "Too big" replies sent back to clients.
+    pub reply: PacketBytes,
+    /// Frames handed to the kernel.
+    pub pass: u64,
+    /// Per VIP, by snapshot index: frames received for it (bytes as received). VIPs past the
+    /// capacity chosen at creation are not counted.
+    pub vips: Box<[PacketBytes]>,
+    /// Per backend slot, by snapshot index: frames sent to it (bytes as transmitted).
+    pub backends: Box<[PacketBytes]>,
+}
+
+impl Counters {
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+}
+
+/// What a worker is created with.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerConfig {
+    /// Flow-table slots (fixed for the worker's life).
+    pub flow_capacity: usize,
+    pub timeouts: FlowTimeouts,
+    /// Capacity of the per-VIP counters.
+    pub max_vips: usize,
+    /// Capacity of the per-backend-slot counters.
+    pub max_backends: usize,
+    /// "Too big" replies per second this worker may send (token bucket), like a router's ICMP
+    /// rate limit: a flood of oversized packets must not become a flood of replies.
+    pub icmp_per_sec: u32,
+    /// Burst of that token bucket.
+    pub icmp_burst: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            flow_capacity: DEFAULT_CAPACITY,
+            timeouts: FlowTimeouts::default(),
+            max_vips: 4096,
+            max_backends: 65536,
+            icmp_per_sec: 1000,
+            icmp_burst: 100,
+        }
+    }
+}
+
+/// What a flow entry records: the backend by address (stable across snapshots) plus its slot
+/// in the snapshot of `generation`, so the common case needs no search.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowValue {
+    addr: [u8; 16],
+    generation: u32,
+    slot: u32,
+}
+
+/// A frame that passed the first pass and waits for its flow lookup.
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    p: Parsed,
+    vip: u32,
+    key: FlowKey,
+    hash: u64,
+}
+
+/// One RX queue's pipeline state. See the module docs.
+pub struct Worker {
+    flows: FlowTable<FlowValue>,
+    counters: Counters,
+    pending: [Pending; BATCH],
+    icmp: TokenBucket,
+}
+
+impl Worker {
+    /// Allocates everything the worker will ever use.
+    pub fn new(cfg: WorkerConfig) -> Worker {
+        Worker {
+            flows: FlowTable::new(cfg.flow_capacity, cfg.timeouts),
+            counters: Counters {
+                vips: vec![PacketBytes::default(); cfg.max_vips].into_boxed_slice(),
+                backends: vec![PacketBytes::default(); cfg.max_backends].into_boxed_slice(),
+                ..Counters::default()
+            },
+            pending: [Pending::default(); BATCH],
+            icmp: TokenBucket::new(cfg.icmp_per_sec, cfg.icmp_burst),
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn flows(&self) -> &FlowTable<FlowValue> {
+        &self.flows
+    }
+
+    /// Frees idle flow entries in the next `max_buckets` buckets; call between batches.
+    pub fn expire_flows(&mut self, now_ns: u64, max_buckets: usize) -> usize {
+        self.flows.expire(now_ns, max_buckets)
+    }
+
+    /// Processes `frames` in place, writing one verdict per frame into `verdicts` (which must
+    /// be at least as long; extra frames are left untouched). Any number of frames may be
+    /// passed; they are processed in batches of [`BATCH`].
+    pub fn process(
+        &mut self,
+        snap: &Snapshot,
+        now_ns: u64,
+        frames: &mut [Frame<'_>],
+        verdicts: &mut [Verdict],
+    ) {
+        let n = frames.len().min(verdicts.len());
+        for (f, v) in frames[..n]
+            .chunks_mut(BATCH)
+            .zip(verdicts[..n].chunks_mut(BATCH))
+        {
+            self.batch(snap, now_ns, f, v);
+        }
+    }
+
+    fn batch(
+        &mut self,
+        snap: &Snapshot,
+        now_ns: u64,
+        frames: &mut [Frame<'_>],
+        verdicts: &mut [Verdict],
+    ) {
+        self.icmp.refill(now_ns);
+        // Pass 1: parse, find the VIP, hash, prefetch.
+        let mut todo: u64 = 0;
+        for (i, f) in frames.iter().enumerate() {
+            match self.classify(snap, f) {
+                Ok(pending) => {
+                    self.flows.prefetch(pending.hash);
+                    self.pending[i] = pending;
+                    todo |= 1 << i;
+                }
+                Err(Early::Pass) => verdicts[i] = Verdict::Pass,
+                Err(Early::Drop(r)) => verdicts[i] = Verdict::Drop(r),
+            }
+        }
+        // Pass 2: flow lookup, backend choice, rewrite.
+        while todo != 0 {
+            let i = todo.trailing_zeros() as usize;
+            todo &= todo - 1;
+            let pending = self.pending[i];
+            verdicts[i] = self.forward(snap, now_ns, &mut frames[i], &pending);
+        }
+        for v in verdicts.iter() {
+            match v {
+                Verdict::Pass => self.counters.pass += 1,
+                Verdict::Drop(r) => self.counters.drops[*r as usize] += 1,
+                Verdict::Tx { len, .. } => self.counters.tx.add(*len),
+                Verdict::Reply { len, .. } => self.counters.reply.add(*len),
+            }
+        }
+    }
+
+    /// Pass 1 for one frame.
+    #[inline]
+    fn classify(&self, snap: &Snapshot, f: &Frame<'_>) -> Result<Pending, Early> {
+        let end = f.offset.checked_add(f.len).ok_or(DropReason::Truncated)?;
+        let pkt = f.buf.get(f.offset..end).ok_or(DropReason::Truncated)?;
+        let p = parse::parse(pkt)?;
+        if p.kind == Kind::Other {
+            return Err(if snap.is_vip_addr(&p.dst) {
+                Early::Drop(DropReason::Unsupported)
+            } else {
+                Early::Pass
+            });
+        }
+        let port = if p.fragment { 0 } else { p.dport };
+        let vip = snap.lookup_vip(&p.dst, p.proto, port).ok_or(Early::Pass)?;
+        // From here on the frame is ours: validate what a router would.
+        if !p.v6 {
+            let ip = pkt.get(usize::from(p.l3)..).ok_or(DropReason::Truncated)?;
+            let hl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
+            let hdr = ip.get(..hl).ok_or(DropReason::Truncated)?;
+            if crate::wire::checksum::data(hdr) != !0 {
+                return Err(DropReason::BadChecksum.into());
+            }
+        }
+        if p.ttl <= 1 {
+            return Err(DropReason::TtlExhausted.into());
+        }
+        let v = snap.vips().get(vip as usize).ok_or(Early::Pass)?;
+        let (src_port, dst_port) = if p.fragment || v.hash == HashMode::ThreeTuple {
+            (0, v.key.port)
+        } else {
+            (p.sport, p.dport)
+        };
+        let key = FlowKey {
+            src: p.src,
+            dst: p.dst,
+            src_port,
+            dst_port,
+            proto: p.proto,
+        };
+        let hash = key.hash(snap.hash_seed);
+        Ok(Pending { p, vip, key, hash })
+    }
+
+    /// Pass 2 for one frame.
+    #[inline]
+    fn forward(&mut self, snap: &Snapshot, now_ns: u64, f: &mut Frame<'_>, w: &Pending) -> Verdict {
+        let p = &w.p;
+        let Some(vip) = snap.vips().get(w.vip as usize) else {
+            return Verdict::Pass;
+        };
+        if let Some(c) = self.counters.vips.get_mut(w.vip as usize) {
+            c.add(f.len);
+        }
+        let Some(slot) = self.choose(snap, now_ns, w) else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        let Some(b) = snap.backends().get(slot as usize) else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        let Some(dst_mac) = b.mac else {
+            return Verdict::Drop(DropReason::NoNextHop);
+        };
+        let outer_v6 = !b.is_v4;
+        let overhead = encap_overhead(outer_v6, vip.encap);
+        let ip_len = usize::from(p.ip_len);
+        if ip_len + overhead > usize::from(snap.tunnel_mtu) {
+            return self.too_big(f, p, snap.tunnel_mtu - overhead as u16);
+        }
+        let t = Tunnel {
+            outer_v6,
+            encap: vip.encap,
+            src: if outer_v6 {
+                snap.src_v6.pick(w.hash, false)
+            } else {
+                snap.src_v4.pick(w.hash, true)
+            },
+            dst: b.addr,
+            dst_mac,
+            src_mac: snap.local_mac,
+            vlan: snap.egress_vlan,
+            hash: w.hash,
+        };
+        let ip_start = f.offset + usize::from(p.l3);
+        match encap::encapsulate(f.buf, ip_start, ip_len, p.v6, p.tos, &t) {
+            Some((offset, len)) => {
+                if let Some(c) = self.counters.backends.get_mut(slot as usize) {
+                    c.add(len);
+                }
+                Verdict::Tx { offset, len }
+            }
+            None => Verdict::Drop(DropReason::NoHeadroom),
+        }
+    }
+
+    /// The backend slot for a pending frame, applying the flow-table semantics of the module
+    /// docs; `None` if the VIP has no backend to give.
+    #[inline]
+    fn choose(&mut self, snap: &Snapshot, now_ns: u64, w: &Pending) -> Option<u32> {
+        let p = &w.p;
+        let vip = snap.vips().get(w.vip as usize)?;
+        let generation = snap.generation() as u32;
+        let tcp = p.proto == TCP && !p.fragment;
+        let flags = if tcp && p.kind == Kind::Flow {
+            p.tcp_flags
+        } else {
+            0
+        };
+        let class = if p.proto != TCP {
+            TimeoutClass::Udp
+        } else if flags & (TCP_FIN | TCP_RST) != 0 {
+            TimeoutClass::TcpClosing
+        } else {
+            TimeoutClass::TcpEstablished
+        };
+        let maglev = |_: ()| -> Option<u32> {
+            let i = vip.maglev().lookup(w.hash)?;
+            Some(vip.backends().start + i)
+        };
+        let record = |slot: u32| FlowValue {
+            addr: snap.backends()[slot as usize].addr,
+            generation,
+            slot,
+        };
+        let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if !syn {
+            if let Some(e) = self.flows.lookup(&w.key, w.hash, now_ns) {
+                let slot = match resolve(snap, vip.backends(), &e.value, generation) {
+                    Some(s) => s,
+                    None => maglev(())?,
+                };
+                e.value = record(slot);
+                if class == TimeoutClass::TcpClosing {
+                    e.set_class(class);
+                }
+                return Some(slot);
+            }
+        }
+        let slot = maglev(())?;
+        if p.kind == Kind::Flow {
+            self.flows
+                .insert(&w.key, w.hash, record(slot), class, now_ns);
+        }
+        Some(slot)
+    }
+
+    #[cold]
+    fn too_big(&mut self, f: &mut Frame<'_>, p: &Parsed, mtu: u16) -> Verdict {
+        let may_reply = (p.v6 || p.df)
+            && p.kind == Kind::Flow
+            && !p.later_fragment
+            && unicast_source(&p.src, p.v6);
+        if !may_reply {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        if !self.icmp.take() {
+            return Verdict::Drop(DropReason::IcmpRateLimited);
+        }
+        match icmp::too_big(f.buf, f.offset, p, mtu) {
+            Some((offset, len)) => Verdict::Reply { offset, len },
+            None => Verdict::Drop(DropReason::NoHeadroom),
+        }
+    }
+}
+
+/// The recorded backend's slot in this snapshot, if it is still in the VIP's set.
+#[inline]
+fn resolve(
+    snap: &Snapshot,
+    range: std::ops::Range<u32>,
+    v: &FlowValue,
+    generation: u32,
+) -> Option<u32> {
+    let slots = snap
+        .backends()
+        .get(range.start as usize..range.end as usize)?;
+    if v.generation == generation && range.contains(&v.slot) {
+        return Some(v.slot);
+    }
+    // Another snapshot: same slot if the set did not move, else search (slots are sorted by
+    // address, as Maglev sorts them).
+    if let Some(b) = slots.get(v.slot.wrapping_sub(range.start) as usize) {
+        if b.addr == v.addr {
+            return Some(v.slot);
+        }
+    }
+    slots
+        .binary_search_by(|b| b.addr.cmp(&v.addr))
+        .ok()
+        .map(|i| range.start + i as u32)
+}
+
+/// ICMP errors never go to multicast, broadcast-looking, loopback or unspecified sources
+/// (RFC 1812 §4.3.2.7, RFC 4443 §2.4(e)).
+fn unicast_source(src: &[u8; 16], v6: bool) -> bool {
+    if v6 {
+        let a = std::net::Ipv6Addr::from(*src);
+        !(a.is_multicast() || a.is_unspecified() || a.is_loopback())
+    } else {
+        let a = std::net::Ipv4Addr::new(src[12], src[13], src[14], src[15]);
+        !(a.is_multicast() || a.is_broadcast() || a.is_unspecified() || a.is_loopback())
+    }
+}
+
+/// A token bucket on the caller's clock.
+struct TokenBucket {
+    tokens: u64,
+    burst: u64,
+    ns_per_token: u64,
+    last_ns: u64,
+}
+
+impl TokenBucket {
+    fn new(per_sec: u32, burst: u32) -> Self {
+        TokenBucket {
+            tokens: u64::from(burst),
+            burst: u64::from(burst),
+            ns_per_token: if per_sec == 0 {
+                u64::MAX
+            } else {
+                1_000_000_000 / u64::from(per_sec)
+            },
+            last_ns: 0,
+        }
+    }
+
+    fn refill(&mut self, now_ns: u64) {
+        let n = now_ns.saturating_sub(self.last_ns) / self.ns_per_token.max(1);
+        if n > 0 {
+            self.tokens = (self.tokens + n).min(self.burst);
+            self.last_ns = now_ns;
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let ok = self.tokens > 0;
+        self.tokens -= u64::from(ok);
+        ok
+    }
+}

@@ -1,0 +1,346 @@
+//! Frame → the fields the pipeline decides on. Structural checks only; whether the frame is
+//! for a VIP (and so whether its checksum and TTL matter) is decided by the caller.
+
+use super::DropReason;
+use crate::wire::ipv6ext::{self, WalkError};
+use crate::wire::vlan::{self, VlanTag};
+use crate::wire::{
+    EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv6Message, Ipv4Packet, Ipv6Packet,
+    ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN,
+};
+
+pub(crate) const TCP: u8 = 6;
+pub(crate) const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_ACK: u8 = 0x10;
+
+/// What the IP packet carries, as far as the pipeline cares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// TCP or UDP (or a fragment of either): balanced by its flow.
+    #[default]
+    Flow,
+    /// An ICMP error about a packet a backend sent from a VIP; the tuple below is the
+    /// embedded packet's, swapped, i.e. the client's flow the error belongs to.
+    IcmpError,
+    /// Any other protocol.
+    Other,
+}
+
+/// The parsed fields of one frame. Addresses are IPv4-mapped for IPv4.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Parsed {
+    /// Offset of the IP header from the start of the frame (14, or 18 with a VLAN tag).
+    pub l3: u16,
+    /// The IP packet's length from its header (Ethernet padding excluded).
+    pub ip_len: u16,
+    pub v6: bool,
+    /// IPv4 TOS / IPv6 traffic class: DSCP and ECN.
+    pub tos: u8,
+    pub ttl: u8,
+    /// IPv4 DF flag; always true for IPv6, which routers never fragment.
+    pub df: bool,
+    pub kind: Kind,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub proto: u8,
+    /// Zero for fragments (which may not carry them).
+    pub sport: u16,
+    pub dport: u16,
+    /// Part of a fragmented datagram (first or later fragment).
+    pub fragment: bool,
+    /// A fragment other than the first: RFC 1812 §4.3.2.7 sends no ICMP error for those.
+    pub later_fragment: bool,
+    pub tcp_flags: u8,
+}
+
+/// A decision made before any lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Early {
+    Pass,
+    Drop(DropReason),
+}
+
+impl From<DropReason> for Early {
+    fn from(r: DropReason) -> Early {
+        Early::Drop(r)
+    }
+}
+
+fn mapped_v4(b: &[u8]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[10] = 0xff;
+    a[11] = 0xff;
+    a[12..16].copy_from_slice(&b[..4]);
+    a
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Parses an Ethernet frame. Non-IP frames (ARP, LLDP, ...) are `Pass`: the kernel's.
+#[inline]
+pub(crate) fn parse(frame: &[u8]) -> Result<Parsed, Early> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
+    let mut l3 = ETHERNET_HEADER_LEN;
+    let mut ethertype = eth.ethertype();
+    if u16::from(ethertype) == vlan::TPID_8021Q {
+        let tag = VlanTag::new_checked(&frame[l3..]).ok_or(DropReason::Truncated)?;
+        ethertype = tag.ethertype();
+        l3 += vlan::TAG_LEN;
+    }
+    let ip = &frame[l3..];
+    let mut p = match ethertype {
+        EthernetProtocol::Ipv4 => parse_v4(ip)?,
+        EthernetProtocol::Ipv6 => parse_v6(ip)?,
+        // Stacked tags (802.1ad) and everything that is not IP belong to the kernel.
+        _ => return Err(Early::Pass),
+    };
+    p.l3 = l3 as u16;
+    Ok(p)
+}
+
+fn parse_v4(ip: &[u8]) -> Result<Parsed, DropReason> {
+    if ip.len() < IPV4_HEADER_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let pkt = Ipv4Packet::new_unchecked(ip);
+    if pkt.version() != 4 {
+        return Err(DropReason::BadVersion);
+    }
+    let hl = usize::from(pkt.header_len());
+    let total = usize::from(pkt.total_len());
+    if hl < IPV4_HEADER_LEN || hl > total {
+        return Err(DropReason::BadIhl);
+    }
+    if total > ip.len() {
+        return Err(DropReason::BadLength);
+    }
+    // Every accessor used below is in bounds now (smoltcp's check_len conditions hold).
+    let fragment = pkt.more_frags() || pkt.frag_offset() != 0;
+    let mut p = Parsed {
+        ip_len: total as u16,
+        tos: ip[1],
+        ttl: pkt.hop_limit(),
+        df: pkt.dont_frag(),
+        src: mapped_v4(&ip[12..16]),
+        dst: mapped_v4(&ip[16..20]),
+        proto: u8::from(pkt.next_header()),
+        fragment,
+        later_fragment: pkt.frag_offset() != 0,
+        ..Parsed::default()
+    };
+    let l4 = &ip[hl..total];
+    match p.proto {
+        TCP | UDP if fragment => {}
+        TCP | UDP => l4_ports(&mut p, l4)?,
+        ICMP if !fragment => icmpv4(&mut p, l4)?,
+        _ => p.kind = Kind::Other,
+    }
+    Ok(p)
+}
+
+fn parse_v6(ip: &[u8]) -> Result<Parsed, DropReason> {
+    if ip.len() < IPV6_HEADER_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let pkt = Ipv6Packet::new_unchecked(ip);
+    if pkt.version() != 6 {
+        return Err(DropReason::BadVersion);
+    }
+    let total = pkt.total_len();
+    // A zero payload length means a jumbogram (RFC 2675), which no Ethernet frame carries.
+    if total > ip.len() || pkt.payload_len() == 0 {
+        return Err(DropReason::BadLength);
+    }
+    let payload = &ip[IPV6_HEADER_LEN..total];
+    let upper = ipv6ext::walk(payload, u8::from(pkt.next_header())).map_err(walk_error)?;
+    // An atomic fragment (offset 0, no more fragments; RFC 6946) is a whole datagram.
+    let (fragment, later) = match upper.fragment {
+        Some(f) => (f.offset != 0 || f.more, f.offset != 0),
+        None => (false, false),
+    };
+    let mut p = Parsed {
+        ip_len: total as u16,
+        v6: true,
+        tos: pkt.traffic_class(),
+        ttl: pkt.hop_limit(),
+        df: true,
+        src: ip[8..24].try_into().map_err(|_| DropReason::Truncated)?,
+        dst: ip[24..40].try_into().map_err(|_| DropReason::Truncated)?,
+        proto: upper.proto,
+        fragment,
+        later_fragment: later,
+        ..Parsed::default()
+    };
+    let l4 = payload.get(upper.offset..).ok_or(DropReason::Truncated)?;
+    match p.proto {
+        TCP | UDP if fragment => {}
+        TCP | UDP => l4_ports(&mut p, l4)?,
+        ICMPV6 if !fragment => icmpv6(&mut p, l4)?,
+        _ => p.kind = Kind::Other,
+    }
+    Ok(p)
+}
+
+fn walk_error(e: WalkError) -> DropReason {
+    match e {
+        WalkError::Truncated => DropReason::Truncated,
+        WalkError::TooDeep => DropReason::TooManyExtHeaders,
+    }
+}
+
+/// Ports and TCP flags of a complete TCP or UDP header.
+fn l4_ports(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
+    if p.proto == TCP {
+        if l4.len() < TCP_HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        let off = usize::from(l4[12] >> 4) * 4;
+        if off < TCP_HEADER_LEN || off > l4.len() {
+            return Err(DropReason::BadLength);
+        }
+        p.tcp_flags = l4[13];
+    } else {
+        if l4.len() < UDP_HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        let len = usize::from(be16(l4, 4));
+        if len < UDP_HEADER_LEN || len > l4.len() {
+            return Err(DropReason::BadLength);
+        }
+    }
+    p.sport = be16(l4, 0);
+    p.dport = be16(l4, 2);
+    Ok(())
+}
+
+/// ICMPv4 errors (destination unreachable, which includes fragmentation needed, and time
+/// exceeded) carry the offending packet's header: take the flow from it. Other ICMP
+/// (echo and so on) is `Other`.
+fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
+    if l4.len() < 8 {
+        return Err(DropReason::Truncated);
+    }
+    match Icmpv4Message::from(l4[0]) {
+        Icmpv4Message::DstUnreachable | Icmpv4Message::TimeExceeded => {}
+        _ => {
+            p.kind = Kind::Other;
+            return Ok(());
+        }
+    }
+    let inner = &l4[8..];
+    if inner.len() < IPV4_HEADER_LEN || inner[0] >> 4 != 4 {
+        return Err(DropReason::BadIcmp);
+    }
+    let hl = usize::from(inner[0] & 0x0f) * 4;
+    let frag_off = be16(inner, 6) & 0x1fff;
+    let q = Quoted {
+        src: mapped_v4(&inner[12..16]),
+        dst: mapped_v4(&inner[16..20]),
+        proto: inner[9],
+        l4: inner.get(hl..).filter(|_| hl >= IPV4_HEADER_LEN),
+        later_fragment: frag_off != 0,
+    };
+    quoted(p, q)
+}
+
+/// ICMPv6 errors (destination unreachable, packet too big, time exceeded, parameter
+/// problem) as for ICMPv4. Everything else (echo, and neighbour discovery above all) is
+/// `Other`.
+fn icmpv6(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
+    if l4.len() < 8 {
+        return Err(DropReason::Truncated);
+    }
+    if !Icmpv6Message::from(l4[0]).is_error() {
+        p.kind = Kind::Other;
+        return Ok(());
+    }
+    let inner = &l4[8..];
+    if inner.len() < IPV6_HEADER_LEN || inner[0] >> 4 != 6 {
+        return Err(DropReason::BadIcmp);
+    }
+    let upper =
+        ipv6ext::walk(&inner[IPV6_HEADER_LEN..], inner[6]).map_err(|_| DropReason::BadIcmp)?;
+    let q = Quoted {
+        src: inner[8..24].try_into().map_err(|_| DropReason::BadIcmp)?,
+        dst: inner[24..40].try_into().map_err(|_| DropReason::BadIcmp)?,
+        proto: upper.proto,
+        l4: inner.get(IPV6_HEADER_LEN + upper.offset..),
+        later_fragment: upper.fragment.is_some_and(|f| f.offset != 0),
+    };
+    quoted(p, q)
+}
+
+/// The header quoted in an ICMP error.
+struct Quoted<'a> {
+    src: [u8; 16],
+    dst: [u8; 16],
+    proto: u8,
+    l4: Option<&'a [u8]>,
+    later_fragment: bool,
+}
+
+/// Turns the quoted packet (a backend's reply: VIP → client) into the client's flow
+/// (client → VIP) by swapping addresses and ports.
+fn quoted(p: &mut Parsed, q: Quoted<'_>) -> Result<(), DropReason> {
+    if q.proto != TCP && q.proto != UDP {
+        // An error about, say, an ICMP echo reply: no flow to follow.
+        p.kind = Kind::Other;
+        return Ok(());
+    }
+    // The error must be about a packet sent from the address it is addressed to.
+    if q.src != p.dst {
+        return Err(DropReason::BadIcmp);
+    }
+    p.kind = Kind::IcmpError;
+    p.proto = q.proto;
+    p.src = q.dst;
+    if q.later_fragment {
+        // No ports: follow the fragment rule (3-tuple).
+        p.fragment = true;
+        return Ok(());
+    }
+    let l4 = q.l4.filter(|l| l.len() >= 4).ok_or(DropReason::BadIcmp)?;
+    p.sport = be16(l4, 2);
+    p.dport = be16(l4, 0);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_passes_and_runts_drop() {
+        let mut f = [0u8; 42];
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(parse(&f).err(), Some(Early::Pass));
+        assert_eq!(
+            parse(&f[..13]).err(),
+            Some(Early::Drop(DropReason::Truncated))
+        );
+    }
+
+    #[test]
+    fn vlan_tag_is_skipped() {
+        let mut f = vec![0u8; 18 + 20 + 8];
+        f[12..14].copy_from_slice(&[0x81, 0x00]);
+        f[14..16].copy_from_slice(&[0x00, 0x0a]);
+        f[16..18].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[18..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = UDP;
+        ip[20..28].copy_from_slice(&[0, 53, 0, 54, 0, 8, 0, 0]);
+        let p = parse(&f).unwrap();
+        assert_eq!((p.l3, p.ip_len, p.sport, p.dport), (18, 28, 53, 54));
+    }
+}
