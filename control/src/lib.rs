@@ -1,1 +1,4 @@
 //! The dsrgate daemon's control plane: it wires the dataplane and the BGP speaker together.
+pub mod config;
+pub mod policy;
+pub mod caps;

@@ -1,0 +1,364 @@
+use super::*;
+use proptest::prelude::*;
+
+const EXAMPLE: &str = include_str!("../../../dsrgate.example.toml");
+
+const MINIMAL: &str = r#"
+[dataplane]
+upstream_interface = "eth0"
+
+[[vips]]
+address = "203.0.113.10"
+port = 80
+
+[[vips.backends]]
+address = "10.0.0.1"
+"#;
+
+fn file() -> &'static Path {
+    Path::new("test.toml")
+}
+
+/// The problems of an invalid config, as (path, line, message).
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, file()) {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(e) => {
+            // Every message names the file.
+            assert!(e.to_string().starts_with("test.toml"), "{e}");
+            e.problems().to_vec()
+        }
+    }
+}
+
+/// Asserts exactly one problem at `path` whose message contains `needle`, and returns it.
+fn one_problem(text: &str, path: &str, needle: &str) -> Problem {
+    let ps = problems(text);
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert_eq!(ps[0].path, path, "{ps:#?}");
+    assert!(
+        ps[0].message.contains(needle),
+        "{:?} lacks {needle:?}",
+        ps[0].message
+    );
+    ps[0].clone()
+}
+
+#[test]
+fn example_config_parses_and_validates() {
+    let c = parse(EXAMPLE, Path::new("dsrgate.example.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.dataplane.topology, Topology::TwoArm);
+    assert_eq!(c.vips.len(), 2);
+    assert_eq!(c.vips[0].port_list(), [80, 443]);
+    assert_eq!(c.vips[0].backends[0].weight, 2);
+    assert_eq!(c.vips[0].backends[1].weight, 1);
+    assert_eq!(
+        c.vips[0].bgp.communities,
+        [Community((65000 << 16) | 100), Community(0xFFFF_FF01)]
+    );
+    assert_eq!(c.vips[1].encap, EncapKind::Gue);
+    assert_eq!(c.vips[1].protocol, Protocol::Udp);
+    let h = c.vips[0].health.as_ref().unwrap();
+    assert_eq!((h.kind, h.rise, h.fall), (ProbeKind::Http, 2, 3));
+    let k = c.kubernetes.as_ref().unwrap();
+    assert_eq!(k.address_pool.len(), 2);
+    assert_eq!(k.load_balancer_class.as_deref(), Some("dsrgate.io/dsr"));
+    assert_eq!(
+        c.bgp.as_ref().unwrap().peers[0].hold_time,
+        Duration::from_secs(90)
+    );
+}
+
+#[test]
+fn example_config_loads_from_disk() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dsrgate.example.toml");
+    load(&path).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn defaults() {
+    let c = parse(MINIMAL, file()).unwrap();
+    assert_eq!(c.daemon.drain_time, Duration::from_secs(5));
+    assert_eq!(c.api.listen, DEFAULT_API_LISTEN);
+    assert!(c.api.listen.ip().is_loopback());
+    assert_eq!(c.dataplane.maglev, Maglev { m: 65537, seed: 0 });
+    assert_eq!(c.dataplane.topology, Topology::OneArm);
+    assert_eq!(c.vips[0].hash, HashMode::FiveTuple);
+    assert_eq!(c.vips[0].encap, EncapKind::Ipip);
+    assert_eq!(c.vips[0].min_healthy_backends, 1);
+    assert!(c.vips[0].health.is_none());
+    assert!(c.bgp.is_none() && c.kubernetes.is_none());
+}
+
+#[test]
+fn missing_file_names_the_file() {
+    let e = load(Path::new("/nonexistent/dsrgate.toml")).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/dsrgate.toml"), "{e}");
+}
+
+#[test]
+fn unknown_key_names_path_and_line() {
+    let text = MINIMAL.replace("port = 80", "port = 80\nprot = 81");
+    let p = one_problem(&text, "vips[0].prot", "unknown field `prot`");
+    assert_eq!(p.location, Some((8, 1)));
+    let e = parse(&text, file()).unwrap_err().to_string();
+    assert!(
+        e.starts_with("test.toml:8:1: `vips[0].prot`: unknown field `prot`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_section() {
+    one_problem(
+        &format!("{MINIMAL}\n[bpg]\nlocal_as = 1\n"),
+        "bpg",
+        "unknown field `bpg`",
+    );
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let text = MINIMAL.replace("port = 80", "port = = 80");
+    let p = problems(&text).remove(0);
+    assert_eq!(p.location.map(|l| l.0), Some(7));
+}
+
+#[test]
+fn bad_address() {
+    let text = MINIMAL.replace("203.0.113.10", "203.0.113.300");
+    let p = one_problem(&text, "vips[0].address", "invalid IP address");
+    assert_eq!(p.location, Some((6, 11)));
+}
+
+#[test]
+fn port_out_of_range_in_type() {
+    let text = MINIMAL.replace("port = 80", "port = 70000");
+    let p = one_problem(&text, "vips[0].port", "70000");
+    assert_eq!(p.location.map(|l| l.0), Some(7));
+}
+
+#[test]
+fn port_zero_and_second_vip() {
+    let text = format!("{MINIMAL}\n[[vips]]\naddress = \"203.0.113.11\"\nports = [443, 0]\n[[vips.backends]]\naddress = \"10.0.0.1\"\n");
+    let p = one_problem(&text, "vips[1].ports[1]", "out of range");
+    assert_eq!(p.location.map(|l| l.0), Some(14));
+}
+
+#[test]
+fn non_prime_maglev_m() {
+    let text = MINIMAL.replace(
+        "upstream_interface = \"eth0\"",
+        "upstream_interface = \"eth0\"\nmaglev = { m = 65536 }",
+    );
+    one_problem(&text, "dataplane.maglev.m", "not a prime");
+}
+
+#[test]
+fn duplicate_vip() {
+    let text = format!("{MINIMAL}\n[[vips]]\naddress = \"203.0.113.10\"\nports = [443, 80]\n[[vips.backends]]\naddress = \"10.0.0.2\"\n");
+    let p = one_problem(&text, "vips[1].ports[1]", "already defined by vips[0]");
+    assert!(p.message.contains("203.0.113.10 tcp/80"), "{}", p.message);
+    // Same address and port over UDP is a different VIP.
+    parse(
+        &text.replace("ports = [443, 80]", "ports = [443, 80]\nprotocol = \"udp\""),
+        file(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn rise_fall_zero() {
+    let text = format!("{MINIMAL}[vips.health]\ntype = \"tcp\"\nrise = 0\nfall = 0\n");
+    let ps = problems(&text);
+    let paths: Vec<_> = ps.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["vips[0].health.rise", "vips[0].health.fall"]);
+}
+
+#[test]
+fn many_problems_reported_at_once() {
+    let text = r#"
+[dataplane]
+upstream_interface = "this-name-is-far-too-long"
+flow_table_size = 1000
+maglev = { m = 100 }
+
+[bgp]
+local_as = 0
+router_id = "0.0.0.0"
+[[bgp.peers]]
+address = "192.0.2.1"
+remote_as = 65000
+hold_time = "2s"
+md5_password = ""
+
+[[vips]]
+address = "0.0.0.0"
+port = 80
+ports = [81]
+gue_port = 6080
+min_healthy_backends = 3
+backends = [{ address = "10.0.0.1", weight = 70000 }, { address = "10.0.0.1" }]
+health = { type = "tcp", path = "/x", timeout = "5s", interval = "1s" }
+"#;
+    let ps = problems(text);
+    let paths: Vec<_> = ps.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "dataplane.upstream_interface",
+            "dataplane.flow_table_size",
+            "dataplane.maglev.m",
+            "bgp.local_as",
+            "bgp.router_id",
+            "bgp.peers[0].hold_time",
+            "bgp.peers[0].md5_password",
+            "vips[0].address",
+            "vips[0].ports",
+            "vips[0].gue_port",
+            "vips[0].min_healthy_backends",
+            "vips[0].backends[0].weight",
+            "vips[0].backends[1].address",
+            "vips[0].health.path",
+            "vips[0].health.timeout",
+        ]
+    );
+    assert!(ps.iter().all(|p| p.location.is_some()), "{ps:#?}");
+}
+
+#[test]
+fn topology_rules() {
+    let two = MINIMAL.replace(
+        "upstream_interface = \"eth0\"",
+        "upstream_interface = \"eth0\"\ntopology = \"two-arm\"",
+    );
+    one_problem(&two, "dataplane.downstream_interface", "needs a downstream");
+    let one = MINIMAL.replace(
+        "upstream_interface = \"eth0\"",
+        "upstream_interface = \"eth0\"\ndownstream_interface = \"eth1\"",
+    );
+    one_problem(&one, "dataplane.downstream_interface", "two-arm");
+    let bad = MINIMAL.replace(
+        "upstream_interface = \"eth0\"",
+        "upstream_interface = \"eth0\"\ntopology = \"three-arm\"",
+    );
+    one_problem(&bad, "dataplane.topology", "unknown variant");
+}
+
+#[test]
+fn durations_must_have_units() {
+    let text = format!("[daemon]\ndrain_time = 5\n{MINIMAL}");
+    one_problem(&text, "daemon.drain_time", "string");
+    let text = format!("[daemon]\ndrain_time = \"5 seconds\"\n{MINIMAL}");
+    one_problem(&text, "daemon.drain_time", "invalid duration");
+}
+
+#[test]
+fn kubernetes_section() {
+    let text = format!("{MINIMAL}\n[kubernetes]\naddress_pool = [\"203.0.113.0/28\", \"203.0.113.8-203.0.113.20\"]\nencap = \"ipip\"\n");
+    let ps = problems(&text);
+    let paths: Vec<_> = ps
+        .iter()
+        .map(|p| (p.path.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(paths.len(), 3, "{paths:?}");
+    assert!(
+        paths[0].0 == "kubernetes.address_pool[0]"
+            && paths[0].1.contains("static VIP 203.0.113.10")
+    );
+    assert!(
+        paths[1].0 == "kubernetes.address_pool[1]"
+            && paths[1].1.contains("overlaps address_pool[0]")
+    );
+    assert!(paths[2].0 == "kubernetes.address_pool[1]" && paths[2].1.contains("static VIP"));
+    let ok = format!("{MINIMAL}\n[kubernetes]\naddress_pool = [\"198.51.100.0/28\"]\n");
+    let c = parse(&ok, file()).unwrap();
+    let k = c.kubernetes.unwrap();
+    assert_eq!(k.kubeconfig, None);
+    assert_eq!(k.kube_proxy_health_port, 10256);
+    assert_eq!(k.health, Timing::default());
+    one_problem(
+        &format!("{MINIMAL}\n[kubernetes]\naddress_pool = [\"10.0.0.1/24\"]\n"),
+        "kubernetes.address_pool[0]",
+        "host bits",
+    );
+}
+
+#[test]
+fn outer_prefix_family_mismatch() {
+    let text = MINIMAL.replace(
+        "upstream_interface = \"eth0\"",
+        "upstream_interface = \"eth0\"\nouter_source_prefix = \"2001:db8::/64\"",
+    );
+    one_problem(
+        &text,
+        "vips[0].backends[0].address",
+        "different address family",
+    );
+}
+
+#[test]
+fn line_col_counts_characters() {
+    assert_eq!(line_col("ab\ncé d", 7), (2, 4));
+    assert_eq!(line_col("ab", 99), (1, 3));
+    assert_eq!(line_col("é", 1), (1, 1));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Arbitrary text never panics the parser.
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+        let _ = parse(&text, file());
+    }
+
+    /// TOML-ish text built from the config's own vocabulary reaches deeper.
+    #[test]
+    fn tomlish_text_never_panics(lines in proptest::collection::vec(
+        prop_oneof![
+            Just("[dataplane]".to_owned()), Just("[[vips]]".to_owned()), Just("[[vips.backends]]".to_owned()),
+            Just("[vips.health]".to_owned()), Just("[kubernetes]".to_owned()), Just("[bgp]".to_owned()), Just("[[bgp.peers]]".to_owned()),
+            ("[a-z_]{1,20}", prop_oneof![
+                Just("\"eth0\"".to_owned()), Just("\"203.0.113.1\"".to_owned()), Just("\"2s\"".to_owned()),
+                any::<i64>().prop_map(|n| n.to_string()), Just("[1, 2]".to_owned()), Just("true".to_owned()),
+                Just("\"1.2.3.4/33\"".to_owned()), Just("{ m = 7 }".to_owned()), "\"[^\"\\\\]{0,10}\"",
+            ]).prop_map(|(k, v)| format!("{k} = {v}")),
+        ], 0..25)) {
+        let _ = parse(&lines.join("\n"), file());
+    }
+
+    /// Mutations of the example (a byte replaced, deleted, or a line dropped)
+    /// never panic, and every error names the file.
+    #[test]
+    fn mutated_example_never_panics(pos in 0usize..EXAMPLE.len(), byte in any::<u8>(), op in 0u8..3) {
+        let mut bytes = EXAMPLE.as_bytes().to_vec();
+        match op {
+            0 => bytes[pos] = byte,
+            1 => { bytes.remove(pos); }
+            _ => {
+                let b = EXAMPLE.as_bytes();
+                let start = b[..pos].iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+                let end = b[pos..].iter().position(|&c| c == b'\n').map_or(b.len(), |i| pos + i);
+                bytes.drain(start..end);
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(e) = parse(&text, file()) {
+            prop_assert!(e.to_string().starts_with("test.toml"));
+            prop_assert!(!e.problems().is_empty());
+        }
+    }
+
+    /// Any integer in any numeric field never panics and is either accepted or named.
+    #[test]
+    fn numeric_fields(m in any::<i64>(), port in any::<i64>(), rise in any::<i64>()) {
+        let text = format!("[dataplane]\nupstream_interface = \"eth0\"\nmaglev = {{ m = {m} }}\n[[vips]]\naddress = \"203.0.113.1\"\nport = {port}\nbackends = [{{ address = \"10.0.0.1\" }}]\nhealth = {{ type = \"tcp\", rise = {rise} }}\n");
+        if let Err(e) = parse(&text, file()) {
+            for p in e.problems() {
+                prop_assert!(!p.path.is_empty(), "{}", e);
+                prop_assert!(p.location.is_some());
+            }
+        }
+    }
+}

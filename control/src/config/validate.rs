@@ -1,0 +1,555 @@
+//! Checks that serde cannot express: ranges, primes, cross-field rules, and
+//! duplicates. Collects every problem rather than stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::{
+    Config, EncapKind, HealthCheck, ProbeKind, Seg, Timing, Topology, Vip, VipBgp, MAX_WEIGHT,
+};
+
+type Found = Vec<(Vec<Seg>, String)>;
+
+/// Largest accepted Maglev table size (a 2^24-slot table per VIP is already
+/// 64 MiB of u32 entries).
+pub const MAX_MAGLEV_M: u32 = 1 << 24;
+
+struct V {
+    found: Found,
+    path: Vec<Seg>,
+}
+
+impl V {
+    fn at<R>(&mut self, seg: Seg, f: impl FnOnce(&mut V) -> R) -> R {
+        self.path.push(seg);
+        let r = f(self);
+        self.path.pop();
+        r
+    }
+    fn key<R>(&mut self, k: &str, f: impl FnOnce(&mut V) -> R) -> R {
+        self.at(Seg::Key(k.to_owned()), f)
+    }
+    fn err(&mut self, field: &str, msg: impl Into<String>) {
+        let mut path = self.path.clone();
+        if !field.is_empty() {
+            path.push(Seg::Key(field.to_owned()));
+        }
+        self.found.push((path, msg.into()));
+    }
+    fn path_str(&self) -> String {
+        super::format_path(&self.path)
+    }
+}
+
+/// All problems of `c`, each with its field path.
+pub(super) fn validate(c: &Config) -> Found {
+    let mut v = V {
+        found: Vec::new(),
+        path: Vec::new(),
+    };
+    v.key("daemon", |v| {
+        if c.daemon.drain_time > Duration::from_secs(3600) {
+            v.err("drain_time", "must be at most 1h");
+        }
+    });
+    v.key("dataplane", |v| dataplane(v, c));
+    if c.api.listen.port() == 0 {
+        v.key("api", |v| v.err("listen", "port 0 is not a listening port"));
+    }
+    if let Some(bgp) = &c.bgp {
+        v.key("bgp", |v| bgp_section(v, bgp));
+    }
+    let mut seen: HashMap<(IpAddr, super::Protocol, u16), String> = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    v.key("vips", |v| {
+        for (i, vip) in c.vips.iter().enumerate() {
+            v.at(Seg::Index(i), |v| {
+                vip_entry(v, c, vip, &mut seen, &mut names, i)
+            });
+        }
+    });
+    if let Some(k) = &c.kubernetes {
+        v.key("kubernetes", |v| kubernetes(v, c, k));
+    }
+    v.found
+}
+
+fn interface_name(v: &mut V, field: &str, name: &str) {
+    // IFNAMSIZ is 16 including the NUL.
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains(['/', ':'])
+        || name.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+        || name == "."
+        || name == ".."
+    {
+        v.err(
+            field,
+            format!(
+                "`{name}` is not a valid interface name (1 to 15 bytes, no '/', ':', or spaces)"
+            ),
+        );
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while d.saturating_mul(d) <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+fn dataplane(v: &mut V, c: &Config) {
+    let d = &c.dataplane;
+    interface_name(v, "upstream_interface", &d.upstream_interface);
+    match (d.topology, &d.downstream_interface) {
+        (Topology::OneArm, Some(_)) => v.err("downstream_interface", "only a two-arm topology has a downstream interface (set `topology = \"two-arm\"` or remove it)"),
+        (Topology::TwoArm, None) => v.err("downstream_interface", "a two-arm topology needs a downstream interface"),
+        (Topology::TwoArm, Some(down)) => {
+            interface_name(v, "downstream_interface", down);
+            if *down == d.upstream_interface {
+                v.err("downstream_interface", "must differ from upstream_interface in a two-arm topology");
+            }
+        }
+        (Topology::OneArm, None) => {}
+    }
+    let mut cores = HashSet::new();
+    for (i, core) in d.worker_cores.iter().enumerate() {
+        v.key("worker_cores", |v| {
+            v.at(Seg::Index(i), |v| {
+                if *core >= 1024 {
+                    v.err("", format!("core {core} is out of range (0..=1023)"));
+                } else if !cores.insert(*core) {
+                    v.err(
+                        "",
+                        format!("core {core} is listed twice; each worker needs its own core"),
+                    );
+                }
+            })
+        });
+    }
+    if !d.flow_table_size.is_power_of_two() || !(1024..=1 << 26).contains(&d.flow_table_size) {
+        v.err(
+            "flow_table_size",
+            format!(
+                "{} is not a power of two between 1024 and 67108864",
+                d.flow_table_size
+            ),
+        );
+    }
+    v.key("maglev", |v| {
+        let m = d.maglev.m;
+        if !is_prime(m) {
+            v.err(
+                "m",
+                format!("{m} is not a prime; Maglev needs a prime table size (e.g. 65537)"),
+            );
+        } else if !(7..=MAX_MAGLEV_M).contains(&m) {
+            v.err("m", format!("{m} is out of range (7..={MAX_MAGLEV_M})"));
+        }
+    });
+    let any_v6 = c
+        .vips
+        .iter()
+        .any(|vip| vip.address.is_ipv6() || vip.backends.iter().any(|b| b.address.is_ipv6()));
+    let min_mtu = if any_v6 { 1280 } else { 576 };
+    if !(min_mtu..=9216).contains(&d.tunnel_mtu) {
+        v.err(
+            "tunnel_mtu",
+            format!("{} is out of range ({min_mtu}..=9216)", d.tunnel_mtu),
+        );
+    }
+    if let Some(p) = d.outer_source_prefix {
+        if p.addr() != p.network() {
+            v.err(
+                "outer_source_prefix",
+                format!("host bits are set in {p}; did you mean {}?", p.trunc()),
+            );
+        }
+        if unusable(p.addr()) {
+            v.err(
+                "outer_source_prefix",
+                format!("{p} is not a unicast prefix"),
+            );
+        }
+    }
+}
+
+fn bgp_section(v: &mut V, b: &super::Bgp) {
+    if b.local_as == 0 || b.local_as == 23456 {
+        v.err(
+            "local_as",
+            format!("{} is reserved (RFC 7607 / RFC 6793)", b.local_as),
+        );
+    }
+    if b.router_id.is_unspecified() || b.router_id.is_multicast() || b.router_id.is_broadcast() {
+        v.err(
+            "router_id",
+            format!("{} is not a usable BGP identifier", b.router_id),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in b.peers.iter().enumerate() {
+        v.key("peers", |v| {
+            v.at(Seg::Index(i), |v| {
+                if unusable(p.address) {
+                    v.err("address", format!("{} is not a unicast address", p.address));
+                } else if !seen.insert(p.address) {
+                    v.err("address", format!("peer {} is configured twice", p.address));
+                }
+                if p.remote_as == 0 || p.remote_as == 23456 {
+                    v.err(
+                        "remote_as",
+                        format!("{} is reserved (RFC 7607 / RFC 6793)", p.remote_as),
+                    );
+                }
+                if p.port == 0 {
+                    v.err("port", "port 0 is out of range (1..=65535)");
+                }
+                let h = p.hold_time;
+                if h.subsec_nanos() != 0
+                    || (h.as_secs() != 0 && !(3..=65535).contains(&h.as_secs()))
+                {
+                    v.err(
+                        "hold_time",
+                        "must be 0 or a whole number of seconds from 3s to 65535s (RFC 4271 §4.2)",
+                    );
+                }
+                if let Some(l) = p.local_address {
+                    if l.is_ipv4() != p.address.is_ipv4() {
+                        v.err(
+                            "local_address",
+                            format!("{l} is not of the peer address's family"),
+                        );
+                    }
+                }
+                if let Some(nh) = p.next_hop {
+                    if unusable(nh) {
+                        v.err("next_hop", format!("{nh} is not a unicast address"));
+                    }
+                }
+                if let Some(pw) = &p.md5_password {
+                    if pw.is_empty() || pw.len() > 80 {
+                        v.err(
+                            "md5_password",
+                            "must be 1 to 80 bytes (TCP_MD5SIG_MAXKEYLEN)",
+                        );
+                    }
+                }
+            })
+        });
+    }
+}
+
+/// Addresses that can be neither a VIP, a node, nor a peer.
+fn unusable(a: IpAddr) -> bool {
+    a.is_unspecified()
+        || a.is_multicast()
+        || a.is_loopback()
+        || match a {
+            IpAddr::V4(a) => a.is_broadcast(),
+            IpAddr::V6(_) => false,
+        }
+}
+
+fn encap(v: &mut V, kind: EncapKind, gue_port: Option<u16>) {
+    match (kind, gue_port) {
+        (EncapKind::Ipip, Some(_)) => v.err(
+            "gue_port",
+            "only GUE encapsulation has a port (set `encap = \"gue\"` or remove it)",
+        ),
+        (EncapKind::Gue, Some(0)) => v.err("gue_port", "port 0 is out of range (1..=65535)"),
+        _ => {}
+    }
+}
+
+fn vip_bgp(v: &mut V, b: &VipBgp) {
+    let mut seen = HashSet::new();
+    for (i, c) in b.communities.iter().enumerate() {
+        if !seen.insert(c) {
+            v.key("bgp", |v| {
+                v.key("communities", |v| {
+                    v.at(Seg::Index(i), |v| {
+                        v.err("", format!("community {c} is listed twice"))
+                    })
+                })
+            });
+        }
+    }
+}
+
+fn timing(v: &mut V, t: Timing) {
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&t.interval) {
+        v.err("interval", "must be between 100ms and 1h");
+    }
+    if t.timeout.is_zero() || t.timeout > t.interval {
+        v.err(
+            "timeout",
+            "must be above 0 and at most the interval (a probe ends before the next starts)",
+        );
+    }
+    if !(1..=100).contains(&t.rise) {
+        v.err(
+            "rise",
+            format!(
+                "{} is out of range (1..=100): a backend needs at least one success to enter",
+                t.rise
+            ),
+        );
+    }
+    if !(1..=100).contains(&t.fall) {
+        v.err(
+            "fall",
+            format!(
+                "{} is out of range (1..=100): a backend needs at least one failure to leave",
+                t.fall
+            ),
+        );
+    }
+}
+
+fn health(v: &mut V, h: &HealthCheck) {
+    if h.port == Some(0) {
+        v.err("port", "port 0 is out of range (1..=65535)");
+    }
+    match (h.kind, &h.path) {
+        (ProbeKind::Tcp, Some(_)) => v.err(
+            "path",
+            "only HTTP checks have a path (set `type = \"http\"` or remove it)",
+        ),
+        (ProbeKind::Http, Some(p))
+            if !p.starts_with('/')
+                || p.len() > 1024
+                || p.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            v.err(
+                "path",
+                format!(
+                    "`{p}` is not a request path (starts with '/', no spaces, at most 1024 bytes)"
+                ),
+            )
+        }
+        _ => {}
+    }
+    timing(v, h.timing());
+}
+
+fn vip_entry<'a>(
+    v: &mut V,
+    c: &Config,
+    vip: &'a Vip,
+    seen: &mut HashMap<(IpAddr, super::Protocol, u16), String>,
+    names: &mut HashMap<&'a str, usize>,
+    i: usize,
+) {
+    if let Some(name) = &vip.name {
+        if name.is_empty()
+            || name.len() > 64
+            || name
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '"')
+        {
+            v.err("name", format!("`{name}` is not a valid name (1 to 64 printable characters, no spaces or quotes)"));
+        }
+    }
+    if let Some(name) = vip.name.as_deref() {
+        if let Some(j) = names.insert(name, i) {
+            v.err(
+                "name",
+                format!("the name `{name}` is already used by vips[{j}]"),
+            );
+        }
+    }
+    if unusable(vip.address) {
+        v.err(
+            "address",
+            format!("{} is not a unicast address", vip.address),
+        );
+    }
+    let ports = match (&vip.port, &vip.ports) {
+        (Some(_), Some(_)) => {
+            v.err("ports", "set either `port` or `ports`, not both");
+            Vec::new()
+        }
+        (None, None) => {
+            v.err("port", "missing: set `port = N` or `ports = [N, ...]`");
+            Vec::new()
+        }
+        (Some(p), None) => vec![("port", None, *p)],
+        (None, Some(ps)) => {
+            if ps.is_empty() {
+                v.err("ports", "must list at least one port");
+            }
+            ps.iter()
+                .enumerate()
+                .map(|(j, p)| ("ports", Some(j), *p))
+                .collect()
+        }
+    };
+    let here = v.path_str();
+    for (field, idx, port) in ports {
+        let mut check = |v: &mut V| {
+            if port == 0 {
+                v.err("", "port 0 is out of range (1..=65535)");
+            } else if let Some(other) = seen.get(&(vip.address, vip.protocol, port)) {
+                if *other == here {
+                    v.err(
+                        "",
+                        format!("{} {}/{port} is listed twice", vip.address, vip.protocol),
+                    );
+                } else {
+                    v.err(
+                        "",
+                        format!(
+                            "duplicate VIP: {} {}/{port} is already defined by {other}",
+                            vip.address, vip.protocol
+                        ),
+                    );
+                }
+            } else {
+                seen.insert((vip.address, vip.protocol, port), here.clone());
+            }
+        };
+        v.key(field, |v| match idx {
+            Some(j) => v.at(Seg::Index(j), check),
+            None => check(v),
+        });
+    }
+    encap(v, vip.encap, vip.gue_port);
+    vip_bgp(v, &vip.bgp);
+    if vip.backends.is_empty() {
+        v.err(
+            "backends",
+            "must list at least one backend (a VIP without backends is never announced)",
+        );
+    }
+    if vip.min_healthy_backends == 0 {
+        v.err(
+            "min_healthy_backends",
+            "must be at least 1: a VIP with no healthy backend must not be announced",
+        );
+    } else if !vip.backends.is_empty() && vip.min_healthy_backends as usize > vip.backends.len() {
+        v.err(
+            "min_healthy_backends",
+            format!(
+                "{} exceeds the {} configured backends: the VIP could never be announced",
+                vip.min_healthy_backends,
+                vip.backends.len()
+            ),
+        );
+    }
+    if vip.backends.len() >= c.dataplane.maglev.m as usize {
+        v.err(
+            "backends",
+            format!(
+                "{} backends do not fit a Maglev table of {} slots",
+                vip.backends.len(),
+                c.dataplane.maglev.m
+            ),
+        );
+    }
+    let outer = c.dataplane.outer_source_prefix;
+    let mut addrs = HashSet::new();
+    for (j, b) in vip.backends.iter().enumerate() {
+        v.key("backends", |v| {
+            v.at(Seg::Index(j), |v| {
+                if unusable(b.address) {
+                    v.err("address", format!("{} is not a unicast address", b.address));
+                } else if !addrs.insert(b.address) {
+                    v.err("address", format!("backend {} is listed twice", b.address));
+                }
+                if let Some(p) = outer {
+                    if p.addr().is_ipv4() != b.address.is_ipv4() {
+                        v.err("address", format!("{} cannot be reached from dataplane.outer_source_prefix {p} (different address family)", b.address));
+                    }
+                }
+                if b.weight > MAX_WEIGHT {
+                    v.err("weight", format!("{} is out of range (0..={MAX_WEIGHT})", b.weight));
+                }
+            })
+        });
+    }
+    if let Some(h) = &vip.health {
+        v.key("health", |v| health(v, h));
+    }
+}
+
+fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes) {
+    if let Some(p) = &k.kubeconfig {
+        if p.as_os_str().is_empty() {
+            v.err(
+                "kubeconfig",
+                "must not be empty (omit it for in-cluster credentials)",
+            );
+        }
+    }
+    if k.context.is_some() && k.kubeconfig.is_none() {
+        v.err("context", "a context needs a kubeconfig");
+    }
+    if k.load_balancer_class.as_deref() == Some("") {
+        v.err(
+            "load_balancer_class",
+            "must not be empty (omit it to serve Services without a class)",
+        );
+    }
+    for (i, r) in k.address_pool.iter().enumerate() {
+        v.key("address_pool", |v| {
+            v.at(Seg::Index(i), |v| {
+                if let Some(j) = k.address_pool[..i].iter().position(|o| o.overlaps(r)) {
+                    v.err("", format!("overlaps address_pool[{j}]"));
+                }
+                if let Some(vip) = c.vips.iter().find(|vip| r.contains(vip.address)) {
+                    v.err(
+                        "",
+                        format!(
+                            "contains the static VIP {}; keep static VIPs out of the pool",
+                            vip.address
+                        ),
+                    );
+                }
+                if unusable(r.first) || unusable(r.last) {
+                    v.err("", "contains addresses that are not unicast");
+                }
+            })
+        });
+    }
+    if k.kube_proxy_health_port == 0 {
+        v.err(
+            "kube_proxy_health_port",
+            "port 0 is out of range (1..=65535)",
+        );
+    }
+    encap(v, k.encap, k.gue_port);
+    vip_bgp(v, &k.bgp);
+    if k.min_healthy_backends == 0 {
+        v.err(
+            "min_healthy_backends",
+            "must be at least 1: a VIP with no healthy backend must not be announced",
+        );
+    }
+    v.key("health", |v| timing(v, k.health));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_prime;
+
+    #[test]
+    fn primes() {
+        let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(65537));
+        assert!(!is_prime(65536));
+        assert!(is_prime(16_777_213));
+        assert!(!is_prime(u32::MAX));
+        assert!(is_prime(4_294_967_291));
+    }
+}
