@@ -2,3 +2,5 @@
 pub mod config;
 pub mod policy;
 pub mod caps;
+pub mod neigh;
+pub mod health;
