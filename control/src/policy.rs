@@ -1,0 +1,282 @@
+//! Which VIP prefixes are announced over BGP, and why.
+//!
+//! A prefix (the VIP address as a /32 or /128) is announced while at least one of the
+//! services on that address has at least its configured minimum of healthy backends with
+//! nonzero weight, and the dataplane itself is healthy. Announcing per address rather
+//! than per port keeps a healthy `TCP 80` reachable while `UDP 7` on the same address has
+//! no backend; the `UDP 7` traffic that still arrives is dropped and counted as
+//! "no backend" by the pipeline.
+//!
+//! The policy is pure: health and dataplane state come in, decisions and the transitions
+//! since the last evaluation come out. The caller logs and counts the transitions and
+//! hands the announced set to the BGP speaker.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// The health of one service (address, protocol, port) as the policy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceHealth {
+    pub addr: IpAddr,
+    /// Backends that passed their health checks (`rise` met) and have nonzero weight.
+    pub healthy_backends: u32,
+    /// The announce policy: fewer healthy backends than this and the service does not
+    /// count toward announcing its address.
+    pub min_healthy: u32,
+}
+
+/// Why the whole dataplane cannot forward, which withdraws every prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataplaneProblem {
+    /// A worker has not completed a loop iteration recently.
+    WorkerStalled { worker: usize },
+    /// The steering XDP program is no longer attached to an interface.
+    XdpDetached { iface: String },
+    /// No next hop toward any backend has a resolved MAC address.
+    NextHopUnresolved,
+}
+
+impl fmt::Display for DataplaneProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataplaneProblem::WorkerStalled { worker } => write!(f, "worker {worker} stalled"),
+            DataplaneProblem::XdpDetached { iface } => {
+                write!(f, "XDP program detached from {iface}")
+            }
+            DataplaneProblem::NextHopUnresolved => f.write_str("no next hop resolved"),
+        }
+    }
+}
+
+/// The decision for one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Announce,
+    Withdraw(WithdrawReason),
+}
+
+/// Why a prefix is not announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WithdrawReason {
+    /// No service on the address meets its minimum; `healthy` is the best service's count.
+    TooFewHealthyBackends {
+        healthy: u32,
+        required: u32,
+    },
+    Dataplane(DataplaneProblem),
+    ShuttingDown,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Announce => f.write_str("announced"),
+            Decision::Withdraw(WithdrawReason::TooFewHealthyBackends { healthy, required }) => {
+                write!(
+                    f,
+                    "withdrawn: {healthy} healthy backends, {required} required"
+                )
+            }
+            Decision::Withdraw(WithdrawReason::Dataplane(p)) => write!(f, "withdrawn: {p}"),
+            Decision::Withdraw(WithdrawReason::ShuttingDown) => {
+                f.write_str("withdrawn: shutting down")
+            }
+        }
+    }
+}
+
+/// A change of decision for one prefix since the previous evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub addr: IpAddr,
+    /// `None` the first time the prefix is seen.
+    pub from: Option<Decision>,
+    pub to: Decision,
+}
+
+/// Remembers the last decision per prefix so that only changes are reported.
+#[derive(Default, Debug)]
+pub struct Policy {
+    decisions: BTreeMap<IpAddr, Decision>,
+}
+
+impl Policy {
+    /// Decides every prefix from the services' health and the dataplane's state, and
+    /// returns what changed. Prefixes that no longer have any service are forgotten (the
+    /// speaker withdraws them because they are absent from [`Policy::announced`]).
+    pub fn evaluate(
+        &mut self,
+        services: &[ServiceHealth],
+        dataplane: Option<&DataplaneProblem>,
+        shutting_down: bool,
+    ) -> Vec<Transition> {
+        let mut best: BTreeMap<IpAddr, Decision> = BTreeMap::new();
+        for s in services {
+            let d = if shutting_down {
+                Decision::Withdraw(WithdrawReason::ShuttingDown)
+            } else if let Some(p) = dataplane {
+                Decision::Withdraw(WithdrawReason::Dataplane(p.clone()))
+            } else if s.healthy_backends >= s.min_healthy.max(1) {
+                Decision::Announce
+            } else {
+                Decision::Withdraw(WithdrawReason::TooFewHealthyBackends {
+                    healthy: s.healthy_backends,
+                    required: s.min_healthy.max(1),
+                })
+            };
+            best.entry(s.addr)
+                .and_modify(|cur| {
+                    if better(&d, cur) {
+                        *cur = d.clone();
+                    }
+                })
+                .or_insert(d);
+        }
+        let mut out = Vec::new();
+        for (addr, to) in &best {
+            let from = self.decisions.get(addr);
+            if from != Some(to) {
+                out.push(Transition {
+                    addr: *addr,
+                    from: from.cloned(),
+                    to: to.clone(),
+                });
+            }
+        }
+        self.decisions = best;
+        out
+    }
+
+    /// The prefixes to announce now.
+    pub fn announced(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.decisions
+            .iter()
+            .filter(|(_, d)| **d == Decision::Announce)
+            .map(|(a, _)| *a)
+    }
+
+    /// The current decision for every known prefix.
+    pub fn decisions(&self) -> &BTreeMap<IpAddr, Decision> {
+        &self.decisions
+    }
+}
+
+/// Among the services of one address, an announce wins; otherwise the reason with the
+/// most healthy backends is the one worth reporting.
+fn better(new: &Decision, cur: &Decision) -> bool {
+    use WithdrawReason::TooFewHealthyBackends as Few;
+    match (new, cur) {
+        (Decision::Announce, Decision::Announce) => false,
+        (Decision::Announce, _) => true,
+        (
+            Decision::Withdraw(Few { healthy: a, .. }),
+            Decision::Withdraw(Few { healthy: b, .. }),
+        ) => a > b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(addr: &str, healthy: u32, min: u32) -> ServiceHealth {
+        ServiceHealth {
+            addr: addr.parse().unwrap(),
+            healthy_backends: healthy,
+            min_healthy: min,
+        }
+    }
+
+    #[test]
+    fn announces_while_healthy_and_withdraws_when_last_backend_fails() {
+        let mut p = Policy::default();
+        let t = p.evaluate(&[svc("192.0.2.10", 2, 1)], None, false);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].from, None);
+        assert_eq!(t[0].to, Decision::Announce);
+        assert_eq!(p.announced().count(), 1);
+
+        assert!(
+            p.evaluate(&[svc("192.0.2.10", 1, 1)], None, false)
+                .is_empty(),
+            "no change, no transition"
+        );
+
+        let t = p.evaluate(&[svc("192.0.2.10", 0, 1)], None, false);
+        assert_eq!(
+            t[0].to,
+            Decision::Withdraw(WithdrawReason::TooFewHealthyBackends {
+                healthy: 0,
+                required: 1
+            })
+        );
+        assert_eq!(t[0].from, Some(Decision::Announce));
+        assert_eq!(p.announced().count(), 0);
+    }
+
+    #[test]
+    fn minimum_is_at_least_one() {
+        let mut p = Policy::default();
+        p.evaluate(&[svc("192.0.2.10", 0, 0)], None, false);
+        assert_eq!(
+            p.announced().count(),
+            0,
+            "a VIP without healthy backends is never announced"
+        );
+    }
+
+    #[test]
+    fn one_healthy_service_keeps_its_address_announced() {
+        let mut p = Policy::default();
+        p.evaluate(
+            &[
+                svc("192.0.2.10", 0, 1),
+                svc("192.0.2.10", 3, 2),
+                svc("2001:db8::1", 1, 2),
+            ],
+            None,
+            false,
+        );
+        let announced: Vec<_> = p.announced().collect();
+        assert_eq!(announced, vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            p.decisions()[&"2001:db8::1".parse::<IpAddr>().unwrap()],
+            Decision::Withdraw(WithdrawReason::TooFewHealthyBackends {
+                healthy: 1,
+                required: 2
+            })
+        );
+    }
+
+    #[test]
+    fn dataplane_problem_and_shutdown_withdraw_everything() {
+        let mut p = Policy::default();
+        let services = [svc("192.0.2.10", 3, 1), svc("192.0.2.11", 3, 1)];
+        p.evaluate(&services, None, false);
+        assert_eq!(p.announced().count(), 2);
+        let problem = DataplaneProblem::XdpDetached {
+            iface: "eth0".into(),
+        };
+        let t = p.evaluate(&services, Some(&problem), false);
+        assert_eq!(t.len(), 2);
+        assert_eq!(p.announced().count(), 0);
+        assert_eq!(
+            t[0].to.to_string(),
+            "withdrawn: XDP program detached from eth0"
+        );
+        p.evaluate(&services, None, false);
+        assert_eq!(p.announced().count(), 2);
+        p.evaluate(&services, None, true);
+        assert_eq!(p.announced().count(), 0);
+    }
+
+    #[test]
+    fn removed_prefixes_are_forgotten() {
+        let mut p = Policy::default();
+        p.evaluate(&[svc("192.0.2.10", 3, 1)], None, false);
+        assert!(p.evaluate(&[], None, false).is_empty());
+        assert_eq!(p.decisions().len(), 0);
+    }
+}
