@@ -28,7 +28,7 @@ pub(crate) enum Kind {
     /// An ICMP error about a packet a backend sent from a VIP; the tuple below is the
     /// embedded packet's, swapped, i.e. the client's flow the error belongs to.
     IcmpError,
-    /// Any other protocol.
+    /// Any protocol other than TCP, UDP and ICMP.
     Other,
 }
 
@@ -106,21 +106,21 @@ pub(crate) fn parse(frame: &[u8]) -> Result<Parsed, Early> {
     Ok(p)
 }
 
-fn parse_v4(ip: &[u8]) -> Result<Parsed, DropReason> {
+fn parse_v4(ip: &[u8]) -> Result<Parsed, Early> {
     if ip.len() < IPV4_HEADER_LEN {
-        return Err(DropReason::Truncated);
+        return Err(DropReason::Truncated.into());
     }
     let pkt = Ipv4Packet::new_unchecked(ip);
     if pkt.version() != 4 {
-        return Err(DropReason::BadVersion);
+        return Err(DropReason::BadVersion.into());
     }
     let hl = usize::from(pkt.header_len());
     let total = usize::from(pkt.total_len());
     if hl < IPV4_HEADER_LEN || hl > total {
-        return Err(DropReason::BadIhl);
+        return Err(DropReason::BadIhl.into());
     }
     if total > ip.len() {
-        return Err(DropReason::BadLength);
+        return Err(DropReason::BadLength.into());
     }
     // Every accessor used below is in bounds now (smoltcp's check_len conditions hold).
     let fragment = pkt.more_frags() || pkt.frag_offset() != 0;
@@ -146,18 +146,18 @@ fn parse_v4(ip: &[u8]) -> Result<Parsed, DropReason> {
     Ok(p)
 }
 
-fn parse_v6(ip: &[u8]) -> Result<Parsed, DropReason> {
+fn parse_v6(ip: &[u8]) -> Result<Parsed, Early> {
     if ip.len() < IPV6_HEADER_LEN {
-        return Err(DropReason::Truncated);
+        return Err(DropReason::Truncated.into());
     }
     let pkt = Ipv6Packet::new_unchecked(ip);
     if pkt.version() != 6 {
-        return Err(DropReason::BadVersion);
+        return Err(DropReason::BadVersion.into());
     }
     let total = pkt.total_len();
     // A zero payload length means a jumbogram (RFC 2675), which no Ethernet frame carries.
     if total > ip.len() || pkt.payload_len() == 0 {
-        return Err(DropReason::BadLength);
+        return Err(DropReason::BadLength.into());
     }
     let payload = &ip[IPV6_HEADER_LEN..total];
     let upper = ipv6ext::walk(payload, u8::from(pkt.next_header())).map_err(walk_error)?;
@@ -200,20 +200,20 @@ fn walk_error(e: WalkError) -> DropReason {
 fn l4_ports(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
     if p.proto == TCP {
         if l4.len() < TCP_HEADER_LEN {
-            return Err(DropReason::Truncated);
+            return Err(DropReason::Truncated.into());
         }
         let off = usize::from(l4[12] >> 4) * 4;
         if off < TCP_HEADER_LEN || off > l4.len() {
-            return Err(DropReason::BadLength);
+            return Err(DropReason::BadLength.into());
         }
         p.tcp_flags = l4[13];
     } else {
         if l4.len() < UDP_HEADER_LEN {
-            return Err(DropReason::Truncated);
+            return Err(DropReason::Truncated.into());
         }
         let len = usize::from(be16(l4, 4));
         if len < UDP_HEADER_LEN || len > l4.len() {
-            return Err(DropReason::BadLength);
+            return Err(DropReason::BadLength.into());
         }
     }
     p.sport = be16(l4, 0);
@@ -222,22 +222,19 @@ fn l4_ports(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
 }
 
 /// ICMPv4 errors (destination unreachable, which includes fragmentation needed, and time
-/// exceeded) carry the offending packet's header: take the flow from it. Other ICMP
-/// (echo and so on) is `Other`.
-fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
+/// exceeded) carry the offending packet's header: take the flow from it. Other ICMP (echo
+/// and so on) is the kernel's.
+fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     if l4.len() < 8 {
-        return Err(DropReason::Truncated);
+        return Err(DropReason::Truncated.into());
     }
     match Icmpv4Message::from(l4[0]) {
         Icmpv4Message::DstUnreachable | Icmpv4Message::TimeExceeded => {}
-        _ => {
-            p.kind = Kind::Other;
-            return Ok(());
-        }
+        _ => return Err(Early::Pass),
     }
     let inner = &l4[8..];
     if inner.len() < IPV4_HEADER_LEN || inner[0] >> 4 != 4 {
-        return Err(DropReason::BadIcmp);
+        return Err(DropReason::BadIcmp.into());
     }
     let hl = usize::from(inner[0] & 0x0f) * 4;
     let frag_off = be16(inner, 6) & 0x1fff;
@@ -252,19 +249,18 @@ fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
 }
 
 /// ICMPv6 errors (destination unreachable, packet too big, time exceeded, parameter
-/// problem) as for ICMPv4. Everything else (echo, and neighbour discovery above all) is
-/// `Other`.
-fn icmpv6(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
+/// problem) as for ICMPv4. Everything else (echo, and neighbour discovery above all) is the
+/// kernel's.
+fn icmpv6(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     if l4.len() < 8 {
-        return Err(DropReason::Truncated);
+        return Err(DropReason::Truncated.into());
     }
     if !Icmpv6Message::from(l4[0]).is_error() {
-        p.kind = Kind::Other;
-        return Ok(());
+        return Err(Early::Pass);
     }
     let inner = &l4[8..];
     if inner.len() < IPV6_HEADER_LEN || inner[0] >> 4 != 6 {
-        return Err(DropReason::BadIcmp);
+        return Err(DropReason::BadIcmp.into());
     }
     let upper =
         ipv6ext::walk(&inner[IPV6_HEADER_LEN..], inner[6]).map_err(|_| DropReason::BadIcmp)?;
@@ -289,15 +285,14 @@ struct Quoted<'a> {
 
 /// Turns the quoted packet (a backend's reply: VIP → client) into the client's flow
 /// (client → VIP) by swapping addresses and ports.
-fn quoted(p: &mut Parsed, q: Quoted<'_>) -> Result<(), DropReason> {
+fn quoted(p: &mut Parsed, q: Quoted<'_>) -> Result<(), Early> {
     if q.proto != TCP && q.proto != UDP {
         // An error about, say, an ICMP echo reply: no flow to follow.
-        p.kind = Kind::Other;
-        return Ok(());
+        return Err(Early::Pass);
     }
     // The error must be about a packet sent from the address it is addressed to.
     if q.src != p.dst {
-        return Err(DropReason::BadIcmp);
+        return Err(DropReason::BadIcmp.into());
     }
     p.kind = Kind::IcmpError;
     p.proto = q.proto;
