@@ -1,0 +1,291 @@
+//! AF_XDP poll-mode workers: the only place in dsrgate that does packet I/O.
+//!
+//! One socket per RX queue of the uplink, one worker thread per socket, pinned to a configured
+//! core. Each worker owns its UMEM (page-aligned, with [`ENCAP_HEADROOM`] in front of every
+//! frame), its fill, completion, RX and TX rings, its processor state, and its counters. In a
+//! two-arm topology the worker also opens a TX socket on the downlink that shares its UMEM, so
+//! forwarding hands a descriptor from one device to the other without a copy.
+//!
+//! Socket library: xdpilone, not xsk-rs. xsk-rs builds libxdp and libbpf from source through
+//! `libxdp-sys`, and that build writes into cargo's registry copy of the crate, while dsrgate's
+//! build must never write outside `target/`. xdpilone is pure Rust over the kernel's uapi
+//! (no C build at all), and it has been verified here with aya 0.14. It reserves ring slots
+//! in a way that can return fewer than are free, which the worker loop handles.
+
+mod bare;
+mod socket;
+mod stats;
+mod worker;
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use bare::BareForwarder;
+pub use socket::{XdpStats, XskMode, ENCAP_HEADROOM};
+pub use stats::{WorkerStats, DROP_SLOTS};
+
+use crate::pipeline::{Frame, Verdict};
+use stats::SharedStats;
+use worker::Worker;
+
+/// Turns a batch of received frames into verdicts. Implemented by the pipeline adapter and by
+/// [`BareForwarder`]; one instance per worker, so it may keep per-worker state freely.
+pub trait Processor: Send {
+    /// `frames` and `verdicts` have the same length (at most [`crate::pipeline::BATCH`]);
+    /// `now_ns` is read once per batch (CLOCK_MONOTONIC).
+    fn process(&mut self, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]);
+}
+
+/// The XDP program that steers traffic into the workers' sockets. [`Workers`] registers each
+/// uplink socket under its RX queue, and drops the steering handle first on stop, which
+/// detaches the program so traffic falls back to the kernel before the sockets close.
+pub trait Steering: Send {
+    /// Point the XSKMAP slot of RX queue `queue` at the socket `fd`.
+    fn insert_xsk(&mut self, queue: u32, fd: RawFd) -> std::io::Result<()>;
+}
+
+impl Steering for crate::bpf::Steer {
+    fn insert_xsk(&mut self, queue: u32, fd: RawFd) -> std::io::Result<()> {
+        self.set_socket(queue, &fd).map_err(std::io::Error::other)
+    }
+}
+
+/// Where and how the workers run.
+#[derive(Clone, Debug)]
+pub struct XskConfig {
+    /// Interface toward the router. Steered VIP traffic arrives here; `Reply` frames leave here,
+    /// and so do `Tx` frames in a one-arm topology.
+    pub uplink: String,
+    /// Interface toward the nodes in a two-arm topology: `Tx` frames leave here. It needs at
+    /// least as many queues as the uplink has workers. `None` means one-arm.
+    pub downlink: Option<String>,
+    /// Cores to pin workers to: worker `i` runs on `cores[i % cores.len()]`. Empty: unpinned.
+    pub cores: Vec<usize>,
+    /// Number of uplink RX queues to serve, from queue 0. `None`: all of them
+    /// (`ETHTOOL_GCHANNELS`).
+    pub queues: Option<u32>,
+    /// UMEM frames per worker (each `frame_size` bytes); at least twice `ring_size`.
+    pub frames: u32,
+    /// Bytes per frame: a power of two, at least 2048.
+    pub frame_size: u32,
+    /// Entries in each of the fill, completion, RX and TX rings: a power of two.
+    pub ring_size: u32,
+    /// `XDP_MAX_TX_SKB_BUDGET`: frames one copy-mode `sendto` may send (kernel default 32).
+    pub tx_skb_budget: u32,
+}
+
+impl XskConfig {
+    /// One-arm defaults for `uplink`: all queues, unpinned, 4096 frames of 4 KiB, 2048-entry
+    /// rings, TX budget 256 (measured here: +30% in copy mode; more did not help).
+    pub fn new(uplink: &str) -> Self {
+        XskConfig {
+            uplink: uplink.to_string(),
+            downlink: None,
+            cores: Vec::new(),
+            queues: None,
+            frames: 4096,
+            frame_size: 4096,
+            ring_size: 2048,
+            tx_skb_budget: 256,
+        }
+    }
+}
+
+/// Frames of one worker by location. `accounted() <= total` always. The difference is what
+/// the kernel holds: frames in transit and, in copy mode, frames it took from the fill ring
+/// but then dropped because the RX ring was full (it keeps those for its next receive).
+/// With no overload since start, `accounted() == total` once traffic stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    pub total: u32,
+    pub fill: u32,
+    pub rx: u32,
+    pub tx: u32,
+    pub completion: u32,
+    pub stash: u32,
+}
+
+impl Census {
+    pub fn accounted(&self) -> u32 {
+        self.fill + self.rx + self.tx + self.completion + self.stash
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("invalid AF_XDP configuration: {0}")]
+    Config(String),
+    #[error("interface {iface}: {source}")]
+    Iface {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error("UMEM setup: {0}")]
+    Umem(std::io::Error),
+    #[error("AF_XDP socket on {iface} queue {queue}: {op}: {source}")]
+    Socket {
+        iface: String,
+        queue: u32,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("steering: inserting the socket for queue {queue} into the XSKMAP: {source}")]
+    Steering { queue: u32, source: std::io::Error },
+    #[error("worker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("worker {0} panicked")]
+    Panicked(usize),
+}
+
+struct Handle {
+    thread: JoinHandle<Census>,
+    stats: Arc<SharedStats>,
+    info: WorkerStats,
+}
+
+/// The running workers. [`Workers::stop`] (or drop) detaches steering, stops and joins the
+/// threads, and closes the sockets, in that order.
+pub struct Workers<S: Steering> {
+    handles: Vec<Handle>,
+    stop: Arc<AtomicBool>,
+    steering: Option<S>,
+}
+
+impl<S: Steering> Workers<S> {
+    /// Open one socket per uplink RX queue (plus a downlink TX socket each in two-arm), register
+    /// them with `steering`, and start one pinned worker per socket running `make(i)`.
+    ///
+    /// Sockets are created in the calling thread's network namespace.
+    pub fn start<P, F>(
+        cfg: &XskConfig,
+        mut steering: S,
+        mut make: F,
+    ) -> Result<Workers<S>, XskError>
+    where
+        P: Processor + 'static,
+        F: FnMut(usize) -> P,
+    {
+        let queues = cfg.queues.unwrap_or_else(|| socket::rx_queues(&cfg.uplink));
+        if queues == 0 {
+            return Err(XskError::Config("zero queues".into()));
+        }
+        let mut ios = Vec::with_capacity(queues as usize);
+        for q in 0..queues {
+            let io = socket::open(&socket::Placement {
+                uplink: &cfg.uplink,
+                downlink: cfg.downlink.as_deref(),
+                queue: q,
+                frames: cfg.frames,
+                frame_size: cfg.frame_size,
+                ring_size: cfg.ring_size,
+                tx_skb_budget: cfg.tx_skb_budget,
+            })?;
+            tracing::info!(
+                iface = %cfg.uplink,
+                downlink = cfg.downlink.as_deref().unwrap_or("-"),
+                queue = q,
+                mode = %io.mode,
+                "AF_XDP socket bound"
+            );
+            ios.push(io);
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Workers {
+            handles: Vec::with_capacity(ios.len()),
+            stop: stop.clone(),
+            steering: None,
+        };
+        for (i, io) in ios.into_iter().enumerate() {
+            let core = (!cfg.cores.is_empty()).then(|| cfg.cores[i % cfg.cores.len()]);
+            let info = WorkerStats {
+                iface: cfg.uplink.clone(),
+                queue: i as u32,
+                mode: Some(io.mode),
+                core,
+                ..WorkerStats::default()
+            };
+            let stats = Arc::new(SharedStats::default());
+            // `new` fills the fill ring, so the socket can receive as soon as it is steered to.
+            let worker = Worker::new(io, make(i), stats.clone(), stop.clone());
+            steering
+                .insert_xsk(i as u32, worker.io.up.fd())
+                .map_err(|source| XskError::Steering {
+                    queue: i as u32,
+                    source,
+                })?;
+            let thread = std::thread::Builder::new()
+                .name(format!("xsk-{}-q{i}", cfg.uplink))
+                .spawn(move || {
+                    if let Some(id) = core {
+                        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                            tracing::warn!(core = id, "could not pin worker");
+                        }
+                    }
+                    worker.run()
+                })
+                .map_err(XskError::Thread)?;
+            workers.handles.push(Handle {
+                thread,
+                stats,
+                info,
+            });
+        }
+        workers.steering = Some(steering);
+        Ok(workers)
+    }
+
+    /// The steering program, e.g. to change its VIPs or read its counters while running.
+    pub fn steering_mut(&mut self) -> &mut S {
+        self.steering
+            .as_mut()
+            .expect("steering is only taken on stop")
+    }
+
+    /// A snapshot of every worker's counters.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.handles
+            .iter()
+            .map(|h| {
+                let mut s = h.info.clone();
+                h.stats.read(&mut s);
+                s
+            })
+            .collect()
+    }
+
+    /// Detach steering, stop and join the workers, and close their sockets. Returns each
+    /// worker's final frame census (every frame accounted for, or a leak).
+    pub fn stop(mut self) -> Result<Vec<Census>, XskError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<Vec<Census>, XskError> {
+        drop(self.steering.take());
+        // Relaxed: the flag carries no data; each worker's results come back through `join`,
+        // which synchronises.
+        self.stop.store(true, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(self.handles.len());
+        let mut err = None;
+        for (i, h) in self.handles.drain(..).enumerate() {
+            match h.thread.join() {
+                Ok(c) => out.push(c),
+                Err(_) => err = Some(XskError::Panicked(i)),
+            }
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+impl<S: Steering> Drop for Workers<S> {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "stopping AF_XDP workers");
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The poll-mode loop of one worker: the RX, fill, TX, completion cycle of Linux's xdpsock,
+//! in the order that held up under overload here (see `shared/notes/platform-facts.md`):
+//!
+//! 1. reap completions into the stash;
+//! 2. compute the free TX room and take at most that much from RX (frames the worker cannot
+//!    send stay in the RX ring, and once that is full the kernel drops at its cheapest point,
+//!    before copying, counted as `rx_ring_full`);
+//! 3. process the batch and enqueue the TX descriptors;
+//! 4. refill the fill ring from the stash, using the count each reservation really returned;
+//! 5. kick TX until nothing is pending (copy mode transmits only inside `sendto`).
+//!
+//! No allocation, lock or per-packet syscall: per batch there is one clock read, one
+//! `sendto` per port with pending TX (a few under overload), and counter stores.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use xdpilone::xdp::XdpDesc;
+
+use super::socket::{xdp_stats, Port, WorkerIo, XskMode};
+use super::stats::{Counters, SharedStats};
+use super::{Census, Processor};
+use crate::pipeline::{Frame, Verdict, BATCH};
+
+/// Iterations without traffic before the worker sleeps in `poll`.
+const IDLE_SPINS: u32 = 1024;
+/// Longest `poll` sleep: bounds how long `stop` waits for an idle worker.
+const IDLE_POLL_MS: libc::c_int = 20;
+/// `sendto` calls per port and iteration before moving on (the next iteration retries).
+const KICK_LIMIT: u32 = 16;
+/// How often the worker refreshes the kernel's socket statistics and checks its frame count.
+const HOUSEKEEPING_NS: u64 = 1_000_000_000;
+
+pub(crate) struct Worker<P> {
+    pub(crate) io: WorkerIo,
+    pub(crate) processor: P,
+    pub(crate) stats: Arc<SharedStats>,
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Free chunk addresses: the worker's stash. Capacity = all frames, so it never grows.
+    stash: Vec<u64>,
+    counters: Counters,
+}
+
+/// What a kick loop saw.
+#[derive(Default)]
+struct Kick {
+    again: u64,
+    busy: u64,
+    errors: u64,
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec; CLOCK_MONOTONIC is served by the vDSO (no syscall).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Transmit what is queued on `port`. In copy mode the kernel sends only inside `sendto`, so
+/// it is always kicked while descriptors are pending; in zero-copy mode only when the driver
+/// asks (`needs_wakeup`). EAGAIN (per-call budget spent) and EBUSY (the peer's queue is full)
+/// yield the CPU, which on veth lets the receiving side drain.
+fn kick(port: &Port, mode: XskMode, k: &mut Kick) {
+    for _ in 0..KICK_LIMIT {
+        if port.tx.pending() == 0 || (mode == XskMode::ZeroCopy && !port.tx.needs_wakeup()) {
+            return;
+        }
+        // SAFETY: a zero-length sendto on our own socket fd, as the AF_XDP API specifies.
+        let r = unsafe {
+            libc::sendto(
+                port.fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if r >= 0 {
+            continue;
+        }
+        match last_errno() {
+            libc::EAGAIN => k.again += 1,
+            libc::EBUSY => k.busy += 1,
+            libc::EINTR => continue,
+            _ => {
+                // ENETDOWN, ENXIO, ENOBUFS: the device is gone or down; frames stay queued
+                // and are retried next iteration rather than lost.
+                k.errors += 1;
+                return;
+            }
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Enqueue `descs` on the TX ring; returns how many went in. xdpilone may reserve fewer slots
+/// than are free (its cached consumer head is refreshed only when it reads zero), so a short
+/// reservation is retried once, which refreshes it.
+fn enqueue(port: &mut Port, descs: &[XdpDesc]) -> usize {
+    let mut done = 0;
+    for _ in 0..2 {
+        if done == descs.len() {
+            break;
+        }
+        let mut w = port.tx.transmit((descs.len() - done) as u32);
+        let n = w.insert(descs[done..].iter().copied());
+        w.commit();
+        done += n as usize;
+    }
+    done
+}
+
+impl<P: Processor> Worker<P> {
+    pub(crate) fn new(
+        mut io: WorkerIo,
+        processor: P,
+        stats: Arc<SharedStats>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let mut stash = Vec::with_capacity(io.frames as usize);
+        stash.append(&mut io.initial_stash);
+        let mut w = Worker {
+            io,
+            processor,
+            stats,
+            stop,
+            stash,
+            counters: Counters::default(),
+        };
+        w.refill();
+        w
+    }
+
+    /// Frames in every ring plus the stash. Rings are read downstream first (RX before fill,
+    /// completion before TX), so a frame moving between two rings during the count is missed
+    /// rather than counted twice: the result never exceeds the total, and equals it whenever
+    /// the kernel holds no frame in transit.
+    pub(crate) fn census(&self) -> Census {
+        let up = &self.io.up;
+        let rx = up.rx.as_ref().map_or(0, |r| r.available());
+        let mut c = Census {
+            total: self.io.frames,
+            rx,
+            fill: up.fq.pending(),
+            completion: up.cq.available(),
+            tx: up.tx.pending(),
+            stash: self.stash.len() as u32,
+        };
+        if let Some(d) = &self.io.down {
+            c.completion += d.cq.available();
+            c.tx += d.tx.pending();
+            c.fill += d.fq.pending();
+        }
+        c
+    }
+
+    /// Run until `stop` is set. Returns the final frame census, taken after TX has drained.
+    pub(crate) fn run(mut self) -> Census {
+        let mut idle = 0u32;
+        let mut next_housekeeping = now_ns();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = now_ns();
+            let moved = self.iteration(now);
+            if now >= next_housekeeping {
+                self.housekeeping();
+                next_housekeeping = now + HOUSEKEEPING_NS;
+            }
+            if moved {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle >= IDLE_SPINS {
+                idle = 0;
+                self.counters.idle_polls += 1;
+                self.sleep();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        self.drain();
+        self.housekeeping();
+        self.census()
+    }
+
+    /// One pass of the loop; true if any frame moved.
+    fn iteration(&mut self, now: u64) -> bool {
+        let mut moved = self.reap() > 0;
+
+        let mut room = self.io.up.tx_free();
+        if let Some(d) = &self.io.down {
+            room = room.min(d.tx_free());
+        }
+        let room = (room as usize).min(BATCH);
+        if room == 0 {
+            self.counters.tx_ring_stalls += 1;
+        } else {
+            moved |= self.receive_and_process(now, room) > 0;
+        }
+
+        self.refill();
+        let mut k = Kick::default();
+        kick(&self.io.up, self.io.mode, &mut k);
+        if let Some(d) = &self.io.down {
+            kick(d, self.io.mode, &mut k);
+        }
+        self.counters.kick_again += k.again;
+        self.counters.kick_busy += k.busy;
+        self.counters.kick_errors += k.errors;
+        self.stats.publish(&self.counters);
+        moved
+    }
+
+    /// Move completed TX frames to the stash.
+    fn reap(&mut self) -> u32 {
+        let mask = !(u64::from(self.io.frame_size) - 1);
+        let mut n = 0;
+        let ports = std::iter::once(&mut self.io.up).chain(self.io.down.as_mut());
+        for port in ports {
+            let avail = port.cq.available();
+            if avail == 0 {
+                continue;
+            }
+            let mut r = port.cq.complete(avail);
+            while let Some(addr) = r.read() {
+                debug_assert!(
+                    self.stash.len() < self.stash.capacity(),
+                    "frame count exceeded"
+                );
+                self.stash.push(addr & mask);
+                n += 1;
+            }
+            r.release();
+        }
+        n
+    }
+
+    /// Take up to `room` frames from RX, run the processor, and queue or free each frame.
+    fn receive_and_process(&mut self, now: u64, room: usize) -> usize {
+        let fs = self.io.frame_size as usize;
+        let mask = !(fs as u64 - 1);
+        let area_len = self.io.area.len() as u64;
+        let base = self.io.area.base();
+
+        let mut addrs = [0u64; BATCH];
+        let mut lens = [0u32; BATCH];
+        let mut n = 0;
+        if let Some(rx) = self.io.up.rx.as_mut() {
+            let mut r = rx.receive(room as u32);
+            while let Some(d) = r.read() {
+                addrs[n] = d.addr;
+                lens[n] = d.len;
+                n += 1;
+            }
+            r.release();
+        }
+        if n == 0 {
+            return 0;
+        }
+
+        let mut frames: [Frame<'_>; BATCH] = std::array::from_fn(|i| {
+            let chunk = addrs[i] & mask;
+            if i >= n || chunk + fs as u64 > area_len {
+                return Frame {
+                    buf: &mut [],
+                    offset: 0,
+                    len: 0,
+                };
+            }
+            let offset = (addrs[i] - chunk) as usize;
+            let len = (lens[i] as usize).min(fs - offset);
+            // SAFETY: `chunk..chunk+fs` lies inside the UMEM area (checked above). Each RX
+            // descriptor names a distinct chunk that the kernel has handed to us and will not
+            // touch until we give it back through the fill or TX ring, so this is the only
+            // reference to those bytes while `frames` lives.
+            let buf = unsafe { std::slice::from_raw_parts_mut(base.add(chunk as usize), fs) };
+            Frame { buf, offset, len }
+        });
+        let mut verdicts = [Verdict::Pass; BATCH];
+        self.processor
+            .process(now, &mut frames[..n], &mut verdicts[..n]);
+        drop(frames);
+
+        let empty = XdpDesc {
+            addr: 0,
+            len: 0,
+            options: 0,
+        };
+        let mut to_down = [empty; BATCH];
+        let mut to_up = [empty; BATCH];
+        let (mut nd, mut nu) = (0, 0);
+        let two_arm = self.io.down.is_some();
+        let c = &mut self.counters;
+        c.rx += n as u64;
+        for i in 0..n {
+            let chunk = addrs[i] & mask;
+            if chunk + fs as u64 > area_len {
+                // A descriptor outside our UMEM: never ours to recycle.
+                c.bad_descs += 1;
+                continue;
+            }
+            match verdicts[i] {
+                Verdict::Tx { offset, len } | Verdict::Reply { offset, len }
+                    if offset.checked_add(len).is_some_and(|end| end <= fs) && len > 0 =>
+                {
+                    let desc = XdpDesc {
+                        addr: chunk + offset as u64,
+                        len: len as u32,
+                        options: 0,
+                    };
+                    if two_arm && matches!(verdicts[i], Verdict::Tx { .. }) {
+                        to_down[nd] = desc;
+                        nd += 1;
+                    } else {
+                        to_up[nu] = desc;
+                        nu += 1;
+                    }
+                    if matches!(verdicts[i], Verdict::Tx { .. }) {
+                        c.tx += 1;
+                    } else {
+                        c.reply += 1;
+                    }
+                }
+                Verdict::Tx { .. } | Verdict::Reply { .. } => {
+                    c.bad_verdicts += 1;
+                    self.stash.push(chunk);
+                }
+                // A frame in an AF_XDP ring has left the kernel's stack for good: there is no
+                // way to hand it back (short of re-injecting through a TAP device, which would
+                // cost a syscall per packet). The steering program passes non-VIP traffic to
+                // the kernel before it reaches us, so a `Pass` here is counted and dropped.
+                Verdict::Pass => {
+                    c.pass_dropped += 1;
+                    self.stash.push(chunk);
+                }
+                Verdict::Drop(reason) => {
+                    c.drop(reason);
+                    self.stash.push(chunk);
+                }
+            }
+        }
+
+        let mut unsent = 0;
+        if let Some(d) = self.io.down.as_mut() {
+            let sent = enqueue(d, &to_down[..nd]);
+            for desc in &to_down[sent..nd] {
+                self.stash.push(desc.addr & mask);
+            }
+            unsent += nd - sent;
+        }
+        let sent = enqueue(&mut self.io.up, &to_up[..nu]);
+        for desc in &to_up[sent..nu] {
+            self.stash.push(desc.addr & mask);
+        }
+        unsent += nu - sent;
+        self.counters.tx_ring_full += unsent as u64;
+        n
+    }
+
+    /// Give stashed frames to the fill ring. Each reservation may return fewer slots than asked
+    /// for; what didn't fit stays in the stash for the next try, so no frame is ever lost.
+    fn refill(&mut self) {
+        let Self { io, stash, .. } = self;
+        while !stash.is_empty() {
+            let mut w = io.up.fq.fill(stash.len() as u32);
+            let cap = w.capacity() as usize;
+            if cap == 0 {
+                break;
+            }
+            let from = stash.len() - cap;
+            let n = w.insert(stash[from..].iter().copied()) as usize;
+            w.commit();
+            stash.truncate(stash.len() - n);
+        }
+        if io.mode == XskMode::ZeroCopy && io.up.fq.needs_wakeup() {
+            io.up.fq.wake();
+        }
+    }
+
+    /// Sleep until RX has frames (or the poll times out, so `stop` is seen).
+    fn sleep(&mut self) {
+        let mut pfd = libc::pollfd {
+            fd: self.io.up.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for our own socket.
+        unsafe { libc::poll(&mut pfd, 1, IDLE_POLL_MS) };
+    }
+
+    /// On stop: transmit what is queued and collect completions, bounded in time.
+    fn drain(&mut self) {
+        let deadline = now_ns() + 200_000_000;
+        loop {
+            self.reap();
+            let mut k = Kick::default();
+            kick(&self.io.up, self.io.mode, &mut k);
+            if let Some(d) = &self.io.down {
+                kick(d, self.io.mode, &mut k);
+            }
+            let c = self.census();
+            let in_flight = c.total - (c.fill + c.rx + c.stash);
+            if in_flight == 0 || now_ns() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.stats.publish(&self.counters);
+    }
+
+    /// Once a second: refresh the kernel's socket statistics and check that no frame leaked.
+    fn housekeeping(&mut self) {
+        if let Ok(s) = xdp_stats(self.io.up.fd()) {
+            self.counters.kernel = s;
+        }
+        let c = self.census();
+        debug_assert!(c.accounted() <= c.total, "frames double-counted: {c:?}");
+        self.stats.publish(&self.counters);
+    }
+}
