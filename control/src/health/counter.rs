@@ -1,0 +1,162 @@
+//! Rise/fall hysteresis of one target: pure bookkeeping, no I/O, no clock.
+
+use super::{Outcome, Reason, State, Transition};
+
+/// The health state of one probe target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    state: State,
+    /// Consecutive results that disagree with `state`.
+    streak: u32,
+    weight: Option<u32>,
+}
+
+impl Default for Counter {
+    /// A new target starts `Down`: it must earn its place with `rise` successes.
+    fn default() -> Self {
+        Counter {
+            state: State::Down,
+            streak: 0,
+            weight: None,
+        }
+    }
+}
+
+impl Counter {
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The weight the target reported in its last successful probe, if any.
+    pub fn weight(&self) -> Option<u32> {
+        self.weight
+    }
+
+    /// Records one probe result; returns the transition it caused, if any,
+    /// with the reason to log.
+    pub fn record(
+        &mut self,
+        outcome: &Outcome,
+        rise: u32,
+        fall: u32,
+    ) -> Option<(Transition, Reason)> {
+        match (self.state, outcome) {
+            (State::Up, Outcome::Pass { weight }) => {
+                self.streak = 0;
+                if *weight != self.weight {
+                    let from = std::mem::replace(&mut self.weight, *weight);
+                    return Some((Transition::Weight { from, to: *weight }, Reason::Passed));
+                }
+                None
+            }
+            (State::Down, Outcome::Pass { weight }) => {
+                self.streak += 1;
+                if self.streak < rise {
+                    return None;
+                }
+                self.state = State::Up;
+                self.streak = 0;
+                self.weight = *weight;
+                Some((Transition::Up, Reason::Passed))
+            }
+            (State::Up, Outcome::Fail(reason)) => {
+                self.streak += 1;
+                if self.streak < fall {
+                    return None;
+                }
+                self.state = State::Down;
+                self.streak = 0;
+                Some((Transition::Down, reason.clone()))
+            }
+            (State::Down, Outcome::Fail(_)) => {
+                self.streak = 0;
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pass() -> Outcome {
+        Outcome::Pass { weight: None }
+    }
+    fn fail() -> Outcome {
+        Outcome::Fail(Reason::Refused)
+    }
+
+    #[test]
+    fn enters_after_rise_and_leaves_after_fall() {
+        let mut c = Counter::default();
+        assert_eq!(c.state(), State::Down);
+        assert_eq!(c.record(&pass(), 3, 2), None);
+        assert_eq!(c.record(&pass(), 3, 2), None);
+        assert_eq!(
+            c.record(&pass(), 3, 2),
+            Some((Transition::Up, Reason::Passed))
+        );
+        assert_eq!(c.record(&fail(), 3, 2), None);
+        assert_eq!(
+            c.record(&pass(), 3, 2),
+            None,
+            "a success resets the failure streak"
+        );
+        assert_eq!(c.record(&fail(), 3, 2), None);
+        assert_eq!(
+            c.record(&fail(), 3, 2),
+            Some((Transition::Down, Reason::Refused))
+        );
+        assert_eq!(c.record(&pass(), 3, 2), None);
+        assert_eq!(
+            c.record(&fail(), 3, 2),
+            None,
+            "a failure resets the success streak"
+        );
+        assert_eq!(c.record(&pass(), 3, 2), None);
+        assert_eq!(c.record(&pass(), 3, 2), None);
+        assert_eq!(c.state(), State::Down);
+    }
+
+    #[test]
+    fn weight_changes_while_up() {
+        let mut c = Counter::default();
+        assert_eq!(
+            c.record(&Outcome::Pass { weight: Some(2) }, 1, 1)
+                .map(|t| t.0),
+            Some(Transition::Up)
+        );
+        assert_eq!(c.weight(), Some(2));
+        assert_eq!(c.record(&Outcome::Pass { weight: Some(2) }, 1, 1), None);
+        assert_eq!(
+            c.record(&Outcome::Pass { weight: Some(5) }, 1, 1)
+                .map(|t| t.0),
+            Some(Transition::Weight {
+                from: Some(2),
+                to: Some(5)
+            })
+        );
+        assert_eq!(c.weight(), Some(5));
+    }
+
+    proptest! {
+        /// Against a model: the state flips exactly when the last `rise`
+        /// (or `fall`) results all disagree with it.
+        #[test]
+        fn matches_model(results in proptest::collection::vec(any::<bool>(), 0..200), rise in 1u32..5, fall in 1u32..5) {
+            let mut c = Counter::default();
+            let mut up = false;
+            let mut run = 0u32;
+            for ok in results {
+                let t = c.record(&if ok { pass() } else { fail() }, rise, fall);
+                if ok != up { run += 1 } else { run = 0 }
+                let flip = run == if up { fall } else { rise };
+                if flip { up = !up; run = 0; }
+                prop_assert_eq!(t.is_some(), flip);
+                prop_assert_eq!(c.state() == State::Up, up);
+            }
+        }
+    }
+}
