@@ -1,0 +1,382 @@
+//! The pipeline's flow semantics with many backends: what the fixtures (one backend per VIP)
+//! cannot show.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use common::*;
+use dataplane::pipeline::{DropReason, Frame, Verdict, Worker, WorkerConfig};
+use dataplane::snapshot::{Encap, HashMode, Proto};
+
+const VIP: &str = "10.0.0.1";
+const NOW: u64 = 5_000_000_000;
+
+fn worker() -> Worker {
+    Worker::new(WorkerConfig {
+        flow_capacity: 1 << 14,
+        ..WorkerConfig::default()
+    })
+}
+
+fn set(n: usize) -> Vec<(IpAddr, u32)> {
+    (0..n).map(|i| (backend_addr(i), 1)).collect()
+}
+
+fn tcp_vip() -> [(&'static str, Proto, u16, HashMode, Encap); 1] {
+    [(VIP, Proto::Tcp, 80, HashMode::FiveTuple, Encap::IpIp)]
+}
+
+fn client(i: usize) -> IpAddr {
+    ip(&format!("203.0.{}.{}", i / 250, 1 + i % 250))
+}
+
+fn pkt(i: usize, flags: u8) -> Vec<u8> {
+    flow_frame(client(i), 10000 + i as u16, ip(VIP), 80, 6, flags)
+}
+
+#[test]
+fn known_flows_keep_their_backend_and_syns_follow_the_table() {
+    let mut w = worker();
+    let s1 = snapshot(1, &tcp_vip(), &set(10));
+    let first: Vec<IpAddr> = (0..300)
+        .map(|i| sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap())
+        .collect();
+    assert!(
+        first.iter().collect::<HashSet<_>>().len() > 5,
+        "flows spread"
+    );
+
+    // Ten more backends: Maglev moves about half the flows, the flow table none of them.
+    let s2 = snapshot(2, &tcp_vip(), &set(20));
+    let mut fresh = worker();
+    let mut moved = 0;
+    for (i, b) in first.iter().enumerate() {
+        assert_eq!(
+            sent_to(&mut w, &s2, NOW, &pkt(i, ACK)).as_ref(),
+            Some(b),
+            "flow {i} stays"
+        );
+        let table_choice = sent_to(&mut fresh, &s2, NOW, &pkt(i, SYN)).unwrap();
+        moved += usize::from(table_choice != *b);
+        // A SYN (a new connection on a reused tuple) takes the current table's choice.
+        assert_eq!(sent_to(&mut w, &s2, NOW, &pkt(i, SYN)), Some(table_choice));
+        // ... and is recorded: the next packet follows it.
+        assert_eq!(sent_to(&mut w, &s2, NOW, &pkt(i, ACK)), Some(table_choice));
+    }
+    assert!(moved > 50, "the new table moved {moved} of 300 flows");
+}
+
+#[test]
+fn removed_backend_rehashes_and_draining_backend_keeps_flows() {
+    let mut w = worker();
+    let s1 = snapshot(1, &tcp_vip(), &set(8));
+    let first: Vec<IpAddr> = (0..400)
+        .map(|i| sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap())
+        .collect();
+    let victim = first[0];
+
+    // Draining: weight 0. Existing flows stay, including those on the victim; no new flow
+    // goes to it.
+    let drain: Vec<(IpAddr, u32)> = set(8)
+        .into_iter()
+        .map(|(a, _)| (a, u32::from(a != victim)))
+        .collect();
+    let s2 = snapshot(2, &tcp_vip(), &drain);
+    for (i, b) in first.iter().enumerate() {
+        assert_eq!(sent_to(&mut w, &s2, NOW, &pkt(i, ACK)).as_ref(), Some(b));
+    }
+    for i in 1000..1400 {
+        assert_ne!(
+            sent_to(&mut w, &s2, NOW, &pkt(i, SYN)),
+            Some(victim),
+            "new flow {i} on a draining backend"
+        );
+    }
+
+    // Removed: flows on the victim are re-hashed through the current table; others stay.
+    let gone: Vec<(IpAddr, u32)> = set(8).into_iter().filter(|(a, _)| *a != victim).collect();
+    let s3 = snapshot(3, &tcp_vip(), &gone);
+    let mut fresh = worker();
+    for (i, b) in first.iter().enumerate() {
+        let now = sent_to(&mut w, &s3, NOW, &pkt(i, ACK)).unwrap();
+        if *b == victim {
+            assert_eq!(
+                Some(now),
+                sent_to(&mut fresh, &s3, NOW, &pkt(i, ACK)),
+                "flow {i} re-hashed"
+            );
+            // Re-recorded: stays there when the victim comes back.
+            assert_eq!(sent_to(&mut w, &s1, NOW, &pkt(i, ACK)), Some(now));
+        } else {
+            assert_eq!(now, *b, "flow {i} not on the removed backend stays");
+        }
+    }
+}
+
+#[test]
+fn no_backend_at_all_drops() {
+    let mut w = worker();
+    let s = snapshot(1, &tcp_vip(), &[(backend_addr(0), 0)]);
+    assert_eq!(
+        run(&mut w, &s, NOW, &pkt(0, SYN)).0,
+        Verdict::Drop(DropReason::NoBackend)
+    );
+    assert_eq!(w.counters().drop_count(DropReason::NoBackend), 1);
+}
+
+#[test]
+fn two_gateways_agree() {
+    // Same backend set in a different order on another gateway: same choice for every flow,
+    // without any shared state.
+    let mut rev = set(50);
+    rev.reverse();
+    let (a, b) = (
+        snapshot(1, &tcp_vip(), &set(50)),
+        snapshot(9, &tcp_vip(), &rev),
+    );
+    let (mut wa, mut wb) = (worker(), worker());
+    for i in 0..500 {
+        let flags = if i % 2 == 0 { SYN } else { ACK };
+        assert_eq!(
+            sent_to(&mut wa, &a, NOW, &pkt(i, flags)),
+            sent_to(&mut wb, &b, NOW, &pkt(i, flags))
+        );
+    }
+}
+
+#[test]
+fn fragments_of_a_datagram_share_a_backend() {
+    let vips = [
+        (VIP, Proto::Udp, 53, HashMode::FiveTuple, Encap::IpIp),
+        (
+            "10.0.0.2",
+            Proto::Udp,
+            53,
+            HashMode::ThreeTuple,
+            Encap::IpIp,
+        ),
+        (
+            "2001:db8::1",
+            Proto::Udp,
+            53,
+            HashMode::FiveTuple,
+            Encap::IpIp,
+        ),
+    ];
+    let backends: Vec<(IpAddr, u32)> = (0..30)
+        .map(|i| (ip(&format!("fd00:10::{}", i + 1)), 1))
+        .collect();
+    let s = snapshot(1, &vips, &backends);
+    let mut w = worker();
+    let mut seen = HashSet::new();
+    for i in 0..200usize {
+        let body = l4(17, 5000 + i as u16, 53, 0, &[7u8; 64]);
+        for vip in ["10.0.0.1", "10.0.0.2"] {
+            let (c, d) = (client(i), ip(vip));
+            let first = ether(&ipv4(c, d, 17, 0, Some((true, 0)), i as u16, &body[..24]));
+            let later = ether(&ipv4(c, d, 17, 0, Some((false, 3)), i as u16, &body[24..]));
+            // Later fragments may arrive first.
+            let b2 = sent_to(&mut w, &s, NOW, &later).unwrap();
+            let b1 = sent_to(&mut w, &s, NOW, &first).unwrap();
+            assert_eq!(b1, b2, "datagram {i} to {vip}");
+            seen.insert(b1);
+            if vip == "10.0.0.2" {
+                // 3-tuple VIP: unfragmented packets of the client go to the same backend.
+                let whole = flow_frame(c, 7777, d, 53, 17, 0);
+                assert_eq!(sent_to(&mut w, &s, NOW, &whole), Some(b1));
+            }
+        }
+        let (c, d) = (ip(&format!("2001:db8:c::{:x}", i + 1)), ip("2001:db8::1"));
+        let first = ether(&ipv6(c, d, 17, 0, Some((true, 0, i as u32)), &body[..24]));
+        let later = ether(&ipv6(c, d, 17, 0, Some((false, 3, i as u32)), &body[24..]));
+        assert_eq!(
+            sent_to(&mut w, &s, NOW, &first),
+            sent_to(&mut w, &s, NOW, &later),
+            "v6 datagram {i}"
+        );
+    }
+    assert!(seen.len() > 10, "datagrams still spread over backends");
+}
+
+#[test]
+fn icmp_error_follows_the_flow_it_quotes() {
+    let mut w = worker();
+    let s1 = snapshot(1, &tcp_vip(), &set(10));
+    let s2 = snapshot(2, &tcp_vip(), &set(40));
+    for i in 0..100 {
+        let owner = sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap();
+        // The backend's reply VIP:80 -> client:port, as a router quotes it.
+        let reply = ipv4(
+            ip(VIP),
+            client(i),
+            6,
+            0,
+            None,
+            1,
+            &l4(6, 80, 10000 + i as u16, ACK, b""),
+        );
+        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+        icmp.extend_from_slice(&reply[..28]);
+        let c = !sum16(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let err = ether(&ipv4(ip("198.51.100.1"), ip(VIP), 1, 0, None, 1, &icmp));
+        // Under a table where Maglev would choose differently, the error still reaches the
+        // flow's owner, and it does not create flows of its own.
+        assert_eq!(
+            sent_to(&mut w, &s2, NOW, &err),
+            Some(owner),
+            "error for flow {i}"
+        );
+    }
+    assert_eq!(w.flows().len(), 100);
+}
+
+#[test]
+fn outer_header_fields() {
+    let gue = [(
+        VIP,
+        Proto::Tcp,
+        80,
+        HashMode::FiveTuple,
+        Encap::Gue { port: 6080 },
+    )];
+    let s = snapshot(1, &gue, &[(ip("192.168.10.1"), 1)]);
+    let v6vip = [(
+        "2001:db8::1",
+        Proto::Tcp,
+        80,
+        HashMode::FiveTuple,
+        Encap::IpIp,
+    )];
+    let s6 = snapshot(2, &v6vip, &[(ip("fd00:10::1"), 1)]);
+    let mut w = worker();
+    let (mut srcs, mut ports) = (HashSet::new(), HashSet::new());
+    for i in 0..200 {
+        let (_, out) = run(&mut w, &s, NOW, &pkt(i, SYN));
+        let d = decap(&out);
+        assert_eq!((d.ttl, d.tos, d.dst_mac), (64, 0, [2, 0, 0, 0, 1, 1]));
+        assert_eq!(d.inner, pkt(i, SYN)[14..]);
+        let (sport, dport) = d.gue.unwrap();
+        assert_eq!(dport, 6080);
+        assert!(sport >= 49152);
+        ports.insert(sport);
+        // Sources come from 172.16.0.0/24, never .0 or .255.
+        let IpAddr::V4(src) = d.outer_src else {
+            panic!()
+        };
+        assert_eq!(&src.octets()[..3], &[172, 16, 0]);
+        assert!(!matches!(src.octets()[3], 0 | 255));
+        srcs.insert(src);
+    }
+    assert!(
+        srcs.len() > 50 && ports.len() > 100,
+        "{} sources, {} ports",
+        srcs.len(),
+        ports.len()
+    );
+    // DSCP/ECN copied; IPv6 source from the /64 with hash bits below it.
+    let v6 = ether(&ipv6(
+        ip("2001:db8:c::1"),
+        ip("2001:db8::1"),
+        6,
+        0xb9,
+        None,
+        &l4(6, 1, 80, SYN, b""),
+    ));
+    let d = decap(&run(&mut w, &s6, NOW, &v6).1);
+    assert_eq!((d.tos, d.ttl, d.gue), (0xb9, 64, None));
+    let IpAddr::V6(src) = d.outer_src else {
+        panic!()
+    };
+    assert_eq!(
+        &src.octets()[..8],
+        &"fd00:ff::".parse::<std::net::Ipv6Addr>().unwrap().octets()[..8]
+    );
+}
+
+#[test]
+fn headroom_and_rate_limit() {
+    let s = snapshot(1, &tcp_vip(), &set(3));
+    let mut w = Worker::new(WorkerConfig {
+        flow_capacity: 1024,
+        icmp_per_sec: 10,
+        icmp_burst: 3,
+        ..WorkerConfig::default()
+    });
+    // Not enough headroom for the outer header.
+    let f = pkt(1, SYN);
+    let mut buf = f.clone();
+    let mut frames = [Frame {
+        buf: &mut buf,
+        offset: 0,
+        len: f.len(),
+    }];
+    let mut v = [Verdict::Pass];
+    w.process(&s, NOW, &mut frames, &mut v);
+    assert_eq!(v[0], Verdict::Drop(DropReason::NoHeadroom));
+    // Too big with DF: three replies (the burst), then rate-limited, then one more token
+    // after 100 ms.
+    let big = ether(&ipv4(
+        client(1),
+        ip(VIP),
+        6,
+        0,
+        None,
+        1,
+        &l4(6, 1, 80, ACK, &[0u8; 1460]),
+    ));
+    let verdicts: Vec<Verdict> = (0..5).map(|_| run(&mut w, &s, NOW, &big).0).collect();
+    assert!(matches!(verdicts[2], Verdict::Reply { .. }));
+    assert_eq!(verdicts[3], Verdict::Drop(DropReason::IcmpRateLimited));
+    assert!(matches!(
+        run(&mut w, &s, NOW + 100_000_000, &big).0,
+        Verdict::Reply { .. }
+    ));
+}
+
+#[test]
+fn batches_and_counters() {
+    let s = snapshot(1, &tcp_vip(), &set(4));
+    let mut w = worker();
+    // 150 frames in one call (three batches): SYNs, a non-VIP, a runt.
+    let mut frames: Vec<Vec<u8>> = (0..148)
+        .map(|i| {
+            let mut b = vec![0u8; HEADROOM];
+            b.extend_from_slice(&pkt(i, SYN));
+            b
+        })
+        .collect();
+    let mut other = vec![0u8; HEADROOM];
+    other.extend_from_slice(&flow_frame(client(1), 1, ip("10.9.9.9"), 80, 6, SYN));
+    frames.push(other);
+    frames.push(vec![0u8; HEADROOM + 5]);
+    let mut fr: Vec<Frame> = frames
+        .iter_mut()
+        .map(|b| {
+            let len = b.len() - HEADROOM;
+            Frame {
+                buf: b,
+                offset: HEADROOM,
+                len,
+            }
+        })
+        .collect();
+    let mut v = vec![Verdict::Pass; fr.len()];
+    w.process(&s, NOW, &mut fr, &mut v);
+    assert!(v[..148].iter().all(|x| matches!(x, Verdict::Tx { .. })));
+    assert_eq!(v[148], Verdict::Pass);
+    assert_eq!(v[149], Verdict::Drop(DropReason::Truncated));
+    let c = w.counters();
+    assert_eq!(
+        (c.tx.packets, c.pass, c.drop_count(DropReason::Truncated)),
+        (148, 1, 1)
+    );
+    assert_eq!(c.vips[0].packets, 148);
+    assert_eq!(c.backends[..4].iter().map(|b| b.packets).sum::<u64>(), 148);
+    assert_eq!(
+        c.backends[..4].iter().map(|b| b.bytes).sum::<u64>(),
+        c.tx.bytes
+    );
+}
