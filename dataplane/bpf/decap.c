@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * dsrgate's decapsulation program for nodes without the ipip/ip6tnl/fou modules.
+ *
+ * A tunnel packet addressed to one of the node's addresses (`decap_addrs`) loses its
+ * outer header and goes on to the kernel as the inner packet (XDP_PASS):
+ *   - outer IPv4, protocol 4 (IPv4-in-IPv4) or 41 (IPv6-in-IPv4);
+ *   - outer IPv6, next header 4 (IPv4-in-IPv6) or 41 (IPv6-in-IPv6), no extension headers;
+ *   - either of them carrying UDP to the configured GUE port (`decap_cfg`; 0 disables
+ *     GUE) with a GUE header: version 0 (protocol 4 or 41, options skipped; control
+ *     messages are passed) or version 1 (the IP header follows the UDP header directly).
+ * The Ethernet header (with up to two VLAN tags) is moved forward over the outer
+ * headers, and its EtherType set to the inner family. Outer fragments are passed as
+ * they are (the kernel could not reassemble them into anything it understands either).
+ * A tunnel packet for us whose inner header is not the IP version it claims is dropped.
+ * Everything else passes unchanged.
+ */
+#include "common.h"
+
+struct decap_cfg {
+	__be16 gue_port; /* network order; 0 = no GUE */
+	__u16 pad;
+};
+
+/* Counter indices: keep in sync with dataplane/src/bpf/decap.rs. */
+enum {
+	DECAP_DECAPSULATED = 0,
+	DECAP_PASSED = 1,
+	DECAP_DROPPED = 2,
+	DECAP_NCOUNTERS = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct decap_cfg);
+} decap_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, union addr16);
+	__type(value, __u8);
+} decap_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DECAP_NCOUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} decap_stats SEC(".maps");
+
+struct udphdr_ {
+	__be16 source;
+	__be16 dest;
+	__be16 len;
+	__sum16 check;
+};
+
+enum action { A_PASS, A_DECAP, A_DROP };
+
+/* Decides what to do with the packet at l3; on A_DECAP sets *strip (bytes of outer
+ * headers after L2) and *inner (4 or 6). */
+static __always_inline enum action classify(void *l3, void *end, __be16 proto, __u32 *strip,
+					    int *inner)
+{
+	union addr16 dst = {};
+	__u32 outer;
+	__u8 next;
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
+			return A_PASS;
+		if (ip->frag_off & bpf_htons(DSR_IP_MF | DSR_IP_OFFSET))
+			return A_PASS;
+		addr_from_v4(&dst, ip->daddr);
+		outer = ip->ihl * 4;
+		next = ip->protocol;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > end)
+			return A_PASS;
+		addr_from_v6(&dst, &ip6->daddr);
+		outer = sizeof(*ip6);
+		next = ip6->nexthdr;
+	} else {
+		return A_PASS;
+	}
+
+	if (next != IPPROTO_IPIP && next != IPPROTO_IPV6 && next != IPPROTO_UDP)
+		return A_PASS;
+	if (!bpf_map_lookup_elem(&decap_addrs, &dst))
+		return A_PASS;
+
+	if (next == IPPROTO_IPIP || next == IPPROTO_IPV6) {
+		*inner = next == IPPROTO_IPIP ? 4 : 6;
+		*strip = outer;
+		return A_DECAP;
+	}
+
+	/* UDP: GUE on the configured port, anything else is ordinary UDP. */
+	__u32 zero = 0;
+	struct decap_cfg *cfg = bpf_map_lookup_elem(&decap_cfg, &zero);
+	struct udphdr_ *udp = l3 + outer;
+	__u8 *gue = (void *)(udp + 1);
+	if (!cfg || !cfg->gue_port || (void *)(gue + 4) > end || udp->dest != cfg->gue_port)
+		return A_PASS;
+	switch (gue[0] >> 6) {
+	case 1: /* GUE version 1: direct IP encapsulation */
+		*inner = gue[0] >> 4;
+		*strip = outer + sizeof(*udp);
+		return (*inner == 4 || *inner == 6) ? A_DECAP : A_DROP;
+	case 0:
+		if (gue[0] & 0x20)
+			return A_PASS; /* control message */
+		if (gue[1] != IPPROTO_IPIP && gue[1] != IPPROTO_IPV6)
+			return A_DROP;
+		*inner = gue[1] == IPPROTO_IPIP ? 4 : 6;
+		*strip = outer + sizeof(*udp) + 4 + (gue[0] & 0x1f) * 4;
+		return A_DECAP;
+	default:
+		return A_DROP;
+	}
+}
+
+/* Writes the saved L2 header (len 14, 18 or 22) at data; the last two bytes are the
+ * EtherType. */
+static __always_inline int restore_l2(void *data, void *end, __u8 *hdr, int len)
+{
+	if (len == 14) {
+		if (data + 14 > end)
+			return -1;
+		__builtin_memcpy(data, hdr, 14);
+	} else if (len == 18) {
+		if (data + 18 > end)
+			return -1;
+		__builtin_memcpy(data, hdr, 18);
+	} else {
+		if (data + 22 > end)
+			return -1;
+		__builtin_memcpy(data, hdr, 22);
+	}
+	return 0;
+}
+
+SEC("xdp")
+int xdp_decap(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u8 hdr[24] __attribute__((aligned(4)));
+	__u32 strip = 0;
+	int inner = 0, l2;
+	__be16 proto;
+	enum action a;
+
+	l2 = parse_l2(data, end, &proto);
+	if (l2 < 0) {
+		count(&decap_stats, DECAP_PASSED);
+		return XDP_PASS;
+	}
+	a = classify(data + l2, end, proto, &strip, &inner);
+	if (a == A_DECAP) {
+		/* The inner header must be the version the outer header announced. */
+		__u8 *in = data + l2 + (strip & 0x1ff);
+		if ((void *)(in + 1) > end || (*in >> 4) != inner)
+			a = A_DROP;
+	}
+	if (a == A_PASS) {
+		count(&decap_stats, DECAP_PASSED);
+		return XDP_PASS;
+	}
+	if (a == A_DROP)
+		goto drop;
+
+	/* Save the L2 header, fix its EtherType, drop the outer headers, put it back. */
+	if (l2 == 14) {
+		__builtin_memcpy(hdr, data, 14);
+	} else if (l2 == 18) {
+		if (data + 18 > end)
+			goto drop;
+		__builtin_memcpy(hdr, data, 18);
+	} else {
+		if (data + 22 > end)
+			goto drop;
+		__builtin_memcpy(hdr, data, 22);
+	}
+	__be16 et = inner == 4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+	__builtin_memcpy(&hdr[(l2 - 2) & 0x1f], &et, 2);
+	if (bpf_xdp_adjust_head(ctx, (int)(strip & 0x1ff)))
+		goto drop;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (restore_l2(data, end, hdr, l2))
+		goto drop;
+	count(&decap_stats, DECAP_DECAPSULATED);
+	return XDP_PASS;
+
+drop:
+	count(&decap_stats, DECAP_DROPPED);
+	return XDP_DROP;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

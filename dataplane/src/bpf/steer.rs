@@ -1,0 +1,315 @@
+//! Loader for `bpf/steer.c`: attaches it to a gateway interface, keeps the VIP maps and
+//! the XSKMAP up to date, and reads its counters. Detaches on drop; since it is attached
+//! through a bpf_link, the kernel also detaches it if the process dies.
+
+use super::{addr16, ifindex, objects, sum_counters, AttachMode, BpfError, Result};
+use aya::maps::{HashMap, MapData, XskMap};
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, Pod};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+const PROGRAM: &str = "xdp_steer";
+
+/// One service: traffic to `addr`, IP protocol `proto` (6 TCP, 17 UDP, 132 SCTP), and
+/// destination `port` is steered to the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vip {
+    pub addr: IpAddr,
+    pub proto: u8,
+    pub port: u16,
+}
+
+impl Vip {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+
+    pub fn tcp(addr: IpAddr, port: u16) -> Vip {
+        Vip {
+            addr,
+            proto: Self::TCP,
+            port,
+        }
+    }
+
+    pub fn udp(addr: IpAddr, port: u16) -> Vip {
+        Vip {
+            addr,
+            proto: Self::UDP,
+            port,
+        }
+    }
+}
+
+/// `struct vip_key` in steer.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct VipKey {
+    addr: [u8; 16],
+    port_be: u16,
+    proto: u8,
+    pad: u8,
+}
+
+// SAFETY: VipKey is repr(C), made only of integers, with no implicit padding (16+2+1+1
+// bytes), so every bit pattern is valid and no uninitialised bytes reach the kernel.
+unsafe impl Pod for VipKey {}
+
+impl VipKey {
+    fn service(v: &Vip) -> VipKey {
+        VipKey {
+            addr: addr16(v.addr),
+            port_be: v.port.to_be(),
+            proto: v.proto,
+            pad: 0,
+        }
+    }
+
+    /// The `vip_addrs` key: address and protocol, port 0 (fragments, which carry no port).
+    fn address(v: &Vip) -> VipKey {
+        VipKey {
+            port_be: 0,
+            ..Self::service(v)
+        }
+    }
+}
+
+/// Summed per-CPU counters of the steering program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerCounters {
+    /// VIP traffic handed to an AF_XDP socket.
+    pub redirected: u64,
+    /// VIP traffic that found no socket bound for its queue, so went to the kernel.
+    pub no_socket: u64,
+    /// Not VIP traffic: passed to the kernel.
+    pub passed: u64,
+    /// Addressed to a VIP address and protocol but with truncated or inconsistent
+    /// headers: dropped.
+    pub dropped: u64,
+}
+
+/// The steering program, attached to one interface.
+pub struct Steer {
+    ebpf: Ebpf,
+    iface: String,
+    ifindex: u32,
+    mode: AttachMode,
+    link: Option<aya::programs::xdp::XdpLinkId>,
+}
+
+impl std::fmt::Debug for Steer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steer")
+            .field("iface", &self.iface)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Steer {
+    /// Loads the program and attaches it to `iface` (in the caller's network namespace)
+    /// in native mode, falling back to generic mode. No VIPs are configured yet, so until
+    /// [`Steer::set_vips`] everything passes.
+    pub fn attach(iface: &str) -> Result<Steer> {
+        Self::attach_with(iface, None)
+    }
+
+    /// As [`Steer::attach`], but only in `mode` if one is given.
+    pub fn attach_with(iface: &str, mode: Option<AttachMode>) -> Result<Steer> {
+        let ifindex = ifindex(iface)?;
+        let mut ebpf = Ebpf::load(objects::STEER).map_err(|source| BpfError::Load {
+            object: "steer",
+            source,
+        })?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(BpfError::Missing(PROGRAM))?
+            .try_into()
+            .map_err(|source| BpfError::Program {
+                program: PROGRAM,
+                source,
+            })?;
+        prog.load().map_err(|source| BpfError::Program {
+            program: PROGRAM,
+            source,
+        })?;
+
+        let mut errors = [String::from("not tried"), String::from("not tried")];
+        let mut obtained = None;
+        for (i, (m, xm)) in [
+            (AttachMode::Driver, XdpMode::Driver),
+            (AttachMode::Skb, XdpMode::Skb),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if mode.is_some_and(|want| want != m) {
+                continue;
+            }
+            match prog.attach_to_if_index(ifindex, xm) {
+                Ok(link) => {
+                    obtained = Some((m, link));
+                    break;
+                }
+                Err(e) => errors[i] = e.to_string(),
+            }
+        }
+        let Some((mode, link)) = obtained else {
+            let [driver, generic] = errors;
+            return Err(BpfError::Attach {
+                program: PROGRAM,
+                iface: iface.into(),
+                driver,
+                generic,
+            });
+        };
+        tracing::info!(iface, %mode, "steering program attached");
+        Ok(Steer {
+            ebpf,
+            iface: iface.into(),
+            ifindex,
+            mode,
+            link: Some(link),
+        })
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The mode actually obtained.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Replaces the set of steered services. New entries are added before stale ones are
+    /// removed, so a service present in both sets is never missing in between.
+    pub fn set_vips(&mut self, vips: &[Vip]) -> Result<()> {
+        let services: BTreeSet<VipKey> = vips.iter().map(VipKey::service).collect();
+        let addresses: BTreeSet<VipKey> = vips.iter().map(VipKey::address).collect();
+        self.replace_keys("vips", &services)?;
+        self.replace_keys("vip_addrs", &addresses)
+    }
+
+    fn replace_keys(&mut self, name: &'static str, want: &BTreeSet<VipKey>) -> Result<()> {
+        let map_err = |source| BpfError::Map { map: name, source };
+        let mut map: HashMap<&mut MapData, VipKey, u8> =
+            HashMap::try_from(self.ebpf.map_mut(name).ok_or(BpfError::Missing(name))?)
+                .map_err(map_err)?;
+        for k in want {
+            map.insert(k, 1, 0).map_err(map_err)?;
+        }
+        let stale: Vec<VipKey> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains(k))
+            .collect();
+        for k in &stale {
+            map.remove(k).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    fn xsks(&mut self) -> Result<XskMap<&mut MapData>> {
+        XskMap::try_from(self.ebpf.map_mut("xsks").ok_or(BpfError::Missing("xsks"))?).map_err(
+            |source| BpfError::Map {
+                map: "xsks",
+                source,
+            },
+        )
+    }
+
+    /// Steers VIP traffic arriving on RX queue `queue` into the AF_XDP socket `socket`.
+    pub fn set_socket(&mut self, queue: u32, socket: &impl AsRawFd) -> Result<()> {
+        self.xsks()?
+            .set(queue, socket.as_raw_fd(), 0)
+            .map_err(|source| BpfError::Map {
+                map: "xsks",
+                source,
+            })
+    }
+
+    /// Removes the socket of `queue`: its VIP traffic then goes to the kernel.
+    pub fn clear_socket(&mut self, queue: u32) -> Result<()> {
+        match self.xsks()?.unset(queue) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(BpfError::Map {
+                map: "xsks",
+                source,
+            }),
+        }
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<SteerCounters> {
+        let map = self
+            .ebpf
+            .map("steer_stats")
+            .ok_or(BpfError::Missing("steer_stats"))?;
+        let [redirected, no_socket, passed, dropped] = sum_counters::<4>(map, "steer_stats")?;
+        Ok(SteerCounters {
+            redirected,
+            no_socket,
+            passed,
+            dropped,
+        })
+    }
+
+    /// Detaches now (also done on drop).
+    pub fn detach(mut self) -> Result<()> {
+        self.detach_inner()
+    }
+
+    fn detach_inner(&mut self) -> Result<()> {
+        let Some(link) = self.link.take() else {
+            return Ok(());
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(BpfError::Missing(PROGRAM))?
+            .try_into()
+            .map_err(|source| BpfError::Program {
+                program: PROGRAM,
+                source,
+            })?;
+        prog.detach(link).map_err(|source| BpfError::Program {
+            program: PROGRAM,
+            source,
+        })?;
+        tracing::info!(iface = %self.iface, "steering program detached");
+        Ok(())
+    }
+}
+
+impl Drop for Steer {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach_inner() {
+            tracing::warn!(iface = %self.iface, error = %e, "detaching the steering program");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_layout_matches_the_c_struct() {
+        assert_eq!(std::mem::size_of::<VipKey>(), 20);
+        let v = Vip::tcp("192.0.2.10".parse().unwrap(), 80);
+        let k = VipKey::service(&v);
+        // SAFETY: VipKey is Pod (see above), so viewing it as bytes is sound.
+        let bytes: [u8; 20] = unsafe { std::mem::transmute(k) };
+        assert_eq!(&bytes[10..16], &[0xff, 0xff, 192, 0, 2, 10]);
+        assert_eq!(&bytes[16..20], &[0, 80, 6, 0]);
+        assert_eq!(VipKey::address(&v).port_be, 0);
+    }
+}

@@ -1,0 +1,343 @@
+//! The node-side XDP decapsulator: IP-in-IP (all four family combinations) and GUE
+//! (versions 0 and 1) tunnel packets sent at a node reach a real UDP socket on the VIP;
+//! everything else is left alone; detach really removes it.
+
+use dataplane::bpf::{decap, BpfError, DecapConfig};
+use dsrgate_tests::frames::*;
+use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology, VIP4, VIP6};
+use dsrgate_tests::require_privileges;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+const NODE4: &str = "10.77.0.2";
+const NODE6: &str = "fd77::2";
+/// Outer sources: not addresses of the sender's namespace (like a real gateway's).
+const OUTER_SRC4: &str = "10.77.0.100";
+const OUTER_SRC6: &str = "fd77::100";
+const CLIENT4: &str = "203.0.113.10";
+const CLIENT6: &str = "2001:db8:c::10";
+const GUE_PORT: u16 = 6080;
+const APP_PORT: u16 = 7000;
+
+fn topology() -> Net {
+    let mut t = Topology::default();
+    let s = t.ns("sender");
+    s.addresses.push(("eth0".into(), "10.77.0.1/24".into()));
+    s.addresses.push(("eth0".into(), "fd77::1/64".into()));
+    let n = t.ns("node");
+    n.addresses.push(("eth0".into(), format!("{NODE4}/24")));
+    n.addresses.push(("eth0".into(), format!("{NODE6}/64")));
+    n.addresses.push(("lo".into(), format!("{VIP4}/32")));
+    n.addresses.push(("lo".into(), format!("{VIP6}/128")));
+    n.routes.push("default via 10.77.0.1".into());
+    n.routes.push("default via fd77::1".into());
+    for conf in ["all", "default"] {
+        n.sysctls
+            .push((format!("net.ipv4.conf.{conf}.rp_filter"), "0".into()));
+    }
+    t.link(
+        Port::new("sender", "eth0").tx_off(),
+        Port::new("node", "eth0"),
+        None,
+    );
+    t.build(&unique_prefix()).expect("building the topology")
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// An inner IPv4 UDP packet from the client to the VIP carrying `tag`.
+fn inner4(tag: &str) -> Vec<u8> {
+    let u = udp(
+        v4(CLIENT4).into(),
+        v4(VIP4).into(),
+        40000,
+        APP_PORT,
+        tag.as_bytes(),
+    );
+    ipv4(v4(CLIENT4), v4(VIP4), PROTO_UDP, &u)
+}
+
+fn inner6(tag: &str) -> Vec<u8> {
+    let u = udp(
+        v6(CLIENT6).into(),
+        v6(VIP6).into(),
+        40000,
+        APP_PORT,
+        tag.as_bytes(),
+    );
+    ipv6(v6(CLIENT6), v6(VIP6), PROTO_UDP, &u)
+}
+
+fn outer4(dst: &str, proto: u8, payload: &[u8]) -> (u16, Vec<u8>) {
+    (ETH_IPV4, ipv4(v4(OUTER_SRC4), v4(dst), proto, payload))
+}
+
+fn outer6(dst: &str, next: u8, payload: &[u8]) -> (u16, Vec<u8>) {
+    (ETH_IPV6, ipv6(v6(OUTER_SRC6), v6(dst), next, payload))
+}
+
+/// UDP to the GUE port carrying a GUE header (version 0, protocol `proto`, with one
+/// 4-byte option word to exercise hlen) or, with `proto` = None, version 1.
+fn gue(src: IpAddr, dst: IpAddr, proto: Option<u8>, inner: &[u8]) -> Vec<u8> {
+    let mut p = match proto {
+        Some(proto) => vec![0x01, proto, 0, 0, 0xde, 0xad, 0xbe, 0xef],
+        None => Vec::new(),
+    };
+    p.extend(inner);
+    udp(src, dst, 5555, GUE_PORT, &p)
+}
+
+struct Node {
+    net: Net,
+    sock4: UdpSocket,
+    sock6: UdpSocket,
+    node_mac: [u8; 6],
+    sender_mac: [u8; 6],
+}
+
+impl Node {
+    fn new() -> Node {
+        let net = topology();
+        let (sock4, sock6) = net
+            .ns("node")
+            .enter(|| {
+                let s4 = UdpSocket::bind((v4(VIP4), APP_PORT)).unwrap();
+                let s6 = UdpSocket::bind((v6(VIP6), APP_PORT)).unwrap();
+                for s in [&s4, &s6] {
+                    s.set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
+                }
+                (s4, s6)
+            })
+            .unwrap();
+        let node_mac = net.ns("node").mac("eth0").unwrap();
+        let sender_mac = net.ns("sender").mac("eth0").unwrap();
+        Node {
+            net,
+            sock4,
+            sock6,
+            node_mac,
+            sender_mac,
+        }
+    }
+
+    fn attach(&self, cfg: &DecapConfig) -> Result<dataplane::bpf::AttachMode, BpfError> {
+        self.net
+            .ns("node")
+            .enter(|| decap::attach("eth0", cfg))
+            .unwrap()
+    }
+
+    fn send(&self, packets: &[(u16, Vec<u8>)]) {
+        self.net
+            .ns("sender")
+            .enter(|| {
+                let sock = PacketSocket::open("eth0").unwrap();
+                for (ethertype, p) in packets {
+                    sock.send(&eth(self.node_mac, self.sender_mac, *ethertype, p))
+                        .unwrap();
+                }
+            })
+            .unwrap();
+    }
+
+    /// Everything the VIP sockets receive until they stay quiet: (payload, source).
+    fn received(&self) -> Vec<(String, SocketAddr)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        for s in [&self.sock4, &self.sock6] {
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                out.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn counters(&self) -> decap::DecapCounters {
+        self.net
+            .ns("node")
+            .enter(|| decap::counters("eth0"))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn xdp_shown(&self) -> bool {
+        let link = self
+            .net
+            .ns("node")
+            .ip(&["-o", "link", "show", "dev", "eth0"])
+            .unwrap();
+        link.contains("xdp")
+    }
+}
+
+fn config() -> DecapConfig {
+    DecapConfig {
+        addresses: vec![NODE4.parse().unwrap(), NODE6.parse().unwrap()],
+        gue_port: Some(GUE_PORT),
+    }
+}
+
+#[test]
+fn decapsulates_every_tunnel_kind_to_a_real_socket() {
+    if !require_privileges("decap test") {
+        return;
+    }
+    let node = Node::new();
+    node.attach(&config()).unwrap();
+    assert!(node.xdp_shown());
+
+    let (n4, n6): (IpAddr, IpAddr) = (v4(NODE4).into(), v6(NODE6).into());
+    let (o4, o6): (IpAddr, IpAddr) = (v4(OUTER_SRC4).into(), v6(OUTER_SRC6).into());
+    node.send(&[
+        outer4(NODE4, PROTO_IPIP, &inner4("ipip")),
+        outer4(NODE4, PROTO_IPV6, &inner6("sit")),
+        outer6(NODE6, PROTO_IPIP, &inner4("ip4in6")),
+        outer6(NODE6, PROTO_IPV6, &inner6("ip6in6")),
+        outer4(
+            NODE4,
+            PROTO_UDP,
+            &gue(o4, n4, Some(PROTO_IPIP), &inner4("gue0-4")),
+        ),
+        outer4(NODE4, PROTO_UDP, &gue(o4, n4, None, &inner6("gue1-6in4"))),
+        outer6(
+            NODE6,
+            PROTO_UDP,
+            &gue(o6, n6, Some(PROTO_IPV6), &inner6("gue0-6")),
+        ),
+        outer6(NODE6, PROTO_UDP, &gue(o6, n6, None, &inner4("gue1-4in6"))),
+    ]);
+
+    let got = node.received();
+    let client4: SocketAddr = (v4(CLIENT4), 40000).into();
+    let client6: SocketAddr = (v6(CLIENT6), 40000).into();
+    let mut want = vec![
+        ("ipip", client4),
+        ("sit", client6),
+        ("ip4in6", client4),
+        ("ip6in6", client6),
+        ("gue0-4", client4),
+        ("gue1-6in4", client6),
+        ("gue0-6", client6),
+        ("gue1-4in6", client4),
+    ]
+    .into_iter()
+    .map(|(t, a)| (t.to_owned(), a))
+    .collect::<Vec<_>>();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "inner packets seen by the VIP sockets (with the client's source)"
+    );
+    let c = node.counters();
+    assert_eq!(c.decapsulated, 8, "{c:?}");
+    assert_eq!(c.dropped, 0, "{c:?}");
+}
+
+#[test]
+fn leaves_other_traffic_alone_and_drops_lying_tunnels() {
+    if !require_privileges("decap test") {
+        return;
+    }
+    let node = Node::new();
+    node.attach(&config()).unwrap();
+    let before = node.counters();
+
+    let n4: IpAddr = v4(NODE4).into();
+    let o4: IpAddr = v4(OUTER_SRC4).into();
+    node.send(&[
+        // A tunnel to an address that is not the node's: not ours, passed unchanged (and
+        // the kernel, which has no ipip module, drops it).
+        outer4("10.77.0.99", PROTO_IPIP, &inner4("not-my-address")),
+        // GUE on another port is plain UDP.
+        outer4(
+            NODE4,
+            PROTO_UDP,
+            &udp(o4, n4, 5555, GUE_PORT + 1, &inner4("other-port")),
+        ),
+        // Protocol 4 that carries an IPv6 header: dropped.
+        outer4(NODE4, PROTO_IPIP, &inner6("liar")),
+    ]);
+    assert_eq!(node.received(), vec![]);
+    let after = node.counters();
+    assert_eq!(after.decapsulated, before.decapsulated);
+    assert_eq!(after.dropped, before.dropped + 1, "{after:?}");
+    assert!(after.passed >= before.passed + 2, "{after:?}");
+
+    // Ordinary traffic to the node still works through the program.
+    let sender = node.net.ns("sender");
+    sender.exec(&["ping", "-c1", "-W2", NODE4]).unwrap();
+    sender.exec(&["ping", "-c1", "-W2", NODE6]).unwrap();
+}
+
+#[test]
+fn replace_then_detach_removes_it_and_tunnels_stop_working() {
+    if !require_privileges("decap test") {
+        return;
+    }
+    let node = Node::new();
+    let first = node
+        .attach(&DecapConfig {
+            addresses: vec![NODE4.parse().unwrap()],
+            gue_port: None,
+        })
+        .unwrap();
+    // Attaching again replaces the program (new config) in the same mode.
+    let second = node.attach(&config()).unwrap();
+    assert_eq!(first, second);
+    node.send(&[outer6(NODE6, PROTO_IPIP, &inner4("after-replace"))]);
+    assert_eq!(
+        node.received().len(),
+        1,
+        "the replacement's config (IPv6 address) is in force"
+    );
+
+    node.net
+        .ns("node")
+        .enter(|| decap::detach("eth0"))
+        .unwrap()
+        .unwrap();
+    assert!(!node.xdp_shown(), "XDP still attached after detach");
+    node.send(&[outer4(NODE4, PROTO_IPIP, &inner4("after-detach"))]);
+    assert_eq!(
+        node.received(),
+        vec![],
+        "without the program nothing decapsulates"
+    );
+
+    let again = node.net.ns("node").enter(|| decap::detach("eth0")).unwrap();
+    assert!(matches!(again, Err(BpfError::NotAttached(_))), "{again:?}");
+    let bad = node
+        .net
+        .ns("node")
+        .enter(|| decap::detach("nosuch0"))
+        .unwrap();
+    assert!(matches!(bad, Err(BpfError::NoInterface(_))), "{bad:?}");
+}
+
+#[test]
+fn refuses_to_touch_a_foreign_xdp_program() {
+    if !require_privileges("decap test (foreign program)") {
+        return;
+    }
+    let node = Node::new();
+    let steer = node
+        .net
+        .ns("node")
+        .enter(|| dataplane::bpf::Steer::attach("eth0"))
+        .unwrap()
+        .unwrap();
+    let err = node.net.ns("node").enter(|| decap::detach("eth0")).unwrap();
+    assert!(matches!(err, Err(BpfError::Foreign { .. })), "{err:?}");
+    let err = node.attach(&config());
+    assert!(matches!(err, Err(BpfError::Foreign { .. })), "{err:?}");
+    drop(steer);
+    assert!(!node.xdp_shown());
+}
