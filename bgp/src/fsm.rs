@@ -1,1 +1,912 @@
-//! (in progress)
+//! The BGP session state machine for one peer (RFC 4271 §8), sans-IO: events and
+//! received bytes go in with the current time, and [`Output`]s come out (bytes to
+//! send, connections to open or close, timers to arm or cancel, state changes).
+//! There are no sockets or clocks in here, so tests drive it with virtual time.
+//!
+//! The RFC runs one FSM per TCP connection and resolves collisions (§6.8) between
+//! them; here one [`Session`] owns up to two connections to the same peer and does
+//! that resolution itself. The reported [`State`] is that of the most advanced
+//! connection, or Idle/Active when there is none.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use crate::wire::{
+    frame, kind, Capability, CeaseSubcode, Context, DecodeError, EncodeError, Family,
+    GracefulRestart, Message, Notification, Open, OpenError, Update,
+};
+
+/// RFC 4271 §8.2.2: the hold timer while waiting for the peer's OPEN ("a large
+/// value", 4 minutes suggested).
+const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
+
+/// Session parameters that do not change while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub local_as: u32,
+    pub remote_as: u32,
+    pub router_id: Ipv4Addr,
+    /// Hold time we propose: 0 (no keepalives) or at least 3 seconds (§4.2).
+    pub hold_time: u16,
+    /// Only accept connections, never initiate (§8.1.1 PassiveTcpEstablishment).
+    pub passive: bool,
+    /// ConnectRetryTime (§10): the connect timeout and the first retry delay.
+    pub connect_retry: Duration,
+    /// Consecutive failures double the retry delay up to this (§8.1.1,
+    /// DampPeerOscillations).
+    pub max_retry: Duration,
+    /// Families advertised with the multiprotocol capability (RFC 4760 §8).
+    pub families: Vec<Family>,
+    /// Advertise graceful restart (RFC 4724) with this restart time. Off by default:
+    /// with it, routers keep a crashed gateway's routes for the restart time.
+    pub graceful_restart: Option<u16>,
+}
+
+impl Config {
+    /// Defaults for an eBGP session toward an upstream router.
+    pub fn new(local_as: u32, remote_as: u32, router_id: Ipv4Addr) -> Config {
+        Config {
+            local_as,
+            remote_as,
+            router_id,
+            hold_time: 90,
+            passive: false,
+            connect_retry: Duration::from_secs(5),
+            max_retry: Duration::from_secs(120),
+            families: Family::ALL.to_vec(),
+            graceful_restart: None,
+        }
+    }
+
+    /// The OPEN we send (§4.2), all capabilities in one optional parameter.
+    pub fn open(&self) -> Open {
+        let mut caps: Vec<Capability> = self
+            .families
+            .iter()
+            .map(|&f| Capability::multiprotocol(f))
+            .collect();
+        caps.push(Capability::RouteRefresh);
+        caps.push(Capability::FourOctetAs { asn: self.local_as });
+        if let Some(restart_time) = self.graceful_restart {
+            caps.push(Capability::GracefulRestart(GracefulRestart {
+                restarting: false,
+                notification: false,
+                restart_time: restart_time.min(0x0fff),
+                families: self
+                    .families
+                    .iter()
+                    .map(|f| {
+                        let (afi, safi) = f.afi_safi();
+                        (afi, safi, true)
+                    })
+                    .collect(),
+            }));
+        }
+        Open::new(self.local_as, self.hold_time, self.router_id, caps)
+    }
+}
+
+/// Identifies one TCP connection of a session. The session allocates them.
+pub type ConnId = u64;
+
+/// The session states of RFC 4271 §8.2.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum State {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The timers of §8 (ConnectRetryTimer, HoldTimer, KeepaliveTimer), the last two
+/// per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    ConnectRetry,
+    Hold(ConnId),
+    Keepalive(ConnId),
+}
+
+/// Inputs (the events of §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// Events 1 and 3, ManualStart / AutomaticStart (with PassiveTcpEstablishment
+    /// when configured passive: events 4 and 5).
+    Start,
+    /// Event 2, ManualStop: Cease / Administrative Shutdown with this RFC 8203
+    /// message on every connection that has sent its OPEN.
+    Stop { message: &'a str },
+    /// Events 16/17, TcpCRAcked / TcpConnectionConfirmed: our connect completed.
+    Connected(ConnId),
+    /// Event 18, TcpConnectionFails: a connect failed or the connection closed.
+    ConnectionFailed { conn: ConnId, reason: &'a str },
+    /// Event 14, TcpConnection_Valid: the peer connected to us. The session answers
+    /// with [`Output::Accept`] or [`Output::Refuse`].
+    Incoming,
+    /// Bytes read from a connection.
+    Received { conn: ConnId, bytes: &'a [u8] },
+    /// Events 9-11: a timer armed with [`Output::ArmTimer`] fired.
+    TimerExpired(Timer),
+}
+
+/// What the session asks of its driver, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Open a TCP connection to the peer and report [`Event::Connected`] or
+    /// [`Event::ConnectionFailed`] for it.
+    Connect(ConnId),
+    /// Keep the incoming connection, known from now on by this id.
+    Accept(ConnId),
+    /// Close the incoming connection without using it.
+    Refuse,
+    Send(ConnId, Vec<u8>),
+    /// Close after sending what was queued.
+    Close(ConnId),
+    ArmTimer(Timer, Instant),
+    CancelTimer(Timer),
+    StateChanged {
+        from: State,
+        to: State,
+    },
+    /// The session is Established on this connection: send the Adj-RIB-Out.
+    Established {
+        conn: ConnId,
+        negotiated: Negotiated,
+    },
+    /// The session left Established: forget the Adj-RIB-Out.
+    Down,
+    /// The peer asked for our routes again (RFC 2918 §4).
+    RouteRefresh(Family),
+}
+
+/// What the two OPENs agreed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The smaller of both proposals (§4.2); 0 means no keepalives.
+    pub hold_time: u16,
+    pub remote_as: u32,
+    pub remote_id: Ipv4Addr,
+    /// Both sides advertised 4-octet AS support (RFC 6793 §4).
+    pub four_octet_as: bool,
+    /// Families both sides advertised (RFC 4760 §8).
+    pub families: Vec<Family>,
+    pub route_refresh: bool,
+    /// The peer advertised graceful restart (RFC 4724).
+    pub peer_graceful_restart: bool,
+}
+
+impl Negotiated {
+    pub fn context(&self) -> Context {
+        Context {
+            four_octet_as: self.four_octet_as,
+        }
+    }
+
+    /// KEEPALIVE interval: a third of the hold time (§10).
+    pub fn keepalive(&self) -> Option<Duration> {
+        (self.hold_time > 0).then(|| Duration::from_secs(u64::from(self.hold_time)) / 3)
+    }
+}
+
+/// Why the session last went down or failed to come up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// The peer sent this NOTIFICATION.
+    NotificationReceived(Notification),
+    /// We sent this NOTIFICATION (a bad message, hold timer expiry, shutdown).
+    NotificationSent(Notification),
+    /// The TCP connection failed or was closed without a NOTIFICATION.
+    Connection(String),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::NotificationReceived(n) => write!(f, "received NOTIFICATION: {n}"),
+            SessionError::NotificationSent(n) => write!(f, "sent NOTIFICATION: {n}"),
+            SessionError::Connection(reason) => write!(f, "connection: {reason}"),
+        }
+    }
+}
+
+/// Messages by type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    pub open: u64,
+    pub update: u64,
+    pub notification: u64,
+    pub keepalive: u64,
+    pub route_refresh: u64,
+}
+
+impl MessageCounts {
+    fn count(&mut self, kind: u8) {
+        match kind {
+            kind::OPEN => self.open += 1,
+            kind::UPDATE => self.update += 1,
+            kind::NOTIFICATION => self.notification += 1,
+            kind::KEEPALIVE => self.keepalive += 1,
+            kind::ROUTE_REFRESH => self.route_refresh += 1,
+            _ => {}
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.open + self.update + self.notification + self.keepalive + self.route_refresh
+    }
+}
+
+/// What an observer may want to know about the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub received: MessageCounts,
+    pub sent: MessageCounts,
+    /// Prefixes announced to us (counted, never installed).
+    pub prefixes_received: u64,
+    pub withdrawals_received: u64,
+    /// UPDATEs handled by treat-as-withdraw (RFC 7606), without a reset.
+    pub update_errors: u64,
+    /// Times the session left Established.
+    pub flaps: u64,
+}
+
+/// Connection progress: Connecting is the RFC's Connect state for that connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Connecting,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    outbound: bool,
+    phase: Phase,
+    rx: Vec<u8>,
+    negotiated: Option<Negotiated>,
+}
+
+/// One peer's BGP session.
+#[derive(Debug)]
+pub struct Session {
+    config: Config,
+    conns: Vec<Conn>,
+    next_id: ConnId,
+    running: bool,
+    /// After an error, Idle until the ConnectRetry timer restarts the session
+    /// (§8.1.1 AllowAutomaticStart with DampPeerOscillations).
+    idle: bool,
+    /// ConnectRetryCounter (§8): consecutive failures, reset when Established.
+    failures: u32,
+    state: State,
+    established_at: Option<Instant>,
+    last_error: Option<SessionError>,
+    last_update_error: Option<DecodeError>,
+    stats: Stats,
+}
+
+impl Session {
+    pub fn new(config: Config) -> Session {
+        Session {
+            config,
+            conns: Vec::new(),
+            next_id: 1,
+            running: false,
+            idle: false,
+            failures: 0,
+            state: State::Idle,
+            established_at: None,
+            last_error: None,
+            last_update_error: None,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn established_at(&self) -> Option<Instant> {
+        self.established_at
+    }
+
+    pub fn last_error(&self) -> Option<&SessionError> {
+        self.last_error.as_ref()
+    }
+
+    /// The last UPDATE error handled without a reset (RFC 7606 treat-as-withdraw).
+    pub fn last_update_error(&self) -> Option<&DecodeError> {
+        self.last_update_error.as_ref()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The Established connection and what was negotiated on it.
+    pub fn established(&self) -> Option<(ConnId, &Negotiated)> {
+        self.conns
+            .iter()
+            .find(|c| c.phase == Phase::Established)
+            .and_then(|c| Some((c.id, c.negotiated.as_ref()?)))
+    }
+
+    /// Handles one event; outputs are appended to `out` in the order to carry out.
+    pub fn handle(&mut self, now: Instant, event: Event<'_>, out: &mut Vec<Output>) {
+        match event {
+            Event::Start => self.start(now, out),
+            Event::Stop { message } => self.stop(message, out),
+            Event::Connected(id) => self.connected(now, id, out),
+            Event::ConnectionFailed { conn, reason } => {
+                if let Some(i) = self.index(conn) {
+                    let error = SessionError::Connection(reason.to_string());
+                    // Failing to connect, or a close before the OPENs were exchanged,
+                    // is retried from Active (§8.2.2, Connect and OpenSent states);
+                    // later it is an error that sends the session to Idle.
+                    let to_idle = self.conns[i].phase >= Phase::OpenConfirm;
+                    self.drop_conn(now, i, None, error, to_idle, out);
+                }
+            }
+            Event::Incoming => self.incoming(now, out),
+            Event::Received { conn, bytes } => self.received(now, conn, bytes, out),
+            Event::TimerExpired(timer) => self.timer(now, timer, out),
+        }
+        self.update_state(now, out);
+    }
+
+    /// Sends an UPDATE on the Established connection (§9.2). The caller keeps it
+    /// within 4096 octets; an error means nothing was sent.
+    pub fn send_update(
+        &mut self,
+        now: Instant,
+        update: &Update,
+        out: &mut Vec<Output>,
+    ) -> Result<(), EncodeError> {
+        let Some(i) = self
+            .conns
+            .iter()
+            .position(|c| c.phase == Phase::Established)
+        else {
+            return Ok(());
+        };
+        let ctx = self.conns[i]
+            .negotiated
+            .as_ref()
+            .map(Negotiated::context)
+            .unwrap_or_default();
+        let bytes = Message::Update(update.clone()).to_bytes(ctx)?;
+        let id = self.conns[i].id;
+        self.stats.sent.count(kind::UPDATE);
+        out.push(Output::Send(id, bytes));
+        self.arm_keepalive(now, i, out);
+        Ok(())
+    }
+
+    fn index(&self, id: ConnId) -> Option<usize> {
+        self.conns.iter().position(|c| c.id == id)
+    }
+
+    fn start(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if self.running {
+            return;
+        }
+        self.running = true;
+        self.idle = false;
+        self.failures = 0;
+        if !self.config.passive {
+            self.connect(now, out);
+        }
+    }
+
+    fn stop(&mut self, message: &str, out: &mut Vec<Output>) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        self.idle = false;
+        let notification = Notification::shutdown(message);
+        for conn in std::mem::take(&mut self.conns) {
+            if conn.phase >= Phase::OpenSent {
+                self.send(conn.id, &Message::Notification(notification.clone()), out);
+            }
+            out.push(Output::Close(conn.id));
+            out.push(Output::CancelTimer(Timer::Hold(conn.id)));
+            out.push(Output::CancelTimer(Timer::Keepalive(conn.id)));
+        }
+        out.push(Output::CancelTimer(Timer::ConnectRetry));
+        self.last_error = Some(SessionError::NotificationSent(notification));
+    }
+
+    /// Starts an outbound connection and the ConnectRetry timer as its timeout
+    /// (§8.2.2 Idle state, event 1).
+    fn connect(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let id = self.alloc();
+        self.conns.push(Conn {
+            id,
+            outbound: true,
+            phase: Phase::Connecting,
+            rx: Vec::new(),
+            negotiated: None,
+        });
+        out.push(Output::Connect(id));
+        out.push(Output::ArmTimer(
+            Timer::ConnectRetry,
+            now + self.config.connect_retry,
+        ));
+    }
+
+    fn alloc(&mut self) -> ConnId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn connected(&mut self, now: Instant, id: ConnId, out: &mut Vec<Output>) {
+        match self.index(id) {
+            Some(i) if self.conns[i].phase == Phase::Connecting => {
+                out.push(Output::CancelTimer(Timer::ConnectRetry));
+                self.send_open(now, i, out);
+            }
+            // A connect we gave up on: not ours any more.
+            _ => out.push(Output::Close(id)),
+        }
+    }
+
+    /// §8.2.2 Connect/Active states, TcpConnectionConfirmed: send OPEN, set the hold
+    /// timer to the large value, and go to OpenSent.
+    fn send_open(&mut self, now: Instant, i: usize, out: &mut Vec<Output>) {
+        let id = self.conns[i].id;
+        self.conns[i].phase = Phase::OpenSent;
+        let open = Message::Open(self.config.open());
+        self.send(id, &open, out);
+        out.push(Output::ArmTimer(Timer::Hold(id), now + OPEN_HOLD_TIME));
+    }
+
+    fn incoming(&mut self, now: Instant, out: &mut Vec<Output>) {
+        // Idle refuses connections (§8.2.2); an Established session keeps its
+        // connection (§6.8); two connections are enough to resolve a collision.
+        let busy = self
+            .conns
+            .iter()
+            .filter(|c| c.phase >= Phase::OpenSent)
+            .count()
+            >= 2;
+        if !self.running
+            || self.idle
+            || busy
+            || self.conns.iter().any(|c| c.phase == Phase::Established)
+        {
+            out.push(Output::Refuse);
+            return;
+        }
+        let id = self.alloc();
+        out.push(Output::Accept(id));
+        if !self.conns.iter().any(|c| c.phase >= Phase::OpenSent) {
+            out.push(Output::CancelTimer(Timer::ConnectRetry));
+        }
+        self.conns.push(Conn {
+            id,
+            outbound: false,
+            phase: Phase::Connecting,
+            rx: Vec::new(),
+            negotiated: None,
+        });
+        let i = self.conns.len() - 1;
+        self.send_open(now, i, out);
+    }
+
+    fn received(&mut self, now: Instant, id: ConnId, bytes: &[u8], out: &mut Vec<Output>) {
+        let Some(i) = self.index(id) else { return };
+        if self.conns[i].phase == Phase::Connecting {
+            return;
+        }
+        self.conns[i].rx.extend_from_slice(bytes);
+        loop {
+            let Some(i) = self.index(id) else { return };
+            let conn = &mut self.conns[i];
+            let (kind, len) = match frame(&conn.rx) {
+                Ok(Some(found)) => found,
+                Ok(None) => return,
+                Err(e) => {
+                    let n = e.notification();
+                    self.drop_conn(
+                        now,
+                        i,
+                        Some(n.clone()),
+                        SessionError::NotificationSent(n),
+                        true,
+                        out,
+                    );
+                    return;
+                }
+            };
+            let msg: Vec<u8> = conn.rx.drain(..len).collect();
+            let ctx = conn
+                .negotiated
+                .as_ref()
+                .map(Negotiated::context)
+                .unwrap_or_default();
+            self.stats.received.count(kind);
+            self.message(now, i, kind, Message::parse(&msg, ctx), out);
+        }
+    }
+
+    /// Dispatches one received message by connection phase (§8.2.2).
+    fn message(
+        &mut self,
+        now: Instant,
+        i: usize,
+        kind: u8,
+        parsed: Result<Message, DecodeError>,
+        out: &mut Vec<Output>,
+    ) {
+        let phase = self.conns[i].phase;
+        let expected = kind == kind::NOTIFICATION
+            || match phase {
+                Phase::OpenSent => kind == kind::OPEN,
+                Phase::OpenConfirm => kind == kind::KEEPALIVE,
+                _ => matches!(kind, kind::UPDATE | kind::KEEPALIVE | kind::ROUTE_REFRESH),
+            };
+        if !expected {
+            return self.fsm_error(now, i, out);
+        }
+        let parsed = match parsed {
+            Ok(m) => m,
+            // RFC 7606: errors that do not reset the session leave it alone; this
+            // speaker installs nothing, so there is nothing to withdraw.
+            Err(e) if !e.is_fatal() => {
+                self.stats.update_errors += 1;
+                self.last_update_error = Some(e);
+                self.restart_hold(now, i, out);
+                return;
+            }
+            Err(e) => {
+                let n = e.notification();
+                return self.drop_conn(
+                    now,
+                    i,
+                    Some(n.clone()),
+                    SessionError::NotificationSent(n),
+                    true,
+                    out,
+                );
+            }
+        };
+        match (phase, parsed) {
+            (_, Message::Notification(n)) => {
+                // §6.4: never answered; the connection closes.
+                self.drop_conn(
+                    now,
+                    i,
+                    None,
+                    SessionError::NotificationReceived(n),
+                    true,
+                    out,
+                )
+            }
+            (Phase::OpenSent, Message::Open(open)) => self.open_received(now, i, open, out),
+            (Phase::OpenConfirm, Message::Keepalive) => {
+                self.conns[i].phase = Phase::Established;
+                self.failures = 0;
+                self.restart_hold(now, i, out);
+                // §6.8: an Established connection wins over any other.
+                for other in self
+                    .conns
+                    .iter()
+                    .filter(|c| c.id != self.conns[i].id)
+                    .map(|c| c.id)
+                    .collect::<Vec<_>>()
+                {
+                    if let Some(j) = self.index(other) {
+                        self.collision_loser(j, out);
+                    }
+                }
+            }
+            (Phase::Established, Message::Keepalive) => self.restart_hold(now, i, out),
+            (Phase::Established, Message::Update(u)) => {
+                self.stats.prefixes_received += u.announced().count() as u64;
+                self.stats.withdrawals_received += u.withdrawn_all().count() as u64;
+                self.restart_hold(now, i, out);
+            }
+            (Phase::Established, Message::RouteRefresh(rr)) => {
+                self.restart_hold(now, i, out);
+                let negotiated = self.conns[i].negotiated.as_ref();
+                // RFC 2918 §4: a family we did not advertise is ignored.
+                if let Some(f) = rr
+                    .family()
+                    .filter(|f| negotiated.is_some_and(|n| n.families.contains(f)))
+                {
+                    out.push(Output::RouteRefresh(f));
+                }
+            }
+            _ => self.fsm_error(now, i, out),
+        }
+    }
+
+    /// §6.6 with the RFC 6608 subcodes: a message the state does not expect.
+    fn fsm_error(&mut self, now: Instant, i: usize, out: &mut Vec<Output>) {
+        let subcode = match self.conns[i].phase {
+            Phase::OpenSent => 1,
+            Phase::OpenConfirm => 2,
+            _ => 3,
+        };
+        let n = Notification::fsm_error(subcode);
+        self.drop_conn(
+            now,
+            i,
+            Some(n.clone()),
+            SessionError::NotificationSent(n),
+            true,
+            out,
+        );
+    }
+
+    /// §6.2 checks that need the configuration, then collision detection (§6.8),
+    /// then KEEPALIVE and OpenConfirm (§8.2.2 OpenSent state, event 19).
+    fn open_received(&mut self, now: Instant, i: usize, open: Open, out: &mut Vec<Output>) {
+        if let Err(e) = self.check_open(&open) {
+            let n = DecodeError::Open(e).notification();
+            return self.drop_conn(
+                now,
+                i,
+                Some(n.clone()),
+                SessionError::NotificationSent(n),
+                true,
+                out,
+            );
+        }
+        let ours = self.config.open();
+        let peer_families = open.families();
+        let negotiated = Negotiated {
+            hold_time: self.config.hold_time.min(open.hold_time),
+            remote_as: open.asn(),
+            remote_id: open.bgp_id,
+            four_octet_as: open.four_octet_as().is_some(),
+            families: self
+                .config
+                .families
+                .iter()
+                .copied()
+                .filter(|f| peer_families.contains(f))
+                .collect(),
+            route_refresh: open.route_refresh(),
+            peer_graceful_restart: open.graceful_restart().is_some(),
+        };
+        if negotiated.families.is_empty() {
+            // RFC 5492 §5: no family in common; the data lists what we support.
+            let mut data = Vec::new();
+            for cap in ours
+                .capabilities()
+                .filter(|c| matches!(c, Capability::Multiprotocol { .. }))
+            {
+                let msg = Message::Open(Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![cap.clone()]));
+                if let Ok(bytes) = msg.to_bytes(Context::default()) {
+                    data.extend_from_slice(&bytes[31..]);
+                }
+            }
+            let n = DecodeError::Open(OpenError::UnsupportedCapability { capability: data })
+                .notification();
+            return self.drop_conn(
+                now,
+                i,
+                Some(n.clone()),
+                SessionError::NotificationSent(n),
+                true,
+                out,
+            );
+        }
+        let id = self.conns[i].id;
+        // §6.8: another connection to the same peer past Connecting collides with
+        // this one. The connection opened by the side with the higher BGP
+        // Identifier survives; the loser is closed with Cease / Connection
+        // Collision Resolution (RFC 4486).
+        let others: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|c| c.id != id)
+            .map(|c| c.id)
+            .collect();
+        for other in others {
+            let Some(j) = self.index(other) else { continue };
+            let Some(i) = self.index(id) else { return };
+            if self.conns[j].phase == Phase::Connecting {
+                // This session is moving on; the pending connect is moot.
+                self.collision_loser(j, out);
+                continue;
+            }
+            let keep_inbound = u32::from(self.config.router_id) < u32::from(open.bgp_id);
+            // Two connections in one direction: the older one goes.
+            let same_direction = self.conns[i].outbound == self.conns[j].outbound;
+            let loser = if !same_direction && self.conns[i].outbound == keep_inbound {
+                i
+            } else {
+                j
+            };
+            let lost_self = loser == i;
+            self.collision_loser(loser, out);
+            if lost_self {
+                return;
+            }
+        }
+        let Some(i) = self.index(id) else { return };
+        self.conns[i].negotiated = Some(negotiated);
+        self.conns[i].phase = Phase::OpenConfirm;
+        self.send(id, &Message::Keepalive, out);
+        self.restart_hold(now, i, out);
+        self.arm_keepalive(now, i, out);
+    }
+
+    fn check_open(&self, open: &Open) -> Result<(), OpenError> {
+        let asn = open.asn();
+        // RFC 7607: AS 0 is never valid.
+        if asn != self.config.remote_as || asn == 0 || open.my_as == 0 {
+            return Err(OpenError::BadPeerAs { asn });
+        }
+        // RFC 6286 §2.2: within an AS the identifiers must differ.
+        if self.config.local_as == self.config.remote_as && open.bgp_id == self.config.router_id {
+            return Err(OpenError::BadBgpIdentifier { id: open.bgp_id });
+        }
+        Ok(())
+    }
+
+    /// Closes a connection that lost a collision (or became moot); the session
+    /// continues on the other one.
+    fn collision_loser(&mut self, j: usize, out: &mut Vec<Output>) {
+        let conn = self.conns.remove(j);
+        if conn.phase >= Phase::OpenSent {
+            let n = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
+            self.send(conn.id, &Message::Notification(n), out);
+        }
+        out.push(Output::Close(conn.id));
+        out.push(Output::CancelTimer(Timer::Hold(conn.id)));
+        out.push(Output::CancelTimer(Timer::Keepalive(conn.id)));
+    }
+
+    fn timer(&mut self, now: Instant, timer: Timer, out: &mut Vec<Output>) {
+        match timer {
+            Timer::ConnectRetry => {
+                if !self.running {
+                    return;
+                }
+                self.idle = false;
+                // A connect still pending has timed out (§8.2.2 Connect state,
+                // event 9): drop it and try again.
+                while let Some(j) = self.conns.iter().position(|c| c.phase == Phase::Connecting) {
+                    self.collision_loser(j, out);
+                }
+                if self.conns.is_empty() && !self.config.passive {
+                    self.connect(now, out);
+                }
+            }
+            Timer::Hold(id) => {
+                if let Some(i) = self.index(id) {
+                    let n = Notification::hold_timer_expired();
+                    self.drop_conn(
+                        now,
+                        i,
+                        Some(n.clone()),
+                        SessionError::NotificationSent(n),
+                        true,
+                        out,
+                    );
+                }
+            }
+            Timer::Keepalive(id) => {
+                if let Some(i) = self.index(id) {
+                    if self.conns[i].phase >= Phase::OpenConfirm {
+                        self.send(id, &Message::Keepalive, out);
+                        self.arm_keepalive(now, i, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn restart_hold(&mut self, now: Instant, i: usize, out: &mut Vec<Output>) {
+        let conn = &self.conns[i];
+        match conn.negotiated.as_ref().map(|n| n.hold_time) {
+            Some(0) => out.push(Output::CancelTimer(Timer::Hold(conn.id))),
+            Some(h) => out.push(Output::ArmTimer(
+                Timer::Hold(conn.id),
+                now + Duration::from_secs(u64::from(h)),
+            )),
+            None => {}
+        }
+    }
+
+    fn arm_keepalive(&mut self, now: Instant, i: usize, out: &mut Vec<Output>) {
+        let conn = &self.conns[i];
+        if let Some(every) = conn.negotiated.as_ref().and_then(Negotiated::keepalive) {
+            out.push(Output::ArmTimer(Timer::Keepalive(conn.id), now + every));
+        }
+    }
+
+    fn send(&mut self, id: ConnId, msg: &Message, out: &mut Vec<Output>) {
+        // Only messages this module builds reach here, and all of them fit.
+        if let Ok(bytes) = msg.to_bytes(Context::default()) {
+            self.stats.sent.count(msg.kind());
+            out.push(Output::Send(id, bytes));
+        }
+    }
+
+    /// Closes connection `i`, after sending `notification` if given, and records
+    /// why. When no connection is left the session retries after a delay that grows
+    /// with consecutive failures; `to_idle` waits in Idle rather than Active.
+    fn drop_conn(
+        &mut self,
+        now: Instant,
+        i: usize,
+        notification: Option<Notification>,
+        error: SessionError,
+        to_idle: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let conn = self.conns.remove(i);
+        if let Some(n) = notification {
+            self.send(conn.id, &Message::Notification(n), out);
+        }
+        out.push(Output::Close(conn.id));
+        out.push(Output::CancelTimer(Timer::Hold(conn.id)));
+        out.push(Output::CancelTimer(Timer::Keepalive(conn.id)));
+        self.last_error = Some(error);
+        if self.conns.is_empty() && self.running {
+            self.failures = self.failures.saturating_add(1);
+            self.idle = to_idle;
+            out.push(Output::ArmTimer(
+                Timer::ConnectRetry,
+                now + self.retry_delay(),
+            ));
+        }
+    }
+
+    /// ConnectRetryTime doubled per consecutive failure after the first, capped.
+    fn retry_delay(&self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(16);
+        let delay = self.config.connect_retry.saturating_mul(1 << doublings);
+        delay.min(self.config.max_retry.max(self.config.connect_retry))
+    }
+
+    fn update_state(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let to = match self.conns.iter().map(|c| c.phase).max() {
+            Some(Phase::Connecting) => State::Connect,
+            Some(Phase::OpenSent) => State::OpenSent,
+            Some(Phase::OpenConfirm) => State::OpenConfirm,
+            Some(Phase::Established) => State::Established,
+            None if !self.running || self.idle => State::Idle,
+            None => State::Active,
+        };
+        let from = self.state;
+        if from == to {
+            return;
+        }
+        self.state = to;
+        if from == State::Established {
+            self.established_at = None;
+            self.stats.flaps += 1;
+            out.push(Output::Down);
+        }
+        out.push(Output::StateChanged { from, to });
+        if to == State::Established {
+            self.established_at = Some(now);
+            if let Some((conn, negotiated)) = self.established() {
+                let negotiated = negotiated.clone();
+                out.push(Output::Established { conn, negotiated });
+            }
+        }
+    }
+}

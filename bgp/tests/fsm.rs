@@ -1,0 +1,605 @@
+//! The session state machine under virtual time: every instant is made up by the
+//! test, and every output is checked.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use bgp::fsm::{Config, ConnId, Event, Output, Session, SessionError, State, Timer};
+use bgp::wire::{Capability, Context, Family, Message, Notification, Open, RouteRefresh, Update};
+
+const OUR_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+fn config() -> Config {
+    let mut c = Config::new(65001, 65000, OUR_ID);
+    c.hold_time = 9;
+    c.connect_retry = Duration::from_secs(2);
+    c.max_retry = Duration::from_secs(30);
+    c
+}
+
+struct Harness {
+    s: Session,
+    t0: Instant,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(config: Config) -> Self {
+        let now = Instant::now();
+        Harness {
+            s: Session::new(config),
+            t0: now,
+            now,
+        }
+    }
+
+    fn ev(&mut self, e: Event<'_>) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.s.handle(self.now, e, &mut out);
+        out
+    }
+
+    fn at(&self, secs: u64) -> Instant {
+        self.t0 + Duration::from_secs(secs)
+    }
+
+    fn advance_to(&mut self, secs: u64) {
+        self.now = self.at(secs);
+    }
+
+    fn recv(&mut self, conn: ConnId, msg: Message) -> Vec<Output> {
+        let bytes = msg.to_bytes(Context::FOUR_OCTET).unwrap();
+        self.ev(Event::Received {
+            conn,
+            bytes: &bytes,
+        })
+    }
+
+    /// Start, connect, exchange OPENs and KEEPALIVEs: Established on connection 1.
+    fn establish(&mut self, peer_hold: u16) -> Vec<Output> {
+        self.ev(Event::Start);
+        self.ev(Event::Connected(1));
+        self.recv(1, peer_open(65000, peer_hold, Ipv4Addr::new(10, 0, 0, 1)));
+        let out = self.recv(1, Message::Keepalive);
+        assert_eq!(self.s.state(), State::Established);
+        out
+    }
+}
+
+fn peer_open(asn: u32, hold: u16, id: Ipv4Addr) -> Message {
+    Message::Open(Open::new(
+        asn,
+        hold,
+        id,
+        vec![
+            Capability::multiprotocol(Family::Ipv4Unicast),
+            Capability::multiprotocol(Family::Ipv6Unicast),
+            Capability::RouteRefresh,
+            Capability::FourOctetAs { asn },
+        ],
+    ))
+}
+
+/// Messages sent, per connection, decoded.
+fn sent(out: &[Output]) -> Vec<(ConnId, Message)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(c, bytes) => {
+                Some((*c, Message::parse(bytes, Context::FOUR_OCTET).unwrap()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn notification(out: &[Output]) -> Option<(ConnId, Notification)> {
+    sent(out).into_iter().find_map(|(c, m)| match m {
+        Message::Notification(n) => Some((c, n)),
+        _ => None,
+    })
+}
+
+fn armed(out: &[Output], timer: Timer) -> Option<Instant> {
+    out.iter().rev().find_map(|o| match o {
+        Output::ArmTimer(t, at) if *t == timer => Some(*at),
+        _ => None,
+    })
+}
+
+#[test]
+fn active_session_comes_up_and_negotiates_hold_time() {
+    let mut h = Harness::new(config());
+    let out = h.ev(Event::Start);
+    assert_eq!(out[0], Output::Connect(1));
+    assert_eq!(armed(&out, Timer::ConnectRetry), Some(h.at(2)));
+    assert_eq!(h.s.state(), State::Connect);
+
+    let out = h.ev(Event::Connected(1));
+    assert!(out.contains(&Output::CancelTimer(Timer::ConnectRetry)));
+    let Ok([(1, Message::Open(open))]) = <[_; 1]>::try_from(sent(&out)) else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (open.asn(), open.hold_time, open.bgp_id),
+        (65001, 9, OUR_ID)
+    );
+    // Graceful restart is off by default.
+    assert!(open.graceful_restart().is_none());
+    assert_eq!(armed(&out, Timer::Hold(1)), Some(h.at(240)));
+    assert_eq!(h.s.state(), State::OpenSent);
+
+    h.advance_to(1);
+    let out = h.recv(1, peer_open(65000, 30, Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(sent(&out), vec![(1, Message::Keepalive)]);
+    // min(9, 30) = 9: hold 9 s, keepalive every 3 s.
+    assert_eq!(armed(&out, Timer::Hold(1)), Some(h.at(10)));
+    assert_eq!(armed(&out, Timer::Keepalive(1)), Some(h.at(4)));
+    assert_eq!(h.s.state(), State::OpenConfirm);
+
+    h.advance_to(2);
+    let out = h.recv(1, Message::Keepalive);
+    let up = out.iter().find_map(|o| match o {
+        Output::Established { conn, negotiated } => Some((*conn, negotiated.clone())),
+        _ => None,
+    });
+    let (conn, n) = up.expect("Established output");
+    assert_eq!(conn, 1);
+    assert_eq!(
+        (n.hold_time, n.remote_as, n.four_octet_as, n.route_refresh),
+        (9, 65000, true, true)
+    );
+    assert_eq!(n.families, vec![Family::Ipv4Unicast, Family::Ipv6Unicast]);
+    assert!(out.contains(&Output::StateChanged {
+        from: State::OpenConfirm,
+        to: State::Established
+    }));
+    assert_eq!(h.s.established_at(), Some(h.at(2)));
+}
+
+#[test]
+fn keepalives_every_third_of_hold_time_and_hold_restarts_on_messages() {
+    let mut h = Harness::new(config());
+    h.establish(9);
+    h.advance_to(3);
+    let out = h.ev(Event::TimerExpired(Timer::Keepalive(1)));
+    assert_eq!(sent(&out), vec![(1, Message::Keepalive)]);
+    assert_eq!(armed(&out, Timer::Keepalive(1)), Some(h.at(6)));
+    h.advance_to(5);
+    let out = h.recv(1, Message::Keepalive);
+    assert_eq!(armed(&out, Timer::Hold(1)), Some(h.at(14)));
+    let out = h.recv(1, Message::Update(Update::end_of_rib(Family::Ipv4Unicast)));
+    assert_eq!(armed(&out, Timer::Hold(1)), Some(h.at(14)));
+    // Sending an UPDATE pushes the next KEEPALIVE back.
+    h.advance_to(6);
+    let mut out = Vec::new();
+    h.s.send_update(h.now, &Update::end_of_rib(Family::Ipv6Unicast), &mut out)
+        .unwrap();
+    assert_eq!(armed(&out, Timer::Keepalive(1)), Some(h.at(9)));
+    assert_eq!(h.s.stats().sent.update, 1);
+}
+
+#[test]
+fn hold_time_zero_means_no_keepalives() {
+    let mut h = Harness::new(config());
+    let out = h.establish(0);
+    assert!(out.contains(&Output::CancelTimer(Timer::Hold(1))));
+    assert_eq!(h.s.established().unwrap().1.keepalive(), None);
+}
+
+#[test]
+fn hold_timer_expiry_sends_notification_and_retries() {
+    let mut h = Harness::new(config());
+    h.establish(9);
+    h.advance_to(11);
+    let out = h.ev(Event::TimerExpired(Timer::Hold(1)));
+    let (conn, n) = notification(&out).unwrap();
+    assert_eq!((conn, n.code, n.subcode), (1, 4, 0));
+    assert!(out.contains(&Output::Close(1)));
+    assert!(out.contains(&Output::Down));
+    assert_eq!(h.s.state(), State::Idle);
+    assert_eq!(
+        h.s.last_error(),
+        Some(&SessionError::NotificationSent(
+            Notification::hold_timer_expired()
+        ))
+    );
+    assert_eq!(h.s.stats().flaps, 1);
+    // Automatic restart after ConnectRetryTime.
+    assert_eq!(armed(&out, Timer::ConnectRetry), Some(h.at(13)));
+    h.advance_to(13);
+    let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
+    assert!(out.contains(&Output::Connect(2)));
+    assert_eq!(h.s.state(), State::Connect);
+}
+
+#[test]
+fn hold_timer_expiry_in_open_sent_after_four_minutes() {
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1));
+    h.advance_to(240);
+    let out = h.ev(Event::TimerExpired(Timer::Hold(1)));
+    assert_eq!(
+        notification(&out).unwrap().1,
+        Notification::hold_timer_expired()
+    );
+}
+
+#[test]
+fn connect_retry_backs_off_exponentially_up_to_the_cap() {
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    let mut conn = 1;
+    let mut delays = Vec::new();
+    for _ in 0..7 {
+        let out = h.ev(Event::ConnectionFailed {
+            conn,
+            reason: "refused",
+        });
+        assert_eq!(h.s.state(), State::Active);
+        let at = armed(&out, Timer::ConnectRetry).unwrap();
+        delays.push((at - h.now).as_secs());
+        h.now = at;
+        let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
+        conn += 1;
+        assert!(out.contains(&Output::Connect(conn)), "{out:?}");
+    }
+    assert_eq!(delays, vec![2, 4, 8, 16, 30, 30, 30]);
+    assert_eq!(
+        h.s.last_error(),
+        Some(&SessionError::Connection("refused".into()))
+    );
+}
+
+#[test]
+fn connect_timeout_abandons_the_attempt() {
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.advance_to(2);
+    let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
+    assert!(out.contains(&Output::Close(1)));
+    assert!(out.contains(&Output::Connect(2)));
+    // A late completion of the abandoned connect is closed.
+    let out = h.ev(Event::Connected(1));
+    assert_eq!(out, vec![Output::Close(1)]);
+}
+
+#[test]
+fn backoff_resets_once_established() {
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::ConnectionFailed {
+        conn: 1,
+        reason: "refused",
+    });
+    h.ev(Event::TimerExpired(Timer::ConnectRetry));
+    h.ev(Event::ConnectionFailed {
+        conn: 2,
+        reason: "refused",
+    });
+    h.ev(Event::TimerExpired(Timer::ConnectRetry));
+    h.ev(Event::Connected(3));
+    h.recv(3, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    h.recv(3, Message::Keepalive);
+    assert_eq!(h.s.state(), State::Established);
+    let out = h.ev(Event::ConnectionFailed {
+        conn: 3,
+        reason: "reset",
+    });
+    assert_eq!(
+        armed(&out, Timer::ConnectRetry),
+        Some(h.now + Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn passive_waits_for_the_peer() {
+    let mut cfg = config();
+    cfg.passive = true;
+    let mut h = Harness::new(cfg);
+    let out = h.ev(Event::Start);
+    assert!(!out.iter().any(|o| matches!(o, Output::Connect(_))));
+    assert_eq!(h.s.state(), State::Active);
+    let out = h.ev(Event::Incoming);
+    assert_eq!(out[0], Output::Accept(1));
+    assert!(matches!(sent(&out)[..], [(1, Message::Open(_))]));
+    assert_eq!(h.s.state(), State::OpenSent);
+    h.recv(1, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    h.recv(1, Message::Keepalive);
+    assert_eq!(h.s.state(), State::Established);
+    // An Established session keeps its connection.
+    assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+    // After a failure a passive session never connects; it waits in Active again.
+    let out = h.ev(Event::ConnectionFailed {
+        conn: 1,
+        reason: "reset",
+    });
+    h.now = armed(&out, Timer::ConnectRetry).unwrap();
+    let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
+    assert!(!out.iter().any(|o| matches!(o, Output::Connect(_))));
+    assert_eq!(h.s.state(), State::Active);
+}
+
+#[test]
+fn idle_refuses_connections() {
+    let mut h = Harness::new(config());
+    assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+    h.establish(9);
+    h.ev(Event::TimerExpired(Timer::Hold(1)));
+    assert_eq!(h.s.state(), State::Idle);
+    assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+}
+
+/// §6.8: both sides connect at once. Each test sees the peer's OPEN on one
+/// connection while the other is in OpenSent or OpenConfirm.
+fn collide(peer_id: Ipv4Addr) -> (Harness, Vec<Output>) {
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1)); // ours, OpenSent
+    let out = h.ev(Event::Incoming); // theirs
+    assert_eq!(out[0], Output::Accept(2));
+    assert!(matches!(sent(&out)[..], [(2, Message::Open(_))]));
+    // The first OPEN already identifies the peer, so the collision is resolved
+    // then; the second OPEN finds its connection gone if it lost.
+    let mut out = h.recv(2, peer_open(65000, 9, peer_id));
+    out.extend(h.recv(1, peer_open(65000, 9, peer_id)));
+    (h, out)
+}
+
+#[test]
+fn collision_keeps_the_connection_of_the_higher_identifier() {
+    // Peer's identifier is higher: its connection (2, inbound) wins; ours (1) is
+    // closed with Cease / Connection Collision Resolution.
+    let (mut h, out) = collide(Ipv4Addr::new(10, 0, 0, 9));
+    let (conn, n) = notification(&out).unwrap();
+    assert_eq!((conn, n.code, n.subcode), (1, 6, 7));
+    assert!(out.contains(&Output::Close(1)));
+    h.recv(2, Message::Keepalive);
+    assert_eq!(h.s.state(), State::Established);
+    assert_eq!(h.s.established().unwrap().0, 2);
+
+    // Ours is higher: our connection (1) wins and the peer's (2) is closed.
+    let (mut h, out) = collide(Ipv4Addr::new(10, 0, 0, 1));
+    let (conn, n) = notification(&out).unwrap();
+    assert_eq!((conn, n.code, n.subcode), (2, 6, 7));
+    h.recv(1, Message::Keepalive);
+    assert_eq!(h.s.established().unwrap().0, 1);
+}
+
+#[test]
+fn collision_with_pending_connect_drops_the_connect() {
+    let mut h = Harness::new(config());
+    h.ev(Event::Start); // connect 1 pending
+    h.ev(Event::Incoming); // 2
+    let out = h.recv(2, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    assert!(out.contains(&Output::Close(1)));
+    assert_eq!(h.s.state(), State::OpenConfirm);
+}
+
+fn rejected_open(open: Message) -> Notification {
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1));
+    let out = h.recv(1, open);
+    assert!(out.contains(&Output::Close(1)), "{out:?}");
+    assert_eq!(h.s.state(), State::Idle);
+    let (_, n) = notification(&out).unwrap();
+    assert_eq!(
+        h.s.last_error(),
+        Some(&SessionError::NotificationSent(n.clone()))
+    );
+    n
+}
+
+#[test]
+fn bad_open_is_answered_with_the_right_notification() {
+    // Wrong AS: 2/2 Bad Peer AS.
+    let n = rejected_open(peer_open(65099, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!((n.code, n.subcode), (2, 2));
+
+    // Version 3: 2/1 Unsupported Version Number, data = 4.
+    let mut bytes = peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1))
+        .to_bytes(Context::default())
+        .unwrap();
+    bytes[19] = 3;
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1));
+    let out = h.ev(Event::Received {
+        conn: 1,
+        bytes: &bytes,
+    });
+    let (_, n) = notification(&out).unwrap();
+    assert_eq!((n.code, n.subcode, n.data), (2, 1, vec![0, 4]));
+
+    // Hold time 1 or 2: 2/6 Unacceptable Hold Time.
+    for hold in [1, 2] {
+        let mut bytes = peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1))
+            .to_bytes(Context::default())
+            .unwrap();
+        bytes[22..24].copy_from_slice(&u16::to_be_bytes(hold));
+        let mut h = Harness::new(config());
+        h.ev(Event::Start);
+        h.ev(Event::Connected(1));
+        let out = h.ev(Event::Received {
+            conn: 1,
+            bytes: &bytes,
+        });
+        let (_, n) = notification(&out).unwrap();
+        assert_eq!((n.code, n.subcode), (2, 6));
+    }
+
+    // No family in common: 2/7 Unsupported Capability listing ours.
+    let open = Message::Open(Open::new(
+        65000,
+        9,
+        Ipv4Addr::new(10, 0, 0, 1),
+        vec![Capability::Multiprotocol { afi: 25, safi: 70 }],
+    ));
+    let n = rejected_open(open);
+    assert_eq!((n.code, n.subcode), (2, 7));
+    assert_eq!(n.data, vec![1, 4, 0, 1, 0, 1, 1, 4, 0, 2, 0, 1]);
+
+    // iBGP with our own identifier: 2/3.
+    let mut cfg = config();
+    cfg.remote_as = 65001;
+    let mut h = Harness::new(cfg);
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1));
+    let out = h.recv(1, peer_open(65001, 9, OUR_ID));
+    assert_eq!(
+        notification(&out).map(|(_, n)| (n.code, n.subcode)),
+        Some((2, 3))
+    );
+}
+
+#[test]
+fn unexpected_messages_are_fsm_errors() {
+    // UPDATE in OpenSent: 5/1 (RFC 6608).
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1));
+    let out = h.recv(1, Message::Update(Update::default()));
+    assert_eq!(
+        notification(&out).map(|(_, n)| (n.code, n.subcode)),
+        Some((5, 1))
+    );
+    // UPDATE in OpenConfirm: 5/2.
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1));
+    h.recv(1, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    let out = h.recv(1, Message::Update(Update::default()));
+    assert_eq!(
+        notification(&out).map(|(_, n)| (n.code, n.subcode)),
+        Some((5, 2))
+    );
+    // OPEN in Established: 5/3.
+    let mut h = Harness::new(config());
+    h.establish(9);
+    let out = h.recv(1, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(
+        notification(&out).map(|(_, n)| (n.code, n.subcode)),
+        Some((5, 3))
+    );
+    assert!(out.contains(&Output::Down));
+}
+
+#[test]
+fn framing_errors_reset_and_rfc7606_errors_do_not() {
+    let mut h = Harness::new(config());
+    h.establish(9);
+    // Bad ORIGIN value: treat-as-withdraw, the session stays up.
+    let bad_origin = [
+        &[0xff; 16][..],
+        &[0, 0x1b, 2, 0, 0, 0, 4, 0x40, 1, 1, 9, 24, 192, 0, 2],
+    ]
+    .concat();
+    let out = h.ev(Event::Received {
+        conn: 1,
+        bytes: &bad_origin[..27],
+    });
+    assert!(sent(&out).is_empty(), "{out:?}");
+    assert_eq!(h.s.state(), State::Established);
+    assert_eq!(h.s.stats().update_errors, 1);
+    assert!(h.s.last_update_error().is_some());
+    // A bad marker: 1/1 and the session resets.
+    let mut ka = Message::Keepalive.to_bytes(Context::default()).unwrap();
+    ka[3] = 0;
+    let out = h.ev(Event::Received {
+        conn: 1,
+        bytes: &ka,
+    });
+    assert_eq!(
+        notification(&out).map(|(_, n)| (n.code, n.subcode)),
+        Some((1, 1))
+    );
+    assert_eq!(h.s.state(), State::Idle);
+}
+
+#[test]
+fn messages_split_across_reads_are_reassembled() {
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1));
+    let mut bytes = peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1))
+        .to_bytes(Context::default())
+        .unwrap();
+    bytes.extend(Message::Keepalive.to_bytes(Context::default()).unwrap());
+    for b in &bytes {
+        h.ev(Event::Received {
+            conn: 1,
+            bytes: std::slice::from_ref(b),
+        });
+    }
+    assert_eq!(h.s.state(), State::Established);
+    assert_eq!(h.s.stats().received.open, 1);
+    assert_eq!(h.s.stats().received.keepalive, 1);
+}
+
+#[test]
+fn notification_received_is_recorded() {
+    let mut h = Harness::new(config());
+    h.establish(9);
+    let n = Notification::shutdown("router maintenance");
+    let out = h.recv(1, Message::Notification(n.clone()));
+    assert!(sent(&out).is_empty(), "a NOTIFICATION is never answered");
+    assert!(out.contains(&Output::Close(1)));
+    assert_eq!(h.s.state(), State::Idle);
+    assert_eq!(
+        h.s.last_error(),
+        Some(&SessionError::NotificationReceived(n))
+    );
+    assert_eq!(
+        h.s.last_error().unwrap().to_string(),
+        "received NOTIFICATION: cease / administrative shutdown (6/2): \"router maintenance\""
+    );
+}
+
+#[test]
+fn admin_shutdown_sends_cease_with_message() {
+    let mut h = Harness::new(config());
+    h.establish(9);
+    let out = h.ev(Event::Stop {
+        message: "dsrgate stopping",
+    });
+    let (conn, n) = notification(&out).unwrap();
+    assert_eq!(conn, 1);
+    assert_eq!(n.shutdown_message().as_deref(), Some("dsrgate stopping"));
+    assert!(out.contains(&Output::Close(1)));
+    assert!(out.contains(&Output::Down));
+    assert_eq!(h.s.state(), State::Idle);
+    // Stopped sessions stay down: no retry, no connections.
+    assert!(!out.iter().any(|o| matches!(o, Output::ArmTimer(..))));
+    assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+}
+
+#[test]
+fn route_refresh_is_passed_on_for_negotiated_families() {
+    let mut h = Harness::new(config());
+    h.establish(9);
+    let out = h.recv(
+        1,
+        Message::RouteRefresh(RouteRefresh::new(Family::Ipv6Unicast)),
+    );
+    assert!(out.contains(&Output::RouteRefresh(Family::Ipv6Unicast)));
+    let out = h.recv(
+        1,
+        Message::RouteRefresh(RouteRefresh {
+            afi: 1,
+            subtype: 0,
+            safi: 128,
+        }),
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::RouteRefresh(_))));
+}
+
+#[test]
+fn graceful_restart_is_advertised_only_when_configured() {
+    let mut cfg = config();
+    cfg.graceful_restart = Some(30);
+    let open = cfg.open();
+    let gr = open.graceful_restart().unwrap();
+    assert_eq!(gr.restart_time, 30);
+    assert_eq!(gr.families, vec![(1, 1, true), (2, 1, true)]);
+}
