@@ -4,3 +4,5 @@ pub mod policy;
 pub mod caps;
 pub mod neigh;
 pub mod health;
+pub mod api;
+pub mod status;

@@ -1,0 +1,944 @@
+//! The daemon's HTTP API: `GET /metrics` (Prometheus text), `GET /status` (JSON, see
+//! [`crate::status`]) and `GET /healthz`, on 127.0.0.1:9180 by default.
+//!
+//! The server is a small HTTP/1.1 handler on std sockets, with `httparse` doing the
+//! parsing. No async runtime, and nothing an off-the-shelf blocking server (tiny_http)
+//! would not let us bound: the request head is limited to [`MAX_HEAD`] bytes and
+//! [`REQUEST_TIMEOUT`], at most [`MAX_CONNECTIONS`] requests are handled at once (one
+//! short-lived thread each), every response closes its connection, and a malformed
+//! request gets a 4xx answer without affecting anything else. Only GET and HEAD exist.
+//!
+//! [`Metrics`] defines the daemon's metric families. State that the control loop already
+//! holds as running totals (dataplane counters, BGP message counts, health, announce
+//! state) is read from the latest [`Status`] at each scrape by a collector, so a scrape
+//! always sees one consistent tick and removed VIPs or backends disappear from the output
+//! with no bookkeeping. Events (health and announce transitions, config reloads, publish
+//! latency) are ordinary prometheus-client counters and a histogram.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::status::{Health, SharedStatus, Status, VipStatus};
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its whole request head, and to take the response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests handled at once; more connections are answered 503 and closed.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// The running API server. Dropping it (or [`ApiServer::shutdown`]) stops it.
+#[derive(Debug)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// A second handle on the listening socket, used to wake the blocked `accept`.
+    listener: TcpListener,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the handlers serve from.
+struct Shared {
+    registry: Arc<Registry>,
+    status: SharedStatus,
+    active: AtomicUsize,
+}
+
+impl ApiServer {
+    /// Binds `listen` (so an address in use fails here, at startup) and serves on a thread
+    /// named `api`.
+    pub fn start(
+        listen: SocketAddr,
+        registry: Arc<Registry>,
+        status: SharedStatus,
+    ) -> io::Result<ApiServer> {
+        let listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let waker = listener.try_clone()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            registry,
+            status,
+            active: AtomicUsize::new(0),
+        });
+        let thread = std::thread::Builder::new().name("api".into()).spawn({
+            let stop = stop.clone();
+            move || accept_loop(listener, &stop, &shared)
+        })?;
+        tracing::info!(%addr, "API listening (/metrics, /status, /healthz)");
+        Ok(ApiServer {
+            addr,
+            stop,
+            listener: waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, waits for requests in flight (bounded by [`REQUEST_TIMEOUT`]) and
+    /// closes the socket.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // Release: the accept loop's Acquire load sees the flag once accept returns.
+        self.stop.store(true, Ordering::Release);
+        // shutdown(2) on a listening socket makes a blocked accept(2) fail at once (Linux).
+        // SAFETY: plain shutdown(2) on a socket fd we own for as long as `self` lives.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if thread.join().is_err() {
+            tracing::error!("API thread panicked");
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn accept_loop(listener: TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) {
+    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        handlers.retain(|h| !h.is_finished());
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // ECONNABORTED, EMFILE and the like: nothing to do but try again, gently.
+                tracing::warn!(error = %e, "API accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        // Relaxed is enough: the count only bounds concurrency, it orders no other memory.
+        if shared.active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            shared.active.fetch_sub(1, Ordering::Relaxed);
+            refuse(stream);
+            continue;
+        }
+        let shared2 = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("api-conn".into())
+            .spawn(move || {
+                serve(stream, &shared2);
+                shared2.active.fetch_sub(1, Ordering::Relaxed);
+            });
+        match spawned {
+            Ok(h) => handlers.push(h),
+            Err(e) => {
+                shared.active.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot spawn an API connection thread");
+            }
+        }
+    }
+    for h in handlers {
+        let _ = h.join();
+    }
+}
+
+/// Answers 503 without blocking the accept loop: whatever the client has sent already is
+/// read first, so that closing does not reset the connection before the answer arrives.
+fn refuse(mut stream: TcpStream) {
+    let mut sink = [0u8; 4096];
+    if stream.set_nonblocking(true).is_ok() {
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    }
+    let _ = respond(
+        &mut stream,
+        false,
+        &Response::text(503, "too many connections\n"),
+    );
+    let _ = stream.shutdown(Shutdown::Write);
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// One response: status, content type, body, extra headers.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    extra: &'static str,
+}
+
+impl Response {
+    fn text(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.as_bytes().to_vec(),
+            extra: "",
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Handles one connection: one request, one response, close.
+fn serve(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    let mut buf = [0u8; MAX_HEAD];
+    let response = match read_head(&mut stream, &mut buf) {
+        Ok(len) => {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf[..len]) {
+                Ok(httparse::Status::Complete(_)) => {
+                    let head = req.method == Some("HEAD");
+                    let response = route(&req, shared);
+                    let _ = respond(&mut stream, head, &response);
+                    linger(stream);
+                    return;
+                }
+                // read_head only returns once the head is complete or failed to parse.
+                Ok(httparse::Status::Partial) | Err(_) => Response::text(400, "bad request\n"),
+            }
+        }
+        Err(HeadError::Malformed) => Response::text(400, "bad request\n"),
+        Err(HeadError::TooLarge) => Response::text(431, "request head too large\n"),
+        Err(HeadError::Timeout) => Response::text(408, "request timeout\n"),
+        Err(HeadError::Closed) => return,
+    };
+    let _ = respond(&mut stream, false, &response);
+    linger(stream);
+}
+
+fn route(req: &httparse::Request, shared: &Shared) -> Response {
+    let method = req.method.unwrap_or_default();
+    let path = req.path.unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
+    if !matches!(path, "/metrics" | "/status" | "/healthz") {
+        return Response::text(404, "not found; try /metrics, /status or /healthz\n");
+    }
+    if method != "GET" && method != "HEAD" {
+        return Response {
+            extra: "Allow: GET, HEAD\r\n",
+            ..Response::text(405, "only GET and HEAD\n")
+        };
+    }
+    match path {
+        "/metrics" => metrics(req, &shared.registry),
+        "/status" => {
+            let status = shared.status.load();
+            match serde_json::to_vec_pretty(&**status) {
+                Ok(mut body) => {
+                    body.push(b'\n');
+                    Response {
+                        status: 200,
+                        content_type: "application/json",
+                        body,
+                        extra: "",
+                    }
+                }
+                Err(e) => Response::text(500, &format!("cannot encode status: {e}\n")),
+            }
+        }
+        _ => Response::text(200, "ok\n"),
+    }
+}
+
+/// Prometheus text format 0.0.4, or OpenMetrics text when the scraper prefers it.
+fn metrics(req: &httparse::Request, registry: &Registry) -> Response {
+    let openmetrics = req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("accept")
+            && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
+    });
+    let mut body = String::new();
+    let (encoded, content_type) = if openmetrics {
+        (
+            prometheus_client::encoding::text::encode(&mut body, registry),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            prometheus_client::encoding::prometheus_text::encode(&mut body, registry),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    match encoded {
+        Ok(()) => Response {
+            status: 200,
+            content_type,
+            body: body.into_bytes(),
+            extra: "",
+        },
+        Err(_) => Response::text(500, "cannot encode metrics\n"),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum HeadError {
+    Malformed,
+    TooLarge,
+    Timeout,
+    /// The peer closed (or reset) before sending a complete head.
+    Closed,
+}
+
+/// Reads until the request head is complete, within [`REQUEST_TIMEOUT`] and `buf`.
+fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, HeadError> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut len = 0;
+    loop {
+        if len > 0 {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            match httparse::Request::new(&mut headers).parse(&buf[..len]) {
+                Ok(httparse::Status::Complete(_)) => return Ok(len),
+                Ok(httparse::Status::Partial) => {}
+                Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+                Err(_) => return Err(HeadError::Malformed),
+            }
+        }
+        if len == buf.len() {
+            return Err(HeadError::TooLarge);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(timeout_or_closed(len));
+        }
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timeout_or_closed(len));
+            }
+            Err(_) => return Err(HeadError::Closed),
+        }
+    }
+}
+
+/// A client that connected and sent nothing gets no answer (like a port scan).
+fn timeout_or_closed(len: usize) -> HeadError {
+    if len == 0 {
+        HeadError::Closed
+    } else {
+        HeadError::Timeout
+    }
+}
+
+fn respond(stream: &mut TcpStream, head_only: bool, r: &Response) -> io::Result<()> {
+    let header = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len(),
+        r.extra
+    );
+    stream.write_all(header.as_bytes())?;
+    if !head_only {
+        stream.write_all(&r.body)?;
+    }
+    stream.flush()
+}
+
+/// Closes gracefully: stop sending, then drain what the client still sends for a moment,
+/// so that unread request bytes do not turn the close into a reset that destroys the
+/// response before the client has read it.
+fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// A response as [`get`] returns it.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Largest response [`get`] reads.
+const MAX_RESPONSE: usize = 64 << 20;
+
+/// `GET path` from the API at `addr` (one connection, `Connection: close`), all within
+/// `timeout`. The client side of this module, for `dsrgate status` and the tests.
+pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<HttpResponse> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: dsrgate\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "response timed out",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if data.len() > MAX_RESPONSE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response too large",
+            ));
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let body_at = match resp.parse(&data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(bad("truncated HTTP response")),
+        Err(e) => return Err(bad(&format!("bad HTTP response: {e}"))),
+    };
+    let status = resp.code.ok_or_else(|| bad("no status code"))?;
+    let headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let mut body = data[body_at..].to_vec();
+    let length = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+    if let Some(length) = length {
+        if body.len() < length {
+            return Err(bad("HTTP body shorter than Content-Length"));
+        }
+        body.truncate(length);
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics.
+
+/// Labels of `dsrgate_health_transitions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthTransitionLabels {
+    /// The probed backend address.
+    pub backend: String,
+    /// `up` or `down`.
+    pub to: String,
+    /// Why: the probe result label (`passed`, `refused`, `timeout`, ...).
+    pub reason: String,
+}
+
+/// Labels of `dsrgate_announce_transitions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnnounceTransitionLabels {
+    /// The VIP address (the announced prefix).
+    pub vip: String,
+    /// `announce` or `withdraw`.
+    pub to: String,
+    /// Why, as a short label: `healthy`, `too_few_healthy_backends`, `dataplane`,
+    /// `shutting_down`.
+    pub reason: String,
+}
+
+/// Labels of `dsrgate_config_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// The daemon's metrics, all named `dsrgate_*`. See the module docs for which are read
+/// from the [`Status`] and which are counted here.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub health_transitions: Family<HealthTransitionLabels, Counter>,
+    pub announce_transitions: Family<AnnounceTransitionLabels, Counter>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    /// Seconds from a backend-set change to the new snapshot being live in the workers.
+    pub snapshot_publish_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Registers every family in `registry` under the `dsrgate_` prefix, the sampled ones
+    /// reading from `status`.
+    pub fn register(registry: &mut Registry, status: SharedStatus) -> Metrics {
+        let r = registry.sub_registry_with_prefix("dsrgate");
+        let m = Metrics {
+            health_transitions: Family::default(),
+            announce_transitions: Family::default(),
+            config_reloads: Family::default(),
+            // 50 µs .. ~1.6 s.
+            snapshot_publish_seconds: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
+        };
+        r.register(
+            "health_transitions",
+            "Backend health state changes, by new state and reason",
+            m.health_transitions.clone(),
+        );
+        r.register(
+            "announce_transitions",
+            "VIP announce and withdraw decisions, by reason",
+            m.announce_transitions.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), by result",
+            m.config_reloads.clone(),
+        );
+        r.register(
+            "snapshot_publish_seconds",
+            "Time from a backend change to the new dataplane snapshot being live",
+            m.snapshot_publish_seconds.clone(),
+        );
+        r.register_collector(Box::new(StatusCollector { status }));
+        m
+    }
+
+    pub fn health_transition(&self, backend: std::net::IpAddr, up: bool, reason: &str) {
+        self.health_transitions
+            .get_or_create(&HealthTransitionLabels {
+                backend: backend.to_string(),
+                to: if up { "up" } else { "down" }.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn announce_transition(&self, vip: std::net::IpAddr, announce: bool, reason: &str) {
+        self.announce_transitions
+            .get_or_create(&AnnounceTransitionLabels {
+                vip: vip.to_string(),
+                to: if announce { "announce" } else { "withdraw" }.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn snapshot_published(&self, latency: Duration) {
+        self.snapshot_publish_seconds.observe(latency.as_secs_f64());
+    }
+}
+
+/// Encodes the sampled families from the latest [`Status`] at each scrape.
+#[derive(Debug)]
+struct StatusCollector {
+    status: SharedStatus,
+}
+
+/// Writes one metric family: a descriptor, then one sample per label set.
+fn family<L: EncodeLabelSet, V>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (L, V)>,
+    mut write: impl FnMut(&mut prometheus_client::encoding::MetricEncoder, &V) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        let mut sample = m.encode_family(&labels)?;
+        write(&mut sample, &value)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (impl EncodeLabelSet, u64)>,
+) -> std::fmt::Result {
+    family(enc, name, help, MetricType::Counter, rows, |m, v| {
+        m.encode_counter::<NoLabelSet, _, u64>(v, None)
+    })
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (impl EncodeLabelSet, i64)>,
+) -> std::fmt::Result {
+    family(enc, name, help, MetricType::Gauge, rows, |m, v| {
+        m.encode_gauge(v)
+    })
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn vip_labels(v: &VipStatus) -> Labels {
+    vec![
+        ("vip", v.address.to_string()),
+        ("protocol", v.protocol.to_string()),
+        ("port", v.port.to_string()),
+        ("name", v.name.clone()),
+    ]
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let s: Arc<Status> = self.status.load_full();
+        let e = &mut enc;
+
+        gauge(
+            e,
+            "build_info",
+            "Version of the running daemon",
+            [(vec![("version", s.version.clone())], 1)],
+        )?;
+        gauge(
+            e,
+            "snapshot_generation",
+            "Generation of the snapshot the workers run",
+            [(Labels::new(), s.generation as i64)],
+        )?;
+        gauge(
+            e,
+            "dataplane_healthy",
+            "1 while the dataplane can forward",
+            [(Labels::new(), i64::from(s.dataplane_problem.is_none()))],
+        )?;
+
+        // Per service.
+        counter(
+            e,
+            "vip_packets",
+            "Frames received for a VIP service",
+            s.vips.iter().map(|v| (vip_labels(v), v.packets)),
+        )?;
+        counter(
+            e,
+            "vip_bytes",
+            "Bytes received for a VIP service",
+            s.vips.iter().map(|v| (vip_labels(v), v.bytes)),
+        )?;
+        gauge(
+            e,
+            "vip_healthy_backends",
+            "Backends of a VIP service passing health checks",
+            s.vips.iter().map(|v| {
+                let up = v.backends.iter().filter(|b| b.health == Health::Up).count();
+                (vip_labels(v), up as i64)
+            }),
+        )?;
+        // Announcing is per address: one series per VIP address.
+        let mut prefixes: Vec<(Labels, i64)> = Vec::new();
+        for v in &s.vips {
+            let labels = vec![("vip", v.address.to_string())];
+            if !prefixes.iter().any(|(l, _)| *l == labels) {
+                prefixes.push((labels, i64::from(v.announced)));
+            }
+        }
+        gauge(
+            e,
+            "vip_announced",
+            "1 while the VIP address is announced over BGP",
+            prefixes,
+        )?;
+
+        // Per backend of each service.
+        let backends = || {
+            s.vips.iter().flat_map(|v| {
+                v.backends.iter().map(move |b| {
+                    let mut l = vip_labels(v);
+                    l.push(("backend", b.address.to_string()));
+                    (l, b)
+                })
+            })
+        };
+        counter(
+            e,
+            "backend_packets",
+            "Frames sent to a backend",
+            backends().map(|(l, b)| (l, b.packets)),
+        )?;
+        counter(
+            e,
+            "backend_bytes",
+            "Bytes sent to a backend, after encapsulation",
+            backends().map(|(l, b)| (l, b.bytes)),
+        )?;
+        gauge(
+            e,
+            "backend_up",
+            "1 while a backend passes its health checks",
+            backends().map(|(l, b)| (l, i64::from(b.health == Health::Up))),
+        )?;
+        gauge(
+            e,
+            "backend_weight",
+            "Maglev weight of a backend",
+            backends().map(|(l, b)| (l, i64::from(b.weight))),
+        )?;
+        gauge(
+            e,
+            "backend_maglev_slots",
+            "Maglev table slots held by a backend",
+            backends().map(|(l, b)| (l, i64::from(b.slots))),
+        )?;
+        gauge(
+            e,
+            "backend_next_hop_resolved",
+            "1 while the next-hop MAC toward a backend is known",
+            backends().map(|(l, b)| (l, i64::from(b.next_hop.resolved))),
+        )?;
+
+        // BGP.
+        let peer = |p: &crate::status::PeerStatus| vec![("peer", p.address.to_string())];
+        gauge(
+            e,
+            "bgp_session_state",
+            "BGP session state (BGP4-MIB numbering: 1 idle .. 6 established)",
+            s.peers.iter().map(|p| (peer(p), p.state.code())),
+        )?;
+        gauge(
+            e,
+            "bgp_session_established",
+            "1 while the BGP session is established",
+            s.peers.iter().map(|p| {
+                (
+                    peer(p),
+                    i64::from(p.state == crate::status::PeerState::Established),
+                )
+            }),
+        )?;
+        gauge(
+            e,
+            "bgp_prefixes_announced",
+            "Prefixes announced to the peer",
+            s.peers
+                .iter()
+                .map(|p| (peer(p), i64::from(p.prefixes_announced))),
+        )?;
+        counter(
+            e,
+            "bgp_messages_received",
+            "BGP messages received from the peer",
+            s.peers.iter().map(|p| (peer(p), p.messages_in)),
+        )?;
+        counter(
+            e,
+            "bgp_messages_sent",
+            "BGP messages sent to the peer",
+            s.peers.iter().map(|p| (peer(p), p.messages_out)),
+        )?;
+
+        // Workers.
+        let worker = |w: &crate::status::WorkerStatus| {
+            vec![
+                ("interface", w.interface.clone()),
+                ("queue", w.queue.to_string()),
+            ]
+        };
+        gauge(
+            e,
+            "worker_info",
+            "AF_XDP worker modes obtained (value 1)",
+            s.workers.iter().map(|w| {
+                let mut l = worker(w);
+                let xdp = serde_json::to_value(w.xdp_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                let bind = serde_json::to_value(w.bind_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                l.push(("xdp_mode", xdp.unwrap_or_default()));
+                l.push(("bind_mode", bind.unwrap_or_default()));
+                l.push(("core", w.core.map_or_else(String::new, |c| c.to_string())));
+                (l, 1)
+            }),
+        )?;
+        counter(
+            e,
+            "worker_rx_packets",
+            "Frames a worker received from its AF_XDP socket",
+            s.workers.iter().map(|w| (worker(w), w.rx_packets)),
+        )?;
+        counter(
+            e,
+            "worker_tx_packets",
+            "Frames a worker transmitted",
+            s.workers.iter().map(|w| (worker(w), w.tx_packets)),
+        )?;
+        counter(
+            e,
+            "worker_passed_packets",
+            "Frames a worker handed to the kernel",
+            s.workers.iter().map(|w| (worker(w), w.passed_packets)),
+        )?;
+        counter(
+            e,
+            "drops",
+            "Frames dropped by a worker, by reason",
+            s.workers.iter().flat_map(|w| {
+                w.drops.iter().map(move |(reason, n)| {
+                    let mut l = worker(w);
+                    l.push(("reason", reason.clone()));
+                    (l, *n)
+                })
+            }),
+        )?;
+        gauge(
+            e,
+            "flow_table_entries",
+            "Flows in a worker's flow table",
+            s.workers.iter().map(|w| (worker(w), w.flow_entries as i64)),
+        )?;
+        gauge(
+            e,
+            "flow_table_capacity",
+            "Slots of a worker's flow table",
+            s.workers
+                .iter()
+                .map(|w| (worker(w), w.flow_capacity as i64)),
+        )?;
+        counter(
+            e,
+            "flow_table_evictions",
+            "Live flows evicted from a full flow table",
+            s.workers.iter().map(|w| (worker(w), w.flow_evictions)),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::tests::sample;
+
+    fn scrape(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn metric_names_and_values_from_status() {
+        let status = crate::status::shared(sample());
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry, status.clone());
+        m.health_transition("198.51.100.13".parse().unwrap(), false, "refused");
+        m.announce_transition("192.0.2.10".parse().unwrap(), true, "healthy");
+        m.config_reload(false);
+        m.snapshot_published(Duration::from_micros(300));
+        let text = scrape(&registry);
+        for line in [
+            "dsrgate_build_info{version=\"0.1.0\"} 1",
+            "dsrgate_snapshot_generation 42",
+            "dsrgate_dataplane_healthy 1",
+            "dsrgate_vip_packets_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\"} 123456",
+            "dsrgate_vip_bytes_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\"} 98765432",
+            "dsrgate_vip_healthy_backends{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\"} 2",
+            "dsrgate_vip_announced{vip=\"192.0.2.10\"} 1",
+            "dsrgate_vip_announced{vip=\"2001:db8:100::10\"} 0",
+            "dsrgate_backend_packets_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.11\"} 61728",
+            "dsrgate_backend_up{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.13\"} 0",
+            "dsrgate_backend_maglev_slots{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.11\"} 32769",
+            "dsrgate_backend_next_hop_resolved{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.12\"} 0",
+            "dsrgate_bgp_session_state{peer=\"198.51.100.1\"} 6",
+            "dsrgate_bgp_session_state{peer=\"2001:db8:f::1\"} 3",
+            "dsrgate_bgp_session_established{peer=\"2001:db8:f::1\"} 0",
+            "dsrgate_bgp_messages_received_total{peer=\"198.51.100.1\"} 130",
+            "dsrgate_worker_info{interface=\"eth0\",queue=\"1\",xdp_mode=\"generic\",bind_mode=\"zero-copy\",core=\"\"} 1",
+            "dsrgate_drops_total{interface=\"eth0\",queue=\"0\",reason=\"no_next_hop\"} 7",
+            "dsrgate_flow_table_entries{interface=\"eth0\",queue=\"0\"} 812",
+            "dsrgate_flow_table_evictions_total{interface=\"eth0\",queue=\"0\"} 2",
+            "dsrgate_health_transitions_total{backend=\"198.51.100.13\",to=\"down\",reason=\"refused\"} 1",
+            "dsrgate_announce_transitions_total{vip=\"192.0.2.10\",to=\"announce\",reason=\"healthy\"} 1",
+            "dsrgate_config_reloads_total{result=\"error\"} 1",
+            "dsrgate_snapshot_publish_seconds_count 1",
+            "# TYPE dsrgate_vip_packets_total counter",
+            "# TYPE dsrgate_backend_up gauge",
+            "# TYPE dsrgate_snapshot_publish_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+
+        // A new tick replaces the sampled state whole: a removed VIP's series disappear.
+        let mut next = sample();
+        next.vips.truncate(1);
+        next.vips[0].packets += 10;
+        status.store(Arc::new(next));
+        let text = scrape(&registry);
+        assert!(text.contains("dsrgate_vip_packets_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\"} 123466"));
+        assert!(!text.contains("2001:db8:100::10"), "{text}");
+    }
+}
