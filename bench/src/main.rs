@@ -2,6 +2,7 @@
 
 use clap::Parser;
 
+mod forward;
 mod maglev;
 mod pipeline;
 
@@ -18,11 +19,14 @@ enum Cmd {
     Maglev(maglev::Args),
     /// Per-packet cost of the pipeline for hot and cold flows, SYNs and passes.
     Pipeline(pipeline::Args),
+    /// Forwarding throughput over veth: dsrgate vs. bare AF_XDP vs. kernel forwarding.
+    Forward(forward::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Maglev(a) => maglev::run(a),
         Cmd::Pipeline(a) => pipeline::run(a),
+        Cmd::Forward(a) => forward::run(a),
     }
 }

@@ -27,6 +27,7 @@ struct gen_config {
 	__be16 dport;
 	__u16 flows;
 	__u16 ip_csum; /* precomputed by the caller for this constant IPv4 header */
+	__u32 pad;
 	__u64 gap_ns; /* 0: as fast as possible */
 };
 

@@ -13,6 +13,7 @@
 //! in a way that can return fewer than are free, which the worker loop handles.
 
 mod bare;
+mod pipeline;
 mod socket;
 mod stats;
 mod worker;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use bare::BareForwarder;
+pub use pipeline::PipelineProcessor;
 pub use socket::{XdpStats, XskMode, ENCAP_HEADROOM};
 pub use stats::{WorkerStats, DROP_SLOTS};
 

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::socket::{XdpStats, XskMode};
 use crate::pipeline::DropReason;
 
-/// Slots for drop counters, indexed by `DropReason as u8`; reasons beyond the last slot share it.
-pub const DROP_SLOTS: usize = 32;
+/// Drop counters, one per [`DropReason`], indexed by `DropReason as usize`.
+pub const DROP_SLOTS: usize = DropReason::COUNT;
 
 /// A worker's own counters (not shared).
 #[derive(Clone, Debug, Default)]
@@ -32,8 +32,7 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn drop(&mut self, reason: DropReason) {
-        let i = (reason as u8 as usize).min(DROP_SLOTS - 1);
-        self.drops[i] += 1;
+        self.drops[reason as usize] += 1;
     }
 }
 
@@ -54,7 +53,7 @@ pub struct WorkerStats {
     pub reply: u64,
     /// `Verdict::Pass` frames, which an AF_XDP socket cannot return to the kernel: dropped.
     pub pass_dropped: u64,
-    /// Drops by pipeline reason, indexed by `DropReason as u8`.
+    /// Drops by pipeline reason, indexed by `DropReason as usize` (names: `DropReason::ALL`).
     pub drops: [u64; DROP_SLOTS],
     /// Verdicts naming bytes outside the frame's chunk (a pipeline bug): dropped.
     pub bad_verdicts: u64,

@@ -1,0 +1,622 @@
+//! `dsrgate-bench forward`: delivered packets per second through a gateway namespace, for
+//! dsrgate, a bare AF_XDP forwarder (the I/O ceiling) and kernel IP forwarding (the baseline),
+//! measured in the same run.
+//!
+//! Topology (built with the shared `dsrgate_tests::netns` builder):
+//!
+//! ```text
+//!   gen eth0 ──veth── eth0 gw eth1 ──veth── eth0 sink
+//!   198.18.0.1        .0.2      198.18.1.2   198.18.1.1
+//! ```
+//!
+//! Load: `bpf/trafficgen.c` run with `BPF_PROG_RUN` in the kernel's XDP live-frames mode
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`) on `gen eth0`: 64-byte UDP frames (60 bytes plus FCS),
+//! 64 flows, paced inside the program for the fixed rates and unpaced for the maximum.
+//! Count: `bpf/sink.c` on `sink eth0` (XDP_DROP with a per-CPU counter).
+//!
+//! Paths, each set up and torn down in turn within one repetition, so every repetition pairs
+//! the three under the same machine conditions:
+//! - `kernel_forward`: no XDP on the gateway, `ip_forward=1`, GRO on `gw eth0` (veth drops
+//!   XDP frames sent to a peer with neither an XDP program nor GRO).
+//! - `bare_afxdp`: the steering program on `gw eth0` with one UDP VIP, two-arm AF_XDP workers
+//!   running [`BareForwarder`] (MAC rewrite only) out of `gw eth1`.
+//! - `dsrgate`: the same, running the pipeline: the VIP's only backend is the sink, reached by
+//!   IP-in-IP encapsulation.
+//!
+//! "Peak" is the best delivered rate over the offered rates; "overload" is the delivered rate
+//! when the generator runs unpaced (its maximum). The generator's own CPU also runs the
+//! gateway's veth receive path (veth does receive work on the transmitting CPU), so its
+//! maximum depends on the path; the offered rate is reported next to every number.
+//! The generator thread is pinned to core 0 and the worker to core 1.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use arc_swap::ArcSwap;
+use aya::maps::{Array, PerCpuArray};
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, Pod};
+use dataplane::bpf::{objects, Steer, Vip};
+use dataplane::pipeline::WorkerConfig;
+use dataplane::snapshot::{
+    BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
+    VipKey,
+};
+use dataplane::xsk::{BareForwarder, PipelineProcessor, Workers, XskConfig};
+use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology};
+use serde::Serialize;
+
+const GEN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const GW_UP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const GW_DOWN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const SINK_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+const VIP_PORT: u16 = 9;
+/// 64-byte Ethernet frames without the FCS.
+const FRAME_LEN: usize = 60;
+const FLOWS: u16 = 64;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Paired repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Seconds of load per offered rate.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// Paced offered rates in Mpps, besides the generator's unpaced maximum.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1,1.5,2,3")]
+    rates: Vec<f64>,
+}
+
+/// `struct gen_config` in trafficgen.c.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GenConfig {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: u32,
+    daddr: u32,
+    sport_base: u16,
+    dport: u16,
+    flows: u16,
+    ip_csum: u16,
+    pad: u32,
+    gap_ns: u64,
+}
+// SAFETY: repr(C), integers only, and no implicit padding (28 bytes of fields, the explicit
+// `pad`, then the u64 at offset 32), so every byte is initialised and any bit pattern valid.
+unsafe impl Pod for GenConfig {}
+
+/// `struct gen_state` in trafficgen.c.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct GenState {
+    next_ns: u64,
+    sent: u64,
+    skipped: u64,
+    seq: u64,
+}
+// SAFETY: repr(C), four u64s, no padding.
+unsafe impl Pod for GenState {}
+
+/// The generator program, loaded (not attached: it runs through BPF_PROG_RUN).
+struct Generator {
+    ebpf: Ebpf,
+    prog_fd: RawFd,
+    ifindex: u32,
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN (the `test` member).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+impl Generator {
+    fn load(ifindex: u32) -> Result<Generator> {
+        let mut ebpf = Ebpf::load(objects::TRAFFICGEN).context("loading trafficgen.o")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("trafficgen")
+            .ok_or_else(|| anyhow!("trafficgen.o has no program trafficgen"))?
+            .try_into()?;
+        prog.load().context("loading the trafficgen program")?;
+        let prog_fd = prog.fd()?.as_fd().as_raw_fd();
+        Ok(Generator {
+            ebpf,
+            prog_fd,
+            ifindex,
+        })
+    }
+
+    fn configure(&mut self, cfg: GenConfig) -> Result<()> {
+        let mut m: Array<_, GenConfig> =
+            Array::try_from(self.ebpf.map_mut("gen_config").context("gen_config map")?)?;
+        m.set(0, cfg, 0)?;
+        let mut s: Array<_, GenState> =
+            Array::try_from(self.ebpf.map_mut("gen_state").context("gen_state map")?)?;
+        let seq = s.get(&0, 0)?.seq;
+        // Restart the pacing schedule; keep the sequence so flows keep rotating.
+        s.set(
+            0,
+            GenState {
+                seq,
+                ..GenState::default()
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    fn sent(&self) -> Result<u64> {
+        let s: Array<_, GenState> =
+            Array::try_from(self.ebpf.map("gen_state").context("gen_state map")?)?;
+        Ok(s.get(&0, 0)?.sent)
+    }
+}
+
+/// One BPF_PROG_RUN call in live-frames mode: `repeat` runs of the generator, which
+/// transmits (XDP_TX) out of `ifindex`. Must run in the generator's namespace (the kernel
+/// resolves `ifindex` there).
+fn prog_run(prog_fd: RawFd, ifindex: u32, repeat: u32) -> std::io::Result<()> {
+    let data = [0u8; FRAME_LEN];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let ctx: [u32; 6] = [0, FRAME_LEN as u32, 0, ifindex, 0, 0];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: FRAME_LEN as u32,
+        data_in: data.as_ptr() as u64,
+        repeat,
+        ctx_size_in: std::mem::size_of_val(&ctx) as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: 64,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_PROG_TEST_RUN whose pointers refer to
+    // `data` and `ctx`, which outlive the call; the kernel reads at most the sizes given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The counting sink, attached to `sink eth0`.
+struct Sink {
+    ebpf: Ebpf,
+}
+
+impl Sink {
+    fn attach(net: &Net) -> Result<Sink> {
+        net.ns("sink").enter(|| -> Result<Sink> {
+            let mut ebpf = Ebpf::load(objects::SINK).context("loading sink.o")?;
+            let prog: &mut Xdp = ebpf
+                .program_mut("sink")
+                .ok_or_else(|| anyhow!("sink.o has no program sink"))?
+                .try_into()?;
+            prog.load()?;
+            prog.attach("eth0", XdpMode::Driver)
+                .context("attaching the sink")?;
+            Ok(Sink { ebpf })
+        })?
+    }
+
+    fn count(&self) -> Result<u64> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("sink_count").context("sink_count map")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+}
+
+fn pin_current(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays in bounds for core < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+    }
+}
+
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut s: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+fn gen_config(src_mac: [u8; 6], dst_mac: [u8; 6], daddr: Ipv4Addr, pps: Option<f64>) -> GenConfig {
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((FRAME_LEN - 14) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&GEN_IP.octets());
+    ip[16..20].copy_from_slice(&daddr.octets());
+    GenConfig {
+        dst_mac,
+        src_mac,
+        saddr: u32::from_ne_bytes(GEN_IP.octets()),
+        daddr: u32::from_ne_bytes(daddr.octets()),
+        sport_base: 10_000,
+        dport: VIP_PORT.to_be(),
+        flows: FLOWS,
+        ip_csum: ipv4_checksum(&ip).to_be(),
+        pad: 0,
+        gap_ns: pps.map_or(0, |p| (1e9 / p).max(1.0) as u64),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Path {
+    Dsrgate,
+    BareAfxdp,
+    KernelForward,
+}
+
+impl Path {
+    const ALL: [Path; 3] = [Path::KernelForward, Path::BareAfxdp, Path::Dsrgate];
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::Dsrgate => "dsrgate",
+            Path::BareAfxdp => "bare_afxdp",
+            Path::KernelForward => "kernel_forward",
+        }
+    }
+}
+
+/// The gateway set up for one path; tears itself down on drop.
+enum Gateway {
+    Kernel,
+    Bare(Workers<Steer>),
+    Dsrgate(Workers<Steer>),
+}
+
+impl Gateway {
+    fn close(self) -> Result<()> {
+        match self {
+            Gateway::Kernel => Ok(()),
+            Gateway::Bare(w) | Gateway::Dsrgate(w) => {
+                for c in w.stop()? {
+                    if c.accounted() > c.total {
+                        bail!("frame census over total: {c:?}");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+struct Bench {
+    net: Net,
+    gen: Generator,
+    sink: Sink,
+    gen_mac: [u8; 6],
+    gw_up_mac: [u8; 6],
+    gw_down_mac: [u8; 6],
+    sink_mac: [u8; 6],
+    worker_core: usize,
+}
+
+fn topology() -> Topology {
+    let mut t = Topology::default();
+    t.ns("gen")
+        .addresses
+        .push(("eth0".into(), format!("{GEN_IP}/24")));
+    let gw = t.ns("gw");
+    gw.addresses.push(("eth0".into(), format!("{GW_UP_IP}/24")));
+    gw.addresses
+        .push(("eth1".into(), format!("{GW_DOWN_IP}/24")));
+    gw.sysctls.push(("net.ipv4.ip_forward".into(), "1".into()));
+    t.ns("sink")
+        .addresses
+        .push(("eth0".into(), format!("{SINK_IP}/24")));
+    t.link(Port::new("gen", "eth0"), Port::new("gw", "eth0"), None);
+    t.link(Port::new("gw", "eth1"), Port::new("sink", "eth0"), None);
+    t
+}
+
+impl Bench {
+    fn new() -> Result<Bench> {
+        let net = topology().build(&unique_prefix())?;
+        let gw = net.ns("gw");
+        let gen_mac = net.ns("gen").mac("eth0")?;
+        let gw_up_mac = gw.mac("eth0")?;
+        let gw_down_mac = gw.mac("eth1")?;
+        let sink_mac = net.ns("sink").mac("eth0")?;
+        // A static neighbour: the sink's XDP program drops IPv4, so no ARP-triggering reply
+        // traffic is needed and kernel forwarding never waits on resolution.
+        gw.ip(&[
+            "neigh",
+            "replace",
+            &SINK_IP.to_string(),
+            "lladdr",
+            &mac_str(sink_mac),
+            "dev",
+            "eth1",
+            "nud",
+            "permanent",
+        ])?;
+        let sink = Sink::attach(&net)?;
+        let gen = Generator::load(net.ns("gen").ifindex("eth0")?)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Bench {
+            net,
+            gen,
+            sink,
+            gen_mac,
+            gw_up_mac,
+            gw_down_mac,
+            sink_mac,
+            worker_core: if cores > 1 { 1 } else { 0 },
+        })
+    }
+
+    fn gateway(&self, path: Path) -> Result<Gateway> {
+        let gw = self.net.ns("gw");
+        if path == Path::KernelForward {
+            gw.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
+            return Ok(Gateway::Kernel);
+        }
+        let mut cfg = XskConfig::new("eth0");
+        cfg.downlink = Some("eth1".into());
+        cfg.cores = vec![self.worker_core];
+        cfg.queues = Some(1);
+        let (src, dst) = (self.gw_down_mac, self.sink_mac);
+        let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot()?));
+        gw.enter(move || -> Result<Gateway> {
+            let mut steer = Steer::attach("eth0")?;
+            steer.set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])?;
+            Ok(match path {
+                Path::BareAfxdp => {
+                    Gateway::Bare(Workers::start(&cfg, steer, |_| BareForwarder { src, dst })?)
+                }
+                _ => Gateway::Dsrgate(Workers::start(&cfg, steer, |_| {
+                    PipelineProcessor::new(WorkerConfig::default(), snapshot.clone())
+                })?),
+            })
+        })?
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        let cfg = SnapshotConfig {
+            generation: 1,
+            vips: vec![VipConfig {
+                key: VipKey {
+                    addr: IpAddr::V4(VIP),
+                    proto: Proto::Udp,
+                    port: VIP_PORT,
+                },
+                backends: vec![BackendConfig {
+                    addr: IpAddr::V4(SINK_IP),
+                    weight: 1,
+                }],
+                hash: HashMode::FiveTuple,
+                encap: Encap::IpIp,
+            }],
+            outer_src_v4: Some(SourcePrefix {
+                addr: GW_DOWN_IP,
+                len: 32,
+            }),
+            local_mac: self.gw_down_mac,
+            next_hops: HashMap::from([(IpAddr::V4(SINK_IP), self.sink_mac)]),
+            ..SnapshotConfig::default()
+        };
+        Snapshot::new(&cfg).map_err(|e| anyhow!("bench snapshot: {e}"))
+    }
+
+    /// Offer `pps` (None: unpaced) for `seconds`; returns (offered, delivered) pps.
+    fn point(&mut self, path: Path, pps: Option<f64>, seconds: f64) -> Result<(f64, f64)> {
+        let daddr = if path == Path::KernelForward {
+            SINK_IP
+        } else {
+            VIP
+        };
+        self.gen
+            .configure(gen_config(self.gen_mac, self.gw_up_mac, daddr, pps))?;
+        let (fd, ifindex) = (self.gen.prog_fd, self.gen.ifindex);
+        let (s0, g0) = (self.sink.count()?, self.gen.sent()?);
+        let budget = Duration::from_secs_f64(seconds);
+        let elapsed = self.net.ns("gen").enter(move || -> Result<Duration> {
+            pin_current(0);
+            // Each call costs ~25 ms of setup, so calls are long; `repeat` adapts so that the
+            // calls add up to `budget`. Bounded: at most 3 × budget of calls and 2^28 runs each.
+            let start = Instant::now();
+            let mut repeat: u32 = 1 << 18;
+            while start.elapsed() < budget {
+                let t = Instant::now();
+                prog_run(fd, ifindex, repeat).context("BPF_PROG_RUN (live frames)")?;
+                let took = t.elapsed().as_secs_f64().max(1e-4);
+                let left = budget.saturating_sub(start.elapsed()).as_secs_f64();
+                let want = f64::from(repeat) * (left / took);
+                repeat = want.clamp(f64::from(1u32 << 16), f64::from(1u32 << 28)) as u32;
+                if start.elapsed() > budget * 3 {
+                    break;
+                }
+            }
+            Ok(start.elapsed())
+        })??;
+        // Let the last frames drain through the gateway before counting.
+        std::thread::sleep(Duration::from_millis(30));
+        let (s1, g1) = (self.sink.count()?, self.gen.sent()?);
+        let secs = elapsed.as_secs_f64();
+        Ok(((g1 - g0) as f64 / secs, (s1 - s0) as f64 / secs))
+    }
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct PathResult {
+    peak_pps: f64,
+    /// Offered rate at which the peak was delivered.
+    peak_offered_pps: f64,
+    overload_pps: f64,
+    /// The generator's unpaced rate in that measurement.
+    overload_offered_pps: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.reps == 0 || a.seconds <= 0.0 || a.seconds > 10.0 {
+        bail!("--reps must be at least 1 and --seconds in (0, 10]");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("forward needs root (network namespaces, XDP, AF_XDP)");
+    }
+    let mut bench = Bench::new()?;
+    let mut per_rep: Vec<HashMap<Path, PathResult>> = Vec::new();
+    let total = a.reps * Path::ALL.len() * (a.rates.len() + 1);
+    let mut done = 0;
+    for rep in 0..a.reps {
+        let mut results = HashMap::new();
+        for path in Path::ALL {
+            let gw = bench.gateway(path)?;
+            let mut r = PathResult::default();
+            let points = a.rates.iter().map(|m| Some(m * 1e6)).chain([None]);
+            for pps in points {
+                let (offered, delivered) = bench.point(path, pps, a.seconds)?;
+                done += 1;
+                eprintln!(
+                    "[{done}/{total}] rep {}/{} {:<14} offered {:>6.3} Mpps ({}) delivered {:>6.3} Mpps",
+                    rep + 1,
+                    a.reps,
+                    path.name(),
+                    offered / 1e6,
+                    pps.map_or("max".to_string(), |p| format!("paced {:.2}", p / 1e6)),
+                    delivered / 1e6
+                );
+                if delivered > r.peak_pps {
+                    r.peak_pps = delivered;
+                    r.peak_offered_pps = offered;
+                }
+                if pps.is_none() {
+                    r.overload_pps = delivered;
+                    r.overload_offered_pps = offered;
+                }
+            }
+            if let Gateway::Bare(w) | Gateway::Dsrgate(w) = &gw {
+                for s in w.stats() {
+                    eprintln!(
+                        "    worker q{} ({:?}): rx {} tx {} dropped {} rx_ring_full {} fill_empty {}",
+                        s.queue,
+                        s.mode,
+                        s.rx,
+                        s.tx,
+                        s.dropped(),
+                        s.kernel.rx_ring_full,
+                        s.kernel.rx_fill_ring_empty_descs
+                    );
+                }
+            }
+            gw.close()?;
+            results.insert(path, r);
+        }
+        per_rep.push(results);
+    }
+
+    let summary =
+        |p: Path, f: fn(&PathResult) -> f64| median(per_rep.iter().map(|r| f(&r[&p])).collect());
+    let ratio =
+        |f: &dyn Fn(&HashMap<Path, PathResult>) -> f64| median(per_rep.iter().map(f).collect());
+    let ratios = serde_json::json!({
+        "dsrgate_vs_bare_afxdp_peak": ratio(&|r| r[&Path::Dsrgate].peak_pps / r[&Path::BareAfxdp].peak_pps.max(1.0)),
+        "dsrgate_vs_kernel_forward_peak": ratio(&|r| r[&Path::Dsrgate].peak_pps / r[&Path::KernelForward].peak_pps.max(1.0)),
+        "dsrgate_overload_vs_peak": ratio(&|r| r[&Path::Dsrgate].overload_pps / r[&Path::Dsrgate].peak_pps.max(1.0)),
+    });
+    let mut out = serde_json::Map::new();
+    for p in [Path::Dsrgate, Path::BareAfxdp, Path::KernelForward] {
+        out.insert(
+            p.name().into(),
+            serde_json::json!({
+                "peak_pps": summary(p, |r| r.peak_pps).round(),
+                "overload_pps": summary(p, |r| r.overload_pps).round(),
+                "peak_offered_pps": summary(p, |r| r.peak_offered_pps).round(),
+                "overload_offered_pps": summary(p, |r| r.overload_offered_pps).round(),
+            }),
+        );
+    }
+    out.insert("ratios".into(), ratios.clone());
+    out.insert("reps".into(), a.reps.into());
+    if a.json {
+        println!("{}", serde_json::Value::Object(out));
+        return Ok(());
+    }
+    println!(
+        "forward: 64-byte UDP, median of {} paired repetitions, {} s per offered rate",
+        a.reps, a.seconds
+    );
+    println!(
+        "{:<16} {:>12} {:>14} {:>14} {:>16}",
+        "path", "peak Mpps", "@offered Mpps", "overload Mpps", "@offered Mpps"
+    );
+    for p in [Path::Dsrgate, Path::BareAfxdp, Path::KernelForward] {
+        println!(
+            "{:<16} {:>12.3} {:>14.3} {:>14.3} {:>16.3}",
+            p.name(),
+            summary(p, |r| r.peak_pps) / 1e6,
+            summary(p, |r| r.peak_offered_pps) / 1e6,
+            summary(p, |r| r.overload_pps) / 1e6,
+            summary(p, |r| r.overload_offered_pps) / 1e6
+        );
+    }
+    println!("ratios (median of per-repetition ratios): {ratios}");
+    Ok(())
+}
