@@ -1,0 +1,750 @@
+//! The speaker: a mio event loop on its own thread that owns the sockets and timers,
+//! drives one [`Session`] per peer, and keeps an Adj-RIB-Out per peer so that only
+//! differences are sent (RFC 4271 §9.2).
+//!
+//! The control thread talks to it through [`Speaker`]: [`Speaker::set_routes`] with
+//! the whole desired set, [`Speaker::peers`] for observer state, and
+//! [`Speaker::shutdown`], which withdraws everything, sends Cease with a shutdown
+//! message (RFC 8203) and returns once the sessions are closed.
+
+mod rib;
+mod socket;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, info, warn};
+
+use crate::fsm::{
+    self, ConnId, Event, Negotiated, Output, Session, SessionError, State, Stats, Timer,
+};
+use crate::wire::{Family, Update};
+pub use rib::{AdjRibOut, Export, RouteAttributes, Routes};
+
+/// How long a closed connection may take to deliver its last NOTIFICATION, and
+/// how long [`Speaker::shutdown`] waits for all of them.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// One neighbour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub address: IpAddr,
+    /// 179 unless testing.
+    pub port: u16,
+    /// Source address for outgoing connections; the kernel picks one if unset.
+    pub local_address: Option<IpAddr>,
+    /// AS numbers, router ID, hold time, passive mode, retry timing.
+    pub session: fsm::Config,
+    /// NEXT_HOP for IPv4 VIPs; the session's local address when it is IPv4.
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// Next hop for IPv6 VIPs; the session's local address when it is IPv6.
+    pub next_hop_v6: Option<Ipv6Addr>,
+    /// TCP MD5 signature password (RFC 2385).
+    pub md5_password: Option<String>,
+}
+
+impl PeerConfig {
+    pub fn new(address: IpAddr, local_as: u32, remote_as: u32, router_id: Ipv4Addr) -> PeerConfig {
+        PeerConfig {
+            address,
+            port: 179,
+            local_address: None,
+            session: fsm::Config::new(local_as, remote_as, router_id),
+            next_hop_v4: None,
+            next_hop_v6: None,
+            md5_password: None,
+        }
+    }
+}
+
+/// The speaker's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub peers: Vec<PeerConfig>,
+    /// Where to accept connections (e.g. `0.0.0.0:179` or `[::]:179`). Passive peers
+    /// need one; active peers work without (the peer's own connects are refused).
+    pub listen: Vec<SocketAddr>,
+}
+
+/// What observers see of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub address: IpAddr,
+    pub remote_as: u32,
+    pub state: State,
+    /// Time in Established, if it is.
+    pub uptime: Option<Duration>,
+    /// Why it last went down or failed to come up, including a NOTIFICATION received.
+    pub last_error: Option<SessionError>,
+    pub stats: Stats,
+    /// Prefixes in the Adj-RIB-Out.
+    pub prefixes_advertised: usize,
+    pub negotiated: Option<Negotiated>,
+}
+
+enum Command {
+    SetRoutes(Routes),
+    Shutdown(String),
+}
+
+/// Handle to the speaker thread.
+pub struct Speaker {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Speaker {
+    /// Binds the listeners and starts every session. Socket errors at this point
+    /// (a port in use, a bad MD5 key) are returned; later ones show in [`peers`].
+    ///
+    /// [`peers`]: Speaker::peers
+    pub fn spawn(config: Config) -> io::Result<Speaker> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let md5: Vec<(IpAddr, &str)> = config
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.address, p.md5_password.as_deref()?)))
+            .collect();
+        let mut listeners = Vec::new();
+        for (i, addr) in config.listen.iter().enumerate() {
+            let mut l = socket::listen(*addr, &md5)?;
+            poll.registry()
+                .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+            listeners.push(l);
+        }
+        let (commands, rx) = mpsc::channel();
+        let status = Arc::new(Mutex::new(Vec::new()));
+        let mut event_loop = Loop {
+            poll,
+            commands: rx,
+            status: status.clone(),
+            listeners,
+            peers: config.peers.into_iter().map(Peer::new).collect(),
+            tokens: HashMap::new(),
+            next_token: FIRST_CONN,
+            routes: Routes::new(),
+            closing: HashMap::new(),
+            failed: Vec::new(),
+            stop_by: None,
+        };
+        let now = Instant::now();
+        for p in 0..event_loop.peers.len() {
+            event_loop.feed(now, p, Event::Start);
+        }
+        event_loop.publish(now);
+        let thread = std::thread::Builder::new()
+            .name("bgp-speaker".into())
+            .spawn(move || event_loop.run())?;
+        Ok(Speaker {
+            commands,
+            waker,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    /// Replaces the set of announced prefixes. Peers get only the differences.
+    pub fn set_routes(&self, routes: Routes) {
+        self.command(Command::SetRoutes(routes));
+    }
+
+    /// A snapshot of every peer.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Withdraws every route, sends Cease / Administrative Shutdown with `message`
+    /// (RFC 8203) and waits (at most a couple of seconds) until the sessions are
+    /// closed. Later calls do nothing.
+    pub fn shutdown(&mut self, message: &str) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.command(Command::Shutdown(message.to_string()));
+        if thread.join().is_err() {
+            warn!("BGP speaker thread panicked");
+        }
+    }
+
+    fn command(&self, c: Command) {
+        // A send fails only when the thread is gone, and then there is nothing to do.
+        if self.commands.send(c).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                warn!("cannot wake the BGP speaker: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        self.shutdown("speaker stopped");
+    }
+}
+
+const WAKER: Token = Token(0);
+const FIRST_LISTENER: usize = 1;
+const FIRST_CONN: usize = 1 << 16;
+
+struct Sock {
+    stream: TcpStream,
+    token: Token,
+    tx: Vec<u8>,
+    connected: bool,
+}
+
+/// A connection the session is done with, delivering its last bytes before close.
+struct Closing {
+    stream: TcpStream,
+    tx: Vec<u8>,
+    write_shut: bool,
+    deadline: Instant,
+}
+
+struct Peer {
+    config: PeerConfig,
+    session: Session,
+    timers: HashMap<Timer, Instant>,
+    socks: HashMap<ConnId, Sock>,
+    rib: AdjRibOut,
+    /// How to build UPDATEs, while Established.
+    export: Option<Export>,
+}
+
+impl Peer {
+    fn new(config: PeerConfig) -> Peer {
+        Peer {
+            session: Session::new(config.session.clone()),
+            config,
+            timers: HashMap::new(),
+            socks: HashMap::new(),
+            rib: AdjRibOut::default(),
+            export: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Owner {
+    Conn(usize, ConnId),
+    Closing,
+}
+
+struct Loop {
+    poll: Poll,
+    commands: Receiver<Command>,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+    listeners: Vec<TcpListener>,
+    peers: Vec<Peer>,
+    tokens: HashMap<Token, Owner>,
+    next_token: usize,
+    routes: Routes,
+    closing: HashMap<Token, Closing>,
+    /// Connections whose socket failed while outputs were being carried out.
+    failed: Vec<(usize, ConnId, String)>,
+    /// Set by shutdown: the loop ends when everything is closed, or at this time.
+    stop_by: Option<Instant>,
+}
+
+impl Loop {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let now = Instant::now();
+            if let Some(by) = self.stop_by {
+                let open =
+                    self.peers.iter().any(|p| !p.socks.is_empty()) || !self.closing.is_empty();
+                if !open || now >= by {
+                    return;
+                }
+            }
+            let timeout = self
+                .next_deadline()
+                .map(|at| at.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("BGP speaker poll failed: {e}");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t < FIRST_CONN => self.accept(now, t - FIRST_LISTENER),
+                    token => match self.tokens.get(&token).copied() {
+                        Some(Owner::Conn(p, id)) => self.conn_ready(now, p, id, &mut buf),
+                        Some(Owner::Closing) => self.closing_ready(token, &mut buf),
+                        None => {}
+                    },
+                }
+            }
+            while let Ok(c) = self.commands.try_recv() {
+                self.command(now, c);
+            }
+            self.fire_timers(now);
+            self.expire_closing(now);
+            self.publish(now);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let timers = self.peers.iter().flat_map(|p| p.timers.values().copied());
+        let closing = self.closing.values().map(|c| c.deadline);
+        timers.chain(closing).chain(self.stop_by).min()
+    }
+
+    fn command(&mut self, now: Instant, c: Command) {
+        match c {
+            Command::SetRoutes(routes) => {
+                self.routes = routes;
+                for p in 0..self.peers.len() {
+                    self.sync(now, p);
+                }
+            }
+            Command::Shutdown(message) => {
+                info!("BGP speaker shutting down: {message}");
+                self.routes.clear();
+                for p in 0..self.peers.len() {
+                    self.sync(now, p);
+                    self.feed(now, p, Event::Stop { message: &message });
+                }
+                self.stop_by = Some(now + LINGER);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        for p in 0..self.peers.len() {
+            let due: Vec<Timer> = self.peers[p]
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in due {
+                self.peers[p].timers.remove(&t);
+                self.feed(now, p, Event::TimerExpired(t));
+            }
+        }
+    }
+
+    /// Hands one event to a peer's session and carries out what it asks.
+    fn feed(&mut self, now: Instant, p: usize, event: Event<'_>) {
+        let mut out = Vec::new();
+        self.peers[p].session.handle(now, event, &mut out);
+        self.apply(now, p, out);
+        while let Some((p, conn, reason)) = self.failed.pop() {
+            self.feed(
+                now,
+                p,
+                Event::ConnectionFailed {
+                    conn,
+                    reason: &reason,
+                },
+            );
+        }
+    }
+
+    fn apply(&mut self, now: Instant, p: usize, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Connect(id) => self.connect(p, id),
+                // Decided in accept(), which looks at these before applying the rest.
+                Output::Accept(_) | Output::Refuse => {}
+                Output::Send(id, bytes) => {
+                    if let Some(sock) = self.peers[p].socks.get_mut(&id) {
+                        sock.tx.extend_from_slice(&bytes);
+                        if let Err(e) = flush(&mut sock.stream, &mut sock.tx) {
+                            self.failed.push((p, id, e.to_string()));
+                        }
+                    }
+                }
+                Output::Close(id) => self.close(now, p, id),
+                Output::ArmTimer(t, at) => {
+                    self.peers[p].timers.insert(t, at);
+                }
+                Output::CancelTimer(t) => {
+                    self.peers[p].timers.remove(&t);
+                }
+                Output::StateChanged { from, to } => {
+                    let peer = &self.peers[p];
+                    info!(peer = %peer.config.address, %from, %to, "BGP session state");
+                    if to == State::Idle {
+                        if let Some(e) = peer.session.last_error() {
+                            info!(peer = %peer.config.address, "BGP session down: {e}");
+                        }
+                    }
+                }
+                Output::Established { conn, negotiated } => {
+                    self.established(now, p, conn, &negotiated)
+                }
+                Output::Down => {
+                    let peer = &mut self.peers[p];
+                    peer.rib.clear();
+                    peer.export = None;
+                }
+                Output::RouteRefresh(family) => {
+                    let peer = &self.peers[p];
+                    if let Some(export) = &peer.export {
+                        let updates = peer.rib.refresh(family, export);
+                        self.send_updates(now, p, &updates);
+                    }
+                }
+            }
+        }
+    }
+
+    /// RFC 4271 §9.2 and RFC 4724 §2: on session up, the whole Adj-RIB-Out, then
+    /// End-of-RIB for each family.
+    fn established(&mut self, now: Instant, p: usize, conn: ConnId, negotiated: &Negotiated) {
+        let peer = &mut self.peers[p];
+        let local = peer
+            .socks
+            .get(&conn)
+            .and_then(|s| s.stream.local_addr().ok())
+            .map(|a| socket::canonical(a.ip()));
+        let export = Export {
+            local_as: peer.config.session.local_as,
+            internal: peer.config.session.local_as == peer.config.session.remote_as,
+            ctx: negotiated.context(),
+            families: negotiated.families.clone(),
+            next_hop_v4: peer.config.next_hop_v4.or(match local {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            }),
+            next_hop_v6: peer.config.next_hop_v6.or(match local {
+                Some(IpAddr::V6(a)) if !a.is_unicast_link_local() => Some(a),
+                _ => None,
+            }),
+        };
+        for f in &export.families {
+            let missing = match f {
+                Family::Ipv4Unicast => export.next_hop_v4.is_none(),
+                Family::Ipv6Unicast => export.next_hop_v6.is_none(),
+            };
+            if missing {
+                warn!(peer = %peer.config.address, "no {f} next hop for this session: configure one to announce {f} routes");
+            }
+        }
+        info!(peer = %peer.config.address, local = ?local, hold = negotiated.hold_time, "BGP session established");
+        peer.rib.clear();
+        let mut updates = peer.rib.sync(&self.routes, &export);
+        updates.extend(export.families.iter().map(|f| Update::end_of_rib(*f)));
+        peer.export = Some(export);
+        self.send_updates(now, p, &updates);
+    }
+
+    fn sync(&mut self, now: Instant, p: usize) {
+        let peer = &mut self.peers[p];
+        let Some(export) = &peer.export else { return };
+        let updates = peer.rib.sync(&self.routes, export);
+        self.send_updates(now, p, &updates);
+    }
+
+    fn send_updates(&mut self, now: Instant, p: usize, updates: &[Update]) {
+        for u in updates {
+            let mut out = Vec::new();
+            if let Err(e) = self.peers[p].session.send_update(now, u, &mut out) {
+                warn!(peer = %self.peers[p].config.address, "UPDATE not sent: {e}");
+            }
+            self.apply(now, p, out);
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    fn connect(&mut self, p: usize, id: ConnId) {
+        let cfg = &self.peers[p].config;
+        let addr = SocketAddr::new(cfg.address, cfg.port);
+        let stream = socket::connect(addr, cfg.local_address, cfg.md5_password.as_deref());
+        let token = self.token();
+        match stream.and_then(|mut s| {
+            self.poll.registry().register(
+                &mut s,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(s)
+        }) {
+            Ok(stream) => {
+                debug!(peer = %addr, "connecting");
+                self.tokens.insert(token, Owner::Conn(p, id));
+                self.peers[p].socks.insert(
+                    id,
+                    Sock {
+                        stream,
+                        token,
+                        tx: Vec::new(),
+                        connected: false,
+                    },
+                );
+            }
+            Err(e) => self.failed.push((p, id, e.to_string())),
+        }
+    }
+
+    fn accept(&mut self, now: Instant, l: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(l) else {
+                return;
+            };
+            let (mut stream, from) = match listener.accept() {
+                Ok(found) => found,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let ip = socket::canonical(from.ip());
+            let Some(p) = self.peers.iter().position(|p| p.config.address == ip) else {
+                debug!(%from, "connection from an unknown peer refused");
+                continue;
+            };
+            let mut out = Vec::new();
+            self.peers[p].session.handle(now, Event::Incoming, &mut out);
+            if let Some(id) = out.iter().find_map(|o| match o {
+                Output::Accept(id) => Some(*id),
+                _ => None,
+            }) {
+                let token = self.token();
+                let _ = stream.set_nodelay(true);
+                match self.poll.registry().register(
+                    &mut stream,
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    Ok(()) => {
+                        self.tokens.insert(token, Owner::Conn(p, id));
+                        self.peers[p].socks.insert(
+                            id,
+                            Sock {
+                                stream,
+                                token,
+                                tx: Vec::new(),
+                                connected: true,
+                            },
+                        );
+                    }
+                    Err(e) => self.failed.push((p, id, e.to_string())),
+                }
+            }
+            self.apply(now, p, out);
+            while let Some((p, conn, reason)) = self.failed.pop() {
+                self.feed(
+                    now,
+                    p,
+                    Event::ConnectionFailed {
+                        conn,
+                        reason: &reason,
+                    },
+                );
+            }
+        }
+    }
+
+    fn conn_ready(&mut self, now: Instant, p: usize, id: ConnId, buf: &mut [u8]) {
+        let Some(sock) = self.peers[p].socks.get_mut(&id) else {
+            return;
+        };
+        if !sock.connected {
+            // mio: a finished connect reports writable; take_error, then peer_addr,
+            // tell success from failure.
+            let result = match sock.stream.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match sock.stream.peer_addr() {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok(()) => {
+                    sock.connected = true;
+                    self.feed(now, p, Event::Connected(id));
+                }
+                Err(e) => self.feed(
+                    now,
+                    p,
+                    Event::ConnectionFailed {
+                        conn: id,
+                        reason: &e.to_string(),
+                    },
+                ),
+            }
+            return;
+        }
+        if let Err(e) = flush(&mut sock.stream, &mut sock.tx) {
+            return self.feed(
+                now,
+                p,
+                Event::ConnectionFailed {
+                    conn: id,
+                    reason: &e.to_string(),
+                },
+            );
+        }
+        loop {
+            let Some(sock) = self.peers[p].socks.get_mut(&id) else {
+                return;
+            };
+            match sock.stream.read(buf) {
+                Ok(0) => {
+                    return self.feed(
+                        now,
+                        p,
+                        Event::ConnectionFailed {
+                            conn: id,
+                            reason: "closed by peer",
+                        },
+                    );
+                }
+                Ok(n) => self.feed(
+                    now,
+                    p,
+                    Event::Received {
+                        conn: id,
+                        bytes: &buf[..n],
+                    },
+                ),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return self.feed(
+                        now,
+                        p,
+                        Event::ConnectionFailed {
+                            conn: id,
+                            reason: &e.to_string(),
+                        },
+                    )
+                }
+            }
+        }
+    }
+
+    /// Stops using a connection: what is queued (a NOTIFICATION, usually) still goes
+    /// out, then FIN; the socket is read until the peer closes so that unread data
+    /// does not turn the close into a reset that could discard the NOTIFICATION.
+    fn close(&mut self, now: Instant, p: usize, id: ConnId) {
+        let Some(mut sock) = self.peers[p].socks.remove(&id) else {
+            return;
+        };
+        if !sock.connected {
+            let _ = self.poll.registry().deregister(&mut sock.stream);
+            self.tokens.remove(&sock.token);
+            return;
+        }
+        let _ = flush(&mut sock.stream, &mut sock.tx);
+        let mut c = Closing {
+            stream: sock.stream,
+            tx: sock.tx,
+            write_shut: false,
+            deadline: now + LINGER,
+        };
+        if c.tx.is_empty() {
+            c.write_shut = c.stream.shutdown(Shutdown::Write).is_ok();
+        }
+        self.tokens.insert(sock.token, Owner::Closing);
+        self.closing.insert(sock.token, c);
+    }
+
+    fn closing_ready(&mut self, token: Token, buf: &mut [u8]) {
+        let Some(c) = self.closing.get_mut(&token) else {
+            return;
+        };
+        let mut done = flush(&mut c.stream, &mut c.tx).is_err();
+        if !done && c.tx.is_empty() && !c.write_shut {
+            c.write_shut = true;
+            done = c.stream.shutdown(Shutdown::Write).is_err();
+        }
+        while !done {
+            match c.stream.read(buf) {
+                Ok(0) => done = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => done = true,
+            }
+        }
+        if done {
+            self.drop_closing(token);
+        }
+    }
+
+    fn expire_closing(&mut self, now: Instant) {
+        let expired: Vec<Token> = self
+            .closing
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            self.drop_closing(t);
+        }
+    }
+
+    fn drop_closing(&mut self, token: Token) {
+        if let Some(mut c) = self.closing.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        }
+        self.tokens.remove(&token);
+    }
+
+    /// Refreshes the snapshot [`Speaker::peers`] returns.
+    fn publish(&self, now: Instant) {
+        let snapshot = self
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                address: p.config.address,
+                remote_as: p.config.session.remote_as,
+                state: p.session.state(),
+                uptime: p
+                    .session
+                    .established_at()
+                    .map(|t| now.saturating_duration_since(t)),
+                last_error: p.session.last_error().cloned(),
+                stats: p.session.stats().clone(),
+                prefixes_advertised: p.rib.len(),
+                negotiated: p.session.established().map(|(_, n)| n.clone()),
+            })
+            .collect();
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+}
+
+/// Writes as much of `tx` as the socket takes.
+fn flush(stream: &mut TcpStream, tx: &mut Vec<u8>) -> io::Result<()> {
+    while !tx.is_empty() {
+        match stream.write(tx) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                tx.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! TCP sockets for BGP: non-blocking connect from a chosen local address, listeners,
+//! and TCP MD5 signatures (RFC 2385) through the Linux TCP_MD5SIG socket option.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// `TCP_MD5SIG_MAXKEYLEN` in linux/tcp.h.
+const MD5_MAX_KEY: usize = 80;
+
+/// `struct tcp_md5sig` from linux/tcp.h. socket2's storage type is a
+/// `repr(transparent)` wrapper of `struct sockaddr_storage`, so the layout matches.
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: socket2::SockAddrStorage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: libc::c_int,
+    key: [u8; MD5_MAX_KEY],
+}
+
+/// Signs (and requires signatures on) segments to and from `peer` (RFC 2385). On a
+/// listener this admits that peer's connections.
+pub fn set_md5(socket: &impl AsRawFd, peer: IpAddr, password: &str) -> io::Result<()> {
+    let key = password.as_bytes();
+    if key.len() > MD5_MAX_KEY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TCP MD5 password longer than {MD5_MAX_KEY} octets"),
+        ));
+    }
+    let addr = SockAddr::from(SocketAddr::new(peer, 0));
+    let mut sig = TcpMd5Sig {
+        addr: addr.as_storage(),
+        flags: 0,
+        prefixlen: 0,
+        keylen: key.len() as u16,
+        ifindex: 0,
+        key: [0; MD5_MAX_KEY],
+    };
+    sig.key[..key.len()].copy_from_slice(key);
+    // SAFETY: `sig` is a live, fully initialised `struct tcp_md5sig` and the length
+    // passed is its size; the kernel only reads from it during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MD5SIG,
+            (&sig as *const TcpMd5Sig).cast(),
+            std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn domain(addr: &IpAddr) -> Domain {
+    if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    }
+}
+
+/// Starts a non-blocking connect; completion shows up as writability.
+pub fn connect(
+    peer: SocketAddr,
+    local: Option<IpAddr>,
+    md5: Option<&str>,
+) -> io::Result<mio::net::TcpStream> {
+    let socket = Socket::new(domain(&peer.ip()), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(password) = md5 {
+        set_md5(&socket, peer.ip(), password)?;
+    }
+    if let Some(local) = local {
+        socket.bind(&SocketAddr::new(local, 0).into())?;
+    }
+    match socket.connect(&peer.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(socket.into()))
+}
+
+/// A non-blocking listener; `md5` lists the peers that must sign their segments.
+pub fn listen(addr: SocketAddr, md5: &[(IpAddr, &str)]) -> io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(domain(&addr.ip()), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    for (peer, password) in md5 {
+        // A dual-stack listener sees IPv4 peers as mapped addresses.
+        let peer = match (addr, peer) {
+            (SocketAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => *peer,
+        };
+        set_md5(&socket, peer, password)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(16)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+/// An IPv4 peer reaching a dual-stack listener shows up as `::ffff:a.b.c.d`.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}

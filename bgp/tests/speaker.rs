@@ -1,0 +1,161 @@
+//! Two speakers on loopback, one listening, one connecting: sessions come up, routes
+//! flow as differences, ROUTE-REFRESH and shutdown behave. No privileges needed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use bgp::fsm::{SessionError, State};
+use bgp::speaker::{Config, PeerConfig, PeerStatus, RouteAttributes, Routes, Speaker};
+use bgp::wire::{LargeCommunity, Prefix};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(what: &str, speaker: &Speaker, cond: impl Fn(&PeerStatus) -> bool) -> PeerStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let peers = speaker.peers();
+        if let Some(p) = peers.iter().find(|p| cond(p)) {
+            return p.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {peers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn peer(port: u16, local_as: u32, remote_as: u32, id: u8) -> PeerConfig {
+    let mut p = PeerConfig::new(LOCALHOST, local_as, remote_as, Ipv4Addr::new(10, 0, 0, id));
+    p.port = port;
+    p.session.hold_time = 3;
+    p.session.connect_retry = Duration::from_millis(200);
+    p.next_hop_v6 = Some(Ipv6Addr::LOCALHOST);
+    p
+}
+
+fn routes(list: &[&str]) -> Routes {
+    list.iter()
+        .map(|p| {
+            let attrs = RouteAttributes {
+                med: Some(10),
+                communities: vec![(65001 << 16) | 1],
+                large_communities: vec![LargeCommunity {
+                    global: 65001,
+                    local1: 2,
+                    local2: 3,
+                }],
+            };
+            (p.parse::<Prefix>().unwrap(), attrs)
+        })
+        .collect()
+}
+
+#[test]
+fn speakers_exchange_routes_over_loopback() {
+    let port = free_port();
+    let mut listener_cfg = peer(port, 65000, 65001, 1);
+    listener_cfg.session.passive = true;
+    let mut router = Speaker::spawn(Config {
+        peers: vec![listener_cfg],
+        listen: vec![SocketAddr::new(LOCALHOST, port)],
+    })
+    .unwrap();
+    let mut gateway = Speaker::spawn(Config {
+        peers: vec![peer(port, 65001, 65000, 2)],
+        listen: vec![],
+    })
+    .unwrap();
+    gateway.set_routes(routes(&["192.0.2.10/32", "2001:db8:100::10/128"]));
+
+    let up = wait_for("session up", &router, |p| {
+        p.state == State::Established && p.stats.prefixes_received == 2
+    });
+    assert_eq!(up.negotiated.as_ref().unwrap().hold_time, 3);
+    let g = wait_for("gateway up", &gateway, |p| p.state == State::Established);
+    assert_eq!(g.prefixes_advertised, 2);
+    assert!(g.uptime.is_some());
+
+    // Only the difference goes out: one withdrawal, nothing re-announced.
+    gateway.set_routes(routes(&["192.0.2.10/32"]));
+    wait_for("withdrawal", &router, |p| p.stats.withdrawals_received == 1);
+    gateway.set_routes(routes(&["192.0.2.10/32"]));
+    let r = wait_for("stable", &router, |p| p.stats.withdrawals_received == 1);
+    assert_eq!(r.stats.prefixes_received, 2);
+
+    // Keepalives keep the session up past the hold time.
+    std::thread::sleep(Duration::from_secs(4));
+    let r = wait_for("still up", &router, |p| p.state == State::Established);
+    assert!(r.stats.received.keepalive >= 2, "{r:?}");
+    assert_eq!(r.stats.flaps, 0);
+
+    // Shutdown: withdraw, then Cease with the message; the router records it.
+    let t = Instant::now();
+    gateway.shutdown("gateway maintenance");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    let r = wait_for("cease", &router, |p| p.state != State::Established);
+    assert_eq!(r.stats.withdrawals_received, 2);
+    match r.last_error {
+        Some(SessionError::NotificationReceived(n)) => {
+            assert_eq!(n.shutdown_message().as_deref(), Some("gateway maintenance"))
+        }
+        other => panic!("{other:?}"),
+    }
+    router.shutdown("done");
+}
+
+#[test]
+fn wrong_remote_as_is_refused_with_bad_peer_as() {
+    let port = free_port();
+    let mut listener_cfg = peer(port, 65000, 65001, 1);
+    listener_cfg.session.passive = true;
+    let _router = Speaker::spawn(Config {
+        peers: vec![listener_cfg],
+        listen: vec![SocketAddr::new(LOCALHOST, port)],
+    })
+    .unwrap();
+    let gateway = Speaker::spawn(Config {
+        peers: vec![peer(port, 65001, 65099, 2)],
+        listen: vec![],
+    })
+    .unwrap();
+    let g = wait_for(
+        "bad peer AS",
+        &gateway,
+        |p| matches!(&p.last_error, Some(SessionError::NotificationSent(n)) if (n.code, n.subcode) == (2, 2)),
+    );
+    assert_ne!(g.state, State::Established);
+}
+
+#[test]
+fn refused_connections_are_retried_until_the_peer_appears() {
+    let port = free_port();
+    let gateway = Speaker::spawn(Config {
+        peers: vec![peer(port, 65001, 65000, 2)],
+        listen: vec![],
+    })
+    .unwrap();
+    wait_for("connection refused", &gateway, |p| {
+        matches!(p.last_error, Some(SessionError::Connection(_)))
+    });
+    let mut listener_cfg = peer(port, 65000, 65001, 1);
+    listener_cfg.session.passive = true;
+    let _router = Speaker::spawn(Config {
+        peers: vec![listener_cfg],
+        listen: vec![SocketAddr::new(LOCALHOST, port)],
+    })
+    .unwrap();
+    wait_for("session up", &gateway, |p| p.state == State::Established);
+}
