@@ -5,7 +5,8 @@
 //!   198.51.100.11/24   .1        10.1.0.1/24   10.1.0.2/24
 //!   2001:db8:f::b/64   ::1       fd01::1/64    fd01::2/64
 //!   (+ .12, ::c never contacted)
-//!                      gw routes: 172.16.0.0/24 via 10.1.0.2, fd02::/64 via fd01::2
+//!                      gw routes: 172.16.0.0/24 via 10.1.0.2, fd02::/64 via fd01::2,
+//!                                 172.17.0.0/24 via inet6 fd01::2
 //! ```
 //!
 //! The resolver's netlink socket is opened inside `gw` (on a thread that entered it), and
@@ -44,7 +45,13 @@ fn topology() -> Net {
     ];
     t.link(Port::new("gw", "eth0"), Port::new("node", "eth0"), None);
     t.link(Port::new("gw", "eth1"), Port::new("rtr", "eth0"), None);
-    t.build(&unique_prefix()).expect("building the topology")
+    let net = t.build(&unique_prefix()).expect("building the topology");
+    // An IPv4 prefix through an IPv6 gateway (RFC 5549, RTA_VIA). Added by hand: the
+    // builder would pass `-6` for a route that mentions an IPv6 address.
+    net.ns("gw")
+        .ip(&["route", "add", "172.17.0.0/24", "via", "inet6", "fd01::2"])
+        .expect("adding the RFC 5549 route");
+    net
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -180,7 +187,11 @@ fn routed_backend_resolves_to_the_gateways_mac() {
     let rtr_mac = net.ns("rtr").mac("eth0").unwrap();
     let eth1 = net.ns("gw").ifindex("eth1").unwrap();
     let mut r = resolver_in(&net, "gw");
-    for (backend, gateway) in [("172.16.0.5", "10.1.0.2"), ("fd02::5", "fd01::2")] {
+    for (backend, gateway) in [
+        ("172.16.0.5", "10.1.0.2"),
+        ("fd02::5", "fd01::2"),
+        ("172.17.0.5", "fd01::2"),
+    ] {
         let hop = resolved(&mut r, backend);
         assert_eq!(
             hop,
