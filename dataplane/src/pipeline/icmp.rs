@@ -52,8 +52,8 @@ pub(crate) fn too_big(
 
     let (ip, icmp) = frame[l2..].split_at_mut(hdr_len - ICMP_HEADER_LEN);
     if p.v6 {
-        let src = Ipv6Addr::from(p.dst);
-        let dst = Ipv6Addr::from(p.src);
+        let src = Ipv6Addr::from(p.key.dst);
+        let dst = Ipv6Addr::from(p.key.src);
         ip.fill(0);
         let mut h = Ipv6Packet::new_unchecked(ip);
         h.set_version(6);
@@ -76,8 +76,8 @@ pub(crate) fn too_big(
         h.set_total_len((hdr_len + quote) as u16);
         h.set_hop_limit(REPLY_TTL);
         h.set_next_header(IpProtocol::Icmp);
-        h.set_src_addr(v4(&p.dst));
-        h.set_dst_addr(v4(&p.src));
+        h.set_src_addr(v4(&p.key.dst));
+        h.set_dst_addr(v4(&p.key.src));
         h.fill_checksum();
         icmp[..ICMP_HEADER_LEN].fill(0);
         icmp[6..8].copy_from_slice(&mtu.to_be_bytes());

@@ -39,7 +39,7 @@ mod encap;
 mod icmp;
 mod parse;
 
-use crate::flow::{FlowKey, FlowTable, FlowTimeouts, TimeoutClass, DEFAULT_CAPACITY};
+use crate::flow::{FlowTable, FlowTimeouts, TimeoutClass, DEFAULT_CAPACITY};
 use crate::snapshot::{encap_overhead, HashMode, Snapshot};
 use encap::Tunnel;
 use parse::{Early, Kind, Parsed, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -212,20 +212,25 @@ pub struct FlowValue {
     slot: u32,
 }
 
-/// A frame that passed the first pass and waits for its flow lookup.
+/// A frame between the passes: parsed in place, its key adjusted to the VIP's hash mode.
 #[derive(Clone, Copy, Default)]
 struct Pending {
     p: Parsed,
     vip: u32,
-    key: FlowKey,
     hash: u64,
 }
 
 /// One RX queue's pipeline state. See the module docs.
 pub struct Worker {
+    state: State,
+    /// Per-frame scratch for the two passes, reused by every batch.
+    pending: [Pending; BATCH],
+}
+
+/// What outlives a batch.
+struct State {
     flows: FlowTable<FlowValue>,
     counters: Counters,
-    pending: [Pending; BATCH],
     icmp: TokenBucket,
 }
 
@@ -233,28 +238,30 @@ impl Worker {
     /// Allocates everything the worker will ever use.
     pub fn new(cfg: WorkerConfig) -> Worker {
         Worker {
-            flows: FlowTable::new(cfg.flow_capacity, cfg.timeouts),
-            counters: Counters {
-                vips: vec![PacketBytes::default(); cfg.max_vips].into_boxed_slice(),
-                backends: vec![PacketBytes::default(); cfg.max_backends].into_boxed_slice(),
-                ..Counters::default()
+            state: State {
+                flows: FlowTable::new(cfg.flow_capacity, cfg.timeouts),
+                counters: Counters {
+                    vips: vec![PacketBytes::default(); cfg.max_vips].into_boxed_slice(),
+                    backends: vec![PacketBytes::default(); cfg.max_backends].into_boxed_slice(),
+                    ..Counters::default()
+                },
+                icmp: TokenBucket::new(cfg.icmp_per_sec, cfg.icmp_burst),
             },
             pending: [Pending::default(); BATCH],
-            icmp: TokenBucket::new(cfg.icmp_per_sec, cfg.icmp_burst),
         }
     }
 
     pub fn counters(&self) -> &Counters {
-        &self.counters
+        &self.state.counters
     }
 
     pub fn flows(&self) -> &FlowTable<FlowValue> {
-        &self.flows
+        &self.state.flows
     }
 
     /// Frees idle flow entries in the next `max_buckets` buckets; call between batches.
     pub fn expire_flows(&mut self, now_ns: u64, max_buckets: usize) -> usize {
-        self.flows.expire(now_ns, max_buckets)
+        self.state.flows.expire(now_ns, max_buckets)
     }
 
     /// Processes `frames` in place, writing one verdict per frame into `verdicts` (which must
@@ -283,14 +290,14 @@ impl Worker {
         frames: &mut [Frame<'_>],
         verdicts: &mut [Verdict],
     ) {
-        self.icmp.refill(now_ns);
+        let st = &mut self.state;
+        st.icmp.refill(now_ns);
         // Pass 1: parse, find the VIP, hash, prefetch.
         let mut todo: u64 = 0;
-        for (i, f) in frames.iter().enumerate() {
-            match self.classify(snap, f) {
-                Ok(pending) => {
-                    self.flows.prefetch(pending.hash);
-                    self.pending[i] = pending;
+        for (i, (f, w)) in frames.iter().zip(self.pending.iter_mut()).enumerate() {
+            match classify(snap, f, w) {
+                Ok(()) => {
+                    st.flows.prefetch(w.hash);
                     todo |= 1 << i;
                 }
                 Err(Early::Pass) => verdicts[i] = Verdict::Pass,
@@ -301,63 +308,69 @@ impl Worker {
         while todo != 0 {
             let i = todo.trailing_zeros() as usize;
             todo &= todo - 1;
-            let pending = self.pending[i];
-            verdicts[i] = self.forward(snap, now_ns, &mut frames[i], &pending);
+            verdicts[i] = st.forward(snap, now_ns, &mut frames[i], &self.pending[i]);
         }
+        let c = &mut st.counters;
         for v in verdicts.iter() {
             match v {
-                Verdict::Pass => self.counters.pass += 1,
-                Verdict::Drop(r) => self.counters.drops[*r as usize] += 1,
-                Verdict::Tx { len, .. } => self.counters.tx.add(*len),
-                Verdict::Reply { len, .. } => self.counters.reply.add(*len),
+                Verdict::Pass => c.pass += 1,
+                Verdict::Drop(r) => c.drops[*r as usize] += 1,
+                Verdict::Tx { len, .. } => c.tx.add(*len),
+                Verdict::Reply { len, .. } => c.reply.add(*len),
             }
         }
     }
+}
 
-    /// Pass 1 for one frame.
-    #[inline]
-    fn classify(&self, snap: &Snapshot, f: &Frame<'_>) -> Result<Pending, Early> {
-        let end = f.offset.checked_add(f.len).ok_or(DropReason::Truncated)?;
-        let pkt = f.buf.get(f.offset..end).ok_or(DropReason::Truncated)?;
-        let p = parse::parse(pkt)?;
-        if p.kind == Kind::Other {
-            return Err(if snap.is_vip_addr(&p.dst) {
-                Early::Drop(DropReason::Unsupported)
-            } else {
-                Early::Pass
-            });
-        }
-        let port = if p.fragment { 0 } else { p.dport };
-        let vip = snap.lookup_vip(&p.dst, p.proto, port).ok_or(Early::Pass)?;
-        // From here on the frame is ours: validate what a router would.
-        if !p.v6 {
-            let ip = pkt.get(usize::from(p.l3)..).ok_or(DropReason::Truncated)?;
-            let hl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
-            let hdr = ip.get(..hl).ok_or(DropReason::Truncated)?;
-            if crate::wire::checksum::data(hdr) != !0 {
-                return Err(DropReason::BadChecksum.into());
-            }
-        }
-        if p.ttl <= 1 {
-            return Err(DropReason::TtlExhausted.into());
-        }
-        let v = snap.vips().get(vip as usize).ok_or(Early::Pass)?;
-        let (src_port, dst_port) = if p.fragment || v.hash == HashMode::ThreeTuple {
-            (0, v.key.port)
+/// Pass 1 for one frame: everything up to the flow lookup. `Ok` leaves `w` ready for it.
+#[inline]
+fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early> {
+    let end = f.offset.checked_add(f.len).ok_or(DropReason::Truncated)?;
+    let pkt = f.buf.get(f.offset..end).ok_or(DropReason::Truncated)?;
+    let p = &mut w.p;
+    parse::parse(pkt, p)?;
+    if p.kind == Kind::Other {
+        return Err(if snap.is_vip_addr(&p.key.dst) {
+            Early::Drop(DropReason::Unsupported)
         } else {
-            (p.sport, p.dport)
-        };
-        let key = FlowKey {
-            src: p.src,
-            dst: p.dst,
-            src_port,
-            dst_port,
-            proto: p.proto,
-        };
-        let hash = key.hash(snap.hash_seed);
-        Ok(Pending { p, vip, key, hash })
+            Early::Pass
+        });
     }
+    let port = if p.fragment { 0 } else { p.key.dst_port };
+    let vip = snap
+        .lookup_vip(&p.key.dst, p.key.proto, port)
+        .ok_or(Early::Pass)?;
+    // From here on the frame is ours: validate what a router would.
+    if !p.v6 && !ipv4_checksum_ok(pkt, usize::from(p.l3)) {
+        return Err(DropReason::BadChecksum.into());
+    }
+    if p.ttl <= 1 {
+        return Err(DropReason::TtlExhausted.into());
+    }
+    let v = snap.vips().get(vip as usize).ok_or(Early::Pass)?;
+    if p.fragment || v.hash == HashMode::ThreeTuple {
+        p.key.src_port = 0;
+        p.key.dst_port = v.key.port;
+    }
+    w.hash = p.key.hash(snap.hash_seed);
+    w.vip = vip;
+    Ok(())
+}
 
+/// RFC 1071 over the IPv4 header at `pkt[l3..]` (its length already validated).
+#[inline]
+fn ipv4_checksum_ok(pkt: &[u8], l3: usize) -> bool {
+    let Some(ip) = pkt.get(l3..) else {
+        return false;
+    };
+    let hl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
+    match ip.get(..hl) {
+        Some(hdr) => crate::wire::checksum::data(hdr) == !0,
+        None => false,
+    }
+}
+
+impl State {
     /// Pass 2 for one frame.
     #[inline]
     fn forward(&mut self, snap: &Snapshot, now_ns: u64, f: &mut Frame<'_>, w: &Pending) -> Verdict {
@@ -416,20 +429,20 @@ impl Worker {
         let p = &w.p;
         let vip = snap.vips().get(w.vip as usize)?;
         let generation = snap.generation() as u32;
-        let tcp = p.proto == TCP && !p.fragment;
+        let tcp = p.key.proto == TCP && !p.fragment;
         let flags = if tcp && p.kind == Kind::Flow {
             p.tcp_flags
         } else {
             0
         };
-        let class = if p.proto != TCP {
+        let class = if p.key.proto != TCP {
             TimeoutClass::Udp
         } else if flags & (TCP_FIN | TCP_RST) != 0 {
             TimeoutClass::TcpClosing
         } else {
             TimeoutClass::TcpEstablished
         };
-        let maglev = |_: ()| -> Option<u32> {
+        let maglev = || -> Option<u32> {
             let i = vip.maglev().lookup(w.hash)?;
             Some(vip.backends().start + i)
         };
@@ -440,22 +453,24 @@ impl Worker {
         };
         let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !syn {
-            if let Some(e) = self.flows.lookup(&w.key, w.hash, now_ns) {
+            if let Some(e) = self.flows.lookup(&p.key, w.hash, now_ns) {
                 let slot = match resolve(snap, vip.backends(), &e.value, generation) {
                     Some(s) => s,
-                    None => maglev(())?,
+                    None => maglev()?,
                 };
-                e.value = record(slot);
+                if e.value.slot != slot || e.value.generation != generation {
+                    e.value = record(slot);
+                }
                 if class == TimeoutClass::TcpClosing {
                     e.set_class(class);
                 }
                 return Some(slot);
             }
         }
-        let slot = maglev(())?;
+        let slot = maglev()?;
         if p.kind == Kind::Flow {
             self.flows
-                .insert(&w.key, w.hash, record(slot), class, now_ns);
+                .insert(&p.key, w.hash, record(slot), class, now_ns);
         }
         Some(slot)
     }
@@ -465,7 +480,7 @@ impl Worker {
         let may_reply = (p.v6 || p.df)
             && p.kind == Kind::Flow
             && !p.later_fragment
-            && unicast_source(&p.src, p.v6);
+            && unicast_source(&p.key.src, p.v6);
         if !may_reply {
             return Verdict::Drop(DropReason::TooBig);
         }

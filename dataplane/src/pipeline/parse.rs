@@ -2,6 +2,7 @@
 //! for a VIP (and so whether its checksum and TTL matter) is decided by the caller.
 
 use super::DropReason;
+use crate::flow::FlowKey;
 use crate::wire::ipv6ext::{self, WalkError};
 use crate::wire::vlan::{self, VlanTag};
 use crate::wire::{
@@ -32,9 +33,14 @@ pub(crate) enum Kind {
     Other,
 }
 
-/// The parsed fields of one frame. Addresses are IPv4-mapped for IPv4.
+/// The parsed fields of one frame, written in place by [`parse`] (into the worker's
+/// per-batch scratch, so nothing is copied between the passes).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Parsed {
+    /// The flow as received: addresses (IPv4-mapped for IPv4), protocol, and ports (zero
+    /// for fragments, which may not carry them). For an ICMP error, the quoted packet's flow,
+    /// swapped: the client's flow the error is about.
+    pub key: FlowKey,
     /// Offset of the IP header from the start of the frame (14, or 18 with a VLAN tag).
     pub l3: u16,
     /// The IP packet's length from its header (Ethernet padding excluded).
@@ -46,12 +52,6 @@ pub(crate) struct Parsed {
     /// IPv4 DF flag; always true for IPv6, which routers never fragment.
     pub df: bool,
     pub kind: Kind,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub proto: u8,
-    /// Zero for fragments (which may not carry them).
-    pub sport: u16,
-    pub dport: u16,
     /// Part of a fragmented datagram (first or later fragment).
     pub fragment: bool,
     /// A fragment other than the first: RFC 1812 §4.3.2.7 sends no ICMP error for those.
@@ -72,11 +72,17 @@ impl From<DropReason> for Early {
     }
 }
 
+/// `::ffff:a.b.c.d` from the 4 bytes at `b`, built in a register so that it is stored whole.
+#[inline(always)]
 fn mapped_v4(b: &[u8]) -> [u8; 16] {
+    let a = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    ((0xffffu128 << 32) | u128::from(a)).to_be_bytes()
+}
+
+#[inline(always)]
+fn v6_addr(b: &[u8]) -> [u8; 16] {
     let mut a = [0u8; 16];
-    a[10] = 0xff;
-    a[11] = 0xff;
-    a[12..16].copy_from_slice(&b[..4]);
+    a.copy_from_slice(&b[..16]);
     a
 }
 
@@ -84,9 +90,10 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-/// Parses an Ethernet frame. Non-IP frames (ARP, LLDP, ...) are `Pass`: the kernel's.
+/// Parses an Ethernet frame into `p`. Non-IP frames (ARP, LLDP, ...) are `Pass`: the
+/// kernel's. On error `p` holds garbage.
 #[inline]
-pub(crate) fn parse(frame: &[u8]) -> Result<Parsed, Early> {
+pub(crate) fn parse(frame: &[u8], p: &mut Parsed) -> Result<(), Early> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
     let mut l3 = ETHERNET_HEADER_LEN;
     let mut ethertype = eth.ethertype();
@@ -95,18 +102,22 @@ pub(crate) fn parse(frame: &[u8]) -> Result<Parsed, Early> {
         ethertype = tag.ethertype();
         l3 += vlan::TAG_LEN;
     }
-    let ip = &frame[l3..];
-    let mut p = match ethertype {
-        EthernetProtocol::Ipv4 => parse_v4(ip)?,
-        EthernetProtocol::Ipv6 => parse_v6(ip)?,
-        // Stacked tags (802.1ad) and everything that is not IP belong to the kernel.
-        _ => return Err(Early::Pass),
-    };
     p.l3 = l3 as u16;
-    Ok(p)
+    p.kind = Kind::Flow;
+    p.tcp_flags = 0;
+    p.key.src_port = 0;
+    p.key.dst_port = 0;
+    let ip = &frame[l3..];
+    match ethertype {
+        EthernetProtocol::Ipv4 => parse_v4(ip, p),
+        EthernetProtocol::Ipv6 => parse_v6(ip, p),
+        // Stacked tags (802.1ad) and everything that is not IP belong to the kernel.
+        _ => Err(Early::Pass),
+    }
 }
 
-fn parse_v4(ip: &[u8]) -> Result<Parsed, Early> {
+#[inline]
+fn parse_v4(ip: &[u8], p: &mut Parsed) -> Result<(), Early> {
     if ip.len() < IPV4_HEADER_LEN {
         return Err(DropReason::Truncated.into());
     }
@@ -124,29 +135,28 @@ fn parse_v4(ip: &[u8]) -> Result<Parsed, Early> {
     }
     // Every accessor used below is in bounds now (smoltcp's check_len conditions hold).
     let fragment = pkt.more_frags() || pkt.frag_offset() != 0;
-    let mut p = Parsed {
-        ip_len: total as u16,
-        tos: ip[1],
-        ttl: pkt.hop_limit(),
-        df: pkt.dont_frag(),
-        src: mapped_v4(&ip[12..16]),
-        dst: mapped_v4(&ip[16..20]),
-        proto: u8::from(pkt.next_header()),
-        fragment,
-        later_fragment: pkt.frag_offset() != 0,
-        ..Parsed::default()
-    };
+    p.ip_len = total as u16;
+    p.v6 = false;
+    p.tos = ip[1];
+    p.ttl = pkt.hop_limit();
+    p.df = pkt.dont_frag();
+    p.fragment = fragment;
+    p.later_fragment = pkt.frag_offset() != 0;
+    p.key.src = mapped_v4(&ip[12..16]);
+    p.key.dst = mapped_v4(&ip[16..20]);
+    p.key.proto = u8::from(pkt.next_header());
     let l4 = &ip[hl..total];
-    match p.proto {
+    match p.key.proto {
         TCP | UDP if fragment => {}
-        TCP | UDP => l4_ports(&mut p, l4)?,
-        ICMP if !fragment => icmpv4(&mut p, l4)?,
+        TCP | UDP => l4_ports(p, l4)?,
+        ICMP if !fragment => icmpv4(p, l4)?,
         _ => p.kind = Kind::Other,
     }
-    Ok(p)
+    Ok(())
 }
 
-fn parse_v6(ip: &[u8]) -> Result<Parsed, Early> {
+#[inline]
+fn parse_v6(ip: &[u8], p: &mut Parsed) -> Result<(), Early> {
     if ip.len() < IPV6_HEADER_LEN {
         return Err(DropReason::Truncated.into());
     }
@@ -166,27 +176,24 @@ fn parse_v6(ip: &[u8]) -> Result<Parsed, Early> {
         Some(f) => (f.offset != 0 || f.more, f.offset != 0),
         None => (false, false),
     };
-    let mut p = Parsed {
-        ip_len: total as u16,
-        v6: true,
-        tos: pkt.traffic_class(),
-        ttl: pkt.hop_limit(),
-        df: true,
-        src: ip[8..24].try_into().map_err(|_| DropReason::Truncated)?,
-        dst: ip[24..40].try_into().map_err(|_| DropReason::Truncated)?,
-        proto: upper.proto,
-        fragment,
-        later_fragment: later,
-        ..Parsed::default()
-    };
+    p.ip_len = total as u16;
+    p.v6 = true;
+    p.tos = pkt.traffic_class();
+    p.ttl = pkt.hop_limit();
+    p.df = true;
+    p.fragment = fragment;
+    p.later_fragment = later;
+    p.key.src = v6_addr(&ip[8..24]);
+    p.key.dst = v6_addr(&ip[24..40]);
+    p.key.proto = upper.proto;
     let l4 = payload.get(upper.offset..).ok_or(DropReason::Truncated)?;
-    match p.proto {
+    match p.key.proto {
         TCP | UDP if fragment => {}
-        TCP | UDP => l4_ports(&mut p, l4)?,
-        ICMPV6 if !fragment => icmpv6(&mut p, l4)?,
+        TCP | UDP => l4_ports(p, l4)?,
+        ICMPV6 if !fragment => icmpv6(p, l4)?,
         _ => p.kind = Kind::Other,
     }
-    Ok(p)
+    Ok(())
 }
 
 fn walk_error(e: WalkError) -> DropReason {
@@ -197,33 +204,35 @@ fn walk_error(e: WalkError) -> DropReason {
 }
 
 /// Ports and TCP flags of a complete TCP or UDP header.
+#[inline]
 fn l4_ports(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
-    if p.proto == TCP {
+    if p.key.proto == TCP {
         if l4.len() < TCP_HEADER_LEN {
-            return Err(DropReason::Truncated.into());
+            return Err(DropReason::Truncated);
         }
         let off = usize::from(l4[12] >> 4) * 4;
         if off < TCP_HEADER_LEN || off > l4.len() {
-            return Err(DropReason::BadLength.into());
+            return Err(DropReason::BadLength);
         }
         p.tcp_flags = l4[13];
     } else {
         if l4.len() < UDP_HEADER_LEN {
-            return Err(DropReason::Truncated.into());
+            return Err(DropReason::Truncated);
         }
         let len = usize::from(be16(l4, 4));
         if len < UDP_HEADER_LEN || len > l4.len() {
-            return Err(DropReason::BadLength.into());
+            return Err(DropReason::BadLength);
         }
     }
-    p.sport = be16(l4, 0);
-    p.dport = be16(l4, 2);
+    p.key.src_port = be16(l4, 0);
+    p.key.dst_port = be16(l4, 2);
     Ok(())
 }
 
 /// ICMPv4 errors (destination unreachable, which includes fragmentation needed, and time
 /// exceeded) carry the offending packet's header: take the flow from it. Other ICMP (echo
 /// and so on) is the kernel's.
+#[cold]
 fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     if l4.len() < 8 {
         return Err(DropReason::Truncated.into());
@@ -251,6 +260,7 @@ fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
 /// ICMPv6 errors (destination unreachable, packet too big, time exceeded, parameter
 /// problem) as for ICMPv4. Everything else (echo, and neighbour discovery above all) is the
 /// kernel's.
+#[cold]
 fn icmpv6(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     if l4.len() < 8 {
         return Err(DropReason::Truncated.into());
@@ -265,8 +275,8 @@ fn icmpv6(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     let upper =
         ipv6ext::walk(&inner[IPV6_HEADER_LEN..], inner[6]).map_err(|_| DropReason::BadIcmp)?;
     let q = Quoted {
-        src: inner[8..24].try_into().map_err(|_| DropReason::BadIcmp)?,
-        dst: inner[24..40].try_into().map_err(|_| DropReason::BadIcmp)?,
+        src: v6_addr(&inner[8..24]),
+        dst: v6_addr(&inner[24..40]),
         proto: upper.proto,
         l4: inner.get(IPV6_HEADER_LEN + upper.offset..),
         later_fragment: upper.fragment.is_some_and(|f| f.offset != 0),
@@ -291,20 +301,20 @@ fn quoted(p: &mut Parsed, q: Quoted<'_>) -> Result<(), Early> {
         return Err(Early::Pass);
     }
     // The error must be about a packet sent from the address it is addressed to.
-    if q.src != p.dst {
+    if q.src != p.key.dst {
         return Err(DropReason::BadIcmp.into());
     }
     p.kind = Kind::IcmpError;
-    p.proto = q.proto;
-    p.src = q.dst;
+    p.key.proto = q.proto;
+    p.key.src = q.dst;
     if q.later_fragment {
         // No ports: follow the fragment rule (3-tuple).
         p.fragment = true;
         return Ok(());
     }
     let l4 = q.l4.filter(|l| l.len() >= 4).ok_or(DropReason::BadIcmp)?;
-    p.sport = be16(l4, 2);
-    p.dport = be16(l4, 0);
+    p.key.src_port = be16(l4, 2);
+    p.key.dst_port = be16(l4, 0);
     Ok(())
 }
 
@@ -335,7 +345,11 @@ mod tests {
         ip[8] = 64;
         ip[9] = UDP;
         ip[20..28].copy_from_slice(&[0, 53, 0, 54, 0, 8, 0, 0]);
-        let p = parse(&f).unwrap();
-        assert_eq!((p.l3, p.ip_len, p.sport, p.dport), (18, 28, 53, 54));
+        let mut p = Parsed::default();
+        parse(&f, &mut p).unwrap();
+        assert_eq!(
+            (p.l3, p.ip_len, p.key.src_port, p.key.dst_port),
+            (18, 28, 53, 54)
+        );
     }
 }
