@@ -16,6 +16,8 @@ mod bare;
 mod pipeline;
 mod socket;
 mod stats;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::os::fd::RawFd;

@@ -1,0 +1,389 @@
+//! Workers on real AF_XDP sockets over veth, in namespaces from the shared builder:
+//!
+//! ```text
+//!   gen eth0 ──veth── eth0 gw eth1 ──veth── eth0 sink
+//! ```
+//!
+//! Frames are sent from `gen` and captured with AF_PACKET sockets; the gateway runs the
+//! steering program (one UDP VIP) and the workers.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology};
+
+use super::*;
+use crate::bpf::{Steer, Vip};
+use crate::pipeline::{Frame, Verdict};
+
+const GEN_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
+const VIP_PORT: u16 = 9;
+
+fn topology() -> Topology {
+    let mut t = Topology::default();
+    t.ns("gen")
+        .addresses
+        .push(("eth0".into(), format!("{GEN_IP}/24")));
+    let gw = t.ns("gw");
+    gw.addresses.push(("eth0".into(), "198.19.0.2/24".into()));
+    gw.addresses.push(("eth1".into(), "198.19.1.2/24".into()));
+    t.ns("sink")
+        .addresses
+        .push(("eth0".into(), "198.19.1.1/24".into()));
+    t.link(Port::new("gen", "eth0"), Port::new("gw", "eth0"), None);
+    t.link(Port::new("gw", "eth1"), Port::new("sink", "eth0"), None);
+    t
+}
+
+fn checksum(h: &[u8]) -> u16 {
+    let mut s: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// A 60-byte Ethernet/IPv4/UDP frame to the VIP from source port `sport`.
+fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&GEN_IP.octets());
+    ip[16..20].copy_from_slice(&VIP.octets());
+    let c = checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&VIP_PORT.to_be_bytes());
+    f[38..40].copy_from_slice(&26u16.to_be_bytes());
+    f
+}
+
+/// An AF_PACKET socket bound to `ifname` in the calling thread's namespace.
+fn packet_socket(ifname: &str) -> OwnedFd {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let buf: libc::c_int = 16 << 20;
+    // SAFETY: an int option of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&buf as *const libc::c_int).cast(),
+            4,
+        )
+    };
+    let idx = socket::ifindex(ifname).expect("interface");
+    // SAFETY: an all-zero sockaddr_ll is valid; fields are set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = idx as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// Send `frames` in bursts of 32 with a short pause: well below what the worker handles, so
+/// nothing may be lost.
+fn send_all(fd: &OwnedFd, frames: &[Vec<u8>]) {
+    for (i, f) in frames.iter().enumerate() {
+        // SAFETY: sending from a live buffer of the length given on a bound socket.
+        let r = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+        assert_eq!(
+            r,
+            f.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+        if i % 32 == 31 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Frames captured on `fd` that are UDP to the VIP, as (dst MAC, src MAC, UDP source port),
+/// until `want` are seen or `timeout` passes.
+fn capture(fd: &OwnedFd, want: usize, timeout: Duration) -> Vec<([u8; 6], [u8; 6], u16)> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while out.len() < want && Instant::now() < deadline {
+        // SAFETY: receiving into a live buffer of the length given.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let f = &buf[..n as usize];
+        if f.len() >= 38 && f[12..14] == [8, 0] && f[23] == 17 && f[30..34] == VIP.octets() {
+            let dport = u16::from_be_bytes([f[36], f[37]]);
+            if dport == VIP_PORT {
+                let mut d = [0; 6];
+                let mut s = [0; 6];
+                d.copy_from_slice(&f[0..6]);
+                s.copy_from_slice(&f[6..12]);
+                out.push((d, s, u16::from_be_bytes([f[34], f[35]])));
+            }
+        }
+    }
+    out
+}
+
+struct Lab {
+    net: Net,
+    gen_mac: [u8; 6],
+    gw_up_mac: [u8; 6],
+    gw_down_mac: [u8; 6],
+    sink_mac: [u8; 6],
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let net = topology().build(&unique_prefix()).expect("topology");
+        Lab {
+            gen_mac: net.ns("gen").mac("eth0").unwrap(),
+            gw_up_mac: net.ns("gw").mac("eth0").unwrap(),
+            gw_down_mac: net.ns("gw").mac("eth1").unwrap(),
+            sink_mac: net.ns("sink").mac("eth0").unwrap(),
+            net,
+        }
+    }
+
+    fn start<P, F>(&self, downlink: bool, make: F) -> Workers<Steer>
+    where
+        P: Processor + 'static,
+        F: FnMut(usize) -> P + Send,
+    {
+        self.net
+            .ns("gw")
+            .enter(move || {
+                let mut steer = Steer::attach("eth0").expect("steering program");
+                steer
+                    .set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])
+                    .unwrap();
+                let mut cfg = XskConfig::new("eth0");
+                cfg.downlink = downlink.then(|| "eth1".to_string());
+                cfg.frames = 1024;
+                cfg.ring_size = 512;
+                Workers::start(&cfg, steer, make).expect("workers")
+            })
+            .unwrap()
+    }
+
+    fn frames(&self, n: u16) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| udp_frame(self.gw_up_mac, self.gen_mac, 10_000 + i))
+            .collect()
+    }
+
+    fn socket(&self, ns: &str) -> OwnedFd {
+        self.net.ns(ns).enter(|| packet_socket("eth0")).unwrap()
+    }
+}
+
+/// Passes (to nowhere: the frame is in user space) every frame with an odd UDP source
+/// port, forwards the rest.
+struct PassOdd(BareForwarder);
+
+impl Processor for PassOdd {
+    fn process(&mut self, now: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        self.0.process(now, frames, verdicts);
+        for (f, v) in frames.iter().zip(verdicts.iter_mut()) {
+            if f.buf[f.offset + 35] & 1 == 1 {
+                *v = Verdict::Pass;
+            }
+        }
+    }
+}
+
+/// No AF_XDP socket left in the namespace (`ss --xdp` lists them via sock_diag).
+fn assert_no_xsk(ns: &dsrgate_tests::netns::Netns) {
+    let out = ns.exec(&["ss", "-H", "--xdp", "-a"]).unwrap();
+    assert!(out.trim().is_empty(), "AF_XDP sockets left: {out}");
+}
+
+fn assert_all_frames_home(census: &[Census]) {
+    for c in census {
+        assert_eq!(c.accounted(), c.total, "frames lost: {c:?}");
+    }
+}
+
+#[test]
+fn two_arm_forwards_every_frame_out_of_the_downlink() {
+    if !dsrgate_tests::require_privileges("AF_XDP two-arm worker test") {
+        return;
+    }
+    let lab = Lab::new();
+    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
+    let workers = lab.start(true, move |_| BareForwarder { src, dst });
+    let sink = lab.socket("sink");
+    let gen = lab.socket("gen");
+    let n = 3000;
+    send_all(&gen, &lab.frames(n));
+    let got = capture(&sink, n as usize, Duration::from_secs(5));
+    assert_eq!(got.len(), n as usize, "frames delivered to the sink");
+    assert!(
+        got.iter().all(|&(d, s, _)| d == dst && s == src),
+        "MACs rewritten"
+    );
+    let mut ports: Vec<u16> = got.iter().map(|g| g.2).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), n as usize, "each frame exactly once");
+
+    let stats = workers.stats();
+    assert_eq!(stats.len(), 1, "veth has one RX queue");
+    assert_eq!(
+        stats[0].mode,
+        Some(XskMode::Copy),
+        "veth offers copy mode only"
+    );
+    assert_eq!(stats[0].rx, u64::from(n));
+    assert_eq!(stats[0].tx, u64::from(n));
+    assert_eq!(stats[0].dropped(), 0);
+    assert_all_frames_home(&workers.stop().unwrap());
+}
+
+#[test]
+fn one_arm_sends_back_out_of_the_uplink_and_drops_pass_verdicts() {
+    if !dsrgate_tests::require_privileges("AF_XDP one-arm worker test") {
+        return;
+    }
+    let lab = Lab::new();
+    let (src, dst) = (lab.gw_up_mac, lab.gen_mac);
+    let workers = lab.start(false, move |_| PassOdd(BareForwarder { src, dst }));
+    let back = lab.socket("gen");
+    let n = 2000;
+    send_all(&back, &lab.frames(n));
+    // The generator's own socket sees its outgoing frames too: keep only the returned ones.
+    let got: Vec<_> = capture(&back, 2 * n as usize, Duration::from_secs(3))
+        .into_iter()
+        .filter(|&(d, s, _)| d == dst && s == src)
+        .collect();
+    assert_eq!(got.len(), n as usize / 2, "even source ports come back");
+    assert!(got.iter().all(|g| g.2 % 2 == 0));
+    let s = &workers.stats()[0];
+    assert_eq!(s.rx, u64::from(n));
+    assert_eq!(s.tx, u64::from(n) / 2);
+    assert_eq!(s.pass_dropped, u64::from(n) / 2);
+    assert_all_frames_home(&workers.stop().unwrap());
+}
+
+#[test]
+fn stop_detaches_steering_and_closes_sockets() {
+    if !dsrgate_tests::require_privileges("AF_XDP stop test") {
+        return;
+    }
+    let lab = Lab::new();
+    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
+    let workers = lab.start(true, move |_| BareForwarder { src, dst });
+    let gw = lab.net.ns("gw");
+    assert!(gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
+    assert_all_frames_home(&workers.stop().unwrap());
+    assert!(!gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
+    assert_no_xsk(gw);
+}
+
+const HOLD_ENV: &str = "DSRGATE_XSK_HOLD";
+
+/// Not a test on its own: the child process of `sigkill_leaves_nothing_attached`, which runs
+/// it inside the gateway namespace. Attaches, says "ready", and waits to be killed.
+#[test]
+#[ignore = "helper process for sigkill_leaves_nothing_attached"]
+fn hold_attached_until_killed() {
+    if std::env::var(HOLD_ENV).is_err() {
+        return;
+    }
+    let steer = Steer::attach("eth0").expect("steering program");
+    let mut cfg = XskConfig::new("eth0");
+    cfg.frames = 1024;
+    cfg.ring_size = 512;
+    let workers = Workers::start(&cfg, steer, |_| BareForwarder {
+        src: [0; 6],
+        dst: [0; 6],
+    })
+    .expect("workers");
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(60));
+    drop(workers);
+}
+
+/// SIGKILL gives the process no chance to clean up. The steering program is attached through
+/// a bpf_link, whose last reference is the process's fd, and AF_XDP sockets are fds too: the
+/// kernel releases both when the process dies.
+#[test]
+fn sigkill_leaves_nothing_attached() {
+    if !dsrgate_tests::require_privileges("AF_XDP SIGKILL test") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let lab = Lab::new();
+    let gw = lab.net.ns("gw");
+    let mut cmd = gw.command(std::env::current_exe().unwrap().to_str().unwrap());
+    cmd.args([
+        "--exact",
+        "xsk::tests::hold_attached_until_killed",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(HOLD_ENV, "1")
+    .stdout(Stdio::piped());
+    let mut child = gw.spawn_command(cmd).unwrap();
+    let out = child.child().stdout.take().unwrap();
+    let mut ready = false;
+    for line in BufReader::new(out).lines() {
+        if line.unwrap().contains("ready") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "helper did not come up");
+    assert!(gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
+    child.signal(libc::SIGKILL).unwrap();
+    let _ = child.child().wait();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp") {
+        assert!(
+            Instant::now() < deadline,
+            "XDP program still attached after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_no_xsk(gw);
+}
