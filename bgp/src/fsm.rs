@@ -788,6 +788,7 @@ impl Session {
                 // event 9): drop it and try again.
                 while let Some(j) = self.conns.iter().position(|c| c.phase == Phase::Connecting) {
                     self.collision_loser(j, out);
+                    self.last_error = Some(SessionError::Connection("connect timed out".into()));
                 }
                 if self.conns.is_empty() && !self.config.passive {
                     self.connect(now, out);

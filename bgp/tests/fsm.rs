@@ -259,6 +259,10 @@ fn connect_timeout_abandons_the_attempt() {
     let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
     assert!(out.contains(&Output::Close(1)));
     assert!(out.contains(&Output::Connect(2)));
+    assert_eq!(
+        h.s.last_error(),
+        Some(&SessionError::Connection("connect timed out".into()))
+    );
     // A late completion of the abandoned connect is closed.
     let out = h.ev(Event::Connected(1));
     assert_eq!(out, vec![Output::Close(1)]);
