@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// The cell [`PipelineProcessor`] reads snapshots from (re-exported for its callers).
+pub use arc_swap::ArcSwap;
 pub use bare::BareForwarder;
 pub use pipeline::PipelineProcessor;
 pub use socket::{XdpStats, XskMode, ENCAP_HEADROOM};
@@ -241,7 +243,14 @@ impl<S: Steering> Workers<S> {
         Ok(workers)
     }
 
-    /// The steering program, e.g. to change its VIPs or read its counters while running.
+    /// The steering program, e.g. to read its counters while running.
+    pub fn steering(&self) -> &S {
+        self.steering
+            .as_ref()
+            .expect("steering is only taken on stop")
+    }
+
+    /// The steering program, e.g. to change its VIPs while running.
     pub fn steering_mut(&mut self) -> &mut S {
         self.steering
             .as_mut()
