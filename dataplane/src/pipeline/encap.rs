@@ -33,6 +33,14 @@ pub(crate) struct Tunnel {
     pub hash: u64,
 }
 
+/// Folds a sum of 16-bit words into a 16-bit ones'-complement sum.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
 /// Bytes the Ethernet header (with its optional VLAN tag) takes.
 pub(crate) fn l2_len(vlan: Option<u16>) -> usize {
     ETHERNET_HEADER_LEN + if vlan.is_some() { vlan::TAG_LEN } else { 0 }
@@ -62,7 +70,9 @@ pub(crate) fn write_l2(
 
 /// Encapsulates the inner IP packet at `buf[ip_start..ip_start + ip_len]` (of the family
 /// `inner_v6`, with TOS/traffic class `tos`). Returns the new frame's (offset, length), or
-/// `None` if the headroom in front of the packet is too small.
+/// `None` if the headroom in front of the packet is too small. (u32s: a 12-byte result comes
+/// back in registers.)
+#[inline]
 pub(crate) fn encapsulate(
     buf: &mut [u8],
     ip_start: usize,
@@ -70,7 +80,7 @@ pub(crate) fn encapsulate(
     inner_v6: bool,
     tos: u8,
     t: &Tunnel,
-) -> Option<(usize, usize)> {
+) -> Option<(u32, u32)> {
     let overhead = encap_overhead(t.outer_v6, t.encap);
     let l2 = l2_len(t.vlan);
     let start = ip_start.checked_sub(overhead + l2)?;
@@ -117,11 +127,23 @@ pub(crate) fn encapsulate(
         o.set_dont_frag(true);
         o.set_hop_limit(OUTER_TTL);
         o.set_next_header(IpProtocol::from(proto));
-        o.set_src_addr(Ipv4Addr::from(t.src as u32));
-        o.set_dst_addr(Ipv4Addr::from(u32::from_be_bytes([
-            t.dst[12], t.dst[13], t.dst[14], t.dst[15],
-        ])));
-        o.fill_checksum();
+        let src = t.src as u32;
+        let dst = u32::from_be_bytes([t.dst[12], t.dst[13], t.dst[14], t.dst[15]]);
+        o.set_src_addr(Ipv4Addr::from(src));
+        o.set_dst_addr(Ipv4Addr::from(dst));
+        // The checksum from the values, not by re-reading the bytes just stored (which
+        // would stall on store forwarding).
+        let words = [
+            0x4500 | u32::from(tos),
+            outer_len as u32,
+            0x4000,
+            u32::from(OUTER_TTL) << 8 | u32::from(proto),
+            src >> 16,
+            src & 0xffff,
+            dst >> 16,
+            dst & 0xffff,
+        ];
+        o.set_checksum(!fold(words.iter().sum()));
         IPV4_HEADER_LEN
     };
     if let Some(port) = udp_at {
@@ -147,5 +169,5 @@ pub(crate) fn encapsulate(
             );
         }
     }
-    Some((start, l2 + outer_len))
+    Some((u32::try_from(start).ok()?, (l2 + outer_len) as u32))
 }

@@ -308,7 +308,13 @@ impl Worker {
         while todo != 0 {
             let i = todo.trailing_zeros() as usize;
             todo &= todo - 1;
-            verdicts[i] = st.forward(snap, now_ns, &mut frames[i], &self.pending[i]);
+            st.forward(
+                snap,
+                now_ns,
+                &mut frames[i],
+                &self.pending[i],
+                &mut verdicts[i],
+            );
         }
         let c = &mut st.counters;
         for v in verdicts.iter() {
@@ -365,15 +371,28 @@ fn ipv4_checksum_ok(pkt: &[u8], l3: usize) -> bool {
     };
     let hl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
     match ip.get(..hl) {
-        Some(hdr) => crate::wire::checksum::data(hdr) == !0,
+        Some(hdr) => crate::wire::ones_sum(hdr) == 0xffff,
         None => false,
     }
 }
 
 impl State {
-    /// Pass 2 for one frame.
+    /// Pass 2 for one frame. Writes the verdict in place (returning a 24-byte enum would go
+    /// through the stack and stall on store forwarding).
     #[inline]
-    fn forward(&mut self, snap: &Snapshot, now_ns: u64, f: &mut Frame<'_>, w: &Pending) -> Verdict {
+    fn forward(
+        &mut self,
+        snap: &Snapshot,
+        now_ns: u64,
+        f: &mut Frame<'_>,
+        w: &Pending,
+        out: &mut Verdict,
+    ) {
+        *out = self.decide(snap, now_ns, f, w);
+    }
+
+    #[inline(always)]
+    fn decide(&mut self, snap: &Snapshot, now_ns: u64, f: &mut Frame<'_>, w: &Pending) -> Verdict {
         let p = &w.p;
         let Some(vip) = snap.vips().get(w.vip as usize) else {
             return Verdict::Pass;
@@ -413,6 +432,7 @@ impl State {
         let ip_start = f.offset + usize::from(p.l3);
         match encap::encapsulate(f.buf, ip_start, ip_len, p.v6, p.tos, &t) {
             Some((offset, len)) => {
+                let (offset, len) = (offset as usize, len as usize);
                 if let Some(c) = self.counters.backends.get_mut(slot as usize) {
                     c.add(len);
                 }

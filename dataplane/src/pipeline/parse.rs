@@ -326,10 +326,11 @@ mod tests {
     fn arp_passes_and_runts_drop() {
         let mut f = [0u8; 42];
         f[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(parse(&f).err(), Some(Early::Pass));
+        let mut p = Parsed::default();
+        assert_eq!(parse(&f, &mut p), Err(Early::Pass));
         assert_eq!(
-            parse(&f[..13]).err(),
-            Some(Early::Drop(DropReason::Truncated))
+            parse(&f[..13], &mut p),
+            Err(Early::Drop(DropReason::Truncated))
         );
     }
 
