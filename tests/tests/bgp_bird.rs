@@ -1,0 +1,604 @@
+//! The BGP speaker against a real BIRD 2 (AS 65000) in network namespaces.
+//!
+//! Topology: `dsr_topology(2, 0)`: BIRD runs in `router` (198.51.100.1, 2001:db8:f::1),
+//! speakers (AS 65001) in `gw1` (.2) and `gw2` (.3). Each speaker is its own process so
+//! that it can be killed or frozen: this test binary re-executes itself, running only
+//! [`speaker_process`], which drives `bgp::speaker::Speaker` from commands on stdin.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::process::{ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bgp::speaker::{Config, PeerConfig, RouteAttributes, Routes, Speaker};
+use bgp::wire::Prefix;
+use dsrgate_tests::netns::{
+    dsr_topology, fabric4, fabric6, gateway_host, unique_prefix, Net, Netns, Proc, VIP4, VIP6,
+};
+use dsrgate_tests::require_privileges_with;
+
+/// Set in a re-executed child: the speaker's configuration, `key=value` words.
+const CHILD_ENV: &str = "DSRGATE_BGP_SPEAKER";
+const HOLD: u16 = 6;
+
+/// Not a test: the speaker process the other tests start. Without [`CHILD_ENV`] it
+/// returns at once. Configuration words: `peer=ADDR remote_as=N local_as=N
+/// router_id=ADDR hold=SECS nh6=ADDR [md5=PASSWORD]`. Commands on stdin, answered on
+/// stdout with lines starting `@`: `routes [PREFIX...]` (the whole desired set),
+/// `status`, `shutdown MESSAGE`.
+#[test]
+fn speaker_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let get = |key: &str| {
+        spec.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+    };
+    let need = |key: &str| get(key).unwrap_or_else(|| panic!("{CHILD_ENV} lacks {key}"));
+    let mut peer = PeerConfig::new(
+        need("peer").parse().unwrap(),
+        need("local_as").parse().unwrap(),
+        need("remote_as").parse().unwrap(),
+        need("router_id").parse().unwrap(),
+    );
+    peer.session.hold_time = need("hold").parse().unwrap();
+    peer.session.connect_retry = Duration::from_millis(500);
+    peer.session.max_retry = Duration::from_secs(2);
+    peer.next_hop_v6 = Some(need("nh6").parse().unwrap());
+    peer.md5_password = get("md5");
+    let mut speaker = Speaker::spawn(Config {
+        peers: vec![peer],
+        listen: vec![],
+    })
+    .unwrap();
+    let stdout = std::io::stdout();
+    for line in std::io::stdin().lines() {
+        let line = line.unwrap();
+        let mut out = stdout.lock();
+        match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            ("routes", list) => {
+                let routes: Routes = list
+                    .split_whitespace()
+                    .map(|p| (p.parse::<Prefix>().unwrap(), RouteAttributes::default()))
+                    .collect();
+                speaker.set_routes(routes);
+                writeln!(out, "@ok").unwrap();
+            }
+            ("status", _) => {
+                for p in speaker.peers() {
+                    let error = p.last_error.map_or("-".to_string(), |e| e.to_string());
+                    writeln!(
+                        out,
+                        "@peer state={} advertised={} route_refresh={} flaps={} error={error}",
+                        p.state,
+                        p.prefixes_advertised,
+                        p.stats.received.route_refresh,
+                        p.stats.flaps
+                    )
+                    .unwrap();
+                }
+                writeln!(out, "@end").unwrap();
+            }
+            ("shutdown", message) => {
+                speaker.shutdown(message);
+                writeln!(out, "@ok").unwrap();
+                return;
+            }
+            _ => panic!("unknown command {line:?}"),
+        }
+        out.flush().unwrap();
+    }
+    speaker.shutdown("stdin closed");
+}
+
+/// A speaker process in a gateway namespace.
+struct SpeakerProc {
+    proc: Proc,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl SpeakerProc {
+    /// Gateway `i` speaking to BIRD at 198.51.100.1 with `remote_as`.
+    fn start(ns: &Netns, gw: u8, remote_as: u32, extra: &str) -> Result<SpeakerProc> {
+        let host = gateway_host(gw);
+        let spec = format!(
+            "peer={} local_as=65001 remote_as={remote_as} router_id={} hold={HOLD} nh6={} {extra}",
+            fabric4(1),
+            fabric4(host),
+            fabric6(host)
+        );
+        let exe = std::env::current_exe()?;
+        let mut cmd = ns.command(exe.to_str().context("test binary path")?);
+        cmd.args([
+            "--exact",
+            "speaker_process",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(CHILD_ENV, spec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+        let mut proc = ns.spawn_command(cmd)?;
+        let stdin = proc.child().stdin.take().context("stdin")?;
+        let stdout = BufReader::new(proc.child().stdout.take().context("stdout")?);
+        Ok(SpeakerProc {
+            proc,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Sends one command; returns the `@` lines of the answer.
+    fn cmd(&mut self, line: &str) -> Result<Vec<String>> {
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        let mut answer = Vec::new();
+        loop {
+            let mut l = String::new();
+            if self.stdout.read_line(&mut l)? == 0 {
+                bail!("speaker exited while answering {line:?}");
+            }
+            let Some(l) = l.trim_end().strip_prefix('@') else {
+                continue;
+            };
+            if l == "ok" || l == "end" {
+                return Ok(answer);
+            }
+            answer.push(l.to_string());
+        }
+    }
+
+    fn announce(&mut self, prefixes: &[&str]) -> Result<()> {
+        self.cmd(&format!("routes {}", prefixes.join(" ")))
+            .map(drop)
+    }
+
+    fn status(&mut self) -> Result<String> {
+        Ok(self.cmd("status")?.join("\n"))
+    }
+
+    fn wait_status(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status()?;
+            if cond(&s) {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}; speaker status: {s}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// BIRD in the router namespace, with its files in a directory removed on drop.
+struct Bird<'a> {
+    ns: &'a Netns,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl<'a> Bird<'a> {
+    /// `neighbors`: (gateway number, the AS BIRD expects it to have).
+    fn start(ns: &'a Netns, neighbors: &[(u8, u32)], extra: &str) -> Result<Bird<'a>> {
+        let dir = std::env::temp_dir().join(format!("dsrgate-bird-{}", ns.name()));
+        std::fs::create_dir_all(&dir)?;
+        let mut conf = format!(
+            r#"log "{log}" all;
+router id {id};
+protocol device {{ scan time 1; }}
+protocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; merge paths on; }}
+protocol kernel {{ ipv6 {{ export where source = RTS_BGP; }}; merge paths on; }}
+template bgp speakers {{
+  local {id} as 65000;
+  hold time {HOLD};
+  connect retry time 1;
+  error wait time 1, 2;
+  ipv4 {{ import all; export none; }};
+  ipv6 {{ import all; export none; }};
+  {extra}
+}}
+"#,
+            log = dir.join("bird.log").display(),
+            id = fabric4(1),
+        );
+        for (gw, asn) in neighbors {
+            conf += &format!(
+                "protocol bgp gw{gw} from speakers {{ neighbor {} as {asn}; }}\n",
+                fabric4(gateway_host(*gw))
+            );
+        }
+        std::fs::write(dir.join("bird.conf"), conf)?;
+        let mut bird = Bird {
+            ns,
+            dir,
+            proc: None,
+        };
+        bird.run()?;
+        Ok(bird)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let (conf, sock, pid) = (
+            self.path("bird.conf"),
+            self.path("bird.ctl"),
+            self.path("bird.pid"),
+        );
+        let mut cmd = self.ns.command("bird");
+        cmd.args(["-f", "-c", &conf, "-s", &sock, "-P", &pid])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        self.proc = Some(self.ns.spawn_command(cmd)?);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.birdc(&["show", "status"]).is_err() {
+            let exited = !self.proc.as_mut().is_some_and(Proc::is_running);
+            if exited || Instant::now() > deadline {
+                bail!(
+                    "BIRD did not start; log: {}",
+                    std::fs::read_to_string(self.path("bird.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait: BIRD closes its sessions with Cease.
+    fn stop(&mut self) -> Result<()> {
+        if let Some(p) = self.proc.take() {
+            p.terminate(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    fn birdc(&self, args: &[&str]) -> Result<String> {
+        let sock = self.path("bird.ctl");
+        let mut full = vec!["birdc", "-s", sock.as_str()];
+        full.extend_from_slice(args);
+        let out = self.ns.output(&full)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // birdc also exits non-zero on negative replies such as "Network not found";
+        // only a reply that never came is a failure.
+        if !text.contains(" ready.") {
+            bail!(
+                "birdc {args:?} failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(text)
+    }
+
+    /// `show route for PREFIX all` when BIRD has it, `None` otherwise.
+    fn route(&self, prefix: &str) -> Result<Option<String>> {
+        let out = self.birdc(&["show", "route", prefix, "all"])?;
+        Ok(out.contains(prefix).then_some(out))
+    }
+
+    fn wait_route(&self, prefix: &str, present: bool, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.route(prefix)?.is_some() == present {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{prefix} still {} in BIRD after {timeout:?}:\n{}",
+                    if present { "absent" } else { "present" },
+                    self.birdc(&["show", "protocols", "all"])?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Bird<'_> {
+    fn drop(&mut self) {
+        drop(self.proc.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kernel route for `dst` in the router namespace, as `ip route show` prints it.
+fn kernel_route(ns: &Netns, dst: &str) -> Result<String> {
+    let family = if dst.contains(':') { "-6" } else { "-4" };
+    ns.ip(&[family, "route", "show", dst])
+}
+
+fn topology() -> Result<Net> {
+    dsr_topology(2, 0).build(&unique_prefix())
+}
+
+fn privileged(what: &str) -> bool {
+    require_privileges_with(what, &["bird", "birdc"])
+}
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+#[test]
+fn announce_install_refresh_and_withdraw() -> Result<()> {
+    if !privileged("bgp_bird::announce_install_refresh_and_withdraw") {
+        return Ok(());
+    }
+    let net = topology()?;
+    let router = net.ns("router");
+    let bird = Bird::start(router, &[(1, 65001)], "")?;
+    let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
+    gw.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
+
+    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+    bird.wait_route("2001:db8:100::10/128", true, SETTLE)?;
+    let v4 = bird.route("192.0.2.10/32")?.unwrap();
+    assert!(v4.contains("via 198.51.100.2"), "{v4}");
+    assert!(v4.contains("BGP.as_path: 65001"), "{v4}");
+    let v6 = bird.route("2001:db8:100::10/128")?.unwrap();
+    assert!(v6.contains("via 2001:db8:f::2"), "{v6}");
+    // Installed in the router's kernel table.
+    let k4 = kernel_route(router, VIP4)?;
+    assert!(
+        k4.contains("via 198.51.100.2") && k4.contains("proto bird"),
+        "{k4}"
+    );
+    let k6 = kernel_route(router, VIP6)?;
+    assert!(
+        k6.contains("via 2001:db8:f::2") && k6.contains("proto bird"),
+        "{k6}"
+    );
+    let s = gw.status()?;
+    assert!(
+        s.contains("state=Established") && s.contains("advertised=2"),
+        "{s}"
+    );
+
+    // BIRD asks for the routes again (ROUTE-REFRESH); they stay.
+    bird.birdc(&["reload", "in", "gw1"])?;
+    gw.wait_status("ROUTE-REFRESH", SETTLE, |s| !s.contains("route_refresh=0"))?;
+    assert!(bird.route("192.0.2.10/32")?.is_some());
+
+    // Withdraw: gone from BIRD and the kernel within a second.
+    gw.announce(&["2001:db8:100::10/128"])?;
+    let took = bird.wait_route("192.0.2.10/32", false, Duration::from_secs(1))?;
+    eprintln!("withdraw of 192.0.2.10/32 left BIRD after {took:?}");
+    gw.announce(&[])?;
+    let took = bird.wait_route("2001:db8:100::10/128", false, Duration::from_secs(1))?;
+    eprintln!("withdraw of 2001:db8:100::10/128 left BIRD after {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !kernel_route(router, VIP4)?.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(kernel_route(router, VIP4)?, "");
+    // The session itself stays up.
+    assert!(gw.status()?.contains("state=Established"));
+
+    // Shutdown withdraws, sends Cease with the message, and returns once closed.
+    gw.announce(&["192.0.2.10/32"])?;
+    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+    let start = Instant::now();
+    gw.cmd("shutdown dsrgate maintenance")?;
+    eprintln!("speaker shutdown returned after {:?}", start.elapsed());
+    bird.wait_route("192.0.2.10/32", false, Duration::from_secs(1))?;
+    let protocol = bird.birdc(&["show", "protocols", "all", "gw1"])?;
+    assert!(protocol.contains("dsrgate maintenance"), "{protocol}");
+    Ok(())
+}
+
+#[test]
+fn two_speakers_give_ecmp() -> Result<()> {
+    if !privileged("bgp_bird::two_speakers_give_ecmp") {
+        return Ok(());
+    }
+    let net = topology()?;
+    let router = net.ns("router");
+    let bird = Bird::start(router, &[(1, 65001), (2, 65001)], "")?;
+    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
+    let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65000, "")?;
+    gw1.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
+    gw2.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let k4 = kernel_route(router, VIP4)?;
+        let k6 = kernel_route(router, VIP6)?;
+        let both = |k: &str, a: &str, b: &str| {
+            k.contains(&format!("nexthop via {a} ")) && k.contains(&format!("nexthop via {b} "))
+        };
+        if both(&k4, "198.51.100.2", "198.51.100.3") && both(&k6, "2001:db8:f::2", "2001:db8:f::3")
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no ECMP route in the router's kernel:\n{k4}\n{k6}\n{}",
+                bird.birdc(&["show", "route", "all"])?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // One gateway withdraws: a single next hop remains.
+    gw2.announce(&[])?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while kernel_route(router, VIP4)?.contains("nexthop") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let k4 = kernel_route(router, VIP4)?;
+    assert!(
+        k4.contains("via 198.51.100.2") && !k4.contains("198.51.100.3"),
+        "{k4}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigkill_drops_the_route_at_once() -> Result<()> {
+    if !privileged("bgp_bird::sigkill_drops_the_route_at_once") {
+        return Ok(());
+    }
+    let net = topology()?;
+    let bird = Bird::start(net.ns("router"), &[(1, 65001)], "")?;
+    let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
+    gw.announce(&["192.0.2.10/32"])?;
+    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+    gw.proc.signal(libc::SIGKILL)?;
+    // The kernel closes the connection; no hold timer involved (hold is 6 s).
+    let took = bird.wait_route("192.0.2.10/32", false, Duration::from_secs(2))?;
+    eprintln!("SIGKILL: route left BIRD after {took:?}");
+    Ok(())
+}
+
+#[test]
+fn sigstop_drops_the_route_at_hold_expiry() -> Result<()> {
+    if !privileged("bgp_bird::sigstop_drops_the_route_at_hold_expiry") {
+        return Ok(());
+    }
+    let net = topology()?;
+    let bird = Bird::start(net.ns("router"), &[(1, 65001)], "")?;
+    let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
+    gw.announce(&["192.0.2.10/32"])?;
+    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+    gw.proc.signal(libc::SIGSTOP)?;
+    let frozen = Instant::now();
+    // Frozen, the TCP connection stays open: the route outlives the keepalive
+    // interval and goes only when BIRD's hold timer (6 s) expires.
+    std::thread::sleep(Duration::from_secs(u64::from(HOLD) / 2));
+    assert!(
+        bird.route("192.0.2.10/32")?.is_some(),
+        "route dropped before hold expiry"
+    );
+    bird.wait_route(
+        "192.0.2.10/32",
+        false,
+        Duration::from_secs(u64::from(HOLD) + 3),
+    )?;
+    let took = frozen.elapsed();
+    eprintln!("SIGSTOP: route left BIRD after {took:?} (hold time {HOLD} s)");
+    let protocols = bird.birdc(&["show", "protocols", "all", "gw1"])?;
+    assert!(protocols.contains("Hold timer expired"), "{protocols}");
+    gw.proc.signal(libc::SIGCONT)?;
+    Ok(())
+}
+
+#[test]
+fn bird_restart_is_followed_by_reannouncement() -> Result<()> {
+    if !privileged("bgp_bird::bird_restart_is_followed_by_reannouncement") {
+        return Ok(());
+    }
+    let net = topology()?;
+    let router = net.ns("router");
+    let mut bird = Bird::start(router, &[(1, 65001)], "")?;
+    let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
+    gw.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
+    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+    bird.stop()?;
+    // BIRD's Cease reaches the speaker.
+    gw.wait_status("session down", SETTLE, |s| {
+        s.contains("received NOTIFICATION: cease")
+    })?;
+    let restarted = Instant::now();
+    bird.run()?;
+    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+    bird.wait_route("2001:db8:100::10/128", true, SETTLE)?;
+    eprintln!(
+        "routes back in BIRD {:?} after its restart",
+        restarted.elapsed()
+    );
+    gw.wait_status("Established again", SETTLE, |s| {
+        s.contains("state=Established") && s.contains("flaps=1")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn wrong_remote_as_never_establishes() -> Result<()> {
+    if !privileged("bgp_bird::wrong_remote_as_never_establishes") {
+        return Ok(());
+    }
+    let net = topology()?;
+    // BIRD expects gw1 in AS 65002 (gw1 is 65001); gw2 expects BIRD in AS 65099.
+    let bird = Bird::start(net.ns("router"), &[(1, 65002), (2, 65001)], "")?;
+    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
+    let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65099, "")?;
+    gw1.announce(&["192.0.2.10/32"])?;
+    gw2.announce(&["192.0.2.10/32"])?;
+    let s1 = gw1.wait_status("BIRD's NOTIFICATION", SETTLE, |s| {
+        s.contains("received NOTIFICATION")
+    })?;
+    assert!(
+        s1.contains("OPEN message error / bad peer AS (2/2)"),
+        "{s1}"
+    );
+    let s2 = gw2.wait_status("our NOTIFICATION", SETTLE, |s| {
+        s.contains("sent NOTIFICATION")
+    })?;
+    assert!(
+        s2.contains("OPEN message error / bad peer AS (2/2)"),
+        "{s2}"
+    );
+    // Several retries later, still nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    for gw in [&mut gw1, &mut gw2] {
+        let s = gw.status()?;
+        assert!(
+            !s.contains("state=Established") && s.contains("flaps=0"),
+            "{s}"
+        );
+    }
+    assert!(bird.route("192.0.2.10/32")?.is_none());
+    Ok(())
+}
+
+#[test]
+fn tcp_md5_session() -> Result<()> {
+    if !privileged("bgp_bird::tcp_md5_session") {
+        return Ok(());
+    }
+    let net = topology()?;
+    let bird = Bird::start(
+        net.ns("router"),
+        &[(1, 65001), (2, 65001)],
+        r#"password "dsrgate-md5";"#,
+    )?;
+    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "md5=dsrgate-md5")?;
+    gw1.announce(&["192.0.2.10/32"])?;
+    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+    // Without the password the kernel drops the segments: no session.
+    let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65000, "")?;
+    gw2.announce(&["192.0.2.10/32"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let s = gw2.status()?;
+    assert!(
+        !s.contains("state=Established") && s.contains("error=connection"),
+        "{s}"
+    );
+    let route = bird.route("192.0.2.10/32")?.unwrap_or_default();
+    assert!(!route.contains("198.51.100.3"), "{route}");
+    Ok(())
+}
+
+/// Addresses used above, checked against the shared topology's helpers.
+#[test]
+fn addresses_match_the_topology() {
+    assert_eq!(
+        fabric4(gateway_host(1)).parse::<Ipv4Addr>().unwrap(),
+        Ipv4Addr::new(198, 51, 100, 2)
+    );
+    assert_eq!(
+        fabric6(gateway_host(2)).parse::<Ipv6Addr>().unwrap(),
+        "2001:db8:f::3".parse::<Ipv6Addr>().unwrap()
+    );
+    assert!(VIP4.parse::<IpAddr>().is_ok() && VIP6.parse::<IpAddr>().is_ok());
+}
