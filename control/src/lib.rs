@@ -6,3 +6,4 @@ pub mod neigh;
 pub mod health;
 pub mod api;
 pub mod status;
+pub mod sources;

@@ -1,0 +1,414 @@
+//! The Kubernetes source: watches Services, EndpointSlices, and Nodes with
+//! kube's watcher and turns them into a [`ServiceSet`] (see [`model`]).
+//!
+//! It runs on its own thread with its own current-thread tokio runtime and
+//! feeds the control loop through a crossbeam channel of [`KubeUpdate`]s.
+//! Nothing is sent until all three resources have been listed once. A re-list
+//! (after a 410 Gone, or a restarted watch) is buffered and swapped in whole
+//! when complete, and API errors change nothing: the last good set stays in
+//! force, so errors never empty the backend sets.
+
+pub mod model;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Sender;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource};
+
+use crate::config::Kubernetes;
+use crate::sources::ServiceSet;
+use model::{Assignment, Objects};
+
+/// What the Kubernetes source tells the control loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeUpdate {
+    /// The complete set of Kubernetes VIPs; replaces the previous one.
+    Services(ServiceSet),
+    /// A pool address was written to a Service's status.
+    Assigned {
+        namespace: String,
+        name: String,
+        ip: IpAddr,
+    },
+    /// An API error. The previous set stays in force.
+    Error(String),
+}
+
+/// The running watcher thread; dropping it stops the thread.
+pub struct KubeSource {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// Starts the watcher thread.
+pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSource> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let join = std::thread::Builder::new()
+        .name("dsrgate-kube".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    _ = stop_rx => {}
+                    _ = run(cfg, tx) => {}
+                }
+            })
+        })?;
+    Ok(KubeSource {
+        stop: Some(stop_tx),
+        join: Some(join),
+    })
+}
+
+/// A client from the configured kubeconfig, or in-cluster credentials.
+pub async fn client(cfg: &Kubernetes) -> Result<Client, String> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            let opts = kube::config::KubeConfigOptions {
+                context: cfg.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::incluster().map_err(|e| format!("in-cluster credentials: {e}"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+/// How long to wait before retrying a failed client setup or status write.
+const RETRY: Duration = Duration::from_secs(5);
+
+async fn run(cfg: Kubernetes, tx: Sender<KubeUpdate>) {
+    let client = loop {
+        match client(&cfg).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying");
+                if tx.send(KubeUpdate::Error(e)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    let mut sync = Sync::new(cfg, tx);
+    let wc = watcher::Config::default();
+    let services = watcher(Api::<Service>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .map(|r| Change::Service(Box::new(r)));
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        wc.clone().labels(model::SERVICE_NAME_LABEL),
+    )
+    .default_backoff()
+    .map(|r| Change::Slice(Box::new(r)));
+    let nodes = watcher(Api::<Node>::all(client.clone()), wc)
+        .default_backoff()
+        .map(|r| Change::Node(Box::new(r)));
+    let mut changes = std::pin::pin!(futures::stream::select(
+        futures::stream::select(services, slices),
+        nodes
+    ));
+    let mut retry = tokio::time::interval(RETRY);
+    loop {
+        tokio::select! {
+            change = changes.next() => {
+                let Some(change) = change else { return };
+                sync.apply(change);
+                // Take whatever else is ready before recomputing once.
+                while let Some(Some(change)) = futures::FutureExt::now_or_never(changes.next()) {
+                    sync.apply(change);
+                }
+            }
+            _ = retry.tick() => {}
+        }
+        if !sync.publish() {
+            return;
+        }
+        sync.write_status(&client).await;
+    }
+}
+
+fn watcher<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, wc)
+}
+
+/// One watcher item. Boxed: the three object types differ a lot in size.
+enum Change {
+    Service(Box<Result<Event<Service>, watcher::Error>>),
+    Slice(Box<Result<Event<EndpointSlice>, watcher::Error>>),
+    Node(Box<Result<Event<Node>, watcher::Error>>),
+}
+
+/// One resource's objects. A re-list fills `buffer` and replaces `live` only
+/// when complete, so a half-finished re-list is never seen.
+struct Store<K> {
+    live: BTreeMap<String, K>,
+    buffer: Option<BTreeMap<String, K>>,
+    synced: bool,
+}
+
+impl<K: Resource> Store<K> {
+    fn new() -> Self {
+        Store {
+            live: BTreeMap::new(),
+            buffer: None,
+            synced: false,
+        }
+    }
+
+    fn key(obj: &K) -> String {
+        match obj.meta().namespace.as_deref() {
+            Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or("")),
+            None => obj.meta().name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Applies one event; true if the live objects changed.
+    fn apply(&mut self, ev: Event<K>) -> bool {
+        match ev {
+            Event::Init => {
+                self.buffer = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(obj) => {
+                self.buffer
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(Self::key(&obj), obj);
+                false
+            }
+            Event::InitDone => {
+                self.live = self.buffer.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            Event::Apply(obj) => {
+                self.live.insert(Self::key(&obj), obj);
+                true
+            }
+            Event::Delete(obj) => self.live.remove(&Self::key(&obj)).is_some(),
+        }
+    }
+}
+
+/// The watchers' state and what was last sent.
+struct Sync {
+    cfg: Kubernetes,
+    tx: Sender<KubeUpdate>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    dirty: bool,
+    last: Option<ServiceSet>,
+    assigned: HashMap<String, IpAddr>,
+    pending: Vec<Assignment>,
+    attempts: HashMap<(String, String), (IpAddr, Instant)>,
+}
+
+impl Sync {
+    fn new(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> Sync {
+        Sync {
+            cfg,
+            tx,
+            services: Store::new(),
+            slices: Store::new(),
+            nodes: Store::new(),
+            dirty: false,
+            last: None,
+            assigned: HashMap::new(),
+            pending: Vec::new(),
+            attempts: HashMap::new(),
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        let (what, result) = match change {
+            Change::Service(r) => ("services", (*r).map(|ev| self.services.apply(ev))),
+            Change::Slice(r) => ("endpointslices", (*r).map(|ev| self.slices.apply(ev))),
+            Change::Node(r) => ("nodes", (*r).map(|ev| self.nodes.apply(ev))),
+        };
+        match result {
+            Ok(changed) => self.dirty |= changed,
+            Err(e) => {
+                let msg = format!("watching {what}: {e}");
+                tracing::warn!(error = %msg, "Kubernetes watch error; keeping the last state");
+                let _ = self.tx.send(KubeUpdate::Error(msg));
+            }
+        }
+    }
+
+    /// Recomputes and sends the set if it changed; false once the receiver is gone.
+    fn publish(&mut self) -> bool {
+        if !(self.dirty && self.services.synced && self.slices.synced && self.nodes.synced) {
+            return true;
+        }
+        self.dirty = false;
+        let objs = Objects {
+            services: std::mem::take(&mut self.services.live),
+            slices: std::mem::take(&mut self.slices.live),
+            nodes: std::mem::take(&mut self.nodes.live),
+        };
+        let computed = model::compute(&self.cfg, &objs, &mut self.assigned);
+        (self.services.live, self.slices.live, self.nodes.live) =
+            (objs.services, objs.slices, objs.nodes);
+        self.pending = computed.to_write;
+        if self.last.as_ref() == Some(&computed.set) {
+            return true;
+        }
+        tracing::info!(
+            vips = computed.set.vips.len(),
+            "Kubernetes services changed"
+        );
+        self.last = Some(computed.set.clone());
+        self.tx.send(KubeUpdate::Services(computed.set)).is_ok()
+    }
+
+    /// Writes pool addresses to Service status (merge patch of the status
+    /// subresource, `ipMode: VIP` so kube-proxy accepts the decapsulated
+    /// packets addressed to it on every node). Retried every few seconds
+    /// until the watch shows the status.
+    async fn write_status(&mut self, client: &Client) {
+        let pending = std::mem::take(&mut self.pending);
+        for a in &pending {
+            let id = (a.namespace.clone(), a.name.clone());
+            if self
+                .attempts
+                .get(&id)
+                .is_some_and(|(ip, t)| *ip == a.ip && t.elapsed() < RETRY)
+            {
+                continue;
+            }
+            self.attempts.insert(id, (a.ip, Instant::now()));
+            let api: Api<Service> = Api::namespaced(client.clone(), &a.namespace);
+            let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": a.ip.to_string(), "ipMode": "VIP"}]}}});
+            match api
+                .patch_status(&a.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(svc) => {
+                    tracing::info!(service = %format!("{}/{}", a.namespace, a.name), ip = %a.ip, "assigned a pool address");
+                    let _ = self.tx.send(KubeUpdate::Assigned {
+                        namespace: a.namespace.clone(),
+                        name: a.name.clone(),
+                        ip: a.ip,
+                    });
+                    // Apply the answer at once instead of waiting for the watch.
+                    if let Some(slot) = self.services.live.get_mut(&Store::<Service>::key(&svc)) {
+                        *slot = svc;
+                        self.dirty = true;
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("writing {}/{} status: {e}", a.namespace, a.name);
+                    tracing::warn!(error = %msg, "status write failed; will retry");
+                    let _ = self.tx.send(KubeUpdate::Error(msg));
+                }
+            }
+        }
+        self.pending = pending;
+        self.attempts.retain(|(ns, name), _| {
+            self.pending
+                .iter()
+                .any(|a| a.namespace == *ns && a.name == *name)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn node(name: &str) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_relist_is_swapped_in_whole() {
+        let mut st = Store::<Node>::new();
+        assert!(!st.apply(Event::Init));
+        assert!(!st.apply(Event::InitApply(node("a"))));
+        assert!(!st.synced);
+        assert!(st.apply(Event::InitDone));
+        assert!(st.synced);
+        assert!(st.apply(Event::Apply(node("b"))));
+        // A re-list (after 410 Gone) starts: the live view is untouched
+        // until it completes, then replaced (b is gone, c is new).
+        assert!(!st.apply(Event::Init));
+        assert!(!st.apply(Event::InitApply(node("a"))));
+        assert!(!st.apply(Event::InitApply(node("c"))));
+        assert_eq!(st.live.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(st.apply(Event::InitDone));
+        assert_eq!(st.live.keys().collect::<Vec<_>>(), ["a", "c"]);
+        assert!(st.apply(Event::Delete(node("a"))));
+        assert!(!st.apply(Event::Delete(node("a"))));
+    }
+
+    #[test]
+    fn nothing_is_sent_before_every_resource_has_synced() {
+        let cfg = crate::config::parse(
+            "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+        .kubernetes
+        .unwrap();
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let mut sync = Sync::new(cfg, tx);
+        sync.apply(Change::Node(Box::new(Ok(Event::Init))));
+        sync.apply(Change::Node(Box::new(Ok(Event::InitDone))));
+        sync.apply(Change::Service(Box::new(Ok(Event::Init))));
+        sync.apply(Change::Service(Box::new(Ok(Event::InitDone))));
+        assert!(sync.publish());
+        assert!(rx.try_recv().is_err());
+        sync.apply(Change::Slice(Box::new(Ok(Event::Init))));
+        sync.apply(Change::Slice(Box::new(Ok(Event::InitDone))));
+        assert!(sync.publish());
+        assert_eq!(
+            rx.try_recv(),
+            Ok(KubeUpdate::Services(ServiceSet::default()))
+        );
+        // Unchanged: not sent again.
+        sync.apply(Change::Node(Box::new(Ok(Event::Apply(node("x"))))));
+        assert!(sync.publish());
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! Where VIPs and their backends come from: the static config
+//! ([`static_list`]) or the Kubernetes API ([`kube`]). Both produce the same
+//! [`ServiceSet`], which the control loop combines with health state
+//! ([`VipSpec::healthy_backends`]) before Maglev tables are built.
+
+pub mod kube;
+pub mod static_list;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use crate::config::{HashMode, Protocol, VipBgp};
+use crate::health::{HealthSpec, Probe, State, Target};
+
+/// Every VIP the gateway should serve, sorted by address, protocol, ports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceSet {
+    pub vips: Vec<VipSpec>,
+}
+
+/// Tunnel encapsulation of a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encap {
+    Ipip,
+    Gue { port: u16 },
+}
+
+/// `spec.externalTrafficPolicy` of a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
+}
+
+/// Where a VIP was defined.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Static,
+    Kubernetes {
+        namespace: String,
+        name: String,
+        traffic_policy: TrafficPolicy,
+        /// `spec.healthCheckNodePort` (Local Services).
+        health_check_node_port: Option<u16>,
+    },
+}
+
+/// One VIP (address and protocol) with its ports and backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipSpec {
+    /// `web` (static) or `namespace/name` (Kubernetes), for logs and metrics.
+    pub name: String,
+    pub origin: Origin,
+    pub addr: IpAddr,
+    pub proto: Protocol,
+    /// Sorted, no duplicates.
+    pub ports: Vec<u16>,
+    pub hash: HashMode,
+    pub encap: Encap,
+    /// Announce only while at least this many backends are healthy.
+    pub min_healthy: u32,
+    pub bgp: VipBgp,
+    /// Sorted by address, no duplicates.
+    pub backends: Vec<BackendSpec>,
+    /// `None`: backends are not probed and count as healthy.
+    pub health: Option<HealthSpec>,
+}
+
+/// A node that receives a VIP's traffic, and its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendSpec {
+    pub addr: IpAddr,
+    pub weight: u32,
+}
+
+impl VipSpec {
+    /// The health target probing `backend` for this VIP, if it is checked.
+    pub fn target(&self, backend: &BackendSpec) -> Option<Target> {
+        self.health.as_ref().map(|spec| Target {
+            addr: backend.addr,
+            spec: spec.clone(),
+        })
+    }
+
+    /// The backends that may receive traffic now, with their effective weight:
+    /// unchecked VIPs keep every backend; checked ones keep those whose target
+    /// is up. A weight reported by the probe (kube-proxy's endpoint count)
+    /// replaces the configured one. Weight-0 backends are left out.
+    pub fn healthy_backends(
+        &self,
+        state: impl Fn(&Target) -> Option<(State, Option<u32>)>,
+    ) -> Vec<BackendSpec> {
+        let reports_weight = matches!(
+            &self.health,
+            Some(HealthSpec {
+                probe: Probe::Http {
+                    weight_header: true,
+                    ..
+                },
+                ..
+            })
+        );
+        self.backends
+            .iter()
+            .filter_map(|b| {
+                let weight = match self.target(b) {
+                    None => b.weight,
+                    Some(t) => match state(&t) {
+                        Some((State::Up, Some(w))) if reports_weight => w,
+                        Some((State::Up, _)) => b.weight,
+                        _ => return None,
+                    },
+                };
+                (weight > 0).then_some(BackendSpec {
+                    addr: b.addr,
+                    weight,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether two VIPs would receive the same packets.
+    pub fn overlaps(&self, other: &VipSpec) -> bool {
+        self.addr == other.addr
+            && self.proto == other.proto
+            && self.ports.iter().any(|p| other.ports.contains(p))
+    }
+}
+
+impl ServiceSet {
+    /// Sorts VIPs and backends into their canonical order, so equal sets compare equal.
+    pub fn normalize(&mut self) {
+        for v in &mut self.vips {
+            v.ports.sort_unstable();
+            v.ports.dedup();
+            v.backends.sort_unstable();
+            v.backends.dedup_by_key(|b| b.addr);
+        }
+        self.vips.sort_by(|a, b| {
+            (a.addr, a.proto, &a.ports, &a.name).cmp(&(b.addr, b.proto, &b.ports, &b.name))
+        });
+    }
+
+    /// Every distinct health target, for [`crate::health::HealthChecker::set_targets`].
+    pub fn health_targets(&self) -> Vec<Target> {
+        let mut seen = HashSet::new();
+        self.vips
+            .iter()
+            .flat_map(|v| v.backends.iter().filter_map(move |b| v.target(b)))
+            .filter(|t| seen.insert(t.clone()))
+            .collect()
+    }
+
+    /// The static set plus the Kubernetes VIPs that do not collide with it;
+    /// a static VIP always wins, and each dropped VIP is logged.
+    pub fn merge(statics: &ServiceSet, kube: &ServiceSet) -> ServiceSet {
+        let mut out = statics.clone();
+        for v in &kube.vips {
+            if let Some(s) = statics.vips.iter().find(|s| s.overlaps(v)) {
+                tracing::warn!(service = %v.name, vip = %v.addr, conflicts_with = %s.name, "Kubernetes VIP collides with a static VIP; ignored");
+                continue;
+            }
+            out.vips.push(v.clone());
+        }
+        out.normalize();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Timing;
+
+    fn vip(
+        addr: &str,
+        ports: &[u16],
+        backends: &[(&str, u32)],
+        health: Option<HealthSpec>,
+    ) -> VipSpec {
+        VipSpec {
+            name: addr.into(),
+            origin: Origin::Static,
+            addr: addr.parse().unwrap(),
+            proto: Protocol::Tcp,
+            ports: ports.to_vec(),
+            hash: HashMode::FiveTuple,
+            encap: Encap::Ipip,
+            min_healthy: 1,
+            bgp: VipBgp::default(),
+            backends: backends
+                .iter()
+                .map(|(a, w)| BackendSpec {
+                    addr: a.parse().unwrap(),
+                    weight: *w,
+                })
+                .collect(),
+            health,
+        }
+    }
+
+    #[test]
+    fn healthy_backends_use_state_and_reported_weight() {
+        let unchecked = vip(
+            "203.0.113.1",
+            &[80],
+            &[("10.0.0.1", 2), ("10.0.0.2", 0)],
+            None,
+        );
+        assert_eq!(
+            unchecked.healthy_backends(|_| None),
+            [BackendSpec {
+                addr: "10.0.0.1".parse().unwrap(),
+                weight: 2
+            }]
+        );
+
+        let spec = HealthSpec {
+            probe: Probe::Http {
+                port: 30000,
+                path: "/healthz".into(),
+                weight_header: true,
+            },
+            timing: Timing::default(),
+        };
+        let checked = vip(
+            "203.0.113.1",
+            &[80],
+            &[("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)],
+            Some(spec),
+        );
+        let up: IpAddr = "10.0.0.1".parse().unwrap();
+        let unreported: IpAddr = "10.0.0.2".parse().unwrap();
+        let got = checked.healthy_backends(|t| match t.addr {
+            a if a == up => Some((State::Up, Some(4))),
+            a if a == unreported => Some((State::Up, None)),
+            _ => Some((State::Down, None)),
+        });
+        assert_eq!(
+            got,
+            [
+                BackendSpec {
+                    addr: up,
+                    weight: 4
+                },
+                BackendSpec {
+                    addr: unreported,
+                    weight: 1
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn merge_prefers_static_and_dedups_targets() {
+        let spec = HealthSpec {
+            probe: Probe::Tcp { port: 80 },
+            timing: Timing::default(),
+        };
+        let statics = ServiceSet {
+            vips: vec![vip(
+                "203.0.113.1",
+                &[80],
+                &[("10.0.0.1", 1)],
+                Some(spec.clone()),
+            )],
+        };
+        let kube = ServiceSet {
+            vips: vec![
+                vip("203.0.113.1", &[443, 80], &[("10.0.0.9", 1)], None),
+                vip(
+                    "203.0.113.1",
+                    &[443],
+                    &[("10.0.0.1", 1)],
+                    Some(spec.clone()),
+                ),
+            ],
+        };
+        let merged = ServiceSet::merge(&statics, &kube);
+        assert_eq!(merged.vips.len(), 2);
+        assert_eq!(merged.vips[0].ports, [80]);
+        assert_eq!(merged.vips[1].ports, [443]);
+        assert_eq!(
+            merged.health_targets(),
+            [Target {
+                addr: "10.0.0.1".parse().unwrap(),
+                spec
+            }]
+        );
+    }
+}

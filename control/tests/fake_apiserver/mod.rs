@@ -1,0 +1,465 @@
+//! A small Kubernetes API server for tests: it serves real API objects (JSON
+//! in the API-reference shapes) over HTTP on 127.0.0.1 with list
+//! (resourceVersion), watch (chunked stream of JSON events from a
+//! resourceVersion, BOOKMARK events, ERROR 410 Expired after compaction),
+//! label-existence selectors, and merge PATCH of the Service status
+//! subresource. Tests can drop every watch, compact history, or make the
+//! server fail with 500s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A resource collection the server knows.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl Kind {
+    fn of_path(path: &str) -> Option<Kind> {
+        match path {
+            "/api/v1/services" => Some(Kind::Service),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
+            "/api/v1/nodes" => Some(Kind::Node),
+            _ => None,
+        }
+    }
+    fn kind(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Node => "Node",
+        }
+    }
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Collection {
+    objects: BTreeMap<String, Value>,
+    /// (resourceVersion, type, object)
+    events: Vec<(u64, &'static str, Value)>,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// Watches from a resourceVersion below this get 410 Gone.
+    compacted: u64,
+    collections: HashMap<Kind, Collection>,
+    /// Bumped to end every open watch.
+    generation: u64,
+    failing: bool,
+    shutdown: bool,
+    requests: Vec<String>,
+    patches: Vec<(String, String, Value)>,
+}
+
+pub struct FakeApiServer {
+    pub addr: SocketAddr,
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+fn key_of(obj: &Value) -> String {
+    let m = &obj["metadata"];
+    match m["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{}", m["name"].as_str().unwrap_or("")),
+        None => m["name"].as_str().unwrap_or("").to_owned(),
+    }
+}
+
+fn status_json(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+impl FakeApiServer {
+    pub fn start() -> FakeApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new((
+            Mutex::new(State {
+                rv: 100,
+                ..State::default()
+            }),
+            Condvar::new(),
+        ));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if st.0.lock().unwrap().shutdown {
+                    return;
+                }
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let _ = handle(stream, &st);
+                });
+            }
+        });
+        FakeApiServer { addr, state }
+    }
+
+    /// A kubeconfig pointing kube at this server.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: test-token\n",
+            self.addr
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Creates or replaces an object (ADDED / MODIFIED event).
+    pub fn apply(&self, kind: Kind, mut obj: Value) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        s.rv += 1;
+        let rv = s.rv;
+        obj["kind"] = json!(kind.kind());
+        obj["apiVersion"] = json!(kind.api_version());
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = key_of(&obj);
+        let c = s.collections.entry(kind).or_default();
+        let ty = if c.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        c.objects.insert(key, obj.clone());
+        c.events.push((rv, ty, obj));
+        cv.notify_all();
+    }
+
+    /// Deletes an object (DELETED event).
+    pub fn delete(&self, kind: Kind, key: &str) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        s.rv += 1;
+        let rv = s.rv;
+        let c = s.collections.entry(kind).or_default();
+        if let Some(mut obj) = c.objects.remove(key) {
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            c.events.push((rv, "DELETED", obj));
+        }
+        cv.notify_all();
+    }
+
+    /// Sends a BOOKMARK to every watch of `kind`; returns its resourceVersion.
+    pub fn bookmark(&self, kind: Kind) -> u64 {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        s.rv += 1;
+        let rv = s.rv;
+        let obj = json!({"kind": kind.kind(), "apiVersion": kind.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
+        s.collections
+            .entry(kind)
+            .or_default()
+            .events
+            .push((rv, "BOOKMARK", obj));
+        cv.notify_all();
+        rv
+    }
+
+    /// Ends every open watch stream cleanly (as an API server restart or an
+    /// idle timeout of a proxy does).
+    pub fn drop_watches(&self) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap().generation += 1;
+        cv.notify_all();
+    }
+
+    /// Forgets history: watches from any earlier resourceVersion get 410 Gone.
+    pub fn compact(&self) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        s.rv += 1;
+        s.compacted = s.rv;
+        s.generation += 1;
+        cv.notify_all();
+    }
+
+    /// Makes every request fail with 500 (and ends open watches).
+    pub fn set_failing(&self, failing: bool) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        s.failing = failing;
+        s.generation += 1;
+        cv.notify_all();
+    }
+
+    /// Request lines received so far ("GET /api/v1/nodes?...").
+    pub fn requests(&self) -> Vec<String> {
+        self.state.0.lock().unwrap().requests.clone()
+    }
+
+    /// PATCHes received: (path, content type, body).
+    pub fn patches(&self) -> Vec<(String, String, Value)> {
+        self.state.0.lock().unwrap().patches.clone()
+    }
+
+    pub fn object(&self, kind: Kind, key: &str) -> Option<Value> {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .collections
+            .get(&kind)
+            .and_then(|c| c.objects.get(key))
+            .cloned()
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap().shutdown = true;
+        cv.notify_all();
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn respond(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let text = body.to_string();
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Internal Server Error",
+    };
+    write!(stream, "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
+    stream.flush()
+}
+
+fn query(target: &str) -> (String, HashMap<String, String>) {
+    let (path, q) = target.split_once('?').unwrap_or((target, ""));
+    let params = q
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/").replace("%2f", "/")))
+        .collect();
+    (path.to_owned(), params)
+}
+
+fn selected(obj: &Value, params: &HashMap<String, String>) -> bool {
+    // Only label-existence selectors ("key") are used by dsrgate.
+    match params.get("labelSelector") {
+        Some(sel) if !sel.is_empty() => obj["metadata"]["labels"].get(sel.as_str()).is_some(),
+        _ => true,
+    }
+}
+
+fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap_or("").to_owned(),
+        parts.next().unwrap_or("").to_owned(),
+    );
+    let mut content_length = 0usize;
+    let mut content_type = String::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.to_ascii_lowercase().as_str() {
+                "content-length" => content_length = v.trim().parse().unwrap_or(0),
+                "content-type" => content_type = v.trim().to_owned(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; content_length];
+    reader.read_exact(&mut body)?;
+    let (path, params) = query(&target);
+    {
+        let mut s = st.0.lock().unwrap();
+        s.requests.push(format!("{method} {target}"));
+        if s.failing {
+            drop(s);
+            return respond(
+                &mut stream,
+                500,
+                &status_json(500, "InternalError", "etcdserver: request timed out"),
+            );
+        }
+    }
+
+    if method == "PATCH" {
+        // /api/v1/namespaces/{ns}/services/{name}/status
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if let ["api", "v1", "namespaces", ns, "services", name, "status"] = segs[..] {
+            let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let (lock, cv) = st;
+            let mut s = lock.lock().unwrap();
+            s.patches.push((path.clone(), content_type, patch.clone()));
+            let key = format!("{ns}/{name}");
+            let Some(mut obj) = s
+                .collections
+                .get(&Kind::Service)
+                .and_then(|c| c.objects.get(&key))
+                .cloned()
+            else {
+                drop(s);
+                return respond(
+                    &mut stream,
+                    404,
+                    &status_json(404, "NotFound", &format!("services \"{name}\" not found")),
+                );
+            };
+            // The status subresource ignores everything but status.
+            if let Some(status) = patch.get("status") {
+                merge_patch(&mut obj["status"], status);
+            }
+            s.rv += 1;
+            let rv = s.rv;
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let c = s.collections.entry(Kind::Service).or_default();
+            c.objects.insert(key, obj.clone());
+            c.events.push((rv, "MODIFIED", obj.clone()));
+            cv.notify_all();
+            drop(s);
+            return respond(&mut stream, 200, &obj);
+        }
+        return respond(&mut stream, 404, &status_json(404, "NotFound", "not found"));
+    }
+    if method != "GET" {
+        return respond(
+            &mut stream,
+            405,
+            &status_json(405, "MethodNotAllowed", "method not allowed"),
+        );
+    }
+    let Some(kind) = Kind::of_path(&path) else {
+        return respond(
+            &mut stream,
+            404,
+            &status_json(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        );
+    };
+    let watching = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
+    if !watching {
+        let s = st.0.lock().unwrap();
+        let items: Vec<Value> = s
+            .collections
+            .get(&kind)
+            .map(|c| {
+                c.objects
+                    .values()
+                    .filter(|o| selected(o, &params))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut o| {
+                // List items carry no kind/apiVersion in real responses.
+                let m = o.as_object_mut().unwrap();
+                m.remove("kind");
+                m.remove("apiVersion");
+                o
+            })
+            .collect();
+        let list = json!({"kind": format!("{}List", kind.kind()), "apiVersion": kind.api_version(), "metadata": {"resourceVersion": s.rv.to_string()}, "items": items});
+        drop(s);
+        return respond(&mut stream, 200, &list);
+    }
+
+    let from: u64 = params
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+    let send = |stream: &mut TcpStream, ev: &Value| -> std::io::Result<()> {
+        let line = format!("{ev}\n");
+        write!(stream, "{:x}\r\n{line}\r\n", line.len())?;
+        stream.flush()
+    };
+    let (lock, cv) = st;
+    let mut s = lock.lock().unwrap();
+    if from < s.compacted {
+        let gone = status_json(
+            410,
+            "Expired",
+            &format!("too old resource version: {from} ({})", s.compacted),
+        );
+        drop(s);
+        send(&mut stream, &json!({"type": "ERROR", "object": gone}))?;
+        return write!(stream, "0\r\n\r\n");
+    }
+    let generation = s.generation;
+    let mut cursor = from;
+    loop {
+        // A dropped stream delivers nothing more; the client resumes from its cursor.
+        if s.shutdown || s.generation != generation {
+            drop(s);
+            return write!(stream, "0\r\n\r\n");
+        }
+        let pending: Vec<(u64, &'static str, Value)> = s
+            .collections
+            .get(&kind)
+            .map(|c| {
+                c.events
+                    .iter()
+                    .filter(|(rv, ty, o)| {
+                        *rv > cursor && (*ty == "BOOKMARK" || selected(o, &params))
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !pending.is_empty() {
+            drop(s);
+            for (rv, ty, obj) in &pending {
+                send(&mut stream, &json!({"type": ty, "object": obj}))?;
+                cursor = *rv;
+            }
+            s = lock.lock().unwrap();
+            continue;
+        }
+        s = cv.wait_timeout(s, Duration::from_millis(100)).unwrap().0;
+    }
+}

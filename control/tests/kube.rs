@@ -1,0 +1,701 @@
+//! The Kubernetes source against a fake API server that serves real API
+//! objects with list/watch semantics (see `fake_apiserver`).
+
+mod fake_apiserver;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use control::config::{Kubernetes, Protocol};
+use control::health::Probe;
+use control::sources::kube::{self, KubeUpdate};
+use control::sources::{Origin, ServiceSet, TrafficPolicy, VipSpec};
+use crossbeam::channel::Receiver;
+use fake_apiserver::{FakeApiServer, Kind};
+use serde_json::{json, Value};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn node(name: &str, ip: &str, ready: bool, labels: Value) -> Value {
+    json!({
+        "metadata": {
+            "name": name,
+            "uid": format!("uid-{name}"),
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": labels,
+        },
+        "spec": {"podCIDR": "10.244.0.0/24", "providerID": format!("metal://{name}")},
+        "status": {
+            "conditions": [
+                {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z", "reason": "KubeletHasSufficientMemory", "message": "kubelet has sufficient memory available"},
+                {"type": "Ready", "status": if ready { "True" } else { "Unknown" }, "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z", "reason": if ready { "KubeletReady" } else { "NodeStatusUnknown" }, "message": "kubelet is posting ready status"}
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "InternalIP", "address": "fd00::1"},
+                {"type": "Hostname", "address": name}
+            ],
+            "nodeInfo": {"kubeletVersion": "v1.34.1", "kubeProxyVersion": "", "architecture": "amd64", "operatingSystem": "linux", "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.18.0", "containerRuntimeVersion": "containerd://1.7.24", "bootID": "b", "machineID": "m", "systemUUID": "s"}
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn service(
+    ns: &str,
+    name: &str,
+    created: &str,
+    policy: &str,
+    hcnp: Option<u16>,
+    ports: Value,
+    class: Option<&str>,
+    ingress: Option<&str>,
+) -> Value {
+    let mut spec = json!({
+        "type": "LoadBalancer",
+        "selector": {"app": name},
+        "ports": ports,
+        "clusterIP": "10.96.0.10",
+        "clusterIPs": ["10.96.0.10"],
+        "externalTrafficPolicy": policy,
+        "internalTrafficPolicy": "Cluster",
+        "ipFamilies": ["IPv4"],
+        "ipFamilyPolicy": "SingleStack",
+        "sessionAffinity": "None",
+        "allocateLoadBalancerNodePorts": true
+    });
+    if let Some(p) = hcnp {
+        spec["healthCheckNodePort"] = json!(p);
+    }
+    if let Some(c) = class {
+        spec["loadBalancerClass"] = json!(c);
+    }
+    let status = match ingress {
+        Some(ip) => json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}),
+        None => json!({"loadBalancer": {}}),
+    };
+    json!({
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "creationTimestamp": created, "labels": {"app": name}},
+        "spec": spec,
+        "status": status
+    })
+}
+
+fn port(name: &str, proto: &str, port: u16, node_port: u16) -> Value {
+    json!({"name": name, "protocol": proto, "port": port, "targetPort": port, "nodePort": node_port})
+}
+
+/// One endpoint: (pod address, node, ready, serving, terminating).
+type Ep<'a> = (&'a str, &'a str, bool, bool, bool);
+
+fn slice(ns: &str, name: &str, service: &str, family: &str, eps: &[Ep]) -> Value {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(addr, node, ready, serving, terminating)| {
+            json!({
+                "addresses": [addr],
+                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                "nodeName": node,
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": format!("{service}-{addr}"), "uid": format!("pod-{addr}")},
+                "zone": "zone-a"
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "uid": format!("uid-{name}"),
+            "generateName": format!("{service}-"),
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service, "uid": format!("uid-{ns}-{service}"), "controller": true, "blockOwnerDeletion": true}]
+        },
+        "addressType": family,
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+    })
+}
+
+struct Harness {
+    server: FakeApiServer,
+    rx: Receiver<KubeUpdate>,
+    _source: kube::KubeSource,
+    _dir: TempDir,
+    /// Every set received, to check none was emptied by an error.
+    seen: Vec<ServiceSet>,
+    errors: Vec<String>,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir() -> TempDir {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "dsrgate-kube-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&p).unwrap();
+    TempDir(p)
+}
+
+fn kube_config(kubeconfig: PathBuf, pool: &[&str]) -> Kubernetes {
+    let mut text = format!(
+        "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\nkubeconfig = {:?}\n",
+        kubeconfig.display().to_string()
+    );
+    if !pool.is_empty() {
+        text.push_str(&format!("address_pool = {pool:?}\n"));
+    }
+    text.push_str(
+        "[kubernetes.health]\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n",
+    );
+    control::config::parse(&text, std::path::Path::new("kube-test.toml"))
+        .unwrap()
+        .kubernetes
+        .unwrap()
+}
+
+impl Harness {
+    fn start(server: FakeApiServer, pool: &[&str]) -> Harness {
+        let dir = temp_dir();
+        let cfg = kube_config(server.kubeconfig(&dir.0), pool);
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let source = kube::spawn(cfg, tx).unwrap();
+        Harness {
+            server,
+            rx,
+            _source: source,
+            _dir: dir,
+            seen: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Waits for a set satisfying `pred`; collects errors on the way.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&ServiceSet) -> bool) -> ServiceSet {
+        let deadline = Instant::now() + BOUND;
+        if let Some(last) = self.seen.last() {
+            if pred(last) {
+                return last.clone();
+            }
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(KubeUpdate::Services(set)) => {
+                    self.seen.push(set.clone());
+                    if pred(&set) {
+                        return set;
+                    }
+                }
+                Ok(KubeUpdate::Error(e)) => self.errors.push(e),
+                Ok(KubeUpdate::Assigned { .. }) => {}
+                Err(_) => panic!(
+                    "timed out waiting for {what}; last set: {:#?}",
+                    self.seen.last()
+                ),
+            }
+        }
+    }
+
+    /// Waits until an API error has been reported.
+    fn wait_for_error(&mut self) {
+        let deadline = Instant::now() + BOUND;
+        while self.errors.is_empty() {
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(KubeUpdate::Services(set)) => self.seen.push(set),
+                Ok(KubeUpdate::Error(e)) => self.errors.push(e),
+                Ok(KubeUpdate::Assigned { .. }) => {}
+                Err(_) => panic!("no error reported"),
+            }
+        }
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn find<'a>(set: &'a ServiceSet, name: &str, proto: Protocol) -> Option<&'a VipSpec> {
+    set.vips.iter().find(|v| v.name == name && v.proto == proto)
+}
+
+fn backends(v: &VipSpec) -> BTreeMap<IpAddr, u32> {
+    v.backends.iter().map(|b| (b.addr, b.weight)).collect()
+}
+
+fn weights(pairs: &[(&str, u32)]) -> BTreeMap<IpAddr, u32> {
+    pairs.iter().map(|(a, w)| (ip(a), *w)).collect()
+}
+
+/// Nodes a..d: c is excluded from external load balancers, d is not Ready.
+fn base_cluster(server: &FakeApiServer) {
+    server.apply(
+        Kind::Node,
+        node(
+            "node-a",
+            "10.0.0.1",
+            true,
+            json!({"kubernetes.io/hostname": "node-a"}),
+        ),
+    );
+    server.apply(
+        Kind::Node,
+        node(
+            "node-b",
+            "10.0.0.2",
+            true,
+            json!({"kubernetes.io/hostname": "node-b"}),
+        ),
+    );
+    server.apply(
+        Kind::Node,
+        node(
+            "node-c",
+            "10.0.0.3",
+            true,
+            json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""}),
+        ),
+    );
+    server.apply(Kind::Node, node("node-d", "10.0.0.4", false, json!({})));
+    // Local: two ready endpoints on a (one listed in two slices), one
+    // terminating on b, one ready on c; an IPv6 slice of the same pods.
+    server.apply(
+        Kind::Service,
+        service(
+            "default",
+            "web",
+            "2026-01-02T00:00:00Z",
+            "Local",
+            Some(32000),
+            json!([
+                port("http", "TCP", 80, 30080),
+                port("https", "TCP", 443, 30443)
+            ]),
+            None,
+            Some("203.0.113.10"),
+        ),
+    );
+    server.apply(
+        Kind::EndpointSlice,
+        slice(
+            "default",
+            "web-abc12",
+            "web",
+            "IPv4",
+            &[
+                ("10.244.1.1", "node-a", true, true, false),
+                ("10.244.1.2", "node-a", true, true, false),
+                ("10.244.2.1", "node-b", false, true, true),
+                ("10.244.3.1", "node-c", true, true, false),
+            ],
+        ),
+    );
+    server.apply(
+        Kind::EndpointSlice,
+        slice(
+            "default",
+            "web-def34",
+            "web",
+            "IPv4",
+            &[("10.244.1.1", "node-a", true, true, false)],
+        ),
+    );
+    server.apply(
+        Kind::EndpointSlice,
+        slice(
+            "default",
+            "web-v6xyz",
+            "web",
+            "IPv6",
+            &[("fd00:244::1", "node-b", true, true, false)],
+        ),
+    );
+}
+
+#[test]
+fn local_and_cluster_backends_weights_and_pool_assignment() {
+    let server = FakeApiServer::start();
+    base_cluster(&server);
+    // Cluster, TCP and UDP, no address yet: gets one from the pool. The
+    // first pool address is taken by an older Service.
+    server.apply(
+        Kind::Service,
+        service(
+            "kube-system",
+            "old",
+            "2026-01-01T00:00:00Z",
+            "Cluster",
+            None,
+            json!([port("alt", "TCP", 8080, 31080)]),
+            None,
+            Some("198.51.100.10"),
+        ),
+    );
+    server.apply(
+        Kind::Service,
+        service(
+            "default",
+            "dns",
+            "2026-01-03T00:00:00Z",
+            "Cluster",
+            None,
+            json!([
+                port("dns-udp", "UDP", 53, 30053),
+                port("dns-tcp", "TCP", 53, 30053)
+            ]),
+            None,
+            None,
+        ),
+    );
+    // Not ours: another class, and a ClusterIP Service.
+    server.apply(
+        Kind::Service,
+        service(
+            "default",
+            "other",
+            "2026-01-01T00:00:00Z",
+            "Cluster",
+            None,
+            json!([port("x", "TCP", 81, 30081)]),
+            Some("example.com/other"),
+            Some("203.0.113.99"),
+        ),
+    );
+    let mut cip = service(
+        "default",
+        "internal",
+        "2026-01-01T00:00:00Z",
+        "Cluster",
+        None,
+        json!([port("x", "TCP", 82, 30082)]),
+        None,
+        None,
+    );
+    cip["spec"]["type"] = json!("ClusterIP");
+    server.apply(Kind::Service, cip);
+
+    let mut h = Harness::start(server, &["198.51.100.10-198.51.100.12"]);
+    let set = h.wait_for("dns to get a pool address", |s| {
+        find(s, "default/dns", Protocol::Udp).is_some()
+    });
+
+    let names: Vec<(&str, Protocol)> = set
+        .vips
+        .iter()
+        .map(|v| (v.name.as_str(), v.proto))
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+
+    let web = find(&set, "default/web", Protocol::Tcp).unwrap();
+    assert_eq!(web.addr, ip("203.0.113.10"));
+    assert_eq!(web.ports, [80, 443]);
+    // a: 2 unique ready endpoints; b: only a terminating one (and an IPv6
+    // slice that does not count for an IPv4 VIP); c: 1 (the exclude label
+    // is for Cluster Services only); d: none.
+    assert_eq!(backends(web), weights(&[("10.0.0.1", 2), ("10.0.0.3", 1)]));
+    let web_health = web.health.as_ref().unwrap();
+    assert_eq!(
+        web_health.probe,
+        Probe::Http {
+            port: 32000,
+            path: "/healthz".into(),
+            weight_header: true
+        }
+    );
+    assert_eq!((web_health.timing.rise, web_health.timing.fall), (1, 2));
+    assert!(matches!(
+        &web.origin,
+        Origin::Kubernetes {
+            traffic_policy: TrafficPolicy::Local,
+            health_check_node_port: Some(32000),
+            ..
+        }
+    ));
+
+    for proto in [Protocol::Udp, Protocol::Tcp] {
+        let dns = find(&set, "default/dns", proto).unwrap();
+        assert_eq!(
+            dns.addr,
+            ip("198.51.100.11"),
+            "the lowest free pool address"
+        );
+        assert_eq!(dns.ports, [53]);
+        // Ready and not excluded: a and b.
+        assert_eq!(backends(dns), weights(&[("10.0.0.1", 1), ("10.0.0.2", 1)]));
+        assert_eq!(
+            dns.health.as_ref().unwrap().probe,
+            Probe::Http {
+                port: 10256,
+                path: "/healthz".into(),
+                weight_header: false
+            }
+        );
+    }
+    assert_eq!(
+        find(&set, "kube-system/old", Protocol::Tcp).unwrap().addr,
+        ip("198.51.100.10")
+    );
+
+    // The assignment was written to the status subresource.
+    let deadline = Instant::now() + BOUND;
+    while h.server.patches().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let patches = h.server.patches();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    let (path, ctype, body) = &patches[0];
+    assert_eq!(path, "/api/v1/namespaces/default/services/dns/status");
+    assert_eq!(ctype, "application/merge-patch+json");
+    assert_eq!(
+        body["status"]["loadBalancer"]["ingress"],
+        json!([{"ip": "198.51.100.11", "ipMode": "VIP"}])
+    );
+    let stored = h.server.object(Kind::Service, "default/dns").unwrap();
+    assert_eq!(
+        stored["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "198.51.100.11"
+    );
+
+    // Changes flow through the watch: c's endpoint starts terminating, a new
+    // Ready node joins, the excluded node loses its label.
+    h.server.apply(
+        Kind::EndpointSlice,
+        slice(
+            "default",
+            "web-abc12",
+            "web",
+            "IPv4",
+            &[
+                ("10.244.1.1", "node-a", true, true, false),
+                ("10.244.1.2", "node-a", true, true, false),
+                ("10.244.3.1", "node-c", false, false, true),
+            ],
+        ),
+    );
+    h.server
+        .apply(Kind::Node, node("node-e", "10.0.0.5", true, json!({})));
+    h.server
+        .apply(Kind::Node, node("node-c", "10.0.0.3", true, json!({})));
+    let set = h.wait_for("the watch changes", |s| {
+        find(s, "default/web", Protocol::Tcp).is_some_and(|w| w.backends.len() == 1)
+            && find(s, "default/dns", Protocol::Tcp).is_some_and(|d| d.backends.len() == 4)
+    });
+    assert_eq!(
+        backends(find(&set, "default/web", Protocol::Tcp).unwrap()),
+        weights(&[("10.0.0.1", 2)])
+    );
+    assert_eq!(
+        backends(find(&set, "default/dns", Protocol::Udp).unwrap()),
+        weights(&[
+            ("10.0.0.1", 1),
+            ("10.0.0.2", 1),
+            ("10.0.0.3", 1),
+            ("10.0.0.5", 1)
+        ])
+    );
+    // The status write is not repeated once the watch shows it.
+    assert_eq!(h.server.patches().len(), 1);
+
+    // A deleted Service disappears; its VIP is not left behind.
+    h.server.delete(Kind::Service, "kube-system/old");
+    h.wait_for("old to go", |s| {
+        find(s, "kube-system/old", Protocol::Tcp).is_none()
+    });
+
+    // Every watch asked for bookmarks.
+    let reqs = h.server.requests();
+    let watches: Vec<&String> = reqs.iter().filter(|r| r.contains("watch=true")).collect();
+    assert!(watches.len() >= 3, "{reqs:#?}");
+    assert!(
+        watches
+            .iter()
+            .all(|r| r.contains("allowWatchBookmarks=true")),
+        "{watches:#?}"
+    );
+    assert!(
+        reqs.iter().any(
+            |r| r.starts_with("GET /apis/discovery.k8s.io/v1/endpointslices?")
+                && r.contains("labelSelector=kubernetes.io")
+        ),
+        "{reqs:#?}"
+    );
+    assert!(h.errors.is_empty(), "{:?}", h.errors);
+}
+
+/// The sets the test checks against: web has backends throughout.
+fn web_backends(s: &ServiceSet) -> BTreeMap<IpAddr, u32> {
+    find(s, "default/web", Protocol::Tcp)
+        .map(backends)
+        .unwrap_or_default()
+}
+
+#[test]
+fn dropped_watches_410_and_api_errors_keep_the_last_state() {
+    let server = FakeApiServer::start();
+    base_cluster(&server);
+    let mut h = Harness::start(server, &[]);
+    h.wait_for("initial sync", |s| {
+        web_backends(s) == weights(&[("10.0.0.1", 2), ("10.0.0.3", 1)])
+    });
+
+    // 1. A bookmark, then every watch is dropped; while they are down, b's
+    // endpoint becomes ready. The re-watch resumes from the bookmark and
+    // delivers the change without a re-list.
+    let bookmark = h.server.bookmark(Kind::EndpointSlice);
+    std::thread::sleep(Duration::from_millis(300));
+    let lists_before = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
+    h.server.drop_watches();
+    h.server.apply(
+        Kind::EndpointSlice,
+        slice(
+            "default",
+            "web-abc12",
+            "web",
+            "IPv4",
+            &[
+                ("10.244.1.1", "node-a", true, true, false),
+                ("10.244.1.2", "node-a", true, true, false),
+                ("10.244.2.1", "node-b", true, true, false),
+                ("10.244.3.1", "node-c", true, true, false),
+            ],
+        ),
+    );
+    h.wait_for("the change after a dropped watch", |s| {
+        web_backends(s).contains_key(&ip("10.0.0.2"))
+    });
+    let reqs = h.server.requests();
+    assert!(
+        reqs.iter().any(|r| r.contains("/endpointslices?")
+            && r.contains("watch=true")
+            && r.contains(&format!("resourceVersion={bookmark}"))),
+        "no re-watch from the bookmark {bookmark}: {reqs:#?}"
+    );
+    assert_eq!(
+        reqs.iter().filter(|r| !r.contains("watch=true")).count(),
+        lists_before,
+        "a dropped watch must not re-list"
+    );
+
+    // 2. History is compacted: re-watches get 410 Gone and the watchers
+    // re-list. The Service gains a port meanwhile; the re-list shows it.
+    h.server.compact();
+    h.server.apply(
+        Kind::Service,
+        service(
+            "default",
+            "web",
+            "2026-01-02T00:00:00Z",
+            "Local",
+            Some(32000),
+            json!([
+                port("http", "TCP", 80, 30080),
+                port("https", "TCP", 443, 30443),
+                port("alt", "TCP", 8443, 30843)
+            ]),
+            None,
+            Some("203.0.113.10"),
+        ),
+    );
+    let set = h.wait_for("the re-list after 410", |s| {
+        find(s, "default/web", Protocol::Tcp).is_some_and(|w| w.ports.len() == 3)
+    });
+    assert_eq!(
+        web_backends(&set),
+        weights(&[("10.0.0.1", 2), ("10.0.0.2", 1), ("10.0.0.3", 1)])
+    );
+    let lists = |h: &Harness| {
+        h.server
+            .requests()
+            .iter()
+            .filter(|r| !r.contains("watch=true"))
+            .count()
+    };
+    let deadline = Instant::now() + BOUND;
+    while lists(&h) < lists_before + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lists_after = lists(&h);
+    assert!(
+        lists_after >= lists_before + 3,
+        "410 must trigger a re-list of each resource ({lists_before} -> {lists_after})"
+    );
+
+    // 3. The API server fails every request for a while: errors are reported,
+    // nothing is emptied, and sync resumes when it heals.
+    let sets_before = h.seen.len();
+    h.server.set_failing(true);
+    h.wait_for_error();
+    std::thread::sleep(Duration::from_millis(1500));
+    h.server.delete(Kind::Node, "node-d");
+    h.server.set_failing(false);
+    h.server
+        .apply(Kind::Node, node("node-b", "10.0.0.22", true, json!({})));
+    let set = h.wait_for("recovery after errors", |s| {
+        web_backends(s).contains_key(&ip("10.0.0.22"))
+    });
+    assert_eq!(
+        web_backends(&set),
+        weights(&[("10.0.0.1", 2), ("10.0.0.22", 1), ("10.0.0.3", 1)])
+    );
+    assert!(h.seen.len() > sets_before);
+
+    // Invariant over the whole run: no set ever lost web or its backends.
+    for (i, s) in h.seen.iter().enumerate() {
+        assert!(
+            web_backends(s).len() >= 2,
+            "set {i} was emptied by an error or re-list: {s:#?}"
+        );
+    }
+    assert!(!h.errors.is_empty());
+}
+
+#[test]
+fn unreachable_api_server_reports_errors_and_sends_no_set() {
+    // A port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = temp_dir();
+    let path = dir.0.join("kubeconfig");
+    std::fs::write(&path, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: x\n  context:\n    cluster: x\n    user: x\ncurrent-context: x\nusers:\n- name: x\n  user: {{}}\n")).unwrap();
+    let (tx, rx) = crossbeam::channel::unbounded();
+    let source = kube::spawn(kube_config(path, &[]), tx).unwrap();
+    match rx.recv_timeout(BOUND) {
+        Ok(KubeUpdate::Error(e)) => assert!(e.contains("watching"), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    drop(source);
+    // Nothing but errors was sent: no empty set replaced anything.
+    assert!(rx.try_iter().all(|u| matches!(u, KubeUpdate::Error(_))));
+}
+
+#[test]
+fn missing_kubeconfig_is_an_error_naming_the_file() {
+    let cfg = kube_config(PathBuf::from("/nonexistent/kubeconfig"), &[]);
+    let (tx, rx) = crossbeam::channel::unbounded();
+    let _source = kube::spawn(cfg, tx).unwrap();
+    match rx.recv_timeout(BOUND) {
+        Ok(KubeUpdate::Error(e)) => assert!(e.contains("/nonexistent/kubeconfig"), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
