@@ -1,0 +1,25 @@
+# Sourced by scripts/test.sh and vagrant/lab.sh: the Debian packages dsrgate needs to build,
+# test and run its lab, installed only when missing (idempotent).
+
+DSRGATE_APT_PACKAGES=(
+  clang llvm libclang-dev libelf-dev zlib1g-dev libbpf-dev pkg-config m4 make # BPF C programs
+  bird2 iproute2 ethtool iputils-ping tcpdump curl ca-certificates python3     # lab and tests
+)
+
+# Installs the missing packages (as root) and mounts bpffs. Outside root it only reports.
+dsrgate_install_deps() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "not root: not installing packages" >&2
+    return 0
+  fi
+  local missing=() p
+  for p in "${DSRGATE_APT_PACKAGES[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+}
