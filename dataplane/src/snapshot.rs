@@ -263,6 +263,9 @@ pub struct Snapshot {
     table: Box<[VipSlot]>,
     table_mask: usize,
     pub(crate) hash_seed: u64,
+    maglev_seed: u64,
+    /// VIP key → index in `vips`.
+    index: HashMap<VipKey, usize>,
     pub(crate) tunnel_mtu: u16,
     pub(crate) src_v4: SrcBits,
     pub(crate) src_v6: SrcBits,
@@ -322,6 +325,16 @@ fn src_bits<const BITS: u32>(
 impl Snapshot {
     /// Validates `cfg` and builds everything the workers need. Errors name the field or VIP.
     pub fn new(cfg: &SnapshotConfig) -> Result<Snapshot, SnapshotError> {
+        Snapshot::rebuild(cfg, None)
+    }
+
+    /// As [`Snapshot::new`], but a VIP whose backends (addresses and weights), table size and
+    /// seed are unchanged since `prev` reuses `prev`'s Maglev table instead of building it
+    /// again: a publisher with many VIPs pays only for the ones that changed.
+    pub fn rebuild(
+        cfg: &SnapshotConfig,
+        prev: Option<&Snapshot>,
+    ) -> Result<Snapshot, SnapshotError> {
         if let Some(v) = cfg.egress_vlan {
             if v == 0 || v >= 4095 {
                 return Err(SnapshotError::BadVlan(v));
@@ -392,13 +405,19 @@ impl Snapshot {
                     v.encap,
                 )?;
             }
-            let table =
-                MaglevTable::build(&list, cfg.maglev_size, cfg.maglev_seed).map_err(|e| {
-                    SnapshotError::Maglev {
-                        vip: key,
-                        msg: e.to_string(),
-                    }
-                })?;
+            let reusable = prev
+                .filter(|p| p.maglev_seed == cfg.maglev_seed)
+                .and_then(|p| p.vip(&key))
+                .map(|pv| pv.maglev())
+                .filter(|t| t.size() == cfg.maglev_size && same_backends(t.backends(), &list));
+            let table = match reusable {
+                Some(t) => Ok(t.clone()),
+                None => MaglevTable::build(&list, cfg.maglev_size, cfg.maglev_seed),
+            }
+            .map_err(|e| SnapshotError::Maglev {
+                vip: key,
+                msg: e.to_string(),
+            })?;
             let start = backends.len() as u32;
             for b in table.backends() {
                 backends.push(BackendSlot {
@@ -459,6 +478,8 @@ impl Snapshot {
             table,
             table_mask: mask,
             hash_seed: cfg.hash_seed,
+            maglev_seed: cfg.maglev_seed,
+            index: seen,
             tunnel_mtu: cfg.tunnel_mtu,
             src_v4,
             src_v6,
@@ -469,6 +490,16 @@ impl Snapshot {
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The VIP with this key, if configured.
+    pub fn vip(&self, key: &VipKey) -> Option<&Vip> {
+        self.vips.get(*self.index.get(key)?)
+    }
+
+    /// The index of the VIP with this key (its per-VIP counter).
+    pub fn vip_index(&self, key: &VipKey) -> Option<usize> {
+        self.index.get(key).copied()
     }
 
     /// VIPs in configuration order (the index used by per-VIP counters).
@@ -502,6 +533,11 @@ impl Snapshot {
     pub fn is_vip_addr(&self, addr: &[u8; 16]) -> bool {
         self.lookup_vip(addr, ANY_PROTO, 0).is_some()
     }
+}
+
+/// True if `table`'s backends (sorted) are exactly `list` (any order).
+fn same_backends(table: &[Backend], list: &[Backend]) -> bool {
+    table.len() == list.len() && list.iter().all(|b| table.contains(b))
 }
 
 /// Checks that an inner packet still has its family's minimum MTU after encapsulation
@@ -591,6 +627,23 @@ mod tests {
         assert_eq!(slots[0].addr, mapped(v4("192.168.1.2")));
         assert_eq!(slots[0].mac, Some([2, 0, 0, 0, 0, 2]));
         assert_eq!(slots[1].mac, None);
+    }
+
+    #[test]
+    fn rebuild_reuses_unchanged_tables() {
+        let a = Snapshot::new(&cfg()).unwrap();
+        let mut c = cfg();
+        c.generation = 1;
+        c.vips[0].backends.reverse();
+        c.vips[1].backends[0].weight = 1;
+        let b = Snapshot::rebuild(&c, Some(&a)).unwrap();
+        assert_eq!(b.vips()[0].maglev(), a.vips()[0].maglev());
+        assert_eq!(
+            b.vips()[1].maglev(),
+            Snapshot::new(&c).unwrap().vips()[1].maglev()
+        );
+        assert_ne!(b.vips()[1].maglev(), a.vips()[1].maglev());
+        assert_eq!(b.vip_index(&c.vips[1].key), Some(1));
     }
 
     #[test]

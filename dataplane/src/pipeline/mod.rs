@@ -203,12 +203,11 @@ impl Default for WorkerConfig {
     }
 }
 
-/// What a flow entry records: the backend by address (stable across snapshots) plus its slot
-/// in the snapshot of `generation`, so the common case needs no search.
+/// What a flow entry records: the backend's address, which identifies it across snapshots,
+/// and its slot in the snapshot that last used the entry, so the common case is one compare.
 #[derive(Clone, Copy, Debug)]
 pub struct FlowValue {
     addr: [u8; 16],
-    generation: u32,
     slot: u32,
 }
 
@@ -448,7 +447,6 @@ impl State {
     fn choose(&mut self, snap: &Snapshot, now_ns: u64, w: &Pending) -> Option<u32> {
         let p = &w.p;
         let vip = snap.vips().get(w.vip as usize)?;
-        let generation = snap.generation() as u32;
         let tcp = p.key.proto == TCP && !p.fragment;
         let flags = if tcp && p.kind == Kind::Flow {
             p.tcp_flags
@@ -468,17 +466,16 @@ impl State {
         };
         let record = |slot: u32| FlowValue {
             addr: snap.backends()[slot as usize].addr,
-            generation,
             slot,
         };
         let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !syn {
             if let Some(e) = self.flows.lookup(&p.key, w.hash, now_ns) {
-                let slot = match resolve(snap, vip.backends(), &e.value, generation) {
+                let slot = match resolve(snap, vip.backends(), &e.value) {
                     Some(s) => s,
                     None => maglev()?,
                 };
-                if e.value.slot != slot || e.value.generation != generation {
+                if e.value.slot != slot {
                     e.value = record(slot);
                 }
                 if class == TimeoutClass::TcpClosing {
@@ -514,27 +511,21 @@ impl State {
     }
 }
 
-/// The recorded backend's slot in this snapshot, if it is still in the VIP's set.
+/// The recorded backend's slot in this snapshot, if it is still in the VIP's set. Checked by
+/// address, never trusted from the entry: snapshots do not have to be numbered right for a
+/// flow to stay on its backend.
 #[inline]
-fn resolve(
-    snap: &Snapshot,
-    range: std::ops::Range<u32>,
-    v: &FlowValue,
-    generation: u32,
-) -> Option<u32> {
+fn resolve(snap: &Snapshot, range: std::ops::Range<u32>, v: &FlowValue) -> Option<u32> {
     let slots = snap
         .backends()
         .get(range.start as usize..range.end as usize)?;
-    if v.generation == generation && range.contains(&v.slot) {
-        return Some(v.slot);
-    }
-    // Another snapshot: same slot if the set did not move, else search (slots are sorted by
-    // address, as Maglev sorts them).
+    // Usually the slot the entry remembers (same snapshot, or the set did not move).
     if let Some(b) = slots.get(v.slot.wrapping_sub(range.start) as usize) {
         if b.addr == v.addr {
             return Some(v.slot);
         }
     }
+    // Otherwise search: slots are sorted by address, as Maglev sorts them.
     slots
         .binary_search_by(|b| b.addr.cmp(&v.addr))
         .ok()
