@@ -4,6 +4,7 @@
 DSRGATE_APT_PACKAGES=(
   clang llvm libclang-dev libelf-dev zlib1g-dev libbpf-dev pkg-config m4 make # BPF C programs
   bird2 iproute2 ethtool iputils-ping tcpdump curl ca-certificates python3     # lab and tests
+  systemd                                                                      # systemd-analyze verify of the unit
 )
 
 # Installs the missing packages (as root) and mounts bpffs. Outside root it only reports.
