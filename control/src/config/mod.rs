@@ -11,6 +11,7 @@
 mod validate;
 pub mod values;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -550,7 +551,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             let location = e.span().map(|s| line_col(text, s.start));
             return Err(invalid(vec![Problem {
                 location,
-                path: String::new(),
+                path: e
+                    .span()
+                    .map(|s| syntax_path(text, s.start))
+                    .unwrap_or_default(),
                 message: e.message().trim().to_owned(),
             }]));
         }
@@ -645,6 +649,66 @@ fn locate(
         };
     }
     Some(span)
+}
+
+/// Best-effort key path of a syntax error at `offset`, read from the table
+/// headers above it and the key on its line (the document did not parse, so
+/// there is no tree to ask): `vips[1].backends[0].weight`.
+fn syntax_path(text: &str, offset: usize) -> String {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let mut table: Vec<String> = Vec::new();
+    let mut arrays: HashMap<String, usize> = HashMap::new();
+    let render = |parts: &[String], arrays: &HashMap<String, usize>| {
+        let mut out = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            out.push_str(part);
+            if let Some(n) = arrays.get(&parts[..=i].join(".")) {
+                out.push_str(&format!("[{}]", n.saturating_sub(1)));
+            }
+        }
+        out
+    };
+    for line in text[..line_start].lines() {
+        let l = line.trim();
+        let (array, inner) =
+            if let Some(x) = l.strip_prefix("[[").and_then(|x| x.split("]]").next()) {
+                (true, x)
+            } else if let Some(x) = l.strip_prefix('[').and_then(|x| x.split(']').next()) {
+                (false, x)
+            } else {
+                continue;
+            };
+        let parts: Vec<String> = inner
+            .split('.')
+            .map(|p| p.trim().trim_matches('"').to_owned())
+            .collect();
+        let joined = parts.join(".");
+        if array {
+            *arrays.entry(joined.clone()).or_insert(0) += 1;
+            let nested = format!("{joined}.");
+            arrays.retain(|k, _| !k.starts_with(&nested));
+        }
+        table = parts;
+    }
+    let mut path = render(&table, &arrays);
+    let this_line = text[line_start..].lines().next().unwrap_or("");
+    if let Some((key, _)) = this_line.split_once('=') {
+        let key = key.trim().trim_matches('"');
+        if !key.is_empty() && !key.starts_with('[') && !key.contains(char::is_whitespace) {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(key);
+        }
+    }
+    path
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -122,6 +122,21 @@ fn syntax_error_has_line_and_column() {
     let text = MINIMAL.replace("port = 80", "port = = 80");
     let p = problems(&text).remove(0);
     assert_eq!(p.location.map(|l| l.0), Some(7));
+    assert_eq!(p.path, "vips[0].port");
+}
+
+#[test]
+fn syntax_error_path_follows_table_headers() {
+    let text = "[dataplane]\nupstream_interface = \"eth0\"\n[[vips]]\naddress = \"203.0.113.1\"\n[[vips.backends]]\naddress = \"10.0.0.1\"\n[[vips]]\naddress = \"203.0.113.2\"\n[[vips.backends]]\naddress = \"10.0.0.2\"\n[[vips.backends]]\nweight = 1x\n";
+    let p = problems(text).remove(0);
+    assert_eq!(p.path, "vips[1].backends[1].weight");
+    assert_eq!(p.location.map(|l| l.0), Some(12));
+    assert_eq!(
+        syntax_path("[a]\n[[b.c]]\n[[b.c]]\n\"k\" = ", 25),
+        "b.c[1].k"
+    );
+    assert_eq!(syntax_path("x = ", 2), "x");
+    assert_eq!(syntax_path("", 0), "");
 }
 
 #[test]
@@ -309,8 +324,9 @@ proptest! {
 
     /// Arbitrary text never panics the parser.
     #[test]
-    fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+    fn arbitrary_text_never_panics(text in "\\PC{0,400}", at in any::<usize>()) {
         let _ = parse(&text, file());
+        let _ = syntax_path(&text, at);
     }
 
     /// TOML-ish text built from the config's own vocabulary reaches deeper.
