@@ -371,7 +371,7 @@ impl Tap {
     }
 
     /// Frames seen whose IP source is a VIP and destination the client.
-    fn from_vip_to_client(&self) -> usize {
+    fn vip_to_client_frames(&self) -> usize {
         let mut buf = [0u8; 2048];
         let mut hits = 0;
         let (vip4, cl4) = (ip(VIP4), ip(CLIENT4));
@@ -450,7 +450,7 @@ fn tcp_udp_v4_v6_spread_over_nodes_with_the_client_address() {
         gateway_rx(&d)
     );
     assert_eq!(
-        tap.from_vip_to_client(),
+        tap.vip_to_client_frames(),
         0,
         "replies from the nodes must not pass the gateway"
     );
@@ -476,7 +476,7 @@ fn tcp_udp_v4_v6_spread_over_nodes_with_the_client_address() {
         })
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(tap.from_vip_to_client(), 1, "the tap sees such frames");
+    assert_eq!(tap.vip_to_client_frames(), 1, "the tap sees such frames");
 
     let stats = d.workers.stats();
     assert!(

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use dsrgate_tests::frames::{self, PacketSocket};
 use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology};
 
 use super::*;
@@ -37,39 +38,24 @@ fn topology() -> Topology {
     t
 }
 
-fn checksum(h: &[u8]) -> u16 {
-    let mut s: u32 = h
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
 /// A 60-byte Ethernet/IPv4/UDP frame to the VIP from source port `sport`.
 fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16) -> Vec<u8> {
-    let mut f = vec![0u8; 60];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&GEN_IP.octets());
-    ip[16..20].copy_from_slice(&VIP.octets());
-    let c = checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&VIP_PORT.to_be_bytes());
-    f[38..40].copy_from_slice(&26u16.to_be_bytes());
-    f
+    let udp = frames::udp(
+        IpAddr::V4(GEN_IP),
+        IpAddr::V4(VIP),
+        sport,
+        VIP_PORT,
+        &[0; 18],
+    );
+    frames::eth(
+        dst,
+        src,
+        0x0800,
+        &frames::ipv4(GEN_IP, VIP, frames::PROTO_UDP, &udp),
+    )
 }
 
-/// An AF_PACKET socket bound to `ifname` in the calling thread's namespace.
+/// An AF_PACKET socket capturing every frame on `ifname` in the calling thread's namespace.
 fn packet_socket(ifname: &str) -> OwnedFd {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2).
@@ -112,16 +98,9 @@ fn packet_socket(ifname: &str) -> OwnedFd {
 
 /// Send `frames` in bursts of 32 with a short pause: well below what the worker handles, so
 /// nothing may be lost.
-fn send_all(fd: &OwnedFd, frames: &[Vec<u8>]) {
+fn send_all(s: &PacketSocket, frames: &[Vec<u8>]) {
     for (i, f) in frames.iter().enumerate() {
-        // SAFETY: sending from a live buffer of the length given on a bound socket.
-        let r = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-        assert_eq!(
-            r,
-            f.len() as isize,
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
+        s.send(f).expect("send");
         if i % 32 == 31 {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -213,6 +192,14 @@ impl Lab {
     fn socket(&self, ns: &str) -> OwnedFd {
         self.net.ns(ns).enter(|| packet_socket("eth0")).unwrap()
     }
+
+    fn sender(&self) -> PacketSocket {
+        self.net
+            .ns("gen")
+            .enter(|| PacketSocket::open("eth0"))
+            .unwrap()
+            .expect("packet socket")
+    }
 }
 
 /// Passes (to nowhere: the frame is in user space) every frame with an odd UDP source
@@ -251,9 +238,8 @@ fn two_arm_forwards_every_frame_out_of_the_downlink() {
     let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
     let workers = lab.start(true, move |_| BareForwarder { src, dst });
     let sink = lab.socket("sink");
-    let gen = lab.socket("gen");
     let n = 3000;
-    send_all(&gen, &lab.frames(n));
+    send_all(&lab.sender(), &lab.frames(n));
     let got = capture(&sink, n as usize, Duration::from_secs(5));
     assert_eq!(got.len(), n as usize, "frames delivered to the sink");
     assert!(
@@ -288,7 +274,7 @@ fn one_arm_sends_back_out_of_the_uplink_and_drops_pass_verdicts() {
     let workers = lab.start(false, move |_| PassOdd(BareForwarder { src, dst }));
     let back = lab.socket("gen");
     let n = 2000;
-    send_all(&back, &lab.frames(n));
+    send_all(&lab.sender(), &lab.frames(n));
     // The generator's own socket sees its outgoing frames too: keep only the returned ones.
     let got: Vec<_> = capture(&back, 2 * n as usize, Duration::from_secs(3))
         .into_iter()

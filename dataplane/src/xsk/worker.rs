@@ -267,28 +267,31 @@ impl<P: Processor> Worker<P> {
             return 0;
         }
 
-        let mut frames: [Frame<'_>; BATCH] = std::array::from_fn(|i| {
-            let chunk = addrs[i] & mask;
-            if i >= n || chunk + fs as u64 > area_len {
-                return Frame {
-                    buf: &mut [],
-                    offset: 0,
-                    len: 0,
-                };
-            }
-            let offset = (addrs[i] - chunk) as usize;
-            let len = (lens[i] as usize).min(fs - offset);
-            // SAFETY: `chunk..chunk+fs` lies inside the UMEM area (checked above). Each RX
-            // descriptor names a distinct chunk that the kernel has handed to us and will not
-            // touch until we give it back through the fill or TX ring, so this is the only
-            // reference to those bytes while `frames` lives.
-            let buf = unsafe { std::slice::from_raw_parts_mut(base.add(chunk as usize), fs) };
-            Frame { buf, offset, len }
-        });
         let mut verdicts = [Verdict::Pass; BATCH];
-        self.processor
-            .process(now, &mut frames[..n], &mut verdicts[..n]);
-        drop(frames);
+        // The frames (views into the UMEM) live only inside this block: their descriptors
+        // go back to the kernel below.
+        {
+            let mut frames: [Frame<'_>; BATCH] = std::array::from_fn(|i| {
+                let chunk = addrs[i] & mask;
+                if i >= n || chunk + fs as u64 > area_len {
+                    return Frame {
+                        buf: &mut [],
+                        offset: 0,
+                        len: 0,
+                    };
+                }
+                let offset = (addrs[i] - chunk) as usize;
+                let len = (lens[i] as usize).min(fs - offset);
+                // SAFETY: `chunk..chunk+fs` lies inside the UMEM area (checked above). Each RX
+                // descriptor names a distinct chunk that the kernel has handed to us and will not
+                // touch until we give it back through the fill or TX ring, so this is the only
+                // reference to those bytes while `frames` lives.
+                let buf = unsafe { std::slice::from_raw_parts_mut(base.add(chunk as usize), fs) };
+                Frame { buf, offset, len }
+            });
+            self.processor
+                .process(now, &mut frames[..n], &mut verdicts[..n]);
+        }
 
         let empty = XdpDesc {
             addr: 0,
