@@ -862,6 +862,62 @@ mod tests {
         assert!(parse_mac("02:00:0a:ff:10:01:07").is_err());
     }
 
+    /// The DSR test topology routes client <-> nodes through the router in both families,
+    /// sends the VIPs to gw1, and `keep` + `destroy_prefix` (the lab's up/down) work.
+    #[test]
+    fn dsr_topology_routes_and_lab_style_teardown() {
+        if !crate::require_privileges("DSR topology test") {
+            return;
+        }
+        let prefix = unique_prefix();
+        let net = dsr_test_topology().build(&prefix).unwrap();
+        let client = net.ns("client");
+        for node in [node_host(1), node_host(3)] {
+            client
+                .exec(&["ping", "-c1", "-W2", &fabric4(node)])
+                .unwrap();
+            client
+                .exec(&["ping", "-c1", "-W2", &fabric6(node)])
+                .unwrap();
+        }
+        let lo = net.ns("node2").ip(&["addr", "show", "dev", "lo"]).unwrap();
+        assert!(lo.contains(VIP4) && lo.contains(VIP6), "{lo}");
+        let route = net.ns("router").ip(&["route", "get", VIP4]).unwrap();
+        assert!(
+            route.contains(&format!("via {}", fabric4(gateway_host(1)))),
+            "{route}"
+        );
+        let router_fabric = net
+            .ns("router")
+            .ip(&["-o", "link", "show", "dev", "fabric"])
+            .unwrap();
+        assert!(
+            router_fabric.contains(&format!("mtu {FABRIC_MTU}")),
+            "{router_fabric}"
+        );
+
+        net.keep();
+        let mine = |n: &String| n.starts_with(&prefix);
+        assert_eq!(
+            list_namespaces()
+                .unwrap()
+                .iter()
+                .filter(|n| mine(n))
+                .count(),
+            6
+        );
+        let gone = destroy_prefix(&prefix).unwrap();
+        assert_eq!(gone.len(), 6);
+        assert_eq!(
+            list_namespaces()
+                .unwrap()
+                .iter()
+                .filter(|n| mine(n))
+                .count(),
+            0
+        );
+    }
+
     /// Builds two hosts on a bridge plus a root link, pings across in v4 and v6, runs a
     /// process, and checks that everything is gone after drop.
     #[test]
