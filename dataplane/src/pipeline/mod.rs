@@ -471,13 +471,14 @@ impl State {
         let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !syn {
             if let Some(e) = self.flows.lookup(&p.key, w.hash, now_ns) {
-                let slot = match resolve(snap, vip.backends(), &e.value) {
-                    Some(s) => s,
-                    None => maglev()?,
-                };
-                if e.value.slot != slot {
-                    e.value = record(slot);
+                match resolve(snap, vip.backends(), &e.value) {
+                    Some(s) if s == e.value.slot => {}
+                    // Same backend, another slot number: remember the new one.
+                    Some(s) => e.value.slot = s,
+                    // The backend was removed: re-hash and re-record.
+                    None => e.value = record(maglev()?),
                 }
+                let slot = e.value.slot;
                 if class == TimeoutClass::TcpClosing {
                     e.set_class(class);
                 }
