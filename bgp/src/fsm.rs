@@ -479,20 +479,15 @@ impl Session {
 
     fn incoming(&mut self, now: Instant, out: &mut Vec<Output>) {
         // Idle refuses connections (§8.2.2); an Established session keeps its
-        // connection (§6.8); two connections are enough to resolve a collision.
-        let busy = self
-            .conns
-            .iter()
-            .filter(|c| c.phase >= Phase::OpenSent)
-            .count()
-            >= 2;
-        if !self.running
-            || self.idle
-            || busy
-            || self.conns.iter().any(|c| c.phase == Phase::Established)
-        {
+        // connection (§6.8).
+        if !self.running || self.idle || self.conns.iter().any(|c| c.phase == Phase::Established) {
             out.push(Output::Refuse);
             return;
+        }
+        // The peer connecting again means it gave up its earlier connection: keep
+        // at most one in each direction.
+        if let Some(j) = self.conns.iter().position(|c| !c.outbound) {
+            self.collision_loser(j, out);
         }
         let id = self.alloc();
         out.push(Output::Accept(id));

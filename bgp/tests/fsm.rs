@@ -375,7 +375,10 @@ fn collision_with_pending_connect_drops_the_connect() {
     let mut h = Harness::new(config());
     h.ev(Event::Start); // connect 1 pending
     h.ev(Event::Incoming); // 2
-    let out = h.recv(2, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+                           // The peer reconnecting replaces its earlier connection.
+    let out = h.ev(Event::Incoming); // 3
+    assert!(out.contains(&Output::Close(2)) && out.contains(&Output::Accept(3)));
+    let out = h.recv(3, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
     assert!(out.contains(&Output::Close(1)));
     assert_eq!(h.s.state(), State::OpenConfirm);
 }
@@ -606,4 +609,87 @@ fn graceful_restart_is_advertised_only_when_configured() {
     let gr = open.graceful_restart().unwrap();
     assert_eq!(gr.restart_time, 30);
     assert_eq!(gr.families, vec![(1, 1, true), (2, 1, true)]);
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Incoming,
+        Connected(u64),
+        Failed(u64),
+        Bytes(u64, Vec<u8>),
+        Valid(u64, u8),
+        Timer(u8, u64),
+        Advance(u16),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            Just(Step::Incoming),
+            (1u64..5).prop_map(Step::Connected),
+            (1u64..5).prop_map(Step::Failed),
+            ((1u64..5), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(c, b)| Step::Bytes(c, b)),
+            ((1u64..5), 0u8..5).prop_map(|(c, k)| Step::Valid(c, k)),
+            ((0u8..3), (1u64..5)).prop_map(|(t, c)| Step::Timer(t, c)),
+            any::<u16>().prop_map(Step::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the peer sends and whatever order events come in, the session
+        /// never panics, keeps at most two connections, and reports Established
+        /// exactly when it has an Established connection.
+        #[test]
+        fn any_event_sequence_is_handled(passive in any::<bool>(), steps in proptest::collection::vec(step(), 1..60)) {
+            let mut cfg = config();
+            cfg.passive = passive;
+            let mut h = Harness::new(cfg);
+            h.ev(Event::Start);
+            let mut open = std::collections::BTreeSet::new();
+            for s in steps {
+                let out = match s {
+                    Step::Incoming => h.ev(Event::Incoming),
+                    Step::Connected(c) => h.ev(Event::Connected(c)),
+                    Step::Failed(c) => h.ev(Event::ConnectionFailed { conn: c, reason: "test" }),
+                    Step::Bytes(c, b) => h.ev(Event::Received { conn: c, bytes: &b }),
+                    Step::Valid(c, k) => {
+                        let msg = match k {
+                            0 => peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)),
+                            1 => Message::Keepalive,
+                            2 => Message::Update(Update::end_of_rib(Family::Ipv6Unicast)),
+                            3 => Message::RouteRefresh(RouteRefresh::new(Family::Ipv4Unicast)),
+                            _ => Message::Notification(Notification::hold_timer_expired()),
+                        };
+                        h.recv(c, msg)
+                    }
+                    Step::Timer(t, c) => h.ev(Event::TimerExpired(match t {
+                        0 => Timer::ConnectRetry,
+                        1 => Timer::Hold(c),
+                        _ => Timer::Keepalive(c),
+                    })),
+                    Step::Advance(ms) => {
+                        h.now += Duration::from_millis(u64::from(ms));
+                        continue;
+                    }
+                };
+                for o in &out {
+                    match o {
+                        Output::Connect(c) => {
+                            prop_assert!(!passive, "a passive session connected");
+                            open.insert(*c);
+                        }
+                        Output::Accept(c) => { open.insert(*c); }
+                        Output::Close(c) => { open.remove(c); }
+                        _ => {}
+                    }
+                }
+                prop_assert!(h.s.established().is_some() == (h.s.state() == State::Established));
+                prop_assert!(open.len() <= 2, "connections {open:?}");
+            }
+        }
+    }
 }
