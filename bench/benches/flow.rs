@@ -108,7 +108,7 @@ fn insert(c: &mut Criterion) {
         b.iter(|| {
             now += 1_000;
             for (_, h) in &fresh[at..at + BATCH] {
-                t.prefetch(*h);
+                t.prefetch_buckets(*h);
             }
             for (k, h) in &fresh[at..at + BATCH] {
                 let v = Value {

@@ -11,7 +11,8 @@
 //! lines it misses, and this machine sustains roughly one random line per ~15 ns. An entry
 //! for a ~24-byte value is packed into exactly one 64-byte line, and most flows sit in one of
 //! their two home slots, so [`FlowTable::prefetch`] fetches just those two lines and a hit
-//! usually touches nothing else. A miss scans both buckets (eight lines, loaded in parallel).
+//! usually touches nothing else. A miss or an insert reads both buckets (eight lines): for
+//! packets expected to insert, such as TCP SYNs, [`FlowTable::prefetch_buckets`] loads them.
 //!
 //! Eviction is LRU: an insert with no empty or expired slot in either bucket evicts the
 //! least recently seen of the eight (counted in [`FlowTable::evictions`]). Idle timeouts are
@@ -201,15 +202,16 @@ impl<V> FlowEntry<V> {
         }
     }
 
-    /// Whether this entry is `key`'s: whole-word compares, no early exits.
+    /// Whether this entry is `key`'s. Ports first: another flow in the same bucket almost
+    /// always has other ports, so that predictable early exit skips the address compare.
     #[inline]
     fn holds(&self, key: &FlowKey) -> bool {
+        if self.src_port != key.src_port || self.dst_port != key.dst_port {
+            return false;
+        }
         let a = u128::from_ne_bytes(self.src) ^ u128::from_ne_bytes(key.src);
         let b = u128::from_ne_bytes(self.dst) ^ u128::from_ne_bytes(key.dst);
-        let p = (self.src_port ^ key.src_port) as u32
-            | (self.dst_port ^ key.dst_port) as u32
-            | ((self.meta.get() >> PROTO_SHIFT) as u8 ^ key.proto) as u32;
-        (a | b) == 0 && p == 0
+        (a | b) == 0 && (self.meta.get() >> PROTO_SHIFT) as u8 == key.proto
     }
 
     #[inline]
@@ -217,41 +219,58 @@ impl<V> FlowEntry<V> {
         self.set_meta(self.meta.get() & !SEEN_MASK | tick(now_ns));
     }
 
-    /// Ticks since last seen (modulo the 21-bit wrap).
     #[inline]
-    fn age(&self, now_ns: u64) -> u32 {
-        tick(now_ns).wrapping_sub(self.meta.get()) & SEEN_MASK
+    fn meta(&self) -> u32 {
+        self.meta.get()
     }
+}
+
+/// Ticks since an entry with `meta` was last seen (modulo the 21-bit wrap).
+#[inline]
+fn age(meta: u32, now_ns: u64) -> u32 {
+    tick(now_ns).wrapping_sub(meta) & SEEN_MASK
 }
 
 /// Per-class timeouts in ticks, rounded up: expired means idle for more than this many
 /// whole ticks, so never before the timeout and at most two ticks after it.
 #[derive(Clone, Copy, Debug)]
-struct TickTimeouts([u32; 3]);
+struct TickTimeouts([u32; 4]);
 
 impl TickTimeouts {
     fn new(t: &FlowTimeouts) -> Self {
         // Half the wrap is the longest idle time a 21-bit stamp can tell apart.
         let max = (SEEN_MASK >> 1) as u64;
         let ticks = |ns: u64| ns.div_ceil(1 << TICK_SHIFT).min(max) as u32;
+        // Indexed by the class bits; 3 never occurs.
         TickTimeouts([
             ticks(t.tcp_established_ns),
             ticks(t.tcp_closing_ns),
             ticks(t.udp_ns),
+            0,
         ])
     }
 
     #[inline]
     fn expired<V>(&self, e: &FlowEntry<V>, now_ns: u64) -> bool {
-        e.age(now_ns) > self.0[(e.meta.get() >> CLASS_SHIFT & 3) as usize]
+        self.expired_meta(e.meta(), now_ns)
+    }
+
+    #[inline]
+    fn expired_meta(&self, meta: u32, now_ns: u64) -> bool {
+        age(meta, now_ns) > self.0[(meta >> CLASS_SHIFT & 3) as usize]
     }
 }
 
-/// A bucket: `WAYS` slots, each empty (`None`) or a flow, aligned so each slot of a
-/// 64-byte entry is one cache line.
+/// A slot: empty (`None`) or a flow. `Option` costs no space: an entry's `meta` is never
+/// zero. Each slot starts on a cache line, so an entry of up to 64 bytes is one line.
+#[derive(Clone, Copy)]
 #[repr(C, align(64))]
+struct Line<V>(Option<FlowEntry<V>>);
+
+/// A bucket: `WAYS` slots.
+#[repr(C)]
 struct Bucket<V> {
-    slots: [Option<FlowEntry<V>>; WAYS],
+    slots: [Line<V>; WAYS],
 }
 
 /// The two (bucket, home slot) candidates of a hash: the low bits pick bucket A, bits 32 and
@@ -263,6 +282,20 @@ struct Place {
     home_a: usize,
     b: usize,
     home_b: usize,
+}
+
+/// One bucket as [`FlowTable::scan`] sees it for an insert.
+#[derive(Default)]
+struct Scan {
+    /// Ways holding an entry.
+    used: u32,
+    /// Ways that are empty or hold an expired entry.
+    reusable: u32,
+    /// The way of the least recently seen live entry, and its age in ticks.
+    oldest: usize,
+    oldest_age: u32,
+    /// The way holding the key itself.
+    found: Option<usize>,
 }
 
 /// A fixed-capacity flow table for one worker. See the module docs.
@@ -279,9 +312,9 @@ pub struct FlowTable<V: Copy> {
 
 impl<V: Copy> FlowTable<V> {
     /// Bytes of memory per flow slot: the table uses `capacity() × BYTES_PER_ENTRY` bytes,
-    /// fixed at construction. For a value of up to 24 bytes (4- or 8-byte aligned) that is
-    /// 64 bytes, one cache line (value 24, addresses 32, ports 4, protocol/class/last-seen
-    /// 4), so the default 1,048,576 slots take 64 MiB per worker.
+    /// fixed at construction. Slots are cache lines: for a value of up to 24 bytes that is
+    /// 64 (value ≤ 24, addresses 32, ports 4, protocol/class/last-seen 4), so the default
+    /// 1,048,576 slots take 64 MiB per worker; a larger value takes 128.
     pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<Bucket<V>>() / WAYS;
 
     /// A table of at least `capacity` slots (rounded up to a power-of-two number of buckets,
@@ -297,7 +330,7 @@ impl<V: Copy> FlowTable<V> {
             n * std::mem::size_of::<Bucket<V>>(),
         );
         v.resize_with(n, || Bucket {
-            slots: [None; WAYS],
+            slots: [Line(None); WAYS],
         });
         FlowTable {
             buckets: v.into_boxed_slice(),
@@ -320,34 +353,62 @@ impl<V: Copy> FlowTable<V> {
         }
     }
 
-    /// The slots of a place in search order: both homes first, then the rest of A, then B.
-    /// When both candidates are the same bucket, only the two homes may repeat.
     #[inline]
-    fn order(p: Place) -> impl Iterator<Item = (usize, usize)> {
-        let same = p.a == p.b;
-        let homes = [(p.a, p.home_a), (p.b, p.home_b)].into_iter();
-        let rest_a = (1..WAYS).map(move |i| (p.a, (p.home_a + i) % WAYS));
-        let rest_b = (1..WAYS)
-            .map(move |i| (p.b, (p.home_b + i) % WAYS))
-            .take(if same { 0 } else { WAYS - 1 });
-        homes.chain(rest_a).chain(rest_b)
+    fn holds(&self, b: usize, w: usize, key: &FlowKey) -> bool {
+        self.buckets[b].slots[w]
+            .0
+            .as_ref()
+            .is_some_and(|e| e.holds(key))
     }
 
+    /// Where `key` is: the two homes first (they hold most flows), then the other slots.
     #[inline]
     fn find(&self, key: &FlowKey, p: Place) -> Option<(usize, usize)> {
-        let at = |b: usize, w: usize| {
-            self.buckets[b].slots[w % WAYS]
-                .as_ref()
-                .is_some_and(|e| e.holds(key))
-        };
-        // The homes hold most flows: test them before the loop over the rest.
-        if at(p.a, p.home_a) {
+        if self.holds(p.a, p.home_a, key) {
             return Some((p.a, p.home_a));
         }
-        if at(p.b, p.home_b) {
-            return Some((p.b, p.home_b % WAYS));
+        if self.holds(p.b, p.home_b, key) {
+            return Some((p.b, p.home_b));
         }
-        Self::order(p).skip(2).find(|&(b, w)| at(b, w))
+        let rest_a = (0..WAYS).filter(|&w| w != p.home_a).map(|w| (p.a, w));
+        let rest_b = (0..WAYS)
+            .filter(|&w| w != p.home_b && p.b != p.a)
+            .map(|w| (p.b, w));
+        rest_a.chain(rest_b).find(|&(b, w)| self.holds(b, w, key))
+    }
+
+    /// One bucket's slots for an insert of `key`, as 4-bit masks (bit = way), without a
+    /// branch per slot: whether a slot is empty is a coin flip at half load, and those
+    /// mispredictions dominated. A slot's `meta` word is 0 exactly when it is empty and says
+    /// whether the entry has expired and how old it is.
+    #[inline]
+    fn scan(&self, b: usize, key: &FlowKey, now_ns: u64) -> Scan {
+        let ticks = self.ticks;
+        let mut s = Scan::default();
+        for (w, Line(slot)) in self.buckets[b].slots.iter().enumerate() {
+            let meta = slot.as_ref().map_or(0, FlowEntry::meta);
+            let expired = ticks.expired_meta(meta, now_ns);
+            s.used |= u32::from(meta != 0) << w;
+            s.reusable |= u32::from(meta == 0 || expired) << w;
+            let a = if meta != 0 && !expired {
+                age(meta, now_ns)
+            } else {
+                0
+            };
+            if a >= s.oldest_age {
+                (s.oldest, s.oldest_age) = (w, a);
+            }
+        }
+        let mut m = s.used;
+        while m != 0 {
+            let w = m.trailing_zeros() as usize;
+            if self.holds(b, w, key) {
+                s.found = Some(w);
+                break;
+            }
+            m &= m - 1;
+        }
+        s
     }
 
     /// Asks the CPU to start loading the two home slots of `hash`, so a later `lookup` or
@@ -356,10 +417,24 @@ impl<V: Copy> FlowTable<V> {
     pub fn prefetch(&self, hash: u64) {
         let p = self.place(hash);
         for (b, w) in [(p.a, p.home_a), (p.b, p.home_b)] {
-            let slot = &self.buckets[b].slots[w];
+            let slot = &self.buckets[b].slots[w].0;
             prefetch_range(
                 slot as *const Option<FlowEntry<V>> as *const u8,
                 std::mem::size_of::<Option<FlowEntry<V>>>(),
+            );
+        }
+    }
+
+    /// Like [`FlowTable::prefetch`], but loads both candidate buckets whole (eight lines):
+    /// for a packet that will probably miss or insert, such as a TCP SYN, which reads them all.
+    #[inline]
+    pub fn prefetch_buckets(&self, hash: u64) {
+        let p = self.place(hash);
+        for b in [p.a, p.b] {
+            let bucket = &self.buckets[b];
+            prefetch_range(
+                bucket as *const Bucket<V> as *const u8,
+                std::mem::size_of::<Bucket<V>>(),
             );
         }
     }
@@ -370,7 +445,7 @@ impl<V: Copy> FlowTable<V> {
     pub fn lookup(&mut self, key: &FlowKey, hash: u64, now_ns: u64) -> Option<&mut FlowEntry<V>> {
         let (b, w) = self.find(key, self.place(hash))?;
         let ticks = self.ticks;
-        let slot = &mut self.buckets[b].slots[w];
+        let slot = &mut self.buckets[b].slots[w].0;
         if slot.as_ref().is_some_and(|e| ticks.expired(e, now_ns)) {
             *slot = None;
             self.len -= 1;
@@ -382,9 +457,11 @@ impl<V: Copy> FlowTable<V> {
     }
 
     /// Inserts `key` (or overwrites it if present) with `value` and `class`, seen at `now_ns`.
-    /// A new key takes an empty or expired slot of the candidate bucket with more of them
-    /// (nearest its home); with none in either, it evicts the least recently seen of the two
-    /// buckets' entries (counted).
+    /// A new key takes an empty or expired slot: the emptier candidate bucket's home, else
+    /// the other's home if that bucket is at most one entry fuller, else the emptier bucket's
+    /// first free slot after its home (homes are what `prefetch` loads, and ~90% of flows sit
+    /// in one at half load; balance is what keeps evictions rare). With no such slot in
+    /// either bucket it evicts the least recently seen of their entries (counted).
     pub fn insert(
         &mut self,
         key: &FlowKey,
@@ -394,63 +471,63 @@ impl<V: Copy> FlowTable<V> {
         now_ns: u64,
     ) -> &mut FlowEntry<V> {
         let p = self.place(hash);
-        let (b, w) = match self.find(key, p) {
-            Some(at) => at,
-            None => self.free_slot(p, now_ns),
-        };
-        self.buckets[b].slots[w].insert(FlowEntry::new(key, value, class, now_ns))
-    }
-
-    /// Picks the slot a new key goes to, updating `len` and `evictions` for what it replaces.
-    fn free_slot(&mut self, p: Place, now_ns: u64) -> (usize, usize) {
-        let ticks = self.ticks;
-        let reusable =
-            |s: &Option<FlowEntry<V>>| s.as_ref().is_none_or(|e| ticks.expired(e, now_ns));
-        let free = |b: usize| self.buckets[b].slots.iter().filter(|s| reusable(s)).count();
-        let (fa, fb) = (free(p.a), if p.a == p.b { 0 } else { free(p.b) });
-        if fa + fb == 0 {
-            // Evict the least recently seen (oldest) of both buckets.
-            let oldest = Self::order(p)
-                .max_by_key(|&(b, w)| {
-                    self.buckets[b].slots[w]
-                        .as_ref()
-                        .map_or(0, |e| e.age(now_ns))
-                })
-                .unwrap_or((p.a, p.home_a));
-            self.evictions += 1;
-            return oldest;
-        }
-        // The emptier candidate's home, else the other's home if that bucket is at most one
-        // entry fuller, else the emptier bucket's first free slot after its home. Homes are
-        // what `prefetch` loads (~90% of flows sit in one at half load); balance is what
-        // keeps evictions rare.
-        let ((b1, h1), (b2, h2), f1, f2) = if fa >= fb {
-            ((p.a, p.home_a), (p.b, p.home_b), fa, fb)
+        let two = p.b != p.a;
+        let sa = self.scan(p.a, key, now_ns);
+        let sb = if two && sa.found.is_none() {
+            self.scan(p.b, key, now_ns)
         } else {
-            ((p.b, p.home_b), (p.a, p.home_a), fb, fa)
+            Scan::default()
         };
-        let (b, w) = if reusable(&self.buckets[b1].slots[h1]) {
-            (b1, h1)
-        } else if f2 + 1 >= f1 && reusable(&self.buckets[b2].slots[h2]) {
-            (b2, h2)
-        } else {
-            let w = (1..WAYS)
-                .map(|i| (h1 + i) % WAYS)
-                .find(|&w| reusable(&self.buckets[b1].slots[w]))
-                .unwrap_or(h1);
-            (b1, w)
+        let (b, w) = match (sa.found, sb.found) {
+            (Some(w), _) => (p.a, w),
+            (_, Some(w)) => (p.b, w),
+            _ if sa.reusable | sb.reusable == 0 => {
+                self.evictions += 1;
+                if sb.oldest_age > sa.oldest_age {
+                    (p.b, sb.oldest)
+                } else {
+                    (p.a, sa.oldest)
+                }
+            }
+            _ => {
+                // The emptier bucket's home, else the other's home if that bucket is at most
+                // one entry fuller, else the emptier bucket's first free slot after its home.
+                let (fa, fb) = (sa.reusable.count_ones(), sb.reusable.count_ones());
+                let ((b1, h1, r1, f1), (b2, h2, r2, f2)) = if fa >= fb {
+                    (
+                        (p.a, p.home_a, sa.reusable, fa),
+                        (p.b, p.home_b, sb.reusable, fb),
+                    )
+                } else {
+                    (
+                        (p.b, p.home_b, sb.reusable, fb),
+                        (p.a, p.home_a, sa.reusable, fa),
+                    )
+                };
+                let at = if r1 >> h1 & 1 != 0 {
+                    (b1, h1)
+                } else if two && f2 + 1 >= f1 && r2 >> h2 & 1 != 0 {
+                    (b2, h2)
+                } else {
+                    let rot = (r1 >> h1 | r1 << (WAYS - h1)) & ((1 << WAYS) - 1);
+                    (b1, (h1 + rot.trailing_zeros() as usize) % WAYS)
+                };
+                if self.buckets[at.0].slots[at.1].0.is_none() {
+                    self.len += 1;
+                }
+                at
+            }
         };
-        if self.buckets[b].slots[w].is_none() {
-            self.len += 1;
-        }
-        (b, w)
+        self.buckets[b].slots[w]
+            .0
+            .insert(FlowEntry::new(key, value, class, now_ns))
     }
 
     /// Removes `key`'s entry; false if there was none.
     pub fn remove(&mut self, key: &FlowKey, hash: u64) -> bool {
         match self.find(key, self.place(hash)) {
             Some((b, w)) => {
-                self.buckets[b].slots[w] = None;
+                self.buckets[b].slots[w].0 = None;
                 self.len -= 1;
                 true
             }
@@ -466,7 +543,7 @@ impl<V: Copy> FlowTable<V> {
         let ticks = self.ticks;
         let mut freed = 0;
         for _ in 0..max_buckets.min(self.buckets.len()) {
-            for s in self.buckets[self.hand].slots.iter_mut() {
+            for Line(s) in self.buckets[self.hand].slots.iter_mut() {
                 if s.as_ref().is_some_and(|e| ticks.expired(e, now_ns)) {
                     *s = None;
                     freed += 1;
@@ -524,7 +601,8 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
     let _ = (ptr, len);
 }
 
-/// Prefetches every cache line of `[p, p + len)` into all cache levels.
+/// Prefetches every cache line of `[p, p + len)` into L2 and below (hint T1): a batch of 64
+/// packets' lines would crowd the 32 KiB L1 and evict each other before they are used.
 #[inline(always)]
 fn prefetch_range(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -536,7 +614,7 @@ fn prefetch_range(p: *const u8, len: usize) {
             // SAFETY: prefetch is a hint that never faults, whatever the address; all of these
             // lines belong to the bucket anyway.
             unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
                     a as *const i8,
                 )
             };
@@ -885,6 +963,8 @@ mod tests {
         struct V24a4([u8; 16], u32, u32);
         assert_eq!(FlowTable::<V24>::BYTES_PER_ENTRY, 64);
         assert_eq!(FlowTable::<V24a4>::BYTES_PER_ENTRY, 64);
+        assert_eq!(FlowTable::<[u32; 5]>::BYTES_PER_ENTRY, 64);
+        assert_eq!(FlowTable::<[u64; 4]>::BYTES_PER_ENTRY, 128);
         assert_eq!(std::mem::size_of::<Option<FlowEntry<V24>>>(), 64);
     }
 
