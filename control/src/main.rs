@@ -2,7 +2,13 @@
 
 mod decap;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
 use clap::Parser;
+use control::{config, daemon, status};
 
 #[derive(Parser)]
 #[command(
@@ -15,16 +21,93 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
 #[derive(clap::Subcommand)]
 enum Cmd {
+    /// Run the gateway: dataplane, health checks, BGP, API.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file without running anything.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print a running daemon's VIPs, backends, BGP peers and workers.
+    Status {
+        /// The daemon's API address.
+        #[arg(long, default_value_t = config::DEFAULT_API_LISTEN)]
+        api: SocketAddr,
+    },
     /// Node side: the XDP decapsulator for nodes without an ipip module.
     #[command(subcommand)]
     Decap(decap::DecapCmd),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
+    let result = match cli.cmd {
+        Cmd::Run { config, log_format } => {
+            init_logging(log_format);
+            let r = daemon::run(&config);
+            if let Err(e) = &r {
+                tracing::error!(error = format!("{e:#}"), "dsrgate failed");
+            }
+            r
+        }
+        Cmd::Check { config } => check(&config),
+        Cmd::Status { api } => status::fetch(api, Duration::from_secs(5)).map(|s| {
+            print!("{}", status::render(&s));
+        }),
         Cmd::Decap(cmd) => decap::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dsrgate: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let c = config::load(path)?;
+    let peers = c.bgp.as_ref().map_or(0, |b| b.peers.len());
+    println!(
+        "{}: ok ({} static VIPs, {} BGP peers, Kubernetes {})",
+        path.display(),
+        c.vips.len(),
+        peers,
+        if c.kubernetes.is_some() { "on" } else { "off" }
+    );
+    Ok(())
+}
+
+/// tracing to stderr: human-readable lines, or JSON objects. `RUST_LOG` overrides the
+/// default level (info).
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic");
+        default_hook(info);
+    }));
 }

@@ -1,0 +1,741 @@
+//! `dsrgate run`: the appliance. One control thread wires the parts together:
+//!
+//! ```text
+//!  static config ─┐                         ┌─► publish ─► snapshot ─► AF_XDP workers
+//!  kube watcher ──┼─► services ─► health ───┤
+//!  next hops ─────┘   (control loop)        └─► policy ──► BGP speaker ─► routers
+//! ```
+//!
+//! The loop waits on a crossbeam `select!` for signals, health transitions and Kubernetes
+//! updates, with a [`TICK`] timeout; every turn it refreshes next hops (every
+//! [`NEIGH_EVERY`]), checks the dataplane, publishes a new snapshot if backends changed,
+//! re-evaluates the announce policy, hands the speaker its routes, and stores a fresh
+//! [`Status`](crate::status::Status) for the API.
+//!
+//! Exit order, whatever the cause: routes are withdrawn first, the dataplane keeps
+//! forwarding for the drain time (on SIGTERM/SIGINT), then the steering program is
+//! detached and the workers stop. A panic unwinds through [`Daemon`]'s fields in
+//! declaration order, which is the same order: the speaker (withdraw, Cease) before the
+//! dataplane (detach).
+
+mod forwarding;
+mod report;
+mod routes;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bgp::speaker::{Routes, Speaker};
+use crossbeam::channel::{self, Receiver, Sender};
+use prometheus_client::registry::Registry;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::api::{ApiServer, Metrics};
+use crate::caps::{self, Cap};
+use crate::config::{self, Config};
+use crate::health::{self, HealthEvent, HealthThread, State, Target, Transition};
+use crate::neigh::{Resolution, Resolver};
+use crate::policy::{DataplaneProblem, Decision, Policy, ServiceHealth, WithdrawReason};
+use crate::publish::{desired, Desired, Params, Publisher};
+use crate::sources::kube::{self as kube_source, KubeSource, KubeUpdate};
+use crate::sources::{static_list, BackendSpec, ServiceSet};
+use crate::status::SharedStatus;
+use forwarding::{Dataplane, Fixed};
+
+/// Longest wait of the control loop between two turns.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How often next hops are re-read from the kernel.
+pub const NEIGH_EVERY: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the speaker to confirm that every route is withdrawn.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
+
+/// The capabilities `config` needs: the dataplane's, plus binding a port below 1024 for a
+/// BGP listener (passive peers) or a low API port.
+pub fn required_caps(config: &Config) -> Vec<Cap> {
+    let mut caps = caps::DATAPLANE.to_vec();
+    let passive = config
+        .bgp
+        .as_ref()
+        .is_some_and(|b| b.peers.iter().any(|p| p.passive));
+    if passive || config.api.listen.port() < 1024 {
+        caps.push(Cap::NetBindService);
+    }
+    caps
+}
+
+/// A probed target's last known state.
+#[derive(Clone, Debug)]
+struct TargetState {
+    up: bool,
+    weight: Option<u32>,
+    reason: String,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Errors at startup name what failed.
+pub fn run(path: &Path) -> Result<()> {
+    let config = config::load(path)?;
+    caps::require(&required_caps(&config))?;
+    let signals = signals()?;
+    let mut daemon = Daemon::start(path.to_owned(), config)?;
+    let outcome = daemon.control_loop(&signals);
+    if let Err(e) = &outcome {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "control loop failed; shutting down"
+        );
+    }
+    daemon.shutdown(&signals, outcome.is_ok());
+    outcome
+}
+
+/// SIGHUP, SIGTERM and SIGINT as a channel, fed by signal-hook's handler thread.
+fn signals() -> Result<Receiver<i32>> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    let (tx, rx) = channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if tx.send(s).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(rx)
+}
+
+/// The running daemon. Field order is drop order: see the module docs.
+struct Daemon {
+    speaker: Option<Speaker>,
+    dataplane: Option<Dataplane>,
+    api: Option<ApiServer>,
+    health: HealthThread,
+    health_rx: Receiver<HealthEvent>,
+    kube: Option<KubeSource>,
+    kube_rx: Receiver<KubeUpdate>,
+    kube_tx: Sender<KubeUpdate>,
+
+    path: PathBuf,
+    config: Config,
+    statics: ServiceSet,
+    kube_set: ServiceSet,
+    services: ServiceSet,
+    targets: HashMap<Target, TargetState>,
+
+    resolver: Resolver,
+    egress_ifindex: u32,
+    local_mac: [u8; 6],
+    next_hops: HashMap<IpAddr, Resolution>,
+    macs: HashMap<IpAddr, [u8; 6]>,
+    next_neigh: Instant,
+    last_neigh: Instant,
+
+    params: Params,
+    publisher: Publisher,
+    /// The earliest backend change not yet published (for the publish latency).
+    dirty_since: Option<Instant>,
+    vips_dirty: bool,
+
+    policy: Policy,
+    routes: Routes,
+    problem: Option<DataplaneProblem>,
+
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    status: SharedStatus,
+    started: Instant,
+}
+
+impl Daemon {
+    fn start(path: PathBuf, config: Config) -> Result<Daemon> {
+        let started = Instant::now();
+        let fixed = Fixed::of(&config);
+        let mut resolver = Resolver::new().context("opening an rtnetlink socket")?;
+        let egress = fixed.egress().to_owned();
+        let egress_ifindex = ifindex(&egress)?;
+        let local_mac = resolver
+            .local_mac(egress_ifindex)
+            .with_context(|| format!("reading the MAC address of {egress}"))?;
+        let params = forwarding::params(&config, &fixed, local_mac)?;
+
+        let statics = static_list::service_set(&config);
+        let (health, health_rx) = health::spawn().context("starting the health checker")?;
+        health.set_targets(statics.health_targets());
+        let (kube_tx, kube_rx) = channel::unbounded();
+        let status = crate::status::shared(Default::default());
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry, status.clone());
+
+        let mut d = Daemon {
+            speaker: None,
+            dataplane: None,
+            api: None,
+            health,
+            health_rx,
+            kube: None,
+            kube_rx,
+            kube_tx,
+            path,
+            statics: statics.clone(),
+            kube_set: ServiceSet::default(),
+            services: statics,
+            targets: HashMap::new(),
+            resolver,
+            egress_ifindex,
+            local_mac,
+            next_hops: HashMap::new(),
+            macs: HashMap::new(),
+            next_neigh: started,
+            last_neigh: started,
+            publisher: Publisher::new(Desired {
+                config: Default::default(),
+                origins: Vec::new(),
+            })?,
+            params,
+            dirty_since: Some(started),
+            vips_dirty: true,
+            policy: Policy::default(),
+            routes: Routes::new(),
+            problem: None,
+            registry: Arc::new(registry),
+            metrics,
+            status,
+            started,
+            config,
+        };
+
+        d.refresh_next_hops(started);
+        d.publish(started);
+        d.dataplane = Some(Dataplane::start(&fixed, d.publisher.handle())?);
+        d.sync_vips()?;
+        if let Some(bgp) = &d.config.bgp {
+            d.speaker = Some(
+                Speaker::spawn(routes::speaker_config(bgp)).context("starting the BGP speaker")?,
+            );
+        }
+        if let Some(k) = d.config.kubernetes.clone() {
+            d.kube = Some(
+                kube_source::spawn(k, d.kube_tx.clone())
+                    .context("starting the Kubernetes watcher")?,
+            );
+        }
+        d.api = Some(
+            ApiServer::start(d.config.api.listen, d.registry.clone(), d.status.clone())
+                .with_context(|| format!("starting the API on {}", d.config.api.listen))?,
+        );
+        let xdp_mode = d.dataplane().xdp_mode();
+        let workers = d.dataplane().stats().len();
+        tracing::info!(
+            config = %d.path.display(),
+            uplink = %fixed.uplink,
+            egress = %egress,
+            %xdp_mode,
+            workers,
+            vips = d.services.vips.len(),
+            "dsrgate running"
+        );
+        Ok(d)
+    }
+
+    fn dataplane(&mut self) -> &mut Dataplane {
+        self.dataplane
+            .as_mut()
+            .expect("the dataplane runs until shutdown")
+    }
+
+    /// Until SIGTERM or SIGINT (Ok) or a failure (Err).
+    fn control_loop(&mut self, signals: &Receiver<i32>) -> Result<()> {
+        loop {
+            channel::select! {
+                recv(signals) -> s => match s {
+                    Ok(SIGHUP) => self.reload(),
+                    Ok(s) => {
+                        tracing::info!(signal = s, "shutting down");
+                        return Ok(());
+                    }
+                    Err(_) => anyhow::bail!("the signal thread ended"),
+                },
+                recv(self.health_rx) -> ev => match ev {
+                    Ok(ev) => self.on_health(ev, Instant::now()),
+                    Err(_) => anyhow::bail!("the health checker thread ended"),
+                },
+                recv(self.kube_rx) -> up => {
+                    // The sender half lives in `self`, so this never disconnects.
+                    if let Ok(up) = up {
+                        self.on_kube(up, Instant::now());
+                    }
+                },
+                default(TICK) => {}
+            }
+            // Take every transition that arrived together before publishing once.
+            while let Ok(ev) = self.health_rx.try_recv() {
+                self.on_health(ev, Instant::now());
+            }
+            self.turn(Instant::now(), false)?;
+        }
+    }
+
+    /// One turn of the loop after its events.
+    fn turn(&mut self, now: Instant, shutting_down: bool) -> Result<()> {
+        // A health change goes live before anything slower is looked at.
+        if self.dirty_since.is_some() {
+            self.publish(now);
+        }
+        // A backend that just became healthy may have a next hop that only resolved since
+        // the last refresh (its own probes made the kernel resolve it): look again now
+        // rather than report the dataplane unable to forward.
+        let stale = now.saturating_duration_since(self.last_neigh) >= TICK;
+        if now >= self.next_neigh || (stale && self.next_hop_problem().is_some()) {
+            self.refresh_next_hops(now);
+        }
+        let stats = self.dataplane().stats();
+        let problem = self
+            .dataplane()
+            .problem(&stats, now)
+            .or_else(|| self.next_hop_problem());
+        if problem != self.problem {
+            match &problem {
+                Some(p) => {
+                    tracing::error!(problem = %p, "dataplane unhealthy: withdrawing every VIP")
+                }
+                None => tracing::info!("dataplane healthy again"),
+            }
+            self.problem = problem;
+        }
+        if self.dirty_since.is_some() {
+            self.publish(now);
+        }
+        if self.vips_dirty {
+            self.sync_vips()?;
+        }
+        self.evaluate(shutting_down);
+        self.report(&stats, now);
+        Ok(())
+    }
+
+    fn on_health(&mut self, ev: HealthEvent, now: Instant) {
+        let up = ev.state == State::Up;
+        if !matches!(ev.transition, Transition::Weight { .. }) {
+            self.metrics
+                .health_transition(ev.target.addr, up, ev.reason.label());
+        }
+        if !self.services.health_targets().contains(&ev.target) {
+            return;
+        }
+        self.targets.insert(
+            ev.target,
+            TargetState {
+                up,
+                weight: ev.weight,
+                reason: ev.reason.to_string(),
+            },
+        );
+        self.dirty_since.get_or_insert(now);
+    }
+
+    fn on_kube(&mut self, up: KubeUpdate, now: Instant) {
+        match up {
+            KubeUpdate::Services(set) => {
+                tracing::info!(vips = set.vips.len(), "Kubernetes services updated");
+                self.kube_set = set;
+                self.services_changed(now);
+            }
+            KubeUpdate::Assigned {
+                namespace,
+                name,
+                ip,
+            } => {
+                tracing::info!(service = %format!("{namespace}/{name}"), %ip, "pool address assigned")
+            }
+            KubeUpdate::Error(e) => {
+                tracing::warn!(error = %e, "Kubernetes API error; keeping the last good services")
+            }
+        }
+    }
+
+    /// After the static or Kubernetes set changed: merge, re-target the probes, and
+    /// republish.
+    fn services_changed(&mut self, now: Instant) {
+        let services = ServiceSet::merge(&self.statics, &self.kube_set);
+        if services == self.services {
+            return;
+        }
+        self.services = services;
+        let targets = self.services.health_targets();
+        let keep: HashSet<&Target> = targets.iter().collect();
+        self.targets.retain(|t, _| keep.contains(t));
+        self.health.set_targets(targets);
+        self.next_neigh = now;
+        self.dirty_since.get_or_insert(now);
+        self.vips_dirty = true;
+    }
+
+    /// A backend's state as [`crate::sources::VipSpec::healthy_backends`] wants it.
+    fn target_state(&self, t: &Target) -> Option<(State, Option<u32>)> {
+        self.targets
+            .get(t)
+            .map(|s| (if s.up { State::Up } else { State::Down }, s.weight))
+    }
+
+    /// Healthy backends (with their effective weight) of service `i`.
+    fn healthy(&self, i: usize) -> Vec<BackendSpec> {
+        self.services.vips[i].healthy_backends(|t| self.target_state(t))
+    }
+
+    fn refresh_next_hops(&mut self, now: Instant) {
+        self.next_neigh = now + NEIGH_EVERY;
+        self.last_neigh = now;
+        let mut addrs: Vec<IpAddr> = self
+            .services
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.addr))
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let resolved = match self.resolver.resolve(&addrs) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading next hops failed; keeping the last ones");
+                return;
+            }
+        };
+        let mut macs = HashMap::new();
+        for (addr, res) in &resolved {
+            match res {
+                Ok(hop) if hop.ifindex != self.egress_ifindex => {
+                    if self.next_hops.get(addr) != Some(res) {
+                        tracing::warn!(backend = %addr, ifindex = hop.ifindex,
+                            egress = self.egress_ifindex,
+                            "backend is routed through another interface than the egress one; unusable");
+                    }
+                }
+                Ok(hop) => {
+                    if let Some(mac) = hop.mac {
+                        macs.insert(*addr, mac);
+                    }
+                }
+                Err(e) => {
+                    if self.next_hops.get(addr) != Some(res) {
+                        tracing::warn!(backend = %addr, error = %e, "no next hop toward backend");
+                    }
+                }
+            }
+        }
+        for addr in &addrs {
+            match (self.macs.get(addr), macs.get(addr)) {
+                (None, Some(mac)) => tracing::info!(backend = %addr,
+                    mac = %crate::status::format_mac(*mac), "next hop resolved"),
+                (Some(_), None) => tracing::warn!(backend = %addr, "next hop unresolved"),
+                _ => {}
+            }
+        }
+        self.next_hops = resolved.into_iter().collect();
+        if macs != self.macs {
+            self.macs = macs;
+            self.dirty_since.get_or_insert(now);
+        }
+    }
+
+    /// With healthy backends but a next hop for none of them, nothing can be forwarded.
+    fn next_hop_problem(&self) -> Option<DataplaneProblem> {
+        let mut healthy = 0;
+        for i in 0..self.services.vips.len() {
+            for b in self.healthy(i) {
+                if self.macs.contains_key(&b.addr) {
+                    return None;
+                }
+                healthy += 1;
+            }
+        }
+        (healthy > 0).then_some(DataplaneProblem::NextHopUnresolved)
+    }
+
+    fn publish(&mut self, now: Instant) {
+        let since = self.dirty_since.take().unwrap_or(now);
+        let next = desired(
+            &self.services,
+            |i| self.healthy(i),
+            &self.macs,
+            &self.params,
+        );
+        match self.publisher.publish(next) {
+            Ok(Some(p)) => {
+                let latency = p.live_at.saturating_duration_since(since);
+                self.metrics.snapshot_published(latency);
+                tracing::info!(
+                    generation = p.generation,
+                    build_us = p.build.as_micros() as u64,
+                    change_to_live_us = latency.as_micros() as u64,
+                    "snapshot published"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e,
+                "cannot build a snapshot; the previous one stays live"),
+        }
+    }
+
+    fn sync_vips(&mut self) -> Result<()> {
+        let services = self.services.clone();
+        self.dataplane().set_vips(&services)?;
+        self.vips_dirty = false;
+        Ok(())
+    }
+
+    /// Decides every prefix, logs and counts the changes, and gives the speaker the
+    /// announced set.
+    fn evaluate(&mut self, shutting_down: bool) {
+        let health: Vec<ServiceHealth> = (0..self.services.vips.len())
+            .map(|i| {
+                let v = &self.services.vips[i];
+                let usable = self
+                    .healthy(i)
+                    .iter()
+                    .filter(|b| self.macs.contains_key(&b.addr))
+                    .count();
+                ServiceHealth {
+                    addr: v.addr,
+                    healthy_backends: u32::try_from(usable).unwrap_or(u32::MAX),
+                    min_healthy: v.min_healthy,
+                }
+            })
+            .collect();
+        for t in self
+            .policy
+            .evaluate(&health, self.problem.as_ref(), shutting_down)
+        {
+            let (announce, label) = match &t.to {
+                Decision::Announce => (true, "healthy"),
+                Decision::Withdraw(WithdrawReason::TooFewHealthyBackends { .. }) => {
+                    (false, "too_few_healthy_backends")
+                }
+                Decision::Withdraw(WithdrawReason::Dataplane(_)) => (false, "dataplane"),
+                Decision::Withdraw(WithdrawReason::ShuttingDown) => (false, "shutting_down"),
+            };
+            if announce {
+                tracing::info!(vip = %t.addr, "{}", t.to);
+            } else {
+                tracing::warn!(vip = %t.addr, "{}", t.to);
+            }
+            self.metrics.announce_transition(t.addr, announce, label);
+        }
+        let routes = routes::routes(self.policy.announced(), &self.services);
+        if routes != self.routes {
+            if let Some(s) = &self.speaker {
+                s.set_routes(routes.clone());
+            }
+            self.routes = routes;
+        }
+    }
+
+    fn report(&mut self, stats: &[::dataplane::xsk::WorkerStats], now: Instant) {
+        let services = &self.services;
+        let health = |si: usize, addr: IpAddr| {
+            let v = &services.vips[si];
+            let Some(b) = v.backends.iter().find(|b| b.addr == addr) else {
+                return report::BackendHealth {
+                    up: false,
+                    reason: None,
+                };
+            };
+            match v.target(b) {
+                None => report::BackendHealth {
+                    up: true,
+                    reason: None,
+                },
+                Some(t) => match self.targets.get(&t) {
+                    Some(s) => report::BackendHealth {
+                        up: s.up,
+                        reason: (!s.up).then(|| s.reason.clone()),
+                    },
+                    None => report::BackendHealth {
+                        up: false,
+                        reason: Some("not probed yet".into()),
+                    },
+                },
+            }
+        };
+        let healthy: Vec<Vec<BackendSpec>> =
+            (0..services.vips.len()).map(|i| self.healthy(i)).collect();
+        let weights = |si: usize, addr: IpAddr| {
+            healthy[si]
+                .iter()
+                .find(|b| b.addr == addr)
+                .map(|b| b.weight)
+        };
+        let peers = self.speaker.as_ref().map(|s| s.peers()).unwrap_or_default();
+        let dp = self
+            .dataplane
+            .as_ref()
+            .expect("the dataplane runs until shutdown");
+        let status = report::build(&report::Inputs {
+            uptime: now.saturating_duration_since(self.started),
+            generation: self.publisher.generation(),
+            dataplane_problem: self.problem.as_ref().map(ToString::to_string),
+            services,
+            health: &health,
+            weights: &weights,
+            next_hops: &self.next_hops,
+            live: self.publisher.vips(),
+            policy: &self.policy,
+            peers: &peers,
+            workers: stats,
+            xdp_mode: dp.xdp_mode(),
+            flow_capacity: u64::from(dp.fixed().flow_table_size),
+        });
+        self.status.store(Arc::new(status));
+    }
+
+    /// SIGHUP: load the file again. An invalid file changes nothing; a valid one is applied
+    /// without stopping the workers.
+    fn reload(&mut self) {
+        let new = match config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload rejected; the running config stays");
+                self.metrics.config_reload(false);
+                return;
+            }
+        };
+        match self.apply(new) {
+            Ok(()) => {
+                tracing::info!(config = %self.path.display(), "config reloaded");
+                self.metrics.config_reload(true);
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "config reload rejected; the running config stays"
+                );
+                self.metrics.config_reload(false);
+            }
+        }
+    }
+
+    fn apply(&mut self, new: Config) -> Result<()> {
+        caps::require(&required_caps(&new))?;
+        let now = Instant::now();
+        let fixed = self.dataplane().fixed().clone();
+        if Fixed::of(&new) != fixed {
+            tracing::warn!(
+                "dataplane interfaces, worker cores and flow_table_size change only on restart; \
+                 keeping the running ones"
+            );
+        }
+        let params = forwarding::params(&new, &fixed, self.local_mac)?;
+        if new.api.listen != self.config.api.listen {
+            // Bind the new address before letting the old one go.
+            let api = ApiServer::start(new.api.listen, self.registry.clone(), self.status.clone())
+                .with_context(|| format!("starting the API on {}", new.api.listen))?;
+            if let Some(old) = self.api.replace(api) {
+                old.shutdown();
+            }
+        }
+        if new.bgp != self.config.bgp {
+            tracing::info!("BGP settings changed: restarting the speaker");
+            if let Some(mut old) = self.speaker.take() {
+                old.shutdown("dsrgate configuration changed");
+            }
+            if let Some(bgp) = &new.bgp {
+                let s = Speaker::spawn(routes::speaker_config(bgp))
+                    .context("restarting the BGP speaker")?;
+                s.set_routes(self.routes.clone());
+                self.speaker = Some(s);
+            }
+        }
+        if new.kubernetes != self.config.kubernetes {
+            // The new watcher's first complete list replaces the Kubernetes VIPs; until then
+            // the old ones stay (none if the section is gone).
+            self.kube = None;
+            match new.kubernetes.clone() {
+                Some(k) => {
+                    self.kube = Some(
+                        kube_source::spawn(k, self.kube_tx.clone())
+                            .context("restarting the Kubernetes watcher")?,
+                    )
+                }
+                None => self.kube_set = ServiceSet::default(),
+            }
+        }
+        if params != self.params {
+            self.params = params;
+            self.dirty_since.get_or_insert(now);
+        }
+        self.statics = static_list::service_set(&new);
+        self.config = new;
+        self.services_changed(now);
+        Ok(())
+    }
+
+    /// Withdraw, drain while forwarding (only after a signal), detach, stop.
+    fn shutdown(mut self, signals: &Receiver<i32>, drain: bool) {
+        self.evaluate(true);
+        self.wait_withdrawn();
+        let drain_time = self.config.daemon.drain_time;
+        if drain && !drain_time.is_zero() {
+            tracing::info!(drain = ?drain_time, "routes withdrawn; draining while still forwarding");
+            let deadline = Instant::now() + drain_time;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                if let Ok(s) = signals.recv_timeout(left.min(TICK)) {
+                    if s != SIGHUP {
+                        tracing::info!(signal = s, "second signal: ending the drain early");
+                        break;
+                    }
+                }
+                let now = Instant::now();
+                let stats = self.dataplane().stats();
+                self.report(&stats, now);
+            }
+        }
+        if let Some(mut s) = self.speaker.take() {
+            s.shutdown("dsrgate shutting down");
+        }
+        if let Some(dp) = self.dataplane.take() {
+            dp.stop();
+        }
+        if let Some(api) = self.api.take() {
+            api.shutdown();
+        }
+        tracing::info!("dsrgate stopped");
+    }
+
+    /// Waits (bounded) until no established session still has a prefix in its
+    /// Adj-RIB-Out, i.e. every withdrawal has been sent.
+    fn wait_withdrawn(&self) {
+        let Some(s) = &self.speaker else { return };
+        let deadline = Instant::now() + WITHDRAW_WAIT;
+        loop {
+            let pending: usize = s
+                .peers()
+                .iter()
+                .filter(|p| p.state == bgp::fsm::State::Established)
+                .map(|p| p.prefixes_advertised)
+                .sum();
+            if pending == 0 {
+                tracing::info!("every route withdrawn");
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(pending, "routes still advertised after the withdraw wait");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface).context("interface name")?;
+    // SAFETY: `c` is a valid NUL-terminated string; if_nametoindex only reads it.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => anyhow::bail!("no network interface {iface:?} in this namespace"),
+        i => Ok(i),
+    }
+}

@@ -1,0 +1,173 @@
+//! One [`Status`] per control-loop tick, from the daemon's state: what `/status` serves,
+//! what `/metrics` samples, and what `dsrgate status` prints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bgp::fsm::State as FsmState;
+use dataplane::bpf::AttachMode;
+use dataplane::pipeline::DropReason;
+use dataplane::snapshot::VipKey;
+use dataplane::xsk::{WorkerStats, XskMode};
+
+use crate::neigh::Resolution;
+use crate::policy::{Decision, Policy};
+use crate::publish::{proto, LiveVip};
+use crate::sources::ServiceSet;
+use crate::status::{
+    BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Status, VipStatus,
+    WorkerStatus, XdpMode,
+};
+
+/// A backend's health as the control loop tracks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendHealth {
+    pub up: bool,
+    /// The last failure, while down ("not probed yet" before the first result).
+    pub reason: Option<String>,
+}
+
+/// Everything one report reads.
+pub struct Inputs<'a> {
+    pub uptime: Duration,
+    pub generation: u64,
+    pub dataplane_problem: Option<String>,
+    pub services: &'a ServiceSet,
+    /// Health of `(spec index, backend)`.
+    pub health: &'a dyn Fn(usize, IpAddr) -> BackendHealth,
+    /// Effective weight of `(spec index, backend)` while it is usable.
+    pub weights: &'a dyn Fn(usize, IpAddr) -> Option<u32>,
+    pub next_hops: &'a HashMap<IpAddr, Resolution>,
+    pub live: &'a [LiveVip],
+    pub policy: &'a Policy,
+    pub peers: &'a [bgp::speaker::PeerStatus],
+    pub workers: &'a [WorkerStats],
+    pub xdp_mode: AttachMode,
+    pub flow_capacity: u64,
+}
+
+pub fn build(i: &Inputs<'_>) -> Status {
+    let mut vips = Vec::new();
+    for (si, spec) in i.services.vips.iter().enumerate() {
+        let decision = i.policy.decisions().get(&spec.addr);
+        let announced = decision == Some(&Decision::Announce);
+        let reason = decision.map_or_else(|| "not evaluated yet".to_owned(), ToString::to_string);
+        for &port in &spec.ports {
+            let key = VipKey {
+                addr: spec.addr,
+                proto: proto(spec.proto),
+                port,
+            };
+            let live = i.live.iter().find(|l| l.key == key);
+            let backends = spec
+                .backends
+                .iter()
+                .map(|b| {
+                    let h = (i.health)(si, b.addr);
+                    BackendStatus {
+                        address: b.addr,
+                        health: if h.up { Health::Up } else { Health::Down },
+                        health_reason: h.reason,
+                        weight: (i.weights)(si, b.addr).unwrap_or(b.weight),
+                        slots: live
+                            .and_then(|l| l.slots.get(&b.addr).copied())
+                            .unwrap_or(0),
+                        next_hop: i
+                            .next_hops
+                            .get(&b.addr)
+                            .map(NextHopStatus::from)
+                            .unwrap_or_default(),
+                        // The workers do not export per-backend counters yet.
+                        packets: 0,
+                        bytes: 0,
+                    }
+                })
+                .collect();
+            vips.push(VipStatus {
+                name: spec.name.clone(),
+                address: spec.addr,
+                protocol: spec.proto,
+                port,
+                announced,
+                reason: reason.clone(),
+                generation: live.map_or(0, |l| l.generation),
+                table_size: live.map_or(0, |l| l.table_size),
+                packets: 0,
+                bytes: 0,
+                backends,
+            });
+        }
+    }
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: i.uptime.as_secs(),
+        generation: i.generation,
+        dataplane_problem: i.dataplane_problem.clone(),
+        vips,
+        peers: i.peers.iter().map(peer).collect(),
+        workers: i
+            .workers
+            .iter()
+            .map(|w| worker(w, i.xdp_mode, i.flow_capacity))
+            .collect(),
+    }
+}
+
+fn peer(p: &bgp::speaker::PeerStatus) -> PeerStatus {
+    let s = &p.stats;
+    let total = |c: &bgp::fsm::MessageCounts| {
+        c.open + c.update + c.notification + c.keepalive + c.route_refresh
+    };
+    PeerStatus {
+        address: p.address,
+        remote_as: p.remote_as,
+        state: match p.state {
+            FsmState::Idle => PeerState::Idle,
+            FsmState::Connect => PeerState::Connect,
+            FsmState::Active => PeerState::Active,
+            FsmState::OpenSent => PeerState::OpenSent,
+            FsmState::OpenConfirm => PeerState::OpenConfirm,
+            FsmState::Established => PeerState::Established,
+        },
+        uptime_secs: p.uptime.map(|d| d.as_secs()),
+        last_error: p.last_error.as_ref().map(ToString::to_string),
+        prefixes_announced: u32::try_from(p.prefixes_advertised).unwrap_or(u32::MAX),
+        messages_in: total(&s.received),
+        messages_out: total(&s.sent),
+    }
+}
+
+fn worker(w: &WorkerStats, xdp: AttachMode, flow_capacity: u64) -> WorkerStatus {
+    let mut drops: BTreeMap<String, u64> = DropReason::ALL
+        .iter()
+        .map(|r| (r.name().to_owned(), w.drops[*r as usize]))
+        .collect();
+    // Frames the worker loop itself dropped, beside the pipeline's reasons.
+    drops.insert("not_for_a_vip".into(), w.pass_dropped);
+    drops.insert("tx_ring_full".into(), w.tx_ring_full);
+    drops.insert("bad_verdict".into(), w.bad_verdicts);
+    WorkerStatus {
+        interface: w.iface.clone(),
+        queue: w.queue,
+        core: w.core,
+        xdp_mode: match xdp {
+            AttachMode::Driver => XdpMode::Native,
+            AttachMode::Skb => XdpMode::Generic,
+        },
+        bind_mode: match w.mode {
+            Some(XskMode::ZeroCopy) => BindMode::ZeroCopy,
+            _ => BindMode::Copy,
+        },
+        rx_packets: w.rx,
+        tx_packets: w.tx + w.reply,
+        // An AF_XDP socket cannot hand a frame back to the kernel; the steering program
+        // passes non-VIP traffic before it reaches a worker.
+        passed_packets: 0,
+        drops,
+        // The workers do not export their flow tables' occupancy yet.
+        flow_entries: 0,
+        flow_capacity,
+        flow_evictions: 0,
+    }
+}

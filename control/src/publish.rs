@@ -1,0 +1,381 @@
+//! Turns the control plane's view (services, health, next hops) into one dataplane
+//! [`Snapshot`] and publishes it to the workers with a single `ArcSwap::store`.
+//!
+//! [`desired`] is pure: for every service port it takes the backends that may receive new
+//! flows (healthy, nonzero weight) and the next-hop MACs known for them. A healthy backend
+//! whose next hop is unresolved stays in the Maglev set, so that every gateway keeps the
+//! same table; the workers drop and count its packets as `no_next_hop`, and the announce
+//! policy does not count it as usable. [`Publisher`] compares the result with what is live,
+//! builds the Maglev tables (the expensive step, here on the control thread, never in a
+//! worker; tables of unchanged VIPs are reused) only when something changed, and swaps the
+//! result in. Workers load the snapshot once per batch, so the next batch runs on it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dataplane::snapshot::{
+    BackendConfig, Encap as DpEncap, HashMode as DpHash, Proto, Snapshot, SnapshotConfig,
+    SnapshotError, SourcePrefix, VipConfig, VipKey,
+};
+
+use crate::config::{HashMode, Protocol};
+use crate::sources::{BackendSpec, Encap, ServiceSet};
+
+/// The parts of a snapshot that come from the config and the egress interface, not from
+/// the services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub maglev_size: u32,
+    pub maglev_seed: u64,
+    pub tunnel_mtu: u16,
+    pub outer_src_v4: Option<SourcePrefix<Ipv4Addr>>,
+    pub outer_src_v6: Option<SourcePrefix<Ipv6Addr>>,
+    /// MAC of the interface tunnelled frames leave on.
+    pub local_mac: [u8; 6],
+}
+
+/// Where snapshot VIP `i` came from: `services.vips[spec]`, port `port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub spec: usize,
+    pub port: u16,
+}
+
+/// What [`desired`] computes: the snapshot's content (generation 0) and each VIP's origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub config: SnapshotConfig,
+    pub origins: Vec<Origin>,
+}
+
+/// The snapshot content for `services`, whose backends' current usable weights come from
+/// `usable` (see [`crate::sources::VipSpec::healthy_backends`]), with next-hop MACs from
+/// `next_hops`. Backends a snapshot cannot carry (an IPv4 backend of an IPv6 VIP, or a
+/// family without an outer source address) are left out with a warning, so that one bad
+/// Kubernetes object cannot block every other update.
+pub fn desired(
+    services: &ServiceSet,
+    usable: impl Fn(usize) -> Vec<BackendSpec>,
+    next_hops: &HashMap<IpAddr, [u8; 6]>,
+    params: &Params,
+) -> Desired {
+    let mut vips = Vec::new();
+    let mut origins = Vec::new();
+    for (i, spec) in services.vips.iter().enumerate() {
+        let backends: Vec<BackendConfig> = usable(i)
+            .into_iter()
+            .filter(|b| {
+                let ok = match (spec.addr, b.addr) {
+                    (IpAddr::V6(_), IpAddr::V4(_)) => false,
+                    (_, IpAddr::V4(_)) => params.outer_src_v4.is_some(),
+                    (_, IpAddr::V6(_)) => params.outer_src_v6.is_some(),
+                };
+                if !ok {
+                    tracing::warn!(vip = %spec.name, backend = %b.addr,
+                        "backend left out: no tunnel of its address family for this VIP");
+                }
+                ok
+            })
+            .map(|b| BackendConfig {
+                addr: b.addr,
+                weight: b.weight,
+            })
+            .collect();
+        for &port in &spec.ports {
+            vips.push(VipConfig {
+                key: VipKey {
+                    addr: spec.addr,
+                    proto: proto(spec.proto),
+                    port,
+                },
+                backends: backends.clone(),
+                hash: match spec.hash {
+                    HashMode::FiveTuple => DpHash::FiveTuple,
+                    HashMode::ThreeTuple => DpHash::ThreeTuple,
+                },
+                encap: match spec.encap {
+                    Encap::Ipip => DpEncap::IpIp,
+                    Encap::Gue { port } => DpEncap::Gue { port },
+                },
+            });
+            origins.push(Origin { spec: i, port });
+        }
+    }
+    let used: std::collections::HashSet<IpAddr> = vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(|b| b.addr))
+        .collect();
+    let config = SnapshotConfig {
+        generation: 0,
+        vips,
+        maglev_size: params.maglev_size,
+        maglev_seed: params.maglev_seed,
+        // The flow hash must agree across gateways just like the Maglev seed does.
+        hash_seed: params.maglev_seed,
+        tunnel_mtu: params.tunnel_mtu,
+        outer_src_v4: params.outer_src_v4,
+        outer_src_v6: params.outer_src_v6,
+        local_mac: params.local_mac,
+        next_hops: next_hops
+            .iter()
+            .filter(|(a, _)| used.contains(a))
+            .map(|(a, m)| (*a, *m))
+            .collect(),
+        egress_vlan: None,
+    };
+    Desired { config, origins }
+}
+
+/// The snapshot protocol of a config protocol.
+pub fn proto(p: Protocol) -> Proto {
+    match p {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+    }
+}
+
+/// What one publish did.
+#[derive(Clone, Copy, Debug)]
+pub struct Published {
+    pub generation: u64,
+    /// Building the snapshot (Maglev tables, VIP table).
+    pub build: Duration,
+    /// When the new snapshot was stored: from then on every batch a worker starts sees it.
+    pub live_at: Instant,
+}
+
+/// Per service port of the live snapshot: its origin, the generation its backend set last
+/// changed in, and the Maglev slots each backend holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveVip {
+    pub key: VipKey,
+    pub origin: Origin,
+    pub generation: u64,
+    pub table_size: u32,
+    pub slots: HashMap<IpAddr, u32>,
+}
+
+/// Owns the live snapshot and its generation counter.
+pub struct Publisher {
+    live: Arc<ArcSwap<Snapshot>>,
+    generation: u64,
+    /// The content of the live snapshot (generation 0), to detect changes.
+    current: SnapshotConfig,
+    vips: Vec<LiveVip>,
+}
+
+impl Publisher {
+    /// A publisher whose first snapshot (generation 1) is built from `first`.
+    pub fn new(first: Desired) -> Result<Publisher, SnapshotError> {
+        let mut cfg = first.config.clone();
+        cfg.generation = 1;
+        let snap = Snapshot::new(&cfg)?;
+        let vips = live_vips(&snap, &first.origins, &[], &first.config, None, 1);
+        Ok(Publisher {
+            live: Arc::new(ArcSwap::from_pointee(snap)),
+            generation: 1,
+            current: first.config,
+            vips,
+        })
+    }
+
+    /// The handle the workers load from.
+    pub fn handle(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.live.clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The live snapshot's service ports, in snapshot order.
+    pub fn vips(&self) -> &[LiveVip] {
+        &self.vips
+    }
+
+    /// Builds and stores a snapshot for `next` if it differs from the live one. On error
+    /// the live snapshot stays.
+    pub fn publish(&mut self, next: Desired) -> Result<Option<Published>, SnapshotError> {
+        if next.config == self.current {
+            // Origins may still have moved (a service added before others).
+            if next.origins.len() == self.vips.len() {
+                for (v, o) in self.vips.iter_mut().zip(&next.origins) {
+                    v.origin = *o;
+                }
+            }
+            return Ok(None);
+        }
+        let generation = self.generation + 1;
+        let mut cfg = next.config.clone();
+        cfg.generation = generation;
+        let started = Instant::now();
+        // Unchanged VIPs keep their Maglev tables: only changed ones are rebuilt.
+        let snap = Snapshot::rebuild(&cfg, Some(&self.live.load()))?;
+        let build = started.elapsed();
+        let vips = live_vips(
+            &snap,
+            &next.origins,
+            &self.vips,
+            &next.config,
+            Some(&self.current),
+            generation,
+        );
+        self.live.store(Arc::new(snap));
+        let live_at = Instant::now();
+        self.generation = generation;
+        self.current = next.config;
+        self.vips = vips;
+        Ok(Some(Published {
+            generation,
+            build,
+            live_at,
+        }))
+    }
+}
+
+/// The per-port view of a freshly built snapshot. A port keeps the generation of its last
+/// change when its backends, hash and tunnel are as before.
+fn live_vips(
+    snap: &Snapshot,
+    origins: &[Origin],
+    prev: &[LiveVip],
+    cfg: &SnapshotConfig,
+    prev_cfg: Option<&SnapshotConfig>,
+    generation: u64,
+) -> Vec<LiveVip> {
+    snap.vips()
+        .iter()
+        .zip(cfg.vips.iter())
+        .zip(origins)
+        .map(|((vip, vc), origin)| {
+            let table = vip.maglev();
+            let mut counts = vec![0u32; table.backends().len()];
+            for s in 0..table.size() {
+                if let Some(b) = table.slot(s) {
+                    if let Some(c) = counts.get_mut(b as usize) {
+                        *c += 1;
+                    }
+                }
+            }
+            let slots = table
+                .backends()
+                .iter()
+                .zip(counts)
+                .map(|(b, n)| (b.addr, n))
+                .collect();
+            let unchanged = prev_cfg.and_then(|pc| {
+                let i = pc.vips.iter().position(|p| p.key == vc.key)?;
+                let same = pc.vips[i] == *vc
+                    && pc.maglev_size == cfg.maglev_size
+                    && pc.maglev_seed == cfg.maglev_seed;
+                same.then(|| prev.get(i).map(|p| p.generation))?
+            });
+            LiveVip {
+                key: vc.key,
+                origin: *origin,
+                generation: unchanged.unwrap_or(generation),
+                table_size: table.size(),
+                slots,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VipBgp;
+    use crate::sources::{Origin as SrcOrigin, VipSpec};
+
+    fn params() -> Params {
+        Params {
+            maglev_size: 251,
+            maglev_seed: 7,
+            tunnel_mtu: 1500,
+            outer_src_v4: Some(SourcePrefix {
+                addr: "198.51.100.2".parse().unwrap(),
+                len: 32,
+            }),
+            outer_src_v6: None,
+            local_mac: [2, 0, 0, 0, 0, 1],
+        }
+    }
+
+    fn services() -> ServiceSet {
+        let b = |a: &str| BackendSpec {
+            addr: a.parse().unwrap(),
+            weight: 1,
+        };
+        ServiceSet {
+            vips: vec![VipSpec {
+                name: "web".into(),
+                origin: SrcOrigin::Static,
+                addr: "192.0.2.10".parse().unwrap(),
+                proto: Protocol::Tcp,
+                ports: vec![80, 443],
+                hash: HashMode::FiveTuple,
+                encap: Encap::Ipip,
+                min_healthy: 1,
+                bgp: VipBgp::default(),
+                backends: vec![b("198.51.100.11"), b("198.51.100.12"), b("2001:db8::1")],
+                health: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn one_snapshot_vip_per_port_and_unusable_families_left_out() {
+        let s = services();
+        let hops = HashMap::from([("198.51.100.11".parse().unwrap(), [2, 0, 0, 0, 0, 11])]);
+        let d = desired(&s, |i| s.vips[i].backends.clone(), &hops, &params());
+        assert_eq!(d.config.vips.len(), 2);
+        assert_eq!(
+            d.origins,
+            [Origin { spec: 0, port: 80 }, Origin { spec: 0, port: 443 }]
+        );
+        // No IPv6 outer source: the IPv6 backend cannot be reached.
+        assert_eq!(d.config.vips[0].backends.len(), 2);
+        assert_eq!(d.config.next_hops.len(), 1);
+    }
+
+    #[test]
+    fn publishes_only_changes_and_tracks_per_port_generations() {
+        let s = services();
+        let p = params();
+        let all = |_: usize| s.vips[0].backends[..2].to_vec();
+        let mut publisher = Publisher::new(desired(&s, all, &HashMap::new(), &p)).unwrap();
+        let handle = publisher.handle();
+        assert_eq!(handle.load().generation(), 1);
+        assert!(publisher
+            .publish(desired(&s, all, &HashMap::new(), &p))
+            .unwrap()
+            .is_none());
+        let slots: u32 = publisher.vips()[0].slots.values().sum();
+        assert_eq!(slots, 251);
+
+        let one = |_: usize| s.vips[0].backends[..1].to_vec();
+        let done = publisher
+            .publish(desired(&s, one, &HashMap::new(), &p))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.generation, 2);
+        assert_eq!(handle.load().generation(), 2);
+        assert_eq!(publisher.vips()[0].generation, 2);
+        assert_eq!(
+            publisher.vips()[0].slots[&"198.51.100.11".parse::<IpAddr>().unwrap()],
+            251
+        );
+
+        // A next-hop change republishes but leaves the ports' table generation alone.
+        let hops = HashMap::from([("198.51.100.11".parse().unwrap(), [2, 0, 0, 0, 0, 11])]);
+        let done = publisher
+            .publish(desired(&s, one, &hops, &p))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.generation, 3);
+        assert_eq!(publisher.vips()[0].generation, 2);
+    }
+}
