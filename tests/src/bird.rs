@@ -1,0 +1,163 @@
+//! BIRD 2 as the upstream router of a test topology: started in the `router` namespace
+//! (AS 65000) with lowered timers so tests run fast, queried with `birdc`, stopped and its
+//! files removed on drop. Shared by the BGP interop tests and the daemon's end-to-end tests.
+//!
+//! Recipe (see `shared/notes/platform-facts.md`): BIRD needs `router id` and `protocol
+//! device`; ECMP into the kernel needs `merge paths on` with the export limited to BGP
+//! routes; `error wait time` and `connect retry time` are lowered; BIRD runs in the
+//! foreground with its own control socket.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::netns::{fabric4, gateway_host, Netns, Proc};
+
+/// BIRD's AS.
+pub const ROUTER_AS: u32 = 65000;
+/// The hold time BIRD proposes (keepalives every 2 s).
+pub const HOLD: u16 = 6;
+
+/// BIRD in a namespace, with its files in a directory removed on drop.
+pub struct Bird<'a> {
+    ns: &'a Netns,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl<'a> Bird<'a> {
+    /// Starts BIRD in `ns` (the topology's router, 198.51.100.1) with one session per
+    /// `(gateway number, the AS BIRD expects it to have)`. `extra` goes into the sessions'
+    /// template (e.g. `password "x";`).
+    pub fn start(ns: &'a Netns, neighbors: &[(u8, u32)], extra: &str) -> Result<Bird<'a>> {
+        let dir = std::env::temp_dir().join(format!("dsrgate-bird-{}", ns.name()));
+        std::fs::create_dir_all(&dir)?;
+        let mut conf = format!(
+            r#"log "{log}" all;
+router id {id};
+protocol device {{ scan time 1; }}
+protocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; merge paths on; }}
+protocol kernel {{ ipv6 {{ export where source = RTS_BGP; }}; merge paths on; }}
+template bgp speakers {{
+  local {id} as {ROUTER_AS};
+  hold time {HOLD};
+  connect retry time 1;
+  error wait time 1, 2;
+  ipv4 {{ import all; export none; }};
+  ipv6 {{ import all; export none; }};
+  {extra}
+}}
+"#,
+            log = dir.join("bird.log").display(),
+            id = fabric4(1),
+        );
+        for (gw, asn) in neighbors {
+            conf += &format!(
+                "protocol bgp gw{gw} from speakers {{ neighbor {} as {asn}; }}\n",
+                fabric4(gateway_host(*gw))
+            );
+        }
+        std::fs::write(dir.join("bird.conf"), conf)?;
+        let mut bird = Bird {
+            ns,
+            dir,
+            proc: None,
+        };
+        bird.run()?;
+        Ok(bird)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// (Re)starts the BIRD process and waits until its control socket answers.
+    pub fn run(&mut self) -> Result<()> {
+        let (conf, sock, pid) = (
+            self.path("bird.conf"),
+            self.path("bird.ctl"),
+            self.path("bird.pid"),
+        );
+        let mut cmd = self.ns.command("bird");
+        cmd.args(["-f", "-c", &conf, "-s", &sock, "-P", &pid])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        self.proc = Some(self.ns.spawn_command(cmd)?);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.birdc(&["show", "status"]).is_err() {
+            let exited = !self.proc.as_mut().is_some_and(Proc::is_running);
+            if exited || Instant::now() > deadline {
+                bail!(
+                    "BIRD did not start; log: {}",
+                    std::fs::read_to_string(self.path("bird.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait: BIRD closes its sessions with Cease.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(p) = self.proc.take() {
+            p.terminate(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// `birdc ARGS` on this BIRD's control socket.
+    pub fn birdc(&self, args: &[&str]) -> Result<String> {
+        let sock = self.path("bird.ctl");
+        let mut full = vec!["birdc", "-s", sock.as_str()];
+        full.extend_from_slice(args);
+        let out = self.ns.output(&full)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() || text.contains("Unable to connect") {
+            bail!("birdc {args:?} failed: {text}");
+        }
+        Ok(text)
+    }
+
+    /// `show route for PREFIX all` when BIRD has it, `None` otherwise.
+    pub fn route(&self, prefix: &str) -> Result<Option<String>> {
+        match self.birdc(&["show", "route", prefix, "all"]) {
+            Ok(out) => Ok(out.contains(prefix).then_some(out)),
+            // birdc fails (exit status 1) when the table has no such route.
+            Err(e) if e.to_string().contains("Network not found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until `prefix` is present (or absent); returns how long that took.
+    pub fn wait_route(&self, prefix: &str, present: bool, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.route(prefix)?.is_some() == present {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{prefix} still {} in BIRD after {timeout:?}:\n{}",
+                    if present { "absent" } else { "present" },
+                    self.birdc(&["show", "protocols", "all"])?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Bird<'_> {
+    fn drop(&mut self) {
+        drop(self.proc.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The kernel route for `dst` in `ns`, as `ip route show` prints it (empty if none).
+pub fn kernel_route(ns: &Netns, dst: &str) -> Result<String> {
+    let family = if dst.contains(':') { "-6" } else { "-4" };
+    ns.ip(&[family, "route", "show", dst])
+}

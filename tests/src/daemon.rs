@@ -1,0 +1,447 @@
+//! Running the real `dsrgate` binary in a test topology: finding (and if needed building)
+//! it, writing a gateway's config, starting it in a namespace with its log captured, and
+//! the node side (decapsulator plus `dsrgate-node`) that the end-to-end tests share.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::bird::{kernel_route, Bird};
+use crate::netns::{
+    dsr_topology, fabric4, gateway_host, node_host, unique_prefix, Net, Netns, Proc, CLIENT4, VIP4,
+};
+
+/// The VIP's BGP prefix.
+pub const PREFIX4: &str = "192.0.2.10/32";
+/// Session setup, first health rise, first announcement.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// The `dsrgate` binary of the profile this test was built with. Cargo only builds a
+/// package's binaries for that package's own tests, so it is built here once per test
+/// process (a no-op when it is fresh), next to the test executable.
+pub fn dsrgate_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_dsrgate().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn build_dsrgate() -> Result<PathBuf> {
+    // target/<profile>/deps/<test>-<hash>
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable outside a target directory")?;
+    let target_dir = profile_dir
+        .parent()
+        .context("test executable outside a target directory")?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--quiet", "-p", "control", "--bin", "dsrgate"])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build for dsrgate")?;
+    if !status.success() {
+        bail!("cargo build -p control --bin dsrgate failed: {status}");
+    }
+    let bin = profile_dir.join("dsrgate");
+    if !bin.exists() {
+        bail!("{} missing after the build", bin.display());
+    }
+    Ok(bin)
+}
+
+/// The settings of one gateway's config that the tests vary.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Gateway number (1-based) in [`crate::netns::dsr_topology`].
+    pub gateway: u8,
+    /// Node numbers that back the VIP.
+    pub nodes: Vec<u8>,
+    pub drain_time: &'static str,
+    pub health_interval: &'static str,
+    pub health_timeout: &'static str,
+    pub rise: u32,
+    pub fall: u32,
+    /// MED of the VIP's route, if any.
+    pub med: Option<u32>,
+}
+
+impl GatewayConfig {
+    /// Gateway `gateway` in front of nodes 1..=3, quick health checks, a short drain.
+    pub fn new(gateway: u8) -> GatewayConfig {
+        GatewayConfig {
+            gateway,
+            nodes: vec![1, 2, 3],
+            drain_time: "2s",
+            health_interval: "300ms",
+            health_timeout: "200ms",
+            rise: 2,
+            fall: 2,
+            med: None,
+        }
+    }
+
+    /// The config file: one-arm on `eth0`, peering with BIRD on the router (AS 65000),
+    /// VIP4 TCP ports 80 (HTTP, health-checked) and 7 (echo) on the nodes.
+    pub fn toml(&self) -> String {
+        let me = fabric4(gateway_host(self.gateway));
+        let mut s = format!(
+            r#"[daemon]
+drain_time = "{drain}"
+
+[dataplane]
+upstream_interface = "eth0"
+flow_table_size = 4096
+
+[api]
+listen = "127.0.0.1:9180"
+
+[bgp]
+local_as = 65001
+router_id = "{me}"
+
+[[bgp.peers]]
+address = "{router}"
+remote_as = {router_as}
+hold_time = "6s"
+
+[[vips]]
+name = "web"
+address = "{VIP4}"
+protocol = "tcp"
+ports = [80, 7]
+"#,
+            drain = self.drain_time,
+            router = fabric4(1),
+            router_as = crate::bird::ROUTER_AS,
+        );
+        if let Some(med) = self.med {
+            s += &format!("\n[vips.bgp]\nmed = {med}\n");
+        }
+        for n in &self.nodes {
+            s += &format!(
+                "\n[[vips.backends]]\naddress = \"{}\"\n",
+                fabric4(node_host(*n))
+            );
+        }
+        s += &format!(
+            r#"
+[vips.health]
+type = "http"
+port = 80
+path = "/"
+interval = "{}"
+timeout = "{}"
+rise = {}
+fall = {}
+"#,
+            self.health_interval, self.health_timeout, self.rise, self.fall
+        );
+        s
+    }
+}
+
+/// A `dsrgate run` process in a namespace. Its config and log live in a directory that is
+/// removed on drop, after the process is killed.
+pub struct Daemon {
+    proc: Option<Proc>,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config` and starts `[wrapper...] dsrgate run --config FILE` in `ns`, with
+    /// stderr (the log) going to a file.
+    pub fn start(ns: &Netns, config: &str, wrapper: &[&str]) -> Result<Daemon> {
+        let dir = std::env::temp_dir().join(format!("dsrgate-daemon-{}", ns.name()));
+        std::fs::create_dir_all(&dir)?;
+        let mut d = Daemon { proc: None, dir };
+        d.write_config(config)?;
+        let log = File::create(d.log_path())?;
+        let bin = dsrgate_bin()?;
+        let bin = bin.to_str().context("binary path")?;
+        let config_path = d.config_path();
+        let config_path = config_path.to_str().context("config path")?;
+        let args: Vec<&str> = wrapper
+            .iter()
+            .copied()
+            .chain([bin, "run", "--config", config_path])
+            .collect();
+        let mut cmd = ns.command(args[0]);
+        cmd.args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        d.proc = Some(ns.spawn_command(cmd)?);
+        Ok(d)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("dsrgate.toml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("dsrgate.log")
+    }
+
+    /// Replaces the config file (for a reload).
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        std::fs::write(self.config_path(), text).context("writing the config")
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing every one of `needles`; returns it.
+    pub fn wait_log(&self, needles: &[&str], timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return Ok(l.to_owned());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no log line with {needles:?} after {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        self.proc
+            .as_ref()
+            .context("daemon already exited")?
+            .signal(sig)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let proc = self.proc.as_mut().context("daemon already reaped")?;
+        loop {
+            if let Some(status) = proc.child().try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "dsrgate still running after {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    /// Kills the daemon and prints its log (cargo shows it for failed tests only).
+    fn drop(&mut self) {
+        drop(self.proc.take());
+        eprintln!(
+            "--- dsrgate log ({}) ---\n{}",
+            self.dir.display(),
+            self.log()
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Puts the decapsulator on every node's `eth0` (`dsrgate decap attach`); the program
+/// stays until the namespace goes.
+pub fn attach_decap(net: &Net, nodes: &[u8]) -> Result<()> {
+    let bin = dsrgate_bin()?;
+    let bin = bin.to_str().context("binary path")?;
+    for n in nodes {
+        net.ns(&format!("node{n}"))
+            .exec(&[bin, "decap", "attach", "--iface", "eth0"])
+            .with_context(|| format!("attaching decap on node{n}"))?;
+    }
+    Ok(())
+}
+
+/// Starts `dsrgate-node` (binary `node_bin`) on node `n`: HTTP on 80, echo on 7. Waits
+/// until it answers on its own address.
+pub fn start_service(net: &Net, node_bin: &str, n: u8) -> Result<Proc> {
+    let name = format!("node{n}");
+    let ns = net.ns(&name);
+    let mut cmd = ns.command(node_bin);
+    cmd.args(["--name", &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let proc = ns.spawn_command(cmd)?;
+    let addr: std::net::SocketAddr = format!("{}:80", fabric4(node_host(n))).parse()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let up = ns.enter(|| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })?;
+        if up {
+            return Ok(proc);
+        }
+        if Instant::now() > deadline {
+            bail!("dsrgate-node on {name} does not answer");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The topology with `gateways` gateways and three nodes, decapsulators attached and a
+/// service on every node.
+pub struct Lab {
+    pub net: Net,
+    node_bin: String,
+    services: RefCell<Vec<Option<Proc>>>,
+}
+
+impl Lab {
+    pub fn new(gateways: u8, node_bin: &str) -> Result<Lab> {
+        let net = dsr_topology(gateways, 3).build(&unique_prefix())?;
+        attach_decap(&net, &[1, 2, 3])?;
+        let services = (1..=3)
+            .map(|n| start_service(&net, node_bin, n).map(Some))
+            .collect::<Result<_>>()?;
+        Ok(Lab {
+            net,
+            node_bin: node_bin.to_owned(),
+            services: RefCell::new(services),
+        })
+    }
+
+    pub fn ns(&self, name: &str) -> &Netns {
+        self.net.ns(name)
+    }
+
+    pub fn stop_service(&self, n: u8) {
+        self.services.borrow_mut()[usize::from(n) - 1] = None;
+    }
+
+    pub fn start_service(&self, n: u8) -> Result<()> {
+        let p = start_service(&self.net, &self.node_bin, n)?;
+        self.services.borrow_mut()[usize::from(n) - 1] = Some(p);
+        Ok(())
+    }
+
+    /// One fresh connection from the client: `GET /`, the body (`node=.. client=..`).
+    pub fn get(&self, timeout: Duration) -> Result<String> {
+        let mut s = connect(self.ns("client"), timeout)?;
+        request(&mut s, true)
+    }
+
+    /// `count` fresh GETs that must all succeed; the nodes that answered, in order.
+    pub fn get_many(&self, count: usize) -> Result<Vec<String>> {
+        (0..count)
+            .map(|i| {
+                let body = self
+                    .get(Duration::from_secs(2))
+                    .with_context(|| format!("GET {i} of {count}"))?;
+                check_client(&body)?;
+                Ok(node_of(&body))
+            })
+            .collect()
+    }
+}
+
+pub fn connect(client: &Netns, timeout: Duration) -> Result<TcpStream> {
+    let addr: SocketAddr = format!("{VIP4}:80").parse()?;
+    let s = client.enter(|| TcpStream::connect_timeout(&addr, timeout))??;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// One HTTP/1.1 request on `s`; returns the body.
+pub fn request(s: &mut TcpStream, close: bool) -> Result<String> {
+    let head = if close {
+        "GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"
+    } else {
+        "GET / HTTP/1.1\r\nHost: vip\r\n\r\n"
+    };
+    s.write_all(head.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let headers = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .context("no content-length")?
+                .trim()
+                .parse()?;
+            if buf.len() >= end + 4 + len {
+                return Ok(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());
+            }
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed mid-response");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+pub fn node_of(body: &str) -> String {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix("node="))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// DSR keeps the client's address: the node saw the real client, not the gateway.
+pub fn check_client(body: &str) -> Result<()> {
+    if !body.contains(&format!("client={CLIENT4}:")) {
+        bail!("the node did not see the client's address: {body:?}");
+    }
+    Ok(())
+}
+
+/// Waits until BIRD has the VIP and the router's kernel routes it via exactly `gateways`.
+pub fn wait_routed_via(router: &Netns, bird: &Bird<'_>, gateways: &[u8]) -> Result<()> {
+    bird.wait_route(PREFIX4, true, SETTLE)?;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let k = kernel_route(router, VIP4)?;
+        let all = gateways
+            .iter()
+            .all(|g| k.contains(&format!("via {} ", fabric4(gateway_host(*g)))));
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "router's route to {VIP4} is {k:?}, wanted via gateways {gateways:?}:\n{}",
+                bird.birdc(&["show", "route", "all"])?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

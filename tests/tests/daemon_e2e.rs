@@ -1,0 +1,339 @@
+//! `dsrgate run` end to end: the real binary on a gateway namespace, BIRD 2 as the router,
+//! nodes with the XDP decapsulator and `dsrgate-node`, and real TCP from a client.
+//!
+//! Topology ([`dsr_topology`]): client ── router (BIRD, AS 65000) ── fabric ── gw1 (gw2)
+//! and node1..node3. The router learns the VIP only from the gateways' BGP sessions.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use dsrgate_tests::bird::{kernel_route, Bird};
+use dsrgate_tests::daemon::{
+    check_client, connect, node_of, request, wait_routed_via, Daemon, GatewayConfig, Lab, PREFIX4,
+};
+use dsrgate_tests::netns::{fabric4, gateway_host, Netns, VIP4};
+use dsrgate_tests::require_privileges_with;
+
+const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
+
+fn privileged(what: &str) -> bool {
+    require_privileges_with(what, &["bird", "birdc"])
+}
+
+fn gateway_config(gw: u8) -> GatewayConfig {
+    GatewayConfig::new(gw)
+}
+
+/// The daemon's `/status`, fetched inside the gateway namespace.
+fn status(gw: &Netns) -> Result<control::status::Status> {
+    let api: SocketAddr = "127.0.0.1:9180".parse()?;
+    gw.enter(|| control::status::fetch(api, Duration::from_secs(2)))?
+}
+
+fn wait_status(
+    gw: &Netns,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&control::status::Status) -> bool,
+) -> Result<control::status::Status> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = status(gw) {
+            if ok(&s) {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}:\n{}",
+                    control::status::render(&s)
+                );
+            }
+        } else if Instant::now() > deadline {
+            bail!("timed out waiting for {what}: no status");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fresh GETs in a loop on a background thread until stopped; collects failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<Mutex<Vec<String>>>,
+    ok: Arc<Mutex<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(client: &Netns) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let ok = Arc::new(Mutex::new(0));
+        let client = Netns::existing(client.name()).expect("client namespace");
+        let thread = std::thread::spawn({
+            let (stop, failures, ok) = (stop.clone(), failures.clone(), ok.clone());
+            move || {
+                // Bounded: at most 20 000 requests, each bounded by its timeouts.
+                for i in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let started = Instant::now();
+                    let r = connect(&client, Duration::from_secs(2))
+                        .and_then(|mut s| request(&mut s, true))
+                        .and_then(|body| check_client(&body));
+                    match r {
+                        Ok(()) => *ok.lock().unwrap() += 1,
+                        Err(e) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("request {i} after {:?}: {e:#}", started.elapsed())),
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        });
+        Load {
+            stop,
+            failures,
+            ok,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop; returns (successes, failures).
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let ok = *self.ok.lock().unwrap();
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (ok, failures)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn announcement_follows_backend_health() -> Result<()> {
+    if !privileged("daemon_e2e::announcement_follows_backend_health") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let router = lab.ns("router");
+    let bird = Bird::start(router, &[(1, 65001)], "")?;
+    let cfg = gateway_config(1);
+    let daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
+    wait_routed_via(router, &bird, &[1])?;
+
+    // Traffic is balanced, and the nodes see the real client.
+    let nodes = lab.get_many(30)?;
+    let distinct: std::collections::BTreeSet<&String> = nodes.iter().collect();
+    assert!(
+        distinct.len() >= 2,
+        "all 30 connections went to {distinct:?}"
+    );
+
+    // Long-lived connections, one per node reached.
+    let mut kept: Vec<(String, TcpStream)> = Vec::new();
+    for _ in 0..30 {
+        let mut s = connect(lab.ns("client"), Duration::from_secs(2))?;
+        let node = node_of(&request(&mut s, false)?);
+        if !kept.iter().any(|(n, _)| *n == node) {
+            kept.push((node, s));
+        }
+    }
+
+    // node1 fails: it leaves the set, connections on the other nodes carry on, and new
+    // connections go only to the others.
+    lab.stop_service(1);
+    wait_status(lab.ns("gw1"), "node1 down", Duration::from_secs(5), |s| {
+        s.vips.iter().all(|v| {
+            v.backends
+                .iter()
+                .any(|b| b.address.to_string() == fabric4(11) && b.slots == 0)
+        })
+    })?;
+    for (node, s) in kept.iter_mut().filter(|(n, _)| n != "node1") {
+        let again =
+            node_of(&request(s, false).with_context(|| format!("kept connection to {node}"))?);
+        assert_eq!(&again, node, "a kept connection moved");
+    }
+    let after = lab.get_many(20)?;
+    assert!(after.iter().all(|n| n != "node1"), "{after:?}");
+    assert!(
+        bird.route(PREFIX4)?.is_some(),
+        "the VIP still has two backends"
+    );
+
+    // Every backend fails: the route goes within interval × fall + 1 s.
+    let load = Load::start(lab.ns("client"));
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    lab.stop_service(2);
+    lab.stop_service(3);
+    let limit = Duration::from_millis(300) * cfg.fall + Duration::from_secs(1);
+    bird.wait_route(PREFIX4, false, limit + Duration::from_secs(5))?;
+    let took = t0.elapsed();
+    eprintln!("last backend down -> route gone from BIRD after {took:?} (limit {limit:?})");
+    assert!(took <= limit, "withdraw took {took:?}, more than {limit:?}");
+    let (_, failures) = load.finish();
+    eprintln!(
+        "{} requests failed while the backends went down (expected)",
+        failures.len()
+    );
+    daemon.wait_log(&["withdrawn: 0 healthy backends"], Duration::from_secs(1))?;
+
+    // One backend comes back: the route returns, traffic flows to it.
+    let t0 = Instant::now();
+    lab.start_service(2)?;
+    wait_routed_via(router, &bird, &[1])?;
+    eprintln!("backend up -> route back in BIRD after {:?}", t0.elapsed());
+    let back = lab.get_many(10)?;
+    assert!(back.iter().all(|n| n == "node2"), "{back:?}");
+
+    let published = daemon.wait_log(&["snapshot published"], Duration::from_secs(1))?;
+    eprintln!("e.g. {published}");
+    Ok(())
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_forwarding() -> Result<()> {
+    if !privileged("daemon_e2e::sighup_with_a_broken_config_keeps_forwarding") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let router = lab.ns("router");
+    let bird = Bird::start(router, &[(1, 65001)], "")?;
+    let mut cfg = gateway_config(1);
+    let mut daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
+    wait_routed_via(router, &bird, &[1])?;
+    lab.get_many(5)?;
+
+    let load = Load::start(lab.ns("client"));
+    // A port out of range: rejected, naming the file and the field.
+    let broken = cfg.toml().replace("ports = [80, 7]", "ports = [80, 70000]");
+    daemon.write_config(&broken)?;
+    daemon.signal(libc::SIGHUP)?;
+    let line = daemon.wait_log(&["config reload rejected"], Duration::from_secs(5))?;
+    assert!(line.contains("vips[0].ports[1]"), "{line}");
+    assert!(line.contains("dsrgate.toml"), "{line}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(daemon.is_running());
+    assert!(bird.route(PREFIX4)?.is_some());
+
+    // A valid change is applied while forwarding: the route gets its new MED.
+    cfg.med = Some(50);
+    daemon.write_config(&cfg.toml())?;
+    daemon.signal(libc::SIGHUP)?;
+    daemon.wait_log(&["config reloaded"], Duration::from_secs(5))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !bird
+        .route(PREFIX4)?
+        .unwrap_or_default()
+        .contains("BGP.med: 50")
+    {
+        if Instant::now() > deadline {
+            bail!("MED not updated: {:?}", bird.route(PREFIX4)?);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{ok} ok, failures: {failures:#?}");
+    assert!(ok > 10, "only {ok} requests in the reload window");
+    let metrics = lab.ns("gw1").enter(|| {
+        control::api::get(
+            "127.0.0.1:9180".parse().unwrap(),
+            "/metrics",
+            Duration::from_secs(2),
+        )
+    })??;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("dsrgate_config_reloads_total{result=\"error\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dsrgate_config_reloads_total{result=\"ok\"} 1"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_withdraws_before_detaching_while_another_gateway_serves() -> Result<()> {
+    if !privileged("daemon_e2e::sigterm_withdraws_before_detaching_while_another_gateway_serves") {
+        return Ok(());
+    }
+    let lab = Lab::new(2, NODE_BIN)?;
+    let router = lab.ns("router");
+    let bird = Bird::start(router, &[(1, 65001), (2, 65001)], "")?;
+    let mut gw1 = Daemon::start(lab.ns("gw1"), &gateway_config(1).toml(), &[])?;
+    let _gw2 = Daemon::start(lab.ns("gw2"), &gateway_config(2).toml(), &[])?;
+    wait_routed_via(router, &bird, &[1, 2])?;
+    lab.get_many(10)?;
+
+    let load = Load::start(lab.ns("client"));
+    std::thread::sleep(Duration::from_millis(500));
+    let xdp_on_gw1 = || -> Result<bool> {
+        let link = lab.ns("gw1").ip(&["-o", "link", "show", "dev", "eth0"])?;
+        Ok(link.contains(" xdp") || link.contains("prog/xdp"))
+    };
+    assert!(xdp_on_gw1()?, "no XDP program on gw1 before the test");
+    let via_gw1 = format!("via {} ", fabric4(gateway_host(1)));
+
+    let t0 = Instant::now();
+    gw1.signal(libc::SIGTERM)?;
+    let (mut withdrawn, mut detached) = (None, None);
+    while withdrawn.is_none() || detached.is_none() {
+        if withdrawn.is_none() && !kernel_route(router, VIP4)?.contains(&via_gw1) {
+            withdrawn = Some(t0.elapsed());
+        }
+        if detached.is_none() && !xdp_on_gw1()? {
+            detached = Some(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            bail!(
+                "after 15 s: withdrawn {withdrawn:?}, detached {detached:?}\n{}",
+                gw1.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (withdrawn, detached) = (withdrawn.unwrap_or_default(), detached.unwrap_or_default());
+    eprintln!("SIGTERM -> route via gw1 gone after {withdrawn:?}, XDP detached after {detached:?}");
+    assert!(
+        withdrawn < detached,
+        "detached ({detached:?}) before the withdraw ({withdrawn:?})"
+    );
+    let status = gw1.wait_exit(Duration::from_secs(10))?;
+    assert!(
+        status.success(),
+        "dsrgate exited with {status}:\n{}",
+        gw1.log()
+    );
+    gw1.wait_log(&["dsrgate stopped"], Duration::from_secs(1))?;
+
+    // gw2 alone carries the VIP; nothing failed on the way.
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{ok} ok, failures: {failures:#?}");
+    assert!(ok > 20, "only {ok} requests during the shutdown");
+    let k = kernel_route(router, VIP4)?;
+    assert!(
+        k.contains(&format!("via {}", fabric4(gateway_host(2)))),
+        "{k}"
+    );
+    Ok(())
+}
