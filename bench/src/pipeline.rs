@@ -367,7 +367,7 @@ fn pass(a: &Args) -> anyhow::Result<CaseResult> {
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.batches >= 10, "--batches must be at least 10");
     anyhow::ensure!(
-        a.flows >= BATCH && a.flows % BATCH == 0 && a.flows <= 1 << 32,
+        a.flows >= BATCH && a.flows.is_multiple_of(BATCH) && a.flows <= 1 << 32,
         "--flows must be a multiple of {BATCH}"
     );
     anyhow::ensure!(a.backends >= 1, "--backends must be at least 1");
