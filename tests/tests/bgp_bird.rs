@@ -25,7 +25,8 @@ const HOLD: u16 = 6;
 
 /// Not a test: the speaker process the other tests start. Without [`CHILD_ENV`] it
 /// returns at once. Configuration words: `peer=ADDR remote_as=N local_as=N
-/// router_id=ADDR hold=SECS nh6=ADDR [md5=PASSWORD]`. Commands on stdin, answered on
+/// router_id=ADDR hold=SECS nh6=ADDR [nh4=ADDR] [md5=PASSWORD] [passive=1]
+/// [listen=ADDR:PORT]`; a later word overrides an earlier one. Commands on stdin, answered on
 /// stdout with lines starting `@`: `routes [PREFIX...]` (the whole desired set),
 /// `status`, `shutdown MESSAGE`.
 #[test]
@@ -35,7 +36,8 @@ fn speaker_process() {
     };
     let get = |key: &str| {
         spec.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .filter_map(|w| w.strip_prefix(&format!("{key}=")))
+            .last()
             .map(str::to_string)
     };
     let need = |key: &str| get(key).unwrap_or_else(|| panic!("{CHILD_ENV} lacks {key}"));
@@ -49,10 +51,16 @@ fn speaker_process() {
     peer.session.connect_retry = Duration::from_millis(500);
     peer.session.max_retry = Duration::from_secs(2);
     peer.next_hop_v6 = Some(need("nh6").parse().unwrap());
+    peer.next_hop_v4 = get("nh4").map(|a| a.parse().unwrap());
     peer.md5_password = get("md5");
+    peer.session.passive = get("passive").is_some();
+    let listen = get("listen")
+        .into_iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
     let mut speaker = Speaker::spawn(Config {
         peers: vec![peer],
-        listen: vec![],
+        listen,
     })
     .unwrap();
     let stdout = std::io::stdout();
@@ -103,7 +111,8 @@ struct SpeakerProc {
 }
 
 impl SpeakerProc {
-    /// Gateway `i` speaking to BIRD at 198.51.100.1 with `remote_as`.
+    /// Gateway `i` speaking to BIRD at 198.51.100.1 with `remote_as`; `extra` words
+    /// add to or override the configuration.
     fn start(ns: &Netns, gw: u8, remote_as: u32, extra: &str) -> Result<SpeakerProc> {
         let host = gateway_host(gw);
         let spec = format!(
@@ -191,8 +200,8 @@ struct Bird<'a> {
 }
 
 impl<'a> Bird<'a> {
-    /// `neighbors`: (gateway number, the AS BIRD expects it to have).
-    fn start(ns: &'a Netns, neighbors: &[(u8, u32)], extra: &str) -> Result<Bird<'a>> {
+    /// `neighbors`: (gateway number, the AS BIRD expects it to have, its address).
+    fn start(ns: &'a Netns, neighbors: &[(u8, u32, String)], extra: &str) -> Result<Bird<'a>> {
         let dir = std::env::temp_dir().join(format!("dsrgate-bird-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
         let mut conf = format!(
@@ -202,7 +211,7 @@ protocol device {{ scan time 1; }}
 protocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; merge paths on; }}
 protocol kernel {{ ipv6 {{ export where source = RTS_BGP; }}; merge paths on; }}
 template bgp speakers {{
-  local {id} as 65000;
+  local as 65000;
   hold time {HOLD};
   connect retry time 1;
   error wait time 1, 2;
@@ -214,11 +223,8 @@ template bgp speakers {{
             log = dir.join("bird.log").display(),
             id = fabric4(1),
         );
-        for (gw, asn) in neighbors {
-            conf += &format!(
-                "protocol bgp gw{gw} from speakers {{ neighbor {} as {asn}; }}\n",
-                fabric4(gateway_host(*gw))
-            );
+        for (gw, asn, addr) in neighbors {
+            conf += &format!("protocol bgp gw{gw} from speakers {{ neighbor {addr} as {asn}; }}\n");
         }
         std::fs::write(dir.join("bird.conf"), conf)?;
         let mut bird = Bird {
@@ -325,6 +331,11 @@ fn topology() -> Result<Net> {
     dsr_topology(2, 0).build(&unique_prefix())
 }
 
+/// BIRD's view of gateway `i` in AS `asn`, over IPv4.
+fn gw(i: u8, asn: u32) -> (u8, u32, String) {
+    (i, asn, fabric4(gateway_host(i)))
+}
+
 fn privileged(what: &str) -> bool {
     require_privileges_with(what, &["bird", "birdc"])
 }
@@ -338,7 +349,7 @@ fn announce_install_refresh_and_withdraw() -> Result<()> {
     }
     let net = topology()?;
     let router = net.ns("router");
-    let bird = Bird::start(router, &[(1, 65001)], "")?;
+    let bird = Bird::start(router, &[gw(1, 65001)], "")?;
     let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
     gw.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
 
@@ -405,7 +416,7 @@ fn two_speakers_give_ecmp() -> Result<()> {
     }
     let net = topology()?;
     let router = net.ns("router");
-    let bird = Bird::start(router, &[(1, 65001), (2, 65001)], "")?;
+    let bird = Bird::start(router, &[gw(1, 65001), gw(2, 65001)], "")?;
     let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
     let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65000, "")?;
     gw1.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
@@ -449,7 +460,7 @@ fn sigkill_drops_the_route_at_once() -> Result<()> {
         return Ok(());
     }
     let net = topology()?;
-    let bird = Bird::start(net.ns("router"), &[(1, 65001)], "")?;
+    let bird = Bird::start(net.ns("router"), &[gw(1, 65001)], "")?;
     let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
     gw.announce(&["192.0.2.10/32"])?;
     bird.wait_route("192.0.2.10/32", true, SETTLE)?;
@@ -466,7 +477,7 @@ fn sigstop_drops_the_route_at_hold_expiry() -> Result<()> {
         return Ok(());
     }
     let net = topology()?;
-    let bird = Bird::start(net.ns("router"), &[(1, 65001)], "")?;
+    let bird = Bird::start(net.ns("router"), &[gw(1, 65001)], "")?;
     let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
     gw.announce(&["192.0.2.10/32"])?;
     bird.wait_route("192.0.2.10/32", true, SETTLE)?;
@@ -499,7 +510,7 @@ fn bird_restart_is_followed_by_reannouncement() -> Result<()> {
     }
     let net = topology()?;
     let router = net.ns("router");
-    let mut bird = Bird::start(router, &[(1, 65001)], "")?;
+    let mut bird = Bird::start(router, &[gw(1, 65001)], "")?;
     let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
     gw.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
     bird.wait_route("192.0.2.10/32", true, SETTLE)?;
@@ -529,7 +540,7 @@ fn wrong_remote_as_never_establishes() -> Result<()> {
     }
     let net = topology()?;
     // BIRD expects gw1 in AS 65002 (gw1 is 65001); gw2 expects BIRD in AS 65099.
-    let bird = Bird::start(net.ns("router"), &[(1, 65002), (2, 65001)], "")?;
+    let bird = Bird::start(net.ns("router"), &[gw(1, 65002), gw(2, 65001)], "")?;
     let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
     let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65099, "")?;
     gw1.announce(&["192.0.2.10/32"])?;
@@ -569,7 +580,7 @@ fn tcp_md5_session() -> Result<()> {
     let net = topology()?;
     let bird = Bird::start(
         net.ns("router"),
-        &[(1, 65001), (2, 65001)],
+        &[gw(1, 65001), gw(2, 65001)],
         r#"password "dsrgate-md5";"#,
     )?;
     let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "md5=dsrgate-md5")?;
@@ -586,6 +597,70 @@ fn tcp_md5_session() -> Result<()> {
     );
     let route = bird.route("192.0.2.10/32")?.unwrap_or_default();
     assert!(!route.contains("198.51.100.3"), "{route}");
+    Ok(())
+}
+
+#[test]
+fn passive_speaker_and_connection_collision() -> Result<()> {
+    if !privileged("bgp_bird::passive_speaker_and_connection_collision") {
+        return Ok(());
+    }
+    let net = topology()?;
+    let bird = Bird::start(net.ns("router"), &[gw(1, 65001), gw(2, 65001)], "")?;
+    // gw1 only listens: BIRD has to connect. gw2 listens and connects, as BIRD
+    // does: connections may cross, and collision resolution (RFC 4271 §6.8) must
+    // leave exactly one session.
+    let listen1 = format!("passive=1 listen={}:179", fabric4(gateway_host(1)));
+    let listen2 = format!("listen={}:179", fabric4(gateway_host(2)));
+    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, &listen1)?;
+    let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65000, &listen2)?;
+    gw1.announce(&["192.0.2.10/32"])?;
+    gw2.announce(&["192.0.2.10/32"])?;
+    for gw in [&mut gw1, &mut gw2] {
+        gw.wait_status("Established", SETTLE, |s| s.contains("state=Established"))?;
+    }
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let route = bird.route("192.0.2.10/32")?.unwrap_or_default();
+        if route.contains("via 198.51.100.2") && route.contains("via 198.51.100.3") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("BIRD lacks a path: {route}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // One session each, and it stays.
+    std::thread::sleep(Duration::from_secs(3));
+    for gw in [&mut gw1, &mut gw2] {
+        let s = gw.status()?;
+        assert!(
+            s.contains("state=Established") && s.contains("flaps=0"),
+            "{s}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn ipv6_session_carries_both_families() -> Result<()> {
+    if !privileged("bgp_bird::ipv6_session_carries_both_families") {
+        return Ok(());
+    }
+    let net = topology()?;
+    let router = net.ns("router");
+    let bird = Bird::start(router, &[(1, 65001, fabric6(gateway_host(1)))], "")?;
+    // Over IPv6 the IPv4 next hop has to be configured; the IPv6 one is the
+    // session's own address.
+    let extra = format!("peer={} nh4={}", fabric6(1), fabric4(gateway_host(1)));
+    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, &extra)?;
+    gw1.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
+    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+    bird.wait_route("2001:db8:100::10/128", true, SETTLE)?;
+    let k4 = kernel_route(router, VIP4)?;
+    assert!(k4.contains("via 198.51.100.2"), "{k4}");
+    let k6 = kernel_route(router, VIP6)?;
+    assert!(k6.contains("via 2001:db8:f::2"), "{k6}");
     Ok(())
 }
 
