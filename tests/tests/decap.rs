@@ -341,3 +341,60 @@ fn refuses_to_touch_a_foreign_xdp_program() {
     drop(steer);
     assert!(!node.xdp_shown());
 }
+
+/// `dsrgate decap attach|detach` as an operator runs it on a node (`ip netns exec`, a
+/// private /sys): the program outlives the command, and detach removes it.
+#[test]
+fn cli_attach_outlives_the_command_and_detach_cleans_up() {
+    if !require_privileges("decap CLI test") {
+        return;
+    }
+    let bin = dsrgate_tests::daemon::dsrgate_bin().expect("building dsrgate");
+    let bin = bin.to_str().unwrap();
+    let node = Node::new();
+    let ns = node.net.ns("node");
+    let out = ns
+        .exec(&[
+            bin,
+            "decap",
+            "attach",
+            "--iface",
+            "eth0",
+            "--gue-port",
+            &GUE_PORT.to_string(),
+        ])
+        .unwrap();
+    assert!(out.contains("decap attached to eth0"), "{out}");
+    assert!(
+        out.contains(NODE4) && out.contains(NODE6),
+        "defaults to the interface's addresses: {out}"
+    );
+    assert!(node.xdp_shown());
+
+    let (n4, o4): (IpAddr, IpAddr) = (v4(NODE4).into(), v4(OUTER_SRC4).into());
+    node.send(&[
+        outer4(NODE4, PROTO_IPIP, &inner4("cli-ipip")),
+        outer4(
+            NODE4,
+            PROTO_UDP,
+            &gue(o4, n4, Some(PROTO_IPIP), &inner4("cli-gue")),
+        ),
+    ]);
+    let tags: Vec<String> = node.received().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(tags, ["cli-gue", "cli-ipip"]);
+
+    let out = ns
+        .exec(&[bin, "decap", "detach", "--iface", "eth0"])
+        .unwrap();
+    assert!(out.contains("detached"), "{out}");
+    assert!(!node.xdp_shown());
+    let again = ns
+        .output(&[bin, "decap", "detach", "--iface", "eth0"])
+        .unwrap();
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("no XDP program is attached to eth0"),
+        "{stderr}"
+    );
+}
