@@ -45,7 +45,11 @@ struct HttpServer {
 
 impl HttpServer {
     fn start(ip: &str) -> HttpServer {
-        let listener = TcpListener::bind((ip, 0)).unwrap();
+        Self::start_on(ip, 0)
+    }
+
+    fn start_on(ip: &str, port: u16) -> HttpServer {
+        let listener = TcpListener::bind((ip, port)).unwrap();
         let addr = listener.local_addr().unwrap();
         let mode = Arc::new(AtomicU8::new(OK));
         let weight = Arc::new(AtomicU32::new(1));
@@ -311,4 +315,66 @@ fn probes_are_jittered_not_synchronised() {
     // Events trickled in over several polls, not all in one.
     let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
     assert!(distinct.len() >= 5, "{seen:?}");
+}
+
+/// Static config → ServiceSet → probes → the backends that may get traffic:
+/// a backend enters after `rise` successes, leaves after `fall` failures, and
+/// a VIP whose backends all fail has none left (so it is withdrawn).
+#[test]
+fn static_vip_backends_follow_health() {
+    use control::sources::{static_list, BackendSpec};
+    use std::collections::HashMap;
+
+    let a = HttpServer::start("127.0.0.8");
+    let b = HttpServer::start_on("127.0.0.9", a.addr.port());
+    // One probe port for both nodes, as a VIP's health check has.
+    let port = a.addr.port();
+    let text = format!(
+        "[dataplane]\nupstream_interface = \"eth0\"\n[[vips]]\naddress = \"203.0.113.10\"\nport = 80\n\
+         backends = [{{ address = \"192.0.2.8\", weight = 3 }}, {{ address = \"192.0.2.9\" }}]\n\
+         health = {{ type = \"http\", port = {port}, path = \"/healthz\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 2 }}\n"
+    );
+    let mut cfg = control::config::parse(&text, std::path::Path::new("static.toml")).unwrap();
+    // The nodes are test servers on loopback (which validation rightly refuses).
+    cfg.vips[0].backends[0].address = "127.0.0.8".parse().unwrap();
+    cfg.vips[0].backends[1].address = "127.0.0.9".parse().unwrap();
+    let set = static_list::service_set(&cfg);
+    let vip = &set.vips[0];
+    let (checker, rx) = health::spawn().unwrap();
+    checker.set_targets(set.health_targets());
+
+    let mut states: HashMap<Target, (State, Option<u32>)> = HashMap::new();
+    let usable = |states: &mut HashMap<Target, (State, Option<u32>)>, want: &[BackendSpec]| {
+        let deadline = std::time::Instant::now() + BOUND;
+        loop {
+            let now = vip.healthy_backends(|t| states.get(t).copied());
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stuck at {now:?}, want {want:?}"
+            );
+            if let Ok(ev) = rx.recv_timeout(Duration::from_millis(100)) {
+                states.insert(ev.target.clone(), (ev.state, ev.weight));
+            }
+        }
+    };
+    let ba = BackendSpec {
+        addr: "127.0.0.8".parse().unwrap(),
+        weight: 3,
+    };
+    let bb = BackendSpec {
+        addr: "127.0.0.9".parse().unwrap(),
+        weight: 1,
+    };
+    // Nothing is usable before the first probes rise.
+    assert!(vip.healthy_backends(|t| states.get(t).copied()).is_empty());
+    usable(&mut states, &[ba, bb]);
+    b.mode.store(UNAVAILABLE, Ordering::SeqCst);
+    usable(&mut states, &[ba]);
+    a.mode.store(SILENT, Ordering::SeqCst);
+    usable(&mut states, &[]);
+    b.mode.store(OK, Ordering::SeqCst);
+    usable(&mut states, &[bb]);
 }
