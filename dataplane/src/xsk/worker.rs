@@ -226,20 +226,25 @@ impl<P: Processor> Worker<P> {
         let mut n = 0;
         let ports = std::iter::once(&mut self.io.up).chain(self.io.down.as_mut());
         for port in ports {
-            let avail = port.cq.available();
-            if avail == 0 {
-                continue;
+            // xdpilone serves a peek from its cached producer head while that shows at least
+            // one entry, so one call may return only part of what is there: repeat until a
+            // call comes back empty (which refreshes the head).
+            loop {
+                let mut r = port.cq.complete(BATCH as u32 * 4);
+                let before = n;
+                while let Some(addr) = r.read() {
+                    debug_assert!(
+                        self.stash.len() < self.stash.capacity(),
+                        "frame count exceeded"
+                    );
+                    self.stash.push(addr & mask);
+                    n += 1;
+                }
+                r.release();
+                if n == before {
+                    break;
+                }
             }
-            let mut r = port.cq.complete(avail);
-            while let Some(addr) = r.read() {
-                debug_assert!(
-                    self.stash.len() < self.stash.capacity(),
-                    "frame count exceeded"
-                );
-                self.stash.push(addr & mask);
-                n += 1;
-            }
-            r.release();
         }
         n
     }
@@ -255,13 +260,20 @@ impl<P: Processor> Worker<P> {
         let mut lens = [0u32; BATCH];
         let mut n = 0;
         if let Some(rx) = self.io.up.rx.as_mut() {
-            let mut r = rx.receive(room as u32);
-            while let Some(d) = r.read() {
-                addrs[n] = d.addr;
-                lens[n] = d.len;
-                n += 1;
+            // A short peek may come from xdpilone's stale cached head; a second one refreshes it.
+            for _ in 0..2 {
+                let mut r = rx.receive((room - n) as u32);
+                let before = n;
+                while let Some(d) = r.read() {
+                    addrs[n] = d.addr;
+                    lens[n] = d.len;
+                    n += 1;
+                }
+                r.release();
+                if n == room || n == before {
+                    break;
+                }
             }
-            r.release();
         }
         if n == 0 {
             return 0;
