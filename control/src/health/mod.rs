@@ -206,6 +206,9 @@ impl fmt::Display for HealthEvent {
 
 /// Jitter of each interval, as a fraction of it.
 const JITTER: f64 = 0.1;
+/// Intervals and timeouts are capped here (config validation allows at most
+/// 1 h), so no schedule arithmetic can overflow whatever a caller passes.
+const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
 const WAKER: Token = Token(usize::MAX);
 
 struct Running {
@@ -264,7 +267,12 @@ impl HealthChecker {
             let slot = match self.slots.remove(&t) {
                 Some(slot) => slot,
                 None => {
-                    let first = t.spec.timing.interval.mul_f64(self.rng.f64());
+                    let first = t
+                        .spec
+                        .timing
+                        .interval
+                        .min(MAX_PERIOD)
+                        .mul_f64(self.rng.f64());
                     Slot {
                         counter: Counter::default(),
                         due: now + first,
@@ -371,13 +379,13 @@ impl HealthChecker {
                 Ok(Running {
                     token,
                     probe,
-                    deadline: now + timing.timeout,
+                    deadline: now + timing.timeout.min(MAX_PERIOD),
                 })
             });
             let Some(slot) = self.slots.get_mut(&target) else {
                 continue;
             };
-            slot.due = now + timing.interval.mul_f64(factor);
+            slot.due = now + timing.interval.min(MAX_PERIOD).mul_f64(factor);
             match started {
                 Ok(r) => {
                     self.by_token.insert(r.token, target.clone());
