@@ -217,6 +217,9 @@ struct Pending {
     p: Parsed,
     vip: u32,
     hash: u64,
+    /// For a SYN, the Maglev choice, looked up in pass 1 so that the table loads of a batch
+    /// overlap (the flow table pushes the Maglev table out of cache).
+    syn_choice: Option<u32>,
 }
 
 /// One RX queue's pipeline state. See the module docs.
@@ -359,7 +362,21 @@ fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early
     }
     w.hash = p.key.hash(snap.hash_seed);
     w.vip = vip;
+    w.syn_choice = if is_syn(p) {
+        v.maglev().lookup(w.hash)
+    } else {
+        None
+    };
     Ok(())
+}
+
+/// A TCP SYN without ACK: a new connection, which always takes the current Maglev choice.
+#[inline]
+fn is_syn(p: &Parsed) -> bool {
+    p.key.proto == TCP
+        && !p.fragment
+        && p.kind == Kind::Flow
+        && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// RFC 1071 over the IPv4 header at `pkt[l3..]` (its length already validated).
@@ -461,15 +478,14 @@ impl State {
             TimeoutClass::TcpEstablished
         };
         let maglev = || -> Option<u32> {
-            let i = vip.maglev().lookup(w.hash)?;
+            let i = w.syn_choice.or_else(|| vip.maglev().lookup(w.hash))?;
             Some(vip.backends().start + i)
         };
         let record = |slot: u32| FlowValue {
             addr: snap.backends()[slot as usize].addr,
             slot,
         };
-        let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        if !syn {
+        if !is_syn(p) {
             if let Some(e) = self.flows.lookup(&p.key, w.hash, now_ns) {
                 match resolve(snap, vip.backends(), &e.value) {
                     Some(s) if s == e.value.slot => {}
