@@ -722,3 +722,46 @@ fn encoder_refuses_oversized_messages() {
     });
     assert!(u.to_bytes(Context::FOUR_OCTET).is_err());
 }
+
+/// RFC 9072 extended optional parameters: length 255, type 255, a 2-octet length,
+/// and 2-octet parameter lengths. We send it only when the classic form overflows.
+#[test]
+fn extended_optional_parameters() {
+    let bytes = hex("ffffffffffffffffffffffffffffffff 002b 01
+        04 fde8 005a 0a000001
+        ff ff 000b
+        02 0008 01 04 0001 00 01 02 00");
+    let Message::Open(open) = decode(&bytes).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        open.parameters,
+        vec![vec![
+            Capability::multiprotocol(Family::Ipv4Unicast),
+            Capability::RouteRefresh
+        ]]
+    );
+    // Small enough for the classic form, which is what we send back.
+    assert_eq!(
+        Message::Open(open.clone())
+            .to_bytes(Context::default())
+            .unwrap()
+            .len(),
+        bytes.len() - 4
+    );
+    // Many capabilities: the extended form, and it decodes back.
+    let big = Open {
+        parameters: vec![(0..100)
+            .map(|i| Capability::Unknown {
+                code: 200,
+                value: vec![i],
+            })
+            .collect()],
+        ..open
+    };
+    let bytes = Message::Open(big.clone())
+        .to_bytes(Context::default())
+        .unwrap();
+    assert_eq!(bytes[28..31], [255, 255, 0x01]);
+    assert_eq!(decode(&bytes).unwrap(), Message::Open(big));
+}

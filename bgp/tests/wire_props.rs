@@ -41,7 +41,7 @@ fn capability() -> impl Strategy<Value = Capability> {
             }),
         any::<u32>().prop_map(|asn| Capability::FourOctetAs { asn }),
         // Codes this crate does not interpret.
-        (prop_oneof![3u8..64, 66u8..=255], vec(any::<u8>(), 0..8))
+        (prop_oneof![3u8..64, 66u8..=255], vec(any::<u8>(), 0..100))
             .prop_map(|(code, value)| Capability::Unknown { code, value }),
     ]
 }

@@ -155,7 +155,8 @@ pub enum EncodeError {
     /// Longer than 4096 octets (RFC 4271 §4.1).
     #[error("message of {length} octets exceeds the 4096-octet limit")]
     TooLong { length: usize },
-    /// OPEN optional parameters longer than 255 octets (RFC 4271 §4.2).
-    #[error("OPEN optional parameters exceed 255 octets")]
+    /// A capability over 255 octets, or optional parameters beyond what even the
+    /// extended format of RFC 9072 holds.
+    #[error("OPEN optional parameters too long")]
     OptionalParametersTooLong,
 }

@@ -230,18 +230,30 @@ impl Open {
         let hold_time = r.u16().ok_or(malformed("short"))?;
         let bgp_id = Ipv4Addr::from(r.u32().ok_or(malformed("short"))?);
         let opt_len = r.u8().ok_or(malformed("short"))?;
-        if usize::from(opt_len) != r.remaining() {
+        // RFC 9072 §2: length 255 followed by type 255 announces the extended
+        // format, with 2-octet lengths for the field and for each parameter.
+        let extended = opt_len == 255 && r.rest().first() == Some(&255);
+        let params_len = if extended {
+            r.u8();
+            usize::from(r.u16().ok_or(malformed("short"))?)
+        } else {
+            usize::from(opt_len)
+        };
+        if params_len != r.remaining() {
             return Err(malformed(
                 "optional parameters length disagrees with message length",
             ));
         }
         let mut parameters = Vec::new();
         while !r.is_empty() {
-            let (Some(kind), Some(len)) = (r.u8(), r.u8()) else {
-                return Err(malformed("truncated optional parameter"));
+            let kind = r.u8().ok_or(malformed("truncated optional parameter"))?;
+            let len = if extended {
+                r.u16()
+            } else {
+                r.u8().map(u16::from)
             };
-            let value = r
-                .take(usize::from(len))
+            let value = len
+                .and_then(|len| r.take(usize::from(len)))
                 .ok_or(malformed("truncated optional parameter"))?;
             if kind != PARAM_CAPABILITIES {
                 return Err(OpenError::UnsupportedOptionalParameter { kind }.into());
@@ -273,30 +285,50 @@ impl Open {
         })
     }
 
+    /// The classic format when everything fits in 255 octets, the extended one of
+    /// RFC 9072 otherwise.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         out.push(4);
         out.extend_from_slice(&self.my_as.to_be_bytes());
         out.extend_from_slice(&self.hold_time.to_be_bytes());
         out.extend_from_slice(&self.bgp_id.octets());
-        let len_at = out.len();
+        let start = out.len();
         out.push(0);
+        if self.encode_parameters(out, false).is_ok() && out.len() - start - 1 <= 255 {
+            out[start] = (out.len() - start - 1) as u8;
+            return Ok(());
+        }
+        out.truncate(start);
+        out.extend_from_slice(&[255, 255, 0, 0]);
+        self.encode_parameters(out, true)?;
+        let len = u16::try_from(out.len() - start - 4)
+            .map_err(|_| EncodeError::OptionalParametersTooLong)?;
+        out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    fn encode_parameters(&self, out: &mut Vec<u8>, extended: bool) -> Result<(), EncodeError> {
+        let too_long = |_| EncodeError::OptionalParametersTooLong;
         for caps in &self.parameters {
             out.push(PARAM_CAPABILITIES);
-            let param_len_at = out.len();
-            out.push(0);
+            let len_at = out.len();
+            out.extend_from_slice(if extended { &[0, 0] } else { &[0] });
+            let value_at = out.len();
             for cap in caps {
                 out.push(cap.code());
                 let cap_len_at = out.len();
                 out.push(0);
                 cap.encode_value(out);
-                out[cap_len_at] = u8::try_from(out.len() - cap_len_at - 1)
-                    .map_err(|_| EncodeError::OptionalParametersTooLong)?;
+                out[cap_len_at] = u8::try_from(out.len() - cap_len_at - 1).map_err(too_long)?;
             }
-            out[param_len_at] = u8::try_from(out.len() - param_len_at - 1)
-                .map_err(|_| EncodeError::OptionalParametersTooLong)?;
+            let len = out.len() - value_at;
+            if extended {
+                let len = u16::try_from(len).map_err(too_long)?;
+                out[len_at..value_at].copy_from_slice(&len.to_be_bytes());
+            } else {
+                out[len_at] = u8::try_from(len).map_err(too_long)?;
+            }
         }
-        out[len_at] = u8::try_from(out.len() - len_at - 1)
-            .map_err(|_| EncodeError::OptionalParametersTooLong)?;
         Ok(())
     }
 }
