@@ -59,11 +59,13 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config, log_format } => {
             init_logging(log_format);
-            let r = daemon::run(&config);
-            if let Err(e) = &r {
-                tracing::error!(error = format!("{e:#}"), "dsrgate failed");
-            }
-            r
+            return match daemon::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "dsrgate failed");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Cmd::Check { config } => check(&config),
         Cmd::Status { api } => status::fetch(api, Duration::from_secs(5)).map(|s| {

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use dataplane::bpf::{self, Steer};
 use dataplane::pipeline::WorkerConfig;
 use dataplane::snapshot::{Snapshot, SourcePrefix};
-use dataplane::xsk::{PipelineProcessor, WorkerStats, Workers, XskConfig};
+use dataplane::xsk::{PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig};
 
 use crate::config::{Config, Topology};
 use crate::policy::DataplaneProblem;
@@ -66,6 +66,8 @@ pub struct Dataplane {
     uplink_ifindex: u32,
     xdp_mode: bpf::AttachMode,
     beats: Vec<Beat>,
+    /// Each worker's pipeline counters, in worker order.
+    pipelines: Vec<Arc<PipelineStats>>,
 }
 
 impl Dataplane {
@@ -83,8 +85,11 @@ impl Dataplane {
             flow_capacity: fixed.flow_table_size as usize,
             ..WorkerConfig::default()
         };
+        let mut pipelines = Vec::new();
         let workers = Workers::start(&xsk, steer, |_| {
-            PipelineProcessor::new(wc, snapshot.clone())
+            let p = PipelineProcessor::new(wc, snapshot.clone());
+            pipelines.push(p.stats());
+            p
         })
         .with_context(|| format!("starting the AF_XDP workers on {}", fixed.uplink))?;
         let now = Instant::now();
@@ -102,6 +107,7 @@ impl Dataplane {
             uplink_ifindex,
             xdp_mode,
             beats,
+            pipelines,
         })
     }
 
@@ -135,6 +141,11 @@ impl Dataplane {
 
     pub fn stats(&self) -> Vec<WorkerStats> {
         self.workers.stats()
+    }
+
+    /// Each worker's pipeline counters (flow table, per-VIP traffic, snapshot generation).
+    pub fn pipelines(&self) -> &[Arc<PipelineStats>] {
+        &self.pipelines
     }
 
     /// Why the packet path cannot forward, if it cannot: a worker that stopped making

@@ -140,6 +140,9 @@ struct Daemon {
     publisher: Publisher,
     /// The earliest backend change not yet published (for the publish latency).
     dirty_since: Option<Instant>,
+    /// The last published generation and its change's time (CLOCK_MONOTONIC ns), until a
+    /// worker has run a batch on it.
+    unobserved: Option<(u64, u64)>,
     vips_dirty: bool,
 
     policy: Policy,
@@ -199,6 +202,7 @@ impl Daemon {
             })?,
             params,
             dirty_since: Some(started),
+            unobserved: None,
             vips_dirty: true,
             policy: Policy::default(),
             routes: Routes::new(),
@@ -314,6 +318,7 @@ impl Daemon {
         if self.vips_dirty {
             self.sync_vips()?;
         }
+        self.check_observed();
         self.evaluate(shutting_down);
         self.report(&stats, now);
         Ok(())
@@ -469,6 +474,9 @@ impl Daemon {
             Ok(Some(p)) => {
                 let latency = p.live_at.saturating_duration_since(since);
                 self.metrics.snapshot_published(latency);
+                let change_ns = monotonic_ns()
+                    .saturating_sub(Instant::now().duration_since(since).as_nanos() as u64);
+                self.unobserved = Some((p.generation, change_ns));
                 tracing::info!(
                     generation = p.generation,
                     build_us = p.build.as_micros() as u64,
@@ -479,6 +487,30 @@ impl Daemon {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e,
                 "cannot build a snapshot; the previous one stays live"),
+        }
+    }
+
+    /// Logs when the first worker ran a batch on the last published snapshot, counted from
+    /// the change that caused it (workers without traffic never do; nothing is logged then).
+    fn check_observed(&mut self) {
+        let Some((generation, change_ns)) = self.unobserved else {
+            return;
+        };
+        let first = self
+            .dataplane()
+            .pipelines()
+            .iter()
+            .map(|p| p.generation())
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, at)| at)
+            .min();
+        if let Some(at) = first {
+            self.unobserved = None;
+            tracing::info!(
+                generation,
+                change_to_worker_us = at.saturating_sub(change_ns) / 1000,
+                "first worker batch on the new snapshot"
+            );
         }
     }
 
@@ -587,6 +619,7 @@ impl Daemon {
             policy: &self.policy,
             peers: &peers,
             workers: stats,
+            pipelines: dp.pipelines(),
             xdp_mode: dp.xdp_mode(),
             flow_capacity: u64::from(dp.fixed().flow_table_size),
         });
@@ -738,4 +771,15 @@ fn ifindex(iface: &str) -> Result<u32> {
         0 => anyhow::bail!("no network interface {iface:?} in this namespace"),
         i => Ok(i),
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock the workers stamp their batches with.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -9,7 +9,7 @@ use bgp::fsm::State as FsmState;
 use dataplane::bpf::AttachMode;
 use dataplane::pipeline::DropReason;
 use dataplane::snapshot::VipKey;
-use dataplane::xsk::{WorkerStats, XskMode};
+use dataplane::xsk::{PipelineStats, WorkerStats, XskMode};
 
 use crate::neigh::Resolution;
 use crate::policy::{Decision, Policy};
@@ -43,6 +43,8 @@ pub struct Inputs<'a> {
     pub policy: &'a Policy,
     pub peers: &'a [bgp::speaker::PeerStatus],
     pub workers: &'a [WorkerStats],
+    /// The workers' pipeline counters, in worker order.
+    pub pipelines: &'a [std::sync::Arc<PipelineStats>],
     pub xdp_mode: AttachMode,
     pub flow_capacity: u64,
 }
@@ -59,7 +61,16 @@ pub fn build(i: &Inputs<'_>) -> Status {
                 proto: proto(spec.proto),
                 port,
             };
-            let live = i.live.iter().find(|l| l.key == key);
+            let index = i.live.iter().position(|l| l.key == key);
+            let live = index.and_then(|x| i.live.get(x));
+            // Per-VIP counters are kept by snapshot index, which is stable while the set
+            // of services is.
+            let (packets, bytes) = index.map_or((0, 0), |x| {
+                i.pipelines
+                    .iter()
+                    .filter_map(|p| p.vip(x))
+                    .fold((0, 0), |(p, b), (dp, db)| (p + dp, b + db))
+            });
             let backends = spec
                 .backends
                 .iter()
@@ -93,8 +104,8 @@ pub fn build(i: &Inputs<'_>) -> Status {
                 reason: reason.clone(),
                 generation: live.map_or(0, |l| l.generation),
                 table_size: live.map_or(0, |l| l.table_size),
-                packets: 0,
-                bytes: 0,
+                packets,
+                bytes,
                 backends,
             });
         }
@@ -109,7 +120,11 @@ pub fn build(i: &Inputs<'_>) -> Status {
         workers: i
             .workers
             .iter()
-            .map(|w| worker(w, i.xdp_mode, i.flow_capacity))
+            .enumerate()
+            .map(|(n, w)| {
+                let flows = i.pipelines.get(n).map_or((0, 0), |p| p.flows());
+                worker(w, i.xdp_mode, i.flow_capacity, flows)
+            })
             .collect(),
     }
 }
@@ -138,7 +153,12 @@ fn peer(p: &bgp::speaker::PeerStatus) -> PeerStatus {
     }
 }
 
-fn worker(w: &WorkerStats, xdp: AttachMode, flow_capacity: u64) -> WorkerStatus {
+fn worker(
+    w: &WorkerStats,
+    xdp: AttachMode,
+    flow_capacity: u64,
+    (flow_entries, flow_evictions): (u64, u64),
+) -> WorkerStatus {
     let mut drops: BTreeMap<String, u64> = DropReason::ALL
         .iter()
         .map(|r| (r.name().to_owned(), w.drops[*r as usize]))
@@ -165,9 +185,8 @@ fn worker(w: &WorkerStats, xdp: AttachMode, flow_capacity: u64) -> WorkerStatus 
         // passes non-VIP traffic before it reaches a worker.
         passed_packets: 0,
         drops,
-        // The workers do not export their flow tables' occupancy yet.
-        flow_entries: 0,
+        flow_entries,
         flow_capacity,
-        flow_evictions: 0,
+        flow_evictions,
     }
 }
