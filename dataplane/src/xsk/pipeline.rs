@@ -120,9 +120,7 @@ impl Processor for PipelineProcessor {
         let snap = self.snapshot.load();
         if snap.generation() != self.generation {
             self.generation = snap.generation();
-            self.stats
-                .generation_at_ns
-                .store(now_ns, Ordering::Relaxed);
+            self.stats.generation_at_ns.store(now_ns, Ordering::Relaxed);
             // Release: see `PipelineStats::generation`.
             self.stats
                 .generation
