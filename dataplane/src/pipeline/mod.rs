@@ -34,6 +34,32 @@
 //! packet to it, and forwarding it again with an exhausted TTL would let a routing loop
 //! through a gateway live forever. Other packets are not decremented: the inner header stays
 //! untouched, so the node sees exactly what the client sent (as Katran and Maglev do).
+//!
+//! # Encapsulation
+//! The backend's family picks the outer header: IPv4-in-IPv4 (protocol 4), IPv6-in-IPv6 and
+//! IPv4-in-IPv6 (next header 41 / 4); a VIP with [`Encap::Gue`](crate::snapshot::Encap) adds
+//! UDP to the configured port and a 4-byte GUE variant-0 header ([`crate::wire::gue`]). The
+//! headers are written into the headroom in front of the received packet ([`MIN_HEADROOM`]
+//! covers the largest case); Ethernet padding is dropped. Outer fields: TTL / hop limit 64,
+//! DSCP and ECN copied, IPv4 DF set and ID 0 (the pipeline enforces the tunnel MTU itself),
+//! IPv6 flow label, GUE source port (49152-65535) and the host bits of the outer source
+//! prefix from disjoint bits of the flow hash, so the fabric's ECMP and the node's RSS spread
+//! flows while each flow keeps one path. The next-hop MAC comes from the snapshot; an
+//! unresolved one is [`DropReason::NoNextHop`]. With an egress VLAN configured, frames toward
+//! the nodes carry that tag whatever tag they arrived with.
+//!
+//! # Path MTU
+//! A packet whose encapsulation would exceed the tunnel MTU gets a "too big" reply from the VIP
+//! ([`Verdict::Reply`]: ICMPv4 fragmentation needed for IPv4 with DF, ICMPv6 Packet Too Big
+//! for IPv6) carrying the MTU that fits, MACs swapped and VLAN tag kept, rate-limited per
+//! worker ([`WorkerConfig::icmp_per_sec`]). Without DF, for a later fragment, for an ICMP error
+//! or toward a non-unicast source it is dropped ([`DropReason::TooBig`]). ICMP errors addressed
+//! to a VIP are parsed to the header they quote and follow the flow of the swapped tuple.
+//!
+//! # What is not ours
+//! Non-IP frames, stacked VLAN tags, and traffic to anything but a configured (address,
+//! protocol, port) are [`Verdict::Pass`], as is non-error ICMP (echo, neighbour discovery) even
+//! to a VIP address. Other protocols to a VIP address are [`DropReason::Unsupported`].
 
 mod encap;
 mod icmp;
