@@ -69,10 +69,7 @@ fn speaker_process() {
         let mut out = stdout.lock();
         match line.split_once(' ').unwrap_or((line.as_str(), "")) {
             ("routes", list) => {
-                let routes: Routes = list
-                    .split_whitespace()
-                    .map(|p| (p.parse::<Prefix>().unwrap(), RouteAttributes::default()))
-                    .collect();
+                let routes: Routes = list.split_whitespace().map(route).collect();
                 speaker.set_routes(routes);
                 writeln!(out, "@ok").unwrap();
             }
@@ -101,6 +98,26 @@ fn speaker_process() {
         out.flush().unwrap();
     }
     speaker.shutdown("stdin closed");
+}
+
+/// `PREFIX[;med=N][;c=AS:VALUE][;lc=G:L1:L2]`, attributes repeatable.
+fn route(spec: &str) -> (Prefix, RouteAttributes) {
+    let mut parts = spec.split(';');
+    let prefix = parts.next().unwrap().parse().unwrap();
+    let mut attrs = RouteAttributes::default();
+    for part in parts {
+        match part.split_once('=').unwrap() {
+            ("med", v) => attrs.med = Some(v.parse().unwrap()),
+            ("c", v) => {
+                let (asn, value) = v.split_once(':').unwrap();
+                let (asn, value): (u32, u32) = (asn.parse().unwrap(), value.parse().unwrap());
+                attrs.communities.push((asn << 16) | value);
+            }
+            ("lc", v) => attrs.large_communities.push(v.parse().unwrap()),
+            (k, _) => panic!("unknown route attribute {k}"),
+        }
+    }
+    (prefix, attrs)
 }
 
 /// A speaker process in a gateway namespace.
@@ -351,15 +368,25 @@ fn announce_install_refresh_and_withdraw() -> Result<()> {
     let router = net.ns("router");
     let bird = Bird::start(router, &[gw(1, 65001)], "")?;
     let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
-    gw.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
+    gw.announce(&[
+        "192.0.2.10/32;med=50;c=65001:42;lc=65001:7:8",
+        "2001:db8:100::10/128;c=65001:43;lc=65001:9:10",
+    ])?;
 
     bird.wait_route("192.0.2.10/32", true, SETTLE)?;
     bird.wait_route("2001:db8:100::10/128", true, SETTLE)?;
     let v4 = bird.route("192.0.2.10/32")?.unwrap();
     assert!(v4.contains("via 198.51.100.2"), "{v4}");
     assert!(v4.contains("BGP.as_path: 65001"), "{v4}");
+    // Per-VIP attributes arrive as set.
+    assert!(v4.contains("BGP.med: 50"), "{v4}");
+    assert!(v4.contains("BGP.community: (65001,42)"), "{v4}");
+    assert!(v4.contains("BGP.large_community: (65001, 7, 8)"), "{v4}");
     let v6 = bird.route("2001:db8:100::10/128")?.unwrap();
     assert!(v6.contains("via 2001:db8:f::2"), "{v6}");
+    assert!(v6.contains("BGP.community: (65001,43)"), "{v6}");
+    assert!(v6.contains("BGP.large_community: (65001, 9, 10)"), "{v6}");
+    assert!(!v6.contains("BGP.med"), "{v6}");
     // Installed in the router's kernel table.
     let k4 = kernel_route(router, VIP4)?;
     assert!(
