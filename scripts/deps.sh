@@ -7,14 +7,20 @@ DSRGATE_APT_PACKAGES=(
   systemd                                                                      # systemd-analyze verify of the unit
 )
 
+# Needed by the test suite only, not by the lab (vagrant/lab.sh sets DSRGATE_DEPS_NO_TEST=1).
+DSRGATE_TEST_APT_PACKAGES=(
+  vagrant # `vagrant validate` of vagrant/Vagrantfile (both modes; no provider needed)
+)
+
 # Installs the missing packages (as root) and mounts bpffs. Outside root it only reports.
 dsrgate_install_deps() {
   if [ "$(id -u)" != 0 ]; then
     echo "not root: not installing packages" >&2
     return 0
   fi
-  local missing=() p
-  for p in "${DSRGATE_APT_PACKAGES[@]}" "$@"; do
+  local missing=() p wanted=("${DSRGATE_APT_PACKAGES[@]}")
+  [ "${DSRGATE_DEPS_NO_TEST:-}" = 1 ] || wanted+=("${DSRGATE_TEST_APT_PACKAGES[@]}")
+  for p in "${wanted[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then

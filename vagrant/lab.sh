@@ -6,6 +6,8 @@
 #   vagrant/lab.sh demo    the four-step story, checking every claim it makes
 #   vagrant/lab.sh status  gateways' `dsrgate status`, BIRD's VIP routes, node services
 #   vagrant/lab.sh down    stop everything and remove every namespace and file it made
+#   vagrant/lab.sh build [all|tools|none]   only install packages and build (the multi-VM
+#                          Vagrant mode: gateways need all, clients and nodes the tools)
 #
 # Root is required. The namespaces come from the same builder the tests use
 # (`dsrgate-topo up lab`, tests/src/netns.rs); each role is set up by its script in
@@ -189,29 +191,44 @@ ensure_cargo() {
   fi
 }
 
+# build [all|tools]: all = dsrgate and the tools (dsrgate-topo, -node, -client).
 build() {
-  local flag=()
+  local what=${1:-all} flag=() pkgs=(-p control -p dsrgate-tests) bins b
+  bins=(dsrgate dsrgate-topo dsrgate-node dsrgate-client)
+  if [ "$what" = tools ]; then
+    pkgs=(-p dsrgate-tests)
+    bins=(dsrgate-topo dsrgate-node dsrgate-client)
+  fi
   if [ "${DSRGATE_LAB_BUILD:-1}" = 0 ]; then
     say "==> using the $PROFILE binaries in $BIN as they are (DSRGATE_LAB_BUILD=0)"
-    flag=(skip)
-  fi
-  if [ "${flag[*]}" != skip ]; then
+  else
     [ "$PROFILE" = release ] && flag=(--release)
-    say "==> building the $PROFILE binaries (dsrgate, dsrgate-topo, dsrgate-node, dsrgate-client)"
+    say "==> building the $PROFILE binaries (${bins[*]})"
     ensure_cargo
-    (cd "$REPO" && cargo build "${flag[@]}" -p control -p dsrgate-tests --bins)
+    (cd "$REPO" && cargo build "${flag[@]}" "${pkgs[@]}" --bins)
   fi
-  local b
-  for b in dsrgate dsrgate-topo dsrgate-node dsrgate-client; do
+  for b in "${bins[@]}"; do
     [ -x "$BIN/$b" ] || die "$BIN/$b missing after the build"
   done
 }
 
-cmd_up() {
+install_deps() {
   # shellcheck source=scripts/deps.sh
   . "$REPO/scripts/deps.sh"
-  dsrgate_install_deps
-  build
+  DSRGATE_DEPS_NO_TEST=1 dsrgate_install_deps
+}
+
+cmd_build() {
+  case ${1:-all} in
+  all | tools) install_deps && build "${1:-all}" ;;
+  none) install_deps ;;
+  *) die "build what? all, tools or none" ;;
+  esac
+}
+
+cmd_up() {
+  install_deps
+  build all
   mkdir -p "$STATE"
 
   say "==> topology (dsrgate-topo up lab)"
@@ -502,8 +519,9 @@ up) cmd_up ;;
 demo) cmd_demo ;;
 status) cmd_status ;;
 down) cmd_down ;;
+build) cmd_build "${2:-all}" ;;
 *)
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
   ;;
 esac
