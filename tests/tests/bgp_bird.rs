@@ -36,8 +36,8 @@ fn speaker_process() {
     };
     let get = |key: &str| {
         spec.split_whitespace()
-            .filter_map(|w| w.strip_prefix(&format!("{key}=")))
-            .last()
+            .rev()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
             .map(str::to_string)
     };
     let need = |key: &str| get(key).unwrap_or_else(|| panic!("{CHILD_ENV} lacks {key}"));
