@@ -15,6 +15,11 @@ pub enum Cap {
     IpcLock = 14,
     /// Load BPF programs and create maps.
     Bpf = 39,
+    /// Let the verifier accept the steering program's packet-pointer arithmetic with a
+    /// variable offset (the VLAN-dependent header start), which it allows only to
+    /// "privileged" loaders: without it `BPF_PROG_LOAD` fails with EACCES ("pointer
+    /// arithmetic with it prohibited for !root"). Found by running the daemon as `nobody`.
+    Perfmon = 38,
     /// Listen on the BGP port 179 (only when a peer is passive).
     NetBindService = 10,
 }
@@ -26,6 +31,7 @@ impl Cap {
             Cap::NetRaw => "CAP_NET_RAW",
             Cap::IpcLock => "CAP_IPC_LOCK",
             Cap::Bpf => "CAP_BPF",
+            Cap::Perfmon => "CAP_PERFMON",
             Cap::NetBindService => "CAP_NET_BIND_SERVICE",
         }
     }
@@ -38,7 +44,13 @@ impl fmt::Display for Cap {
 }
 
 /// What the dataplane always needs.
-pub const DATAPLANE: &[Cap] = &[Cap::NetAdmin, Cap::NetRaw, Cap::IpcLock, Cap::Bpf];
+pub const DATAPLANE: &[Cap] = &[
+    Cap::NetAdmin,
+    Cap::NetRaw,
+    Cap::IpcLock,
+    Cap::Bpf,
+    Cap::Perfmon,
+];
 
 /// The effective capability set of this process, from `/proc/self/status`.
 pub fn effective() -> std::io::Result<u64> {
@@ -87,7 +99,7 @@ mod tests {
 
     #[test]
     fn parses_cap_eff() {
-        let status = "Name:\tdsrgate\nCapInh:\t0000000000000000\nCapEff:\t000000800000e000\n";
+        let status = "Name:\tdsrgate\nCapInh:\t0000000000000000\nCapEff:\t000000c00000e000\n";
         let eff = parse_cap_eff(status).unwrap();
         assert_eq!(missing(eff, DATAPLANE), vec![Cap::NetAdmin]);
         assert_eq!(missing(eff | 1 << 12, DATAPLANE), vec![]);
