@@ -2,8 +2,8 @@
 //!
 //! A [`Worker`] owns one RX queue's state: its flow table and its counters. For each batch
 //! [`Worker::process`] makes two passes. The first parses every frame, finds its VIP, hashes
-//! its flow and prefetches the flow-table bucket; the second, by which time those buckets are
-//! in cache, looks the flows up, picks backends and rewrites the frames.
+//! its flow and prefetches its flow-table slots (both candidate buckets whole for a SYN, which
+//! inserts); the second, by which time those lines are in cache, looks the flows up, picks backends and rewrites the frames.
 //!
 //! # Which backend
 //! - A TCP SYN (without ACK) always takes the current Maglev choice, and (re)records it.
@@ -325,7 +325,13 @@ impl Worker {
         for (i, (f, w)) in frames.iter().zip(self.pending.iter_mut()).enumerate() {
             match classify(snap, f, w) {
                 Ok(()) => {
-                    st.flows.prefetch(w.hash);
+                    // A SYN inserts, and an insert scans both candidate buckets whole; any
+                    // other packet usually hits in one of the two home slots.
+                    if is_syn(&w.p) {
+                        st.flows.prefetch_buckets(w.hash);
+                    } else {
+                        st.flows.prefetch(w.hash);
+                    }
                     todo |= 1 << i;
                 }
                 Err(Early::Pass) => verdicts[i] = Verdict::Pass,
