@@ -5,6 +5,8 @@ use clap::Parser;
 mod forward;
 mod maglev;
 mod pipeline;
+mod pktgen;
+mod plot;
 
 #[derive(Parser)]
 #[command(name = "dsrgate-bench", about = "dsrgate benchmarks")]
@@ -21,6 +23,8 @@ enum Cmd {
     Pipeline(pipeline::Args),
     /// Forwarding throughput over veth: dsrgate vs. bare AF_XDP vs. kernel forwarding.
     Forward(forward::Args),
+    /// Load a gateway on real hardware with the kernel's pktgen: offered vs. delivered.
+    Pktgen(pktgen::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Maglev(a) => maglev::run(a),
         Cmd::Pipeline(a) => pipeline::run(a),
         Cmd::Forward(a) => forward::run(a),
+        Cmd::Pktgen(a) => pktgen::run(a),
     }
 }
