@@ -204,12 +204,36 @@ fn announcement_follows_backend_health() -> Result<()> {
 
     // The status shows the traffic: per-VIP counters and flows in the worker's table.
     let s = status(lab.ns("gw1"))?;
-    let web = s.vips.iter().find(|v| v.port == 80).context("no port 80 in status")?;
+    let web = s
+        .vips
+        .iter()
+        .find(|v| v.port == 80)
+        .context("no port 80 in status")?;
     assert!(web.packets > 0 && web.bytes > 0, "{web:?}");
-    assert!(s.workers.iter().any(|w| w.flow_entries > 0), "{:?}", s.workers);
-    for l in daemon.log().lines().filter(|l| {
-        l.contains("snapshot published") || l.contains("first worker batch")
-    }) {
+    assert!(
+        s.workers.iter().any(|w| w.flow_entries > 0),
+        "{:?}",
+        s.workers
+    );
+    // `dsrgate status` prints the same as tables.
+    let bin = dsrgate_tests::daemon::dsrgate_bin()?;
+    let table = lab
+        .ns("gw1")
+        .exec(&[bin.to_str().context("path")?, "status"])?;
+    for want in [
+        "VIPs",
+        "192.0.2.10:80/tcp",
+        "198.51.100.12",
+        "BGP peers",
+        "Established",
+    ] {
+        assert!(table.contains(want), "no {want:?} in:\n{table}");
+    }
+    for l in daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("snapshot published") || l.contains("first worker batch"))
+    {
         eprintln!("{l}");
     }
     Ok(())

@@ -1,0 +1,69 @@
+//! The `dsrgate` command line without privileges: `check` validates a file and names the
+//! file and field of a problem; `run` refuses a bad config before touching anything;
+//! `status` names the address it could not reach.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dsrgate");
+
+fn example() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dsrgate.example.toml"
+    ))
+    .expect("reading the example config")
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dsrgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_accepts_the_example_and_names_the_broken_field() {
+    let good = write("good.toml", &example());
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+
+    let bad = write(
+        "bad.toml",
+        &example().replace("tunnel_mtu = 1500", "tunnel_mtu = 99999"),
+    );
+    for cmd in ["check", "run"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bad.toml") && err.contains("dataplane.tunnel_mtu"),
+            "{cmd}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(good.parent().unwrap());
+}
+
+#[test]
+fn status_names_the_unreachable_api() {
+    // A port nothing listens on: the loopback connect is refused at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let out = Command::new(BIN)
+        .args(["status", "--api", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr.to_string()), "{err}");
+}
