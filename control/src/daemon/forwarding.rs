@@ -52,10 +52,36 @@ impl Fixed {
     }
 }
 
-/// Progress of one worker, for stall detection.
-struct Beat {
-    last: u64,
-    since: Instant,
+/// Stall detection: the last progress count of each worker and when it last changed.
+struct Heartbeats {
+    beats: Vec<(u64, Instant)>,
+}
+
+impl Heartbeats {
+    fn new(progress: impl Iterator<Item = u64>, now: Instant) -> Heartbeats {
+        Heartbeats {
+            beats: progress.map(|p| (p, now)).collect(),
+        }
+    }
+
+    /// Records each worker's progress count; returns the first worker whose count has not
+    /// moved for longer than `after`.
+    fn stalled(
+        &mut self,
+        progress: impl Iterator<Item = u64>,
+        now: Instant,
+        after: Duration,
+    ) -> Option<usize> {
+        let mut stalled = None;
+        for (i, ((last, since), p)) in self.beats.iter_mut().zip(progress).enumerate() {
+            if p != *last {
+                (*last, *since) = (p, now);
+            } else if now.duration_since(*since) > after && stalled.is_none() {
+                stalled = Some(i);
+            }
+        }
+        stalled
+    }
 }
 
 /// The running packet path. Dropping it detaches the steering program, then stops the
@@ -65,7 +91,7 @@ pub struct Dataplane {
     fixed: Fixed,
     uplink_ifindex: u32,
     xdp_mode: bpf::AttachMode,
-    beats: Vec<Beat>,
+    beats: Heartbeats,
     /// Each worker's pipeline counters, in worker order.
     pipelines: Vec<Arc<PipelineStats>>,
 }
@@ -92,15 +118,7 @@ impl Dataplane {
             p
         })
         .with_context(|| format!("starting the AF_XDP workers on {}", fixed.uplink))?;
-        let now = Instant::now();
-        let beats = workers
-            .stats()
-            .iter()
-            .map(|s| Beat {
-                last: progress(s),
-                since: now,
-            })
-            .collect();
+        let beats = Heartbeats::new(workers.stats().iter().map(progress), Instant::now());
         Ok(Dataplane {
             workers,
             fixed: fixed.clone(),
@@ -151,18 +169,11 @@ impl Dataplane {
     /// Why the packet path cannot forward, if it cannot: a worker that stopped making
     /// progress, or the steering program gone from the interface.
     pub fn problem(&mut self, stats: &[WorkerStats], now: Instant) -> Option<DataplaneProblem> {
-        let mut stalled = None;
-        for (i, (beat, s)) in self.beats.iter_mut().zip(stats).enumerate() {
-            let p = progress(s);
-            if p != beat.last {
-                beat.last = p;
-                beat.since = now;
-            } else if now.duration_since(beat.since) > STALL_AFTER && stalled.is_none() {
-                stalled = Some(DataplaneProblem::WorkerStalled { worker: i });
-            }
-        }
-        if stalled.is_some() {
-            return stalled;
+        if let Some(worker) = self
+            .beats
+            .stalled(stats.iter().map(progress), now, STALL_AFTER)
+        {
+            return Some(DataplaneProblem::WorkerStalled { worker });
         }
         // The program is held by a bpf_link, which nothing but us (or the interface's
         // removal) takes away: check the interface is the one it was attached to, and that
@@ -252,4 +263,24 @@ pub fn params(config: &Config, fixed: &Fixed, local_mac: [u8; 6]) -> Result<Para
         outer_src_v6: v6,
         local_mac,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_whose_loop_stops_turning_is_stalled() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(2);
+        let mut h = Heartbeats::new([10, 20].into_iter(), t0);
+        let at = |s: u64| t0 + Duration::from_millis(s);
+        assert_eq!(h.stalled([11, 20].into_iter(), at(1500), after), None);
+        // Worker 1 has not moved for 2.5 s; worker 0 moved 1 s ago.
+        assert_eq!(h.stalled([11, 20].into_iter(), at(2500), after), Some(1));
+        // It moves again: healthy.
+        assert_eq!(h.stalled([12, 21].into_iter(), at(2600), after), None);
+        assert_eq!(h.stalled([13, 21].into_iter(), at(4000), after), None);
+        assert_eq!(h.stalled([13, 21].into_iter(), at(4700), after), Some(1));
+    }
 }
