@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/test.sh and vagrant/lab.sh: the Debian packages dsrgate needs to build,
 # test and run its lab, installed only when missing (idempotent).
 
@@ -10,6 +11,7 @@ DSRGATE_APT_PACKAGES=(
 # Needed by the test suite only, not by the lab (vagrant/lab.sh sets DSRGATE_DEPS_NO_TEST=1).
 DSRGATE_TEST_APT_PACKAGES=(
   vagrant # `vagrant validate` of vagrant/Vagrantfile (both modes; no provider needed)
+  bpftool # the lab test checks that no XDP program it attached is still loaded
 )
 
 # Installs the missing packages (as root) and mounts bpffs. Outside root it only reports.

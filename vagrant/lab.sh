@@ -215,6 +215,7 @@ build() {
 install_deps() {
   # shellcheck source=scripts/deps.sh
   . "$REPO/scripts/deps.sh"
+  # shellcheck disable=SC2119 # no extra packages
   DSRGATE_DEPS_NO_TEST=1 dsrgate_install_deps
 }
 
@@ -412,6 +413,7 @@ the gateways announce the VIPs again."
     ok "both VIPs are announced and routed through both gateways again after ${ms} ms"
   else fail "the VIPs did not come back: $(vip_gateways "$LAB_VIP4")"; fi
   local g all
+  # shellcheck disable=SC2086 # one argument per node
   all=$(node_names $NODES)
   for g in $GATEWAYS; do
     until_true 10 test_members "$g" "$all" >/dev/null ||
@@ -436,13 +438,13 @@ from the same backends, so it sends each one to the node that already holds it."
   sleep 3
   conn_map >"$STATE/demo/step4-before.txt"
   tell "Echo connections per node before: $(per_node "$STATE/demo/step4-before.txt")"
-  tell "Router's route: $(ip -n "${LAB_PREFIX}router" route show "$LAB_VIP4" | tr -s ' \n' ' ')"
+  tell "The router routes $LAB_VIP4 via: $(vip_gateways "$LAB_VIP4")"
   gw_role 1 kill
   local ms
   if ms=$(until_true 30 gw1_dropped); then
     ok "the router dropped gw1 ${ms} ms after the kill; all VIP traffic goes through gw2"
   else fail "the router still routes via gw1"; fi
-  tell "Router's route: $(ip -n "${LAB_PREFIX}router" route show "$LAB_VIP4" | tr -s ' \n' ' ')"
+  tell "The router routes $LAB_VIP4 via: $(vip_gateways "$LAB_VIP4")"
   sleep 12
   conn_map >"$STATE/demo/step4-after.txt"
   wait "$HOLD_PID" || true
@@ -508,7 +510,7 @@ cmd_down() {
   fi
   rm -rf "$STATE"
   if compgen -G "/run/netns/${LAB_PREFIX}*" >/dev/null; then
-    die "namespaces left: $(ls /run/netns | grep "^$LAB_PREFIX" | tr '\n' ' ')"
+    die "namespaces left: $(cd /run/netns && compgen -G "${LAB_PREFIX}*" | tr '\n' ' ')"
   fi
   say "The lab is down: no ${LAB_PREFIX} namespace, process or XDP program is left."
 }

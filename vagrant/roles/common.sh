@@ -72,7 +72,7 @@ stop_bg() {
     if [ -d "/proc/$pid" ]; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
-    say "$name stopped (pid $pid)"
+    say "$name stopped (SIG$sig, pid $pid)"
   fi
   rm -f "$STATE_DIR/$name.pid" "$STATE_DIR/$name.exe"
 }

@@ -1,0 +1,360 @@
+//! The lab end to end: `vagrant/lab.sh up` on a fresh topology, `status`, the four `demo`
+//! steps (the demo checks every claim it makes and exits non-zero when one fails; this
+//! test also checks the lines that report them), `up` again (idempotent), then `down`, and
+//! nothing left behind: no `lab-` namespace, no process the lab started, no XDP program
+//! it attached, no state directory.
+//!
+//! The lab has fixed names (`lab-*`, `/run/dsrgate-lab`), so this is the only test that
+//! builds it, and it refuses to run while a lab is already up. A guard runs `down` even
+//! when an assertion fails.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use dsrgate_tests::netns::{
+    self, fabric4, fabric6, gateway_host, node_host, CLIENT4, CLIENT6, FABRIC_MTU, VIP4, VIP6,
+};
+use dsrgate_tests::require_privileges_with;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// `vagrant/lab.env` as a map.
+fn lab_env() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(repo().join("vagrant/lab.env")).unwrap();
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// The lab's fixed interface is written twice, in the Rust topology (which builds it) and
+/// in `lab.env` (which the role scripts and the Vagrantfile read): they must agree.
+#[test]
+fn lab_env_matches_the_topology_builder() {
+    let env = lab_env();
+    let get = |k: &str| env.get(k).unwrap_or_else(|| panic!("lab.env has no {k}"));
+    assert_eq!(get("LAB_VIP4"), VIP4);
+    assert_eq!(get("LAB_VIP6"), VIP6);
+    assert_eq!(get("LAB_CLIENT4"), CLIENT4);
+    assert_eq!(get("LAB_CLIENT6"), CLIENT6);
+    assert_eq!(get("LAB_FABRIC_MTU"), &FABRIC_MTU.to_string());
+    assert_eq!(get("LAB_PREFIX"), "lab-");
+
+    let topo = netns::lab_topology();
+    let names: Vec<&str> = topo.namespaces.iter().map(|n| n.name.as_str()).collect();
+    let gateways: u8 = get("LAB_GATEWAYS").parse().unwrap();
+    let nodes: u8 = get("LAB_NODES").parse().unwrap();
+    let mut want = vec!["client".to_owned(), "router".to_owned()];
+    want.extend((1..=gateways).map(|i| format!("gw{i}")));
+    want.extend((1..=nodes).map(|i| format!("node{i}")));
+    assert_eq!(names, want);
+
+    let addrs = |ns: &str| -> Vec<String> {
+        topo.namespaces
+            .iter()
+            .find(|n| n.name == ns)
+            .unwrap()
+            .addresses
+            .iter()
+            .map(|(_, a)| a.split('/').next().unwrap().to_owned())
+            .collect()
+    };
+    // Host N on the fabric, as lab.sh and the Vagrantfile compute it.
+    let host4 = |n: u8| format!("{}.{n}", get("LAB_FABRIC4"));
+    let host6 = |n: u8| format!("{}:{n:x}", get("LAB_FABRIC6"));
+    let router = addrs("router");
+    for a in [
+        get("LAB_ROUTER_CLIENT4").clone(),
+        get("LAB_ROUTER_CLIENT6").clone(),
+        fabric4(1),
+        fabric6(1),
+    ] {
+        assert!(router.contains(&a), "router lacks {a}: {router:?}");
+    }
+    assert_eq!(host4(1), fabric4(1));
+    assert_eq!(host6(1), fabric6(1));
+    for i in 1..=gateways {
+        let h = gateway_host(i);
+        assert_eq!(h, 1 + i, "lab.sh: gateway i is host 1+i");
+        assert_eq!(addrs(&format!("gw{i}")), [host4(h), host6(h)]);
+    }
+    for i in 1..=nodes {
+        let h = node_host(i);
+        assert_eq!(h, 10 + i, "lab.sh: node i is host 10+i");
+        assert_eq!(
+            addrs(&format!("node{i}")),
+            [host4(h), host6(h), VIP4.into(), VIP6.into()]
+        );
+    }
+    for (vip, pool) in [(VIP4, "LAB_VIP_POOL4"), (VIP6, "LAB_VIP_POOL6")] {
+        let pool = get(pool);
+        let net = pool
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(['0', ':', '.']);
+        assert!(vip.starts_with(net), "{vip} outside {pool}");
+    }
+}
+
+/// Runs `lab.sh ARGS` with the binaries of this test's own cargo profile; output echoed
+/// (cargo shows it for a failing test) and returned.
+fn lab(args: &[&str]) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/lab-<hash>
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let profile = if profile_dir.ends_with("release") {
+        "release"
+    } else {
+        "debug"
+    };
+    let mut cmd = Command::new(repo().join("vagrant/lab.sh"));
+    // Not the variables cargo set for this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...):
+    // build scripts that watch them would make lab.sh's cargo rebuild their crates, and
+    // the next ordinary build rebuild them again.
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_str()
+            .is_some_and(|k| k.starts_with("CARGO_") && k != "CARGO_HOME")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args)
+        .env("DSRGATE_LAB_PROFILE", profile)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .stdin(Stdio::null());
+    // The cargo running this test, for lab.sh's build step.
+    if let Some(dir) = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .and_then(|c| c.parent().map(Path::to_owned))
+    {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![dir];
+        paths.extend(std::env::split_paths(&path));
+        cmd.env("PATH", std::env::join_paths(paths).unwrap());
+    }
+    let out: Output = cmd.output().expect("running vagrant/lab.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("--- lab.sh {}\n{text}", args.join(" "));
+    (out.status.success(), text)
+}
+
+/// Runs `lab.sh down` when dropped, unless the test did so already.
+struct Down {
+    done: bool,
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if !self.done {
+            let (ok, text) = lab(&["down"]);
+            if !ok {
+                eprintln!("cleanup `lab.sh down` failed:\n{text}");
+            }
+        }
+    }
+}
+
+fn lab_namespaces() -> Vec<String> {
+    netns::list_namespaces()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("lab-"))
+        .collect()
+}
+
+/// Pids from the lab's pid files.
+fn lab_pids(state: &Path) -> Vec<(String, i32)> {
+    let mut pids = Vec::new();
+    for role in std::fs::read_dir(state).unwrap().flatten() {
+        for f in std::fs::read_dir(role.path()).unwrap().flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "pid") {
+                let pid = std::fs::read_to_string(&p).unwrap().trim().parse().unwrap();
+                pids.push((p.display().to_string(), pid));
+            }
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// The ids of the XDP programs attached to `eth0` of the lab's gateways and nodes.
+fn xdp_programs() -> Vec<(String, u32)> {
+    let mut ids = Vec::new();
+    for ns in ["gw1", "gw2", "node1", "node2", "node3"] {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &format!("lab-{ns}"),
+                "-o",
+                "link",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        let id = line
+            .split("prog/xdp id ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no XDP program on lab-{ns} eth0: {line}"));
+        ids.push((ns.to_owned(), id));
+    }
+    ids
+}
+
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.contains(") Z"),
+        Err(_) => false,
+    }
+}
+
+/// Processes whose command line mentions the lab's state directory (configs, sockets).
+fn processes_using(state: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(state) && process_alive(pid) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
+fn assert_has(text: &str, needle: &str) {
+    assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+}
+
+#[test]
+fn lab_up_demo_down_leaves_nothing() {
+    let tools = [
+        "bird", "birdc", "clang", "python3", "ss", "setsid", "bpftool", "cargo",
+    ];
+    if !require_privileges_with("the lab (vagrant/lab.sh)", &tools) {
+        return;
+    }
+    let state = lab_env()["LAB_STATE"].clone();
+    let busy = !lab_namespaces().is_empty() || Path::new(&state).exists();
+    if busy {
+        let why = format!(
+            "a lab is already up ({:?}, {state}); this test would take over its fixed names",
+            lab_namespaces()
+        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("skipping the lab test: {why}");
+        return;
+    }
+    let mut guard = Down { done: false };
+
+    let (ok, up) = lab(&["up"]);
+    assert!(ok, "lab.sh up failed:\n{up}");
+    assert_has(&up, "lab: up (lab-client lab-router lab-gw1 lab-gw2");
+    assert_has(&up, "announced and routed after");
+    assert_has(&up, "The lab is up.");
+
+    let (ok, status) = lab(&["status"]);
+    assert!(ok, "{status}");
+    assert_eq!(status.matches("Established").count(), 4, "{status}");
+    for needle in [
+        "192.0.2.10/32",
+        "2001:db8:100::10/128",
+        "nexthop via 198.51.100.2",
+        "nexthop via 198.51.100.3",
+        "node1: dsrgate-node running",
+        "node2: dsrgate-node running",
+        "node3: dsrgate-node running",
+    ] {
+        assert_has(&status, needle);
+    }
+
+    let (ok, demo) = lab(&["demo"]);
+    assert!(ok, "lab.sh demo failed:\n{demo}");
+    for needle in [
+        "ok: IPv4: all three nodes served, and every one saw the client's own address",
+        "ok: IPv6: all three nodes served, and every one saw the client's own address",
+        "ok: gw1: node2 left the Maglev set",
+        "ok: gw2: node2 left the Maglev set",
+        "ok: new connections reach node1 and node3 only",
+        "connections on node1 and node3 kept going",
+        "ok: both gateways withdrew; BIRD and the router's kernel lost both VIPs",
+        "ok: a request to 192.0.2.10 now fails",
+        "ok: both VIPs are announced and routed through both gateways again",
+        "ok: the router dropped gw1",
+        "ok: every connection is on the same node as before",
+        "ok: 20 of 20 connections survived the loss of gw1",
+        "ok: gw1 is back in the router's ECMP route",
+        "Demo finished: every step did what it said.",
+    ] {
+        assert_has(&demo, needle);
+    }
+    assert!(!demo.contains("FAILED"), "{demo}");
+
+    // `up` again restarts nothing: same processes, same gateway programs (the nodes'
+    // decapsulators are attached again, replacing the old ones).
+    let pids = lab_pids(Path::new(&state));
+    assert_eq!(pids.len(), 6, "bird, 2 dsrgate, 3 dsrgate-node: {pids:?}");
+    let gateways = |p: Vec<(String, u32)>| -> Vec<(String, u32)> {
+        p.into_iter()
+            .filter(|(ns, _)| ns.starts_with("gw"))
+            .collect()
+    };
+    let before = gateways(xdp_programs());
+    let (ok, again) = lab(&["up"]);
+    assert!(ok, "{again}");
+    assert_has(&again, "lab: already up");
+    assert_eq!(lab_pids(Path::new(&state)), pids, "up restarted something");
+    let programs = xdp_programs();
+    assert_eq!(
+        gateways(programs.clone()),
+        before,
+        "up replaced a gateway's program"
+    );
+
+    let (ok, down) = lab(&["down"]);
+    guard.done = true;
+    assert!(ok, "lab.sh down failed:\n{down}");
+    assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
+    assert!(!Path::new(&state).exists(), "{state} left behind");
+    for (file, pid) in &pids {
+        assert!(!process_alive(*pid), "process {pid} ({file}) still runs");
+    }
+    assert!(
+        processes_using(&state).is_empty(),
+        "{:?}",
+        processes_using(&state)
+    );
+    for (ns, id) in &programs {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "XDP program {id} of lab-{ns} is still loaded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
