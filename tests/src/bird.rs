@@ -20,7 +20,12 @@ pub const ROUTER_AS: u32 = 65000;
 /// The hold time BIRD proposes (keepalives every 2 s).
 pub const HOLD: u16 = 6;
 
-/// BIRD in a namespace, with its files in a directory removed on drop.
+/// A session toward gateway `gw` (its IPv4 fabric address) expected to have AS `asn`.
+pub fn neighbor(gw: u8, asn: u32) -> (u8, u32, String) {
+    (gw, asn, fabric4(gateway_host(gw)))
+}
+
+/// BIRD in the router namespace, with its files in a directory removed on drop.
 pub struct Bird<'a> {
     ns: &'a Netns,
     dir: PathBuf,
@@ -28,10 +33,10 @@ pub struct Bird<'a> {
 }
 
 impl<'a> Bird<'a> {
-    /// Starts BIRD in `ns` (the topology's router, 198.51.100.1) with one session per
-    /// `(gateway number, the AS BIRD expects it to have)`. `extra` goes into the sessions'
-    /// template (e.g. `password "x";`).
-    pub fn start(ns: &'a Netns, neighbors: &[(u8, u32)], extra: &str) -> Result<Bird<'a>> {
+    /// Starts BIRD (AS [`ROUTER_AS`]) in `ns` with one session per `neighbors` entry:
+    /// (gateway number, the AS BIRD expects it to have, its address; see [`neighbor`]).
+    /// `extra` goes into the sessions' template (e.g. `password "x";`).
+    pub fn start(ns: &'a Netns, neighbors: &[(u8, u32, String)], extra: &str) -> Result<Bird<'a>> {
         let dir = std::env::temp_dir().join(format!("dsrgate-bird-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
         let mut conf = format!(
@@ -41,7 +46,7 @@ protocol device {{ scan time 1; }}
 protocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; merge paths on; }}
 protocol kernel {{ ipv6 {{ export where source = RTS_BGP; }}; merge paths on; }}
 template bgp speakers {{
-  local {id} as {ROUTER_AS};
+  local as {ROUTER_AS};
   hold time {HOLD};
   connect retry time 1;
   error wait time 1, 2;
@@ -53,11 +58,8 @@ template bgp speakers {{
             log = dir.join("bird.log").display(),
             id = fabric4(1),
         );
-        for (gw, asn) in neighbors {
-            conf += &format!(
-                "protocol bgp gw{gw} from speakers {{ neighbor {} as {asn}; }}\n",
-                fabric4(gateway_host(*gw))
-            );
+        for (gw, asn, addr) in neighbors {
+            conf += &format!("protocol bgp gw{gw} from speakers {{ neighbor {addr} as {asn}; }}\n");
         }
         std::fs::write(dir.join("bird.conf"), conf)?;
         let mut bird = Bird {
@@ -114,20 +116,21 @@ template bgp speakers {{
         full.extend_from_slice(args);
         let out = self.ns.output(&full)?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() || text.contains("Unable to connect") {
-            bail!("birdc {args:?} failed: {text}");
+        // birdc also exits non-zero on negative replies such as "Network not found";
+        // only a reply that never came is a failure.
+        if !text.contains(" ready.") {
+            bail!(
+                "birdc {args:?} failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(text)
     }
 
     /// `show route for PREFIX all` when BIRD has it, `None` otherwise.
     pub fn route(&self, prefix: &str) -> Result<Option<String>> {
-        match self.birdc(&["show", "route", prefix, "all"]) {
-            Ok(out) => Ok(out.contains(prefix).then_some(out)),
-            // birdc fails (exit status 1) when the table has no such route.
-            Err(e) if e.to_string().contains("Network not found") => Ok(None),
-            Err(e) => Err(e),
-        }
+        let out = self.birdc(&["show", "route", prefix, "all"])?;
+        Ok(out.contains(prefix).then_some(out))
     }
 
     /// Waits until `prefix` is present (or absent); returns how long that took.

@@ -7,13 +7,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bgp::speaker::{Config, PeerConfig, RouteAttributes, Routes, Speaker};
 use bgp::wire::Prefix;
+use dsrgate_tests::bird::{kernel_route, Bird, HOLD};
 use dsrgate_tests::netns::{
     dsr_topology, fabric4, fabric6, gateway_host, unique_prefix, Net, Netns, Proc, VIP4, VIP6,
 };
@@ -21,7 +21,6 @@ use dsrgate_tests::require_privileges_with;
 
 /// Set in a re-executed child: the speaker's configuration, `key=value` words.
 const CHILD_ENV: &str = "DSRGATE_BGP_SPEAKER";
-const HOLD: u16 = 6;
 
 /// Not a test: the speaker process the other tests start. Without [`CHILD_ENV`] it
 /// returns at once. Configuration words: `peer=ADDR remote_as=N local_as=N
@@ -207,141 +206,6 @@ impl SpeakerProc {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// BIRD in the router namespace, with its files in a directory removed on drop.
-struct Bird<'a> {
-    ns: &'a Netns,
-    dir: PathBuf,
-    proc: Option<Proc>,
-}
-
-impl<'a> Bird<'a> {
-    /// `neighbors`: (gateway number, the AS BIRD expects it to have, its address).
-    fn start(ns: &'a Netns, neighbors: &[(u8, u32, String)], extra: &str) -> Result<Bird<'a>> {
-        let dir = std::env::temp_dir().join(format!("dsrgate-bird-{}", ns.name()));
-        std::fs::create_dir_all(&dir)?;
-        let mut conf = format!(
-            r#"log "{log}" all;
-router id {id};
-protocol device {{ scan time 1; }}
-protocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; merge paths on; }}
-protocol kernel {{ ipv6 {{ export where source = RTS_BGP; }}; merge paths on; }}
-template bgp speakers {{
-  local as 65000;
-  hold time {HOLD};
-  connect retry time 1;
-  error wait time 1, 2;
-  ipv4 {{ import all; export none; }};
-  ipv6 {{ import all; export none; }};
-  {extra}
-}}
-"#,
-            log = dir.join("bird.log").display(),
-            id = fabric4(1),
-        );
-        for (gw, asn, addr) in neighbors {
-            conf += &format!("protocol bgp gw{gw} from speakers {{ neighbor {addr} as {asn}; }}\n");
-        }
-        std::fs::write(dir.join("bird.conf"), conf)?;
-        let mut bird = Bird {
-            ns,
-            dir,
-            proc: None,
-        };
-        bird.run()?;
-        Ok(bird)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn run(&mut self) -> Result<()> {
-        let (conf, sock, pid) = (
-            self.path("bird.conf"),
-            self.path("bird.ctl"),
-            self.path("bird.pid"),
-        );
-        let mut cmd = self.ns.command("bird");
-        cmd.args(["-f", "-c", &conf, "-s", &sock, "-P", &pid])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        self.proc = Some(self.ns.spawn_command(cmd)?);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.birdc(&["show", "status"]).is_err() {
-            let exited = !self.proc.as_mut().is_some_and(Proc::is_running);
-            if exited || Instant::now() > deadline {
-                bail!(
-                    "BIRD did not start; log: {}",
-                    std::fs::read_to_string(self.path("bird.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    /// SIGTERM and wait: BIRD closes its sessions with Cease.
-    fn stop(&mut self) -> Result<()> {
-        if let Some(p) = self.proc.take() {
-            p.terminate(Duration::from_secs(5))?;
-        }
-        Ok(())
-    }
-
-    fn birdc(&self, args: &[&str]) -> Result<String> {
-        let sock = self.path("bird.ctl");
-        let mut full = vec!["birdc", "-s", sock.as_str()];
-        full.extend_from_slice(args);
-        let out = self.ns.output(&full)?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        // birdc also exits non-zero on negative replies such as "Network not found";
-        // only a reply that never came is a failure.
-        if !text.contains(" ready.") {
-            bail!(
-                "birdc {args:?} failed: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(text)
-    }
-
-    /// `show route for PREFIX all` when BIRD has it, `None` otherwise.
-    fn route(&self, prefix: &str) -> Result<Option<String>> {
-        let out = self.birdc(&["show", "route", prefix, "all"])?;
-        Ok(out.contains(prefix).then_some(out))
-    }
-
-    fn wait_route(&self, prefix: &str, present: bool, timeout: Duration) -> Result<Duration> {
-        let start = Instant::now();
-        loop {
-            if self.route(prefix)?.is_some() == present {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "{prefix} still {} in BIRD after {timeout:?}:\n{}",
-                    if present { "absent" } else { "present" },
-                    self.birdc(&["show", "protocols", "all"])?
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Bird<'_> {
-    fn drop(&mut self) {
-        drop(self.proc.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Kernel route for `dst` in the router namespace, as `ip route show` prints it.
-fn kernel_route(ns: &Netns, dst: &str) -> Result<String> {
-    let family = if dst.contains(':') { "-6" } else { "-4" };
-    ns.ip(&[family, "route", "show", dst])
 }
 
 fn topology() -> Result<Net> {

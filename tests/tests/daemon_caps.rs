@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use dsrgate_tests::bird::Bird;
+use dsrgate_tests::bird::{neighbor, Bird};
 use dsrgate_tests::daemon::{wait_routed_via, Daemon, GatewayConfig, Lab};
 use dsrgate_tests::require_privileges_with;
 
@@ -52,7 +52,7 @@ fn runs_as_nobody_with_only_its_capabilities() -> Result<()> {
     }
     let lab = Lab::new(1, NODE_BIN)?;
     let router = lab.ns("router");
-    let bird = Bird::start(router, &[(1, 65001)], "")?;
+    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
     let wrapper = as_nobody(CAPS);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let daemon = Daemon::start(lab.ns("gw1"), &GatewayConfig::new(1).toml(), &wrapper)?;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use dsrgate_tests::bird::{kernel_route, Bird};
+use dsrgate_tests::bird::{kernel_route, neighbor, Bird};
 use dsrgate_tests::daemon::{
     check_client, connect, node_of, request, wait_routed_via, Daemon, GatewayConfig, Lab, PREFIX4,
 };
@@ -131,7 +131,7 @@ fn announcement_follows_backend_health() -> Result<()> {
     }
     let lab = Lab::new(1, NODE_BIN)?;
     let router = lab.ns("router");
-    let bird = Bird::start(router, &[(1, 65001)], "")?;
+    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
     let cfg = gateway_config(1);
     let daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
     wait_routed_via(router, &bird, &[1])?;
@@ -246,7 +246,7 @@ fn sighup_with_a_broken_config_keeps_forwarding() -> Result<()> {
     }
     let lab = Lab::new(1, NODE_BIN)?;
     let router = lab.ns("router");
-    let bird = Bird::start(router, &[(1, 65001)], "")?;
+    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
     let mut cfg = gateway_config(1);
     let mut daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
     wait_routed_via(router, &bird, &[1])?;
@@ -310,7 +310,7 @@ fn sigterm_withdraws_before_detaching_while_another_gateway_serves() -> Result<(
     }
     let lab = Lab::new(2, NODE_BIN)?;
     let router = lab.ns("router");
-    let bird = Bird::start(router, &[(1, 65001), (2, 65001)], "")?;
+    let bird = Bird::start(router, &[neighbor(1, 65001), neighbor(2, 65001)], "")?;
     let mut gw1 = Daemon::start(lab.ns("gw1"), &gateway_config(1).toml(), &[])?;
     let _gw2 = Daemon::start(lab.ns("gw2"), &gateway_config(2).toml(), &[])?;
     wait_routed_via(router, &bird, &[1, 2])?;
