@@ -280,7 +280,7 @@ cmd_status() {
 
 DEMO_FAILED=0
 step() { printf '\n=== Step %s\n' "$*"; }
-tell() { fold -s -w 88 <<<"$*" | sed 's/^/    /'; }
+tell() { fold -s -w 88 <<<"$*" | sed 's/ *$//; s/^/    /'; }
 ok() { printf '  ok: %s\n' "$*"; }
 fail() {
   printf '  FAILED: %s\n' "$*"
@@ -333,10 +333,17 @@ tunnel; the node answers the client directly (Direct Server Return)."
     ok "IPv6: all three nodes served, and every one saw the client's own address"
   else fail "IPv6 requests"; fi
   for g in $GATEWAYS; do after+=("$(gw_packets "$g")"); done
+  local counts=() all_carried=1 d
   for g in $GATEWAYS; do
-    tell "gw$g forwarded $((${after[g - 1]} - ${before[g - 1]})) client packets (the replies \
-never pass a gateway)."
+    d=$((${after[g - 1]} - ${before[g - 1]}))
+    counts+=("gw$g $d")
+    [ "$d" -gt 0 ] || all_carried=0
   done
+  if [ "$all_carried" = 1 ]; then
+    local list
+    list=$(printf '%s, ' "${counts[@]}")
+    ok "both gateways carried client packets (ECMP): ${list%, }; the replies never pass a gateway"
+  else fail "not every gateway carried client packets: ${counts[*]}"; fi
 }
 
 demo_step2() {
@@ -523,7 +530,7 @@ status) cmd_status ;;
 down) cmd_down ;;
 build) cmd_build "${2:-all}" ;;
 *)
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   exit 2
   ;;
 esac
