@@ -442,9 +442,16 @@ withdrawal, no drain). Its BGP session closes, the router drops gw1, and gw1's \
 connections move to gw2. gw2 has never seen them, but it builds the same Maglev table \
 from the same backends, so it sends each one to the node that already holds it."
   hold_bg step4 20 20
-  sleep 3
+  sleep 1
+  local p1 p2
+  p1=$(gw_packets 1)
+  sleep 2
+  p2=$(gw_packets 1)
   conn_map >"$STATE/demo/step4-before.txt"
   tell "Echo connections per node before: $(per_node "$STATE/demo/step4-before.txt")"
+  if [ "$p2" != "?" ] && [ "$p1" != "?" ] && [ "$p2" -gt "$p1" ]; then
+    ok "gw1 carries some of them ($((p2 - p1)) packets in 2 s)"
+  else fail "gw1 carries none of these connections ($p1 -> $p2 packets)"; fi
   tell "The router routes $LAB_VIP4 via: $(vip_gateways "$LAB_VIP4")"
   gw_role 1 kill
   local ms
