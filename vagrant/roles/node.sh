@@ -11,6 +11,7 @@
 # start: the VIPs on lo (so the node accepts the decapsulated packets and answers from
 # the VIP), replies routed via the router (never through a gateway: DSR), loose rp_filter
 # (tunnelled packets arrive from the client's address on a path the reply won't take),
+# arp_ignore/arp_announce (the node never claims a VIP on the fabric),
 # the fabric MTU (room for the tunnel header), the decapsulator (dsrgate's XDP program,
 # or the kernel's ipip/ip6tnl devices where those modules exist), and the service:
 # dsrgate-node with HTTP on 80 and TCP/UDP echo on 7. Idempotent.
@@ -106,6 +107,10 @@ start)
   done
   for conf in all default "$IFACE"; do
     sysctl_set "net.ipv4.conf.$conf.rp_filter" 2
+    # The VIPs are the node's own addresses but not its to advertise: answer ARP only for
+    # addresses on the asking interface, and never use a VIP as an ARP source.
+    sysctl_set "net.ipv4.conf.$conf.arp_ignore" 1
+    sysctl_set "net.ipv4.conf.$conf.arp_announce" 2
   done
   [ -z "$MTU" ] || ip link set dev "$IFACE" mtu "$MTU"
   decap_on
