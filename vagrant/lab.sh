@@ -317,7 +317,7 @@ hold_results() {
 }
 
 demo_step1() {
-  step "1: 30 requests to each VIP"
+  step "1: 30 requests to each VIP (and 30 UDP datagrams)"
   tell "The client ($LAB_CLIENT4 and $LAB_CLIENT6, in ${LAB_PREFIX}client) opens 30 fresh \
 connections to each VIP. The router spreads them over gw1 and gw2 (ECMP on the L4 hash); \
 each gateway picks a node with Maglev and sends the packet there inside an IP-in-IP \
@@ -332,6 +332,9 @@ tunnel; the node answers the client directly (Direct Server Return)."
     --expect-client "$LAB_CLIENT6"; then
     ok "IPv6: all three nodes served, and every one saw the client's own address"
   else fail "IPv6 requests"; fi
+  if client udp --vip "$LAB_VIP4" --port 7 --count 30; then
+    ok "UDP: every datagram was echoed, from the VIP itself"
+  else fail "UDP echo"; fi
   for g in $GATEWAYS; do after+=("$(gw_packets "$g")"); done
   local counts=() all_carried=1 d
   for g in $GATEWAYS; do

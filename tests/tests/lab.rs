@@ -295,6 +295,7 @@ fn lab_up_demo_down_leaves_nothing() {
     for needle in [
         "ok: IPv4: all three nodes served, and every one saw the client's own address",
         "ok: IPv6: all three nodes served, and every one saw the client's own address",
+        "ok: UDP: every datagram was echoed, from the VIP itself",
         "ok: both gateways carried client packets (ECMP)",
         "ok: gw1: node2 left the Maglev set",
         "ok: gw2: node2 left the Maglev set",

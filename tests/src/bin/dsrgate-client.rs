@@ -13,11 +13,15 @@
 //! how many survived (no error, and the last echo arrived before the end). Exits non-zero
 //! unless `--expect-survivors K` (default: all) survived.
 //!
-//! Every run is bounded in connections and time.
+//! `dsrgate-client udp --vip ADDR [--port 7] --count N`: N datagrams, each from its own
+//! socket (so its own flow), each waiting for its echo from exactly the VIP's address and
+//! port (a connected socket drops anything else). Exits non-zero unless all are answered.
+//!
+//! Every run is bounded in connections, datagrams and time.
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,7 +46,8 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: dsrgate-client http --vip ADDR [--port 80] --count N \
 [--expect-nodes a,b] [--expect-client IP] [--timeout-ms 2000]\n       \
 dsrgate-client hold --vip ADDR [--port 7] --conns N --seconds S [--interval-ms 100] \
-[--expect-survivors K]";
+[--expect-survivors K]\n       \
+dsrgate-client udp --vip ADDR [--port 7] --count N [--timeout-ms 1000]";
 
 /// `--key value` options after the subcommand.
 struct Args(BTreeMap<String, String>);
@@ -142,8 +147,49 @@ fn run() -> Result<bool> {
             }
             Ok(ok)
         }
+        "udp" => {
+            let a = Args::parse(rest, &["vip", "port", "count", "timeout-ms"])?;
+            let vip: IpAddr = a.get("vip", None)?;
+            let count: usize = a.get("count", None)?;
+            ensure!((1..=MAX_COUNT).contains(&count), "--count 1..={MAX_COUNT}");
+            let timeout = Duration::from_millis(a.get("timeout-ms", Some(1000))?);
+            let target = SocketAddr::new(vip, a.get("port", Some(7))?);
+            let failures: Vec<String> = (0..count)
+                .filter_map(|i| udp_echo(target, i, timeout).err())
+                .map(|e| format!("{e:#}"))
+                .collect();
+            println!(
+                "{count} UDP datagrams to {target}, each from its own port: {} echoed back \
+                 from {target}, {} lost",
+                count - failures.len(),
+                failures.len()
+            );
+            for f in failures.iter().take(5) {
+                println!("  failed: {f}");
+            }
+            Ok(failures.is_empty())
+        }
         _ => bail!("{USAGE}"),
     }
+}
+
+/// One datagram from a fresh port; its echo must come back from `target` itself.
+fn udp_echo(target: SocketAddr, i: usize, timeout: Duration) -> Result<()> {
+    let any: SocketAddr = match target {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse()?,
+        SocketAddr::V6(_) => "[::]:0".parse()?,
+    };
+    let s = UdpSocket::bind(any)?;
+    s.connect(target)?;
+    s.set_read_timeout(Some(timeout))?;
+    let msg = format!("datagram {i}");
+    s.send(msg.as_bytes())?;
+    let mut buf = [0u8; 64];
+    let n = s
+        .recv(&mut buf)
+        .with_context(|| format!("datagram {i}: no echo from {target}"))?;
+    ensure!(&buf[..n] == msg.as_bytes(), "datagram {i}: wrong echo");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
