@@ -2,15 +2,14 @@
 //! Ethernet header, outer IP header and (for GUE) UDP + GUE headers are written into the
 //! bytes in front of it, growing into the buffer's headroom. Nothing is copied.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use crate::snapshot::{encap_overhead, Encap};
 use crate::wire::gue::GueHeader;
-use crate::wire::vlan::{self, VlanTag};
+use crate::wire::vlan;
 use crate::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet,
-    Ipv6Packet, UdpPacket, ETHERNET_HEADER_LEN, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HEADER_LEN,
-    IPV6_HEADER_LEN, UDP_HEADER_LEN,
+    EthernetProtocol, IpAddress, IpProtocol, UdpPacket, ETHERNET_HEADER_LEN, IPPROTO_IPIP,
+    IPPROTO_IPV6, IPV4_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 /// Outer TTL / hop limit (the figure; the Linux default).
@@ -47,25 +46,77 @@ pub(crate) fn l2_len(vlan: Option<u16>) -> usize {
 }
 
 /// Writes an Ethernet header (and VLAN tag) at the start of `b`, which must be long enough.
-pub(crate) fn write_l2(
-    b: &mut [u8],
-    dst: [u8; 6],
-    src: [u8; 6],
-    vlan: Option<u16>,
-    et: EthernetProtocol,
-) {
-    let mut eth = EthernetFrame::new_unchecked(&mut *b);
-    eth.set_dst_addr(EthernetAddress(dst));
-    eth.set_src_addr(EthernetAddress(src));
+/// Built as one array and stored whole (fixed sizes, so no call to `memcpy`).
+#[inline(always)]
+fn write_l2(b: &mut [u8], dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, et: EthernetProtocol) {
+    let mut h = [0u8; ETHERNET_HEADER_LEN + vlan::TAG_LEN];
+    h[..6].copy_from_slice(&dst);
+    h[6..12].copy_from_slice(&src);
+    let et = u16::from(et).to_be_bytes();
     match vlan {
         Some(tci) => {
-            eth.set_ethertype(EthernetProtocol::Unknown(vlan::TPID_8021Q));
-            let mut tag = VlanTag::new_unchecked(&mut b[ETHERNET_HEADER_LEN..]);
-            tag.set_tci(tci);
-            tag.set_ethertype(et);
+            h[12..14].copy_from_slice(&vlan::TPID_8021Q.to_be_bytes());
+            h[14..16].copy_from_slice(&tci.to_be_bytes());
+            h[16..18].copy_from_slice(&et);
+            b[..ETHERNET_HEADER_LEN + vlan::TAG_LEN].copy_from_slice(&h);
         }
-        None => eth.set_ethertype(et),
+        None => {
+            h[12..14].copy_from_slice(&et);
+            b[..ETHERNET_HEADER_LEN].copy_from_slice(&h[..ETHERNET_HEADER_LEN]);
+        }
     }
+}
+
+/// The outer IPv4 header (RFC 791): no options, DF set, ID 0, TTL [`OUTER_TTL`]. The checksum
+/// comes from the values, not from re-reading stored bytes (which would stall on store
+/// forwarding); the array is built in registers and stored whole.
+#[inline(always)]
+fn ipv4_header(tos: u8, total_len: u16, proto: u8, src: u32, dst: u32) -> [u8; IPV4_HEADER_LEN] {
+    let words = [
+        0x4500 | u32::from(tos),
+        u32::from(total_len),
+        0x4000,
+        u32::from(OUTER_TTL) << 8 | u32::from(proto),
+        src >> 16,
+        src & 0xffff,
+        dst >> 16,
+        dst & 0xffff,
+    ];
+    let csum = !fold(words.iter().sum());
+    let mut h = [0u8; IPV4_HEADER_LEN];
+    h[0] = 0x45;
+    h[1] = tos;
+    h[2..4].copy_from_slice(&total_len.to_be_bytes());
+    // DF always: the pipeline enforces the tunnel MTU itself (Path MTU), so an outer packet
+    // never needs fragmenting, and with DF the ID may be 0 (RFC 6864).
+    h[6] = 0x40;
+    h[8] = OUTER_TTL;
+    h[9] = proto;
+    h[10..12].copy_from_slice(&csum.to_be_bytes());
+    h[12..16].copy_from_slice(&src.to_be_bytes());
+    h[16..20].copy_from_slice(&dst.to_be_bytes());
+    h
+}
+
+/// The outer IPv6 header (RFC 8200): traffic class, flow label, hop limit [`OUTER_TTL`].
+#[inline(always)]
+fn ipv6_header(
+    tc: u8,
+    flow_label: u32,
+    payload_len: u16,
+    next_header: u8,
+    src: u128,
+    dst: [u8; 16],
+) -> [u8; IPV6_HEADER_LEN] {
+    let first = 6u32 << 28 | u32::from(tc) << 20 | (flow_label & 0xf_ffff);
+    let mut h = [0u8; IPV6_HEADER_LEN];
+    h[..4].copy_from_slice(&first.to_be_bytes());
+    h[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    h[6] = next_header;
+    h[7] = OUTER_TTL;
+    h[8..24].copy_from_slice(&src.to_be_bytes());
+    h[24..40].copy_from_slice(&dst);
+    h
 }
 
 /// Encapsulates the inner IP packet at `buf[ip_start..ip_start + ip_len]` (of the family
@@ -101,49 +152,20 @@ pub(crate) fn encapsulate(
     let ip_hdr = &mut hdr[l2..];
     let outer_len = overhead + ip_len;
     let ip_hlen = if t.outer_v6 {
-        let h = &mut ip_hdr[..IPV6_HEADER_LEN];
-        h.fill(0);
-        let mut o = Ipv6Packet::new_unchecked(h);
-        o.set_version(6);
-        o.set_traffic_class(tos);
-        o.set_flow_label((t.hash >> 24) as u32 & 0xf_ffff);
-        o.set_payload_len((outer_len - IPV6_HEADER_LEN) as u16);
-        o.set_next_header(IpProtocol::from(proto));
-        o.set_hop_limit(OUTER_TTL);
-        o.set_src_addr(Ipv6Addr::from(t.src));
-        o.set_dst_addr(Ipv6Addr::from(t.dst));
+        let h = ipv6_header(
+            tos,
+            (t.hash >> 24) as u32,
+            (outer_len - IPV6_HEADER_LEN) as u16,
+            proto,
+            t.src,
+            t.dst,
+        );
+        ip_hdr[..IPV6_HEADER_LEN].copy_from_slice(&h);
         IPV6_HEADER_LEN
     } else {
-        let h = &mut ip_hdr[..IPV4_HEADER_LEN];
-        h.fill(0);
-        let mut o = Ipv4Packet::new_unchecked(h);
-        o.set_version(4);
-        o.set_header_len(IPV4_HEADER_LEN as u8);
-        o.set_dscp(tos >> 2);
-        o.set_ecn(tos & 3);
-        o.set_total_len(outer_len as u16);
-        // DF always: the pipeline enforces the tunnel MTU itself (Path MTU below), so an
-        // outer packet never needs fragmenting, and with DF the ID may be 0 (RFC 6864).
-        o.set_dont_frag(true);
-        o.set_hop_limit(OUTER_TTL);
-        o.set_next_header(IpProtocol::from(proto));
-        let src = t.src as u32;
         let dst = u32::from_be_bytes([t.dst[12], t.dst[13], t.dst[14], t.dst[15]]);
-        o.set_src_addr(Ipv4Addr::from(src));
-        o.set_dst_addr(Ipv4Addr::from(dst));
-        // The checksum from the values, not by re-reading the bytes just stored (which
-        // would stall on store forwarding).
-        let words = [
-            0x4500 | u32::from(tos),
-            outer_len as u32,
-            0x4000,
-            u32::from(OUTER_TTL) << 8 | u32::from(proto),
-            src >> 16,
-            src & 0xffff,
-            dst >> 16,
-            dst & 0xffff,
-        ];
-        o.set_checksum(!fold(words.iter().sum()));
+        let h = ipv4_header(tos, outer_len as u16, proto, t.src as u32, dst);
+        ip_hdr[..IPV4_HEADER_LEN].copy_from_slice(&h);
         IPV4_HEADER_LEN
     };
     if let Some(port) = udp_at {
