@@ -37,6 +37,19 @@ pub struct Params {
     pub local_mac: [u8; 6],
 }
 
+impl Params {
+    /// Whether a packet for `vip` can be tunnelled to `backend`: IPv4 in IPv4 or IPv6, IPv6
+    /// in IPv6 (not IPv6 in IPv4), and only with an outer source address of the backend's
+    /// family.
+    pub fn can_tunnel(&self, vip: IpAddr, backend: IpAddr) -> bool {
+        match (vip, backend) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => false,
+            (_, IpAddr::V4(_)) => self.outer_src_v4.is_some(),
+            (_, IpAddr::V6(_)) => self.outer_src_v6.is_some(),
+        }
+    }
+}
+
 /// Where snapshot VIP `i` came from: `services.vips[spec]`, port `port`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -68,11 +81,7 @@ pub fn desired(
         let backends: Vec<BackendConfig> = usable(i)
             .into_iter()
             .filter(|b| {
-                let ok = match (spec.addr, b.addr) {
-                    (IpAddr::V6(_), IpAddr::V4(_)) => false,
-                    (_, IpAddr::V4(_)) => params.outer_src_v4.is_some(),
-                    (_, IpAddr::V6(_)) => params.outer_src_v6.is_some(),
-                };
+                let ok = params.can_tunnel(spec.addr, b.addr);
                 if !ok {
                     tracing::warn!(vip = %spec.name, backend = %b.addr,
                         "backend left out: no tunnel of its address family for this VIP");
@@ -324,6 +333,30 @@ mod tests {
                 health: None,
             }],
         }
+    }
+
+    #[test]
+    fn which_families_can_be_tunnelled() {
+        let p = params();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(p.can_tunnel(ip("192.0.2.10"), ip("198.51.100.11")));
+        assert!(
+            !p.can_tunnel(ip("2001:db8:100::10"), ip("198.51.100.11")),
+            "no IPv6 in IPv4"
+        );
+        assert!(
+            !p.can_tunnel(ip("192.0.2.10"), ip("2001:db8::1")),
+            "no IPv6 outer source"
+        );
+        let with_v6 = Params {
+            outer_src_v6: Some(SourcePrefix {
+                addr: "2001:db8::2".parse().unwrap(),
+                len: 128,
+            }),
+            ..p
+        };
+        assert!(with_v6.can_tunnel(ip("192.0.2.10"), ip("2001:db8::1")));
+        assert!(with_v6.can_tunnel(ip("2001:db8:100::10"), ip("2001:db8::1")));
     }
 
     #[test]

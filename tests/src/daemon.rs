@@ -33,6 +33,20 @@ pub fn dsrgate_bin() -> Result<PathBuf> {
         .map_err(|e| anyhow!(e))
 }
 
+/// Removes the variables cargo set for the running test (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`, ...) from a command that runs cargo: build scripts that watch them
+/// would otherwise rebuild their crates now, and again at the next ordinary build.
+pub fn without_cargo_test_env(cmd: &mut std::process::Command) {
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_str()
+            .is_some_and(|k| k.starts_with("CARGO_") && k != "CARGO_HOME")
+        {
+            cmd.env_remove(key);
+        }
+    }
+}
+
 fn build_dsrgate() -> Result<PathBuf> {
     // target/<profile>/deps/<test>-<hash>
     let exe = std::env::current_exe()?;
@@ -49,6 +63,7 @@ fn build_dsrgate() -> Result<PathBuf> {
         .parent()
         .context("workspace root")?;
     let mut cmd = std::process::Command::new(cargo);
+    without_cargo_test_env(&mut cmd);
     cmd.current_dir(workspace)
         .args(["build", "--quiet", "-p", "control", "--bin", "dsrgate"])
         .arg("--target-dir")

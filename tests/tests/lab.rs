@@ -117,17 +117,7 @@ fn lab(args: &[&str]) -> (bool, String) {
         "debug"
     };
     let mut cmd = Command::new(repo().join("vagrant/lab.sh"));
-    // Not the variables cargo set for this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...):
-    // build scripts that watch them would make lab.sh's cargo rebuild their crates, and
-    // the next ordinary build rebuild them again.
-    for (key, _) in std::env::vars_os() {
-        if key
-            .to_str()
-            .is_some_and(|k| k.starts_with("CARGO_") && k != "CARGO_HOME")
-        {
-            cmd.env_remove(key);
-        }
-    }
+    dsrgate_tests::daemon::without_cargo_test_env(&mut cmd);
     cmd.args(args)
         .env("DSRGATE_LAB_PROFILE", profile)
         .env("CARGO_TARGET_DIR", target_dir)

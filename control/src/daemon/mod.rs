@@ -531,6 +531,7 @@ impl Daemon {
                     .healthy(i)
                     .iter()
                     .filter(|b| self.macs.contains_key(&b.addr))
+                    .filter(|b| self.params.can_tunnel(v.addr, b.addr))
                     .count();
                 ServiceHealth {
                     addr: v.addr,
