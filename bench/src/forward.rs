@@ -50,6 +50,8 @@ use dataplane::xsk::{BareForwarder, PipelineProcessor, Workers, XskConfig};
 use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology};
 use serde::Serialize;
 
+use crate::plot;
+
 const GEN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const GW_UP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const GW_DOWN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
@@ -74,6 +76,9 @@ pub struct Args {
     /// Paced offered rates in Mpps, besides the generator's unpaced maximum.
     #[arg(long, value_delimiter = ',', default_value = "0.5,1,1.5,2,3")]
     rates: Vec<f64>,
+    /// Draw delivered against offered per path (medians over the repetitions) into this SVG.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// `struct gen_config` in trafficgen.c.
@@ -523,6 +528,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut bench = Bench::new()?;
     let mut per_rep: Vec<HashMap<Path, PathResult>> = Vec::new();
+    // Per path, each repetition's (offered, delivered) points in rate order, for --plot.
+    let mut curves: HashMap<Path, Vec<Vec<(f64, f64)>>> = HashMap::new();
     let total = a.reps * Path::ALL.len() * (a.rates.len() + 1);
     let mut done = 0;
     for rep in 0..a.reps {
@@ -530,9 +537,11 @@ pub fn run(a: Args) -> Result<()> {
         for path in Path::ALL {
             let gw = bench.gateway(path)?;
             let mut r = PathResult::default();
+            let mut measured = Vec::new();
             let points = a.rates.iter().map(|m| Some(m * 1e6)).chain([None]);
             for pps in points {
                 let (offered, delivered) = bench.point(path, pps, a.seconds)?;
+                measured.push((offered, delivered));
                 done += 1;
                 eprintln!(
                     "[{done}/{total}] rep {}/{} {:<14} offered {:>6.3} Mpps ({}) delivered {:>6.3} Mpps",
@@ -568,6 +577,7 @@ pub fn run(a: Args) -> Result<()> {
             }
             gw.close()?;
             results.insert(path, r);
+            curves.entry(path).or_default().push(measured);
         }
         per_rep.push(results);
     }
@@ -598,6 +608,29 @@ pub fn run(a: Args) -> Result<()> {
     }
     out.insert("ratios".into(), ratios.clone());
     out.insert("reps".into(), a.reps.into());
+    if let Some(file) = &a.plot {
+        let curves: Vec<plot::Curve> = Path::ALL
+            .iter()
+            .map(|p| plot::Curve {
+                name: p.name().into(),
+                // Medians per offered-rate step over the repetitions.
+                points: (0..a.rates.len() + 1)
+                    .map(|i| {
+                        let reps = &curves[p];
+                        (
+                            median(reps.iter().map(|r| r[i].0).collect()),
+                            median(reps.iter().map(|r| r[i].1).collect()),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let title = format!(
+            "forward: 64-byte UDP over veth, median of {} repetitions",
+            a.reps
+        );
+        plot::throughput_curve(file, &title, &curves)?;
+    }
     if a.json {
         println!("{}", serde_json::Value::Object(out));
         return Ok(());
