@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine as root: installs what it needs
 # (idempotent), then runs formatting, lints, unit, property, fixture and namespace tests,
-# and short fuzz runs. Namespace/BPF/BIRD tests need root; with CI=true a missing
+# and a build of every fuzz target. Namespace/BPF/BIRD tests need root; with CI=true a missing
 # prerequisite fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +28,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, property, fixture, namespace and interop tests)"
 cargo test --workspace --locked --no-fail-fast
+
+step "fuzz targets compile (run them with scripts/fuzz.sh run)"
+scripts/fuzz.sh check
