@@ -13,7 +13,7 @@ type Found = Vec<(Vec<Seg>, String)>;
 
 /// Largest accepted Maglev table size (a 2^24-slot table per VIP is already
 /// 64 MiB of u32 entries).
-pub const MAX_MAGLEV_M: u32 = 1 << 24;
+pub const MAX_MAGLEV_M: u32 = dataplane::maglev::MAX_TABLE_SIZE;
 
 struct V {
     found: Found,
@@ -93,20 +93,6 @@ fn interface_name(v: &mut V, field: &str, name: &str) {
     }
 }
 
-fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let mut d = 2u32;
-    while d.saturating_mul(d) <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
-
 fn dataplane(v: &mut V, c: &Config) {
     let d = &c.dataplane;
     interface_name(v, "upstream_interface", &d.upstream_interface);
@@ -147,7 +133,7 @@ fn dataplane(v: &mut V, c: &Config) {
     }
     v.key("maglev", |v| {
         let m = d.maglev.m;
-        if !is_prime(m) {
+        if !dataplane::maglev::is_prime(m) {
             v.err(
                 "m",
                 format!("{m} is not a prime; Maglev needs a prime table size (e.g. 65537)"),
@@ -536,20 +522,4 @@ fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes) {
         );
     }
     v.key("health", |v| timing(v, k.health));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_prime;
-
-    #[test]
-    fn primes() {
-        let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
-        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
-        assert!(is_prime(65537));
-        assert!(!is_prime(65536));
-        assert!(is_prime(16_777_213));
-        assert!(!is_prime(u32::MAX));
-        assert!(is_prime(4_294_967_291));
-    }
 }
