@@ -202,14 +202,49 @@ fn announcement_follows_backend_health() -> Result<()> {
     let back = lab.get_many(10)?;
     assert!(back.iter().all(|n| n == "node2"), "{back:?}");
 
-    // The status shows the traffic: per-VIP counters and flows in the worker's table.
-    let s = status(lab.ns("gw1"))?;
+    // The status shows the traffic: per-VIP and per-backend counters and flows in the
+    // worker's table. Workers publish counters on a batch, every 100 ms at most: keep a
+    // little traffic going until every node that served port 80 shows its share.
+    let served: Vec<String> = distinct
+        .iter()
+        .map(|n| n.as_str())
+        .chain(["node2"])
+        .map(|n| fabric4(10 + n.trim_start_matches("node").parse::<u8>().expect("nodeN")))
+        .collect();
+    let shown = |s: &control::status::Status| {
+        s.vips.iter().filter(|v| v.port == 80).all(|v| {
+            served.iter().all(|a| {
+                v.backends
+                    .iter()
+                    .any(|b| b.address.to_string() == *a && b.packets > 0)
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = status(lab.ns("gw1"))?;
+        if shown(&s) || Instant::now() > deadline {
+            break s;
+        }
+        lab.get_many(1)?;
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let web = s
         .vips
         .iter()
         .find(|v| v.port == 80)
         .context("no port 80 in status")?;
     assert!(web.packets > 0 && web.bytes > 0, "{web:?}");
+    // Per-backend counters: each node that served port 80 shows its traffic, attributed
+    // across the snapshots published as nodes went down and came back.
+    for a in &served {
+        let b = web
+            .backends
+            .iter()
+            .find(|b| b.address.to_string() == *a)
+            .with_context(|| format!("{a} not in {web:?}"))?;
+        assert!(b.packets > 0 && b.bytes > b.packets, "{a}: {b:?}");
+    }
     assert!(
         s.workers.iter().any(|w| w.flow_entries > 0),
         "{:?}",

@@ -50,6 +50,13 @@ pub struct Inputs<'a> {
 }
 
 pub fn build(i: &Inputs<'_>) -> Status {
+    // Per (VIP, backend address), summed over workers. Each worker keys these by address
+    // and keeps them for its lifetime, so they only grow, whatever snapshots came and went.
+    let mut sent: HashMap<(VipKey, IpAddr), (u64, u64)> = HashMap::new();
+    for (vip, addr, packets, bytes) in i.pipelines.iter().flat_map(|p| p.backends()) {
+        let e = sent.entry((vip, addr)).or_default();
+        *e = (e.0 + packets, e.1 + bytes);
+    }
     let mut vips = Vec::new();
     for (si, spec) in i.services.vips.iter().enumerate() {
         let decision = i.policy.decisions().get(&spec.addr);
@@ -76,6 +83,7 @@ pub fn build(i: &Inputs<'_>) -> Status {
                 .iter()
                 .map(|b| {
                     let h = (i.health)(si, b.addr);
+                    let (packets, bytes) = sent.get(&(key, b.addr)).copied().unwrap_or_default();
                     BackendStatus {
                         address: b.addr,
                         health: if h.up { Health::Up } else { Health::Down },
@@ -89,9 +97,8 @@ pub fn build(i: &Inputs<'_>) -> Status {
                             .get(&b.addr)
                             .map(NextHopStatus::from)
                             .unwrap_or_default(),
-                        // The workers do not export per-backend counters yet.
-                        packets: 0,
-                        bytes: 0,
+                        packets,
+                        bytes,
                     }
                 })
                 .collect();

@@ -1,14 +1,15 @@
 //! The dsrgate pipeline as a worker's [`Processor`]: the per-worker pipeline state plus the
 //! shared, atomically swapped configuration snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use super::Processor;
 use crate::pipeline::{Frame, Verdict, Worker, WorkerConfig};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Proto, Snapshot, VipKey};
 
 /// Flow-table buckets scanned for idle entries after each batch: spreads expiry over time so
 /// no batch pays for a full sweep.
@@ -19,9 +20,9 @@ const PUBLISH_NS: u64 = 100_000_000;
 
 /// What a pipeline worker shows the control side, beside the loop counters of
 /// [`super::WorkerStats`]: which snapshot it runs and since when, flow-table occupancy, and
-/// per-VIP traffic. One writer (the worker), any number of readers; each value is
-/// independent, so `Relaxed` is enough except for the generation/time pair (see
-/// [`PipelineStats::generation`]).
+/// per-VIP and per-backend traffic. One writer (the worker), any number of readers; each
+/// value is independent, so `Relaxed` is enough except for the generation/time pair (see
+/// [`PipelineStats::generation`]) and a backend entry's key (see [`BackendEntry`]).
 pub struct PipelineStats {
     generation: AtomicU64,
     generation_at_ns: AtomicU64,
@@ -30,10 +31,74 @@ pub struct PipelineStats {
     /// Per VIP, by snapshot index: frames and bytes received.
     vip_packets: Box<[AtomicU64]>,
     vip_bytes: Box<[AtomicU64]>,
+    /// Per (VIP, backend address): frames and bytes sent. Entries are claimed in order and
+    /// never reused (see [`PipelineStats::backends`]).
+    backends: Box<[BackendEntry]>,
+    /// Entries claimed so far (only the worker reads or writes it).
+    claimed: AtomicU64,
+    /// Backend slots of the current snapshot whose traffic is not counted per backend,
+    /// because the table (`WorkerConfig::max_backends` entries for the worker's lifetime)
+    /// is full or the slot is past the worker's per-slot counters.
+    untracked_backends: AtomicU64,
+}
+
+/// One (VIP, backend) pair's counters. The worker writes `key` once, then sets `ready` with
+/// Release; a reader loads `ready` with Acquire before `key`, so it never sees a half-written
+/// key. The key never changes afterwards, so the counts under it are always that pair's.
+struct BackendEntry {
+    key: [AtomicU64; KEY_WORDS],
+    ready: AtomicBool,
+    packets: AtomicU64,
+    bytes: AtomicU64,
+}
+
+const KEY_WORDS: usize = 5;
+
+/// A (VIP, backend) pair as plain words: VIP address (v4-mapped), backend address
+/// (v4-mapped), then port, protocol and the two is-IPv4 flags.
+fn encode_key(vip: &VipKey, backend: &[u8; 16], backend_v4: bool) -> [u64; KEY_WORDS] {
+    let v = match vip.addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+    .to_bits();
+    let b = u128::from_be_bytes(*backend);
+    let flags = u64::from(vip.port)
+        | u64::from(vip.proto.number()) << 16
+        | u64::from(vip.addr.is_ipv4()) << 24
+        | u64::from(backend_v4) << 25;
+    [
+        (v >> 64) as u64,
+        v as u64,
+        (b >> 64) as u64,
+        b as u64,
+        flags,
+    ]
+}
+
+fn decode_key(k: [u64; KEY_WORDS]) -> (VipKey, IpAddr) {
+    let addr = |hi: u64, lo: u64, v4: bool| {
+        let a = Ipv6Addr::from_bits(u128::from(hi) << 64 | u128::from(lo));
+        if v4 {
+            IpAddr::V4(Ipv4Addr::from_bits(a.to_bits() as u32))
+        } else {
+            IpAddr::V6(a)
+        }
+    };
+    let vip = VipKey {
+        addr: addr(k[0], k[1], k[4] >> 24 & 1 == 1),
+        proto: if (k[4] >> 16) as u8 == Proto::Udp.number() {
+            Proto::Udp
+        } else {
+            Proto::Tcp
+        },
+        port: k[4] as u16,
+    };
+    (vip, addr(k[2], k[3], k[4] >> 25 & 1 == 1))
 }
 
 impl PipelineStats {
-    fn new(max_vips: usize) -> Self {
+    fn new(max_vips: usize, max_backends: usize) -> Self {
         let zeros = || (0..max_vips).map(|_| AtomicU64::new(0)).collect();
         PipelineStats {
             generation: AtomicU64::new(0),
@@ -42,7 +107,44 @@ impl PipelineStats {
             evictions: AtomicU64::new(0),
             vip_packets: zeros(),
             vip_bytes: zeros(),
+            backends: (0..max_backends)
+                .map(|_| BackendEntry {
+                    key: Default::default(),
+                    ready: AtomicBool::new(false),
+                    packets: AtomicU64::new(0),
+                    bytes: AtomicU64::new(0),
+                })
+                .collect(),
+            claimed: AtomicU64::new(0),
+            untracked_backends: AtomicU64::new(0),
         }
+    }
+
+    /// The entry for `key`, claiming a new one if it has none; `None` if the table is full.
+    /// Worker only, once per backend slot on a snapshot change: a linear scan starting at
+    /// `hint`. Entries are claimed in slot order, so with the entry after the previous
+    /// slot's as the hint, an unchanged backend list is found in one step per slot.
+    fn entry(&self, key: [u64; KEY_WORDS], hint: usize) -> Option<u32> {
+        let claimed = self.claimed.load(Ordering::Relaxed) as usize;
+        let same = |i: &usize| {
+            self.backends[*i]
+                .key
+                .iter()
+                .zip(key)
+                .all(|(a, b)| a.load(Ordering::Relaxed) == b)
+        };
+        let hint = hint.min(claimed);
+        if let Some(i) = (hint..claimed).chain(0..hint).find(same) {
+            return Some(i as u32);
+        }
+        let e = self.backends.get(claimed)?;
+        for (a, b) in e.key.iter().zip(key) {
+            a.store(b, Ordering::Relaxed);
+        }
+        // Release: see `BackendEntry`.
+        e.ready.store(true, Ordering::Release);
+        self.claimed.store(claimed as u64 + 1, Ordering::Relaxed);
+        Some(claimed as u32)
     }
 
     /// The snapshot generation the worker last ran a batch on, and when (CLOCK_MONOTONIC
@@ -69,6 +171,32 @@ impl PipelineStats {
             self.vip_bytes.get(index)?.load(Ordering::Relaxed),
         ))
     }
+
+    /// Frames and bytes this worker sent to each (VIP, backend address) pair it has seen in
+    /// a snapshot, over its lifetime (bytes after encapsulation). Keyed by address, not by
+    /// snapshot slot, so the counts survive snapshot changes and only ever grow; a pair
+    /// that left the configuration keeps its last totals.
+    pub fn backends(&self) -> impl Iterator<Item = (VipKey, IpAddr, u64, u64)> + '_ {
+        self.backends
+            .iter()
+            // Acquire: see `BackendEntry`.
+            .take_while(|e| e.ready.load(Ordering::Acquire))
+            .map(|e| {
+                let (vip, addr) =
+                    decode_key(std::array::from_fn(|i| e.key[i].load(Ordering::Relaxed)));
+                (
+                    vip,
+                    addr,
+                    e.packets.load(Ordering::Relaxed),
+                    e.bytes.load(Ordering::Relaxed),
+                )
+            })
+    }
+
+    /// Backend slots of the current snapshot not counted per backend (the table is full).
+    pub fn untracked_backends(&self) -> u64 {
+        self.untracked_backends.load(Ordering::Relaxed)
+    }
 }
 
 /// Runs [`crate::pipeline::Worker`] against the current snapshot.
@@ -83,16 +211,25 @@ pub struct PipelineProcessor {
     stats: Arc<PipelineStats>,
     generation: u64,
     next_publish: u64,
+    /// Per backend slot of the current snapshot: its entry in `stats.backends`, or
+    /// [`UNTRACKED`]. Capacity `max_backends`, so rebuilding it never allocates.
+    map: Vec<u32>,
+    /// Per backend slot: the worker's (packets, bytes) counters as of the last publish.
+    last: Vec<(u64, u64)>,
 }
+
+const UNTRACKED: u32 = u32::MAX;
 
 impl PipelineProcessor {
     pub fn new(cfg: WorkerConfig, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
         PipelineProcessor {
             worker: Worker::new(cfg),
             snapshot,
-            stats: Arc::new(PipelineStats::new(cfg.max_vips)),
+            stats: Arc::new(PipelineStats::new(cfg.max_vips, cfg.max_backends)),
             generation: 0,
             next_publish: 0,
+            map: Vec::with_capacity(cfg.max_backends),
+            last: Vec::with_capacity(cfg.max_backends),
         }
     }
 
@@ -101,7 +238,7 @@ impl PipelineProcessor {
         self.stats.clone()
     }
 
-    fn publish(&self, vips: usize) {
+    fn publish(&mut self, vips: usize) {
         let s = &self.stats;
         s.flows
             .store(self.worker.flows().len() as u64, Ordering::Relaxed);
@@ -112,6 +249,62 @@ impl PipelineProcessor {
             s.vip_packets[i].store(v.packets, Ordering::Relaxed);
             s.vip_bytes[i].store(v.bytes, Ordering::Relaxed);
         }
+        self.publish_backends();
+    }
+
+    /// Adds what each slot sent since the last publish to its entry. The worker's per-slot
+    /// counters are never reset (a slot just means another backend after a snapshot
+    /// change), so deltas against `last` are what the slot sent under the current `map`.
+    fn publish_backends(&mut self) {
+        let counted = &self.worker.counters().backends;
+        for ((&entry, last), c) in self.map.iter().zip(&mut self.last).zip(counted.iter()) {
+            let (dp, db) = (c.packets - last.0, c.bytes - last.1);
+            *last = (c.packets, c.bytes);
+            if let Some(e) = self.stats.backends.get(entry as usize) {
+                // Relaxed: one writer, and each counter is read on its own.
+                e.packets.fetch_add(dp, Ordering::Relaxed);
+                e.bytes.fetch_add(db, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Points each backend slot of `snap` at its (VIP, address) entry, and starts its deltas
+    /// from the worker's counters now. Call after publishing under the old map.
+    fn remap(&mut self, snap: &Snapshot) {
+        let counted = &self.worker.counters().backends;
+        // Slots past the worker's counters are not counted at all; `counted.len()` is the
+        // vectors' capacity, so neither resize allocates.
+        let n = snap.backends().len().min(counted.len());
+        self.map.clear();
+        self.map.resize(n, UNTRACKED);
+        self.last.clear();
+        self.last
+            .extend(counted[..n].iter().map(|c| (c.packets, c.bytes)));
+        let mut untracked = 0;
+        let mut hint = 0;
+        for vip in snap.vips() {
+            for slot in vip.backends() {
+                let slot = slot as usize;
+                let entry = snap
+                    .backends()
+                    .get(slot)
+                    .filter(|_| slot < n)
+                    .and_then(|b| {
+                        self.stats
+                            .entry(encode_key(&vip.key, &b.addr, b.is_v4), hint)
+                    });
+                match entry {
+                    Some(e) => {
+                        self.map[slot] = e;
+                        hint = e as usize + 1;
+                    }
+                    None => untracked += 1,
+                }
+            }
+        }
+        self.stats
+            .untracked_backends
+            .store(untracked, Ordering::Relaxed);
     }
 }
 
@@ -119,6 +312,9 @@ impl Processor for PipelineProcessor {
     fn process(&mut self, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
         let snap = self.snapshot.load();
         if snap.generation() != self.generation {
+            // Counts so far were made under the old slot layout: attribute them first.
+            self.publish_backends();
+            self.remap(&snap);
             self.generation = snap.generation();
             self.stats.generation_at_ns.store(now_ns, Ordering::Relaxed);
             // Release: see `PipelineStats::generation`.
