@@ -94,8 +94,9 @@ fn backend_counts_follow_addresses_across_snapshots() {
     let g2_80 = send(&mut p, now + 1, 80, 30);
     let g2_443 = send(&mut p, now + 1, 443, 20);
     assert!(sum(&g2_80, b).0 > 0, "{g2_80:?}");
-    // Past the publish interval: an empty batch publishes generation 2's counts.
-    p.process(now + SECOND, &mut [], &mut []);
+    // Past the publish interval, with no more traffic: the idle worker's housekeeping
+    // publishes generation 2's counts.
+    p.housekeeping(now + SECOND);
 
     let g1_80: Vec<_> = g1[..40].to_vec();
     let g1_443: Vec<_> = g1[40..].to_vec();

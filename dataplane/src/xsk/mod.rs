@@ -42,6 +42,10 @@ pub trait Processor: Send {
     /// `frames` and `verdicts` have the same length (at most [`crate::pipeline::BATCH`]);
     /// `now_ns` is read once per batch (CLOCK_MONOTONIC).
     fn process(&mut self, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]);
+
+    /// Called about once a second whether or not traffic flows, so that a processor can
+    /// publish what an idle worker would otherwise hold back until its next batch.
+    fn housekeeping(&mut self, _now_ns: u64) {}
 }
 
 /// The XDP program that steers traffic into the workers' sockets. [`Workers`] registers each

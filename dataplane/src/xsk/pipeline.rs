@@ -211,6 +211,8 @@ pub struct PipelineProcessor {
     stats: Arc<PipelineStats>,
     generation: u64,
     next_publish: u64,
+    /// VIPs in the snapshot the worker last ran a batch on.
+    vips: usize,
     /// Per backend slot of the current snapshot: its entry in `stats.backends`, or
     /// [`UNTRACKED`]. Capacity `max_backends`, so rebuilding it never allocates.
     map: Vec<u32>,
@@ -228,6 +230,7 @@ impl PipelineProcessor {
             stats: Arc::new(PipelineStats::new(cfg.max_vips, cfg.max_backends)),
             generation: 0,
             next_publish: 0,
+            vips: 0,
             map: Vec::with_capacity(cfg.max_backends),
             last: Vec::with_capacity(cfg.max_backends),
         }
@@ -315,6 +318,7 @@ impl Processor for PipelineProcessor {
             // Counts so far were made under the old slot layout: attribute them first.
             self.publish_backends();
             self.remap(&snap);
+            self.vips = snap.vips().len();
             self.generation = snap.generation();
             self.stats.generation_at_ns.store(now_ns, Ordering::Relaxed);
             // Release: see `PipelineStats::generation`.
@@ -327,6 +331,16 @@ impl Processor for PipelineProcessor {
         if now_ns >= self.next_publish {
             self.next_publish = now_ns + PUBLISH_NS;
             self.publish(snap.vips().len());
+        }
+    }
+
+    /// An idle worker publishes too, so the last traffic before a quiet spell shows up. It
+    /// publishes under the layout of the snapshot it last ran a batch on, which is the one
+    /// its counts were made under.
+    fn housekeeping(&mut self, now_ns: u64) {
+        if now_ns >= self.next_publish {
+            self.next_publish = now_ns + PUBLISH_NS;
+            self.publish(self.vips);
         }
     }
 }

@@ -171,6 +171,7 @@ impl<P: Processor> Worker<P> {
             let now = now_ns();
             let moved = self.iteration(now);
             if now >= next_housekeeping {
+                self.processor.housekeeping(now);
                 self.housekeeping();
                 next_housekeeping = now + HOUSEKEEPING_NS;
             }
