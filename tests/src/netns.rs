@@ -73,6 +73,12 @@ impl Netns {
             owned: true,
         };
         ns.ip(&["link", "set", "dev", "lo", "up"])?;
+        // Test links are private, so duplicate addresses cannot happen: skip DAD for the
+        // link-local addresses too (global ones get `nodad`), or the first IPv6 packets
+        // after a build race it.
+        for conf in ["all", "default"] {
+            ns.sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+        }
         Ok(ns)
     }
 
@@ -505,7 +511,19 @@ impl Topology {
         }
         for b in &self.bridges {
             let ns = net.ns(&b.ns);
-            ns.ip(&["link", "add", "name", &b.name, "type", "bridge"])?;
+            // No multicast snooping: with no MLD querier on the segment, a snooping bridge
+            // can withhold neighbour solicitations from ports it has not yet heard a report
+            // from, which makes IPv6 reachability right after a build flaky.
+            ns.ip(&[
+                "link",
+                "add",
+                "name",
+                &b.name,
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ])?;
             if let Some(mtu) = b.mtu {
                 ns.ip(&["link", "set", "dev", &b.name, "mtu", &mtu.to_string()])?;
             }
