@@ -92,17 +92,15 @@ fn bird_open() {
     assert!(open.route_refresh());
 }
 
-/// FRR 8.4's OPEN, constructed (not captured: FRR is not installed here) from the
-/// order in which its bgp_open_capability() writes capabilities and the facts in
-/// platform-facts.md: every capability in its own optional parameter, the Cisco
-/// route refresh code 128 next to 2, extended message, ADD-PATH receive, FQDN, and
-/// graceful restart with the R and N bits.
+/// FRR 8.4.4's OPEN (Debian 12's frr), captured: bgpd with `router bgp 65000`, router id
+/// 10.0.0.1 and one neighbor, connecting to a listener in a network namespace. Every
+/// capability sits in its own optional parameter, the Cisco route refresh code 128 next to
+/// 2, and graceful restart has the R and N bits; only IPv4 unicast is activated.
 const FRR_OPEN: &str = "
-    ffffffffffffffffffffffffffffffff 0060 01   # length 96, OPEN
+    ffffffffffffffffffffffffffffffff 005f 01   # length 95, OPEN
     04 fde8 00b4 0a000001                       # version 4, AS 65000, hold 180, id 10.0.0.1
-    43                                          # opt len 67
+    42                                          # opt len 66
     02 06 01 04 0001 00 01                      # multiprotocol IPv4 unicast
-    02 06 01 04 0002 00 01                      # multiprotocol IPv6 unicast
     02 02 80 00                                 # route refresh, Cisco pre-standard code
     02 02 02 00                                 # route refresh
     02 02 46 00                                 # enhanced route refresh
@@ -111,7 +109,7 @@ const FRR_OPEN: &str = "
     02 06 45 04 0001 01 01                      # ADD-PATH: IPv4 unicast, receive
     02 07 49 05 03 667272 00                    # FQDN: hostname \"frr\", no domain
     02 04 40 02 c078                            # graceful restart: R, N, 120 s
-    02 02 47 00                                 # long-lived graceful restart, empty";
+    02 09 47 07 0001 01 80 000000               # long-lived GR: IPv4 unicast, F bit, 0 s";
 
 #[test]
 fn frr_open_one_capability_per_parameter() {
@@ -119,14 +117,11 @@ fn frr_open_one_capability_per_parameter() {
     let Message::Open(open) = decode(&bytes).unwrap() else {
         panic!("not an OPEN")
     };
-    assert_eq!(open.parameters.len(), 11);
+    assert_eq!(open.parameters.len(), 10);
     assert!(open.parameters.iter().all(|p| p.len() == 1));
     assert_eq!(open.hold_time, 180);
     assert_eq!(open.asn(), 65000);
-    assert_eq!(
-        open.families(),
-        vec![Family::Ipv4Unicast, Family::Ipv6Unicast]
-    );
+    assert_eq!(open.families(), vec![Family::Ipv4Unicast]);
     assert!(open.route_refresh());
     let gr = open.graceful_restart().unwrap();
     assert!(gr.restarting && gr.notification && gr.restart_time == 120);
@@ -142,20 +137,19 @@ fn frr_open_one_capability_per_parameter() {
     );
 }
 
-/// GoBGP 3.10's OPEN, constructed (GoBGP is not installed here) from how its
-/// capabilitiesFromConfig() orders capabilities in a single optional parameter and
-/// the facts in platform-facts.md: route refresh, multiprotocol, extended next hop
-/// (RFC 8950: IPv4 unicast over an IPv6 next hop), 4-octet AS, FQDN.
+/// GoBGP 3.10's OPEN (Debian 12's gobgpd), captured: `as = 65000`, router id 10.0.0.1,
+/// one neighbor, connecting to a listener in a network namespace. All capabilities in one
+/// optional parameter: route refresh, FQDN (this machine's hostname "vm"), multiprotocol,
+/// 4-octet AS, extended next hop (RFC 8950: IPv4 unicast over an IPv6 next hop).
 const GOBGP_OPEN: &str = "
-    ffffffffffffffffffffffffffffffff 0044 01   # length 68, OPEN
-    04 fde8 005a 0a000002                       # version 4, AS 65000, hold 90, id 10.0.0.2
-    27 02 25                                    # opt len 39; capabilities, 37 octets
+    ffffffffffffffffffffffffffffffff 003b 01   # length 59, OPEN
+    04 fde8 005a 0a000001                       # version 4, AS 65000, hold 90, id 10.0.0.1
+    1e 02 1c                                    # opt len 30; capabilities, 28 octets
     02 00                                       # route refresh
+    49 04 02 766d 00                            # FQDN: hostname \"vm\", no domain
     01 04 0001 00 01                            # multiprotocol IPv4 unicast
-    01 04 0002 00 01                            # multiprotocol IPv6 unicast
-    05 06 0001 0001 0002                        # extended next hop: IPv4/unicast via IPv6
     41 04 0000fde8                              # 4-octet AS 65000
-    49 07 05 676f626770 00                      # FQDN: hostname \"gobgp\", no domain";
+    05 06 0001 0001 0002                        # extended next hop: IPv4/unicast via IPv6";
 
 #[test]
 fn gobgp_open() {
@@ -164,11 +158,9 @@ fn gobgp_open() {
         panic!("not an OPEN")
     };
     assert_eq!(open.parameters.len(), 1);
-    assert_eq!(open.parameters[0].len(), 6);
-    assert_eq!(
-        open.families(),
-        vec![Family::Ipv4Unicast, Family::Ipv6Unicast]
-    );
+    assert_eq!(open.parameters[0].len(), 5);
+    assert_eq!(open.families(), vec![Family::Ipv4Unicast]);
+    assert!(open.route_refresh());
     assert!(open.graceful_restart().is_none());
     assert_eq!(
         Message::Open(open).to_bytes(Context::default()).unwrap(),
