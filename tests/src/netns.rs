@@ -997,7 +997,15 @@ mod tests {
         let mut sleeper = a.spawn(&["sleep", "300"]).unwrap();
         assert!(sleeper.is_running());
         let orphan_pid = a.spawn(&["sleep", "300"]).unwrap();
-        assert!(a.pids().unwrap().contains(&(orphan_pid.pid() as i32)));
+        // `ip netns exec` enters the namespace after the fork: give it a moment.
+        let in_ns = (0..100).any(|_| {
+            let found = a.pids().unwrap().contains(&(orphan_pid.pid() as i32));
+            if !found {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            found
+        });
+        assert!(in_ns, "spawned process never showed up in the namespace");
         let pid = orphan_pid.pid() as i32;
         std::mem::forget(orphan_pid); // the namespace guard must kill it anyway
         drop(sleeper);

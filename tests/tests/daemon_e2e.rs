@@ -135,6 +135,18 @@ fn announcement_follows_backend_health() -> Result<()> {
     let cfg = gateway_config(1);
     let daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
     wait_routed_via(router, &bird, &[1])?;
+    // The VIP is announced as soon as one backend is up: wait for all three to hold slots
+    // before looking at the spread.
+    wait_status(
+        lab.ns("gw1"),
+        "every backend in the Maglev set",
+        Duration::from_secs(10),
+        |s| {
+            s.vips
+                .iter()
+                .all(|v| v.backends.iter().all(|b| b.slots > 0))
+        },
+    )?;
 
     // Traffic is balanced, and the nodes see the real client.
     let nodes = lab.get_many(30)?;
