@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bgp::speaker::{Config, PeerConfig, RouteAttributes, Routes, Speaker};
 use bgp::wire::Prefix;
-use dsrgate_tests::bird::{kernel_route, Bird, HOLD};
+use dsrgate_tests::bird::{kernel_route, neighbor, Bird, HOLD, ROUTER_AS};
 use dsrgate_tests::netns::{
     dsr_topology, fabric4, fabric6, gateway_host, unique_prefix, Net, Netns, Proc, VIP4, VIP6,
 };
@@ -208,351 +208,365 @@ impl SpeakerProc {
     }
 }
 
-fn topology() -> Result<Net> {
-    dsr_topology(2, 0).build(&unique_prefix())
+/// What a scenario runs against: the topology and BIRD in its `router` namespace.
+struct Lab<'a> {
+    net: &'a Net,
+    bird: Bird<'a>,
 }
 
-/// BIRD's view of gateway `i` in AS `asn`, over IPv4.
-fn gw(i: u8, asn: u32) -> (u8, u32, String) {
-    (i, asn, fabric4(gateway_host(i)))
+impl Lab<'_> {
+    fn router(&self) -> &Netns {
+        self.net.ns("router")
+    }
+
+    /// A speaker on gateway `gw` expecting BIRD in `remote_as`; see [`SpeakerProc::start`].
+    fn speaker(&self, gw: u8, remote_as: u32, extra: &str) -> Result<SpeakerProc> {
+        SpeakerProc::start(self.net.ns(&format!("gw{gw}")), gw, remote_as, extra)
+    }
+
+    /// A speaker on gateway `gw` that has announced `routes` (see [`route`]), returned
+    /// once BIRD has them all.
+    fn announced(&self, gw: u8, extra: &str, routes: &[&str]) -> Result<SpeakerProc> {
+        let mut speaker = self.speaker(gw, ROUTER_AS, extra)?;
+        speaker.announce(routes)?;
+        for spec in routes {
+            let prefix = spec.split_once(';').map_or(*spec, |(prefix, _)| prefix);
+            self.bird.wait_route(prefix, true, SETTLE)?;
+        }
+        Ok(speaker)
+    }
 }
 
-fn privileged(what: &str) -> bool {
-    require_privileges_with(what, &["bird", "birdc"])
+/// Runs the `body` of test `test` in a fresh `dsr_topology(2, 0)` with BIRD started with
+/// `sessions` (see [`neighbor`]). Without root, BIRD or birdc the test is skipped (a
+/// failure in CI).
+fn scenario(
+    test: &str,
+    sessions: &[(u8, u32, String)],
+    body: impl FnOnce(Lab<'_>) -> Result<()>,
+) -> Result<()> {
+    scenario_with(test, sessions, "", body)
+}
+
+/// [`scenario`] with `bird_extra` in BIRD's session template.
+fn scenario_with(
+    test: &str,
+    sessions: &[(u8, u32, String)],
+    bird_extra: &str,
+    body: impl FnOnce(Lab<'_>) -> Result<()>,
+) -> Result<()> {
+    if !require_privileges_with(&format!("bgp_bird::{test}"), &["bird", "birdc"]) {
+        return Ok(());
+    }
+    let net = dsr_topology(2, 0).build(&unique_prefix())?;
+    let bird = Bird::start(net.ns("router"), sessions, bird_extra)?;
+    body(Lab { net: &net, bird })
 }
 
 const SETTLE: Duration = Duration::from_secs(15);
 
 #[test]
 fn announce_install_refresh_and_withdraw() -> Result<()> {
-    if !privileged("bgp_bird::announce_install_refresh_and_withdraw") {
-        return Ok(());
-    }
-    let net = topology()?;
-    let router = net.ns("router");
-    let bird = Bird::start(router, &[gw(1, 65001)], "")?;
-    let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
-    gw.announce(&[
-        "192.0.2.10/32;med=50;c=65001:42;lc=65001:7:8",
-        "2001:db8:100::10/128;c=65001:43;lc=65001:9:10",
-    ])?;
+    let sessions = [neighbor(1, 65001)];
+    scenario("announce_install_refresh_and_withdraw", &sessions, |lab| {
+        let (router, bird) = (lab.router(), &lab.bird);
+        let mut gw = lab.announced(
+            1,
+            "",
+            &[
+                "192.0.2.10/32;med=50;c=65001:42;lc=65001:7:8",
+                "2001:db8:100::10/128;c=65001:43;lc=65001:9:10",
+            ],
+        )?;
+        let v4 = bird.route("192.0.2.10/32")?.unwrap();
+        assert!(v4.contains("via 198.51.100.2"), "{v4}");
+        assert!(v4.contains("BGP.as_path: 65001"), "{v4}");
+        // Per-VIP attributes arrive as set.
+        assert!(v4.contains("BGP.med: 50"), "{v4}");
+        assert!(v4.contains("BGP.community: (65001,42)"), "{v4}");
+        assert!(v4.contains("BGP.large_community: (65001, 7, 8)"), "{v4}");
+        let v6 = bird.route("2001:db8:100::10/128")?.unwrap();
+        assert!(v6.contains("via 2001:db8:f::2"), "{v6}");
+        assert!(v6.contains("BGP.community: (65001,43)"), "{v6}");
+        assert!(v6.contains("BGP.large_community: (65001, 9, 10)"), "{v6}");
+        assert!(!v6.contains("BGP.med"), "{v6}");
+        // Installed in the router's kernel table.
+        let k4 = kernel_route(router, VIP4)?;
+        assert!(
+            k4.contains("via 198.51.100.2") && k4.contains("proto bird"),
+            "{k4}"
+        );
+        let k6 = kernel_route(router, VIP6)?;
+        assert!(
+            k6.contains("via 2001:db8:f::2") && k6.contains("proto bird"),
+            "{k6}"
+        );
+        let s = gw.status()?;
+        assert!(
+            s.contains("state=Established") && s.contains("advertised=2"),
+            "{s}"
+        );
 
-    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
-    bird.wait_route("2001:db8:100::10/128", true, SETTLE)?;
-    let v4 = bird.route("192.0.2.10/32")?.unwrap();
-    assert!(v4.contains("via 198.51.100.2"), "{v4}");
-    assert!(v4.contains("BGP.as_path: 65001"), "{v4}");
-    // Per-VIP attributes arrive as set.
-    assert!(v4.contains("BGP.med: 50"), "{v4}");
-    assert!(v4.contains("BGP.community: (65001,42)"), "{v4}");
-    assert!(v4.contains("BGP.large_community: (65001, 7, 8)"), "{v4}");
-    let v6 = bird.route("2001:db8:100::10/128")?.unwrap();
-    assert!(v6.contains("via 2001:db8:f::2"), "{v6}");
-    assert!(v6.contains("BGP.community: (65001,43)"), "{v6}");
-    assert!(v6.contains("BGP.large_community: (65001, 9, 10)"), "{v6}");
-    assert!(!v6.contains("BGP.med"), "{v6}");
-    // Installed in the router's kernel table.
-    let k4 = kernel_route(router, VIP4)?;
-    assert!(
-        k4.contains("via 198.51.100.2") && k4.contains("proto bird"),
-        "{k4}"
-    );
-    let k6 = kernel_route(router, VIP6)?;
-    assert!(
-        k6.contains("via 2001:db8:f::2") && k6.contains("proto bird"),
-        "{k6}"
-    );
-    let s = gw.status()?;
-    assert!(
-        s.contains("state=Established") && s.contains("advertised=2"),
-        "{s}"
-    );
+        // BIRD asks for the routes again (ROUTE-REFRESH); they stay.
+        bird.birdc(&["reload", "in", "gw1"])?;
+        gw.wait_status("ROUTE-REFRESH", SETTLE, |s| !s.contains("route_refresh=0"))?;
+        assert!(bird.route("192.0.2.10/32")?.is_some());
 
-    // BIRD asks for the routes again (ROUTE-REFRESH); they stay.
-    bird.birdc(&["reload", "in", "gw1"])?;
-    gw.wait_status("ROUTE-REFRESH", SETTLE, |s| !s.contains("route_refresh=0"))?;
-    assert!(bird.route("192.0.2.10/32")?.is_some());
+        // Withdraw: gone from BIRD and the kernel within a second.
+        gw.announce(&["2001:db8:100::10/128"])?;
+        let took = bird.wait_route("192.0.2.10/32", false, Duration::from_secs(1))?;
+        eprintln!("withdraw of 192.0.2.10/32 left BIRD after {took:?}");
+        gw.announce(&[])?;
+        let took = bird.wait_route("2001:db8:100::10/128", false, Duration::from_secs(1))?;
+        eprintln!("withdraw of 2001:db8:100::10/128 left BIRD after {took:?}");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !kernel_route(router, VIP4)?.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(kernel_route(router, VIP4)?, "");
+        // The session itself stays up.
+        assert!(gw.status()?.contains("state=Established"));
 
-    // Withdraw: gone from BIRD and the kernel within a second.
-    gw.announce(&["2001:db8:100::10/128"])?;
-    let took = bird.wait_route("192.0.2.10/32", false, Duration::from_secs(1))?;
-    eprintln!("withdraw of 192.0.2.10/32 left BIRD after {took:?}");
-    gw.announce(&[])?;
-    let took = bird.wait_route("2001:db8:100::10/128", false, Duration::from_secs(1))?;
-    eprintln!("withdraw of 2001:db8:100::10/128 left BIRD after {took:?}");
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !kernel_route(router, VIP4)?.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(kernel_route(router, VIP4)?, "");
-    // The session itself stays up.
-    assert!(gw.status()?.contains("state=Established"));
-
-    // Shutdown withdraws, sends Cease with the message, and returns once closed.
-    gw.announce(&["192.0.2.10/32"])?;
-    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
-    let start = Instant::now();
-    gw.cmd("shutdown dsrgate maintenance")?;
-    eprintln!("speaker shutdown returned after {:?}", start.elapsed());
-    bird.wait_route("192.0.2.10/32", false, Duration::from_secs(1))?;
-    let protocol = bird.birdc(&["show", "protocols", "all", "gw1"])?;
-    assert!(protocol.contains("dsrgate maintenance"), "{protocol}");
-    Ok(())
+        // Shutdown withdraws, sends Cease with the message, and returns once closed.
+        gw.announce(&["192.0.2.10/32"])?;
+        bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+        let start = Instant::now();
+        gw.cmd("shutdown dsrgate maintenance")?;
+        eprintln!("speaker shutdown returned after {:?}", start.elapsed());
+        bird.wait_route("192.0.2.10/32", false, Duration::from_secs(1))?;
+        let protocol = bird.birdc(&["show", "protocols", "all", "gw1"])?;
+        assert!(protocol.contains("dsrgate maintenance"), "{protocol}");
+        Ok(())
+    })
 }
 
 #[test]
 fn two_speakers_give_ecmp() -> Result<()> {
-    if !privileged("bgp_bird::two_speakers_give_ecmp") {
-        return Ok(());
-    }
-    let net = topology()?;
-    let router = net.ns("router");
-    let bird = Bird::start(router, &[gw(1, 65001), gw(2, 65001)], "")?;
-    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
-    let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65000, "")?;
-    gw1.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
-    gw2.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    let sessions = [neighbor(1, 65001), neighbor(2, 65001)];
+    scenario("two_speakers_give_ecmp", &sessions, |lab| {
+        let router = lab.router();
+        let mut gw1 = lab.speaker(1, ROUTER_AS, "")?;
+        let mut gw2 = lab.speaker(2, ROUTER_AS, "")?;
+        gw1.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
+        gw2.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let k4 = kernel_route(router, VIP4)?;
+            let k6 = kernel_route(router, VIP6)?;
+            let both = |k: &str, a: &str, b: &str| {
+                k.contains(&format!("nexthop via {a} ")) && k.contains(&format!("nexthop via {b} "))
+            };
+            if both(&k4, "198.51.100.2", "198.51.100.3")
+                && both(&k6, "2001:db8:f::2", "2001:db8:f::3")
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no ECMP route in the router's kernel:\n{k4}\n{k6}\n{}",
+                    lab.bird.birdc(&["show", "route", "all"])?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // One gateway withdraws: a single next hop remains.
+        gw2.announce(&[])?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while kernel_route(router, VIP4)?.contains("nexthop") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let k4 = kernel_route(router, VIP4)?;
-        let k6 = kernel_route(router, VIP6)?;
-        let both = |k: &str, a: &str, b: &str| {
-            k.contains(&format!("nexthop via {a} ")) && k.contains(&format!("nexthop via {b} "))
-        };
-        if both(&k4, "198.51.100.2", "198.51.100.3") && both(&k6, "2001:db8:f::2", "2001:db8:f::3")
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "no ECMP route in the router's kernel:\n{k4}\n{k6}\n{}",
-                bird.birdc(&["show", "route", "all"])?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // One gateway withdraws: a single next hop remains.
-    gw2.announce(&[])?;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while kernel_route(router, VIP4)?.contains("nexthop") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let k4 = kernel_route(router, VIP4)?;
-    assert!(
-        k4.contains("via 198.51.100.2") && !k4.contains("198.51.100.3"),
-        "{k4}"
-    );
-    Ok(())
+        assert!(
+            k4.contains("via 198.51.100.2") && !k4.contains("198.51.100.3"),
+            "{k4}"
+        );
+        Ok(())
+    })
 }
 
 #[test]
 fn sigkill_drops_the_route_at_once() -> Result<()> {
-    if !privileged("bgp_bird::sigkill_drops_the_route_at_once") {
-        return Ok(());
-    }
-    let net = topology()?;
-    let bird = Bird::start(net.ns("router"), &[gw(1, 65001)], "")?;
-    let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
-    gw.announce(&["192.0.2.10/32"])?;
-    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
-    gw.proc.signal(libc::SIGKILL)?;
-    // The kernel closes the connection; no hold timer involved (hold is 6 s).
-    let took = bird.wait_route("192.0.2.10/32", false, Duration::from_secs(2))?;
-    eprintln!("SIGKILL: route left BIRD after {took:?}");
-    Ok(())
+    let sessions = [neighbor(1, 65001)];
+    scenario("sigkill_drops_the_route_at_once", &sessions, |lab| {
+        let gw = lab.announced(1, "", &["192.0.2.10/32"])?;
+        gw.proc.signal(libc::SIGKILL)?;
+        // The kernel closes the connection; no hold timer involved (hold is 6 s).
+        let took = lab
+            .bird
+            .wait_route("192.0.2.10/32", false, Duration::from_secs(2))?;
+        eprintln!("SIGKILL: route left BIRD after {took:?}");
+        Ok(())
+    })
 }
 
 #[test]
 fn sigstop_drops_the_route_at_hold_expiry() -> Result<()> {
-    if !privileged("bgp_bird::sigstop_drops_the_route_at_hold_expiry") {
-        return Ok(());
-    }
-    let net = topology()?;
-    let bird = Bird::start(net.ns("router"), &[gw(1, 65001)], "")?;
-    let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
-    gw.announce(&["192.0.2.10/32"])?;
-    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
-    gw.proc.signal(libc::SIGSTOP)?;
-    let frozen = Instant::now();
-    // Frozen, the TCP connection stays open: the route outlives the keepalive
-    // interval and goes only when BIRD's hold timer (6 s) expires.
-    std::thread::sleep(Duration::from_secs(u64::from(HOLD) / 2));
-    assert!(
-        bird.route("192.0.2.10/32")?.is_some(),
-        "route dropped before hold expiry"
-    );
-    bird.wait_route(
-        "192.0.2.10/32",
-        false,
-        Duration::from_secs(u64::from(HOLD) + 3),
-    )?;
-    let took = frozen.elapsed();
-    eprintln!("SIGSTOP: route left BIRD after {took:?} (hold time {HOLD} s)");
-    let protocols = bird.birdc(&["show", "protocols", "all", "gw1"])?;
-    assert!(protocols.contains("Hold timer expired"), "{protocols}");
-    gw.proc.signal(libc::SIGCONT)?;
-    Ok(())
+    let sessions = [neighbor(1, 65001)];
+    scenario("sigstop_drops_the_route_at_hold_expiry", &sessions, |lab| {
+        let bird = &lab.bird;
+        let gw = lab.announced(1, "", &["192.0.2.10/32"])?;
+        gw.proc.signal(libc::SIGSTOP)?;
+        let frozen = Instant::now();
+        // Frozen, the TCP connection stays open: the route outlives the keepalive
+        // interval and goes only when BIRD's hold timer (6 s) expires.
+        std::thread::sleep(Duration::from_secs(u64::from(HOLD) / 2));
+        assert!(
+            bird.route("192.0.2.10/32")?.is_some(),
+            "route dropped before hold expiry"
+        );
+        bird.wait_route(
+            "192.0.2.10/32",
+            false,
+            Duration::from_secs(u64::from(HOLD) + 3),
+        )?;
+        let took = frozen.elapsed();
+        eprintln!("SIGSTOP: route left BIRD after {took:?} (hold time {HOLD} s)");
+        let protocols = bird.birdc(&["show", "protocols", "all", "gw1"])?;
+        assert!(protocols.contains("Hold timer expired"), "{protocols}");
+        gw.proc.signal(libc::SIGCONT)?;
+        Ok(())
+    })
 }
 
 #[test]
 fn bird_restart_is_followed_by_reannouncement() -> Result<()> {
-    if !privileged("bgp_bird::bird_restart_is_followed_by_reannouncement") {
-        return Ok(());
-    }
-    let net = topology()?;
-    let router = net.ns("router");
-    let mut bird = Bird::start(router, &[gw(1, 65001)], "")?;
-    let mut gw = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
-    gw.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
-    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
-    bird.stop()?;
-    // BIRD's Cease reaches the speaker.
-    gw.wait_status("session down", SETTLE, |s| {
-        s.contains("received NOTIFICATION: cease")
-    })?;
-    let restarted = Instant::now();
-    bird.run()?;
-    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
-    bird.wait_route("2001:db8:100::10/128", true, SETTLE)?;
-    eprintln!(
-        "routes back in BIRD {:?} after its restart",
-        restarted.elapsed()
-    );
-    gw.wait_status("Established again", SETTLE, |s| {
-        s.contains("state=Established") && s.contains("flaps=1")
-    })?;
-    Ok(())
+    let sessions = [neighbor(1, 65001)];
+    scenario(
+        "bird_restart_is_followed_by_reannouncement",
+        &sessions,
+        |mut lab| {
+            let mut gw = lab.announced(1, "", &["192.0.2.10/32", "2001:db8:100::10/128"])?;
+            lab.bird.stop()?;
+            // BIRD's Cease reaches the speaker.
+            gw.wait_status("session down", SETTLE, |s| {
+                s.contains("received NOTIFICATION: cease")
+            })?;
+            let restarted = Instant::now();
+            lab.bird.run()?;
+            lab.bird.wait_route("192.0.2.10/32", true, SETTLE)?;
+            lab.bird.wait_route("2001:db8:100::10/128", true, SETTLE)?;
+            eprintln!(
+                "routes back in BIRD {:?} after its restart",
+                restarted.elapsed()
+            );
+            gw.wait_status("Established again", SETTLE, |s| {
+                s.contains("state=Established") && s.contains("flaps=1")
+            })?;
+            Ok(())
+        },
+    )
 }
 
 #[test]
 fn wrong_remote_as_never_establishes() -> Result<()> {
-    if !privileged("bgp_bird::wrong_remote_as_never_establishes") {
-        return Ok(());
-    }
-    let net = topology()?;
     // BIRD expects gw1 in AS 65002 (gw1 is 65001); gw2 expects BIRD in AS 65099.
-    let bird = Bird::start(net.ns("router"), &[gw(1, 65002), gw(2, 65001)], "")?;
-    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "")?;
-    let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65099, "")?;
-    gw1.announce(&["192.0.2.10/32"])?;
-    gw2.announce(&["192.0.2.10/32"])?;
-    let s1 = gw1.wait_status("BIRD's NOTIFICATION", SETTLE, |s| {
-        s.contains("received NOTIFICATION")
-    })?;
-    assert!(
-        s1.contains("OPEN message error / bad peer AS (2/2)"),
-        "{s1}"
-    );
-    let s2 = gw2.wait_status("our NOTIFICATION", SETTLE, |s| {
-        s.contains("sent NOTIFICATION")
-    })?;
-    assert!(
-        s2.contains("OPEN message error / bad peer AS (2/2)"),
-        "{s2}"
-    );
-    // Several retries later, still nothing.
-    std::thread::sleep(Duration::from_secs(3));
-    for gw in [&mut gw1, &mut gw2] {
-        let s = gw.status()?;
-        assert!(
-            !s.contains("state=Established") && s.contains("flaps=0"),
-            "{s}"
-        );
-    }
-    assert!(bird.route("192.0.2.10/32")?.is_none());
-    Ok(())
+    let sessions = [neighbor(1, 65002), neighbor(2, 65001)];
+    scenario("wrong_remote_as_never_establishes", &sessions, |lab| {
+        let mut gw1 = lab.speaker(1, ROUTER_AS, "")?;
+        let mut gw2 = lab.speaker(2, 65099, "")?;
+        gw1.announce(&["192.0.2.10/32"])?;
+        gw2.announce(&["192.0.2.10/32"])?;
+        // gw1 hears BIRD's NOTIFICATION, gw2 sends its own.
+        for (gw, seen) in [
+            (&mut gw1, "received NOTIFICATION"),
+            (&mut gw2, "sent NOTIFICATION"),
+        ] {
+            let s = gw.wait_status(seen, SETTLE, |s| s.contains(seen))?;
+            assert!(s.contains("OPEN message error / bad peer AS (2/2)"), "{s}");
+        }
+        // Several retries later, still nothing.
+        std::thread::sleep(Duration::from_secs(3));
+        for gw in [&mut gw1, &mut gw2] {
+            let s = gw.status()?;
+            assert!(
+                !s.contains("state=Established") && s.contains("flaps=0"),
+                "{s}"
+            );
+        }
+        assert!(lab.bird.route("192.0.2.10/32")?.is_none());
+        Ok(())
+    })
 }
 
 #[test]
 fn tcp_md5_session() -> Result<()> {
-    if !privileged("bgp_bird::tcp_md5_session") {
-        return Ok(());
-    }
-    let net = topology()?;
-    let bird = Bird::start(
-        net.ns("router"),
-        &[gw(1, 65001), gw(2, 65001)],
-        r#"password "dsrgate-md5";"#,
-    )?;
-    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, "md5=dsrgate-md5")?;
-    gw1.announce(&["192.0.2.10/32"])?;
-    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
-    // Without the password the kernel drops the segments: no session.
-    let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65000, "")?;
-    gw2.announce(&["192.0.2.10/32"])?;
-    std::thread::sleep(Duration::from_secs(3));
-    let s = gw2.status()?;
-    assert!(
-        !s.contains("state=Established") && s.contains("error=connection"),
-        "{s}"
-    );
-    let route = bird.route("192.0.2.10/32")?.unwrap_or_default();
-    assert!(!route.contains("198.51.100.3"), "{route}");
-    Ok(())
+    let sessions = [neighbor(1, 65001), neighbor(2, 65001)];
+    let md5 = r#"password "dsrgate-md5";"#;
+    scenario_with("tcp_md5_session", &sessions, md5, |lab| {
+        let _gw1 = lab.announced(1, "md5=dsrgate-md5", &["192.0.2.10/32"])?;
+        // Without the password the kernel drops the segments: no session.
+        let mut gw2 = lab.speaker(2, ROUTER_AS, "")?;
+        gw2.announce(&["192.0.2.10/32"])?;
+        std::thread::sleep(Duration::from_secs(3));
+        let s = gw2.status()?;
+        assert!(
+            !s.contains("state=Established") && s.contains("error=connection"),
+            "{s}"
+        );
+        let route = lab.bird.route("192.0.2.10/32")?.unwrap_or_default();
+        assert!(!route.contains("198.51.100.3"), "{route}");
+        Ok(())
+    })
 }
 
 #[test]
 fn passive_speaker_and_connection_collision() -> Result<()> {
-    if !privileged("bgp_bird::passive_speaker_and_connection_collision") {
-        return Ok(());
-    }
-    let net = topology()?;
-    let bird = Bird::start(net.ns("router"), &[gw(1, 65001), gw(2, 65001)], "")?;
-    // gw1 only listens: BIRD has to connect. gw2 listens and connects, as BIRD
-    // does: connections may cross, and collision resolution (RFC 4271 §6.8) must
-    // leave exactly one session.
-    let listen1 = format!("passive=1 listen={}:179", fabric4(gateway_host(1)));
-    let listen2 = format!("listen={}:179", fabric4(gateway_host(2)));
-    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, &listen1)?;
-    let mut gw2 = SpeakerProc::start(net.ns("gw2"), 2, 65000, &listen2)?;
-    gw1.announce(&["192.0.2.10/32"])?;
-    gw2.announce(&["192.0.2.10/32"])?;
-    for gw in [&mut gw1, &mut gw2] {
-        gw.wait_status("Established", SETTLE, |s| s.contains("state=Established"))?;
-    }
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let route = bird.route("192.0.2.10/32")?.unwrap_or_default();
-        if route.contains("via 198.51.100.2") && route.contains("via 198.51.100.3") {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("BIRD lacks a path: {route}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // One session each, and it stays.
-    std::thread::sleep(Duration::from_secs(3));
-    for gw in [&mut gw1, &mut gw2] {
-        let s = gw.status()?;
-        assert!(
-            s.contains("state=Established") && s.contains("flaps=0"),
-            "{s}"
-        );
-    }
-    Ok(())
+    let sessions = [neighbor(1, 65001), neighbor(2, 65001)];
+    scenario(
+        "passive_speaker_and_connection_collision",
+        &sessions,
+        |lab| {
+            // gw1 only listens: BIRD has to connect. gw2 listens and connects, as BIRD
+            // does: connections may cross, and collision resolution (RFC 4271 §6.8) must
+            // leave exactly one session.
+            let listen1 = format!("passive=1 listen={}:179", fabric4(gateway_host(1)));
+            let listen2 = format!("listen={}:179", fabric4(gateway_host(2)));
+            let mut gw1 = lab.speaker(1, ROUTER_AS, &listen1)?;
+            let mut gw2 = lab.speaker(2, ROUTER_AS, &listen2)?;
+            gw1.announce(&["192.0.2.10/32"])?;
+            gw2.announce(&["192.0.2.10/32"])?;
+            for gw in [&mut gw1, &mut gw2] {
+                gw.wait_status("Established", SETTLE, |s| s.contains("state=Established"))?;
+            }
+            let deadline = Instant::now() + SETTLE;
+            loop {
+                let route = lab.bird.route("192.0.2.10/32")?.unwrap_or_default();
+                if route.contains("via 198.51.100.2") && route.contains("via 198.51.100.3") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("BIRD lacks a path: {route}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // One session each, and it stays.
+            std::thread::sleep(Duration::from_secs(3));
+            for gw in [&mut gw1, &mut gw2] {
+                let s = gw.status()?;
+                assert!(
+                    s.contains("state=Established") && s.contains("flaps=0"),
+                    "{s}"
+                );
+            }
+            Ok(())
+        },
+    )
 }
 
 #[test]
 fn ipv6_session_carries_both_families() -> Result<()> {
-    if !privileged("bgp_bird::ipv6_session_carries_both_families") {
-        return Ok(());
-    }
-    let net = topology()?;
-    let router = net.ns("router");
-    let bird = Bird::start(router, &[(1, 65001, fabric6(gateway_host(1)))], "")?;
-    // Over IPv6 the IPv4 next hop has to be configured; the IPv6 one is the
-    // session's own address.
-    let extra = format!("peer={} nh4={}", fabric6(1), fabric4(gateway_host(1)));
-    let mut gw1 = SpeakerProc::start(net.ns("gw1"), 1, 65000, &extra)?;
-    gw1.announce(&["192.0.2.10/32", "2001:db8:100::10/128"])?;
-    bird.wait_route("192.0.2.10/32", true, SETTLE)?;
-    bird.wait_route("2001:db8:100::10/128", true, SETTLE)?;
-    let k4 = kernel_route(router, VIP4)?;
-    assert!(k4.contains("via 198.51.100.2"), "{k4}");
-    let k6 = kernel_route(router, VIP6)?;
-    assert!(k6.contains("via 2001:db8:f::2"), "{k6}");
-    Ok(())
+    let sessions = [(1, 65001, fabric6(gateway_host(1)))];
+    scenario("ipv6_session_carries_both_families", &sessions, |lab| {
+        // Over IPv6 the IPv4 next hop has to be configured; the IPv6 one is the
+        // session's own address.
+        let extra = format!("peer={} nh4={}", fabric6(1), fabric4(gateway_host(1)));
+        let _gw1 = lab.announced(1, &extra, &["192.0.2.10/32", "2001:db8:100::10/128"])?;
+        let k4 = kernel_route(lab.router(), VIP4)?;
+        assert!(k4.contains("via 198.51.100.2"), "{k4}");
+        let k6 = kernel_route(lab.router(), VIP6)?;
+        assert!(k6.contains("via 2001:db8:f::2"), "{k6}");
+        Ok(())
+    })
 }
 
 /// Addresses used above, checked against the shared topology's helpers.
