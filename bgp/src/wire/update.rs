@@ -373,15 +373,17 @@ impl PathAttribute {
                         .collect(),
                 )
             }
-            code::MP_REACH_NLRI => return parse_mp_reach(flags, value, raw),
-            code::MP_UNREACH_NLRI => return parse_mp_unreach(flags, value, raw),
+            code::MP_REACH_NLRI | code::MP_UNREACH_NLRI => {
+                return parse_mp(flags, code, value, raw)
+            }
             _ => unreachable!("known() lists exactly the codes matched above"),
         })
     }
 }
 
-/// RFC 4760 §3 and RFC 7606 §7.11: a malformed MP_REACH_NLRI resets the session.
-fn parse_mp_reach(flags: u8, value: &[u8], raw: &[u8]) -> Result<PathAttribute, UpdateError> {
+/// MP_REACH_NLRI (RFC 4760 §3) and MP_UNREACH_NLRI (§4), which both open with AFI and
+/// SAFI. A malformed one resets the session (RFC 7606 §7.11, §7.12).
+fn parse_mp(flags: u8, code: u8, value: &[u8], raw: &[u8]) -> Result<PathAttribute, UpdateError> {
     let err = || {
         UpdateError::new(
             UpdateErrorKind::OptionalAttributeError,
@@ -395,10 +397,14 @@ fn parse_mp_reach(flags: u8, value: &[u8], raw: &[u8]) -> Result<PathAttribute, 
         // A family never negotiated: not ours to interpret (RFC 4760 §7).
         return Ok(PathAttribute::Unknown {
             flags,
-            code: code::MP_REACH_NLRI,
+            code,
             value: value.to_vec(),
         });
     };
+    if code == code::MP_UNREACH_NLRI {
+        let withdrawn = Prefix::parse_all(r.rest(), family)?;
+        return Ok(PathAttribute::MpUnreach(MpUnreach { family, withdrawn }));
+    }
     let nh_len = r.u8().ok_or_else(err)?;
     let nh = r.take(usize::from(nh_len)).ok_or_else(err)?;
     let next_hops = match nh.len() {
@@ -418,28 +424,6 @@ fn parse_mp_reach(flags: u8, value: &[u8], raw: &[u8]) -> Result<PathAttribute, 
         next_hops,
         nlri,
     }))
-}
-
-/// RFC 4760 §4 and RFC 7606 §7.12.
-fn parse_mp_unreach(flags: u8, value: &[u8], raw: &[u8]) -> Result<PathAttribute, UpdateError> {
-    let err = || {
-        UpdateError::new(
-            UpdateErrorKind::OptionalAttributeError,
-            raw,
-            ErrorAction::SessionReset,
-        )
-    };
-    let mut r = Reader::new(value);
-    let (afi, safi) = (r.u16().ok_or_else(err)?, r.u8().ok_or_else(err)?);
-    let Some(family) = Family::from_afi_safi(afi, safi) else {
-        return Ok(PathAttribute::Unknown {
-            flags,
-            code: code::MP_UNREACH_NLRI,
-            value: value.to_vec(),
-        });
-    };
-    let withdrawn = Prefix::parse_all(r.rest(), family)?;
-    Ok(PathAttribute::MpUnreach(MpUnreach { family, withdrawn }))
 }
 
 /// RFC 4271 §4.3 (AS_PATH), RFC 6793 §3 (4-octet), RFC 7606 §7.2 and RFC 7607: empty
