@@ -518,15 +518,7 @@ impl Session {
                 Ok(Some(found)) => found,
                 Ok(None) => return,
                 Err(e) => {
-                    let n = e.notification();
-                    self.drop_conn(
-                        now,
-                        i,
-                        Some(n.clone()),
-                        SessionError::NotificationSent(n),
-                        true,
-                        out,
-                    );
+                    self.notify_and_drop(now, i, e.notification(), out);
                     return;
                 }
             };
@@ -571,15 +563,7 @@ impl Session {
                 return;
             }
             Err(e) => {
-                let n = e.notification();
-                return self.drop_conn(
-                    now,
-                    i,
-                    Some(n.clone()),
-                    SessionError::NotificationSent(n),
-                    true,
-                    out,
-                );
+                return self.notify_and_drop(now, i, e.notification(), out);
             }
         };
         match (phase, parsed) {
@@ -640,30 +624,14 @@ impl Session {
             Phase::OpenConfirm => 2,
             _ => 3,
         };
-        let n = Notification::fsm_error(subcode);
-        self.drop_conn(
-            now,
-            i,
-            Some(n.clone()),
-            SessionError::NotificationSent(n),
-            true,
-            out,
-        );
+        self.notify_and_drop(now, i, Notification::fsm_error(subcode), out);
     }
 
     /// §6.2 checks that need the configuration, then collision detection (§6.8),
     /// then KEEPALIVE and OpenConfirm (§8.2.2 OpenSent state, event 19).
     fn open_received(&mut self, now: Instant, i: usize, open: Open, out: &mut Vec<Output>) {
         if let Err(e) = self.check_open(&open) {
-            let n = DecodeError::Open(e).notification();
-            return self.drop_conn(
-                now,
-                i,
-                Some(n.clone()),
-                SessionError::NotificationSent(n),
-                true,
-                out,
-            );
+            return self.notify_and_drop(now, i, DecodeError::Open(e).notification(), out);
         }
         let ours = self.config.open();
         let peer_families = open.families();
@@ -694,14 +662,11 @@ impl Session {
                     data.extend_from_slice(&bytes[31..]);
                 }
             }
-            let n = DecodeError::Open(OpenError::UnsupportedCapability { capability: data })
-                .notification();
-            return self.drop_conn(
+            let unsupported = OpenError::UnsupportedCapability { capability: data };
+            return self.notify_and_drop(
                 now,
                 i,
-                Some(n.clone()),
-                SessionError::NotificationSent(n),
-                true,
+                DecodeError::Open(unsupported).notification(),
                 out,
             );
         }
@@ -762,9 +727,16 @@ impl Session {
     /// Closes a connection that lost a collision (or became moot); the session
     /// continues on the other one.
     fn collision_loser(&mut self, j: usize, out: &mut Vec<Output>) {
-        let conn = self.conns.remove(j);
-        if conn.phase >= Phase::OpenSent {
-            let n = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
+        let cease = (self.conns[j].phase >= Phase::OpenSent)
+            .then(|| Notification::cease(CeaseSubcode::ConnectionCollisionResolution));
+        self.close(j, cease, out);
+    }
+
+    /// Removes connection `i`, sends `notification` on it first if given, closes it and
+    /// cancels its timers.
+    fn close(&mut self, i: usize, notification: Option<Notification>, out: &mut Vec<Output>) {
+        let conn = self.conns.remove(i);
+        if let Some(n) = notification {
             self.send(conn.id, &Message::Notification(n), out);
         }
         out.push(Output::Close(conn.id));
@@ -791,15 +763,7 @@ impl Session {
             }
             Timer::Hold(id) => {
                 if let Some(i) = self.index(id) {
-                    let n = Notification::hold_timer_expired();
-                    self.drop_conn(
-                        now,
-                        i,
-                        Some(n.clone()),
-                        SessionError::NotificationSent(n),
-                        true,
-                        out,
-                    );
+                    self.notify_and_drop(now, i, Notification::hold_timer_expired(), out);
                 }
             }
             Timer::Keepalive(id) => {
@@ -840,6 +804,19 @@ impl Session {
         }
     }
 
+    /// Sends NOTIFICATION `n` on connection `i` and drops it (§8.2.2: the session
+    /// goes to Idle).
+    fn notify_and_drop(&mut self, now: Instant, i: usize, n: Notification, out: &mut Vec<Output>) {
+        self.drop_conn(
+            now,
+            i,
+            Some(n.clone()),
+            SessionError::NotificationSent(n),
+            true,
+            out,
+        );
+    }
+
     /// Closes connection `i`, after sending `notification` if given, and records
     /// why. When no connection is left the session retries after a delay that grows
     /// with consecutive failures; `to_idle` waits in Idle rather than Active.
@@ -852,13 +829,7 @@ impl Session {
         to_idle: bool,
         out: &mut Vec<Output>,
     ) {
-        let conn = self.conns.remove(i);
-        if let Some(n) = notification {
-            self.send(conn.id, &Message::Notification(n), out);
-        }
-        out.push(Output::Close(conn.id));
-        out.push(Output::CancelTimer(Timer::Hold(conn.id)));
-        out.push(Output::CancelTimer(Timer::Keepalive(conn.id)));
+        self.close(i, notification, out);
         self.last_error = Some(error);
         if self.conns.is_empty() && self.running {
             self.failures = self.failures.saturating_add(1);
