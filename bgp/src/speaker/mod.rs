@@ -347,6 +347,12 @@ impl Loop {
     fn feed(&mut self, now: Instant, p: usize, event: Event<'_>) {
         let mut out = Vec::new();
         self.peers[p].session.handle(now, event, &mut out);
+        self.carry_out(now, p, out);
+    }
+
+    /// Applies a session's outputs, then feeds each socket failure that left back to
+    /// the session it belongs to.
+    fn carry_out(&mut self, now: Instant, p: usize, out: Vec<Output>) {
         self.apply(now, p, out);
         while let Some((p, conn, reason)) = self.failed.pop() {
             self.feed(
@@ -476,30 +482,38 @@ impl Loop {
         let cfg = &self.peers[p].config;
         let addr = SocketAddr::new(cfg.address, cfg.port);
         let stream = socket::connect(addr, cfg.local_address, cfg.md5_password.as_deref());
-        let token = self.token();
-        match stream.and_then(|mut s| {
-            self.poll.registry().register(
-                &mut s,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(s)
-        }) {
-            Ok(stream) => {
-                debug!(peer = %addr, "connecting");
-                self.tokens.insert(token, Owner::Conn(p, id));
-                self.peers[p].socks.insert(
-                    id,
-                    Sock {
-                        stream,
-                        token,
-                        tx: Vec::new(),
-                        connected: false,
-                    },
-                );
-            }
+        match stream.and_then(|s| self.register(p, id, s, false)) {
+            Ok(()) => debug!(peer = %addr, "connecting"),
             Err(e) => self.failed.push((p, id, e.to_string())),
         }
+    }
+
+    /// Polls `stream` as connection `id` of peer `p`; `connected` is false while a
+    /// connect is still in progress.
+    fn register(
+        &mut self,
+        p: usize,
+        id: ConnId,
+        mut stream: TcpStream,
+        connected: bool,
+    ) -> io::Result<()> {
+        let token = self.token();
+        self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.tokens.insert(token, Owner::Conn(p, id));
+        self.peers[p].socks.insert(
+            id,
+            Sock {
+                stream,
+                token,
+                tx: Vec::new(),
+                connected,
+            },
+        );
+        Ok(())
     }
 
     fn accept(&mut self, now: Instant, l: usize) {
@@ -507,7 +521,7 @@ impl Loop {
             let Some(listener) = self.listeners.get(l) else {
                 return;
             };
-            let (mut stream, from) = match listener.accept() {
+            let (stream, from) = match listener.accept() {
                 Ok(found) => found,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -526,39 +540,12 @@ impl Loop {
                 Output::Accept(id) => Some(*id),
                 _ => None,
             }) {
-                let token = self.token();
                 let _ = stream.set_nodelay(true);
-                match self.poll.registry().register(
-                    &mut stream,
-                    token,
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    Ok(()) => {
-                        self.tokens.insert(token, Owner::Conn(p, id));
-                        self.peers[p].socks.insert(
-                            id,
-                            Sock {
-                                stream,
-                                token,
-                                tx: Vec::new(),
-                                connected: true,
-                            },
-                        );
-                    }
-                    Err(e) => self.failed.push((p, id, e.to_string())),
+                if let Err(e) = self.register(p, id, stream, true) {
+                    self.failed.push((p, id, e.to_string()));
                 }
             }
-            self.apply(now, p, out);
-            while let Some((p, conn, reason)) = self.failed.pop() {
-                self.feed(
-                    now,
-                    p,
-                    Event::ConnectionFailed {
-                        conn,
-                        reason: &reason,
-                    },
-                );
-            }
+            self.carry_out(now, p, out);
         }
     }
 
