@@ -8,6 +8,7 @@ use bgp::fsm::{Config, ConnId, Event, Output, Session, SessionError, State, Time
 use bgp::wire::{Capability, Context, Family, Message, Notification, Open, RouteRefresh, Update};
 
 const OUR_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const PEER_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 fn config() -> Config {
     let mut c = Config::new(65001, 65000, OUR_ID);
@@ -33,6 +34,14 @@ impl Harness {
         }
     }
 
+    /// Started and connected: our OPEN is out on connection 1 (OpenSent).
+    fn open_sent(config: Config) -> Self {
+        let mut h = Harness::new(config);
+        h.ev(Event::Start);
+        h.ev(Event::Connected(1));
+        h
+    }
+
     fn ev(&mut self, e: Event<'_>) -> Vec<Output> {
         let mut out = Vec::new();
         self.s.handle(self.now, e, &mut out);
@@ -48,22 +57,32 @@ impl Harness {
     }
 
     fn recv(&mut self, conn: ConnId, msg: Message) -> Vec<Output> {
-        let bytes = msg.to_bytes(Context::FOUR_OCTET).unwrap();
-        self.ev(Event::Received {
-            conn,
-            bytes: &bytes,
-        })
+        self.recv_bytes(conn, &msg.to_bytes(Context::FOUR_OCTET).unwrap())
+    }
+
+    fn recv_bytes(&mut self, conn: ConnId, bytes: &[u8]) -> Vec<Output> {
+        self.ev(Event::Received { conn, bytes })
     }
 
     /// Start, connect, exchange OPENs and KEEPALIVEs: Established on connection 1.
     fn establish(&mut self, peer_hold: u16) -> Vec<Output> {
         self.ev(Event::Start);
         self.ev(Event::Connected(1));
-        self.recv(1, peer_open(65000, peer_hold, Ipv4Addr::new(10, 0, 0, 1)));
+        self.recv(1, peer_open(65000, peer_hold, PEER_ID));
         let out = self.recv(1, Message::Keepalive);
         assert_eq!(self.s.state(), State::Established);
         out
     }
+}
+
+/// The OPEN the configured peer sends: AS 65000, hold time 9 s.
+fn their_open() -> Message {
+    peer_open(65000, 9, PEER_ID)
+}
+
+/// [`their_open`] encoded, to be altered.
+fn their_open_bytes() -> Vec<u8> {
+    their_open().to_bytes(Context::default()).unwrap()
 }
 
 fn peer_open(asn: u32, hold: u16, id: Ipv4Addr) -> Message {
@@ -99,6 +118,11 @@ fn notification(out: &[Output]) -> Option<(ConnId, Notification)> {
     })
 }
 
+/// The NOTIFICATION sent, as (error code, subcode).
+fn notified(out: &[Output]) -> Option<(u8, u8)> {
+    notification(out).map(|(_, n)| (n.code, n.subcode))
+}
+
 fn armed(out: &[Output], timer: Timer) -> Option<Instant> {
     out.iter().rev().find_map(|o| match o {
         Output::ArmTimer(t, at) if *t == timer => Some(*at),
@@ -129,7 +153,7 @@ fn active_session_comes_up_and_negotiates_hold_time() {
     assert_eq!(h.s.state(), State::OpenSent);
 
     h.advance_to(1);
-    let out = h.recv(1, peer_open(65000, 30, Ipv4Addr::new(10, 0, 0, 1)));
+    let out = h.recv(1, peer_open(65000, 30, PEER_ID));
     assert_eq!(sent(&out), vec![(1, Message::Keepalive)]);
     // min(9, 30) = 9: hold 9 s, keepalive every 3 s.
     assert_eq!(armed(&out, Timer::Hold(1)), Some(h.at(10)));
@@ -214,9 +238,7 @@ fn hold_timer_expiry_sends_notification_and_retries() {
 
 #[test]
 fn hold_timer_expiry_in_open_sent_after_four_minutes() {
-    let mut h = Harness::new(config());
-    h.ev(Event::Start);
-    h.ev(Event::Connected(1));
+    let mut h = Harness::open_sent(config());
     h.advance_to(240);
     let out = h.ev(Event::TimerExpired(Timer::Hold(1)));
     assert_eq!(
@@ -283,7 +305,7 @@ fn backoff_resets_once_established() {
     });
     h.ev(Event::TimerExpired(Timer::ConnectRetry));
     h.ev(Event::Connected(3));
-    h.recv(3, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    h.recv(3, their_open());
     h.recv(3, Message::Keepalive);
     assert_eq!(h.s.state(), State::Established);
     let out = h.ev(Event::ConnectionFailed {
@@ -308,7 +330,7 @@ fn passive_waits_for_the_peer() {
     assert_eq!(out[0], Output::Accept(1));
     assert!(matches!(sent(&out)[..], [(1, Message::Open(_))]));
     assert_eq!(h.s.state(), State::OpenSent);
-    h.recv(1, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    h.recv(1, their_open());
     h.recv(1, Message::Keepalive);
     assert_eq!(h.s.state(), State::Established);
     // An Established session keeps its connection.
@@ -337,9 +359,7 @@ fn idle_refuses_connections() {
 /// §6.8: both sides connect at once. Each test sees the peer's OPEN on one
 /// connection while the other is in OpenSent or OpenConfirm.
 fn collide(peer_id: Ipv4Addr) -> (Harness, Vec<Output>) {
-    let mut h = Harness::new(config());
-    h.ev(Event::Start);
-    h.ev(Event::Connected(1)); // ours, OpenSent
+    let mut h = Harness::open_sent(config()); // ours
     let out = h.ev(Event::Incoming); // theirs
     assert_eq!(out[0], Output::Accept(2));
     assert!(matches!(sent(&out)[..], [(2, Message::Open(_))]));
@@ -363,7 +383,7 @@ fn collision_keeps_the_connection_of_the_higher_identifier() {
     assert_eq!(h.s.established().unwrap().0, 2);
 
     // Ours is higher: our connection (1) wins and the peer's (2) is closed.
-    let (mut h, out) = collide(Ipv4Addr::new(10, 0, 0, 1));
+    let (mut h, out) = collide(PEER_ID);
     let (conn, n) = notification(&out).unwrap();
     assert_eq!((conn, n.code, n.subcode), (2, 6, 7));
     h.recv(1, Message::Keepalive);
@@ -378,16 +398,20 @@ fn collision_with_pending_connect_drops_the_connect() {
                            // The peer reconnecting replaces its earlier connection.
     let out = h.ev(Event::Incoming); // 3
     assert!(out.contains(&Output::Close(2)) && out.contains(&Output::Accept(3)));
-    let out = h.recv(3, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    let out = h.recv(3, their_open());
     assert!(out.contains(&Output::Close(1)));
     assert_eq!(h.s.state(), State::OpenConfirm);
 }
 
 fn rejected_open(open: Message) -> Notification {
-    let mut h = Harness::new(config());
-    h.ev(Event::Start);
-    h.ev(Event::Connected(1));
-    let out = h.recv(1, open);
+    rejected_open_bytes(&open.to_bytes(Context::FOUR_OCTET).unwrap())
+}
+
+/// The NOTIFICATION that answers `open` in OpenSent, checking that it closed the
+/// connection and sent the session to Idle.
+fn rejected_open_bytes(open: &[u8]) -> Notification {
+    let mut h = Harness::open_sent(config());
+    let out = h.recv_bytes(1, open);
     assert!(out.contains(&Output::Close(1)), "{out:?}");
     assert_eq!(h.s.state(), State::Idle);
     let (_, n) = notification(&out).unwrap();
@@ -401,38 +425,20 @@ fn rejected_open(open: Message) -> Notification {
 #[test]
 fn bad_open_is_answered_with_the_right_notification() {
     // Wrong AS: 2/2 Bad Peer AS.
-    let n = rejected_open(peer_open(65099, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    let n = rejected_open(peer_open(65099, 9, PEER_ID));
     assert_eq!((n.code, n.subcode), (2, 2));
 
     // Version 3: 2/1 Unsupported Version Number, data = 4.
-    let mut bytes = peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1))
-        .to_bytes(Context::default())
-        .unwrap();
+    let mut bytes = their_open_bytes();
     bytes[19] = 3;
-    let mut h = Harness::new(config());
-    h.ev(Event::Start);
-    h.ev(Event::Connected(1));
-    let out = h.ev(Event::Received {
-        conn: 1,
-        bytes: &bytes,
-    });
-    let (_, n) = notification(&out).unwrap();
+    let n = rejected_open_bytes(&bytes);
     assert_eq!((n.code, n.subcode, n.data), (2, 1, vec![0, 4]));
 
     // Hold time 1 or 2: 2/6 Unacceptable Hold Time.
     for hold in [1, 2] {
-        let mut bytes = peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1))
-            .to_bytes(Context::default())
-            .unwrap();
+        let mut bytes = their_open_bytes();
         bytes[22..24].copy_from_slice(&u16::to_be_bytes(hold));
-        let mut h = Harness::new(config());
-        h.ev(Event::Start);
-        h.ev(Event::Connected(1));
-        let out = h.ev(Event::Received {
-            conn: 1,
-            bytes: &bytes,
-        });
-        let (_, n) = notification(&out).unwrap();
+        let n = rejected_open_bytes(&bytes);
         assert_eq!((n.code, n.subcode), (2, 6));
     }
 
@@ -440,7 +446,7 @@ fn bad_open_is_answered_with_the_right_notification() {
     let open = Message::Open(Open::new(
         65000,
         9,
-        Ipv4Addr::new(10, 0, 0, 1),
+        PEER_ID,
         vec![Capability::Multiprotocol { afi: 25, safi: 70 }],
     ));
     let n = rejected_open(open);
@@ -450,45 +456,27 @@ fn bad_open_is_answered_with_the_right_notification() {
     // iBGP with our own identifier: 2/3.
     let mut cfg = config();
     cfg.remote_as = 65001;
-    let mut h = Harness::new(cfg);
-    h.ev(Event::Start);
-    h.ev(Event::Connected(1));
+    let mut h = Harness::open_sent(cfg);
     let out = h.recv(1, peer_open(65001, 9, OUR_ID));
-    assert_eq!(
-        notification(&out).map(|(_, n)| (n.code, n.subcode)),
-        Some((2, 3))
-    );
+    assert_eq!(notified(&out), Some((2, 3)));
 }
 
 #[test]
 fn unexpected_messages_are_fsm_errors() {
     // UPDATE in OpenSent: 5/1 (RFC 6608).
-    let mut h = Harness::new(config());
-    h.ev(Event::Start);
-    h.ev(Event::Connected(1));
+    let mut h = Harness::open_sent(config());
     let out = h.recv(1, Message::Update(Update::default()));
-    assert_eq!(
-        notification(&out).map(|(_, n)| (n.code, n.subcode)),
-        Some((5, 1))
-    );
+    assert_eq!(notified(&out), Some((5, 1)));
     // UPDATE in OpenConfirm: 5/2.
-    let mut h = Harness::new(config());
-    h.ev(Event::Start);
-    h.ev(Event::Connected(1));
-    h.recv(1, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
+    let mut h = Harness::open_sent(config());
+    h.recv(1, their_open());
     let out = h.recv(1, Message::Update(Update::default()));
-    assert_eq!(
-        notification(&out).map(|(_, n)| (n.code, n.subcode)),
-        Some((5, 2))
-    );
+    assert_eq!(notified(&out), Some((5, 2)));
     // OPEN in Established: 5/3.
     let mut h = Harness::new(config());
     h.establish(9);
-    let out = h.recv(1, peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)));
-    assert_eq!(
-        notification(&out).map(|(_, n)| (n.code, n.subcode)),
-        Some((5, 3))
-    );
+    let out = h.recv(1, their_open());
+    assert_eq!(notified(&out), Some((5, 3)));
     assert!(out.contains(&Output::Down));
 }
 
@@ -502,10 +490,7 @@ fn framing_errors_reset_and_rfc7606_errors_do_not() {
         &[0, 0x1b, 2, 0, 0, 0, 4, 0x40, 1, 1, 9, 24, 192, 0, 2],
     ]
     .concat();
-    let out = h.ev(Event::Received {
-        conn: 1,
-        bytes: &bad_origin[..27],
-    });
+    let out = h.recv_bytes(1, &bad_origin[..27]);
     assert!(sent(&out).is_empty(), "{out:?}");
     assert_eq!(h.s.state(), State::Established);
     assert_eq!(h.s.stats().update_errors, 1);
@@ -513,31 +498,18 @@ fn framing_errors_reset_and_rfc7606_errors_do_not() {
     // A bad marker: 1/1 and the session resets.
     let mut ka = Message::Keepalive.to_bytes(Context::default()).unwrap();
     ka[3] = 0;
-    let out = h.ev(Event::Received {
-        conn: 1,
-        bytes: &ka,
-    });
-    assert_eq!(
-        notification(&out).map(|(_, n)| (n.code, n.subcode)),
-        Some((1, 1))
-    );
+    let out = h.recv_bytes(1, &ka);
+    assert_eq!(notified(&out), Some((1, 1)));
     assert_eq!(h.s.state(), State::Idle);
 }
 
 #[test]
 fn messages_split_across_reads_are_reassembled() {
-    let mut h = Harness::new(config());
-    h.ev(Event::Start);
-    h.ev(Event::Connected(1));
-    let mut bytes = peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1))
-        .to_bytes(Context::default())
-        .unwrap();
+    let mut h = Harness::open_sent(config());
+    let mut bytes = their_open_bytes();
     bytes.extend(Message::Keepalive.to_bytes(Context::default()).unwrap());
     for b in &bytes {
-        h.ev(Event::Received {
-            conn: 1,
-            bytes: std::slice::from_ref(b),
-        });
+        h.recv_bytes(1, std::slice::from_ref(b));
     }
     assert_eq!(h.s.state(), State::Established);
     assert_eq!(h.s.stats().received.open, 1);
@@ -658,7 +630,7 @@ mod prop {
                     Step::Bytes(c, b) => h.ev(Event::Received { conn: c, bytes: &b }),
                     Step::Valid(c, k) => {
                         let msg = match k {
-                            0 => peer_open(65000, 9, Ipv4Addr::new(10, 0, 0, 1)),
+                            0 => their_open(),
                             1 => Message::Keepalive,
                             2 => Message::Update(Update::end_of_rib(Family::Ipv6Unicast)),
                             3 => Message::RouteRefresh(RouteRefresh::new(Family::Ipv4Unicast)),

@@ -42,6 +42,26 @@ fn peer(port: u16, local_as: u32, remote_as: u32, id: u8) -> PeerConfig {
     p
 }
 
+/// The router side: AS 65000, passive, listening on `port` for a gateway in AS 65001.
+fn router(port: u16) -> Speaker {
+    let mut cfg = peer(port, 65000, 65001, 1);
+    cfg.session.passive = true;
+    Speaker::spawn(Config {
+        peers: vec![cfg],
+        listen: vec![SocketAddr::new(LOCALHOST, port)],
+    })
+    .unwrap()
+}
+
+/// The gateway side: AS 65001, connecting to `port` and expecting `remote_as` there.
+fn gateway(port: u16, remote_as: u32) -> Speaker {
+    Speaker::spawn(Config {
+        peers: vec![peer(port, 65001, remote_as, 2)],
+        listen: vec![],
+    })
+    .unwrap()
+}
+
 fn routes(list: &[&str]) -> Routes {
     list.iter()
         .map(|p| {
@@ -62,18 +82,8 @@ fn routes(list: &[&str]) -> Routes {
 #[test]
 fn speakers_exchange_routes_over_loopback() {
     let port = free_port();
-    let mut listener_cfg = peer(port, 65000, 65001, 1);
-    listener_cfg.session.passive = true;
-    let mut router = Speaker::spawn(Config {
-        peers: vec![listener_cfg],
-        listen: vec![SocketAddr::new(LOCALHOST, port)],
-    })
-    .unwrap();
-    let mut gateway = Speaker::spawn(Config {
-        peers: vec![peer(port, 65001, 65000, 2)],
-        listen: vec![],
-    })
-    .unwrap();
+    let mut router = router(port);
+    let mut gateway = gateway(port, 65000);
     gateway.set_routes(routes(&["192.0.2.10/32", "2001:db8:100::10/128"]));
 
     let up = wait_for("session up", &router, |p| {
@@ -119,18 +129,8 @@ fn speakers_exchange_routes_over_loopback() {
 #[test]
 fn wrong_remote_as_is_refused_with_bad_peer_as() {
     let port = free_port();
-    let mut listener_cfg = peer(port, 65000, 65001, 1);
-    listener_cfg.session.passive = true;
-    let _router = Speaker::spawn(Config {
-        peers: vec![listener_cfg],
-        listen: vec![SocketAddr::new(LOCALHOST, port)],
-    })
-    .unwrap();
-    let gateway = Speaker::spawn(Config {
-        peers: vec![peer(port, 65001, 65099, 2)],
-        listen: vec![],
-    })
-    .unwrap();
+    let _router = router(port);
+    let gateway = gateway(port, 65099);
     let g = wait_for(
         "bad peer AS",
         &gateway,
@@ -142,20 +142,10 @@ fn wrong_remote_as_is_refused_with_bad_peer_as() {
 #[test]
 fn refused_connections_are_retried_until_the_peer_appears() {
     let port = free_port();
-    let gateway = Speaker::spawn(Config {
-        peers: vec![peer(port, 65001, 65000, 2)],
-        listen: vec![],
-    })
-    .unwrap();
+    let gateway = gateway(port, 65000);
     wait_for("connection refused", &gateway, |p| {
         matches!(p.last_error, Some(SessionError::Connection(_)))
     });
-    let mut listener_cfg = peer(port, 65000, 65001, 1);
-    listener_cfg.session.passive = true;
-    let _router = Speaker::spawn(Config {
-        peers: vec![listener_cfg],
-        listen: vec![SocketAddr::new(LOCALHOST, port)],
-    })
-    .unwrap();
+    let _router = router(port);
     wait_for("session up", &gateway, |p| p.state == State::Established);
 }
