@@ -45,26 +45,22 @@ pub struct Config {
     pub vips: Vec<Vip>,
 }
 
-/// Process-wide settings.
+/// Process-wide settings; a field left out keeps its [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Daemon {
     /// After SIGTERM: routes are withdrawn first, then the dataplane keeps
     /// forwarding this long so the router converges, then it detaches.
-    #[serde(default = "default_drain_time", with = "duration")]
+    #[serde(with = "duration")]
     pub drain_time: Duration,
 }
 
 impl Default for Daemon {
     fn default() -> Self {
         Daemon {
-            drain_time: default_drain_time(),
+            drain_time: Duration::from_secs(5),
         }
     }
-}
-
-fn default_drain_time() -> Duration {
-    Duration::from_secs(5)
 }
 
 /// How the gateway is cabled.
@@ -119,45 +115,33 @@ fn default_tunnel_mtu() -> u16 {
 }
 
 /// Maglev lookup-table parameters. Every gateway announcing a VIP must use the
-/// same values, or flows break when the router moves them between gateways.
+/// same values, or flows break when the router moves them between gateways. A
+/// field left out keeps its [`Default`] value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Maglev {
     /// Table size; a prime, much larger than the number of backends.
-    #[serde(default = "default_maglev_m")]
     pub m: u32,
     /// Seed of the permutation hashes.
-    #[serde(default)]
     pub seed: u64,
-}
-
-fn default_maglev_m() -> u32 {
-    65537
 }
 
 impl Default for Maglev {
     fn default() -> Self {
-        Maglev {
-            m: default_maglev_m(),
-            seed: 0,
-        }
+        Maglev { m: 65537, seed: 0 }
     }
 }
 
-/// The HTTP listener for `/metrics` and `/status`.
+/// The HTTP listener for `/metrics` and `/status`; a field left out keeps its
+/// [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Api {
-    #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
 }
 
 /// The default API address: loopback only.
 pub const DEFAULT_API_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
-
-fn default_api_listen() -> SocketAddr {
-    DEFAULT_API_LISTEN
-}
 
 impl Default for Api {
     fn default() -> Self {
@@ -258,13 +242,10 @@ pub const DEFAULT_GUE_PORT: u16 = 6080;
 
 /// BGP path attributes of one VIP's route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct VipBgp {
-    #[serde(default)]
     pub med: Option<u32>,
-    #[serde(default)]
     pub communities: Vec<Community>,
-    #[serde(default)]
     pub large_communities: Vec<LargeCommunity>,
 }
 
@@ -374,19 +355,18 @@ impl HealthCheck {
     }
 }
 
-/// When and how often probes run, and how many results flip a state.
+/// When and how often probes run, and how many results flip a state. A field left
+/// out keeps its [`Default`] value, the same as [`HealthCheck`]'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timing {
-    #[serde(default = "default_interval", with = "duration")]
+    #[serde(with = "duration")]
     pub interval: Duration,
-    #[serde(default = "default_timeout", with = "duration")]
+    #[serde(with = "duration")]
     pub timeout: Duration,
     /// Consecutive successes before a backend enters the set.
-    #[serde(default = "default_rise")]
     pub rise: u32,
     /// Consecutive failures before a backend leaves the set.
-    #[serde(default = "default_fall")]
     pub fall: u32,
 }
 
@@ -655,10 +635,7 @@ fn locate(
 /// headers above it and the key on its line (the document did not parse, so
 /// there is no tree to ask): `vips[1].backends[0].weight`.
 fn syntax_path(text: &str, offset: usize) -> String {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
+    let offset = char_boundary(text, offset);
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let mut table: Vec<String> = Vec::new();
     let mut arrays: HashMap<String, usize> = HashMap::new();
@@ -711,12 +688,19 @@ fn syntax_path(text: &str, offset: usize) -> String {
     path
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// The char boundary at or before byte `offset` of `text` (parser spans may point
+/// anywhere, even past the end).
+fn char_boundary(text: &str, offset: usize) -> usize {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
     }
+    offset
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = char_boundary(text, offset);
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
