@@ -737,6 +737,15 @@ impl Collector for StatusCollector {
         )?;
         gauge(
             e,
+            "untracked_backends",
+            "Backend slots of the running snapshot left out of the backend packet and byte counters because a worker's per-backend table is full (the most on any worker); above 0 they under-count",
+            [(
+                Labels::new(),
+                i64::try_from(s.untracked_backends).unwrap_or(i64::MAX),
+            )],
+        )?;
+        gauge(
+            e,
             "backend_up",
             "1 while a backend passes its health checks",
             backends().map(|(l, b)| (l, i64::from(b.health == Health::Up))),
@@ -911,6 +920,9 @@ mod tests {
             "dsrgate_vip_announced{vip=\"2001:db8:100::10\"} 0",
             "dsrgate_backend_packets_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.11\"} 61728",
             "dsrgate_backend_up{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.13\"} 0",
+            "# HELP dsrgate_untracked_backends Backend slots of the running snapshot left out of the backend packet and byte counters because a worker's per-backend table is full (the most on any worker); above 0 they under-count",
+            "# TYPE dsrgate_untracked_backends gauge",
+            "dsrgate_untracked_backends 3",
             "dsrgate_backend_maglev_slots{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.11\"} 32769",
             "dsrgate_backend_next_hop_resolved{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.12\"} 0",
             "dsrgate_bgp_session_state{peer=\"198.51.100.1\"} 6",

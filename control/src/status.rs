@@ -39,6 +39,12 @@ pub struct Status {
     /// Why the dataplane cannot forward (which withdraws every VIP), if it cannot.
     pub dataplane_problem: Option<String>,
     pub vips: Vec<VipStatus>,
+    /// Backend slots of the running snapshot that the backends' `packets` and `bytes`
+    /// leave out, because a worker's table of (VIP, backend) pairs is full (it holds a
+    /// fixed number of pairs for the worker's lifetime); the most on any one worker.
+    /// Above 0, per-backend counts under-count.
+    #[serde(default)]
+    pub untracked_backends: u64,
     pub peers: Vec<PeerStatus>,
     pub workers: Vec<WorkerStatus>,
 }
@@ -257,6 +263,13 @@ pub fn render(s: &Status) -> String {
 
     section(&mut out, "VIPs", vips_table(s));
     section(&mut out, "Backends", backends_table(s));
+    if s.untracked_backends > 0 {
+        let _ = writeln!(
+            out,
+            "  {} backend slots not counted per backend (per-backend table full): PACKETS and BYTES under-count",
+            s.untracked_backends
+        );
+    }
     section(&mut out, "BGP peers", peers_table(s));
     section(&mut out, "Workers", workers_table(s));
     out
@@ -569,6 +582,7 @@ pub(crate) mod tests {
                     backends: vec![],
                 },
             ],
+            untracked_backends: 3,
             peers: vec![
                 PeerStatus {
                     address: "198.51.100.1".parse().unwrap(),
@@ -641,6 +655,7 @@ Backends
  192.0.2.10:80/tcp  198.51.100.11  up                              1  50.0%  198.51.100.11 02:00:00:00:00:0b                    61728  47.7 MiB
  192.0.2.10:80/tcp  198.51.100.12  up                              1  50.0%  198.51.100.1 unresolved                                0       0 B
  192.0.2.10:80/tcp  198.51.100.13  down (connection refused)       1   0.0%  no route: Network is unreachable (os error 101)        7     700 B
+  3 backend slots not counted per backend (per-backend table full): PACKETS and BYTES under-count
 
 BGP peers
  PEER              AS  STATE        UPTIME  PREFIXES  MSGS IN  MSGS OUT  LAST ERROR
@@ -681,6 +696,12 @@ Workers
         assert_eq!(v["peers"][0]["state"], "established");
         assert_eq!(v["workers"][1]["bind_mode"], "zero-copy");
         assert_eq!(v["workers"][0]["drops"]["no_next_hop"], 7);
+        assert_eq!(v["untracked_backends"], 3);
+        // A daemon from before the field existed: it reads as 0.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("untracked_backends");
+        let old: Status = serde_json::from_value(old).unwrap();
+        assert_eq!(old.untracked_backends, 0);
     }
 
     #[test]

@@ -1,80 +1,19 @@
 //! The API server over real TCP: /metrics, /status and /healthz, malformed and hostile
 //! clients, the connection limit, shutdown, and `dsrgate status`'s client and renderer.
 
+mod status_fixture;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control::api::{self, ApiServer, Metrics};
-use control::status::{
-    self, BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Protocol,
-    SharedStatus, Status, VipStatus, WorkerStatus, XdpMode,
-};
+use control::status::{self, SharedStatus, Status};
 use prometheus_client::registry::Registry;
+use status_fixture::a_status;
 
 const T: Duration = Duration::from_secs(5);
-
-fn a_status(packets: u64) -> Status {
-    Status {
-        version: "9.9.9".into(),
-        uptime_secs: 12,
-        generation: 7,
-        dataplane_problem: None,
-        vips: vec![VipStatus {
-            name: "web".into(),
-            address: "192.0.2.10".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            port: 443,
-            announced: true,
-            reason: "announced".into(),
-            generation: 7,
-            table_size: 13,
-            packets,
-            bytes: packets * 100,
-            backends: vec![BackendStatus {
-                address: "198.51.100.11".parse().unwrap(),
-                health: Health::Up,
-                health_reason: None,
-                weight: 2,
-                slots: 13,
-                next_hop: NextHopStatus {
-                    resolved: true,
-                    via: Some("198.51.100.11".parse().unwrap()),
-                    ifindex: Some(2),
-                    mac: Some("02:00:00:00:00:0b".into()),
-                    error: None,
-                },
-                packets,
-                bytes: packets * 120,
-            }],
-        }],
-        peers: vec![PeerStatus {
-            address: "198.51.100.1".parse().unwrap(),
-            remote_as: 65000,
-            state: PeerState::Established,
-            uptime_secs: Some(10),
-            last_error: None,
-            prefixes_announced: 1,
-            messages_in: 5,
-            messages_out: 6,
-        }],
-        workers: vec![WorkerStatus {
-            interface: "eth0".into(),
-            queue: 0,
-            core: Some(0),
-            xdp_mode: XdpMode::Native,
-            bind_mode: BindMode::Copy,
-            rx_packets: packets,
-            tx_packets: packets,
-            passed_packets: 1,
-            drops: [("truncated".to_owned(), 4)].into(),
-            flow_entries: 3,
-            flow_capacity: 1024,
-            flow_evictions: 0,
-        }],
-    }
-}
 
 struct Fixture {
     server: ApiServer,
@@ -179,6 +118,7 @@ fn serves_metrics_in_prometheus_text() {
         ),
         12000.0
     );
+    assert_eq!(value(&samples, "dsrgate_untracked_backends"), 2.0);
     assert_eq!(
         value(&samples, "dsrgate_bgp_session_state{peer=\"198.51.100.1\"}"),
         6.0
@@ -269,6 +209,7 @@ fn status_round_trip_renders_tables() {
         "100.0%",
         "Established",
         "native/copy",
+        "2 backend slots not counted per backend",
     ] {
         assert!(text.contains(needle), "{needle:?} missing in\n{text}");
     }

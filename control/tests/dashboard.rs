@@ -11,16 +11,16 @@
 //! groups, matches or prints in a legend must be a label of one of its metrics (or a
 //! scrape-target label).
 
+mod status_fixture;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use control::api::Metrics;
-use control::status::{
-    shared, BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Protocol,
-    Status, VipStatus, WorkerStatus, XdpMode,
-};
+use control::status::shared;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
+use status_fixture::a_status;
 
 const DASHBOARD: &str = include_str!("../../dashboards/dsrgate.json");
 
@@ -30,71 +30,10 @@ const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 /// Sample name → label names, from one scrape of the real registry.
 type Exported = BTreeMap<String, BTreeSet<String>>;
 
-fn populated_status() -> Status {
-    Status {
-        version: "0.1.0".into(),
-        uptime_secs: 10,
-        generation: 3,
-        dataplane_problem: None,
-        vips: vec![VipStatus {
-            name: "web".into(),
-            address: "192.0.2.10".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            announced: true,
-            reason: "announced".into(),
-            generation: 3,
-            table_size: 65537,
-            packets: 10,
-            bytes: 1000,
-            backends: vec![BackendStatus {
-                address: "198.51.100.11".parse().unwrap(),
-                health: Health::Up,
-                health_reason: None,
-                weight: 1,
-                slots: 65537,
-                next_hop: NextHopStatus {
-                    resolved: true,
-                    via: Some("198.51.100.11".parse().unwrap()),
-                    ifindex: Some(2),
-                    mac: Some("02:00:00:00:00:0b".into()),
-                    error: None,
-                },
-                packets: 10,
-                bytes: 1200,
-            }],
-        }],
-        peers: vec![PeerStatus {
-            address: "198.51.100.1".parse().unwrap(),
-            remote_as: 65000,
-            state: PeerState::Established,
-            uptime_secs: Some(5),
-            last_error: None,
-            prefixes_announced: 1,
-            messages_in: 4,
-            messages_out: 4,
-        }],
-        workers: vec![WorkerStatus {
-            interface: "eth0".into(),
-            queue: 0,
-            core: Some(1),
-            xdp_mode: XdpMode::Native,
-            bind_mode: BindMode::Copy,
-            rx_packets: 12,
-            tx_packets: 10,
-            passed_packets: 1,
-            drops: [("truncated".to_owned(), 1)].into(),
-            flow_entries: 3,
-            flow_capacity: 65536,
-            flow_evictions: 0,
-        }],
-    }
-}
-
 /// The text a scrape of the daemon's registry returns.
 fn scrape() -> String {
     let mut registry = Registry::default();
-    let m = Metrics::register(&mut registry, shared(populated_status()));
+    let m = Metrics::register(&mut registry, shared(a_status(10)));
     m.health_transition("198.51.100.11".parse().unwrap(), true, "passed");
     m.announce_transition("192.0.2.10".parse().unwrap(), true, "healthy");
     m.config_reload(true);

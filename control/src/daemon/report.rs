@@ -123,6 +123,7 @@ pub fn build(i: &Inputs<'_>) -> Status {
         generation: i.generation,
         dataplane_problem: i.dataplane_problem.clone(),
         vips,
+        untracked_backends: untracked_backends(i.pipelines),
         peers: i.peers.iter().map(peer).collect(),
         workers: i
             .workers
@@ -134,6 +135,16 @@ pub fn build(i: &Inputs<'_>) -> Status {
             })
             .collect(),
     }
+}
+
+/// Backend slots some worker cannot count per backend: the most on any one worker (each
+/// worker fills its own table, so they can differ).
+fn untracked_backends(pipelines: &[std::sync::Arc<PipelineStats>]) -> u64 {
+    pipelines
+        .iter()
+        .map(|p| p.untracked_backends())
+        .max()
+        .unwrap_or(0)
 }
 
 fn peer(p: &bgp::speaker::PeerStatus) -> PeerStatus {
@@ -195,5 +206,71 @@ fn worker(
         flow_entries,
         flow_capacity,
         flow_evictions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use dataplane::pipeline::WorkerConfig;
+    use dataplane::snapshot::{
+        BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
+    };
+    use dataplane::xsk::{ArcSwap, PipelineProcessor, Processor};
+
+    use super::*;
+
+    /// The stats of a worker with room for `max_backends` (VIP, backend) pairs, after it
+    /// has taken up a snapshot of one VIP with three backends.
+    fn worker_on_three_backends(max_backends: usize) -> Arc<PipelineStats> {
+        let snap = Snapshot::new(&SnapshotConfig {
+            generation: 1,
+            vips: vec![VipConfig {
+                key: VipKey {
+                    addr: "192.0.2.10".parse().unwrap(),
+                    proto: Proto::Tcp,
+                    port: 80,
+                },
+                backends: (11..14)
+                    .map(|n| BackendConfig {
+                        addr: IpAddr::from([198, 51, 100, n]),
+                        weight: 1,
+                    })
+                    .collect(),
+                hash: HashMode::FiveTuple,
+                encap: Encap::IpIp,
+            }],
+            outer_src_v4: Some(SourcePrefix {
+                addr: "172.16.0.0".parse().unwrap(),
+                len: 24,
+            }),
+            ..SnapshotConfig::default()
+        })
+        .unwrap();
+        let mut p = PipelineProcessor::new(
+            WorkerConfig {
+                flow_capacity: 1 << 12,
+                max_backends,
+                ..WorkerConfig::default()
+            },
+            Arc::new(ArcSwap::from_pointee(snap)),
+        );
+        // A batch, even an empty one, makes the worker take up the snapshot.
+        p.process(1, &mut [], &mut []);
+        p.stats()
+    }
+
+    #[test]
+    fn untracked_backends_is_the_most_on_any_worker() {
+        let workers = [
+            worker_on_three_backends(3),
+            worker_on_three_backends(1),
+            worker_on_three_backends(2),
+        ];
+        assert_eq!(workers[1].untracked_backends(), 2);
+        assert_eq!(untracked_backends(&workers), 2);
+        assert_eq!(untracked_backends(&workers[..1]), 0);
+        assert_eq!(untracked_backends(&[]), 0);
     }
 }

@@ -1,0 +1,69 @@
+//! The [`Status`] the API and dashboard tests serve: one VIP with one backend, one BGP
+//! peer, one worker; `packets` sets the traffic counters.
+
+use control::status::{
+    BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Protocol, Status,
+    VipStatus, WorkerStatus, XdpMode,
+};
+
+pub fn a_status(packets: u64) -> Status {
+    Status {
+        version: "9.9.9".into(),
+        uptime_secs: 12,
+        generation: 7,
+        dataplane_problem: None,
+        vips: vec![VipStatus {
+            name: "web".into(),
+            address: "192.0.2.10".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 443,
+            announced: true,
+            reason: "announced".into(),
+            generation: 7,
+            table_size: 13,
+            packets,
+            bytes: packets * 100,
+            backends: vec![BackendStatus {
+                address: "198.51.100.11".parse().unwrap(),
+                health: Health::Up,
+                health_reason: None,
+                weight: 2,
+                slots: 13,
+                next_hop: NextHopStatus {
+                    resolved: true,
+                    via: Some("198.51.100.11".parse().unwrap()),
+                    ifindex: Some(2),
+                    mac: Some("02:00:00:00:00:0b".into()),
+                    error: None,
+                },
+                packets,
+                bytes: packets * 120,
+            }],
+        }],
+        untracked_backends: 2,
+        peers: vec![PeerStatus {
+            address: "198.51.100.1".parse().unwrap(),
+            remote_as: 65000,
+            state: PeerState::Established,
+            uptime_secs: Some(10),
+            last_error: None,
+            prefixes_announced: 1,
+            messages_in: 5,
+            messages_out: 6,
+        }],
+        workers: vec![WorkerStatus {
+            interface: "eth0".into(),
+            queue: 0,
+            core: Some(0),
+            xdp_mode: XdpMode::Native,
+            bind_mode: BindMode::Copy,
+            rx_packets: packets,
+            tx_packets: packets,
+            passed_packets: 1,
+            drops: [("truncated".to_owned(), 4)].into(),
+            flow_entries: 3,
+            flow_capacity: 1024,
+            flow_evictions: 0,
+        }],
+    }
+}
