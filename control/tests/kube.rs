@@ -167,9 +167,7 @@ fn kube_config(kubeconfig: PathBuf, pool: &[&str]) -> Kubernetes {
 impl Harness {
     fn start(server: FakeApiServer, pool: &[&str]) -> Harness {
         let dir = temp_dir();
-        let cfg = kube_config(server.kubeconfig(&dir.0), pool);
-        let (tx, rx) = crossbeam::channel::unbounded();
-        let source = kube::spawn(cfg, tx).unwrap();
+        let (source, rx) = spawn(kube_config(server.kubeconfig(&dir.0), pool));
         Harness {
             server,
             rx,
@@ -224,6 +222,20 @@ impl Harness {
     }
 }
 
+/// Starts the source; its updates arrive on the receiver.
+fn spawn(cfg: Kubernetes) -> (kube::KubeSource, Receiver<KubeUpdate>) {
+    let (tx, rx) = crossbeam::channel::unbounded();
+    (kube::spawn(cfg, tx).unwrap(), rx)
+}
+
+/// The first update, which must be an error.
+fn first_error(rx: &Receiver<KubeUpdate>) -> String {
+    match rx.recv_timeout(BOUND) {
+        Ok(KubeUpdate::Error(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -241,6 +253,25 @@ fn weights(pairs: &[(&str, u32)]) -> BTreeMap<IpAddr, u32> {
 }
 
 /// Nodes a..d: c is excluded from external load balancers, d is not Ready.
+/// `default/web`: `Local`, health node port 32000, address 203.0.113.10.
+fn web_service(ports: Value) -> Value {
+    service(
+        "default",
+        "web",
+        "2026-01-02T00:00:00Z",
+        "Local",
+        Some(32000),
+        ports,
+        None,
+        Some("203.0.113.10"),
+    )
+}
+
+/// `default/web`'s IPv4 slice.
+fn web_v4_slice(eps: &[Ep]) -> Value {
+    slice("default", "web-abc12", "web", "IPv4", eps)
+}
+
 fn base_cluster(server: &FakeApiServer) {
     server.apply(
         Kind::Node,
@@ -274,34 +305,19 @@ fn base_cluster(server: &FakeApiServer) {
     // terminating on b, one ready on c; an IPv6 slice of the same pods.
     server.apply(
         Kind::Service,
-        service(
-            "default",
-            "web",
-            "2026-01-02T00:00:00Z",
-            "Local",
-            Some(32000),
-            json!([
-                port("http", "TCP", 80, 30080),
-                port("https", "TCP", 443, 30443)
-            ]),
-            None,
-            Some("203.0.113.10"),
-        ),
+        web_service(json!([
+            port("http", "TCP", 80, 30080),
+            port("https", "TCP", 443, 30443)
+        ])),
     );
     server.apply(
         Kind::EndpointSlice,
-        slice(
-            "default",
-            "web-abc12",
-            "web",
-            "IPv4",
-            &[
-                ("10.244.1.1", "node-a", true, true, false),
-                ("10.244.1.2", "node-a", true, true, false),
-                ("10.244.2.1", "node-b", false, true, true),
-                ("10.244.3.1", "node-c", true, true, false),
-            ],
-        ),
+        web_v4_slice(&[
+            ("10.244.1.1", "node-a", true, true, false),
+            ("10.244.1.2", "node-a", true, true, false),
+            ("10.244.2.1", "node-b", false, true, true),
+            ("10.244.3.1", "node-c", true, true, false),
+        ]),
     );
     server.apply(
         Kind::EndpointSlice,
@@ -473,17 +489,11 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
     // Ready node joins, the excluded node loses its label.
     h.server.apply(
         Kind::EndpointSlice,
-        slice(
-            "default",
-            "web-abc12",
-            "web",
-            "IPv4",
-            &[
-                ("10.244.1.1", "node-a", true, true, false),
-                ("10.244.1.2", "node-a", true, true, false),
-                ("10.244.3.1", "node-c", false, false, true),
-            ],
-        ),
+        web_v4_slice(&[
+            ("10.244.1.1", "node-a", true, true, false),
+            ("10.244.1.2", "node-a", true, true, false),
+            ("10.244.3.1", "node-c", false, false, true),
+        ]),
     );
     h.server
         .apply(Kind::Node, node("node-e", "10.0.0.5", true, json!({})));
@@ -565,18 +575,12 @@ fn dropped_watches_410_and_api_errors_keep_the_last_state() {
     h.server.drop_watches();
     h.server.apply(
         Kind::EndpointSlice,
-        slice(
-            "default",
-            "web-abc12",
-            "web",
-            "IPv4",
-            &[
-                ("10.244.1.1", "node-a", true, true, false),
-                ("10.244.1.2", "node-a", true, true, false),
-                ("10.244.2.1", "node-b", true, true, false),
-                ("10.244.3.1", "node-c", true, true, false),
-            ],
-        ),
+        web_v4_slice(&[
+            ("10.244.1.1", "node-a", true, true, false),
+            ("10.244.1.2", "node-a", true, true, false),
+            ("10.244.2.1", "node-b", true, true, false),
+            ("10.244.3.1", "node-c", true, true, false),
+        ]),
     );
     h.wait_for("the change after a dropped watch", |s| {
         web_backends(s).contains_key(&ip("10.0.0.2"))
@@ -599,20 +603,11 @@ fn dropped_watches_410_and_api_errors_keep_the_last_state() {
     h.server.compact();
     h.server.apply(
         Kind::Service,
-        service(
-            "default",
-            "web",
-            "2026-01-02T00:00:00Z",
-            "Local",
-            Some(32000),
-            json!([
-                port("http", "TCP", 80, 30080),
-                port("https", "TCP", 443, 30443),
-                port("alt", "TCP", 8443, 30843)
-            ]),
-            None,
-            Some("203.0.113.10"),
-        ),
+        web_service(json!([
+            port("http", "TCP", 80, 30080),
+            port("https", "TCP", 443, 30443),
+            port("alt", "TCP", 8443, 30843)
+        ])),
     );
     let set = h.wait_for("the re-list after 410", |s| {
         find(s, "default/web", Protocol::Tcp).is_some_and(|w| w.ports.len() == 3)
@@ -676,14 +671,10 @@ fn unreachable_api_server_reports_errors_and_sends_no_set() {
         .unwrap()
         .port();
     let dir = temp_dir();
-    let path = dir.0.join("kubeconfig");
-    std::fs::write(&path, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: x\n  context:\n    cluster: x\n    user: x\ncurrent-context: x\nusers:\n- name: x\n  user: {{}}\n")).unwrap();
-    let (tx, rx) = crossbeam::channel::unbounded();
-    let source = kube::spawn(kube_config(path, &[]), tx).unwrap();
-    match rx.recv_timeout(BOUND) {
-        Ok(KubeUpdate::Error(e)) => assert!(e.contains("watching"), "{e}"),
-        other => panic!("expected an error, got {other:?}"),
-    }
+    let path = fake_apiserver::write_kubeconfig(&dir.0, &format!("127.0.0.1:{port}"));
+    let (source, rx) = spawn(kube_config(path, &[]));
+    let e = first_error(&rx);
+    assert!(e.contains("watching"), "{e}");
     drop(source);
     // Nothing but errors was sent: no empty set replaced anything.
     assert!(rx.try_iter().all(|u| matches!(u, KubeUpdate::Error(_))));
@@ -691,11 +682,7 @@ fn unreachable_api_server_reports_errors_and_sends_no_set() {
 
 #[test]
 fn missing_kubeconfig_is_an_error_naming_the_file() {
-    let cfg = kube_config(PathBuf::from("/nonexistent/kubeconfig"), &[]);
-    let (tx, rx) = crossbeam::channel::unbounded();
-    let _source = kube::spawn(cfg, tx).unwrap();
-    match rx.recv_timeout(BOUND) {
-        Ok(KubeUpdate::Error(e)) => assert!(e.contains("/nonexistent/kubeconfig"), "{e}"),
-        other => panic!("expected an error, got {other:?}"),
-    }
+    let (_source, rx) = spawn(kube_config(PathBuf::from("/nonexistent/kubeconfig"), &[]));
+    let e = first_error(&rx);
+    assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
 }

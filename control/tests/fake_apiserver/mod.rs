@@ -104,6 +104,16 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Writes `dir/kubeconfig` pointing kube at `http://SERVER` (`host:port`), with a token.
+pub fn write_kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{server}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: test-token\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 impl FakeApiServer {
     pub fn start() -> FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -133,13 +143,7 @@ impl FakeApiServer {
 
     /// A kubeconfig pointing kube at this server.
     pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: test-token\n",
-            self.addr
-        );
-        std::fs::write(&path, text).unwrap();
-        path
+        write_kubeconfig(dir, &self.addr.to_string())
     }
 
     /// Creates or replaces an object (ADDED / MODIFIED event).
