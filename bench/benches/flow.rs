@@ -98,8 +98,8 @@ fn lookup(c: &mut Criterion) {
 fn insert(c: &mut Criterion) {
     let mut g = c.benchmark_group("flow_insert");
     g.throughput(Throughput::Elements(BATCH as u64));
-    // New flows into a full 1M-flow table: each insert scans both candidate buckets and
-    // takes a free slot or evicts one (the SYN path). The keys are 65,536 other flows.
+    // New flows into a full 1M-flow table: each insert reads both candidate buckets' tags and
+    // takes a free slot, or (both full) scans their entries and evicts one (the SYN path). The keys are 65,536 other flows.
     let mut t = filled(1 << 20, 1 << 21);
     let fresh = visits(1 << 20, 1 << 22, 1 << 16);
     let mut at = 0;

@@ -11,11 +11,15 @@
 //! lines it misses, and this machine sustains roughly one random line per ~15 ns. An entry
 //! for a ~24-byte value is packed into exactly one 64-byte line, and most flows sit in one of
 //! their two home slots, so [`FlowTable::prefetch`] fetches just those two lines and a hit
-//! usually touches nothing else. A miss or an insert reads both buckets (eight lines): for
-//! packets expected to insert, such as TCP SYNs, [`FlowTable::prefetch_buckets`] loads them.
+//! usually touches nothing else. Beside the entries, each bucket has a 16-bit tag per slot
+//! (0 = empty, else a fingerprint of the hash; eight buckets' tags share a line), so a miss
+//! or an insert reads the two tag lines instead of eight entry lines, and opens an entry
+//! only where a tag matches. For packets expected to insert, such as TCP SYNs,
+//! [`FlowTable::prefetch_buckets`] loads the tag lines and the two home slots.
 //!
-//! Eviction is LRU: an insert with no empty or expired slot in either bucket evicts the
-//! least recently seen of the eight (counted in [`FlowTable::evictions`]). Idle timeouts are
+//! An insert takes an empty slot when the tags show one; only when both buckets are full
+//! does it read their entries, to reuse an expired one or else evict the least recently seen
+//! of the eight (counted in [`FlowTable::evictions`]). Idle timeouts are
 //! per [`TimeoutClass`]; an entry idle past its timeout is a miss and its slot is reusable.
 //! Time is the caller's `now_ns` (read once per batch); the table never reads a clock.
 //!
@@ -273,6 +277,31 @@ struct Bucket<V> {
     slots: [Line<V>; WAYS],
 }
 
+/// A bucket's slot tags: 0 for an empty slot, else [`tag`] of the entry's hash (never 0).
+/// Kept exactly in step with the slots; 8 bytes, so a tag line covers eight buckets.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(8))]
+struct Tags([u16; WAYS]);
+
+impl Tags {
+    /// Ways whose tag is `t`, as a bit mask (t = 0: the empty ways).
+    #[inline]
+    fn matching(&self, t: u16) -> u32 {
+        let mut m = 0;
+        for (w, &x) in self.0.iter().enumerate() {
+            m |= u32::from(x == t) << w;
+        }
+        m
+    }
+}
+
+/// A 16-bit fingerprint of a flow hash, never 0: the multiply mixes every hash bit into the
+/// top ones, so it is independent of the bits that chose the buckets and homes.
+#[inline(always)]
+fn tag(hash: u64) -> u16 {
+    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u16 | 1
+}
+
 /// The two (bucket, home slot) candidates of a hash: the low bits pick bucket A, bits 32 and
 /// up bucket B; bits 30–31 and 62–63 their home slots. (Maglev's fast range uses the high
 /// bits of the same hash: no conflict, the two uses need not be independent.)
@@ -287,20 +316,18 @@ struct Place {
 /// One bucket as [`FlowTable::scan`] sees it for an insert.
 #[derive(Default)]
 struct Scan {
-    /// Ways holding an entry.
-    used: u32,
     /// Ways that are empty or hold an expired entry.
     reusable: u32,
     /// The way of the least recently seen live entry, and its age in ticks.
     oldest: usize,
     oldest_age: u32,
-    /// The way holding the key itself.
-    found: Option<usize>,
 }
 
 /// A fixed-capacity flow table for one worker. See the module docs.
 pub struct FlowTable<V: Copy> {
     buckets: Box<[Bucket<V>]>,
+    /// Per bucket, its slots' tags (see [`Tags`]).
+    tags: Box<[Tags]>,
     mask: u64,
     timeouts: FlowTimeouts,
     ticks: TickTimeouts,
@@ -313,9 +340,10 @@ pub struct FlowTable<V: Copy> {
 impl<V: Copy> FlowTable<V> {
     /// Bytes of memory per flow slot: the table uses `capacity() × BYTES_PER_ENTRY` bytes,
     /// fixed at construction. Slots are cache lines: for a value of up to 24 bytes that is
-    /// 64 (value ≤ 24, addresses 32, ports 4, protocol/class/last-seen 4), so the default
-    /// 1,048,576 slots take 64 MiB per worker; a larger value takes 128.
-    pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<Bucket<V>>() / WAYS;
+    /// 64 (value ≤ 24, addresses 32, ports 4, protocol/class/last-seen 4), plus a 2-byte tag,
+    /// so the default 1,048,576 slots take 66 MiB per worker; a larger value takes 130.
+    pub const BYTES_PER_ENTRY: usize =
+        (std::mem::size_of::<Bucket<V>>() + std::mem::size_of::<Tags>()) / WAYS;
 
     /// A table of at least `capacity` slots (rounded up to a power-of-two number of buckets,
     /// at least two). All memory is allocated and touched here, never later.
@@ -334,6 +362,7 @@ impl<V: Copy> FlowTable<V> {
         });
         FlowTable {
             buckets: v.into_boxed_slice(),
+            tags: vec![Tags::default(); n].into_boxed_slice(),
             mask: (n - 1) as u64,
             timeouts,
             ticks: TickTimeouts::new(&timeouts),
@@ -361,34 +390,63 @@ impl<V: Copy> FlowTable<V> {
             .is_some_and(|e| e.holds(key))
     }
 
-    /// Where `key` is: the two homes first (they hold most flows), then the other slots.
+    /// Where `key` is: the two homes first (they hold most flows, and are what `prefetch`
+    /// loads), then the other slots whose tag matches.
     #[inline]
-    fn find(&self, key: &FlowKey, p: Place) -> Option<(usize, usize)> {
+    fn find(&self, key: &FlowKey, p: Place, tag: u16) -> Option<(usize, usize)> {
         if self.holds(p.a, p.home_a, key) {
             return Some((p.a, p.home_a));
         }
         if self.holds(p.b, p.home_b, key) {
             return Some((p.b, p.home_b));
         }
-        let rest_a = (0..WAYS).filter(|&w| w != p.home_a).map(|w| (p.a, w));
-        let rest_b = (0..WAYS)
-            .filter(|&w| w != p.home_b && p.b != p.a)
-            .map(|w| (p.b, w));
-        rest_a.chain(rest_b).find(|&(b, w)| self.holds(b, w, key))
+        self.find_tagged(key, p, tag, (1 << p.home_a, 1 << p.home_b))
     }
 
-    /// One bucket's slots for an insert of `key`, as 4-bit masks (bit = way), without a
-    /// branch per slot: whether a slot is empty is a coin flip at half load, and those
-    /// mispredictions dominated. A slot's `meta` word is 0 exactly when it is empty and says
-    /// whether the entry has expired and how old it is.
+    /// Where `key` is among the slots whose tag matches, except the ways in `skip`.
     #[inline]
-    fn scan(&self, b: usize, key: &FlowKey, now_ns: u64) -> Scan {
+    fn find_tagged(
+        &self,
+        key: &FlowKey,
+        p: Place,
+        tag: u16,
+        skip: (u32, u32),
+    ) -> Option<(usize, usize)> {
+        let ma = self.tags[p.a].matching(tag) & !skip.0;
+        let mb = if p.b != p.a {
+            self.tags[p.b].matching(tag) & !skip.1
+        } else {
+            0
+        };
+        for (b, mut m) in [(p.a, ma), (p.b, mb)] {
+            while m != 0 {
+                let w = m.trailing_zeros() as usize;
+                if self.holds(b, w, key) {
+                    return Some((b, w));
+                }
+                m &= m - 1;
+            }
+        }
+        None
+    }
+
+    /// Empties slot `(b, w)`, which holds an entry.
+    #[inline]
+    fn clear(&mut self, b: usize, w: usize) {
+        self.buckets[b].slots[w].0 = None;
+        self.tags[b].0[w] = 0;
+        self.len -= 1;
+    }
+
+    /// One full bucket's entries for an insert, as 4-bit masks (bit = way), without a branch
+    /// per slot: which are expired, and which live one is the least recently seen.
+    #[inline]
+    fn scan(&self, b: usize, now_ns: u64) -> Scan {
         let ticks = self.ticks;
         let mut s = Scan::default();
         for (w, Line(slot)) in self.buckets[b].slots.iter().enumerate() {
             let meta = slot.as_ref().map_or(0, FlowEntry::meta);
             let expired = ticks.expired_meta(meta, now_ns);
-            s.used |= u32::from(meta != 0) << w;
             s.reusable |= u32::from(meta == 0 || expired) << w;
             let a = if meta != 0 && !expired {
                 age(meta, now_ns)
@@ -398,15 +456,6 @@ impl<V: Copy> FlowTable<V> {
             if a >= s.oldest_age {
                 (s.oldest, s.oldest_age) = (w, a);
             }
-        }
-        let mut m = s.used;
-        while m != 0 {
-            let w = m.trailing_zeros() as usize;
-            if self.holds(b, w, key) {
-                s.found = Some(w);
-                break;
-            }
-            m &= m - 1;
         }
         s
     }
@@ -425,43 +474,45 @@ impl<V: Copy> FlowTable<V> {
         }
     }
 
-    /// Like [`FlowTable::prefetch`], but loads both candidate buckets whole (eight lines):
-    /// for a packet that will probably miss or insert, such as a TCP SYN, which reads them all.
+    /// Like [`FlowTable::prefetch`], plus the two buckets' tag lines: what an insert reads
+    /// (the tags) and usually writes (a home slot). For a packet that will probably insert,
+    /// such as a TCP SYN.
     #[inline]
     pub fn prefetch_buckets(&self, hash: u64) {
         let p = self.place(hash);
         for b in [p.a, p.b] {
-            let bucket = &self.buckets[b];
-            prefetch_range(
-                bucket as *const Bucket<V> as *const u8,
-                std::mem::size_of::<Bucket<V>>(),
-            );
+            let t = &self.tags[b];
+            prefetch_range(t as *const Tags as *const u8, std::mem::size_of::<Tags>());
         }
+        self.prefetch(hash);
     }
 
     /// The live entry for `key`, its last-seen time refreshed to `now_ns`. An entry idle past
     /// its class timeout is removed and reported as a miss.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, hash: u64, now_ns: u64) -> Option<&mut FlowEntry<V>> {
-        let (b, w) = self.find(key, self.place(hash))?;
+        let (b, w) = self.find(key, self.place(hash), tag(hash))?;
         let ticks = self.ticks;
-        let slot = &mut self.buckets[b].slots[w].0;
-        if slot.as_ref().is_some_and(|e| ticks.expired(e, now_ns)) {
-            *slot = None;
-            self.len -= 1;
+        if self.buckets[b].slots[w]
+            .0
+            .as_ref()
+            .is_some_and(|e| ticks.expired(e, now_ns))
+        {
+            self.clear(b, w);
             return None;
         }
-        let e = slot.as_mut()?;
+        let e = self.buckets[b].slots[w].0.as_mut()?;
         e.touch(now_ns);
         Some(e)
     }
 
     /// Inserts `key` (or overwrites it if present) with `value` and `class`, seen at `now_ns`.
-    /// A new key takes an empty or expired slot: the emptier candidate bucket's home, else
-    /// the other's home if that bucket is at most one entry fuller, else the emptier bucket's
-    /// first free slot after its home (homes are what `prefetch` loads, and ~90% of flows sit
-    /// in one at half load; balance is what keeps evictions rare). With no such slot in
-    /// either bucket it evicts the least recently seen of their entries (counted).
+    /// A new key takes an empty slot (by the tags): the emptier candidate bucket's home, else
+    /// the other's home if that bucket has at most one free slot fewer, else the emptier
+    /// bucket's first free slot after its home (homes are what `prefetch` loads, and ~90% of
+    /// flows sit in one at half load; balance is what keeps evictions rare). With both
+    /// buckets full it reads their entries and takes an expired one the same way, or else
+    /// evicts the least recently seen of the eight (counted).
     pub fn insert(
         &mut self,
         key: &FlowKey,
@@ -471,64 +522,67 @@ impl<V: Copy> FlowTable<V> {
         now_ns: u64,
     ) -> &mut FlowEntry<V> {
         let p = self.place(hash);
-        let two = p.b != p.a;
-        let sa = self.scan(p.a, key, now_ns);
-        let sb = if two && sa.found.is_none() {
-            self.scan(p.b, key, now_ns)
-        } else {
-            Scan::default()
+        let t = tag(hash);
+        let (b, w) = match self.find_tagged(key, p, t, (0, 0)) {
+            Some(at) => at,
+            None => self.free_slot(p, now_ns),
         };
-        let (b, w) = match (sa.found, sb.found) {
-            (Some(w), _) => (p.a, w),
-            (_, Some(w)) => (p.b, w),
-            _ if sa.reusable | sb.reusable == 0 => {
-                self.evictions += 1;
-                if sb.oldest_age > sa.oldest_age {
-                    (p.b, sb.oldest)
-                } else {
-                    (p.a, sa.oldest)
-                }
-            }
-            _ => {
-                // The emptier bucket's home, else the other's home if that bucket is at most
-                // one entry fuller, else the emptier bucket's first free slot after its home.
-                let (fa, fb) = (sa.reusable.count_ones(), sb.reusable.count_ones());
-                let ((b1, h1, r1, f1), (b2, h2, r2, f2)) = if fa >= fb {
-                    (
-                        (p.a, p.home_a, sa.reusable, fa),
-                        (p.b, p.home_b, sb.reusable, fb),
-                    )
-                } else {
-                    (
-                        (p.b, p.home_b, sb.reusable, fb),
-                        (p.a, p.home_a, sa.reusable, fa),
-                    )
-                };
-                let at = if r1 >> h1 & 1 != 0 {
-                    (b1, h1)
-                } else if two && f2 + 1 >= f1 && r2 >> h2 & 1 != 0 {
-                    (b2, h2)
-                } else {
-                    let rot = (r1 >> h1 | r1 << (WAYS - h1)) & ((1 << WAYS) - 1);
-                    (b1, (h1 + rot.trailing_zeros() as usize) % WAYS)
-                };
-                if self.buckets[at.0].slots[at.1].0.is_none() {
-                    self.len += 1;
-                }
-                at
-            }
-        };
+        self.tags[b].0[w] = t;
         self.buckets[b].slots[w]
             .0
             .insert(FlowEntry::new(key, value, class, now_ns))
     }
 
+    /// The slot a new key of place `p` takes (see [`FlowTable::insert`]), counted in `len`
+    /// if it was empty and in `evictions` if it held a live entry.
+    #[inline]
+    fn free_slot(&mut self, p: Place, now_ns: u64) -> (usize, usize) {
+        let two = p.b != p.a;
+        let mut ra = self.tags[p.a].matching(0);
+        let mut rb = if two { self.tags[p.b].matching(0) } else { 0 };
+        if ra | rb == 0 {
+            // Both full: look at the entries for expired ones, else evict the LRU.
+            let sa = self.scan(p.a, now_ns);
+            let sb = if two {
+                self.scan(p.b, now_ns)
+            } else {
+                Scan::default()
+            };
+            if sa.reusable | sb.reusable == 0 {
+                self.evictions += 1;
+                return if sb.oldest_age > sa.oldest_age {
+                    (p.b, sb.oldest)
+                } else {
+                    (p.a, sa.oldest)
+                };
+            }
+            (ra, rb) = (sa.reusable, sb.reusable);
+        } else {
+            self.len += 1;
+        }
+        // The emptier bucket's home, else the other's home if that bucket is at most one
+        // free slot behind, else the emptier bucket's first free slot after its home.
+        let (fa, fb) = (ra.count_ones(), rb.count_ones());
+        let ((b1, h1, r1, f1), (b2, h2, r2, f2)) = if fa >= fb {
+            ((p.a, p.home_a, ra, fa), (p.b, p.home_b, rb, fb))
+        } else {
+            ((p.b, p.home_b, rb, fb), (p.a, p.home_a, ra, fa))
+        };
+        if r1 >> h1 & 1 != 0 {
+            (b1, h1)
+        } else if two && f2 + 1 >= f1 && r2 >> h2 & 1 != 0 {
+            (b2, h2)
+        } else {
+            let rot = (r1 >> h1 | r1 << (WAYS - h1)) & ((1 << WAYS) - 1);
+            (b1, (h1 + rot.trailing_zeros() as usize) % WAYS)
+        }
+    }
+
     /// Removes `key`'s entry; false if there was none.
     pub fn remove(&mut self, key: &FlowKey, hash: u64) -> bool {
-        match self.find(key, self.place(hash)) {
+        match self.find(key, self.place(hash), tag(hash)) {
             Some((b, w)) => {
-                self.buckets[b].slots[w].0 = None;
-                self.len -= 1;
+                self.clear(b, w);
                 true
             }
             None => false,
@@ -538,20 +592,28 @@ impl<V: Copy> FlowTable<V> {
     /// Frees the expired entries of the next `max_buckets` buckets (a clock hand that wraps
     /// around), so `len` stays meaningful when flows go idle and are never looked up again,
     /// and no entry lives to see its timestamp wrap. Returns how many were freed. Call it off
-    /// the per-packet path, e.g. a few buckets per poll loop.
+    /// the per-packet path, e.g. a few buckets per poll loop. Only occupied slots (by the
+    /// tags) are read.
     pub fn expire(&mut self, now_ns: u64, max_buckets: usize) -> usize {
         let ticks = self.ticks;
         let mut freed = 0;
         for _ in 0..max_buckets.min(self.buckets.len()) {
-            for Line(s) in self.buckets[self.hand].slots.iter_mut() {
-                if s.as_ref().is_some_and(|e| ticks.expired(e, now_ns)) {
-                    *s = None;
+            let b = self.hand;
+            let mut m = !self.tags[b].matching(0) & ((1 << WAYS) - 1);
+            while m != 0 {
+                let w = m.trailing_zeros() as usize;
+                m &= m - 1;
+                if self.buckets[b].slots[w]
+                    .0
+                    .as_ref()
+                    .is_some_and(|e| ticks.expired(e, now_ns))
+                {
+                    self.clear(b, w);
                     freed += 1;
                 }
             }
             self.hand = (self.hand + 1) & self.mask as usize;
         }
-        self.len -= freed;
         freed
     }
 
@@ -604,7 +666,7 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
 /// Prefetches every cache line of `[p, p + len)` into L2 and below (hint T1): a batch of 64
 /// packets' lines would crowd the 32 KiB L1 and evict each other before they are used.
 #[inline(always)]
-fn prefetch_range(p: *const u8, len: usize) {
+pub(crate) fn prefetch_range(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let first = p as usize & !63;
@@ -623,6 +685,23 @@ fn prefetch_range(p: *const u8, len: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);
+}
+
+#[cfg(test)]
+impl<V: Copy> FlowTable<V> {
+    /// Every tag is 0 exactly where its slot is empty, and `len` counts the others.
+    fn tags_match_slots(&self) -> bool {
+        let mut n = 0;
+        for (b, t) in self.buckets.iter().zip(self.tags.iter()) {
+            for (Line(s), &x) in b.slots.iter().zip(t.0.iter()) {
+                if s.is_some() != (x != 0) {
+                    return false;
+                }
+                n += usize::from(x != 0);
+            }
+        }
+        n == self.len
+    }
 }
 
 #[cfg(test)]
@@ -897,6 +976,7 @@ mod tests {
             t.len()
         );
         assert_eq!(t.evictions(), 10_000 - t.len() as u64);
+        assert!(t.tags_match_slots());
         // The most recent inserts survived.
         let k = key(9_999);
         assert_eq!(
@@ -961,10 +1041,10 @@ mod tests {
         #[derive(Clone, Copy)]
         #[allow(dead_code)]
         struct V24a4([u8; 16], u32, u32);
-        assert_eq!(FlowTable::<V24>::BYTES_PER_ENTRY, 64);
-        assert_eq!(FlowTable::<V24a4>::BYTES_PER_ENTRY, 64);
-        assert_eq!(FlowTable::<[u32; 5]>::BYTES_PER_ENTRY, 64);
-        assert_eq!(FlowTable::<[u64; 4]>::BYTES_PER_ENTRY, 128);
+        assert_eq!(FlowTable::<V24>::BYTES_PER_ENTRY, 66);
+        assert_eq!(FlowTable::<V24a4>::BYTES_PER_ENTRY, 66);
+        assert_eq!(FlowTable::<[u32; 5]>::BYTES_PER_ENTRY, 66);
+        assert_eq!(FlowTable::<[u64; 4]>::BYTES_PER_ENTRY, 130);
         assert_eq!(std::mem::size_of::<Option<FlowEntry<V24>>>(), 64);
     }
 
@@ -1032,6 +1112,7 @@ mod tests {
                     Op::Tick(d) => now += d,
                 }
                 prop_assume!(t.evictions() == 0);
+                prop_assert!(t.tags_match_slots());
                 // The table may already have reused the slot of an expired entry the model
                 // still holds; it never holds less than the model's live entries.
                 let live = model.values().filter(|e| now - e.2 <= to.of(e.1)).count();

@@ -226,6 +226,16 @@ impl MaglevTable {
         }
     }
 
+    /// Asks the CPU to start loading the slot [`MaglevTable::lookup`] reads for `hash`: a
+    /// batch prefetches its new flows' slots first, then looks them up.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        let slot = ((hash as u128 * self.entries.len() as u128) >> 64) as usize;
+        if let Some(e) = self.entries.get(slot) {
+            crate::flow::prefetch_range(e as *const u16 as *const u8, 2);
+        }
+    }
+
     /// The backends, sorted by address (IPv4 as IPv4-mapped IPv6), draining ones included.
     pub fn backends(&self) -> &[Backend] {
         &self.backends

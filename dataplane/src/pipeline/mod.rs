@@ -2,8 +2,9 @@
 //!
 //! A [`Worker`] owns one RX queue's state: its flow table and its counters. For each batch
 //! [`Worker::process`] makes two passes. The first parses every frame, finds its VIP, hashes
-//! its flow and prefetches its flow-table slots (both candidate buckets whole for a SYN, which
-//! inserts); the second, by which time those lines are in cache, looks the flows up, picks backends and rewrites the frames.
+//! its flow and prefetches its flow-table slots (for a SYN, which inserts, also both candidate
+//! buckets' tags and its Maglev slot); the second, by which time those lines are in cache,
+//! looks the flows up, picks backends and rewrites the frames.
 //!
 //! # Which backend
 //! - A TCP SYN (without ACK) always takes the current Maglev choice, and (re)records it.
@@ -243,9 +244,6 @@ struct Pending {
     p: Parsed,
     vip: u32,
     hash: u64,
-    /// For a SYN, the Maglev choice, looked up in pass 1 so that the table loads of a batch
-    /// overlap (the flow table pushes the Maglev table out of cache).
-    syn_choice: Option<u32>,
 }
 
 /// One RX queue's pipeline state. See the module docs.
@@ -325,10 +323,13 @@ impl Worker {
         for (i, (f, w)) in frames.iter().zip(self.pending.iter_mut()).enumerate() {
             match classify(snap, f, w) {
                 Ok(()) => {
-                    // A SYN inserts, and an insert scans both candidate buckets whole; any
-                    // other packet usually hits in one of the two home slots.
+                    // A SYN inserts (reading both buckets' tags) and takes the Maglev choice;
+                    // any other packet usually hits in one of the two home slots.
                     if is_syn(&w.p) {
                         st.flows.prefetch_buckets(w.hash);
+                        if let Some(v) = snap.vips().get(w.vip as usize) {
+                            v.maglev().prefetch(w.hash);
+                        }
                     } else {
                         st.flows.prefetch(w.hash);
                     }
@@ -394,11 +395,6 @@ fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early
     }
     w.hash = p.key.hash(snap.hash_seed);
     w.vip = vip;
-    w.syn_choice = if is_syn(p) {
-        v.maglev().lookup(w.hash)
-    } else {
-        None
-    };
     Ok(())
 }
 
@@ -510,7 +506,7 @@ impl State {
             TimeoutClass::TcpEstablished
         };
         let maglev = || -> Option<u32> {
-            let i = w.syn_choice.or_else(|| vip.maglev().lookup(w.hash))?;
+            let i = vip.maglev().lookup(w.hash)?;
             Some(vip.backends().start + i)
         };
         let record = |slot: u32| FlowValue {
