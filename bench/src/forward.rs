@@ -26,7 +26,9 @@
 //! "Peak" is the best delivered rate over the offered rates; "overload" is the delivered rate
 //! when the generator runs unpaced (its maximum). The generator's own CPU also runs the
 //! gateway's veth receive path (veth does receive work on the transmitting CPU), so its
-//! maximum depends on the path; the offered rate is reported next to every number.
+//! maximum depends on the path; the offered rate is reported next to every number. Each
+//! repetition also measures the generator's ceiling, unpaced into an XDP_DROP program on
+//! `gw eth0`, to show how much of that CPU the gateway's receive path takes.
 //! The generator thread is pinned to core 0 and the worker to core 1.
 
 use std::collections::HashMap;
@@ -76,6 +78,9 @@ pub struct Args {
     /// Paced offered rates in Mpps, besides the generator's unpaced maximum.
     #[arg(long, value_delimiter = ',', default_value = "0.5,1,1.5,2,3")]
     rates: Vec<f64>,
+    /// Paths to measure (all by default); the ratios need all three.
+    #[arg(long, value_delimiter = ',', value_enum, default_values_t = Path::ALL)]
+    paths: Vec<Path>,
     /// Draw delivered against offered per path (medians over the repetitions) into this SVG.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -226,8 +231,8 @@ struct Sink {
 }
 
 impl Sink {
-    fn attach(net: &Net) -> Result<Sink> {
-        net.ns("sink").enter(|| -> Result<Sink> {
+    fn attach(net: &Net, ns: &str) -> Result<Sink> {
+        net.ns(ns).enter(|| -> Result<Sink> {
             let mut ebpf = Ebpf::load(objects::SINK).context("loading sink.o")?;
             let prog: &mut Xdp = ebpf
                 .program_mut("sink")
@@ -289,10 +294,12 @@ fn gen_config(src_mac: [u8; 6], dst_mac: [u8; 6], daddr: Ipv4Addr, pps: Option<f
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 enum Path {
     Dsrgate,
+    #[value(name = "bare_afxdp")]
     BareAfxdp,
+    #[value(name = "kernel_forward")]
     KernelForward,
 }
 
@@ -381,7 +388,7 @@ impl Bench {
             "nud",
             "permanent",
         ])?;
-        let sink = Sink::attach(&net)?;
+        let sink = Sink::attach(&net, "sink")?;
         let gen = Generator::load(net.ns("gen").ifindex("eth0")?)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Bench {
@@ -447,6 +454,13 @@ impl Bench {
             ..SnapshotConfig::default()
         };
         Snapshot::new(&cfg).map_err(|e| anyhow!("bench snapshot: {e}"))
+    }
+
+    /// The generator's ceiling: its unpaced rate into an XDP_DROP program on the gateway's
+    /// uplink, the most any path can be offered.
+    fn ceiling(&mut self, seconds: f64) -> Result<f64> {
+        let _drop = Sink::attach(&self.net, "gw")?;
+        Ok(self.point(Path::KernelForward, None, seconds)?.0)
     }
 
     /// Offer `pps` (None: unpaced) for `seconds`; returns (offered, delivered) pps.
@@ -530,11 +544,23 @@ pub fn run(a: Args) -> Result<()> {
     let mut per_rep: Vec<HashMap<Path, PathResult>> = Vec::new();
     // Per path, each repetition's (offered, delivered) points in rate order, for --plot.
     let mut curves: HashMap<Path, Vec<Vec<(f64, f64)>>> = HashMap::new();
-    let total = a.reps * Path::ALL.len() * (a.rates.len() + 1);
+    let mut paths = a.paths.clone();
+    paths.sort_by_key(|p| Path::ALL.iter().position(|q| q == p));
+    paths.dedup();
+    let total = a.reps * paths.len() * (a.rates.len() + 1);
     let mut done = 0;
+    let mut ceilings = Vec::new();
     for rep in 0..a.reps {
         let mut results = HashMap::new();
-        for path in Path::ALL {
+        let c = bench.ceiling(a.seconds)?;
+        eprintln!(
+            "rep {}/{} generator ceiling (XDP_DROP at the gateway) {:>6.3} Mpps",
+            rep + 1,
+            a.reps,
+            c / 1e6
+        );
+        ceilings.push(c);
+        for &path in &paths {
             let gw = bench.gateway(path)?;
             let mut r = PathResult::default();
             let mut measured = Vec::new();
@@ -564,14 +590,19 @@ pub fn run(a: Args) -> Result<()> {
             if let Gateway::Bare(w) | Gateway::Dsrgate(w) = &gw {
                 for s in w.stats() {
                     eprintln!(
-                        "    worker q{} ({:?}): rx {} tx {} dropped {} rx_ring_full {} fill_empty {}",
+                        "    worker q{} ({:?}): rx {} tx {} dropped {} rx_ring_full {} fill_empty {} \
+                         kick_again {} kick_busy {} tx_stalls {} idle_polls {}",
                         s.queue,
                         s.mode,
                         s.rx,
                         s.tx,
                         s.dropped(),
                         s.kernel.rx_ring_full,
-                        s.kernel.rx_fill_ring_empty_descs
+                        s.kernel.rx_fill_ring_empty_descs,
+                        s.kick_again,
+                        s.kick_busy,
+                        s.tx_ring_stalls,
+                        s.idle_polls
                     );
                 }
             }
@@ -586,13 +617,19 @@ pub fn run(a: Args) -> Result<()> {
         |p: Path, f: fn(&PathResult) -> f64| median(per_rep.iter().map(|r| f(&r[&p])).collect());
     let ratio =
         |f: &dyn Fn(&HashMap<Path, PathResult>) -> f64| median(per_rep.iter().map(f).collect());
-    let ratios = serde_json::json!({
-        "dsrgate_vs_bare_afxdp_peak": ratio(&|r| r[&Path::Dsrgate].peak_pps / r[&Path::BareAfxdp].peak_pps.max(1.0)),
-        "dsrgate_vs_kernel_forward_peak": ratio(&|r| r[&Path::Dsrgate].peak_pps / r[&Path::KernelForward].peak_pps.max(1.0)),
-        "dsrgate_overload_vs_peak": ratio(&|r| r[&Path::Dsrgate].overload_pps / r[&Path::Dsrgate].peak_pps.max(1.0)),
-    });
+    let ratios = if paths.len() == Path::ALL.len() {
+        serde_json::json!({
+            "dsrgate_vs_bare_afxdp_peak": ratio(&|r| r[&Path::Dsrgate].peak_pps / r[&Path::BareAfxdp].peak_pps.max(1.0)),
+            "dsrgate_vs_kernel_forward_peak": ratio(&|r| r[&Path::Dsrgate].peak_pps / r[&Path::KernelForward].peak_pps.max(1.0)),
+            "dsrgate_overload_vs_peak": ratio(&|r| r[&Path::Dsrgate].overload_pps / r[&Path::Dsrgate].peak_pps.max(1.0)),
+        })
+    } else {
+        serde_json::Value::Null
+    };
+    // Report order: dsrgate first.
+    let report: Vec<Path> = paths.iter().rev().copied().collect();
     let mut out = serde_json::Map::new();
-    for p in [Path::Dsrgate, Path::BareAfxdp, Path::KernelForward] {
+    for &p in &report {
         out.insert(
             p.name().into(),
             serde_json::json!({
@@ -606,10 +643,12 @@ pub fn run(a: Args) -> Result<()> {
             }),
         );
     }
+    let ceiling = median(ceilings);
+    out.insert("generator_ceiling_pps".into(), ceiling.round().into());
     out.insert("ratios".into(), ratios.clone());
     out.insert("reps".into(), a.reps.into());
     if let Some(file) = &a.plot {
-        let curves: Vec<plot::Curve> = Path::ALL
+        let curves: Vec<plot::Curve> = paths
             .iter()
             .map(|p| plot::Curve {
                 name: p.name().into(),
@@ -643,7 +682,7 @@ pub fn run(a: Args) -> Result<()> {
         "{:<16} {:>12} {:>14} {:>14} {:>16}",
         "path", "peak Mpps", "@offered Mpps", "overload Mpps", "@offered Mpps"
     );
-    for p in [Path::Dsrgate, Path::BareAfxdp, Path::KernelForward] {
+    for &p in &report {
         println!(
             "{:<16} {:>12.3} {:>14.3} {:>14.3} {:>16.3}",
             p.name(),
@@ -653,6 +692,10 @@ pub fn run(a: Args) -> Result<()> {
             summary(p, |r| r.overload_offered_pps) / 1e6
         );
     }
+    println!(
+        "generator ceiling (unpaced into XDP_DROP at the gateway): {:.3} Mpps",
+        ceiling / 1e6
+    );
     println!("ratios (median of per-repetition ratios): {ratios}");
     Ok(())
 }
