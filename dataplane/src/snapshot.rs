@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
 use crate::maglev::{self, Backend, MaglevTable};
+use crate::pipeline::OuterTemplate;
 
 /// Transport protocol of a VIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -194,6 +195,8 @@ pub struct BackendSlot {
     pub weight: u32,
     /// Resolved next-hop MAC, or `None` while unresolved.
     pub mac: Option<[u8; 6]>,
+    /// The IP-in-IP outer headers toward it, when its VIP uses IP-in-IP and `mac` is known.
+    pub(crate) outer: Option<OuterTemplate>,
 }
 
 /// One VIP inside a snapshot.
@@ -420,11 +423,24 @@ impl Snapshot {
             })?;
             let start = backends.len() as u32;
             for b in table.backends() {
+                let mac = cfg.next_hops.get(&b.addr).copied();
+                let outer = match (v.encap, mac) {
+                    (Encap::IpIp, Some(m)) => Some(OuterTemplate::new(
+                        b.addr.is_ipv6(),
+                        key.addr.is_ipv6(),
+                        mapped(b.addr),
+                        m,
+                        cfg.local_mac,
+                        cfg.egress_vlan,
+                    )),
+                    _ => None,
+                };
                 backends.push(BackendSlot {
                     addr: mapped(b.addr),
                     is_v4: b.addr.is_ipv4(),
                     weight: b.weight,
-                    mac: cfg.next_hops.get(&b.addr).copied(),
+                    mac,
+                    outer,
                 });
             }
             vips.push(Vip {

@@ -68,6 +68,7 @@ mod parse;
 
 use crate::flow::{FlowTable, FlowTimeouts, TimeoutClass, DEFAULT_CAPACITY};
 use crate::snapshot::{encap_overhead, HashMode, Snapshot};
+pub(crate) use encap::OuterTemplate;
 use encap::Tunnel;
 use parse::{Early, Kind, Parsed, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
@@ -459,22 +460,29 @@ impl State {
         if ip_len + overhead > usize::from(snap.tunnel_mtu) {
             return self.too_big(f, p, snap.tunnel_mtu - overhead as u16);
         }
-        let t = Tunnel {
-            outer_v6,
-            encap: vip.encap,
-            src: if outer_v6 {
-                snap.src_v6.pick(w.hash, false)
-            } else {
-                snap.src_v4.pick(w.hash, true)
-            },
-            dst: b.addr,
-            dst_mac,
-            src_mac: snap.local_mac,
-            vlan: snap.egress_vlan,
-            hash: w.hash,
+        let src = if outer_v6 {
+            snap.src_v6.pick(w.hash, false)
+        } else {
+            snap.src_v4.pick(w.hash, true)
         };
         let ip_start = f.offset + usize::from(p.l3);
-        match encap::encapsulate(f.buf, ip_start, ip_len, p.v6, p.tos, &t) {
+        let done = match &b.outer {
+            Some(o) => encap::encapsulate_ipip(f.buf, ip_start, ip_len, p.tos, o, src, w.hash),
+            None => {
+                let t = Tunnel {
+                    outer_v6,
+                    encap: vip.encap,
+                    src,
+                    dst: b.addr,
+                    dst_mac,
+                    src_mac: snap.local_mac,
+                    vlan: snap.egress_vlan,
+                    hash: w.hash,
+                };
+                encap::encapsulate(f.buf, ip_start, ip_len, p.v6, p.tos, &t)
+            }
+        };
+        match done {
             Some((offset, len)) => {
                 let (offset, len) = (offset as usize, len as usize);
                 if let Some(c) = self.counters.backends.get_mut(slot as usize) {
