@@ -231,6 +231,86 @@ impl PacketSocket {
     }
 }
 
+/// A non-blocking AF_PACKET socket that captures every frame (ETH_P_ALL) the kernel sees in the
+/// calling thread's namespace, on one interface or on all of them. Its receive buffer is
+/// raised to 32 MiB so a burst is not lost before the test reads it.
+pub struct PacketCapture {
+    fd: OwnedFd,
+}
+
+impl PacketCapture {
+    /// Opens a capture on `ifname`, or on every interface of the namespace with `None`.
+    pub fn open(ifname: Option<&str>) -> io::Result<PacketCapture> {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let buf: libc::c_int = 32 << 20;
+        // SAFETY: an int option of the size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&buf as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(ifname) = ifname {
+            let name = std::ffi::CString::new(ifname)?;
+            // SAFETY: valid NUL-terminated string.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+            if ifindex == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = ifindex;
+            // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(PacketCapture { fd })
+    }
+
+    /// The next captured frame, copied into `buf`; `None` when nothing is queued.
+    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+        // SAFETY: receiving into a live buffer of the length given.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        (n >= 0).then(|| &buf[..n as usize])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,7 +19,7 @@ use dataplane::snapshot::{
     VipKey,
 };
 use dataplane::xsk::{ArcSwap, PipelineProcessor, Workers, XskConfig};
-use dsrgate_tests::frames::{self, PacketSocket};
+use dsrgate_tests::frames::{self, PacketCapture, PacketSocket};
 use dsrgate_tests::netns::{
     dsr_test_topology, fabric4, fabric6, gateway_host, node_host, unique_prefix, Net, CLIENT4,
     CLIENT6, FABRIC_MTU, VIP4, VIP6,
@@ -336,38 +335,12 @@ fn assert_spread(nodes: &[u8], of: &[u8]) {
 
 /// Captures every frame on the gateway's `eth0` that the kernel sees (XDP passes it), to
 /// prove that no packet from a node to the client ever reaches the gateway.
-struct Tap(OwnedFd);
+struct Tap(PacketCapture);
 
 impl Tap {
     fn open(net: &Net) -> Tap {
-        net.ns("gw1")
-            .enter(|| {
-                let proto = (libc::ETH_P_ALL as u16).to_be();
-                // SAFETY: plain socket(2), checked below.
-                let fd = unsafe {
-                    libc::socket(
-                        libc::AF_PACKET,
-                        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-                        i32::from(proto),
-                    )
-                };
-                assert!(fd >= 0);
-                // SAFETY: a fresh descriptor nothing else owns.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                let buf: libc::c_int = 32 << 20;
-                // SAFETY: an int option of the size passed.
-                unsafe {
-                    libc::setsockopt(
-                        fd.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_RCVBUFFORCE,
-                        (&buf as *const libc::c_int).cast(),
-                        4,
-                    )
-                };
-                Tap(fd)
-            })
-            .unwrap()
+        let cap = net.ns("gw1").enter(|| PacketCapture::open(None));
+        Tap(cap.unwrap().expect("capture socket"))
     }
 
     /// Frames seen whose IP source is a VIP and destination the client.
@@ -376,14 +349,7 @@ impl Tap {
         let mut hits = 0;
         let (vip4, cl4) = (ip(VIP4), ip(CLIENT4));
         let (vip6, cl6) = (ip(VIP6), ip(CLIENT6));
-        loop {
-            // SAFETY: receiving into a live buffer of the length given.
-            let n =
-                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n <= 0 {
-                return hits;
-            }
-            let f = &buf[..n as usize];
+        while let Some(f) = self.0.recv(&mut buf) {
             let addrs = match (f.get(12..14), f.len()) {
                 (Some([8, 0]), l) if l >= 34 => {
                     let a: [u8; 4] = f[26..30].try_into().unwrap();
@@ -403,6 +369,7 @@ impl Tap {
                 }
             }
         }
+        hits
     }
 }
 

@@ -8,10 +8,9 @@
 //! steering program (one UDP VIP) and the workers.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use dsrgate_tests::frames::{self, PacketSocket};
+use dsrgate_tests::frames::{self, PacketCapture, PacketSocket};
 use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology};
 
 use super::*;
@@ -55,47 +54,6 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16) -> Vec<u8> {
     )
 }
 
-/// An AF_PACKET socket capturing every frame on `ifname` in the calling thread's namespace.
-fn packet_socket(ifname: &str) -> OwnedFd {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-    assert!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let buf: libc::c_int = 16 << 20;
-    // SAFETY: an int option of the size passed.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&buf as *const libc::c_int).cast(),
-            4,
-        )
-    };
-    let idx = socket::ifindex(ifname).expect("interface");
-    // SAFETY: an all-zero sockaddr_ll is valid; fields are set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = idx as i32;
-    // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-    fd
-}
-
 /// Send `frames` in bursts of 32 with a short pause: well below what the worker handles, so
 /// nothing may be lost.
 fn send_all(s: &PacketSocket, frames: &[Vec<u8>]) {
@@ -107,27 +65,17 @@ fn send_all(s: &PacketSocket, frames: &[Vec<u8>]) {
     }
 }
 
-/// Frames captured on `fd` that are UDP to the VIP, as (dst MAC, src MAC, UDP source port),
+/// Frames captured on `cap` that are UDP to the VIP, as (dst MAC, src MAC, UDP source port),
 /// until `want` are seen or `timeout` passes.
-fn capture(fd: &OwnedFd, want: usize, timeout: Duration) -> Vec<([u8; 6], [u8; 6], u16)> {
+fn capture(cap: &PacketCapture, want: usize, timeout: Duration) -> Vec<([u8; 6], [u8; 6], u16)> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut buf = [0u8; 2048];
     while out.len() < want && Instant::now() < deadline {
-        // SAFETY: receiving into a live buffer of the length given.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
+        let Some(f) = cap.recv(&mut buf) else {
             std::thread::sleep(Duration::from_millis(2));
             continue;
-        }
-        let f = &buf[..n as usize];
+        };
         if f.len() >= 38 && f[12..14] == [8, 0] && f[23] == 17 && f[30..34] == VIP.octets() {
             let dport = u16::from_be_bytes([f[36], f[37]]);
             if dport == VIP_PORT {
@@ -189,8 +137,12 @@ impl Lab {
             .collect()
     }
 
-    fn socket(&self, ns: &str) -> OwnedFd {
-        self.net.ns(ns).enter(|| packet_socket("eth0")).unwrap()
+    fn socket(&self, ns: &str) -> PacketCapture {
+        self.net
+            .ns(ns)
+            .enter(|| PacketCapture::open(Some("eth0")))
+            .unwrap()
+            .expect("capture socket")
     }
 
     fn sender(&self) -> PacketSocket {
