@@ -474,7 +474,7 @@ impl Daemon {
             Ok(Some(p)) => {
                 let latency = p.live_at.saturating_duration_since(since);
                 self.metrics.snapshot_published(latency);
-                let change_ns = monotonic_ns()
+                let change_ns = dataplane::xsk::monotonic_ns()
                     .saturating_sub(Instant::now().duration_since(since).as_nanos() as u64);
                 self.unobserved = Some((p.generation, change_ns));
                 tracing::info!(
@@ -772,15 +772,4 @@ fn ifindex(iface: &str) -> Result<u32> {
         0 => anyhow::bail!("no network interface {iface:?} in this namespace"),
         i => Ok(i),
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock the workers stamp their batches with.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

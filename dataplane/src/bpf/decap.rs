@@ -9,7 +9,7 @@
 use super::netlink::{self, Attached};
 use super::{addr16, ifindex, objects, sum_counters, AttachMode, BpfError, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
-use aya::programs::{loaded_programs, ProgramInfo, Xdp};
+use aya::programs::{loaded_programs, ProgramInfo};
 use aya::{Ebpf, Pod};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -46,16 +46,6 @@ pub struct DecapCounters {
     /// Tunnel packets for this node with an inner header that is not what the outer one
     /// announced (or an unknown GUE version or protocol): dropped.
     pub dropped: u64,
-}
-
-fn program_of(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    ebpf.program_mut(PROGRAM)
-        .ok_or(BpfError::Missing(PROGRAM))?
-        .try_into()
-        .map_err(|source| BpfError::Program {
-            program: PROGRAM,
-            source,
-        })
 }
 
 fn netlink_err(iface: &str) -> impl FnOnce(std::io::Error) -> BpfError + '_ {
@@ -128,7 +118,7 @@ pub fn attach(iface: &str, cfg: &DecapConfig) -> Result<AttachMode> {
                 .map_err(map_err("decap_addrs"))?;
         }
     }
-    let prog = program_of(&mut ebpf)?;
+    let prog = super::xdp_program(&mut ebpf, PROGRAM)?;
     prog.load().map_err(|source| BpfError::Program {
         program: PROGRAM,
         source,

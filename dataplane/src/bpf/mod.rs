@@ -96,6 +96,20 @@ pub(crate) fn addr16(addr: IpAddr) -> [u8; 16] {
 }
 
 /// The interface index of `iface` in the caller's network namespace.
+/// The XDP program `name` of a loaded object.
+pub(crate) fn xdp_program<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::Xdp> {
+    ebpf.program_mut(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|source| BpfError::Program {
+            program: name,
+            source,
+        })
+}
+
 pub(crate) fn ifindex(iface: &str) -> Result<u32> {
     let c = std::ffi::CString::new(iface).map_err(|_| BpfError::NoInterface(iface.into()))?;
     // SAFETY: `c` is a valid NUL-terminated string; if_nametoindex only reads it.

@@ -4,7 +4,7 @@
 
 use super::{addr16, ifindex, objects, sum_counters, AttachMode, BpfError, Result};
 use aya::maps::{HashMap, MapData, XskMap};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::XdpMode;
 use aya::{Ebpf, Pod};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -123,14 +123,7 @@ impl Steer {
             object: "steer",
             source,
         })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(BpfError::Missing(PROGRAM))?
-            .try_into()
-            .map_err(|source| BpfError::Program {
-                program: PROGRAM,
-                source,
-            })?;
+        let prog = super::xdp_program(&mut ebpf, PROGRAM)?;
         prog.load().map_err(|source| BpfError::Program {
             program: PROGRAM,
             source,
@@ -271,15 +264,7 @@ impl Steer {
         let Some(link) = self.link.take() else {
             return Ok(());
         };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(BpfError::Missing(PROGRAM))?
-            .try_into()
-            .map_err(|source| BpfError::Program {
-                program: PROGRAM,
-                source,
-            })?;
+        let prog = super::xdp_program(&mut self.ebpf, PROGRAM)?;
         prog.detach(link).map_err(|source| BpfError::Program {
             program: PROGRAM,
             source,

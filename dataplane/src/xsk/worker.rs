@@ -20,7 +20,7 @@ use xdpilone::xdp::XdpDesc;
 
 use super::socket::{xdp_stats, Port, WorkerIo, XskMode};
 use super::stats::{Counters, SharedStats};
-use super::{Census, Processor};
+use super::{monotonic_ns, Census, Processor};
 use crate::pipeline::{Frame, Verdict, BATCH};
 
 /// Iterations without traffic before the worker sleeps in `poll`.
@@ -48,16 +48,6 @@ struct Kick {
     again: u64,
     busy: u64,
     errors: u64,
-}
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec; CLOCK_MONOTONIC is served by the vDSO (no syscall).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn last_errno() -> i32 {
@@ -166,9 +156,9 @@ impl<P: Processor> Worker<P> {
     /// Run until `stop` is set. Returns the final frame census, taken after TX has drained.
     pub(crate) fn run(mut self) -> Census {
         let mut idle = 0u32;
-        let mut next_housekeeping = now_ns();
+        let mut next_housekeeping = monotonic_ns();
         while !self.stop.load(Ordering::Relaxed) {
-            let now = now_ns();
+            let now = monotonic_ns();
             let moved = self.iteration(now);
             if now >= next_housekeeping {
                 self.processor.housekeeping(now);
@@ -424,7 +414,7 @@ impl<P: Processor> Worker<P> {
 
     /// On stop: transmit what is queued and collect completions, bounded in time.
     fn drain(&mut self) {
-        let deadline = now_ns() + 200_000_000;
+        let deadline = monotonic_ns() + 200_000_000;
         loop {
             self.reap();
             let mut k = Kick::default();
@@ -434,7 +424,7 @@ impl<P: Processor> Worker<P> {
             }
             let c = self.census();
             let in_flight = c.total - (c.fill + c.rx + c.stash);
-            if in_flight == 0 || now_ns() >= deadline {
+            if in_flight == 0 || monotonic_ns() >= deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
