@@ -679,10 +679,16 @@ pub fn run(a: Args) -> Result<()> {
                     }
                 }
                 if let Gateway::Bare(w) | Gateway::Dsrgate(w) = &gw {
+                    if let Ok(c) = w.steering().counters() {
+                        eprintln!(
+                            "    steering: redirected {} shed {} dropped {}",
+                            c.redirected, c.shed, c.dropped
+                        );
+                    }
                     for s in w.stats() {
                         eprintln!(
                             "    worker q{} ({:?}): rx {} tx {} dropped {} rx_ring_full {} fill_empty {} \
-                             kick_again {} kick_busy {} tx_stalls {} idle_polls {}",
+                             kick_again {} kick_busy {} tx_stalls {} idle_polls {} shed_starts {}",
                             s.queue,
                             s.mode,
                             s.rx,
@@ -693,7 +699,8 @@ pub fn run(a: Args) -> Result<()> {
                             s.kick_again,
                             s.kick_busy,
                             s.tx_ring_stalls,
-                            s.idle_polls
+                            s.idle_polls,
+                            s.shed_starts
                         );
                     }
                 }

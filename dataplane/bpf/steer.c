@@ -12,6 +12,8 @@
  *     too big, time exceeded, parameter problem) whose embedded packet was sent by a
  *     VIP: source address, protocol and source port (address+protocol if the
  *     embedded packet is a non-first fragment).
+ * While the queue's worker is overloaded (`xsk_shed`), its VIP traffic is dropped here
+ * and counted as `shed`: the cheapest point to drop what it could not process anyway.
  * Everything else gets XDP_PASS, so ARP, ND, BGP, SSH and health-check replies reach
  * the kernel. If no socket is bound for the queue the VIP packet is passed too
  * (bpf_redirect_map's XDP_PASS fallback) and counted as `no_socket`.
@@ -51,7 +53,8 @@ enum {
 	STEER_NO_SOCKET = 1,
 	STEER_PASSED = 2,
 	STEER_DROPPED = 3,
-	STEER_NCOUNTERS = 4,
+	STEER_SHED = 4,
+	STEER_NCOUNTERS = 5,
 };
 
 enum verdict { V_PASS, V_STEER, V_DROP };
@@ -81,6 +84,18 @@ struct {
 	__type(key, struct vip_key);
 	__type(value, __u8);
 } vip_addrs SEC(".maps");
+
+/* Per RX queue, set by that queue's worker while it is overloaded (its RX ring stays
+ * nearly full): VIP traffic for the queue is dropped here, before the kernel copies it
+ * into the UMEM only to find the ring full. Memory-mapped by the workers, so setting it
+ * costs them a store, not a syscall. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsk_shed SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -276,7 +291,13 @@ int xdp_steer(struct xdp_md *ctx)
 	}
 
 	if (v == V_STEER) {
-		long act = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+		__u32 queue = ctx->rx_queue_index;
+		__u32 *shed = bpf_map_lookup_elem(&xsk_shed, &queue);
+		if (shed && *shed) {
+			count(&steer_stats, STEER_SHED);
+			return XDP_DROP;
+		}
+		long act = bpf_redirect_map(&xsks, queue, XDP_PASS);
 		count(&steer_stats, act == XDP_REDIRECT ? STEER_REDIRECTED : STEER_NO_SOCKET);
 		return act;
 	}

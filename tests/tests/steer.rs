@@ -586,6 +586,45 @@ fn vip_traffic_arrives_on_a_real_af_xdp_socket() {
 }
 
 #[test]
+fn an_overloaded_queue_has_its_vip_traffic_shed_and_only_that() {
+    if !require_privileges("steer test (shedding)") {
+        return;
+    }
+    let gw = Gw::new();
+    let steer = gw.attach(None);
+    let flags = steer.shed_flags().expect("mapping xsk_shed");
+    let vip = gw.eth4(&udp4(VIP4, 53));
+    let other = gw.eth4(&udp4(GW4, 53));
+
+    // Queue 0 (veth has one) overloaded: VIP frames are dropped and counted as shed,
+    // other traffic still reaches the kernel.
+    flags.set(0, true);
+    let before = steer.counters().unwrap();
+    gw.send(&[vip.clone(), other.clone(), vip.clone()]);
+    let c = wait_for(&steer, |c| {
+        c.shed >= before.shed + 2 && c.passed > before.passed
+    });
+    assert_eq!(c.shed, before.shed + 2, "{c:?}");
+    assert_eq!(c.passed, before.passed + 1, "{c:?}");
+    assert_eq!(
+        c.redirected + c.no_socket,
+        before.redirected + before.no_socket
+    );
+
+    // Another queue's flag does not touch queue 0.
+    flags.set(0, false);
+    flags.set(1, true);
+    gw.send(&[vip]);
+    let d = wait_for(&steer, |d| d.no_socket > c.no_socket);
+    assert_eq!(
+        d.no_socket,
+        c.no_socket + 1,
+        "steered again (no socket bound)"
+    );
+    assert_eq!(d.shed, c.shed);
+}
+
+#[test]
 fn nothing_stays_attached_after_drop() {
     if !require_privileges("steer test") {
         return;

@@ -9,7 +9,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use std::net::IpAddr;
 
 pub use decap::{DecapConfig, DecapCounters};
-pub use steer::{Steer, SteerCounters, Vip};
+pub use steer::{ShedFlags, Steer, SteerCounters, Vip};
 
 /// The compiled BPF objects, one `pub static` per `dataplane/bpf/<name>.c` (upper-case
 /// name, e.g. [`objects::STEER`]), and [`objects::by_name`].
@@ -80,6 +80,12 @@ pub enum BpfError {
         name: String,
         id: u32,
         expected: &'static str,
+    },
+    #[error("memory-mapping BPF map {map}: {source}")]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{0}")]
     Config(String),

@@ -8,9 +8,13 @@ use aya::programs::XdpMode;
 use aya::{Ebpf, Pod};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 const PROGRAM: &str = "xdp_steer";
+/// `MAX_QUEUES` in steer.c: entries of the XSKMAP and of `xsk_shed`.
+const MAX_QUEUES: usize = 256;
 
 /// One service: traffic to `addr`, IP protocol `proto` (6 TCP, 17 UDP, 132 SCTP), and
 /// destination `port` is steered to the workers.
@@ -88,6 +92,78 @@ pub struct SteerCounters {
     /// Addressed to a VIP address and protocol but with truncated or inconsistent
     /// headers: dropped.
     pub dropped: u64,
+    /// VIP traffic dropped because its queue's worker was overloaded ([`ShedFlags`]).
+    pub shed: u64,
+}
+
+/// The steering program's per-queue overload flags (`xsk_shed` in steer.c), mapped into
+/// this process. A worker whose RX ring stays nearly full sets its queue's flag, and the
+/// program then drops that queue's VIP traffic before the kernel copies it into the UMEM
+/// (in copy mode the copy happens before the kernel finds the ring full). Setting a flag
+/// is one store: no syscall. The mapping keeps the map alive on its own, so the flags stay
+/// valid after the program is detached (when nothing reads them any more).
+pub struct ShedFlags {
+    ptr: std::ptr::NonNull<AtomicU32>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory accessed only through `AtomicU32`s; the pointer is
+// valid until `drop` unmaps it, and `&self` methods never hand out references to it.
+unsafe impl Send for ShedFlags {}
+// SAFETY: as above; concurrent atomic stores from several workers (to different queues,
+// or even the same one) are data-race free.
+unsafe impl Sync for ShedFlags {}
+
+impl ShedFlags {
+    fn map(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<ShedFlags> {
+        let bytes = MAX_QUEUES * std::mem::size_of::<u32>();
+        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array map, whose value
+        // area is at least `bytes` long (MAX_QUEUES u32 values, rounded up to a page by the
+        // kernel). We own the returned mapping and unmap it in `drop`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<AtomicU32>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(ShedFlags {
+            ptr,
+            len: MAX_QUEUES,
+        })
+    }
+
+    /// Sets or clears RX queue `queue`'s flag (ignored past the program's queue limit).
+    /// `Relaxed` is enough: the flag orders nothing else, and the program reading it a few
+    /// packets late only sheds (or admits) those packets.
+    pub fn set(&self, queue: u32, shed: bool) {
+        if (queue as usize) < self.len {
+            // SAFETY: in bounds of the live mapping; AtomicU32 has u32's layout and the
+            // mapping is page-aligned.
+            unsafe { &*self.ptr.as_ptr().add(queue as usize) }
+                .store(u32::from(shed), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ShedFlags {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `map`, which nothing references now.
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                self.len * std::mem::size_of::<u32>(),
+            )
+        };
+    }
 }
 
 /// The steering program, attached to one interface.
@@ -246,13 +322,26 @@ impl Steer {
             .ebpf
             .map("steer_stats")
             .ok_or(BpfError::Missing("steer_stats"))?;
-        let [redirected, no_socket, passed, dropped] = sum_counters::<4>(map, "steer_stats")?;
+        let [redirected, no_socket, passed, dropped, shed] = sum_counters::<5>(map, "steer_stats")?;
         Ok(SteerCounters {
             redirected,
             no_socket,
             passed,
             dropped,
+            shed,
         })
+    }
+
+    /// Maps the per-queue overload flags into this process, for the workers.
+    pub fn shed_flags(&self) -> Result<Arc<ShedFlags>> {
+        const MAP: &str = "xsk_shed";
+        let map = self.ebpf.map(MAP).ok_or(BpfError::Missing(MAP))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(BpfError::Config(format!("{MAP} is not an array map")));
+        };
+        let flags = ShedFlags::map(data.fd().as_fd())
+            .map_err(|source| BpfError::Mmap { map: MAP, source })?;
+        Ok(Arc::new(flags))
     }
 
     /// Detaches now (also done on drop).

@@ -32,9 +32,10 @@ pub use pipeline::{PipelineProcessor, PipelineStats};
 pub use socket::{XdpStats, XskMode, ENCAP_HEADROOM};
 pub use stats::{WorkerStats, DROP_SLOTS};
 
+use crate::bpf::ShedFlags;
 use crate::pipeline::{Frame, Verdict};
 use stats::SharedStats;
-use worker::Worker;
+use worker::{Shedding, Worker};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the workers stamp their batches (and so their
 /// flow entries) with. Served by the vDSO, so reading it once per batch costs no syscall.
@@ -66,11 +67,23 @@ pub trait Processor: Send {
 pub trait Steering: Send {
     /// Point the XSKMAP slot of RX queue `queue` at the socket `fd`.
     fn insert_xsk(&mut self, queue: u32, fd: RawFd) -> std::io::Result<()>;
+
+    /// The program's per-queue overload flags, if it has them: an overloaded worker sets
+    /// its queue's flag so that the program drops its traffic before the kernel copies it.
+    fn shed_flags(&self) -> Option<Arc<ShedFlags>> {
+        None
+    }
 }
 
 impl Steering for crate::bpf::Steer {
     fn insert_xsk(&mut self, queue: u32, fd: RawFd) -> std::io::Result<()> {
         self.set_socket(queue, &fd).map_err(std::io::Error::other)
+    }
+
+    fn shed_flags(&self) -> Option<Arc<ShedFlags>> {
+        self.shed_flags()
+            .map_err(|error| tracing::warn!(%error, "no overload shedding in XDP"))
+            .ok()
     }
 }
 
@@ -214,6 +227,7 @@ impl<S: Steering> Workers<S> {
             ios.push(io);
         }
 
+        let shed = steering.shed_flags();
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Workers {
             handles: Vec::with_capacity(ios.len()),
@@ -231,7 +245,8 @@ impl<S: Steering> Workers<S> {
             };
             let stats = Arc::new(SharedStats::default());
             // `new` fills the fill ring, so the socket can receive as soon as it is steered to.
-            let worker = Worker::new(io, make(i), stats.clone(), stop.clone());
+            let shedding = shed.clone().map(|flags| Shedding::new(flags, i as u32));
+            let worker = Worker::new(io, make(i), stats.clone(), stop.clone(), shedding);
             steering
                 .insert_xsk(i as u32, worker.io.up.fd())
                 .map_err(|source| XskError::Steering {

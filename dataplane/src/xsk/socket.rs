@@ -112,7 +112,8 @@ pub(crate) struct Port {
     /// Only the uplink socket receives.
     pub(crate) rx: Option<RingRx>,
     pub(crate) tx: RingTx,
-    pub(crate) tx_size: u32,
+    /// Entries in each of its rings.
+    pub(crate) ring_size: u32,
     /// Keeps the socket's rings configuration alive; also the socket's fd.
     user: User,
 }
@@ -124,7 +125,7 @@ impl Port {
 
     /// Free slots in the TX ring, as the kernel's consumer head currently says.
     pub(crate) fn tx_free(&self) -> u32 {
-        self.tx_size.saturating_sub(self.tx.pending())
+        self.ring_size.saturating_sub(self.tx.pending())
     }
 }
 
@@ -305,7 +306,7 @@ fn port(
         cq,
         rx,
         tx,
-        tx_size: p.ring_size,
+        ring_size: p.ring_size,
         user,
     })
 }

@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     pub(crate) kick_busy: u64,
     pub(crate) kick_errors: u64,
     pub(crate) idle_polls: u64,
+    pub(crate) shed_starts: u64,
     pub(crate) kernel: XdpStats,
 }
 
@@ -71,6 +72,9 @@ pub struct WorkerStats {
     pub kick_errors: u64,
     /// Times the worker slept in `poll` for lack of traffic.
     pub idle_polls: u64,
+    /// Times the worker fell behind and had the steering program shed its queue's traffic
+    /// (the packets shed are counted by the program).
+    pub shed_starts: u64,
     /// The kernel's `XDP_STATISTICS` for the uplink socket, refreshed once a second.
     pub kernel: XdpStats,
 }
@@ -143,5 +147,6 @@ shared!(
     kick_again,
     kick_busy,
     kick_errors,
-    idle_polls
+    idle_polls,
+    shed_starts
 );

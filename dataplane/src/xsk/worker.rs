@@ -21,6 +21,7 @@ use xdpilone::xdp::XdpDesc;
 use super::socket::{xdp_stats, Port, WorkerIo, XskMode};
 use super::stats::{Counters, SharedStats};
 use super::{monotonic_ns, Census, Processor};
+use crate::bpf::ShedFlags;
 use crate::pipeline::{Frame, Verdict, BATCH};
 
 /// Iterations without traffic before the worker sleeps in `poll`.
@@ -32,6 +33,54 @@ const KICK_LIMIT: u32 = 16;
 /// How often the worker refreshes the kernel's socket statistics and checks its frame count.
 const HOUSEKEEPING_NS: u64 = 1_000_000_000;
 
+/// This worker's overload flag in the steering program. Set when the RX ring is still more
+/// than three-quarters full after a batch was taken (the worker is falling behind), cleared
+/// once it is below a quarter: the gap keeps the flag from flapping, and the ring never runs
+/// dry while shedding, so the worker keeps forwarding at its full rate.
+pub(crate) struct Shedding {
+    flags: Arc<ShedFlags>,
+    queue: u32,
+    on: bool,
+}
+
+impl Shedding {
+    pub(crate) fn new(flags: Arc<ShedFlags>, queue: u32) -> Self {
+        flags.set(queue, false);
+        Shedding {
+            flags,
+            queue,
+            on: false,
+        }
+    }
+
+    /// Updates the flag for an RX backlog of `backlog` frames in a ring of `ring` entries;
+    /// true when shedding starts.
+    fn update(&mut self, backlog: u32, ring: u32) -> bool {
+        let on = shed_next(self.on, backlog, ring);
+        let started = on && !self.on;
+        if on != self.on {
+            self.on = on;
+            self.flags.set(self.queue, on);
+        }
+        started
+    }
+
+    fn clear(&mut self) {
+        self.on = false;
+        self.flags.set(self.queue, false);
+    }
+}
+
+/// Whether to shed after a batch, given whether we were and the RX backlog left in a ring
+/// of `ring` entries: start above three-quarters full, stop below a quarter.
+fn shed_next(on: bool, backlog: u32, ring: u32) -> bool {
+    if on {
+        backlog >= ring / 4
+    } else {
+        backlog > ring / 4 * 3
+    }
+}
+
 pub(crate) struct Worker<P> {
     pub(crate) io: WorkerIo,
     pub(crate) processor: P,
@@ -40,6 +89,7 @@ pub(crate) struct Worker<P> {
     /// Free chunk addresses: the worker's stash. Capacity = all frames, so it never grows.
     stash: Vec<u64>,
     counters: Counters,
+    shedding: Option<Shedding>,
 }
 
 /// What a kick loop saw.
@@ -115,6 +165,7 @@ impl<P: Processor> Worker<P> {
         processor: P,
         stats: Arc<SharedStats>,
         stop: Arc<AtomicBool>,
+        shedding: Option<Shedding>,
     ) -> Self {
         let mut stash = Vec::with_capacity(io.frames as usize);
         stash.append(&mut io.initial_stash);
@@ -125,6 +176,7 @@ impl<P: Processor> Worker<P> {
             stop,
             stash,
             counters: Counters::default(),
+            shedding,
         };
         w.refill();
         w
@@ -178,6 +230,9 @@ impl<P: Processor> Worker<P> {
                 std::hint::spin_loop();
             }
         }
+        if let Some(s) = self.shedding.as_mut() {
+            s.clear();
+        }
         self.drain();
         self.housekeeping();
         self.census()
@@ -196,6 +251,11 @@ impl<P: Processor> Worker<P> {
             self.counters.tx_ring_stalls += 1;
         } else {
             moved |= self.receive_and_process(now, room) > 0;
+        }
+        if let (Some(s), Some(rx)) = (self.shedding.as_mut(), self.io.up.rx.as_ref()) {
+            if s.update(rx.available(), self.io.up.ring_size) {
+                self.counters.shed_starts += 1;
+            }
         }
 
         self.refill();
@@ -440,5 +500,24 @@ impl<P: Processor> Worker<P> {
         let c = self.census();
         debug_assert!(c.accounted() <= c.total, "frames double-counted: {c:?}");
         self.stats.publish(&self.counters);
+    }
+}
+
+#[cfg(test)]
+mod shed_tests {
+    use super::shed_next;
+
+    #[test]
+    fn shedding_starts_above_three_quarters_and_stops_below_a_quarter() {
+        let ring = 2048;
+        assert!(!shed_next(false, 1536, ring));
+        assert!(shed_next(false, 1537, ring));
+        // Between the marks the state holds, whichever it is.
+        for backlog in [512, 1000, 1536] {
+            assert!(shed_next(true, backlog, ring));
+            assert!(!shed_next(false, backlog, ring));
+        }
+        assert!(!shed_next(true, 511, ring));
+        assert!(!shed_next(true, 0, ring));
     }
 }
