@@ -380,6 +380,8 @@ pub struct Port {
     pub master: Option<String>,
     /// Turn off TX checksum offload (for kernel-socket senders; see [`Netns::tx_offload_off`]).
     pub tx_off: bool,
+    /// TX and RX queues of this end (veth's default is one of each).
+    pub queues: Option<u32>,
 }
 
 impl Port {
@@ -389,6 +391,7 @@ impl Port {
             ifname: ifname.into(),
             master: None,
             tx_off: false,
+            queues: None,
         }
     }
     pub fn root(ifname: &str) -> Port {
@@ -397,6 +400,7 @@ impl Port {
             ifname: ifname.into(),
             master: None,
             tx_off: false,
+            queues: None,
         }
     }
     pub fn bridged(mut self, bridge: &str) -> Port {
@@ -405,6 +409,12 @@ impl Port {
     }
     pub fn tx_off(mut self) -> Port {
         self.tx_off = true;
+        self
+    }
+    /// Gives this end `n` TX and `n` RX queues: a sender then spreads flows over its TX
+    /// queues by hash, and each lands on the peer's RX queue of the same number.
+    pub fn queues(mut self, n: u32) -> Port {
+        self.queues = Some(n);
         self
     }
 }
@@ -571,12 +581,17 @@ impl Topology {
         if let Some(ns) = &a.ns {
             args.extend(["-n".into(), net.ns(ns).name().to_owned()]);
         }
-        args.extend(
-            [
-                "link", "add", "name", &a_name, "type", "veth", "peer", "name", &b_name,
-            ]
-            .map(String::from),
-        );
+        let queues = |p: &Port| -> Vec<String> {
+            p.queues.map_or_else(Vec::new, |n| {
+                ["numtxqueues", &n.to_string(), "numrxqueues", &n.to_string()]
+                    .map(String::from)
+                    .to_vec()
+            })
+        };
+        args.extend(["link", "add", "name", &a_name].map(String::from));
+        args.extend(queues(a));
+        args.extend(["type", "veth", "peer", "name", &b_name].map(String::from));
+        args.extend(queues(b));
         if let Some(ns) = &b.ns {
             args.extend(["netns".into(), net.ns(ns).name().to_owned()]);
         }

@@ -21,7 +21,9 @@ const GEN_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
 const VIP_PORT: u16 = 9;
 
-fn topology() -> Topology {
+/// gen ─ gw (two-arm) ─ sink, every veth end with `queues` TX and RX queues.
+fn topology(queues: u32) -> Topology {
+    let port = |ns: &str, ifname: &str| Port::new(ns, ifname).queues(queues);
     let mut t = Topology::default();
     t.ns("gen")
         .addresses
@@ -32,8 +34,8 @@ fn topology() -> Topology {
     t.ns("sink")
         .addresses
         .push(("eth0".into(), "198.19.1.1/24".into()));
-    t.link(Port::new("gen", "eth0"), Port::new("gw", "eth0"), None);
-    t.link(Port::new("gw", "eth1"), Port::new("sink", "eth0"), None);
+    t.link(port("gen", "eth0"), port("gw", "eth0"), None);
+    t.link(port("gw", "eth1"), port("sink", "eth0"), None);
     t
 }
 
@@ -100,7 +102,11 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let net = topology().build(&unique_prefix()).expect("topology");
+        Lab::with_queues(1)
+    }
+
+    fn with_queues(queues: u32) -> Lab {
+        let net = topology(queues).build(&unique_prefix()).expect("topology");
         Lab {
             gen_mac: net.ns("gen").mac("eth0").unwrap(),
             gw_up_mac: net.ns("gw").mac("eth0").unwrap(),
@@ -213,6 +219,37 @@ fn two_arm_forwards_every_frame_out_of_the_downlink() {
     assert_eq!(stats[0].rx, u64::from(n));
     assert_eq!(stats[0].tx, u64::from(n));
     assert_eq!(stats[0].dropped(), 0);
+    assert_all_frames_home(&workers.stop().unwrap());
+}
+
+#[test]
+fn every_rx_queue_gets_its_own_worker_and_all_of_them_forward() {
+    if !dsrgate_tests::require_privileges("AF_XDP multi-queue worker test") {
+        return;
+    }
+    let lab = Lab::with_queues(2);
+    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
+    // No queue count configured: the workers follow the uplink's (ETHTOOL_GCHANNELS).
+    let workers = lab.start(true, move |_| BareForwarder { src, dst });
+    let sink = lab.socket("sink");
+    let n = 2000;
+    // The sender's TX queue, and so the gateway's RX queue, follows each flow's hash.
+    send_all(&lab.sender(), &lab.frames(n));
+    let got = capture(&sink, n as usize, Duration::from_secs(5));
+    let mut ports: Vec<u16> = got.iter().map(|g| g.2).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), n as usize, "each frame exactly once");
+
+    let stats = workers.stats();
+    assert_eq!(stats.len(), 2, "one worker per RX queue");
+    let queues: Vec<u32> = stats.iter().map(|s| s.queue).collect();
+    assert_eq!(queues, [0, 1]);
+    for s in &stats {
+        assert!(s.rx > 0, "queue {} received nothing: {stats:?}", s.queue);
+        assert_eq!(s.tx, s.rx, "queue {} forwarded all it received", s.queue);
+    }
+    assert_eq!(stats.iter().map(|s| s.rx).sum::<u64>(), u64::from(n));
     assert_all_frames_home(&workers.stop().unwrap());
 }
 
