@@ -809,6 +809,24 @@ impl Collector for StatusCollector {
             s.peers.iter().map(|p| (peer(p), p.messages_out)),
         )?;
 
+        // The steering program, per uplink.
+        counter(
+            e,
+            "steering_packets",
+            "Packets the XDP steering program on an uplink handled, by verdict: redirected (VIP traffic handed to a worker's AF_XDP socket), no_socket (VIP traffic whose RX queue has no socket, passed to the kernel), passed (not VIP traffic, passed to the kernel), dropped (addressed to a VIP but malformed), shed (VIP traffic dropped because its queue's worker was overloaded)",
+            s.steering.iter().flat_map(|st| {
+                st.verdicts().into_iter().map(|(verdict, n)| {
+                    (
+                        vec![
+                            ("interface", st.interface.clone()),
+                            ("verdict", verdict.to_owned()),
+                        ],
+                        n,
+                    )
+                })
+            }),
+        )?;
+
         // Workers.
         let worker = |w: &crate::status::WorkerStatus| {
             vec![
@@ -855,7 +873,7 @@ impl Collector for StatusCollector {
         counter(
             e,
             "drops",
-            "Frames dropped by a worker, by reason",
+            "Frames dropped at a worker's queue, by reason: the pipeline's, the worker loop's, and the kernel's for its socket (rx_ring_full: the RX ring was full; rx_dropped: no free frame or a frame larger than a chunk)",
             s.workers.iter().flat_map(|w| {
                 w.drops.iter().map(move |(reason, n)| {
                     let mut l = worker(w);
@@ -863,6 +881,18 @@ impl Collector for StatusCollector {
                     (l, *n)
                 })
             }),
+        )?;
+        counter(
+            e,
+            "worker_shed_starts",
+            "Times a worker fell behind (RX ring over three-quarters full) and had the steering program shed its queue's VIP traffic",
+            s.workers.iter().map(|w| (worker(w), w.shed_starts)),
+        )?;
+        counter(
+            e,
+            "worker_fill_ring_empty",
+            "Times the kernel found a worker's fill ring empty when it needed a frame (in copy mode each drops a frame, also counted as reason rx_dropped)",
+            s.workers.iter().map(|w| (worker(w), w.fill_ring_empty)),
         )?;
         gauge(
             e,
@@ -931,6 +961,16 @@ mod tests {
             "dsrgate_bgp_messages_received_total{peer=\"198.51.100.1\"} 130",
             "dsrgate_worker_info{interface=\"eth0\",queue=\"1\",xdp_mode=\"generic\",bind_mode=\"zero-copy\",core=\"\"} 1",
             "dsrgate_drops_total{interface=\"eth0\",queue=\"0\",reason=\"no_next_hop\"} 7",
+            "dsrgate_drops_total{interface=\"eth0\",queue=\"0\",reason=\"rx_ring_full\"} 11",
+            "# TYPE dsrgate_steering_packets_total counter",
+            "dsrgate_steering_packets_total{interface=\"eth0\",verdict=\"redirected\"} 123463",
+            "dsrgate_steering_packets_total{interface=\"eth0\",verdict=\"no_socket\"} 2",
+            "dsrgate_steering_packets_total{interface=\"eth0\",verdict=\"passed\"} 5012",
+            "dsrgate_steering_packets_total{interface=\"eth0\",verdict=\"dropped\"} 1",
+            "dsrgate_steering_packets_total{interface=\"eth0\",verdict=\"shed\"} 640",
+            "dsrgate_worker_shed_starts_total{interface=\"eth0\",queue=\"0\"} 4",
+            "dsrgate_worker_shed_starts_total{interface=\"eth0\",queue=\"1\"} 0",
+            "dsrgate_worker_fill_ring_empty_total{interface=\"eth0\",queue=\"0\"} 9",
             "dsrgate_flow_table_entries{interface=\"eth0\",queue=\"0\"} 812",
             "dsrgate_flow_table_evictions_total{interface=\"eth0\",queue=\"0\"} 2",
             "dsrgate_health_transitions_total{backend=\"198.51.100.13\",to=\"down\",reason=\"refused\"} 1",
@@ -952,5 +992,27 @@ mod tests {
         let text = scrape(&registry);
         assert!(text.contains("dsrgate_vip_packets_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\"} 123466"));
         assert!(!text.contains("2001:db8:100::10"), "{text}");
+    }
+
+    /// Each steering verdict's HELP explains it; a daemon whose steering counters could not
+    /// be read exports no steering series rather than zeros.
+    #[test]
+    fn steering_metrics_explain_each_verdict() {
+        let status = crate::status::shared(sample());
+        let mut registry = Registry::default();
+        Metrics::register(&mut registry, status.clone());
+        let text = scrape(&registry);
+        let help = text
+            .lines()
+            .find(|l| l.starts_with("# HELP dsrgate_steering_packets_total "))
+            .unwrap_or_else(|| panic!("no HELP in:\n{text}"));
+        for verdict in ["redirected", "no_socket", "passed", "dropped", "shed"] {
+            assert!(help.contains(&format!("{verdict} (")), "{verdict}: {help}");
+        }
+        let mut next = sample();
+        next.steering.clear();
+        status.store(Arc::new(next));
+        let text = scrape(&registry);
+        assert!(!text.contains("dsrgate_steering_packets_total{"), "{text}");
     }
 }

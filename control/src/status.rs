@@ -46,7 +46,42 @@ pub struct Status {
     #[serde(default)]
     pub untracked_backends: u64,
     pub peers: Vec<PeerStatus>,
+    /// The XDP steering program's verdicts, one entry per uplink it is attached to (empty
+    /// from a daemon older than the field, or while its counters cannot be read).
+    #[serde(default)]
+    pub steering: Vec<SteeringStatus>,
     pub workers: Vec<WorkerStatus>,
+}
+
+/// What the XDP steering program on one uplink did with the packets it saw, summed over
+/// CPUs since it was attached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteeringStatus {
+    pub interface: String,
+    /// VIP traffic handed to a worker's AF_XDP socket.
+    pub redirected: u64,
+    /// VIP traffic whose RX queue had no socket bound: passed to the kernel.
+    pub no_socket: u64,
+    /// Traffic not for a VIP service (ARP/ND, BGP, SSH, ...): passed to the kernel.
+    pub passed: u64,
+    /// Addressed to a VIP but with truncated or inconsistent headers: dropped.
+    pub dropped: u64,
+    /// VIP traffic dropped because its queue's worker was overloaded (shedding).
+    pub shed: u64,
+}
+
+impl SteeringStatus {
+    /// `(verdict, packets)` in a fixed order: the `verdict` label of
+    /// `dsrgate_steering_packets_total`.
+    pub fn verdicts(&self) -> [(&'static str, u64); 5] {
+        [
+            ("redirected", self.redirected),
+            ("no_socket", self.no_socket),
+            ("passed", self.passed),
+            ("dropped", self.dropped),
+            ("shed", self.shed),
+        ]
+    }
 }
 
 /// One service: a VIP address, protocol and port.
@@ -218,11 +253,23 @@ pub struct WorkerStatus {
     pub tx_packets: u64,
     /// Frames handed to the kernel.
     pub passed_packets: u64,
-    /// Drops by reason (the dataplane's `DropReason` names).
+    /// Drops by reason: the dataplane's `DropReason` names, the worker loop's own
+    /// (`not_for_a_vip`, `tx_ring_full`, `bad_verdict`), and the kernel's for the socket:
+    /// `rx_ring_full` (the worker's RX ring was full) and `rx_dropped` (no free frame in
+    /// the fill ring, or a frame larger than a chunk).
     pub drops: BTreeMap<String, u64>,
     pub flow_entries: u64,
     pub flow_capacity: u64,
     pub flow_evictions: u64,
+    /// Times the worker fell behind and had the steering program shed its queue's VIP
+    /// traffic (the packets shed are in [`SteeringStatus::shed`]).
+    #[serde(default)]
+    pub shed_starts: u64,
+    /// Times the kernel found the fill ring empty when it needed a frame for this socket
+    /// (the kernel's `rx_fill_ring_empty_descs`; in copy mode each also drops a frame,
+    /// counted under `rx_dropped`).
+    #[serde(default)]
+    pub fill_ring_empty: u64,
 }
 
 impl WorkerStatus {
@@ -271,6 +318,7 @@ pub fn render(s: &Status) -> String {
         );
     }
     section(&mut out, "BGP peers", peers_table(s));
+    section(&mut out, "Steering", steering_table(s));
     section(&mut out, "Workers", workers_table(s));
     out
 }
@@ -403,6 +451,29 @@ fn peers_table(s: &Status) -> Option<Table> {
     Some(t)
 }
 
+fn steering_table(s: &Status) -> Option<Table> {
+    if s.steering.is_empty() {
+        return None;
+    }
+    let mut t = table(
+        &[
+            "INTERFACE",
+            "REDIRECTED",
+            "NO SOCKET",
+            "PASSED",
+            "DROPPED",
+            "SHED",
+        ],
+        &[1, 2, 3, 4, 5],
+    );
+    for st in &s.steering {
+        let mut row = vec![st.interface.clone()];
+        row.extend(st.verdicts().iter().map(|(_, n)| n.to_string()));
+        t.add_row(row);
+    }
+    Some(t)
+}
+
 fn workers_table(s: &Status) -> Option<Table> {
     if s.workers.is_empty() {
         return None;
@@ -417,9 +488,10 @@ fn workers_table(s: &Status) -> Option<Table> {
             "TX",
             "PASSED",
             "DROPS",
+            "SHED STARTS",
             "FLOWS",
         ],
-        &[1, 2, 4, 5, 6, 7, 8],
+        &[1, 2, 4, 5, 6, 7, 8, 9],
     );
     for w in &s.workers {
         let xdp = match w.xdp_mode {
@@ -439,6 +511,7 @@ fn workers_table(s: &Status) -> Option<Table> {
             w.tx_packets.to_string(),
             w.passed_packets.to_string(),
             w.total_drops().to_string(),
+            w.shed_starts.to_string(),
             format!("{}/{}", w.flow_entries, w.flow_capacity),
         ]);
     }
@@ -607,6 +680,14 @@ pub(crate) mod tests {
                     messages_out: 4,
                 },
             ],
+            steering: vec![SteeringStatus {
+                interface: "eth0".into(),
+                redirected: 123463,
+                no_socket: 2,
+                passed: 5012,
+                dropped: 1,
+                shed: 640,
+            }],
             workers: vec![
                 WorkerStatus {
                     interface: "eth0".into(),
@@ -617,10 +698,17 @@ pub(crate) mod tests {
                     rx_packets: 100000,
                     tx_packets: 99990,
                     passed_packets: 5,
-                    drops: [("no_next_hop".to_owned(), 7), ("truncated".to_owned(), 3)].into(),
+                    drops: [
+                        ("no_next_hop".to_owned(), 7),
+                        ("truncated".to_owned(), 3),
+                        ("rx_ring_full".to_owned(), 11),
+                    ]
+                    .into(),
                     flow_entries: 812,
                     flow_capacity: 65536,
                     flow_evictions: 2,
+                    shed_starts: 4,
+                    fill_ring_empty: 9,
                 },
                 WorkerStatus {
                     interface: "eth0".into(),
@@ -635,6 +723,8 @@ pub(crate) mod tests {
                     flow_entries: 0,
                     flow_capacity: 65536,
                     flow_evictions: 0,
+                    shed_starts: 0,
+                    fill_ring_empty: 0,
                 },
             ],
         }
@@ -662,10 +752,14 @@ BGP peers
  198.51.100.1   64512  Established   1h00m         1      130       128  -
  2001:db8:f::1  64512  Active            -         0        3         4  received NOTIFICATION: Cease / Administrative Shutdown
 
+Steering
+ INTERFACE  REDIRECTED  NO SOCKET  PASSED  DROPPED  SHED
+ eth0           123463          2    5012        1   640
+
 Workers
- INTERFACE  QUEUE  CORE  MODE                   RX     TX  PASSED  DROPS      FLOWS
- eth0           0     1  native/copy        100000  99990       5     10  812/65536
- eth0           1     -  generic/zero-copy   23456  23456       0      0    0/65536
+ INTERFACE  QUEUE  CORE  MODE                   RX     TX  PASSED  DROPS  SHED STARTS      FLOWS
+ eth0           0     1  native/copy        100000  99990       5     21            4  812/65536
+ eth0           1     -  generic/zero-copy   23456  23456       0      0            0    0/65536
 ";
         let got = render(&sample());
         assert_eq!(got, golden, "got:\n{got}");
@@ -681,7 +775,7 @@ Workers
         assert_eq!(
             render(&s),
             "dsrgate 0.1.0, up 0s, snapshot generation 0, dataplane DOWN (XDP program detached from eth0)\n\
-             \nVIPs\n  (none)\n\nBackends\n  (none)\n\nBGP peers\n  (none)\n\nWorkers\n  (none)\n"
+             \nVIPs\n  (none)\n\nBackends\n  (none)\n\nBGP peers\n  (none)\n\nSteering\n  (none)\n\nWorkers\n  (none)\n"
         );
     }
 
@@ -697,11 +791,31 @@ Workers
         assert_eq!(v["workers"][1]["bind_mode"], "zero-copy");
         assert_eq!(v["workers"][0]["drops"]["no_next_hop"], 7);
         assert_eq!(v["untracked_backends"], 3);
-        // A daemon from before the field existed: it reads as 0.
+        assert_eq!(v["steering"][0]["interface"], "eth0");
+        assert_eq!(v["steering"][0]["shed"], 640);
+        assert_eq!(v["steering"][0]["no_socket"], 2);
+        assert_eq!(v["workers"][0]["shed_starts"], 4);
+        assert_eq!(v["workers"][0]["fill_ring_empty"], 9);
+        assert_eq!(v["workers"][0]["drops"]["rx_ring_full"], 11);
+        // A daemon from before these fields existed: they read as 0 or empty.
         let mut old = v.clone();
-        old.as_object_mut().unwrap().remove("untracked_backends");
+        let o = old.as_object_mut().unwrap();
+        o.remove("untracked_backends");
+        o.remove("steering");
+        for w in o["workers"].as_array_mut().unwrap() {
+            let w = w.as_object_mut().unwrap();
+            w.remove("shed_starts");
+            w.remove("fill_ring_empty");
+        }
         let old: Status = serde_json::from_value(old).unwrap();
         assert_eq!(old.untracked_backends, 0);
+        assert!(old.steering.is_empty());
+        assert!(old
+            .workers
+            .iter()
+            .all(|w| w.shed_starts == 0 && w.fill_ring_empty == 0));
+        // Rendered without a Steering table, and without failing.
+        assert!(render(&old).contains("\nSteering\n  (none)\n"));
     }
 
     #[test]

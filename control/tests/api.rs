@@ -133,6 +133,34 @@ fn serves_metrics_in_prometheus_text() {
     assert_eq!(
         value(
             &samples,
+            "dsrgate_drops_total{interface=\"eth0\",queue=\"0\",reason=\"rx_ring_full\"}"
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "dsrgate_steering_packets_total{interface=\"eth0\",verdict=\"redirected\"}"
+        ),
+        100.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "dsrgate_steering_packets_total{interface=\"eth0\",verdict=\"shed\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "dsrgate_worker_shed_starts_total{interface=\"eth0\",queue=\"0\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
             "dsrgate_health_transitions_total{backend=\"198.51.100.11\",to=\"up\",reason=\"passed\"}"
         ),
         1.0
@@ -210,6 +238,8 @@ fn status_round_trip_renders_tables() {
         "Established",
         "native/copy",
         "2 backend slots not counted per backend",
+        "Steering",
+        "REDIRECTED",
     ] {
         assert!(text.contains(needle), "{needle:?} missing in\n{text}");
     }

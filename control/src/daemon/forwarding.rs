@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use dataplane::bpf::{self, Steer};
+use dataplane::bpf::{self, Steer, SteerCounters};
 use dataplane::pipeline::WorkerConfig;
 use dataplane::snapshot::{Snapshot, SourcePrefix};
 use dataplane::xsk::{PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig};
@@ -159,6 +159,18 @@ impl Dataplane {
 
     pub fn stats(&self) -> Vec<WorkerStats> {
         self.workers.stats()
+    }
+
+    /// The steering program's counters and the uplink it runs on; `None` (logged) if its
+    /// maps cannot be read, which [`Dataplane::problem`] reports as a detached program.
+    pub fn steering(&self) -> Option<(&str, SteerCounters)> {
+        match self.workers.steering().counters() {
+            Ok(c) => Some((&self.fixed.uplink, c)),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the steering program's counters");
+                None
+            }
+        }
     }
 
     /// Each worker's pipeline counters (flow table, per-VIP traffic, snapshot generation).

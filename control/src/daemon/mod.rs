@@ -623,6 +623,7 @@ impl Daemon {
             pipelines: dp.pipelines(),
             xdp_mode: dp.xdp_mode(),
             flow_capacity: u64::from(dp.fixed().flow_table_size),
+            steering: dp.steering(),
         });
         self.status.store(Arc::new(status));
     }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bgp::fsm::State as FsmState;
-use dataplane::bpf::AttachMode;
+use dataplane::bpf::{AttachMode, SteerCounters};
 use dataplane::pipeline::DropReason;
 use dataplane::snapshot::VipKey;
 use dataplane::xsk::{PipelineStats, WorkerStats, XskMode};
@@ -16,8 +16,8 @@ use crate::policy::{Decision, Policy};
 use crate::publish::{proto, LiveVip};
 use crate::sources::ServiceSet;
 use crate::status::{
-    BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Status, VipStatus,
-    WorkerStatus, XdpMode,
+    BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Status, SteeringStatus,
+    VipStatus, WorkerStatus, XdpMode,
 };
 
 /// A backend's health as the control loop tracks it.
@@ -47,6 +47,9 @@ pub struct Inputs<'a> {
     pub pipelines: &'a [std::sync::Arc<PipelineStats>],
     pub xdp_mode: AttachMode,
     pub flow_capacity: u64,
+    /// The steering program's counters and the uplink it is attached to (`None` when they
+    /// could not be read).
+    pub steering: Option<(&'a str, SteerCounters)>,
 }
 
 pub fn build(i: &Inputs<'_>) -> Status {
@@ -125,6 +128,11 @@ pub fn build(i: &Inputs<'_>) -> Status {
         vips,
         untracked_backends: untracked_backends(i.pipelines),
         peers: i.peers.iter().map(peer).collect(),
+        steering: i
+            .steering
+            .iter()
+            .map(|(iface, c)| steering(iface, c))
+            .collect(),
         workers: i
             .workers
             .iter()
@@ -145,6 +153,17 @@ fn untracked_backends(pipelines: &[std::sync::Arc<PipelineStats>]) -> u64 {
         .map(|p| p.untracked_backends())
         .max()
         .unwrap_or(0)
+}
+
+fn steering(interface: &str, c: &SteerCounters) -> SteeringStatus {
+    SteeringStatus {
+        interface: interface.to_owned(),
+        redirected: c.redirected,
+        no_socket: c.no_socket,
+        passed: c.passed,
+        dropped: c.dropped,
+        shed: c.shed,
+    }
 }
 
 fn peer(p: &bgp::speaker::PeerStatus) -> PeerStatus {
@@ -185,6 +204,9 @@ fn worker(
     drops.insert("not_for_a_vip".into(), w.pass_dropped);
     drops.insert("tx_ring_full".into(), w.tx_ring_full);
     drops.insert("bad_verdict".into(), w.bad_verdicts);
+    // Frames the kernel could not deliver to the socket: they never reached the worker.
+    drops.insert("rx_ring_full".into(), w.kernel.rx_ring_full);
+    drops.insert("rx_dropped".into(), w.kernel.rx_dropped);
     WorkerStatus {
         interface: w.iface.clone(),
         queue: w.queue,
@@ -206,6 +228,8 @@ fn worker(
         flow_entries,
         flow_capacity,
         flow_evictions,
+        shed_starts: w.shed_starts,
+        fill_ring_empty: w.kernel.rx_fill_ring_empty_descs,
     }
 }
 
@@ -259,6 +283,80 @@ mod tests {
         // A batch, even an empty one, makes the worker take up the snapshot.
         p.process(1, &mut [], &mut []);
         p.stats()
+    }
+
+    /// The steering program's verdicts become the uplink's steering counters, and the
+    /// kernel's socket counters become the worker's: RX ring full and frames the kernel
+    /// dropped count among its drops, shedding and fill-ring misses on their own.
+    #[test]
+    fn steering_and_kernel_counters_reach_the_status() {
+        let services = ServiceSet::default();
+        let policy = Policy::default();
+        let next_hops = HashMap::new();
+        let workers = [WorkerStats {
+            iface: "eth0".into(),
+            queue: 1,
+            rx: 1000,
+            tx_ring_full: 2,
+            shed_starts: 3,
+            kernel: dataplane::xsk::XdpStats {
+                rx_dropped: 5,
+                rx_ring_full: 17,
+                rx_fill_ring_empty_descs: 4,
+                ..Default::default()
+            },
+            ..WorkerStats::default()
+        }];
+        let counters = SteerCounters {
+            redirected: 1000,
+            no_socket: 1,
+            passed: 40,
+            dropped: 2,
+            shed: 300,
+        };
+        let report = |steering| {
+            build(&Inputs {
+                uptime: Duration::from_secs(1),
+                generation: 1,
+                dataplane_problem: None,
+                services: &services,
+                health: &|_, _| BackendHealth {
+                    up: true,
+                    reason: None,
+                },
+                weights: &|_, _| None,
+                next_hops: &next_hops,
+                live: &[],
+                policy: &policy,
+                peers: &[],
+                workers: &workers,
+                pipelines: &[],
+                xdp_mode: AttachMode::Driver,
+                flow_capacity: 1024,
+                steering,
+            })
+        };
+        let s = report(Some(("eth0", counters)));
+        assert_eq!(
+            s.steering,
+            vec![SteeringStatus {
+                interface: "eth0".into(),
+                redirected: 1000,
+                no_socket: 1,
+                passed: 40,
+                dropped: 2,
+                shed: 300,
+            }]
+        );
+        let w = &s.workers[0];
+        assert_eq!(w.drops["rx_ring_full"], 17);
+        assert_eq!(w.drops["rx_dropped"], 5);
+        assert_eq!(w.drops["tx_ring_full"], 2);
+        assert_eq!(w.total_drops(), 17 + 5 + 2);
+        assert_eq!(w.shed_starts, 3);
+        assert_eq!(w.fill_ring_empty, 4);
+        // Counters that could not be read are left out, not reported as zeros.
+        assert!(report(None).steering.is_empty());
     }
 
     #[test]

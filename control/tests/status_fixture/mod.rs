@@ -1,9 +1,10 @@
 //! The [`Status`] the API and dashboard tests serve: one VIP with one backend, one BGP
-//! peer, one worker; `packets` sets the traffic counters.
+//! peer, the steering program on one uplink, one worker; `packets` sets the traffic
+//! counters.
 
 use control::status::{
     BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Protocol, Status,
-    VipStatus, WorkerStatus, XdpMode,
+    SteeringStatus, VipStatus, WorkerStatus, XdpMode,
 };
 
 pub fn a_status(packets: u64) -> Status {
@@ -51,6 +52,14 @@ pub fn a_status(packets: u64) -> Status {
             messages_in: 5,
             messages_out: 6,
         }],
+        steering: vec![SteeringStatus {
+            interface: "eth0".into(),
+            redirected: packets,
+            no_socket: 1,
+            passed: 20,
+            dropped: 2,
+            shed: 3,
+        }],
         workers: vec![WorkerStatus {
             interface: "eth0".into(),
             queue: 0,
@@ -60,10 +69,12 @@ pub fn a_status(packets: u64) -> Status {
             rx_packets: packets,
             tx_packets: packets,
             passed_packets: 1,
-            drops: [("truncated".to_owned(), 4)].into(),
+            drops: [("truncated".to_owned(), 4), ("rx_ring_full".to_owned(), 5)].into(),
             flow_entries: 3,
             flow_capacity: 1024,
             flow_evictions: 0,
+            shed_starts: 1,
+            fill_ring_empty: 0,
         }],
     }
 }
