@@ -394,6 +394,8 @@ fn every_dashboard_metric_is_exported() {
         "dsrgate_bgp_session_state",
         "dsrgate_vip_announced",
         "dsrgate_drops_total",
+        "dsrgate_steering_packets_total",
+        "dsrgate_worker_shed_starts_total",
         "dsrgate_flow_table_entries",
         "dsrgate_flow_table_capacity",
         "dsrgate_flow_table_evictions_total",
