@@ -2,7 +2,10 @@
 //! 1M flows), SYNs, IPv6 UDP hits and non-VIP passes.
 //!
 //! Each case runs repeated batches of 64 frames through one worker, the way an AF_XDP worker
-//! does: 64 frames in 2 KiB UMEM-like chunks with 256 bytes of headroom. Before each batch the
+//! does: 64 frames in one page-aligned UMEM-like area of 2 KiB chunks, each frame 256 bytes
+//! into its chunk (the headroom). A real UMEM has that fixed layout, and so does the harness:
+//! separately allocated buffers would put the frames at whatever offsets the allocator
+//! picks, which changes from build to build. Before each batch the
 //! frames are rewritten to their as-received bytes (as the NIC would deliver them), outside
 //! the timed region; the reported figure is the median over batches of (batch time / 64).
 //!
@@ -53,6 +56,11 @@ struct Report {
 }
 
 const CHUNK: usize = 2048;
+const PAGE: usize = 4096;
+
+/// One page of the UMEM-like area: `PAGE / CHUNK` chunks.
+#[repr(C, align(4096))]
+struct Page([u8; PAGE]);
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// Buckets the worker's expiry sweep visits after each batch, as the AF_XDP worker does.
@@ -108,7 +116,8 @@ fn client(i: usize) -> (u32, u16) {
 struct Bench {
     worker: Worker,
     snap: Snapshot,
-    bufs: Vec<Vec<u8>>,
+    /// `BATCH` chunks, contiguous and page-aligned.
+    umem: Vec<Page>,
     lens: [usize; BATCH],
     verdicts: [Verdict; BATCH],
 }
@@ -122,15 +131,22 @@ impl Bench {
                 ..WorkerConfig::default()
             }),
             snap,
-            bufs: (0..BATCH).map(|_| vec![0u8; CHUNK]).collect(),
+            umem: (0..BATCH * CHUNK / PAGE).map(|_| Page([0; PAGE])).collect(),
             lens: [0; BATCH],
             verdicts: [Verdict::Pass; BATCH],
         }
     }
 
+    /// Chunk `i` of the UMEM-like area.
+    fn chunk(&mut self, i: usize) -> &mut [u8] {
+        let page = &mut self.umem[i * CHUNK / PAGE].0;
+        let at = i * CHUNK % PAGE;
+        &mut page[at..at + CHUNK]
+    }
+
     /// Writes frame `i` of the next batch, as received.
     fn put(&mut self, i: usize, frame: &[u8]) {
-        self.bufs[i][HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        self.chunk(i)[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         self.lens[i] = frame.len();
     }
 
@@ -138,11 +154,15 @@ impl Bench {
     fn process(&mut self, now_ns: u64) -> u64 {
         let lens = self.lens;
         let mut frames: [Frame<'_>; BATCH] = {
-            let mut it = self.bufs.iter_mut().zip(lens);
+            let mut it = self
+                .umem
+                .iter_mut()
+                .flat_map(|p| p.0.chunks_exact_mut(CHUNK))
+                .zip(lens);
             std::array::from_fn(|_| {
                 let (buf, len) = it.next().expect("BATCH buffers");
                 Frame {
-                    buf: buf.as_mut_slice(),
+                    buf,
                     offset: HEADROOM,
                     len,
                 }
@@ -214,9 +234,7 @@ fn hits(
                 let f = frame(rng.next() as usize % flows, ACK);
                 b.put(i, &f);
             } else {
-                let f = &hot[(n * BATCH + i) % flows];
-                b.bufs[i][HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
-                b.lens[i] = f.len();
+                b.put(i, &hot[(n * BATCH + i) % flows]);
             }
         }
         let ns = b.process(now + n as u64);
