@@ -61,7 +61,7 @@ impl FlowKey {
     /// table bucket. It is a fixed function of the key bytes and the seed (little-endian
     /// loads, no per-process randomness), so every gateway with the same seed hashes a flow
     /// the same way, which is what lets a flow survive the loss of a gateway.
-    #[inline]
+    #[inline(always)]
     pub fn hash(&self, seed: u64) -> u64 {
         let w = |b: &[u8; 16], i: usize| {
             u64::from_le_bytes([

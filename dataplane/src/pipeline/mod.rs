@@ -67,7 +67,7 @@ mod icmp;
 mod parse;
 
 use crate::flow::{FlowTable, FlowTimeouts, TimeoutClass, DEFAULT_CAPACITY};
-use crate::snapshot::{encap_overhead, HashMode, Snapshot};
+use crate::snapshot::{encap_overhead, HashMode, Snapshot, Vip};
 pub(crate) use encap::OuterTemplate;
 use encap::Tunnel;
 use parse::{Early, Kind, Parsed, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -198,6 +198,15 @@ pub struct Counters {
 impl Counters {
     pub fn drop_count(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
+    }
+
+    /// Adds `n` to VIP `vip`'s counter (if it has one).
+    #[inline]
+    fn add_vip(&mut self, vip: u32, n: PacketBytes) {
+        if let Some(c) = self.vips.get_mut(vip as usize) {
+            c.packets += n.packets;
+            c.bytes += n.bytes;
+        }
     }
 }
 
@@ -340,18 +349,21 @@ impl Worker {
                 Err(Early::Drop(r)) => verdicts[i] = Verdict::Drop(r),
             }
         }
-        // Pass 2: flow lookup, backend choice, rewrite.
+        // Pass 2: flow lookup, backend choice, rewrite. Per-VIP counts accumulate over runs
+        // of one VIP (usually the whole batch) and are added once per run.
+        let mut run = (u32::MAX, PacketBytes::default());
         while todo != 0 {
             let i = todo.trailing_zeros() as usize;
             todo &= todo - 1;
-            st.forward(
-                snap,
-                now_ns,
-                &mut frames[i],
-                &self.pending[i],
-                &mut verdicts[i],
-            );
+            let w = &self.pending[i];
+            if w.vip != run.0 {
+                st.counters.add_vip(run.0, run.1);
+                run = (w.vip, PacketBytes::default());
+            }
+            run.1.add(frames[i].len);
+            st.forward(snap, now_ns, &mut frames[i], w, &mut verdicts[i]);
         }
+        st.counters.add_vip(run.0, run.1);
         let c = &mut st.counters;
         for v in verdicts.iter() {
             match v {
@@ -369,8 +381,10 @@ impl Worker {
 fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early> {
     let end = f.offset.checked_add(f.len).ok_or(DropReason::Truncated)?;
     let pkt = f.buf.get(f.offset..end).ok_or(DropReason::Truncated)?;
-    let p = &mut w.p;
-    parse::parse(pkt, p)?;
+    // Parsed into a local, kept in registers on the fast path, and stored only for a frame
+    // that goes on to pass 2.
+    let mut p = Parsed::default();
+    parse::parse(pkt, &mut p)?;
     if p.kind == Kind::Other {
         return Err(if snap.is_vip_addr(&p.key.dst) {
             Early::Drop(DropReason::Unsupported)
@@ -396,6 +410,7 @@ fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early
     }
     w.hash = p.key.hash(snap.hash_seed);
     w.vip = vip;
+    w.p = p;
     Ok(())
 }
 
@@ -442,10 +457,7 @@ impl State {
         let Some(vip) = snap.vips().get(w.vip as usize) else {
             return Verdict::Pass;
         };
-        if let Some(c) = self.counters.vips.get_mut(w.vip as usize) {
-            c.add(f.len);
-        }
-        let Some(slot) = self.choose(snap, now_ns, w) else {
+        let Some(slot) = self.choose(snap, vip, now_ns, w) else {
             return Verdict::Drop(DropReason::NoBackend);
         };
         let Some(b) = snap.backends().get(slot as usize) else {
@@ -497,9 +509,8 @@ impl State {
     /// The backend slot for a pending frame, applying the flow-table semantics of the module
     /// docs; `None` if the VIP has no backend to give.
     #[inline]
-    fn choose(&mut self, snap: &Snapshot, now_ns: u64, w: &Pending) -> Option<u32> {
+    fn choose(&mut self, snap: &Snapshot, vip: &Vip, now_ns: u64, w: &Pending) -> Option<u32> {
         let p = &w.p;
-        let vip = snap.vips().get(w.vip as usize)?;
         let tcp = p.key.proto == TCP && !p.fragment;
         let flags = if tcp && p.kind == Kind::Flow {
             p.tcp_flags
