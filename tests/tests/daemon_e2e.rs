@@ -262,6 +262,15 @@ fn announcement_follows_backend_health() -> Result<()> {
         "{:?}",
         s.workers
     );
+    // The steering program handed the VIP traffic to the workers, and passed the rest
+    // (BGP, ARP, health checks) to the kernel.
+    assert!(
+        s.steering
+            .iter()
+            .any(|st| st.redirected > 0 && st.passed > 0),
+        "{:?}",
+        s.steering
+    );
     // `dsrgate status` prints the same as tables.
     let bin = dsrgate_tests::daemon::dsrgate_bin()?;
     let table = lab
@@ -273,6 +282,8 @@ fn announcement_follows_backend_health() -> Result<()> {
         "198.51.100.12",
         "BGP peers",
         "Established",
+        "Steering",
+        "REDIRECTED",
     ] {
         assert!(table.contains(want), "no {want:?} in:\n{table}");
     }
@@ -347,6 +358,15 @@ fn sighup_with_a_broken_config_keeps_forwarding() -> Result<()> {
         text.contains("dsrgate_config_reloads_total{result=\"ok\"} 1"),
         "{text}"
     );
+    // The requests above went through the steering program to a worker.
+    let redirected: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("dsrgate_steering_packets_total{") && l.contains("verdict=\"redirected\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(redirected > 0.0, "{text}");
     Ok(())
 }
 
