@@ -35,12 +35,15 @@ fn overload_start(curves: &[Curve]) -> Option<f64> {
 }
 
 /// Line colours, distinct from each other and from the overload shade.
-const PALETTE: [RGBColor; 5] = [
+const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
     RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
 ];
 
 /// Draws the curves into an SVG document and returns it.
