@@ -103,8 +103,8 @@ pub struct SteerCounters {
 /// is one store: no syscall. The mapping keeps the map alive on its own, so the flags stay
 /// valid after the program is detached (when nothing reads them any more).
 pub struct ShedFlags {
+    /// `MAX_QUEUES` flags.
     ptr: std::ptr::NonNull<AtomicU32>,
-    len: usize,
 }
 
 // SAFETY: the mapping is shared memory accessed only through `AtomicU32`s; the pointer is
@@ -115,15 +115,16 @@ unsafe impl Send for ShedFlags {}
 unsafe impl Sync for ShedFlags {}
 
 impl ShedFlags {
+    const BYTES: usize = MAX_QUEUES * std::mem::size_of::<u32>();
+
     fn map(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<ShedFlags> {
-        let bytes = MAX_QUEUES * std::mem::size_of::<u32>();
         // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array map, whose value
-        // area is at least `bytes` long (MAX_QUEUES u32 values, rounded up to a page by the
+        // area is at least `BYTES` long (MAX_QUEUES u32 values, rounded up to a page by the
         // kernel). We own the returned mapping and unmap it in `drop`.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
+                Self::BYTES,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
@@ -135,17 +136,14 @@ impl ShedFlags {
         }
         let ptr = std::ptr::NonNull::new(p.cast::<AtomicU32>())
             .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(ShedFlags {
-            ptr,
-            len: MAX_QUEUES,
-        })
+        Ok(ShedFlags { ptr })
     }
 
     /// Sets or clears RX queue `queue`'s flag (ignored past the program's queue limit).
     /// `Relaxed` is enough: the flag orders nothing else, and the program reading it a few
     /// packets late only sheds (or admits) those packets.
     pub fn set(&self, queue: u32, shed: bool) {
-        if (queue as usize) < self.len {
+        if (queue as usize) < MAX_QUEUES {
             // SAFETY: in bounds of the live mapping; AtomicU32 has u32's layout and the
             // mapping is page-aligned.
             unsafe { &*self.ptr.as_ptr().add(queue as usize) }
@@ -157,12 +155,7 @@ impl ShedFlags {
 impl Drop for ShedFlags {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the mapping made in `map`, which nothing references now.
-        unsafe {
-            libc::munmap(
-                self.ptr.as_ptr().cast(),
-                self.len * std::mem::size_of::<u32>(),
-            )
-        };
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), Self::BYTES) };
     }
 }
 
