@@ -90,7 +90,7 @@ pub struct Args {
     /// and its best placement is reported (see the module docs).
     #[arg(long, value_delimiter = ',', value_enum, default_values_t = SinkNapi::ALL)]
     sink_napi: Vec<SinkNapi>,
-    /// Paths to measure (all by default); the ratios need all three.
+    /// Paths to measure (all by default); each ratio is reported when both its paths are.
     #[arg(long, value_delimiter = ',', value_enum, default_values_t = Path::ALL)]
     paths: Vec<Path>,
     /// Draw delivered against offered per path (medians over the repetitions) into this SVG.
@@ -737,35 +737,52 @@ pub fn run(a: Args) -> Result<()> {
     let summary = |p: Path, f: fn(&PathResult) -> f64| {
         median(per_rep.iter().map(|r| f(&best(r, p))).collect())
     };
-    // The median over repetitions of num's field over den's field.
-    let ratio = |num: Path, nf: fn(&PathResult) -> f64, den: Path| {
-        median(
-            per_rep
-                .iter()
-                .map(|r| nf(&best(r, num)) / best(r, den).peak_pps.max(1.0))
-                .collect(),
-        )
+    // Each repetition's ratio of num's field to den's peak, in repetition order.
+    let per_rep_ratio = |num: Path, nf: fn(&PathResult) -> f64, den: Path| -> Vec<f64> {
+        per_rep
+            .iter()
+            .map(|r| nf(&best(r, num)) / best(r, den).peak_pps.max(1.0))
+            .collect()
     };
     let peak = |r: &PathResult| r.peak_pps;
     let overload = |r: &PathResult| r.overload_pps;
-    let ratios = if paths.len() == Path::ALL.len() {
-        serde_json::json!({
-            "dsrgate_vs_bare_afxdp_peak": ratio(Path::Dsrgate, peak, Path::BareAfxdp),
-            "dsrgate_vs_kernel_forward_peak": ratio(Path::Dsrgate, peak, Path::KernelForward),
-            "dsrgate_overload_vs_peak": ratio(Path::Dsrgate, overload, Path::Dsrgate),
-            "dsrgate_overload_vs_plateau": median(
-                per_rep
-                    .iter()
-                    .map(|r| {
-                        let b = best(r, Path::Dsrgate);
-                        b.overload_pps / b.plateau_pps.max(1.0)
-                    })
-                    .collect(),
-            ),
-        })
-    } else {
-        serde_json::Value::Null
+    // Each ratio whose paths were measured: the median of the per-repetition ratios, and
+    // the ratios themselves (a median of 5 hides how far apart they were).
+    let has = |p: Path| paths.contains(&p);
+    let mut ratios = serde_json::Map::new();
+    let mut add = |name: &str, v: Vec<f64>| {
+        ratios.insert(name.into(), median(v.clone()).into());
+        ratios.insert(format!("{name}_per_rep"), v.into());
     };
+    if has(Path::Dsrgate) && has(Path::BareAfxdp) {
+        add(
+            "dsrgate_vs_bare_afxdp_peak",
+            per_rep_ratio(Path::Dsrgate, peak, Path::BareAfxdp),
+        );
+    }
+    if has(Path::Dsrgate) && has(Path::KernelForward) {
+        add(
+            "dsrgate_vs_kernel_forward_peak",
+            per_rep_ratio(Path::Dsrgate, peak, Path::KernelForward),
+        );
+    }
+    if has(Path::Dsrgate) {
+        add(
+            "dsrgate_overload_vs_peak",
+            per_rep_ratio(Path::Dsrgate, overload, Path::Dsrgate),
+        );
+        add(
+            "dsrgate_overload_vs_plateau",
+            per_rep
+                .iter()
+                .map(|r| {
+                    let b = best(r, Path::Dsrgate);
+                    b.overload_pps / b.plateau_pps.max(1.0)
+                })
+                .collect(),
+        );
+    }
+    let ratios = serde_json::Value::Object(ratios);
     // Report order: dsrgate first.
     let report: Vec<Path> = paths.iter().rev().copied().collect();
     let mut out = serde_json::Map::new();
