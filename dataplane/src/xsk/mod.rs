@@ -56,6 +56,12 @@ pub trait Processor: Send {
     /// `now_ns` is read once per batch (CLOCK_MONOTONIC).
     fn process(&mut self, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]);
 
+    /// Bytes in front of each frame that `process` may write (an encapsulation's headroom):
+    /// the worker prefetches them for writing along with the frame's headers.
+    fn headroom_written(&self) -> usize {
+        0
+    }
+
     /// Called about once a second whether or not traffic flows, so that a processor can
     /// publish what an idle worker would otherwise hold back until its next batch.
     fn housekeeping(&mut self, _now_ns: u64) {}

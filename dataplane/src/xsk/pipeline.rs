@@ -312,6 +312,11 @@ impl PipelineProcessor {
 }
 
 impl Processor for PipelineProcessor {
+    /// The largest encapsulation fits in the UMEM's extra headroom.
+    fn headroom_written(&self) -> usize {
+        super::ENCAP_HEADROOM as usize
+    }
+
     fn process(&mut self, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
         let snap = self.snapshot.load();
         if snap.generation() != self.generation {
