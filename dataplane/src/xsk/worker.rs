@@ -7,7 +7,8 @@
 //!    before copying, counted as `rx_ring_full`);
 //! 3. process the batch and enqueue the TX descriptors;
 //! 4. refill the fill ring from the stash, using the count each reservation really returned;
-//! 5. kick TX until nothing is pending (copy mode transmits only inside `sendto`).
+//! 5. peek at the next batch in RX and prefetch its frames, so they load during the kick;
+//! 6. kick TX until nothing is pending (copy mode transmits only inside `sendto`).
 //!
 //! No allocation, lock or per-packet syscall: per batch there is one clock read, one
 //! `sendto` per port with pending TX (a few under overload), and counter stores.
@@ -275,6 +276,9 @@ impl<P: Processor> Worker<P> {
         }
 
         self.refill();
+        if moved {
+            self.prefetch_next();
+        }
         let mut k = Kick::default();
         kick(&self.io.up, self.io.mode, &mut k);
         if let Some(d) = &self.io.down {
@@ -345,6 +349,7 @@ impl<P: Processor> Worker<P> {
         if n == 0 {
             return 0;
         }
+        // Usually a no-op: the previous iteration prefetched these (see `prefetch_next`).
         self.prefetch_frames(&addrs[..n]);
 
         let mut verdicts = [Verdict::Pass; BATCH];
@@ -471,6 +476,22 @@ impl<P: Processor> Worker<P> {
                 }
             }
         }
+    }
+
+    /// Prefetches the frames the next iteration will take, so that they load while this one
+    /// is in `sendto`: the RX ring is peeked, not consumed (a reader dropped without
+    /// `release` rolls back), so no frame changes hands.
+    fn prefetch_next(&mut self) {
+        let mut addrs = [0u64; BATCH];
+        let mut n = 0;
+        if let Some(rx) = self.io.up.rx.as_mut() {
+            let mut r = rx.receive(BATCH as u32);
+            while let Some(d) = r.read() {
+                addrs[n] = d.addr;
+                n += 1;
+            }
+        }
+        self.prefetch_frames(&addrs[..n]);
     }
 
     /// Give stashed frames to the fill ring. Each reservation may return fewer slots than asked
