@@ -8,14 +8,21 @@
 //! the two buckets.
 //!
 //! Why this shape: on a table far larger than the caches, each packet's cost is the cache
-//! lines it misses, and this machine sustains roughly one random line per ~15 ns. An entry
-//! for a ~24-byte value is packed into exactly one 64-byte line, and most flows sit in one of
-//! their two home slots, so [`FlowTable::prefetch`] fetches just those two lines and a hit
-//! usually touches nothing else. Beside the entries, each bucket has a 16-bit tag per slot
-//! (0 = empty, else a fingerprint of the hash; eight buckets' tags share a line), so a miss
-//! or an insert reads the two tag lines instead of eight entry lines, and opens an entry
-//! only where a tag matches. For packets expected to insert, such as TCP SYNs,
-//! [`FlowTable::prefetch_buckets`] loads the tag lines and the two home slots.
+//! lines it misses. This machine sustains roughly one random line per ~17 ns with 64 loads
+//! in flight, while a dependent miss costs a full memory latency (~100 ns). An entry for a
+//! ~24-byte value is packed into exactly one 64-byte line. Beside the entries, each bucket
+//! has a 16-bit tag per slot (0 = empty, else a fingerprint of the hash; eight buckets' tags
+//! share a line, so the tags are 1/32 of the table and stay in the last-level cache), and an
+//! operation opens an entry only where a tag matches, or at a home.
+//!
+//! A batch prefetches in one of two ways:
+//! - A large table: in two stages, [`FlowTable::prefetch_tags`] for every packet, then
+//!   [`FlowTable::prefetch_slot`], which reads those tags and loads exactly the entry line
+//!   the lookup or insert will touch, and returns it as a [`SlotHint`] for
+//!   [`FlowTable::lookup_at`]. A hit, or an insert into a free slot, costs one random entry
+//!   line and no dependent miss.
+//! - A table whose live entries fit in the caches: [`FlowTable::prefetch_homes`], the two
+//!   home lines, since ~90% of flows sit in one; the second stage would only cost time.
 //!
 //! An insert takes an empty slot when the tags show one; only when both buckets are full
 //! does it read their entries, to reuse an expired one or else evict the least recently seen
@@ -296,7 +303,7 @@ impl Tags {
 }
 
 /// A 16-bit fingerprint of a flow hash, never 0: the multiply mixes every hash bit into the
-/// top ones, so it is independent of the bits that chose the buckets and homes.
+/// top ones, so it is independent of the bits that chose the buckets.
 #[inline(always)]
 fn tag(hash: u64) -> u16 {
     (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u16 | 1
@@ -311,6 +318,31 @@ struct Place {
     home_a: usize,
     b: usize,
     home_b: usize,
+}
+
+/// Where [`FlowTable::prefetch_slot`] expects a key: `bucket × WAYS + way` of the first slot
+/// whose tag matched, [`SlotHint::ABSENT`] if none did, or [`SlotHint::UNPROBED`]. Only a
+/// hint: an insert between the prefetch and the lookup may have moved things, so the lookup
+/// checks the key there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotHint(u32);
+
+impl SlotHint {
+    /// No probe was made: a lookup tries the homes first.
+    pub const UNPROBED: SlotHint = SlotHint(u32::MAX);
+    /// The probe found no matching tag (out of range of every table, like `UNPROBED`).
+    pub const ABSENT: SlotHint = SlotHint(u32::MAX - 1);
+
+    #[inline]
+    fn at(b: usize, w: usize) -> SlotHint {
+        SlotHint(u32::try_from(b * WAYS + w).unwrap_or(SlotHint::ABSENT.0))
+    }
+}
+
+impl Default for SlotHint {
+    fn default() -> Self {
+        SlotHint::UNPROBED
+    }
 }
 
 /// One bucket as [`FlowTable::scan`] sees it for an insert.
@@ -390,9 +422,9 @@ impl<V: Copy> FlowTable<V> {
             .is_some_and(|e| e.holds(key))
     }
 
-    /// Where `key` is: the two homes first (they hold most flows, and are what `prefetch`
-    /// loads), then the other slots whose tag matches.
-    #[inline]
+    /// Where `key` is: its two home slots first (they hold most flows, and are what
+    /// [`FlowTable::prefetch_homes`] loads), then the other slots whose tag matches.
+    #[inline(always)]
     fn find(&self, key: &FlowKey, p: Place, tag: u16) -> Option<(usize, usize)> {
         if self.holds(p.a, p.home_a, key) {
             return Some((p.a, p.home_a));
@@ -403,8 +435,9 @@ impl<V: Copy> FlowTable<V> {
         self.find_tagged(key, p, tag, (1 << p.home_a, 1 << p.home_b))
     }
 
-    /// Where `key` is among the slots whose tag matches, except the ways in `skip`.
-    #[inline]
+    /// Where `key` is among the slots whose tag matches, except the ways in `skip`: opens
+    /// no entry line but those.
+    #[inline(always)]
     fn find_tagged(
         &self,
         key: &FlowKey,
@@ -412,22 +445,34 @@ impl<V: Copy> FlowTable<V> {
         tag: u16,
         skip: (u32, u32),
     ) -> Option<(usize, usize)> {
-        let ma = self.tags[p.a].matching(tag) & !skip.0;
+        let (ma, mb) = self.matching(p, tag);
+        self.find_in(key, p.a, ma & !skip.0)
+            .or_else(|| self.find_in(key, p.b, mb & !skip.1))
+    }
+
+    /// The way among `ways` of bucket `b` that holds `key`.
+    #[inline(always)]
+    fn find_in(&self, key: &FlowKey, b: usize, mut ways: u32) -> Option<(usize, usize)> {
+        while ways != 0 {
+            let w = ways.trailing_zeros() as usize;
+            if self.holds(b, w, key) {
+                return Some((b, w));
+            }
+            ways &= ways - 1;
+        }
+        None
+    }
+
+    /// The ways of buckets A and B whose tag is `t` (B's empty if it is A: each slot once).
+    #[inline]
+    fn matching(&self, p: Place, t: u16) -> (u32, u32) {
+        let ma = self.tags[p.a].matching(t);
         let mb = if p.b != p.a {
-            self.tags[p.b].matching(tag) & !skip.1
+            self.tags[p.b].matching(t)
         } else {
             0
         };
-        for (b, mut m) in [(p.a, ma), (p.b, mb)] {
-            while m != 0 {
-                let w = m.trailing_zeros() as usize;
-                if self.holds(b, w, key) {
-                    return Some((b, w));
-                }
-                m &= m - 1;
-            }
-        }
-        None
+        (ma, mb)
     }
 
     /// Empties slot `(b, w)`, which holds an entry.
@@ -460,38 +505,103 @@ impl<V: Copy> FlowTable<V> {
         s
     }
 
-    /// Asks the CPU to start loading the two home slots of `hash`, so a later `lookup` or
-    /// `insert` finds them in cache. Call it for a whole batch first, then look up.
+    /// Starts loading the two home slots of `hash`: for a table whose live entries fit in
+    /// the caches, where a home usually holds the flow and the two-stage prefetch below
+    /// would only cost time.
     #[inline]
-    pub fn prefetch(&self, hash: u64) {
+    pub fn prefetch_homes(&self, hash: u64) {
         let p = self.place(hash);
         for (b, w) in [(p.a, p.home_a), (p.b, p.home_b)] {
-            let slot = &self.buckets[b].slots[w].0;
-            prefetch_range(
-                slot as *const Option<FlowEntry<V>> as *const u8,
-                std::mem::size_of::<Option<FlowEntry<V>>>(),
-            );
+            self.prefetch_way(b, w);
         }
     }
 
-    /// Like [`FlowTable::prefetch`], plus the two buckets' tag lines: what an insert reads
-    /// (the tags) and usually writes (a home slot). For a packet that will probably insert,
-    /// such as a TCP SYN.
+    #[inline(always)]
+    fn prefetch_way(&self, b: usize, w: usize) {
+        let slot = &self.buckets[b].slots[w].0;
+        prefetch_range(
+            slot as *const Option<FlowEntry<V>> as *const u8,
+            std::mem::size_of::<Option<FlowEntry<V>>>(),
+        );
+    }
+
+    /// Stage 1 of a batch's prefetch: starts loading the tag lines of `hash`'s two buckets.
+    /// Call it for the whole batch, then [`FlowTable::prefetch_slot`] for the batch, then
+    /// look up or insert.
     #[inline]
-    pub fn prefetch_buckets(&self, hash: u64) {
+    pub fn prefetch_tags(&self, hash: u64) {
         let p = self.place(hash);
         for b in [p.a, p.b] {
-            let t = &self.tags[b];
-            prefetch_range(t as *const Tags as *const u8, std::mem::size_of::<Tags>());
+            prefetch_l1(&self.tags[b] as *const Tags as *const u8);
         }
-        self.prefetch(hash);
+    }
+
+    /// Stage 2: reads the tags (which stage 1 loaded) and starts loading the entry lines a
+    /// lookup or insert of `hash` will read: the slots whose tag matches (almost always one
+    /// or none), else the slot an insert would take, else (both buckets full) every slot of
+    /// both, which an insert scans for an expired entry. Returns where the key probably is,
+    /// for [`FlowTable::lookup_at`].
+    #[inline]
+    pub fn prefetch_slot(&self, hash: u64) -> SlotHint {
+        let p = self.place(hash);
+        let (ma, mb) = self.matching(p, tag(hash));
+        let mut hint = SlotHint::ABSENT;
+        let (ma, mb) = if ma | mb != 0 {
+            hint = match ma {
+                0 => SlotHint::at(p.b, mb.trailing_zeros() as usize),
+                _ => SlotHint::at(p.a, ma.trailing_zeros() as usize),
+            };
+            (ma, mb)
+        } else {
+            const ALL: u32 = (1 << WAYS) - 1;
+            match self.matching(p, 0) {
+                (0, 0) => (ALL, if p.b != p.a { ALL } else { 0 }),
+                (ra, rb) => match pick_free(p, ra, rb) {
+                    (b, w) if b == p.a => (1 << w, 0),
+                    (_, w) => (0, 1 << w),
+                },
+            }
+        };
+        for (b, mut m) in [(p.a, ma), (p.b, mb)] {
+            while m != 0 {
+                let w = m.trailing_zeros() as usize;
+                m &= m - 1;
+                self.prefetch_way(b, w);
+            }
+        }
+        hint
     }
 
     /// The live entry for `key`, its last-seen time refreshed to `now_ns`. An entry idle past
     /// its class timeout is removed and reported as a miss.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, hash: u64, now_ns: u64) -> Option<&mut FlowEntry<V>> {
-        let (b, w) = self.find(key, self.place(hash), tag(hash))?;
+        self.lookup_at(key, hash, SlotHint::UNPROBED, now_ns)
+    }
+
+    /// [`FlowTable::lookup`] after [`FlowTable::prefetch_slot`], given its `hint`: the hinted
+    /// slot first, then only the slots whose tag matches (the homes, which the prefetch did
+    /// not load, unless their tags match). Any hint is safe: a wrong one costs a search.
+    #[inline]
+    pub fn lookup_at(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        hint: SlotHint,
+        now_ns: u64,
+    ) -> Option<&mut FlowEntry<V>> {
+        let p = self.place(hash);
+        let (b, w) = match hint {
+            SlotHint::UNPROBED => self.find(key, p, tag(hash))?,
+            SlotHint(at) => {
+                let (b, w) = (at as usize / WAYS, at as usize % WAYS);
+                if b < self.buckets.len() && self.holds(b, w, key) {
+                    (b, w)
+                } else {
+                    self.find_tagged(key, p, tag(hash), (0, 0))?
+                }
+            }
+        };
         let ticks = self.ticks;
         if self.buckets[b].slots[w]
             .0
@@ -507,10 +617,8 @@ impl<V: Copy> FlowTable<V> {
     }
 
     /// Inserts `key` (or overwrites it if present) with `value` and `class`, seen at `now_ns`.
-    /// A new key takes an empty slot (by the tags): the emptier candidate bucket's home, else
-    /// the other's home if that bucket has at most one free slot fewer, else the emptier
-    /// bucket's first free slot after its home (homes are what `prefetch` loads, and ~90% of
-    /// flows sit in one at half load; balance is what keeps evictions rare). With both
+    /// A new key takes an empty slot (by the tags) in the emptier candidate bucket, its home
+    /// if free (see [`pick_free`]). With both
     /// buckets full it reads their entries and takes an expired one the same way, or else
     /// evicts the least recently seen of the eight (counted).
     pub fn insert(
@@ -537,13 +645,11 @@ impl<V: Copy> FlowTable<V> {
     /// if it was empty and in `evictions` if it held a live entry.
     #[inline]
     fn free_slot(&mut self, p: Place, now_ns: u64) -> (usize, usize) {
-        let two = p.b != p.a;
-        let mut ra = self.tags[p.a].matching(0);
-        let mut rb = if two { self.tags[p.b].matching(0) } else { 0 };
+        let (mut ra, mut rb) = self.matching(p, 0);
         if ra | rb == 0 {
             // Both full: look at the entries for expired ones, else evict the LRU.
             let sa = self.scan(p.a, now_ns);
-            let sb = if two {
+            let sb = if p.b != p.a {
                 self.scan(p.b, now_ns)
             } else {
                 Scan::default()
@@ -560,22 +666,7 @@ impl<V: Copy> FlowTable<V> {
         } else {
             self.len += 1;
         }
-        // The emptier bucket's home, else the other's home if that bucket is at most one
-        // free slot behind, else the emptier bucket's first free slot after its home.
-        let (fa, fb) = (ra.count_ones(), rb.count_ones());
-        let ((b1, h1, r1, f1), (b2, h2, r2, f2)) = if fa >= fb {
-            ((p.a, p.home_a, ra, fa), (p.b, p.home_b, rb, fb))
-        } else {
-            ((p.b, p.home_b, rb, fb), (p.a, p.home_a, ra, fa))
-        };
-        if r1 >> h1 & 1 != 0 {
-            (b1, h1)
-        } else if two && f2 + 1 >= f1 && r2 >> h2 & 1 != 0 {
-            (b2, h2)
-        } else {
-            let rot = (r1 >> h1 | r1 << (WAYS - h1)) & ((1 << WAYS) - 1);
-            (b1, (h1 + rot.trailing_zeros() as usize) % WAYS)
-        }
+        pick_free(p, ra, rb)
     }
 
     /// Removes `key`'s entry; false if there was none.
@@ -642,6 +733,29 @@ impl<V: Copy> FlowTable<V> {
     }
 }
 
+/// Which of the reusable ways `ra` (bucket A) and `rb` (bucket B, 0 if it is A), not both
+/// empty, a new key of place `p` takes: the emptier bucket's home, else the other's home if
+/// that bucket is at most one free slot behind, else the emptier bucket's first free slot
+/// after its home. So ~90% of flows sit in a home at half load (what
+/// [`FlowTable::prefetch_homes`] loads), and balance keeps evictions rare.
+#[inline]
+fn pick_free(p: Place, ra: u32, rb: u32) -> (usize, usize) {
+    let (fa, fb) = (ra.count_ones(), rb.count_ones());
+    let ((b1, h1, r1, f1), (b2, h2, r2, f2)) = if fa >= fb {
+        ((p.a, p.home_a, ra, fa), (p.b, p.home_b, rb, fb))
+    } else {
+        ((p.b, p.home_b, rb, fb), (p.a, p.home_a, ra, fa))
+    };
+    if r1 >> h1 & 1 != 0 {
+        (b1, h1)
+    } else if p.b != p.a && f2 + 1 >= f1 && r2 >> h2 & 1 != 0 {
+        (b2, h2)
+    } else {
+        let rot = (r1 >> h1 | r1 << (WAYS - h1)) & ((1 << WAYS) - 1);
+        (b1, (h1 + rot.trailing_zeros() as usize) % WAYS)
+    }
+}
+
 /// Asks for transparent huge pages on the not-yet-touched allocation at `ptr`: a 1M-flow
 /// table spans ~72 MiB, far more than the 4 KiB-page TLB covers, so without them nearly
 /// every lookup also pays a page walk. Best effort: failure only costs speed.
@@ -661,6 +775,19 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (ptr, len);
+}
+
+/// Prefetches the cache line of `p` into L1 (hint T0): for the tag lines, which stage 2 of a
+/// batch's prefetch reads right back (a batch's 128 of them fit L1 easily).
+#[inline(always)]
+fn prefetch_l1(p: *const u8) {
+    // SAFETY: prefetch is a hint that never faults, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Prefetches every cache line of `[p, p + len)` into L2 and below (hint T1): a batch of 64
@@ -841,6 +968,44 @@ mod tests {
         assert_eq!(t.len(), 0);
         assert!(t.is_empty());
         assert!(t.lookup(&k, h, 5).is_none());
+    }
+
+    #[test]
+    fn prefetch_slot_hints_where_the_key_is() {
+        let mut t = table(1024);
+        for i in 0..400 {
+            let k = key(i);
+            t.insert(&k, k.hash(SEED), u64::from(i), TimeoutClass::Udp, 0);
+        }
+        let mut exact = 0;
+        for i in 0..400 {
+            let k = key(i);
+            let h = k.hash(SEED);
+            let hint = t.prefetch_slot(h);
+            let (b, w) = (hint.0 as usize / WAYS, hint.0 as usize % WAYS);
+            exact += usize::from(t.holds(b, w, &k));
+            assert_eq!(
+                t.lookup_at(&k, h, hint, 1).map(|e| e.value),
+                Some(u64::from(i))
+            );
+        }
+        // Only a 16-bit tag collision among a bucket pair's eight slots points elsewhere.
+        assert!(exact >= 398, "{exact} of 400 hints exact");
+        // A key that is not there has no hint (its tag matches nowhere, almost surely).
+        let absent = key(1000);
+        assert_eq!(t.prefetch_slot(absent.hash(SEED)), SlotHint::ABSENT);
+        // A hint for another key's slot, or out of range, still finds the right entry.
+        let (a, b) = (key(1), key(2));
+        let wrong = t.prefetch_slot(b.hash(SEED));
+        assert_eq!(
+            t.lookup_at(&a, a.hash(SEED), wrong, 2).map(|e| e.value),
+            Some(1)
+        );
+        assert_eq!(
+            t.lookup_at(&a, a.hash(SEED), SlotHint(u32::MAX - 2), 3)
+                .map(|e| e.value),
+            Some(1)
+        );
     }
 
     #[test]
@@ -1051,7 +1216,9 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u8, u32, bool),
-        Lookup(u8),
+        /// A lookup with no hint (0), a fresh one (1), or the last fresh hint taken, for
+        /// whatever key and however stale (2).
+        Lookup(u8, u8),
         Remove(u8),
         Tick(u64),
     }
@@ -1059,7 +1226,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (0u8..48, any::<u32>(), any::<bool>()).prop_map(|(k, v, u)| Op::Insert(k, v, u)),
-            (0u8..48).prop_map(Op::Lookup),
+            (0u8..48, 0u8..3).prop_map(|(k, h)| Op::Lookup(k, h)),
             (0u8..48).prop_map(Op::Remove),
             (0u64..20 * S).prop_map(Op::Tick),
         ]
@@ -1074,6 +1241,7 @@ mod tests {
             let mut t: FlowTable<u32> = FlowTable::new(256, to);
             let mut model: HashMap<FlowKey, (u32, TimeoutClass, u64)> = HashMap::new();
             let mut now = 0u64;
+            let mut last_hint = SlotHint::UNPROBED;
             for op in ops {
                 match op {
                     Op::Insert(k, v, udp) => {
@@ -1082,13 +1250,22 @@ mod tests {
                         t.insert(&key, key.hash(SEED), v, class, now);
                         model.insert(key, (v, class, now));
                     }
-                    Op::Lookup(k) => {
+                    Op::Lookup(k, h) => {
                         let key = key(k as u32);
+                        let hash = key.hash(SEED);
+                        let hint = match h {
+                            0 => SlotHint::UNPROBED,
+                            1 => {
+                                last_hint = t.prefetch_slot(hash);
+                                last_hint
+                            }
+                            _ => last_hint,
+                        };
                         let want = match model.get_mut(&key) {
                             Some(e) if now - e.2 <= to.of(e.1) => { e.2 = now; Some(e.0) }
                             // Within two ticks past the timeout the table may still hold it.
                             Some(e) if now - e.2 <= to.of(e.1) + (2 << TICK_SHIFT) => {
-                                let got = t.lookup(&key, key.hash(SEED), now).map(|e| e.value);
+                                let got = t.lookup_at(&key, hash, hint, now).map(|e| e.value);
                                 match got {
                                     Some(v) => { e.2 = now; prop_assert_eq!(v, e.0); }
                                     None => { model.remove(&key); }
@@ -1098,7 +1275,7 @@ mod tests {
                             Some(_) => { model.remove(&key); None }
                             None => None,
                         };
-                        prop_assert_eq!(t.lookup(&key, key.hash(SEED), now).map(|e| e.value), want);
+                        prop_assert_eq!(t.lookup_at(&key, hash, hint, now).map(|e| e.value), want);
                     }
                     Op::Remove(k) => {
                         let key = key(k as u32);
