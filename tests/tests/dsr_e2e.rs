@@ -593,8 +593,9 @@ fn non_vip_traffic_reaches_the_gateway_kernel_and_malformed_frames_are_dropped()
         worker_drops >= 50,
         "bad checksums reach the pipeline and are counted: {after:?}"
     );
-    // And the workers keep forwarding.
-    assert_spread(&d.tcp_round(VIP4, 60), &[1, 2, 3]);
+    // And the workers keep forwarding, still spread. (300 connections, as in the first test:
+    // with 60 the 46% bound is only ~2σ above a third, and a clean run once saw 47%.)
+    assert_spread(&d.tcp_round(VIP4, 300), &[1, 2, 3]);
 }
 
 impl Dsr {
