@@ -545,12 +545,12 @@ impl<V: Copy> FlowTable<V> {
     pub fn prefetch_slot(&self, hash: u64) -> SlotHint {
         let p = self.place(hash);
         let (ma, mb) = self.matching(p, tag(hash));
-        let mut hint = SlotHint::ABSENT;
+        let hint = match (ma, mb) {
+            (0, 0) => SlotHint::ABSENT,
+            (0, mb) => SlotHint::at(p.b, mb.trailing_zeros() as usize),
+            (ma, _) => SlotHint::at(p.a, ma.trailing_zeros() as usize),
+        };
         let (ma, mb) = if ma | mb != 0 {
-            hint = match ma {
-                0 => SlotHint::at(p.b, mb.trailing_zeros() as usize),
-                _ => SlotHint::at(p.a, ma.trailing_zeros() as usize),
-            };
             (ma, mb)
         } else {
             const ALL: u32 = (1 << WAYS) - 1;
@@ -618,9 +618,9 @@ impl<V: Copy> FlowTable<V> {
 
     /// Inserts `key` (or overwrites it if present) with `value` and `class`, seen at `now_ns`.
     /// A new key takes an empty slot (by the tags) in the emptier candidate bucket, its home
-    /// if free (see [`pick_free`]). With both
-    /// buckets full it reads their entries and takes an expired one the same way, or else
-    /// evicts the least recently seen of the eight (counted).
+    /// if free (see [`pick_free`]). With both buckets full it reads their entries and takes
+    /// an expired one the same way, or else evicts the least recently seen of the eight
+    /// (counted).
     pub fn insert(
         &mut self,
         key: &FlowKey,
