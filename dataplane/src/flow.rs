@@ -518,11 +518,12 @@ impl<V: Copy> FlowTable<V> {
 
     #[inline(always)]
     fn prefetch_way(&self, b: usize, w: usize) {
-        let slot = &self.buckets[b].slots[w].0;
-        prefetch_range(
-            slot as *const Option<FlowEntry<V>> as *const u8,
-            std::mem::size_of::<Option<FlowEntry<V>>>(),
-        );
+        // A `Line` starts a cache line, so the lines to load are known at compile time (one
+        // for a flow entry): no loop over addresses.
+        let line = &self.buckets[b].slots[w] as *const Line<V> as *const u8;
+        for at in (0..std::mem::size_of::<Line<V>>()).step_by(64) {
+            prefetch_l2(line.wrapping_add(at));
+        }
     }
 
     /// Stage 1 of a batch's prefetch: starts loading the tag lines of `hash`'s two buckets.
@@ -794,24 +795,25 @@ fn prefetch_l1(p: *const u8) {
 /// packets' lines would crowd the 32 KiB L1 and evict each other before they are used.
 #[inline(always)]
 pub(crate) fn prefetch_range(p: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let first = p as usize & !63;
-        let last = (p as usize + len - 1) & !63;
-        let mut a = first;
-        while a <= last {
-            // SAFETY: prefetch is a hint that never faults, whatever the address; all of these
-            // lines belong to the bucket anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                    a as *const i8,
-                )
-            };
-            a += 64;
-        }
+    let first = p as usize & !63;
+    let last = (p as usize + len - 1) & !63;
+    let mut a = first;
+    while a <= last {
+        prefetch_l2(a as *const u8);
+        a += 64;
     }
+}
+
+/// Prefetches the cache line of `p` into L2 and below (hint T1).
+#[inline(always)]
+fn prefetch_l2(p: *const u8) {
+    // SAFETY: prefetch is a hint that never faults, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
+    let _ = p;
 }
 
 #[cfg(test)]
