@@ -1,5 +1,6 @@
 //! `dsrgate-bench maglev`: how long a Maglev table takes to build, how evenly it spreads
-//! slots, and how many slots move when one backend is removed.
+//! slots, and how many slots move when one backend is removed, beside the slots Katran's
+//! permutation hash moves over the same removals in the same run.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -38,6 +39,8 @@ struct Report {
     max_over_mean: f64,
     changed_slots_on_remove: usize,
     ideal_changed_slots: f64,
+    /// The same median for [`katran_table`], over the same removals.
+    katran_changed_slots_on_remove: usize,
 }
 
 fn backend(i: u32) -> Backend {
@@ -94,6 +97,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     moved.sort_unstable();
     let median_moved = moved[moved.len() / 2];
 
+    let endpoints: Vec<u64> = (0..u64::from(a.backends)).collect();
+    let katran_full = katran_table(&endpoints, m);
+    let mut katran_moved: Vec<usize> = (0..k)
+        .map(|r| {
+            let mut less = endpoints.clone();
+            less.remove(r * endpoints.len() / k);
+            let t = katran_table(&less, m);
+            t.iter().zip(&katran_full).filter(|(x, y)| x != y).count()
+        })
+        .collect();
+    katran_moved.sort_unstable();
+
     let report = Report {
         backends: a.backends,
         table_size: m,
@@ -101,6 +116,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         max_over_mean,
         changed_slots_on_remove: median_moved,
         ideal_changed_slots: mean,
+        katran_changed_slots_on_remove: katran_moved[katran_moved.len() / 2],
     };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -130,5 +146,71 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         moved.len(),
         mean
     );
+    println!(
+        "  Katran's hash    changed slots: median {} (best {}, worst {}) over the same removals",
+        katran_moved[katran_moved.len() / 2],
+        katran_moved[0],
+        katran_moved[katran_moved.len() - 1],
+    );
     Ok(())
+}
+
+/// Katran's `MaglevHashV2` as a baseline for slots moved: endpoint `h`'s offset and skip are
+/// the low 64 bits of MurmurHash3_x64_128 over the little-endian words (h, 42) with seed 0,
+/// and (h, 2718281828) with seed 2307 (the seeds and words of Katran's `MaglevBase`), and
+/// the table is filled by Algorithm 1 of the paper, as ours is. Endpoints are given sorted,
+/// all of weight 1. Returns each slot's endpoint.
+fn katran_table(endpoints: &[u64], m: u32) -> Vec<u64> {
+    let murmur = |h: u64, word: u64, seed: u32| -> u64 {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&h.to_le_bytes());
+        bytes[8..].copy_from_slice(&word.to_le_bytes());
+        // Reading from a byte slice cannot fail.
+        murmur3::murmur3_x64_128(&mut &bytes[..], seed).unwrap_or_default() as u64
+    };
+    let m64 = u64::from(m);
+    let mut perm: Vec<(u64, u64)> = endpoints
+        .iter()
+        .map(|&h| {
+            let offset = murmur(h, 42, 0) % m64;
+            let skip = murmur(h, 2_718_281_828, 2307) % (m64 - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut table: Vec<Option<u64>> = vec![None; m as usize];
+    let mut filled = 0;
+    while filled < m {
+        for (&h, (next, skip)) in endpoints.iter().zip(perm.iter_mut()) {
+            while table[*next as usize].is_some() {
+                *next = (*next + *skip) % m64;
+            }
+            table[*next as usize] = Some(h);
+            *next = (*next + *skip) % m64;
+            filled += 1;
+            if filled == m {
+                break;
+            }
+        }
+    }
+    table.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::katran_table;
+
+    /// Expected values from Katran's own `MaglevHashV2` and `MurmurHash3_x64_64` C++ code,
+    /// compiled with g++ -O2 on this machine, so the baseline is Katran's and not our guess.
+    #[test]
+    fn katran_baseline_matches_katrans_code() {
+        assert_eq!(
+            katran_table(&[0, 1, 2, 3, 4], 13),
+            [4, 0, 2, 3, 1, 0, 3, 2, 4, 2, 1, 1, 0]
+        );
+        let all: Vec<u64> = (0..100).collect();
+        let full = katran_table(&all, 65537);
+        let less = katran_table(&all[1..], 65537);
+        let moved = less.iter().zip(&full).filter(|(a, b)| a != b).count();
+        assert_eq!(moved, 1020);
+    }
 }
