@@ -232,16 +232,18 @@ impl SrcBits {
     /// receivers drop those as martians.
     #[inline]
     pub(crate) fn pick(&self, hash: u64, v4: bool) -> u128 {
-        let spread = (hash as u128) | ((hash.rotate_left(32) as u128) << 64);
-        let mut host = spread & self.host_mask;
-        if v4 && self.host_mask > 1 {
-            if host == 0 {
-                host = 1;
-            } else if host == self.host_mask {
-                host -= 1;
+        if v4 {
+            // An IPv4 host part fits in 32 bits: the low half of the hash, clamped off the
+            // two reserved values, in 32-bit arithmetic (this runs once per packet).
+            let mask = self.host_mask as u32;
+            let mut host = hash as u32 & mask;
+            if mask > 1 {
+                host = host.max(1).min(mask - 1);
             }
+            return self.base | u128::from(host);
         }
-        self.base | host
+        let spread = (hash as u128) | ((hash.rotate_left(32) as u128) << 64);
+        self.base | (spread & self.host_mask)
     }
 }
 

@@ -264,6 +264,8 @@ struct Pending {
     hash: u64,
     /// Where the flow table expects the flow (from the prefetch pass).
     slot: SlotHint,
+    /// [`is_syn`], decided once in pass 1.
+    syn: bool,
 }
 
 /// One RX queue's pipeline state. See the module docs.
@@ -347,6 +349,7 @@ impl Worker {
             match classify(snap, f, w) {
                 Ok(()) => {
                     let syn = is_syn(&w.p);
+                    w.syn = syn;
                     if !cached || syn {
                         st.flows.prefetch_tags(w.hash);
                     }
@@ -405,10 +408,9 @@ impl Worker {
 fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early> {
     let end = f.offset.checked_add(f.len).ok_or(DropReason::Truncated)?;
     let pkt = f.buf.get(f.offset..end).ok_or(DropReason::Truncated)?;
-    // Parsed into a local, kept in registers on the fast path, and stored only for a frame
-    // that goes on to pass 3.
-    let mut p = Parsed::default();
-    parse::parse(pkt, &mut p)?;
+    // Parsed straight into the scratch slot pass 3 reads (into a local, it was copied twice).
+    let p = &mut w.p;
+    parse::parse(pkt, p)?;
     if p.kind == Kind::Other {
         return Err(if snap.is_vip_addr(&p.key.dst) {
             Early::Drop(DropReason::Unsupported)
@@ -434,7 +436,6 @@ fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early
     }
     w.hash = p.key.hash(snap.hash_seed);
     w.vip = vip;
-    w.p = p;
     Ok(())
 }
 
@@ -539,15 +540,11 @@ impl State {
     #[inline]
     fn choose(&mut self, snap: &Snapshot, vip: &Vip, now_ns: u64, w: &Pending) -> Option<u32> {
         let p = &w.p;
-        let tcp = p.key.proto == TCP && !p.fragment;
-        let flags = if tcp && p.kind == Kind::Flow {
-            p.tcp_flags
-        } else {
-            0
-        };
+        // Flags count only on a TCP header of our own (not a fragment's or an ICMP error's).
+        let closing = p.kind == Kind::Flow && !p.fragment && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
         let class = if p.key.proto != TCP {
             TimeoutClass::Udp
-        } else if flags & (TCP_FIN | TCP_RST) != 0 {
+        } else if closing {
             TimeoutClass::TcpClosing
         } else {
             TimeoutClass::TcpEstablished
@@ -560,7 +557,7 @@ impl State {
             addr: snap.backends()[slot as usize].addr,
             slot,
         };
-        if !is_syn(p) {
+        if !w.syn {
             if let Some(e) = self.flows.lookup_at(&p.key, w.hash, w.slot, now_ns) {
                 match resolve(snap, vip.backends(), &e.value) {
                     Some(s) if s == e.value.slot => {}
