@@ -782,13 +782,7 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
 /// batch's prefetch reads right back (a batch's 128 of them fit L1 easily).
 #[inline(always)]
 fn prefetch_l1(p: *const u8) {
-    // SAFETY: prefetch is a hint that never faults, whatever the address.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch::<true>(p);
 }
 
 /// Prefetches every cache line of `[p, p + len)` into L2 and below (hint T1): a batch of 64
@@ -807,10 +801,21 @@ pub(crate) fn prefetch_range(p: *const u8, len: usize) {
 /// Prefetches the cache line of `p` into L2 and below (hint T1).
 #[inline(always)]
 fn prefetch_l2(p: *const u8) {
+    prefetch::<false>(p);
+}
+
+/// A prefetch of the line of `p`, into L1 (hint T0) or else into L2 (hint T1).
+#[inline(always)]
+fn prefetch<const L1: bool>(p: *const u8) {
     // SAFETY: prefetch is a hint that never faults, whatever the address.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        if L1 {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        } else {
+            _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        }
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
