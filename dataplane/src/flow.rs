@@ -520,7 +520,10 @@ impl<V: Copy> FlowTable<V> {
     fn prefetch_way(&self, b: usize, w: usize) {
         // A `Line` starts a cache line, so the lines to load are known at compile time (one
         // for a flow entry): no loop over addresses.
-        let line = &self.buckets[b].slots[w] as *const Line<V> as *const u8;
+        // Address arithmetic, not indexing: `b` is masked into range, and a prefetch reads
+        // nothing, so no bounds check is needed (or worth its instructions per packet).
+        let line = self.buckets.as_ptr().wrapping_add(b) as *const u8;
+        let line = line.wrapping_add(w * std::mem::size_of::<Line<V>>());
         for at in (0..std::mem::size_of::<Line<V>>()).step_by(64) {
             prefetch_l2(line.wrapping_add(at));
         }
@@ -533,7 +536,7 @@ impl<V: Copy> FlowTable<V> {
     pub fn prefetch_tags(&self, hash: u64) {
         let p = self.place(hash);
         for b in [p.a, p.b] {
-            prefetch_l1(&self.tags[b] as *const Tags as *const u8);
+            prefetch_l1(self.tags.as_ptr().wrapping_add(b) as *const u8);
         }
     }
 
@@ -603,11 +606,10 @@ impl<V: Copy> FlowTable<V> {
                 }
             }
         };
-        let ticks = self.ticks;
         if self.buckets[b].slots[w]
             .0
             .as_ref()
-            .is_some_and(|e| ticks.expired(e, now_ns))
+            .is_some_and(|e| self.ticks.expired(e, now_ns))
         {
             self.clear(b, w);
             return None;

@@ -98,6 +98,8 @@ fn pipeline_fixtures() {
     });
     let mut failures = Vec::new();
     let mut count = 0;
+    // Verdicts seen, by kind: (tx, reply, pass, drop) packets, and tx and reply bytes.
+    let mut seen = [0u64; 6];
     for line in CASES
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -123,6 +125,12 @@ fn pipeline_fixtures() {
         let mut verdicts = [Verdict::Pass];
         worker.process(snap, NOW, &mut frames, &mut verdicts);
         let got = verdicts[0];
+        match got {
+            Verdict::Tx { len, .. } => (seen[0], seen[4]) = (seen[0] + 1, seen[4] + len as u64),
+            Verdict::Reply { len, .. } => (seen[1], seen[5]) = (seen[1] + 1, seen[5] + len as u64),
+            Verdict::Pass => seen[2] += 1,
+            Verdict::Drop(_) => seen[3] += 1,
+        }
         let (kind, range) = match got {
             Verdict::Tx { offset, len } => ("tx".to_string(), Some(offset..offset + len)),
             Verdict::Reply { offset, len } => ("reply".to_string(), Some(offset..offset + len)),
@@ -158,6 +166,19 @@ fn pipeline_fixtures() {
     assert_eq!(c.drop_count(DropReason::Truncated), 7);
     assert_eq!(c.drop_count(DropReason::TtlExhausted), 2);
     assert!(c.tx.packets > 0 && c.reply.packets == 2 && c.pass == 7);
+    // And every verdict exactly once, where it was decided.
+    let counted = [
+        c.tx.packets,
+        c.reply.packets,
+        c.pass,
+        c.drops.iter().sum(),
+        c.tx.bytes,
+        c.reply.bytes,
+    ];
+    assert_eq!(
+        counted, seen,
+        "(tx, reply, pass, drops, tx bytes, reply bytes)"
+    );
 }
 
 #[test]

@@ -206,13 +206,16 @@ pub(crate) fn encapsulate_ipip(
         58 => frame[..58].copy_from_slice(&t.bytes[..58]),
         _ => return None,
     }
+    // Fixed-size views of the outer header: one bounds check instead of one per field.
     let ip = frame.get_mut(usize::from(t.l2)..hl)?;
     if t.v6 {
+        let ip = ip.first_chunk_mut::<IPV6_HEADER_LEN>()?;
         let first = 6u32 << 28 | u32::from(tos) << 20 | ((hash >> 24) as u32 & 0xf_ffff);
         ip[..4].copy_from_slice(&first.to_be_bytes());
         ip[4..6].copy_from_slice(&(ip_len as u16).to_be_bytes());
         ip[8..24].copy_from_slice(&src.to_be_bytes());
     } else {
+        let ip = ip.first_chunk_mut::<IPV4_HEADER_LEN>()?;
         let total = (ip_len + IPV4_HEADER_LEN) as u16;
         let s = src as u32;
         let sum = t.sum + u32::from(tos) + u32::from(total) + (s >> 16) + (s & 0xffff);

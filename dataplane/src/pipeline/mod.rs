@@ -69,7 +69,7 @@ mod icmp;
 mod parse;
 
 use crate::flow::{FlowTable, FlowTimeouts, SlotHint, TimeoutClass, DEFAULT_CAPACITY};
-use crate::snapshot::{encap_overhead, HashMode, Snapshot, Vip};
+use crate::snapshot::{encap_overhead, BackendSlot, HashMode, Snapshot, Vip};
 use crate::wire::IPV4_HEADER_LEN;
 pub(crate) use encap::OuterTemplate;
 use encap::Tunnel;
@@ -206,6 +206,20 @@ pub struct Counters {
 impl Counters {
     pub fn drop_count(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
+    }
+
+    /// Writes verdict `v` and counts it. Called where each verdict is decided, with `v` a
+    /// known variant there, so the match folds to one counter update and the verdict is
+    /// stored in place (a verdict returned up through a merge point went through the stack).
+    #[inline(always)]
+    fn emit(&mut self, out: &mut Verdict, v: Verdict) {
+        match v {
+            Verdict::Pass => self.pass += 1,
+            Verdict::Drop(r) => self.drops[r as usize] += 1,
+            Verdict::Tx { len, .. } => self.tx.add(len),
+            Verdict::Reply { len, .. } => self.reply.add(len),
+        }
+        *out = v;
     }
 
     /// Adds `n` to VIP `vip`'s counter (if it has one).
@@ -364,8 +378,8 @@ impl Worker {
                     }
                     todo |= 1 << i;
                 }
-                Err(Early::Pass) => verdicts[i] = Verdict::Pass,
-                Err(Early::Drop(r)) => verdicts[i] = Verdict::Drop(r),
+                Err(Early::Pass) => st.counters.emit(&mut verdicts[i], Verdict::Pass),
+                Err(Early::Drop(r)) => st.counters.emit(&mut verdicts[i], Verdict::Drop(r)),
             }
         }
         // Pass 2: by now the tags are in cache; start loading the one entry line each flow
@@ -391,15 +405,6 @@ impl Worker {
             st.forward(snap, now_ns, &mut frames[i], w, &mut verdicts[i]);
         }
         st.counters.add_vip(run.0, run.1);
-        let c = &mut st.counters;
-        for v in verdicts.iter() {
-            match v {
-                Verdict::Pass => c.pass += 1,
-                Verdict::Drop(r) => c.drops[*r as usize] += 1,
-                Verdict::Tx { len, .. } => c.tx.add(*len),
-                Verdict::Reply { len, .. } => c.reply.add(*len),
-            }
-        }
     }
 }
 
@@ -442,10 +447,33 @@ fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early
 /// A TCP SYN without ACK: a new connection, which always takes the current Maglev choice.
 #[inline]
 fn is_syn(p: &Parsed) -> bool {
-    p.key.proto == TCP
+    // Flags first: they rule out almost every packet in one test.
+    p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && p.key.proto == TCP
         && !p.fragment
         && p.kind == Kind::Flow
-        && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// A FIN or RST on a TCP header of the packet's own (not a fragment's or an ICMP error's):
+/// the flow moves to the closing timeout.
+#[inline]
+fn is_closing(p: &Parsed) -> bool {
+    p.tcp_flags & (TCP_FIN | TCP_RST) != 0
+        && p.key.proto == TCP
+        && !p.fragment
+        && p.kind == Kind::Flow
+}
+
+/// The idle-timeout class a flow entry gets when `p` creates it.
+#[inline]
+fn timeout_class(p: &Parsed) -> TimeoutClass {
+    if p.key.proto != TCP {
+        TimeoutClass::Udp
+    } else if is_closing(p) {
+        TimeoutClass::TcpClosing
+    } else {
+        TimeoutClass::TcpEstablished
+    }
 }
 
 /// RFC 1071 over the IPv4 header at `pkt[l3..]` (its length already validated).
@@ -466,8 +494,7 @@ fn ipv4_checksum_ok(pkt: &[u8], l3: usize) -> bool {
 }
 
 impl State {
-    /// Pass 3 for one frame. Writes the verdict in place (returning a 24-byte enum would go
-    /// through the stack and stall on store forwarding).
+    /// Pass 3 for one frame: writes and counts its verdict (see [`Counters::emit`]).
     #[inline]
     fn forward(
         &mut self,
@@ -477,29 +504,23 @@ impl State {
         w: &Pending,
         out: &mut Verdict,
     ) {
-        *out = self.decide(snap, now_ns, f, w);
-    }
-
-    #[inline(always)]
-    fn decide(&mut self, snap: &Snapshot, now_ns: u64, f: &mut Frame<'_>, w: &Pending) -> Verdict {
         let p = &w.p;
+        let mut c = |st: &mut Self, v| st.counters.emit(out, v);
         let Some(vip) = snap.vips().get(w.vip as usize) else {
-            return Verdict::Pass;
+            return c(self, Verdict::Pass);
         };
-        let Some(slot) = self.choose(snap, vip, now_ns, w) else {
-            return Verdict::Drop(DropReason::NoBackend);
-        };
-        let Some(b) = snap.backends().get(slot as usize) else {
-            return Verdict::Drop(DropReason::NoBackend);
+        let Some((slot, b)) = self.choose(snap, vip, now_ns, w) else {
+            return c(self, Verdict::Drop(DropReason::NoBackend));
         };
         let Some(dst_mac) = b.mac else {
-            return Verdict::Drop(DropReason::NoNextHop);
+            return c(self, Verdict::Drop(DropReason::NoNextHop));
         };
         let outer_v6 = !b.is_v4;
         let overhead = encap_overhead(outer_v6, vip.encap);
         let ip_len = usize::from(p.ip_len);
         if ip_len + overhead > usize::from(snap.tunnel_mtu) {
-            return self.too_big(f, p, snap.tunnel_mtu - overhead as u16);
+            let v = self.too_big(f, p, snap.tunnel_mtu - overhead as u16);
+            return c(self, v);
         }
         let src = if outer_v6 {
             snap.src_v6.pick(w.hash, false)
@@ -526,59 +547,60 @@ impl State {
         match done {
             Some((offset, len)) => {
                 let (offset, len) = (offset as usize, len as usize);
-                if let Some(c) = self.counters.backends.get_mut(slot as usize) {
-                    c.add(len);
+                if let Some(b) = self.counters.backends.get_mut(slot as usize) {
+                    b.add(len);
                 }
-                Verdict::Tx { offset, len }
+                c(self, Verdict::Tx { offset, len })
             }
-            None => Verdict::Drop(DropReason::NoHeadroom),
+            None => c(self, Verdict::Drop(DropReason::NoHeadroom)),
         }
     }
 
     /// The backend slot for a pending frame, applying the flow-table semantics of the module
     /// docs; `None` if the VIP has no backend to give.
     #[inline]
-    fn choose(&mut self, snap: &Snapshot, vip: &Vip, now_ns: u64, w: &Pending) -> Option<u32> {
+    fn choose<'s>(
+        &mut self,
+        snap: &'s Snapshot,
+        vip: &Vip,
+        now_ns: u64,
+        w: &Pending,
+    ) -> Option<(u32, &'s BackendSlot)> {
         let p = &w.p;
-        // Flags count only on a TCP header of our own (not a fragment's or an ICMP error's).
-        let closing = p.kind == Kind::Flow && !p.fragment && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-        let class = if p.key.proto != TCP {
-            TimeoutClass::Udp
-        } else if closing {
-            TimeoutClass::TcpClosing
-        } else {
-            TimeoutClass::TcpEstablished
+        let maglev = || {
+            let slot = vip.backends().start + vip.maglev().lookup(w.hash)?;
+            Some((slot, snap.backends().get(slot as usize)?))
         };
-        let maglev = || -> Option<u32> {
-            let i = vip.maglev().lookup(w.hash)?;
-            Some(vip.backends().start + i)
-        };
-        let record = |slot: u32| FlowValue {
-            addr: snap.backends()[slot as usize].addr,
-            slot,
-        };
+        let record = |(slot, b): (u32, &BackendSlot)| FlowValue { addr: b.addr, slot };
         if !w.syn {
             if let Some(e) = self.flows.lookup_at(&p.key, w.hash, w.slot, now_ns) {
-                match resolve(snap, vip.backends(), &e.value) {
-                    Some(s) if s == e.value.slot => {}
-                    // Same backend, another slot number: remember the new one.
-                    Some(s) => e.value.slot = s,
+                let chosen = match resolve(snap, vip.backends(), &e.value) {
+                    Some(c) => {
+                        // Same backend, another slot number: remember the new one.
+                        if c.0 != e.value.slot {
+                            e.value.slot = c.0;
+                        }
+                        c
+                    }
                     // The backend was removed: re-hash and re-record.
-                    None => e.value = record(maglev()?),
+                    None => {
+                        let c = maglev()?;
+                        e.value = record(c);
+                        c
+                    }
+                };
+                if is_closing(p) {
+                    e.set_class(TimeoutClass::TcpClosing);
                 }
-                let slot = e.value.slot;
-                if class == TimeoutClass::TcpClosing {
-                    e.set_class(class);
-                }
-                return Some(slot);
+                return Some(chosen);
             }
         }
-        let slot = maglev()?;
+        let chosen = maglev()?;
         if p.kind == Kind::Flow {
             self.flows
-                .insert(&p.key, w.hash, record(slot), class, now_ns);
+                .insert(&p.key, w.hash, record(chosen), timeout_class(p), now_ns);
         }
-        Some(slot)
+        Some(chosen)
     }
 
     #[cold]
@@ -600,25 +622,27 @@ impl State {
     }
 }
 
-/// The recorded backend's slot in this snapshot, if it is still in the VIP's set. Checked by
-/// address, never trusted from the entry: snapshots do not have to be numbered right for a
-/// flow to stay on its backend.
+/// The recorded backend's slot in this snapshot and the backend, if it is still in the VIP's
+/// set. Checked by address, never trusted from the entry: snapshots do not have to be
+/// numbered right for a flow to stay on its backend.
 #[inline]
-fn resolve(snap: &Snapshot, range: std::ops::Range<u32>, v: &FlowValue) -> Option<u32> {
+fn resolve<'s>(
+    snap: &'s Snapshot,
+    range: std::ops::Range<u32>,
+    v: &FlowValue,
+) -> Option<(u32, &'s BackendSlot)> {
     let slots = snap
         .backends()
         .get(range.start as usize..range.end as usize)?;
     // Usually the slot the entry remembers (same snapshot, or the set did not move).
     if let Some(b) = slots.get(v.slot.wrapping_sub(range.start) as usize) {
         if b.addr == v.addr {
-            return Some(v.slot);
+            return Some((v.slot, b));
         }
     }
     // Otherwise search: slots are sorted by address, as Maglev sorts them.
-    slots
-        .binary_search_by(|b| b.addr.cmp(&v.addr))
-        .ok()
-        .map(|i| range.start + i as u32)
+    let i = slots.binary_search_by(|b| b.addr.cmp(&v.addr)).ok()?;
+    Some((range.start + i as u32, &slots[i]))
 }
 
 /// ICMP errors never go to multicast, broadcast-looking, loopback or unspecified sources

@@ -72,11 +72,12 @@ impl From<DropReason> for Early {
     }
 }
 
-/// `::ffff:a.b.c.d` from the 4 bytes at `b`, built in a register so that it is stored whole.
+/// `::ffff:a.b.c.d` from the 4 bytes at `b`, built in a register so that it is stored whole
+/// (as a little-endian value, so the address bytes need no swap).
 #[inline(always)]
 fn mapped_v4(b: &[u8]) -> [u8; 16] {
-    let a = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    ((0xffffu128 << 32) | u128::from(a)).to_be_bytes()
+    let a = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    ((u128::from(a) << 96) | (0xffffu128 << 80)).to_le_bytes()
 }
 
 #[inline(always)]

@@ -27,23 +27,26 @@ pub const IPPROTO_IPV6: u8 = 41;
 /// one is, so for a fixed 20-byte header it compiles to a handful of adds.
 #[inline(always)]
 pub fn ones_sum(data: &[u8]) -> u16 {
+    // Summed in little-endian words, which loads without byte swaps: the ones'-complement
+    // sum of byte-swapped words is the byte-swapped sum (RFC 1071 §2(B)), so one swap of
+    // the folded result gives the big-endian sum.
     let mut acc: u64 = 0;
     let mut words = data.chunks_exact(4);
     for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        acc += u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
     }
     let rest = words.remainder();
     if rest.len() >= 2 {
-        acc += u64::from(u16::from_be_bytes([rest[0], rest[1]]));
+        acc += u64::from(u16::from_le_bytes([rest[0], rest[1]]));
     }
     if rest.len() % 2 == 1 {
-        acc += u64::from(rest[rest.len() - 1]) << 8;
+        acc += u64::from(rest[rest.len() - 1]);
     }
     acc = (acc & 0xffff_ffff) + (acc >> 32);
     acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
-    acc as u16
+    (acc as u16).swap_bytes()
 }
 
 #[cfg(test)]
