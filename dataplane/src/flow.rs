@@ -291,15 +291,48 @@ struct Bucket<V> {
 struct Tags([u16; WAYS]);
 
 impl Tags {
-    /// Ways whose tag is `t`, as a bit mask (t = 0: the empty ways).
-    #[inline]
-    fn matching(&self, t: u16) -> u32 {
-        let mut m = 0;
-        for (w, &x) in self.0.iter().enumerate() {
-            m |= u32::from(x == t) << w;
-        }
-        m
+    /// The four tags as one word, way 0 in the low bits.
+    #[inline(always)]
+    fn word(&self) -> u64 {
+        let [a, b, c, d] = self.0.map(u64::from);
+        a | b << 16 | c << 32 | d << 48
     }
+}
+
+/// Which ways of two buckets' tags (`a`, `b`, as [`Tags::word`]) hold tag `t`, and which are
+/// empty, as bit masks (bit w = way w): `[t in A, t in B, empty in A, empty in B]`.
+///
+/// An insert asks for these twice (in the prefetch and again in the insert), a lookup
+/// whose homes miss once; on x86-64 all four masks are one SIMD compare of the eight tags
+/// against `t` and one against 0 (about 8 instructions instead of about 50).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tag_masks(a: u64, b: u64, t: u16) -> [u32; 4] {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi16, _mm_movemask_epi8, _mm_packs_epi16, _mm_set1_epi16, _mm_set_epi64x,
+        _mm_setzero_si128,
+    };
+    // Equal lanes become 0xffff; packing words to bytes (saturating) keeps them 0xff, so the
+    // byte mask has one bit per way: bits 0-3 t in A, 4-7 t in B, 8-11 and 12-15 empty.
+    // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics always exist here;
+    // they work on values only and touch no memory.
+    let m = unsafe {
+        let v = _mm_set_epi64x(b as i64, a as i64);
+        let is_t = _mm_cmpeq_epi16(v, _mm_set1_epi16(t as i16));
+        let empty = _mm_cmpeq_epi16(v, _mm_setzero_si128());
+        _mm_movemask_epi8(_mm_packs_epi16(is_t, empty)) as u32
+    };
+    const W: u32 = (1 << WAYS) - 1;
+    [m & W, m >> 4 & W, m >> 8 & W, m >> 12 & W]
+}
+
+/// See the x86-64 version.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn tag_masks(a: u64, b: u64, t: u16) -> [u32; 4] {
+    let ways =
+        |x: u64, t: u16| (0..WAYS).fold(0, |m, w| m | u32::from((x >> (16 * w)) as u16 == t) << w);
+    [ways(a, t), ways(b, t), ways(a, 0), ways(b, 0)]
 }
 
 /// A 16-bit fingerprint of a flow hash, never 0: the multiply mixes every hash bit into the
@@ -445,7 +478,7 @@ impl<V: Copy> FlowTable<V> {
         tag: u16,
         skip: (u32, u32),
     ) -> Option<(usize, usize)> {
-        let (ma, mb) = self.matching(p, tag);
+        let [ma, mb, ..] = self.ways(p, tag);
         self.find_in(key, p.a, ma & !skip.0)
             .or_else(|| self.find_in(key, p.b, mb & !skip.1))
     }
@@ -463,16 +496,15 @@ impl<V: Copy> FlowTable<V> {
         None
     }
 
-    /// The ways of buckets A and B whose tag is `t` (B's empty if it is A: each slot once).
+    /// [`tag_masks`] of buckets A and B (B's masks empty if it is A: each slot once).
     #[inline]
-    fn matching(&self, p: Place, t: u16) -> (u32, u32) {
-        let ma = self.tags[p.a].matching(t);
-        let mb = if p.b != p.a {
-            self.tags[p.b].matching(t)
+    fn ways(&self, p: Place, t: u16) -> [u32; 4] {
+        let [ta, tb, ea, eb] = tag_masks(self.tags[p.a].word(), self.tags[p.b].word(), t);
+        if p.b != p.a {
+            [ta, tb, ea, eb]
         } else {
-            0
-        };
-        (ma, mb)
+            [ta, 0, ea, 0]
+        }
     }
 
     /// Empties slot `(b, w)`, which holds an entry.
@@ -548,7 +580,7 @@ impl<V: Copy> FlowTable<V> {
     #[inline]
     pub fn prefetch_slot(&self, hash: u64) -> SlotHint {
         let p = self.place(hash);
-        let (ma, mb) = self.matching(p, tag(hash));
+        let [ma, mb, ra, rb] = self.ways(p, tag(hash));
         let hint = match (ma, mb) {
             (0, 0) => SlotHint::ABSENT,
             (0, mb) => SlotHint::at(p.b, mb.trailing_zeros() as usize),
@@ -558,7 +590,7 @@ impl<V: Copy> FlowTable<V> {
             (ma, mb)
         } else {
             const ALL: u32 = (1 << WAYS) - 1;
-            match self.matching(p, 0) {
+            match (ra, rb) {
                 (0, 0) => (ALL, if p.b != p.a { ALL } else { 0 }),
                 (ra, rb) => match pick_free(p, ra, rb) {
                     (b, w) if b == p.a => (1 << w, 0),
@@ -634,9 +666,11 @@ impl<V: Copy> FlowTable<V> {
     ) -> &mut FlowEntry<V> {
         let p = self.place(hash);
         let t = tag(hash);
-        let (b, w) = match self.find_tagged(key, p, t, (0, 0)) {
+        let [ma, mb, ra, rb] = self.ways(p, t);
+        let found = self.find_in(key, p.a, ma);
+        let (b, w) = match found.or_else(|| self.find_in(key, p.b, mb)) {
             Some(at) => at,
-            None => self.free_slot(p, now_ns),
+            None => self.free_slot(p, (ra, rb), now_ns),
         };
         self.tags[b].0[w] = t;
         self.buckets[b].slots[w]
@@ -644,11 +678,12 @@ impl<V: Copy> FlowTable<V> {
             .insert(FlowEntry::new(key, value, class, now_ns))
     }
 
-    /// The slot a new key of place `p` takes (see [`FlowTable::insert`]), counted in `len`
-    /// if it was empty and in `evictions` if it held a live entry.
+    /// The slot a new key of place `p`, whose buckets' empty ways are `empty`, takes (see
+    /// [`FlowTable::insert`]), counted in `len` if it was empty and in `evictions` if it
+    /// held a live entry.
     #[inline]
-    fn free_slot(&mut self, p: Place, now_ns: u64) -> (usize, usize) {
-        let (mut ra, mut rb) = self.matching(p, 0);
+    fn free_slot(&mut self, p: Place, empty: (u32, u32), now_ns: u64) -> (usize, usize) {
+        let (mut ra, mut rb) = empty;
         if ra | rb == 0 {
             // Both full: look at the entries for expired ones, else evict the LRU.
             let sa = self.scan(p.a, now_ns);
@@ -693,7 +728,9 @@ impl<V: Copy> FlowTable<V> {
         let mut freed = 0;
         for _ in 0..max_buckets.min(self.buckets.len()) {
             let b = self.hand;
-            let mut m = !self.tags[b].matching(0) & ((1 << WAYS) - 1);
+            let word = self.tags[b].word();
+            let [.., empty, _] = tag_masks(word, word, 0);
+            let mut m = !empty & ((1 << WAYS) - 1);
             while m != 0 {
                 let w = m.trailing_zeros() as usize;
                 m &= m - 1;
