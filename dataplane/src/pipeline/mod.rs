@@ -485,10 +485,10 @@ fn ipv4_checksum_ok(pkt: &[u8], l3: usize) -> bool {
     let hl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
     // The usual header without options as a fixed-size sum, which unrolls to a few adds.
     if let (IPV4_HEADER_LEN, Some(h)) = (hl, ip.first_chunk::<IPV4_HEADER_LEN>()) {
-        return crate::wire::ones_sum(h) == 0xffff;
+        return crate::wire::checksum_ok(h);
     }
     match ip.get(..hl) {
-        Some(hdr) => crate::wire::ones_sum(hdr) == 0xffff,
+        Some(hdr) => crate::wire::checksum_ok(hdr),
         None => false,
     }
 }

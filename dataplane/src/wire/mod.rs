@@ -21,15 +21,18 @@ pub const IPPROTO_IPIP: u8 = 4;
 /// IP protocol number of IPv6-in-IP encapsulation (RFC 2473).
 pub const IPPROTO_IPV6: u8 = 41;
 
-/// The RFC 1071 ones'-complement sum of `data` (even length), folded to 16 bits and not
-/// complemented: `!sum` is the checksum to store, and a header whose stored checksum is right
-/// sums to `0xffff`. smoltcp's `checksum::data` computes the same but is not inlined; this
-/// one is, so for a fixed 20-byte header it compiles to a handful of adds.
+/// Whether `data` (an IPv4 header) carries a correct RFC 1071 checksum: its ones'-complement
+/// sum is `0xffff`. smoltcp's `checksum::data` computes the sum but is not inlined; this is
+/// a few adds and one remainder by a constant.
+///
+/// The folded ones'-complement sum of data that is not all zero equals the integer sum of
+/// its 16-bit words modulo `0xffff`, taken in `1..=0xffff`; so it is `0xffff` exactly when
+/// that integer sum is a nonzero multiple of `0xffff`. Summing little-endian 32-bit words
+/// keeps that test and needs no byte swaps: a word's two halves count the same modulo
+/// `0xffff` (2^16 ≡ 1), and a byte-swapped 16-bit word is 256 times the word modulo
+/// `0xffff`, where 256 is invertible.
 #[inline(always)]
-pub fn ones_sum(data: &[u8]) -> u16 {
-    // Summed in little-endian words, which loads without byte swaps: the ones'-complement
-    // sum of byte-swapped words is the byte-swapped sum (RFC 1071 §2(B)), so one swap of
-    // the folded result gives the big-endian sum.
+pub fn checksum_ok(data: &[u8]) -> bool {
     let mut acc: u64 = 0;
     let mut words = data.chunks_exact(4);
     for w in &mut words {
@@ -42,11 +45,7 @@ pub fn ones_sum(data: &[u8]) -> u16 {
     if rest.len() % 2 == 1 {
         acc += u64::from(rest[rest.len() - 1]);
     }
-    acc = (acc & 0xffff_ffff) + (acc >> 32);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc = (acc & 0xffff) + (acc >> 16);
-    (acc as u16).swap_bytes()
+    acc != 0 && acc.is_multiple_of(0xffff)
 }
 
 #[cfg(test)]
@@ -54,16 +53,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ones_sum_matches_smoltcp() {
+    fn checksum_ok_agrees_with_smoltcp() {
         // The IPv4 header example from RFC 1071's era: a valid header sums to 0xffff.
         let hdr = [
             0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
-        assert_eq!(ones_sum(&hdr), 0xffff);
-        for len in 0..40 {
-            let d: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            assert_eq!(ones_sum(&d), checksum::data(&d), "len {len}");
+        assert!(checksum_ok(&hdr));
+        assert!(!checksum_ok(&[0; 20]) && checksum_ok(&[0xff; 20]));
+        let valid = |d: &[u8]| checksum::data(d) == 0xffff;
+        for len in 0..61 {
+            let mut d: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            assert_eq!(checksum_ok(&d), valid(&d), "len {len}");
+            if len >= 12 {
+                // Made valid the way a sender does (checksum field at 10..12), then broken
+                // by one flipped bit anywhere.
+                d[10..12].fill(0);
+                let c = !checksum::data(&d);
+                d[10..12].copy_from_slice(&c.to_be_bytes());
+                assert!(valid(&d) && checksum_ok(&d), "len {len}");
+                for bit in 0..len * 8 {
+                    d[bit / 8] ^= 1 << (bit % 8);
+                    assert_eq!(checksum_ok(&d), valid(&d), "len {len} bit {bit}");
+                    d[bit / 8] ^= 1 << (bit % 8);
+                }
+            }
         }
     }
 }
