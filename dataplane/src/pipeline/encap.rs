@@ -127,16 +127,19 @@ fn ipv6_header(
 /// fixed-size copy and a few field stores, with the IPv4 checksum finished from `sum`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct OuterTemplate {
-    bytes: [u8; 64],
-    /// Bytes of `bytes` in use: Ethernet (+ tag) + outer IP header.
+    /// The headers at the end, so that they end where the inner packet starts.
+    bytes: [u8; TEMPLATE_LEN],
+    /// Bytes of `bytes` in use (the last `len`): Ethernet (+ tag) + outer IP header.
     len: u8,
-    /// Where the outer IP header starts.
-    l2: u8,
     v6: bool,
     /// IPv4: the ones'-complement sum of the header's constant words (all but TOS, total
     /// length, checksum and source).
     sum: u32,
 }
+
+/// Size of [`OuterTemplate::bytes`]: at least the largest header set (58 bytes), and two
+/// 32-byte vector moves.
+const TEMPLATE_LEN: usize = 64;
 
 impl OuterTemplate {
     /// The headers toward `dst` (IPv4-mapped if `!outer_v6`) for inner packets of family
@@ -172,10 +175,11 @@ impl OuterTemplate {
                 .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])));
             (IPV4_HEADER_LEN, sum.sum())
         };
+        let len = l2 + ip_len;
+        bytes.rotate_right(TEMPLATE_LEN - len);
         OuterTemplate {
             bytes,
-            len: (l2 + ip_len) as u8,
-            l2: l2 as u8,
+            len: len as u8,
             v6: outer_v6,
             sum,
         }
@@ -196,26 +200,37 @@ pub(crate) fn encapsulate_ipip(
 ) -> Option<(u32, u32)> {
     let hl = usize::from(t.len);
     let start = ip_start.checked_sub(hl)?;
-    let end = ip_start.checked_add(ip_len)?;
-    let frame = buf.get_mut(start..end)?;
-    // Fixed-size copies (one per Ethernet / IP header combination), so no call to memcpy.
-    match hl {
-        34 => frame[..34].copy_from_slice(&t.bytes[..34]),
-        38 => frame[..38].copy_from_slice(&t.bytes[..38]),
-        54 => frame[..54].copy_from_slice(&t.bytes[..54]),
-        58 => frame[..58].copy_from_slice(&t.bytes[..58]),
-        _ => return None,
+    if ip_start.checked_add(ip_len)? > buf.len() {
+        return None;
     }
-    // Fixed-size views of the outer header: one bounds check instead of one per field.
-    let ip = frame.get_mut(usize::from(t.l2)..hl)?;
+    // The whole template in one fixed-size copy that ends where the inner packet starts:
+    // the bytes it writes in front of `start` land in headroom nobody reads. With less than
+    // 64 bytes in front of the packet (the AF_XDP workers always have more), only the
+    // headers are copied.
+    let head = match ip_start.checked_sub(TEMPLATE_LEN) {
+        Some(at) => {
+            let h = buf
+                .get_mut(at..ip_start)?
+                .first_chunk_mut::<TEMPLATE_LEN>()?;
+            *h = t.bytes;
+            &mut h[..]
+        }
+        None => {
+            let h = buf.get_mut(start..ip_start)?;
+            h.copy_from_slice(t.bytes.get(TEMPLATE_LEN - hl..)?);
+            h
+        }
+    };
+    // Fixed-size views of the outer IP header (the last bytes of `head`): one bounds check
+    // instead of one per field.
     if t.v6 {
-        let ip = ip.first_chunk_mut::<IPV6_HEADER_LEN>()?;
+        let ip = head.last_chunk_mut::<IPV6_HEADER_LEN>()?;
         let first = 6u32 << 28 | u32::from(tos) << 20 | ((hash >> 24) as u32 & 0xf_ffff);
         ip[..4].copy_from_slice(&first.to_be_bytes());
         ip[4..6].copy_from_slice(&(ip_len as u16).to_be_bytes());
         ip[8..24].copy_from_slice(&src.to_be_bytes());
     } else {
-        let ip = ip.first_chunk_mut::<IPV4_HEADER_LEN>()?;
+        let ip = head.last_chunk_mut::<IPV4_HEADER_LEN>()?;
         let total = (ip_len + IPV4_HEADER_LEN) as u16;
         let s = src as u32;
         let sum = t.sum + u32::from(tos) + u32::from(total) + (s >> 16) + (s & 0xffff);
@@ -350,15 +365,19 @@ mod tests {
                             vlan,
                             hash: x.rotate_left(17),
                         };
-                        let mut a = vec![0x55u8; 128 + ip_len];
+                        // Room for the whole template (the workers' case), less, and
+                        // exactly the headers.
+                        let room = [128, 63, usize::from(o.len)][(x >> 60) as usize % 3];
+                        let mut a = vec![0x55u8; room + ip_len];
                         let mut b = a.clone();
-                        let ra = encapsulate(&mut a, 128, ip_len, inner_v6, tos, &t);
-                        let rb = encapsulate_ipip(&mut b, 128, ip_len, tos, &o, src, t.hash);
+                        let ra = encapsulate(&mut a, room, ip_len, inner_v6, tos, &t);
+                        let rb = encapsulate_ipip(&mut b, room, ip_len, tos, &o, src, t.hash);
                         assert_eq!(ra, rb);
-                        assert!(ra.is_some());
+                        let start = ra.expect("room for the headers").0 as usize;
                         assert_eq!(
-                            a, b,
-                            "outer_v6 {outer_v6} inner_v6 {inner_v6} vlan {vlan:?}"
+                            a[start..],
+                            b[start..],
+                            "outer_v6 {outer_v6} inner_v6 {inner_v6} vlan {vlan:?} room {room}"
                         );
                     }
                 }
