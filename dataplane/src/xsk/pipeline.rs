@@ -11,9 +11,41 @@ use super::Processor;
 use crate::pipeline::{Frame, Verdict, Worker, WorkerConfig};
 use crate::snapshot::{Proto, Snapshot, VipKey};
 
-/// Flow-table buckets scanned for idle entries after each batch: spreads expiry over time so
-/// no batch pays for a full sweep.
-const EXPIRE_BUCKETS: usize = 64;
+/// The flow table is swept for idle entries ([`crate::flow::FlowTable::expire`]) once per
+/// this period, a few buckets after each batch in proportion to the time since the last, so
+/// the sweep's cost per packet falls as the packet rate rises (a fixed number of buckets per
+/// batch cost a 1M-flow table's sweep about 15 cycles per frame at 0.9 Mpps). Lookups and
+/// inserts already treat an idle entry as absent; the sweep keeps the occupancy count honest
+/// and stamps from wrapping, for which the shortest default timeout (10 s) is ample.
+const SWEEP_NS: u64 = 5_000_000_000;
+
+/// Most buckets swept after one batch, and by one housekeeping call of an idle worker: after
+/// a quiet spell the sweep catches up over several calls instead of pausing the worker.
+const SWEEP_MAX_BATCH: u64 = 256;
+const SWEEP_MAX_IDLE: u64 = 65_536;
+
+/// Paces the sweep: bucket credit accrues with time, and each call spends what it may.
+#[derive(Default)]
+struct Sweep {
+    last_ns: u64,
+    /// Buckets due, times `SWEEP_NS`.
+    credit: u64,
+}
+
+impl Sweep {
+    /// Buckets to sweep now, for a table of `buckets` buckets, at most `max`.
+    fn due(&mut self, now_ns: u64, buckets: u64, max: u64) -> usize {
+        let dt = now_ns.saturating_sub(self.last_ns);
+        self.last_ns = self.last_ns.max(now_ns);
+        self.credit = self
+            .credit
+            .saturating_add(dt.saturating_mul(buckets))
+            .min(max * SWEEP_NS);
+        let n = self.credit / SWEEP_NS;
+        self.credit -= n * SWEEP_NS;
+        n as usize
+    }
+}
 
 /// How often a busy worker copies its flow-table and per-VIP counters to [`PipelineStats`].
 const PUBLISH_NS: u64 = 100_000_000;
@@ -218,6 +250,7 @@ pub struct PipelineProcessor {
     map: Vec<u32>,
     /// Per backend slot: the worker's (packets, bytes) counters as of the last publish.
     last: Vec<(u64, u64)>,
+    sweep: Sweep,
 }
 
 const UNTRACKED: u32 = u32::MAX;
@@ -233,6 +266,16 @@ impl PipelineProcessor {
             vips: 0,
             map: Vec::with_capacity(cfg.max_backends),
             last: Vec::with_capacity(cfg.max_backends),
+            sweep: Sweep::default(),
+        }
+    }
+
+    /// Sweeps the buckets due at `now_ns` (see [`SWEEP_NS`]), at most `max`.
+    fn sweep(&mut self, now_ns: u64, max: u64) {
+        let buckets = (self.worker.flows().capacity() / crate::flow::WAYS) as u64;
+        let n = self.sweep.due(now_ns, buckets, max);
+        if n > 0 {
+            self.worker.expire_flows(now_ns, n);
         }
     }
 
@@ -332,7 +375,7 @@ impl Processor for PipelineProcessor {
                 .store(self.generation, Ordering::Release);
         }
         self.worker.process(&snap, now_ns, frames, verdicts);
-        self.worker.expire_flows(now_ns, EXPIRE_BUCKETS);
+        self.sweep(now_ns, SWEEP_MAX_BATCH);
         if now_ns >= self.next_publish {
             self.next_publish = now_ns + PUBLISH_NS;
             self.publish(snap.vips().len());
@@ -343,9 +386,40 @@ impl Processor for PipelineProcessor {
     /// publishes under the layout of the snapshot it last ran a batch on, which is the one
     /// its counts were made under.
     fn housekeeping(&mut self, now_ns: u64) {
+        self.sweep(now_ns, SWEEP_MAX_IDLE);
         if now_ns >= self.next_publish {
             self.next_publish = now_ns + PUBLISH_NS;
             self.publish(self.vips);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_covers_the_table_once_per_period_in_bounded_steps() {
+        let buckets = 262_144;
+        let mut s = Sweep::default();
+        let mut t = 1_000_000_000;
+        // The first call has a long history: it sweeps its cap, not the whole table.
+        assert_eq!(s.due(t, buckets, SWEEP_MAX_BATCH), SWEEP_MAX_BATCH as usize);
+        // Batches every 64 µs for one period sweep the table once, a few buckets each.
+        let (mut total, mut most) = (0, 0);
+        let end = t + SWEEP_NS;
+        while t < end {
+            t += 64_000;
+            let n = s.due(t, buckets, SWEEP_MAX_BATCH);
+            (total, most) = (total + n, most.max(n));
+        }
+        assert!(total.abs_diff(buckets as usize) <= 1, "swept {total}");
+        assert!(most <= 4, "{most} buckets after one batch");
+        // After an idle minute: the cap, then nothing more is owed.
+        t += 60_000_000_000;
+        assert_eq!(s.due(t, buckets, SWEEP_MAX_BATCH), SWEEP_MAX_BATCH as usize);
+        assert_eq!(s.due(t, buckets, SWEEP_MAX_BATCH), 0);
+        // A clock that steps back owes nothing.
+        assert_eq!(s.due(t - 1_000_000, buckets, SWEEP_MAX_BATCH), 0);
     }
 }
