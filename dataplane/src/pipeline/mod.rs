@@ -556,8 +556,9 @@ impl State {
         }
     }
 
-    /// The backend slot for a pending frame, applying the flow-table semantics of the module
-    /// docs; `None` if the VIP has no backend to give.
+    /// The backend for a pending frame, as its slot in the snapshot and the slot's entry,
+    /// applying the flow-table semantics of the module docs; `None` if the VIP has no
+    /// backend to give.
     #[inline]
     fn choose<'s>(
         &mut self,
