@@ -326,14 +326,21 @@ fn tag_masks(a: u64, b: u64, t: u16) -> [u32; 4] {
     [m & W, m >> 4 & W, m >> 8 & W, m >> 12 & W]
 }
 
-/// See the x86-64 version.
-#[cfg(not(target_arch = "x86_64"))]
+// The SIMD version packs four ways per bucket.
+const _: () = assert!(WAYS == 4);
+
+/// [`tag_masks`] one way at a time: the version for other targets, and the reference the
+/// x86-64 one is tested against.
+#[cfg(any(not(target_arch = "x86_64"), test))]
 #[inline(always)]
-fn tag_masks(a: u64, b: u64, t: u16) -> [u32; 4] {
+fn tag_masks_scalar(a: u64, b: u64, t: u16) -> [u32; 4] {
     let ways =
         |x: u64, t: u16| (0..WAYS).fold(0, |m, w| m | u32::from((x >> (16 * w)) as u16 == t) << w);
     [ways(a, t), ways(b, t), ways(a, 0), ways(b, 0)]
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+use tag_masks_scalar as tag_masks;
 
 /// A 16-bit fingerprint of a flow hash, never 0: the multiply mixes every hash bit into the
 /// top ones, so it is independent of the bits that chose the buckets.
@@ -1279,6 +1286,17 @@ mod tests {
     }
 
     proptest! {
+        /// The SIMD tag masks agree with the one-way-at-a-time ones, for lanes that are
+        /// empty, equal to the tag, or another tag (and the tag 0 the sweep asks for).
+        #[test]
+        fn tag_masks_agree_with_the_scalar_version(lanes in proptest::array::uniform8(0u8..3), t in any::<u16>(), other in any::<u16>()) {
+            let lane = |l: u8| match l { 0 => 0, 1 => t, _ => other } as u64;
+            let word = |ls: &[u8]| ls.iter().enumerate().fold(0, |x, (w, &l)| x | lane(l) << (16 * w));
+            let (a, b) = (word(&lanes[..4]), word(&lanes[4..]));
+            prop_assert_eq!(tag_masks(a, b, t), tag_masks_scalar(a, b, t));
+            prop_assert_eq!(tag_masks(a, b, 0), tag_masks_scalar(a, b, 0));
+        }
+
         /// Against a HashMap model, with at most 48 keys in 256 slots: mostly no bucket
         /// overflows; when one does (evictions > 0) the case is discarded.
         #[test]
