@@ -19,8 +19,11 @@ use crate::snapshot::{Proto, Snapshot, VipKey};
 /// and stamps from wrapping, for which the shortest default timeout (10 s) is ample.
 const SWEEP_NS: u64 = 5_000_000_000;
 
-/// Most buckets swept after one batch, and by one housekeeping call of an idle worker: after
-/// a quiet spell the sweep catches up over several calls instead of pausing the worker.
+/// Most buckets swept after one batch, and by one housekeeping call of an idle worker. Credit
+/// beyond that is dropped: after a long gap between calls the sweep resumes its pace instead
+/// of pausing the worker to catch up. So the sweep runs slower than its period only while
+/// batches come further apart than the time in which 256 buckets fall due (about 5 ms for
+/// the default 1M-slot table), i.e. at a trickle of traffic.
 const SWEEP_MAX_BATCH: u64 = 256;
 const SWEEP_MAX_IDLE: u64 = 65_536;
 
