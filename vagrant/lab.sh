@@ -335,12 +335,23 @@ tunnel; the node answers the client directly (Direct Server Return)."
   if client udp --vip "$LAB_VIP4" --port 7 --count 30; then
     ok "UDP: every datagram was echoed, from the VIP itself"
   else fail "UDP echo"; fi
-  for g in $GATEWAYS; do after+=("$(gw_packets "$g")"); done
-  local counts=() all_carried=1 d
-  for g in $GATEWAYS; do
-    d=$((${after[g - 1]} - ${before[g - 1]}))
-    counts+=("gw$g $d")
-    [ "$d" -gt 0 ] || all_carried=0
+  # A worker publishes its counters at most every 100 ms while busy and about once a second
+  # when idle, so a burst shorter than 100 ms shows only after the next idle publish: wait
+  # for that, then poll (for up to 3 s more) until both gateways show traffic.
+  sleep 1.2
+  local counts=() all_carried=0 d _
+  for _ in $(seq 60); do
+    after=()
+    for g in $GATEWAYS; do after+=("$(gw_packets "$g")"); done
+    counts=()
+    all_carried=1
+    for g in $GATEWAYS; do
+      d=$((${after[g - 1]} - ${before[g - 1]}))
+      counts+=("gw$g $d")
+      [ "$d" -gt 0 ] || all_carried=0
+    done
+    [ "$all_carried" = 1 ] && break
+    sleep 0.05
   done
   if [ "$all_carried" = 1 ]; then
     local list
