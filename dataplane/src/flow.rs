@@ -558,11 +558,11 @@ impl<V: Copy> FlowTable<V> {
     #[inline(always)]
     fn prefetch_way(&self, b: usize, w: usize) {
         // A `Line` starts a cache line, so the lines to load are known at compile time (one
-        // for a flow entry): no loop over addresses.
-        // Address arithmetic, not indexing: `b` is masked into range, and a prefetch reads
-        // nothing, so no bounds check is needed (or worth its instructions per packet).
-        let line = self.buckets.as_ptr().wrapping_add(b) as *const u8;
-        let line = line.wrapping_add(w * std::mem::size_of::<Line<V>>());
+        // for a flow entry): no loop over addresses. The address comes from pointer
+        // arithmetic, not indexing: `b` is masked into range and a prefetch reads nothing, so
+        // a bounds check would only cost instructions per packet. (A bucket's slots start it.)
+        let bucket = self.buckets.as_ptr().wrapping_add(b);
+        let line = bucket.cast::<Line<V>>().wrapping_add(w).cast::<u8>();
         for at in (0..std::mem::size_of::<Line<V>>()).step_by(64) {
             prefetch_l2(line.wrapping_add(at));
         }
