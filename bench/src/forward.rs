@@ -14,8 +14,9 @@
 //! 64 flows, paced inside the program for the fixed rates and unpaced for the maximum.
 //! Count: `bpf/sink.c` on `sink eth0` (XDP_DROP with a per-CPU counter).
 //!
-//! Paths, each set up and torn down in turn within one repetition, so every repetition pairs
-//! the three under the same machine conditions:
+//! Paths, set up, measured and torn down back to back at each offered rate (in an order that
+//! rotates), so the samples a ratio pairs are seconds apart rather than the length of a
+//! whole sweep, and the VM's fast and slow stretches fall on all paths alike:
 //! - `kernel_forward`: no XDP on the gateway, `ip_forward=1`, GRO on `gw eth0` (veth drops
 //!   XDP frames sent to a peer with neither an XDP program nor GRO).
 //! - `bare_afxdp`: the steering program on `gw eth0` with one UDP VIP, two-arm AF_XDP workers
@@ -382,6 +383,37 @@ enum Gateway {
 }
 
 impl Gateway {
+    /// Prints the steering program's and the workers' counters.
+    fn report(&self) {
+        let (Gateway::Bare(w) | Gateway::Dsrgate(w)) = self else {
+            return;
+        };
+        if let Ok(c) = w.steering().counters() {
+            eprintln!(
+                "    steering: redirected {} shed {} dropped {}",
+                c.redirected, c.shed, c.dropped
+            );
+        }
+        for s in w.stats() {
+            eprintln!(
+                "    worker q{} ({:?}): rx {} tx {} dropped {} rx_ring_full {} fill_empty {} \
+                 kick_again {} kick_busy {} tx_stalls {} idle_polls {} shed_starts {}",
+                s.queue,
+                s.mode,
+                s.rx,
+                s.tx,
+                s.dropped(),
+                s.kernel.rx_ring_full,
+                s.kernel.rx_fill_ring_empty_descs,
+                s.kick_again,
+                s.kick_busy,
+                s.tx_ring_stalls,
+                s.idle_polls,
+                s.shed_starts
+            );
+        }
+    }
+
     fn close(self) -> Result<()> {
         match self {
             Gateway::Kernel => Ok(()),
@@ -609,6 +641,32 @@ struct PathResult {
     plateau_pps: f64,
 }
 
+impl PathResult {
+    /// A path's result from its (offered, delivered) points in rate order, the last one
+    /// unpaced.
+    fn from_points(points: &Points) -> PathResult {
+        let mut r = PathResult::default();
+        for &(offered, delivered) in points {
+            if delivered > r.peak_pps {
+                r.peak_pps = delivered;
+                r.peak_offered_pps = offered;
+            }
+        }
+        if let Some(&(offered, delivered)) = points.last() {
+            r.overload_pps = delivered;
+            r.overload_offered_pps = offered;
+        }
+        r.plateau_pps = median(
+            points
+                .iter()
+                .filter(|(o, d)| *d < 0.95 * o)
+                .map(|&(_, d)| d)
+                .collect(),
+        );
+        r
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -644,8 +702,13 @@ pub fn run(a: Args) -> Result<()> {
     let total = a.reps * paths.len() * sinks.len() * (a.rates.len() + 1);
     let mut done = 0;
     let mut ceilings = Vec::new();
+    let steps: Vec<Option<f64>> = a
+        .rates
+        .iter()
+        .map(|m| Some(m * 1e6))
+        .chain([None])
+        .collect();
     for rep in 0..a.reps {
-        let mut results = HashMap::new();
         let c = bench.ceiling(a.seconds)?;
         eprintln!(
             "rep {}/{} generator ceiling (XDP_DROP at the gateway) {:>6.3} Mpps",
@@ -654,16 +717,16 @@ pub fn run(a: Args) -> Result<()> {
             c / 1e6
         );
         ceilings.push(c);
-        for &path in &paths {
-            for &sink in &sinks {
-                bench.set_sink_napi(sink)?;
-                let gw = bench.gateway(path)?;
-                let mut r = PathResult::default();
-                let mut measured = Vec::new();
-                let points = a.rates.iter().map(|m| Some(m * 1e6)).chain([None]);
-                for pps in points {
+        let mut measured: HashMap<(Path, SinkNapi), Points> = HashMap::new();
+        for &sink in &sinks {
+            bench.set_sink_napi(sink)?;
+            for (step, &pps) in steps.iter().enumerate() {
+                // Every path at this rate, back to back, so a pair's samples are seconds
+                // apart; the order rotates so that no path always follows the same one.
+                for k in 0..paths.len() {
+                    let path = paths[(k + step + rep) % paths.len()];
+                    let gw = bench.gateway(path)?;
                     let (offered, delivered) = bench.point(path, pps, a.seconds)?;
-                    measured.push((offered, delivered));
                     done += 1;
                     eprintln!(
                         "[{done}/{total}] rep {}/{} {:<14} sink {:<8} offered {:>6.3} Mpps ({}) delivered {:>6.3} Mpps",
@@ -675,54 +738,26 @@ pub fn run(a: Args) -> Result<()> {
                         pps.map_or("max".to_string(), |p| format!("paced {:.2}", p / 1e6)),
                         delivered / 1e6
                     );
-                    if delivered > r.peak_pps {
-                        r.peak_pps = delivered;
-                        r.peak_offered_pps = offered;
-                    }
                     if pps.is_none() {
-                        r.overload_pps = delivered;
-                        r.overload_offered_pps = offered;
+                        gw.report();
                     }
-                }
-                r.plateau_pps = median(
+                    gw.close()?;
                     measured
-                        .iter()
-                        .filter(|(o, d)| *d < 0.95 * o)
-                        .map(|&(_, d)| d)
-                        .collect(),
-                );
-                if let Gateway::Bare(w) | Gateway::Dsrgate(w) = &gw {
-                    if let Ok(c) = w.steering().counters() {
-                        eprintln!(
-                            "    steering: redirected {} shed {} dropped {}",
-                            c.redirected, c.shed, c.dropped
-                        );
-                    }
-                    for s in w.stats() {
-                        eprintln!(
-                            "    worker q{} ({:?}): rx {} tx {} dropped {} rx_ring_full {} fill_empty {} \
-                             kick_again {} kick_busy {} tx_stalls {} idle_polls {} shed_starts {}",
-                            s.queue,
-                            s.mode,
-                            s.rx,
-                            s.tx,
-                            s.dropped(),
-                            s.kernel.rx_ring_full,
-                            s.kernel.rx_fill_ring_empty_descs,
-                            s.kick_again,
-                            s.kick_busy,
-                            s.tx_ring_stalls,
-                            s.idle_polls,
-                            s.shed_starts
-                        );
-                    }
+                        .entry((path, sink))
+                        .or_default()
+                        .push((offered, delivered));
                 }
-                gw.close()?;
-                results.insert((path, sink), r);
-                curves.entry((path, sink)).or_default().push(measured);
             }
         }
-        per_rep.push(results);
+        per_rep.push(
+            measured
+                .iter()
+                .map(|(&k, points)| (k, PathResult::from_points(points)))
+                .collect(),
+        );
+        for (k, points) in measured {
+            curves.entry(k).or_default().push(points);
+        }
     }
     bench.set_sink_napi(SinkNapi::Inline)?;
 
