@@ -350,7 +350,7 @@ impl<P: Processor> Worker<P> {
             return 0;
         }
         // Usually a no-op: the previous iteration prefetched these (see `prefetch_next`).
-        self.prefetch_frames(&addrs[..n]);
+        self.prefetch_frames(&addrs[..n], &lens[..n]);
 
         let mut verdicts = [Verdict::Pass; BATCH];
         // The frames (views into the UMEM) live only inside this block: their descriptors
@@ -456,20 +456,22 @@ impl<P: Processor> Worker<P> {
 
     /// Starts loading what processing the frames at `addrs` will touch. The kernel copied
     /// them on the CPU that received them (on veth, the sender's), so each header is a
-    /// cross-core miss; two lines cover Ethernet + IPv6 + TCP. A processor that encapsulates
+    /// cross-core miss; up to two lines cover Ethernet + IPv6 + TCP (and no more than the
+    /// frame: a minimum-size frame fits one, and a second would load a line nobody reads while
+    /// it holds a miss buffer the useful prefetches need). A processor that encapsulates
     /// also writes the headroom in front, a line last touched when the frame was last sent,
     /// thousands of frames ago: it is asked for writable, because stores that miss fill the
     /// store buffer and stall everything behind them (a profile showed that stall as the
     /// largest cost in the pipeline).
-    fn prefetch_frames(&self, addrs: &[u64]) {
+    fn prefetch_frames(&self, addrs: &[u64], lens: &[u32]) {
         let mask = !(u64::from(self.io.frame_size) - 1);
         let area_len = self.io.area.len() as u64;
         let base = self.io.area.base();
         let headroom = self.processor.headroom_written();
-        for &addr in addrs {
+        for (&addr, &len) in addrs.iter().zip(lens) {
             if addr + 128 <= area_len && addr >= (addr & mask) + headroom as u64 {
                 let p = base.wrapping_add(addr as usize);
-                crate::flow::prefetch_range(p, 128);
+                crate::flow::prefetch_range(p, (len as usize).clamp(1, 128));
                 if headroom > 0 {
                     prefetch_write(p.wrapping_sub(headroom));
                     prefetch_write(p.wrapping_sub(1));
@@ -483,15 +485,17 @@ impl<P: Processor> Worker<P> {
     /// `release` rolls back), so no frame changes hands.
     fn prefetch_next(&mut self) {
         let mut addrs = [0u64; BATCH];
+        let mut lens = [0u32; BATCH];
         let mut n = 0;
         if let Some(rx) = self.io.up.rx.as_mut() {
             let mut r = rx.receive(BATCH as u32);
             while let Some(d) = r.read() {
                 addrs[n] = d.addr;
+                lens[n] = d.len;
                 n += 1;
             }
         }
-        self.prefetch_frames(&addrs[..n]);
+        self.prefetch_frames(&addrs[..n], &lens[..n]);
     }
 
     /// Give stashed frames to the fill ring. Each reservation may return fewer slots than asked
