@@ -14,15 +14,20 @@
 //! 64 flows, paced inside the program for the fixed rates and unpaced for the maximum.
 //! Count: `bpf/sink.c` on `sink eth0` (XDP_DROP with a per-CPU counter).
 //!
-//! Paths, set up, measured and torn down back to back at each offered rate (in an order that
-//! rotates), so the samples a ratio pairs are seconds apart rather than the length of a
-//! whole sweep, and the VM's fast and slow stretches fall on all paths alike:
+//! Paths, measured back to back at each offered rate, so that the samples a ratio pairs are
+//! seconds apart rather than the length of a whole sweep (the VM's fast and slow stretches
+//! last seconds to minutes):
 //! - `kernel_forward`: no XDP on the gateway, `ip_forward=1`, GRO on `gw eth0` (veth drops
 //!   XDP frames sent to a peer with neither an XDP program nor GRO).
 //! - `bare_afxdp`: the steering program on `gw eth0` with one UDP VIP, two-arm AF_XDP workers
 //!   running [`BareForwarder`] (MAC rewrite only) out of `gw eth1`.
 //! - `dsrgate`: the same, running the pipeline: the VIP's only backend is the sink, reached by
 //!   IP-in-IP encapsulation.
+//!
+//! The two AF_XDP paths share one set of workers, which switch between the two processors
+//! at a batch boundary: each rate's measurement alternates them in four slices (A B B A), so
+//! a pair is interleaved within two seconds. Kernel forwarding is measured right before or
+//! after them, in alternating order.
 //!
 //! The sink's receive work has to run on one of our two cores. By default veth runs it in
 //! softirq on the transmitting CPU, which suits kernel forwarding (the sink is polled after
@@ -43,6 +48,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,12 +58,12 @@ use aya::maps::{Array, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, Pod};
 use dataplane::bpf::{objects, Steer, Vip};
-use dataplane::pipeline::WorkerConfig;
+use dataplane::pipeline::{Frame, Verdict, WorkerConfig};
 use dataplane::snapshot::{
     BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
     VipKey,
 };
-use dataplane::xsk::{BareForwarder, PipelineProcessor, Workers, XskConfig};
+use dataplane::xsk::{BareForwarder, PipelineProcessor, Processor, Workers, XskConfig};
 use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology};
 use serde::Serialize;
 
@@ -375,17 +381,58 @@ fn pin(pid: i32, core: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The gateway set up for one path; tears itself down on drop.
+/// Runs the bare forwarder or the pipeline, whichever `pipeline` selects at each batch: both
+/// AF_XDP paths on one set of sockets and one worker, so that they alternate within a
+/// measurement step without a teardown, and the two samples of a pair are taken under the
+/// same machine conditions (the VM's fast and slow stretches last seconds).
+struct Alternating {
+    bare: BareForwarder,
+    dsrgate: PipelineProcessor,
+    pipeline: Arc<AtomicBool>,
+}
+
+impl Alternating {
+    fn on(&self) -> bool {
+        // Relaxed: the flag selects code, it publishes no data; a batch that reads it late
+        // is one batch of a slice that lasts a million frames.
+        self.pipeline.load(Ordering::Relaxed)
+    }
+}
+
+impl Processor for Alternating {
+    fn process(&mut self, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        if self.on() {
+            self.dsrgate.process(now_ns, frames, verdicts);
+        } else {
+            self.bare.process(now_ns, frames, verdicts);
+        }
+    }
+
+    fn headroom_written(&self) -> usize {
+        if self.on() {
+            self.dsrgate.headroom_written()
+        } else {
+            self.bare.headroom_written()
+        }
+    }
+
+    fn housekeeping(&mut self, now_ns: u64) {
+        self.dsrgate.housekeeping(now_ns);
+    }
+}
+
+/// The gateway set up for kernel forwarding or for the AF_XDP paths; tears itself down on
+/// drop.
 enum Gateway {
     Kernel,
-    Bare(Workers<Steer>),
-    Dsrgate(Workers<Steer>),
+    /// The workers, and the switch between the pipeline (true) and the bare forwarder.
+    Afxdp(Workers<Steer>, Arc<AtomicBool>),
 }
 
 impl Gateway {
     /// Prints the steering program's and the workers' counters.
     fn report(&self) {
-        let (Gateway::Bare(w) | Gateway::Dsrgate(w)) = self else {
+        let Gateway::Afxdp(w, _) = self else {
             return;
         };
         if let Ok(c) = w.steering().counters() {
@@ -417,7 +464,7 @@ impl Gateway {
     fn close(self) -> Result<()> {
         match self {
             Gateway::Kernel => Ok(()),
-            Gateway::Bare(w) | Gateway::Dsrgate(w) => {
+            Gateway::Afxdp(w, _) => {
                 for c in w.stop()? {
                     if c.accounted() > c.total {
                         bail!("frame census over total: {c:?}");
@@ -494,6 +541,7 @@ impl Bench {
         })
     }
 
+    /// Sets up kernel forwarding, or (for either AF_XDP path) workers that run both.
     fn gateway(&self, path: Path) -> Result<Gateway> {
         let gw = self.net.ns("gw");
         if path == Path::KernelForward {
@@ -509,14 +557,13 @@ impl Bench {
         gw.enter(move || -> Result<Gateway> {
             let mut steer = Steer::attach("eth0")?;
             steer.set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])?;
-            Ok(match path {
-                Path::BareAfxdp => {
-                    Gateway::Bare(Workers::start(&cfg, steer, |_| BareForwarder { src, dst })?)
-                }
-                _ => Gateway::Dsrgate(Workers::start(&cfg, steer, |_| {
-                    PipelineProcessor::new(WorkerConfig::default(), snapshot.clone())
-                })?),
-            })
+            let pipeline = Arc::new(AtomicBool::new(path == Path::Dsrgate));
+            let workers = Workers::start(&cfg, steer, |_| Alternating {
+                bare: BareForwarder { src, dst },
+                dsrgate: PipelineProcessor::new(WorkerConfig::default(), snapshot.clone()),
+                pipeline: pipeline.clone(),
+            })?;
+            Ok(Gateway::Afxdp(workers, pipeline))
         })?
     }
 
@@ -576,6 +623,45 @@ impl Bench {
     fn ceiling(&mut self, seconds: f64) -> Result<f64> {
         let _drop = Sink::attach(&self.net, "gw")?;
         Ok(self.point(Path::KernelForward, None, seconds)?.0)
+    }
+
+    /// Measures each path of `group` at `pps` for `seconds`: kernel forwarding alone, or one or
+    /// both AF_XDP paths on `gw`. Two AF_XDP paths alternate in four slices, A B B A (so a
+    /// steady drift weighs on both alike), led by the first or the second path as `turn` is
+    /// even or odd. Returns each path's (offered, delivered) pps.
+    fn measure(
+        &mut self,
+        gw: &Gateway,
+        group: &[Path],
+        pps: Option<f64>,
+        seconds: f64,
+        turn: usize,
+    ) -> Result<Vec<(Path, (f64, f64))>> {
+        let Gateway::Afxdp(_, pipeline) = gw else {
+            return Ok(vec![(group[0], self.point(group[0], pps, seconds)?)]);
+        };
+        let order = match group {
+            &[a, b] => {
+                let (x, y) = if turn % 2 == 0 { (a, b) } else { (b, a) };
+                vec![x, y, y, x]
+            }
+            _ => group.to_vec(),
+        };
+        let slice = seconds * group.len() as f64 / order.len() as f64;
+        let mut sums: HashMap<Path, (f64, f64, f64)> = HashMap::new();
+        for path in order {
+            pipeline.store(path == Path::Dsrgate, Ordering::Relaxed);
+            let (offered, delivered) = self.point(path, pps, slice)?;
+            let e = sums.entry(path).or_default();
+            *e = (e.0 + offered, e.1 + delivered, e.2 + 1.0);
+        }
+        Ok(group
+            .iter()
+            .map(|p| {
+                let (o, d, n) = sums[p];
+                (*p, (o / n, d / n))
+            })
+            .collect())
     }
 
     /// Offer `pps` (None: unpaced) for `seconds`; returns (offered, delivered) pps.
@@ -718,34 +804,50 @@ pub fn run(a: Args) -> Result<()> {
         );
         ceilings.push(c);
         let mut measured: HashMap<(Path, SinkNapi), Points> = HashMap::new();
+        let mut groups: Vec<Vec<Path>> = Vec::new();
+        if paths.contains(&Path::KernelForward) {
+            groups.push(vec![Path::KernelForward]);
+        }
+        let afxdp: Vec<Path> = paths
+            .iter()
+            .copied()
+            .filter(|&p| p != Path::KernelForward)
+            .collect();
+        if !afxdp.is_empty() {
+            groups.push(afxdp);
+        }
         for &sink in &sinks {
             bench.set_sink_napi(sink)?;
             for (step, &pps) in steps.iter().enumerate() {
-                // Every path at this rate, back to back, so a pair's samples are seconds
-                // apart; the order rotates so that no path always follows the same one.
-                for k in 0..paths.len() {
-                    let path = paths[(k + step + rep) % paths.len()];
-                    let gw = bench.gateway(path)?;
-                    let (offered, delivered) = bench.point(path, pps, a.seconds)?;
-                    done += 1;
-                    eprintln!(
-                        "[{done}/{total}] rep {}/{} {:<14} sink {:<8} offered {:>6.3} Mpps ({}) delivered {:>6.3} Mpps",
-                        rep + 1,
-                        a.reps,
-                        path.name(),
-                        sink.name(),
-                        offered / 1e6,
-                        pps.map_or("max".to_string(), |p| format!("paced {:.2}", p / 1e6)),
-                        delivered / 1e6
-                    );
+                // Kernel forwarding and the AF_XDP paths back to back at this rate, in an
+                // order that alternates, so no group always follows the same one.
+                let turn = step + rep;
+                for g in 0..groups.len() {
+                    let group = &groups[(g + turn) % groups.len()];
+                    let gw = bench.gateway(group[0])?;
+                    for (path, (offered, delivered)) in
+                        bench.measure(&gw, group, pps, a.seconds, turn)?
+                    {
+                        done += 1;
+                        eprintln!(
+                            "[{done}/{total}] rep {}/{} {:<14} sink {:<8} offered {:>6.3} Mpps ({}) delivered {:>6.3} Mpps",
+                            rep + 1,
+                            a.reps,
+                            path.name(),
+                            sink.name(),
+                            offered / 1e6,
+                            pps.map_or("max".to_string(), |p| format!("paced {:.2}", p / 1e6)),
+                            delivered / 1e6
+                        );
+                        measured
+                            .entry((path, sink))
+                            .or_default()
+                            .push((offered, delivered));
+                    }
                     if pps.is_none() {
                         gw.report();
                     }
                     gw.close()?;
-                    measured
-                        .entry((path, sink))
-                        .or_default()
-                        .push((offered, delivered));
                 }
             }
         }
