@@ -642,7 +642,11 @@ impl Bench {
         };
         let order = match group {
             &[a, b] => {
-                let (x, y) = if turn % 2 == 0 { (a, b) } else { (b, a) };
+                let (x, y) = if turn.is_multiple_of(2) {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
                 vec![x, y, y, x]
             }
             _ => group.to_vec(),
