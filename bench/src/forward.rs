@@ -27,7 +27,10 @@
 //! The two AF_XDP paths share one set of workers, which switch between the two processors
 //! at a batch boundary: each rate's measurement alternates them in four slices (A B B A), so
 //! a pair is interleaved within two seconds. Kernel forwarding is measured right before or
-//! after them, in alternating order.
+//! after them, in alternating order. The highest paced rate and the unpaced one form one
+//! schedule (A and B paced, A and B unpaced, then the reverse), so that each overload
+//! sample has a saturated sample of its own path a second or two away: the ratio
+//! `dsrgate_overload_vs_top_paced`, which unlike overload ÷ peak compares like with like.
 //!
 //! The sink's receive work has to run on one of our two cores. By default veth runs it in
 //! softirq on the transmitting CPU, which suits kernel forwarding (the sink is polled after
@@ -625,47 +628,32 @@ impl Bench {
         Ok(self.point(Path::KernelForward, None, seconds)?.0)
     }
 
-    /// Measures each path of `group` at `pps` for `seconds`: kernel forwarding alone, or one or
-    /// both AF_XDP paths on `gw`. Two AF_XDP paths alternate in four slices, A B B A (so a
-    /// steady drift weighs on both alike), led by the first or the second path as `turn` is
-    /// even or odd. Returns each path's (offered, delivered) pps.
+    /// Measures each (path, rate) of `block` for `seconds` on `gw`, in two slices of half
+    /// that: the block's order rotated by `turn`, then the same in reverse (A B B A for two),
+    /// so that a steady drift weighs on every sample alike. Returns each one's (offered,
+    /// delivered) pps, in the block's order.
     fn measure(
         &mut self,
         gw: &Gateway,
-        group: &[Path],
-        pps: Option<f64>,
+        block: &[(Path, Option<f64>)],
         seconds: f64,
         turn: usize,
-    ) -> Result<Vec<(Path, (f64, f64))>> {
-        let Gateway::Afxdp(_, pipeline) = gw else {
-            return Ok(vec![(group[0], self.point(group[0], pps, seconds)?)]);
-        };
-        let order = match group {
-            &[a, b] => {
-                let (x, y) = if turn.is_multiple_of(2) {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
-                vec![x, y, y, x]
+    ) -> Result<Vec<(f64, f64)>> {
+        let n = block.len();
+        let order: Vec<usize> = (0..n)
+            .map(|i| (i + turn) % n)
+            .chain((0..n).rev().map(|i| (i + turn) % n))
+            .collect();
+        let mut sums = vec![(0.0, 0.0); n];
+        for i in order {
+            let (path, pps) = block[i];
+            if let Gateway::Afxdp(_, pipeline) = gw {
+                pipeline.store(path == Path::Dsrgate, Ordering::Relaxed);
             }
-            _ => group.to_vec(),
-        };
-        let slice = seconds * group.len() as f64 / order.len() as f64;
-        let mut sums: HashMap<Path, (f64, f64, f64)> = HashMap::new();
-        for path in order {
-            pipeline.store(path == Path::Dsrgate, Ordering::Relaxed);
-            let (offered, delivered) = self.point(path, pps, slice)?;
-            let e = sums.entry(path).or_default();
-            *e = (e.0 + offered, e.1 + delivered, e.2 + 1.0);
+            let (offered, delivered) = self.point(path, pps, seconds / 2.0)?;
+            sums[i] = (sums[i].0 + offered / 2.0, sums[i].1 + delivered / 2.0);
         }
-        Ok(group
-            .iter()
-            .map(|p| {
-                let (o, d, n) = sums[p];
-                (*p, (o / n, d / n))
-            })
-            .collect())
+        Ok(sums)
     }
 
     /// Offer `pps` (None: unpaced) for `seconds`; returns (offered, delivered) pps.
@@ -798,6 +786,28 @@ pub fn run(a: Args) -> Result<()> {
         .map(|m| Some(m * 1e6))
         .chain([None])
         .collect();
+    // Each block of steps is measured as one interleaved schedule: every step alone, except
+    // the highest paced rate and the unpaced one, which are measured together, so that the
+    // overload sample has a saturated sample of the same path within a second or two.
+    let mut blocks: Vec<Vec<usize>> = (0..steps.len()).map(|i| vec![i]).collect();
+    if steps.len() >= 2 {
+        let last = blocks.pop().unwrap_or_default();
+        if let Some(b) = blocks.last_mut() {
+            b.extend(last);
+        }
+    }
+    let mut groups: Vec<Vec<Path>> = Vec::new();
+    if paths.contains(&Path::KernelForward) {
+        groups.push(vec![Path::KernelForward]);
+    }
+    let afxdp: Vec<Path> = paths
+        .iter()
+        .copied()
+        .filter(|&p| p != Path::KernelForward)
+        .collect();
+    if !afxdp.is_empty() {
+        groups.push(afxdp);
+    }
     for rep in 0..a.reps {
         let c = bench.ceiling(a.seconds)?;
         eprintln!(
@@ -808,30 +818,25 @@ pub fn run(a: Args) -> Result<()> {
         );
         ceilings.push(c);
         let mut measured: HashMap<(Path, SinkNapi), Points> = HashMap::new();
-        let mut groups: Vec<Vec<Path>> = Vec::new();
-        if paths.contains(&Path::KernelForward) {
-            groups.push(vec![Path::KernelForward]);
-        }
-        let afxdp: Vec<Path> = paths
-            .iter()
-            .copied()
-            .filter(|&p| p != Path::KernelForward)
-            .collect();
-        if !afxdp.is_empty() {
-            groups.push(afxdp);
-        }
         for &sink in &sinks {
             bench.set_sink_napi(sink)?;
-            for (step, &pps) in steps.iter().enumerate() {
-                // Kernel forwarding and the AF_XDP paths back to back at this rate, in an
+            let mut points: HashMap<(Path, usize), (f64, f64)> = HashMap::new();
+            for (b, block) in blocks.iter().enumerate() {
+                // Kernel forwarding and the AF_XDP paths back to back at these rates, in an
                 // order that alternates, so no group always follows the same one.
-                let turn = step + rep;
+                let turn = b + rep;
                 for g in 0..groups.len() {
                     let group = &groups[(g + turn) % groups.len()];
+                    let at: Vec<(Path, usize)> = block
+                        .iter()
+                        .flat_map(|&step| group.iter().map(move |&p| (p, step)))
+                        .collect();
+                    let slices: Vec<(Path, Option<f64>)> =
+                        at.iter().map(|&(p, step)| (p, steps[step])).collect();
                     let gw = bench.gateway(group[0])?;
-                    for (path, (offered, delivered)) in
-                        bench.measure(&gw, group, pps, a.seconds, turn)?
-                    {
+                    let got = bench.measure(&gw, &slices, a.seconds, turn)?;
+                    for (&(path, step), (offered, delivered)) in at.iter().zip(got) {
+                        let pps = steps[step];
                         done += 1;
                         eprintln!(
                             "[{done}/{total}] rep {}/{} {:<14} sink {:<8} offered {:>6.3} Mpps ({}) delivered {:>6.3} Mpps",
@@ -843,16 +848,19 @@ pub fn run(a: Args) -> Result<()> {
                             pps.map_or("max".to_string(), |p| format!("paced {:.2}", p / 1e6)),
                             delivered / 1e6
                         );
-                        measured
-                            .entry((path, sink))
-                            .or_default()
-                            .push((offered, delivered));
+                        points.insert((path, step), (offered, delivered));
                     }
-                    if pps.is_none() {
+                    if block.contains(&(steps.len() - 1)) {
                         gw.report();
                     }
                     gw.close()?;
                 }
+            }
+            for &path in &paths {
+                measured.insert(
+                    (path, sink),
+                    (0..steps.len()).map(|step| points[&(path, step)]).collect(),
+                );
             }
         }
         per_rep.push(
@@ -868,12 +876,15 @@ pub fn run(a: Args) -> Result<()> {
     bench.set_sink_napi(SinkNapi::Inline)?;
 
     // Each repetition's result for a path is that of its better sink placement (by peak).
-    let best = |r: &HashMap<(Path, SinkNapi), PathResult>, p: Path| -> PathResult {
+    let best_sink = |r: &HashMap<(Path, SinkNapi), PathResult>, p: Path| -> SinkNapi {
         sinks
             .iter()
-            .map(|&s| r[&(p, s)])
-            .max_by(|x, y| x.peak_pps.total_cmp(&y.peak_pps))
-            .unwrap_or_default()
+            .copied()
+            .max_by(|x, y| r[&(p, *x)].peak_pps.total_cmp(&r[&(p, *y)].peak_pps))
+            .unwrap_or(SinkNapi::Inline)
+    };
+    let best = |r: &HashMap<(Path, SinkNapi), PathResult>, p: Path| -> PathResult {
+        r.get(&(p, best_sink(r, p))).copied().unwrap_or_default()
     };
     let summary = |p: Path, f: fn(&PathResult) -> f64| {
         median(per_rep.iter().map(|r| f(&best(r, p))).collect())
@@ -922,6 +933,25 @@ pub fn run(a: Args) -> Result<()> {
                 })
                 .collect(),
         );
+        if !a.rates.is_empty() {
+            // The unpaced sample against the highest paced rate's, which saturates: the two
+            // are measured together (see `blocks`), interleaved within seconds, so unlike
+            // the peak this pairs them under the same machine conditions.
+            add(
+                "dsrgate_overload_vs_top_paced",
+                per_rep
+                    .iter()
+                    .enumerate()
+                    .map(|(rep, r)| {
+                        let s = best_sink(r, Path::Dsrgate);
+                        match curves[&(Path::Dsrgate, s)][rep].as_slice() {
+                            [.., (_, top), (_, over)] => over / top.max(1.0),
+                            _ => 0.0,
+                        }
+                    })
+                    .collect(),
+            );
+        }
     }
     let ratios = serde_json::Value::Object(ratios);
     // Report order: dsrgate first.
