@@ -21,12 +21,16 @@
 //!   XDP frames sent to a peer with neither an XDP program nor GRO).
 //! - `bare_afxdp`: the steering program on `gw eth0` with one UDP VIP, two-arm AF_XDP workers
 //!   running [`BareForwarder`] (MAC rewrite only) out of `gw eth1`.
+//! - `bare_ipip`: the same, running [`TunnelForwarder`]: the bare forwarder plus a fixed
+//!   IP-in-IP header, so it sends dsrgate's bytes (20 more per frame) with none of its logic.
+//!   It splits dsrgate's distance from `bare_afxdp` into what the tunnel header costs the
+//!   kernel's copies and what the pipeline's logic costs.
 //! - `dsrgate`: the same, running the pipeline: the VIP's only backend is the sink, reached by
 //!   IP-in-IP encapsulation.
 //!
-//! The two AF_XDP paths share one set of workers, which switch between the two processors
-//! at a batch boundary: each rate's measurement alternates them in four slices (A B B A), so
-//! the two samples of a pair are interleaved instead of a teardown and setup apart. Kernel
+//! The AF_XDP paths share one set of workers, which switch between the processors at a batch
+//! boundary: each rate's measurement alternates them in slices (A B B A for two, A B C C B A
+//! for three), so the samples of a pair are interleaved instead of a teardown and setup apart. Kernel
 //! forwarding is measured right before or after them, in alternating order. The highest
 //! paced rate and the unpaced one form one schedule (A and B paced, A and B unpaced, then
 //! the reverse), so that each overload sample has a saturated sample of its own path a
@@ -52,7 +56,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,7 +71,9 @@ use dataplane::snapshot::{
     BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
     VipKey,
 };
-use dataplane::xsk::{BareForwarder, PipelineProcessor, Processor, Workers, XskConfig};
+use dataplane::xsk::{
+    BareForwarder, PipelineProcessor, Processor, TunnelForwarder, Workers, XskConfig,
+};
 use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology};
 use serde::Serialize;
 
@@ -318,17 +324,25 @@ enum Path {
     Dsrgate,
     #[value(name = "bare_afxdp")]
     BareAfxdp,
+    #[value(name = "bare_ipip")]
+    BareIpip,
     #[value(name = "kernel_forward")]
     KernelForward,
 }
 
 impl Path {
-    const ALL: [Path; 3] = [Path::KernelForward, Path::BareAfxdp, Path::Dsrgate];
+    const ALL: [Path; 4] = [
+        Path::KernelForward,
+        Path::BareAfxdp,
+        Path::BareIpip,
+        Path::Dsrgate,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Path::Dsrgate => "dsrgate",
             Path::BareAfxdp => "bare_afxdp",
+            Path::BareIpip => "bare_ipip",
             Path::KernelForward => "kernel_forward",
         }
     }
@@ -385,38 +399,44 @@ fn pin(pid: i32, core: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs the bare forwarder or the pipeline, whichever `pipeline` selects at each batch: both
-/// AF_XDP paths on one set of sockets and one worker, so that they alternate within a
-/// measurement step without a teardown, and the two samples of a pair are taken under the
-/// same machine conditions (the VM's fast and slow stretches last seconds).
+/// Runs the processor of whichever AF_XDP path `path` selects at each batch: all of them on
+/// one set of sockets and one worker, so that they alternate within a measurement step
+/// without a teardown, and the samples of a pair are taken under the same machine conditions
+/// (the VM's fast and slow stretches last seconds).
 struct Alternating {
     bare: BareForwarder,
+    ipip: TunnelForwarder,
     dsrgate: PipelineProcessor,
-    pipeline: Arc<AtomicBool>,
+    /// The selected path, as `Path as u8`.
+    path: Arc<AtomicU8>,
 }
 
 impl Alternating {
-    fn on(&self) -> bool {
-        // Relaxed: the flag selects code, it publishes no data; a batch that reads it late
+    fn selected(&self) -> Path {
+        // Relaxed: the value selects code, it publishes no data; a batch that reads it late
         // is one batch of a slice that lasts a million frames.
-        self.pipeline.load(Ordering::Relaxed)
+        let p = self.path.load(Ordering::Relaxed);
+        [Path::Dsrgate, Path::BareIpip]
+            .into_iter()
+            .find(|&q| q as u8 == p)
+            .unwrap_or(Path::BareAfxdp)
     }
 }
 
 impl Processor for Alternating {
     fn process(&mut self, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
-        if self.on() {
-            self.dsrgate.process(now_ns, frames, verdicts);
-        } else {
-            self.bare.process(now_ns, frames, verdicts);
+        match self.selected() {
+            Path::Dsrgate => self.dsrgate.process(now_ns, frames, verdicts),
+            Path::BareIpip => self.ipip.process(now_ns, frames, verdicts),
+            _ => self.bare.process(now_ns, frames, verdicts),
         }
     }
 
     fn headroom_written(&self) -> usize {
-        if self.on() {
-            self.dsrgate.headroom_written()
-        } else {
-            self.bare.headroom_written()
+        match self.selected() {
+            Path::Dsrgate => self.dsrgate.headroom_written(),
+            Path::BareIpip => self.ipip.headroom_written(),
+            _ => self.bare.headroom_written(),
         }
     }
 
@@ -429,8 +449,8 @@ impl Processor for Alternating {
 /// drop.
 enum Gateway {
     Kernel,
-    /// The workers, and the switch between the pipeline (true) and the bare forwarder.
-    Afxdp(Workers<Steer>, Arc<AtomicBool>),
+    /// The workers, and the switch between the AF_XDP paths' processors (`Path as u8`).
+    Afxdp(Workers<Steer>, Arc<AtomicU8>),
 }
 
 impl Gateway {
@@ -561,13 +581,14 @@ impl Bench {
         gw.enter(move || -> Result<Gateway> {
             let mut steer = Steer::attach("eth0")?;
             steer.set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])?;
-            let pipeline = Arc::new(AtomicBool::new(path == Path::Dsrgate));
+            let selected = Arc::new(AtomicU8::new(path as u8));
             let workers = Workers::start(&cfg, steer, |_| Alternating {
                 bare: BareForwarder { src, dst },
+                ipip: TunnelForwarder::new(src, dst, GW_DOWN_IP, SINK_IP),
                 dsrgate: PipelineProcessor::new(WorkerConfig::default(), snapshot.clone()),
-                pipeline: pipeline.clone(),
+                path: selected.clone(),
             })?;
-            Ok(Gateway::Afxdp(workers, pipeline))
+            Ok(Gateway::Afxdp(workers, selected))
         })?
     }
 
@@ -648,8 +669,8 @@ impl Bench {
         let mut sums = vec![(0.0, 0.0); n];
         for i in order {
             let (path, pps) = block[i];
-            if let Gateway::Afxdp(_, pipeline) = gw {
-                pipeline.store(path == Path::Dsrgate, Ordering::Relaxed);
+            if let Gateway::Afxdp(_, selected) = gw {
+                selected.store(path as u8, Ordering::Relaxed);
             }
             let (offered, delivered) = self.point(path, pps, seconds / 2.0)?;
             sums[i] = (sums[i].0 + offered / 2.0, sums[i].1 + delivered / 2.0);
@@ -911,6 +932,19 @@ pub fn run(a: Args) -> Result<()> {
         add(
             "dsrgate_vs_bare_afxdp_peak",
             per_rep_ratio(Path::Dsrgate, peak, Path::BareAfxdp),
+        );
+    }
+    // The split of that distance: the tunnel header's bytes, and the pipeline's logic.
+    if has(Path::BareIpip) && has(Path::BareAfxdp) {
+        add(
+            "bare_ipip_vs_bare_afxdp_peak",
+            per_rep_ratio(Path::BareIpip, peak, Path::BareAfxdp),
+        );
+    }
+    if has(Path::Dsrgate) && has(Path::BareIpip) {
+        add(
+            "dsrgate_vs_bare_ipip_peak",
+            per_rep_ratio(Path::Dsrgate, peak, Path::BareIpip),
         );
     }
     if has(Path::Dsrgate) && has(Path::KernelForward) {

@@ -21,7 +21,8 @@ enum Cmd {
     Maglev(maglev::Args),
     /// Per-packet cost of the pipeline for hot and cold flows, SYNs and passes.
     Pipeline(pipeline::Args),
-    /// Forwarding throughput over veth: dsrgate vs. bare AF_XDP vs. kernel forwarding.
+    /// Forwarding throughput over veth: dsrgate vs. bare AF_XDP (with and without an IP-in-IP
+    /// header) vs. kernel forwarding.
     Forward(forward::Args),
     /// Load a gateway on real hardware with the kernel's pktgen: offered vs. delivered.
     Pktgen(pktgen::Args),

@@ -71,8 +71,8 @@ mod parse;
 use crate::flow::{FlowTable, FlowTimeouts, SlotHint, TimeoutClass, DEFAULT_CAPACITY};
 use crate::snapshot::{encap_overhead, BackendSlot, HashMode, Snapshot, Vip};
 use crate::wire::IPV4_HEADER_LEN;
-pub(crate) use encap::OuterTemplate;
 use encap::Tunnel;
+pub(crate) use encap::{encapsulate_ipip, OuterTemplate};
 use parse::{Early, Kind, Parsed, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Up to this many live flows (about 270 KB of entries) the flow table's lines stay in the

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 
 /// The cell [`PipelineProcessor`] reads snapshots from (re-exported for its callers).
 pub use arc_swap::ArcSwap;
-pub use bare::BareForwarder;
+pub use bare::{BareForwarder, TunnelForwarder};
 pub use pipeline::{PipelineProcessor, PipelineStats};
 pub use socket::{XdpStats, XskMode, ENCAP_HEADROOM};
 pub use stats::{WorkerStats, DROP_SLOTS};
