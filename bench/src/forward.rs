@@ -30,12 +30,12 @@
 //!
 //! The AF_XDP paths share one set of workers, which switch between the processors at a batch
 //! boundary: each rate's measurement alternates them in slices (A B B A for two, A B C C B A
-//! for three), so the samples of a pair are interleaved instead of a teardown and setup apart. Kernel
-//! forwarding is measured right before or after them, in alternating order. The highest
-//! paced rate and the unpaced one form one schedule (A and B paced, A and B unpaced, then
-//! the reverse), so that each overload sample has a saturated sample of its own path a
-//! second or two away: the ratio `dsrgate_overload_vs_top_paced`, which unlike overload ÷
-//! peak compares like with like.
+//! for three), so the samples of a pair are interleaved instead of a teardown and setup
+//! apart. Kernel forwarding is measured right before or after them, in alternating order.
+//! The highest paced rate and the unpaced one form one schedule (each path paced, each
+//! unpaced, then the reverse), so that each overload sample has a saturated sample of its
+//! own path a second or two away: the ratio `dsrgate_overload_vs_top_paced`, which unlike
+//! overload ÷ peak compares like with like.
 //!
 //! The sink's receive work has to run on one of our two cores. By default veth runs it in
 //! softirq on the transmitting CPU, which suits kernel forwarding (the sink is polled after

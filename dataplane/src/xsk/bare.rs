@@ -1,7 +1,7 @@
 //! Forwarders with no balancing logic: rewrite the Ethernet addresses (and, for
 //! [`TunnelForwarder`], add a fixed IP-in-IP header) and send every frame on. They are the
-//! AF_XDP I/O ceilings that `dsrgate-bench forward` compares the pipeline against, and the
-//! processors the worker tests use.
+//! AF_XDP I/O ceilings that `dsrgate-bench forward` compares the pipeline against;
+//! [`BareForwarder`] is also the processor the worker tests use.
 
 use std::net::Ipv4Addr;
 
