@@ -660,7 +660,7 @@ impl<V: Copy> FlowTable<V> {
 
     /// Inserts `key` (or overwrites it if present) with `value` and `class`, seen at `now_ns`.
     /// A new key takes an empty slot (by the tags) in the emptier candidate bucket, its home
-    /// if free (see [`pick_free`]). With both buckets full it reads their entries and takes
+    /// if free (see `pick_free`). With both buckets full it reads their entries and takes
     /// an expired one the same way, or else evicts the least recently seen of the eight
     /// (counted).
     pub fn insert(

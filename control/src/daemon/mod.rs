@@ -14,7 +14,7 @@
 //!
 //! Exit order, whatever the cause: routes are withdrawn first, the dataplane keeps
 //! forwarding for the drain time (on SIGTERM/SIGINT), then the steering program is
-//! detached and the workers stop. A panic unwinds through [`Daemon`]'s fields in
+//! detached and the workers stop. A panic unwinds through `Daemon`'s fields in
 //! declaration order, which is the same order: the speaker (withdraw, Cease) before the
 //! dataplane (detach).
 

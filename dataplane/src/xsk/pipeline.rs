@@ -57,7 +57,7 @@ const PUBLISH_NS: u64 = 100_000_000;
 /// [`super::WorkerStats`]: which snapshot it runs and since when, flow-table occupancy, and
 /// per-VIP and per-backend traffic. One writer (the worker), any number of readers; each
 /// value is independent, so `Relaxed` is enough except for the generation/time pair (see
-/// [`PipelineStats::generation`]) and a backend entry's key (see [`BackendEntry`]).
+/// [`PipelineStats::generation`]) and a backend entry's key (see `BackendEntry`).
 pub struct PipelineStats {
     generation: AtomicU64,
     generation_at_ns: AtomicU64,
