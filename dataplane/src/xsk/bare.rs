@@ -69,8 +69,9 @@ impl TunnelForwarder {
 impl Processor for TunnelForwarder {
     fn process(&mut self, _now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
         for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
-            let ip_start = f.offset + ETH_HLEN;
-            let Some(ip_len) = f.len.checked_sub(ETH_HLEN) else {
+            let (Some(ip_start), Some(ip_len)) =
+                (f.offset.checked_add(ETH_HLEN), f.len.checked_sub(ETH_HLEN))
+            else {
                 *v = Verdict::Drop(DropReason::Truncated);
                 continue;
             };
@@ -139,7 +140,7 @@ mod tests {
         let mut a = [0u8; 160];
         a[64..78].copy_from_slice(&[0xee; 14]);
         a[78..98].copy_from_slice(&inner);
-        let mut b = [0u8; 160];
+        let (mut b, mut c, mut d) = ([0u8; 160], [0u8; 160], [0u8; 160]);
         let mut frames = [
             Frame {
                 buf: &mut a,
@@ -151,8 +152,19 @@ mod tests {
                 offset: 64,
                 len: 13,
             },
+            // Bounds no worker produces must still drop, never panic or wrap.
+            Frame {
+                buf: &mut c,
+                offset: usize::MAX - 4,
+                len: 34,
+            },
+            Frame {
+                buf: &mut d,
+                offset: 10,
+                len: 34,
+            },
         ];
-        let mut v = [Verdict::Pass; 2];
+        let mut v = [Verdict::Pass; 4];
         let (src, dst) = (Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 1, 1));
         let mut fw = TunnelForwarder::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst);
         fw.process(0, &mut frames, &mut v);
@@ -164,6 +176,8 @@ mod tests {
             }
         );
         assert_eq!(v[1], Verdict::Drop(DropReason::Truncated));
+        assert_eq!(v[2], Verdict::Drop(DropReason::Truncated));
+        assert_eq!(v[3], Verdict::Drop(DropReason::NoHeadroom));
         assert_eq!(
             &a[44..58],
             &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]
