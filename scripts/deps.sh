@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by scripts/test.sh and vagrant/lab.sh: the Debian packages dsrgate needs to build,
-# test and run its lab, installed only when missing (idempotent).
+# test and run its lab, and the Rust toolchain, installed only when missing (idempotent).
 
 DSRGATE_APT_PACKAGES=(
   clang llvm libclang-dev libelf-dev zlib1g-dev libbpf-dev pkg-config m4 make # BPF C programs
@@ -31,4 +31,22 @@ dsrgate_install_deps() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+}
+
+# Puts cargo on PATH, installing the stable toolchain with rustup if there is none: Debian
+# 12's own rustc is older than the workspace's rust-version. With rustfmt and clippy, which
+# the test suite runs; a rustup toolchain that lacks them gets them added.
+dsrgate_ensure_cargo() {
+  if ! command -v cargo >/dev/null; then
+    if [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+      echo "==> installing the Rust toolchain (rustup, stable)" >&2
+      curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y --profile minimal --component rustfmt,clippy --default-toolchain stable >&2
+    fi
+    export PATH=$HOME/.cargo/bin:$PATH
+  fi
+  if ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 &&
+    command -v rustup >/dev/null; then
+    rustup component add rustfmt clippy >&2
+  fi
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine as root: installs what it needs
-# (idempotent), then runs formatting, lints, unit, property, fixture and namespace tests,
+# (Debian packages and, if missing, the Rust toolchain; idempotent), then runs formatting, lints, unit, property, fixture and namespace tests,
 # and a build of every fuzz target. Namespace/BPF/BIRD tests need root; with CI=true a missing
 # prerequisite fails the run instead of skipping.
 set -euo pipefail
@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 if [ "$(id -u)" = 0 ]; then
+  # shellcheck disable=SC2119 # no extra packages
   dsrgate_install_deps
+  dsrgate_ensure_cargo
 elif [ "${CI:-}" = true ]; then
   echo "CI=true but not root: the namespace, BPF and BIRD tests cannot run" >&2
   exit 1

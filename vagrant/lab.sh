@@ -177,20 +177,6 @@ announced_everywhere() { ecmp_both "$LAB_VIP4" && ecmp_both "$LAB_VIP6"; }
 # ---------------------------------------------------------------------------------------
 # up
 
-ensure_cargo() {
-  if ! command -v cargo >/dev/null; then
-    if [ -x "$HOME/.cargo/bin/cargo" ]; then
-      export PATH=$HOME/.cargo/bin:$PATH
-    else
-      # Debian 12's rustc is older than the workspace's rust-version: use rustup.
-      say "==> installing the Rust toolchain (rustup, stable)"
-      curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
-        sh -s -- -y --profile minimal --default-toolchain stable
-      export PATH=$HOME/.cargo/bin:$PATH
-    fi
-  fi
-}
-
 # build [all|tools]: all = dsrgate and the tools (dsrgate-topo, -node, -client).
 build() {
   local what=${1:-all} flag=() pkgs=(-p control -p dsrgate-tests) bins b
@@ -204,7 +190,7 @@ build() {
   else
     [ "$PROFILE" = release ] && flag=(--release)
     say "==> building the $PROFILE binaries (${bins[*]})"
-    ensure_cargo
+    dsrgate_ensure_cargo
     (cd "$REPO" && cargo build "${flag[@]}" "${pkgs[@]}" --bins)
   fi
   for b in "${bins[@]}"; do
