@@ -509,6 +509,15 @@ pub struct AnnounceTransitionLabels {
     pub reason: String,
 }
 
+/// Labels of `dsrgate_maglev_slots_changed_total`: one service port.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VipPortLabels {
+    pub vip: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    pub port: String,
+}
+
 /// Labels of `dsrgate_config_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -523,6 +532,8 @@ pub struct Metrics {
     pub health_transitions: Family<HealthTransitionLabels, Counter>,
     pub announce_transitions: Family<AnnounceTransitionLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
+    /// Per service port, Maglev slots that changed backend over its table rebuilds.
+    pub maglev_slots_changed: Family<VipPortLabels, Counter>,
     /// Seconds from a backend-set change to the new snapshot being live in the workers.
     pub snapshot_publish_seconds: Histogram,
 }
@@ -536,6 +547,7 @@ impl Metrics {
             health_transitions: Family::default(),
             announce_transitions: Family::default(),
             config_reloads: Family::default(),
+            maglev_slots_changed: Family::default(),
             // 50 µs .. ~1.6 s.
             snapshot_publish_seconds: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
         };
@@ -553,6 +565,12 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads (SIGHUP), by result",
             m.config_reloads.clone(),
+        );
+        r.register(
+            "maglev_slots_changed",
+            "Maglev table slots that changed backend when the service port's backends changed: \
+             the flows that move to another backend on a gateway without their state",
+            m.maglev_slots_changed.clone(),
         );
         r.register(
             "snapshot_publish_seconds",
@@ -593,6 +611,16 @@ impl Metrics {
 
     pub fn snapshot_published(&self, latency: Duration) {
         self.snapshot_publish_seconds.observe(latency.as_secs_f64());
+    }
+
+    pub fn maglev_rebuilt(&self, vip: dataplane::snapshot::VipKey, changed_slots: u32) {
+        self.maglev_slots_changed
+            .get_or_create(&VipPortLabels {
+                vip: vip.addr.to_string(),
+                protocol: vip.proto.name().into(),
+                port: vip.port.to_string(),
+            })
+            .inc_by(u64::from(changed_slots));
     }
 }
 
@@ -938,6 +966,14 @@ mod tests {
         m.announce_transition("192.0.2.10".parse().unwrap(), true, "healthy");
         m.config_reload(false);
         m.snapshot_published(Duration::from_micros(300));
+        let key = |port| dataplane::snapshot::VipKey {
+            addr: "192.0.2.10".parse().unwrap(),
+            proto: dataplane::snapshot::Proto::Tcp,
+            port,
+        };
+        m.maglev_rebuilt(key(80), 651);
+        m.maglev_rebuilt(key(80), 700);
+        m.maglev_rebuilt(key(443), 0);
         let text = scrape(&registry);
         for line in [
             "dsrgate_build_info{version=\"0.1.0\"} 1",
@@ -976,6 +1012,9 @@ mod tests {
             "dsrgate_health_transitions_total{backend=\"198.51.100.13\",to=\"down\",reason=\"refused\"} 1",
             "dsrgate_announce_transitions_total{vip=\"192.0.2.10\",to=\"announce\",reason=\"healthy\"} 1",
             "dsrgate_config_reloads_total{result=\"error\"} 1",
+            "dsrgate_maglev_slots_changed_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\"} 1351",
+            "dsrgate_maglev_slots_changed_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"443\"} 0",
+            "# TYPE dsrgate_maglev_slots_changed_total counter",
             "dsrgate_snapshot_publish_seconds_count 1",
             "# TYPE dsrgate_vip_packets_total counter",
             "# TYPE dsrgate_backend_up gauge",

@@ -8,7 +8,10 @@
 //! policy does not count it as usable. [`Publisher`] compares the result with what is live,
 //! builds the Maglev tables (the expensive step, here on the control thread, never in a
 //! worker; tables of unchanged VIPs are reused) only when something changed, and swaps the
-//! result in. Workers load the snapshot once per batch, so the next batch runs on it.
+//! result in. Workers load the snapshot once per batch, so the next batch runs on it. Each
+//! rebuilt table is diffed against the one it replaces ([`MaglevChange`]): the share of a
+//! VIP's slots that changed backend is the share of its flows a gateway without their
+//! state (a new one, or one whose flows expired) now sends elsewhere.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -147,13 +150,24 @@ pub fn proto(p: Protocol) -> Proto {
 }
 
 /// What one publish did.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Published {
     pub generation: u64,
     /// Building the snapshot (Maglev tables, VIP table).
     pub build: Duration,
     /// When the new snapshot was stored: from then on every batch a worker starts sees it.
     pub live_at: Instant,
+    /// The VIPs whose Maglev table was rebuilt, in snapshot order (new VIPs are not listed).
+    pub maglev: Vec<MaglevChange>,
+}
+
+/// One VIP's rebuilt Maglev table against the table it replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChange {
+    pub key: VipKey,
+    /// Slots now holding another backend ([`dataplane::maglev::MaglevTable::diff`]).
+    pub changed_slots: u32,
+    pub table_size: u32,
 }
 
 /// Per service port of the live snapshot: its origin, the generation its backend set last
@@ -222,8 +236,11 @@ impl Publisher {
         cfg.generation = generation;
         let started = Instant::now();
         // Unchanged VIPs keep their Maglev tables: only changed ones are rebuilt.
-        let snap = Snapshot::rebuild(&cfg, Some(&self.live.load()))?;
+        let prev = self.live.load_full();
+        let snap = Snapshot::rebuild(&cfg, Some(&prev))?;
         let build = started.elapsed();
+        let reseeded = self.current.maglev_seed != next.config.maglev_seed;
+        let maglev = maglev_changes(&prev, &snap, reseeded);
         let vips = live_vips(
             &snap,
             &next.origins,
@@ -241,8 +258,30 @@ impl Publisher {
             generation,
             build,
             live_at,
+            maglev,
         }))
     }
+}
+
+/// The VIPs of `next` whose table differs from their table in `prev` in size or backends,
+/// or all of them if the Maglev seed changed (tables built from the same backends, size and
+/// seed are identical, so the others are skipped without a scan), with the slots that
+/// changed.
+fn maglev_changes(prev: &Snapshot, next: &Snapshot, reseeded: bool) -> Vec<MaglevChange> {
+    next.vips()
+        .iter()
+        .filter_map(|v| {
+            let (new, old) = (v.maglev(), prev.vip(&v.key)?.maglev());
+            if !reseeded && new.size() == old.size() && new.backends() == old.backends() {
+                return None;
+            }
+            Some(MaglevChange {
+                key: v.key,
+                changed_slots: new.changed_slots(old) as u32,
+                table_size: new.size(),
+            })
+        })
+        .collect()
 }
 
 /// The per-port view of a freshly built snapshot. A port keeps the generation of its last
@@ -388,6 +427,11 @@ mod tests {
             .is_none());
         let slots: u32 = publisher.vips()[0].slots.values().sum();
         assert_eq!(slots, 251);
+        // Per port, the slots of the backend about to be removed: exactly the ones that
+        // change when one backend is left.
+        let second = s.vips[0].backends[1].addr;
+        let held: Vec<u32> = publisher.vips().iter().map(|v| v.slots[&second]).collect();
+        assert!(held.iter().all(|&n| n > 0 && n < 251), "{held:?}");
 
         let one = |_: usize| s.vips[0].backends[..1].to_vec();
         let done = publisher
@@ -395,6 +439,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(done.generation, 2);
+        assert_eq!(
+            done.maglev,
+            publisher
+                .vips()
+                .iter()
+                .zip(&held)
+                .map(|(v, &n)| MaglevChange {
+                    key: v.key,
+                    changed_slots: n,
+                    table_size: 251,
+                })
+                .collect::<Vec<_>>()
+        );
         assert_eq!(handle.load().generation(), 2);
         assert_eq!(publisher.vips()[0].generation, 2);
         assert_eq!(
@@ -410,5 +467,6 @@ mod tests {
             .unwrap();
         assert_eq!(done.generation, 3);
         assert_eq!(publisher.vips()[0].generation, 2);
+        assert!(done.maglev.is_empty(), "{:?}", done.maglev);
     }
 }

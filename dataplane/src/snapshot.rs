@@ -32,6 +32,14 @@ impl Proto {
             Proto::Udp => 17,
         }
     }
+
+    /// `tcp` or `udp`, as in config files and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
 }
 
 /// A virtual service: address, protocol, port (never 0).
@@ -44,10 +52,7 @@ pub struct VipKey {
 
 impl fmt::Display for VipKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = match self.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
+        let p = self.proto.name();
         match self.addr {
             IpAddr::V4(a) => write!(f, "{a}:{}/{p}", self.port),
             IpAddr::V6(a) => write!(f, "[{a}]:{}/{p}", self.port),
