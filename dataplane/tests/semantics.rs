@@ -217,7 +217,15 @@ fn icmp_error_follows_the_flow_it_quotes() {
             1,
             &l4(6, 80, 10000 + i as u16, ACK, b""),
         );
-        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+        // Each kind of error that quotes a packet (RFC 792): destination unreachable
+        // (fragmentation needed), time exceeded, parameter problem (pointer 8: the TTL).
+        let (kind, code, rest) = [
+            (3, 4, [0, 0, 0x05, 0x78]),
+            (11, 0, [0; 4]),
+            (12, 0, [8, 0, 0, 0]),
+        ][i % 3];
+        let mut icmp = vec![kind, code, 0, 0];
+        icmp.extend_from_slice(&rest);
         icmp.extend_from_slice(&reply[..28]);
         let c = !sum16(&icmp);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
@@ -227,7 +235,7 @@ fn icmp_error_follows_the_flow_it_quotes() {
         assert_eq!(
             sent_to(&mut w, &s2, NOW, &err),
             Some(owner),
-            "error for flow {i}"
+            "type {kind} error for flow {i}"
         );
     }
     assert_eq!(w.flows().len(), 100);

@@ -140,12 +140,16 @@ fn fast_v4(frame: &[u8]) -> Option<Parsed> {
         }
         _ => return None,
     };
+    let dst_port = be16(l4, 2);
+    if dst_port == NO_SERVICE_PORT {
+        return None;
+    }
     Some(Parsed {
         key: FlowKey {
             src: mapped_v4(&ip[12..16]),
             dst: mapped_v4(&ip[16..20]),
             src_port: be16(l4, 0),
-            dst_port: be16(l4, 2),
+            dst_port,
             proto,
         },
         l3: L3 as u16,
@@ -273,42 +277,52 @@ fn walk_error(e: WalkError) -> DropReason {
     }
 }
 
+/// Port 0 is no service (the snapshot refuses it), and the VIP table keeps the fragment VIP
+/// under port 0: a TCP or UDP header to port 0 is not ours, as the steering program sees it.
+const NO_SERVICE_PORT: u16 = 0;
+
 /// Ports and TCP flags of a complete TCP or UDP header.
 #[inline]
-fn l4_ports(p: &mut Parsed, l4: &[u8]) -> Result<(), DropReason> {
+fn l4_ports(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     if p.key.proto == TCP {
         if l4.len() < TCP_HEADER_LEN {
-            return Err(DropReason::Truncated);
+            return Err(DropReason::Truncated.into());
         }
         let off = usize::from(l4[12] >> 4) * 4;
         if off < TCP_HEADER_LEN || off > l4.len() {
-            return Err(DropReason::BadLength);
+            return Err(DropReason::BadLength.into());
         }
         p.tcp_flags = l4[13];
     } else {
         if l4.len() < UDP_HEADER_LEN {
-            return Err(DropReason::Truncated);
+            return Err(DropReason::Truncated.into());
         }
         let len = usize::from(be16(l4, 4));
         if len < UDP_HEADER_LEN || len > l4.len() {
-            return Err(DropReason::BadLength);
+            return Err(DropReason::BadLength.into());
         }
     }
     p.key.src_port = be16(l4, 0);
     p.key.dst_port = be16(l4, 2);
+    if p.key.dst_port == NO_SERVICE_PORT {
+        return Err(Early::Pass);
+    }
     Ok(())
 }
 
-/// ICMPv4 errors (destination unreachable, which includes fragmentation needed, and time
-/// exceeded) carry the offending packet's header: take the flow from it. Other ICMP (echo
-/// and so on) is the kernel's.
+/// ICMPv4 errors (destination unreachable, which includes fragmentation needed, time
+/// exceeded, and parameter problem) carry the offending packet's header (RFC 792): take the
+/// flow from it. Other ICMP (echo and so on) is the kernel's. The steering program
+/// (dataplane/bpf/steer.c) steers the same types.
 #[cold]
 fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     if l4.len() < 8 {
         return Err(DropReason::Truncated.into());
     }
     match Icmpv4Message::from(l4[0]) {
-        Icmpv4Message::DstUnreachable | Icmpv4Message::TimeExceeded => {}
+        Icmpv4Message::DstUnreachable
+        | Icmpv4Message::TimeExceeded
+        | Icmpv4Message::ParamProblem => {}
         _ => return Err(Early::Pass),
     }
     let inner = &l4[8..];
@@ -316,20 +330,24 @@ fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
         return Err(DropReason::BadIcmp.into());
     }
     let hl = usize::from(inner[0] & 0x0f) * 4;
+    if hl < IPV4_HEADER_LEN {
+        return Err(DropReason::BadIcmp.into());
+    }
     let frag_off = be16(inner, 6) & 0x1fff;
     let q = Quoted {
         src: mapped_v4(&inner[12..16]),
         dst: mapped_v4(&inner[16..20]),
         proto: inner[9],
-        l4: inner.get(hl..).filter(|_| hl >= IPV4_HEADER_LEN),
+        l4: inner.get(hl..),
         later_fragment: frag_off != 0,
     };
     quoted(p, q)
 }
 
-/// ICMPv6 errors (destination unreachable, packet too big, time exceeded, parameter
-/// problem) as for ICMPv4. Everything else (echo, and neighbour discovery above all) is the
-/// kernel's.
+/// ICMPv6 errors as for ICMPv4: every type below 128 (RFC 4443 §2.1: destination
+/// unreachable, packet too big, time exceeded, parameter problem, and error types not yet
+/// assigned, which §2.4 (b) says still go to the flow they quote), as the steering program.
+/// Informational messages (echo, and neighbour discovery above all) are the kernel's.
 #[cold]
 fn icmpv6(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     if l4.len() < 8 {
@@ -385,6 +403,9 @@ fn quoted(p: &mut Parsed, q: Quoted<'_>) -> Result<(), Early> {
     let l4 = q.l4.filter(|l| l.len() >= 4).ok_or(DropReason::BadIcmp)?;
     p.key.src_port = be16(l4, 2);
     p.key.dst_port = be16(l4, 0);
+    if p.key.dst_port == NO_SERVICE_PORT {
+        return Err(Early::Pass);
+    }
     Ok(())
 }
 
@@ -450,11 +471,77 @@ mod tests {
         f[14] = 0x45;
         f[16..18].copy_from_slice(&40u16.to_be_bytes());
         f[23] = TCP;
+        f[37] = 80;
         f[46] = 0x50;
         let p = fast_v4(&f).expect("fast path");
         assert_eq!((p.ip_len, p.key.proto, p.l3), (40, TCP, 14));
         f[20] = 0x20; // MF: a fragment goes the general way
         assert!(fast_v4(&f).is_none());
+    }
+
+    /// An untagged IPv4 frame: ICMP type `kind` from a router to 10.0.0.1 quoting
+    /// `quoted_ip`, a header (with `ihl`) of the reply 10.0.0.1:80 -> 192.0.2.1:40000.
+    fn icmp4_error(kind: u8, ihl: u8, frag_off: u16) -> Vec<u8> {
+        let mut q = vec![0x40 | ihl, 0, 0, 40, 0, 0];
+        q.extend(frag_off.to_be_bytes());
+        q.extend([64, TCP, 0, 0, 10, 0, 0, 1, 192, 0, 2, 1]);
+        q.extend([0, 80, 0x9c, 0x40, 0, 0, 0, 1]);
+        let mut f = vec![0u8; 14 + 20];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((20 + 8 + q.len()) as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = ICMP;
+        f[26..34].copy_from_slice(&[198, 51, 100, 1, 10, 0, 0, 1]);
+        f.extend([kind, 0, 0, 0, 8, 0, 0, 0]);
+        f.extend(q);
+        f
+    }
+
+    #[test]
+    fn icmp4_errors_follow_the_quoted_flow() {
+        let mut p = Parsed::default();
+        // Destination unreachable, time exceeded, parameter problem.
+        for kind in [3, 11, 12] {
+            parse(&icmp4_error(kind, 5, 0), &mut p).unwrap();
+            assert_eq!(p.kind, Kind::IcmpError, "type {kind}");
+            assert_eq!(
+                (p.key.src, p.key.src_port, p.key.dst_port, p.key.proto),
+                (mapped_v4(&[192, 0, 2, 1]), 40000, 80, TCP),
+                "type {kind}: the client's flow"
+            );
+        }
+        // Source quench (4) and redirect (5) quote a packet too, but are not followed.
+        for kind in [4, 5, 8] {
+            assert_eq!(parse(&icmp4_error(kind, 5, 0), &mut p), Err(Early::Pass));
+        }
+        // A quoted header shorter than 20 bytes is malformed, fragment or not.
+        for frag_off in [0, 185] {
+            assert_eq!(
+                parse(&icmp4_error(12, 4, frag_off), &mut p),
+                Err(Early::Drop(DropReason::BadIcmp))
+            );
+        }
+    }
+
+    #[test]
+    fn port_0_is_no_service() {
+        let mut f = icmp4_error(3, 5, 0);
+        let mut p = Parsed::default();
+        f[14 + 20 + 8 + 20..][..2].copy_from_slice(&[0, 0]);
+        assert_eq!(parse(&f, &mut p), Err(Early::Pass), "quoted from port 0");
+        let mut t = vec![0u8; 54];
+        t[12..14].copy_from_slice(&[0x08, 0x00]);
+        t[14] = 0x45;
+        t[16..18].copy_from_slice(&40u16.to_be_bytes());
+        t[23] = TCP;
+        t[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        t[46] = 0x50;
+        assert_eq!(parse(&t, &mut p), Err(Early::Pass), "to port 0");
+        assert!(
+            fast_v4(&t).is_none(),
+            "the fast path leaves it to the general parser"
+        );
     }
 
     #[test]
