@@ -15,10 +15,6 @@
 #define DSR_IP_MF 0x2000
 #define DSR_IP_OFFSET 0x1fff
 
-#ifndef IPPROTO_SCTP
-#define IPPROTO_SCTP 132
-#endif
-
 /* An IP address as 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d (v4-mapped), so one
  * key type serves both families. The union gives 4-byte alignment (the verifier wants
  * aligned stack accesses). */
@@ -48,9 +44,13 @@ struct vlan_hdr {
 	__be16 proto;
 };
 
-/* Ethernet plus up to two VLAN tags (802.1Q or 802.1ad). Returns the L2 header length
- * (14, 18 or 22) and the inner EtherType in *proto, or -1 if the frame is too short. */
-static __always_inline int parse_l2(void *data, void *end, __be16 *proto)
+/* Ethernet plus up to max_tags VLAN tags: 802.1Q, and 802.1ad too if qinq. Returns the L2
+ * header length and in *proto the EtherType after the tags skipped, or -1 if the frame is too
+ * short. A frame with more tags, or another TPID, than allowed is left with a TPID in *proto:
+ * not IP, so callers pass it. Always inlined with constant max_tags and qinq, so each program
+ * compiles only the checks it asks for. */
+static __always_inline int parse_l2_tags(void *data, void *end, __be16 *proto,
+					 const int max_tags, const int qinq)
 {
 	struct ethhdr *eth = data;
 	int len = sizeof(*eth);
@@ -59,8 +59,9 @@ static __always_inline int parse_l2(void *data, void *end, __be16 *proto)
 		return -1;
 	*proto = eth->h_proto;
 #pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (*proto != bpf_htons(ETH_P_8021Q) && *proto != bpf_htons(ETH_P_8021AD))
+	for (int i = 0; i < max_tags; i++) {
+		if (*proto != bpf_htons(ETH_P_8021Q) &&
+		    !(qinq && *proto == bpf_htons(ETH_P_8021AD)))
 			break;
 		struct vlan_hdr *vh = data + len;
 		if ((void *)(vh + 1) > end)
@@ -69,6 +70,13 @@ static __always_inline int parse_l2(void *data, void *end, __be16 *proto)
 		len += sizeof(*vh);
 	}
 	return len;
+}
+
+/* Ethernet plus up to two VLAN tags (802.1Q or 802.1ad): the L2 header length (14, 18 or
+ * 22), or -1 if the frame is too short. */
+static __always_inline int parse_l2(void *data, void *end, __be16 *proto)
+{
+	return parse_l2_tags(data, end, proto, 2, 1);
 }
 
 static __always_inline void count(void *map, __u32 idx)

@@ -3,15 +3,22 @@
  * dsrgate's steering program, attached to the gateway's interfaces.
  *
  * It redirects into the AF_XDP socket of the receiving queue (XSKMAP keyed by
- * rx_queue_index) only the traffic that belongs to a configured VIP:
- *   - IPv4/IPv6 (optionally behind one or two VLAN tags) to a VIP address, protocol
- *     (TCP, UDP, SCTP) and destination port listed in `vips`;
+ * rx_queue_index) exactly the VIP traffic the workers' pipeline (dataplane/src/pipeline/)
+ * handles, and nothing it would pass: a worker cannot hand a frame back to the kernel, so a
+ * steered frame the pipeline calls `Pass` is lost, and VIP traffic passed here reaches a
+ * kernel that does not own the VIP. Keep the two in step (dataplane/src/bpf/steer/tests.rs
+ * runs both on the same frames). Frames untagged or with one 802.1Q tag (802.1ad and
+ * stacked tags pass, as in the pipeline) that carry:
+ *   - IPv4/IPv6 to a VIP address, protocol (TCP, UDP) and destination port listed in
+ *     `vips`;
  *   - IPv4/IPv6 fragments to a VIP address and protocol listed in `vip_addrs` (a
  *     non-first fragment carries no port, so every fragment goes by address+protocol);
- *   - ICMP/ICMPv6 errors (destination unreachable incl. fragmentation needed, packet
- *     too big, time exceeded, parameter problem) whose embedded packet was sent by a
- *     VIP: source address, protocol and source port (address+protocol if the
- *     embedded packet is a non-first fragment).
+ *     an IPv6 atomic fragment (offset 0, no more fragments; RFC 6946) is a whole datagram;
+ *   - ICMP/ICMPv6 errors (ICMPv4 destination unreachable incl. fragmentation needed, time
+ *     exceeded, parameter problem; ICMPv6 types below 128, RFC 4443 section 2.1), not
+ *     fragmented, addressed to the VIP that sent the embedded packet: its source address,
+ *     protocol and source port (address+protocol if the embedded packet is a non-first
+ *     fragment).
  * While the queue's worker is overloaded (`xsk_shed`), its VIP traffic is dropped here
  * and counted as `shed`: the cheapest point to drop what it could not process anyway.
  * Everything else gets XDP_PASS, so ARP, ND, BGP, SSH and health-check replies reach
@@ -19,11 +26,11 @@
  * (bpf_redirect_map's XDP_PASS fallback) and counted as `no_socket`.
  *
  * Malformed packets: a packet whose IP header says it is for a VIP address and
- * protocol but whose headers are truncated or inconsistent (bad IHL, total length
- * beyond the frame, no room for the ports) is dropped here and counted `dropped`: no
- * worker could balance it and the kernel does not own the VIP. Anything else that
- * cannot be classified (runt frames, unknown EtherTypes, garbage) is passed: it is
- * not ours, and the kernel validates and counts it.
+ * protocol but whose headers are truncated or inconsistent (bad IHL, total or payload
+ * length beyond the frame, IPv6 payload length 0, no room for the ports) is dropped here
+ * and counted `dropped`: no worker could balance it and the kernel does not own the VIP.
+ * Anything else that cannot be classified (runt frames, unknown EtherTypes, garbage) is
+ * passed: it is not ours, and the kernel validates and counts it.
  */
 #include <linux/icmpv6.h>
 #include "common.h"
@@ -32,6 +39,8 @@
 #define ICMP_DEST_UNREACH 3
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
+/* ICMPv6 types below this are errors (RFC 4443 section 2.1), as smoltcp's is_error. */
+#define ICMPV6_INFO_MIN 128
 struct icmphdr {
 	__u8 type;
 	__u8 code;
@@ -61,8 +70,9 @@ enum verdict { V_PASS, V_STEER, V_DROP };
 
 #define MAX_QUEUES 256
 #define MAX_VIPS 4096
-/* IPv6 extension headers walked before giving up (the packet is then passed). */
-#define MAX_EXT_HDRS 4
+/* IPv6 extension headers walked; a longer chain is passed. Keep equal to MAX_EXT_HEADERS in
+ * dataplane/src/wire/ipv6ext.rs, which drops such a chain. */
+#define MAX_EXT_HDRS 6
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -115,9 +125,10 @@ static __always_inline int is_vip_addr(struct vip_key *k)
 	return hit;
 }
 
+/* The protocols the pipeline balances; any other is never steered. */
 static __always_inline int has_ports(__u8 proto)
 {
-	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
 }
 
 /* Looks up k (address, protocol already set) with the port at l4 + port_off
@@ -133,19 +144,30 @@ static __always_inline enum verdict match_port(struct vip_key *k, void *l4, void
 	return bpf_map_lookup_elem(&vips, k) ? V_STEER : V_PASS;
 }
 
-/* Walks IPv6 extension headers from *p, leaving the upper-layer protocol in *nh and
- * *p after the headers. *frag is set if a fragment header was seen, *first_frag
- * cleared if it says the offset is non-zero. Returns -1 if truncated. */
-static __always_inline int skip_ext6(void **p, void *end, __u8 *nh, int *frag, int *first_frag)
+/* The extension headers with a length field, which the pipeline (ipv6ext::walk) skips. */
+static __always_inline int is_opt6(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
+	       nh == IPPROTO_AH;
+}
+
+/* Walks IPv6 extension headers from *p as the pipeline does (ipv6ext::walk: hop-by-hop,
+ * routing, destination options, AH, fragment), leaving the upper-layer protocol in *nh and
+ * *p after the headers. *frag is set if a fragment header makes the packet a fragment
+ * (offset or M set), *later if its offset is non-zero. Returns -1 if a header is truncated
+ * or the chain is longer than MAX_EXT_HDRS. */
+static __always_inline int skip_ext6(void **p, void *end, __u8 *nh, int *frag, int *later)
 {
 #pragma unroll
 	for (int i = 0; i < MAX_EXT_HDRS; i++) {
-		if (*nh == IPPROTO_HOPOPTS || *nh == IPPROTO_ROUTING || *nh == IPPROTO_DSTOPTS) {
+		if (is_opt6(*nh)) {
 			struct ipv6_opt_hdr *o = *p;
 			if ((void *)(o + 1) > end)
 				return -1;
+			/* AH counts 4-byte units minus 2 (RFC 4302), the others 8-byte
+			 * units minus 1 (RFC 8200). */
+			*p += *nh == IPPROTO_AH ? (o->hdrlen + 2) * 4 : (o->hdrlen + 1) * 8;
 			*nh = o->nexthdr;
-			*p += (o->hdrlen + 1) * 8;
 		} else if (*nh == IPPROTO_FRAGMENT) {
 			struct frag_hdr {
 				__u8 nexthdr;
@@ -156,24 +178,30 @@ static __always_inline int skip_ext6(void **p, void *end, __u8 *nh, int *frag, i
 			if ((void *)(f + 1) > end)
 				return -1;
 			*nh = f->nexthdr;
-			*frag = 1;
+			/* Offset (13 bits) or M makes a fragment; with both clear it is an
+			 * atomic fragment (RFC 6946), a whole datagram. */
+			if (f->frag_off & bpf_htons(0xfff9))
+				*frag = 1;
 			if (f->frag_off & bpf_htons(0xfff8))
-				*first_frag = 0;
+				*later = 1;
 			*p = f + 1;
 		} else {
-			break;
+			return 0;
 		}
 	}
-	return 0;
+	/* Still an extension header: the pipeline drops such a chain (too_many_ext_headers). */
+	return is_opt6(*nh) || *nh == IPPROTO_FRAGMENT ? -1 : 0;
 }
 
-/* The packet embedded in an ICMP error, sent by a VIP: its source must match. */
-static __always_inline enum verdict match_embedded_v4(void *p, void *end)
+/* The packet embedded in an ICMP error: sent by the VIP the error is addressed to (the
+ * pipeline drops an error quoting another source), so its source must be `dst`. */
+static __always_inline enum verdict match_embedded_v4(void *p, void *end, __be32 dst)
 {
 	struct iphdr *in = p;
 	struct vip_key k = {};
 
-	if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5)
+	if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5 || in->saddr != dst ||
+	    !has_ports(in->protocol))
 		return V_PASS;
 	addr_from_v4(&k.addr, in->saddr);
 	k.proto = in->protocol;
@@ -183,22 +211,26 @@ static __always_inline enum verdict match_embedded_v4(void *p, void *end)
 	return match_port(&k, p + in->ihl * 4, end, 0, 0);
 }
 
-static __always_inline enum verdict match_embedded_v6(void *p, void *end)
+static __always_inline enum verdict match_embedded_v6(void *p, void *end,
+						      const struct in6_addr *dst)
 {
 	struct ipv6hdr *in = p;
 	struct vip_key k = {};
-	int frag = 0, first = 1;
+	int frag = 0, later = 0;
 	__u8 nh;
 
-	if ((void *)(in + 1) > end)
+	if ((void *)(in + 1) > end || in->version != 6)
 		return V_PASS;
 	addr_from_v6(&k.addr, &in->saddr);
+	if (k.addr.w[0] != dst->in6_u.u6_addr32[0] || k.addr.w[1] != dst->in6_u.u6_addr32[1] ||
+	    k.addr.w[2] != dst->in6_u.u6_addr32[2] || k.addr.w[3] != dst->in6_u.u6_addr32[3])
+		return V_PASS;
 	nh = in->nexthdr;
 	p = in + 1;
-	if (skip_ext6(&p, end, &nh, &frag, &first) < 0)
+	if (skip_ext6(&p, end, &nh, &frag, &later) < 0 || !has_ports(nh))
 		return V_PASS;
 	k.proto = nh;
-	if (frag && !first)
+	if (later)
 		return is_vip_addr(&k) ? V_STEER : V_PASS;
 	return match_port(&k, p, end, 0, 0);
 }
@@ -212,21 +244,25 @@ static __always_inline enum verdict classify_v4(void *l3, void *end)
 
 	if ((void *)(ip + 1) > end || ip->version != 4)
 		return V_PASS;
-	addr_from_v4(&k.addr, ip->daddr);
-	k.proto = ip->protocol;
 	hlen = ip->ihl * 4;
 	tot = bpf_ntohs(ip->tot_len);
 
 	if (ip->protocol == IPPROTO_ICMP) {
 		struct icmphdr *ic = l3 + hlen;
-		if (hlen < sizeof(*ip) || (void *)(ic + 1) > end)
+		/* The pipeline reads errors only from unfragmented ICMP. */
+		if (hlen < sizeof(*ip) || (void *)(ic + 1) > end ||
+		    ip->frag_off & bpf_htons(DSR_IP_MF | DSR_IP_OFFSET))
 			return V_PASS;
 		if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED &&
 		    ic->type != ICMP_PARAMETERPROB)
 			return V_PASS;
-		return match_embedded_v4(ic + 1, end);
+		return match_embedded_v4(ic + 1, end, ip->daddr);
 	}
 
+	if (!has_ports(ip->protocol))
+		return V_PASS;
+	addr_from_v4(&k.addr, ip->daddr);
+	k.proto = ip->protocol;
 	vip_addr = is_vip_addr(&k);
 	if (!vip_addr)
 		return V_PASS; /* no VIP has this address and protocol */
@@ -241,32 +277,33 @@ static __always_inline enum verdict classify_v6(void *l3, void *end)
 {
 	struct ipv6hdr *ip6 = l3;
 	struct vip_key k = {};
-	int frag = 0, first = 1, vip_addr;
+	int frag = 0, later = 0, vip_addr;
 	void *p = ip6 + 1;
 	__u8 nh;
 
-	if ((void *)(ip6 + 1) > end)
+	if ((void *)(ip6 + 1) > end || ip6->version != 6)
 		return V_PASS;
 	nh = ip6->nexthdr;
-	if (skip_ext6(&p, end, &nh, &frag, &first) < 0)
+	if (skip_ext6(&p, end, &nh, &frag, &later) < 0)
 		return V_PASS; /* protocol unknown, so not attributable to a VIP */
 
 	if (nh == IPPROTO_ICMPV6) {
 		struct icmp6hdr *ic = p;
-		if ((void *)(ic + 1) > end)
+		/* The pipeline reads errors only from unfragmented ICMPv6. */
+		if ((void *)(ic + 1) > end || frag || ic->icmp6_type >= ICMPV6_INFO_MIN)
 			return V_PASS;
-		if (ic->icmp6_type != ICMPV6_DEST_UNREACH && ic->icmp6_type != ICMPV6_PKT_TOOBIG &&
-		    ic->icmp6_type != ICMPV6_TIME_EXCEED && ic->icmp6_type != ICMPV6_PARAMPROB)
-			return V_PASS;
-		return match_embedded_v6(ic + 1, end);
+		return match_embedded_v6(ic + 1, end, &ip6->daddr);
 	}
 
+	if (!has_ports(nh))
+		return V_PASS;
 	addr_from_v6(&k.addr, &ip6->daddr);
 	k.proto = nh;
 	vip_addr = is_vip_addr(&k);
 	if (!vip_addr)
 		return V_PASS;
-	if ((void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > end)
+	/* Payload length 0 would be a jumbogram (RFC 2675), which no Ethernet frame carries. */
+	if (!ip6->payload_len || (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > end)
 		return V_DROP;
 	if (frag)
 		return V_STEER;
@@ -282,7 +319,8 @@ int xdp_steer(struct xdp_md *ctx)
 	__be16 proto;
 	int l2;
 
-	l2 = parse_l2(data, end, &proto);
+	/* As the pipeline: untagged, or one 802.1Q tag; 802.1ad and stacked tags pass. */
+	l2 = parse_l2_tags(data, end, &proto, 1, 0);
 	if (l2 >= 0) {
 		if (proto == bpf_htons(ETH_P_IP))
 			v = classify_v4(data + l2, end);

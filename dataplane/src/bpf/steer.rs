@@ -16,8 +16,8 @@ const PROGRAM: &str = "xdp_steer";
 /// `MAX_QUEUES` in steer.c: entries of the XSKMAP and of `xsk_shed`.
 const MAX_QUEUES: usize = 256;
 
-/// One service: traffic to `addr`, IP protocol `proto` (6 TCP, 17 UDP, 132 SCTP), and
-/// destination `port` is steered to the workers.
+/// One service: traffic to `addr`, IP protocol `proto` (6 TCP or 17 UDP: what the pipeline
+/// balances), and destination `port` is steered to the workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Vip {
     pub addr: IpAddr,
@@ -28,7 +28,6 @@ pub struct Vip {
 impl Vip {
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
-    pub const SCTP: u8 = 132;
 
     pub fn tcp(addr: IpAddr, port: u16) -> Vip {
         Vip {
@@ -188,15 +187,8 @@ impl Steer {
     /// As [`Steer::attach`], but only in `mode` if one is given.
     pub fn attach_with(iface: &str, mode: Option<AttachMode>) -> Result<Steer> {
         let ifindex = ifindex(iface)?;
-        let mut ebpf = Ebpf::load(objects::STEER).map_err(|source| BpfError::Load {
-            object: "steer",
-            source,
-        })?;
+        let mut ebpf = load()?;
         let prog = super::xdp_program(&mut ebpf, PROGRAM)?;
-        prog.load().map_err(|source| BpfError::Program {
-            program: PROGRAM,
-            source,
-        })?;
 
         let mut errors = [String::from("not tried"), String::from("not tried")];
         let mut obtained = None;
@@ -252,30 +244,11 @@ impl Steer {
 
     /// Replaces the set of steered services. New entries are added before stale ones are
     /// removed, so a service present in both sets is never missing in between.
+    ///
+    /// A protocol other than TCP or UDP is refused: the pipeline would drop it as
+    /// unsupported, and ICMP errors about it are not its to follow.
     pub fn set_vips(&mut self, vips: &[Vip]) -> Result<()> {
-        let services: BTreeSet<VipKey> = vips.iter().map(VipKey::service).collect();
-        let addresses: BTreeSet<VipKey> = vips.iter().map(VipKey::address).collect();
-        self.replace_keys("vips", &services)?;
-        self.replace_keys("vip_addrs", &addresses)
-    }
-
-    fn replace_keys(&mut self, name: &'static str, want: &BTreeSet<VipKey>) -> Result<()> {
-        let map_err = |source| BpfError::Map { map: name, source };
-        let mut map: HashMap<&mut MapData, VipKey, u8> =
-            HashMap::try_from(self.ebpf.map_mut(name).ok_or(BpfError::Missing(name))?)
-                .map_err(map_err)?;
-        for k in want {
-            map.insert(k, 1, 0).map_err(map_err)?;
-        }
-        let stale: Vec<VipKey> = map
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !want.contains(k))
-            .collect();
-        for k in &stale {
-            map.remove(k).map_err(map_err)?;
-        }
-        Ok(())
+        set_vips(&mut self.ebpf, vips)
     }
 
     fn xsks(&mut self) -> Result<XskMap<&mut MapData>> {
@@ -311,18 +284,7 @@ impl Steer {
 
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<SteerCounters> {
-        let map = self
-            .ebpf
-            .map("steer_stats")
-            .ok_or(BpfError::Missing("steer_stats"))?;
-        let [redirected, no_socket, passed, dropped, shed] = sum_counters::<5>(map, "steer_stats")?;
-        Ok(SteerCounters {
-            redirected,
-            no_socket,
-            passed,
-            dropped,
-            shed,
-        })
+        counters(&self.ebpf)
     }
 
     /// Maps the per-queue overload flags into this process, for the workers.
@@ -356,6 +318,71 @@ impl Steer {
     }
 }
 
+/// Loads steer.c's object and its program into the kernel (the verifier runs here), not
+/// attached anywhere yet.
+fn load() -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(objects::STEER).map_err(|source| BpfError::Load {
+        object: "steer",
+        source,
+    })?;
+    super::xdp_program(&mut ebpf, PROGRAM)?
+        .load()
+        .map_err(|source| BpfError::Program {
+            program: PROGRAM,
+            source,
+        })?;
+    Ok(ebpf)
+}
+
+/// See [`Steer::set_vips`].
+fn set_vips(ebpf: &mut Ebpf, vips: &[Vip]) -> Result<()> {
+    if let Some(v) = vips
+        .iter()
+        .find(|v| v.proto != Vip::TCP && v.proto != Vip::UDP)
+    {
+        return Err(BpfError::Config(format!(
+            "VIP {} port {}: protocol {} is not balanced (only TCP and UDP)",
+            v.addr, v.port, v.proto
+        )));
+    }
+    let services: BTreeSet<VipKey> = vips.iter().map(VipKey::service).collect();
+    let addresses: BTreeSet<VipKey> = vips.iter().map(VipKey::address).collect();
+    replace_keys(ebpf, "vips", &services)?;
+    replace_keys(ebpf, "vip_addrs", &addresses)
+}
+
+fn replace_keys(ebpf: &mut Ebpf, name: &'static str, want: &BTreeSet<VipKey>) -> Result<()> {
+    let map_err = |source| BpfError::Map { map: name, source };
+    let mut map: HashMap<&mut MapData, VipKey, u8> =
+        HashMap::try_from(ebpf.map_mut(name).ok_or(BpfError::Missing(name))?).map_err(map_err)?;
+    for k in want {
+        map.insert(k, 1, 0).map_err(map_err)?;
+    }
+    let stale: Vec<VipKey> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !want.contains(k))
+        .collect();
+    for k in &stale {
+        map.remove(k).map_err(map_err)?;
+    }
+    Ok(())
+}
+
+fn counters(ebpf: &Ebpf) -> Result<SteerCounters> {
+    let map = ebpf
+        .map("steer_stats")
+        .ok_or(BpfError::Missing("steer_stats"))?;
+    let [redirected, no_socket, passed, dropped, shed] = sum_counters::<5>(map, "steer_stats")?;
+    Ok(SteerCounters {
+        redirected,
+        no_socket,
+        passed,
+        dropped,
+        shed,
+    })
+}
+
 impl Drop for Steer {
     fn drop(&mut self) {
         if let Err(e) = self.detach_inner() {
@@ -365,18 +392,4 @@ impl Drop for Steer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_layout_matches_the_c_struct() {
-        assert_eq!(std::mem::size_of::<VipKey>(), 20);
-        let v = Vip::tcp("192.0.2.10".parse().unwrap(), 80);
-        let k = VipKey::service(&v);
-        // SAFETY: VipKey is Pod (see above), so viewing it as bytes is sound.
-        let bytes: [u8; 20] = unsafe { std::mem::transmute(k) };
-        assert_eq!(&bytes[10..16], &[0xff, 0xff, 192, 0, 2, 10]);
-        assert_eq!(&bytes[16..20], &[0, 80, 6, 0]);
-        assert_eq!(VipKey::address(&v).port_be, 0);
-    }
-}
+mod tests;
