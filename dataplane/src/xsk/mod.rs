@@ -176,8 +176,30 @@ pub enum XskError {
     Steering { queue: u32, source: std::io::Error },
     #[error("worker thread: {0}")]
     Thread(std::io::Error),
-    #[error("worker {0} panicked")]
-    Panicked(usize),
+    #[error("worker {worker} panicked: {message}")]
+    Panicked { worker: usize, message: String },
+}
+
+/// A worker thread that ended while the workers were meant to run. A worker returns only
+/// when stopped, so it panicked: the panic hook has printed its message under the thread's
+/// name, its socket is closed, and its RX queue's steered traffic goes nowhere until
+/// [`Workers::stop`] detaches steering.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// The worker's index, which is also its uplink RX queue.
+    pub worker: usize,
+    /// The thread's name (`xsk-<uplink>-q<queue>`), as the panic message shows it.
+    pub thread: String,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AF_XDP worker {} (thread {}) ended while running",
+            self.worker, self.thread
+        )
+    }
 }
 
 struct Handle {
@@ -306,6 +328,20 @@ impl<S: Steering> Workers<S> {
             .collect()
     }
 
+    /// The first worker whose thread has ended, if any. Stop is only ever requested by
+    /// [`Workers::stop`] or drop, which consume the workers, so any thread found ended here
+    /// ended on its own. Cheap (an atomic load per worker): meant to be polled.
+    pub fn ended(&self) -> Option<Ended> {
+        self.handles
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.thread.is_finished())
+            .map(|(worker, h)| Ended {
+                worker,
+                thread: h.thread.thread().name().unwrap_or("?").to_string(),
+            })
+    }
+
     /// Detach steering, stop and join the workers, and close their sockets. Returns each
     /// worker's final frame census (every frame accounted for, or a leak).
     pub fn stop(mut self) -> Result<Vec<Census>, XskError> {
@@ -319,16 +355,30 @@ impl<S: Steering> Workers<S> {
         self.stop.store(true, Ordering::Relaxed);
         let mut out = Vec::with_capacity(self.handles.len());
         let mut err = None;
-        for (i, h) in self.handles.drain(..).enumerate() {
+        for (worker, h) in self.handles.drain(..).enumerate() {
             match h.thread.join() {
                 Ok(c) => out.push(c),
-                Err(_) => err = Some(XskError::Panicked(i)),
+                Err(payload) => {
+                    let message = panic_message(payload.as_ref());
+                    err.get_or_insert(XskError::Panicked { worker, message });
+                }
             }
         }
         match err {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+}
+
+/// The text of a panic payload: `panic!` makes a `&str` or a `String`.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
     }
 }
 

@@ -293,6 +293,72 @@ fn stop_detaches_steering_and_closes_sockets() {
     assert_no_xsk(gw);
 }
 
+/// Polls `f` until it returns something, for at most 5 s.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Forwards like [`BareForwarder`], or, in the worker chosen to fail, panics on its first
+/// frame.
+struct PanicsIn {
+    forward: BareForwarder,
+    panics: bool,
+}
+
+impl Processor for PanicsIn {
+    fn process(&mut self, now: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        assert!(!self.panics, "test processor fails on its first frame");
+        self.forward.process(now, frames, verdicts);
+    }
+}
+
+#[test]
+fn a_worker_that_panics_is_reported_and_stop_still_detaches_everything() {
+    if !dsrgate_tests::require_privileges("AF_XDP panicking worker test") {
+        return;
+    }
+    let lab = Lab::with_queues(2);
+    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
+    let workers = lab.start(true, move |i| PanicsIn {
+        forward: BareForwarder { src, dst },
+        panics: i == 1,
+    });
+    let gw = lab.net.ns("gw");
+    assert_eq!(workers.ended(), None, "every worker runs before traffic");
+    // Flows spread over both RX queues by hash (as in the multi-queue test above).
+    send_all(&lab.sender(), &lab.frames(200));
+    let ended = wait_for("a worker reported as ended", || workers.ended());
+    assert_eq!(
+        ended,
+        Ended {
+            worker: 1,
+            thread: "xsk-eth0-q1".into()
+        }
+    );
+    assert!(ended.to_string().contains("xsk-eth0-q1"), "{ended}");
+    // The healthy worker forwards its queue's share.
+    wait_for("worker 0 forwarding", || {
+        (workers.stats()[0].tx > 0).then_some(())
+    });
+    // Nothing but stop takes the program away: the caller has to act on the report.
+    assert!(gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
+    match workers.stop() {
+        Err(XskError::Panicked { worker: 1, message }) => {
+            assert!(message.contains("first frame"), "{message}")
+        }
+        other => panic!("stop after a panic returned {other:?}"),
+    }
+    assert!(!gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
+    assert_no_xsk(gw);
+}
+
 const HOLD_ENV: &str = "DSRGATE_XSK_HOLD";
 
 /// Not a test on its own: the child process of `sigkill_leaves_nothing_attached`, which runs
