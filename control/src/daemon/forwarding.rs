@@ -178,6 +178,17 @@ impl Dataplane {
         &self.pipelines
     }
 
+    /// Fails if a worker's thread has ended. A worker only returns when stopped, so it
+    /// panicked (the panic hook logged the message under the thread's name), and its RX
+    /// queue's VIP traffic is steered into a closed socket. Unlike a [`DataplaneProblem`]
+    /// this does not heal: only a restart brings the worker back.
+    pub fn check_workers(&self) -> Result<()> {
+        match self.workers.ended() {
+            Some(ended) => anyhow::bail!("{ended}: it panicked; see the panic logged before"),
+            None => Ok(()),
+        }
+    }
+
     /// Why the packet path cannot forward, if it cannot: a worker that stopped making
     /// progress, or the steering program gone from the interface.
     pub fn problem(&mut self, stats: &[WorkerStats], now: Instant) -> Option<DataplaneProblem> {

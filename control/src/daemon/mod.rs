@@ -12,11 +12,16 @@
 //! re-evaluates the announce policy, hands the speaker its routes, and stores a fresh
 //! [`Status`](crate::status::Status) for the API.
 //!
+//! A dataplane problem that can heal (a stalled worker, unresolved next hops) withdraws
+//! every VIP while the daemon keeps running. One that cannot, a worker thread that ended
+//! (panicked), fails the control loop: the daemon shuts down as below, without the drain,
+//! and exits non-zero so that its supervisor restarts it.
+//!
 //! Exit order, whatever the cause: routes are withdrawn first, the dataplane keeps
-//! forwarding for the drain time (on SIGTERM/SIGINT), then the steering program is
-//! detached and the workers stop. A panic unwinds through `Daemon`'s fields in
-//! declaration order, which is the same order: the speaker (withdraw, Cease) before the
-//! dataplane (detach).
+//! forwarding for the drain time (on SIGTERM/SIGINT only), then the steering program is
+//! detached and the workers stop and close their sockets. A panic of the control thread
+//! unwinds through `Daemon`'s fields in declaration order, which is the same order: the
+//! speaker (withdraw, Cease) before the dataplane (detach).
 
 mod forwarding;
 mod report;
@@ -253,7 +258,8 @@ impl Daemon {
             .expect("the dataplane runs until shutdown")
     }
 
-    /// Until SIGTERM or SIGINT (Ok) or a failure (Err).
+    /// Until SIGTERM or SIGINT (Ok) or a failure (Err): a helper thread that ended, or an
+    /// AF_XDP worker that did.
     fn control_loop(&mut self, signals: &Receiver<i32>) -> Result<()> {
         loop {
             channel::select! {
@@ -287,6 +293,7 @@ impl Daemon {
 
     /// One turn of the loop after its events.
     fn turn(&mut self, now: Instant, shutting_down: bool) -> Result<()> {
+        self.dataplane().check_workers()?;
         // A health change goes live before anything slower is looked at.
         if self.dirty_since.is_some() {
             self.publish(now);
