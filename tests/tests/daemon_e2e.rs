@@ -33,6 +33,12 @@ fn status(gw: &Netns) -> Result<control::status::Status> {
     gw.enter(|| control::status::fetch(api, Duration::from_secs(2)))?
 }
 
+/// Whether an XDP program is attached to `eth0` in `ns`.
+fn xdp_attached(ns: &Netns) -> Result<bool> {
+    let link = ns.ip(&["-o", "link", "show", "dev", "eth0"])?;
+    Ok(link.contains(" xdp") || link.contains("prog/xdp"))
+}
+
 fn wait_status(
     gw: &Netns,
     what: &str,
@@ -298,8 +304,10 @@ fn announcement_follows_backend_health() -> Result<()> {
 }
 
 #[test]
-fn sighup_with_a_broken_config_keeps_forwarding() -> Result<()> {
-    if !privileged("daemon_e2e::sighup_with_a_broken_config_keeps_forwarding") {
+fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Result<()> {
+    if !privileged(
+        "daemon_e2e::sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly",
+    ) {
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
@@ -367,6 +375,32 @@ fn sighup_with_a_broken_config_keeps_forwarding() -> Result<()> {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(redirected > 0.0, "{text}");
+
+    // SIGINT (Ctrl-C in a terminal) stops the daemon as SIGTERM does: the route goes first,
+    // the program stays attached through the drain, then it is detached and the exit is clean.
+    let gw1 = lab.ns("gw1");
+    assert!(xdp_attached(gw1)?, "no XDP program on gw1 before SIGINT");
+    daemon.signal(libc::SIGINT)?;
+    bird.wait_route(PREFIX4, false, Duration::from_secs(10))?;
+    assert!(
+        xdp_attached(gw1)?,
+        "detached before the drain ended:\n{}",
+        daemon.log()
+    );
+    let status = daemon.wait_exit(Duration::from_secs(10))?;
+    assert!(
+        status.success(),
+        "dsrgate exited with {status}:\n{}",
+        daemon.log()
+    );
+    // `signal=2`, with or without colour codes between the key and the value.
+    let line = daemon.wait_log(&["shutting down", "signal"], Duration::from_secs(1))?;
+    assert!(line.trim_end().ends_with('2'), "{line}");
+    daemon.wait_log(&["dsrgate stopped"], Duration::from_secs(1))?;
+    assert!(
+        !xdp_attached(gw1)?,
+        "XDP program left attached after SIGINT"
+    );
     Ok(())
 }
 
@@ -385,10 +419,7 @@ fn sigterm_withdraws_before_detaching_while_another_gateway_serves() -> Result<(
 
     let load = Load::start(lab.ns("client"));
     std::thread::sleep(Duration::from_millis(500));
-    let xdp_on_gw1 = || -> Result<bool> {
-        let link = lab.ns("gw1").ip(&["-o", "link", "show", "dev", "eth0"])?;
-        Ok(link.contains(" xdp") || link.contains("prog/xdp"))
-    };
+    let xdp_on_gw1 = || xdp_attached(lab.ns("gw1"));
     assert!(xdp_on_gw1()?, "no XDP program on gw1 before the test");
     let via_gw1 = format!("via {} ", fabric4(gateway_host(1)));
 
