@@ -513,6 +513,95 @@ fn removing_a_node_keeps_the_others_connections_and_moves_new_ones() {
     }
 }
 
+/// A snapshot swap loses no packet. Another thread swaps the live snapshot back and forth
+/// (all three nodes, then nodes 1 and 2 only, so flows on node 3 are also re-hashed and
+/// re-recorded) every ~50 µs, while the client runs 2,000 UDP request/response exchanges
+/// over four flows, one at a time so that no ring can overflow: every request is answered,
+/// and the workers drop nothing.
+#[test]
+fn snapshot_swaps_under_traffic_lose_no_packet() {
+    if !require_privileges("DSR snapshot swap test") {
+        return;
+    }
+    let d = Dsr::new();
+    // The first datagram on the path may be lost while the router resolves a neighbour.
+    d.udp_round(VIP4, 4);
+    let gone = [ip(&fabric4(node_host(3))), ip(&fabric6(node_host(3)))];
+    let snaps: Vec<Arc<Snapshot>> = [false, true]
+        .into_iter()
+        .enumerate()
+        .map(|(i, without_3)| {
+            let mut cfg = d.cfg.clone();
+            cfg.generation = 10 + i as u64;
+            if without_3 {
+                for v in &mut cfg.vips {
+                    v.backends.retain(|b| !gone.contains(&b.addr));
+                }
+            }
+            Arc::new(Snapshot::new(&cfg).expect("snapshot"))
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (live, stop) = (d.snapshot.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                live.store(snaps[(n % 2) as usize].clone());
+                n += 1;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            n
+        })
+    };
+    let before = d.workers.stats();
+    let addr = SocketAddr::new(ip(VIP4), UDP_PORT);
+    let (lost, answered) = d
+        .net
+        .ns("client")
+        .enter(move || {
+            let socks: Vec<UdpSocket> = (0..4)
+                .map(|_| {
+                    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                    s.connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                    s
+                })
+                .collect();
+            let mut buf = [0u8; 64];
+            let mut lost = 0;
+            let mut answered = [0usize; 4];
+            for i in 0..2000 {
+                let s = &socks[i % 4];
+                s.send(b"hello").unwrap();
+                match s.recv(&mut buf) {
+                    Ok(len) => {
+                        let n = node_of(std::str::from_utf8(&buf[..len]).unwrap());
+                        answered[usize::from(n)] += 1;
+                    }
+                    Err(_) => lost += 1,
+                }
+            }
+            (lost, answered)
+        })
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert_eq!(lost, 0, "requests without an answer, over {swaps} swaps");
+    assert!(swaps >= 100, "only {swaps} swaps during the exchanges");
+    assert_eq!(answered.iter().sum::<usize>(), 2000, "{answered:?}");
+    // The workers publish their counters periodically: let the last batch show.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = d.workers.stats();
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(a.dropped(), b.dropped(), "a worker dropped frames: {a:?}");
+    }
+    assert!(
+        after.iter().map(|s| s.tx).sum::<u64>() >= before.iter().map(|s| s.tx).sum::<u64>() + 2000,
+        "{after:?}"
+    );
+}
+
 #[test]
 fn non_vip_traffic_reaches_the_gateway_kernel_and_malformed_frames_are_dropped() {
     if !require_privileges("DSR non-VIP and malformed-frame test") {
