@@ -211,6 +211,22 @@ fn announcement_follows_backend_health() -> Result<()> {
         failures.len()
     );
     daemon.wait_log(&["withdrawn: 0 healthy backends"], Duration::from_secs(1))?;
+    // Each backend that went down rebuilt the port's Maglev table, logged with the slots
+    // that changed backend.
+    let moved: Vec<u64> = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("maglev table rebuilt") && l.contains("192.0.2.10:80/tcp"))
+        .filter_map(|l| {
+            l.split("changed_slots=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(moved.iter().any(|&n| n > 0), "rebuilds logged: {moved:?}");
 
     // One backend comes back: the route returns, traffic flows to it.
     let t0 = Instant::now();

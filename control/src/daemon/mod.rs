@@ -490,6 +490,15 @@ impl Daemon {
                     change_to_live_us = latency.as_micros() as u64,
                     "snapshot published"
                 );
+                for c in &p.maglev {
+                    self.metrics.maglev_rebuilt(c.key, c.changed_slots);
+                    tracing::info!(
+                        vip = %c.key,
+                        changed_slots = c.changed_slots,
+                        table_size = c.table_size,
+                        "maglev table rebuilt"
+                    );
+                }
             }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e,
