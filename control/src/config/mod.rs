@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use values::duration;
-pub use values::{Community, LargeCommunity, PoolRange};
+pub use values::{Community, LargeCommunity, OuterPrefixes, PoolRange};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -101,11 +101,12 @@ pub struct Dataplane {
     /// "fragmentation needed" / "packet too big" back.
     #[serde(default = "default_tunnel_mtu")]
     pub tunnel_mtu: u16,
-    /// Outer source addresses are taken from this prefix (hashed from the
-    /// client) so the nodes' NICs spread tunnelled flows over their RX queues.
-    /// Without it the upstream interface's address is used.
+    /// Outer source addresses are taken from these prefixes, one per address
+    /// family (hashed from the client), so the nodes' NICs spread tunnelled flows
+    /// over their RX queues. Without any, the egress interface's addresses are
+    /// used; with some, every backend's family needs one.
     #[serde(default)]
-    pub outer_source_prefix: Option<ipnet::IpNet>,
+    pub outer_source_prefix: OuterPrefixes,
 }
 
 fn default_flow_table_size() -> u32 {

@@ -305,10 +305,21 @@ fn outer_prefix_family_mismatch() {
         "upstream_interface = \"eth0\"",
         "upstream_interface = \"eth0\"\nouter_source_prefix = \"2001:db8::/64\"",
     );
+    one_problem(&text, "vips[0].backends[0].address", "has no IPv4 prefix");
+    // One prefix per family serves backends of both.
+    let both = MINIMAL.replace(
+        "upstream_interface = \"eth0\"",
+        "upstream_interface = \"eth0\"\nouter_source_prefix = [\"2001:db8::/64\", \"192.0.2.128/28\"]",
+    ) + "\n[[vips]]\naddress = \"2001:db8:100::10\"\nport = 80\n\n[[vips.backends]]\naddress = \"2001:db8:1::1\"\n";
+    let c = parse(&both, file()).unwrap();
+    assert_eq!(c.dataplane.outer_source_prefix.iter().count(), 2);
     one_problem(
-        &text,
-        "vips[0].backends[0].address",
-        "different address family",
+        &MINIMAL.replace(
+            "upstream_interface = \"eth0\"",
+            "upstream_interface = \"eth0\"\nouter_source_prefix = [\"192.0.2.0/28\", \"192.0.2.16/28\"]",
+        ),
+        "dataplane.outer_source_prefix",
+        "two prefixes of one family",
     );
 }
 

@@ -153,7 +153,7 @@ fn dataplane(v: &mut V, c: &Config) {
             format!("{} is out of range ({min_mtu}..=9216)", d.tunnel_mtu),
         );
     }
-    if let Some(p) = d.outer_source_prefix {
+    for p in d.outer_source_prefix.iter() {
         if p.addr() != p.network() {
             v.err(
                 "outer_source_prefix",
@@ -452,10 +452,9 @@ fn vip_entry<'a>(
                 } else if !addrs.insert(b.address) {
                     v.err("address", format!("backend {} is listed twice", b.address));
                 }
-                if let Some(p) = outer {
-                    if p.addr().is_ipv4() != b.address.is_ipv4() {
-                        v.err("address", format!("{} cannot be reached from dataplane.outer_source_prefix {p} (different address family)", b.address));
-                    }
+                if !outer.is_empty() && outer.for_family(b.address.is_ipv4()).is_none() {
+                    let family = if b.address.is_ipv4() { "IPv4" } else { "IPv6" };
+                    v.err("address", format!("{} cannot be reached: dataplane.outer_source_prefix has no {family} prefix (add one, or leave the option out to use the egress interface's addresses)", b.address));
                 }
                 if b.weight > MAX_WEIGHT {
                     v.err("weight", format!("{} is out of range (0..={MAX_WEIGHT})", b.weight));

@@ -1,6 +1,7 @@
 //! Small value types of the config file that TOML has no native form for:
-//! durations, BGP communities, and address-pool ranges. Each parses from a
-//! string and says what a good value looks like when it refuses one.
+//! durations, BGP communities, address-pool ranges, and the outer source
+//! prefixes. Each parses from a string (or a list of them) and says what a good
+//! value looks like when it refuses one.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -205,9 +206,123 @@ impl<'de> Deserialize<'de> for PoolRange {
     }
 }
 
+/// `dataplane.outer_source_prefix`: one prefix, or a list of at most one per
+/// address family, so IPv4 and IPv6 backends both get outer sources hashed from
+/// the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OuterPrefixes {
+    pub v4: Option<ipnet::Ipv4Net>,
+    pub v6: Option<ipnet::Ipv6Net>,
+}
+
+impl OuterPrefixes {
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
+    }
+
+    /// The prefixes given, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = ipnet::IpNet> {
+        let v4 = self.v4.map(ipnet::IpNet::V4);
+        v4.into_iter().chain(self.v6.map(ipnet::IpNet::V6))
+    }
+
+    /// The prefix for backends of this family.
+    pub fn for_family(&self, v4: bool) -> Option<ipnet::IpNet> {
+        match v4 {
+            true => self.v4.map(ipnet::IpNet::V4),
+            false => self.v6.map(ipnet::IpNet::V6),
+        }
+    }
+
+    fn add(&mut self, s: &str) -> Result<(), String> {
+        let net: ipnet::IpNet = s
+            .parse()
+            .map_err(|_| format!("invalid prefix `{s}`: expected e.g. \"192.0.2.128/28\""))?;
+        let twice = |prev: &dyn fmt::Display| {
+            format!("two prefixes of one family ({prev} and {net}): give at most one IPv4 and one IPv6 prefix")
+        };
+        match net {
+            ipnet::IpNet::V4(n) => match self.v4.replace(n) {
+                Some(prev) => Err(twice(&prev)),
+                None => Ok(()),
+            },
+            ipnet::IpNet::V6(n) => match self.v6.replace(n) {
+                Some(prev) => Err(twice(&prev)),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OuterPrefixes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OuterPrefixes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a prefix, or a list of one IPv4 and one IPv6 prefix")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OuterPrefixes, E> {
+                let mut p = OuterPrefixes::default();
+                p.add(s).map_err(E::custom)?;
+                Ok(p)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OuterPrefixes, A::Error> {
+                let mut p = OuterPrefixes::default();
+                while let Some(s) = seq.next_element::<String>()? {
+                    p.add(&s).map_err(serde::de::Error::custom)?;
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outer_prefixes_one_or_one_per_family() {
+        let parse = |s: &str| -> Result<OuterPrefixes, String> {
+            #[derive(Deserialize)]
+            struct T {
+                p: OuterPrefixes,
+            }
+            toml::from_str::<T>(&format!("p = {s}"))
+                .map(|t| t.p)
+                .map_err(|e| e.to_string())
+        };
+        let one = parse("\"192.0.2.128/28\"").unwrap();
+        assert_eq!(one.v4, Some("192.0.2.128/28".parse().unwrap()));
+        assert_eq!(one.v6, None);
+        let both = parse("[\"2001:db8:f::/64\", \"192.0.2.128/28\"]").unwrap();
+        assert_eq!(
+            both.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ["192.0.2.128/28", "2001:db8:f::/64"]
+        );
+        assert_eq!(
+            both.for_family(false),
+            Some("2001:db8:f::/64".parse().unwrap())
+        );
+        assert!(parse("[]").unwrap().is_empty());
+        for (bad, why) in [
+            (
+                "[\"192.0.2.0/28\", \"198.51.100.0/28\"]",
+                "two prefixes of one family",
+            ),
+            ("\"192.0.2.0\"", "invalid prefix"),
+            ("[\"2001:db8::/64\", 7]", "invalid type"),
+            ("7", "a prefix, or a list"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn durations() {

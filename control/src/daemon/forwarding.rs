@@ -245,27 +245,18 @@ fn ifindex_of(iface: &str) -> Option<u32> {
 }
 
 /// The snapshot parameters from the config and the egress interface: outer source
-/// addresses from `outer_source_prefix`, else the interface's first global address of each
-/// family, and the interface's MAC.
+/// addresses from `outer_source_prefix` (one prefix per family), else the interface's first
+/// global address of each family, and the interface's MAC.
 pub fn params(config: &Config, fixed: &Fixed, local_mac: [u8; 6]) -> Result<Params> {
     let d = &config.dataplane;
-    let mut v4 = None;
-    let mut v6 = None;
-    match d.outer_source_prefix {
-        Some(ipnet::IpNet::V4(n)) => {
-            v4 = Some(SourcePrefix {
-                addr: n.addr(),
-                len: n.prefix_len(),
-            })
-        }
-        Some(ipnet::IpNet::V6(n)) => {
-            v6 = Some(SourcePrefix {
-                addr: n.addr(),
-                len: n.prefix_len(),
-            })
-        }
-        None => {}
-    }
+    let mut v4 = d.outer_source_prefix.v4.map(|n| SourcePrefix {
+        addr: n.addr(),
+        len: n.prefix_len(),
+    });
+    let mut v6 = d.outer_source_prefix.v6.map(|n| SourcePrefix {
+        addr: n.addr(),
+        len: n.prefix_len(),
+    });
     if v4.is_none() || v6.is_none() {
         let egress = fixed.egress();
         let addrs = bpf::decap::interface_addresses(egress)
