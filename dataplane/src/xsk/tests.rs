@@ -296,8 +296,8 @@ fn one_arm_sends_back_out_of_the_uplink_and_drops_pass_verdicts() {
     let back = lab.socket("gen");
     let n = 2000;
     // The generator's own socket sees its outgoing frames too, and of the first k frames
-    // (source ports from 10,000) the (k + 1) / 2 even ones come back: keep only those.
-    let got: Vec<_> = exchange(&lab.sender(), &lab.frames(n), &back, |k| k + (k + 1) / 2)
+    // (source ports from 10,000) the k.div_ceil(2) even ones come back: keep only those.
+    let got: Vec<_> = exchange(&lab.sender(), &lab.frames(n), &back, |k| k + k.div_ceil(2))
         .into_iter()
         .filter(|&(d, s, _)| d == dst && s == src)
         .collect();
