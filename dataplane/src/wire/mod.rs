@@ -4,6 +4,10 @@
 //! UDP, ICMPv4 and ICMPv6 views; they are re-exported here so the rest of the crate has one
 //! place to import them from. This module adds only what smoltcp lacks: the 802.1Q tag
 //! ([`vlan`]), a bounded walk over IPv6 extension headers ([`ipv6ext`]), and GUE ([`gue`]).
+//! The pipeline's parser reads the few transport fields it needs (ports, TCP flags and data
+//! offset, UDP length, ICMP type) by offset after checking the lengths, and its fast path does
+//! the same for a plain IPv4 header: a view per header cost instructions on every packet.
+//! The views build the replies and the GUE header, and test the output.
 
 pub mod gue;
 pub mod ipv6ext;
