@@ -7,7 +7,7 @@
 //! The pipeline's parser reads the few transport fields it needs (ports, TCP flags and data
 //! offset, UDP length, ICMP type) by offset after checking the lengths, and its fast path does
 //! the same for a plain IPv4 header: a view per header cost instructions on every packet.
-//! The views build the replies and the GUE header, and test the output.
+//! The views build the "too big" replies and the GUE header.
 
 pub mod gue;
 pub mod ipv6ext;
