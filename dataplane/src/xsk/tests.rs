@@ -67,8 +67,9 @@ fn send_all(s: &PacketSocket, frames: &[Vec<u8>]) {
     }
 }
 
-/// A captured frame: (dst MAC, src MAC, UDP source port).
-type Seen = ([u8; 6], [u8; 6], u16);
+/// A captured frame: (dst MAC, src MAC, UDP source port, outer destination if the frame
+/// is the VIP packet inside an IP-in-IP header).
+type Seen = ([u8; 6], [u8; 6], u16, Option<Ipv4Addr>);
 
 /// Sends `frames` 32 at a time, and after each 32 waits until `cap` has shown `expect(sent)`
 /// frames (UDP to the VIP) for the frames sent so far: the sender never runs ahead of
@@ -112,15 +113,23 @@ fn capture_into(cap: &PacketCapture, out: &mut Vec<Seen>, want: usize, deadline:
             std::thread::sleep(Duration::from_millis(2));
             continue;
         };
-        if f.len() >= 38 && f[12..14] == [8, 0] && f[23] == 17 && f[30..34] == VIP.octets() {
-            let dport = u16::from_be_bytes([f[36], f[37]]);
-            if dport == VIP_PORT {
-                let mut d = [0; 6];
-                let mut s = [0; 6];
-                d.copy_from_slice(&f[0..6]);
-                s.copy_from_slice(&f[6..12]);
-                out.push((d, s, u16::from_be_bytes([f[34], f[35]])));
-            }
+        if f.len() < 14 || f[12..14] != [8, 0] {
+            continue;
+        }
+        // The VIP packet, bare or behind one 20-byte IP-in-IP header.
+        let (inner, outer) = match f.get(23) {
+            Some(&4) if f.len() >= 34 => (34, Some(Ipv4Addr::new(f[30], f[31], f[32], f[33]))),
+            _ => (14, None),
+        };
+        let Some(ip) = f.get(inner..inner + 24) else {
+            continue;
+        };
+        if ip[9] == 17 && ip[16..20] == VIP.octets() && ip[22..24] == VIP_PORT.to_be_bytes() {
+            let mut d = [0; 6];
+            let mut s = [0; 6];
+            d.copy_from_slice(&f[0..6]);
+            s.copy_from_slice(&f[6..12]);
+            out.push((d, s, u16::from_be_bytes([ip[20], ip[21]]), outer));
         }
     }
     out.len() >= want
@@ -234,7 +243,8 @@ fn two_arm_forwards_every_frame_out_of_the_downlink() {
     let got = exchange(&lab.sender(), &lab.frames(n), &sink, |k| k);
     assert_eq!(got.len(), n as usize, "frames delivered to the sink");
     assert!(
-        got.iter().all(|&(d, s, _)| d == dst && s == src),
+        got.iter()
+            .all(|&(d, s, _, o)| d == dst && s == src && o.is_none()),
         "MACs rewritten"
     );
     let mut ports: Vec<u16> = got.iter().map(|g| g.2).collect();
@@ -249,6 +259,91 @@ fn two_arm_forwards_every_frame_out_of_the_downlink() {
         Some(XskMode::Copy),
         "veth offers copy mode only"
     );
+    assert_eq!(stats[0].rx, u64::from(n));
+    assert_eq!(stats[0].tx, u64::from(n));
+    assert_eq!(stats[0].dropped(), 0);
+    assert_all_frames_home(&workers.stop().unwrap());
+}
+
+/// Two-arm with the real pipeline: every VIP frame from the uplink leaves the downlink
+/// inside an IP-in-IP header to one of the VIP's two backends (both get flows), from the
+/// downlink's MAC to the backends' next hop, and the workers drop nothing.
+#[test]
+fn two_arm_pipeline_encapsulates_every_frame_out_of_the_downlink() {
+    if !dsrgate_tests::require_privileges("AF_XDP two-arm pipeline test") {
+        return;
+    }
+    use crate::pipeline::WorkerConfig;
+    use crate::snapshot::{
+        BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
+        VipKey,
+    };
+    let lab = Lab::new();
+    let backends = [Ipv4Addr::new(198, 19, 1, 10), Ipv4Addr::new(198, 19, 1, 11)];
+    let cfg = SnapshotConfig {
+        generation: 1,
+        vips: vec![VipConfig {
+            key: VipKey {
+                addr: IpAddr::V4(VIP),
+                proto: Proto::Udp,
+                port: VIP_PORT,
+            },
+            backends: backends
+                .iter()
+                .map(|&b| BackendConfig {
+                    addr: IpAddr::V4(b),
+                    weight: 1,
+                })
+                .collect(),
+            hash: HashMode::FiveTuple,
+            encap: Encap::IpIp,
+        }],
+        outer_src_v4: Some(SourcePrefix {
+            addr: Ipv4Addr::new(198, 19, 1, 2),
+            len: 32,
+        }),
+        local_mac: lab.gw_down_mac,
+        next_hops: backends
+            .iter()
+            .map(|&b| (IpAddr::V4(b), lab.sink_mac))
+            .collect(),
+        ..SnapshotConfig::default()
+    };
+    let snap = Arc::new(ArcSwap::from_pointee(Snapshot::new(&cfg).unwrap()));
+    let workers = lab.start(true, move |_| {
+        PipelineProcessor::new(
+            WorkerConfig {
+                flow_capacity: 1 << 12,
+                max_vips: 4,
+                max_backends: 8,
+                ..WorkerConfig::default()
+            },
+            snap.clone(),
+        )
+    });
+    let sink = lab.socket("sink");
+    let n = 2000;
+    let got = exchange(&lab.sender(), &lab.frames(n), &sink, |k| k);
+    assert_eq!(got.len(), n as usize, "frames delivered to the sink");
+    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
+    assert!(
+        got.iter().all(|&(d, s, _, _)| d == dst && s == src),
+        "MACs of the downlink and the next hop"
+    );
+    for b in backends {
+        let to_b = got.iter().filter(|g| g.3 == Some(b)).count();
+        assert!(to_b > 0, "no flow tunnelled to {b}");
+    }
+    assert!(
+        got.iter()
+            .all(|g| g.3.is_some_and(|o| backends.contains(&o))),
+        "every frame tunnelled to a backend"
+    );
+    let mut ports: Vec<u16> = got.iter().map(|g| g.2).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), n as usize, "each frame exactly once");
+    let stats = workers.stats();
     assert_eq!(stats[0].rx, u64::from(n));
     assert_eq!(stats[0].tx, u64::from(n));
     assert_eq!(stats[0].dropped(), 0);
@@ -299,7 +394,7 @@ fn one_arm_sends_back_out_of_the_uplink_and_drops_pass_verdicts() {
     // (source ports from 10,000) the k.div_ceil(2) even ones come back: keep only those.
     let got: Vec<_> = exchange(&lab.sender(), &lab.frames(n), &back, |k| k + k.div_ceil(2))
         .into_iter()
-        .filter(|&(d, s, _)| d == dst && s == src)
+        .filter(|&(d, s, _, _)| d == dst && s == src)
         .collect();
     assert_eq!(got.len(), n as usize / 2, "even source ports come back");
     assert!(got.iter().all(|g| g.2 % 2 == 0));
