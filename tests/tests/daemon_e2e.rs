@@ -409,9 +409,8 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
         "dsrgate exited with {status}:\n{}",
         daemon.log()
     );
-    // `signal=2`, with or without colour codes between the key and the value.
     let line = daemon.wait_log(&["shutting down", "signal"], Duration::from_secs(1))?;
-    assert!(line.trim_end().ends_with('2'), "{line}");
+    assert!(line.contains("signal=2"), "{line}");
     daemon.wait_log(&["dsrgate stopped"], Duration::from_secs(1))?;
     assert!(
         !xdp_attached(gw1)?,

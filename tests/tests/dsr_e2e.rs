@@ -241,11 +241,8 @@ impl Dsr {
 
     /// Publish the snapshot without node `n` (its backends removed from every VIP).
     fn remove_node(&mut self, n: u8) {
-        let gone = [ip(&fabric4(node_host(n))), ip(&fabric6(node_host(n)))];
         self.cfg.generation += 1;
-        for v in &mut self.cfg.vips {
-            v.backends.retain(|b| !gone.contains(&b.addr));
-        }
+        drop_node(&mut self.cfg, n);
         self.snapshot
             .store(Arc::new(Snapshot::new(&self.cfg).expect("snapshot")));
     }
@@ -304,6 +301,14 @@ impl Dsr {
                     .collect()
             })
             .unwrap()
+    }
+}
+
+/// Removes node `n`'s backends (both families) from every VIP of `cfg`.
+fn drop_node(cfg: &mut SnapshotConfig, n: u8) {
+    let gone = [ip(&fabric4(node_host(n))), ip(&fabric6(node_host(n)))];
+    for v in &mut cfg.vips {
+        v.backends.retain(|b| !gone.contains(&b.addr));
     }
 }
 
@@ -526,7 +531,6 @@ fn snapshot_swaps_under_traffic_lose_no_packet() {
     let d = Dsr::new();
     // The first datagram on the path may be lost while the router resolves a neighbour.
     d.udp_round(VIP4, 4);
-    let gone = [ip(&fabric4(node_host(3))), ip(&fabric6(node_host(3)))];
     let snaps: Vec<Arc<Snapshot>> = [false, true]
         .into_iter()
         .enumerate()
@@ -534,9 +538,7 @@ fn snapshot_swaps_under_traffic_lose_no_packet() {
             let mut cfg = d.cfg.clone();
             cfg.generation = 10 + i as u64;
             if without_3 {
-                for v in &mut cfg.vips {
-                    v.backends.retain(|b| !gone.contains(&b.addr));
-                }
+                drop_node(&mut cfg, 3);
             }
             Arc::new(Snapshot::new(&cfg).expect("snapshot"))
         })
