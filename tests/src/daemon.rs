@@ -15,7 +15,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::bird::{kernel_route, Bird};
 use crate::netns::{
-    dsr_topology, fabric4, gateway_host, node_host, unique_prefix, Net, Netns, Proc, CLIENT4, VIP4,
+    dsr_topology, fabric4, gateway_host, node_host, two_arm_topology, unique_prefix, Arms, Net,
+    Netns, Proc, Topology, CLIENT4, GW_DOWNLINK, GW_UPLINK, VIP4,
 };
 
 /// The VIP's BGP prefix.
@@ -85,8 +86,11 @@ fn build_dsrgate() -> Result<PathBuf> {
 /// The settings of one gateway's config that the tests vary.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
-    /// Gateway number (1-based) in [`crate::netns::dsr_topology`].
+    /// Gateway number (1-based) in [`crate::netns::dsr_topology`] (or its two-arm
+    /// variant, see `arms`).
     pub gateway: u8,
+    /// One-arm on [`GW_UPLINK`], or two-arm with [`GW_DOWNLINK`] toward the nodes.
+    pub arms: Arms,
     /// Node numbers that back the VIP.
     pub nodes: Vec<u8>,
     pub drain_time: &'static str,
@@ -103,6 +107,7 @@ impl GatewayConfig {
     pub fn new(gateway: u8) -> GatewayConfig {
         GatewayConfig {
             gateway,
+            arms: Arms::One,
             nodes: vec![1, 2, 3],
             drain_time: "2s",
             health_interval: "300ms",
@@ -113,16 +118,24 @@ impl GatewayConfig {
         }
     }
 
-    /// The config file: one-arm on `eth0`, peering with BIRD on the router (AS 65000),
-    /// VIP4 TCP ports 80 (HTTP, health-checked) and 7 (echo) on the nodes.
+    /// The config file: one-arm on [`GW_UPLINK`] (or two-arm, tunnelling out of
+    /// [`GW_DOWNLINK`]), peering with BIRD on the router (AS 65000) over the uplink, VIP4 TCP
+    /// ports 80 (HTTP, health-checked) and 7 (echo) on the nodes.
     pub fn toml(&self) -> String {
-        let me = fabric4(gateway_host(self.gateway));
+        let me = self.arms.uplink4(gateway_host(self.gateway));
+        let interfaces = match self.arms {
+            Arms::One => format!("upstream_interface = \"{GW_UPLINK}\""),
+            Arms::Two => format!(
+                "topology = \"two-arm\"\nupstream_interface = \"{GW_UPLINK}\"\n\
+                 downstream_interface = \"{GW_DOWNLINK}\""
+            ),
+        };
         let mut s = format!(
             r#"[daemon]
 drain_time = "{drain}"
 
 [dataplane]
-upstream_interface = "eth0"
+{interfaces}
 flow_table_size = 4096
 
 [api]
@@ -144,7 +157,7 @@ protocol = "tcp"
 ports = [80, 7]
 "#,
             drain = self.drain_time,
-            router = fabric4(1),
+            router = self.arms.uplink4(1),
             router_as = crate::bird::ROUTER_AS,
         );
         if let Some(med) = self.med {
@@ -333,22 +346,45 @@ pub fn start_service(net: &Net, node_bin: &str, n: u8) -> Result<Proc> {
 /// service on every node.
 pub struct Lab {
     pub net: Net,
+    pub arms: Arms,
     node_bin: String,
     services: RefCell<Vec<Option<Proc>>>,
 }
 
 impl Lab {
+    /// One-arm gateways ([`dsr_topology`]).
     pub fn new(gateways: u8, node_bin: &str) -> Result<Lab> {
-        let net = dsr_topology(gateways, 3).build(&unique_prefix())?;
+        Lab::build(Arms::One, dsr_topology(gateways, 3), node_bin)
+    }
+
+    /// Two-arm gateways ([`two_arm_topology`]).
+    pub fn two_arm(gateways: u8, node_bin: &str) -> Result<Lab> {
+        Lab::build(Arms::Two, two_arm_topology(gateways, 3), node_bin)
+    }
+
+    fn build(arms: Arms, topology: Topology, node_bin: &str) -> Result<Lab> {
+        let net = topology.build(&unique_prefix())?;
         attach_decap(&net, &[1, 2, 3])?;
         let services = (1..=3)
             .map(|n| start_service(&net, node_bin, n).map(Some))
             .collect::<Result<_>>()?;
         Ok(Lab {
             net,
+            arms,
             node_bin: node_bin.to_owned(),
             services: RefCell::new(services),
         })
+    }
+
+    /// BIRD's session toward gateway `gw` (AS `asn`) at its uplink address, for
+    /// [`Bird::start`].
+    pub fn bird_neighbor(&self, gw: u8, asn: u32) -> (u8, u32, String) {
+        (gw, asn, self.arms.uplink4(gateway_host(gw)))
+    }
+
+    /// [`wait_routed_via`] for this lab's cabling.
+    pub fn wait_routed_via(&self, bird: &Bird<'_>, gateways: &[u8]) -> Result<()> {
+        wait_routed_over(self.ns("router"), bird, self.arms, gateways)
     }
 
     pub fn ns(&self, name: &str) -> &Netns {
@@ -439,15 +475,27 @@ pub fn check_client(body: &str) -> Result<()> {
     Ok(())
 }
 
-/// Waits until BIRD has the VIP and the router's kernel routes it via exactly `gateways`.
+/// Waits until BIRD has the VIP and the router's kernel routes it via exactly `gateways`
+/// (one-arm).
 pub fn wait_routed_via(router: &Netns, bird: &Bird<'_>, gateways: &[u8]) -> Result<()> {
+    wait_routed_over(router, bird, Arms::One, gateways)
+}
+
+/// [`wait_routed_via`] with the gateways cabled as `arms`: the router's route goes via
+/// each gateway's uplink address.
+pub fn wait_routed_over(
+    router: &Netns,
+    bird: &Bird<'_>,
+    arms: Arms,
+    gateways: &[u8],
+) -> Result<()> {
     bird.wait_route(PREFIX4, true, SETTLE)?;
     let deadline = Instant::now() + SETTLE;
     loop {
         let k = kernel_route(router, VIP4)?;
         let all = gateways
             .iter()
-            .all(|g| k.contains(&format!("via {} ", fabric4(gateway_host(*g)))));
+            .all(|g| k.contains(&format!("via {} ", arms.uplink4(gateway_host(*g)))));
         if all {
             return Ok(());
         }

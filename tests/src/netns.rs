@@ -183,6 +183,27 @@ impl Netns {
         parse_mac(text)
     }
 
+    /// Whether an XDP program is attached to `ifname` (in any mode).
+    pub fn xdp_attached(&self, ifname: &str) -> Result<bool> {
+        let link = self.ip(&["-o", "link", "show", "dev", ifname])?;
+        Ok(link.contains(" xdp") || link.contains("prog/xdp"))
+    }
+
+    /// A kernel counter of `ifname` (`tx_packets`, `rx_bytes`, ... in
+    /// `/sys/class/net/IF/statistics/`).
+    pub fn link_stat(&self, ifname: &str, stat: &str) -> Result<u64> {
+        ensure!(
+            !ifname.contains('/') && !stat.contains('/'),
+            "bad interface or counter name {ifname:?}/{stat:?}"
+        );
+        // `ip netns exec` mounts this namespace's /sys for the command.
+        let path = format!("/sys/class/net/{ifname}/statistics/{stat}");
+        let text = self.exec(&["cat", &path])?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("parsing {path} in {}: {text:?}", self.name))
+    }
+
     /// The pids of all processes whose network namespace is this one.
     pub fn pids(&self) -> Result<Vec<i32>> {
         let out = ip(&["netns", "pids", &self.name])?;
@@ -722,6 +743,126 @@ pub fn node_host(i: u8) -> u8 {
     10 + i
 }
 
+/// Upstream-segment IPv4 address of host `host` in the two-arm topology (router 1, gateway
+/// i is 1+i, as on the fabric).
+pub fn upstream4(host: u8) -> String {
+    format!("198.18.0.{host}")
+}
+
+/// Upstream-segment IPv6 address of host `host` (same host numbers as [`upstream4`]).
+pub fn upstream6(host: u8) -> String {
+    format!("2001:db8:e::{host:x}")
+}
+
+/// A gateway's interface toward the router: VIP traffic in, BGP, and (one-arm) tunnelled
+/// frames out.
+pub const GW_UPLINK: &str = "eth0";
+/// A two-arm gateway's interface toward the nodes: tunnelled frames out, health checks.
+pub const GW_DOWNLINK: &str = "eth1";
+
+/// How the gateways are cabled (the daemon's `[dataplane] topology`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arms {
+    /// [`GW_UPLINK`] on the fabric, next to the nodes.
+    #[default]
+    One,
+    /// [`GW_UPLINK`] on a separate upstream segment with the router, [`GW_DOWNLINK`] on
+    /// the fabric with the nodes.
+    Two,
+}
+
+impl Arms {
+    /// IPv4 address of host `host` on the segment where the router sends VIP traffic to
+    /// the gateways and peers with them over BGP.
+    pub fn uplink4(self, host: u8) -> String {
+        self.uplink().v4(host)
+    }
+
+    /// IPv6 address of host `host` on the same segment as [`Arms::uplink4`].
+    pub fn uplink6(self, host: u8) -> String {
+        self.uplink().v6(host)
+    }
+
+    /// The router-side bridge of that segment.
+    pub fn uplink_bridge(self) -> &'static str {
+        self.uplink().bridge
+    }
+
+    fn uplink(self) -> &'static Segment {
+        match self {
+            Arms::One => &FABRIC,
+            Arms::Two => &UPSTREAM,
+        }
+    }
+}
+
+/// An L2 segment: a bridge in the router, which is host 1 on it.
+struct Segment {
+    bridge: &'static str,
+    /// Prefix of the router's bridge ports (`p-` + the namespace name).
+    port: &'static str,
+    v4: fn(u8) -> String,
+    v6: fn(u8) -> String,
+    mtu: Option<u32>,
+}
+
+/// Router, gateways (one-arm) or their downlinks (two-arm), and nodes.
+const FABRIC: Segment = Segment {
+    bridge: "fabric",
+    port: "p-",
+    v4: fabric4,
+    v6: fabric6,
+    mtu: Some(FABRIC_MTU),
+};
+
+/// Two-arm only: router and gateway uplinks. It carries client packets unencapsulated.
+const UPSTREAM: Segment = Segment {
+    bridge: "upstream",
+    port: "u-",
+    v4: upstream4,
+    v6: upstream6,
+    mtu: None,
+};
+
+impl Segment {
+    fn v4(&self, host: u8) -> String {
+        (self.v4)(host)
+    }
+
+    fn v6(&self, host: u8) -> String {
+        (self.v6)(host)
+    }
+
+    /// The bridge in the router, with the router's addresses on it.
+    fn add_router(&self, t: &mut Topology) {
+        t.bridge("router", self.bridge, self.mtu);
+        self.address(t.ns("router"), self.bridge, 1);
+    }
+
+    /// Cables `ifname` of namespace `ns` into the segment as host `host`.
+    fn attach(&self, t: &mut Topology, ns: &str, ifname: &str, host: u8) {
+        self.address(t.ns(ns), ifname, host);
+        t.link(
+            Port::new(ns, ifname),
+            Port::new("router", &format!("{}{ns}", self.port)).bridged(self.bridge),
+            self.mtu,
+        );
+    }
+
+    fn address(&self, ns: &mut NsSpec, ifname: &str, host: u8) {
+        ns.addresses
+            .push((ifname.into(), format!("{}/24", self.v4(host))));
+        ns.addresses
+            .push((ifname.into(), format!("{}/64", self.v6(host))));
+    }
+
+    /// Default routes (both families) via the router.
+    fn default_route(&self, ns: &mut NsSpec) {
+        ns.routes.push(format!("default via {}", self.v4(1)));
+        ns.routes.push(format!("default via {}", self.v6(1)));
+    }
+}
+
 /// The DSR topology with `gateways` gateways (`gw1`..) and `nodes` nodes (`node1`..):
 ///
 /// ```text
@@ -737,6 +878,24 @@ pub fn node_host(i: u8) -> u8 {
 /// on the router are not included: BIRD installs them in the lab, tests add static ones
 /// (see [`dsr_test_topology`]).
 pub fn dsr_topology(gateways: u8, nodes: u8) -> Topology {
+    dsr_topology_with(Arms::One, gateways, nodes)
+}
+
+/// [`dsr_topology`] with two-arm gateways: each gateway's [`GW_UPLINK`] is on a separate
+/// segment with the router (bridge "upstream", [`upstream4`]/[`upstream6`], default route
+/// that way), and its [`GW_DOWNLINK`] is on the fabric with the nodes at the gateway's
+/// usual fabric address. The router is on both segments, so nodes still reply straight to
+/// the client through it.
+///
+/// ```text
+///  client ── router ── bridge "upstream" ── eth0 gwN ── eth1 ── bridge "fabric" ── nodeN
+///                      198.18.0.1/24         .1+N      198.51.100.1+N   (router .1) .10+N
+/// ```
+pub fn two_arm_topology(gateways: u8, nodes: u8) -> Topology {
+    dsr_topology_with(Arms::Two, gateways, nodes)
+}
+
+fn dsr_topology_with(arms: Arms, gateways: u8, nodes: u8) -> Topology {
     let mut t = Topology::default();
     let loose = |ns: &mut NsSpec| {
         for conf in ["all", "default"] {
@@ -765,38 +924,33 @@ pub fn dsr_topology(gateways: u8, nodes: u8) -> Topology {
         .push(("eth-client".into(), "203.0.113.1/24".into()));
     r.addresses
         .push(("eth-client".into(), "2001:db8:c::1/64".into()));
-    r.addresses
-        .push(("fabric".into(), format!("{}/24", fabric4(1))));
-    r.addresses
-        .push(("fabric".into(), format!("{}/64", fabric6(1))));
-    t.bridge("router", "fabric", Some(FABRIC_MTU));
+    FABRIC.add_router(&mut t);
+    if arms == Arms::Two {
+        UPSTREAM.add_router(&mut t);
+    }
     t.link(
         Port::new("client", "eth0").tx_off(),
         Port::new("router", "eth-client"),
         None,
     );
 
-    let members = (1..=gateways)
-        .map(|i| (format!("gw{i}"), gateway_host(i), false))
-        .chain((1..=nodes).map(|i| (format!("node{i}"), node_host(i), true)));
-    for (name, host, is_node) in members {
-        let ns = t.ns(&name);
-        ns.addresses
-            .push(("eth0".into(), format!("{}/24", fabric4(host))));
-        ns.addresses
-            .push(("eth0".into(), format!("{}/64", fabric6(host))));
-        ns.routes.push(format!("default via {}", fabric4(1)));
-        ns.routes.push(format!("default via {}", fabric6(1)));
-        if is_node {
-            loose(ns);
-            ns.addresses.push(("lo".into(), format!("{VIP4}/32")));
-            ns.addresses.push(("lo".into(), format!("{VIP6}/128")));
+    for i in 1..=gateways {
+        let name = format!("gw{i}");
+        let up = arms.uplink();
+        up.attach(&mut t, &name, GW_UPLINK, gateway_host(i));
+        up.default_route(t.ns(&name));
+        if arms == Arms::Two {
+            FABRIC.attach(&mut t, &name, GW_DOWNLINK, gateway_host(i));
         }
-        t.link(
-            Port::new(&name, "eth0"),
-            Port::new("router", &format!("p-{name}")).bridged("fabric"),
-            Some(FABRIC_MTU),
-        );
+    }
+    for i in 1..=nodes {
+        let name = format!("node{i}");
+        FABRIC.attach(&mut t, &name, "eth0", node_host(i));
+        let ns = t.ns(&name);
+        FABRIC.default_route(ns);
+        loose(ns);
+        ns.addresses.push(("lo".into(), format!("{VIP4}/32")));
+        ns.addresses.push(("lo".into(), format!("{VIP6}/128")));
     }
     t
 }
@@ -845,6 +999,45 @@ mod tests {
         );
         assert_eq!(fabric6(13), "2001:db8:f::d");
         dsr_test_topology().validate(&unique_prefix()).unwrap();
+    }
+
+    /// Two-arm: the gateway's uplink is on the upstream bridge, its downlink and the nodes
+    /// on the fabric, and the router on both.
+    #[test]
+    fn two_arm_gateways_have_an_uplink_and_a_downlink() {
+        let t = two_arm_topology(1, 2);
+        t.validate(&unique_prefix()).unwrap();
+        let bridge_of = |ns: &str, ifname: &str| {
+            t.links
+                .iter()
+                .find(|l| l.a.ns.as_deref() == Some(ns) && l.a.ifname == ifname)
+                .and_then(|l| l.b.master.clone())
+        };
+        assert_eq!(bridge_of("gw1", GW_UPLINK).as_deref(), Some("upstream"));
+        assert_eq!(bridge_of("gw1", GW_DOWNLINK).as_deref(), Some("fabric"));
+        assert_eq!(bridge_of("node2", "eth0").as_deref(), Some("fabric"));
+        let gw = t.namespaces.iter().find(|n| n.name == "gw1").unwrap();
+        assert!(gw
+            .addresses
+            .contains(&(GW_UPLINK.into(), format!("{}/24", upstream4(2)))));
+        assert!(gw
+            .addresses
+            .contains(&(GW_DOWNLINK.into(), format!("{}/24", fabric4(2)))));
+        assert!(gw.routes.contains(&format!("default via {}", upstream4(1))));
+        assert_eq!(Arms::Two.uplink4(1), upstream4(1));
+        assert_eq!(Arms::One.uplink4(3), fabric4(3));
+        let router = t.namespaces.iter().find(|n| n.name == "router").unwrap();
+        for bridge in ["fabric", "upstream"] {
+            assert!(
+                router.addresses.iter().any(|(i, _)| i == bridge),
+                "{bridge}"
+            );
+        }
+        // One-arm has no upstream segment.
+        assert!(dsr_topology(1, 1)
+            .bridges
+            .iter()
+            .all(|b| b.name == "fabric"));
     }
 
     #[test]
