@@ -26,7 +26,7 @@ use crate::fsm::{
     self, ConnId, Event, Negotiated, Output, Session, SessionError, State, Stats, Timer,
 };
 use crate::wire::{Family, Update};
-pub use rib::{AdjRibOut, Export, RouteAttributes, Routes};
+pub use rib::{max_update_len, AdjRibOut, Changes, Export, RouteAttributes, Routes, Unsendable};
 
 /// How long a closed connection may take to deliver its last NOTIFICATION, and
 /// how long [`Speaker::shutdown`] waits for all of them.
@@ -449,17 +449,26 @@ impl Loop {
         }
         info!(peer = %peer.config.address, local = ?local, hold = negotiated.hold_time, "BGP session established");
         peer.rib.clear();
-        let mut updates = peer.rib.sync(&self.routes, &export);
-        updates.extend(export.families.iter().map(|f| Update::end_of_rib(*f)));
+        let mut changes = peer.rib.sync(&self.routes, &export);
+        changes
+            .updates
+            .extend(export.families.iter().map(|f| Update::end_of_rib(*f)));
         peer.export = Some(export);
-        self.send_updates(now, p, &updates);
+        self.send_changes(now, p, changes);
     }
 
     fn sync(&mut self, now: Instant, p: usize) {
         let peer = &mut self.peers[p];
         let Some(export) = &peer.export else { return };
-        let updates = peer.rib.sync(&self.routes, export);
-        self.send_updates(now, p, &updates);
+        let changes = peer.rib.sync(&self.routes, export);
+        self.send_changes(now, p, changes);
+    }
+
+    fn send_changes(&mut self, now: Instant, p: usize, changes: Changes) {
+        for e in &changes.refused {
+            warn!(peer = %self.peers[p].config.address, "{e}");
+        }
+        self.send_updates(now, p, &changes.updates);
     }
 
     fn send_updates(&mut self, now: Instant, p: usize, updates: &[Update]) {

@@ -101,10 +101,33 @@ impl Export {
     }
 }
 
+/// A route whose path attributes leave no room for its prefix in one UPDATE of at
+/// most [`MAX_MESSAGE_LEN`] octets (RFC 4271 §4): it cannot be announced at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{prefix} not announced: with its path attributes one UPDATE would take {needed} octets, more than the {MAX_MESSAGE_LEN} a BGP message may have (RFC 4271 §4); configure fewer communities")]
+pub struct Unsendable {
+    pub prefix: Prefix,
+    /// Octets the smallest UPDATE carrying it would take.
+    pub needed: usize,
+}
+
+/// What [`AdjRibOut::sync`] decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// To send, in order.
+    pub updates: Vec<Update>,
+    /// Routes that cannot be announced, each reported once (until its attributes
+    /// change or the session restarts). A route that was announced before and now
+    /// cannot be is withdrawn: the peer must not keep attributes we no longer want.
+    pub refused: Vec<Unsendable>,
+}
+
 /// What one peer has been told.
 #[derive(Debug, Default)]
 pub struct AdjRibOut {
     sent: Routes,
+    /// Routes refused last time, so that each is reported once.
+    refused: Routes,
 }
 
 impl AdjRibOut {
@@ -119,31 +142,46 @@ impl AdjRibOut {
     /// The session went down: the peer has forgotten everything.
     pub fn clear(&mut self) {
         self.sent.clear();
+        self.refused.clear();
     }
 
     /// UPDATEs that bring the peer from what it was told to `desired`, withdrawals
     /// first, and records them as sent. Only differences go out (RFC 4271 §9.2).
-    pub fn sync(&mut self, desired: &Routes, export: &Export) -> Vec<Update> {
-        let wanted: Routes = desired
+    pub fn sync(&mut self, desired: &Routes, export: &Export) -> Changes {
+        let mut wanted: Routes = desired
             .iter()
             .filter(|(p, _)| export.exportable(p))
             .map(|(p, a)| (*p, a.clone()))
-            .collect();
-        let withdraw: Vec<Prefix> = self
-            .sent
-            .keys()
-            .filter(|p| !wanted.contains_key(p))
-            .copied()
             .collect();
         let announce: Routes = wanted
             .iter()
             .filter(|(p, a)| self.sent.get(p) != Some(a))
             .map(|(p, a)| (*p, a.clone()))
             .collect();
+        let (announced, unsendable) = announcements(&announce, export);
+        let mut refused = Routes::new();
+        for u in &unsendable {
+            if let Some(a) = wanted.remove(&u.prefix) {
+                refused.insert(u.prefix, a);
+            }
+        }
+        let withdraw: Vec<Prefix> = self
+            .sent
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        let refused_before = std::mem::replace(&mut self.refused, refused);
         self.sent = wanted;
-        let mut out = withdrawals(&withdraw, export.ctx);
-        out.extend(announcements(&announce, export));
-        out
+        let mut updates = withdrawals(&withdraw, export.ctx);
+        updates.extend(announced);
+        Changes {
+            updates,
+            refused: unsendable
+                .into_iter()
+                .filter(|u| refused_before.get(&u.prefix) != self.refused.get(&u.prefix))
+                .collect(),
+        }
     }
 
     /// Everything of one family again, for a ROUTE-REFRESH (RFC 2918 §4).
@@ -154,20 +192,31 @@ impl AdjRibOut {
             .filter(|(p, _)| p.family() == family)
             .map(|(p, a)| (*p, a.clone()))
             .collect();
-        announcements(&routes, export)
+        // What was sent fitted then and fits now: the export has not changed.
+        announcements(&routes, export).0
     }
 }
 
+/// One spare octet: adding prefixes may push an attribute (MP_REACH_NLRI) past 255
+/// octets and into the Extended Length form.
+const SPARE: usize = 1;
+
 /// Packs prefixes into as few UPDATEs as fit in 4096 octets each. `base` is the
-/// UPDATE without prefixes; `put` adds one.
+/// UPDATE without prefixes; `put` adds one. When `base` leaves no room for some
+/// prefix, nothing is packed and the error is the length the smallest UPDATE
+/// carrying that prefix would have.
 fn pack(
     prefixes: &[Prefix],
     base: Update,
     ctx: Context,
     put: fn(&mut Update, Prefix),
-) -> Vec<Update> {
-    // One spare octet: an attribute may need the Extended Length form.
-    let room = MAX_MESSAGE_LEN - base.encoded_len(ctx) - 1;
+) -> Result<Vec<Update>, usize> {
+    let fixed = base.encoded_len(ctx).saturating_add(SPARE);
+    let longest = prefixes.iter().map(Prefix::encoded_len).max().unwrap_or(0);
+    let room = MAX_MESSAGE_LEN
+        .checked_sub(fixed)
+        .filter(|room| longest <= *room)
+        .ok_or(fixed.saturating_add(longest))?;
     let mut out = Vec::new();
     let mut current = base.clone();
     let mut used = 0;
@@ -182,51 +231,97 @@ fn pack(
     if used > 0 {
         out.push(current);
     }
-    out
+    Ok(out)
 }
 
 fn withdrawals(prefixes: &[Prefix], ctx: Context) -> Vec<Update> {
     let (v4, v6): (Vec<Prefix>, Vec<Prefix>) = prefixes
         .iter()
         .partition(|p| p.family() == Family::Ipv4Unicast);
-    let mut out = pack(&v4, Update::default(), ctx, |u, p| u.withdrawn.push(p));
-    out.extend(pack(
-        &v6,
-        Update::end_of_rib(Family::Ipv6Unicast),
-        ctx,
-        |u, p| {
+    // A withdrawal carries no attribute but MP_UNREACH_NLRI: its base always fits.
+    let mut out = pack(&v4, Update::default(), ctx, |u, p| u.withdrawn.push(p)).unwrap_or_default();
+    out.extend(
+        pack(&v6, Update::end_of_rib(Family::Ipv6Unicast), ctx, |u, p| {
             if let Some(PathAttribute::MpUnreach(MpUnreach { withdrawn, .. })) =
                 u.attributes.first_mut()
             {
                 withdrawn.push(p);
             }
-        },
-    ));
+        })
+        .unwrap_or_default(),
+    );
     out
 }
 
-fn announcements(routes: &Routes, export: &Export) -> Vec<Update> {
+/// UPDATEs announcing `routes`, and the routes whose attributes are too large to send.
+fn announcements(routes: &Routes, export: &Export) -> (Vec<Update>, Vec<Unsendable>) {
     // Prefixes with equal attributes share UPDATEs.
     let mut groups: BTreeMap<(Family, &RouteAttributes), Vec<Prefix>> = BTreeMap::new();
     for (p, a) in routes {
         groups.entry((p.family(), a)).or_default().push(*p);
     }
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for ((family, attrs), prefixes) in groups {
         let base = Update {
             attributes: export.attributes(attrs, family),
             ..Update::default()
         };
-        out.extend(match family {
+        let packed = match family {
             Family::Ipv4Unicast => pack(&prefixes, base, export.ctx, |u, p| u.nlri.push(p)),
             Family::Ipv6Unicast => pack(&prefixes, base, export.ctx, |u, p| {
                 if let Some(PathAttribute::MpReach(mp)) = u.attributes.first_mut() {
                     mp.nlri.push(p);
                 }
             }),
-        });
+        };
+        match packed {
+            Ok(updates) => out.extend(updates),
+            Err(needed) => refused.extend(
+                prefixes
+                    .into_iter()
+                    .map(|prefix| Unsendable { prefix, needed }),
+            ),
+        }
     }
-    out
+    (out, refused)
+}
+
+/// The longest UPDATE that announces one host route with `attrs` (plus the spare
+/// octet the packer keeps), over every session this speaker may have: eBGP or iBGP,
+/// 2- or 4-octet AS numbers (a wide local AS then adds AS4_PATH), IPv4 or IPv6. A
+/// route is sent on every session if this is at most [`MAX_MESSAGE_LEN`]; the
+/// configuration checks it so that no route it accepts is refused.
+pub fn max_update_len(attrs: &RouteAttributes) -> usize {
+    let sessions = [false, true].into_iter().flat_map(|internal| {
+        [Context::default(), Context::FOUR_OCTET]
+            .into_iter()
+            .map(move |ctx| Export {
+                local_as: u32::MAX,
+                internal,
+                ctx,
+                families: Family::ALL.to_vec(),
+                next_hop_v4: Some(Ipv4Addr::UNSPECIFIED),
+                next_hop_v6: Some(Ipv6Addr::UNSPECIFIED),
+            })
+    });
+    let mut longest = 0;
+    for export in sessions {
+        for host in [
+            Prefix::host(Ipv4Addr::UNSPECIFIED.into()),
+            Prefix::host(Ipv6Addr::UNSPECIFIED.into()),
+        ] {
+            let base = Update {
+                attributes: export.attributes(attrs, host.family()),
+                ..Update::default()
+            };
+            let len = base
+                .encoded_len(export.ctx)
+                .saturating_add(SPARE + host.encoded_len());
+            longest = longest.max(len);
+        }
+    }
+    longest
 }
 
 #[cfg(test)]
@@ -263,10 +358,12 @@ mod tests {
     fn sends_only_differences() {
         let mut rib = AdjRibOut::default();
         let e = export();
-        let first = rib.sync(
-            &routes(&[("192.0.2.10/32", None), ("2001:db8:100::10/128", None)]),
-            &e,
-        );
+        let first = rib
+            .sync(
+                &routes(&[("192.0.2.10/32", None), ("2001:db8:100::10/128", None)]),
+                &e,
+            )
+            .updates;
         assert_eq!(first.len(), 2);
         assert_eq!(rib.len(), 2);
         assert!(rib
@@ -274,9 +371,10 @@ mod tests {
                 &routes(&[("192.0.2.10/32", None), ("2001:db8:100::10/128", None)]),
                 &e
             )
+            .updates
             .is_empty());
         // Changing the MED re-announces just that prefix; dropping one withdraws it.
-        let next = rib.sync(&routes(&[("192.0.2.10/32", Some(5))]), &e);
+        let next = rib.sync(&routes(&[("192.0.2.10/32", Some(5))]), &e).updates;
         assert_eq!(next.len(), 2);
         let withdrawn: Vec<String> = next[0].withdrawn_all().map(|p| p.to_string()).collect();
         assert_eq!(withdrawn, vec!["2001:db8:100::10/128"]);
@@ -291,10 +389,12 @@ mod tests {
         let mut rib = AdjRibOut::default();
         let mut e = export();
         e.next_hop_v6 = None;
-        let ups = rib.sync(
-            &routes(&[("192.0.2.10/32", None), ("2001:db8:100::10/128", None)]),
-            &e,
-        );
+        let ups = rib
+            .sync(
+                &routes(&[("192.0.2.10/32", None), ("2001:db8:100::10/128", None)]),
+                &e,
+            )
+            .updates;
         assert_eq!(ups.len(), 1);
         assert_eq!(rib.len(), 1);
     }
@@ -310,7 +410,7 @@ mod tests {
         }
         let mut rib = AdjRibOut::default();
         let e = export();
-        let ups = rib.sync(&many, &e);
+        let ups = rib.sync(&many, &e).updates;
         let mut seen = 0;
         for u in &ups {
             let bytes = Message::Update(u.clone()).to_bytes(e.ctx).unwrap();
@@ -318,7 +418,7 @@ mod tests {
             seen += u.announced().count();
         }
         assert_eq!(seen, 6000);
-        let gone = rib.sync(&Routes::new(), &e);
+        let gone = rib.sync(&Routes::new(), &e).updates;
         assert_eq!(
             gone.iter()
                 .map(|u| u.withdrawn_all().count())
@@ -326,6 +426,90 @@ mod tests {
             6000
         );
         assert!(gone.iter().all(|u| u.encoded_len(e.ctx) <= MAX_MESSAGE_LEN));
+    }
+
+    fn sendable(ups: &[Update], ctx: Context) -> Vec<String> {
+        let mut out = Vec::new();
+        for u in ups {
+            let bytes = Message::Update(u.clone()).to_bytes(ctx).unwrap();
+            assert!(bytes.len() <= MAX_MESSAGE_LEN);
+            out.extend(u.announced().map(|p| p.to_string()));
+        }
+        out
+    }
+
+    #[test]
+    fn attributes_too_large_for_one_update_are_refused_not_sent() {
+        let huge = RouteAttributes {
+            communities: (0..1100).collect(),
+            ..Default::default()
+        };
+        let mut want = routes(&[("192.0.2.10/32", None)]);
+        want.insert("192.0.2.11/32".parse().unwrap(), huge.clone());
+        want.insert("2001:db8:100::11/128".parse().unwrap(), huge.clone());
+        let mut rib = AdjRibOut::default();
+        let e = export();
+        let c = rib.sync(&want, &e);
+        assert_eq!(sendable(&c.updates, e.ctx), ["192.0.2.10/32"]);
+        let refused: Vec<String> = c.refused.iter().map(|u| u.prefix.to_string()).collect();
+        assert_eq!(refused, ["192.0.2.11/32", "2001:db8:100::11/128"]);
+        assert!(c.refused.iter().all(|u| u.needed > MAX_MESSAGE_LEN));
+        assert!(c.refused[0].to_string().contains("not announced"));
+        assert_eq!(rib.len(), 1);
+        // Reported once, not on every sync.
+        let again = rib.sync(&want, &e);
+        assert_eq!(again, Changes::default());
+
+        // A route announced with small attributes, then given too many: withdrawn, so
+        // the peer does not keep attributes we no longer want.
+        let p: Prefix = "192.0.2.10/32".parse().unwrap();
+        want.insert(p, huge);
+        let c = rib.sync(&want, &e);
+        assert_eq!(c.refused.len(), 1);
+        assert_eq!(c.updates.len(), 1);
+        assert_eq!(c.updates[0].withdrawn, [p]);
+        assert!(rib.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever the attributes and the session, sync never panics, every UPDATE
+        /// encodes within 4096 octets, and every route is either announced or
+        /// refused; a route within [`max_update_len`] is never refused.
+        #[test]
+        fn any_attributes_are_announced_or_refused(
+            communities in 0usize..1200,
+            large in 0usize..400,
+            med: Option<u32>,
+            internal: bool,
+            four_octet: bool,
+            local_as in proptest::prop_oneof![1u32..65535, 65536u32..=u32::MAX],
+        ) {
+            let attrs = RouteAttributes {
+                med,
+                communities: (0..communities as u32).collect(),
+                large_communities: (0..large as u32)
+                    .map(|i| LargeCommunity { global: i, local1: 1, local2: 2 })
+                    .collect(),
+            };
+            let mut e = export();
+            e.internal = internal;
+            e.local_as = local_as;
+            e.ctx = Context { four_octet_as: four_octet };
+            let want: Routes = ["192.0.2.10/32", "2001:db8:100::10/128"]
+                .iter()
+                .map(|p| (p.parse().unwrap(), attrs.clone()))
+                .collect();
+            let mut rib = AdjRibOut::default();
+            let c = rib.sync(&want, &e);
+            let announced = sendable(&c.updates, e.ctx);
+            proptest::prop_assert_eq!(announced.len() + c.refused.len(), 2);
+            for u in &c.refused {
+                proptest::prop_assert!(u.needed > MAX_MESSAGE_LEN);
+            }
+            if max_update_len(&attrs) <= MAX_MESSAGE_LEN {
+                proptest::prop_assert!(c.refused.is_empty());
+            }
+        }
     }
 
     #[test]
