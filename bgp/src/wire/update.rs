@@ -502,18 +502,6 @@ impl Update {
         }
     }
 
-    /// The family this End-of-RIB marker closes, if it is one.
-    pub fn end_of_rib_family(&self) -> Option<Family> {
-        if !self.withdrawn.is_empty() || !self.nlri.is_empty() {
-            return None;
-        }
-        match self.attributes.as_slice() {
-            [] => Some(Family::Ipv4Unicast),
-            [PathAttribute::MpUnreach(mp)] if mp.withdrawn.is_empty() => Some(mp.family),
-            _ => None,
-        }
-    }
-
     /// Prefixes announced, IPv4 and multiprotocol.
     pub fn announced(&self) -> impl Iterator<Item = &Prefix> {
         self.nlri
