@@ -6,8 +6,9 @@ use crate::flow::FlowKey;
 use crate::wire::ipv6ext::{self, WalkError};
 use crate::wire::vlan::{self, VlanTag};
 use crate::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv6Message, Ipv4Packet, Ipv6Packet,
-    ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN,
+    EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, Icmpv6Packet, Ipv4Packet,
+    Ipv6Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
+    TCP_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 pub(crate) const TCP: u8 = 6;
@@ -281,29 +282,28 @@ fn walk_error(e: WalkError) -> DropReason {
 /// under port 0: a TCP or UDP header to port 0 is not ours, as the steering program sees it.
 const NO_SERVICE_PORT: u16 = 0;
 
-/// Ports and TCP flags of a complete TCP or UDP header.
+/// Ports and TCP flags of a complete TCP or UDP header. Shorter than the fixed header is
+/// truncated; a data offset or UDP length that does not fit (smoltcp's `check_len`) is a
+/// bad length.
 #[inline]
 fn l4_ports(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
-    if p.key.proto == TCP {
+    let (src, dst) = if p.key.proto == TCP {
         if l4.len() < TCP_HEADER_LEN {
             return Err(DropReason::Truncated.into());
         }
-        let off = usize::from(l4[12] >> 4) * 4;
-        if off < TCP_HEADER_LEN || off > l4.len() {
-            return Err(DropReason::BadLength.into());
-        }
+        let tcp = TcpPacket::new_checked(l4).map_err(|_| DropReason::BadLength)?;
+        // The flags byte whole (the view reads it bit by bit).
         p.tcp_flags = l4[13];
+        (tcp.src_port(), tcp.dst_port())
     } else {
         if l4.len() < UDP_HEADER_LEN {
             return Err(DropReason::Truncated.into());
         }
-        let len = usize::from(be16(l4, 4));
-        if len < UDP_HEADER_LEN || len > l4.len() {
-            return Err(DropReason::BadLength.into());
-        }
-    }
-    p.key.src_port = be16(l4, 0);
-    p.key.dst_port = be16(l4, 2);
+        let udp = UdpPacket::new_checked(l4).map_err(|_| DropReason::BadLength)?;
+        (udp.src_port(), udp.dst_port())
+    };
+    p.key.src_port = src;
+    p.key.dst_port = dst;
     if p.key.dst_port == NO_SERVICE_PORT {
         return Err(Early::Pass);
     }
@@ -316,32 +316,35 @@ fn l4_ports(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
 /// (dataplane/bpf/steer.c) steers the same types.
 #[cold]
 fn icmpv4(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
-    if l4.len() < 8 {
-        return Err(DropReason::Truncated.into());
-    }
-    match Icmpv4Message::from(l4[0]) {
+    let icmp = Icmpv4Packet::new_checked(l4).map_err(|_| DropReason::Truncated)?;
+    match icmp.msg_type() {
         Icmpv4Message::DstUnreachable
         | Icmpv4Message::TimeExceeded
         | Icmpv4Message::ParamProblem => {}
         _ => return Err(Early::Pass),
     }
-    let inner = &l4[8..];
-    if inner.len() < IPV4_HEADER_LEN || inner[0] >> 4 != 4 {
-        return Err(DropReason::BadIcmp.into());
+    quoted(p, quoted_v4(icmp.data()).ok_or(DropReason::BadIcmp)?)
+}
+
+/// The IPv4 header an ICMPv4 error quotes. The quote is cut short (RFC 792 asks for the
+/// header and 8 bytes), so its total length is not checked: only that the fixed header is
+/// there and says IPv4.
+fn quoted_v4(inner: &[u8]) -> Option<Quoted<'_>> {
+    if inner.len() < IPV4_HEADER_LEN {
+        return None;
     }
-    let hl = usize::from(inner[0] & 0x0f) * 4;
-    if hl < IPV4_HEADER_LEN {
-        return Err(DropReason::BadIcmp.into());
+    let ip = Ipv4Packet::new_unchecked(inner);
+    let hl = usize::from(ip.header_len());
+    if ip.version() != 4 || hl < IPV4_HEADER_LEN {
+        return None;
     }
-    let frag_off = be16(inner, 6) & 0x1fff;
-    let q = Quoted {
-        src: mapped_v4(&inner[12..16]),
-        dst: mapped_v4(&inner[16..20]),
-        proto: inner[9],
+    Some(Quoted {
+        src: mapped_v4(&ip.src_addr().octets()),
+        dst: mapped_v4(&ip.dst_addr().octets()),
+        proto: u8::from(ip.next_header()),
         l4: inner.get(hl..),
-        later_fragment: frag_off != 0,
-    };
-    quoted(p, q)
+        later_fragment: ip.frag_offset() != 0,
+    })
 }
 
 /// ICMPv6 errors as for ICMPv4: every type below 128 (RFC 4443 §2.1: destination
@@ -353,18 +356,25 @@ fn icmpv6(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     if l4.len() < 8 {
         return Err(DropReason::Truncated.into());
     }
-    if !Icmpv6Message::from(l4[0]).is_error() {
+    let icmp = Icmpv6Packet::new_unchecked(l4);
+    if !icmp.msg_type().is_error() {
         return Err(Early::Pass);
     }
+    // Every error has 4 bytes after the checksum, types not yet assigned included (whose
+    // body smoltcp's `payload` starts 4 bytes earlier).
     let inner = &l4[8..];
-    if inner.len() < IPV6_HEADER_LEN || inner[0] >> 4 != 6 {
+    if inner.len() < IPV6_HEADER_LEN {
         return Err(DropReason::BadIcmp.into());
     }
-    let upper =
-        ipv6ext::walk(&inner[IPV6_HEADER_LEN..], inner[6]).map_err(|_| DropReason::BadIcmp)?;
+    let ip = Ipv6Packet::new_unchecked(inner);
+    if ip.version() != 6 {
+        return Err(DropReason::BadIcmp.into());
+    }
+    let upper = ipv6ext::walk(&inner[IPV6_HEADER_LEN..], u8::from(ip.next_header()))
+        .map_err(|_| DropReason::BadIcmp)?;
     let q = Quoted {
-        src: v6_addr(&inner[8..24]),
-        dst: v6_addr(&inner[24..40]),
+        src: ip.src_addr().octets(),
+        dst: ip.dst_addr().octets(),
         proto: upper.proto,
         l4: inner.get(IPV6_HEADER_LEN + upper.offset..),
         later_fragment: upper.fragment.is_some_and(|f| f.offset != 0),
@@ -400,6 +410,8 @@ fn quoted(p: &mut Parsed, q: Quoted<'_>) -> Result<(), Early> {
         p.fragment = true;
         return Ok(());
     }
+    // TCP and UDP both start with the two ports; the quote may end right after them, too
+    // short for either view's checks.
     let l4 = q.l4.filter(|l| l.len() >= 4).ok_or(DropReason::BadIcmp)?;
     p.key.src_port = be16(l4, 2);
     p.key.dst_port = be16(l4, 0);

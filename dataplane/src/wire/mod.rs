@@ -4,20 +4,22 @@
 //! UDP, ICMPv4 and ICMPv6 views; they are re-exported here so the rest of the crate has one
 //! place to import them from. This module adds only what smoltcp lacks: the 802.1Q tag
 //! ([`vlan`]), a bounded walk over IPv6 extension headers ([`ipv6ext`]), and GUE ([`gue`]).
-//! The pipeline's parser reads the few transport fields it needs (ports, TCP flags and data
-//! offset, UDP length, ICMP type) by offset after checking the lengths, and its fast path does
-//! the same for a plain IPv4 header: a view per header cost instructions on every packet.
-//! The views build the "too big" replies and the GUE header.
+//! The pipeline's general parser reads every header through these views, except where a
+//! view's checks do not apply: a quoted header in an ICMP error, which is cut short. Its fast
+//! path, for the commonest frame (untagged IPv4, 20-byte header, TCP or UDP), reads the same
+//! fields by offset after the same checks, since a view per header cost instructions on every
+//! packet; a property test holds it to the general parser's results. The views also build
+//! the "too big" replies and the GUE header.
 
 pub mod gue;
 pub mod ipv6ext;
 pub mod vlan;
 
 pub use smoltcp::wire::{
-    checksum, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet,
-    Icmpv6Message, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv6Address,
-    Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN,
-    IPV4_HEADER_LEN, IPV6_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN,
+    checksum, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, Icmpv6Message,
+    Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet,
+    TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN, TCP_HEADER_LEN,
+    UDP_HEADER_LEN,
 };
 
 /// IP protocol number of IPv4-in-IP encapsulation (RFC 2003).
