@@ -9,8 +9,6 @@ use super::EthernetProtocol;
 
 /// The 802.1Q tag protocol identifier (customer VLAN).
 pub const TPID_8021Q: u16 = 0x8100;
-/// The 802.1ad tag protocol identifier (service VLAN, "QinQ").
-pub const TPID_8021AD: u16 = 0x88a8;
 /// Bytes a tag adds to a frame.
 pub const TAG_LEN: usize = 4;
 
@@ -57,18 +55,6 @@ impl<T: AsRef<[u8]>> VlanTag<T> {
     }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> VlanTag<T> {
-    /// Sets the tag control information.
-    pub fn set_tci(&mut self, tci: u16) {
-        self.buffer.as_mut()[0..2].copy_from_slice(&tci.to_be_bytes());
-    }
-
-    /// Sets the encapsulated EtherType.
-    pub fn set_ethertype(&mut self, ethertype: EthernetProtocol) {
-        self.buffer.as_mut()[2..4].copy_from_slice(&u16::from(ethertype).to_be_bytes());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,14 +74,5 @@ mod tests {
     #[test]
     fn short_is_rejected() {
         assert!(VlanTag::new_checked(&TAG[..3]).is_none());
-    }
-
-    #[test]
-    fn writes_tag() {
-        let mut b = [0u8; 4];
-        let mut t = VlanTag::new_checked(&mut b[..]).unwrap();
-        t.set_tci(0x0064);
-        t.set_ethertype(EthernetProtocol::Ipv6);
-        assert_eq!(b, [0x00, 0x64, 0x86, 0xdd]);
     }
 }
