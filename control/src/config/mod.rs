@@ -252,6 +252,25 @@ pub struct VipBgp {
     pub large_communities: Vec<LargeCommunity>,
 }
 
+impl VipBgp {
+    /// The attributes of the route for one VIP address with these settings.
+    pub fn route_attributes(&self) -> bgp::speaker::RouteAttributes {
+        bgp::speaker::RouteAttributes {
+            med: self.med,
+            communities: self.communities.iter().map(|c| c.0).collect(),
+            large_communities: self
+                .large_communities
+                .iter()
+                .map(|l| bgp::wire::LargeCommunity {
+                    global: l.0,
+                    local1: l.1,
+                    local2: l.2,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A statically configured VIP.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

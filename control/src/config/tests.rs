@@ -323,6 +323,109 @@ fn outer_prefix_family_mismatch() {
     );
 }
 
+/// `MINIMAL` with `n` communities and `m` large communities on its VIP, or on
+/// `[kubernetes]`.
+fn with_communities(n: usize, m: usize, med: bool, kube: bool) -> String {
+    let list = |k: usize, f: &dyn Fn(usize) -> String| {
+        (0..k)
+            .map(|i| format!("\"{}\"", f(i)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let bgp = format!(
+        "{}communities = [{}]\nlarge_communities = [{}]\n",
+        if med { "med = 10\n" } else { "" },
+        list(n, &|i| format!("65000:{i}")),
+        list(m, &|i| format!("4200000000:{i}:1")),
+    );
+    if kube {
+        format!("{MINIMAL}\n[kubernetes]\n[kubernetes.bgp]\n{bgp}")
+    } else {
+        MINIMAL.replace("port = 80\n", &format!("port = 80\n[vips.bgp]\n{bgp}"))
+    }
+}
+
+/// Whether a route with `b`'s attributes goes out in UPDATEs of at most 4096 octets
+/// on every kind of session: eBGP or iBGP, 2- or 4-octet AS numbers with a narrow or
+/// a wide local AS, IPv4 or IPv6.
+fn announced_everywhere(b: &VipBgp) -> bool {
+    use bgp::speaker::{AdjRibOut, Export, Routes};
+    use bgp::wire::{Context, Family, Message};
+    for internal in [false, true] {
+        for four_octet_as in [false, true] {
+            for local_as in [65000, 4_200_000_000] {
+                let e = Export {
+                    local_as,
+                    internal,
+                    ctx: Context { four_octet_as },
+                    families: Family::ALL.to_vec(),
+                    next_hop_v4: Some("192.0.2.1".parse().unwrap()),
+                    next_hop_v6: Some("2001:db8::1".parse().unwrap()),
+                };
+                for p in ["203.0.113.10/32", "2001:db8:100::10/128"] {
+                    let routes = Routes::from([(p.parse().unwrap(), b.route_attributes())]);
+                    let c = AdjRibOut::default().sync(&routes, &e);
+                    if !c.refused.is_empty() {
+                        return false;
+                    }
+                    for u in c.updates {
+                        Message::Update(u).to_bytes(e.ctx).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+#[test]
+fn communities_must_fit_one_update() {
+    let p = one_problem(
+        &with_communities(2000, 0, false, false),
+        "vips[0].bgp.communities",
+        "4096",
+    );
+    assert!(p.location.is_some());
+    one_problem(
+        &with_communities(0, 400, false, true),
+        "kubernetes.bgp.large_communities",
+        "4096",
+    );
+    // The largest list that fits is accepted, one more is not.
+    let fits = (0..2000)
+        .take_while(|&n| parse(&with_communities(n, 0, true, false), file()).is_ok())
+        .last()
+        .unwrap();
+    assert!(fits > 900, "{fits}");
+    let c = parse(&with_communities(fits, 0, true, false), file()).unwrap();
+    assert!(announced_everywhere(&c.vips[0].bgp));
+    one_problem(
+        &with_communities(fits + 1, 0, true, false),
+        "vips[0].bgp.communities",
+        "remove at least 1 ",
+    );
+}
+
+#[test]
+fn communities_of_vips_sharing_an_address_must_fit_together() {
+    // Two VIPs on one address are one route carrying both lists.
+    let half = (0..700)
+        .map(|i| format!("\"65000:{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let other = (700..1400)
+        .map(|i| format!("\"65000:{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "{}\n[[vips]]\naddress = \"203.0.113.10\"\nport = 443\nbgp = {{ communities = [{other}] }}\n[[vips.backends]]\naddress = \"10.0.0.1\"\n",
+        MINIMAL.replace("port = 80\n", &format!("port = 80\nbgp = {{ communities = [{half}] }}\n"))
+    );
+    one_problem(&text, "vips[1].bgp.communities", "vips[0]");
+    // The same lists on two addresses are two routes: fine.
+    parse(&text.replacen("203.0.113.10", "203.0.113.11", 1), file()).unwrap();
+}
+
 #[test]
 fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncé d", 7), (2, 4));
@@ -379,6 +482,7 @@ proptest! {
 
     /// Any integer in any numeric field never panics and is either accepted or named.
     #[test]
+    #[test]
     fn numeric_fields(m in any::<i64>(), port in any::<i64>(), rise in any::<i64>()) {
         let text = format!("[dataplane]\nupstream_interface = \"eth0\"\nmaglev = {{ m = {m} }}\n[[vips]]\naddress = \"203.0.113.1\"\nport = {port}\nbackends = [{{ address = \"10.0.0.1\" }}]\nhealth = {{ type = \"tcp\", rise = {rise} }}\n");
         if let Err(e) = parse(&text, file()) {
@@ -387,5 +491,39 @@ proptest! {
                 prop_assert!(p.location.is_some());
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Every accepted community list goes out on every session; a refused one could
+    /// not on some.
+    #[test]
+    fn accepted_communities_always_fit_an_update(
+        n in 0usize..1100,
+        m in 0usize..380,
+        med: bool,
+        kube: bool,
+    ) {
+        let text = with_communities(n, m, med, kube);
+        let b = match parse(&text, file()) {
+            Ok(c) if kube => c.kubernetes.unwrap().bgp,
+            Ok(c) => c.vips[0].bgp.clone(),
+            Err(e) => {
+                let ps = e.problems();
+                prop_assert_eq!(ps.len(), 1);
+                prop_assert!(ps[0].path.contains("communities"), "{:?}", ps);
+                let b = VipBgp {
+                    med: med.then_some(10),
+                    communities: (0..n as u32).map(|i| Community((65000 << 16) | i)).collect(),
+                    large_communities: (0..m as u32).map(|i| LargeCommunity(4_200_000_000, i, 1)).collect(),
+                };
+                // Refused only if some session could not send it.
+                prop_assert!(!announced_everywhere(&b));
+                return Ok(());
+            }
+        };
+        prop_assert!(announced_everywhere(&b));
     }
 }

@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use bgp::wire::MAX_MESSAGE_LEN;
+
 use super::{
     Config, EncapKind, HealthCheck, ProbeKind, Seg, Timing, Topology, Vip, VipBgp, MAX_WEIGHT,
 };
@@ -62,10 +64,12 @@ pub(super) fn validate(c: &Config) -> Found {
     }
     let mut seen: HashMap<(IpAddr, super::Protocol, u16), String> = HashMap::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut shared = HashMap::new();
     v.key("vips", |v| {
         for (i, vip) in c.vips.iter().enumerate() {
             v.at(Seg::Index(i), |v| {
-                vip_entry(v, c, vip, &mut seen, &mut names, i)
+                let fits = vip_entry(v, c, vip, &mut seen, &mut names, i);
+                shared_route(v, &mut shared, vip, i, fits);
             });
         }
     });
@@ -257,7 +261,7 @@ fn encap(v: &mut V, kind: EncapKind, gue_port: Option<u16>) {
     }
 }
 
-fn vip_bgp(v: &mut V, b: &VipBgp) {
+fn vip_bgp(v: &mut V, b: &VipBgp) -> bool {
     let mut seen = HashSet::new();
     for (i, c) in b.communities.iter().enumerate() {
         if !seen.insert(c) {
@@ -270,6 +274,93 @@ fn vip_bgp(v: &mut V, b: &VipBgp) {
             });
         }
     }
+    fits_one_update(v, b, "")
+}
+
+/// RFC 4271 §4: a message has at most 4096 octets, and a route's path attributes
+/// travel whole in each UPDATE that announces it. Checked on the worst session the
+/// speaker may have (see [`bgp::speaker::max_update_len`]), so that no accepted route
+/// is refused on any. `with` says whose communities were merged into `b`.
+fn fits_one_update(v: &mut V, b: &VipBgp, with: &str) -> bool {
+    let len = bgp::speaker::max_update_len(&b.route_attributes());
+    let excess = len.saturating_sub(MAX_MESSAGE_LEN);
+    if excess == 0 {
+        return true;
+    }
+    let (n, m) = (b.communities.len(), b.large_communities.len());
+    // Each community takes 4 octets, each large one 12: removing that many saves at
+    // least the excess.
+    let fixes: Vec<String> = [(n, 4, "communities"), (m, 12, "large communities")]
+        .into_iter()
+        .map(|(have, size, what)| (have, excess.div_ceil(size), what))
+        .filter(|(have, need, _)| need <= have)
+        .map(|(_, need, what)| format!("{need} {what}"))
+        .collect();
+    let fix = if fixes.is_empty() {
+        "remove communities or large communities".to_owned()
+    } else {
+        format!("remove at least {}", fixes.join(" or "))
+    };
+    // Point at the list that takes more room.
+    let field = if 12 * m > 4 * n {
+        "large_communities"
+    } else {
+        "communities"
+    };
+    v.key("bgp", |v| {
+        v.err(
+            field,
+            format!(
+                "{n} communities and {m} large communities{with} make an UPDATE of up to {len} octets, more than the {MAX_MESSAGE_LEN} a BGP message may have (RFC 4271 §4): {fix}"
+            ),
+        )
+    });
+    false
+}
+
+/// The static VIPs at one address so far: one route carries all their communities.
+#[derive(Default)]
+struct SharedRoute {
+    vips: Vec<usize>,
+    bgp: VipBgp,
+    fits: bool,
+}
+
+/// Adds VIP `i`'s communities to its address's route and reports the VIP that makes
+/// that route too large for one UPDATE (unless its own list already is: `fits`).
+fn shared_route(
+    v: &mut V,
+    shared: &mut HashMap<IpAddr, SharedRoute>,
+    vip: &Vip,
+    i: usize,
+    fits: bool,
+) {
+    let r = shared.entry(vip.address).or_insert_with(|| SharedRoute {
+        fits: true,
+        ..SharedRoute::default()
+    });
+    let b = &mut r.bgp;
+    b.med = b.med.or(vip.bgp.med);
+    for c in &vip.bgp.communities {
+        if !b.communities.contains(c) {
+            b.communities.push(*c);
+        }
+    }
+    for c in &vip.bgp.large_communities {
+        if !b.large_communities.contains(c) {
+            b.large_communities.push(*c);
+        }
+    }
+    r.fits &= fits;
+    if r.fits && !r.vips.is_empty() {
+        let others: Vec<String> = r.vips.iter().map(|j| format!("vips[{j}]")).collect();
+        let with = format!(
+            " (with those of {}, on the same address: one route carries them all)",
+            others.join(", ")
+        );
+        r.fits = fits_one_update(v, &r.bgp, &with);
+    }
+    r.vips.push(i);
 }
 
 fn timing(v: &mut V, t: Timing) {
@@ -335,7 +426,7 @@ fn vip_entry<'a>(
     seen: &mut HashMap<(IpAddr, super::Protocol, u16), String>,
     names: &mut HashMap<&'a str, usize>,
     i: usize,
-) {
+) -> bool {
     if let Some(name) = &vip.name {
         if name.is_empty()
             || name.len() > 64
@@ -410,7 +501,7 @@ fn vip_entry<'a>(
         });
     }
     encap(v, vip.encap, vip.gue_port);
-    vip_bgp(v, &vip.bgp);
+    let fits = vip_bgp(v, &vip.bgp);
     if vip.backends.is_empty() {
         v.err(
             "backends",
@@ -465,6 +556,7 @@ fn vip_entry<'a>(
     if let Some(h) = &vip.health {
         v.key("health", |v| health(v, h));
     }
+    fits
 }
 
 fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes) {
@@ -513,6 +605,7 @@ fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes) {
         );
     }
     encap(v, k.encap, k.gue_port);
+    // Services sharing an address all carry these same communities.
     vip_bgp(v, &k.bgp);
     if k.min_healthy_backends == 0 {
         v.err(
