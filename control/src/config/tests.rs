@@ -426,6 +426,111 @@ fn communities_of_vips_sharing_an_address_must_fit_together() {
     parse(&text.replacen("203.0.113.10", "203.0.113.11", 1), file()).unwrap();
 }
 
+/// Configs that need different tunnel MTUs: IPv6 VIPs (IP-in-IP and GUE), a
+/// `[kubernetes]` section (its Services may be IPv6, in either tunnel), an IPv4 VIP
+/// on IPv6 nodes, and IPv4 only.
+const MTU_SCENARIOS: [&str; 6] = [
+    "[[vips]]\naddress = \"2001:db8:100::10\"\nport = 80\nbackends = [{ address = \"2001:db8:1::1\" }]\n",
+    "[[vips]]\naddress = \"2001:db8:100::10\"\nport = 80\nencap = \"gue\"\nbackends = [{ address = \"2001:db8:1::1\" }]\n",
+    "[kubernetes]\n",
+    "[kubernetes]\nencap = \"gue\"\n",
+    "[[vips]]\naddress = \"203.0.113.10\"\nport = 80\nencap = \"gue\"\nbackends = [{ address = \"2001:db8:1::1\" }]\n",
+    "[[vips]]\naddress = \"203.0.113.10\"\nport = 80\nencap = \"gue\"\nbackends = [{ address = \"10.0.0.1\" }]\n",
+];
+
+fn mtu_config(scenario: &str, mtu: u16) -> String {
+    format!(
+        "[dataplane]\nupstream_interface = \"eth0\"\ntunnel_mtu = {mtu}\nmaglev = {{ m = 251 }}\nouter_source_prefix = [\"192.0.2.128/28\", \"2001:db8:f::/64\"]\n\n{scenario}"
+    )
+}
+
+/// Builds the dataplane snapshot the daemon would build from `c`: its static VIPs,
+/// and with `[kubernetes]` an IPv6 Service (ipFamilies, its status, or
+/// loadBalancerIP may give one an IPv6 address).
+fn build_snapshot(c: &Config) -> Result<(), dataplane::snapshot::SnapshotError> {
+    use crate::publish::{desired, Params};
+    use crate::sources::{static_list, BackendSpec, Origin, VipSpec};
+    use dataplane::snapshot::{Snapshot, SourcePrefix};
+    let mut set = static_list::service_set(c);
+    if let Some(k) = &c.kubernetes {
+        set.vips.push(VipSpec {
+            name: "ns/v6".into(),
+            origin: Origin::Static,
+            addr: "2001:db8:200::1".parse().unwrap(),
+            proto: Protocol::Tcp,
+            ports: vec![80],
+            hash: k.hash,
+            encap: static_list::encap(k.encap, k.gue_port),
+            min_healthy: k.min_healthy_backends,
+            bgp: k.bgp.clone(),
+            backends: vec![BackendSpec {
+                addr: "2001:db8:1::9".parse().unwrap(),
+                weight: 1,
+            }],
+            health: None,
+        });
+    }
+    let outer = c.dataplane.outer_source_prefix;
+    let params = Params {
+        maglev_size: c.dataplane.maglev.m,
+        maglev_seed: c.dataplane.maglev.seed,
+        tunnel_mtu: c.dataplane.tunnel_mtu,
+        outer_src_v4: outer.v4.map(|n| SourcePrefix {
+            addr: n.addr(),
+            len: n.prefix_len(),
+        }),
+        outer_src_v6: outer.v6.map(|n| SourcePrefix {
+            addr: n.addr(),
+            len: n.prefix_len(),
+        }),
+        local_mac: [2, 0, 0, 0, 0, 1],
+    };
+    let d = desired(
+        &set,
+        |i| set.vips[i].backends.clone(),
+        &HashMap::new(),
+        &params,
+    );
+    Snapshot::new(&d.config).map(|_| ())
+}
+
+#[test]
+fn every_accepted_tunnel_mtu_builds_a_snapshot() {
+    for (i, scenario) in MTU_SCENARIOS.iter().enumerate() {
+        let mut lowest_accepted = None;
+        let mut lowest_built = None;
+        for mtu in (560..1400).chain([9216]) {
+            let text = mtu_config(scenario, mtu);
+            let Ok(c) = parse(&text, file()) else {
+                continue;
+            };
+            lowest_accepted.get_or_insert(mtu);
+            if let Err(e) = build_snapshot(&c) {
+                panic!("scenario {i}: tunnel_mtu {mtu} accepted, but: {e}");
+            }
+            lowest_built.get_or_insert(mtu);
+        }
+        assert!(lowest_accepted.is_some(), "scenario {i}");
+        // Where IPv6 VIPs may exist, the bound is exactly what the dataplane needs.
+        if i < 4 {
+            let mut c = parse(&mtu_config(scenario, 1500), file()).unwrap();
+            c.dataplane.tunnel_mtu = lowest_accepted.unwrap() - 1;
+            assert!(build_snapshot(&c).is_err(), "scenario {i}: {c:?}");
+        }
+    }
+    let p = one_problem(
+        &mtu_config(MTU_SCENARIOS[1], 1320),
+        "dataplane.tunnel_mtu",
+        "1332",
+    );
+    assert!(p.message.contains("IPv6"), "{p:?}");
+    one_problem(
+        &mtu_config(MTU_SCENARIOS[2], 1280),
+        "dataplane.tunnel_mtu",
+        "kubernetes",
+    );
+}
+
 #[test]
 fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncé d", 7), (2, 4));

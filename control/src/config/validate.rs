@@ -146,15 +146,11 @@ fn dataplane(v: &mut V, c: &Config) {
             v.err("m", format!("{m} is out of range (7..={MAX_MAGLEV_M})"));
         }
     });
-    let any_v6 = c
-        .vips
-        .iter()
-        .any(|vip| vip.address.is_ipv6() || vip.backends.iter().any(|b| b.address.is_ipv6()));
-    let min_mtu = if any_v6 { 1280 } else { 576 };
+    let (min_mtu, why) = min_tunnel_mtu(c);
     if !(min_mtu..=9216).contains(&d.tunnel_mtu) {
         v.err(
             "tunnel_mtu",
-            format!("{} is out of range ({min_mtu}..=9216)", d.tunnel_mtu),
+            format!("{} is out of range ({min_mtu}..=9216){why}", d.tunnel_mtu),
         );
     }
     for p in d.outer_source_prefix.iter() {
@@ -171,6 +167,79 @@ fn dataplane(v: &mut V, c: &Config) {
             );
         }
     }
+}
+
+/// RFC 8200 §5: every IPv6 link carries packets of 1280 octets, so an inner IPv6
+/// packet that size must still fit once encapsulated.
+const IPV6_MIN_MTU: u16 = 1280;
+/// RFC 791: every IPv4 host accepts datagrams of 576 octets.
+const IPV4_MIN_MTU: u16 = 576;
+
+/// Octets the dataplane puts in front of an inner packet: the outer IP header, and
+/// for GUE a UDP and a GUE header (the sizes `dataplane::snapshot` checks with).
+fn encap_overhead(outer_v6: bool, kind: EncapKind) -> u16 {
+    use dataplane::wire::{gue, IPV4_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN};
+    let ip = if outer_v6 {
+        IPV6_HEADER_LEN
+    } else {
+        IPV4_HEADER_LEN
+    };
+    let n = match kind {
+        EncapKind::Ipip => ip,
+        EncapKind::Gue => ip + UDP_HEADER_LEN + gue::HEADER_LEN,
+    };
+    n as u16
+}
+
+/// The smallest `tunnel_mtu` every VIP the config may produce can use, and why.
+/// An IPv6 VIP is tunnelled over IPv6 (IPv6-in-IPv4 is not supported), so it needs
+/// 1280 plus its encapsulation; a `[kubernetes]` section may produce IPv6 VIPs
+/// (`ipFamilies`, the status, or `loadBalancerIP` choose, not the pool), in its
+/// encapsulation. IPv6 nodes need an IPv6 path, of 1280 at least.
+fn min_tunnel_mtu(c: &Config) -> (u16, String) {
+    let mut min = (IPV4_MIN_MTU, String::new());
+    let mut need = |mtu: u16, why: String| {
+        if mtu > min.0 {
+            min = (mtu, why);
+        }
+    };
+    let encap_name = |kind| match kind {
+        EncapKind::Ipip => "IP-in-IP",
+        EncapKind::Gue => "GUE",
+    };
+    let inner_v6 = |kind| {
+        let o = encap_overhead(true, kind);
+        (
+            IPV6_MIN_MTU + o,
+            format!(
+                "an IPv6 packet of {IPV6_MIN_MTU} octets plus {o} of {} encapsulation",
+                encap_name(kind)
+            ),
+        )
+    };
+    for (i, vip) in c.vips.iter().enumerate() {
+        if vip.address.is_ipv6() {
+            let (mtu, what) = inner_v6(vip.encap);
+            need(mtu, format!(": vips[{i}] is IPv6 and needs {what}"));
+        }
+        if let Some(b) = vip.backends.iter().find(|b| b.address.is_ipv6()) {
+            need(
+                IPV6_MIN_MTU,
+                format!(
+                    ": vips[{i}] has the IPv6 backend {}, and IPv6 links carry {IPV6_MIN_MTU} octets",
+                    b.address
+                ),
+            );
+        }
+    }
+    if let Some(k) = &c.kubernetes {
+        let (mtu, what) = inner_v6(k.encap);
+        need(
+            mtu,
+            format!(": [kubernetes] Services may be IPv6, which needs {what}"),
+        );
+    }
+    min
 }
 
 fn bgp_section(v: &mut V, b: &super::Bgp) {
