@@ -531,6 +531,49 @@ fn every_accepted_tunnel_mtu_builds_a_snapshot() {
     );
 }
 
+/// A config whose only VIPs come from a pool of one range.
+fn pool(range: &str) -> String {
+    format!("[dataplane]\nupstream_interface = \"eth0\"\n\n[kubernetes]\naddress_pool = [\"{range}\"]\n")
+}
+
+/// Edges of the blocks a VIP address may not be in (IPv4, IPv6): unspecified,
+/// loopback, multicast, broadcast; and some ordinary addresses.
+const POOL_EDGES: [(u128, u128); 9] = [
+    (0, 0),
+    (1, 1),
+    (0x7f00_0000, 2),
+    (0x8000_0000, 0x2001_0db8 << 96),
+    (0xcb00_7100, 0xfe80 << 112),
+    (0xe000_0000, 0xff00 << 112),
+    (0xf000_0000, 0xff02 << 112),
+    (0xffff_fffe, u128::MAX - 1),
+    (0xffff_ffff, u128::MAX),
+];
+
+#[test]
+fn pool_ranges_must_hold_only_unicast_addresses() {
+    for bad in [
+        "0.0.0.1-223.255.255.254",
+        "126.255.255.255-128.0.0.0",
+        "223.255.255.0-224.0.0.5",
+        "255.255.255.0/24",
+        "::-::5",
+        "::1/128",
+        "::/127",
+        "fe00::-ffff::",
+    ] {
+        one_problem(&pool(bad), "kubernetes.address_pool[0]", "not unicast");
+    }
+    for good in [
+        "1.0.0.0-126.255.255.255",
+        "128.0.0.0-223.255.255.255",
+        "::2-fe80::",
+        "2001:db8::/32",
+    ] {
+        parse(&pool(good), file()).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
 #[test]
 fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncé d", 7), (2, 4));
@@ -587,7 +630,6 @@ proptest! {
 
     /// Any integer in any numeric field never panics and is either accepted or named.
     #[test]
-    #[test]
     fn numeric_fields(m in any::<i64>(), port in any::<i64>(), rise in any::<i64>()) {
         let text = format!("[dataplane]\nupstream_interface = \"eth0\"\nmaglev = {{ m = {m} }}\n[[vips]]\naddress = \"203.0.113.1\"\nport = {port}\nbackends = [{{ address = \"10.0.0.1\" }}]\nhealth = {{ type = \"tcp\", rise = {rise} }}\n");
         if let Err(e) = parse(&text, file()) {
@@ -600,7 +642,58 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A pool range is accepted exactly when every address in it would be accepted
+    /// as a VIP address. The refused addresses form blocks whose edges are listed
+    /// here, so checking the range's ends and every address next to an edge inside
+    /// it checks them all; the ranges span from near one edge to near another.
+    #[test]
+    fn pool_ranges_agree_with_the_address_check(
+        v6: bool,
+        a in 0usize..POOL_EDGES.len(),
+        b in 0usize..POOL_EDGES.len(),
+        da in -3i128..3,
+        db in -3i128..3,
+    ) {
+        let max = if v6 { u128::MAX } else { u128::from(u32::MAX) };
+        let at = |i: usize, d: i128| {
+            let e = if v6 { POOL_EDGES[i].1 } else { POOL_EDGES[i].0 };
+            e.saturating_add_signed(d).min(max)
+        };
+        let (first, last) = {
+            let (x, y) = (at(a, da), at(b, db));
+            (x.min(y), x.max(y))
+        };
+        let ip = |n: u128| -> std::net::IpAddr {
+            if v6 {
+                std::net::Ipv6Addr::from(n).into()
+            } else {
+                std::net::Ipv4Addr::from(n as u32).into()
+            }
+        };
+        let usable = |n: u128| {
+            let text = MINIMAL.replace("203.0.113.10", &ip(n).to_string());
+            // The VIP address check, not the backend's family rules.
+            parse(&text, file()).map_or_else(
+                |e| !e.problems().iter().any(|p| p.path == "vips[0].address"),
+                |_| true,
+            )
+        };
+        let mut probes = vec![first, last];
+        for i in 0..POOL_EDGES.len() {
+            for d in -1..=1 {
+                let n = at(i, d);
+                if (first..=last).contains(&n) {
+                    probes.push(n);
+                }
+            }
+        }
+        let all_ok = probes.into_iter().all(usable);
+        let range = format!("{}-{}", ip(first), ip(last));
+        prop_assert_eq!(parse(&pool(&range), file()).is_ok(), all_ok, "{}", range);
+    }
+
 
     /// Every accepted community list goes out on every session; a refused one could
     /// not on some.

@@ -2,13 +2,14 @@
 //! duplicates. Collects every problem rather than stopping at the first.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use bgp::wire::MAX_MESSAGE_LEN;
 
 use super::{
-    Config, EncapKind, HealthCheck, ProbeKind, Seg, Timing, Topology, Vip, VipBgp, MAX_WEIGHT,
+    Config, EncapKind, HealthCheck, PoolRange, ProbeKind, Seg, Timing, Topology, Vip, VipBgp,
+    MAX_WEIGHT,
 };
 
 type Found = Vec<(Vec<Seg>, String)>;
@@ -318,6 +319,49 @@ fn unusable(a: IpAddr) -> bool {
             IpAddr::V6(_) => false,
         }
 }
+
+/// The blocks [`unusable`] refuses, for ranges: a pool range must avoid them all,
+/// not only at its ends.
+const NOT_UNICAST: [(IpAddr, IpAddr, &str); 7] = {
+    use IpAddr::{V4, V6};
+    [
+        (
+            V4(Ipv4Addr::UNSPECIFIED),
+            V4(Ipv4Addr::UNSPECIFIED),
+            "0.0.0.0 (unspecified)",
+        ),
+        (
+            V4(Ipv4Addr::new(127, 0, 0, 0)),
+            V4(Ipv4Addr::new(127, 255, 255, 255)),
+            "127.0.0.0/8 (loopback)",
+        ),
+        (
+            V4(Ipv4Addr::new(224, 0, 0, 0)),
+            V4(Ipv4Addr::new(239, 255, 255, 255)),
+            "224.0.0.0/4 (multicast)",
+        ),
+        (
+            V4(Ipv4Addr::BROADCAST),
+            V4(Ipv4Addr::BROADCAST),
+            "255.255.255.255 (broadcast)",
+        ),
+        (
+            V6(Ipv6Addr::UNSPECIFIED),
+            V6(Ipv6Addr::UNSPECIFIED),
+            ":: (unspecified)",
+        ),
+        (
+            V6(Ipv6Addr::LOCALHOST),
+            V6(Ipv6Addr::LOCALHOST),
+            "::1 (loopback)",
+        ),
+        (
+            V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)),
+            V6(Ipv6Addr::from_bits(u128::MAX)),
+            "ff00::/8 (multicast)",
+        ),
+    ]
+};
 
 fn encap(v: &mut V, kind: EncapKind, gue_port: Option<u16>) {
     match (kind, gue_port) {
@@ -661,8 +705,16 @@ fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes) {
                         ),
                     );
                 }
-                if unusable(r.first) || unusable(r.last) {
-                    v.err("", "contains addresses that are not unicast");
+                if let Some((_, _, what)) = NOT_UNICAST.iter().find(|(first, last, _)| {
+                    r.overlaps(&PoolRange {
+                        first: *first,
+                        last: *last,
+                    })
+                }) {
+                    v.err(
+                        "",
+                        format!("contains addresses that are not unicast: {what}"),
+                    );
                 }
             })
         });
