@@ -2,8 +2,13 @@
 //!
 //! [`load`] reads and checks a file; `dsrgate check --config FILE` calls it and
 //! nothing else. Every problem is reported with the file, the line and column,
-//! and the field path (`vips[1].port`), and all problems are reported at once
-//! so an operator fixes a file in one pass. Parsing never panics on any input.
+//! and the field path (`vips[1].port`). Checking has two stages, and only the
+//! second reports all its problems at once: TOML syntax and the shape serde
+//! reads (unknown fields, wrong types, values out of a type's range such as a
+//! port of 70000) stop at the first problem, since serde cannot go on past one;
+//! a file of the right shape then gets every rule broken (ranges,
+//! cross-field rules, duplicates) in one report. Parsing never panics on any
+//! input.
 //!
 //! The commented example `dsrgate.example.toml` at the repository root
 //! documents every field and is parsed by this module's tests.

@@ -190,6 +190,18 @@ fn rise_fall_zero() {
     assert_eq!(paths, ["vips[0].health.rise", "vips[0].health.fall"]);
 }
 
+/// As the module says: serde stops at the first shape problem; the rules are all
+/// reported once the shape is right.
+#[test]
+fn shape_problems_stop_at_the_first() {
+    let text = MINIMAL.replace(
+        "port = 80",
+        "port = 70000
+bogus = 1",
+    );
+    one_problem(&text, "vips[0].port", "");
+}
+
 #[test]
 fn many_problems_reported_at_once() {
     let text = r#"
