@@ -194,12 +194,10 @@ fn rise_fall_zero() {
 /// reported once the shape is right.
 #[test]
 fn shape_problems_stop_at_the_first() {
-    let text = MINIMAL.replace(
-        "port = 80",
-        "port = 70000
-bogus = 1",
-    );
-    one_problem(&text, "vips[0].port", "");
+    let text = MINIMAL.replace("port = 80", "port = 70000\nbogus = 1");
+    let ps = problems(&text);
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert!(["vips[0].port", "vips[0].bogus"].contains(&ps[0].path.as_str()));
 }
 
 #[test]
