@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use mio::net::TcpStream;
 
 use super::{Outcome, Probe, Reason};
+use crate::config::MAX_WEIGHT;
 
 /// The response head is read up to this size; kube-proxy's answer is ~200 bytes.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -134,7 +135,8 @@ impl InFlight {
 /// Judges an HTTP response head: 2xx and 3xx pass (as HAProxy and most load
 /// balancers count them), anything else fails with its status. With
 /// `weight_header`, a present but unreadable weight fails the probe: a node
-/// that cannot say how many endpoints it has is not trusted with traffic.
+/// that cannot say how many endpoints it has is not trusted with traffic. A
+/// weight above [`MAX_WEIGHT`] counts as [`MAX_WEIGHT`].
 /// `None`: the head is incomplete and more may come.
 fn evaluate(buf: &[u8], weight_header: bool, eof: bool) -> Option<Outcome> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -175,7 +177,11 @@ fn judge(buf: &[u8], weight_header: bool) -> Outcome {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
         {
-            Some(w) => Outcome::Pass { weight: Some(w) },
+            // Capped as configured weights are: one node's header cannot claim more of
+            // the Maglev table than a configured backend could.
+            Some(w) => Outcome::Pass {
+                weight: Some(w.min(MAX_WEIGHT)),
+            },
             None => Outcome::Fail(Reason::BadResponse(
                 "unreadable X-Load-Balancing-Endpoint-Weight header",
             )),
@@ -209,6 +215,14 @@ mod tests {
                 false
             ),
             pass(Some(7))
+        );
+        assert_eq!(
+            evaluate(
+                b"HTTP/1.1 200 OK\r\nx-load-balancing-endpoint-weight: 4294967295\r\n\r\n",
+                true,
+                false
+            ),
+            pass(Some(MAX_WEIGHT))
         );
         assert!(matches!(
             evaluate(
