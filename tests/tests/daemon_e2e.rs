@@ -392,9 +392,43 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
         .sum();
     assert!(redirected > 0.0, "{text}");
 
+    // A valid config whose new BGP speaker cannot start (a passive peer's port is taken)
+    // changes nothing, though it also moves the API: the running speaker comes back and
+    // the API stays where it was.
+    let gw1 = lab.ns("gw1");
+    let _port_179 = gw1.enter(|| std::net::TcpListener::bind("[::]:179"))??;
+    let taken = cfg
+        .toml()
+        .replace("hold_time = \"6s\"", "hold_time = \"6s\"\npassive = true")
+        .replace("127.0.0.1:9180", "127.0.0.1:9181");
+    daemon.write_config(&taken)?;
+    daemon.signal(libc::SIGHUP)?;
+    daemon.wait_log(
+        &["config reload rejected", "restarting the BGP speaker"],
+        Duration::from_secs(10),
+    )?;
+    bird.wait_route(PREFIX4, true, Duration::from_secs(20))?;
+    let api = |port: u16| {
+        gw1.enter(|| {
+            control::api::get(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                "/metrics",
+                Duration::from_secs(2),
+            )
+        })
+    };
+    let text = String::from_utf8_lossy(&api(9180)??.body).into_owned();
+    assert!(
+        text.contains("dsrgate_config_reloads_total{result=\"error\"} 2"),
+        "{text}"
+    );
+    assert!(
+        api(9181)?.is_err(),
+        "the API moved to the rejected config's address"
+    );
+
     // SIGINT (Ctrl-C in a terminal) stops the daemon as SIGTERM does: the route goes first,
     // the program stays attached through the drain, then it is detached and the exit is clean.
-    let gw1 = lab.ns("gw1");
     assert!(xdp_attached(gw1)?, "no XDP program on gw1 before SIGINT");
     daemon.signal(libc::SIGINT)?;
     bird.wait_route(PREFIX4, false, Duration::from_secs(10))?;

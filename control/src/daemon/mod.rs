@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bgp::speaker::{Routes, Speaker};
-use crossbeam::channel::{self, Receiver, Sender};
+use crossbeam::channel::{self, Receiver};
 use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
@@ -57,6 +57,14 @@ pub const TICK: Duration = Duration::from_millis(200);
 pub const NEIGH_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the speaker to confirm that every route is withdrawn.
 const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts a Kubernetes watcher with a channel of its own: dropping the watcher with its
+/// receiver discards whatever it had queued.
+fn watcher(k: config::Kubernetes) -> Result<(Option<KubeSource>, Receiver<KubeUpdate>)> {
+    let (tx, rx) = channel::unbounded();
+    let source = kube_source::spawn(k, tx).context("starting the Kubernetes watcher")?;
+    Ok((Some(source), rx))
+}
 
 /// The capabilities `config` needs: the dataplane's, plus binding a port below 1024 for a
 /// BGP listener (passive peers) or a low API port.
@@ -123,8 +131,8 @@ struct Daemon {
     health: HealthThread,
     health_rx: Receiver<HealthEvent>,
     kube: Option<KubeSource>,
+    /// The running watcher's updates ([`channel::never`] without one).
     kube_rx: Receiver<KubeUpdate>,
-    kube_tx: Sender<KubeUpdate>,
 
     path: PathBuf,
     config: Config,
@@ -148,6 +156,8 @@ struct Daemon {
     /// The last published generation and its change's time (CLOCK_MONOTONIC ns), until a
     /// worker has run a batch on it.
     unobserved: Option<(u64, u64)>,
+    /// Why the last snapshot failed to build, until one builds.
+    rejected: Option<String>,
     vips_dirty: bool,
 
     policy: Policy,
@@ -175,7 +185,6 @@ impl Daemon {
         let statics = static_list::service_set(&config);
         let (health, health_rx) = health::spawn().context("starting the health checker")?;
         health.set_targets(statics.health_targets());
-        let (kube_tx, kube_rx) = channel::unbounded();
         let status = crate::status::shared(Default::default());
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry, status.clone());
@@ -187,8 +196,7 @@ impl Daemon {
             health,
             health_rx,
             kube: None,
-            kube_rx,
-            kube_tx,
+            kube_rx: channel::never(),
             path,
             statics: statics.clone(),
             kube_set: ServiceSet::default(),
@@ -208,6 +216,7 @@ impl Daemon {
             params,
             dirty_since: Some(started),
             unobserved: None,
+            rejected: None,
             vips_dirty: true,
             policy: Policy::default(),
             routes: Routes::new(),
@@ -229,10 +238,7 @@ impl Daemon {
             );
         }
         if let Some(k) = d.config.kubernetes.clone() {
-            d.kube = Some(
-                kube_source::spawn(k, d.kube_tx.clone())
-                    .context("starting the Kubernetes watcher")?,
-            );
+            (d.kube, d.kube_rx) = watcher(k)?;
         }
         d.api = Some(
             ApiServer::start(d.config.api.listen, d.registry.clone(), d.status.clone())
@@ -275,11 +281,10 @@ impl Daemon {
                     Ok(ev) => self.on_health(ev, Instant::now()),
                     Err(_) => anyhow::bail!("the health checker thread ended"),
                 },
-                recv(self.kube_rx) -> up => {
-                    // The sender half lives in `self`, so this never disconnects.
-                    if let Ok(up) = up {
-                        self.on_kube(up, Instant::now());
-                    }
+                recv(self.kube_rx) -> up => match up {
+                    Ok(up) => self.on_kube(up, Instant::now()),
+                    // It holds the sender and runs until dropped.
+                    Err(_) => anyhow::bail!("the Kubernetes watcher thread ended"),
                 },
                 default(TICK) => {}
             }
@@ -309,7 +314,11 @@ impl Daemon {
         let problem = self
             .dataplane()
             .problem(&stats, now)
-            .or_else(|| self.next_hop_problem());
+            .or_else(|| self.next_hop_problem())
+            .or_else(|| {
+                let error = self.rejected.clone()?;
+                Some(DataplaneProblem::SnapshotRejected { error })
+            });
         if problem != self.problem {
             match &problem {
                 Some(p) => {
@@ -479,6 +488,7 @@ impl Daemon {
         );
         match self.publisher.publish(next) {
             Ok(Some(p)) => {
+                self.rejected = None;
                 let latency = p.live_at.saturating_duration_since(since);
                 self.metrics.snapshot_published(latency);
                 let change_ns = dataplane::xsk::monotonic_ns()
@@ -500,9 +510,13 @@ impl Daemon {
                     );
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e,
-                "cannot build a snapshot; the previous one stays live"),
+            Ok(None) => self.rejected = None,
+            // The next change of services, health or next hops tries again.
+            Err(e) => {
+                tracing::error!(error = %e,
+                    "cannot build a snapshot; the previous one stays live");
+                self.rejected = Some(e.to_string());
+            }
         }
     }
 
@@ -670,6 +684,10 @@ impl Daemon {
         }
     }
 
+    /// Applies a valid config, or changes nothing and says why. What can fail (binding the
+    /// new API address, starting the new BGP speaker or watcher) happens before anything is
+    /// given up; only the speaker must stop before its successor starts (their listeners
+    /// share a port), so a successor that fails brings the previous speaker back.
     fn apply(&mut self, new: Config) -> Result<()> {
         caps::require(&required_caps(&new))?;
         let now = Instant::now();
@@ -681,39 +699,47 @@ impl Daemon {
             );
         }
         let params = forwarding::params(&new, &fixed, self.local_mac)?;
-        if new.api.listen != self.config.api.listen {
-            // Bind the new address before letting the old one go.
+        let api = if new.api.listen != self.config.api.listen {
             let api = ApiServer::start(new.api.listen, self.registry.clone(), self.status.clone())
                 .with_context(|| format!("starting the API on {}", new.api.listen))?;
+            Some(api)
+        } else {
+            None
+        };
+        // The watcher to switch to, if the section changed (no watcher if it is gone). It
+        // starts before the old one stops; its own channel keeps the old one's last updates
+        // from arriving after its first.
+        let kube = match (new.kubernetes != self.config.kubernetes, &new.kubernetes) {
+            (true, Some(k)) => Some(watcher(k.clone())?),
+            (true, None) => Some((None, channel::never())),
+            (false, _) => None,
+        };
+        if new.bgp != self.config.bgp {
+            tracing::info!("BGP settings changed: restarting the speaker");
+            if let Err(e) = self.restart_speaker(new.bgp.as_ref()) {
+                let running = self.config.bgp.clone();
+                if let Err(again) = self.restart_speaker(running.as_ref()) {
+                    tracing::error!(
+                        error = format!("{again:#}"),
+                        "cannot start the BGP speaker with the running settings either; \
+                         no routes are announced"
+                    );
+                }
+                return Err(e);
+            }
+        }
+        if let Some(api) = api {
             if let Some(old) = self.api.replace(api) {
                 old.shutdown();
             }
         }
-        if new.bgp != self.config.bgp {
-            tracing::info!("BGP settings changed: restarting the speaker");
-            if let Some(mut old) = self.speaker.take() {
-                old.shutdown("dsrgate configuration changed");
+        if let Some((source, rx)) = kube {
+            // The new watcher's first complete list replaces the Kubernetes VIPs; until
+            // then the old ones stay (none if the section is gone).
+            if source.is_none() {
+                self.kube_set = ServiceSet::default();
             }
-            if let Some(bgp) = &new.bgp {
-                let s = Speaker::spawn(routes::speaker_config(bgp))
-                    .context("restarting the BGP speaker")?;
-                s.set_routes(self.routes.clone());
-                self.speaker = Some(s);
-            }
-        }
-        if new.kubernetes != self.config.kubernetes {
-            // The new watcher's first complete list replaces the Kubernetes VIPs; until then
-            // the old ones stay (none if the section is gone).
-            self.kube = None;
-            match new.kubernetes.clone() {
-                Some(k) => {
-                    self.kube = Some(
-                        kube_source::spawn(k, self.kube_tx.clone())
-                            .context("restarting the Kubernetes watcher")?,
-                    )
-                }
-                None => self.kube_set = ServiceSet::default(),
-            }
+            (self.kube, self.kube_rx) = (source, rx);
         }
         if params != self.params {
             self.params = params;
@@ -722,6 +748,21 @@ impl Daemon {
         self.statics = static_list::service_set(&new);
         self.config = new;
         self.services_changed(now);
+        Ok(())
+    }
+
+    /// Stops the speaker, then starts one for `bgp` (none without a `[bgp]` section) with
+    /// the current routes.
+    fn restart_speaker(&mut self, bgp: Option<&config::Bgp>) -> Result<()> {
+        if let Some(mut old) = self.speaker.take() {
+            old.shutdown("dsrgate configuration changed");
+        }
+        if let Some(bgp) = bgp {
+            let s = Speaker::spawn(routes::speaker_config(bgp))
+                .context("restarting the BGP speaker")?;
+            s.set_routes(self.routes.clone());
+            self.speaker = Some(s);
+        }
         Ok(())
     }
 
