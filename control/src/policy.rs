@@ -35,6 +35,9 @@ pub enum DataplaneProblem {
     XdpDetached { iface: String },
     /// No next hop toward any backend has a resolved MAC address.
     NextHopUnresolved,
+    /// The services' snapshot cannot be built, so the workers run on an older one that
+    /// no longer follows backend health.
+    SnapshotRejected { error: String },
 }
 
 impl fmt::Display for DataplaneProblem {
@@ -45,6 +48,9 @@ impl fmt::Display for DataplaneProblem {
                 write!(f, "XDP program detached from {iface}")
             }
             DataplaneProblem::NextHopUnresolved => f.write_str("no next hop resolved"),
+            DataplaneProblem::SnapshotRejected { error } => {
+                write!(f, "the snapshot cannot be built: {error}")
+            }
         }
     }
 }
