@@ -804,7 +804,7 @@ fn pick_free(p: Place, ra: u32, rb: u32) -> (usize, usize) {
 }
 
 /// Asks for transparent huge pages on the not-yet-touched allocation at `ptr`: a 1M-flow
-/// table spans ~72 MiB, far more than the 4 KiB-page TLB covers, so without them nearly
+/// table spans 64 MiB of entries, far more than the 4 KiB-page TLB covers, so without them nearly
 /// every lookup also pays a page walk. Best effort: failure only costs speed.
 fn advise_huge_pages(ptr: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]

@@ -62,7 +62,8 @@
 //! # What is not ours
 //! Non-IP frames, stacked VLAN tags, and traffic to anything but a configured (address,
 //! protocol, port) are [`Verdict::Pass`], as is non-error ICMP (echo, neighbour discovery) even
-//! to a VIP address. Other protocols to a VIP address are [`DropReason::Unsupported`].
+//! to a VIP address. Other protocols to a VIP address, and fragmented ICMP, are
+//! [`DropReason::Unsupported`].
 
 mod encap;
 mod icmp;
@@ -80,7 +81,8 @@ use parse::{Early, Kind, Parsed, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 /// a packet slower there.
 const CACHED_FLOWS: usize = 4096;
 
-/// Most frames one call processes; the AF_XDP workers use the same batch size.
+/// Frames processed together (a call with more runs them in batches of this size); the
+/// AF_XDP workers take this many from RX at a time.
 pub const BATCH: usize = 64;
 
 /// Headroom (bytes in front of `Frame::offset`) the largest rewrite needs: IPv6 + UDP + GUE
@@ -148,7 +150,8 @@ drop_reasons! {
     BadLength = "bad_length",
     /// IPv4 header checksum mismatch.
     BadChecksum = "bad_checksum",
-    /// A protocol other than TCP, UDP or ICMP sent to a VIP address.
+    /// A protocol other than TCP, UDP or ICMP sent to a VIP address, or a fragmented ICMP
+    /// message (only a whole ICMP error is followed to its flow).
     Unsupported = "unsupported",
     /// More IPv6 extension headers than the parser walks.
     TooManyExtHeaders = "too_many_ext_headers",

@@ -30,7 +30,7 @@ pub(crate) enum Kind {
     /// An ICMP error about a packet a backend sent from a VIP; the tuple below is the
     /// embedded packet's, swapped, i.e. the client's flow the error belongs to.
     IcmpError,
-    /// Any protocol other than TCP, UDP and ICMP.
+    /// Any protocol other than TCP, UDP and ICMP, and fragmented ICMP.
     Other,
 }
 
