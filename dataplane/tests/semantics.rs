@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use common::*;
+use dataplane::flow::FlowTimeouts;
 use dataplane::pipeline::{DropReason, Frame, Verdict, Worker, WorkerConfig};
 use dataplane::snapshot::{Encap, HashMode, Proto};
 
@@ -113,6 +114,65 @@ fn removed_backend_rehashes_and_draining_backend_keeps_flows() {
             assert_eq!(now, *b, "flow {i} not on the removed backend stays");
         }
     }
+}
+
+/// A flow forgotten after its idle timeout is balanced afresh: with a changed table, its
+/// next packet goes to the table's current choice instead of its recorded backend. The
+/// timeout is per class: established TCP, TCP after a FIN or RST, and UDP.
+#[test]
+fn idle_timeouts_follow_protocol_and_tcp_state() {
+    const S: u64 = 1_000_000_000;
+    let mut w = Worker::new(WorkerConfig {
+        flow_capacity: 1 << 14,
+        timeouts: FlowTimeouts {
+            tcp_established_ns: 300 * S,
+            tcp_closing_ns: 10 * S,
+            udp_ns: 60 * S,
+        },
+        ..WorkerConfig::default()
+    });
+    let vips = [
+        (VIP, Proto::Tcp, 80, HashMode::FiveTuple, Encap::IpIp),
+        (VIP, Proto::Udp, 53, HashMode::FiveTuple, Encap::IpIp),
+    ];
+    let (s1, s2) = (snapshot(1, &vips, &set(10)), snapshot(2, &vips, &set(20)));
+    let udp = |i: usize| flow_frame(client(i), 10000 + i as u16, ip(VIP), 53, 17, 0);
+    // Flows the larger table sends elsewhere, so that forgetting one shows.
+    let choice = |s, f: &[u8]| sent_to(&mut worker(), s, NOW, f).unwrap();
+    let mut moved = (0..500).filter(|&i| {
+        choice(&s1, &pkt(i, SYN)) != choice(&s2, &pkt(i, SYN))
+            && choice(&s1, &udp(i)) != choice(&s2, &udp(i))
+    });
+    let [fin, rst, open, open2, dgram] = std::array::from_fn(|_| moved.next().unwrap());
+
+    for (i, last) in [(fin, FIN | ACK), (rst, RST), (open, ACK)] {
+        let b = sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap();
+        assert_eq!(sent_to(&mut w, &s1, NOW + S, &pkt(i, last)), Some(b));
+        let idle = if i == open { 300 * S } else { 10 * S };
+        // Just inside the timeout the flow is remembered (and its idle time starts again) ...
+        let t = NOW + S + idle - S;
+        assert_eq!(sent_to(&mut w, &s2, t, &pkt(i, ACK)), Some(b), "flow {i}");
+        // ... and past it, forgotten.
+        let fresh = choice(&s2, &pkt(i, ACK));
+        assert_eq!(
+            sent_to(&mut w, &s2, t + idle + S, &pkt(i, ACK)),
+            Some(fresh)
+        );
+    }
+    // An established flow outlives the closing timeout.
+    let b = sent_to(&mut w, &s1, NOW, &pkt(open2, SYN)).unwrap();
+    assert_eq!(
+        sent_to(&mut w, &s2, NOW + 11 * S, &pkt(open2, ACK)),
+        Some(b)
+    );
+
+    let b = sent_to(&mut w, &s1, NOW, &udp(dgram)).unwrap();
+    assert_eq!(sent_to(&mut w, &s2, NOW + 59 * S, &udp(dgram)), Some(b));
+    let fresh = choice(&s2, &udp(dgram));
+    assert_eq!(
+        sent_to(&mut w, &s2, NOW + 120 * S, &udp(dgram)),
+        Some(fresh)
+    );
 }
 
 #[test]

@@ -34,6 +34,7 @@ pub fn sum16(data: &[u8]) -> u16 {
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const FIN: u8 = 0x01;
+pub const RST: u8 = 0x04;
 
 /// An L4 header: TCP (20 bytes, with `flags`) or UDP (8 bytes), checksum left 0.
 pub fn l4(proto: u8, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
