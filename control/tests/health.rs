@@ -1,5 +1,9 @@
 //! Health checks against real TCP and HTTP servers on 127.0.0.x. Waits have
 //! generous bounds; nothing here asserts how fast anything is.
+//!
+//! The test servers' mode, weight and request count are atomics with `SeqCst`
+//! throughout: each is a single value read on its own, so any ordering would do, and
+//! test code takes the one that needs no argument.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -141,7 +141,8 @@ fn temp_dir() -> TempDir {
     let p = std::env::temp_dir().join(format!(
         "dsrgate-kube-test-{}-{}",
         std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        // Only uniqueness matters; any ordering would do.
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&p).unwrap();
     TempDir(p)

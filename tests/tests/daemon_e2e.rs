@@ -83,6 +83,8 @@ impl Load {
             move || {
                 // Bounded: at most 20 000 requests, each bounded by its timeouts.
                 for i in 0..20_000 {
+                    // Relaxed: the flag carries no data; the results come back under their
+                    // mutexes after `join`.
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }

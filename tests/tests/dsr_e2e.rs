@@ -46,6 +46,8 @@ struct Servers {
 
 impl Drop for Servers {
     fn drop(&mut self) {
+        // Relaxed, here and in the loops below: a stop flag carries no data; what the
+        // threads collected is read under its mutex or returned through `join`.
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();

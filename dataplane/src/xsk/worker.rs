@@ -226,6 +226,7 @@ impl<P: Processor> Worker<P> {
     pub(crate) fn run(mut self) -> Census {
         let mut idle = 0u32;
         let mut next_housekeeping = monotonic_ns();
+        // Relaxed: the flag carries no data (see `Workers::shutdown`).
         while !self.stop.load(Ordering::Relaxed) {
             let now = monotonic_ns();
             let moved = self.iteration(now);
@@ -367,9 +368,13 @@ impl<P: Processor> Worker<P> {
                 }
                 let offset = (addrs[i] - chunk) as usize;
                 let len = (lens[i] as usize).min(fs - offset);
-                // SAFETY: `chunk..chunk+fs` lies inside the UMEM area (checked above). Each RX
-                // descriptor names a distinct chunk that the kernel has handed to us and will not
-                // touch until we give it back through the fill or TX ring, so this is the only
+                // SAFETY: `chunk..chunk+fs` lies inside the UMEM area (checked above). The
+                // kernel hands back only chunks we gave it, each once per time we gave it,
+                // and the worker gives each chunk out at most once at a time: a chunk is in
+                // exactly one of the stash, a ring, or this batch (the frame census counts
+                // every chunk in exactly one place; debug builds also assert the stash never
+                // overflows). So each RX descriptor names a distinct chunk the kernel will not
+                // touch until we return it through the fill or TX ring, and this is the only
                 // reference to those bytes while `frames` lives.
                 let buf = unsafe { std::slice::from_raw_parts_mut(base.add(chunk as usize), fs) };
                 Frame { buf, offset, len }

@@ -68,6 +68,7 @@ fn serve(
 ) {
     let handler = Arc::new(handler);
     for stream in listener.incoming().flatten() {
+        // Relaxed: a bare count that guards nothing but its own bound.
         if live.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
             live.fetch_sub(1, Ordering::Relaxed);
             continue;
