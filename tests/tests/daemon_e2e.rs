@@ -14,7 +14,7 @@ use dsrgate_tests::bird::{kernel_route, neighbor, Bird};
 use dsrgate_tests::daemon::{
     check_client, connect, node_of, request, wait_routed_via, Daemon, GatewayConfig, Lab, PREFIX4,
 };
-use dsrgate_tests::netns::{fabric4, gateway_host, Netns, VIP4};
+use dsrgate_tests::netns::{fabric4, gateway_host, Netns, GW_UPLINK, VIP4};
 use dsrgate_tests::require_privileges_with;
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
@@ -33,10 +33,9 @@ fn status(gw: &Netns) -> Result<control::status::Status> {
     gw.enter(|| control::status::fetch(api, Duration::from_secs(2)))?
 }
 
-/// Whether an XDP program is attached to `eth0` in `ns`.
+/// Whether an XDP program is attached to the gateway's uplink in `ns`.
 fn xdp_attached(ns: &Netns) -> Result<bool> {
-    let link = ns.ip(&["-o", "link", "show", "dev", "eth0"])?;
-    Ok(link.contains(" xdp") || link.contains("prog/xdp"))
+    ns.xdp_attached(GW_UPLINK)
 }
 
 fn wait_status(
