@@ -3,7 +3,8 @@
 # network namespaces on this machine, wired as in vagrant/README.md.
 #
 #   vagrant/lab.sh up      install what is missing, build, create, start, wait, summarise
-#   vagrant/lab.sh demo    the four-step story, checking every claim it makes
+#   vagrant/lab.sh demo    the four-step story, checking every claim it makes (brings the
+#                          lab up first if it is not: the Quick start's one command)
 #   vagrant/lab.sh status  gateways' `dsrgate status`, BIRD's VIP routes, node services
 #   vagrant/lab.sh down    stop everything and remove every namespace and file it made
 #   vagrant/lab.sh build [all|tools|none]   only install packages and build (the multi-VM
@@ -484,7 +485,10 @@ from the same backends, so it sends each one to the node that already holds it."
 }
 
 cmd_demo() {
-  ns_exists router || die "the lab is not up: run vagrant/lab.sh up"
+  if ! ns_exists router; then
+    say "==> the lab is not up: bringing it up first"
+    cmd_up
+  fi
   announced_everywhere || die "the lab is not healthy (VIPs not routed via every gateway); see vagrant/lab.sh status"
   mkdir -p "$STATE/demo"
   demo_step1
