@@ -1,10 +1,11 @@
 //! AF_XDP poll-mode workers: the only place in dsrgate that does packet I/O.
 //!
 //! One socket per RX queue of the uplink, one worker thread per socket, pinned to a configured
-//! core. Each worker owns its UMEM (page-aligned, with [`ENCAP_HEADROOM`] in front of every
-//! frame), its fill, completion, RX and TX rings, its processor state, and its counters. In a
-//! two-arm topology the worker also opens a TX socket on the downlink that shares its UMEM, so
-//! forwarding hands a descriptor from one device to the other without a copy.
+//! core (unpinned if none is configured). Each worker owns its UMEM (page-aligned, with
+//! [`ENCAP_HEADROOM`] in front of every frame), its fill, completion, RX and TX rings, its
+//! processor state, and its counters. In a two-arm topology the worker also opens a TX socket
+//! on the downlink that shares its UMEM, so forwarding hands a descriptor from one device to
+//! the other without a copy.
 //!
 //! Socket library: xdpilone, not xsk-rs. xsk-rs builds libxdp and libbpf from source through
 //! `libxdp-sys`, and that build writes into cargo's registry copy of the crate, while dsrgate's
@@ -218,7 +219,8 @@ pub struct Workers<S: Steering> {
 
 impl<S: Steering> Workers<S> {
     /// Open one socket per uplink RX queue (plus a downlink TX socket each in two-arm), register
-    /// them with `steering`, and start one pinned worker per socket running `make(i)`.
+    /// them with `steering`, and start one worker per socket running `make(i)`, pinned when
+    /// cores are configured.
     ///
     /// Sockets are created in the calling thread's network namespace.
     pub fn start<P, F>(
