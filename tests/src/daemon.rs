@@ -11,7 +11,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::bird::{kernel_route, Bird};
 use crate::netns::{
@@ -264,6 +264,39 @@ impl Daemon {
             .as_ref()
             .context("daemon already exited")?
             .signal(sig)
+    }
+
+    /// Sends SIGTERM and watches the shutdown order: polls `withdrawn` (the route is gone
+    /// at the router) and `detached` (no XDP program left) until both hold, fails after
+    /// `limit` or if the program went first, and returns when each was first seen.
+    pub fn sigterm_withdraws_then_detaches(
+        &self,
+        withdrawn: impl Fn() -> Result<bool>,
+        detached: impl Fn() -> Result<bool>,
+        limit: Duration,
+    ) -> Result<(Duration, Duration)> {
+        let t0 = Instant::now();
+        self.signal(libc::SIGTERM)?;
+        let (mut w, mut d) = (None, None);
+        while w.is_none() || d.is_none() {
+            if w.is_none() && withdrawn()? {
+                w = Some(t0.elapsed());
+            }
+            if d.is_none() && detached()? {
+                d = Some(t0.elapsed());
+            }
+            if t0.elapsed() > limit {
+                bail!(
+                    "after {limit:?}: withdrawn {w:?}, detached {d:?}\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (w, d) = (w.unwrap_or_default(), d.unwrap_or_default());
+        eprintln!("SIGTERM -> route gone after {w:?}, XDP detached after {d:?}");
+        ensure!(w < d, "detached ({d:?}) before the withdraw ({w:?})");
+        Ok((w, d))
     }
 
     pub fn is_running(&mut self) -> bool {

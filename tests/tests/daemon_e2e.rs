@@ -473,30 +473,11 @@ fn sigterm_withdraws_before_detaching_while_another_gateway_serves() -> Result<(
     assert!(xdp_on_gw1()?, "no XDP program on gw1 before the test");
     let via_gw1 = format!("via {} ", fabric4(gateway_host(1)));
 
-    let t0 = Instant::now();
-    gw1.signal(libc::SIGTERM)?;
-    let (mut withdrawn, mut detached) = (None, None);
-    while withdrawn.is_none() || detached.is_none() {
-        if withdrawn.is_none() && !kernel_route(router, VIP4)?.contains(&via_gw1) {
-            withdrawn = Some(t0.elapsed());
-        }
-        if detached.is_none() && !xdp_on_gw1()? {
-            detached = Some(t0.elapsed());
-        }
-        if t0.elapsed() > Duration::from_secs(15) {
-            bail!(
-                "after 15 s: withdrawn {withdrawn:?}, detached {detached:?}\n{}",
-                gw1.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let (withdrawn, detached) = (withdrawn.unwrap_or_default(), detached.unwrap_or_default());
-    eprintln!("SIGTERM -> route via gw1 gone after {withdrawn:?}, XDP detached after {detached:?}");
-    assert!(
-        withdrawn < detached,
-        "detached ({detached:?}) before the withdraw ({withdrawn:?})"
-    );
+    gw1.sigterm_withdraws_then_detaches(
+        || Ok(!kernel_route(router, VIP4)?.contains(&via_gw1)),
+        || Ok(!xdp_on_gw1()?),
+        Duration::from_secs(15),
+    )?;
     let status = gw1.wait_exit(Duration::from_secs(10))?;
     assert!(
         status.success(),

@@ -179,32 +179,11 @@ fn two_arm_tunnels_out_of_the_downlink_peers_over_the_uplink_and_exits_clean() -
         "XDP on {GW_DOWNLINK} while running: {}",
         gw.xdp_attached(GW_DOWNLINK)?
     );
-    let t0 = Instant::now();
-    daemon.signal(libc::SIGTERM)?;
-    let (mut withdrawn, mut detached) = (None, None);
-    while withdrawn.is_none() || detached.is_none() {
-        if withdrawn.is_none() && bird.route(PREFIX4)?.is_none() {
-            withdrawn = Some(t0.elapsed());
-        }
-        if detached.is_none() && !xdp_on_either(gw)? {
-            detached = Some(t0.elapsed());
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            bail!(
-                "after 20 s: withdrawn {withdrawn:?}, detached {detached:?}\n{}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let (withdrawn, detached) = (withdrawn.unwrap_or_default(), detached.unwrap_or_default());
-    eprintln!(
-        "SIGTERM -> route gone from BIRD after {withdrawn:?}, XDP detached after {detached:?}"
-    );
-    assert!(
-        withdrawn < detached,
-        "detached ({detached:?}) before the withdraw ({withdrawn:?})"
-    );
+    daemon.sigterm_withdraws_then_detaches(
+        || Ok(bird.route(PREFIX4)?.is_none()),
+        || Ok(!xdp_on_either(gw)?),
+        Duration::from_secs(20),
+    )?;
     let exit = daemon.wait_exit(Duration::from_secs(15))?;
     assert!(
         exit.success(),
