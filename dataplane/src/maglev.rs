@@ -16,6 +16,7 @@
 //! byte-identical tables, whatever order the set arrived in.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::flow::fold_mul;
 
@@ -52,11 +53,17 @@ pub enum MaglevError {
 }
 
 /// A built Maglev lookup table. Immutable once built.
+///
+/// Cloning shares the built table (two reference counts), so a snapshot rebuilt for one
+/// changed VIP keeps the others' tables instead of copying their slots. The slots sit behind
+/// an `Arc<[u16]>` held inline, not behind an `Arc<MaglevTable>`: a lookup through a
+/// [`crate::snapshot::Vip`] then loads the slice pointer and the slot, as with a `Box`, and
+/// no extra pointer in between.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaglevTable {
-    backends: Box<[Backend]>,
+    backends: Arc<[Backend]>,
     /// Slot → index into `backends`, or `EMPTY` (only when no backend has weight).
-    entries: Box<[u16]>,
+    entries: Arc<[u16]>,
 }
 
 /// The stable key Maglev hashes: the address as 16 bytes, IPv4 mapped into IPv6, so the
@@ -153,8 +160,11 @@ impl MaglevTable {
         }
 
         let m = size;
-        let mut entries = vec![EMPTY; m as usize].into_boxed_slice();
+        // Collected from an exact-size iterator: one allocation, filled in place (the
+        // `make_mut` below finds it unshared and does not copy).
+        let mut entries: Arc<[u16]> = std::iter::repeat_n(EMPTY, m as usize).collect();
         if active > 0 {
+            let slots = Arc::make_mut(&mut entries);
             // Per active backend: its index in `sorted`, weight, and (next position, skip) in
             // its permutation.
             let index: Vec<u16> = (0..sorted.len() as u16)
@@ -172,7 +182,7 @@ impl MaglevTable {
                 .collect();
             let mut filled = 0u32;
             let mut claim = |t: usize| {
-                claim_next(&mut entries, &mut perm[t], index[t]);
+                claim_next(slots, &mut perm[t], index[t]);
                 filled += 1;
                 filled == m
             };
@@ -232,7 +242,8 @@ impl MaglevTable {
     pub fn prefetch(&self, hash: u64) {
         let slot = ((hash as u128 * self.entries.len() as u128) >> 64) as usize;
         if let Some(e) = self.entries.get(slot) {
-            crate::flow::prefetch_range(e as *const u16 as *const u8, 2);
+            // An aligned 2-byte slot never straddles a line: its first byte's line is enough.
+            crate::flow::prefetch_range(e as *const u16 as *const u8, 1);
         }
     }
 
@@ -243,6 +254,13 @@ impl MaglevTable {
 
     pub fn size(&self) -> u32 {
         self.entries.len() as u32
+    }
+
+    /// True if `self` and `other` are one build, shared (a clone, or a snapshot's table
+    /// reused by [`crate::snapshot::Snapshot::rebuild`]): then they are equal without a
+    /// look at their slots.
+    pub fn shares(&self, other: &MaglevTable) -> bool {
+        Arc::ptr_eq(&self.entries, &other.entries) && Arc::ptr_eq(&self.backends, &other.backends)
     }
 
     /// The backend index stored in `slot`, if any (what a publisher copies out).
@@ -348,6 +366,15 @@ mod tests {
         assert!(!is_prime(16_777_215));
         assert!(!is_prime(4_294_967_295));
         assert!(is_prime(4_294_967_291));
+    }
+
+    #[test]
+    fn clones_share_and_separate_builds_do_not() {
+        let t = MaglevTable::build(&set(3), 251, 5).unwrap();
+        let again = MaglevTable::build(&set(3), 251, 5).unwrap();
+        assert!(t.clone().shares(&t));
+        assert_eq!(t, again);
+        assert!(!again.shares(&t), "equal, but two builds");
     }
 
     #[test]
