@@ -7,8 +7,8 @@
 //! same table; the workers drop and count its packets as `no_next_hop`, and the announce
 //! policy does not count it as usable. [`Publisher`] compares the result with what is live,
 //! builds the Maglev tables (the expensive step, here on the control thread, never in a
-//! worker; tables of unchanged VIPs are reused) only when something changed, and swaps the
-//! result in. Workers load the snapshot once per batch, so the next batch runs on it. Each
+//! worker; unchanged VIPs share the live snapshot's tables, neither rebuilt nor copied) only
+//! when something changed, and swaps the result in. Workers load the snapshot once per batch, so the next batch runs on it. Each
 //! rebuilt table is diffed against the one it replaces ([`MaglevChange`]): the share of a
 //! VIP's slots that changed backend is the share of its flows a gateway without their
 //! state (a new one, or one whose flows expired) now sends elsewhere.
@@ -196,7 +196,7 @@ impl Publisher {
         let mut cfg = first.config.clone();
         cfg.generation = 1;
         let snap = Snapshot::new(&cfg)?;
-        let vips = live_vips(&snap, &first.origins, &[], &first.config, None, 1);
+        let vips = live_vips(&snap, &first.origins, None, &first.config, None, 1);
         Ok(Publisher {
             live: Arc::new(ArcSwap::from_pointee(snap)),
             generation: 1,
@@ -235,16 +235,15 @@ impl Publisher {
         let mut cfg = next.config.clone();
         cfg.generation = generation;
         let started = Instant::now();
-        // Unchanged VIPs keep their Maglev tables: only changed ones are rebuilt.
+        // Unchanged VIPs share the live snapshot's Maglev tables: only changed ones are built.
         let prev = self.live.load_full();
         let snap = Snapshot::rebuild(&cfg, Some(&prev))?;
         let build = started.elapsed();
-        let reseeded = self.current.maglev_seed != next.config.maglev_seed;
-        let maglev = maglev_changes(&prev, &snap, reseeded);
+        let maglev = maglev_changes(&prev, &snap);
         let vips = live_vips(
             &snap,
             &next.origins,
-            &self.vips,
+            Some((&prev, &self.vips)),
             &next.config,
             Some(&self.current),
             generation,
@@ -263,16 +262,15 @@ impl Publisher {
     }
 }
 
-/// The VIPs of `next` whose table differs from their table in `prev` in size or backends,
-/// or all of them if the Maglev seed changed (tables built from the same backends, size and
-/// seed are identical, so the others are skipped without a scan), with the slots that
-/// changed.
-fn maglev_changes(prev: &Snapshot, next: &Snapshot, reseeded: bool) -> Vec<MaglevChange> {
+/// The VIPs of `next` whose table was built anew (not shared with `prev`: its backends,
+/// size or the Maglev seed changed), with the slots that changed. Shared tables are
+/// skipped without a scan.
+fn maglev_changes(prev: &Snapshot, next: &Snapshot) -> Vec<MaglevChange> {
     next.vips()
         .iter()
         .filter_map(|v| {
             let (new, old) = (v.maglev(), prev.vip(&v.key)?.maglev());
-            if !reseeded && new.size() == old.size() && new.backends() == old.backends() {
+            if new.shares(old) {
                 return None;
             }
             Some(MaglevChange {
@@ -284,12 +282,13 @@ fn maglev_changes(prev: &Snapshot, next: &Snapshot, reseeded: bool) -> Vec<Magle
         .collect()
 }
 
-/// The per-port view of a freshly built snapshot. A port keeps the generation of its last
-/// change when its backends, hash and tunnel are as before.
+/// The per-port view of a freshly built snapshot, given the snapshot it replaces and that
+/// one's view. A port keeps the generation of its last change when its backends, hash and
+/// tunnel are as before, and the slot counts of its table when the table is shared.
 fn live_vips(
     snap: &Snapshot,
     origins: &[Origin],
-    prev: &[LiveVip],
+    prev: Option<(&Snapshot, &[LiveVip])>,
     cfg: &SnapshotConfig,
     prev_cfg: Option<&SnapshotConfig>,
     generation: u64,
@@ -300,25 +299,22 @@ fn live_vips(
         .zip(origins)
         .map(|((vip, vc), origin)| {
             let table = vip.maglev();
-            let mut counts = vec![0u32; table.backends().len()];
-            for s in 0..table.size() {
-                if let Some(b) = table.slot(s) {
-                    if let Some(c) = counts.get_mut(b as usize) {
-                        *c += 1;
-                    }
-                }
-            }
-            let slots = table
-                .backends()
-                .iter()
-                .zip(counts)
-                .map(|(b, n)| (b.addr, n))
-                .collect();
+            // The live view of this port, if the port was live.
+            let before = prev.and_then(|(s, live)| {
+                let i = s.vip_index(&vip.key)?;
+                let v = live.get(i).filter(|v| v.key == vip.key)?;
+                Some((s.vips().get(i)?, v))
+            });
+            let slots = match before {
+                Some((pv, v)) if pv.maglev().shares(table) => v.slots.clone(),
+                _ => slot_counts(table),
+            };
             let unchanged = prev_cfg.and_then(|pc| {
                 let i = pc.vips.iter().position(|p| p.key == vc.key)?;
                 let same = pc.vips[i] == *vc
                     && pc.maglev_size == cfg.maglev_size
                     && pc.maglev_seed == cfg.maglev_seed;
+                let prev = prev.map_or(&[][..], |(_, live)| live);
                 same.then(|| prev.get(i).map(|p| p.generation))?
             });
             LiveVip {
@@ -329,6 +325,24 @@ fn live_vips(
                 slots,
             }
         })
+        .collect()
+}
+
+/// The slots each backend of `table` holds, by address (a scan of the whole table).
+fn slot_counts(table: &dataplane::maglev::MaglevTable) -> HashMap<IpAddr, u32> {
+    let mut counts = vec![0u32; table.backends().len()];
+    for s in 0..table.size() {
+        if let Some(b) = table.slot(s) {
+            if let Some(c) = counts.get_mut(b as usize) {
+                *c += 1;
+            }
+        }
+    }
+    table
+        .backends()
+        .iter()
+        .zip(counts)
+        .map(|(b, n)| (b.addr, n))
         .collect()
 }
 
@@ -468,5 +482,49 @@ mod tests {
         assert_eq!(done.generation, 3);
         assert_eq!(publisher.vips()[0].generation, 2);
         assert!(done.maglev.is_empty(), "{:?}", done.maglev);
+    }
+
+    #[test]
+    fn a_publish_shares_the_tables_of_unchanged_vips() {
+        let mut s = services();
+        let mut b = s.vips[0].clone();
+        b.name = "api".into();
+        b.addr = "192.0.2.20".parse().unwrap();
+        b.ports = vec![8443];
+        s.vips[0].ports = vec![80];
+        s.vips.push(b);
+        let p = params();
+        let keys: Vec<VipKey> = [("192.0.2.10", 80), ("192.0.2.20", 8443)]
+            .map(|(a, port)| VipKey {
+                addr: a.parse().unwrap(),
+                proto: Proto::Tcp,
+                port,
+            })
+            .into();
+        let two = |_: usize| s.vips[0].backends[..2].to_vec();
+        let mut publisher = Publisher::new(desired(&s, two, &HashMap::new(), &p)).unwrap();
+        let handle = publisher.handle();
+        let before = handle.load_full();
+        let live_before = publisher.vips().to_vec();
+
+        // VIP A loses a backend; VIP B keeps both.
+        let a_changes = |i: usize| s.vips[0].backends[..2 - usize::from(i == 0)].to_vec();
+        let done = publisher
+            .publish(desired(&s, a_changes, &HashMap::new(), &p))
+            .unwrap()
+            .unwrap();
+        let after = handle.load_full();
+        let table = |snap: &Snapshot, k: &VipKey| snap.vip(k).unwrap().maglev().clone();
+        assert!(!table(&after, &keys[0]).shares(&table(&before, &keys[0])));
+        assert!(table(&after, &keys[1]).shares(&table(&before, &keys[1])));
+        assert_eq!(
+            done.maglev.iter().map(|c| c.key).collect::<Vec<_>>(),
+            [keys[0]],
+            "only A's table is diffed"
+        );
+        // B's view (slot counts, generation) carries over; A's is recounted.
+        assert_eq!(publisher.vips()[1], live_before[1]);
+        assert_eq!(publisher.vips()[0].slots.values().sum::<u32>(), 251);
+        assert_eq!(publisher.vips()[0].slots.len(), 1);
     }
 }
