@@ -284,12 +284,30 @@ pub struct Snapshot {
 }
 
 /// Bytes one encapsulation adds in front of the inner IP packet, not counting Ethernet.
-pub(crate) fn encap_overhead(outer_v6: bool, encap: Encap) -> usize {
-    let ip = if outer_v6 { 40 } else { 20 };
+pub fn encap_overhead(outer_v6: bool, encap: Encap) -> usize {
+    let ip = if outer_v6 {
+        crate::wire::IPV6_HEADER_LEN
+    } else {
+        crate::wire::IPV4_HEADER_LEN
+    };
     match encap {
         Encap::IpIp => ip,
         Encap::Gue { .. } => ip + crate::wire::UDP_HEADER_LEN + crate::wire::gue::HEADER_LEN,
     }
+}
+
+/// RFC 791: the smallest MTU of an IPv4 link (every IPv4 module forwards 68-octet datagrams
+/// unfragmented).
+pub const IPV4_MIN_MTU: u16 = 68;
+/// RFC 8200 §5: the smallest MTU of an IPv6 link.
+pub const IPV6_MIN_MTU: u16 = 1280;
+
+/// The smallest `tunnel_mtu` a VIP of the inner family can use toward a backend of the outer
+/// family with `encap` ([`Snapshot::new`] refuses less): the inner family's minimum MTU
+/// ([`IPV4_MIN_MTU`], [`IPV6_MIN_MTU`]) plus [`encap_overhead`]. A GUE port does not count.
+pub fn min_tunnel_mtu(inner_v6: bool, outer_v6: bool, encap: Encap) -> u16 {
+    let min = if inner_v6 { IPV6_MIN_MTU } else { IPV4_MIN_MTU };
+    min.saturating_add(encap_overhead(outer_v6, encap) as u16)
 }
 
 pub(crate) fn mapped(a: IpAddr) -> [u8; 16] {
@@ -566,18 +584,17 @@ fn same_backends(table: &[Backend], list: &[Backend]) -> bool {
 }
 
 /// Checks that an inner packet still has its family's minimum MTU after encapsulation
-/// (RFC 791: 68 for IPv4; RFC 8200: 1280 for IPv6).
+/// ([`min_tunnel_mtu`]).
 fn check_mtu(mtu: u16, inner_v6: bool, outer_v6: bool, encap: Encap) -> Result<(), SnapshotError> {
-    let overhead = encap_overhead(outer_v6, encap) as u16;
-    let (family, min) = if inner_v6 {
-        ("IPv6", 1280)
-    } else {
-        ("IPv4", 68)
-    };
-    if mtu < overhead.saturating_add(min) {
+    if mtu < min_tunnel_mtu(inner_v6, outer_v6, encap) {
+        let (family, min) = if inner_v6 {
+            ("IPv6", IPV6_MIN_MTU)
+        } else {
+            ("IPv4", IPV4_MIN_MTU)
+        };
         return Err(SnapshotError::MtuTooSmall {
             mtu,
-            overhead,
+            overhead: encap_overhead(outer_v6, encap) as u16,
             family,
             min,
         });
@@ -696,6 +713,54 @@ mod tests {
             Snapshot::new(&c),
             Err(SnapshotError::DuplicateBackend { .. })
         ));
+    }
+
+    #[test]
+    fn min_tunnel_mtu_is_the_bound_new_checks() {
+        let gue = Encap::Gue { port: 6080 };
+        for (inner_v6, outer_v6, encap, want) in [
+            (false, false, Encap::IpIp, 88),
+            (false, false, gue, 100),
+            (false, true, Encap::IpIp, 108),
+            (false, true, gue, 120),
+            (true, true, Encap::IpIp, 1320),
+            (true, true, gue, 1332),
+        ] {
+            let min = min_tunnel_mtu(inner_v6, outer_v6, encap);
+            assert_eq!(min, want, "{inner_v6} {outer_v6} {encap:?}");
+            let addr = |v6, a: &str| match v6 {
+                true => IpAddr::V6(format!("2001:db8::{a}").parse().unwrap()),
+                false => v4(&format!("10.0.0.{a}")),
+            };
+            let mut c = SnapshotConfig {
+                vips: vec![VipConfig {
+                    key: VipKey {
+                        addr: addr(inner_v6, "1"),
+                        proto: Proto::Udp,
+                        port: 53,
+                    },
+                    backends: vec![BackendConfig {
+                        addr: addr(outer_v6, "2"),
+                        weight: 1,
+                    }],
+                    hash: HashMode::FiveTuple,
+                    encap,
+                }],
+                outer_src_v4: cfg().outer_src_v4,
+                outer_src_v6: Some(SourcePrefix {
+                    addr: "2001:db8:1::".parse().unwrap(),
+                    len: 64,
+                }),
+                tunnel_mtu: min,
+                ..SnapshotConfig::default()
+            };
+            assert!(Snapshot::new(&c).is_ok(), "{c:?}");
+            c.tunnel_mtu = min - 1;
+            assert!(matches!(
+                Snapshot::new(&c),
+                Err(SnapshotError::MtuTooSmall { .. })
+            ));
+        }
     }
 
     #[test]

@@ -170,35 +170,30 @@ fn dataplane(v: &mut V, c: &Config) {
     }
 }
 
-/// RFC 8200 §5: every IPv6 link carries packets of 1280 octets, so an inner IPv6
-/// packet that size must still fit once encapsulated.
-const IPV6_MIN_MTU: u16 = 1280;
-/// RFC 791: every IPv4 host accepts datagrams of 576 octets.
-const IPV4_MIN_MTU: u16 = 576;
+/// RFC 791: every IPv4 host accepts datagrams of 576 octets; no `tunnel_mtu` is
+/// accepted below that.
+const IPV4_MIN_DATAGRAM: u16 = 576;
 
-/// Octets the dataplane puts in front of an inner packet: the outer IP header, and
-/// for GUE a UDP and a GUE header (the sizes `dataplane::snapshot` checks with).
-fn encap_overhead(outer_v6: bool, kind: EncapKind) -> u16 {
-    use dataplane::wire::{gue, IPV4_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN};
-    let ip = if outer_v6 {
-        IPV6_HEADER_LEN
-    } else {
-        IPV4_HEADER_LEN
-    };
-    let n = match kind {
-        EncapKind::Ipip => ip,
-        EncapKind::Gue => ip + UDP_HEADER_LEN + gue::HEADER_LEN,
-    };
-    n as u16
+/// The dataplane encapsulation of `kind`, for its size: the GUE port does not change
+/// it ([`dataplane::snapshot::min_tunnel_mtu`]), so none is needed here.
+fn dp_encap(kind: EncapKind) -> dataplane::snapshot::Encap {
+    use dataplane::snapshot::Encap;
+    match kind {
+        EncapKind::Ipip => Encap::IpIp,
+        EncapKind::Gue => Encap::Gue { port: 0 },
+    }
 }
 
 /// The smallest `tunnel_mtu` every VIP the config may produce can use, and why.
 /// An IPv6 VIP is tunnelled over IPv6 (IPv6-in-IPv4 is not supported), so it needs
-/// 1280 plus its encapsulation; a `[kubernetes]` section may produce IPv6 VIPs
+/// what the dataplane's snapshot requires of it ([`dataplane::snapshot::min_tunnel_mtu`]:
+/// 1280 plus its encapsulation); a `[kubernetes]` section may produce IPv6 VIPs
 /// (`ipFamilies`, the status, or `loadBalancerIP` choose, not the pool), in its
-/// encapsulation. IPv6 nodes need an IPv6 path, of 1280 at least.
+/// encapsulation. IPv6 nodes need an IPv6 path, of 1280 at least. IPv4 VIPs need
+/// less than the 576 every config must allow anyway.
 fn min_tunnel_mtu(c: &Config) -> (u16, String) {
-    let mut min = (IPV4_MIN_MTU, String::new());
+    use dataplane::snapshot::IPV6_MIN_MTU;
+    let mut min = (IPV4_MIN_DATAGRAM, String::new());
     let mut need = |mtu: u16, why: String| {
         if mtu > min.0 {
             min = (mtu, why);
@@ -209,9 +204,10 @@ fn min_tunnel_mtu(c: &Config) -> (u16, String) {
         EncapKind::Gue => "GUE",
     };
     let inner_v6 = |kind| {
-        let o = encap_overhead(true, kind);
+        let mtu = dataplane::snapshot::min_tunnel_mtu(true, true, dp_encap(kind));
+        let o = mtu - IPV6_MIN_MTU;
         (
-            IPV6_MIN_MTU + o,
+            mtu,
             format!(
                 "an IPv6 packet of {IPV6_MIN_MTU} octets plus {o} of {} encapsulation",
                 encap_name(kind)
