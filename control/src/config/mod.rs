@@ -258,6 +258,26 @@ pub struct VipBgp {
 }
 
 impl VipBgp {
+    /// Adds `other`'s settings, for services that share one address and so one route: the
+    /// lowest MED either sets, and every community of both, each once, in order of first
+    /// appearance.
+    pub fn merge(&mut self, other: &VipBgp) {
+        self.med = match (self.med, other.med) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for c in &other.communities {
+            if !self.communities.contains(c) {
+                self.communities.push(*c);
+            }
+        }
+        for c in &other.large_communities {
+            if !self.large_communities.contains(c) {
+                self.large_communities.push(*c);
+            }
+        }
+    }
+
     /// The attributes of the route for one VIP address with these settings.
     pub fn route_attributes(&self) -> bgp::speaker::RouteAttributes {
         bgp::speaker::RouteAttributes {

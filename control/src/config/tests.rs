@@ -735,3 +735,22 @@ proptest! {
         prop_assert!(announced_everywhere(&b));
     }
 }
+
+#[test]
+fn services_sharing_an_address_merge_their_route_settings() {
+    let bgp = |med, c: &[u32], l: &[u32]| VipBgp {
+        med,
+        communities: c.iter().map(|&c| Community(c)).collect(),
+        large_communities: l.iter().map(|&l| LargeCommunity(1, l, 0)).collect(),
+    };
+    let mut a = bgp(Some(10), &[1, 2], &[]);
+    a.merge(&bgp(Some(5), &[2, 3], &[7]));
+    assert_eq!(a, bgp(Some(5), &[1, 2, 3], &[7]));
+    a.merge(&bgp(Some(20), &[], &[7, 8]));
+    assert_eq!(a, bgp(Some(5), &[1, 2, 3], &[7, 8]));
+    let mut none = bgp(None, &[], &[]);
+    none.merge(&bgp(Some(7), &[], &[]));
+    assert_eq!(none.med, Some(7));
+    none.merge(&bgp(None, &[], &[]));
+    assert_eq!(none.med, Some(7));
+}

@@ -448,18 +448,7 @@ fn shared_route(
         fits: true,
         ..SharedRoute::default()
     });
-    let b = &mut r.bgp;
-    b.med = b.med.or(vip.bgp.med);
-    for c in &vip.bgp.communities {
-        if !b.communities.contains(c) {
-            b.communities.push(*c);
-        }
-    }
-    for c in &vip.bgp.large_communities {
-        if !b.large_communities.contains(c) {
-            b.large_communities.push(*c);
-        }
-    }
+    r.bgp.merge(&vip.bgp);
     r.fits &= fits;
     if r.fits && !r.vips.is_empty() {
         let others: Vec<String> = r.vips.iter().map(|j| format!("vips[{j}]")).collect();

@@ -1,14 +1,13 @@
 //! From the config and the announce policy to the BGP speaker: its peers, and the routes
 //! (one host prefix per announced VIP address, with that VIP's MED and communities).
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use bgp::speaker::{self, PeerConfig, RouteAttributes, Routes};
-use bgp::wire::{LargeCommunity, Prefix};
+use bgp::speaker::{self, PeerConfig, Routes};
+use bgp::wire::Prefix;
 
-use crate::config::Bgp;
+use crate::config::{Bgp, VipBgp};
 use crate::sources::ServiceSet;
 
 /// How often a session that failed is retried at first (doubling up to the FSM's maximum).
@@ -49,29 +48,11 @@ pub fn speaker_config(bgp: &Bgp) -> speaker::Config {
 pub fn routes(announced: impl Iterator<Item = IpAddr>, services: &ServiceSet) -> Routes {
     announced
         .map(|addr| {
-            let mut med: Option<u32> = None;
-            let mut communities = BTreeSet::new();
-            let mut large = BTreeSet::new();
+            let mut bgp = VipBgp::default();
             for v in services.vips.iter().filter(|v| v.addr == addr) {
-                if let Some(m) = v.bgp.med {
-                    med = Some(med.map_or(m, |cur| cur.min(m)));
-                }
-                communities.extend(v.bgp.communities.iter().map(|c| c.0));
-                large.extend(v.bgp.large_communities.iter().map(|l| (l.0, l.1, l.2)));
+                bgp.merge(&v.bgp);
             }
-            let attrs = RouteAttributes {
-                med,
-                communities: communities.into_iter().collect(),
-                large_communities: large
-                    .into_iter()
-                    .map(|(global, local1, local2)| LargeCommunity {
-                        global,
-                        local1,
-                        local2,
-                    })
-                    .collect(),
-            };
-            (Prefix::host(addr), attrs)
+            (Prefix::host(addr), bgp.route_attributes())
         })
         .collect()
 }
