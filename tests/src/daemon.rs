@@ -299,6 +299,18 @@ impl Daemon {
         Ok((w, d))
     }
 
+    /// Waits for the process to exit on its own, successfully, having logged its last line.
+    pub fn wait_clean_exit(&mut self, timeout: Duration) -> Result<()> {
+        let status = self.wait_exit(timeout)?;
+        ensure!(
+            status.success(),
+            "dsrgate exited with {status}:\n{}",
+            self.log()
+        );
+        self.wait_log(&["dsrgate stopped"], Duration::from_secs(1))?;
+        Ok(())
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(Proc::is_running)
     }

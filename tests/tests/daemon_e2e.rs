@@ -438,15 +438,9 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
         "detached before the drain ended:\n{}",
         daemon.log()
     );
-    let status = daemon.wait_exit(Duration::from_secs(10))?;
-    assert!(
-        status.success(),
-        "dsrgate exited with {status}:\n{}",
-        daemon.log()
-    );
+    daemon.wait_clean_exit(Duration::from_secs(10))?;
     let line = daemon.wait_log(&["shutting down", "signal"], Duration::from_secs(1))?;
     assert!(line.contains("signal=2"), "{line}");
-    daemon.wait_log(&["dsrgate stopped"], Duration::from_secs(1))?;
     assert!(
         !xdp_attached(gw1)?,
         "XDP program left attached after SIGINT"
@@ -478,13 +472,7 @@ fn sigterm_withdraws_before_detaching_while_another_gateway_serves() -> Result<(
         || Ok(!xdp_on_gw1()?),
         Duration::from_secs(15),
     )?;
-    let status = gw1.wait_exit(Duration::from_secs(10))?;
-    assert!(
-        status.success(),
-        "dsrgate exited with {status}:\n{}",
-        gw1.log()
-    );
-    gw1.wait_log(&["dsrgate stopped"], Duration::from_secs(1))?;
+    gw1.wait_clean_exit(Duration::from_secs(10))?;
 
     // gw2 alone carries the VIP; nothing failed on the way.
     std::thread::sleep(Duration::from_secs(1));

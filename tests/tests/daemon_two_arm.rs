@@ -184,13 +184,7 @@ fn two_arm_tunnels_out_of_the_downlink_peers_over_the_uplink_and_exits_clean() -
         || Ok(!xdp_on_either(gw)?),
         Duration::from_secs(20),
     )?;
-    let exit = daemon.wait_exit(Duration::from_secs(15))?;
-    assert!(
-        exit.success(),
-        "dsrgate exited with {exit}:\n{}",
-        daemon.log()
-    );
-    daemon.wait_log(&["dsrgate stopped"], Duration::from_secs(1))?;
+    daemon.wait_clean_exit(Duration::from_secs(15))?;
     for link in [GW_UPLINK, GW_DOWNLINK] {
         assert!(
             !gw.xdp_attached(link)?,
