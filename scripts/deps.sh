@@ -11,7 +11,7 @@ DSRGATE_APT_PACKAGES=(
 # Needed by the test suite only, not by the lab (vagrant/lab.sh sets DSRGATE_DEPS_NO_TEST=1).
 DSRGATE_TEST_APT_PACKAGES=(
   vagrant # `vagrant validate` of vagrant/Vagrantfile (both modes; no provider needed)
-  bpftool # the lab test checks that no XDP program it attached is still loaded
+  bpftool # the lab test checks that no XDP program it attached is still loaded; daemon_e2e detaches one from outside
 )
 
 # Installs the missing packages (as root) and mounts bpffs. Outside root it only reports.

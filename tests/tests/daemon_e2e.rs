@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use dsrgate_tests::bird::{kernel_route, neighbor, Bird};
 use dsrgate_tests::daemon::{
     check_client, connect, node_of, request, wait_routed_via, Daemon, GatewayConfig, Lab, PREFIX4,
@@ -485,4 +485,62 @@ fn sigterm_withdraws_before_detaching_while_another_gateway_serves() -> Result<(
         "{k}"
     );
     Ok(())
+}
+
+/// Someone else takes the steering program off the uplink (here `bpftool link detach`):
+/// VIP traffic now reaches the kernel, which does not balance it, so the gateway must stop
+/// attracting it. The daemon withdraws every VIP and says why.
+#[test]
+fn steering_detached_from_outside_withdraws_every_vip() -> Result<()> {
+    if !privileged("daemon_e2e::steering_detached_from_outside_withdraws_every_vip") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let router = lab.ns("router");
+    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
+    let mut daemon = Daemon::start(lab.ns("gw1"), &gateway_config(1).toml(), &[])?;
+    wait_routed_via(router, &bird, &[1])?;
+    let gw1 = lab.ns("gw1");
+
+    // The program's id from the interface, then the bpf_link holding it (ids are global, so
+    // this is our link and no other test's).
+    let link = gw1.ip(&["-o", "link", "show", "dev", GW_UPLINK])?;
+    let prog: u32 = link
+        .split("prog/xdp id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no XDP program id in {link:?}"))?;
+    // `bpftool link show`: one "ID: TYPE  prog PROG_ID" line per link, details indented.
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "show"])
+        .output()?;
+    let links = String::from_utf8_lossy(&out.stdout);
+    let id: u32 = links
+        .lines()
+        .find(|l| {
+            l.split_whitespace().skip_while(|w| *w != "prog").nth(1) == Some(&prog.to_string())
+        })
+        .and_then(|l| l.split(':').next()?.trim().parse().ok())
+        .with_context(|| format!("no bpf_link for program {prog} in:\n{links}"))?;
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "detach", "id", &id.to_string()])
+        .output()?;
+    ensure!(out.status.success(), "bpftool link detach: {out:?}");
+    assert!(!xdp_attached(gw1)?, "bpftool left the program attached");
+
+    bird.wait_route(PREFIX4, false, Duration::from_secs(10))?;
+    let s = wait_status(gw1, "the dataplane problem", Duration::from_secs(5), |s| {
+        s.dataplane_problem.is_some()
+    })?;
+    let problem = s.dataplane_problem.unwrap_or_default();
+    assert!(
+        problem.contains("XDP program detached from eth0"),
+        "{problem}"
+    );
+    daemon.wait_log(
+        &["dataplane unhealthy: withdrawing every VIP"],
+        Duration::from_secs(1),
+    )?;
+    daemon.signal(libc::SIGTERM)?;
+    daemon.wait_clean_exit(Duration::from_secs(15))
 }

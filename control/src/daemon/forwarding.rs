@@ -198,12 +198,12 @@ impl Dataplane {
         {
             return Some(DataplaneProblem::WorkerStalled { worker });
         }
-        // The program is held by a bpf_link, which nothing but us (or the interface's
-        // removal) takes away: check the interface is the one it was attached to, and that
-        // its maps still answer.
+        // The interface must be the one the program was attached to (not one re-created
+        // under its name), and still run our program: a `bpftool link detach` or another
+        // loader may have taken it away.
         let iface = &self.fixed.uplink;
         let attached = ifindex_of(iface) == Some(self.uplink_ifindex)
-            && self.workers.steering_mut().counters().is_ok();
+            && self.workers.steering().attached().unwrap_or(false);
         (!attached).then(|| DataplaneProblem::XdpDetached {
             iface: iface.clone(),
         })

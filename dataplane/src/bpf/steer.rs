@@ -164,6 +164,8 @@ pub struct Steer {
     iface: String,
     ifindex: u32,
     mode: AttachMode,
+    /// The loaded program's kernel id, to tell it from whatever else an interface runs.
+    prog_id: u32,
     link: Option<aya::programs::xdp::XdpLinkId>,
 }
 
@@ -189,6 +191,13 @@ impl Steer {
         let ifindex = ifindex(iface)?;
         let mut ebpf = load()?;
         let prog = super::xdp_program(&mut ebpf, PROGRAM)?;
+        let prog_id = prog
+            .info()
+            .map_err(|source| BpfError::Program {
+                program: PROGRAM,
+                source,
+            })?
+            .id();
 
         let mut errors = [String::from("not tried"), String::from("not tried")];
         let mut obtained = None;
@@ -225,8 +234,21 @@ impl Steer {
             iface: iface.into(),
             ifindex,
             mode,
+            prog_id,
             link: Some(link),
         })
+    }
+
+    /// Whether the interface still runs this program. Something else (`bpftool link
+    /// detach`, another loader) may have removed or replaced it; the interface itself may
+    /// be gone (an error then).
+    pub fn attached(&self) -> Result<bool> {
+        let now =
+            super::netlink::xdp_program(self.ifindex).map_err(|source| BpfError::Netlink {
+                iface: self.iface.clone(),
+                source,
+            })?;
+        Ok(now.is_some_and(|(id, _)| id == self.prog_id))
     }
 
     pub fn iface(&self) -> &str {
