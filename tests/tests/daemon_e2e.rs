@@ -14,7 +14,7 @@ use dsrgate_tests::bird::{kernel_route, neighbor, Bird};
 use dsrgate_tests::daemon::{
     check_client, connect, node_of, request, wait_routed_via, Daemon, GatewayConfig, Lab, PREFIX4,
 };
-use dsrgate_tests::netns::{fabric4, gateway_host, Netns, GW_UPLINK, VIP4};
+use dsrgate_tests::netns::{fabric4, gateway_host, node_host, Netns, GW_UPLINK, VIP4};
 use dsrgate_tests::require_privileges_with;
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
@@ -542,5 +542,57 @@ fn steering_detached_from_outside_withdraws_every_vip() -> Result<()> {
         Duration::from_secs(1),
     )?;
     daemon.signal(libc::SIGTERM)?;
+    daemon.wait_clean_exit(Duration::from_secs(15))
+}
+
+/// During the drain after SIGTERM (routes withdrawn, flows still forwarded) health checks
+/// go on: a backend that fails then leaves the Maglev set, as it would before. A second
+/// signal ends the drain.
+#[test]
+fn a_backend_failing_during_the_drain_leaves_the_tables() -> Result<()> {
+    if !privileged("daemon_e2e::a_backend_failing_during_the_drain_leaves_the_tables") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let router = lab.ns("router");
+    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
+    let mut cfg = gateway_config(1);
+    cfg.drain_time = "60s";
+    let mut daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
+    wait_routed_via(router, &bird, &[1])?;
+    let gw1 = lab.ns("gw1");
+    let node1 = fabric4(node_host(1));
+    let slots_of_node1 = |s: &control::status::Status| -> u32 {
+        s.vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .filter(|b| b.address.to_string() == node1)
+            .map(|b| b.slots)
+            .sum()
+    };
+    wait_status(gw1, "node1 in the tables", Duration::from_secs(10), |s| {
+        slots_of_node1(s) > 0
+    })?;
+
+    daemon.signal(libc::SIGTERM)?;
+    bird.wait_route(PREFIX4, false, Duration::from_secs(10))?;
+    daemon.wait_log(&["draining while still forwarding"], Duration::from_secs(5))?;
+    lab.stop_service(1);
+    wait_status(
+        gw1,
+        "node1 out of the tables during the drain",
+        Duration::from_secs(10),
+        |s| slots_of_node1(s) == 0,
+    )?;
+    assert!(
+        daemon.is_running(),
+        "the drain ended early:\n{}",
+        daemon.log()
+    );
+    daemon.signal(libc::SIGTERM)?;
+    daemon.wait_log(
+        &["second signal: ending the drain early"],
+        Duration::from_secs(5),
+    )?;
     daemon.wait_clean_exit(Duration::from_secs(15))
 }

@@ -775,15 +775,26 @@ impl Daemon {
             tracing::info!(drain = ?drain_time, "routes withdrawn; draining while still forwarding");
             let deadline = Instant::now() + drain_time;
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                if let Ok(s) = signals.recv_timeout(left.min(TICK)) {
-                    if s != SIGHUP {
-                        tracing::info!(signal = s, "second signal: ending the drain early");
-                        break;
-                    }
+                // Health checks go on while the drain's flows finish: a backend that fails
+                // now leaves the tables as it would before.
+                let second = channel::select! {
+                    recv(signals) -> s => s.ok().filter(|&s| s != SIGHUP),
+                    recv(self.health_rx) -> ev => {
+                        if let Ok(ev) = ev {
+                            self.on_health(ev, Instant::now());
+                        }
+                        None
+                    },
+                    default(left.min(TICK)) => None,
+                };
+                if let Some(s) = second {
+                    tracing::info!(signal = s, "second signal: ending the drain early");
+                    break;
                 }
-                let now = Instant::now();
-                let stats = self.dataplane().stats();
-                self.report(&stats, now);
+                if let Err(e) = self.turn(Instant::now(), true) {
+                    tracing::error!(error = format!("{e:#}"), "ending the drain early");
+                    break;
+                }
             }
         }
         if let Some(mut s) = self.speaker.take() {
