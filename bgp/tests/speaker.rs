@@ -1,12 +1,16 @@
 //! Two speakers on loopback, one listening, one connecting: sessions come up, routes
 //! flow as differences, ROUTE-REFRESH and shutdown behave. No privileges needed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use bgp::fsm::{SessionError, State};
+use bgp::fsm::{self, SessionError, State};
 use bgp::speaker::{Config, PeerConfig, PeerStatus, RouteAttributes, Routes, Speaker};
-use bgp::wire::{LargeCommunity, Prefix};
+use bgp::wire::{
+    Context, Family, LargeCommunity, Message, PathAttribute, Prefix, RouteRefresh, Update,
+    HEADER_LEN,
+};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -150,4 +154,127 @@ fn refused_connections_are_retried_until_the_peer_appears() {
     });
     let _router = router(port);
     wait_for("session up", &gateway, |p| p.state == State::Established);
+}
+
+/// A peer written out by hand on a plain socket, so that the test sees every message
+/// the speaker sends, in order.
+struct RawPeer {
+    stream: TcpStream,
+}
+
+impl RawPeer {
+    /// Accepts the gateway's connection on `listener` and brings the session up as
+    /// AS 65000 with both families, ROUTE-REFRESH and 4-octet AS numbers.
+    fn accept(listener: &TcpListener) -> RawPeer {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut peer = RawPeer { stream };
+        assert!(matches!(peer.recv(), Message::Open(_)));
+        let open = fsm::Config::new(65000, 65001, Ipv4Addr::new(10, 0, 0, 1)).open();
+        peer.send(&Message::Open(open));
+        assert_eq!(peer.recv(), Message::Keepalive);
+        peer.send(&Message::Keepalive);
+        peer
+    }
+
+    fn send(&mut self, msg: &Message) {
+        let bytes = msg.to_bytes(Context::FOUR_OCTET).unwrap();
+        self.stream.write_all(&bytes).unwrap();
+    }
+
+    /// The next message; fails after 10 seconds of silence.
+    fn recv(&mut self) -> Message {
+        let mut msg = vec![0u8; HEADER_LEN];
+        self.stream.read_exact(&mut msg).unwrap();
+        let len = usize::from(u16::from_be_bytes([msg[16], msg[17]]));
+        msg.resize(len, 0);
+        self.stream.read_exact(&mut msg[HEADER_LEN..]).unwrap();
+        Message::parse(&msg, Context::FOUR_OCTET).unwrap()
+    }
+
+    /// The next UPDATE. KEEPALIVEs are answered, so that the session outlives its
+    /// hold time however slowly the test runs.
+    fn update(&mut self) -> Update {
+        loop {
+            match self.recv() {
+                Message::Keepalive => self.send(&Message::Keepalive),
+                Message::Update(u) => return u,
+                other => panic!("expected an UPDATE, got {other:?}"),
+            }
+        }
+    }
+
+    /// UPDATEs until they have announced `count` prefixes; their prefixes, sorted.
+    fn announcements(&mut self, count: usize) -> Vec<String> {
+        let mut seen = Vec::new();
+        while seen.len() < count {
+            let u = self.update();
+            assert_eq!(u.withdrawn_all().count(), 0, "{u:?}");
+            assert!(u.announced().count() > 0, "{u:?}");
+            seen.extend(u.announced().map(Prefix::to_string));
+        }
+        seen.sort();
+        seen
+    }
+}
+
+#[test]
+fn routes_then_end_of_rib_then_again_on_route_refresh() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let gateway = gateway(port, 65000);
+    gateway.set_routes(routes(&[
+        "192.0.2.10/32",
+        "192.0.2.11/32",
+        "2001:db8:100::10/128",
+    ]));
+    let mut peer = RawPeer::accept(&listener);
+
+    // RFC 4271 §9.2 then RFC 4724 §2: the whole Adj-RIB-Out, then one End-of-RIB per
+    // negotiated family, nothing in between.
+    assert_eq!(
+        peer.announcements(3),
+        ["192.0.2.10/32", "192.0.2.11/32", "2001:db8:100::10/128"]
+    );
+    assert_eq!(peer.update(), Update::default(), "IPv4 End-of-RIB");
+    assert_eq!(
+        peer.update(),
+        Update::end_of_rib(Family::Ipv6Unicast),
+        "IPv6 End-of-RIB"
+    );
+    assert!(matches!(
+        Update::end_of_rib(Family::Ipv6Unicast).attributes[..],
+        [PathAttribute::MpUnreach(ref mp)] if mp.withdrawn.is_empty()
+    ));
+    let g = wait_for("gateway up", &gateway, |p| p.state == State::Established);
+    let updates_before = g.stats.sent.update;
+    assert_eq!(g.prefixes_advertised, 3);
+
+    // RFC 2918 §4: each ROUTE-REFRESH is answered with exactly that family's routes.
+    peer.send(&Message::RouteRefresh(RouteRefresh::new(
+        Family::Ipv4Unicast,
+    )));
+    peer.send(&Message::RouteRefresh(RouteRefresh::new(
+        Family::Ipv6Unicast,
+    )));
+    assert_eq!(peer.announcements(2), ["192.0.2.10/32", "192.0.2.11/32"]);
+    assert_eq!(peer.announcements(1), ["2001:db8:100::10/128"]);
+    // Then nothing more: the next UPDATE is the withdrawal asked for now.
+    gateway.set_routes(routes(&["192.0.2.10/32", "2001:db8:100::10/128"]));
+    let next = peer.update();
+    assert_eq!(
+        next.withdrawn_all()
+            .map(Prefix::to_string)
+            .collect::<Vec<_>>(),
+        ["192.0.2.11/32"],
+        "{next:?}"
+    );
+    assert_eq!(next.announced().count(), 0);
+    let g = wait_for("counted", &gateway, |p| p.prefixes_advertised == 2);
+    assert_eq!(g.stats.received.route_refresh, 2);
+    // Both routes with equal attributes share one UPDATE, so two answers and the
+    // withdrawal.
+    assert_eq!(g.stats.sent.update, updates_before + 3);
 }

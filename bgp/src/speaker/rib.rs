@@ -428,6 +428,70 @@ mod tests {
         assert!(gone.iter().all(|u| u.encoded_len(e.ctx) <= MAX_MESSAGE_LEN));
     }
 
+    /// Prefixes announced by `ups`, as text, with each UPDATE's family checked.
+    fn announced_in(ups: &[Update], family: Family) -> Vec<String> {
+        let mut out = Vec::new();
+        for u in ups {
+            assert_eq!(u.withdrawn_all().count(), 0, "{u:?}");
+            for p in u.announced() {
+                assert_eq!(p.family(), family, "{u:?}");
+                out.push(p.to_string());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn refresh_resends_exactly_the_family_as_sent() {
+        let mut rib = AdjRibOut::default();
+        let e = export();
+        let want = routes(&[
+            ("192.0.2.10/32", None),
+            ("192.0.2.11/32", Some(7)),
+            ("2001:db8:100::10/128", None),
+        ]);
+        let first = rib.sync(&want, &e).updates;
+        let v4 = rib.refresh(Family::Ipv4Unicast, &e);
+        assert_eq!(
+            announced_in(&v4, Family::Ipv4Unicast),
+            ["192.0.2.10/32", "192.0.2.11/32"]
+        );
+        let v6 = rib.refresh(Family::Ipv6Unicast, &e);
+        assert_eq!(
+            announced_in(&v6, Family::Ipv6Unicast),
+            ["2001:db8:100::10/128"]
+        );
+        // The same UPDATEs, attributes and all, as the first announcement.
+        let mut again = v4.clone();
+        again.extend(v6);
+        assert_eq!(again.len(), first.len());
+        for u in &again {
+            assert!(first.contains(u), "{u:?} not in {first:?}");
+        }
+        // Refreshing records nothing: the next sync still sends only differences.
+        assert!(rib.sync(&want, &e).updates.is_empty());
+        // What was withdrawn, or refused, is not re-sent.
+        let fewer = routes(&[("2001:db8:100::10/128", None)]);
+        rib.sync(&fewer, &e);
+        assert!(rib.refresh(Family::Ipv4Unicast, &e).is_empty());
+        let huge = RouteAttributes {
+            communities: (0..1100).collect(),
+            ..Default::default()
+        };
+        let mut with_huge = fewer.clone();
+        with_huge.insert("192.0.2.12/32".parse().unwrap(), huge);
+        assert_eq!(rib.sync(&with_huge, &e).refused.len(), 1);
+        assert!(rib.refresh(Family::Ipv4Unicast, &e).is_empty());
+        assert_eq!(rib.refresh(Family::Ipv6Unicast, &e).len(), 1);
+        // A family the session does not carry has nothing to refresh.
+        let mut v4_only = e.clone();
+        v4_only.families = vec![Family::Ipv4Unicast];
+        let mut rib = AdjRibOut::default();
+        rib.sync(&want, &v4_only);
+        assert!(rib.refresh(Family::Ipv6Unicast, &v4_only).is_empty());
+    }
+
     fn sendable(ups: &[Update], ctx: Context) -> Vec<String> {
         let mut out = Vec::new();
         for u in ups {
