@@ -503,6 +503,56 @@ fn framing_errors_reset_and_rfc7606_errors_do_not() {
     assert_eq!(h.s.state(), State::Idle);
 }
 
+/// An UPDATE announcing 192.0.2.0/24 with `attrs` (type, flags, value each) after
+/// ORIGIN and AS_PATH.
+fn update_with(extra: &[u8]) -> Vec<u8> {
+    let mut attrs = vec![0x40, 1, 1, 0, 0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe8];
+    attrs.extend_from_slice(extra);
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend(attrs);
+    body.extend([24, 192, 0, 2]);
+    let mut msg = vec![0xff; 16];
+    msg.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    msg.push(2);
+    msg.extend(body);
+    msg
+}
+
+#[test]
+fn unrecognised_well_known_attribute_resets_with_3_2() {
+    let mut h = Harness::new(config());
+    h.establish(9);
+    // NEXT_HOP, then well-known (flags 0x40) type 99 with one octet.
+    let out = h.recv_bytes(1, &update_with(&[0x40, 3, 4, 10, 0, 0, 1, 0x40, 99, 1, 7]));
+    let (_, n) = notification(&out).expect("a NOTIFICATION");
+    assert_eq!((n.code, n.subcode), (3, 2));
+    assert_eq!(n.data, [0x40, 99, 1, 7]);
+    assert!(out.contains(&Output::Down));
+    assert_eq!(h.s.state(), State::Idle);
+    assert_eq!(h.s.stats().update_errors, 0);
+}
+
+#[test]
+fn next_hop_that_is_no_host_address_is_treat_as_withdraw() {
+    let mut h = Harness::new(config());
+    h.establish(9);
+    for nh in [[0, 0, 0, 0], [224, 0, 0, 5], [255, 255, 255, 255]] {
+        let mut attr = vec![0x40, 3, 4];
+        attr.extend(nh);
+        let out = h.recv_bytes(1, &update_with(&attr));
+        assert!(sent(&out).is_empty(), "{out:?}");
+    }
+    assert_eq!(h.s.state(), State::Established);
+    assert_eq!(h.s.stats().update_errors, 3);
+    assert_eq!(h.s.stats().prefixes_received, 0);
+    let e = h.s.last_update_error().unwrap().notification();
+    assert_eq!((e.code, e.subcode), (3, 8));
+    // A host address is fine.
+    h.recv_bytes(1, &update_with(&[0x40, 3, 4, 10, 0, 0, 1]));
+    assert_eq!(h.s.stats().prefixes_received, 1);
+}
+
 #[test]
 fn messages_split_across_reads_are_reassembled() {
     let mut h = Harness::open_sent(config());

@@ -658,12 +658,24 @@ fn update_errors_follow_rfc7606() {
         MalformedAttributeList,
         SessionReset,
     );
-    // An unrecognised well-known attribute.
-    check(
+    // An unrecognised well-known attribute: RFC 4271 §6.3, not revised by RFC 7606.
+    let e = check(
         "0000 0003 406300",
         UnrecognizedWellKnownAttribute,
-        TreatAsWithdraw,
+        SessionReset,
     );
+    assert_eq!(e.data, hex("406300"));
+    let n = DecodeError::Update(e).notification();
+    assert_eq!((n.code, n.subcode, n.data), (3, 2, hex("406300")));
+    // A NEXT_HOP that is no host address: 0.0.0.0, multicast, broadcast.
+    for nh in ["00000000", "00010203", "e0000005", "ffffffff"] {
+        let e = check(
+            &format!("0000 0014 40010100 40020602010000fde9 400304 {nh} 18c00002"),
+            InvalidNextHop,
+            TreatAsWithdraw,
+        );
+        assert_eq!(e.data, hex(&format!("400304{nh}")));
+    }
 }
 
 #[test]

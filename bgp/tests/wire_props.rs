@@ -83,7 +83,8 @@ fn attribute() -> impl Strategy<Value = PathAttribute> {
         ]
         .prop_map(PathAttribute::Origin),
         segments().prop_map(PathAttribute::AsPath),
-        any::<u32>().prop_map(|a| PathAttribute::NextHop(Ipv4Addr::from(a))),
+        // Host addresses only: others are Invalid NEXT_HOP (RFC 4271 §6.3).
+        (0x0100_0000u32..0xe000_0000).prop_map(|a| PathAttribute::NextHop(Ipv4Addr::from(a))),
         any::<u32>().prop_map(PathAttribute::MultiExitDisc),
         any::<u32>().prop_map(PathAttribute::LocalPref),
         Just(PathAttribute::AtomicAggregate),

@@ -71,6 +71,8 @@ pub enum UpdateErrorKind {
     AttributeFlagsError = 4,
     AttributeLengthError = 5,
     InvalidOrigin = 6,
+    /// A NEXT_HOP that is not a host address (RFC 4271 §6.3); treat-as-withdraw
+    /// (RFC 7606 §7.3).
     InvalidNextHop = 8,
     OptionalAttributeError = 9,
     InvalidNetworkField = 10,

@@ -265,12 +265,15 @@ impl PathAttribute {
     ) -> Result<Self, UpdateError> {
         let Some((expected, action)) = known(code) else {
             if flags & flag::OPTIONAL == 0 {
-                // A well-known attribute we do not recognise (RFC 4271 §6.3). It cannot
-                // be interpreted, so the routes cannot be used: treat as withdraw.
+                // RFC 4271 §6.3: an unrecognised well-known attribute is answered with
+                // Unrecognized Well-known Attribute, the attribute as data, and a
+                // reset. RFC 7606 does not soften this: its §3 and §7 revise the
+                // handling of malformed attributes this speaker knows, and an attribute
+                // it does not recognise cannot be judged malformed.
                 return Err(UpdateError::new(
                     UpdateErrorKind::UnrecognizedWellKnownAttribute,
                     raw,
-                    ErrorAction::TreatAsWithdraw,
+                    ErrorAction::SessionReset,
                 ));
             }
             return Ok(PathAttribute::Unknown {
@@ -310,7 +313,13 @@ impl PathAttribute {
             code::AS4_PATH => PathAttribute::As4Path(
                 parse_as_path(value, true).ok_or_else(|| err(UpdateErrorKind::MalformedAsPath))?,
             ),
-            code::NEXT_HOP => PathAttribute::NextHop(ipv4(value).ok_or_else(length_error)?),
+            code::NEXT_HOP => {
+                let nh = ipv4(value).ok_or_else(length_error)?;
+                if !is_host_address(nh) {
+                    return Err(err(UpdateErrorKind::InvalidNextHop));
+                }
+                PathAttribute::NextHop(nh)
+            }
             code::MULTI_EXIT_DISC => PathAttribute::MultiExitDisc(u32_value()?),
             code::LOCAL_PREF => PathAttribute::LocalPref(u32_value()?),
             code::ATOMIC_AGGREGATE => {
@@ -379,6 +388,18 @@ impl PathAttribute {
             _ => unreachable!("known() lists exactly the codes matched above"),
         })
     }
+}
+
+/// RFC 4271 §6.3: a NEXT_HOP is syntactically correct when it "represents a valid IP
+/// host address"; otherwise Invalid NEXT_HOP, which RFC 7606 §7.3 handles by
+/// treat-as-withdraw. Not host addresses: 0.0.0.0/8 ("this network", a source only,
+/// RFC 1122 §3.2.1.3), multicast 224.0.0.0/4 and the reserved 240.0.0.0/4 with the
+/// limited broadcast. A loopback address is a host address that makes no sense
+/// beyond one host: a semantic fault, which §6.3 says to log and ignore without a
+/// NOTIFICATION, and this speaker installs nothing it learns.
+fn is_host_address(a: Ipv4Addr) -> bool {
+    let first = a.octets()[0];
+    first != 0 && first < 224
 }
 
 /// MP_REACH_NLRI (RFC 4760 §3) and MP_UNREACH_NLRI (§4), which both open with AFI and
