@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use values::duration;
-pub use values::{Community, LargeCommunity, OuterPrefixes, PoolRange};
+pub use values::{Community, LargeCommunity, NextHops, OuterPrefixes, PoolRange};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -175,20 +175,24 @@ pub struct Bgp {
 pub struct Peer {
     pub address: IpAddr,
     pub remote_as: u32,
+    /// The peer's port, or for a passive peer the port it connects to.
     #[serde(default = "default_bgp_port")]
     pub port: u16,
     /// Proposed hold time (RFC 4271 §4.2): 0, or at least 3 s.
     #[serde(default = "default_hold_time", with = "duration")]
     pub hold_time: Duration,
-    /// Source address of the session; default: chosen by the kernel.
+    /// Source address of the session, or for a passive peer the address it connects
+    /// to; default: chosen by the kernel (passive: every address).
     #[serde(default)]
     pub local_address: Option<IpAddr>,
     /// Wait for the peer to connect instead of connecting.
     #[serde(default)]
     pub passive: bool,
-    /// NEXT_HOP of announced VIPs; default: the session's local address.
+    /// NEXT_HOP of announced VIPs: one address, or one per family for a session that
+    /// carries both (MP-BGP). A family without one uses the session's local address
+    /// when that is of its family.
     #[serde(default)]
-    pub next_hop: Option<IpAddr>,
+    pub next_hop: NextHops,
     /// TCP MD5 signature key (RFC 2385), at most 80 bytes.
     #[serde(default)]
     pub md5_password: Option<String>,

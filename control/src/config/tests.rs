@@ -754,3 +754,95 @@ fn services_sharing_an_address_merge_their_route_settings() {
     none.merge(&bgp(None, &[], &[]));
     assert_eq!(none.med, Some(7));
 }
+
+/// `MINIMAL` with one BGP peer (`peer` are its extra lines) and `extra` appended.
+fn with_peer(peer: &str, extra: &str) -> String {
+    format!("{MINIMAL}\n[bgp]\nlocal_as = 65001\nrouter_id = \"192.0.2.1\"\n\n[[bgp.peers]]\naddress = \"192.0.2.254\"\nremote_as = 65000\n{peer}\n{extra}")
+}
+
+const VIP6: &str =
+    "[[vips]]\naddress = \"2001:db8:100::10\"\nport = 80\n\n[[vips.backends]]\naddress = \"2001:db8:1::1\"\n";
+
+#[test]
+fn next_hop_is_one_address_or_one_per_family() {
+    let c = parse(&with_peer("next_hop = \"192.0.2.1\"", ""), file()).unwrap();
+    let nh = c.bgp.unwrap().peers[0].next_hop;
+    assert_eq!((nh.v4, nh.v6), (Some("192.0.2.1".parse().unwrap()), None));
+    let c = parse(
+        &with_peer("next_hop = [\"2001:db8::1\", \"192.0.2.1\"]", VIP6),
+        file(),
+    )
+    .unwrap();
+    let nh = c.bgp.unwrap().peers[0].next_hop;
+    assert_eq!(
+        (nh.v4, nh.v6),
+        (
+            Some("192.0.2.1".parse().unwrap()),
+            Some("2001:db8::1".parse().unwrap())
+        )
+    );
+    let p = one_problem(
+        &with_peer("next_hop = [\"192.0.2.1\", \"192.0.2.2\"]", ""),
+        "bgp.peers[0].next_hop",
+        "two addresses of one family (192.0.2.1 and 192.0.2.2)",
+    );
+    assert!(p.location.is_some());
+    one_problem(
+        &with_peer("next_hop = [\"192.0.2.1\", \"ff02::1\"]", ""),
+        "bgp.peers[0].next_hop",
+        "ff02::1 is not a unicast address",
+    );
+    one_problem(
+        &with_peer("next_hop = \"fe80::1\"", ""),
+        "bgp.peers[0].next_hop",
+        "link-local",
+    );
+    one_problem(
+        &with_peer("next_hop = 7", ""),
+        "bgp.peers[0].next_hop",
+        "one address, or a list",
+    );
+}
+
+#[test]
+fn every_static_vip_family_needs_a_next_hop() {
+    // An IPv4 session without an IPv6 next hop cannot announce an IPv6 VIP.
+    let p = one_problem(
+        &with_peer("", VIP6),
+        "vips[1].address",
+        "2001:db8:100::10 would never be announced: no BGP peer has an IPv6 next hop",
+    );
+    assert!(p.location.is_some());
+    // Nor with an IPv4 next hop only.
+    one_problem(
+        &with_peer("next_hop = \"192.0.2.1\"", VIP6),
+        "vips[1].address",
+        "no BGP peer has an IPv6 next hop",
+    );
+    // An IPv6 next hop alone serves both: IPv4 routes take the session's address.
+    parse(&with_peer("next_hop = \"2001:db8::1\"", VIP6), file()).unwrap();
+    // So does a second session over IPv6.
+    let second = "[[bgp.peers]]\naddress = \"2001:db8::fe\"\nremote_as = 65000\n";
+    parse(&with_peer("", &format!("{second}\n{VIP6}")), file()).unwrap();
+    // An IPv6 session without an IPv4 next hop cannot announce MINIMAL's IPv4 VIP.
+    one_problem(
+        &with_peer("", "").replace("\"192.0.2.254\"", "\"2001:db8::fe\""),
+        "vips[0].address",
+        "203.0.113.10 would never be announced: no BGP peer has an IPv4 next hop",
+    );
+    // Without peers nothing is announced, and nothing is missing.
+    parse(
+        &format!("{MINIMAL}\n[bgp]\nlocal_as = 65001\nrouter_id = \"192.0.2.1\"\n\n{VIP6}"),
+        file(),
+    )
+    .unwrap();
+    // A pool's IPv6 range is held to the same rule.
+    one_problem(
+        &with_peer(
+            "",
+            "[kubernetes]\naddress_pool = [\"203.0.113.128/28\", \"2001:db8:200::/120\"]\n",
+        ),
+        "kubernetes.address_pool[1]",
+        "its IPv6 addresses would never be announced",
+    );
+}

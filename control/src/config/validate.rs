@@ -287,9 +287,14 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
                         );
                     }
                 }
-                if let Some(nh) = p.next_hop {
+                for nh in p.next_hop.iter() {
                     if unusable(nh) {
                         v.err("next_hop", format!("{nh} is not a unicast address"));
+                    } else if matches!(nh, IpAddr::V6(a) if a.is_unicast_link_local()) {
+                        v.err(
+                            "next_hop",
+                            format!("{nh} is link-local; an IPv6 next hop must be a global address (RFC 2545 §3)"),
+                        );
                     }
                 }
                 if let Some(pw) = &p.md5_password {
@@ -303,6 +308,32 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
             })
         });
     }
+}
+
+/// Unless some peer can give routes of `addr`'s family a next hop (its `next_hop` has
+/// one, or its session, and so its local address, is of that family), reports that
+/// `what` (a VIP at `addr`, or a pool range holding it) would never be announced. The speaker offers both families on every
+/// session; one without a next hop for a family announces none of its routes.
+fn announceable(v: &mut V, c: &Config, field: &str, addr: IpAddr, what: &str) {
+    let Some(bgp) = c.bgp.as_ref().filter(|b| !b.peers.is_empty()) else {
+        return;
+    };
+    let v4 = addr.is_ipv4();
+    if bgp
+        .peers
+        .iter()
+        .any(|p| p.address.is_ipv4() == v4 || p.next_hop.for_family(v4).is_some())
+    {
+        return;
+    }
+    let (family, example) = match v4 {
+        true => ("IPv4", "[\"2001:db8::1\", \"192.0.2.1\"]"),
+        false => ("IPv6", "[\"192.0.2.1\", \"2001:db8::1\"]"),
+    };
+    v.err(
+        field,
+        format!("{what} would never be announced: no BGP peer has an {family} next hop (give the peer whose session carries {family} routes one per family, e.g. `next_hop = {example}`, or peer over {family})"),
+    );
 }
 
 /// Addresses that can be neither a VIP, a node, nor a peer.
@@ -548,6 +579,8 @@ fn vip_entry<'a>(
             "address",
             format!("{} is not a unicast address", vip.address),
         );
+    } else {
+        announceable(v, c, "address", vip.address, &vip.address.to_string());
     }
     let ports = match (&vip.port, &vip.ports) {
         (Some(_), Some(_)) => {
@@ -701,6 +734,8 @@ fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes) {
                         format!("contains addresses that are not unicast: {what}"),
                     );
                 }
+                let family = if r.first.is_ipv4() { "IPv4" } else { "IPv6" };
+                announceable(v, c, "", r.first, &format!("its {family} addresses"));
             })
         });
     }

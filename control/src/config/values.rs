@@ -1,10 +1,10 @@
 //! Small value types of the config file that TOML has no native form for:
-//! durations, BGP communities, address-pool ranges, and the outer source
-//! prefixes. Each parses from a string (or a list of them) and says what a good
+//! durations, BGP communities, address-pool ranges, and options given once per
+//! address family (the outer source prefixes, a peer's next hops). Each parses from a string (or a list of them) and says what a good
 //! value looks like when it refuses one.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -206,47 +206,106 @@ impl<'de> Deserialize<'de> for PoolRange {
     }
 }
 
-/// `dataplane.outer_source_prefix`: one prefix, or a list of at most one per
-/// address family, so IPv4 and IPv6 backends both get outer sources hashed from
-/// the client.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OuterPrefixes {
-    pub v4: Option<ipnet::Ipv4Net>,
-    pub v6: Option<ipnet::Ipv6Net>,
+/// A value of one address family, as written in the config: a prefix or an address.
+/// [`PerFamily`] keeps at most one of each family.
+pub trait OfFamily: FromStr + Copy + fmt::Display {
+    type V4: Copy + fmt::Display + Into<Self>;
+    type V6: Copy + fmt::Display + Into<Self>;
+    /// What one value is, and what several are, for error messages.
+    const WHAT: (&'static str, &'static str);
+    /// A good value, for error messages.
+    const EXAMPLE: &'static str;
+    fn split(self) -> Split<Self::V4, Self::V6>;
 }
 
-impl OuterPrefixes {
+/// An [`OfFamily`] value by family.
+pub enum Split<A, B> {
+    V4(A),
+    V6(B),
+}
+
+impl OfFamily for ipnet::IpNet {
+    type V4 = ipnet::Ipv4Net;
+    type V6 = ipnet::Ipv6Net;
+    const WHAT: (&'static str, &'static str) = ("prefix", "prefixes");
+    const EXAMPLE: &'static str = "\"192.0.2.128/28\"";
+    fn split(self) -> Split<ipnet::Ipv4Net, ipnet::Ipv6Net> {
+        match self {
+            ipnet::IpNet::V4(n) => Split::V4(n),
+            ipnet::IpNet::V6(n) => Split::V6(n),
+        }
+    }
+}
+
+impl OfFamily for IpAddr {
+    type V4 = Ipv4Addr;
+    type V6 = Ipv6Addr;
+    const WHAT: (&'static str, &'static str) = ("address", "addresses");
+    const EXAMPLE: &'static str = "\"192.0.2.1\"";
+    fn split(self) -> Split<Ipv4Addr, Ipv6Addr> {
+        match self {
+            IpAddr::V4(a) => Split::V4(a),
+            IpAddr::V6(a) => Split::V6(a),
+        }
+    }
+}
+
+/// One value, or a list of at most one per address family (`"192.0.2.1"` or
+/// `["192.0.2.1", "2001:db8::1"]`), for options that IPv4 and IPv6 each need their own
+/// of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerFamily<T: OfFamily> {
+    pub v4: Option<T::V4>,
+    pub v6: Option<T::V6>,
+}
+
+/// `dataplane.outer_source_prefix`: the prefixes outer source addresses are hashed
+/// from, so IPv4 and IPv6 backends both get sources spread by client.
+pub type OuterPrefixes = PerFamily<ipnet::IpNet>;
+
+/// `bgp.peers[].next_hop`: the NEXT_HOP of each family's routes, so one session can
+/// carry IPv4 and IPv6 VIPs (MP-BGP, RFC 4760).
+pub type NextHops = PerFamily<IpAddr>;
+
+impl<T: OfFamily> Default for PerFamily<T> {
+    fn default() -> Self {
+        PerFamily { v4: None, v6: None }
+    }
+}
+
+impl<T: OfFamily> PerFamily<T> {
     pub fn is_empty(&self) -> bool {
         self.v4.is_none() && self.v6.is_none()
     }
 
-    /// The prefixes given, IPv4 first.
-    pub fn iter(&self) -> impl Iterator<Item = ipnet::IpNet> {
-        let v4 = self.v4.map(ipnet::IpNet::V4);
-        v4.into_iter().chain(self.v6.map(ipnet::IpNet::V6))
+    /// The values given, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = T> {
+        let v4 = self.v4.map(Into::into);
+        v4.into_iter().chain(self.v6.map(Into::into))
     }
 
-    /// The prefix for backends of this family.
-    pub fn for_family(&self, v4: bool) -> Option<ipnet::IpNet> {
+    /// The value for this family.
+    pub fn for_family(&self, v4: bool) -> Option<T> {
         match v4 {
-            true => self.v4.map(ipnet::IpNet::V4),
-            false => self.v6.map(ipnet::IpNet::V6),
+            true => self.v4.map(Into::into),
+            false => self.v6.map(Into::into),
         }
     }
 
     fn add(&mut self, s: &str) -> Result<(), String> {
-        let net: ipnet::IpNet = s
+        let (what, whats) = T::WHAT;
+        let value: T = s
             .parse()
-            .map_err(|_| format!("invalid prefix `{s}`: expected e.g. \"192.0.2.128/28\""))?;
+            .map_err(|_| format!("invalid {what} `{s}`: expected e.g. {}", T::EXAMPLE))?;
         let twice = |prev: &dyn fmt::Display| {
-            format!("two prefixes of one family ({prev} and {net}): give at most one IPv4 and one IPv6 prefix")
+            format!("two {whats} of one family ({prev} and {value}): give at most one IPv4 and one IPv6 {what}")
         };
-        match net {
-            ipnet::IpNet::V4(n) => match self.v4.replace(n) {
+        match value.split() {
+            Split::V4(n) => match self.v4.replace(n) {
                 Some(prev) => Err(twice(&prev)),
                 None => Ok(()),
             },
-            ipnet::IpNet::V6(n) => match self.v6.replace(n) {
+            Split::V6(n) => match self.v6.replace(n) {
                 Some(prev) => Err(twice(&prev)),
                 None => Ok(()),
             },
@@ -254,31 +313,35 @@ impl OuterPrefixes {
     }
 }
 
-impl<'de> Deserialize<'de> for OuterPrefixes {
+impl<'de, T: OfFamily> Deserialize<'de> for PerFamily<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = OuterPrefixes;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: OfFamily> serde::de::Visitor<'de> for V<T> {
+            type Value = PerFamily<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a prefix, or a list of one IPv4 and one IPv6 prefix")
+                let (what, _) = T::WHAT;
+                write!(
+                    f,
+                    "one {what}, or a list of at most one IPv4 and one IPv6 {what}"
+                )
             }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OuterPrefixes, E> {
-                let mut p = OuterPrefixes::default();
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PerFamily<T>, E> {
+                let mut p = PerFamily::default();
                 p.add(s).map_err(E::custom)?;
                 Ok(p)
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<OuterPrefixes, A::Error> {
-                let mut p = OuterPrefixes::default();
+            ) -> Result<PerFamily<T>, A::Error> {
+                let mut p = PerFamily::default();
                 while let Some(s) = seq.next_element::<String>()? {
                     p.add(&s).map_err(serde::de::Error::custom)?;
                 }
                 Ok(p)
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -317,7 +380,41 @@ mod tests {
             ),
             ("\"192.0.2.0\"", "invalid prefix"),
             ("[\"2001:db8::/64\", 7]", "invalid type"),
-            ("7", "a prefix, or a list"),
+            ("7", "one prefix, or a list"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn next_hops_one_or_one_per_family() {
+        let parse = |s: &str| -> Result<NextHops, String> {
+            #[derive(Deserialize)]
+            struct T {
+                p: NextHops,
+            }
+            toml::from_str::<T>(&format!("p = {s}"))
+                .map(|t| t.p)
+                .map_err(|e| e.to_string())
+        };
+        let one = parse("\"2001:db8::1\"").unwrap();
+        assert_eq!(one.v4, None);
+        assert_eq!(one.v6, Some("2001:db8::1".parse().unwrap()));
+        let both = parse("[\"2001:db8::1\", \"192.0.2.1\"]").unwrap();
+        assert_eq!(both.v4, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(
+            both.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["192.0.2.1", "2001:db8::1"]
+        );
+        assert_eq!(both.for_family(true), Some("192.0.2.1".parse().unwrap()));
+        for (bad, why) in [
+            (
+                "[\"192.0.2.1\", \"192.0.2.2\"]",
+                "two addresses of one family (192.0.2.1 and 192.0.2.2): give at most one IPv4 and one IPv6 address",
+            ),
+            ("\"192.0.2.0/24\"", "invalid address `192.0.2.0/24`"),
+            ("7", "one address, or a list"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

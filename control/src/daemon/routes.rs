@@ -1,20 +1,21 @@
 //! From the config and the announce policy to the BGP speaker: its peers, and the routes
 //! (one host prefix per announced VIP address, with that VIP's MED and communities).
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bgp::speaker::{self, PeerConfig, Routes};
 use bgp::wire::Prefix;
 
-use crate::config::{Bgp, VipBgp};
+use crate::config::{Bgp, Peer, VipBgp};
 use crate::sources::ServiceSet;
 
 /// How often a session that failed is retried at first (doubling up to the FSM's maximum).
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
 
-/// The speaker's configuration for `[bgp]`. Passive peers need a listener: one dual-stack
-/// socket on port 179.
+/// The speaker's configuration for `[bgp]`, with a listener for the passive peers
+/// ([`listeners`]).
 pub fn speaker_config(bgp: &Bgp) -> speaker::Config {
     let peers: Vec<PeerConfig> = bgp
         .peers
@@ -26,21 +27,42 @@ pub fn speaker_config(bgp: &Bgp) -> speaker::Config {
             pc.session.hold_time = u16::try_from(p.hold_time.as_secs()).unwrap_or(u16::MAX);
             pc.session.passive = p.passive;
             pc.session.connect_retry = CONNECT_RETRY;
-            match p.next_hop {
-                Some(IpAddr::V4(a)) => pc.next_hop_v4 = Some(a),
-                Some(IpAddr::V6(a)) => pc.next_hop_v6 = Some(a),
-                None => {}
-            }
+            pc.next_hop_v4 = p.next_hop.v4;
+            pc.next_hop_v6 = p.next_hop.v6;
             pc.md5_password = p.md5_password.clone();
             pc
         })
         .collect();
-    let listen = if bgp.peers.iter().any(|p| p.passive) {
-        vec![SocketAddr::from((Ipv6Addr::UNSPECIFIED, 179))]
-    } else {
-        Vec::new()
-    };
-    speaker::Config { peers, listen }
+    speaker::Config {
+        peers,
+        listen: listeners(&bgp.peers),
+    }
+}
+
+/// Where passive peers are awaited: on each one's `port`, at its `local_address`, or on
+/// every address (one dual-stack `[::]` socket) without one. A port that some peer
+/// awaits on every address gets only that socket, which takes the others' connections
+/// too: a specific address cannot be bound beside it. The speaker tells peers apart by
+/// their source address, whichever socket they reach.
+fn listeners(peers: &[Peer]) -> Vec<SocketAddr> {
+    let passive = || peers.iter().filter(|p| p.passive);
+    let anywhere: BTreeSet<u16> = passive()
+        .filter(|p| p.local_address.is_none())
+        .map(|p| p.port)
+        .collect();
+    let mut listen: Vec<SocketAddr> = anywhere
+        .iter()
+        .map(|&port| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+        .collect();
+    for p in passive() {
+        if let Some(local) = p.local_address {
+            let addr = SocketAddr::new(local, p.port);
+            if !anywhere.contains(&p.port) && !listen.contains(&addr) {
+                listen.push(addr);
+            }
+        }
+    }
+    listen
 }
 
 /// The routes for the announced addresses. Several services on one address share its
@@ -84,5 +106,74 @@ mod tests {
         assert_eq!(attrs.med, Some(5));
         assert_eq!(attrs.communities.len(), 3);
         assert_eq!(attrs.large_communities.len(), 1);
+    }
+
+    /// `[bgp]` with the given peers (each its extra lines), through the config parser.
+    fn bgp(peers: &[&str]) -> Bgp {
+        let mut text = "[dataplane]\nupstream_interface = \"eth0\"\n[bgp]\nlocal_as = 65001\nrouter_id = \"192.0.2.1\"\n".to_owned();
+        for (i, p) in peers.iter().enumerate() {
+            text += &format!(
+                "[[bgp.peers]]\naddress = \"192.0.2.{}\"\nremote_as = 65000\n{p}\n",
+                100 + i
+            );
+        }
+        config::parse(&text, Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .bgp
+            .unwrap()
+    }
+
+    #[test]
+    fn a_next_hop_per_family_reaches_the_speaker() {
+        let sc = speaker_config(&bgp(&[
+            "next_hop = [\"2001:db8::1\", \"192.0.2.1\"]",
+            "next_hop = \"2001:db8::2\"",
+        ]));
+        let both = &sc.peers[0];
+        assert_eq!(both.next_hop_v4, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(both.next_hop_v6, Some("2001:db8::1".parse().unwrap()));
+        // One family given: the other takes the session's address.
+        assert_eq!(sc.peers[1].next_hop_v4, None);
+        assert_eq!(
+            sc.peers[1].next_hop_v6,
+            Some("2001:db8::2".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn passive_peers_are_awaited_where_configured() {
+        let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // Active peers need no listener, whatever their port.
+        assert!(speaker_config(&bgp(&["port = 1179"])).listen.is_empty());
+        assert_eq!(
+            speaker_config(&bgp(&["passive = true"])).listen,
+            [sock("[::]:179")]
+        );
+        // Each passive peer on its port, at its local address.
+        assert_eq!(
+            speaker_config(&bgp(&[
+                "passive = true\nport = 1179\nlocal_address = \"192.0.2.1\"",
+                "passive = true\nlocal_address = \"192.0.2.1\"",
+                "passive = true\nport = 1179\nlocal_address = \"192.0.2.1\"",
+                "passive = true\nport = 2179\nlocal_address = \"192.0.2.2\"",
+                "port = 3179",
+            ]))
+            .listen,
+            [
+                sock("192.0.2.1:1179"),
+                sock("192.0.2.1:179"),
+                sock("192.0.2.2:2179")
+            ]
+        );
+        // A port awaited on every address takes the specific ones' connections.
+        assert_eq!(
+            speaker_config(&bgp(&[
+                "passive = true\nlocal_address = \"192.0.2.1\"",
+                "passive = true",
+                "passive = true\nport = 1179",
+            ]))
+            .listen,
+            [sock("[::]:179"), sock("[::]:1179")]
+        );
     }
 }
