@@ -31,7 +31,8 @@ pub struct Config {
     pub hold_time: u16,
     /// Only accept connections, never initiate (§8.1.1 PassiveTcpEstablishment).
     pub passive: bool,
-    /// ConnectRetryTime (§10): the connect timeout and the first retry delay.
+    /// ConnectRetryTime (§10): the connect timeout and the first retry delay,
+    /// each scaled by a jitter factor in 0.75..1.0.
     pub connect_retry: Duration,
     /// Consecutive failures double the retry delay up to this (§8.1.1,
     /// DampPeerOscillations).
@@ -84,6 +85,42 @@ impl Config {
             }));
         }
         Open::new(self.local_as, self.hold_time, self.router_id, caps)
+    }
+}
+
+/// RFC 4271 §10: KeepaliveTimer and ConnectRetryTimer are set to their base value
+/// times a random factor uniform in 0.75..1.0, drawn anew each time, so that
+/// speakers that start together (gateways rebooted at once, a router coming back)
+/// do not connect and send in lockstep. The generator is splitmix64 from a seed the
+/// driver passes in, which keeps the session free of clocks and entropy sources and
+/// its outputs reproducible in tests.
+#[derive(Debug, Clone)]
+struct Jitter {
+    state: u64,
+}
+
+impl Jitter {
+    /// Fractional bits of the factor.
+    const BITS: u32 = 24;
+
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// `base` times a factor in 0.75..1.0, in integer arithmetic so that no
+    /// configured value can overflow.
+    fn apply(&mut self, base: Duration) -> Duration {
+        let fraction = u128::from(self.next() >> (64 - Self::BITS));
+        let scaled = (base.as_nanos() * ((3 << Self::BITS) + fraction)) >> (Self::BITS + 2);
+        // At most `base`, so the seconds fit.
+        Duration::new(
+            (scaled / 1_000_000_000) as u64,
+            (scaled % 1_000_000_000) as u32,
+        )
     }
 }
 
@@ -191,7 +228,7 @@ impl Negotiated {
         }
     }
 
-    /// KEEPALIVE interval: a third of the hold time (§10).
+    /// KEEPALIVE interval: a third of the hold time (§10), before jitter.
     pub fn keepalive(&self) -> Option<Duration> {
         (self.hold_time > 0).then(|| Duration::from_secs(u64::from(self.hold_time)) / 3)
     }
@@ -294,10 +331,13 @@ pub struct Session {
     last_error: Option<SessionError>,
     last_update_error: Option<DecodeError>,
     stats: Stats,
+    jitter: Jitter,
 }
 
 impl Session {
-    pub fn new(config: Config) -> Session {
+    /// `seed` drives the timer jitter (RFC 4271 §10); give each session its own
+    /// random one so that speakers restarting together do not retry in lockstep.
+    pub fn new(config: Config, seed: u64) -> Session {
         Session {
             config,
             conns: Vec::new(),
@@ -310,6 +350,7 @@ impl Session {
             last_error: None,
             last_update_error: None,
             stats: Stats::default(),
+            jitter: Jitter { state: seed },
         }
     }
 
@@ -444,10 +485,8 @@ impl Session {
             negotiated: None,
         });
         out.push(Output::Connect(id));
-        out.push(Output::ArmTimer(
-            Timer::ConnectRetry,
-            now + self.config.connect_retry,
-        ));
+        let timeout = self.jitter.apply(self.config.connect_retry);
+        out.push(Output::ArmTimer(Timer::ConnectRetry, now + timeout));
     }
 
     fn alloc(&mut self) -> ConnId {
@@ -789,10 +828,12 @@ impl Session {
         }
     }
 
+    /// A third of the hold time, jittered (§10): always well inside the hold time.
     fn arm_keepalive(&mut self, now: Instant, i: usize, out: &mut Vec<Output>) {
         let conn = &self.conns[i];
         if let Some(every) = conn.negotiated.as_ref().and_then(Negotiated::keepalive) {
-            out.push(Output::ArmTimer(Timer::Keepalive(conn.id), now + every));
+            let at = now + self.jitter.apply(every);
+            out.push(Output::ArmTimer(Timer::Keepalive(conn.id), at));
         }
     }
 
@@ -834,14 +875,13 @@ impl Session {
         if self.conns.is_empty() && self.running {
             self.failures = self.failures.saturating_add(1);
             self.idle = to_idle;
-            out.push(Output::ArmTimer(
-                Timer::ConnectRetry,
-                now + self.retry_delay(),
-            ));
+            let delay = self.jitter.apply(self.retry_delay());
+            out.push(Output::ArmTimer(Timer::ConnectRetry, now + delay));
         }
     }
 
-    /// ConnectRetryTime doubled per consecutive failure after the first, capped.
+    /// ConnectRetryTime doubled per consecutive failure after the first, capped;
+    /// the base the jitter scales.
     fn retry_delay(&self) -> Duration {
         let doublings = self.failures.saturating_sub(1).min(16);
         let delay = self.config.connect_retry.saturating_mul(1 << doublings);

@@ -9,6 +9,8 @@ use bgp::wire::{Capability, Context, Family, Message, Notification, Open, RouteR
 
 const OUR_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PEER_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// Any seed: tests check the jitter's bounds, never its values.
+const SEED: u64 = 1;
 
 fn config() -> Config {
     let mut c = Config::new(65001, 65000, OUR_ID);
@@ -28,7 +30,7 @@ impl Harness {
     fn new(config: Config) -> Self {
         let now = Instant::now();
         Harness {
-            s: Session::new(config),
+            s: Session::new(config, SEED),
             t0: now,
             now,
         }
@@ -130,12 +132,24 @@ fn armed(out: &[Output], timer: Timer) -> Option<Instant> {
     })
 }
 
+/// Checks that `timer` was armed `base` after `from` with RFC 4271 §10 jitter, a
+/// factor in 0.75..=1.0, and returns the delay.
+fn jittered(out: &[Output], timer: Timer, from: Instant, base: Duration) -> Duration {
+    let at = armed(out, timer).unwrap_or_else(|| panic!("{timer:?} not armed: {out:?}"));
+    let delay = at - from;
+    assert!(
+        delay >= base * 3 / 4 && delay <= base,
+        "{timer:?} in {delay:?}, base {base:?}"
+    );
+    delay
+}
+
 #[test]
 fn active_session_comes_up_and_negotiates_hold_time() {
     let mut h = Harness::new(config());
     let out = h.ev(Event::Start);
     assert_eq!(out[0], Output::Connect(1));
-    assert_eq!(armed(&out, Timer::ConnectRetry), Some(h.at(2)));
+    jittered(&out, Timer::ConnectRetry, h.now, Duration::from_secs(2));
     assert_eq!(h.s.state(), State::Connect);
 
     let out = h.ev(Event::Connected(1));
@@ -157,7 +171,7 @@ fn active_session_comes_up_and_negotiates_hold_time() {
     assert_eq!(sent(&out), vec![(1, Message::Keepalive)]);
     // min(9, 30) = 9: hold 9 s, keepalive every 3 s.
     assert_eq!(armed(&out, Timer::Hold(1)), Some(h.at(10)));
-    assert_eq!(armed(&out, Timer::Keepalive(1)), Some(h.at(4)));
+    jittered(&out, Timer::Keepalive(1), h.now, Duration::from_secs(3));
     assert_eq!(h.s.state(), State::OpenConfirm);
 
     h.advance_to(2);
@@ -187,7 +201,7 @@ fn keepalives_every_third_of_hold_time_and_hold_restarts_on_messages() {
     h.advance_to(3);
     let out = h.ev(Event::TimerExpired(Timer::Keepalive(1)));
     assert_eq!(sent(&out), vec![(1, Message::Keepalive)]);
-    assert_eq!(armed(&out, Timer::Keepalive(1)), Some(h.at(6)));
+    jittered(&out, Timer::Keepalive(1), h.now, Duration::from_secs(3));
     h.advance_to(5);
     let out = h.recv(1, Message::Keepalive);
     assert_eq!(armed(&out, Timer::Hold(1)), Some(h.at(14)));
@@ -198,8 +212,54 @@ fn keepalives_every_third_of_hold_time_and_hold_restarts_on_messages() {
     let mut out = Vec::new();
     h.s.send_update(h.now, &Update::end_of_rib(Family::Ipv6Unicast), &mut out)
         .unwrap();
-    assert_eq!(armed(&out, Timer::Keepalive(1)), Some(h.at(9)));
+    jittered(&out, Timer::Keepalive(1), h.now, Duration::from_secs(3));
     assert_eq!(h.s.stats().sent.update, 1);
+}
+
+/// RFC 4271 §10: KeepaliveTimer and ConnectRetryTimer get a random factor in
+/// 0.75..=1.0, a new one each time they are set, so that sessions started together
+/// (two gateways rebooted at once) do not stay in step. Same seed, same timers.
+#[test]
+fn keepalive_and_connect_retry_timers_are_jittered() {
+    let keepalive = Duration::from_secs(3);
+    let retry = Duration::from_secs(2);
+    let delays = |seed: u64| {
+        let mut h = Harness::new(config());
+        h.s = Session::new(config(), seed);
+        let out = h.ev(Event::Start);
+        let mut d = vec![jittered(&out, Timer::ConnectRetry, h.now, retry)];
+        let out = h.ev(Event::ConnectionFailed {
+            conn: 1,
+            reason: "refused",
+        });
+        d.push(jittered(&out, Timer::ConnectRetry, h.now, retry));
+        h.ev(Event::TimerExpired(Timer::ConnectRetry));
+        h.ev(Event::Connected(2));
+        let out = h.recv(2, their_open());
+        d.push(jittered(&out, Timer::Keepalive(2), h.now, keepalive));
+        h.recv(2, Message::Keepalive);
+        assert_eq!(h.s.state(), State::Established);
+        for _ in 0..5 {
+            let out = h.ev(Event::TimerExpired(Timer::Keepalive(2)));
+            d.push(jittered(&out, Timer::Keepalive(2), h.now, keepalive));
+        }
+        d
+    };
+    let mut all = Vec::new();
+    for seed in 0..40 {
+        let d = delays(seed);
+        assert_eq!(d, delays(seed), "seed {seed} is not reproducible");
+        // A new factor each time the timer is set.
+        assert!(d[3..].windows(2).any(|w| w[0] != w[1]), "{d:?}");
+        all.push(d);
+    }
+    // Different seeds, different timers: no two sessions in lockstep.
+    let firsts: std::collections::BTreeSet<Duration> = all.iter().map(|d| d[0]).collect();
+    assert!(firsts.len() > 30, "{firsts:?}");
+    // The whole range is used, not just its top.
+    let keepalives: Vec<Duration> = all.iter().flat_map(|d| d[2..].to_vec()).collect();
+    assert!(keepalives.iter().any(|d| *d < keepalive * 4 / 5));
+    assert!(keepalives.iter().any(|d| *d > keepalive * 19 / 20));
 }
 
 #[test]
@@ -229,7 +289,7 @@ fn hold_timer_expiry_sends_notification_and_retries() {
     );
     assert_eq!(h.s.stats().flaps, 1);
     // Automatic restart after ConnectRetryTime.
-    assert_eq!(armed(&out, Timer::ConnectRetry), Some(h.at(13)));
+    jittered(&out, Timer::ConnectRetry, h.now, Duration::from_secs(2));
     h.advance_to(13);
     let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
     assert!(out.contains(&Output::Connect(2)));
@@ -259,14 +319,17 @@ fn connect_retry_backs_off_exponentially_up_to_the_cap() {
             reason: "refused",
         });
         assert_eq!(h.s.state(), State::Active);
-        let at = armed(&out, Timer::ConnectRetry).unwrap();
-        delays.push((at - h.now).as_secs());
-        h.now = at;
+        delays.push(armed(&out, Timer::ConnectRetry).unwrap() - h.now);
+        h.now = armed(&out, Timer::ConnectRetry).unwrap();
         let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
         conn += 1;
         assert!(out.contains(&Output::Connect(conn)), "{out:?}");
     }
-    assert_eq!(delays, vec![2, 4, 8, 16, 30, 30, 30]);
+    // The base doubles up to the cap; each delay is that base, jittered (§10).
+    for (delay, base) in delays.iter().zip([2, 4, 8, 16, 30, 30, 30]) {
+        let base = Duration::from_secs(base);
+        assert!(*delay >= base * 3 / 4 && *delay <= base, "{delays:?}");
+    }
     assert_eq!(
         h.s.last_error(),
         Some(&SessionError::Connection("refused".into()))
@@ -312,10 +375,7 @@ fn backoff_resets_once_established() {
         conn: 3,
         reason: "reset",
     });
-    assert_eq!(
-        armed(&out, Timer::ConnectRetry),
-        Some(h.now + Duration::from_secs(2))
-    );
+    jittered(&out, Timer::ConnectRetry, h.now, Duration::from_secs(2));
 }
 
 #[test]

@@ -227,7 +227,7 @@ struct Peer {
 impl Peer {
     fn new(config: PeerConfig) -> Peer {
         Peer {
-            session: Session::new(config.session.clone()),
+            session: Session::new(config.session.clone(), jitter_seed()),
             config,
             timers: HashMap::new(),
             socks: HashMap::new(),
@@ -235,6 +235,14 @@ impl Peer {
             export: None,
         }
     }
+}
+
+/// A random seed for a session's timer jitter (RFC 4271 §10): std's hasher keys
+/// come from the operating system's random source, so gateways started together
+/// draw different timers.
+fn jitter_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u8)
 }
 
 #[derive(Clone, Copy)]
