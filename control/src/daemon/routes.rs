@@ -176,4 +176,33 @@ mod tests {
             [sock("[::]:179"), sock("[::]:1179")]
         );
     }
+
+    /// The speaker really awaits a passive peer at its local address and port: a
+    /// connection from the peer's address there gets the speaker's OPEN.
+    #[test]
+    fn a_passive_peer_is_answered_on_its_port() {
+        use std::io::Read;
+        // Loopback, which the config refuses for peers; speaker_config does not check.
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let port = std::net::TcpListener::bind((lo, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = bgp(&["passive = true"]);
+        b.peers[0].address = lo;
+        b.peers[0].local_address = Some(lo);
+        b.peers[0].port = port;
+        let sc = speaker_config(&b);
+        assert_eq!(sc.listen, [SocketAddr::new(lo, port)]);
+        let mut speaker = speaker::Speaker::spawn(sc).unwrap();
+        let mut conn = std::net::TcpStream::connect((lo, port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut header = [0u8; 19];
+        conn.read_exact(&mut header).unwrap();
+        assert_eq!(header[..16], [0xff; 16], "not a BGP message: {header:?}");
+        assert_eq!(header[18], 1, "not an OPEN: {header:?}");
+        speaker.shutdown("test over");
+    }
 }
