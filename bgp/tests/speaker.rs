@@ -66,6 +66,10 @@ fn gateway(port: u16, remote_as: u32) -> Speaker {
     .unwrap()
 }
 
+fn p(s: &str) -> Prefix {
+    s.parse().unwrap()
+}
+
 fn routes(list: &[&str]) -> Routes {
     list.iter()
         .map(|p| {
@@ -96,11 +100,18 @@ fn speakers_exchange_routes_over_loopback() {
     assert_eq!(up.negotiated.as_ref().unwrap().hold_time, 3);
     let g = wait_for("gateway up", &gateway, |p| p.state == State::Established);
     assert_eq!(g.prefixes_advertised, 2);
+    assert_eq!(
+        g.advertised,
+        [p("192.0.2.10/32"), p("2001:db8:100::10/128")]
+    );
     assert!(g.uptime.is_some());
 
     // Only the difference goes out: one withdrawal, nothing re-announced.
     gateway.set_routes(routes(&["192.0.2.10/32"]));
     wait_for("withdrawal", &router, |p| p.stats.withdrawals_received == 1);
+    wait_for("withdrawn", &gateway, |g| {
+        g.advertised == [p("192.0.2.10/32")]
+    });
     gateway.set_routes(routes(&["192.0.2.10/32"]));
     let r = wait_for("stable", &router, |p| p.stats.withdrawals_received == 1);
     assert_eq!(r.stats.prefixes_received, 2);

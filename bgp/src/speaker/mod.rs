@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::fsm::{
     self, ConnId, Event, Negotiated, Output, Session, SessionError, State, Stats, Timer,
 };
-use crate::wire::{Family, Update};
+use crate::wire::{Family, Prefix, Update};
 pub use rib::{max_update_len, AdjRibOut, Changes, Export, RouteAttributes, Routes, Unsendable};
 
 /// How long a closed connection may take to deliver its last NOTIFICATION, and
@@ -86,6 +86,10 @@ pub struct PeerStatus {
     pub stats: Stats,
     /// Prefixes in the Adj-RIB-Out.
     pub prefixes_advertised: usize,
+    /// Those prefixes, sorted: what this peer has been sent and not had withdrawn.
+    /// Empty unless Established (the Adj-RIB-Out is forgotten when a session goes
+    /// down), so it says which routes a session actually carries.
+    pub advertised: Vec<Prefix>,
     pub negotiated: Option<Negotiated>,
 }
 
@@ -730,6 +734,7 @@ impl Loop {
                 last_error: p.session.last_error().cloned(),
                 stats: p.session.stats().clone(),
                 prefixes_advertised: p.rib.len(),
+                advertised: p.rib.prefixes().copied().collect(),
                 negotiated: p.session.established().map(|(_, n)| n.clone()),
             })
             .collect();

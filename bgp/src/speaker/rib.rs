@@ -139,6 +139,11 @@ impl AdjRibOut {
         self.sent.is_empty()
     }
 
+    /// The prefixes the peer has been sent, in order.
+    pub fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
+        self.sent.keys()
+    }
+
     /// The session went down: the peer has forgotten everything.
     pub fn clear(&mut self) {
         self.sent.clear();
