@@ -737,7 +737,7 @@ impl Collector for StatusCollector {
         gauge(
             e,
             "vip_announced",
-            "1 while the VIP address is announced over BGP",
+            "1 while at least one Established BGP session carries the VIP address (the announce policy wanting it is not enough)",
             prefixes,
         )?;
 

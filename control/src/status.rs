@@ -92,9 +92,11 @@ pub struct VipStatus {
     pub address: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
-    /// Whether the address is announced over BGP.
+    /// Whether at least one Established BGP session has been sent the address's host
+    /// route (not merely whether the announce policy wants it).
     pub announced: bool,
-    /// Why (the announce policy's decision, e.g. "withdrawn: 0 healthy backends, 1 required").
+    /// Why: "announced (2 of 2 sessions)", "wanted; no BGP session up", or the
+    /// policy's decision, e.g. "withdrawn: 0 healthy backends, 1 required".
     pub reason: String,
     /// Snapshot generation in which this service's Maglev table last changed.
     pub generation: u64,

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bgp::fsm::State as FsmState;
+use bgp::wire::Prefix;
 use dataplane::bpf::{AttachMode, SteerCounters};
 use dataplane::pipeline::DropReason;
 use dataplane::snapshot::VipKey;
@@ -62,9 +63,8 @@ pub fn build(i: &Inputs<'_>) -> Status {
     }
     let mut vips = Vec::new();
     for (si, spec) in i.services.vips.iter().enumerate() {
-        let decision = i.policy.decisions().get(&spec.addr);
-        let announced = decision == Some(&Decision::Announce);
-        let reason = decision.map_or_else(|| "not evaluated yet".to_owned(), ToString::to_string);
+        let (announced, reason) =
+            announcement(i.policy.decisions().get(&spec.addr), spec.addr, i.peers);
         for &port in &spec.ports {
             let key = VipKey {
                 addr: spec.addr,
@@ -143,6 +143,51 @@ pub fn build(i: &Inputs<'_>) -> Status {
             })
             .collect(),
     }
+}
+
+/// Whether a VIP address is announced, i.e. some Established BGP session has been
+/// sent its host route, and why: the policy's decision says what is wanted, the
+/// speaker's Adj-RIB-Outs what the routers were told. They differ while no session
+/// is up, when a session cannot carry the route (no next hop for its family, or
+/// attributes too large), and for the moment a change is in flight.
+fn announcement(
+    decision: Option<&Decision>,
+    addr: IpAddr,
+    peers: &[bgp::speaker::PeerStatus],
+) -> (bool, String) {
+    let host = Prefix::host(addr);
+    let up: Vec<_> = peers
+        .iter()
+        .filter(|p| p.state == FsmState::Established)
+        .collect();
+    let carrying = up
+        .iter()
+        .filter(|p| p.advertised.binary_search(&host).is_ok())
+        .count();
+    let policy = decision.map_or_else(|| "not evaluated yet".to_owned(), ToString::to_string);
+    let reason = match decision {
+        Some(Decision::Announce) if carrying > 0 => {
+            format!("announced ({carrying} of {})", sessions(peers.len()))
+        }
+        Some(Decision::Announce) if peers.is_empty() => "wanted; no BGP peer configured".into(),
+        Some(Decision::Announce) if up.is_empty() => "wanted; no BGP session up".into(),
+        Some(Decision::Announce) => format!(
+            "wanted; sent on none of the {} up (see the log for why)",
+            sessions(up.len())
+        ),
+        _ if carrying > 0 => {
+            format!(
+                "{policy}; still on {} until the withdrawal is sent",
+                sessions(carrying)
+            )
+        }
+        _ => policy,
+    };
+    (carrying > 0, reason)
+}
+
+fn sessions(n: usize) -> String {
+    format!("{n} session{}", if n == 1 { "" } else { "s" })
 }
 
 /// Backend slots some worker cannot count per backend: the most on any one worker (each
@@ -357,6 +402,82 @@ mod tests {
         assert_eq!(w.fill_ring_empty, 4);
         // Counters that could not be read are left out, not reported as zeros.
         assert!(report(None).steering.is_empty());
+    }
+
+    fn session(state: FsmState, advertised: &[&str]) -> bgp::speaker::PeerStatus {
+        let advertised: Vec<Prefix> = advertised.iter().map(|p| p.parse().unwrap()).collect();
+        bgp::speaker::PeerStatus {
+            address: "10.0.0.1".parse().unwrap(),
+            remote_as: 65000,
+            state,
+            uptime: None,
+            last_error: None,
+            stats: Default::default(),
+            prefixes_advertised: advertised.len(),
+            advertised,
+            negotiated: None,
+        }
+    }
+
+    /// `announced` and the reason say what the BGP sessions carry, not only what the
+    /// policy wants.
+    #[test]
+    fn announced_means_a_session_carries_the_route() {
+        use crate::policy::WithdrawReason;
+        use FsmState::{Active, Established};
+        let vip: IpAddr = "192.0.2.10".parse().unwrap();
+        let host = "192.0.2.10/32";
+        let want = Some(&Decision::Announce);
+        let check = |decision, peers: &[_], expected: (bool, &str)| {
+            let (announced, reason) = announcement(decision, vip, peers);
+            assert_eq!((announced, reason.as_str()), expected, "{peers:?}");
+        };
+        check(
+            want,
+            &[session(Established, &[host]), session(Established, &[host])],
+            (true, "announced (2 of 2 sessions)"),
+        );
+        check(
+            want,
+            &[
+                session(Established, &[host]),
+                session(Established, &["192.0.2.11/32"]),
+                session(Active, &[]),
+            ],
+            (true, "announced (1 of 3 sessions)"),
+        );
+        check(
+            want,
+            &[session(Active, &[]), session(Active, &[])],
+            (false, "wanted; no BGP session up"),
+        );
+        check(want, &[], (false, "wanted; no BGP peer configured"));
+        check(
+            want,
+            &[session(Established, &[])],
+            (
+                false,
+                "wanted; sent on none of the 1 session up (see the log for why)",
+            ),
+        );
+        let withdraw = Decision::Withdraw(WithdrawReason::TooFewHealthyBackends {
+            healthy: 0,
+            required: 1,
+        });
+        check(
+            Some(&withdraw),
+            &[session(Established, &[])],
+            (false, "withdrawn: 0 healthy backends, 1 required"),
+        );
+        check(
+            Some(&withdraw),
+            &[session(Established, &[host])],
+            (
+                true,
+                "withdrawn: 0 healthy backends, 1 required; still on 1 session until the withdrawal is sent",
+            ),
+        );
+        check(None, &[], (false, "not evaluated yet"));
     }
 
     #[test]
