@@ -47,7 +47,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 pub use crate::config::Timing;
 pub use counter::Counter;
 use probe::InFlight;
-pub use probe::WEIGHT_HEADER;
+pub use probe::{evaluate as evaluate_response, WEIGHT_HEADER};
 
 /// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

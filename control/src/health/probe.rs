@@ -137,8 +137,8 @@ impl InFlight {
 /// `weight_header`, a present but unreadable weight fails the probe: a node
 /// that cannot say how many endpoints it has is not trusted with traffic. A
 /// weight above [`MAX_WEIGHT`] counts as [`MAX_WEIGHT`].
-/// `None`: the head is incomplete and more may come.
-fn evaluate(buf: &[u8], weight_header: bool, eof: bool) -> Option<Outcome> {
+/// `None`: the head is incomplete and more may come. Public for the fuzz target.
+pub fn evaluate(buf: &[u8], weight_header: bool, eof: bool) -> Option<Outcome> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
