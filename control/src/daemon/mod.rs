@@ -67,14 +67,16 @@ fn watcher(k: config::Kubernetes) -> Result<(Option<KubeSource>, Receiver<KubeUp
 }
 
 /// The capabilities `config` needs: the dataplane's, plus binding a port below 1024 for a
-/// BGP listener (passive peers) or a low API port.
+/// BGP listener (passive peers; 179 by default) or the API.
 pub fn required_caps(config: &Config) -> Vec<Cap> {
     let mut caps = caps::DATAPLANE.to_vec();
-    let passive = config
-        .bgp
-        .as_ref()
-        .is_some_and(|b| b.peers.iter().any(|p| p.passive));
-    if passive || config.api.listen.port() < 1024 {
+    let low_bgp_port = config.bgp.as_ref().is_some_and(|b| {
+        routes::speaker_config(b)
+            .listen
+            .iter()
+            .any(|l| l.port() < 1024)
+    });
+    if low_bgp_port || config.api.listen.port() < 1024 {
         caps.push(Cap::NetBindService);
     }
     caps
@@ -840,5 +842,26 @@ fn ifindex(iface: &str) -> Result<u32> {
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => anyhow::bail!("no network interface {iface:?} in this namespace"),
         i => Ok(i),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_low_listening_port_needs_net_bind_service() {
+        let example = include_str!("../../../dsrgate.example.toml");
+        let needs_bind = |text: &str| {
+            let c = config::parse(text, Path::new("dsrgate.toml")).unwrap();
+            required_caps(&c).contains(&Cap::NetBindService)
+        };
+        assert!(!needs_bind(example), "an active peer listens nowhere");
+        let passive = example.replace("passive = false", "passive = true");
+        assert!(needs_bind(&passive), "a passive peer on 179");
+        assert!(!needs_bind(&passive.replace("# port = 179", "port = 1179")));
+        assert!(needs_bind(
+            &example.replace("127.0.0.1:9180", "127.0.0.1:80")
+        ));
     }
 }
