@@ -427,6 +427,20 @@ impl Lab {
         (gw, asn, self.arms.uplink4(gateway_host(gw)))
     }
 
+    /// BIRD in the router peered with gateway 1, and `dsrgate` on gateway 1 running
+    /// `config` (under `wrapper`, e.g. a capability-dropping one), returned once the router
+    /// routes the VIP through it.
+    pub fn one_gateway(
+        &self,
+        config: &GatewayConfig,
+        wrapper: &[&str],
+    ) -> Result<(Bird<'_>, Daemon)> {
+        let bird = Bird::start(self.ns("router"), &[self.bird_neighbor(1, 65001)], "")?;
+        let daemon = Daemon::start(self.ns("gw1"), &config.toml(), wrapper)?;
+        self.wait_routed_via(&bird, &[1])?;
+        Ok((bird, daemon))
+    }
+
     /// [`wait_routed_via`] for this lab's cabling.
     pub fn wait_routed_via(&self, bird: &Bird<'_>, gateways: &[u8]) -> Result<()> {
         wait_routed_over(self.ns("router"), bird, self.arms, gateways)

@@ -14,8 +14,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use dsrgate_tests::bird::{neighbor, Bird};
-use dsrgate_tests::daemon::{wait_routed_via, Daemon, GatewayConfig, Lab};
+use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab};
 use dsrgate_tests::require_privileges_with;
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
@@ -51,12 +50,9 @@ fn runs_as_nobody_with_only_its_capabilities() -> Result<()> {
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
-    let router = lab.ns("router");
-    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
     let wrapper = as_nobody(CAPS);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let daemon = Daemon::start(lab.ns("gw1"), &GatewayConfig::new(1).toml(), &wrapper)?;
-    wait_routed_via(router, &bird, &[1])?;
+    let (_bird, daemon) = lab.one_gateway(&GatewayConfig::new(1), &wrapper)?;
     let nodes = lab.get_many(10)?;
     assert_eq!(nodes.len(), 10);
     let pid = lab.ns("gw1").exec(&["pgrep", "-x", "dsrgate"])?;

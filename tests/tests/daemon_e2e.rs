@@ -138,10 +138,8 @@ fn announcement_follows_backend_health() -> Result<()> {
     }
     let lab = Lab::new(1, NODE_BIN)?;
     let router = lab.ns("router");
-    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
     let cfg = gateway_config(1);
-    let daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
-    wait_routed_via(router, &bird, &[1])?;
+    let (bird, daemon) = lab.one_gateway(&cfg, &[])?;
     // The VIP is announced as soon as one backend is up: wait for all three to hold slots
     // before looking at the spread.
     wait_status(
@@ -328,11 +326,8 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
-    let router = lab.ns("router");
-    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
     let mut cfg = gateway_config(1);
-    let mut daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
-    wait_routed_via(router, &bird, &[1])?;
+    let (bird, mut daemon) = lab.one_gateway(&cfg, &[])?;
     lab.get_many(5)?;
 
     let load = Load::start(lab.ns("client"));
@@ -496,10 +491,7 @@ fn steering_detached_from_outside_withdraws_every_vip() -> Result<()> {
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
-    let router = lab.ns("router");
-    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
-    let mut daemon = Daemon::start(lab.ns("gw1"), &gateway_config(1).toml(), &[])?;
-    wait_routed_via(router, &bird, &[1])?;
+    let (bird, mut daemon) = lab.one_gateway(&gateway_config(1), &[])?;
     let gw1 = lab.ns("gw1");
 
     // The program's id from the interface, then the bpf_link holding it (ids are global, so
@@ -554,12 +546,9 @@ fn a_backend_failing_during_the_drain_leaves_the_tables() -> Result<()> {
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
-    let router = lab.ns("router");
-    let bird = Bird::start(router, &[neighbor(1, 65001)], "")?;
     let mut cfg = gateway_config(1);
     cfg.drain_time = "60s";
-    let mut daemon = Daemon::start(lab.ns("gw1"), &cfg.toml(), &[])?;
-    wait_routed_via(router, &bird, &[1])?;
+    let (bird, mut daemon) = lab.one_gateway(&cfg, &[])?;
     let gw1 = lab.ns("gw1");
     let node1 = fabric4(node_host(1));
     let slots_of_node1 = |s: &control::status::Status| -> u32 {
