@@ -349,17 +349,20 @@ impl<'de, T: OfFamily> Deserialize<'de> for PerFamily<T> {
 mod tests {
     use super::*;
 
+    /// `s` as the TOML value of one field of type `T`.
+    fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+        #[derive(Deserialize)]
+        struct Field<T> {
+            p: T,
+        }
+        toml::from_str::<Field<T>>(&format!("p = {s}"))
+            .map(|t| t.p)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn outer_prefixes_one_or_one_per_family() {
-        let parse = |s: &str| -> Result<OuterPrefixes, String> {
-            #[derive(Deserialize)]
-            struct T {
-                p: OuterPrefixes,
-            }
-            toml::from_str::<T>(&format!("p = {s}"))
-                .map(|t| t.p)
-                .map_err(|e| e.to_string())
-        };
+        let parse = parse::<OuterPrefixes>;
         let one = parse("\"192.0.2.128/28\"").unwrap();
         assert_eq!(one.v4, Some("192.0.2.128/28".parse().unwrap()));
         assert_eq!(one.v6, None);
@@ -389,15 +392,7 @@ mod tests {
 
     #[test]
     fn next_hops_one_or_one_per_family() {
-        let parse = |s: &str| -> Result<NextHops, String> {
-            #[derive(Deserialize)]
-            struct T {
-                p: NextHops,
-            }
-            toml::from_str::<T>(&format!("p = {s}"))
-                .map(|t| t.p)
-                .map_err(|e| e.to_string())
-        };
+        let parse = parse::<NextHops>;
         let one = parse("\"2001:db8::1\"").unwrap();
         assert_eq!(one.v4, None);
         assert_eq!(one.v6, Some("2001:db8::1".parse().unwrap()));
