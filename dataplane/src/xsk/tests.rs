@@ -224,6 +224,14 @@ fn assert_no_xsk(ns: &dsrgate_tests::netns::Netns) {
     assert!(out.trim().is_empty(), "AF_XDP sockets left: {out}");
 }
 
+/// Each of the `n` frames sent (one source port each) arrived, and only once.
+fn assert_each_once(got: &[Seen], n: u16) {
+    let mut ports: Vec<u16> = got.iter().map(|g| g.2).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), n as usize, "each frame exactly once");
+}
+
 fn assert_all_frames_home(census: &[Census]) {
     for c in census {
         assert_eq!(c.accounted(), c.total, "frames lost: {c:?}");
@@ -247,10 +255,7 @@ fn two_arm_forwards_every_frame_out_of_the_downlink() {
             .all(|&(d, s, _, o)| d == dst && s == src && o.is_none()),
         "MACs rewritten"
     );
-    let mut ports: Vec<u16> = got.iter().map(|g| g.2).collect();
-    ports.sort_unstable();
-    ports.dedup();
-    assert_eq!(ports.len(), n as usize, "each frame exactly once");
+    assert_each_once(&got, n);
 
     let stats = workers.stats();
     assert_eq!(stats.len(), 1, "veth has one RX queue");
@@ -339,10 +344,7 @@ fn two_arm_pipeline_encapsulates_every_frame_out_of_the_downlink() {
             .all(|g| g.3.is_some_and(|o| backends.contains(&o))),
         "every frame tunnelled to a backend"
     );
-    let mut ports: Vec<u16> = got.iter().map(|g| g.2).collect();
-    ports.sort_unstable();
-    ports.dedup();
-    assert_eq!(ports.len(), n as usize, "each frame exactly once");
+    assert_each_once(&got, n);
     let stats = workers.stats();
     assert_eq!(stats[0].rx, u64::from(n));
     assert_eq!(stats[0].tx, u64::from(n));
@@ -363,10 +365,7 @@ fn every_rx_queue_gets_its_own_worker_and_all_of_them_forward() {
     let n = 2000;
     // The sender's TX queue, and so the gateway's RX queue, follows each flow's hash.
     let got = exchange(&lab.sender(), &lab.frames(n), &sink, |k| k);
-    let mut ports: Vec<u16> = got.iter().map(|g| g.2).collect();
-    ports.sort_unstable();
-    ports.dedup();
-    assert_eq!(ports.len(), n as usize, "each frame exactly once");
+    assert_each_once(&got, n);
 
     let stats = workers.stats();
     assert_eq!(stats.len(), 2, "one worker per RX queue");
