@@ -7,6 +7,11 @@
 //!
 //! `wire`, `maglev`, `flow`, `snapshot` and `pipeline` are pure: no sockets, threads or clocks.
 
+// Lets unit tests include the integration tests' helpers (`tests/common`), which name the
+// crate `dataplane`.
+#[cfg(test)]
+extern crate self as dataplane;
+
 pub mod bpf;
 pub mod flow;
 pub mod maglev;

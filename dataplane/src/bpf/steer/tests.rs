@@ -4,7 +4,9 @@
 //! forwards the program must steer (the kernel does not own the VIP).
 
 use super::*;
-use crate::pipeline::{Frame, Verdict, Worker, WorkerConfig, MIN_HEADROOM};
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+use crate::pipeline::{Verdict, Worker, WorkerConfig};
 use crate::snapshot::{
     BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
 };
@@ -145,17 +147,7 @@ impl Harness {
     }
 
     fn pipeline(&mut self, frame: &[u8]) -> Verdict {
-        let mut buf = vec![0u8; MIN_HEADROOM + frame.len()];
-        buf[MIN_HEADROOM..].copy_from_slice(frame);
-        let mut frames = [Frame {
-            buf: &mut buf,
-            offset: MIN_HEADROOM,
-            len: frame.len(),
-        }];
-        let mut verdicts = [Verdict::Pass];
-        self.worker
-            .process(&self.snap, NOW, &mut frames, &mut verdicts);
-        verdicts[0]
+        common::run(&mut self.worker, &self.snap, NOW, frame).0
     }
 
     /// Runs both on `frame`; an error if they disagree.
