@@ -6,10 +6,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use bgp::fsm::{self, SessionError, State};
-use bgp::speaker::{Config, PeerConfig, PeerStatus, RouteAttributes, Routes, Speaker};
+use bgp::speaker::{
+    Config, PeerConfig, PeerStatus, ReconfigureError, Reconfigured, RouteAttributes, Routes,
+    Speaker,
+};
 use bgp::wire::{
-    Context, Family, LargeCommunity, Message, PathAttribute, Prefix, RouteRefresh, Update,
-    HEADER_LEN,
+    CeaseSubcode, Context, Family, LargeCommunity, Message, Notification, Open, PathAttribute,
+    Prefix, RouteRefresh, Update, HEADER_LEN,
 };
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -171,6 +174,8 @@ fn refused_connections_are_retried_until_the_peer_appears() {
 /// the speaker sends, in order.
 struct RawPeer {
     stream: TcpStream,
+    /// The speaker's OPEN.
+    open: Open,
 }
 
 impl RawPeer {
@@ -181,13 +186,35 @@ impl RawPeer {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut peer = RawPeer { stream };
-        assert!(matches!(peer.recv(), Message::Open(_)));
+        let mut peer = RawPeer {
+            stream,
+            open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
+        };
+        match peer.recv() {
+            Message::Open(open) => peer.open = open,
+            other => panic!("expected an OPEN, got {other:?}"),
+        }
         let open = fsm::Config::new(65000, 65001, Ipv4Addr::new(10, 0, 0, 1)).open();
         peer.send(&Message::Open(open));
         assert_eq!(peer.recv(), Message::Keepalive);
         peer.send(&Message::Keepalive);
         peer
+    }
+
+    /// The NOTIFICATION that ends the session (KEEPALIVEs before it are skipped), after
+    /// which the speaker closes the connection.
+    fn notification(&mut self) -> Notification {
+        let n = loop {
+            match self.recv() {
+                Message::Keepalive => {}
+                Message::Notification(n) => break n,
+                other => panic!("expected a NOTIFICATION, got {other:?}"),
+            }
+        };
+        let mut rest = Vec::new();
+        self.stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{rest:?} after {n:?}");
+        n
     }
 
     fn send(&mut self, msg: &Message) {
@@ -288,4 +315,113 @@ fn routes_then_end_of_rib_then_again_on_route_refresh() {
     // Both routes with equal attributes share one UPDATE, so two answers and the
     // withdrawal.
     assert_eq!(g.stats.sent.update, updates_before + 3);
+}
+
+/// A hand-written peer at `ip` on loopback: its listener and the speaker's config for it
+/// (hold time 30 s, so that the test needs not answer keepalives).
+fn raw_peer_at(ip: [u8; 4]) -> (TcpListener, PeerConfig) {
+    let listener = TcpListener::bind((Ipv4Addr::from(ip), 0)).unwrap();
+    let mut cfg = peer(listener.local_addr().unwrap().port(), 65001, 65000, 2);
+    cfg.address = IpAddr::from(ip);
+    cfg.session.hold_time = 30;
+    (listener, cfg)
+}
+
+/// Reconfiguring peer by peer: an unchanged session goes on with no NOTIFICATION and
+/// keeps getting UPDATEs; a removed peer gets Cease / Peer De-configured, a changed one
+/// Cease / Other Configuration Change and a new session with its new settings, and a new
+/// peer is connected. (Restarting the speaker, as before, sends each one Cease /
+/// Administrative Shutdown and connects again.)
+#[test]
+fn reconfigure_touches_only_the_peers_that_changed() {
+    let (kept_l, kept) = raw_peer_at([127, 0, 0, 2]);
+    let (removed_l, removed) = raw_peer_at([127, 0, 0, 3]);
+    let (changed_l, changed) = raw_peer_at([127, 0, 0, 4]);
+    let (added_l, added) = raw_peer_at([127, 0, 0, 5]);
+    let speaker = Speaker::spawn(Config {
+        peers: vec![kept.clone(), removed.clone(), changed.clone()],
+        listen: vec![],
+    })
+    .unwrap();
+    let mut sessions: Vec<RawPeer> = [&kept_l, &removed_l, &changed_l]
+        .into_iter()
+        .map(RawPeer::accept)
+        .collect();
+    for s in &mut sessions {
+        // End-of-RIB for each family: there are no routes yet.
+        assert_eq!(s.update(), Update::default());
+        assert_eq!(s.update(), Update::end_of_rib(Family::Ipv6Unicast));
+    }
+    let [mut kept_s, mut removed_s, mut changed_s] =
+        <[RawPeer; 3]>::try_from(sessions).ok().unwrap();
+    assert_eq!(changed_s.open.hold_time, 30);
+
+    // The listeners are shared: a change of them is left to a new speaker.
+    let listen = vec![SocketAddr::new(LOCALHOST, free_port())];
+    let refused = speaker.reconfigure(Config {
+        peers: vec![kept.clone()],
+        listen,
+    });
+    assert!(
+        matches!(refused, Err(ReconfigureError::Listeners { .. })),
+        "{refused:?}"
+    );
+
+    let mut changed_new = changed.clone();
+    changed_new.session.hold_time = 9;
+    let done = speaker
+        .reconfigure(Config {
+            peers: vec![kept.clone(), changed_new, added.clone()],
+            listen: vec![],
+        })
+        .unwrap();
+    assert_eq!(
+        done,
+        Reconfigured {
+            kept: vec![kept.address],
+            changed: vec![changed.address],
+            added: vec![added.address],
+            removed: vec![removed.address],
+        }
+    );
+    assert_eq!(
+        removed_s.notification(),
+        Notification::cease(CeaseSubcode::PeerDeconfigured)
+    );
+    assert_eq!(
+        changed_s.notification(),
+        Notification::cease(CeaseSubcode::OtherConfigurationChange)
+    );
+    let mut changed_s = RawPeer::accept(&changed_l);
+    assert_eq!(changed_s.open.hold_time, 9, "the new settings");
+    let mut added_s = RawPeer::accept(&added_l);
+    for s in [&mut changed_s, &mut added_s] {
+        assert_eq!(s.update(), Update::default());
+        assert_eq!(s.update(), Update::end_of_rib(Family::Ipv6Unicast));
+    }
+    let peers = speaker.peers();
+    assert_eq!(
+        peers.iter().map(|p| p.address).collect::<Vec<_>>(),
+        [kept.address, changed.address, added.address]
+    );
+    assert_eq!(peers[0].stats.flaps, 0, "{peers:?}");
+
+    // Every session, the untouched one first, gets the next route on its connection.
+    speaker.set_routes(routes(&["192.0.2.10/32"]));
+    for s in [&mut kept_s, &mut changed_s, &mut added_s] {
+        assert_eq!(s.announcements(1), ["192.0.2.10/32"]);
+    }
+    let k = wait_for("kept counted", &speaker, |p| {
+        p.address == kept.address && p.prefixes_advertised == 1
+    });
+    assert_eq!(k.state, State::Established);
+    assert_eq!(k.stats.flaps, 0);
+    assert_eq!(k.stats.sent.notification, 0);
+    // The removed peer is not connected to again.
+    removed_l.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        removed_l.accept().is_err(),
+        "the removed peer was connected to"
+    );
 }

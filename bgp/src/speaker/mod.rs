@@ -3,9 +3,10 @@
 //! differences are sent (RFC 4271 §9.2).
 //!
 //! The control thread talks to it through [`Speaker`]: [`Speaker::set_routes`] with
-//! the whole desired set, [`Speaker::peers`] for observer state, and
-//! [`Speaker::shutdown`], which withdraws everything, sends Cease with a shutdown
-//! message (RFC 8203) and returns once the sessions are closed.
+//! the whole desired set, [`Speaker::peers`] for observer state,
+//! [`Speaker::reconfigure`], which changes the peers without touching the sessions
+//! whose settings stay, and [`Speaker::shutdown`], which withdraws everything, sends
+//! Cease with a shutdown message (RFC 8203) and returns once the sessions are closed.
 
 mod rib;
 mod socket;
@@ -25,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::fsm::{
     self, ConnId, Event, Negotiated, Output, Session, SessionError, State, Stats, Timer,
 };
-use crate::wire::{Family, Prefix, Update};
+use crate::wire::{CeaseSubcode, Context, Family, Message, Notification, Prefix, Update};
 pub use rib::{max_update_len, AdjRibOut, Changes, Export, RouteAttributes, Routes, Unsendable};
 
 /// How long a closed connection may take to deliver its last NOTIFICATION, and
@@ -93,8 +94,47 @@ pub struct PeerStatus {
     pub negotiated: Option<Negotiated>,
 }
 
+/// What [`Speaker::reconfigure`] did, each list in the new config's order (removed
+/// peers in the old one's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Settings unchanged: the session went on untouched.
+    pub kept: Vec<IpAddr>,
+    /// Settings changed: closed with Cease / Other Configuration Change (RFC 4486
+    /// subcode 6) and started again with the new ones.
+    pub changed: Vec<IpAddr>,
+    /// New peers, started.
+    pub added: Vec<IpAddr>,
+    /// Gone from the config: closed with Cease / Peer De-configured (subcode 3).
+    pub removed: Vec<IpAddr>,
+}
+
+/// Why [`Speaker::reconfigure`] changed nothing; a new speaker can still apply the
+/// config ([`Speaker::spawn`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconfigureError {
+    /// The listening sockets are shared by every passive peer (and the old ones may hold
+    /// the addresses the new ones want), so they are not changed in place.
+    #[error("the BGP listen addresses change from {old:?} to {new:?}")]
+    Listeners {
+        old: Vec<SocketAddr>,
+        new: Vec<SocketAddr>,
+    },
+    /// A listener did not take a peer's new TCP MD5 key. Peers were not touched; keys
+    /// set before it stay set (a new speaker sets every key afresh).
+    #[error("setting the TCP MD5 key of {peer} on the BGP listener {listener}: {error}")]
+    Md5 {
+        peer: IpAddr,
+        listener: SocketAddr,
+        error: io::Error,
+    },
+    #[error("the BGP speaker thread has stopped")]
+    Stopped,
+}
+
 enum Command {
     SetRoutes(Routes),
+    Reconfigure(Config, Sender<Result<Reconfigured, ReconfigureError>>),
     Shutdown(String),
 }
 
@@ -133,6 +173,7 @@ impl Speaker {
             commands: rx,
             status: status.clone(),
             listeners,
+            listen: config.listen,
             peers: config.peers.into_iter().map(Peer::new).collect(),
             tokens: HashMap::new(),
             next_token: FIRST_CONN,
@@ -160,6 +201,19 @@ impl Speaker {
     /// Replaces the set of announced prefixes. Peers get only the differences.
     pub fn set_routes(&self, routes: Routes) {
         self.command(Command::SetRoutes(routes));
+    }
+
+    /// Applies `config` to the running speaker, peer by peer (peers are told apart by
+    /// address): a peer whose settings are unchanged keeps its session and routes, a
+    /// changed one is closed with Cease / Other Configuration Change and started again,
+    /// a removed one is closed with Cease / Peer De-configured, a new one is started.
+    /// Listeners get the new peers' TCP MD5 keys first. A change of the listen addresses
+    /// is refused ([`ReconfigureError::Listeners`]) and so is a key a listener does not
+    /// take; then the peers are as they were.
+    pub fn reconfigure(&self, config: Config) -> Result<Reconfigured, ReconfigureError> {
+        let (reply, done) = mpsc::channel();
+        self.command(Command::Reconfigure(config, reply));
+        done.recv().unwrap_or(Err(ReconfigureError::Stopped))
     }
 
     /// A snapshot of every peer.
@@ -260,6 +314,8 @@ struct Loop {
     commands: Receiver<Command>,
     status: Arc<Mutex<Vec<PeerStatus>>>,
     listeners: Vec<TcpListener>,
+    /// The listeners' addresses, in the same order.
+    listen: Vec<SocketAddr>,
     peers: Vec<Peer>,
     tokens: HashMap<Token, Owner>,
     next_token: usize,
@@ -328,6 +384,12 @@ impl Loop {
                     self.sync(now, p);
                 }
             }
+            Command::Reconfigure(config, reply) => {
+                let result = self.reconfigure(now, config);
+                self.publish(now);
+                // The caller waits for this unless it went away.
+                let _ = reply.send(result);
+            }
             Command::Shutdown(message) => {
                 info!("BGP speaker shutting down: {message}");
                 self.routes.clear();
@@ -337,6 +399,121 @@ impl Loop {
                 }
                 self.stop_by = Some(now + LINGER);
             }
+        }
+    }
+
+    /// [`Speaker::reconfigure`]: listener keys first (what can fail), then the peers.
+    fn reconfigure(
+        &mut self,
+        now: Instant,
+        config: Config,
+    ) -> Result<Reconfigured, ReconfigureError> {
+        if config.listen != self.listen {
+            return Err(ReconfigureError::Listeners {
+                old: self.listen.clone(),
+                new: config.listen,
+            });
+        }
+        self.rekey_listeners(&config.peers)?;
+        let mut old: Vec<Option<Peer>> = std::mem::take(&mut self.peers)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut done = Reconfigured::default();
+        let mut start = Vec::new();
+        for pc in config.peers {
+            let address = pc.address;
+            let same = old
+                .iter_mut()
+                .find(|o| o.as_ref().is_some_and(|p| p.config.address == address))
+                .and_then(Option::take);
+            match same {
+                Some(peer) if peer.config == pc => {
+                    done.kept.push(address);
+                    self.peers.push(peer);
+                    continue;
+                }
+                Some(peer) => {
+                    info!(peer = %address, "BGP peer settings changed: closing the session with Cease / Other Configuration Change and starting it again");
+                    self.discard(now, peer, CeaseSubcode::OtherConfigurationChange);
+                    done.changed.push(address);
+                }
+                None => {
+                    info!(peer = %address, "BGP peer added");
+                    done.added.push(address);
+                }
+            }
+            start.push(self.peers.len());
+            self.peers.push(Peer::new(pc));
+        }
+        for peer in old.into_iter().flatten() {
+            info!(peer = %peer.config.address, "BGP peer removed: closing the session with Cease / Peer De-configured");
+            done.removed.push(peer.config.address);
+            self.discard(now, peer, CeaseSubcode::PeerDeconfigured);
+        }
+        // Peers moved: point their connections' tokens at the new positions.
+        for (p, peer) in self.peers.iter().enumerate() {
+            for (id, sock) in &peer.socks {
+                self.tokens.insert(sock.token, Owner::Conn(p, *id));
+            }
+        }
+        for p in start {
+            self.feed(now, p, Event::Start);
+        }
+        Ok(done)
+    }
+
+    /// Gives every listener the TCP MD5 key (RFC 2385) each of `peers` has, and takes
+    /// away the keys of peers that no longer have one. Keys are per peer address, so
+    /// sessions already accepted keep theirs.
+    fn rekey_listeners(&self, peers: &[PeerConfig]) -> Result<(), ReconfigureError> {
+        let old_key = |address: IpAddr| {
+            self.peers
+                .iter()
+                .find(|p| p.config.address == address)
+                .and_then(|p| p.config.md5_password.as_deref())
+        };
+        let mut keys: Vec<(IpAddr, Option<&str>)> = peers
+            .iter()
+            .filter(|p| p.md5_password.as_deref() != old_key(p.address))
+            .map(|p| (p.address, p.md5_password.as_deref()))
+            .collect();
+        keys.extend(
+            self.peers
+                .iter()
+                .filter(|old| old.config.md5_password.is_some())
+                .filter(|old| !peers.iter().any(|p| p.address == old.config.address))
+                .map(|old| (old.config.address, None)),
+        );
+        for (listener, addr) in self.listeners.iter().zip(&self.listen) {
+            for &(peer, key) in &keys {
+                // Deleting a key the listener never had (`None` after `None`) is not
+                // asked for: `keys` holds only changes.
+                socket::listener_md5(listener, *addr, peer, key).map_err(|error| {
+                    ReconfigureError::Md5 {
+                        peer,
+                        listener: *addr,
+                        error,
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a peer whose session is not to go on: `subcode` goes out as a Cease on
+    /// every connection that has sent its OPEN (all connected ones: the session sends
+    /// OPEN as soon as a connection is up), then each closes as in [`Loop::close`]. The
+    /// session's own Stop would send Administrative Shutdown, which is not the reason.
+    fn discard(&mut self, now: Instant, peer: Peer, subcode: CeaseSubcode) {
+        let cease = Message::Notification(Notification::cease(subcode));
+        // A Cease without data always fits in a message.
+        let bytes = cease.to_bytes(Context::default()).unwrap_or_default();
+        for (_, mut sock) in peer.socks {
+            if sock.connected {
+                sock.tx.extend_from_slice(&bytes);
+            }
+            self.linger(now, sock);
         }
     }
 
@@ -654,9 +831,13 @@ impl Loop {
     /// out, then FIN; the socket is read until the peer closes so that unread data
     /// does not turn the close into a reset that could discard the NOTIFICATION.
     fn close(&mut self, now: Instant, p: usize, id: ConnId) {
-        let Some(mut sock) = self.peers[p].socks.remove(&id) else {
-            return;
-        };
+        if let Some(sock) = self.peers[p].socks.remove(&id) {
+            self.linger(now, sock);
+        }
+    }
+
+    /// [`Loop::close`] for a socket already taken from its peer.
+    fn linger(&mut self, now: Instant, mut sock: Sock) {
         if !sock.connected {
             let _ = self.poll.registry().deregister(&mut sock.stream);
             self.tokens.remove(&sock.token);

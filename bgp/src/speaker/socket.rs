@@ -23,7 +23,8 @@ struct TcpMd5Sig {
 }
 
 /// Signs (and requires signatures on) segments to and from `peer` (RFC 2385). On a
-/// listener this admits that peer's connections.
+/// listener this admits that peer's connections. An empty password deletes the key
+/// (the kernel reads a zero key length so).
 pub fn set_md5(socket: &impl AsRawFd, peer: IpAddr, password: &str) -> io::Result<()> {
     let key = password.as_bytes();
     if key.len() > MD5_MAX_KEY {
@@ -100,16 +101,26 @@ pub fn listen(addr: SocketAddr, md5: &[(IpAddr, &str)]) -> io::Result<mio::net::
     }
     socket.set_nonblocking(true)?;
     for (peer, password) in md5 {
-        // A dual-stack listener sees IPv4 peers as mapped addresses.
-        let peer = match (addr, peer) {
-            (SocketAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
-            _ => *peer,
-        };
-        set_md5(&socket, peer, password)?;
+        listener_md5(&socket, addr, *peer, Some(*password))?;
     }
     socket.bind(&addr.into())?;
     socket.listen(16)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+/// Sets (or with `None` deletes) `peer`'s TCP MD5 key on a listener bound to `addr`.
+pub fn listener_md5(
+    listener: &impl AsRawFd,
+    addr: SocketAddr,
+    peer: IpAddr,
+    password: Option<&str>,
+) -> io::Result<()> {
+    // A dual-stack listener sees IPv4 peers as mapped addresses.
+    let peer = match (addr, peer) {
+        (SocketAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        _ => peer,
+    };
+    set_md5(listener, peer, password.unwrap_or(""))
 }
 
 /// An IPv4 peer reaching a dual-stack listener shows up as `::ffff:a.b.c.d`.
