@@ -84,6 +84,12 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let c = config::load(path)?;
+    for w in &c.warnings {
+        eprintln!(
+            "warning: {}",
+            config::Problems(path, std::slice::from_ref(w))
+        );
+    }
     let peers = c.bgp.as_ref().map_or(0, |b| b.peers.len());
     println!(
         "{}: ok ({} static VIPs, {} BGP peers, Kubernetes {})",

@@ -1,6 +1,6 @@
 //! The `dsrgate` command line without privileges: `check` validates a file and names the
-//! file and field of a problem; `run` refuses a bad config before touching anything;
-//! `status` names the address it could not reach.
+//! file and field of a problem (or of a warning); `run` refuses a bad config before touching
+//! anything; `status` names the address it could not reach.
 
 use std::process::Command;
 
@@ -32,6 +32,25 @@ fn check_accepts_the_example_and_names_the_broken_field() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    // Valid but probably unmeant: accepted, with a warning that names file, line and field.
+    let unchecked = write(
+        "unchecked.toml",
+        "[dataplane]\nupstream_interface = \"eth0\"\n\n[[vips]]\naddress = \"203.0.113.10\"\nport = 80\n\n[[vips.backends]]\naddress = \"10.0.0.1\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&unchecked)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("warning: ")
+            && err.contains("unchecked.toml:4:1: `vips[0].health`: no health check"),
+        "{err}"
+    );
 
     let bad = write(
         "bad.toml",

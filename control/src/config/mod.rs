@@ -48,6 +48,10 @@ pub struct Config {
     /// Statically configured VIPs.
     #[serde(default)]
     pub vips: Vec<Vip>,
+    /// What validation accepted but an operator probably did not mean (a VIP without a
+    /// health check, ...): `dsrgate check` prints them and the daemon logs them.
+    #[serde(skip)]
+    pub warnings: Vec<Problem>,
 }
 
 /// Process-wide settings; a field left out keeps its [`Default`] value.
@@ -539,7 +543,8 @@ pub struct Problem {
     pub message: String,
 }
 
-struct Problems<'a>(&'a Path, &'a [Problem]);
+/// Problems (or warnings) of `file`, one per line: `file:line:col: `path`: message`.
+pub struct Problems<'a>(pub &'a Path, pub &'a [Problem]);
 
 impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -605,19 +610,25 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             return Err(invalid(vec![problem]));
         }
     };
-    let found = validate::validate(&config);
+    let (found, warned) = validate::validate(&config);
+    let problems = |found: validate::Found| {
+        found
+            .into_iter()
+            .map(|(path, message)| Problem {
+                location: locate(&doc, &path).map(|s| line_col(text, s.start)),
+                path: format_path(&path),
+                message,
+            })
+            .collect()
+    };
     if found.is_empty() {
-        return Ok(config);
-    }
-    let problems = found
-        .into_iter()
-        .map(|(path, message)| Problem {
-            location: locate(&doc, &path).map(|s| line_col(text, s.start)),
-            path: format_path(&path),
-            message,
+        Ok(Config {
+            warnings: problems(warned),
+            ..config
         })
-        .collect();
-    Err(invalid(problems))
+    } else {
+        Err(invalid(problems(found)))
+    }
 }
 
 /// One step of a field path.

@@ -846,3 +846,71 @@ fn every_static_vip_family_needs_a_next_hop() {
         "its IPv6 addresses would never be announced",
     );
 }
+
+/// The warnings of a valid config, as (path, message).
+fn warnings(text: &str) -> Vec<(String, String)> {
+    let c = parse(text, file()).unwrap_or_else(|e| panic!("refused: {e}"));
+    c.warnings
+        .into_iter()
+        .map(|w| (w.path, w.message))
+        .collect()
+}
+
+#[test]
+fn a_vip_without_a_health_check_is_a_warning_not_an_error() {
+    let w = warnings(MINIMAL);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].0, "vips[0].health");
+    assert!(w[0].1.contains("no health check"), "{w:#?}");
+    let c = parse(MINIMAL, file()).unwrap();
+    // Located at the VIP's table (the field is missing), so `dsrgate check` can point there.
+    assert_eq!(c.warnings[0].location.map(|l| l.0), Some(5));
+    let checked = format!("{MINIMAL}\n[vips.health]\ntype = \"tcp\"\n");
+    assert_eq!(warnings(&checked), []);
+}
+
+#[test]
+fn the_example_config_has_no_warnings() {
+    assert_eq!(warnings(EXAMPLE), []);
+}
+
+#[test]
+fn too_few_weighted_backends_to_announce_is_a_warning() {
+    let text = |w1: u32, w2: u32, min: u32| {
+        format!(
+            "[dataplane]\nupstream_interface = \"eth0\"\n\n[[vips]]\naddress = \"203.0.113.10\"\nport = 80\nmin_healthy_backends = {min}\n[vips.health]\ntype = \"tcp\"\n\n[[vips.backends]]\naddress = \"10.0.0.1\"\nweight = {w1}\n\n[[vips.backends]]\naddress = \"10.0.0.2\"\nweight = {w2}\n"
+        )
+    };
+    assert_eq!(warnings(&text(1, 1, 2)), []);
+    assert_eq!(warnings(&text(0, 1, 1)), []);
+    for (w1, w2, min, active) in [(0, 0, 1, 0), (1, 0, 2, 1)] {
+        let w = warnings(&text(w1, w2, min));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w[0].0, "vips[0].backends");
+        assert!(
+            w[0].1
+                .starts_with(&format!("{active} of 2 backends have nonzero weight")),
+            "{w:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_maglev_table_under_100_slots_per_backend_is_a_warning() {
+    let text = |m: u32| {
+        format!(
+            "[dataplane]\nupstream_interface = \"eth0\"\nmaglev = {{ m = {m} }}\n\n[[vips]]\naddress = \"203.0.113.10\"\nport = 80\n[vips.health]\ntype = \"tcp\"\n\n[[vips.backends]]\naddress = \"10.0.0.1\"\n\n[[vips.backends]]\naddress = \"10.0.0.2\"\n\n[[vips.backends]]\naddress = \"10.0.0.3\"\nweight = 0\n"
+        )
+    };
+    // Two backends with weight: 200 slots are enough, 199 are not; 211 is the next prime.
+    assert_eq!(warnings(&text(211)), []);
+    let w = warnings(&text(199));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].0, "vips[0].backends");
+    assert!(
+        w[0].1
+            .contains("2 backends share a Maglev table of 199 slots"),
+        "{w:#?}"
+    );
+    assert!(w[0].1.contains("(e.g. 211)"), "{w:#?}");
+}

@@ -12,7 +12,7 @@ use super::{
     MAX_WEIGHT,
 };
 
-type Found = Vec<(Vec<Seg>, String)>;
+pub(super) type Found = Vec<(Vec<Seg>, String)>;
 
 /// Largest accepted Maglev table size (a 2^24-slot table per VIP is already
 /// 64 MiB of u32 entries).
@@ -20,6 +20,8 @@ pub const MAX_MAGLEV_M: u32 = dataplane::maglev::MAX_TABLE_SIZE;
 
 struct V {
     found: Found,
+    /// Valid, but probably not what was meant: reported, never refused.
+    warned: Found,
     path: Vec<Seg>,
 }
 
@@ -40,15 +42,23 @@ impl V {
         }
         self.found.push((path, msg.into()));
     }
+    fn warn(&mut self, field: &str, msg: impl Into<String>) {
+        let mut path = self.path.clone();
+        if !field.is_empty() {
+            path.push(Seg::Key(field.to_owned()));
+        }
+        self.warned.push((path, msg.into()));
+    }
     fn path_str(&self) -> String {
         super::format_path(&self.path)
     }
 }
 
-/// All problems of `c`, each with its field path.
-pub(super) fn validate(c: &Config) -> Found {
+/// All problems of `c`, then its warnings, each with its field path.
+pub(super) fn validate(c: &Config) -> (Found, Found) {
     let mut v = V {
         found: Vec::new(),
+        warned: Vec::new(),
         path: Vec::new(),
     };
     v.key("daemon", |v| {
@@ -77,7 +87,7 @@ pub(super) fn validate(c: &Config) -> Found {
     if let Some(k) = &c.kubernetes {
         v.key("kubernetes", |v| kubernetes(v, c, k));
     }
-    v.found
+    (v.found, v.warned)
 }
 
 fn interface_name(v: &mut V, field: &str, name: &str) {
@@ -684,10 +694,38 @@ fn vip_entry<'a>(
             })
         });
     }
-    if let Some(h) = &vip.health {
-        v.key("health", |v| health(v, h));
+    match &vip.health {
+        Some(h) => v.key("health", |v| health(v, h)),
+        None => v.warn(
+            "health",
+            "no health check: every backend counts as healthy, so a node that goes down keeps its share of new flows and the VIP stays announced (add `[vips.health]`)",
+        ),
     }
+    vip_warnings(v, c, vip);
     fits
+}
+
+/// What a valid VIP's backends leave unlikely to work as meant.
+fn vip_warnings(v: &mut V, c: &Config, vip: &Vip) {
+    let active = vip.backends.iter().filter(|b| b.weight > 0).count();
+    let min = vip.min_healthy_backends as usize;
+    if !vip.backends.is_empty() && (1..=vip.backends.len()).contains(&min) && active < min {
+        v.warn(
+            "backends",
+            format!("{active} of {} backends have nonzero weight, fewer than min_healthy_backends ({min}): the VIP is not announced and takes no new flows until weights change (weight 0 drains a backend)", vip.backends.len()),
+        );
+    }
+    let m = c.dataplane.maglev.m;
+    if active > 1 && u64::from(m) < 100 * active as u64 && active < m as usize {
+        let suggest = (100 * active as u32..=MAX_MAGLEV_M)
+            .find(|&n| dataplane::maglev::is_prime(n))
+            .map(|p| format!(" (e.g. {p})"))
+            .unwrap_or_default();
+        v.warn(
+            "backends",
+            format!("{active} backends share a Maglev table of {m} slots (dataplane.maglev.m): their shares may differ from an even split by more than 1%; a table over 100 × the backends{suggest} keeps them within it (NSDI'16 §3.4)"),
+        );
+    }
 }
 
 fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes) {
