@@ -723,7 +723,7 @@ fn vip_warnings(v: &mut V, c: &Config, vip: &Vip) {
             .unwrap_or_default();
         v.warn(
             "backends",
-            format!("{active} backends share a Maglev table of {m} slots (dataplane.maglev.m): their shares may differ from an even split by more than 1%; a table over 100 × the backends{suggest} keeps them within it (NSDI'16 §3.4)"),
+            format!("{active} backends share a Maglev table of {m} slots (dataplane.maglev.m): their shares may differ from an even split by more than 1%; a table of at least 100 slots per backend{suggest} keeps them within it (NSDI'16 §3.4)"),
         );
     }
 }
