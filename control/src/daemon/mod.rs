@@ -687,9 +687,11 @@ impl Daemon {
     }
 
     /// Applies a valid config, or changes nothing and says why. What can fail (binding the
-    /// new API address, starting the new BGP speaker or watcher) happens before anything is
-    /// given up; only the speaker must stop before its successor starts (their listeners
-    /// share a port), so a successor that fails brings the previous speaker back.
+    /// new API address, changing the BGP peers, starting the new watcher) happens before
+    /// anything is given up. BGP peers change in place ([`Daemon::reconfigure_bgp`]), and
+    /// only a change the running speaker cannot take restarts it: the speaker must stop
+    /// before its successor starts (their listeners share a port), so a successor that
+    /// fails brings the previous speaker back.
     fn apply(&mut self, new: Config) -> Result<()> {
         caps::require(&required_caps(&new))?;
         let now = Instant::now();
@@ -716,8 +718,7 @@ impl Daemon {
             (true, None) => Some((None, channel::never())),
             (false, _) => None,
         };
-        if new.bgp != self.config.bgp {
-            tracing::info!("BGP settings changed: restarting the speaker");
+        if new.bgp != self.config.bgp && !self.reconfigure_bgp(new.bgp.as_ref()) {
             if let Err(e) = self.restart_speaker(new.bgp.as_ref()) {
                 let running = self.config.bgp.clone();
                 if let Err(again) = self.restart_speaker(running.as_ref()) {
@@ -751,6 +752,39 @@ impl Daemon {
         self.config = new;
         self.services_changed(now);
         Ok(())
+    }
+
+    /// Changes the running speaker's peers to `bgp`'s: sessions whose settings stay go on,
+    /// changed and removed ones are closed with the Cease subcode that says so. False when
+    /// that cannot be done, which is logged with the reason: the speaker must restart.
+    fn reconfigure_bgp(&self, bgp: Option<&config::Bgp>) -> bool {
+        let result = match (&self.speaker, bgp) {
+            (Some(speaker), Some(bgp)) => speaker.reconfigure(routes::speaker_config(bgp)),
+            (_, None) => {
+                tracing::info!("BGP section removed: stopping the speaker");
+                return false;
+            }
+            (None, Some(_)) => {
+                tracing::info!("no BGP speaker runs: starting one");
+                return false;
+            }
+        };
+        match result {
+            Ok(r) => {
+                tracing::info!(
+                    kept = ?r.kept,
+                    changed = ?r.changed,
+                    added = ?r.added,
+                    removed = ?r.removed,
+                    "BGP peers reconfigured; unchanged sessions stay up"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "BGP settings changed: restarting the speaker");
+                false
+            }
+        }
     }
 
     /// Stops the speaker, then starts one for `bgp` (none without a `[bgp]` section) with
