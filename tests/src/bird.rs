@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::netns::{fabric4, gateway_host, Netns, Proc};
 
@@ -37,6 +37,18 @@ impl<'a> Bird<'a> {
     /// (gateway number, the AS BIRD expects it to have, its address; see [`neighbor`]).
     /// `extra` goes into the sessions' template (e.g. `password "x";`).
     pub fn start(ns: &'a Netns, neighbors: &[(u8, u32, String)], extra: &str) -> Result<Bird<'a>> {
+        let protocols: String = neighbors
+            .iter()
+            .map(|(gw, asn, addr)| {
+                format!("protocol bgp gw{gw} from speakers {{ neighbor {addr} as {asn}; }}\n")
+            })
+            .collect();
+        Bird::with_protocols(ns, &protocols, extra)
+    }
+
+    /// [`Bird::start`] with the BGP sessions written out: `protocols` is config text whose
+    /// `protocol bgp NAME from speakers { ... }` blocks use the shared template.
+    pub fn with_protocols(ns: &'a Netns, protocols: &str, extra: &str) -> Result<Bird<'a>> {
         let dir = std::env::temp_dir().join(format!("dsrgate-bird-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
         let mut conf = format!(
@@ -58,9 +70,7 @@ template bgp speakers {{
             log = dir.join("bird.log").display(),
             id = fabric4(1),
         );
-        for (gw, asn, addr) in neighbors {
-            conf += &format!("protocol bgp gw{gw} from speakers {{ neighbor {addr} as {asn}; }}\n");
-        }
+        conf += protocols;
         std::fs::write(dir.join("bird.conf"), conf)?;
         let mut bird = Bird {
             ns,
@@ -91,10 +101,7 @@ template bgp speakers {{
         while self.birdc(&["show", "status"]).is_err() {
             let exited = !self.proc.as_mut().is_some_and(Proc::is_running);
             if exited || Instant::now() > deadline {
-                bail!(
-                    "BIRD did not start; log: {}",
-                    std::fs::read_to_string(self.path("bird.log")).unwrap_or_default()
-                );
+                bail!("BIRD did not start; log: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -125,6 +132,28 @@ template bgp speakers {{
             );
         }
         Ok(text)
+    }
+
+    /// Protocol `name`'s line in `show protocols`: name, protocol, table, state, since
+    /// (the time of its last state change) and info (the BGP state).
+    pub fn protocol(&self, name: &str) -> Result<String> {
+        let out = self.birdc(&["show", "protocols", name])?;
+        out.lines()
+            .map(|l| l.trim_start_matches(|c: char| c.is_ascii_digit() || c == '-' || c == ' '))
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .with_context(|| format!("no protocol {name} in BIRD: {out}"))
+    }
+
+    /// Everything BIRD logged so far (state changes, NOTIFICATIONs sent and received).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("bird.log")).unwrap_or_default()
+    }
+
+    /// Whether BIRD has `prefix` from protocol `name` (one of the paths it may hold).
+    pub fn has_route_from(&self, prefix: &str, name: &str) -> Result<bool> {
+        let out = self.birdc(&["show", "route", prefix, "protocol", name])?;
+        Ok(out.contains(prefix))
     }
 
     /// `show route for PREFIX all` when BIRD has it, `None` otherwise.
