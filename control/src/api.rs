@@ -50,11 +50,83 @@ pub struct ApiServer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What the handlers serve from.
+/// What the connection threads share.
 struct Shared {
+    handler: Handler,
+    active: AtomicUsize,
+}
+
+/// The request path apart from the socket: request bytes in, response bytes out. The
+/// server feeds it what a client has sent so far after every read, so the fuzz target
+/// and the property tests exercise exactly what a client reaches.
+#[derive(Debug)]
+pub struct Handler {
     registry: Arc<Registry>,
     status: SharedStatus,
-    active: AtomicUsize,
+}
+
+impl Handler {
+    /// Serves `/metrics` from `registry` and `/status` from `status`.
+    pub fn new(registry: Arc<Registry>, status: SharedStatus) -> Handler {
+        Handler { registry, status }
+    }
+
+    /// The whole response (head and body) to `received`, the bytes a client has sent so
+    /// far, or `None` while they are the start of a request head that may still complete.
+    /// Only the first [`MAX_HEAD`] bytes count, as the server reads no more: a head that
+    /// does not end within them is answered 431. Bytes after the head (a body, a second
+    /// request) are ignored, so once there is an answer, more bytes do not change it.
+    pub fn answer(&self, received: &[u8]) -> Option<Vec<u8>> {
+        let received = &received[..received.len().min(MAX_HEAD)];
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let response = match req.parse(received) {
+            Ok(httparse::Status::Complete(_)) => {
+                let head_only = req.method == Some("HEAD");
+                return Some(self.route(&req).encode(head_only));
+            }
+            Ok(httparse::Status::Partial) if received.len() < MAX_HEAD => return None,
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                Response::text(431, "request head too large\n")
+            }
+            Err(_) => Response::text(400, "bad request\n"),
+        };
+        Some(response.encode(false))
+    }
+
+    fn route(&self, req: &httparse::Request) -> Response {
+        let method = req.method.unwrap_or_default();
+        let path = req.path.unwrap_or_default();
+        let path = path.split('?').next().unwrap_or_default();
+        if !matches!(path, "/metrics" | "/status" | "/healthz") {
+            return Response::text(404, "not found; try /metrics, /status or /healthz\n");
+        }
+        if method != "GET" && method != "HEAD" {
+            return Response {
+                extra: "Allow: GET, HEAD\r\n",
+                ..Response::text(405, "only GET and HEAD\n")
+            };
+        }
+        match path {
+            "/metrics" => metrics(req, &self.registry),
+            "/status" => {
+                let status = self.status.load();
+                match serde_json::to_vec_pretty(&**status) {
+                    Ok(mut body) => {
+                        body.push(b'\n');
+                        Response {
+                            status: 200,
+                            content_type: "application/json",
+                            body,
+                            extra: "",
+                        }
+                    }
+                    Err(e) => Response::text(500, &format!("cannot encode status: {e}\n")),
+                }
+            }
+            _ => Response::text(200, "ok\n"),
+        }
+    }
 }
 
 impl ApiServer {
@@ -70,8 +142,7 @@ impl ApiServer {
         let waker = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
-            registry,
-            status,
+            handler: Handler::new(registry, status),
             active: AtomicUsize::new(0),
         });
         let thread = std::thread::Builder::new().name("api".into()).spawn({
@@ -171,8 +242,7 @@ fn refuse(mut stream: TcpStream) {
     }
     let _ = respond(
         &mut stream,
-        false,
-        &Response::text(503, "too many connections\n"),
+        &Response::text(503, "too many connections\n").encode(false),
     );
     let _ = stream.shutdown(Shutdown::Write);
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
@@ -196,6 +266,23 @@ impl Response {
             extra: "",
         }
     }
+
+    /// Status line, headers and, unless answering a HEAD request, the body.
+    fn encode(&self, head_only: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len(),
+            self.extra
+        )
+        .into_bytes();
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
 }
 
 fn reason(status: u16) -> &'static str {
@@ -215,63 +302,43 @@ fn reason(status: u16) -> &'static str {
 /// Handles one connection: one request, one response, close.
 fn serve(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-    let mut buf = [0u8; MAX_HEAD];
-    let response = match read_head(&mut stream, &mut buf) {
-        Ok(len) => {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&buf[..len]) {
-                Ok(httparse::Status::Complete(_)) => {
-                    let head = req.method == Some("HEAD");
-                    let response = route(&req, shared);
-                    let _ = respond(&mut stream, head, &response);
-                    linger(stream);
-                    return;
-                }
-                // read_head only returns once the head is complete or failed to parse.
-                Ok(httparse::Status::Partial) | Err(_) => Response::text(400, "bad request\n"),
-            }
-        }
-        Err(HeadError::Malformed) => Response::text(400, "bad request\n"),
-        Err(HeadError::TooLarge) => Response::text(431, "request head too large\n"),
-        Err(HeadError::Timeout) => Response::text(408, "request timeout\n"),
-        Err(HeadError::Closed) => return,
-    };
-    let _ = respond(&mut stream, false, &response);
-    linger(stream);
+    if let Some(response) = read_and_answer(&mut stream, &shared.handler) {
+        let _ = respond(&mut stream, &response);
+        linger(stream);
+    }
 }
 
-fn route(req: &httparse::Request, shared: &Shared) -> Response {
-    let method = req.method.unwrap_or_default();
-    let path = req.path.unwrap_or_default();
-    let path = path.split('?').next().unwrap_or_default();
-    if !matches!(path, "/metrics" | "/status" | "/healthz") {
-        return Response::text(404, "not found; try /metrics, /status or /healthz\n");
-    }
-    if method != "GET" && method != "HEAD" {
-        return Response {
-            extra: "Allow: GET, HEAD\r\n",
-            ..Response::text(405, "only GET and HEAD\n")
-        };
-    }
-    match path {
-        "/metrics" => metrics(req, &shared.registry),
-        "/status" => {
-            let status = shared.status.load();
-            match serde_json::to_vec_pretty(&**status) {
-                Ok(mut body) => {
-                    body.push(b'\n');
-                    Response {
-                        status: 200,
-                        content_type: "application/json",
-                        body,
-                        extra: "",
-                    }
-                }
-                Err(e) => Response::text(500, &format!("cannot encode status: {e}\n")),
-            }
+/// Reads until the handler has an answer, within [`REQUEST_TIMEOUT`]: the answer, a 408 to
+/// a client that stalled mid-request, or `None` for one that closed (or reset) first or
+/// connected and sent nothing (like a port scan), which gets no answer.
+fn read_and_answer(stream: &mut TcpStream, handler: &Handler) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut buf = [0u8; MAX_HEAD];
+    let mut len = 0;
+    let timed_out = |len| (len > 0).then(|| Response::text(408, "request timeout\n").encode(false));
+    loop {
+        // `answer` is Some once `buf` is full, so there is always room to read into.
+        if let Some(response) = handler.answer(&buf[..len]) {
+            return Some(response);
         }
-        _ => Response::text(200, "ok\n"),
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return timed_out(len);
+        }
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => return None,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return timed_out(len);
+            }
+            Err(_) => return None,
+        }
     }
 }
 
@@ -304,75 +371,8 @@ fn metrics(req: &httparse::Request, registry: &Registry) -> Response {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum HeadError {
-    Malformed,
-    TooLarge,
-    Timeout,
-    /// The peer closed (or reset) before sending a complete head.
-    Closed,
-}
-
-/// Reads until the request head is complete, within [`REQUEST_TIMEOUT`] and `buf`.
-fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, HeadError> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut len = 0;
-    loop {
-        if len > 0 {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            match httparse::Request::new(&mut headers).parse(&buf[..len]) {
-                Ok(httparse::Status::Complete(_)) => return Ok(len),
-                Ok(httparse::Status::Partial) => {}
-                Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-                Err(_) => return Err(HeadError::Malformed),
-            }
-        }
-        if len == buf.len() {
-            return Err(HeadError::TooLarge);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return Err(timeout_or_closed(len));
-        }
-        match stream.read(&mut buf[len..]) {
-            Ok(0) => return Err(HeadError::Closed),
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(timeout_or_closed(len));
-            }
-            Err(_) => return Err(HeadError::Closed),
-        }
-    }
-}
-
-/// A client that connected and sent nothing gets no answer (like a port scan).
-fn timeout_or_closed(len: usize) -> HeadError {
-    if len == 0 {
-        HeadError::Closed
-    } else {
-        HeadError::Timeout
-    }
-}
-
-fn respond(stream: &mut TcpStream, head_only: bool, r: &Response) -> io::Result<()> {
-    let header = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
-        r.status,
-        reason(r.status),
-        r.content_type,
-        r.body.len(),
-        r.extra
-    );
-    stream.write_all(header.as_bytes())?;
-    if !head_only {
-        stream.write_all(&r.body)?;
-    }
+fn respond(stream: &mut TcpStream, response: &[u8]) -> io::Result<()> {
+    stream.write_all(response)?;
     stream.flush()
 }
 

@@ -1,5 +1,6 @@
 //! The API server over real TCP: /metrics, /status and /healthz, malformed and hostile
-//! clients, the connection limit, shutdown, and `dsrgate status`'s client and renderer.
+//! clients, the connection limit, shutdown, and `dsrgate status`'s client and renderer;
+//! and property tests of the request handler it runs on what clients send.
 
 mod status_fixture;
 
@@ -8,9 +9,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control::api::{self, ApiServer, Metrics};
+use control::api::{self, ApiServer, Handler, Metrics};
 use control::status::{self, SharedStatus, Status};
 use prometheus_client::registry::Registry;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
 use status_fixture::a_status;
 
 const T: Duration = Duration::from_secs(5);
@@ -411,4 +415,167 @@ fn address_in_use_fails_at_start() {
     )
     .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}
+
+fn handler() -> Handler {
+    let status = status::shared(a_status(100));
+    let mut registry = Registry::default();
+    Metrics::register(&mut registry, status.clone());
+    Handler::new(Arc::new(registry), status)
+}
+
+fn answer_status(answer: &[u8]) -> &str {
+    let text = std::str::from_utf8(answer).unwrap_or_default();
+    text.split("\r\n").next().unwrap_or_default()
+}
+
+/// A valid request to the API, with what must not change its answer left to chance: the
+/// order of its headers, the case of their names, the space after the colon, extra
+/// headers, and bare LF line ends.
+#[derive(Clone, Debug)]
+struct Valid {
+    method: &'static str,
+    target: String,
+    minor: u8,
+    openmetrics: bool,
+    headers: Vec<(String, String)>,
+    lf_only: bool,
+    colon: &'static str,
+}
+
+impl Valid {
+    /// The same request as plainly as it can be written: only what matters.
+    fn canonical(&self) -> Vec<u8> {
+        let accept = if self.openmetrics {
+            "Accept: application/openmetrics-text\r\n"
+        } else {
+            ""
+        };
+        let (method, target, minor) = (self.method, &self.target, self.minor);
+        format!("{method} {target} HTTP/1.{minor}\r\n{accept}\r\n").into_bytes()
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let eol = if self.lf_only { "\n" } else { "\r\n" };
+        let mut out = format!("{} {} HTTP/1.{}{eol}", self.method, self.target, self.minor);
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}{}{value}{eol}", self.colon));
+        }
+        out.push_str(eol);
+        out.into_bytes()
+    }
+}
+
+fn valid() -> impl Strategy<Value = Valid> {
+    let extra = ("[A-Za-z][A-Za-z0-9-]{0,15}", "[!-~][ -~]{0,40}")
+        .prop_filter("Accept is the one header that matters", |(n, _)| {
+            !n.eq_ignore_ascii_case("accept")
+        });
+    (
+        prop_oneof![Just("GET"), Just("HEAD")],
+        prop_oneof![Just("/metrics"), Just("/status"), Just("/healthz")],
+        proptest::option::of("[a-z0-9=&]{0,20}"),
+        0u8..=1,
+        any::<bool>(),
+        vec(extra, 0..8),
+        vec(any::<bool>(), 40),
+        any::<bool>(),
+        prop_oneof![Just(":"), Just(": "), Just(":\t  ")],
+    )
+        .prop_flat_map(
+            |(method, path, query, minor, openmetrics, extra, upper, lf_only, colon)| {
+                let mut headers = vec![
+                    ("Host".to_owned(), "127.0.0.1:9180".to_owned()),
+                    ("User-Agent".to_owned(), "proptest".to_owned()),
+                ];
+                if openmetrics {
+                    let value = "application/openmetrics-text;version=1.0.0,text/plain;q=0.5";
+                    headers.push(("Accept".to_owned(), value.to_owned()));
+                }
+                headers.extend(extra);
+                // Flip the case of header names, letter by letter.
+                for (name, _) in &mut headers {
+                    *name = name
+                        .chars()
+                        .zip(upper.iter().cycle())
+                        .map(|(c, &up)| {
+                            if up {
+                                c.to_ascii_uppercase()
+                            } else {
+                                c.to_ascii_lowercase()
+                            }
+                        })
+                        .collect();
+                }
+                let target = match query {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_owned(),
+                };
+                Just(headers).prop_shuffle().prop_map(move |headers| Valid {
+                    method,
+                    target: target.clone(),
+                    minor,
+                    openmetrics,
+                    headers,
+                    lf_only,
+                    colon,
+                })
+            },
+        )
+}
+
+proptest! {
+    /// Whatever a client sends, the handler returns: it waits for more, or answers with
+    /// a client error. Random bytes are never a request it serves.
+    #[test]
+    fn arbitrary_bytes_get_a_client_error(bytes in vec(any::<u8>(), 0..2048)) {
+        if let Some(answer) = handler().answer(&bytes) {
+            let line = answer_status(&answer);
+            prop_assert!(
+                [400, 404, 405, 431].iter().any(|c| line.starts_with(&format!("HTTP/1.1 {c} "))),
+                "{line:?}"
+            );
+        }
+    }
+
+    /// The server answers after every read, so an answer to the first bytes of a request
+    /// must be the answer to all of them, however TCP cut the stream.
+    #[test]
+    fn answering_early_does_not_change_the_answer(
+        request in prop_oneof![
+            vec(any::<u8>(), 0..512),
+            (valid(), any::<Index>(), any::<u8>()).prop_map(|(v, at, byte)| {
+                let mut bytes = v.bytes();
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+                bytes
+            }),
+        ],
+        cut in any::<Index>(),
+    ) {
+        let h = handler();
+        let early = &request[..cut.index(request.len() + 1)];
+        if let Some(answer) = h.answer(early) {
+            prop_assert_eq!(Some(answer), h.answer(&request));
+        }
+    }
+
+    /// Header order, name case, extra headers, whitespace and line ends do not change the
+    /// answer to a valid request.
+    #[test]
+    fn a_valid_request_is_answered_as_its_canonical_form(v in valid()) {
+        let h = handler();
+        let answer = h.answer(&v.bytes()).expect("a complete request unanswered");
+        prop_assert_eq!(answer_status(&answer), "HTTP/1.1 200 OK");
+        let canonical = h.answer(&v.canonical()).expect("the canonical request unanswered");
+        prop_assert!(answer == canonical, "{v:?}");
+    }
+
+    /// A request cut short waits for the rest: no answer at all, and so never a 200.
+    #[test]
+    fn a_truncated_request_is_not_answered(v in valid(), cut in any::<Index>()) {
+        let bytes = v.bytes();
+        let short = &bytes[..cut.index(bytes.len())];
+        prop_assert!(handler().answer(short).is_none(), "{:?}", String::from_utf8_lossy(short));
+    }
 }
