@@ -425,3 +425,59 @@ fn reconfigure_touches_only_the_peers_that_changed() {
         "the removed peer was connected to"
     );
 }
+
+/// A peer's new TCP MD5 key (RFC 2385) reaches the running listener: the peer, now
+/// signing its segments, gets its session. A listener without the key drops them.
+#[test]
+fn reconfigure_gives_the_listener_a_new_md5_key() {
+    let port = free_port();
+    let listen = vec![SocketAddr::new(LOCALHOST, port)];
+    let gateway_ip = IpAddr::from([127, 0, 0, 6]);
+    let mut r = peer(port, 65000, 65001, 1);
+    r.address = gateway_ip;
+    r.session.passive = true;
+    let router = Speaker::spawn(Config {
+        peers: vec![r.clone()],
+        listen: listen.clone(),
+    })
+    .unwrap();
+    r.md5_password = Some("secret".into());
+    let done = router
+        .reconfigure(Config {
+            peers: vec![r.clone()],
+            listen: listen.clone(),
+        })
+        .unwrap();
+    assert_eq!(done.changed, [gateway_ip]);
+
+    let mut g = peer(port, 65001, 65000, 2);
+    g.local_address = Some(gateway_ip);
+    g.md5_password = Some("secret".into());
+    let mut gateway = Speaker::spawn(Config {
+        peers: vec![g.clone()],
+        listen: vec![],
+    })
+    .unwrap();
+    wait_for("signed session up", &router, |p| {
+        p.state == State::Established
+    });
+
+    // And a key taken away is gone: an unsigned peer gets its session.
+    gateway.shutdown("unsigned from now on");
+    r.md5_password = None;
+    router
+        .reconfigure(Config {
+            peers: vec![r],
+            listen,
+        })
+        .unwrap();
+    g.md5_password = None;
+    let _gateway = Speaker::spawn(Config {
+        peers: vec![g],
+        listen: vec![],
+    })
+    .unwrap();
+    wait_for("unsigned session up", &router, |p| {
+        p.state == State::Established
+    });
+}
