@@ -342,11 +342,23 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
     assert!(daemon.is_running());
     assert!(bird.route(PREFIX4)?.is_some());
 
-    // A valid change is applied while forwarding: the route gets its new MED.
+    // A valid change is applied while forwarding: the route gets its new MED. The new file
+    // also has a VIP without a health check, which is accepted with a warning.
+    assert!(!daemon.log().contains("config warning"), "{}", daemon.log());
     cfg.med = Some(50);
-    daemon.write_config(&cfg.toml())?;
+    let unchecked = format!(
+        "{}\n[[vips]]\naddress = \"{VIP4}\"\nport = 8080\n\n[[vips.backends]]\naddress = \"{}\"\n",
+        cfg.toml(),
+        fabric4(node_host(1))
+    );
+    daemon.write_config(&unchecked)?;
     daemon.signal(libc::SIGHUP)?;
     daemon.wait_log(&["config reloaded"], Duration::from_secs(5))?;
+    let line = daemon.wait_log(&["config warning"], Duration::from_secs(1))?;
+    assert!(
+        line.contains("dsrgate.toml") && line.contains("`vips[1].health`: no health check"),
+        "{line}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !bird
         .route(PREFIX4)?

@@ -90,9 +90,18 @@ struct TargetState {
     reason: String,
 }
 
+/// Logs what a loaded config accepted but an operator probably did not mean.
+fn log_warnings(path: &Path, c: &Config) {
+    for w in &c.warnings {
+        let w = config::Problems(path, std::slice::from_ref(w));
+        tracing::warn!("config warning: {w}");
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. Errors at startup name what failed.
 pub fn run(path: &Path) -> Result<()> {
     let config = config::load(path)?;
+    log_warnings(path, &config);
     caps::require(&required_caps(&config))?;
     let signals = signals()?;
     let mut daemon = Daemon::start(path.to_owned(), config)?;
@@ -664,7 +673,10 @@ impl Daemon {
     /// without stopping the workers.
     fn reload(&mut self) {
         let new = match config::load(&self.path) {
-            Ok(c) => c,
+            Ok(c) => {
+                log_warnings(&self.path, &c);
+                c
+            }
             Err(e) => {
                 tracing::error!(error = %e, "config reload rejected; the running config stays");
                 self.metrics.config_reload(false);
