@@ -153,15 +153,37 @@ pub enum Timer {
     Keepalive(ConnId),
 }
 
+/// Why a session is stopped: the Cease subcode (RFC 4486) its NOTIFICATION carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason<'a> {
+    /// Administrative Shutdown, with this shutdown communication (RFC 8203).
+    Shutdown(&'a str),
+    /// Peer De-configured: the peer was removed from the configuration.
+    Deconfigured,
+    /// Other Configuration Change: the peer's settings changed, and the session starts
+    /// again with the new ones.
+    Reconfigured,
+}
+
+impl StopReason<'_> {
+    fn notification(self) -> Notification {
+        match self {
+            StopReason::Shutdown(message) => Notification::shutdown(message),
+            StopReason::Deconfigured => Notification::cease(CeaseSubcode::PeerDeconfigured),
+            StopReason::Reconfigured => Notification::cease(CeaseSubcode::OtherConfigurationChange),
+        }
+    }
+}
+
 /// Inputs (the events of §8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
     /// Events 1 and 3, ManualStart / AutomaticStart (with PassiveTcpEstablishment
     /// when configured passive: events 4 and 5).
     Start,
-    /// Event 2, ManualStop: Cease / Administrative Shutdown with this RFC 8203
-    /// message on every connection that has sent its OPEN.
-    Stop { message: &'a str },
+    /// Event 2, ManualStop: a Cease NOTIFICATION for `reason` on every connection that
+    /// has sent its OPEN.
+    Stop(StopReason<'a>),
     /// Events 16/17, TcpCRAcked / TcpConnectionConfirmed: our connect completed.
     Connected(ConnId),
     /// Event 18, TcpConnectionFails: a connect failed or the connection closed.
@@ -391,7 +413,7 @@ impl Session {
     pub fn handle(&mut self, now: Instant, event: Event<'_>, out: &mut Vec<Output>) {
         match event {
             Event::Start => self.start(now, out),
-            Event::Stop { message } => self.stop(message, out),
+            Event::Stop(reason) => self.stop(reason, out),
             Event::Connected(id) => self.connected(now, id, out),
             Event::ConnectionFailed { conn, reason } => {
                 if let Some(i) = self.index(conn) {
@@ -454,13 +476,13 @@ impl Session {
         }
     }
 
-    fn stop(&mut self, message: &str, out: &mut Vec<Output>) {
+    fn stop(&mut self, reason: StopReason<'_>, out: &mut Vec<Output>) {
         if !self.running {
             return;
         }
         self.running = false;
         self.idle = false;
-        let notification = Notification::shutdown(message);
+        let notification = reason.notification();
         for conn in std::mem::take(&mut self.conns) {
             if conn.phase >= Phase::OpenSent {
                 self.send(conn.id, &Message::Notification(notification.clone()), out);

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use bgp::fsm::{Config, ConnId, Event, Output, Session, SessionError, State, Timer};
+use bgp::fsm::{Config, ConnId, Event, Output, Session, SessionError, State, StopReason, Timer};
 use bgp::wire::{Capability, Context, Family, Message, Notification, Open, RouteRefresh, Update};
 
 const OUR_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -649,9 +649,7 @@ fn notification_received_is_recorded() {
 fn admin_shutdown_sends_cease_with_message() {
     let mut h = Harness::new(config());
     h.establish(9);
-    let out = h.ev(Event::Stop {
-        message: "dsrgate stopping",
-    });
+    let out = h.ev(Event::Stop(StopReason::Shutdown("dsrgate stopping")));
     let (conn, n) = notification(&out).unwrap();
     assert_eq!(conn, 1);
     assert_eq!(n.shutdown_message().as_deref(), Some("dsrgate stopping"));
@@ -661,6 +659,22 @@ fn admin_shutdown_sends_cease_with_message() {
     // Stopped sessions stay down: no retry, no connections.
     assert!(!out.iter().any(|o| matches!(o, Output::ArmTimer(..))));
     assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+}
+
+#[test]
+fn a_peer_removed_or_changed_is_told_why_in_its_cease() {
+    // RFC 4486 §4: Peer De-configured (3) and Other Configuration Change (6), no data.
+    for (reason, subcode) in [(StopReason::Deconfigured, 3), (StopReason::Reconfigured, 6)] {
+        let mut h = Harness::new(config());
+        h.establish(9);
+        let out = h.ev(Event::Stop(reason));
+        let (conn, n) = notification(&out).unwrap();
+        assert_eq!((conn, n.code, n.subcode), (1, 6, subcode), "{reason:?}");
+        assert!(n.data.is_empty(), "{reason:?}: {n:?}");
+        assert!(out.contains(&Output::Close(1)));
+        assert_eq!(h.s.state(), State::Idle);
+        assert_eq!(h.s.last_error(), Some(&SessionError::NotificationSent(n)));
+    }
 }
 
 #[test]

@@ -24,9 +24,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 
 use crate::fsm::{
-    self, ConnId, Event, Negotiated, Output, Session, SessionError, State, Stats, Timer,
+    self, ConnId, Event, Negotiated, Output, Session, SessionError, State, Stats, StopReason, Timer,
 };
-use crate::wire::{CeaseSubcode, Context, Family, Message, Notification, Prefix, Update};
+use crate::wire::{Family, Prefix, Update};
 pub use rib::{max_update_len, AdjRibOut, Changes, Export, RouteAttributes, Routes, Unsendable};
 
 /// How long a closed connection may take to deliver its last NOTIFICATION, and
@@ -395,7 +395,7 @@ impl Loop {
                 self.routes.clear();
                 for p in 0..self.peers.len() {
                     self.sync(now, p);
-                    self.feed(now, p, Event::Stop { message: &message });
+                    self.feed(now, p, Event::Stop(StopReason::Shutdown(&message)));
                 }
                 self.stop_by = Some(now + LINGER);
             }
@@ -415,6 +415,20 @@ impl Loop {
             });
         }
         self.rekey_listeners(&config.peers)?;
+        // Sessions that do not go on stop while still in place, so that their session sends
+        // the Cease that says why and closes its connections, as any stop does.
+        for p in 0..self.peers.len() {
+            let reason = match config
+                .peers
+                .iter()
+                .find(|pc| pc.address == self.peers[p].config.address)
+            {
+                None => StopReason::Deconfigured,
+                Some(pc) if *pc != self.peers[p].config => StopReason::Reconfigured,
+                Some(_) => continue,
+            };
+            self.feed(now, p, Event::Stop(reason));
+        }
         let mut old: Vec<Option<Peer>> = std::mem::take(&mut self.peers)
             .into_iter()
             .map(Some)
@@ -434,8 +448,8 @@ impl Loop {
                     continue;
                 }
                 Some(peer) => {
-                    info!(peer = %address, "BGP peer settings changed: closing the session with Cease / Other Configuration Change and starting it again");
-                    self.discard(now, peer, CeaseSubcode::OtherConfigurationChange);
+                    info!(peer = %address, "BGP peer settings changed: closed the session with Cease / Other Configuration Change; starting it again");
+                    self.discard(now, peer);
                     done.changed.push(address);
                 }
                 None => {
@@ -447,9 +461,9 @@ impl Loop {
             self.peers.push(Peer::new(pc));
         }
         for peer in old.into_iter().flatten() {
-            info!(peer = %peer.config.address, "BGP peer removed: closing the session with Cease / Peer De-configured");
+            info!(peer = %peer.config.address, "BGP peer removed: closed the session with Cease / Peer De-configured");
             done.removed.push(peer.config.address);
-            self.discard(now, peer, CeaseSubcode::PeerDeconfigured);
+            self.discard(now, peer);
         }
         // Peers moved: point their connections' tokens at the new positions.
         for (p, peer) in self.peers.iter().enumerate() {
@@ -501,18 +515,10 @@ impl Loop {
         Ok(())
     }
 
-    /// Drops a peer whose session is not to go on: `subcode` goes out as a Cease on
-    /// every connection that has sent its OPEN (all connected ones: the session sends
-    /// OPEN as soon as a connection is up), then each closes as in [`Loop::close`]. The
-    /// session's own Stop would send Administrative Shutdown, which is not the reason.
-    fn discard(&mut self, now: Instant, peer: Peer, subcode: CeaseSubcode) {
-        let cease = Message::Notification(Notification::cease(subcode));
-        // A Cease without data always fits in a message.
-        let bytes = cease.to_bytes(Context::default()).unwrap_or_default();
-        for (_, mut sock) in peer.socks {
-            if sock.connected {
-                sock.tx.extend_from_slice(&bytes);
-            }
+    /// Drops a peer whose session was stopped: its session closed every connection it
+    /// knew; any socket left (none, unless the session never heard of it) closes too.
+    fn discard(&mut self, now: Instant, peer: Peer) {
+        for (_, sock) in peer.socks {
             self.linger(now, sock);
         }
     }
