@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz targets of every parser: the pipeline (dataplane/fuzz), the BGP decoder (bgp/fuzz),
-# the config file, Kubernetes objects, health-check responses and API requests (control/fuzz).
+# the config file, Kubernetes objects, health-check responses, API requests, and the status
+# answer `dsrgate status` reads (control/fuzz).
 #
 #   scripts/fuzz.sh check       compile every target (stable Rust, no sanitizer)
 #   scripts/fuzz.sh run [SECS]  run every target for SECS seconds each (default 60)

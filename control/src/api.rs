@@ -446,10 +446,17 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<HttpRe
             ));
         }
     }
+    parse_response(&data)
+}
+
+/// A whole response as read until the server closed: the head, and the body cut at its
+/// `Content-Length` (an error if shorter). Whatever the server sent, an error or a
+/// response, never a panic: `dsrgate status` may be pointed at anything.
+pub fn parse_response(data: &[u8]) -> io::Result<HttpResponse> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let body_at = match resp.parse(&data) {
+    let body_at = match resp.parse(data) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(bad("truncated HTTP response")),
         Err(e) => return Err(bad(&format!("bad HTTP response: {e}"))),

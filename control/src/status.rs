@@ -284,14 +284,19 @@ impl WorkerStatus {
 pub fn fetch(api: SocketAddr, timeout: Duration) -> anyhow::Result<Status> {
     let response = crate::api::get(api, "/status", timeout)
         .map_err(|e| anyhow::anyhow!("cannot reach the dsrgate API at {api}: {e}"))?;
+    decode(&response).map_err(|e| anyhow::anyhow!("GET http://{api}/status {e}"))
+}
+
+/// The status in an answer to `GET /status`, or what is wrong with the answer. Public for
+/// the fuzz target: the answer comes from whatever listens at the address given.
+pub fn decode(response: &crate::api::HttpResponse) -> anyhow::Result<Status> {
     anyhow::ensure!(
         response.status == 200,
-        "GET http://{api}/status answered {}: {}",
+        "answered {}: {}",
         response.status,
         String::from_utf8_lossy(&response.body).trim()
     );
-    serde_json::from_slice(&response.body)
-        .map_err(|e| anyhow::anyhow!("GET http://{api}/status: bad JSON: {e}"))
+    serde_json::from_slice(&response.body).map_err(|e| anyhow::anyhow!("gave bad JSON: {e}"))
 }
 
 /// The tables `dsrgate status` prints.

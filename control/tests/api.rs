@@ -578,4 +578,45 @@ proptest! {
         let short = &bytes[..cut.index(bytes.len())];
         prop_assert!(handler().answer(short).is_none(), "{:?}", String::from_utf8_lossy(short));
     }
+
+    /// What `dsrgate status` reads back: a whole answer of the server decodes to the status
+    /// it served, and any answer cut short (head or body) is an error, not a status.
+    #[test]
+    fn the_client_takes_only_a_whole_answer(cut in any::<Index>(), n in 0u64..40) {
+        let served = a_status(n);
+        let h = Handler::new(
+            Arc::new(Registry::default()),
+            status::shared(served.clone()),
+        );
+        let answer = h
+            .answer(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("a complete request unanswered");
+        let whole = api::parse_response(&answer).expect("the server's own answer");
+        prop_assert_eq!(status::decode(&whole).expect("its status"), served);
+        let short = &answer[..cut.index(answer.len())];
+        prop_assert!(api::parse_response(short).is_err(), "{} of {} bytes taken", short.len(), answer.len());
+    }
+
+    /// Whatever is listening there, the client returns an error or a response whose body
+    /// is no more than what was received and, given a length, exactly that long.
+    #[test]
+    fn any_answer_is_parsed_or_refused(
+        data in prop_oneof![
+            vec(any::<u8>(), 0..1024),
+            (vec(any::<u8>(), 0..256), 0usize..300, any::<u16>()).prop_map(|(body, length, code)| {
+                let mut r = format!("HTTP/1.1 {code} X\r\nContent-Length: {length}\r\n\r\n").into_bytes();
+                r.extend_from_slice(&body);
+                r
+            }),
+        ],
+    ) {
+        if let Ok(r) = api::parse_response(&data) {
+            prop_assert!(r.body.len() <= data.len());
+            if let Some(length) = r.header("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
+                prop_assert_eq!(r.body.len(), length);
+            }
+            let decoded = status::decode(&r);
+            prop_assert!(r.status == 200 || decoded.is_err());
+        }
+    }
 }
