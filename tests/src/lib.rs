@@ -57,6 +57,30 @@ fn skip_or_fail(what: &str, why: &str) -> bool {
     false
 }
 
+/// The value `read` gives once two reads `step` apart agree: for counters and states that
+/// keep moving for a moment after the event a test waits for. An error after `timeout`.
+pub fn settled<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    step: std::time::Duration,
+    timeout: std::time::Duration,
+    mut read: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = read()?;
+    loop {
+        std::thread::sleep(step);
+        let now = read()?;
+        if now == last {
+            return Ok(now);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{what} still moving after {timeout:?}: {now:?}"
+        );
+        last = now;
+    }
+}
+
 /// The full path of `tool` if it is an executable file in a `PATH` directory
 /// (or in the sbin directories, which a non-login root shell may lack).
 pub fn find_in_path(tool: &str) -> Option<std::path::PathBuf> {

@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Result};
 use dsrgate_tests::bird::{Bird, ROUTER_AS};
 use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab, PREFIX4, SETTLE};
 use dsrgate_tests::netns::{fabric4, gateway_host};
-use dsrgate_tests::require_privileges_with;
+use dsrgate_tests::{require_privileges_with, settled};
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 
@@ -60,21 +60,13 @@ fn hold_time(bird: &Bird<'_>, name: &str) -> Result<Option<u32>> {
 /// BIRD's `show protocols` line for `name` once it has not changed for half a second:
 /// its "since" can still move a millisecond after the session is Established and the
 /// routes are in (seen once in CI), which is BIRD's bookkeeping, not a reset.
-fn settled(bird: &Bird<'_>, name: &str) -> Result<String> {
-    let deadline = Instant::now() + SETTLE;
-    let mut last = bird.protocol(name)?;
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = bird.protocol(name)?;
-        if now == last {
-            return Ok(now);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "protocol {name} keeps changing: {now:?}"
-        );
-        last = now;
-    }
+fn settled_protocol(bird: &Bird<'_>, name: &str) -> Result<String> {
+    settled(
+        &format!("protocol {name}"),
+        Duration::from_millis(500),
+        SETTLE,
+        || bird.protocol(name),
+    )
 }
 
 #[test]
@@ -108,8 +100,8 @@ fn a_changed_peer_is_reset_and_the_others_stay_up() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(hold_time(&bird, "b")?, Some(6));
-    let a_before = settled(&bird, "a")?;
-    let b_before = settled(&bird, "b")?;
+    let a_before = settled_protocol(&bird, "a")?;
+    let b_before = settled_protocol(&bird, "b")?;
     assert!(a_before.ends_with("Established"), "{a_before}");
     // BIRD's "since" has a resolution of a second or better: a session re-established
     // after this pause shows a different one.

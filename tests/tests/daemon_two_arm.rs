@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Result};
 use dsrgate_tests::bird::{kernel_route, Bird};
 use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab, PREFIX4};
 use dsrgate_tests::netns::{gateway_host, upstream4, Arms, Netns, GW_DOWNLINK, GW_UPLINK, VIP4};
-use dsrgate_tests::require_privileges_with;
+use dsrgate_tests::{require_privileges_with, settled};
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 /// Fresh client connections through the gateway.
@@ -33,21 +33,13 @@ fn status(gw: &Netns) -> Result<control::status::Status> {
 /// Frames the workers sent toward the nodes, once the count has stopped moving (workers
 /// publish their counters per batch and the status is refreshed every control-loop turn).
 fn settled_worker_tx(gw: &Netns) -> Result<u64> {
-    let total = |s: &control::status::Status| s.workers.iter().map(|w| w.tx_packets).sum();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last: u64 = total(&status(gw)?);
-    loop {
-        std::thread::sleep(Duration::from_millis(600));
-        let now = total(&status(gw)?);
-        if now == last {
-            return Ok(now);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "worker TX count still moving after 15 s"
-        );
-        last = now;
-    }
+    let total = |s: control::status::Status| s.workers.iter().map(|w| w.tx_packets).sum();
+    settled(
+        "worker TX count",
+        Duration::from_millis(600),
+        Duration::from_secs(15),
+        || status(gw).map(total),
+    )
 }
 
 /// The gateway's kernel TX packet counters: (uplink, downlink).
