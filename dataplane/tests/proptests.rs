@@ -198,6 +198,68 @@ proptest! {
         }
     }
 
+    /// A batch gives every frame the verdict and the bytes it gets when processed alone, in
+    /// the same order: what a batch keeps between frames (prefetch hints, the last service
+    /// lookup) only saves work. The frames mix services that share an address and differ in
+    /// protocol or port, addresses that are no VIP, and the fixtures (ICMP errors,
+    /// fragments, malformed frames).
+    #[test]
+    fn a_batch_equals_its_frames_one_by_one(
+        picks in proptest::collection::vec(
+            (any::<prop::sample::Index>(), any::<bool>(), 0usize..3, 0usize..4, 0u16..6),
+            1..150,
+        ),
+        s in 0usize..2,
+    ) {
+        let inputs = fixture_inputs();
+        let services = [("10.0.0.1", 80, 6), ("10.0.0.1", 53, 17), ("10.0.0.1", 80, 17), ("10.0.0.1", 53, 6)];
+        let frames: Vec<Vec<u8>> = picks
+            .iter()
+            .map(|&(fixture, take_fixture, dst, service, client)| {
+                if take_fixture {
+                    return fixture.get(&inputs).clone();
+                }
+                let (_, port, proto) = services[service];
+                let dst = ["10.0.0.1", "10.0.0.3", "10.0.0.9"][dst];
+                let src = ip(&format!("11.0.0.{}", client + 1));
+                flow_frame(src, 1000 + client, ip(dst), port, proto, if client % 2 == 0 { SYN } else { ACK })
+            })
+            .collect();
+        let snap = &snapshots()[s];
+        let offset = 128;
+        let mut alone = small_worker();
+        let singles: Vec<(Verdict, Vec<u8>)> = frames
+            .iter()
+            .map(|f| {
+                let mut buf = vec![0x55; offset + f.len()];
+                buf[offset..].copy_from_slice(f);
+                let mut one = [Frame { buf: &mut buf, offset, len: f.len() }];
+                let mut v = [Verdict::Pass];
+                alone.process(snap, 1, &mut one, &mut v);
+                (v[0], buf)
+            })
+            .collect();
+        let mut bufs: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|f| {
+                let mut buf = vec![0x55; offset + f.len()];
+                buf[offset..].copy_from_slice(f);
+                buf
+            })
+            .collect();
+        let mut batch: Vec<Frame> = bufs
+            .iter_mut()
+            .zip(&frames)
+            .map(|(buf, f)| Frame { buf, offset, len: f.len() })
+            .collect();
+        let mut verdicts = vec![Verdict::Pass; batch.len()];
+        small_worker().process(snap, 1, &mut batch, &mut verdicts);
+        for (i, ((v, buf), (single, single_buf))) in verdicts.iter().zip(&bufs).zip(&singles).enumerate() {
+            prop_assert_eq!(v, single, "frame {}", i);
+            prop_assert_eq!(buf, single_buf, "frame {}", i);
+        }
+    }
+
     #[test]
     fn wire_views_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), next in any::<u8>()) {
         let _ = ipv6ext::walk(&bytes, next);

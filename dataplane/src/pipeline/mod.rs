@@ -362,8 +362,9 @@ impl Worker {
         // slot), or while few flows are live its home slots.
         let cached = st.flows.len() <= CACHED_FLOWS;
         let mut todo: u64 = 0;
+        let mut last = None;
         for (i, (f, w)) in frames.iter().zip(self.pending.iter_mut()).enumerate() {
-            match classify(snap, f, w) {
+            match classify(snap, f, w, &mut last) {
                 Ok(()) => {
                     let syn = is_syn(&w.p);
                     w.syn = syn;
@@ -411,9 +412,26 @@ impl Worker {
     }
 }
 
+/// The last service lookup of a batch, (address, protocol, port) and its answer: a batch is
+/// mostly one service's traffic (or one stream that is none), so most frames repeat it and
+/// skip the hash and the probe of [`Snapshot::lookup_vip`].
+#[derive(Clone, Copy)]
+struct LastVip {
+    addr: [u8; 16],
+    proto: u8,
+    port: u16,
+    vip: Option<u32>,
+}
+
 /// Pass 1 for one frame: everything up to the flow lookup. `Ok` leaves `w` ready for it.
+/// `last` carries the previous frame's service lookup within the batch (same snapshot).
 #[inline]
-fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early> {
+fn classify(
+    snap: &Snapshot,
+    f: &Frame<'_>,
+    w: &mut Pending,
+    last: &mut Option<LastVip>,
+) -> Result<(), Early> {
     let end = f.offset.checked_add(f.len).ok_or(DropReason::Truncated)?;
     let pkt = f.buf.get(f.offset..end).ok_or(DropReason::Truncated)?;
     // Parsed straight into the scratch slot pass 3 reads (into a local, it was copied twice).
@@ -427,9 +445,21 @@ fn classify(snap: &Snapshot, f: &Frame<'_>, w: &mut Pending) -> Result<(), Early
         });
     }
     let port = if p.fragment { 0 } else { p.key.dst_port };
-    let vip = snap
-        .lookup_vip(&p.key.dst, p.key.proto, port)
-        .ok_or(Early::Pass)?;
+    let (addr, proto) = (p.key.dst, p.key.proto);
+    let vip = match *last {
+        Some(l) if l.port == port && l.proto == proto && l.addr == addr => l.vip,
+        _ => {
+            let vip = snap.lookup_vip(&addr, proto, port);
+            *last = Some(LastVip {
+                addr,
+                proto,
+                port,
+                vip,
+            });
+            vip
+        }
+    }
+    .ok_or(Early::Pass)?;
     // From here on the frame is ours: validate what a router would.
     if !p.v6 && !ipv4_checksum_ok(pkt, usize::from(p.l3)) {
         return Err(DropReason::BadChecksum.into());
