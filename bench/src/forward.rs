@@ -66,7 +66,7 @@ use aya::maps::{Array, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, Pod};
 use dataplane::bpf::{objects, Steer, Vip};
-use dataplane::pipeline::{Frame, Verdict, WorkerConfig};
+use dataplane::pipeline::{Frame, Verdict, WorkerConfig, BATCH};
 use dataplane::snapshot::{
     BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
     VipKey,
@@ -417,15 +417,18 @@ struct Alternating {
 }
 
 /// Time spent inside each AF_XDP path's processor and the frames it processed, over the
-/// whole run: what each path's own logic costs per packet *in context* (caches shared with
-/// the kernel's copies and the sink's receive path), which the pipeline benchmark, running
-/// alone, does not show. Indexed by `Path as usize`; two clock reads per batch, alike for
-/// every path.
+/// whole run's full batches (a worker takes a full batch only while it is saturated): what
+/// each path's own logic costs per packet *in context* (caches shared with the kernel's
+/// copies and the sink's receive path), which the pipeline benchmark, running alone, does
+/// not show. Indexed by `Path as usize`; two clock reads per batch, alike for every path.
 #[derive(Default)]
 struct ProcessorTime([(AtomicU64, AtomicU64); 3]);
 
 impl ProcessorTime {
     fn add(&self, path: Path, ns: u64, frames: usize) {
+        if frames < BATCH {
+            return;
+        }
         if let Some((t, n)) = self.0.get(path as usize) {
             // Relaxed: plain tallies, read after the workers have stopped.
             t.fetch_add(ns, Ordering::Relaxed);
@@ -1132,7 +1135,7 @@ pub fn run(a: Args) -> Result<()> {
     for &p in &report {
         if let Some(ns) = bench.spent.ns_per_packet(p) {
             println!(
-                "{:<16} {ns:>5.1} ns/packet in its processor (in context)",
+                "{:<16} {ns:>5.1} ns/packet in its processor (in context, full batches)",
                 p.name()
             );
         }
