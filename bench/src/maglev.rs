@@ -1,6 +1,7 @@
 //! `dsrgate-bench maglev`: how long a Maglev table takes to build, how evenly it spreads
-//! slots, and how many slots move when one backend is removed, beside the slots Katran's
-//! permutation hash moves over the same removals in the same run.
+//! slots, and how many slots move when one backend is removed, beside Katran's
+//! `MaglevHashV2` in the same run: its build time (a line-for-line port of its fill loop)
+//! and the slots it moves over the same removals.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -41,6 +42,10 @@ struct Report {
     ideal_changed_slots: f64,
     /// The same median for [`katran_table`], over the same removals.
     katran_changed_slots_on_remove: usize,
+    /// Median build time of [`katran_table`] for the same N and M, measured in this run:
+    /// the baseline to compare `build_ms_median` with (as a ratio; the VM's speed varies
+    /// from run to run).
+    katran_build_ms_median: f64,
 }
 
 fn backend(i: u32) -> Backend {
@@ -66,15 +71,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let build = |s: &[Backend]| MaglevTable::build(s, m, a.seed).context("building the table");
 
     let full = build(&set)?;
+    let endpoints: Vec<u64> = (0..u64::from(a.backends)).collect();
+    let katran_full = katran_table(&endpoints, m);
+    // Ours and Katran's alternate, so that both see the same stretches of the VM.
     let mut times: Vec<f64> = Vec::with_capacity(a.reps);
+    let mut katran_times: Vec<f64> = Vec::with_capacity(a.reps);
     for _ in 0..a.reps {
         let t0 = Instant::now();
         let t = build(&set)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(t == full, "two builds of one set differ");
+        let t0 = Instant::now();
+        let t = katran_table(&endpoints, m);
+        katran_times.push(t0.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(t == katran_full, "two Katran builds of one set differ");
     }
     times.sort_by(f64::total_cmp);
+    katran_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let katran_median = katran_times[katran_times.len() / 2];
 
     let mut counts = vec![0usize; set.len()];
     for s in 0..m {
@@ -97,8 +112,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     moved.sort_unstable();
     let median_moved = moved[moved.len() / 2];
 
-    let endpoints: Vec<u64> = (0..u64::from(a.backends)).collect();
-    let katran_full = katran_table(&endpoints, m);
     let mut katran_moved: Vec<usize> = (0..k)
         .map(|r| {
             let mut less = endpoints.clone();
@@ -117,6 +130,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         changed_slots_on_remove: median_moved,
         ideal_changed_slots: mean,
         katran_changed_slots_on_remove: katran_moved[katran_moved.len() / 2],
+        katran_build_ms_median: katran_median,
     };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -132,6 +146,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         times[0],
         times[times.len() - 1],
         times.len()
+    );
+    println!(
+        "  Katran's build   median {:.3} ms  (ours ÷ Katran's {:.3}, alternated in this run)",
+        katran_median,
+        median / katran_median
     );
     println!(
         "  slots/backend    mean {:.1}  max/mean {:.4}  min/mean {:.4}",
@@ -155,11 +174,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Katran's `MaglevHashV2` as a baseline for slots moved: endpoint `h`'s offset and skip are
-/// the low 64 bits of MurmurHash3_x64_128 over the little-endian words (h, 42) with seed 0,
-/// and (h, 2718281828) with seed 2307 (the seeds and words of Katran's `MaglevBase`), and
-/// the table is filled by Algorithm 1 of the paper, as ours is. Endpoints are given sorted,
-/// all of weight 1. Returns each slot's endpoint.
+/// Katran's `MaglevHashV2` as a baseline: endpoint `h`'s offset and skip are the low 64 bits
+/// of MurmurHash3_x64_128 over the little-endian words (h, 42) with seed 0, and
+/// (h, 2718281828) with seed 2307 (the seeds and words of Katran's `MaglevBase`), and the
+/// table is filled by Algorithm 1 of the paper, as ours is, the way `generateHashRing` does
+/// it: 32-bit permutation words, a probe count per endpoint and `(offset + next × skip) mod
+/// M` per probe, a cumulative weight per endpoint, and an `int` slot array with -1 for
+/// empty. Endpoints are given sorted, all of weight 1. Returns each slot's endpoint.
 fn katran_table(endpoints: &[u64], m: u32) -> Vec<u64> {
     let murmur = |h: u64, word: u64, seed: u32| -> u64 {
         let mut bytes = [0u8; 16];
@@ -169,30 +190,44 @@ fn katran_table(endpoints: &[u64], m: u32) -> Vec<u64> {
         murmur3::murmur3_x64_128(&mut &bytes[..], seed).unwrap_or_default() as u64
     };
     let m64 = u64::from(m);
-    let mut perm: Vec<(u64, u64)> = endpoints
-        .iter()
-        .map(|&h| {
-            let offset = murmur(h, 42, 0) % m64;
-            let skip = murmur(h, 2_718_281_828, 2307) % (m64 - 1) + 1;
-            (offset, skip)
-        })
-        .collect();
-    let mut table: Vec<Option<u64>> = vec![None; m as usize];
-    let mut filled = 0;
-    while filled < m {
-        for (&h, (next, skip)) in endpoints.iter().zip(perm.iter_mut()) {
-            while table[*next as usize].is_some() {
-                *next = (*next + *skip) % m64;
-            }
-            table[*next as usize] = Some(h);
-            *next = (*next + *skip) % m64;
-            filled += 1;
-            if filled == m {
-                break;
+    let n = endpoints.len();
+    let mut permutation = vec![0u32; 2 * n];
+    for (i, &h) in endpoints.iter().enumerate() {
+        permutation[2 * i] = (murmur(h, 42, 0) % m64) as u32;
+        permutation[2 * i + 1] = (murmur(h, 2_718_281_828, 2307) % (m64 - 1) + 1) as u32;
+    }
+    let mut result = vec![-1i32; m as usize];
+    let weights = vec![1u32; n];
+    let max_weight = weights.iter().copied().max().unwrap_or(1);
+    let mut next = vec![0u32; n];
+    let mut cum_weight = vec![0u32; n];
+    let mut runs = 0;
+    'fill: while n > 0 {
+        for i in 0..n {
+            cum_weight[i] += weights[i];
+            if cum_weight[i] >= max_weight {
+                cum_weight[i] -= max_weight;
+                let (offset, skip) = (permutation[2 * i], permutation[2 * i + 1]);
+                // Katran's uint32_t arithmetic, wrapping included.
+                let at = |next: u32| offset.wrapping_add(next.wrapping_mul(skip)) % m;
+                let mut cur = at(next[i]);
+                while result[cur as usize] >= 0 {
+                    next[i] += 1;
+                    cur = at(next[i]);
+                }
+                result[cur as usize] = i as i32;
+                next[i] += 1;
+                runs += 1;
+                if runs == m {
+                    break 'fill;
+                }
             }
         }
     }
-    table.into_iter().flatten().collect()
+    result
+        .into_iter()
+        .filter_map(|e| usize::try_from(e).ok().map(|i| endpoints[i]))
+        .collect()
 }
 
 #[cfg(test)]
