@@ -202,7 +202,10 @@ fn katran_table(endpoints: &[u64], m: u32) -> Vec<u64> {
     let mut next = vec![0u32; n];
     let mut cum_weight = vec![0u32; n];
     let mut runs = 0;
-    'fill: while n > 0 {
+    if n == 0 {
+        return Vec::new();
+    }
+    'fill: loop {
         for i in 0..n {
             cum_weight[i] += weights[i];
             if cum_weight[i] >= max_weight {
