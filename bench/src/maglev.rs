@@ -191,6 +191,9 @@ fn katran_table(endpoints: &[u64], m: u32) -> Vec<u64> {
     };
     let m64 = u64::from(m);
     let n = endpoints.len();
+    if n == 0 {
+        return Vec::new();
+    }
     let mut permutation = vec![0u32; 2 * n];
     for (i, &h) in endpoints.iter().enumerate() {
         permutation[2 * i] = (murmur(h, 42, 0) % m64) as u32;
@@ -202,9 +205,6 @@ fn katran_table(endpoints: &[u64], m: u32) -> Vec<u64> {
     let mut next = vec![0u32; n];
     let mut cum_weight = vec![0u32; n];
     let mut runs = 0;
-    if n == 0 {
-        return Vec::new();
-    }
     'fill: loop {
         for i in 0..n {
             cum_weight[i] += weights[i];
