@@ -435,8 +435,31 @@ fn classify(
     let end = f.offset.checked_add(f.len).ok_or(DropReason::Truncated)?;
     let pkt = f.buf.get(f.offset..end).ok_or(DropReason::Truncated)?;
     // Parsed straight into the scratch slot pass 3 reads (into a local, it was copied twice).
+    // The tail is inlined into each arm, so on the fast path it uses the fields as the values
+    // just parsed instead of reloading them from the slot (the reloads merged the key's two
+    // 2-byte ports into one 4-byte load, which store forwarding cannot serve): 491 to 457
+    // instructions a packet for `tcp4_hit_hot` (callgrind).
+    match parse::fast_v4(pkt) {
+        Some(q) => {
+            w.p = q;
+            classify_parsed(snap, pkt, w, last)
+        }
+        None => {
+            parse::parse_general(pkt, &mut w.p)?;
+            classify_parsed(snap, pkt, w, last)
+        }
+    }
+}
+
+/// [`classify`] after parsing `pkt` into `w.p`.
+#[inline(always)]
+fn classify_parsed(
+    snap: &Snapshot,
+    pkt: &[u8],
+    w: &mut Pending,
+    last: &mut Option<LastVip>,
+) -> Result<(), Early> {
     let p = &mut w.p;
-    parse::parse(pkt, p)?;
     if p.kind == Kind::Other {
         return Err(if snap.is_vip_addr(&p.key.dst) {
             Early::Drop(DropReason::Unsupported)

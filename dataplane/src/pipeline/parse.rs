@@ -93,25 +93,12 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-/// Parses an Ethernet frame into `p`. Non-IP frames (ARP, LLDP, ...) are `Pass`: the
-/// kernel's. On error `p` holds garbage.
-#[inline(always)]
-pub(crate) fn parse(frame: &[u8], p: &mut Parsed) -> Result<(), Early> {
-    match fast_v4(frame) {
-        Some(q) => {
-            *p = q;
-            Ok(())
-        }
-        None => parse_general(frame, p),
-    }
-}
-
 /// The common case, read straight from the bytes: an untagged IPv4 frame with a 20-byte
 /// header, not a fragment, carrying a complete TCP or UDP header that passes every check of
 /// the general parser. Anything else (including every malformed frame) is `None`, and the
 /// general parser decides it, so the result is always the general parser's.
 #[inline(always)]
-fn fast_v4(frame: &[u8]) -> Option<Parsed> {
+pub(crate) fn fast_v4(frame: &[u8]) -> Option<Parsed> {
     const L3: usize = ETHERNET_HEADER_LEN;
     let h = frame.first_chunk::<{ L3 + IPV4_HEADER_LEN + UDP_HEADER_LEN }>()?;
     let ip = &h[L3..];
@@ -166,9 +153,10 @@ fn fast_v4(frame: &[u8]) -> Option<Parsed> {
     })
 }
 
-/// Every frame the fast path does not take.
+/// Parses an Ethernet frame into `p`: every frame [`fast_v4`] does not take. Non-IP frames
+/// (ARP, LLDP, ...) are `Pass`: the kernel's. On error `p` holds garbage.
 #[inline(never)]
-fn parse_general(frame: &[u8], p: &mut Parsed) -> Result<(), Early> {
+pub(crate) fn parse_general(frame: &[u8], p: &mut Parsed) -> Result<(), Early> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
     let mut l3 = ETHERNET_HEADER_LEN;
     let mut ethertype = eth.ethertype();
@@ -424,6 +412,17 @@ fn quoted(p: &mut Parsed, q: Quoted<'_>) -> Result<(), Early> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two parsers as the pipeline's `classify` combines them.
+    fn parse(frame: &[u8], p: &mut Parsed) -> Result<(), Early> {
+        match fast_v4(frame) {
+            Some(q) => {
+                *p = q;
+                Ok(())
+            }
+            None => parse_general(frame, p),
+        }
+    }
 
     #[test]
     fn arp_passes_and_runts_drop() {
