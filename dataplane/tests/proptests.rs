@@ -227,26 +227,24 @@ proptest! {
             .collect();
         let snap = &snapshots()[s];
         let offset = 128;
+        // A frame in a buffer with headroom in front of it.
+        let framed = |f: &Vec<u8>| {
+            let mut buf = vec![0x55; offset + f.len()];
+            buf[offset..].copy_from_slice(f);
+            buf
+        };
         let mut alone = small_worker();
         let singles: Vec<(Verdict, Vec<u8>)> = frames
             .iter()
             .map(|f| {
-                let mut buf = vec![0x55; offset + f.len()];
-                buf[offset..].copy_from_slice(f);
+                let mut buf = framed(f);
                 let mut one = [Frame { buf: &mut buf, offset, len: f.len() }];
                 let mut v = [Verdict::Pass];
                 alone.process(snap, 1, &mut one, &mut v);
                 (v[0], buf)
             })
             .collect();
-        let mut bufs: Vec<Vec<u8>> = frames
-            .iter()
-            .map(|f| {
-                let mut buf = vec![0x55; offset + f.len()];
-                buf[offset..].copy_from_slice(f);
-                buf
-            })
-            .collect();
+        let mut bufs: Vec<Vec<u8>> = frames.iter().map(framed).collect();
         let mut batch: Vec<Frame> = bufs
             .iter_mut()
             .zip(&frames)
