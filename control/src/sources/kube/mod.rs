@@ -82,23 +82,42 @@ pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSou
     })
 }
 
+/// `e` and its sources, joined by ": ". kube's own message often names only the layer that
+/// failed ("client error (Connect)"); the cause an operator can act on (a certificate from
+/// an unknown issuer, a refused connection) is further down the chain.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        // Some layers repeat their source's message in their own.
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A client from the configured kubeconfig, or in-cluster credentials.
 pub async fn client(cfg: &Kubernetes) -> Result<Client, String> {
     let config = match &cfg.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+                .map_err(|e| format!("kubeconfig {}: {}", path.display(), with_causes(&e)))?;
             let opts = kube::config::KubeConfigOptions {
                 context: cfg.context.clone(),
                 ..Default::default()
             };
             kube::Config::from_custom_kubeconfig(kc, &opts)
                 .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+                .map_err(|e| format!("kubeconfig {}: {}", path.display(), with_causes(&e)))?
         }
-        None => kube::Config::incluster().map_err(|e| format!("in-cluster credentials: {e}"))?,
+        None => kube::Config::incluster()
+            .map_err(|e| format!("in-cluster credentials: {}", with_causes(&e)))?,
     };
-    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    Client::try_from(config).map_err(|e| format!("Kubernetes client: {}", with_causes(&e)))
 }
 
 /// How long to wait before retrying a failed client setup or status write.
@@ -262,7 +281,7 @@ impl Sync {
         match result {
             Ok(changed) => self.dirty |= changed,
             Err(e) => {
-                let msg = format!("watching {what}: {e}");
+                let msg = format!("watching {what}: {}", with_causes(&e));
                 tracing::warn!(error = %msg, "Kubernetes watch error; keeping the last state");
                 let _ = self.tx.send(KubeUpdate::Error(msg));
             }
@@ -331,7 +350,12 @@ impl Sync {
                     }
                 }
                 Err(e) => {
-                    let msg = format!("writing {}/{} status: {e}", a.namespace, a.name);
+                    let msg = format!(
+                        "writing {}/{} status: {}",
+                        a.namespace,
+                        a.name,
+                        with_causes(&e)
+                    );
                     tracing::warn!(error = %msg, "status write failed; will retry");
                     let _ = self.tx.send(KubeUpdate::Error(msg));
                 }
