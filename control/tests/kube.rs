@@ -148,11 +148,12 @@ fn temp_dir() -> TempDir {
     TempDir(p)
 }
 
-fn kube_config(kubeconfig: PathBuf, pool: &[&str]) -> Kubernetes {
-    let mut text = format!(
-        "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\nkubeconfig = {:?}\n",
-        kubeconfig.display().to_string()
-    );
+/// The `[kubernetes]` section for `kubeconfig`, or for in-cluster credentials without one.
+fn kube_config(kubeconfig: Option<PathBuf>, pool: &[&str]) -> Kubernetes {
+    let mut text = "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\n".to_owned();
+    if let Some(k) = kubeconfig {
+        text.push_str(&format!("kubeconfig = {:?}\n", k.display().to_string()));
+    }
     if !pool.is_empty() {
         text.push_str(&format!("address_pool = {pool:?}\n"));
     }
@@ -168,7 +169,7 @@ fn kube_config(kubeconfig: PathBuf, pool: &[&str]) -> Kubernetes {
 impl Harness {
     fn start(server: FakeApiServer, pool: &[&str]) -> Harness {
         let dir = temp_dir();
-        let (source, rx) = spawn(kube_config(server.kubeconfig(&dir.0), pool));
+        let (source, rx) = spawn(kube_config(Some(server.kubeconfig(&dir.0)), pool));
         Harness {
             server,
             rx,
@@ -672,10 +673,13 @@ fn unreachable_api_server_reports_errors_and_sends_no_set() {
         .unwrap()
         .port();
     let dir = temp_dir();
-    let path = fake_apiserver::write_kubeconfig(&dir.0, &format!("127.0.0.1:{port}"));
-    let (source, rx) = spawn(kube_config(path, &[]));
+    let path = fake_apiserver::write_kubeconfig(&dir.0, &format!("http://127.0.0.1:{port}"), None);
+    let (source, rx) = spawn(kube_config(Some(path), &[]));
     let e = first_error(&rx);
-    assert!(e.contains("watching"), "{e}");
+    assert!(
+        e.contains("watching") && e.contains("Connection refused"),
+        "{e}"
+    );
     drop(source);
     // Nothing but errors was sent: no empty set replaced anything.
     assert!(rx.try_iter().all(|u| matches!(u, KubeUpdate::Error(_))));
@@ -683,7 +687,146 @@ fn unreachable_api_server_reports_errors_and_sends_no_set() {
 
 #[test]
 fn missing_kubeconfig_is_an_error_naming_the_file() {
-    let (_source, rx) = spawn(kube_config(PathBuf::from("/nonexistent/kubeconfig"), &[]));
+    let (_source, rx) = spawn(kube_config(
+        Some(PathBuf::from("/nonexistent/kubeconfig")),
+        &[],
+    ));
     let e = first_error(&rx);
     assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
+}
+
+/// Waits for the first set in which `default/web` has its backends from [`base_cluster`].
+fn web_from_base_cluster(rx: &Receiver<KubeUpdate>) -> Result<(), Vec<String>> {
+    let deadline = Instant::now() + BOUND;
+    let mut errors = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(KubeUpdate::Services(set)) => {
+                if find(&set, "default/web", Protocol::Tcp).is_some_and(|web| {
+                    backends(web) == weights(&[("10.0.0.1", 2), ("10.0.0.3", 1)])
+                }) {
+                    return Ok(());
+                }
+            }
+            Ok(KubeUpdate::Error(e)) => errors.push(e),
+            Ok(KubeUpdate::Assigned { .. }) => {}
+            Err(_) => return Err(errors),
+        }
+    }
+}
+
+#[test]
+fn kubeconfig_over_https_verifies_the_server_and_sends_the_token() {
+    let (ca_pem, tls) = fake_apiserver::test_pki();
+    let server = FakeApiServer::start_tls(tls);
+    base_cluster(&server);
+    let dir = temp_dir();
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let url = format!("https://{}", server.addr);
+    let path = fake_apiserver::write_kubeconfig(&dir.0, &url, Some(&ca));
+    let (_source, rx) = spawn(kube_config(Some(path), &[]));
+    web_from_base_cluster(&rx).expect("the set, over HTTPS");
+    let auth = server.authorizations();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|a| a == "Bearer test-token"),
+        "{auth:?}"
+    );
+}
+
+#[test]
+fn a_server_the_ca_did_not_sign_gets_no_request() {
+    let (_, tls) = fake_apiserver::test_pki();
+    let server = FakeApiServer::start_tls(tls);
+    base_cluster(&server);
+    // The CA of another cluster (kubeadm names every cluster's CA alike, as here).
+    let (other_ca, _) = fake_apiserver::test_pki();
+    let dir = temp_dir();
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, other_ca).unwrap();
+    let url = format!("https://{}", server.addr);
+    let path = fake_apiserver::write_kubeconfig(&dir.0, &url, Some(&ca));
+    let (source, rx) = spawn(kube_config(Some(path), &[]));
+    let e = first_error(&rx);
+    // The error names the cause, not only the layer ("client error (Connect)").
+    assert!(
+        e.contains("watching") && e.contains("invalid peer certificate"),
+        "{e}"
+    );
+    drop(source);
+    assert!(rx.try_iter().all(|u| matches!(u, KubeUpdate::Error(_))));
+    // The handshake failed before any request, so the token never left the client.
+    assert_eq!(server.requests(), Vec::<String>::new());
+}
+
+/// Where the child test finds the service-account files to mount.
+const SERVICE_ACCOUNT_ENV: &str = "DSRGATE_TEST_SERVICE_ACCOUNT";
+
+/// In-cluster credentials, as a Pod gets them: no kubeconfig; the API server from
+/// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`; the token, the cluster's CA and
+/// the namespace in `/var/run/secrets/kubernetes.io/serviceaccount`. The source runs in a
+/// child process (this test binary, [`in_cluster_child`]) in a mount namespace of its own,
+/// with a tmpfs on `/var/run` that holds those files, so the host's `/run` is not touched.
+#[test]
+fn in_cluster_credentials_are_used_over_https() {
+    if !dsrgate_tests::require_privileges_with(
+        "in-cluster credentials (a private mount namespace)",
+        &["unshare", "mount", "sh"],
+    ) {
+        return;
+    }
+    let (ca_pem, tls) = fake_apiserver::test_pki();
+    let server = FakeApiServer::start_tls(tls);
+    base_cluster(&server);
+    let dir = temp_dir();
+    std::fs::write(dir.0.join("ca.crt"), ca_pem).unwrap();
+    std::fs::write(dir.0.join("token"), "in-cluster-token").unwrap();
+    std::fs::write(dir.0.join("namespace"), "dsrgate-system").unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-ec"])
+        .arg(
+            "sa=/var/run/secrets/kubernetes.io/serviceaccount; mount -t tmpfs tmpfs /var/run; \
+             mkdir -p $sa; cp \"$DSRGATE_TEST_SERVICE_ACCOUNT\"/* $sa/; exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(std::env::current_exe().unwrap())
+        .args(["in_cluster_child", "--exact", "--ignored", "--nocapture"])
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", server.addr.port().to_string())
+        .env(SERVICE_ACCOUNT_ENV, &dir.0)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let auth = server.authorizations();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|a| a == "Bearer in-cluster-token"),
+        "{auth:?}"
+    );
+    assert!(
+        !std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
+            || std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/token")
+                .is_ok_and(|t| t != "in-cluster-token"),
+        "the child's files leaked into the host's /var/run"
+    );
+}
+
+#[test]
+#[ignore = "the child of in_cluster_credentials_are_used_over_https, in its mount namespace"]
+fn in_cluster_child() {
+    assert!(
+        std::env::var_os(SERVICE_ACCOUNT_ENV).is_some(),
+        "run by in_cluster_credentials_are_used_over_https"
+    );
+    let (_source, rx) = spawn(kube_config(None, &[]));
+    if let Err(errors) = web_from_base_cluster(&rx) {
+        panic!("no set with in-cluster credentials; errors: {errors:?}");
+    }
 }

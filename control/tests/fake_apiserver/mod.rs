@@ -3,8 +3,8 @@
 //! (resourceVersion), watch (chunked stream of JSON events from a
 //! resourceVersion, BOOKMARK events, ERROR 410 Expired after compaction),
 //! label-existence selectors, and merge PATCH of the Service status
-//! subresource. Tests can drop every watch, compact history, or make the
-//! server fail with 500s.
+//! subresource, in plain HTTP or over TLS. Tests can drop every watch,
+//! compact history, or make the server fail with 500s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -64,6 +64,8 @@ struct State {
     failing: bool,
     shutdown: bool,
     requests: Vec<String>,
+    /// Each request's `Authorization` header ("" when it had none).
+    authorizations: Vec<String>,
     patches: Vec<(String, String, Value)>,
 }
 
@@ -104,18 +106,65 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Writes `dir/kubeconfig` pointing kube at `http://SERVER` (`host:port`), with a token.
-pub fn write_kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+/// Writes `dir/kubeconfig` pointing kube at `url` with a bearer token, trusting the PEM
+/// file `ca` for HTTPS.
+pub fn write_kubeconfig(
+    dir: &std::path::Path,
+    url: &str,
+    ca: Option<&std::path::Path>,
+) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
+    let ca = ca
+        .map(|c| format!("    certificate-authority: {}\n", c.display()))
+        .unwrap_or_default();
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{server}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: test-token\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n{ca}contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: test-token\n"
     );
     std::fs::write(&path, text).unwrap();
     path
 }
 
+/// A certificate authority and a server certificate it signed for 127.0.0.1, as a
+/// cluster's CA signs the API server's: the CA in PEM, and a TLS configuration that
+/// presents the server certificate.
+pub fn test_pki() -> (String, rustls::ServerConfig) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "dsrgate test cluster CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone(), ca.der().clone()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+        .unwrap();
+    (ca.pem(), tls)
+}
+
 impl FakeApiServer {
+    /// Serves plain HTTP.
     pub fn start() -> FakeApiServer {
+        FakeApiServer::serve(None)
+    }
+
+    /// Serves HTTPS only, with `tls` (its certificate chain and key).
+    pub fn start_tls(tls: rustls::ServerConfig) -> FakeApiServer {
+        FakeApiServer::serve(Some(Arc::new(tls)))
+    }
+
+    fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new((
@@ -132,18 +181,21 @@ impl FakeApiServer {
                 if st.0.lock().unwrap().shutdown {
                     return;
                 }
-                let st = st.clone();
+                let (st, tls) = (st.clone(), tls.clone());
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &st);
+                    let _ = match tls {
+                        None => handle(&mut { stream }, &st),
+                        Some(cfg) => serve_tls(cfg, stream, &st),
+                    };
                 });
             }
         });
         FakeApiServer { addr, state }
     }
 
-    /// A kubeconfig pointing kube at this server.
+    /// A kubeconfig pointing kube at this server (plain HTTP).
     pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        write_kubeconfig(dir, &self.addr.to_string())
+        write_kubeconfig(dir, &format!("http://{}", self.addr), None)
     }
 
     /// Creates or replaces an object (ADDED / MODIFIED event).
@@ -229,6 +281,11 @@ impl FakeApiServer {
         self.state.0.lock().unwrap().requests.clone()
     }
 
+    /// Each request's `Authorization` header so far, in order ("" for none).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.0.lock().unwrap().authorizations.clone()
+    }
+
     /// PATCHes received: (path, content type, body).
     pub fn patches(&self) -> Vec<(String, String, Value)> {
         self.state.0.lock().unwrap().patches.clone()
@@ -255,7 +312,7 @@ impl Drop for FakeApiServer {
     }
 }
 
-fn respond(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+fn respond(stream: &mut impl Write, code: u16, body: &Value) -> std::io::Result<()> {
     let text = body.to_string();
     let reason = match code {
         200 => "OK",
@@ -286,8 +343,28 @@ fn selected(obj: &Value, params: &HashMap<String, String>) -> bool {
     }
 }
 
-fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
+/// One HTTPS connection: the TLS handshake, the request, then close_notify, as a real
+/// server ends a `Connection: close` response.
+fn serve_tls(
+    cfg: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    st: &(Mutex<State>, Condvar),
+) -> std::io::Result<()> {
+    let conn = rustls::ServerConnection::new(cfg).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    handle(&mut tls, st)?;
+    tls.conn.send_close_notify();
+    tls.flush()
+}
+
+/// The last chunk of a chunked response.
+fn end(stream: &mut impl Write) -> std::io::Result<()> {
+    write!(stream, "0\r\n\r\n")?;
+    stream.flush()
+}
+
+fn handle<S: Read + Write>(stream: &mut S, st: &(Mutex<State>, Condvar)) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&mut *stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -297,6 +374,7 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
     );
     let mut content_length = 0usize;
     let mut content_type = String::new();
+    let mut authorization = String::new();
     loop {
         let mut h = String::new();
         reader.read_line(&mut h)?;
@@ -308,20 +386,24 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
             match k.to_ascii_lowercase().as_str() {
                 "content-length" => content_length = v.trim().parse().unwrap_or(0),
                 "content-type" => content_type = v.trim().to_owned(),
+                "authorization" => authorization = v.trim().to_owned(),
                 _ => {}
             }
         }
     }
     let mut body = vec![0u8; content_length];
     reader.read_exact(&mut body)?;
+    // Nothing more is read: one request per connection.
+    drop(reader);
     let (path, params) = query(&target);
     {
         let mut s = st.0.lock().unwrap();
         s.requests.push(format!("{method} {target}"));
+        s.authorizations.push(authorization);
         if s.failing {
             drop(s);
             return respond(
-                &mut stream,
+                stream,
                 500,
                 &status_json(500, "InternalError", "etcdserver: request timed out"),
             );
@@ -345,7 +427,7 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
             else {
                 drop(s);
                 return respond(
-                    &mut stream,
+                    stream,
                     404,
                     &status_json(404, "NotFound", &format!("services \"{name}\" not found")),
                 );
@@ -362,20 +444,20 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
             c.events.push((rv, "MODIFIED", obj.clone()));
             cv.notify_all();
             drop(s);
-            return respond(&mut stream, 200, &obj);
+            return respond(stream, 200, &obj);
         }
-        return respond(&mut stream, 404, &status_json(404, "NotFound", "not found"));
+        return respond(stream, 404, &status_json(404, "NotFound", "not found"));
     }
     if method != "GET" {
         return respond(
-            &mut stream,
+            stream,
             405,
             &status_json(405, "MethodNotAllowed", "method not allowed"),
         );
     }
     let Some(kind) = Kind::of_path(&path) else {
         return respond(
-            &mut stream,
+            stream,
             404,
             &status_json(
                 404,
@@ -409,7 +491,7 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
             .collect();
         let list = json!({"kind": format!("{}List", kind.kind()), "apiVersion": kind.api_version(), "metadata": {"resourceVersion": s.rv.to_string()}, "items": items});
         drop(s);
-        return respond(&mut stream, 200, &list);
+        return respond(stream, 200, &list);
     }
 
     let from: u64 = params
@@ -417,7 +499,7 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
-    let send = |stream: &mut TcpStream, ev: &Value| -> std::io::Result<()> {
+    let send = |stream: &mut S, ev: &Value| -> std::io::Result<()> {
         let line = format!("{ev}\n");
         write!(stream, "{:x}\r\n{line}\r\n", line.len())?;
         stream.flush()
@@ -431,8 +513,8 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
             &format!("too old resource version: {from} ({})", s.compacted),
         );
         drop(s);
-        send(&mut stream, &json!({"type": "ERROR", "object": gone}))?;
-        return write!(stream, "0\r\n\r\n");
+        send(stream, &json!({"type": "ERROR", "object": gone}))?;
+        return end(stream);
     }
     let generation = s.generation;
     let mut cursor = from;
@@ -440,7 +522,7 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
         // A dropped stream delivers nothing more; the client resumes from its cursor.
         if s.shutdown || s.generation != generation {
             drop(s);
-            return write!(stream, "0\r\n\r\n");
+            return end(stream);
         }
         let pending: Vec<(u64, &'static str, Value)> = s
             .collections
@@ -458,7 +540,7 @@ fn handle(mut stream: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Resul
         if !pending.is_empty() {
             drop(s);
             for (rv, ty, obj) in &pending {
-                send(&mut stream, &json!({"type": ty, "object": obj}))?;
+                send(stream, &json!({"type": ty, "object": obj}))?;
                 cursor = *rv;
             }
             s = lock.lock().unwrap();
