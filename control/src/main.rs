@@ -59,6 +59,9 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config, log_format } => {
             init_logging(log_format);
+            // Test builds only: fail points named in `FAILPOINTS`, until the daemon ends.
+            #[cfg(feature = "failpoints")]
+            let _failpoints = fail::FailScenario::setup();
             return match daemon::run(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -24,9 +24,9 @@ pub const PREFIX4: &str = "192.0.2.10/32";
 /// Session setup, first health rise, first announcement.
 pub const SETTLE: Duration = Duration::from_secs(20);
 
-/// The `dsrgate` binary of the profile this test was built with. Cargo only builds a
-/// package's binaries for that package's own tests, so it is built here once per test
-/// process (a no-op when it is fresh), next to the test executable.
+/// The `dsrgate` binary of the profile this test was built with, with its `failpoints`
+/// feature. Cargo only builds a package's binaries for that package's own tests, so it is
+/// built here once per test process (a no-op when it is fresh), next to the test executable.
 pub fn dsrgate_bin() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| build_dsrgate().map_err(|e| format!("{e:#}")))
@@ -66,7 +66,10 @@ fn build_dsrgate() -> Result<PathBuf> {
     let mut cmd = std::process::Command::new(cargo);
     without_cargo_test_env(&mut cmd);
     cmd.current_dir(workspace)
+        // With the fail points some tests inject faults through (`FAILPOINTS`); they do
+        // nothing unless that variable names them.
         .args(["build", "--quiet", "-p", "control", "--bin", "dsrgate"])
+        .args(["--features", "failpoints"])
         .arg("--target-dir")
         .arg(target_dir);
     if release {
@@ -74,7 +77,7 @@ fn build_dsrgate() -> Result<PathBuf> {
     }
     let status = cmd.status().context("running cargo build for dsrgate")?;
     if !status.success() {
-        bail!("cargo build -p control --bin dsrgate failed: {status}");
+        bail!("cargo build -p control --bin dsrgate --features failpoints failed: {status}");
     }
     let bin = profile_dir.join("dsrgate");
     if !bin.exists() {
@@ -266,17 +269,28 @@ impl Daemon {
             .signal(sig)
     }
 
-    /// Sends SIGTERM and watches the shutdown order: polls `withdrawn` (the route is gone
-    /// at the router) and `detached` (no XDP program left) until both hold, fails after
-    /// `limit` or if the program went first, and returns when each was first seen.
+    /// Sends SIGTERM and watches the shutdown order (see [`Daemon::withdraws_then_detaches`]).
     pub fn sigterm_withdraws_then_detaches(
         &self,
         withdrawn: impl Fn() -> Result<bool>,
         detached: impl Fn() -> Result<bool>,
         limit: Duration,
     ) -> Result<(Duration, Duration)> {
-        let t0 = Instant::now();
         self.signal(libc::SIGTERM)?;
+        self.withdraws_then_detaches("SIGTERM", withdrawn, detached, limit)
+    }
+
+    /// Watches a shutdown that `cause` has begun: polls `withdrawn` (the route is gone at
+    /// the router) and `detached` (no XDP program left) until both hold, fails after
+    /// `limit` or if the program went first, and returns when each was first seen.
+    pub fn withdraws_then_detaches(
+        &self,
+        cause: &str,
+        withdrawn: impl Fn() -> Result<bool>,
+        detached: impl Fn() -> Result<bool>,
+        limit: Duration,
+    ) -> Result<(Duration, Duration)> {
+        let t0 = Instant::now();
         let (mut w, mut d) = (None, None);
         while w.is_none() || d.is_none() {
             if w.is_none() && withdrawn()? {
@@ -294,7 +308,7 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(5));
         }
         let (w, d) = (w.unwrap_or_default(), d.unwrap_or_default());
-        eprintln!("SIGTERM -> route gone after {w:?}, XDP detached after {d:?}");
+        eprintln!("{cause} -> route gone after {w:?}, XDP detached after {d:?}");
         ensure!(w < d, "detached ({d:?}) before the withdraw ({w:?})");
         Ok((w, d))
     }

@@ -549,6 +549,38 @@ fn steering_detached_from_outside_withdraws_every_vip() -> Result<()> {
     daemon.wait_clean_exit(Duration::from_secs(15))
 }
 
+/// A worker thread that panics cannot heal: its RX queue's VIP traffic would go into a
+/// closed socket. The daemon withdraws the VIP, then detaches the steering program, and exits
+/// non-zero so that its supervisor restarts it. The panic is a fail point in the worker loop
+/// (a test build), set off by the first batch of VIP traffic.
+#[test]
+fn a_worker_panic_withdraws_then_detaches_and_exits_non_zero() -> Result<()> {
+    if !privileged("daemon_e2e::a_worker_panic_withdraws_then_detaches_and_exits_non_zero") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let failpoint = "FAILPOINTS=xsk-worker-batch=panic(injected worker fault)";
+    let (bird, mut daemon) = lab.one_gateway(&gateway_config(1), &["env", failpoint])?;
+    let gw1 = lab.ns("gw1");
+    assert!(xdp_attached(gw1)?, "no XDP program before the fault");
+    // The worker dies on this connection's first packet, so it gets no answer.
+    assert!(lab.get(Duration::from_secs(2)).is_err());
+    daemon.withdraws_then_detaches(
+        "a worker panic",
+        || Ok(bird.route(PREFIX4)?.is_none()),
+        || Ok(!xdp_attached(gw1)?),
+        Duration::from_secs(20),
+    )?;
+    let status = daemon.wait_exit(Duration::from_secs(15))?;
+    ensure!(
+        !status.success(),
+        "exited with {status} after a worker panic"
+    );
+    daemon.wait_log(&["injected worker fault"], Duration::from_secs(1))?;
+    daemon.wait_log(&["dsrgate failed", "panicked"], Duration::from_secs(1))?;
+    Ok(())
+}
+
 /// During the drain after SIGTERM (routes withdrawn, flows still forwarded) health checks
 /// go on: a backend that fails then leaves the Maglev set, as it would before. A second
 /// signal ends the drain.

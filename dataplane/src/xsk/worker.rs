@@ -382,6 +382,9 @@ impl<P: Processor> Worker<P> {
             self.processor
                 .process(now, &mut frames[..n], &mut verdicts[..n]);
         }
+        // Test builds only: the daemon's tests make a worker panic here.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("xsk-worker-batch");
 
         let empty = XdpDesc {
             addr: 0,
