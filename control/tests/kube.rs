@@ -674,14 +674,16 @@ fn unreachable_api_server_reports_errors_and_sends_no_set() {
         .port();
     let dir = temp_dir();
     let path = fake_apiserver::write_kubeconfig(&dir.0, &format!("http://127.0.0.1:{port}"), None);
-    let (source, rx) = spawn(kube_config(Some(path), &[]));
+    errors_only(path, "Connection refused");
+}
+
+/// Runs the source on `kubeconfig` until it reports an error, which must name the watch
+/// and `cause`, and checks it sent nothing but errors: no empty set replaced anything.
+fn errors_only(kubeconfig: PathBuf, cause: &str) {
+    let (source, rx) = spawn(kube_config(Some(kubeconfig), &[]));
     let e = first_error(&rx);
-    assert!(
-        e.contains("watching") && e.contains("Connection refused"),
-        "{e}"
-    );
+    assert!(e.contains("watching") && e.contains(cause), "{e}");
     drop(source);
-    // Nothing but errors was sent: no empty set replaced anything.
     assert!(rx.try_iter().all(|u| matches!(u, KubeUpdate::Error(_))));
 }
 
@@ -715,16 +717,21 @@ fn web_from_base_cluster(rx: &Receiver<KubeUpdate>) -> Result<(), Vec<String>> {
     }
 }
 
+/// A kubeconfig in `dir` for `server` over HTTPS, trusting the CA `ca_pem`.
+fn https_kubeconfig(server: &FakeApiServer, ca_pem: &str, dir: &TempDir) -> PathBuf {
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let url = format!("https://{}", server.addr);
+    fake_apiserver::write_kubeconfig(&dir.0, &url, Some(&ca))
+}
+
 #[test]
 fn kubeconfig_over_https_verifies_the_server_and_sends_the_token() {
     let (ca_pem, tls) = fake_apiserver::test_pki();
     let server = FakeApiServer::start_tls(tls);
     base_cluster(&server);
     let dir = temp_dir();
-    let ca = dir.0.join("ca.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
-    let url = format!("https://{}", server.addr);
-    let path = fake_apiserver::write_kubeconfig(&dir.0, &url, Some(&ca));
+    let path = https_kubeconfig(&server, &ca_pem, &dir);
     let (_source, rx) = spawn(kube_config(Some(path), &[]));
     web_from_base_cluster(&rx).expect("the set, over HTTPS");
     let auth = server.authorizations();
@@ -742,19 +749,9 @@ fn a_server_the_ca_did_not_sign_gets_no_request() {
     // The CA of another cluster (kubeadm names every cluster's CA alike, as here).
     let (other_ca, _) = fake_apiserver::test_pki();
     let dir = temp_dir();
-    let ca = dir.0.join("ca.pem");
-    std::fs::write(&ca, other_ca).unwrap();
-    let url = format!("https://{}", server.addr);
-    let path = fake_apiserver::write_kubeconfig(&dir.0, &url, Some(&ca));
-    let (source, rx) = spawn(kube_config(Some(path), &[]));
-    let e = first_error(&rx);
+    let path = https_kubeconfig(&server, &other_ca, &dir);
     // The error names the cause, not only the layer ("client error (Connect)").
-    assert!(
-        e.contains("watching") && e.contains("invalid peer certificate"),
-        "{e}"
-    );
-    drop(source);
-    assert!(rx.try_iter().all(|u| matches!(u, KubeUpdate::Error(_))));
+    errors_only(path, "invalid peer certificate");
     // The handshake failed before any request, so the token never left the client.
     assert_eq!(server.requests(), Vec::<String>::new());
 }
