@@ -376,6 +376,18 @@ impl Session {
         }
     }
 
+    /// A session with new settings for the same peer. It keeps this one's counters and
+    /// last errors: they describe the peer, not one configuration, and a counter that
+    /// went back while the process runs would read as a restart.
+    pub fn reconfigured(&self, config: Config, seed: u64) -> Session {
+        Session {
+            stats: self.stats.clone(),
+            last_error: self.last_error.clone(),
+            last_update_error: self.last_update_error.clone(),
+            ..Session::new(config, seed)
+        }
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

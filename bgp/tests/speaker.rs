@@ -330,8 +330,8 @@ fn raw_peer_at(ip: [u8; 4]) -> (TcpListener, PeerConfig) {
 /// Reconfiguring peer by peer: an unchanged session goes on with no NOTIFICATION and
 /// keeps getting UPDATEs; a removed peer gets Cease / Peer De-configured, a changed one
 /// Cease / Other Configuration Change and a new session with its new settings, and a new
-/// peer is connected. (Restarting the speaker, as before, sends each one Cease /
-/// Administrative Shutdown and connects again.)
+/// peer is connected; the changed peer's counters go on. (Restarting the speaker, as
+/// before, sends each one Cease / Administrative Shutdown and connects again.)
 #[test]
 fn reconfigure_touches_only_the_peers_that_changed() {
     let (kept_l, kept) = raw_peer_at([127, 0, 0, 2]);
@@ -355,17 +355,6 @@ fn reconfigure_touches_only_the_peers_that_changed() {
     let [mut kept_s, mut removed_s, mut changed_s] =
         <[RawPeer; 3]>::try_from(sessions).ok().unwrap();
     assert_eq!(changed_s.open.hold_time, 30);
-
-    // The listeners are shared: a change of them is left to a new speaker.
-    let listen = vec![SocketAddr::new(LOCALHOST, free_port())];
-    let refused = speaker.reconfigure(Config {
-        peers: vec![kept.clone()],
-        listen,
-    });
-    assert!(
-        matches!(refused, Err(ReconfigureError::Listeners { .. })),
-        "{refused:?}"
-    );
 
     let mut changed_new = changed.clone();
     changed_new.session.hold_time = 9;
@@ -405,6 +394,14 @@ fn reconfigure_touches_only_the_peers_that_changed() {
         [kept.address, changed.address, added.address]
     );
     assert_eq!(peers[0].stats.flaps, 0, "{peers:?}");
+    // The changed peer's counters go on across its new settings: one flap, the Cease,
+    // and a second OPEN each way.
+    let c = wait_for("changed peer up again", &speaker, |p| {
+        p.address == changed.address && p.state == State::Established
+    });
+    assert_eq!(c.stats.flaps, 1, "{c:?}");
+    assert_eq!(c.stats.sent.notification, 1, "{c:?}");
+    assert_eq!((c.stats.sent.open, c.stats.received.open), (2, 2), "{c:?}");
 
     // Every session, the untouched one first, gets the next route on its connection.
     speaker.set_routes(routes(&["192.0.2.10/32"]));
@@ -423,6 +420,102 @@ fn reconfigure_touches_only_the_peers_that_changed() {
     assert!(
         removed_l.accept().is_err(),
         "the removed peer was connected to"
+    );
+}
+
+/// A router side (AS 65000) awaiting the gateway at `ip` on `port`.
+fn passive_peer(ip: [u8; 4], port: u16) -> PeerConfig {
+    let mut r = peer(port, 65000, 65001, 1);
+    r.address = IpAddr::from(ip);
+    r.session.passive = true;
+    r
+}
+
+/// A gateway (AS 65001) connecting from `ip` to the router's `port`.
+fn gateway_from(ip: [u8; 4], port: u16) -> Speaker {
+    let mut g = peer(port, 65001, 65000, ip[3]);
+    g.local_address = Some(IpAddr::from(ip));
+    Speaker::spawn(Config {
+        peers: vec![g],
+        listen: vec![],
+    })
+    .unwrap()
+}
+
+/// The listeners change in place: the sessions they accepted stay up, a wildcard
+/// listener can replace a specific one on the same port (the old one closes first), and
+/// an address that cannot be bound changes nothing, not even the peers.
+#[test]
+fn reconfigure_moves_the_listeners_and_keeps_the_sessions() {
+    let port = free_port();
+    let (a, b) = ([127, 0, 0, 7], [127, 0, 0, 8]);
+    let specific = vec![SocketAddr::new(LOCALHOST, port)];
+    let router = Speaker::spawn(Config {
+        peers: vec![passive_peer(a, port)],
+        listen: specific.clone(),
+    })
+    .unwrap();
+    let _gateway_a = gateway_from(a, port);
+    let established = |ip: [u8; 4]| {
+        move |p: &PeerStatus| p.address == IpAddr::from(ip) && p.state == State::Established
+    };
+    let up = wait_for("session A", &router, established(a));
+
+    let wildcard = vec![SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))];
+    let both = vec![passive_peer(a, port), passive_peer(b, port)];
+    let done = router
+        .reconfigure(Config {
+            peers: both.clone(),
+            listen: wildcard.clone(),
+        })
+        .unwrap();
+    assert_eq!((done.kept, done.added), (vec![a.into()], vec![b.into()]));
+    let _gateway_b = gateway_from(b, port);
+    wait_for(
+        "session B, through the wildcard listener",
+        &router,
+        established(b),
+    );
+    let still = wait_for("session A", &router, established(a));
+    assert_eq!(still.stats.flaps, 0, "{still:?}");
+    assert!(
+        still.uptime > up.uptime,
+        "A's session is the first one: {still:?}"
+    );
+
+    // A port held elsewhere: refused, and the peers (B stays) and listeners stay.
+    let taken = TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let refused = router.reconfigure(Config {
+        peers: vec![passive_peer(a, port)],
+        listen: vec![taken_addr],
+    });
+    match refused {
+        Err(ReconfigureError::Listen { addr, .. }) => assert_eq!(addr, taken_addr),
+        other => panic!("expected a Listen error: {other:?}"),
+    }
+    let peers = router.peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers
+        .iter()
+        .all(|p| p.state == State::Established && p.stats.flaps == 0));
+    // The wildcard listener is bound again: it takes a connection now, and a third
+    // gateway, added next, gets a session through it.
+    TcpStream::connect((LOCALHOST, port)).expect("the wildcard listener is back");
+    let c = [127, 0, 0, 9];
+    let mut three = both;
+    three.push(passive_peer(c, port));
+    router
+        .reconfigure(Config {
+            peers: three,
+            listen: wildcard,
+        })
+        .unwrap();
+    let _gateway_c = gateway_from(c, port);
+    wait_for(
+        "session C, through the wildcard listener",
+        &router,
+        established(c),
     );
 }
 

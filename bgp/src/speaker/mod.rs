@@ -101,7 +101,7 @@ pub struct Reconfigured {
     /// Settings unchanged: the session went on untouched.
     pub kept: Vec<IpAddr>,
     /// Settings changed: closed with Cease / Other Configuration Change (RFC 4486
-    /// subcode 6) and started again with the new ones.
+    /// subcode 6) and started again with the new ones; its counters go on.
     pub changed: Vec<IpAddr>,
     /// New peers, started.
     pub added: Vec<IpAddr>,
@@ -109,19 +109,17 @@ pub struct Reconfigured {
     pub removed: Vec<IpAddr>,
 }
 
-/// Why [`Speaker::reconfigure`] changed nothing; a new speaker can still apply the
-/// config ([`Speaker::spawn`]).
+/// Why [`Speaker::reconfigure`] changed nothing (the peers, at least).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconfigureError {
-    /// The listening sockets are shared by every passive peer (and the old ones may hold
-    /// the addresses the new ones want), so they are not changed in place.
-    #[error("the BGP listen addresses change from {old:?} to {new:?}")]
-    Listeners {
-        old: Vec<SocketAddr>,
-        new: Vec<SocketAddr>,
-    },
+    /// A new listening address could not be bound (in use by another process, or not
+    /// on this host). The listeners and the peers are as they were; a new speaker
+    /// would fail the same way.
+    #[error("cannot listen for BGP on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: io::Error },
     /// A listener did not take a peer's new TCP MD5 key. Peers were not touched; keys
-    /// set before it stay set (a new speaker sets every key afresh).
+    /// set before it stay set, so a new speaker ([`Speaker::spawn`]), which sets every
+    /// key afresh, should take over.
     #[error("setting the TCP MD5 key of {peer} on the BGP listener {listener}: {error}")]
     Md5 {
         peer: IpAddr,
@@ -154,18 +152,9 @@ impl Speaker {
     pub fn spawn(config: Config) -> io::Result<Speaker> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let md5: Vec<(IpAddr, &str)> = config
-            .peers
-            .iter()
-            .filter_map(|p| Some((p.address, p.md5_password.as_deref()?)))
-            .collect();
         let mut listeners = Vec::new();
-        for (i, addr) in config.listen.iter().enumerate() {
-            let mut l = socket::listen(*addr, &md5)?;
-            poll.registry()
-                .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
-            listeners.push(l);
-        }
+        bind_missing(&config.listen, &mut listeners, &config.peers).map_err(|(_, error)| error)?;
+        register_listeners(&poll, &mut listeners)?;
         let (commands, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(Vec::new()));
         let mut event_loop = Loop {
@@ -173,7 +162,6 @@ impl Speaker {
             commands: rx,
             status: status.clone(),
             listeners,
-            listen: config.listen,
             peers: config.peers.into_iter().map(Peer::new).collect(),
             tokens: HashMap::new(),
             next_token: FIRST_CONN,
@@ -207,9 +195,10 @@ impl Speaker {
     /// address): a peer whose settings are unchanged keeps its session and routes, a
     /// changed one is closed with Cease / Other Configuration Change and started again,
     /// a removed one is closed with Cease / Peer De-configured, a new one is started.
-    /// Listeners get the new peers' TCP MD5 keys first. A change of the listen addresses
-    /// is refused ([`ReconfigureError::Listeners`]) and so is a key a listener does not
-    /// take; then the peers are as they were.
+    /// Listeners get the new peers' TCP MD5 keys first, then the listen addresses change
+    /// in place: connections already accepted are sessions' and stay. A key a listener
+    /// does not take, or an address that cannot be bound, is refused; then the peers
+    /// (and the listeners) are as they were.
     pub fn reconfigure(&self, config: Config) -> Result<Reconfigured, ReconfigureError> {
         let (reply, done) = mpsc::channel();
         self.command(Command::Reconfigure(config, reply));
@@ -257,6 +246,41 @@ const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
 const FIRST_CONN: usize = 1 << 16;
 
+/// A listening socket shared by the passive peers that reach it.
+struct Listener {
+    addr: SocketAddr,
+    socket: TcpListener,
+}
+
+/// Binds each address of `listen` that `listeners` lacks, with the TCP MD5 keys of
+/// `peers`, adding it to `listeners`; stops at the first that fails.
+fn bind_missing(
+    listen: &[SocketAddr],
+    listeners: &mut Vec<Listener>,
+    peers: &[PeerConfig],
+) -> Result<(), (SocketAddr, io::Error)> {
+    let md5: Vec<(IpAddr, &str)> = peers
+        .iter()
+        .filter_map(|p| Some((p.address, p.md5_password.as_deref()?)))
+        .collect();
+    for &addr in listen {
+        if !listeners.iter().any(|l| l.addr == addr) {
+            let socket = socket::listen(addr, &md5).map_err(|e| (addr, e))?;
+            listeners.push(Listener { addr, socket });
+        }
+    }
+    Ok(())
+}
+
+/// Watches each listener under the token of its position.
+fn register_listeners(poll: &Poll, listeners: &mut [Listener]) -> io::Result<()> {
+    for (i, l) in listeners.iter_mut().enumerate() {
+        poll.registry()
+            .register(&mut l.socket, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+    }
+    Ok(())
+}
+
 struct Sock {
     stream: TcpStream,
     token: Token,
@@ -284,8 +308,20 @@ struct Peer {
 
 impl Peer {
     fn new(config: PeerConfig) -> Peer {
+        Peer::with_session(Session::new(config.session.clone(), jitter_seed()), config)
+    }
+
+    /// The peer with new settings, keeping `old`'s counters ([`Session::reconfigured`]).
+    fn reconfigured(config: PeerConfig, old: &Peer) -> Peer {
+        let session = old
+            .session
+            .reconfigured(config.session.clone(), jitter_seed());
+        Peer::with_session(session, config)
+    }
+
+    fn with_session(session: Session, config: PeerConfig) -> Peer {
         Peer {
-            session: Session::new(config.session.clone(), jitter_seed()),
+            session,
             config,
             timers: HashMap::new(),
             socks: HashMap::new(),
@@ -313,9 +349,8 @@ struct Loop {
     poll: Poll,
     commands: Receiver<Command>,
     status: Arc<Mutex<Vec<PeerStatus>>>,
-    listeners: Vec<TcpListener>,
-    /// The listeners' addresses, in the same order.
-    listen: Vec<SocketAddr>,
+    /// In the order of [`Config::listen`]; a listener's token is its position.
+    listeners: Vec<Listener>,
     peers: Vec<Peer>,
     tokens: HashMap<Token, Owner>,
     next_token: usize,
@@ -402,19 +437,22 @@ impl Loop {
         }
     }
 
-    /// [`Speaker::reconfigure`]: listener keys first (what can fail), then the peers.
+    /// [`Speaker::reconfigure`]: listener keys and addresses first (what can fail), then
+    /// the peers.
     fn reconfigure(
         &mut self,
         now: Instant,
         config: Config,
     ) -> Result<Reconfigured, ReconfigureError> {
-        if config.listen != self.listen {
-            return Err(ReconfigureError::Listeners {
-                old: self.listen.clone(),
-                new: config.listen,
-            });
+        // Only the listeners that stay are rekeyed; new ones are bound with the new keys.
+        let old: Vec<PeerConfig> = self.peers.iter().map(|p| p.config.clone()).collect();
+        self.rekey_listeners(&old, &config.peers, &config.listen)?;
+        if let Err(e) = self.relisten(&config.listen, &config.peers, &old) {
+            if let Err(again) = self.rekey_listeners(&config.peers, &old, &config.listen) {
+                warn!("cannot give the BGP listeners their old TCP MD5 keys back: {again}");
+            }
+            return Err(e);
         }
-        self.rekey_listeners(&config.peers)?;
         // Sessions that do not go on stop while still in place, so that their session sends
         // the Cease that says why and closes its connections, as any stop does.
         for p in 0..self.peers.len() {
@@ -441,7 +479,7 @@ impl Loop {
                 .iter_mut()
                 .find(|o| o.as_ref().is_some_and(|p| p.config.address == address))
                 .and_then(Option::take);
-            match same {
+            let next = match same {
                 Some(peer) if peer.config == pc => {
                     done.kept.push(address);
                     self.peers.push(peer);
@@ -449,16 +487,19 @@ impl Loop {
                 }
                 Some(peer) => {
                     info!(peer = %address, "BGP peer settings changed: closed the session with Cease / Other Configuration Change; starting it again");
+                    let next = Peer::reconfigured(pc, &peer);
                     self.discard(now, peer);
                     done.changed.push(address);
+                    next
                 }
                 None => {
                     info!(peer = %address, "BGP peer added");
                     done.added.push(address);
+                    Peer::new(pc)
                 }
-            }
+            };
             start.push(self.peers.len());
-            self.peers.push(Peer::new(pc));
+            self.peers.push(next);
         }
         for peer in old.into_iter().flatten() {
             info!(peer = %peer.config.address, "BGP peer removed: closed the session with Cease / Peer De-configured");
@@ -477,42 +518,89 @@ impl Loop {
         Ok(done)
     }
 
-    /// Gives every listener the TCP MD5 key (RFC 2385) each of `peers` has, and takes
-    /// away the keys of peers that no longer have one. Keys are per peer address, so
-    /// sessions already accepted keep theirs.
-    fn rekey_listeners(&self, peers: &[PeerConfig]) -> Result<(), ReconfigureError> {
-        let old_key = |address: IpAddr| {
-            self.peers
+    /// Moves the TCP MD5 keys (RFC 2385) of the listeners at `on` from those of `from`
+    /// to those of `to`: a peer's changed or new key is set, and a gone peer's key is
+    /// deleted. Keys are per peer address, so sessions already accepted keep theirs.
+    fn rekey_listeners(
+        &self,
+        from: &[PeerConfig],
+        to: &[PeerConfig],
+        on: &[SocketAddr],
+    ) -> Result<(), ReconfigureError> {
+        let key_in = |peers: &[PeerConfig], address: IpAddr| {
+            peers
                 .iter()
-                .find(|p| p.config.address == address)
-                .and_then(|p| p.config.md5_password.as_deref())
+                .find(|p| p.address == address)
+                .and_then(|p| p.md5_password.clone())
         };
-        let mut keys: Vec<(IpAddr, Option<&str>)> = peers
+        let mut keys: Vec<(IpAddr, Option<String>)> = to
             .iter()
-            .filter(|p| p.md5_password.as_deref() != old_key(p.address))
-            .map(|p| (p.address, p.md5_password.as_deref()))
+            .filter(|p| p.md5_password != key_in(from, p.address))
+            .map(|p| (p.address, p.md5_password.clone()))
             .collect();
         keys.extend(
-            self.peers
-                .iter()
-                .filter(|old| old.config.md5_password.is_some())
-                .filter(|old| !peers.iter().any(|p| p.address == old.config.address))
-                .map(|old| (old.config.address, None)),
+            from.iter()
+                .filter(|old| old.md5_password.is_some())
+                .filter(|old| !to.iter().any(|p| p.address == old.address))
+                .map(|old| (old.address, None)),
         );
-        for (listener, addr) in self.listeners.iter().zip(&self.listen) {
-            for &(peer, key) in &keys {
+        for l in self.listeners.iter().filter(|l| on.contains(&l.addr)) {
+            for (peer, key) in &keys {
                 // Deleting a key the listener never had (`None` after `None`) is not
                 // asked for: `keys` holds only changes.
-                socket::listener_md5(listener, *addr, peer, key).map_err(|error| {
-                    ReconfigureError::Md5 {
-                        peer,
-                        listener: *addr,
+                socket::listener_md5(&l.socket, l.addr, *peer, key.as_deref()).map_err(
+                    |error| ReconfigureError::Md5 {
+                        peer: *peer,
+                        listener: l.addr,
                         error,
-                    }
-                })?;
+                    },
+                )?;
             }
         }
         Ok(())
+    }
+
+    /// Moves the listeners to `listen`. One that stays keeps its socket; one that goes is
+    /// closed before any new one binds, since a new one may want the address it holds
+    /// (`[::]:179` after `192.0.2.1:179`). If a new address cannot be bound, the old set
+    /// is bound again, with the keys of `old`. Accepted connections belong to sessions and
+    /// are not touched.
+    fn relisten(
+        &mut self,
+        listen: &[SocketAddr],
+        peers: &[PeerConfig],
+        old: &[PeerConfig],
+    ) -> Result<(), ReconfigureError> {
+        let was: Vec<SocketAddr> = self.listeners.iter().map(|l| l.addr).collect();
+        if was == listen {
+            return Ok(());
+        }
+        let mut listeners = std::mem::take(&mut self.listeners);
+        for l in &mut listeners {
+            // Registered again below, under the token of its new position.
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        listeners.retain(|l| listen.contains(&l.addr));
+        let result = match bind_missing(listen, &mut listeners, peers) {
+            Ok(()) => {
+                info!(from = ?was, to = ?listen, "BGP listeners moved; sessions stay");
+                Ok(())
+            }
+            Err((addr, error)) => {
+                listeners.retain(|l| was.contains(&l.addr));
+                if let Err((again, e)) = bind_missing(&was, &mut listeners, old) {
+                    warn!("cannot bind the BGP listener {again} again ({e}); it stays closed");
+                }
+                Err(ReconfigureError::Listen { addr, error })
+            }
+        };
+        let order = if result.is_ok() { listen } else { &was };
+        listeners.sort_by_key(|l| order.iter().position(|a| *a == l.addr));
+        if let Err(e) = register_listeners(&self.poll, &mut listeners) {
+            warn!("cannot watch the BGP listeners: {e}");
+        }
+        self.listeners = listeners;
+        result
     }
 
     /// Drops a peer whose session was stopped: its session closed every connection it
@@ -725,7 +813,7 @@ impl Loop {
             let Some(listener) = self.listeners.get(l) else {
                 return;
             };
-            let (stream, from) = match listener.accept() {
+            let (stream, from) = match listener.socket.accept() {
                 Ok(found) => found,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {

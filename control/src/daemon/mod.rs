@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bgp::speaker::{Routes, Speaker};
+use bgp::speaker::{ReconfigureError, Routes, Speaker};
 use crossbeam::channel::{self, Receiver};
 use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -700,10 +700,11 @@ impl Daemon {
 
     /// Applies a valid config, or changes nothing and says why. What can fail (binding the
     /// new API address, changing the BGP peers, starting the new watcher) happens before
-    /// anything is given up. BGP peers change in place ([`Daemon::reconfigure_bgp`]), and
-    /// only a change the running speaker cannot take restarts it: the speaker must stop
-    /// before its successor starts (their listeners share a port), so a successor that
-    /// fails brings the previous speaker back.
+    /// anything is given up. BGP peers and listeners change in place
+    /// ([`Daemon::reconfigure_bgp`]), and only a change the running speaker cannot take
+    /// (a `[bgp]` section added or removed, a listener refusing a TCP MD5 key) restarts
+    /// it: the speaker must stop before its successor starts (their listeners share a
+    /// port), so a successor that fails brings the previous speaker back.
     fn apply(&mut self, new: Config) -> Result<()> {
         caps::require(&required_caps(&new))?;
         let now = Instant::now();
@@ -730,7 +731,7 @@ impl Daemon {
             (true, None) => Some((None, channel::never())),
             (false, _) => None,
         };
-        if new.bgp != self.config.bgp && !self.reconfigure_bgp(new.bgp.as_ref()) {
+        if new.bgp != self.config.bgp && !self.reconfigure_bgp(new.bgp.as_ref())? {
             if let Err(e) = self.restart_speaker(new.bgp.as_ref()) {
                 let running = self.config.bgp.clone();
                 if let Err(again) = self.restart_speaker(running.as_ref()) {
@@ -766,19 +767,21 @@ impl Daemon {
         Ok(())
     }
 
-    /// Changes the running speaker's peers to `bgp`'s: sessions whose settings stay go on,
-    /// changed and removed ones are closed with the Cease subcode that says so. False when
-    /// that cannot be done, which is logged with the reason: the speaker must restart.
-    fn reconfigure_bgp(&self, bgp: Option<&config::Bgp>) -> bool {
+    /// Changes the running speaker's peers and listeners to `bgp`'s: sessions whose
+    /// settings stay go on, changed and removed ones are closed with the Cease subcode
+    /// that says so. False when the speaker must restart instead (logged with the
+    /// reason); an error when a new listening address cannot be bound, which a restart
+    /// would not mend.
+    fn reconfigure_bgp(&self, bgp: Option<&config::Bgp>) -> Result<bool> {
         let result = match (&self.speaker, bgp) {
             (Some(speaker), Some(bgp)) => speaker.reconfigure(routes::speaker_config(bgp)),
             (_, None) => {
                 tracing::info!("BGP section removed: stopping the speaker");
-                return false;
+                return Ok(false);
             }
             (None, Some(_)) => {
                 tracing::info!("no BGP speaker runs: starting one");
-                return false;
+                return Ok(false);
             }
         };
         match result {
@@ -790,11 +793,12 @@ impl Daemon {
                     removed = ?r.removed,
                     "BGP peers reconfigured; unchanged sessions stay up"
                 );
-                true
+                Ok(true)
             }
+            Err(e @ ReconfigureError::Listen { .. }) => Err(e.into()),
             Err(e) => {
                 tracing::info!(reason = %e, "BGP settings changed: restarting the speaker");
-                false
+                Ok(false)
             }
         }
     }
