@@ -436,6 +436,36 @@ fn communities_of_vips_sharing_an_address_must_fit_together() {
     parse(&text.replacen("203.0.113.10", "203.0.113.11", 1), file()).unwrap();
 }
 
+#[test]
+fn static_and_kubernetes_communities_must_fit_one_route() {
+    // A Service may take a static VIP's address on another port: one route then
+    // carries the static VIP's communities and the Services'.
+    let list = |r: std::ops::Range<u32>| {
+        r.map(|i| format!("\"65000:{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let config = |kube: &str| {
+        format!(
+            "{}\n[kubernetes]\n[kubernetes.bgp]\ncommunities = [{kube}]\n",
+            MINIMAL.replace(
+                "port = 80\n",
+                &format!("port = 80\nbgp = {{ communities = [{}] }}\n", list(0..700))
+            )
+        )
+    };
+    let p = one_problem(
+        &config(&list(700..1400)),
+        "kubernetes.bgp.communities",
+        "with those of vips[0] at 203.0.113.10",
+    );
+    assert!(p.message.contains("remove at least "), "{p:?}");
+    // Lists that overlap merge into one that fits.
+    parse(&config(&list(200..800)), file()).unwrap();
+    // Kubernetes's list alone fits, and so does the static VIP's.
+    parse(&with_communities(700, 0, false, true), file()).unwrap();
+}
+
 /// Configs that need different tunnel MTUs: IPv6 VIPs (IP-in-IP and GUE), a
 /// `[kubernetes]` section (its Services may be IPv6, in either tunnel), an IPv4 VIP
 /// on IPv6 nodes, and IPv4 only.
