@@ -400,8 +400,8 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
         .sum();
     assert!(redirected > 0.0, "{text}");
 
-    // A valid config whose new BGP speaker cannot start (a passive peer's port is taken)
-    // changes nothing, though it also moves the API: the running speaker comes back and
+    // A valid config whose BGP listener cannot bind (a passive peer's port is taken)
+    // changes nothing, though it also moves the API: the speaker keeps its session, and
     // the API stays where it was.
     let gw1 = lab.ns("gw1");
     let _port_179 = gw1.enter(|| std::net::TcpListener::bind("[::]:179"))??;
@@ -412,9 +412,17 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
     daemon.write_config(&taken)?;
     daemon.signal(libc::SIGHUP)?;
     daemon.wait_log(
-        &["config reload rejected", "restarting the BGP speaker"],
+        &[
+            "config reload rejected",
+            "cannot listen for BGP on [::]:179",
+        ],
         Duration::from_secs(10),
     )?;
+    assert!(
+        !daemon.log().contains("restarting the speaker"),
+        "{}",
+        daemon.log()
+    );
     bird.wait_route(PREFIX4, true, Duration::from_secs(20))?;
     let api = |port: u16| {
         gw1.enter(|| {
