@@ -5,6 +5,7 @@
 //! passive, which gives the speaker a listening socket it did not have: the listener
 //! changes in place, BIRD's connection to it brings B back, and A is still untouched. A
 //! third reload wants a port that is taken: it is rejected whole, and nothing moves.
+//! Another test takes the whole `[bgp]` section away on reload, and gives it back.
 //!
 //! Topology ([`dsr_topology`] through [`Lab`]): client ── router ── fabric ── gw1 and
 //! node1..node3; the router has a second fabric address for session B.
@@ -234,5 +235,51 @@ fn reload_keeping_a(
     assert!(!log.contains("restarting the speaker"), "{log}");
     bird.wait_route(PREFIX4, true, SETTLE)?;
     ensure!(bird.has_route_from(PREFIX4, "b")?, "no route from B");
+    Ok(())
+}
+
+/// Taking a gateway out of BGP without stopping it: a reload without `[bgp]` withdraws
+/// its route and closes the session with Cease / Administrative Shutdown (RFC 8203),
+/// while the dataplane keeps running; a reload with the section back announces again.
+#[test]
+fn removing_the_bgp_section_withdraws_and_adding_it_back_announces() -> Result<()> {
+    if !require_privileges_with(
+        "daemon_bgp_reload::removing_the_bgp_section_withdraws_and_adding_it_back_announces",
+        &["bird", "birdc"],
+    ) {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let config = GatewayConfig::new(1).toml();
+    let (bird, daemon) = lab.one_gateway(&GatewayConfig::new(1), &[])?;
+
+    let (start, end) = (
+        config.find("[bgp]").unwrap(),
+        config.find("[[vips]]").unwrap(),
+    );
+    let without = format!("{}{}", &config[..start], &config[end..]);
+    daemon.write_config(&without)?;
+    daemon.signal(libc::SIGHUP)?;
+    bird.wait_route(PREFIX4, false, SETTLE)?;
+    daemon.wait_log(&["BGP section removed"], Duration::from_secs(5))?;
+    let log = bird.log();
+    ensure!(log.contains("Received: Administrative shutdown"), "{log}");
+    ensure!(
+        !bird.protocol("gw1")?.ends_with("Established"),
+        "{}",
+        bird.protocol("gw1")?
+    );
+    // The daemon runs on, its steering program still attached.
+    ensure!(daemon.log().contains("config reloaded"), "{}", daemon.log());
+    ensure!(
+        lab.ns("gw1")
+            .xdp_attached(dsrgate_tests::netns::GW_UPLINK)?,
+        "the steering program left with the [bgp] section"
+    );
+
+    daemon.write_config(&config)?;
+    daemon.signal(libc::SIGHUP)?;
+    lab.wait_routed_via(&bird, &[1])?;
+    ensure!(bird.protocol("gw1")?.ends_with("Established"));
     Ok(())
 }
