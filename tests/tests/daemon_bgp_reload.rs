@@ -240,7 +240,8 @@ fn reload_keeping_a(
 
 /// Taking a gateway out of BGP without stopping it: a reload without `[bgp]` withdraws
 /// its route and closes the session with Cease / Administrative Shutdown (RFC 8203),
-/// while the dataplane keeps running; a reload with the section back announces again.
+/// while the dataplane keeps running; a section whose speaker cannot start is rejected;
+/// a reload with the section back announces again.
 #[test]
 fn removing_the_bgp_section_withdraws_and_adding_it_back_announces() -> Result<()> {
     if !require_privileges_with(
@@ -275,6 +276,24 @@ fn removing_the_bgp_section_withdraws_and_adding_it_back_announces() -> Result<(
         lab.ns("gw1")
             .xdp_attached(dsrgate_tests::netns::GW_UPLINK)?,
         "the steering program left with the [bgp] section"
+    );
+
+    // A `[bgp]` section whose speaker cannot start (its passive peer wants the API's
+    // port): the reload is rejected, and the gateway stays out of BGP.
+    let taken = config.replace(
+        "hold_time = \"6s\"",
+        "hold_time = \"6s\"\npassive = true\nport = 9180",
+    );
+    assert!(taken.contains("127.0.0.1:9180"), "{taken}");
+    daemon.write_config(&taken)?;
+    daemon.signal(libc::SIGHUP)?;
+    daemon.wait_log(
+        &["config reload rejected", "restarting the BGP speaker"],
+        Duration::from_secs(5),
+    )?;
+    ensure!(
+        bird.route(PREFIX4)?.is_none(),
+        "announced by a rejected config"
     );
 
     daemon.write_config(&config)?;
