@@ -574,3 +574,42 @@ fn reconfigure_gives_the_listener_a_new_md5_key() {
         p.state == State::Established
     });
 }
+
+/// A reconfiguration refused for an address it cannot bind leaves the listeners' TCP
+/// MD5 keys as they were, not only the peers: a peer still signing with its old key gets
+/// its session through the listener that stayed.
+#[test]
+fn a_refused_listener_change_puts_the_md5_keys_back() {
+    let port = free_port();
+    let listen = vec![SocketAddr::new(LOCALHOST, port)];
+    let a = [127, 0, 0, 10];
+    let mut r = passive_peer(a, port);
+    r.md5_password = Some("old".into());
+    let router = Speaker::spawn(Config {
+        peers: vec![r.clone()],
+        listen: listen.clone(),
+    })
+    .unwrap();
+    let taken = TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let mut new_key = r;
+    new_key.md5_password = Some("new".into());
+    let refused = router.reconfigure(Config {
+        peers: vec![new_key],
+        listen: vec![listen[0], taken.local_addr().unwrap()],
+    });
+    assert!(
+        matches!(refused, Err(ReconfigureError::Listen { .. })),
+        "{refused:?}"
+    );
+    let mut g = peer(port, 65001, 65000, 2);
+    g.local_address = Some(IpAddr::from(a));
+    g.md5_password = Some("old".into());
+    let _gateway = Speaker::spawn(Config {
+        peers: vec![g],
+        listen: vec![],
+    })
+    .unwrap();
+    wait_for("session signed with the old key", &router, |p| {
+        p.state == State::Established
+    });
+}
