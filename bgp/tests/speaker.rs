@@ -431,10 +431,12 @@ fn passive_peer(ip: [u8; 4], port: u16) -> PeerConfig {
     r
 }
 
-/// A gateway (AS 65001) connecting from `ip` to the router's `port`.
-fn gateway_from(ip: [u8; 4], port: u16) -> Speaker {
+/// A gateway (AS 65001) connecting from `ip` to the router's `port`, signing its segments
+/// with `md5` (RFC 2385) if given.
+fn gateway_from(ip: [u8; 4], port: u16, md5: Option<&str>) -> Speaker {
     let mut g = peer(port, 65001, 65000, ip[3]);
     g.local_address = Some(IpAddr::from(ip));
+    g.md5_password = md5.map(str::to_owned);
     Speaker::spawn(Config {
         peers: vec![g],
         listen: vec![],
@@ -449,13 +451,12 @@ fn gateway_from(ip: [u8; 4], port: u16) -> Speaker {
 fn reconfigure_moves_the_listeners_and_keeps_the_sessions() {
     let port = free_port();
     let (a, b) = ([127, 0, 0, 7], [127, 0, 0, 8]);
-    let specific = vec![SocketAddr::new(LOCALHOST, port)];
     let router = Speaker::spawn(Config {
         peers: vec![passive_peer(a, port)],
-        listen: specific.clone(),
+        listen: vec![SocketAddr::new(LOCALHOST, port)],
     })
     .unwrap();
-    let _gateway_a = gateway_from(a, port);
+    let _gateway_a = gateway_from(a, port, None);
     let established = |ip: [u8; 4]| {
         move |p: &PeerStatus| p.address == IpAddr::from(ip) && p.state == State::Established
     };
@@ -470,7 +471,7 @@ fn reconfigure_moves_the_listeners_and_keeps_the_sessions() {
         })
         .unwrap();
     assert_eq!((done.kept, done.added), (vec![a.into()], vec![b.into()]));
-    let _gateway_b = gateway_from(b, port);
+    let _gateway_b = gateway_from(b, port, None);
     wait_for(
         "session B, through the wildcard listener",
         &router,
@@ -511,7 +512,7 @@ fn reconfigure_moves_the_listeners_and_keeps_the_sessions() {
             listen: wildcard,
         })
         .unwrap();
-    let _gateway_c = gateway_from(c, port);
+    let _gateway_c = gateway_from(c, port, None);
     wait_for(
         "session C, through the wildcard listener",
         &router,
@@ -525,10 +526,9 @@ fn reconfigure_moves_the_listeners_and_keeps_the_sessions() {
 fn reconfigure_gives_the_listener_a_new_md5_key() {
     let port = free_port();
     let listen = vec![SocketAddr::new(LOCALHOST, port)];
-    let gateway_ip = IpAddr::from([127, 0, 0, 6]);
-    let mut r = peer(port, 65000, 65001, 1);
-    r.address = gateway_ip;
-    r.session.passive = true;
+    let gw = [127, 0, 0, 6];
+    let gateway_ip = IpAddr::from(gw);
+    let mut r = passive_peer(gw, port);
     let router = Speaker::spawn(Config {
         peers: vec![r.clone()],
         listen: listen.clone(),
@@ -543,14 +543,7 @@ fn reconfigure_gives_the_listener_a_new_md5_key() {
         .unwrap();
     assert_eq!(done.changed, [gateway_ip]);
 
-    let mut g = peer(port, 65001, 65000, 2);
-    g.local_address = Some(gateway_ip);
-    g.md5_password = Some("secret".into());
-    let mut gateway = Speaker::spawn(Config {
-        peers: vec![g.clone()],
-        listen: vec![],
-    })
-    .unwrap();
+    let mut gateway = gateway_from(gw, port, Some("secret"));
     wait_for("signed session up", &router, |p| {
         p.state == State::Established
     });
@@ -564,12 +557,7 @@ fn reconfigure_gives_the_listener_a_new_md5_key() {
             listen,
         })
         .unwrap();
-    g.md5_password = None;
-    let _gateway = Speaker::spawn(Config {
-        peers: vec![g],
-        listen: vec![],
-    })
-    .unwrap();
+    let _gateway = gateway_from(gw, port, None);
     wait_for("unsigned session up", &router, |p| {
         p.state == State::Established
     });
@@ -601,14 +589,7 @@ fn a_refused_listener_change_puts_the_md5_keys_back() {
         matches!(refused, Err(ReconfigureError::Listen { .. })),
         "{refused:?}"
     );
-    let mut g = peer(port, 65001, 65000, 2);
-    g.local_address = Some(IpAddr::from(a));
-    g.md5_password = Some("old".into());
-    let _gateway = Speaker::spawn(Config {
-        peers: vec![g],
-        listen: vec![],
-    })
-    .unwrap();
+    let _gateway = gateway_from(a, port, Some("old"));
     wait_for("session signed with the old key", &router, |p| {
         p.state == State::Established
     });
