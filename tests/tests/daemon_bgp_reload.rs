@@ -251,8 +251,9 @@ fn removing_the_bgp_section_withdraws_and_adding_it_back_announces() -> Result<(
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
-    let config = GatewayConfig::new(1).toml();
-    let (bird, daemon) = lab.one_gateway(&GatewayConfig::new(1), &[])?;
+    let gateway = GatewayConfig::new(1);
+    let config = gateway.toml();
+    let (bird, daemon) = lab.one_gateway(&gateway, &[])?;
 
     let (start, end) = (
         config.find("[bgp]").unwrap(),
