@@ -746,8 +746,9 @@ impl Session {
         let id = self.conns[i].id;
         // §6.8: another connection to the same peer past Connecting collides with
         // this one. The connection opened by the side with the higher BGP
-        // Identifier survives; the loser is closed with Cease / Connection
-        // Collision Resolution (RFC 4486).
+        // Identifier survives, or with equal Identifiers (allowed between ASes) the
+        // side with the larger AS (RFC 6286 §2.3); the loser is closed with Cease /
+        // Connection Collision Resolution (RFC 4486).
         let others: Vec<ConnId> = self
             .conns
             .iter()
@@ -762,7 +763,8 @@ impl Session {
                 self.collision_loser(j, out);
                 continue;
             }
-            let keep_inbound = u32::from(self.config.router_id) < u32::from(open.bgp_id);
+            let keep_inbound = (u32::from(self.config.router_id), self.config.local_as)
+                < (u32::from(open.bgp_id), open.asn());
             // Two connections in one direction: the older one goes.
             let same_direction = self.conns[i].outbound == self.conns[j].outbound;
             let loser = if !same_direction && self.conns[i].outbound == keep_inbound {

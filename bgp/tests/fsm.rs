@@ -419,14 +419,19 @@ fn idle_refuses_connections() {
 /// §6.8: both sides connect at once. Each test sees the peer's OPEN on one
 /// connection while the other is in OpenSent or OpenConfirm.
 fn collide(peer_id: Ipv4Addr) -> (Harness, Vec<Output>) {
-    let mut h = Harness::open_sent(config()); // ours
+    collide_with(config(), peer_id)
+}
+
+fn collide_with(cfg: Config, peer_id: Ipv4Addr) -> (Harness, Vec<Output>) {
+    let peer_as = cfg.remote_as;
+    let mut h = Harness::open_sent(cfg); // ours
     let out = h.ev(Event::Incoming); // theirs
     assert_eq!(out[0], Output::Accept(2));
     assert!(matches!(sent(&out)[..], [(2, Message::Open(_))]));
     // The first OPEN already identifies the peer, so the collision is resolved
     // then; the second OPEN finds its connection gone if it lost.
-    let mut out = h.recv(2, peer_open(65000, 9, peer_id));
-    out.extend(h.recv(1, peer_open(65000, 9, peer_id)));
+    let mut out = h.recv(2, peer_open(peer_as, 9, peer_id));
+    out.extend(h.recv(1, peer_open(peer_as, 9, peer_id)));
     (h, out)
 }
 
@@ -448,6 +453,28 @@ fn collision_keeps_the_connection_of_the_higher_identifier() {
     assert_eq!((conn, n.code, n.subcode), (2, 6, 7));
     h.recv(1, Message::Keepalive);
     assert_eq!(h.s.established().unwrap().0, 1);
+}
+
+/// RFC 6286 §2.3: eBGP peers may share an identifier; then the connection opened by
+/// the side with the larger AS survives. Both sides must pick the same one, or each
+/// closes the connection the other kept.
+#[test]
+fn collision_with_equal_identifiers_keeps_the_connection_of_the_larger_as() {
+    // Ours is the larger AS (65001 against 65000): the peer's connection (2) goes.
+    let (mut h, out) = collide(OUR_ID);
+    let (conn, n) = notification(&out).unwrap();
+    assert_eq!((conn, n.code, n.subcode), (2, 6, 7));
+    h.recv(1, Message::Keepalive);
+    assert_eq!(h.s.established().unwrap().0, 1);
+
+    // The peer's is larger (65002): ours (1) goes.
+    let mut cfg = config();
+    cfg.remote_as = 65002;
+    let (mut h, out) = collide_with(cfg, OUR_ID);
+    let (conn, n) = notification(&out).unwrap();
+    assert_eq!((conn, n.code, n.subcode), (1, 6, 7));
+    h.recv(2, Message::Keepalive);
+    assert_eq!(h.s.established().unwrap().0, 2);
 }
 
 #[test]

@@ -653,6 +653,18 @@ fn update_errors_follow_rfc7606() {
         OptionalAttributeError,
         SessionReset,
     );
+    // A prefix longer than its family inside MP_UNREACH_NLRI (IPv6 /129) or MP_REACH_NLRI
+    // (IPv4 /33): Optional Attribute Error with the attribute as data (RFC 4760 §7), not
+    // the Invalid Network Field of the UPDATE's own NLRI.
+    for attr in [
+        "800f04 0002 01 81",
+        "800e0e 0001 01 04 c0000201 00 21 c0000201",
+    ] {
+        let body = format!("0000 {:04x} {attr}", hex(attr).len());
+        let e = check(&body, OptionalAttributeError, SessionReset);
+        let n = DecodeError::Update(e).notification();
+        assert_eq!((n.code, n.subcode, n.data), (3, 9, hex(attr)));
+    }
     check(
         "0000 000c 800f03000201 800f03000201",
         MalformedAttributeList,

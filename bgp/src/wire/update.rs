@@ -403,7 +403,9 @@ fn is_host_address(a: Ipv4Addr) -> bool {
 }
 
 /// MP_REACH_NLRI (RFC 4760 §3) and MP_UNREACH_NLRI (§4), which both open with AFI and
-/// SAFI. A malformed one resets the session (RFC 7606 §7.11, §7.12).
+/// SAFI. A malformed one, its prefixes included, resets the session with Optional
+/// Attribute Error (RFC 4760 §7; RFC 7606 §7.11, §7.12): the Invalid Network Field of a
+/// bad prefix is for the UPDATE's own NLRI and Withdrawn Routes fields (RFC 4271 §6.3).
 fn parse_mp(flags: u8, code: u8, value: &[u8], raw: &[u8]) -> Result<PathAttribute, UpdateError> {
     let err = || {
         UpdateError::new(
@@ -423,7 +425,7 @@ fn parse_mp(flags: u8, code: u8, value: &[u8], raw: &[u8]) -> Result<PathAttribu
         });
     };
     if code == code::MP_UNREACH_NLRI {
-        let withdrawn = Prefix::parse_all(r.rest(), family)?;
+        let withdrawn = Prefix::parse_all(r.rest(), family).map_err(|_| err())?;
         return Ok(PathAttribute::MpUnreach(MpUnreach { family, withdrawn }));
     }
     let nh_len = r.u8().ok_or_else(err)?;
@@ -439,7 +441,7 @@ fn parse_mp(flags: u8, code: u8, value: &[u8], raw: &[u8]) -> Result<PathAttribu
         _ => return Err(err()),
     };
     r.u8().ok_or_else(err)?; // Reserved.
-    let nlri = Prefix::parse_all(r.rest(), family)?;
+    let nlri = Prefix::parse_all(r.rest(), family).map_err(|_| err())?;
     Ok(PathAttribute::MpReach(MpReach {
         family,
         next_hops,
