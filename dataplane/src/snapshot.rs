@@ -67,7 +67,9 @@ pub enum HashMode {
     #[default]
     FiveTuple,
     /// Source and destination address and protocol (the source port is ignored): all of a
-    /// client's connections to this VIP go to one backend.
+    /// client's connections to this VIP go to one backend. Only the Maglev pick ignores the
+    /// port: each connection keeps its own flow entry, so when the table changes the client's
+    /// open connections stay where they are and its new ones take the new choice.
     ThreeTuple,
 }
 

@@ -69,6 +69,40 @@ fn known_flows_keep_their_backend_and_syns_follow_the_table() {
     assert!(moved > 50, "the new table moved {moved} of 300 flows");
 }
 
+/// A 3-tuple VIP sends a client's connections to one backend, yet each connection keeps its
+/// own: after a table change the client's next SYN takes the current choice, and the
+/// connections it already has stay where they are (an entry shared by the client's
+/// connections would follow the new SYN and reset them all).
+#[test]
+fn a_clients_new_connection_on_a_three_tuple_vip_moves_none_of_its_open_ones() {
+    let vips = [(VIP, Proto::Tcp, 80, HashMode::ThreeTuple, Encap::IpIp)];
+    let (s1, s2) = (snapshot(1, &vips, &set(10)), snapshot(2, &vips, &set(20)));
+    let conn = |i, port, flags| flow_frame(client(i), port, ip(VIP), 80, 6, flags);
+    let mut w = worker();
+    let mut moved = 0;
+    for i in 0..100 {
+        // Unchanged table: every connection of the client on one backend.
+        let old = sent_to(&mut w, &s1, NOW, &conn(i, 1111, SYN)).unwrap();
+        for port in 1112..1120 {
+            assert_eq!(sent_to(&mut w, &s1, NOW, &conn(i, port, SYN)), Some(old));
+        }
+        // The table changes; a new connection takes the current choice.
+        let new = sent_to(&mut w, &s2, NOW, &conn(i, 2222, SYN)).unwrap();
+        moved += usize::from(new != old);
+        for port in 1111..1120 {
+            assert_eq!(
+                sent_to(&mut w, &s2, NOW, &conn(i, port, ACK)),
+                Some(old),
+                "client {i}: open connection from port {port} stays"
+            );
+        }
+        assert_eq!(sent_to(&mut w, &s2, NOW, &conn(i, 2222, ACK)), Some(new));
+        assert_eq!(sent_to(&mut w, &s2, NOW, &conn(i, 3333, SYN)), Some(new));
+    }
+    // Ten more backends move about half the clients' choices: the case above was exercised.
+    assert!((25..=75).contains(&moved), "{moved} of 100 clients moved");
+}
+
 #[test]
 fn removed_backend_rehashes_and_draining_backend_keeps_flows() {
     let mut w = worker();

@@ -237,7 +237,8 @@ pub enum HashMode {
     #[default]
     #[serde(rename = "5-tuple")]
     FiveTuple,
-    /// Addresses and protocol only: all flows of one client go to one node.
+    /// Addresses and protocol only: all flows of one client go to one node (after a backend
+    /// change, its new flows take the new choice; its open ones stay).
     #[serde(rename = "3-tuple")]
     ThreeTuple,
 }

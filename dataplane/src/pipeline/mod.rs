@@ -19,9 +19,12 @@
 //!
 //! # Hash and fragments
 //! The flow hash covers (source, destination, protocol, source port, destination port) by
-//! default. A VIP in [`HashMode::ThreeTuple`] zeroes the source port, so a client's
-//! connections share a backend. IPv4 and IPv6 fragments are hashed without the source port
-//! too, and since a later fragment carries no destination port either, every fragment is
+//! default. A VIP in [`HashMode::ThreeTuple`] picks the Maglev slot by a hash without the
+//! source port, so a client's connections share a backend; each connection still has a flow
+//! entry of its own, so a client's new connection after a table change takes the current
+//! choice without moving the connections it has open (one entry for the client would let the
+//! new SYN re-point them all). IPv4 and IPv6 fragments are keyed and hashed without the source
+//! port, and since a later fragment carries no destination port either, every fragment is
 //! attributed to the *fragment VIP* of its (address, protocol): the VIP with the lowest port
 //! (see [`Snapshot::lookup_vip`]), whose port stands in for the missing one. So the first and
 //! the later fragments of a datagram compute the same key and reach the same backend, on every
@@ -69,7 +72,7 @@ mod encap;
 mod icmp;
 mod parse;
 
-use crate::flow::{FlowTable, FlowTimeouts, SlotHint, TimeoutClass, DEFAULT_CAPACITY};
+use crate::flow::{FlowKey, FlowTable, FlowTimeouts, SlotHint, TimeoutClass, DEFAULT_CAPACITY};
 use crate::snapshot::{encap_overhead, BackendSlot, HashMode, Snapshot, Vip};
 use crate::wire::IPV4_HEADER_LEN;
 use encap::Tunnel;
@@ -278,7 +281,11 @@ pub struct FlowValue {
 struct Pending {
     p: Parsed,
     vip: u32,
+    /// The flow's hash: its flow-table place, outer source and GUE port.
     hash: u64,
+    /// The hash its Maglev slot is picked by: `hash`, or without the source port for a
+    /// [`HashMode::ThreeTuple`] VIP.
+    pick: u64,
     /// Where the flow table expects the flow (from the prefetch pass).
     slot: SlotHint,
     /// [`is_syn`], decided once in pass 1.
@@ -377,7 +384,7 @@ impl Worker {
                     w.slot = SlotHint::UNPROBED;
                     if syn {
                         if let Some(v) = snap.vips().get(w.vip as usize) {
-                            v.maglev().prefetch(w.hash);
+                            v.maglev().prefetch(w.pick);
                         }
                     }
                     todo |= 1 << i;
@@ -439,7 +446,7 @@ fn classify(
     // for no VIP never is): `pass` 117 to 98 instructions a packet (callgrind), 8.2 to 6.8 ns
     // at best in twelve alternated runs. The general parser writes into the slot directly
     // (through a local, it was copied twice).
-    let (vip, hash) = match parse::fast_v4(pkt) {
+    let (vip, hash, pick) = match parse::fast_v4(pkt) {
         Some(mut q) => {
             let r = classify_parsed(snap, pkt, &mut q, last)?;
             w.p = q;
@@ -452,18 +459,19 @@ fn classify(
     };
     w.vip = vip;
     w.hash = hash;
+    w.pick = pick;
     Ok(())
 }
 
-/// [`classify`] after parsing `pkt` into `p`: its VIP and flow hash, `p.key` adjusted to
-/// the VIP's hash mode.
+/// [`classify`] after parsing `pkt` into `p`: its VIP, flow hash and Maglev hash (see
+/// [`Pending`]), `p.key` adjusted for a fragment.
 #[inline(always)]
 fn classify_parsed(
     snap: &Snapshot,
     pkt: &[u8],
     p: &mut Parsed,
     last: &mut Option<LastVip>,
-) -> Result<(u32, u64), Early> {
+) -> Result<(u32, u64, u64), Early> {
     if p.kind == Kind::Other {
         return Err(if snap.is_vip_addr(&p.key.dst) {
             Early::Drop(DropReason::Unsupported)
@@ -500,12 +508,22 @@ fn classify_parsed(
     // forwarding cannot serve: the load waited for both stores to reach the cache, on the
     // hash's path to the flow-table prefetch (`tcp4_hit_hot` 38.5 to 31.4 ns, minimum of
     // fifteen alternated runs; `tcp4_syn` 95.2 to 82.6).
-    (p.key.src_port, p.key.dst_port) = if p.fragment || v.hash == HashMode::ThreeTuple {
+    (p.key.src_port, p.key.dst_port) = if p.fragment {
         (0, v.key.port)
     } else {
         (p.key.src_port, p.key.dst_port)
     };
-    Ok((vip, p.key.hash(snap.hash_seed)))
+    let hash = p.key.hash(snap.hash_seed);
+    let pick = if v.hash == HashMode::ThreeTuple {
+        FlowKey {
+            src_port: 0,
+            ..p.key
+        }
+        .hash(snap.hash_seed)
+    } else {
+        hash
+    };
+    Ok((vip, hash, pick))
 }
 
 /// A TCP SYN without ACK: a new connection, which always takes the current Maglev choice.
@@ -633,7 +651,7 @@ impl State {
     ) -> Option<(u32, &'s BackendSlot)> {
         let p = &w.p;
         let maglev = || {
-            let slot = vip.backends().start + vip.maglev().lookup(w.hash)?;
+            let slot = vip.backends().start + vip.maglev().lookup(w.pick)?;
             Some((slot, snap.backends().get(slot as usize)?))
         };
         let record = |(slot, b): (u32, &BackendSlot)| FlowValue { addr: b.addr, slot };
