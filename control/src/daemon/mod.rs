@@ -357,7 +357,10 @@ impl Daemon {
             self.metrics
                 .health_transition(ev.target.addr, up, ev.reason.label());
         }
-        if !self.services.health_targets().contains(&ev.target) {
+        // Only the current run of a current target: a queued event from before the
+        // target was removed and added again would leave it up here while the checker,
+        // which started it afresh, holds it down.
+        if !self.health.is_current(&ev) {
             return;
         }
         self.targets.insert(
@@ -400,6 +403,8 @@ impl Daemon {
         }
         self.services = services;
         let targets = self.services.health_targets();
+        // Targets compare by what is probed, not timing: a retimed target keeps its
+        // state here, as its counter does in the checker.
         let keep: HashSet<&Target> = targets.iter().collect();
         self.targets.retain(|t, _| keep.contains(t));
         self.health.set_targets(targets);

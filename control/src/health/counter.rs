@@ -32,6 +32,13 @@ impl Counter {
         self.weight
     }
 
+    /// The probe's timing changed: the state and weight stay, and the streak
+    /// starts over, so an up target now goes down after the new `fall`
+    /// failures (and a down one up after the new `rise` successes).
+    pub fn retimed(&mut self) {
+        self.streak = 0;
+    }
+
     /// Records one probe result; returns the transition it caused, if any,
     /// with the reason to log.
     pub fn record(
@@ -139,6 +146,22 @@ mod tests {
             })
         );
         assert_eq!(c.weight(), Some(5));
+    }
+
+    #[test]
+    fn retimed_keeps_the_state_and_restarts_the_streak() {
+        let mut c = Counter::default();
+        assert!(c.record(&Outcome::Pass { weight: Some(4) }, 1, 3).is_some());
+        assert_eq!(c.record(&fail(), 1, 3), None);
+        assert_eq!(c.record(&fail(), 1, 3), None);
+        c.retimed();
+        assert_eq!((c.state(), c.weight()), (State::Up, Some(4)));
+        // Two failures were counted before: the new fall of 2 counts afresh.
+        assert_eq!(c.record(&fail(), 1, 2), None);
+        assert_eq!(
+            c.record(&fail(), 1, 2),
+            Some((Transition::Down, Reason::Refused))
+        );
     }
 
     proptest! {

@@ -78,12 +78,33 @@ pub struct HealthSpec {
     pub timing: Timing,
 }
 
-/// One thing to probe. Backends of several VIPs that share a node and a spec
-/// share one target, so a node is not probed once per VIP.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One thing to probe. Equality and hashing look only at what is probed (the
+/// address and the [`Probe`]), not at the timing: a reload that only retimes a
+/// check finds the same target and keeps its state, as HAProxy and IPVS keep a
+/// server's state across a reload, while a new port, path or probe kind is a
+/// new target that starts down. Backends of several VIPs that share a node and
+/// a probe share one target, so a node is not probed once per VIP; if their
+/// timings differ, the first in the list given to
+/// [`HealthChecker::set_targets`] is used.
+#[derive(Debug, Clone)]
 pub struct Target {
     pub addr: IpAddr,
     pub spec: HealthSpec,
+}
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr && self.spec.probe == other.spec.probe
+    }
+}
+
+impl Eq for Target {}
+
+impl std::hash::Hash for Target {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr.hash(state);
+        self.spec.probe.hash(state);
+    }
 }
 
 impl fmt::Display for Target {
@@ -178,6 +199,8 @@ pub enum Transition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthEvent {
     pub target: Target,
+    /// The run of the target that made this transition; see [`Epochs`].
+    pub epoch: u64,
     pub transition: Transition,
     pub state: State,
     pub weight: Option<u32>,
@@ -218,6 +241,7 @@ struct Running {
 }
 
 struct Slot {
+    epoch: u64,
     counter: Counter,
     due: Instant,
     running: Option<Running>,
@@ -233,6 +257,55 @@ pub struct HealthChecker {
     by_token: HashMap<Token, Target>,
     next_token: usize,
     rng: fastrand::Rng,
+    /// Epochs of [`set_targets`](Self::set_targets) (a [`HealthThread`]
+    /// assigns its own and passes them in).
+    epochs: Epochs,
+}
+
+/// Which run of each target is current. A target gets a new epoch each time it
+/// is added (it was not in the previous list) and keeps it while it stays,
+/// timing changes included; every [`HealthEvent`] carries its epoch.
+///
+/// Why: a consumer reads events some time after they were made. If a target is
+/// removed and added again in between, the checker starts it afresh (down),
+/// but the old run's `Up` may still be queued; taken as current it would hold
+/// the target up while the checker holds it down, and since failures while
+/// down make no transition, nothing would ever take it out. Epochs make such
+/// an event recognisably stale ([`HealthThread::is_current`]).
+#[derive(Debug, Default)]
+pub struct Epochs {
+    current: HashMap<Target, u64>,
+    last: u64,
+}
+
+impl Epochs {
+    /// Makes `targets` (duplicates dropped, the first kept) the current list and
+    /// returns each with its epoch: the one it had if it stays, else a new one.
+    pub fn assign(&mut self, targets: impl IntoIterator<Item = Target>) -> Vec<(Target, u64)> {
+        let mut next = HashMap::new();
+        let mut out = Vec::new();
+        for t in targets {
+            if next.contains_key(&t) {
+                continue;
+            }
+            let epoch = match self.current.get(&t) {
+                Some(&e) => e,
+                None => {
+                    self.last += 1;
+                    self.last
+                }
+            };
+            next.insert(t.clone(), epoch);
+            out.push((t, epoch));
+        }
+        self.current = next;
+        out
+    }
+
+    /// Whether `ev` comes from the current run of a current target.
+    pub fn is_current(&self, ev: &HealthEvent) -> bool {
+        self.current.get(&ev.target) == Some(&ev.epoch)
+    }
 }
 
 impl HealthChecker {
@@ -247,6 +320,7 @@ impl HealthChecker {
             by_token: HashMap::new(),
             next_token: 0,
             rng: fastrand::Rng::new(),
+            epochs: Epochs::default(),
         })
     }
 
@@ -256,39 +330,61 @@ impl HealthChecker {
     }
 
     /// Replaces the set of targets. Targets already known keep their state
-    /// and schedule; new ones start down, first probed within one interval.
+    /// and schedule (a changed timing applies from the next probe, and the
+    /// rise/fall streak starts over so the new counts apply in full); new ones
+    /// start down, first probed within one interval.
     pub fn set_targets(&mut self, targets: impl IntoIterator<Item = Target>) {
+        let stamped = self.epochs.assign(targets);
+        self.apply(stamped);
+    }
+
+    /// [`set_targets`](Self::set_targets) with epochs from [`Epochs::assign`]:
+    /// a known target whose epoch changed was removed and added again since,
+    /// and starts afresh.
+    fn apply(&mut self, targets: Vec<(Target, u64)>) {
         let now = Instant::now();
         let mut next: HashMap<Target, Slot> = HashMap::new();
-        for t in targets {
+        for (t, epoch) in targets {
             if next.contains_key(&t) {
                 continue;
             }
-            let slot = match self.slots.remove(&t) {
-                Some(slot) => slot,
-                None => {
-                    let first = t
-                        .spec
-                        .timing
-                        .interval
-                        .min(MAX_PERIOD)
-                        .mul_f64(self.rng.f64());
-                    Slot {
-                        counter: Counter::default(),
-                        due: now + first,
-                        running: None,
+            let interval = t.spec.timing.interval.min(MAX_PERIOD);
+            let kept = match self.slots.remove_entry(&t) {
+                Some((old, mut slot)) if slot.epoch == epoch => {
+                    if old.spec.timing != t.spec.timing {
+                        slot.counter.retimed();
+                        // A shorter interval applies now, not after the old one.
+                        slot.due = slot.due.min(now + interval.mul_f64(self.rng.f64()));
                     }
+                    Some(slot)
                 }
+                Some((_, stale)) => {
+                    self.stop(stale);
+                    None
+                }
+                None => None,
             };
+            let slot = kept.unwrap_or_else(|| Slot {
+                epoch,
+                counter: Counter::default(),
+                due: now + interval.mul_f64(self.rng.f64()),
+                running: None,
+            });
             next.insert(t, slot);
         }
-        for (_, slot) in self.slots.drain() {
-            if let Some(mut r) = slot.running {
-                let _ = self.poll.registry().deregister(&mut r.probe.stream);
-                self.by_token.remove(&r.token);
-            }
+        let gone: Vec<Slot> = self.slots.drain().map(|(_, s)| s).collect();
+        for slot in gone {
+            self.stop(slot);
         }
         self.slots = next;
+    }
+
+    /// Drops a slot's probe in flight, if any.
+    fn stop(&mut self, slot: Slot) {
+        if let Some(mut r) = slot.running {
+            let _ = self.poll.registry().deregister(&mut r.probe.stream);
+            self.by_token.remove(&r.token);
+        }
     }
 
     /// The current state and reported weight of a target.
@@ -397,7 +493,12 @@ impl HealthChecker {
     }
 
     fn finish(&mut self, target: &Target, outcome: Outcome, out: &mut Vec<HealthEvent>) {
-        let Some(slot) = self.slots.get_mut(target) else {
+        // The slot's own key has the current timing; `target` may be a copy
+        // taken before a retiming.
+        let Some(target) = self.slots.get_key_value(target).map(|(t, _)| t.clone()) else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(&target) else {
             return;
         };
         if let Some(mut r) = slot.running.take() {
@@ -408,7 +509,8 @@ impl HealthChecker {
         if let Some((transition, reason)) = slot.counter.record(&outcome, timing.rise, timing.fall)
         {
             let event = HealthEvent {
-                target: target.clone(),
+                target,
+                epoch: slot.epoch,
                 transition,
                 state: slot.counter.state(),
                 weight: slot.counter.weight(),
@@ -426,11 +528,15 @@ impl HealthChecker {
 }
 
 enum Command {
-    SetTargets(Vec<Target>),
+    SetTargets(Vec<(Target, u64)>),
 }
 
 /// A [`HealthChecker`] on its own thread. Dropping it stops the thread.
 pub struct HealthThread {
+    /// Assigned here, on the caller's side, so that
+    /// [`is_current`](Self::is_current) knows the current epochs the moment
+    /// [`set_targets`](Self::set_targets) returns, before the thread has seen them.
+    epochs: std::sync::Mutex<Epochs>,
     commands: Option<Sender<Command>>,
     waker: Arc<Waker>,
     join: Option<JoinHandle<()>>,
@@ -449,7 +555,7 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
             loop {
                 loop {
                     match cmd_rx.try_recv() {
-                        Ok(Command::SetTargets(t)) => checker.set_targets(t),
+                        Ok(Command::SetTargets(t)) => checker.apply(t),
                         Err(crossbeam::channel::TryRecvError::Empty) => break,
                         Err(crossbeam::channel::TryRecvError::Disconnected) => return,
                     }
@@ -467,6 +573,7 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
         })?;
     Ok((
         HealthThread {
+            epochs: std::sync::Mutex::new(Epochs::default()),
             commands: Some(cmd_tx),
             waker,
             join: Some(join),
@@ -478,10 +585,28 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
 impl HealthThread {
     /// Replaces the probed targets (see [`HealthChecker::set_targets`]).
     pub fn set_targets(&self, targets: Vec<Target>) {
+        let mut epochs = self.epochs();
+        let stamped = epochs.assign(targets);
         if let Some(tx) = &self.commands {
-            let _ = tx.send(Command::SetTargets(targets));
+            // Sent under the lock, so the thread sees lists in assignment order.
+            let _ = tx.send(Command::SetTargets(stamped));
             let _ = self.waker.wake();
         }
+    }
+
+    /// Whether `ev` is about a target's current run: false for a target no
+    /// longer probed, and for one removed and added again since `ev` was made
+    /// (see [`Epochs`]). A consumer that ignores the others holds the same
+    /// state as the checker.
+    pub fn is_current(&self, ev: &HealthEvent) -> bool {
+        self.epochs().is_current(ev)
+    }
+
+    fn epochs(&self) -> std::sync::MutexGuard<'_, Epochs> {
+        // Epochs are consistent after any panic (assign replaces the map whole).
+        self.epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -492,5 +617,180 @@ impl Drop for HealthThread {
         if let Some(j) = self.join.take() {
             let _ = j.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    const BOUND: Duration = Duration::from_secs(20);
+
+    fn tcp(addr: SocketAddr, interval_ms: u64, rise: u32, fall: u32) -> Target {
+        Target {
+            addr: addr.ip(),
+            spec: HealthSpec {
+                probe: Probe::Tcp { port: addr.port() },
+                timing: Timing {
+                    interval: Duration::from_millis(interval_ms),
+                    timeout: Duration::from_millis(interval_ms),
+                    rise,
+                    fall,
+                },
+            },
+        }
+    }
+
+    /// Polls until an event arrives; panics after [`BOUND`].
+    fn next_event(checker: &mut HealthChecker) -> HealthEvent {
+        let deadline = Instant::now() + BOUND;
+        let mut out = Vec::new();
+        while out.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no health event within the bound"
+            );
+            checker
+                .poll(Some(Duration::from_millis(20)), &mut out)
+                .unwrap();
+        }
+        out.remove(0)
+    }
+
+    #[test]
+    fn identity_is_what_is_probed_not_when() {
+        let addr: SocketAddr = "192.0.2.1:8080".parse().unwrap();
+        let t = tcp(addr, 2000, 2, 3);
+        let retimed = tcp(addr, 3000, 5, 1);
+        assert_eq!(t, retimed);
+        // What the daemon's services_changed does with its state map on a reload.
+        let mut states = HashMap::from([(t.clone(), State::Up)]);
+        let keep: std::collections::HashSet<&Target> = [&retimed].into_iter().collect();
+        states.retain(|t, _| keep.contains(t));
+        assert_eq!(states.get(&retimed), Some(&State::Up));
+
+        let other_port = tcp("192.0.2.1:8081".parse().unwrap(), 2000, 2, 3);
+        let other_node = tcp("192.0.2.2:8080".parse().unwrap(), 2000, 2, 3);
+        let mut http = t.clone();
+        http.spec.probe = Probe::Http {
+            port: 8080,
+            path: "/healthz".into(),
+            weight_header: false,
+        };
+        let mut other_path = http.clone();
+        other_path.spec.probe = Probe::Http {
+            port: 8080,
+            path: "/ready".into(),
+            weight_header: false,
+        };
+        for different in [other_port, other_node, http.clone(), other_path] {
+            assert_ne!(t, different);
+            assert!(!keep.contains(&different));
+        }
+        assert_ne!(http, t);
+    }
+
+    #[test]
+    fn epochs_change_only_when_a_target_comes_back() {
+        let a = tcp("192.0.2.1:80".parse().unwrap(), 1000, 1, 1);
+        let b = tcp("192.0.2.2:80".parse().unwrap(), 1000, 1, 1);
+        let mut e = Epochs::default();
+        let first = e.assign([a.clone(), b.clone(), a.clone()]);
+        assert_eq!(first.len(), 2, "duplicates are dropped");
+        let ev = |t: &Target, epoch| HealthEvent {
+            target: t.clone(),
+            epoch,
+            transition: Transition::Up,
+            state: State::Up,
+            weight: None,
+            reason: Reason::Passed,
+        };
+        let up_a = ev(&a, first[0].1);
+        assert!(e.is_current(&up_a));
+        // Retimed: the same run.
+        let kept = e.assign([tcp("192.0.2.1:80".parse().unwrap(), 3000, 2, 2), b.clone()]);
+        assert_eq!(kept[0].1, first[0].1);
+        assert!(e.is_current(&up_a));
+        // Removed, then added again: a new run, and the old run's event is stale.
+        e.assign([b.clone()]);
+        assert!(!e.is_current(&up_a));
+        let again = e.assign([a.clone(), b.clone()]);
+        assert_ne!(again[0].1, first[0].1);
+        assert!(!e.is_current(&up_a));
+        assert!(e.is_current(&ev(&a, again[0].1)));
+        assert_eq!(again[1].1, first[1].1, "b stayed throughout");
+    }
+
+    /// A reload that changes only the timing keeps an up target up (no event,
+    /// no new rise), and the new `fall` then takes it down.
+    #[test]
+    fn retiming_keeps_an_up_target_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut checker = HealthChecker::new().unwrap();
+        checker.set_targets([tcp(addr, 50, 1, 1)]);
+        let up = next_event(&mut checker);
+        assert_eq!(up.transition, Transition::Up);
+
+        let retimed = tcp(addr, 80, 3, 2);
+        checker.set_targets([retimed.clone()]);
+        assert_eq!(checker.state(&retimed), Some((State::Up, None)));
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < until {
+            checker
+                .poll(Some(Duration::from_millis(20)), &mut out)
+                .unwrap();
+        }
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(checker.state(&retimed), Some((State::Up, None)));
+
+        drop(listener);
+        let down = next_event(&mut checker);
+        assert_eq!((down.transition, down.epoch), (Transition::Down, up.epoch));
+        assert_eq!(
+            down.target.spec.timing.fall, 2,
+            "reported with the new timing"
+        );
+
+        // A new port is a new target: it starts down.
+        let moved = tcp(SocketAddr::new(addr.ip(), addr.port() ^ 1), 80, 1, 1);
+        checker.set_targets([moved.clone()]);
+        assert_eq!(checker.state(&moved), Some((State::Down, None)));
+    }
+
+    /// The race the epochs close: an `Up` still queued when its target is removed
+    /// and added again is stale, and the checker restarts the target so the new
+    /// run reports its own `Up`, which is current.
+    #[test]
+    fn an_event_from_before_a_readd_is_stale() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = tcp(listener.local_addr().unwrap(), 50, 1, 1);
+        let (checker, rx) = spawn().unwrap();
+        checker.set_targets(vec![t.clone()]);
+        let queued = rx.recv_timeout(BOUND).unwrap();
+        assert_eq!(queued.transition, Transition::Up);
+        assert!(checker.is_current(&queued));
+
+        checker.set_targets(vec![]);
+        checker.set_targets(vec![t.clone()]);
+        assert!(!checker.is_current(&queued), "{queued:?}");
+        // Any event of the old run still queued is stale too; the new run rises.
+        let deadline = Instant::now() + BOUND;
+        let fresh = loop {
+            assert!(Instant::now() < deadline, "the re-added target never rose");
+            let ev = rx.recv_timeout(BOUND).unwrap();
+            if checker.is_current(&ev) {
+                break ev;
+            }
+            assert_eq!(ev.epoch, queued.epoch, "{ev:?}");
+        };
+        assert_eq!(fresh.transition, Transition::Up);
+        assert_ne!(fresh.epoch, queued.epoch);
+
+        // A retiming keeps the run: its events stay current.
+        checker.set_targets(vec![tcp(listener.local_addr().unwrap(), 80, 2, 2)]);
+        assert!(checker.is_current(&fresh));
     }
 }
