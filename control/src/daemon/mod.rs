@@ -352,16 +352,16 @@ impl Daemon {
     }
 
     fn on_health(&mut self, ev: HealthEvent, now: Instant) {
+        // Only the current run of a current target: a queued event from before the
+        // target was removed and added again would leave it up here while the checker,
+        // which started it afresh, holds it down. Nor is it counted as a transition.
+        if !self.health.is_current(&ev) {
+            return;
+        }
         let up = ev.state == State::Up;
         if !matches!(ev.transition, Transition::Weight { .. }) {
             self.metrics
                 .health_transition(ev.target.addr, up, ev.reason.label());
-        }
-        // Only the current run of a current target: a queued event from before the
-        // target was removed and added again would leave it up here while the checker,
-        // which started it afresh, holds it down.
-        if !self.health.is_current(&ev) {
-            return;
         }
         self.targets.insert(
             ev.target,
