@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use dataplane::maglev::MAX_BACKENDS;
 use dataplane::snapshot::{
     BackendConfig, Encap as DpEncap, HashMode as DpHash, Proto, Snapshot, SnapshotConfig,
     SnapshotError, SourcePrefix, VipConfig, VipKey,
@@ -70,8 +71,10 @@ pub struct Desired {
 /// The snapshot content for `services`, whose backends' current usable weights come from
 /// `usable` (see [`crate::sources::VipSpec::healthy_backends`]), with next-hop MACs from
 /// `next_hops`. Backends a snapshot cannot carry (an IPv4 backend of an IPv6 VIP, or a
-/// family without an outer source address) are left out with a warning, so that one bad
-/// Kubernetes object cannot block every other update.
+/// family without an outer source address) are left out with a warning, and so are those
+/// beyond what one Maglev table holds (the table size, at most [`MAX_BACKENDS`]: a Cluster
+/// Service on more nodes than that keeps the lowest addresses, the same on every gateway),
+/// so that one bad Kubernetes object cannot block every other update.
 pub fn desired(
     services: &ServiceSet,
     usable: impl Fn(usize) -> Vec<BackendSpec>,
@@ -81,7 +84,7 @@ pub fn desired(
     let mut vips = Vec::new();
     let mut origins = Vec::new();
     for (i, spec) in services.vips.iter().enumerate() {
-        let backends: Vec<BackendConfig> = usable(i)
+        let mut backends: Vec<BackendConfig> = usable(i)
             .into_iter()
             .filter(|b| {
                 let ok = params.can_tunnel(spec.addr, b.addr);
@@ -96,6 +99,13 @@ pub fn desired(
                 weight: b.weight,
             })
             .collect();
+        let room = MAX_BACKENDS.min(params.maglev_size as usize);
+        if backends.len() > room {
+            tracing::warn!(vip = %spec.name, backends = backends.len(),
+                "only the {room} lowest backend addresses fit one Maglev table; the rest are left out");
+            backends.sort_unstable_by_key(|b| b.addr);
+            backends.truncate(room);
+        }
         for &port in &spec.ports {
             vips.push(VipConfig {
                 key: VipKey {
@@ -386,6 +396,43 @@ mod tests {
                 health: None,
             }],
         }
+    }
+
+    /// A Cluster Service on more nodes than the table has slots used to fail the whole
+    /// snapshot, and the policy then withdrew every VIP of the gateway.
+    #[test]
+    fn backends_beyond_one_table_are_left_out_and_the_snapshot_builds() {
+        let mut s = services();
+        let v = &mut s.vips[0];
+        v.backends = (0..300u32)
+            .rev()
+            .map(|i| BackendSpec {
+                addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+                weight: 1,
+            })
+            .collect();
+        let d = desired(
+            &s,
+            |i| s.vips[i].backends.clone(),
+            &HashMap::new(),
+            &params(),
+        );
+        for v in &d.config.vips {
+            assert_eq!(v.backends.len(), 251);
+            assert_eq!(v.backends.last().unwrap().addr.to_string(), "10.0.0.250");
+        }
+        let mut publisher = Publisher::new(d).unwrap();
+        assert_eq!(publisher.vips().len(), 2);
+        // Back under the limit: every backend is taken again.
+        s.vips[0].backends.truncate(200);
+        let d = desired(
+            &s,
+            |i| s.vips[i].backends.clone(),
+            &HashMap::new(),
+            &params(),
+        );
+        assert_eq!(d.config.vips[0].backends.len(), 200);
+        assert!(publisher.publish(d).unwrap().is_some());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! documents every field and is parsed by this module's tests.
 
 mod validate;
+pub(crate) use validate::unusable;
 pub mod values;
 
 use std::collections::HashMap;

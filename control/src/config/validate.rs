@@ -346,8 +346,9 @@ fn announceable(v: &mut V, c: &Config, field: &str, addr: IpAddr, what: &str) {
     );
 }
 
-/// Addresses that can be neither a VIP, a node, nor a peer.
-fn unusable(a: IpAddr) -> bool {
+/// Addresses that can be neither a VIP, a node, nor a peer. Also applied to the addresses
+/// Kubernetes objects name ([`crate::sources::kube`]).
+pub(crate) fn unusable(a: IpAddr) -> bool {
     a.is_unspecified()
         || a.is_multicast()
         || a.is_loopback()

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::config::{Kubernetes, Protocol, MAX_WEIGHT};
+use crate::config::{unusable, Kubernetes, Protocol, MAX_WEIGHT};
 use crate::health::{HealthSpec, Probe};
 use crate::sources::static_list::encap;
 use crate::sources::{BackendSpec, Origin, ServiceSet, TrafficPolicy, VipSpec};
@@ -53,7 +53,25 @@ pub fn selected(cfg: &Kubernetes, svc: &Service) -> bool {
         && spec.load_balancer_class.as_deref() == cfg.load_balancer_class.as_deref()
 }
 
-fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+fn svc_key(svc: &Service) -> String {
+    key(
+        svc.metadata.namespace.as_deref(),
+        svc.metadata.name.as_deref(),
+    )
+}
+
+/// `raw` as a unicast address: a multicast, broadcast or unspecified address in one Service
+/// must not become a VIP, which the dataplane would refuse (and with it the whole snapshot)
+/// and BGP must never carry.
+fn unicast(raw: &str) -> Result<IpAddr, &'static str> {
+    match raw.parse() {
+        Ok(ip) if !unusable(ip) => Ok(ip),
+        Ok(_) => Err("not a unicast address"),
+        Err(_) => Err("unparseable"),
+    }
+}
+
+fn raw_ingress_ips(svc: &Service) -> impl Iterator<Item = &str> {
     let ingress = svc
         .status
         .as_ref()
@@ -63,19 +81,44 @@ fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
         .into_iter()
         .flatten()
         .filter_map(|i| i.ip.as_deref())
-        .filter_map(|ip| ip.parse().ok())
+}
+
+fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    raw_ingress_ips(svc)
+        .filter_map(|ip| unicast(ip).ok())
         .collect()
 }
 
-fn spec_ip(svc: &Service) -> Option<IpAddr> {
-    let raw = svc.spec.as_ref()?.load_balancer_ip.as_deref()?;
-    match raw.parse() {
-        Ok(ip) => Some(ip),
-        Err(_) => {
-            tracing::warn!(service = %key(svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()), value = raw, "ignoring unparseable spec.loadBalancerIP");
-            None
+/// Logs the status addresses [`ingress_ips`] leaves out.
+fn warn_refused_ingress(svc: &Service) {
+    for raw in raw_ingress_ips(svc) {
+        if let Err(why) = unicast(raw) {
+            tracing::warn!(service = %svc_key(svc), value = raw, "ignoring status.loadBalancer.ingress ip: {why}");
         }
     }
+}
+
+/// The address the Service asks for in `spec.loadBalancerIP`, if it names one at all
+/// (manifests often carry an empty one, which asks for nothing).
+fn requested(svc: &Service) -> Option<&str> {
+    let raw = svc.spec.as_ref()?.load_balancer_ip.as_deref()?;
+    (!raw.trim().is_empty()).then_some(raw)
+}
+
+/// The requested address if it may be granted: unicast, and inside the address pool when
+/// one is configured (as MetalLB and Cilium LB-IPAM do), so a namespace that may create a
+/// Service cannot have any address of its choosing announced. A Service whose request is
+/// refused gets no VIP (never a pool address instead of the one it asked for).
+fn spec_ip(cfg: &Kubernetes, svc: &Service) -> Option<IpAddr> {
+    let raw = requested(svc)?;
+    let ip = unicast(raw)
+        .map_err(|why| tracing::warn!(service = %svc_key(svc), value = raw, "ignoring spec.loadBalancerIP: {why}"))
+        .ok()?;
+    if !cfg.address_pool.is_empty() && !cfg.address_pool.iter().any(|r| r.contains(ip)) {
+        tracing::warn!(service = %svc_key(svc), value = %ip, "ignoring spec.loadBalancerIP outside kubernetes.address_pool");
+        return None;
+    }
+    Some(ip)
 }
 
 fn wants_ipv6(svc: &Service) -> bool {
@@ -90,7 +133,7 @@ fn node_addr(cfg: &Kubernetes, node: &Node, v6: bool) -> Option<IpAddr> {
         .iter()
         .filter(|a| a.type_ == cfg.node_address_type.as_str())
         .filter_map(|a| a.address.parse::<IpAddr>().ok())
-        .find(|ip| ip.is_ipv6() == v6)
+        .find(|ip| ip.is_ipv6() == v6 && !unusable(*ip))
 }
 
 fn node_ready(node: &Node) -> bool {
@@ -185,13 +228,17 @@ pub fn compute(
     assigned.retain(|k, _| {
         selected_svcs
             .iter()
-            .any(|(key, s)| *key == k && ingress_ips(s).is_empty() && spec_ip(s).is_none())
+            .any(|(key, s)| *key == k && ingress_ips(s).is_empty() && requested(s).is_none())
     });
 
     let mut used: BTreeSet<IpAddr> = objs
         .services
         .values()
-        .flat_map(|s| ingress_ips(s).into_iter().chain(spec_ip(s)))
+        .flat_map(|s| {
+            ingress_ips(s)
+                .into_iter()
+                .chain(requested(s).and_then(|r| r.parse().ok()))
+        })
         .collect();
     used.extend(assigned.values().copied());
 
@@ -200,24 +247,26 @@ pub fn compute(
     for (k, svc) in selected_svcs {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
+        warn_refused_ingress(svc);
         let mut addrs = ingress_ips(svc);
         if addrs.is_empty() {
-            let ip = match spec_ip(svc).or_else(|| assigned.get(k).copied()) {
-                Some(ip) => Some(ip),
-                None => {
-                    let ip = pick_from_pool(cfg, &used, wants_ipv6(svc));
-                    match ip {
-                        Some(ip) => {
-                            used.insert(ip);
-                            assigned.insert(k.clone(), ip);
-                        }
-                        None if !cfg.address_pool.is_empty() => {
-                            tracing::warn!(service = %k, "address pool exhausted")
-                        }
-                        None => {}
+            let ip = if requested(svc).is_some() {
+                spec_ip(cfg, svc)
+            } else if let Some(ip) = assigned.get(k) {
+                Some(*ip)
+            } else {
+                let ip = pick_from_pool(cfg, &used, wants_ipv6(svc));
+                match ip {
+                    Some(ip) => {
+                        used.insert(ip);
+                        assigned.insert(k.clone(), ip);
                     }
-                    ip
+                    None if !cfg.address_pool.is_empty() => {
+                        tracing::warn!(service = %k, "address pool exhausted")
+                    }
+                    None => {}
                 }
+                ip
             };
             if let Some(ip) = ip {
                 if !cfg.address_pool.is_empty() {
@@ -413,6 +462,71 @@ mod tests {
         let c3 = compute(&cfg(), &objs, &mut assigned);
         assert_eq!(c3.to_write.len(), 6 - 1);
         assert!(!c3.set.vips.iter().any(|v| v.name == "ns/f"));
+    }
+
+    /// One Service's address that is not unicast used to reach the snapshot builder, which
+    /// refused the whole snapshot, and the policy then withdrew every VIP of the gateway.
+    #[test]
+    fn addresses_must_be_unicast_and_requests_inside_the_pool() {
+        let mk = |name: &str, spec_ip: Option<&str>, ingress: &[&str]| {
+            let ingress: Vec<Value> = ingress.iter().map(|ip| json!({ "ip": ip })).collect();
+            let mut spec =
+                json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]});
+            if let Some(ip) = spec_ip {
+                spec["loadBalancerIP"] = json!(ip);
+            }
+            svc(json!({"metadata": {"name": name, "namespace": "ns",
+                    "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": spec, "status": {"loadBalancer": {"ingress": ingress}}}))
+            .unwrap()
+        };
+        let node = |name: &str, addr: &str| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "status": {"addresses": [{"type": "InternalIP", "address": addr}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .unwrap()
+        };
+        let mut objs = Objects::default();
+        for s in [
+            mk("m", Some("224.0.0.1"), &[]),
+            mk("out", Some("192.0.2.7"), &[]),
+            mk("in", Some("198.51.100.2"), &[]),
+            mk("bad-status", Some(""), &["255.255.255.255", "0.0.0.0"]),
+            mk("status", None, &["ff02::1", "192.0.2.9"]),
+        ] {
+            objs.services.insert(svc_key(&s), s);
+        }
+        objs.nodes.insert("n1".into(), node("n1", "10.1.0.1"));
+        objs.nodes.insert("n2".into(), node("n2", "224.0.0.5"));
+        let vips = |cfg: &Kubernetes, objs: &Objects| -> BTreeMap<String, Vec<String>> {
+            let c = compute(cfg, objs, &mut HashMap::new());
+            let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for v in &c.set.vips {
+                assert_eq!(v.backends.len(), 1, "the multicast node is no backend");
+                assert_eq!(v.backends[0].addr.to_string(), "10.1.0.1");
+                out.entry(v.name.clone())
+                    .or_default()
+                    .push(v.addr.to_string());
+            }
+            out
+        };
+        let got = vips(&cfg(), &objs);
+        // Refused requests get no VIP, and no pool address in place of the one asked for.
+        assert!(
+            !got.contains_key("ns/m") && !got.contains_key("ns/out"),
+            "{got:?}"
+        );
+        assert_eq!(got["ns/in"], ["198.51.100.2"]);
+        // A status of nothing usable counts as none, as does an empty request: the Service
+        // gets a pool address.
+        assert_eq!(got["ns/bad-status"], ["198.51.100.0"]);
+        assert_eq!(got["ns/status"], ["192.0.2.9"]);
+        // Without a pool any unicast request is granted; multicast still is not.
+        let mut open = cfg();
+        open.address_pool.clear();
+        let got = vips(&open, &objs);
+        assert_eq!(got["ns/out"], ["192.0.2.7"]);
+        assert!(!got.contains_key("ns/m") && !got.contains_key("ns/bad-status"));
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
