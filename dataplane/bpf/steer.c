@@ -13,7 +13,11 @@
  *     `vips`;
  *   - IPv4/IPv6 fragments to a VIP address and protocol listed in `vip_addrs` (a
  *     non-first fragment carries no port, so every fragment goes by address+protocol);
- *     an IPv6 atomic fragment (offset 0, no more fragments; RFC 6946) is a whole datagram;
+ *     an IPv6 atomic fragment (offset 0, no more fragments; RFC 6946) is a whole datagram.
+ *     An IPv6 fragment whose Fragmentable Part starts with an extension header (say
+ *     Destination Options or AH) goes by address+UDP, the first fragment too if it is TCP
+ *     or UDP: a later fragment cannot tell its upper-layer protocol, and all fragments of a
+ *     datagram must agree (see skip_ext6; the pipeline's ipv6ext::Upper::keyed_proto);
  *   - ICMP/ICMPv6 errors (ICMPv4 destination unreachable incl. fragmentation needed, time
  *     exceeded, parameter problem; ICMPv6 types below 128, RFC 4443 section 2.1), not
  *     fragmented, addressed to the VIP that sent the embedded packet: its source address,
@@ -151,12 +155,25 @@ static __always_inline int is_opt6(__u8 nh)
 	       nh == IPPROTO_AH;
 }
 
+/* The headers skip_ext6 (and ipv6ext::walk, ipv6ext::is_walked) steps over. */
+static __always_inline int is_walked6(__u8 nh)
+{
+	return is_opt6(nh) || nh == IPPROTO_FRAGMENT;
+}
+
 /* Walks IPv6 extension headers from *p as the pipeline does (ipv6ext::walk: hop-by-hop,
  * routing, destination options, AH, fragment), leaving the upper-layer protocol in *nh and
- * *p after the headers. *frag is set if a fragment header makes the packet a fragment
- * (offset or M set), *later if its offset is non-zero. Returns -1 if a header is truncated
- * or the chain is longer than MAX_EXT_HDRS. */
-static __always_inline int skip_ext6(void **p, void *end, __u8 *nh, int *frag, int *later)
+ * *p after the headers. *frag is set if the (last) fragment header makes the packet a
+ * fragment (offset or M set), *later if its offset is non-zero, *ext_frag if the packet is
+ * a fragment whose Fragmentable Part starts with an extension header (the Fragment header's
+ * Next Header is one this walks). A later fragment's Fragment header ends the walk: what
+ * follows it is fragment data, not headers (RFC 8200 section 4.5), and *nh is its Next
+ * Header, or UDP if that is an extension header, since the fragment cannot tell its
+ * upper-layer protocol (ipv6ext::Upper::keyed_proto; the caller keys a first fragment of
+ * that shape as UDP as well). Returns -1 if a header is truncated or the chain is longer
+ * than MAX_EXT_HDRS. */
+static __always_inline int skip_ext6(void **p, void *end, __u8 *nh, int *frag, int *later,
+				     int *ext_frag)
 {
 #pragma unroll
 	for (int i = 0; i < MAX_EXT_HDRS; i++) {
@@ -178,19 +195,24 @@ static __always_inline int skip_ext6(void **p, void *end, __u8 *nh, int *frag, i
 			if ((void *)(f + 1) > end)
 				return -1;
 			*nh = f->nexthdr;
-			/* Offset (13 bits) or M makes a fragment; with both clear it is an
-			 * atomic fragment (RFC 6946), a whole datagram. */
-			if (f->frag_off & bpf_htons(0xfff9))
-				*frag = 1;
-			if (f->frag_off & bpf_htons(0xfff8))
-				*later = 1;
 			*p = f + 1;
+			/* Offset (13 bits) or M makes a fragment; with both clear it is an
+			 * atomic fragment (RFC 6946), a whole datagram. As in the pipeline,
+			 * the last fragment header decides. */
+			*frag = (f->frag_off & bpf_htons(0xfff9)) != 0;
+			*ext_frag = *frag && is_walked6(*nh);
+			if (f->frag_off & bpf_htons(0xfff8)) {
+				*later = 1;
+				if (*ext_frag)
+					*nh = IPPROTO_UDP;
+				return 0;
+			}
 		} else {
 			return 0;
 		}
 	}
 	/* Still an extension header: the pipeline drops such a chain (too_many_ext_headers). */
-	return is_opt6(*nh) || *nh == IPPROTO_FRAGMENT ? -1 : 0;
+	return is_walked6(*nh) ? -1 : 0;
 }
 
 /* The packet embedded in an ICMP error: sent by the VIP the error is addressed to (the
@@ -216,7 +238,7 @@ static __always_inline enum verdict match_embedded_v6(void *p, void *end,
 {
 	struct ipv6hdr *in = p;
 	struct vip_key k = {};
-	int frag = 0, later = 0;
+	int frag = 0, later = 0, ext_frag = 0;
 	__u8 nh;
 
 	if ((void *)(in + 1) > end || in->version != 6)
@@ -227,7 +249,9 @@ static __always_inline enum verdict match_embedded_v6(void *p, void *end,
 		return V_PASS;
 	nh = in->nexthdr;
 	p = in + 1;
-	if (skip_ext6(&p, end, &nh, &frag, &later) < 0 || !has_ports(nh))
+	/* A quoted first fragment goes by its own protocol and ports, so only a later one
+	 * (keyed by skip_ext6) is keyed as its datagram's fragments are. */
+	if (skip_ext6(&p, end, &nh, &frag, &later, &ext_frag) < 0 || !has_ports(nh))
 		return V_PASS;
 	k.proto = nh;
 	if (later)
@@ -277,14 +301,14 @@ static __always_inline enum verdict classify_v6(void *l3, void *end)
 {
 	struct ipv6hdr *ip6 = l3;
 	struct vip_key k = {};
-	int frag = 0, later = 0, vip_addr;
+	int frag = 0, later = 0, ext_frag = 0, vip_addr;
 	void *p = ip6 + 1;
 	__u8 nh;
 
 	if ((void *)(ip6 + 1) > end || ip6->version != 6)
 		return V_PASS;
 	nh = ip6->nexthdr;
-	if (skip_ext6(&p, end, &nh, &frag, &later) < 0)
+	if (skip_ext6(&p, end, &nh, &frag, &later, &ext_frag) < 0)
 		return V_PASS; /* protocol unknown, so not attributable to a VIP */
 
 	if (nh == IPPROTO_ICMPV6) {
@@ -297,6 +321,9 @@ static __always_inline enum verdict classify_v6(void *l3, void *end)
 
 	if (!has_ports(nh))
 		return V_PASS;
+	/* Keyed as its later fragments are (skip_ext6), whatever its upper-layer protocol. */
+	if (ext_frag)
+		nh = IPPROTO_UDP;
 	addr_from_v6(&k.addr, &ip6->daddr);
 	k.proto = nh;
 	vip_addr = is_vip_addr(&k);

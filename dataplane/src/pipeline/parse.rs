@@ -248,7 +248,9 @@ fn parse_v6(ip: &[u8], p: &mut Parsed) -> Result<(), Early> {
     p.later_fragment = later;
     p.key.src = v6_addr(&ip[8..24]);
     p.key.dst = v6_addr(&ip[24..40]);
-    p.key.proto = upper.proto;
+    // A fragment's protocol as every fragment of its datagram can tell it (see
+    // `Upper::keyed_proto`): a later fragment carries no upper-layer header.
+    p.key.proto = upper.keyed_proto();
     let l4 = payload.get(upper.offset..).ok_or(DropReason::Truncated)?;
     match p.key.proto {
         TCP | UDP if fragment => {}
@@ -360,12 +362,19 @@ fn icmpv6(p: &mut Parsed, l4: &[u8]) -> Result<(), Early> {
     }
     let upper = ipv6ext::walk(&inner[IPV6_HEADER_LEN..], u8::from(ip.next_header()))
         .map_err(|_| DropReason::BadIcmp)?;
+    let later_fragment = upper.fragment.is_some_and(|f| f.offset != 0);
     let q = Quoted {
         src: ip.src_addr().octets(),
         dst: ip.dst_addr().octets(),
-        proto: upper.proto,
+        // A quoted later fragment is followed without ports, keyed as its own fragments
+        // are; anything else by its upper-layer protocol and ports.
+        proto: if later_fragment {
+            upper.keyed_proto()
+        } else {
+            upper.proto
+        },
         l4: inner.get(IPV6_HEADER_LEN + upper.offset..),
-        later_fragment: upper.fragment.is_some_and(|f| f.offset != 0),
+        later_fragment,
     };
     quoted(p, q)
 }

@@ -310,8 +310,60 @@ fn steers_what_the_pipeline_handles_and_nothing_it_passes() {
             &ipv6_frag_hdr(PROTO_ICMPV6, 0, true, &m),
         )
     };
+    // One datagram whose Fragmentable Part starts with a Destination Options header (RFC 8200
+    // §4.5): the later fragment's Fragment header names it too, but fragment data follows.
+    let c6: IpAddr = CLIENT6.into();
+    let dns = udp(c6, VIP6.into(), 5353, 443, &[0x47; 40]);
+    let destopts_first = ipv6_frag_hdr(DSTOPTS, 0, true, &ipv6_dstopts(PROTO_UDP, &dns));
+    // Not a header: read as one it is Next Header 0xab, 0xab * 8 + 8 bytes long.
+    let destopts_later = ipv6_frag_hdr(DSTOPTS, 7, false, &[0xab; 32]);
+    // What the data of a later fragment may look like: a destination options header to UDP
+    // port 81 (no VIP), or one to the TCP VIP port.
+    let later_data_81 = ipv6_dstopts(PROTO_UDP, &udp(c6, VIP6.into(), 5353, 81, &[]));
+    let later_data_tcp80 = ipv6_dstopts(PROTO_TCP, &seg80);
+    let v6frag = |f: Vec<u8>| eth6(&ipv6(CLIENT6, VIP6, FRAGMENT, &f));
     use Steered::*;
     h.check(&[
+        (
+            "first fragment, destination options in the fragmentable part",
+            v6frag(destopts_first),
+            Steer,
+        ),
+        (
+            "later fragment, destination options in the fragmentable part",
+            v6frag(destopts_later),
+            Steer,
+        ),
+        (
+            "later fragment, AH in the fragmentable part",
+            v6frag(ipv6_frag_hdr(AH, 7, true, &[0xab; 32])),
+            Steer,
+        ),
+        (
+            "later fragment whose data looks like headers to UDP port 81",
+            v6frag(ipv6_frag_hdr(DSTOPTS, 7, false, &later_data_81)),
+            Steer,
+        ),
+        (
+            "later fragment whose data looks like headers to TCP port 80",
+            v6frag(ipv6_frag_hdr(DSTOPTS, 7, false, &later_data_tcp80)),
+            Steer,
+        ),
+        (
+            "later fragment to another address",
+            eth6(&ipv6(
+                CLIENT6,
+                Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99),
+                FRAGMENT,
+                &ipv6_frag_hdr(DSTOPTS, 7, false, &[0xab; 32]),
+            )),
+            Pass,
+        ),
+        (
+            "later fragment of ICMPv6",
+            v6frag(ipv6_frag_hdr(PROTO_ICMPV6, 7, false, &[0xab; 32])),
+            Pass,
+        ),
         ("tcp4 untagged", eth4(&tcp4(80)), Steer),
         ("tcp4 to a port that is no VIP", eth4(&tcp4(81)), Pass),
         // Port 0 is no service; the pipeline keys its fragment VIP under port 0.
@@ -492,6 +544,19 @@ fn steers_what_the_pipeline_handles_and_nothing_it_passes() {
             Pass,
         ),
         ("icmp6 error in a fragment", eth6(&ptb6_in_fragment), Pass),
+        (
+            "icmp6 error quoting a later fragment, destination options in its fragmentable part",
+            eth6(&icmp6_error(
+                1,
+                &ipv6(
+                    VIP6,
+                    CLIENT6,
+                    FRAGMENT,
+                    &ipv6_frag_hdr(DSTOPTS, 7, false, &[0xab; 24]),
+                ),
+            )),
+            Steer,
+        ),
     ]);
 }
 
@@ -514,6 +579,7 @@ fn only_tcp_and_udp_services_are_accepted() {
 fn seeds() -> Vec<(u16, Vec<u8>)> {
     let c4: IpAddr = CLIENT4.into();
     let v4: IpAddr = VIP4.into();
+    let (c6, v6): (IpAddr, IpAddr) = (CLIENT6.into(), VIP6.into());
     vec![
         (ETH_IPV4, tcp4(80)),
         (ETH_IPV4, tcp4(81)),
@@ -550,6 +616,30 @@ fn seeds() -> Vec<(u16, Vec<u8>)> {
         ),
         (ETH_IPV6, icmp6_error(2, &quoted6(&[], 80))),
         (ETH_IPV6, icmp6_error(1, &quoted6(&[AH, FRAGMENT], 80))),
+        // Fragments whose Fragmentable Part starts with a destination options header.
+        (
+            ETH_IPV6,
+            ipv6(
+                CLIENT6,
+                VIP6,
+                FRAGMENT,
+                &ipv6_frag_hdr(
+                    DSTOPTS,
+                    0,
+                    true,
+                    &ipv6_dstopts(PROTO_UDP, &udp(c6, v6, 5353, 443, &[1; 8])),
+                ),
+            ),
+        ),
+        (
+            ETH_IPV6,
+            ipv6(
+                CLIENT6,
+                VIP6,
+                FRAGMENT,
+                &ipv6_frag_hdr(DSTOPTS, 7, false, &[0xab; 24]),
+            ),
+        ),
     ]
 }
 
