@@ -73,6 +73,8 @@ enum {
 enum verdict { V_PASS, V_STEER, V_DROP };
 
 #define MAX_QUEUES 256
+/* Service ports a gateway steers: MAX_VIPS in dataplane/src/bpf/steer.rs. The maps hold
+ * twice that, because a replace adds the new entries before it removes the stale ones. */
 #define MAX_VIPS 4096
 /* IPv6 extension headers walked; a longer chain is passed. Keep equal to MAX_EXT_HEADERS in
  * dataplane/src/wire/ipv6ext.rs, which drops such a chain. */
@@ -87,14 +89,14 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_VIPS);
+	__uint(max_entries, 2 * MAX_VIPS);
 	__type(key, struct vip_key);
 	__type(value, __u8);
 } vips SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_VIPS);
+	__uint(max_entries, 2 * MAX_VIPS);
 	__type(key, struct vip_key);
 	__type(value, __u8);
 } vip_addrs SEC(".maps");

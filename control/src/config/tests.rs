@@ -182,6 +182,26 @@ fn duplicate_vip() {
     .unwrap();
 }
 
+/// The steering map's limit, checked over every VIP together: a config past it used to be
+/// accepted, and the daemon then died on the map update.
+#[test]
+fn service_ports_over_the_steering_limit() {
+    let ports = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let max = dataplane::bpf::steer::MAX_VIPS;
+    let text = |n| {
+        format!("{MINIMAL}\n[[vips]]\naddress = \"203.0.113.11\"\nports = [{}]\n[[vips.backends]]\naddress = \"10.0.0.2\"\n", ports(1, n))
+    };
+    // The first VIP's one port plus these: exactly the limit, then one more.
+    parse(&text(max - 1), file()).unwrap();
+    let p = one_problem(&text(max), "vips", "at most 4096");
+    assert!(p.message.starts_with("4097 service ports"), "{}", p.message);
+}
+
 #[test]
 fn rise_fall_zero() {
     let text = format!("{MINIMAL}[vips.health]\ntype = \"tcp\"\nrise = 0\nfall = 0\n");

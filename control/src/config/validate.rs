@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use bgp::wire::MAX_MESSAGE_LEN;
+use dataplane::bpf::steer::MAX_VIPS;
 
 use super::{
     Config, EncapKind, HealthCheck, PoolRange, ProbeKind, Seg, Timing, Topology, Vip, VipBgp,
@@ -82,6 +83,15 @@ pub(super) fn validate(c: &Config) -> (Found, Found) {
                 let fits = vip_entry(v, c, vip, &mut seen, &mut names, i);
                 shared_route(v, &mut shared, vip, i, fits);
             });
+        }
+        if seen.len() > MAX_VIPS {
+            v.err(
+                "",
+                format!(
+                    "{} service ports (address, protocol, port) in all; a gateway steers at most {MAX_VIPS}",
+                    seen.len()
+                ),
+            );
         }
     });
     if let Some(k) = &c.kubernetes {

@@ -9,6 +9,8 @@ pub mod static_list;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use dataplane::bpf::steer::MAX_VIPS;
+
 use crate::config::{HashMode, Protocol, VipBgp};
 use crate::health::{HealthSpec, Probe, State, Target};
 
@@ -151,15 +153,24 @@ impl ServiceSet {
             .collect()
     }
 
-    /// The static set plus the Kubernetes VIPs that do not collide with it;
-    /// a static VIP always wins, and each dropped VIP is logged.
+    /// The static set plus the Kubernetes VIPs that do not collide with it and fit within
+    /// the [`MAX_VIPS`] service ports a gateway steers (the config check holds the static
+    /// ones to it). A static VIP always wins; Kubernetes VIPs are taken whole, in the set's
+    /// canonical order, so gateways with one view keep the same ones. Each dropped VIP is
+    /// logged.
     pub fn merge(statics: &ServiceSet, kube: &ServiceSet) -> ServiceSet {
         let mut out = statics.clone();
+        let mut ports: usize = statics.vips.iter().map(|v| v.ports.len()).sum();
         for v in &kube.vips {
             if let Some(s) = statics.vips.iter().find(|s| s.overlaps(v)) {
                 tracing::warn!(service = %v.name, vip = %v.addr, conflicts_with = %s.name, "Kubernetes VIP collides with a static VIP; ignored");
                 continue;
             }
+            if ports + v.ports.len() > MAX_VIPS {
+                tracing::warn!(service = %v.name, vip = %v.addr, ports = v.ports.len(), "Kubernetes VIP ignored: the gateway already steers {ports} of at most {MAX_VIPS} service ports");
+                continue;
+            }
+            ports += v.ports.len();
             out.vips.push(v.clone());
         }
         out.normalize();
@@ -249,6 +260,29 @@ mod tests {
                 }
             ]
         );
+    }
+
+    /// More service ports than the steering map holds used to fail the map update after a
+    /// partial write, which ended the daemon (and a restart met the same Services).
+    #[test]
+    fn merge_keeps_kubernetes_vips_within_the_steering_limit() {
+        let statics = ServiceSet {
+            vips: vec![vip("192.0.2.1", &[80], &[("10.0.0.1", 1)], None)],
+        };
+        let many: Vec<u16> = (1..=(MAX_VIPS - 10) as u16).collect();
+        let kube = ServiceSet {
+            vips: vec![
+                vip("203.0.113.1", &many, &[("10.0.0.1", 1)], None),
+                // Would make MAX_VIPS + 1: left out whole, not cut to the ports that fit.
+                vip("203.0.113.2", &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &[], None),
+                vip("203.0.113.3", &[1, 2, 3, 4, 5, 6, 7, 8, 9], &[], None),
+            ],
+        };
+        let merged = ServiceSet::merge(&statics, &kube);
+        let addrs: Vec<String> = merged.vips.iter().map(|v| v.addr.to_string()).collect();
+        assert_eq!(addrs, ["192.0.2.1", "203.0.113.1", "203.0.113.3"]);
+        let ports: usize = merged.vips.iter().map(|v| v.ports.len()).sum();
+        assert_eq!(ports, MAX_VIPS);
     }
 
     #[test]

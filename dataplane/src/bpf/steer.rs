@@ -16,6 +16,12 @@ const PROGRAM: &str = "xdp_steer";
 /// `MAX_QUEUES` in steer.c: entries of the XSKMAP and of `xsk_shed`.
 const MAX_QUEUES: usize = 256;
 
+/// Most service ports (address, protocol, port) a gateway steers. `vips` and `vip_addrs` in
+/// steer.c hold twice as many (`2 * MAX_VIPS` there), because [`Steer::set_vips`] adds the
+/// new entries before it removes the stale ones: a full set replaced by another full set
+/// never overflows them.
+pub const MAX_VIPS: usize = 4096;
+
 /// One service: traffic to `addr`, IP protocol `proto` (6 TCP or 17 UDP: what the pipeline
 /// balances), and destination `port` is steered to the workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -268,7 +274,8 @@ impl Steer {
     /// removed, so a service present in both sets is never missing in between.
     ///
     /// A protocol other than TCP or UDP is refused: the pipeline would drop it as
-    /// unsupported, and ICMP errors about it are not its to follow.
+    /// unsupported, and ICMP errors about it are not its to follow. So are more than
+    /// [`MAX_VIPS`] service ports, before any entry changes.
     pub fn set_vips(&mut self, vips: &[Vip]) -> Result<()> {
         set_vips(&mut self.ebpf, vips)
     }
@@ -368,6 +375,12 @@ fn set_vips(ebpf: &mut Ebpf, vips: &[Vip]) -> Result<()> {
         )));
     }
     let services: BTreeSet<VipKey> = vips.iter().map(VipKey::service).collect();
+    if services.len() > MAX_VIPS {
+        return Err(BpfError::Config(format!(
+            "{} service ports to steer; the limit is {MAX_VIPS}",
+            services.len()
+        )));
+    }
     let addresses: BTreeSet<VipKey> = vips.iter().map(VipKey::address).collect();
     replace_keys(ebpf, "vips", &services)?;
     replace_keys(ebpf, "vip_addrs", &addresses)

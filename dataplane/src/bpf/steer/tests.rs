@@ -575,6 +575,34 @@ fn only_tcp_and_udp_services_are_accepted() {
     assert!(err.to_string().contains("protocol 132"), "{err}");
 }
 
+/// A full set of services replaces another full set (the maps hold both while the new
+/// entries go in before the stale ones leave), and one service more is refused before any
+/// entry changes: a map that filled up half-way used to leave a partial set behind.
+#[test]
+fn a_full_set_replaces_a_full_set_and_a_larger_one_changes_nothing() {
+    if !require_privileges("steering program load") {
+        return;
+    }
+    let mut ebpf = load().unwrap();
+    let set = |proto: fn(IpAddr, u16) -> Vip, n: usize| -> Vec<Vip> {
+        (1..=n as u16)
+            .map(|port| proto(VIP4.into(), port))
+            .collect()
+    };
+    let steered = |ebpf: &Ebpf| -> BTreeSet<VipKey> {
+        let map: HashMap<_, VipKey, u8> = HashMap::try_from(ebpf.map("vips").unwrap()).unwrap();
+        map.keys().map(|k| k.unwrap()).collect()
+    };
+    let (tcp, udp) = (set(Vip::tcp, MAX_VIPS), set(Vip::udp, MAX_VIPS));
+    set_vips(&mut ebpf, &tcp).unwrap();
+    set_vips(&mut ebpf, &udp).unwrap();
+    let want: BTreeSet<VipKey> = udp.iter().map(VipKey::service).collect();
+    assert_eq!(steered(&ebpf), want);
+    let err = set_vips(&mut ebpf, &set(Vip::tcp, MAX_VIPS + 1)).unwrap_err();
+    assert!(err.to_string().contains("the limit is 4096"), "{err}");
+    assert_eq!(steered(&ebpf), want);
+}
+
 /// A known-good frame to mutate: TCP, UDP, fragments and ICMP errors, both families.
 fn seeds() -> Vec<(u16, Vec<u8>)> {
     let c4: IpAddr = CLIENT4.into();
