@@ -28,7 +28,10 @@
 //! attributed to the *fragment VIP* of its (address, protocol): the VIP with the lowest port
 //! (see [`Snapshot::lookup_vip`]), whose port stands in for the missing one. So the first and
 //! the later fragments of a datagram compute the same key and reach the same backend, on every
-//! gateway, in any order, with no reassembly state. The trade-off: a datagram that is
+//! gateway, in any order, with no reassembly state. An IPv6 datagram whose Fragmentable Part
+//! opens with an extension header (Destination Options, AH) names its upper protocol in the
+//! first fragment only, so all its fragments are attributed as UDP (see
+//! [`crate::wire::ipv6ext::Upper::keyed_proto`]). The trade-off: a datagram that is
 //! fragmented may reach a different backend than the same flow's unfragmented datagrams
 //! (unless its VIP is 3-tuple), and one that is for another port of that address is balanced
 //! by the fragment VIP's backend set. Fragmented UDP is rare and is mostly one-shot (DNS,
