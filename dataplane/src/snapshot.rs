@@ -436,11 +436,15 @@ impl Snapshot {
                     v.encap,
                 )?;
             }
+            // The live table of this VIP, else the one just built for the VIP before it (the
+            // ports of one service come in a row and usually share their backends): a
+            // service with many ports pays for one table, in time and memory.
             let reusable = prev
                 .filter(|p| p.maglev_seed == cfg.maglev_seed)
                 .and_then(|p| p.vip(&key))
                 .map(|pv| pv.maglev())
-                .filter(|t| t.size() == cfg.maglev_size && same_backends(t.backends(), &list));
+                .filter(|t| t.size() == cfg.maglev_size && t.holds(&list))
+                .or_else(|| vips.last().map(Vip::maglev).filter(|t| t.holds(&list)));
             let table = match reusable {
                 // Shared, not copied: see `MaglevTable`.
                 Some(t) => Ok(t.clone()),
@@ -581,10 +585,6 @@ impl Snapshot {
 }
 
 /// True if `table`'s backends (sorted) are exactly `list` (any order).
-fn same_backends(table: &[Backend], list: &[Backend]) -> bool {
-    table.len() == list.len() && list.iter().all(|b| table.contains(b))
-}
-
 /// Checks that an inner packet still has its family's minimum MTU after encapsulation
 /// ([`min_tunnel_mtu`]).
 fn check_mtu(mtu: u16, inner_v6: bool, outer_v6: bool, encap: Encap) -> Result<(), SnapshotError> {
@@ -689,6 +689,20 @@ mod tests {
         );
         assert_ne!(b.vips()[1].maglev(), a.vips()[1].maglev());
         assert_eq!(b.vip_index(&c.vips[1].key), Some(1));
+    }
+
+    #[test]
+    fn ports_with_the_same_backends_share_one_table() {
+        let mut c = cfg();
+        let mut other_port = c.vips[0].clone();
+        other_port.key.port = 8080;
+        other_port.backends.reverse();
+        c.vips.insert(1, other_port);
+        let s = Snapshot::new(&c).unwrap();
+        let t = |i: usize| s.vips()[i].maglev();
+        assert!(t(1).shares(t(0)));
+        assert!(!t(2).shares(t(1)), "another backend set builds its own");
+        assert_eq!(*t(1), *Snapshot::new(&cfg()).unwrap().vips()[0].maglev());
     }
 
     #[test]
