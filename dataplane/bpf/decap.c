@@ -11,8 +11,13 @@
  *     messages are passed) or version 1 (the IP header follows the UDP header directly).
  * The Ethernet header (with up to two VLAN tags) is moved forward over the outer
  * headers, and its EtherType set to the inner family. Outer fragments are passed as
- * they are (the kernel could not reassemble them into anything it understands either).
- * A tunnel packet for us whose inner header is not the IP version it claims is dropped.
+ * they are (the kernel could not reassemble them into anything it understands either),
+ * and so is an outer IPv4 header with a bad checksum (the kernel drops it, as it would
+ * before its own ipip or fou saw it). A tunnel packet for us whose inner header is not
+ * the IP version it claims is dropped.
+ * Congestion marks survive as in the kernel's tunnels (RFC 6040 §4.2, normal mode): an
+ * outer CE becomes the inner packet's CE if that is ECN-capable (the inner IPv4 checksum
+ * updated incrementally, RFC 1624), and the packet is dropped if it is not.
  * Everything else passes unchanged.
  */
 #include "common.h"
@@ -60,10 +65,31 @@ struct udphdr_ {
 
 enum action { A_PASS, A_DECAP, A_DROP };
 
+#define ECN_MASK 3
+#define ECN_CE 3
+
+/* Whether the IPv4 header at ip (ihl already checked to be 5..15) sums to 0xffff. */
+static __always_inline int ipv4_checksum_ok(struct iphdr *ip, void *end)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+
+	for (int i = 0; i < 30; i++) {
+		if (i >= ip->ihl * 2)
+			break;
+		if ((void *)(w + i + 1) > end)
+			return 0;
+		sum += w[i];
+	}
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
+}
+
 /* Decides what to do with the packet at l3; on A_DECAP sets *strip (bytes of outer
- * headers after L2) and *inner (4 or 6). */
+ * headers after L2), *inner (4 or 6) and *ecn (the outer header's ECN field). */
 static __always_inline enum action classify(void *l3, void *end, __be16 proto, __u32 *strip,
-					    int *inner)
+					    int *inner, __u8 *ecn)
 {
 	union addr16 dst = {};
 	__u32 outer;
@@ -75,6 +101,9 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 			return A_PASS;
 		if (ip->frag_off & bpf_htons(DSR_IP_MF | DSR_IP_OFFSET))
 			return A_PASS;
+		if (!ipv4_checksum_ok(ip, end))
+			return A_PASS;
+		*ecn = ip->tos & ECN_MASK;
 		addr_from_v4(&dst, ip->daddr);
 		outer = ip->ihl * 4;
 		next = ip->protocol;
@@ -83,6 +112,7 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 		if ((void *)(ip6 + 1) > end)
 			return A_PASS;
 		addr_from_v6(&dst, &ip6->daddr);
+		*ecn = (ip6->flow_lbl[0] >> 4) & ECN_MASK;
 		outer = sizeof(*ip6);
 		next = ip6->nexthdr;
 	} else {
@@ -125,6 +155,42 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 	}
 }
 
+/* RFC 6040 §4.2 at the inner header `in` (its version already checked): with an outer CE,
+ * an ECN-capable inner packet is marked CE and a Not-ECT one is dropped (returns -1). */
+static __always_inline int propagate_ce(__u8 *in, void *end, int inner, __u8 outer_ecn)
+{
+	if (outer_ecn != ECN_CE)
+		return 0;
+	if (inner == 4) {
+		struct iphdr *ip = (void *)in;
+		if ((void *)(ip + 1) > end)
+			return -1;
+		__u8 ecn = ip->tos & ECN_MASK;
+		if (ecn == 0)
+			return -1;
+		if (ecn == ECN_CE)
+			return 0;
+		/* RFC 1624 eqn. 3 over the 16-bit word holding version/IHL and TOS. */
+		__u16 old = *(__u16 *)ip;
+		ip->tos |= ECN_CE;
+		__u32 sum = (__u16)~ip->check;
+		sum += (__u16)~old;
+		sum += *(__u16 *)ip;
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		ip->check = (__u16)~sum;
+		return 0;
+	}
+	if (in + 2 > (__u8 *)end)
+		return -1;
+	/* The traffic class spans bytes 0 and 1; its ECN bits are bits 5-4 of byte 1. */
+	__u8 ecn = (in[1] >> 4) & ECN_MASK;
+	if (ecn == 0)
+		return -1;
+	in[1] |= ECN_CE << 4;
+	return 0;
+}
+
 /* Writes the saved L2 header (len 14, 18 or 22) at data; the last two bytes are the
  * EtherType. */
 static __always_inline int restore_l2(void *data, void *end, __u8 *hdr, int len)
@@ -152,6 +218,7 @@ int xdp_decap(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	__u8 hdr[24] __attribute__((aligned(4)));
 	__u32 strip = 0;
+	__u8 ecn = 0;
 	int inner = 0, l2;
 	__be16 proto;
 	enum action a;
@@ -161,11 +228,11 @@ int xdp_decap(struct xdp_md *ctx)
 		count(&decap_stats, DECAP_PASSED);
 		return XDP_PASS;
 	}
-	a = classify(data + l2, end, proto, &strip, &inner);
+	a = classify(data + l2, end, proto, &strip, &inner, &ecn);
 	if (a == A_DECAP) {
 		/* The inner header must be the version the outer header announced. */
 		__u8 *in = data + l2 + (strip & 0x1ff);
-		if ((void *)(in + 1) > end || (*in >> 4) != inner)
+		if ((void *)(in + 1) > end || (*in >> 4) != inner || propagate_ce(in, end, inner, ecn))
 			a = A_DROP;
 	}
 	if (a == A_PASS) {

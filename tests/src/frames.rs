@@ -87,6 +87,26 @@ pub fn ipv4_frag(
     h
 }
 
+/// Recomputes the header checksum of the IPv4 packet `ip`, if its IHL fits.
+pub fn fix_ipv4_checksum(ip: &mut [u8]) {
+    let hl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if hl >= 20 && hl <= ip.len() && ip[0] >> 4 == 4 {
+        ip[10..12].fill(0);
+        let c = checksum(&ip[..hl], 0);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// Sets the ECN field (RFC 3168 §5) of the IPv4 or IPv6 packet `ip`.
+pub fn set_ecn(ip: &mut [u8], ecn: u8) {
+    if ip[0] >> 4 == 4 {
+        ip[1] = (ip[1] & !3) | ecn;
+        fix_ipv4_checksum(ip);
+    } else {
+        ip[1] = (ip[1] & !0x30) | (ecn << 4);
+    }
+}
+
 /// An unfragmented IPv4 packet.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
     ipv4_frag(src, dst, proto, (0, false), payload)

@@ -44,7 +44,8 @@ pub struct DecapCounters {
     /// Not tunnel packets for this node: passed unchanged.
     pub passed: u64,
     /// Tunnel packets for this node with an inner header that is not what the outer one
-    /// announced (or an unknown GUE version or protocol): dropped.
+    /// announced (or an unknown GUE version or protocol), or marked congested (CE) outside
+    /// with an inner packet that cannot carry the mark (RFC 6040 §4.2): dropped.
     pub dropped: u64,
 }
 
@@ -90,39 +91,8 @@ pub fn attach(iface: &str, cfg: &DecapConfig) -> Result<AttachMode> {
     }
     let idx = ifindex(iface)?;
     let existing = attached_decap(iface, idx)?;
-
-    let mut ebpf = Ebpf::load(objects::DECAP).map_err(|source| BpfError::Load {
-        object: "decap",
-        source,
-    })?;
-    {
-        let map_err = |map| move |source| BpfError::Map { map, source };
-        let mut conf: Array<&mut MapData, RawConfig> = Array::try_from(
-            ebpf.map_mut("decap_cfg")
-                .ok_or(BpfError::Missing("decap_cfg"))?,
-        )
-        .map_err(map_err("decap_cfg"))?;
-        let raw = RawConfig {
-            gue_port_be: cfg.gue_port.unwrap_or(0).to_be(),
-            pad: 0,
-        };
-        conf.set(0, raw, 0).map_err(map_err("decap_cfg"))?;
-        let mut addrs: HashMap<&mut MapData, [u8; 16], u8> = HashMap::try_from(
-            ebpf.map_mut("decap_addrs")
-                .ok_or(BpfError::Missing("decap_addrs"))?,
-        )
-        .map_err(map_err("decap_addrs"))?;
-        for a in &cfg.addresses {
-            addrs
-                .insert(addr16(*a), 1, 0)
-                .map_err(map_err("decap_addrs"))?;
-        }
-    }
+    let mut ebpf = load(cfg)?;
     let prog = super::xdp_program(&mut ebpf, PROGRAM)?;
-    prog.load().map_err(|source| BpfError::Program {
-        program: PROGRAM,
-        source,
-    })?;
     let fd = prog.fd().map_err(|source| BpfError::Program {
         program: PROGRAM,
         source,
@@ -162,6 +132,45 @@ pub fn attach(iface: &str, cfg: &DecapConfig) -> Result<AttachMode> {
     };
     tracing::info!(iface, %mode, "decap program attached");
     Ok(mode)
+}
+
+/// Loads decap.c with `cfg` in its maps, and its program into the kernel (the verifier runs
+/// here), not attached anywhere yet.
+fn load(cfg: &DecapConfig) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(objects::DECAP).map_err(|source| BpfError::Load {
+        object: "decap",
+        source,
+    })?;
+    {
+        let map_err = |map| move |source| BpfError::Map { map, source };
+        let mut conf: Array<&mut MapData, RawConfig> = Array::try_from(
+            ebpf.map_mut("decap_cfg")
+                .ok_or(BpfError::Missing("decap_cfg"))?,
+        )
+        .map_err(map_err("decap_cfg"))?;
+        let raw = RawConfig {
+            gue_port_be: cfg.gue_port.unwrap_or(0).to_be(),
+            pad: 0,
+        };
+        conf.set(0, raw, 0).map_err(map_err("decap_cfg"))?;
+        let mut addrs: HashMap<&mut MapData, [u8; 16], u8> = HashMap::try_from(
+            ebpf.map_mut("decap_addrs")
+                .ok_or(BpfError::Missing("decap_addrs"))?,
+        )
+        .map_err(map_err("decap_addrs"))?;
+        for a in &cfg.addresses {
+            addrs
+                .insert(addr16(*a), 1, 0)
+                .map_err(map_err("decap_addrs"))?;
+        }
+    }
+    super::xdp_program(&mut ebpf, PROGRAM)?
+        .load()
+        .map_err(|source| BpfError::Program {
+            program: PROGRAM,
+            source,
+        })?;
+    Ok(ebpf)
 }
 
 /// Removes the decap program from `iface`. Errors if none is attached, or if the
@@ -264,3 +273,6 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

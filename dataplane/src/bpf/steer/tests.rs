@@ -672,15 +672,6 @@ fn seeds() -> Vec<(u16, Vec<u8>)> {
 }
 
 /// Recomputes an IPv4 header checksum, so that mutated packets get past that check.
-fn fix_ipv4_checksum(ip: &mut [u8]) {
-    let hl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
-    if hl >= 20 && hl <= ip.len() && ip[0] >> 4 == 4 {
-        ip[10..12].fill(0);
-        let c = checksum(&ip[..hl], 0);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-    }
-}
-
 /// Mutated frames (a few header bytes overwritten, often with values that matter to the
 /// parsers, different tags, truncated): the two sides never disagree.
 #[test]
