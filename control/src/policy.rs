@@ -7,6 +7,12 @@
 //! no backend; the `UDP 7` traffic that still arrives is dropped and counted as
 //! "no backend" by the pipeline.
 //!
+//! A service that a reload or a Kubernetes update removed is still served for the drain
+//! time (the router may send its traffic until it has converged) but no longer counts
+//! toward announcing: its address is withdrawn with [`WithdrawReason::Removed`] unless
+//! another service keeps it. A prefix that disappears without such a drain is reported
+//! withdrawn for the same reason before it is forgotten.
+//!
 //! The policy is pure: health and dataplane state come in, decisions and the transitions
 //! since the last evaluation come out. The caller logs and counts the transitions and
 //! hands the announced set to the BGP speaker.
@@ -24,6 +30,9 @@ pub struct ServiceHealth {
     /// The announce policy: fewer healthy backends than this and the service does not
     /// count toward announcing its address.
     pub min_healthy: u32,
+    /// Removed from the config or the Kubernetes API, and only served until its drain
+    /// ends: it never counts toward announcing its address.
+    pub removed: bool,
 }
 
 /// Why the whole dataplane cannot forward, which withdraws every prefix.
@@ -72,6 +81,8 @@ pub enum WithdrawReason {
     },
     Dataplane(DataplaneProblem),
     ShuttingDown,
+    /// Every service on the address was removed (its flows drain).
+    Removed,
 }
 
 impl fmt::Display for Decision {
@@ -87,6 +98,9 @@ impl fmt::Display for Decision {
             Decision::Withdraw(WithdrawReason::Dataplane(p)) => write!(f, "withdrawn: {p}"),
             Decision::Withdraw(WithdrawReason::ShuttingDown) => {
                 f.write_str("withdrawn: shutting down")
+            }
+            Decision::Withdraw(WithdrawReason::Removed) => {
+                f.write_str("withdrawn: removed, draining")
             }
         }
     }
@@ -110,7 +124,8 @@ pub struct Policy {
 impl Policy {
     /// Decides every prefix from the services' health and the dataplane's state, and
     /// returns what changed. Prefixes that no longer have any service are forgotten (the
-    /// speaker withdraws them because they are absent from [`Policy::announced`]).
+    /// speaker withdraws them because they are absent from [`Policy::announced`]); one
+    /// not already withdrawn as [`WithdrawReason::Removed`] is reported so first.
     pub fn evaluate(
         &mut self,
         services: &[ServiceHealth],
@@ -119,7 +134,9 @@ impl Policy {
     ) -> Vec<Transition> {
         let mut best: BTreeMap<IpAddr, Decision> = BTreeMap::new();
         for s in services {
-            let d = if shutting_down {
+            let d = if s.removed {
+                Decision::Withdraw(WithdrawReason::Removed)
+            } else if shutting_down {
                 Decision::Withdraw(WithdrawReason::ShuttingDown)
             } else if let Some(p) = dataplane {
                 Decision::Withdraw(WithdrawReason::Dataplane(p.clone()))
@@ -140,6 +157,16 @@ impl Policy {
                 .or_insert(d);
         }
         let mut out = Vec::new();
+        let removed = Decision::Withdraw(WithdrawReason::Removed);
+        for (addr, from) in &self.decisions {
+            if !best.contains_key(addr) && *from != removed {
+                out.push(Transition {
+                    addr: *addr,
+                    from: Some(from.clone()),
+                    to: removed.clone(),
+                });
+            }
+        }
         for (addr, to) in &best {
             let from = self.decisions.get(addr);
             if from != Some(to) {
@@ -168,13 +195,15 @@ impl Policy {
     }
 }
 
-/// Among the services of one address, an announce wins; otherwise the reason with the
-/// most healthy backends is the one worth reporting.
+/// Among the services of one address, an announce wins; a removed service loses to any
+/// other; otherwise the reason with the most healthy backends is the one worth reporting.
 fn better(new: &Decision, cur: &Decision) -> bool {
-    use WithdrawReason::TooFewHealthyBackends as Few;
+    use WithdrawReason::{Removed, TooFewHealthyBackends as Few};
     match (new, cur) {
         (Decision::Announce, Decision::Announce) => false,
         (Decision::Announce, _) => true,
+        (Decision::Withdraw(Removed), _) => false,
+        (_, Decision::Withdraw(Removed)) => true,
         (
             Decision::Withdraw(Few { healthy: a, .. }),
             Decision::Withdraw(Few { healthy: b, .. }),
@@ -192,6 +221,14 @@ mod tests {
             addr: addr.parse().unwrap(),
             healthy_backends: healthy,
             min_healthy: min,
+            removed: false,
+        }
+    }
+
+    fn removed(addr: &str, healthy: u32) -> ServiceHealth {
+        ServiceHealth {
+            removed: true,
+            ..svc(addr, healthy, 1)
         }
     }
 
@@ -278,11 +315,61 @@ mod tests {
         assert_eq!(p.announced().count(), 0);
     }
 
+    /// A removed service's prefix is withdrawn, and the withdrawal reported (logged and
+    /// counted by the caller), while it drains; then it is forgotten without another.
     #[test]
-    fn removed_prefixes_are_forgotten() {
+    fn a_removed_service_is_withdrawn_as_such_then_forgotten() {
         let mut p = Policy::default();
         p.evaluate(&[svc("192.0.2.10", 3, 1)], None, false);
-        assert!(p.evaluate(&[], None, false).is_empty());
+        let t = p.evaluate(&[removed("192.0.2.10", 3)], None, false);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].from, Some(Decision::Announce));
+        assert_eq!(t[0].to, Decision::Withdraw(WithdrawReason::Removed));
+        assert_eq!(t[0].to.to_string(), "withdrawn: removed, draining");
+        assert_eq!(p.announced().count(), 0);
+        assert!(
+            p.evaluate(&[removed("192.0.2.10", 3)], None, true)
+                .is_empty(),
+            "shutting down changes nothing for a draining prefix"
+        );
+        assert!(p.evaluate(&[], None, false).is_empty(), "drain over");
         assert_eq!(p.decisions().len(), 0);
+
+        // Re-added during the drain: announced again.
+        p.evaluate(&[removed("192.0.2.10", 3)], None, false);
+        let t = p.evaluate(&[svc("192.0.2.10", 3, 1)], None, false);
+        assert_eq!(t[0].to, Decision::Announce);
+    }
+
+    /// Without a drain, the prefix vanishes at once: still reported withdrawn.
+    #[test]
+    fn a_prefix_gone_without_a_drain_is_reported_withdrawn() {
+        let mut p = Policy::default();
+        p.evaluate(&[svc("192.0.2.10", 3, 1)], None, false);
+        let t = p.evaluate(&[], None, false);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].to, Decision::Withdraw(WithdrawReason::Removed));
+        assert_eq!(p.decisions().len(), 0);
+    }
+
+    /// One prefix, several services: it stays announced while any service not removed
+    /// keeps it, whatever order they come in.
+    #[test]
+    fn an_address_another_service_keeps_stays_announced() {
+        let mut p = Policy::default();
+        let (a, b) = (svc("192.0.2.10", 3, 1), removed("192.0.2.10", 3));
+        p.evaluate(&[a, svc("192.0.2.10", 2, 1)], None, false);
+        assert!(p.evaluate(&[a, b], None, false).is_empty());
+        assert!(p.evaluate(&[b, a], None, false).is_empty());
+        assert_eq!(p.announced().count(), 1);
+        // The one kept has no healthy backend: its own reason, not "removed".
+        let t = p.evaluate(&[b, svc("192.0.2.10", 0, 1)], None, false);
+        assert_eq!(
+            t[0].to,
+            Decision::Withdraw(WithdrawReason::TooFewHealthyBackends {
+                healthy: 0,
+                required: 1
+            })
+        );
     }
 }

@@ -17,6 +17,11 @@
 //! (panicked), fails the control loop: the daemon shuts down as below, without the drain,
 //! and exits non-zero so that its supervisor restarts it.
 //!
+//! A service that a reload or a Kubernetes update removes goes the same way: its prefix
+//! is withdrawn (unless another service keeps the address) while its ports stay in the
+//! snapshot and the steering map, as they were, for the drain time; then they go. Added
+//! back within the drain, it just goes on.
+//!
 //! Exit order, whatever the cause: routes are withdrawn first, the dataplane keeps
 //! forwarding for the drain time (on SIGTERM/SIGINT only), then the steering program is
 //! detached and the workers stop and close their sockets. A panic of the control thread
@@ -47,8 +52,9 @@ use crate::neigh::{Resolution, Resolver};
 use crate::policy::{DataplaneProblem, Decision, Policy, ServiceHealth, WithdrawReason};
 use crate::publish::{desired, Desired, Params, Publisher};
 use crate::sources::kube::{self as kube_source, KubeSource, KubeUpdate};
-use crate::sources::{static_list, BackendSpec, ServiceSet};
+use crate::sources::{static_list, BackendSpec, ServiceSet, VipSpec};
 use crate::status::SharedStatus;
+use dataplane::bpf::steer::MAX_VIPS;
 use forwarding::{Dataplane, Fixed};
 
 /// Longest wait of the control loop between two turns.
@@ -149,7 +155,14 @@ struct Daemon {
     config: Config,
     statics: ServiceSet,
     kube_set: ServiceSet,
+    /// The static and Kubernetes services merged: what should be served and announced.
+    desired: ServiceSet,
+    /// Service ports removed from `desired` that are still served until their drain ends.
+    draining: Vec<Draining>,
+    /// What is served: `desired` and the draining ports ([`served`]).
     services: ServiceSet,
+    /// Per service of `services`: whether it is draining, so not announced.
+    removed: Vec<bool>,
     targets: HashMap<Target, TargetState>,
 
     resolver: Resolver,
@@ -211,6 +224,9 @@ impl Daemon {
             path,
             statics: statics.clone(),
             kube_set: ServiceSet::default(),
+            desired: statics.clone(),
+            draining: Vec::new(),
+            removed: vec![false; statics.vips.len()],
             services: statics,
             targets: HashMap::new(),
             resolver,
@@ -310,6 +326,19 @@ impl Daemon {
     /// One turn of the loop after its events.
     fn turn(&mut self, now: Instant, shutting_down: bool) -> Result<()> {
         self.dataplane().check_workers()?;
+        // Removed services whose drain is over stop being forwarded (their prefixes were
+        // withdrawn by an earlier turn).
+        if self.draining.iter().any(|d| d.until <= now) {
+            self.draining.retain(|d| {
+                let keep = d.until > now;
+                if !keep {
+                    tracing::info!(vip = %d.vip.addr, service = %d.vip.name, ports = ?d.vip.ports,
+                        "removed service drained; no longer forwarded");
+                }
+                keep
+            });
+            self.serve(now);
+        }
         // A health change goes live before anything slower is looked at.
         if self.dirty_since.is_some() {
             self.publish(now);
@@ -394,10 +423,34 @@ impl Daemon {
         }
     }
 
-    /// After the static or Kubernetes set changed: merge, re-target the probes, and
-    /// republish.
+    /// After the static or Kubernetes set changed: merge, start draining the service
+    /// ports no longer there, and serve the result.
     fn services_changed(&mut self, now: Instant) {
-        let services = ServiceSet::merge(&self.statics, &self.kube_set);
+        let desired = ServiceSet::merge(&self.statics, &self.kube_set);
+        if desired == self.desired {
+            return;
+        }
+        let drain = self.config.daemon.drain_time;
+        for v in &self.desired.vips {
+            if let Some(gone) = uncovered(v, &desired) {
+                tracing::info!(vip = %gone.addr, service = %gone.name, ports = ?gone.ports,
+                    ?drain, "service removed: withdrawn, still forwarded for the drain time");
+                self.draining.push(Draining {
+                    vip: gone,
+                    until: now + drain,
+                });
+            }
+        }
+        self.desired = desired;
+        self.serve(now);
+    }
+
+    /// Serves the desired services and the draining ones: re-targets the probes and
+    /// republishes if that changed anything.
+    fn serve(&mut self, now: Instant) {
+        let (services, removed) = served(&self.desired, &mut self.draining);
+        // A service removed and added back, or drained, changes only this.
+        self.removed = removed;
         if services == self.services {
             return;
         }
@@ -583,6 +636,7 @@ impl Daemon {
                     addr: v.addr,
                     healthy_backends: u32::try_from(usable).unwrap_or(u32::MAX),
                     min_healthy: v.min_healthy,
+                    removed: self.removed[i],
                 }
             })
             .collect();
@@ -597,15 +651,17 @@ impl Daemon {
                 }
                 Decision::Withdraw(WithdrawReason::Dataplane(_)) => (false, "dataplane"),
                 Decision::Withdraw(WithdrawReason::ShuttingDown) => (false, "shutting_down"),
+                Decision::Withdraw(WithdrawReason::Removed) => (false, "removed"),
             };
-            if announce {
+            if announce || t.to == Decision::Withdraw(WithdrawReason::Removed) {
                 tracing::info!(vip = %t.addr, "{}", t.to);
             } else {
                 tracing::warn!(vip = %t.addr, "{}", t.to);
             }
             self.metrics.announce_transition(t.addr, announce, label);
         }
-        let routes = routes::routes(self.policy.announced(), &self.services);
+        // Attributes from the services that keep the address, not from draining ones.
+        let routes = routes::routes(self.policy.announced(), &self.desired);
         if routes != self.routes {
             if let Some(s) = &self.speaker {
                 s.set_routes(routes.clone());
@@ -891,6 +947,71 @@ impl Daemon {
     }
 }
 
+/// Ports of a removed service, still served (not announced) until `until`.
+#[derive(Clone, Debug)]
+struct Draining {
+    vip: VipSpec,
+    until: Instant,
+}
+
+/// The ports of `v` that no service of `set` on its address and protocol serves: `v`
+/// with only those, or `None` if every port is still served.
+fn uncovered(v: &VipSpec, set: &ServiceSet) -> Option<VipSpec> {
+    let ports: Vec<u16> = v
+        .ports
+        .iter()
+        .copied()
+        .filter(|&p| !serves(set, v.addr, v.proto, p))
+        .collect();
+    (!ports.is_empty()).then(|| VipSpec { ports, ..v.clone() })
+}
+
+/// Whether a service of `set` takes `port` on `addr` and `proto`.
+fn serves(set: &ServiceSet, addr: IpAddr, proto: config::Protocol, port: u16) -> bool {
+    set.vips
+        .iter()
+        .any(|s| s.addr == addr && s.proto == proto && s.ports.contains(&port))
+}
+
+/// What is served: `desired`, and the draining ports that no desired service took back
+/// (a service added back during its drain just goes on) within the [`MAX_VIPS`] ports
+/// the steering program holds, in [`ServiceSet::normalize`]'s order; and per service,
+/// whether it is draining. Draining entries taken back or without room are dropped.
+fn served(desired: &ServiceSet, draining: &mut Vec<Draining>) -> (ServiceSet, Vec<bool>) {
+    let used: usize = desired.vips.iter().map(|v| v.ports.len()).sum();
+    let mut room = MAX_VIPS.saturating_sub(used);
+    draining.retain_mut(|d| {
+        let before = d.vip.ports.len();
+        let (addr, proto) = (d.vip.addr, d.vip.proto);
+        d.vip.ports.retain(|&p| !serves(desired, addr, proto, p));
+        if d.vip.ports.len() < before {
+            tracing::info!(vip = %d.vip.addr, service = %d.vip.name,
+                "removed service added back during its drain");
+        }
+        if d.vip.ports.is_empty() {
+            return false;
+        }
+        if d.vip.ports.len() > room {
+            tracing::warn!(vip = %d.vip.addr, service = %d.vip.name, ports = ?d.vip.ports,
+                "drain cut short: the steering program holds at most {MAX_VIPS} service ports");
+            return false;
+        }
+        room -= d.vip.ports.len();
+        true
+    });
+    let mut all: Vec<(VipSpec, bool)> = desired
+        .vips
+        .iter()
+        .map(|v| (v.clone(), false))
+        .chain(draining.iter().map(|d| (d.vip.clone(), true)))
+        .collect();
+    all.sort_by(|(a, _), (b, _)| {
+        (a.addr, a.proto, &a.ports, &a.name).cmp(&(b.addr, b.proto, &b.ports, &b.name))
+    });
+    let (vips, removed) = all.into_iter().unzip();
+    (ServiceSet { vips }, removed)
+}
+
 fn ifindex(iface: &str) -> Result<u32> {
     let c = std::ffi::CString::new(iface).context("interface name")?;
     // SAFETY: `c` is a valid NUL-terminated string; if_nametoindex only reads it.
@@ -918,5 +1039,80 @@ mod tests {
         assert!(needs_bind(
             &example.replace("127.0.0.1:9180", "127.0.0.1:80")
         ));
+    }
+
+    /// Static services from `vips`: (address, ports) with one backend each.
+    fn set(vips: &[(&str, &[u16])]) -> ServiceSet {
+        let mut text = "[dataplane]\nupstream_interface = \"eth0\"\n".to_owned();
+        for (addr, ports) in vips {
+            text += &format!(
+                "\n[[vips]]\naddress = \"{addr}\"\nports = {ports:?}\n\n\
+                 [[vips.backends]]\naddress = \"10.0.0.1\"\n"
+            );
+        }
+        static_list::service_set(&config::parse(&text, Path::new("t.toml")).unwrap())
+    }
+
+    fn drains(old: &ServiceSet, new: &ServiceSet, until: Instant) -> Vec<Draining> {
+        old.vips
+            .iter()
+            .filter_map(|v| uncovered(v, new))
+            .map(|vip| Draining { vip, until })
+            .collect()
+    }
+
+    /// Ports (address, port, draining) of what is served.
+    fn ports(s: &(ServiceSet, Vec<bool>)) -> Vec<(String, u16, bool)> {
+        s.0.vips
+            .iter()
+            .zip(&s.1)
+            .flat_map(|(v, &r)| v.ports.iter().map(move |&p| (v.addr.to_string(), p, r)))
+            .collect()
+    }
+
+    #[test]
+    fn removed_service_ports_are_served_until_their_drain_ends() {
+        let old = set(&[("192.0.2.10", &[7, 80]), ("192.0.2.20", &[443])]);
+        let new = set(&[("192.0.2.10", &[80])]);
+        let mut draining = drains(&old, &new, Instant::now());
+        let served_now = served(&new, &mut draining);
+        assert_eq!(
+            ports(&served_now),
+            [
+                ("192.0.2.10".into(), 7, true),
+                ("192.0.2.10".into(), 80, false),
+                ("192.0.2.20".into(), 443, true),
+            ]
+        );
+        // The draining services are the removed ones as they were: same backends.
+        assert!(served_now.0.vips.iter().all(|v| v.backends.len() == 1));
+        // Drained: only the desired ones remain.
+        draining.clear();
+        assert_eq!(served(&new, &mut draining), (new.clone(), vec![false]));
+    }
+
+    #[test]
+    fn a_service_added_back_during_its_drain_just_goes_on() {
+        let old = set(&[("192.0.2.10", &[80]), ("192.0.2.20", &[443])]);
+        let new = set(&[("192.0.2.10", &[80])]);
+        let mut draining = drains(&old, &new, Instant::now());
+        let (during, removed) = served(&new, &mut draining);
+        assert_eq!(during, old, "nothing changes for the dataplane");
+        assert_eq!(removed, [false, true]);
+        assert_eq!(
+            served(&old, &mut draining),
+            (old.clone(), vec![false, false])
+        );
+        assert!(draining.is_empty(), "the drain is over once added back");
+    }
+
+    #[test]
+    fn draining_ports_fit_the_steering_map_or_end() {
+        let many: Vec<u16> = (1..=MAX_VIPS as u16).collect();
+        let old = set(&[("192.0.2.20", &many[..10])]);
+        let new = set(&[("192.0.2.10", &many[..MAX_VIPS - 5])]);
+        let mut draining = drains(&old, &new, Instant::now());
+        assert_eq!(served(&new, &mut draining), (new.clone(), vec![false]));
+        assert!(draining.is_empty());
     }
 }
