@@ -61,6 +61,13 @@ pub fn build(i: &Inputs<'_>) -> Status {
         let e = sent.entry((vip, addr)).or_default();
         *e = (e.0 + packets, e.1 + bytes);
     }
+    // Per VIP, summed over workers, keyed and kept the same way: a VIP's counts stay its
+    // own when VIPs that sort before it come or go.
+    let mut received: HashMap<VipKey, (u64, u64)> = HashMap::new();
+    for (vip, packets, bytes) in i.pipelines.iter().flat_map(|p| p.vips()) {
+        let e = received.entry(vip).or_default();
+        *e = (e.0 + packets, e.1 + bytes);
+    }
     let mut vips = Vec::new();
     for (si, spec) in i.services.vips.iter().enumerate() {
         let (announced, reason) =
@@ -71,16 +78,8 @@ pub fn build(i: &Inputs<'_>) -> Status {
                 proto: proto(spec.proto),
                 port,
             };
-            let index = i.live.iter().position(|l| l.key == key);
-            let live = index.and_then(|x| i.live.get(x));
-            // Per-VIP counters are kept by snapshot index, which is stable while the set
-            // of services is.
-            let (packets, bytes) = index.map_or((0, 0), |x| {
-                i.pipelines
-                    .iter()
-                    .filter_map(|p| p.vip(x))
-                    .fold((0, 0), |(p, b), (dp, db)| (p + dp, b + db))
-            });
+            let live = i.live.iter().find(|l| l.key == key);
+            let (packets, bytes) = received.get(&key).copied().unwrap_or_default();
             let backends = spec
                 .backends
                 .iter()
@@ -478,6 +477,152 @@ mod tests {
             ),
         );
         check(None, &[], (false, "not evaluated yet"));
+    }
+
+    /// A VIP's counters are its own, not those of whichever VIP had its snapshot index
+    /// before: adding a VIP that sorts first moves the others, and their counts with them.
+    #[test]
+    fn vip_counters_follow_the_vip_when_an_earlier_one_is_added() {
+        use std::net::Ipv4Addr;
+
+        use dataplane::pipeline::{Frame, Verdict};
+        use dsrgate_tests::frames::{eth, ipv4, tcp_syn, ETH_IPV4, PROTO_TCP};
+
+        use crate::config::{HashMode as SpecHash, Protocol, VipBgp};
+        use crate::sources::{Encap as SpecEncap, Origin, VipSpec};
+
+        let (early, late): (IpAddr, IpAddr) =
+            ("10.0.0.10".parse().unwrap(), "10.0.0.20".parse().unwrap());
+        let node = IpAddr::from([198, 51, 100, 11]);
+        let key = |addr| VipKey {
+            addr,
+            proto: Proto::Tcp,
+            port: 80,
+        };
+        let snap = |generation, vips: &[IpAddr]| {
+            Arc::new(
+                Snapshot::new(&SnapshotConfig {
+                    generation,
+                    vips: vips
+                        .iter()
+                        .map(|&a| VipConfig {
+                            key: key(a),
+                            backends: vec![BackendConfig {
+                                addr: node,
+                                weight: 1,
+                            }],
+                            hash: HashMode::FiveTuple,
+                            encap: Encap::IpIp,
+                        })
+                        .collect(),
+                    outer_src_v4: Some(SourcePrefix {
+                        addr: "172.16.0.0".parse().unwrap(),
+                        len: 24,
+                    }),
+                    next_hops: [(node, [2, 0, 0, 0, 1, 1])].into_iter().collect(),
+                    ..SnapshotConfig::default()
+                })
+                .unwrap(),
+            )
+        };
+        let current = Arc::new(ArcSwap::new(snap(1, &[late])));
+        let mut p = PipelineProcessor::new(
+            WorkerConfig {
+                flow_capacity: 1 << 12,
+                ..WorkerConfig::default()
+            },
+            current.clone(),
+        );
+        let stats = p.stats();
+        let mut len = 0;
+        // SYNs of distinct flows to `late`:80.
+        let mut syn = |p: &mut PipelineProcessor, now, sport| {
+            let (src, dst) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(10, 0, 0, 20));
+            let l4 = tcp_syn(src.into(), dst.into(), sport, 80);
+            let frame = eth(
+                [2, 0, 0, 0, 0, 1],
+                [2, 0, 0, 0, 0, 0xfe],
+                ETH_IPV4,
+                &ipv4(src, dst, PROTO_TCP, &l4),
+            );
+            len = frame.len() as u64;
+            let mut buf = vec![0u8; 256 + frame.len()];
+            buf[256..].copy_from_slice(&frame);
+            let mut v = [Verdict::Pass];
+            p.process(
+                now,
+                &mut [Frame {
+                    buf: &mut buf,
+                    offset: 256,
+                    len: frame.len(),
+                }],
+                &mut v,
+            );
+            assert!(matches!(v[0], Verdict::Tx { .. }), "{:?}", v[0]);
+        };
+        const SECOND: u64 = 1_000_000_000;
+        for sport in 0..50 {
+            syn(&mut p, SECOND, 1000 + sport);
+        }
+        current.store(snap(2, &[early, late]));
+        syn(&mut p, 2 * SECOND, 2000);
+        p.housekeeping(4 * SECOND);
+
+        let spec = |addr: IpAddr| VipSpec {
+            name: addr.to_string(),
+            origin: Origin::Static,
+            addr,
+            proto: Protocol::Tcp,
+            ports: vec![80],
+            hash: SpecHash::FiveTuple,
+            encap: SpecEncap::Ipip,
+            min_healthy: 1,
+            bgp: VipBgp::default(),
+            backends: vec![],
+            health: None,
+        };
+        let services = ServiceSet {
+            vips: vec![spec(early), spec(late)],
+        };
+        let live: Vec<LiveVip> = [early, late]
+            .iter()
+            .enumerate()
+            .map(|(n, &a)| LiveVip {
+                key: key(a),
+                origin: crate::publish::Origin { spec: n, port: 80 },
+                generation: 2,
+                table_size: 0,
+                slots: HashMap::new(),
+            })
+            .collect();
+        let (policy, next_hops) = (Policy::default(), HashMap::new());
+        let s = build(&Inputs {
+            uptime: Duration::from_secs(1),
+            generation: 2,
+            dataplane_problem: None,
+            services: &services,
+            health: &|_, _| BackendHealth {
+                up: true,
+                reason: None,
+            },
+            weights: &|_, _| None,
+            next_hops: &next_hops,
+            live: &live,
+            policy: &policy,
+            peers: &[],
+            workers: &[],
+            pipelines: &[stats.clone(), stats],
+            xdp_mode: AttachMode::Driver,
+            flow_capacity: 1024,
+            steering: None,
+        });
+        let counts: Vec<_> = s
+            .vips
+            .iter()
+            .map(|v| (v.address, v.packets, v.bytes))
+            .collect();
+        // Summed over the two (identical) workers.
+        assert_eq!(counts, [(early, 0, 0), (late, 2 * 51, 2 * 51 * len)]);
     }
 
     #[test]

@@ -57,34 +57,144 @@ const PUBLISH_NS: u64 = 100_000_000;
 /// [`super::WorkerStats`]: which snapshot it runs and since when, flow-table occupancy, and
 /// per-VIP and per-backend traffic. One writer (the worker), any number of readers; each
 /// value is independent, so `Relaxed` is enough except for the generation/time pair (see
-/// [`PipelineStats::generation`]) and a backend entry's key (see `BackendEntry`).
+/// [`PipelineStats::generation`]) and an entry's key (see `Entry`).
 pub struct PipelineStats {
     generation: AtomicU64,
     generation_at_ns: AtomicU64,
     flows: AtomicU64,
     evictions: AtomicU64,
-    /// Per VIP, by snapshot index: frames and bytes received.
-    vip_packets: Box<[AtomicU64]>,
-    vip_bytes: Box<[AtomicU64]>,
-    /// Per (VIP, backend address): frames and bytes sent. Entries are claimed in order and
-    /// never reused (see [`PipelineStats::backends`]).
-    backends: Box<[BackendEntry]>,
-    /// Entries claimed so far (only the worker reads or writes it).
-    claimed: AtomicU64,
+    /// Per VIP key: frames and bytes received (see [`PipelineStats::vips`]).
+    vips: Entries,
+    /// VIPs of the current snapshot whose traffic is not counted, because the VIP table
+    /// ([`vip_entries`] entries for the worker's lifetime) is full or the VIP is past the
+    /// worker's per-VIP counters.
+    untracked_vips: AtomicU64,
+    /// Per (VIP, backend address): frames and bytes sent (see [`PipelineStats::backends`]).
+    backends: Entries,
     /// Backend slots of the current snapshot whose traffic is not counted per backend,
     /// because the table (`WorkerConfig::max_backends` entries for the worker's lifetime)
     /// is full or the slot is past the worker's per-slot counters.
     untracked_backends: AtomicU64,
 }
 
-/// One (VIP, backend) pair's counters. The worker writes `key` once, then sets `ready` with
-/// Release; a reader loads `ready` with Acquire before `key`, so it never sees a half-written
-/// key. The key never changes afterwards, so the counts under it are always that pair's.
-struct BackendEntry {
+/// Entries of the per-VIP table: twice the VIPs one snapshot can count, so VIPs that come
+/// and go over the worker's life have room beside a full snapshot's.
+fn vip_entries(max_vips: usize) -> usize {
+    max_vips.saturating_mul(2)
+}
+
+/// One key's counters. The worker writes `key` once, then sets `ready` with Release; a
+/// reader loads `ready` with Acquire before `key`, so it never sees a half-written key. The
+/// key never changes afterwards, so the counts under it are always that key's.
+struct Entry {
     key: [AtomicU64; KEY_WORDS],
     ready: AtomicBool,
     packets: AtomicU64,
     bytes: AtomicU64,
+}
+
+/// A fixed table of counters by key: entries are claimed in order and never reused, so a
+/// key's counts only ever grow, whatever snapshots come and go.
+struct Entries {
+    entries: Box<[Entry]>,
+    /// Entries claimed so far (only the worker reads or writes it).
+    claimed: AtomicU64,
+}
+
+impl Entries {
+    fn new(n: usize) -> Self {
+        Entries {
+            entries: (0..n)
+                .map(|_| Entry {
+                    key: Default::default(),
+                    ready: AtomicBool::new(false),
+                    packets: AtomicU64::new(0),
+                    bytes: AtomicU64::new(0),
+                })
+                .collect(),
+            claimed: AtomicU64::new(0),
+        }
+    }
+
+    /// True if entry `i` is claimed for `key`. Worker only.
+    fn holds(&self, i: u32, key: &[u64; KEY_WORDS]) -> bool {
+        self.entries.get(i as usize).is_some_and(|e| {
+            e.key
+                .iter()
+                .zip(key)
+                .all(|(a, &b)| a.load(Ordering::Relaxed) == b)
+        })
+    }
+
+    /// Claims the next entry for `key`; `None` if the table is full. Worker only.
+    fn claim(&self, key: [u64; KEY_WORDS]) -> Option<u32> {
+        let claimed = self.claimed.load(Ordering::Relaxed) as usize;
+        let e = self.entries.get(claimed)?;
+        for (a, b) in e.key.iter().zip(key) {
+            a.store(b, Ordering::Relaxed);
+        }
+        // Release: see `Entry`.
+        e.ready.store(true, Ordering::Release);
+        self.claimed.store(claimed as u64 + 1, Ordering::Relaxed);
+        Some(claimed as u32)
+    }
+
+    /// Adds to entry `i` (if there is one). Worker only.
+    fn add(&self, i: u32, packets: u64, bytes: u64) {
+        if let Some(e) = self.entries.get(i as usize) {
+            // Relaxed: one writer, and each counter is read on its own.
+            e.packets.fetch_add(packets, Ordering::Relaxed);
+            e.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// The claimed entries: key, packets, bytes.
+    fn iter(&self) -> impl Iterator<Item = ([u64; KEY_WORDS], u64, u64)> + '_ {
+        self.entries
+            .iter()
+            // Acquire: see `Entry`.
+            .take_while(|e| e.ready.load(Ordering::Acquire))
+            .map(|e| {
+                (
+                    std::array::from_fn(|i| e.key[i].load(Ordering::Relaxed)),
+                    e.packets.load(Ordering::Relaxed),
+                    e.bytes.load(Ordering::Relaxed),
+                )
+            })
+    }
+}
+
+/// Where each claimed key is in an [`Entries`] table: open addressing with linear probing
+/// over entry indices ([`UNTRACKED`] when empty), keyed by [`key_hash`], twice as many slots
+/// as entries so it is at most half full. Entries are never freed, so neither are its
+/// slots. Worker only.
+struct Index(Box<[u32]>);
+
+impl Index {
+    fn new(entries: usize) -> Self {
+        Index(vec![UNTRACKED; (entries * 2).next_power_of_two().max(2)].into_boxed_slice())
+    }
+
+    /// The entry in `table` for `key`, claiming a new one if it has none; `None` if the
+    /// table is full. A few probes, however many entries are claimed. (A scan of the
+    /// claimed entries cost ~1 ns each here, twice per new backend: one new node under 16
+    /// VIPs with 60,000 entries claimed held the worker 2.3 ms, a full 2048-entry RX ring
+    /// at 1 Mpps.)
+    fn entry(&mut self, table: &Entries, key: [u64; KEY_WORDS]) -> Option<u32> {
+        let mask = self.0.len() - 1;
+        let mut i = key_hash(&key) as usize & mask;
+        // At most half full, so an empty slot ends every probe sequence.
+        loop {
+            match *self.0.get(i)? {
+                UNTRACKED => break,
+                e if table.holds(e, &key) => return Some(e),
+                _ => i = (i + 1) & mask,
+            }
+        }
+        let e = table.claim(key)?;
+        *self.0.get_mut(i)? = e;
+        Some(e)
+    }
 }
 
 const KEY_WORDS: usize = 5;
@@ -134,48 +244,16 @@ fn decode_key(k: [u64; KEY_WORDS]) -> (VipKey, IpAddr) {
 
 impl PipelineStats {
     fn new(max_vips: usize, max_backends: usize) -> Self {
-        let zeros = || (0..max_vips).map(|_| AtomicU64::new(0)).collect();
         PipelineStats {
             generation: AtomicU64::new(0),
             generation_at_ns: AtomicU64::new(0),
             flows: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-            vip_packets: zeros(),
-            vip_bytes: zeros(),
-            backends: (0..max_backends)
-                .map(|_| BackendEntry {
-                    key: Default::default(),
-                    ready: AtomicBool::new(false),
-                    packets: AtomicU64::new(0),
-                    bytes: AtomicU64::new(0),
-                })
-                .collect(),
-            claimed: AtomicU64::new(0),
+            vips: Entries::new(vip_entries(max_vips)),
+            untracked_vips: AtomicU64::new(0),
+            backends: Entries::new(max_backends),
             untracked_backends: AtomicU64::new(0),
         }
-    }
-
-    /// True if entry `i` is claimed for `key`. Worker only.
-    fn holds(&self, i: u32, key: &[u64; KEY_WORDS]) -> bool {
-        self.backends.get(i as usize).is_some_and(|e| {
-            e.key
-                .iter()
-                .zip(key)
-                .all(|(a, &b)| a.load(Ordering::Relaxed) == b)
-        })
-    }
-
-    /// Claims the next entry for `key`; `None` if the table is full. Worker only.
-    fn claim(&self, key: [u64; KEY_WORDS]) -> Option<u32> {
-        let claimed = self.claimed.load(Ordering::Relaxed) as usize;
-        let e = self.backends.get(claimed)?;
-        for (a, b) in e.key.iter().zip(key) {
-            a.store(b, Ordering::Relaxed);
-        }
-        // Release: see `BackendEntry`.
-        e.ready.store(true, Ordering::Release);
-        self.claimed.store(claimed as u64 + 1, Ordering::Relaxed);
-        Some(claimed as u32)
     }
 
     /// The snapshot generation the worker last ran a batch on, and when (CLOCK_MONOTONIC
@@ -195,12 +273,20 @@ impl PipelineStats {
         )
     }
 
-    /// Frames and bytes received for VIP `index` of the current snapshot order.
-    pub fn vip(&self, index: usize) -> Option<(u64, u64)> {
-        Some((
-            self.vip_packets.get(index)?.load(Ordering::Relaxed),
-            self.vip_bytes.get(index)?.load(Ordering::Relaxed),
-        ))
+    /// Frames and bytes this worker received for each VIP it has seen in a snapshot, over
+    /// its lifetime. Keyed by VIP, not by snapshot index (which shifts whenever a VIP that
+    /// sorts earlier comes or goes), so the counts survive snapshot changes and only ever
+    /// grow; a VIP that left the configuration keeps its last totals.
+    pub fn vips(&self) -> impl Iterator<Item = (VipKey, u64, u64)> + '_ {
+        self.vips
+            .iter()
+            .map(|(k, packets, bytes)| (decode_key(k).0, packets, bytes))
+    }
+
+    /// VIPs of the current snapshot not counted (the table is full, or the VIP is past the
+    /// worker's per-VIP counters).
+    pub fn untracked_vips(&self) -> u64 {
+        self.untracked_vips.load(Ordering::Relaxed)
     }
 
     /// Frames and bytes this worker sent to each (VIP, backend address) pair it has seen in
@@ -208,20 +294,10 @@ impl PipelineStats {
     /// snapshot slot, so the counts survive snapshot changes and only ever grow; a pair
     /// that left the configuration keeps its last totals.
     pub fn backends(&self) -> impl Iterator<Item = (VipKey, IpAddr, u64, u64)> + '_ {
-        self.backends
-            .iter()
-            // Acquire: see `BackendEntry`.
-            .take_while(|e| e.ready.load(Ordering::Acquire))
-            .map(|e| {
-                let (vip, addr) =
-                    decode_key(std::array::from_fn(|i| e.key[i].load(Ordering::Relaxed)));
-                (
-                    vip,
-                    addr,
-                    e.packets.load(Ordering::Relaxed),
-                    e.bytes.load(Ordering::Relaxed),
-                )
-            })
+        self.backends.iter().map(|(k, packets, bytes)| {
+            let (vip, addr) = decode_key(k);
+            (vip, addr, packets, bytes)
+        })
     }
 
     /// Backend slots of the current snapshot not counted per backend (the table is full).
@@ -242,18 +318,20 @@ pub struct PipelineProcessor {
     stats: Arc<PipelineStats>,
     generation: u64,
     next_publish: u64,
-    /// VIPs in the snapshot the worker last ran a batch on.
-    vips: usize,
+    /// Per VIP of the snapshot the worker last ran a batch on: its entry in `stats.vips`,
+    /// or [`UNTRACKED`]. Capacity `max_vips`, so rebuilding it never allocates.
+    vip_map: Vec<u32>,
+    /// Per VIP: the worker's (packets, bytes) counters as of the last publish.
+    vip_last: Vec<(u64, u64)>,
+    /// Where each claimed VIP is in `stats.vips`.
+    vip_index: Index,
     /// Per backend slot of the current snapshot: its entry in `stats.backends`, or
     /// [`UNTRACKED`]. Capacity `max_backends`, so rebuilding it never allocates.
     map: Vec<u32>,
     /// Per backend slot: the worker's (packets, bytes) counters as of the last publish.
     last: Vec<(u64, u64)>,
-    /// Where each claimed (VIP, backend) pair is in `stats.backends`: open addressing with
-    /// linear probing over entry indices ([`UNTRACKED`] when empty), keyed by [`key_hash`],
-    /// twice as many slots as entries so it is at most half full. Entries are never freed,
-    /// so neither are its slots.
-    index: Box<[u32]>,
+    /// Where each claimed (VIP, backend) pair is in `stats.backends`.
+    index: Index,
     sweep: Sweep,
 }
 
@@ -272,13 +350,15 @@ impl PipelineProcessor {
             worker: Worker::new(cfg),
             snapshot,
             stats: Arc::new(PipelineStats::new(cfg.max_vips, cfg.max_backends)),
-            generation: 0,
+            // No snapshot has it: the first batch maps the counters of whichever it runs on.
+            generation: u64::MAX,
             next_publish: 0,
-            vips: 0,
+            vip_map: Vec::with_capacity(cfg.max_vips),
+            vip_last: Vec::with_capacity(cfg.max_vips),
+            vip_index: Index::new(vip_entries(cfg.max_vips)),
             map: Vec::with_capacity(cfg.max_backends),
             last: Vec::with_capacity(cfg.max_backends),
-            index: vec![UNTRACKED; (cfg.max_backends * 2).next_power_of_two().max(2)]
-                .into_boxed_slice(),
+            index: Index::new(cfg.max_backends),
             sweep: Sweep::default(),
         }
     }
@@ -293,24 +373,9 @@ impl PipelineProcessor {
     }
 
     /// The entry in `stats.backends` for `key`, claiming a new one if it has none; `None` if
-    /// the table is full. Once per backend slot on a snapshot change: a few probes of
-    /// `index`, however many entries the worker has claimed. (A scan of the claimed
-    /// entries cost ~1 ns each here, twice per new backend: one new node under 16 VIPs with
-    /// 60,000 entries claimed held the worker 2.3 ms, a full 2048-entry RX ring at 1 Mpps.)
+    /// the table is full. Once per backend slot on a snapshot change.
     fn entry(&mut self, key: [u64; KEY_WORDS]) -> Option<u32> {
-        let mask = self.index.len() - 1;
-        let mut i = key_hash(&key) as usize & mask;
-        // At most half full, so an empty slot ends every probe sequence.
-        loop {
-            match *self.index.get(i)? {
-                UNTRACKED => break,
-                e if self.stats.holds(e, &key) => return Some(e),
-                _ => i = (i + 1) & mask,
-            }
-        }
-        let e = self.stats.claim(key)?;
-        *self.index.get_mut(i)? = e;
-        Some(e)
+        self.index.entry(&self.stats.backends, key)
     }
 
     /// The counters this processor publishes (take it before handing the processor over).
@@ -318,18 +383,56 @@ impl PipelineProcessor {
         self.stats.clone()
     }
 
-    fn publish(&mut self, vips: usize) {
+    fn publish(&mut self) {
         let s = &self.stats;
         s.flows
             .store(self.worker.flows().len() as u64, Ordering::Relaxed);
         s.evictions
             .store(self.worker.flows().evictions(), Ordering::Relaxed);
-        let c = self.worker.counters();
-        for (i, v) in c.vips.iter().take(vips).enumerate() {
-            s.vip_packets[i].store(v.packets, Ordering::Relaxed);
-            s.vip_bytes[i].store(v.bytes, Ordering::Relaxed);
-        }
+        self.publish_vips();
         self.publish_backends();
+    }
+
+    /// Adds what each VIP received since the last publish to its entry. Like the per-slot
+    /// counters (see [`Self::publish_backends`]), the worker's per-VIP counters are by
+    /// snapshot index and never reset, so deltas against `vip_last` are what the VIP at
+    /// that index under the current `vip_map` received.
+    fn publish_vips(&mut self) {
+        let counted = &self.worker.counters().vips;
+        for ((&entry, last), c) in self
+            .vip_map
+            .iter()
+            .zip(&mut self.vip_last)
+            .zip(counted.iter())
+        {
+            self.stats
+                .vips
+                .add(entry, c.packets - last.0, c.bytes - last.1);
+            *last = (c.packets, c.bytes);
+        }
+    }
+
+    /// Points each VIP index of `snap` at its entry, and starts its deltas from the
+    /// worker's counters now. Call after publishing under the old map.
+    fn remap_vips(&mut self, snap: &Snapshot) {
+        let counted = &self.worker.counters().vips;
+        // VIPs past the worker's counters are not counted at all; `counted.len()` is the
+        // vectors' capacity, so neither grows.
+        let n = snap.vips().len().min(counted.len());
+        self.vip_last.clear();
+        self.vip_last
+            .extend(counted[..n].iter().map(|c| (c.packets, c.bytes)));
+        self.vip_map.clear();
+        let mut untracked = snap.vips().len() - n;
+        for vip in &snap.vips()[..n] {
+            let key = encode_key(&vip.key, &[0; 16], false);
+            let entry = self.vip_index.entry(&self.stats.vips, key);
+            untracked += usize::from(entry.is_none());
+            self.vip_map.push(entry.unwrap_or(UNTRACKED));
+        }
+        self.stats
+            .untracked_vips
+            .store(untracked as u64, Ordering::Relaxed);
     }
 
     /// Adds what each slot sent since the last publish to its entry. The worker's per-slot
@@ -338,13 +441,10 @@ impl PipelineProcessor {
     fn publish_backends(&mut self) {
         let counted = &self.worker.counters().backends;
         for ((&entry, last), c) in self.map.iter().zip(&mut self.last).zip(counted.iter()) {
-            let (dp, db) = (c.packets - last.0, c.bytes - last.1);
+            self.stats
+                .backends
+                .add(entry, c.packets - last.0, c.bytes - last.1);
             *last = (c.packets, c.bytes);
-            if let Some(e) = self.stats.backends.get(entry as usize) {
-                // Relaxed: one writer, and each counter is read on its own.
-                e.packets.fetch_add(dp, Ordering::Relaxed);
-                e.bytes.fetch_add(db, Ordering::Relaxed);
-            }
         }
     }
 
@@ -390,10 +490,12 @@ impl Processor for PipelineProcessor {
     fn process(&mut self, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
         let snap = self.snapshot.load();
         if snap.generation() != self.generation {
-            // Counts so far were made under the old slot layout: attribute them first.
+            // Counts so far were made under the old VIP and slot layout: attribute them
+            // first.
+            self.publish_vips();
             self.publish_backends();
+            self.remap_vips(&snap);
             self.remap(&snap);
-            self.vips = snap.vips().len();
             self.generation = snap.generation();
             self.stats.generation_at_ns.store(now_ns, Ordering::Relaxed);
             // Release: see `PipelineStats::generation`.
@@ -405,7 +507,7 @@ impl Processor for PipelineProcessor {
         self.sweep(now_ns, SWEEP_MAX_BATCH);
         if now_ns >= self.next_publish {
             self.next_publish = now_ns + PUBLISH_NS;
-            self.publish(snap.vips().len());
+            self.publish();
         }
     }
 
@@ -416,7 +518,7 @@ impl Processor for PipelineProcessor {
         self.sweep(now_ns, SWEEP_MAX_IDLE);
         if now_ns >= self.next_publish {
             self.next_publish = now_ns + PUBLISH_NS;
-            self.publish(self.vips);
+            self.publish();
         }
     }
 }
@@ -447,7 +549,7 @@ mod tests {
         // Full: a new pair has no entry, and the known ones keep theirs.
         assert_eq!(p.entry(key(1000)), None);
         assert_eq!(p.entry(key(999)), Some(999));
-        assert_eq!(p.stats.claimed.load(Ordering::Relaxed), 1000);
+        assert_eq!(p.stats.backends.claimed.load(Ordering::Relaxed), 1000);
         assert_eq!(p.stats.backends().count(), 1000);
     }
 
