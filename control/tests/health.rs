@@ -201,7 +201,12 @@ fn a_target_that_never_answers_never_rises() {
             .poll(Some(Duration::from_millis(20)), &mut out)
             .unwrap();
     }
-    assert!(out.is_empty(), "{out:?}");
+    // It says why it stays down, once; it never rises.
+    let what: Vec<_> = out
+        .iter()
+        .map(|e| (e.transition.clone(), e.state))
+        .collect();
+    assert_eq!(what, [(Transition::StillDown, State::Down)], "{out:?}");
     assert_eq!(checker.state(&target), Some((State::Down, None)));
 }
 

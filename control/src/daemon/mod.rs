@@ -388,10 +388,12 @@ impl Daemon {
             return;
         }
         let up = ev.state == State::Up;
-        if !matches!(ev.transition, Transition::Weight { .. }) {
+        if matches!(ev.transition, Transition::Up | Transition::Down) {
             self.metrics
                 .health_transition(ev.target.addr, up, ev.reason.label());
         }
+        // A target still down only tells why (for the status): nothing to republish.
+        let news_only = ev.transition == Transition::StillDown;
         self.targets.insert(
             ev.target,
             TargetState {
@@ -400,7 +402,9 @@ impl Daemon {
                 reason: ev.reason.to_string(),
             },
         );
-        self.dirty_since.get_or_insert(now);
+        if !news_only {
+            self.dirty_since.get_or_insert(now);
+        }
     }
 
     fn on_kube(&mut self, up: KubeUpdate, now: Instant) {

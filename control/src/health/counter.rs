@@ -9,6 +9,9 @@ pub struct Counter {
     /// Consecutive results that disagree with `state`.
     streak: u32,
     weight: Option<u32>,
+    /// While down, the failure reason last reported (by the transition down or a
+    /// [`Transition::StillDown`]); `None` while up and before the first failure.
+    reported: Option<Reason>,
 }
 
 impl Default for Counter {
@@ -18,6 +21,7 @@ impl Default for Counter {
             state: State::Down,
             streak: 0,
             weight: None,
+            reported: None,
         }
     }
 }
@@ -64,6 +68,7 @@ impl Counter {
                 self.state = State::Up;
                 self.streak = 0;
                 self.weight = *weight;
+                self.reported = None;
                 Some((Transition::Up, Reason::Passed))
             }
             (State::Up, Outcome::Fail(reason)) => {
@@ -73,11 +78,18 @@ impl Counter {
                 }
                 self.state = State::Down;
                 self.streak = 0;
+                self.reported = Some(reason.clone());
                 Some((Transition::Down, reason.clone()))
             }
-            (State::Down, Outcome::Fail(_)) => {
+            // No change of state, but a target that never came up (or failed
+            // differently since) says why, once per reason.
+            (State::Down, Outcome::Fail(reason)) => {
                 self.streak = 0;
-                None
+                if self.reported.as_ref() == Some(reason) {
+                    return None;
+                }
+                self.reported = Some(reason.clone());
+                Some((Transition::StillDown, reason.clone()))
             }
         }
     }
@@ -93,6 +105,43 @@ mod tests {
     }
     fn fail() -> Outcome {
         Outcome::Fail(Reason::Refused)
+    }
+
+    /// A target that never comes up reports its first failure, and a new reason,
+    /// but not every probe.
+    #[test]
+    fn a_down_target_says_why_once_per_reason() {
+        let mut c = Counter::default();
+        let timeout = Outcome::Fail(Reason::Timeout);
+        assert_eq!(
+            c.record(&fail(), 2, 2),
+            Some((Transition::StillDown, Reason::Refused))
+        );
+        assert_eq!(c.record(&fail(), 2, 2), None);
+        assert_eq!(c.record(&pass(), 2, 2), None);
+        assert_eq!(c.record(&fail(), 2, 2), None, "same reason");
+        assert_eq!(
+            c.record(&timeout, 2, 2),
+            Some((Transition::StillDown, Reason::Timeout))
+        );
+        assert_eq!(c.state(), State::Down);
+        // Down after being up: the transition says why; the same reason after
+        // it does not again, another one does.
+        c.record(&pass(), 2, 2);
+        assert_eq!(
+            c.record(&pass(), 2, 2),
+            Some((Transition::Up, Reason::Passed))
+        );
+        c.record(&fail(), 2, 2);
+        assert_eq!(
+            c.record(&fail(), 2, 2),
+            Some((Transition::Down, Reason::Refused))
+        );
+        assert_eq!(c.record(&fail(), 2, 2), None);
+        assert_eq!(
+            c.record(&timeout, 2, 2),
+            Some((Transition::StillDown, Reason::Timeout))
+        );
     }
 
     #[test]
@@ -172,12 +221,17 @@ mod tests {
             let mut c = Counter::default();
             let mut up = false;
             let mut run = 0u32;
+            // Whether the down state's (only) reason has been reported.
+            let mut reported = false;
             for ok in results {
                 let t = c.record(&if ok { pass() } else { fail() }, rise, fall);
                 if ok != up { run += 1 } else { run = 0 }
                 let flip = run == if up { fall } else { rise };
-                if flip { up = !up; run = 0; }
-                prop_assert_eq!(t.is_some(), flip);
+                let still_down = !up && !ok && !reported;
+                if flip { up = !up; run = 0; reported = !up; }
+                if still_down { reported = true; }
+                prop_assert_eq!(t.as_ref().is_some_and(|t| t.0 != Transition::StillDown), flip);
+                prop_assert_eq!(t.is_some_and(|t| t.0 == Transition::StillDown), still_down);
                 prop_assert_eq!(c.state() == State::Up, up);
             }
         }

@@ -10,7 +10,10 @@
 //! A probe that has not finished within `timeout` fails. A target starts
 //! [`State::Down`], goes up after `rise` consecutive successes, and down after
 //! `fall` consecutive failures; each change is a [`HealthEvent`] with its
-//! reason, for the control loop, the logs, and the metrics.
+//! reason, for the control loop, the logs, and the metrics. A failure that
+//! changes nothing still makes one ([`Transition::StillDown`]) when it tells
+//! something new: the first failure of a target that never came up, or a
+//! down target failing for another reason than the one last reported.
 //!
 //! # Which path probes take
 //! Probes leave through the gateway's own kernel stack and routing table to
@@ -193,9 +196,13 @@ pub enum Transition {
     Down,
     /// The reported weight changed while up.
     Weight { from: Option<u32>, to: Option<u32> },
+    /// A failure while down, with a reason not reported since the target went
+    /// down (or started): the state stays down, the reason is news.
+    StillDown,
 }
 
-/// A transition of one target, with the reason (for `Down`, the last failure).
+/// A transition of one target, with the reason (for `Down` and `StillDown`,
+/// the last failure).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthEvent {
     pub target: Target,
@@ -223,6 +230,7 @@ impl fmt::Display for HealthEvent {
             Transition::Weight { from, to } => {
                 write!(f, "{} weight {:?} -> {:?}", self.target, from, to)
             }
+            Transition::StillDown => write!(f, "{} is down ({})", self.target, self.reason),
         }
     }
 }
@@ -520,6 +528,9 @@ impl HealthChecker {
                 Transition::Down => {
                     tracing::warn!(target = %event.target, reason = %event.reason, "backend down")
                 }
+                Transition::StillDown => {
+                    tracing::warn!(target = %event.target, reason = %event.reason, "backend still down")
+                }
                 _ => tracing::info!(target = %event.target, "{event}"),
             }
             out.push(event);
@@ -720,6 +731,37 @@ mod tests {
         assert!(!e.is_current(&up_a));
         assert!(e.is_current(&ev(&a, again[0].1)));
         assert_eq!(again[1].1, first[1].1, "b stayed throughout");
+    }
+
+    /// A target that never comes up says why, once: the daemon's status shows
+    /// the reason instead of "not probed yet", and the log has it.
+    #[test]
+    fn a_target_that_never_comes_up_says_why_once() {
+        // Nothing listens on this port (bound, then closed).
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut checker = HealthChecker::new().unwrap();
+        let t = tcp(addr, 30, 2, 2);
+        checker.set_targets([t.clone()]);
+        let ev = next_event(&mut checker);
+        assert_eq!(
+            (ev.transition.clone(), ev.state, ev.reason.clone()),
+            (Transition::StillDown, State::Down, Reason::Refused)
+        );
+        assert_eq!(
+            ev.to_string(),
+            format!("tcp://{addr} is down (connection refused)")
+        );
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            checker
+                .poll(Some(Duration::from_millis(20)), &mut out)
+                .unwrap();
+        }
+        assert!(out.is_empty(), "only once: {out:?}");
     }
 
     /// A reload that changes only the timing keeps an up target up (no event,
