@@ -4,9 +4,12 @@
 //! The server is a small HTTP/1.1 handler on std sockets, with `httparse` doing the
 //! parsing. No async runtime, and nothing an off-the-shelf blocking server (tiny_http)
 //! would not let us bound: the request head is limited to [`MAX_HEAD`] bytes and
-//! [`REQUEST_TIMEOUT`], at most [`MAX_CONNECTIONS`] requests are handled at once (one
-//! short-lived thread each), every response closes its connection, and a malformed
+//! [`REQUEST_TIMEOUT`], the response must be taken within another [`REQUEST_TIMEOUT`]
+//! (an absolute deadline, not a per-`send` timeout, so a client that reads a few bytes
+//! at a time cannot stretch it), at most [`MAX_CONNECTIONS`] requests are handled at once
+//! (one short-lived thread each), every response closes its connection, and a malformed
 //! request gets a 4xx answer without affecting anything else. Only GET and HEAD exist.
+//! Stopping the server takes at most about [`SHUTDOWN_GRACE`], whatever the clients do.
 //!
 //! [`Metrics`] defines the daemon's metric families. State that the control loop already
 //! holds as running totals (dataplane counters, BGP message counts, health, announce
@@ -15,11 +18,12 @@
 //! with no bookkeeping. Events (health and announce transitions, config reloads, publish
 //! latency) are ordinary prometheus-client counters and a histogram.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,8 +39,12 @@ use crate::status::{Health, SharedStatus, Status, VipStatus};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its whole request head, and to take the response.
+/// Time a client has to send its whole request head, and then again, from when the answer
+/// is ready, to take the whole response: a connection lasts at most about twice this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stopping the server lets requests in flight finish before it shuts their
+/// sockets down.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Requests handled at once; more connections are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 32;
 
@@ -53,7 +61,21 @@ pub struct ApiServer {
 /// What the connection threads share.
 struct Shared {
     handler: Handler,
+    /// [`REQUEST_TIMEOUT`]; shorter in tests.
+    timeout: Duration,
+    /// Set once the server stops and the grace for requests in flight is over.
+    stopping: AtomicBool,
     active: AtomicUsize,
+    /// A second handle on the socket of each connection in flight, by connection number,
+    /// so that stopping the server can end connections whose clients are stuck.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+}
+
+impl Shared {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
+        // A panicking connection thread leaves the map itself intact.
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The request path apart from the socket: request bytes in, response bytes out. The
@@ -137,13 +159,26 @@ impl ApiServer {
         registry: Arc<Registry>,
         status: SharedStatus,
     ) -> io::Result<ApiServer> {
+        ApiServer::start_with_timeout(listen, registry, status, REQUEST_TIMEOUT)
+    }
+
+    /// [`ApiServer::start`] with `timeout` in place of [`REQUEST_TIMEOUT`].
+    fn start_with_timeout(
+        listen: SocketAddr,
+        registry: Arc<Registry>,
+        status: SharedStatus,
+        timeout: Duration,
+    ) -> io::Result<ApiServer> {
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let waker = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             handler: Handler::new(registry, status),
+            timeout,
+            stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            conns: Mutex::new(HashMap::new()),
         });
         let thread = std::thread::Builder::new().name("api".into()).spawn({
             let stop = stop.clone();
@@ -163,8 +198,9 @@ impl ApiServer {
         self.addr
     }
 
-    /// Stops accepting, waits for requests in flight (bounded by [`REQUEST_TIMEOUT`]) and
-    /// closes the socket.
+    /// Stops accepting, lets requests in flight finish for up to [`SHUTDOWN_GRACE`], shuts
+    /// down the sockets of those still open (their clients are stuck), waits for their
+    /// threads and closes the listening socket. Returns within about [`SHUTDOWN_GRACE`].
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
@@ -192,6 +228,7 @@ impl Drop for ApiServer {
 
 fn accept_loop(listener: TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) {
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id: u64 = 0;
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::Acquire) {
@@ -213,20 +250,52 @@ fn accept_loop(listener: TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) {
             refuse(stream);
             continue;
         }
+        let id = next_id;
+        next_id += 1;
+        match stream.try_clone() {
+            Ok(handle) => {
+                shared.conns().insert(id, handle);
+            }
+            Err(e) => {
+                shared.active.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot clone an API connection's socket");
+                continue;
+            }
+        }
         let shared2 = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("api-conn".into())
             .spawn(move || {
                 serve(stream, &shared2);
+                // Dropping the second handle closes the socket for good.
+                shared2.conns().remove(&id);
                 shared2.active.fetch_sub(1, Ordering::Relaxed);
             });
         match spawned {
             Ok(h) => handlers.push(h),
             Err(e) => {
+                shared.conns().remove(&id);
                 shared.active.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot spawn an API connection thread");
             }
         }
+    }
+    finish(handlers, shared);
+}
+
+/// Ends the connections in flight once the server stops: those that finish within
+/// [`SHUTDOWN_GRACE`] (or the request timeout, if shorter) do so undisturbed; the sockets
+/// of the rest are shut down, which wakes their threads from any read or write at once,
+/// and `stopping` ends their wait for the client to take the response.
+fn finish(handlers: Vec<JoinHandle<()>>, shared: &Shared) {
+    let grace_end = Instant::now() + SHUTDOWN_GRACE.min(shared.timeout);
+    while handlers.iter().any(|h| !h.is_finished()) && Instant::now() < grace_end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Relaxed: the flag orders no other memory; the threads poll it.
+    shared.stopping.store(true, Ordering::Relaxed);
+    for conn in shared.conns().values() {
+        let _ = conn.shutdown(Shutdown::Both);
     }
     for h in handlers {
         let _ = h.join();
@@ -240,9 +309,11 @@ fn refuse(mut stream: TcpStream) {
     if stream.set_nonblocking(true).is_ok() {
         while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
     }
+    // Non-blocking: a client that does not take the short answer at once loses it.
     let _ = respond(
         &mut stream,
         &Response::text(503, "too many connections\n").encode(false),
+        Instant::now() + REQUEST_TIMEOUT,
     );
     let _ = stream.shutdown(Shutdown::Write);
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
@@ -299,20 +370,80 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Handles one connection: one request, one response, close.
+/// Handles one connection: one request, one response, close. The request head must arrive
+/// within the request timeout and the whole response be taken (acknowledged by the client)
+/// within the request timeout after that; a client too slow to take it gets a reset
+/// instead, so that neither this thread nor the kernel keeps sending to it.
 fn serve(mut stream: TcpStream, shared: &Shared) {
-    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-    if let Some(response) = read_and_answer(&mut stream, &shared.handler) {
-        let _ = respond(&mut stream, &response);
-        linger(stream);
+    let timeout = shared.timeout;
+    let Some(response) = read_and_answer(&mut stream, &shared.handler, Instant::now() + timeout)
+    else {
+        return;
+    };
+    let deadline = Instant::now() + timeout;
+    if respond(&mut stream, &response, deadline).is_err()
+        || !delivered(&mut stream, deadline, &shared.stopping)
+    {
+        abort(stream);
+        return;
+    }
+    linger(stream, deadline);
+}
+
+/// Waits until the client has acknowledged everything written to `stream` (the kernel's
+/// send queue is empty), reading (and dropping) what it still sends meanwhile. False if
+/// `deadline` passes first or the server stops; true also when the queue cannot be read.
+fn delivered(stream: &mut TcpStream, deadline: Instant, stopping: &AtomicBool) -> bool {
+    let mut sink = [0u8; 4096];
+    let mut eof = false;
+    while unsent(stream) > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        let step = left.min(Duration::from_millis(10));
+        if eof || stream.set_read_timeout(Some(step)).is_err() {
+            std::thread::sleep(step);
+            continue;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => eof = true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            // Reset: nothing more will be delivered, and nothing is left to wait for.
+            Err(_) => return true,
+        }
+    }
+    true
+}
+
+/// Bytes written to `stream` that the client has not acknowledged yet (SIOCOUTQ), 0 if
+/// that cannot be read.
+fn unsent(stream: &TcpStream) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: ioctl(2) SIOCOUTQ (TIOCOUTQ) on a socket fd `stream` owns, writing one c_int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut n) };
+    if rc == 0 {
+        n
+    } else {
+        0
     }
 }
 
-/// Reads until the handler has an answer, within [`REQUEST_TIMEOUT`]: the answer, a 408 to
-/// a client that stalled mid-request, or `None` for one that closed (or reset) first or
-/// connected and sent nothing (like a port scan), which gets no answer.
-fn read_and_answer(stream: &mut TcpStream, handler: &Handler) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
+/// Reads until the handler has an answer, by `deadline`: the answer, a 408 to a client
+/// that stalled mid-request, or `None` for one that closed (or reset) first or connected
+/// and sent nothing (like a port scan), which gets no answer.
+fn read_and_answer(
+    stream: &mut TcpStream,
+    handler: &Handler,
+    deadline: Instant,
+) -> Option<Vec<u8>> {
     let mut buf = [0u8; MAX_HEAD];
     let mut len = 0;
     let timed_out = |len| (len > 0).then(|| Response::text(408, "request timeout\n").encode(false));
@@ -371,23 +502,67 @@ fn metrics(req: &httparse::Request, registry: &Registry) -> Response {
     }
 }
 
-fn respond(stream: &mut TcpStream, response: &[u8]) -> io::Result<()> {
-    stream.write_all(response)?;
-    stream.flush()
+/// Writes all of `response` by `deadline`. Each write may block only until the deadline,
+/// so a client that takes a few bytes at a time cannot stretch it (as it could a timeout
+/// per `send`); an error once it passes, or once the socket is shut down.
+fn respond(stream: &mut TcpStream, mut response: &[u8], deadline: Instant) -> io::Result<()> {
+    while !response.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client too slow to take the response",
+            ));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(response) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => response = &response[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
-/// Closes gracefully: stop sending, then drain what the client still sends for a moment,
-/// so that unread request bytes do not turn the close into a reset that destroys the
-/// response before the client has read it.
-fn linger(mut stream: TcpStream) {
+/// Closes gracefully once the client has the response: stop sending, then drain what the
+/// client still sends for a moment (at most until `deadline`), so that unread request
+/// bytes do not turn the close into a reset that destroys the response before the client
+/// has read it.
+fn linger(mut stream: TcpStream, deadline: Instant) {
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let mut sink = [0u8; 4096];
     for _ in 0..16 {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match stream.read(&mut sink) {
             Ok(n) if n > 0 => {}
             _ => break,
         }
+    }
+}
+
+/// Closes with a reset (SO_LINGER 0): for a client that did not take its response in time,
+/// whose unsent bytes the kernel would otherwise keep trying to deliver after the close.
+fn abort(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt(2) on a socket fd `stream` owns, reading a `linger` of the size
+    // passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -1038,6 +1213,148 @@ mod tests {
         let text = scrape(&registry);
         assert!(text.contains("dsrgate_vip_packets_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\"} 123466"));
         assert!(!text.contains("2001:db8:100::10"), "{text}");
+    }
+
+    /// An API server for the slow-client tests, with request timeout `timeout`, whose
+    /// /status is some megabytes: far more than the socket buffers between it and a client
+    /// hold. Also returns the length of that /status response.
+    fn big_status_server(timeout: Duration) -> (ApiServer, usize) {
+        let mut s = sample();
+        let vips = s.vips.clone();
+        while s.vips.len() < 4_000 {
+            s.vips.extend(vips.iter().cloned());
+        }
+        let status = crate::status::shared(s);
+        let handler = Handler::new(Arc::new(Registry::default()), status.clone());
+        let len = handler
+            .answer(b"GET /status HTTP/1.1\r\n\r\n")
+            .expect("a complete request")
+            .len();
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let server =
+            ApiServer::start_with_timeout(listen, Arc::new(Registry::default()), status, timeout)
+                .unwrap();
+        (server, len)
+    }
+
+    /// What [`slow_reader`] saw.
+    #[derive(Debug)]
+    struct SlowRead {
+        /// Response bytes received.
+        got: usize,
+        /// When the server closed (or reset) the connection, from the request; `None` if it
+        /// had not by the time the reader gave up.
+        closed_after: Option<Duration>,
+    }
+
+    /// Asks `addr` for /status and takes the answer slowly, through a small receive buffer:
+    /// at most 1 KiB every 20 ms, always enough to keep a per-send timeout from firing.
+    /// Reports on `progress` once the first bytes have arrived; gives up after `give_up`.
+    fn slow_reader(
+        addr: SocketAddr,
+        give_up: Duration,
+        progress: std::sync::mpsc::Sender<()>,
+    ) -> SlowRead {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let rcvbuf: libc::c_int = 4096;
+        // SAFETY: setsockopt(2) on the fd `s` owns, reading a c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const rcvbuf).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        s.write_all(b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let start = Instant::now();
+        let mut got = 0;
+        let mut chunk = [0u8; 1024];
+        while start.elapsed() < give_up {
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if got == 0 {
+                        let _ = progress.send(());
+                    }
+                    got += n;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => break,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let elapsed = start.elapsed();
+        SlowRead {
+            got,
+            closed_after: (elapsed < give_up).then_some(elapsed),
+        }
+    }
+
+    /// A client that takes its response a few bytes at a time loses the connection once
+    /// the response deadline passes, however steadily it reads.
+    #[test]
+    fn slow_reader_cannot_hold_a_connection_past_the_deadline() {
+        let (server, len) = big_status_server(Duration::from_millis(500));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let read = slow_reader(server.local_addr(), Duration::from_secs(8), tx);
+        assert!(read.got > 0, "{read:?}");
+        assert!(read.got < len, "the client was not slow: {read:?} of {len}");
+        // The deadline is 0.5 s; the bound leaves room for a loaded machine.
+        let closed = read.closed_after.expect("connection still open after 8 s");
+        assert!(closed < Duration::from_secs(5), "{read:?}");
+        // The server still answers.
+        let r = get(server.local_addr(), "/healthz", Duration::from_secs(5)).unwrap();
+        assert_eq!(r.status, 200);
+    }
+
+    /// Stopping the server ends connections in flight, however slowly their clients read
+    /// or however long they idle, well before their own request timeout would.
+    #[test]
+    fn shutdown_ends_stuck_connections_promptly() {
+        let (server, _) = big_status_server(Duration::from_secs(60));
+        let addr = server.local_addr();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || slow_reader(addr, Duration::from_secs(15), tx));
+        // A client that connected and sent nothing, and one that sent half a request.
+        let _idle = TcpStream::connect(addr).unwrap();
+        let mut half = TcpStream::connect(addr).unwrap();
+        half.write_all(b"GET /status HT").unwrap();
+        // The slow client's response is under way.
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("no response bytes");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let start = Instant::now();
+        std::thread::spawn(move || {
+            server.shutdown();
+            let _ = done_tx.send(());
+        });
+        // SHUTDOWN_GRACE is 1 s; the bound leaves room for a loaded machine.
+        done_rx
+            .recv_timeout(Duration::from_secs(6))
+            .expect("shutdown still waiting on its clients after 6 s");
+        let took = start.elapsed();
+        let read = reader.join().unwrap();
+        let closed = read.closed_after.expect("slow client never cut off");
+        assert!(
+            closed < Duration::from_secs(10),
+            "{read:?}, shutdown took {took:?}"
+        );
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "still listening after shutdown"
+        );
     }
 
     /// Each steering verdict's HELP explains it; a daemon whose steering counters could not
