@@ -15,7 +15,9 @@
 //! A dataplane problem that can heal (a stalled worker, unresolved next hops) withdraws
 //! every VIP while the daemon keeps running. One that cannot, a worker thread that ended
 //! (panicked), fails the control loop: the daemon shuts down as below, without the drain,
-//! and exits non-zero so that its supervisor restarts it.
+//! and exits non-zero so that its supervisor restarts it. Any other failure (a helper
+//! thread that ended) shuts down the same way, with the drain if the dataplane can still
+//! forward; a worker that ends during the drain ends it, and the exit is non-zero.
 //!
 //! A service that a reload or a Kubernetes update removes goes the same way: its prefix
 //! is withdrawn (unless another service keeps the address) while its ports stay in the
@@ -23,7 +25,7 @@
 //! back within the drain, it just goes on.
 //!
 //! Exit order, whatever the cause: routes are withdrawn first, the dataplane keeps
-//! forwarding for the drain time (on SIGTERM/SIGINT only), then the steering program is
+//! forwarding for the drain time (unless it cannot), then the steering program is
 //! detached and the workers stop and close their sockets. A panic of the control thread
 //! unwinds through `Daemon`'s fields in declaration order, which is the same order: the
 //! speaker (withdraw, Cease) before the dataplane (detach).
@@ -118,8 +120,10 @@ pub fn run(path: &Path) -> Result<()> {
             "control loop failed; shutting down"
         );
     }
-    daemon.shutdown(&signals, outcome.is_ok());
-    outcome
+    // After a failure, drain only if the workers can still forward.
+    let drain = outcome.is_ok() || daemon.can_forward();
+    let drained = daemon.shutdown(&signals, drain);
+    outcome.and(drained)
 }
 
 /// SIGHUP, SIGTERM and SIGINT as a channel, fed by signal-hook's handler thread.
@@ -883,22 +887,44 @@ impl Daemon {
         Ok(())
     }
 
-    /// Withdraw, drain while forwarding (only after a signal), detach, stop.
-    fn shutdown(mut self, signals: &Receiver<i32>, drain: bool) {
+    /// Whether every worker runs and the dataplane has no problem (as of the last turn,
+    /// and the workers and the steering program now): a drain would still forward.
+    fn can_forward(&mut self) -> bool {
+        if self.problem.is_some() || self.dataplane().check_workers().is_err() {
+            return false;
+        }
+        let stats = self.dataplane().stats();
+        self.dataplane().problem(&stats, Instant::now()).is_none()
+    }
+
+    /// Withdraw, drain while forwarding (if `drain`), detach, stop. An error if the
+    /// dataplane failed during the drain (a worker ended), which ends it early.
+    fn shutdown(mut self, signals: &Receiver<i32>, drain: bool) -> Result<()> {
         self.evaluate(true);
         self.wait_withdrawn();
         let drain_time = self.config.daemon.drain_time;
+        let mut failed = Ok(());
         if drain && !drain_time.is_zero() {
             tracing::info!(drain = ?drain_time, "routes withdrawn; draining while still forwarding");
             let deadline = Instant::now() + drain_time;
+            // A channel whose thread ended (the failure that led here) is always ready:
+            // wait on it no longer.
+            let (mut signals, mut health_rx) = (signals.clone(), self.health_rx.clone());
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                 // Health checks go on while the drain's flows finish: a backend that fails
                 // now leaves the tables as it would before.
                 let second = channel::select! {
-                    recv(signals) -> s => s.ok().filter(|&s| s != SIGHUP),
-                    recv(self.health_rx) -> ev => {
-                        if let Ok(ev) = ev {
-                            self.on_health(ev, Instant::now());
+                    recv(signals) -> s => match s {
+                        Ok(s) => Some(s).filter(|&s| s != SIGHUP),
+                        Err(_) => {
+                            signals = channel::never();
+                            None
+                        }
+                    },
+                    recv(health_rx) -> ev => {
+                        match ev {
+                            Ok(ev) => self.on_health(ev, Instant::now()),
+                            Err(_) => health_rx = channel::never(),
                         }
                         None
                     },
@@ -910,6 +936,7 @@ impl Daemon {
                 }
                 if let Err(e) = self.turn(Instant::now(), true) {
                     tracing::error!(error = format!("{e:#}"), "ending the drain early");
+                    failed = Err(e.context("during the drain"));
                     break;
                 }
             }
@@ -924,6 +951,7 @@ impl Daemon {
             api.shutdown();
         }
         tracing::info!("dsrgate stopped");
+        failed
     }
 
     /// Waits (bounded) until no established session still has a prefix in its

@@ -566,7 +566,12 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
             loop {
                 loop {
                     match cmd_rx.try_recv() {
-                        Ok(Command::SetTargets(t)) => checker.apply(t),
+                        Ok(Command::SetTargets(t)) => {
+                            // Test builds: end this thread on a new target list.
+                            #[cfg(feature = "failpoints")]
+                            fail::fail_point!("health-set-targets");
+                            checker.apply(t)
+                        }
                         Err(crossbeam::channel::TryRecvError::Empty) => break,
                         Err(crossbeam::channel::TryRecvError::Disconnected) => return,
                     }
