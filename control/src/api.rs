@@ -956,6 +956,15 @@ impl Collector for StatusCollector {
         )?;
         gauge(
             e,
+            "untracked_vips",
+            "Service ports of the running snapshot left out of the VIP packet and byte counters because a worker's per-VIP table is full (the most on any worker); above 0 they under-count",
+            [(
+                Labels::new(),
+                i64::try_from(s.untracked_vips).unwrap_or(i64::MAX),
+            )],
+        )?;
+        gauge(
+            e,
             "backend_up",
             "1 while a backend passes its health checks",
             backends().map(|(l, b)| (l, i64::from(b.health == Health::Up))),
@@ -1171,6 +1180,7 @@ mod tests {
             "# HELP dsrgate_untracked_backends Backend slots of the running snapshot left out of the backend packet and byte counters because a worker's per-backend table is full (the most on any worker); above 0 they under-count",
             "# TYPE dsrgate_untracked_backends gauge",
             "dsrgate_untracked_backends 3",
+            "dsrgate_untracked_vips 2",
             "dsrgate_backend_maglev_slots{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.11\"} 32769",
             "dsrgate_backend_next_hop_resolved{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\",backend=\"198.51.100.12\"} 0",
             "dsrgate_bgp_session_state{peer=\"198.51.100.1\"} 6",

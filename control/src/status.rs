@@ -45,6 +45,11 @@ pub struct Status {
     /// Above 0, per-backend counts under-count.
     #[serde(default)]
     pub untracked_backends: u64,
+    /// Service ports of the running snapshot that the VIPs' `packets` and `bytes` leave out,
+    /// because a worker's table of VIPs it has counted is full (it holds twice the
+    /// steering limit over the worker's lifetime); the most on any one worker.
+    #[serde(default)]
+    pub untracked_vips: u64,
     pub peers: Vec<PeerStatus>,
     /// The XDP steering program's verdicts, one entry per uplink it is attached to (empty
     /// from a daemon older than the field, or while its counters cannot be read).
@@ -316,6 +321,13 @@ pub fn render(s: &Status) -> String {
     );
 
     section(&mut out, "VIPs", vips_table(s));
+    if s.untracked_vips > 0 {
+        let _ = writeln!(
+            out,
+            "  {} service ports not counted per VIP (per-VIP table full): PACKETS and BYTES under-count",
+            s.untracked_vips
+        );
+    }
     section(&mut out, "Backends", backends_table(s));
     if s.untracked_backends > 0 {
         let _ = writeln!(
@@ -663,6 +675,7 @@ pub(crate) mod tests {
                 },
             ],
             untracked_backends: 3,
+            untracked_vips: 2,
             peers: vec![
                 PeerStatus {
                     address: "198.51.100.1".parse().unwrap(),
@@ -746,6 +759,7 @@ VIPs
  SERVICE                    NAME  ANNOUNCED   UP  GEN  PACKETS     BYTES  REASON
  192.0.2.10:80/tcp          web   yes        2/3   41   123456  94.2 MiB  announced
  [2001:db8:100::10]:53/udp  dns6  no         0/0   40        0       0 B  withdrawn: 0 healthy backends, 1 required
+  2 service ports not counted per VIP (per-VIP table full): PACKETS and BYTES under-count
 
 Backends
  SERVICE            BACKEND        HEALTH                     WEIGHT  SHARE  NEXT HOP                                         PACKETS     BYTES
@@ -798,6 +812,7 @@ Workers
         assert_eq!(v["workers"][1]["bind_mode"], "zero-copy");
         assert_eq!(v["workers"][0]["drops"]["no_next_hop"], 7);
         assert_eq!(v["untracked_backends"], 3);
+        assert_eq!(v["untracked_vips"], 2);
         assert_eq!(v["steering"][0]["interface"], "eth0");
         assert_eq!(v["steering"][0]["shed"], 640);
         assert_eq!(v["steering"][0]["no_socket"], 2);

@@ -125,7 +125,8 @@ pub fn build(i: &Inputs<'_>) -> Status {
         generation: i.generation,
         dataplane_problem: i.dataplane_problem.clone(),
         vips,
-        untracked_backends: untracked_backends(i.pipelines),
+        untracked_backends: most_on_any_worker(i.pipelines, PipelineStats::untracked_backends),
+        untracked_vips: most_on_any_worker(i.pipelines, PipelineStats::untracked_vips),
         peers: i.peers.iter().map(peer).collect(),
         steering: i
             .steering
@@ -189,14 +190,13 @@ fn sessions(n: usize) -> String {
     format!("{n} session{}", if n == 1 { "" } else { "s" })
 }
 
-/// Backend slots some worker cannot count per backend: the most on any one worker (each
-/// worker fills its own table, so they can differ).
-fn untracked_backends(pipelines: &[std::sync::Arc<PipelineStats>]) -> u64 {
-    pipelines
-        .iter()
-        .map(|p| p.untracked_backends())
-        .max()
-        .unwrap_or(0)
+/// Slots some worker cannot count (per backend, or per VIP): the most on any one worker
+/// (each worker fills its own tables, so they can differ).
+fn most_on_any_worker(
+    pipelines: &[std::sync::Arc<PipelineStats>],
+    untracked: impl Fn(&PipelineStats) -> u64,
+) -> u64 {
+    pipelines.iter().map(|p| untracked(p)).max().unwrap_or(0)
 }
 
 fn steering(interface: &str, c: &SteerCounters) -> SteeringStatus {
@@ -633,8 +633,11 @@ mod tests {
             worker_on_three_backends(2),
         ];
         assert_eq!(workers[1].untracked_backends(), 2);
-        assert_eq!(untracked_backends(&workers), 2);
-        assert_eq!(untracked_backends(&workers[..1]), 0);
-        assert_eq!(untracked_backends(&[]), 0);
+        let most = |w: &[std::sync::Arc<PipelineStats>]| {
+            most_on_any_worker(w, PipelineStats::untracked_backends)
+        };
+        assert_eq!(most(&workers), 2);
+        assert_eq!(most(&workers[..1]), 0);
+        assert_eq!(most(&[]), 0);
     }
 }

@@ -42,6 +42,7 @@ pub fn a_status(packets: u64) -> Status {
             }],
         }],
         untracked_backends: 2,
+        untracked_vips: 0,
         peers: vec![PeerStatus {
             address: "198.51.100.1".parse().unwrap(),
             remote_as: 65000,
