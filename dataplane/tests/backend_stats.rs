@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use common::*;
-use dataplane::pipeline::{Frame, Verdict, WorkerConfig};
+use dataplane::pipeline::{Verdict, WorkerConfig};
 use dataplane::snapshot::{Encap, HashMode, Proto, Snapshot, VipKey};
 use dataplane::xsk::{ArcSwap, PipelineProcessor, PipelineStats, Processor};
 
@@ -33,19 +33,9 @@ fn send(p: &mut PipelineProcessor, now: u64, port: u16, n: u16) -> Vec<(IpAddr, 
     (0..n)
         .map(|i| {
             let frame = flow_frame(ip("198.18.0.1"), 1000 + i, ip(VIP), port, 6, 0x02);
-            let mut buf = vec![0u8; HEADROOM + frame.len()];
-            buf[HEADROOM..].copy_from_slice(&frame);
-            let mut frames = [Frame {
-                buf: &mut buf,
-                offset: HEADROOM,
-                len: frame.len(),
-            }];
-            let mut v = [Verdict::Pass];
-            p.process(now, &mut frames, &mut v);
-            let Verdict::Tx { offset, len } = v[0] else {
-                panic!("not sent: {:?}", v[0]);
-            };
-            (decap(&buf[offset..offset + len]).outer_dst, len as u64)
+            let (v, out) = run_with(&frame, |f, v| p.process(now, f, v));
+            assert!(matches!(v, Verdict::Tx { .. }), "not sent: {v:?}");
+            (decap(&out).outer_dst, out.len() as u64)
         })
         .collect()
 }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use dataplane::pipeline::{Frame, Verdict, WorkerConfig};
+use dataplane::pipeline::{Verdict, WorkerConfig};
 use dataplane::snapshot::{Encap, HashMode, Proto, Snapshot, VipKey};
 use dataplane::xsk::{ArcSwap, PipelineProcessor, PipelineStats, Processor};
 
@@ -26,16 +26,8 @@ fn send(p: &mut PipelineProcessor, now: u64, vip: &str, n: u16) -> u64 {
     (0..n)
         .map(|i| {
             let frame = flow_frame(ip("198.18.0.1"), 1000 + i, ip(vip), 80, 6, SYN);
-            let mut buf = vec![0u8; HEADROOM + frame.len()];
-            buf[HEADROOM..].copy_from_slice(&frame);
-            let mut frames = [Frame {
-                buf: &mut buf,
-                offset: HEADROOM,
-                len: frame.len(),
-            }];
-            let mut v = [Verdict::Pass];
-            p.process(now, &mut frames, &mut v);
-            assert!(matches!(v[0], Verdict::Tx { .. }), "not sent: {:?}", v[0]);
+            let (v, _) = run_with(&frame, |f, v| p.process(now, f, v));
+            assert!(matches!(v, Verdict::Tx { .. }), "not sent: {v:?}");
             frame.len() as u64
         })
         .sum()

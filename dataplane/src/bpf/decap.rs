@@ -164,12 +164,7 @@ fn load(cfg: &DecapConfig) -> Result<Ebpf> {
                 .map_err(map_err("decap_addrs"))?;
         }
     }
-    super::xdp_program(&mut ebpf, PROGRAM)?
-        .load()
-        .map_err(|source| BpfError::Program {
-            program: PROGRAM,
-            source,
-        })?;
+    super::load_xdp(&mut ebpf, PROGRAM)?;
     Ok(ebpf)
 }
 

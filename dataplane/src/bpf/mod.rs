@@ -116,6 +116,16 @@ pub(crate) fn xdp_program<'a>(
         })
 }
 
+/// Loads the XDP program `name` of `ebpf` into the kernel (the verifier runs here).
+pub(crate) fn load_xdp(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<()> {
+    xdp_program(ebpf, name)?
+        .load()
+        .map_err(|source| BpfError::Program {
+            program: name,
+            source,
+        })
+}
+
 pub(crate) fn ifindex(iface: &str) -> Result<u32> {
     let c = std::ffi::CString::new(iface).map_err(|_| BpfError::NoInterface(iface.into()))?;
     // SAFETY: `c` is a valid NUL-terminated string; if_nametoindex only reads it.

@@ -354,12 +354,7 @@ fn load() -> Result<Ebpf> {
         object: "steer",
         source,
     })?;
-    super::xdp_program(&mut ebpf, PROGRAM)?
-        .load()
-        .map_err(|source| BpfError::Program {
-            program: PROGRAM,
-            source,
-        })?;
+    super::load_xdp(&mut ebpf, PROGRAM)?;
     Ok(ebpf)
 }
 

@@ -284,6 +284,14 @@ pub fn snapshot(
 /// Runs one frame through `w`; returns the verdict and the frame's bytes afterwards (the
 /// output for Tx/Reply).
 pub fn run(w: &mut Worker, snap: &Snapshot, now: u64, frame: &[u8]) -> (Verdict, Vec<u8>) {
+    run_with(frame, |f, v| w.process(snap, now, f, v))
+}
+
+/// As [`run`], with `process` doing the processing (a worker's, a processor's).
+pub fn run_with(
+    frame: &[u8],
+    process: impl FnOnce(&mut [Frame<'_>], &mut [Verdict]),
+) -> (Verdict, Vec<u8>) {
     let mut buf = vec![0u8; HEADROOM + frame.len()];
     buf[HEADROOM..].copy_from_slice(frame);
     let mut frames = [Frame {
@@ -292,7 +300,7 @@ pub fn run(w: &mut Worker, snap: &Snapshot, now: u64, frame: &[u8]) -> (Verdict,
         len: frame.len(),
     }];
     let mut v = [Verdict::Pass];
-    w.process(snap, now, &mut frames, &mut v);
+    process(&mut frames, &mut v);
     let out = match v[0] {
         Verdict::Tx { offset, len } | Verdict::Reply { offset, len } => {
             buf[offset..offset + len].to_vec()
