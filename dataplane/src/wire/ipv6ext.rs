@@ -103,7 +103,10 @@ pub enum WalkError {
 
 /// Walks the extension headers at the start of `payload` (an IPv6 packet's payload), given the
 /// IPv6 header's Next Header value. Stops after the Fragment header of a later fragment (see
-/// the module docs).
+/// the module docs). Always inlined: most packets have no extension header, and left to the
+/// compiler it became a call once the later-fragment stop was added (callgrind,
+/// `udp6_hit_hot`: 713 instructions a packet before, 747 as a call, 702 inlined).
+#[inline(always)]
 pub fn walk(payload: &[u8], mut next: u8) -> Result<Upper, WalkError> {
     let mut offset = 0usize;
     let mut fragment = None;
