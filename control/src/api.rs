@@ -502,19 +502,24 @@ fn metrics(req: &httparse::Request, registry: &Registry) -> Response {
     }
 }
 
+/// The time left until `deadline`, or a `TimedOut` error saying `what` once it has passed.
+fn time_left(deadline: Instant, what: &'static str) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, what));
+    }
+    Ok(left)
+}
+
 /// Writes all of `response` by `deadline`. Each write may block only until the deadline,
 /// so a client that takes a few bytes at a time cannot stretch it (as it could a timeout
 /// per `send`); an error once it passes, or once the socket is shut down.
 fn respond(stream: &mut TcpStream, mut response: &[u8], deadline: Instant) -> io::Result<()> {
     while !response.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client too slow to take the response",
-            ));
-        }
-        stream.set_write_timeout(Some(left))?;
+        stream.set_write_timeout(Some(time_left(
+            deadline,
+            "client too slow to take the response",
+        )?))?;
         match stream.write(response) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => response = &response[n..],
@@ -600,14 +605,7 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<HttpRe
     let mut data = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "response timed out",
-            ));
-        }
-        stream.set_read_timeout(Some(left))?;
+        stream.set_read_timeout(Some(time_left(deadline, "response timed out")?))?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => data.extend_from_slice(&chunk[..n]),
