@@ -264,7 +264,7 @@ fn fragments_of_a_datagram_share_a_backend() {
         .collect();
     let s = snapshot(1, &vips, &backends);
     let mut w = worker();
-    let mut seen = HashSet::new();
+    let (mut seen, mut seen6) = (HashSet::new(), HashSet::new());
     for i in 0..200usize {
         let body = l4(17, 5000 + i as u16, 53, 0, &[7u8; 64]);
         for vip in ["10.0.0.1", "10.0.0.2"] {
@@ -290,8 +290,31 @@ fn fragments_of_a_datagram_share_a_backend() {
             sent_to(&mut w, &s, NOW, &later),
             "v6 datagram {i}"
         );
+        // A Fragmentable Part that opens with a Destination Options header (next header
+        // UDP, 8 bytes of PadN): the later fragment cannot tell its protocol, and both go
+        // as UDP to one backend (RFC 8200 §4.5; the later one was dropped as truncated).
+        let mut opts = vec![17, 0, 1, 4, 0, 0, 0, 0];
+        opts.extend_from_slice(&body[..24]);
+        let first = ether(&ipv6(c, d, 60, 0, Some((true, 0, !(i as u32))), &opts));
+        let later = ether(&ipv6(
+            c,
+            d,
+            60,
+            0,
+            Some((false, 4, !(i as u32))),
+            &body[24..],
+        ));
+        let b2 = sent_to(&mut w, &s, NOW, &later);
+        let b1 = sent_to(&mut w, &s, NOW, &first);
+        assert!(b1.is_some(), "v6 datagram {i} behind options");
+        assert_eq!(b1, b2, "v6 datagram {i} behind options");
+        seen6.insert(b1);
     }
     assert!(seen.len() > 10, "datagrams still spread over backends");
+    assert!(
+        seen6.len() > 10,
+        "v6 datagrams behind options spread over backends too"
+    );
 }
 
 #[test]
