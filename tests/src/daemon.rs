@@ -262,6 +262,12 @@ impl Daemon {
         }
     }
 
+    /// The process id: the daemon's own, since `ip netns exec` and a wrapper such as
+    /// `setpriv` exec rather than fork.
+    pub fn pid(&self) -> Result<u32> {
+        Ok(self.proc.as_ref().context("daemon already exited")?.pid())
+    }
+
     pub fn signal(&self, sig: i32) -> Result<()> {
         self.proc
             .as_ref()

@@ -55,8 +55,13 @@ fn runs_as_nobody_with_only_its_capabilities() -> Result<()> {
     let (_bird, daemon) = lab.one_gateway(&GatewayConfig::new(1), &wrapper)?;
     let nodes = lab.get_many(10)?;
     assert_eq!(nodes.len(), 10);
-    let pid = lab.ns("gw1").exec(&["pgrep", "-x", "dsrgate"])?;
-    let st = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))?;
+    // This daemon's own process: `pgrep` would see the other tests' daemons too (a
+    // namespace isolates the network, not process ids).
+    let st = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()?))?;
+    assert!(
+        st.lines().any(|l| l == "Name:\tdsrgate"),
+        "not the daemon: {st}"
+    );
     let uid = st
         .lines()
         .find(|l| l.starts_with("Uid:"))
