@@ -439,15 +439,10 @@ impl Daemon {
             return;
         }
         let drain = self.config.daemon.drain_time;
-        for v in &self.desired.vips {
-            if let Some(gone) = uncovered(v, &desired) {
-                tracing::info!(vip = %gone.addr, service = %gone.name, ports = ?gone.ports,
-                    ?drain, "service removed: withdrawn, still forwarded for the drain time");
-                self.draining.push(Draining {
-                    vip: gone,
-                    until: now + drain,
-                });
-            }
+        for gone in drains(&self.desired, &desired, now + drain) {
+            tracing::info!(vip = %gone.vip.addr, service = %gone.vip.name, ports = ?gone.vip.ports,
+                ?drain, "service removed: withdrawn, still forwarded for the drain time");
+            self.draining.push(gone);
         }
         self.desired = desired;
         self.serve(now);
@@ -986,6 +981,15 @@ struct Draining {
     until: Instant,
 }
 
+/// The service ports of `old` that `new` no longer serves, to drain until `until`.
+fn drains(old: &ServiceSet, new: &ServiceSet, until: Instant) -> Vec<Draining> {
+    old.vips
+        .iter()
+        .filter_map(|v| uncovered(v, new))
+        .map(|vip| Draining { vip, until })
+        .collect()
+}
+
 /// The ports of `v` that no service of `set` on its address and protocol serves: `v`
 /// with only those, or `None` if every port is still served.
 fn uncovered(v: &VipSpec, set: &ServiceSet) -> Option<VipSpec> {
@@ -1037,9 +1041,7 @@ fn served(desired: &ServiceSet, draining: &mut Vec<Draining>) -> (ServiceSet, Ve
         .map(|v| (v.clone(), false))
         .chain(draining.iter().map(|d| (d.vip.clone(), true)))
         .collect();
-    all.sort_by(|(a, _), (b, _)| {
-        (a.addr, a.proto, &a.ports, &a.name).cmp(&(b.addr, b.proto, &b.ports, &b.name))
-    });
+    all.sort_by(|(a, _), (b, _)| a.order().cmp(&b.order()));
     let (vips, removed) = all.into_iter().unzip();
     (ServiceSet { vips }, removed)
 }
@@ -1083,14 +1085,6 @@ mod tests {
             );
         }
         static_list::service_set(&config::parse(&text, Path::new("t.toml")).unwrap())
-    }
-
-    fn drains(old: &ServiceSet, new: &ServiceSet, until: Instant) -> Vec<Draining> {
-        old.vips
-            .iter()
-            .filter_map(|v| uncovered(v, new))
-            .map(|vip| Draining { vip, until })
-            .collect()
     }
 
     /// Ports (address, port, draining) of what is served.

@@ -121,6 +121,11 @@ impl VipSpec {
             .collect()
     }
 
+    /// The canonical order of a set's services ([`ServiceSet::normalize`]).
+    pub fn order(&self) -> (IpAddr, Protocol, &[u16], &str) {
+        (self.addr, self.proto, &self.ports, &self.name)
+    }
+
     /// Whether two VIPs would receive the same packets.
     pub fn overlaps(&self, other: &VipSpec) -> bool {
         self.addr == other.addr
@@ -138,9 +143,7 @@ impl ServiceSet {
             v.backends.sort_unstable();
             v.backends.dedup_by_key(|b| b.addr);
         }
-        self.vips.sort_by(|a, b| {
-            (a.addr, a.proto, &a.ports, &a.name).cmp(&(b.addr, b.proto, &b.ports, &b.name))
-        });
+        self.vips.sort_by(|a, b| a.order().cmp(&b.order()));
     }
 
     /// Every distinct health target, for [`crate::health::HealthChecker::set_targets`].
