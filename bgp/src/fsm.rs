@@ -564,7 +564,10 @@ impl Session {
         }
         let id = self.alloc();
         out.push(Output::Accept(id));
-        if !self.conns.iter().any(|c| c.phase >= Phase::OpenSent) {
+        // A connect of ours still pending keeps the timer as its timeout (§8.2.2 Connect
+        // state, event 9): without it, a connect that hangs after this connection fails
+        // would leave the session with no timer to retry on.
+        if !self.conns.iter().any(|c| c.phase == Phase::Connecting) {
             out.push(Output::CancelTimer(Timer::ConnectRetry));
         }
         self.conns.push(Conn {
@@ -678,10 +681,13 @@ impl Session {
             (Phase::Established, Message::RouteRefresh(rr)) => {
                 self.restart_hold(now, i, out);
                 let negotiated = self.conns[i].negotiated.as_ref();
-                // RFC 2918 §4: a family we did not advertise is ignored.
+                // RFC 2918 §4: a family we did not advertise is ignored. Only subtype 0
+                // asks for our routes: 1 and 2 (BoRR, EoRR) mark the peer's own refresh,
+                // and any other subtype MUST be ignored (RFC 7313 §5).
                 if let Some(f) = rr
                     .family()
                     .filter(|f| negotiated.is_some_and(|n| n.families.contains(f)))
+                    .filter(|_| rr.subtype == 0)
                 {
                     out.push(Output::RouteRefresh(f));
                 }

@@ -353,6 +353,32 @@ fn connect_timeout_abandons_the_attempt() {
     assert_eq!(out, vec![Output::Close(1)]);
 }
 
+/// An inbound connection leaves the timer of a connect still pending running: when the
+/// inbound one fails, the timer is what abandons the hung connect and tries again.
+#[test]
+fn inbound_connection_keeps_the_timeout_of_a_pending_connect() {
+    let mut h = Harness::new(config());
+    let out = h.ev(Event::Start); // connect 1 pending
+    assert!(armed(&out, Timer::ConnectRetry).is_some());
+    let out = h.ev(Event::Incoming); // 2
+    assert!(out.contains(&Output::Accept(2)));
+    assert!(
+        !out.contains(&Output::CancelTimer(Timer::ConnectRetry)),
+        "{out:?}"
+    );
+    // The inbound connection fails (an OPEN from the wrong AS); connect 1 still hangs.
+    let out = h.recv(2, peer_open(65099, 9, PEER_ID));
+    assert_eq!(notified(&out), Some((2, 2)));
+    h.advance_to(2);
+    let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
+    assert!(out.contains(&Output::Close(1)) && out.contains(&Output::Connect(3)));
+
+    // With no connect pending, an inbound connection stops the timer as before.
+    let mut h = Harness::open_sent(config());
+    let out = h.ev(Event::Incoming);
+    assert!(out.contains(&Output::CancelTimer(Timer::ConnectRetry)));
+}
+
 #[test]
 fn backoff_resets_once_established() {
     let mut h = Harness::new(config());
@@ -722,6 +748,22 @@ fn route_refresh_is_passed_on_for_negotiated_families() {
         }),
     );
     assert!(!out.iter().any(|o| matches!(o, Output::RouteRefresh(_))));
+    // RFC 7313 §5: BoRR and EoRR (1, 2) mark the peer's own refresh, and other subtypes
+    // are ignored; none of them asks for our routes.
+    for subtype in [1, 2, 3, 255] {
+        let out = h.recv(
+            1,
+            Message::RouteRefresh(RouteRefresh {
+                subtype,
+                ..RouteRefresh::new(Family::Ipv6Unicast)
+            }),
+        );
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::RouteRefresh(_))),
+            "subtype {subtype}: {out:?}"
+        );
+        assert_eq!(h.s.state(), State::Established);
+    }
 }
 
 #[test]
