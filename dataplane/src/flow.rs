@@ -619,12 +619,14 @@ impl<V: Copy> FlowTable<V> {
     /// its class timeout is removed and reported as a miss.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, hash: u64, now_ns: u64) -> Option<&mut FlowEntry<V>> {
-        self.lookup_at(key, hash, SlotHint::UNPROBED, now_ns)
+        self.lookup_at(key, hash, SlotHint::UNPROBED, now_ns, true)
     }
 
     /// [`FlowTable::lookup`] after [`FlowTable::prefetch_slot`], given its `hint`: the hinted
     /// slot first, then only the slots whose tag matches (the homes, which the prefetch did
     /// not load, unless their tags match). Any hint is safe: a wrong one costs a search.
+    /// Without `refresh` the entry's last-seen time stays: for packets that are about a flow
+    /// but not of it (ICMP errors), which must not keep it alive.
     #[inline]
     pub fn lookup_at(
         &mut self,
@@ -632,6 +634,7 @@ impl<V: Copy> FlowTable<V> {
         hash: u64,
         hint: SlotHint,
         now_ns: u64,
+        refresh: bool,
     ) -> Option<&mut FlowEntry<V>> {
         let p = self.place(hash);
         let (b, w) = match hint {
@@ -654,7 +657,9 @@ impl<V: Copy> FlowTable<V> {
             return None;
         }
         let e = self.buckets[b].slots[w].0.as_mut()?;
-        e.touch(now_ns);
+        if refresh {
+            e.touch(now_ns);
+        }
         Some(e)
     }
 
@@ -1038,7 +1043,7 @@ mod tests {
             let (b, w) = (hint.0 as usize / WAYS, hint.0 as usize % WAYS);
             exact += usize::from(t.holds(b, w, &k));
             assert_eq!(
-                t.lookup_at(&k, h, hint, 1).map(|e| e.value),
+                t.lookup_at(&k, h, hint, 1, true).map(|e| e.value),
                 Some(u64::from(i))
             );
         }
@@ -1051,11 +1056,12 @@ mod tests {
         let (a, b) = (key(1), key(2));
         let wrong = t.prefetch_slot(b.hash(SEED));
         assert_eq!(
-            t.lookup_at(&a, a.hash(SEED), wrong, 2).map(|e| e.value),
+            t.lookup_at(&a, a.hash(SEED), wrong, 2, true)
+                .map(|e| e.value),
             Some(1)
         );
         assert_eq!(
-            t.lookup_at(&a, a.hash(SEED), SlotHint(u32::MAX - 2), 3)
+            t.lookup_at(&a, a.hash(SEED), SlotHint(u32::MAX - 2), 3, true)
                 .map(|e| e.value),
             Some(1)
         );
@@ -1329,7 +1335,7 @@ mod tests {
                             Some(e) if now - e.2 <= to.of(e.1) => { e.2 = now; Some(e.0) }
                             // Within two ticks past the timeout the table may still hold it.
                             Some(e) if now - e.2 <= to.of(e.1) + (2 << TICK_SHIFT) => {
-                                let got = t.lookup_at(&key, hash, hint, now).map(|e| e.value);
+                                let got = t.lookup_at(&key, hash, hint, now, true).map(|e| e.value);
                                 match got {
                                     Some(v) => { e.2 = now; prop_assert_eq!(v, e.0); }
                                     None => { model.remove(&key); }
@@ -1339,7 +1345,7 @@ mod tests {
                             Some(_) => { model.remove(&key); None }
                             None => None,
                         };
-                        prop_assert_eq!(t.lookup_at(&key, hash, hint, now).map(|e| e.value), want);
+                        prop_assert_eq!(t.lookup_at(&key, hash, hint, now, true).map(|e| e.value), want);
                     }
                     Op::Remove(k) => {
                         let key = key(k as u32);

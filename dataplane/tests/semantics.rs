@@ -317,6 +317,32 @@ fn fragments_of_a_datagram_share_a_backend() {
     );
 }
 
+/// An ICMP error from a router about the backend's reply VIP:80 -> client `i`'s port, of
+/// each kind that quotes a packet (RFC 792) in turn: destination unreachable
+/// (fragmentation needed), time exceeded, parameter problem (pointer 8: the TTL).
+fn quoting_error(i: usize) -> Vec<u8> {
+    let reply = ipv4(
+        ip(VIP),
+        client(i),
+        6,
+        0,
+        None,
+        1,
+        &l4(6, 80, 10000 + i as u16, ACK, b""),
+    );
+    let (kind, code, rest) = [
+        (3, 4, [0, 0, 0x05, 0x78]),
+        (11, 0, [0; 4]),
+        (12, 0, [8, 0, 0, 0]),
+    ][i % 3];
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(&reply[..28]);
+    let c = !sum16(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ether(&ipv4(ip("198.51.100.1"), ip(VIP), 1, 0, None, 1, &icmp))
+}
+
 #[test]
 fn icmp_error_follows_the_flow_it_quotes() {
     let mut w = worker();
@@ -324,38 +350,50 @@ fn icmp_error_follows_the_flow_it_quotes() {
     let s2 = snapshot(2, &tcp_vip(), &set(40));
     for i in 0..100 {
         let owner = sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap();
-        // The backend's reply VIP:80 -> client:port, as a router quotes it.
-        let reply = ipv4(
-            ip(VIP),
-            client(i),
-            6,
-            0,
-            None,
-            1,
-            &l4(6, 80, 10000 + i as u16, ACK, b""),
-        );
-        // Each kind of error that quotes a packet (RFC 792): destination unreachable
-        // (fragmentation needed), time exceeded, parameter problem (pointer 8: the TTL).
-        let (kind, code, rest) = [
-            (3, 4, [0, 0, 0x05, 0x78]),
-            (11, 0, [0; 4]),
-            (12, 0, [8, 0, 0, 0]),
-        ][i % 3];
-        let mut icmp = vec![kind, code, 0, 0];
-        icmp.extend_from_slice(&rest);
-        icmp.extend_from_slice(&reply[..28]);
-        let c = !sum16(&icmp);
-        icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        let err = ether(&ipv4(ip("198.51.100.1"), ip(VIP), 1, 0, None, 1, &icmp));
         // Under a table where Maglev would choose differently, the error still reaches the
         // flow's owner, and it does not create flows of its own.
         assert_eq!(
-            sent_to(&mut w, &s2, NOW, &err),
+            sent_to(&mut w, &s2, NOW, &quoting_error(i)),
             Some(owner),
-            "type {kind} error for flow {i}"
+            "error of type index {} for flow {i}",
+            i % 3
         );
     }
     assert_eq!(w.flows().len(), 100);
+}
+
+/// ICMP errors do not keep a flow alive: anyone who can guess a flow's tuple can send them,
+/// and the flow's own packets are what say it is in use.
+#[test]
+fn icmp_errors_do_not_refresh_an_idle_flow() {
+    let idle = FlowTimeouts::default().tcp_established_ns;
+    let mut w = worker();
+    let s1 = snapshot(1, &tcp_vip(), &set(10));
+    let s2 = snapshot(2, &tcp_vip(), &set(40));
+    let mut fresh = worker();
+    let mut moved = 0;
+    for i in 0..100 {
+        let owner = sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap();
+        // Errors through most of the idle time; the flow is still alive for each.
+        for t in [idle / 2, idle * 9 / 10] {
+            assert_eq!(
+                sent_to(&mut w, &s2, NOW + t, &quoting_error(i)),
+                Some(owner)
+            );
+        }
+        // Past the idle timeout since the flow's last packet, it is gone: its next packet
+        // takes the current table's choice.
+        let now = NOW + idle + idle / 5;
+        let choice = sent_to(&mut fresh, &s2, now, &pkt(i, SYN)).unwrap();
+        moved += usize::from(choice != owner);
+        assert_eq!(
+            sent_to(&mut w, &s2, now, &pkt(i, ACK)),
+            Some(choice),
+            "flow {i}"
+        );
+    }
+    // Thirty more backends move most choices: the expiry was observable.
+    assert!(moved > 50, "{moved} of 100 flows moved");
 }
 
 #[test]

@@ -659,7 +659,11 @@ impl State {
         };
         let record = |(slot, b): (u32, &BackendSlot)| FlowValue { addr: b.addr, slot };
         if !w.syn {
-            if let Some(e) = self.flows.lookup_at(&p.key, w.hash, w.slot, now_ns) {
+            let refresh = p.kind == Kind::Flow;
+            if let Some(e) = self
+                .flows
+                .lookup_at(&p.key, w.hash, w.slot, now_ns, refresh)
+            {
                 let chosen = match resolve(snap, vip.backends(), &e.value) {
                     Some(c) => {
                         // Same backend, another slot number: remember the new one.
