@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Socket, Type};
+
 use bgp::fsm::{self, SessionError, State};
 use bgp::speaker::{
     Config, PeerConfig, PeerStatus, ReconfigureError, Reconfigured, RouteAttributes, Routes,
@@ -421,6 +423,72 @@ fn reconfigure_touches_only_the_peers_that_changed() {
         removed_l.accept().is_err(),
         "the removed peer was connected to"
     );
+}
+
+/// A peer that stops reading after the session is up: what the speaker writes waits in
+/// its socket's send queue behind the peer's full receive buffer, so `unacked_bytes`
+/// tells that a withdrawal out of the Adj-RIB-Out has not reached the peer yet. Once
+/// the peer reads everything, its TCP has acknowledged every byte and the count is 0.
+#[test]
+fn unacked_bytes_count_what_a_stalled_peer_has_not_acknowledged() {
+    // Set before listen: accepted sockets inherit it, and the window scale offered in
+    // the handshake is chosen from it (tcp(7), SO_RCVBUF).
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(&SocketAddr::new(LOCALHOST, 0).into()).unwrap();
+    socket.listen(1).unwrap();
+    let listener = TcpListener::from(socket);
+    let mut cfg = peer(listener.local_addr().unwrap().port(), 65001, 65000, 2);
+    // Keepalives every 30 s: none wakes the speaker while the test runs, so only the
+    // speaker sampling the queue again shows it emptied.
+    cfg.session.hold_time = 90;
+    let speaker = Speaker::spawn(Config {
+        peers: vec![cfg],
+        listen: vec![],
+    })
+    .unwrap();
+    let mut peer = RawPeer::accept(&listener);
+    assert_eq!(peer.update(), Update::default());
+    assert_eq!(peer.update(), Update::end_of_rib(Family::Ipv6Unicast));
+    wait_for("session up, nothing in flight", &speaker, |p| {
+        p.state == State::Established && p.unacked_bytes == 0
+    });
+
+    // About 100 kB of UPDATEs, far more than the peer's receive buffer holds.
+    const COUNT: usize = 20_000;
+    let many: Routes = (0..COUNT)
+        .map(|i| {
+            let prefix = format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 0xff, i & 0xff);
+            (p(&prefix), RouteAttributes::default())
+        })
+        .collect();
+    speaker.set_routes(many);
+    let s = wait_for("announced", &speaker, |p| p.prefixes_advertised == COUNT);
+    assert!(
+        s.unacked_bytes > 0,
+        "nothing in flight to a peer not reading"
+    );
+    speaker.set_routes(Routes::new());
+    let s = wait_for("withdrawn from the Adj-RIB-Out", &speaker, |p| {
+        p.prefixes_advertised == 0
+    });
+    assert_eq!(s.state, State::Established);
+    assert!(
+        s.unacked_bytes > 0,
+        "the withdrawal waits behind the announcements, unacknowledged"
+    );
+
+    let (mut announced, mut withdrawn) = (0, 0);
+    while withdrawn < COUNT {
+        let u = peer.update();
+        announced += u.announced().count();
+        withdrawn += u.withdrawn_all().count();
+    }
+    assert_eq!(announced, COUNT);
+    let s = wait_for("everything acknowledged", &speaker, |p| {
+        p.unacked_bytes == 0
+    });
+    assert_eq!((s.state, s.prefixes_advertised), (State::Established, 0));
 }
 
 /// A router side (AS 65000) awaiting the gateway at `ip` on `port`.

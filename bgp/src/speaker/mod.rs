@@ -33,6 +33,10 @@ pub use rib::{max_update_len, AdjRibOut, Changes, Export, RouteAttributes, Route
 /// how long [`Speaker::shutdown`] waits for all of them.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// How often [`PeerStatus::unacked_bytes`] is sampled again while it is not 0: the
+/// peer's acknowledgements do not wake the loop.
+const UNACKED_POLL: Duration = Duration::from_millis(10);
+
 /// One neighbour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -87,6 +91,13 @@ pub struct PeerStatus {
     pub stats: Stats,
     /// Prefixes in the Adj-RIB-Out.
     pub prefixes_advertised: usize,
+    /// Bytes written to this peer that its TCP has not acknowledged: the speaker's own
+    /// queue plus the socket's send queue, sent or not (`SIOCOUTQ`, tcp(7)), summed
+    /// over the peer's connections. A snapshot with a prefix gone from
+    /// `prefixes_advertised` and this at 0 says the withdrawal reached the peer's TCP
+    /// (not that the router has processed it yet). Acknowledgements do not wake the
+    /// speaker, so while this is not 0 it is sampled again every 10 ms.
+    pub unacked_bytes: usize,
     /// Those prefixes, sorted: what this peer has been sent and not had withdrawn.
     /// Empty unless Established (the Adj-RIB-Out is forgotten when a session goes
     /// down), so it says which routes a session actually carries.
@@ -169,6 +180,7 @@ impl Speaker {
             closing: HashMap::new(),
             failed: Vec::new(),
             stop_by: None,
+            resample_at: None,
         };
         let now = Instant::now();
         for p in 0..event_loop.peers.len() {
@@ -329,6 +341,21 @@ impl Peer {
             export: None,
         }
     }
+
+    /// [`PeerStatus::unacked_bytes`]. A connect still in progress has sent nothing.
+    fn unacked_bytes(&self) -> usize {
+        let kernel = |s: &Sock| {
+            socket::unacked(&s.stream).unwrap_or_else(|e| {
+                debug!(peer = %self.config.address, "SIOCOUTQ failed: {e}");
+                0
+            })
+        };
+        self.socks
+            .values()
+            .filter(|s| s.connected)
+            .map(|s| s.tx.len() + kernel(s))
+            .sum()
+    }
 }
 
 /// A random seed for a session's timer jitter (RFC 4271 §10): std's hasher keys
@@ -360,6 +387,8 @@ struct Loop {
     failed: Vec<(usize, ConnId, String)>,
     /// Set by shutdown: the loop ends when everything is closed, or at this time.
     stop_by: Option<Instant>,
+    /// When to publish again because some output was not yet acknowledged.
+    resample_at: Option<Instant>,
 }
 
 impl Loop {
@@ -408,7 +437,11 @@ impl Loop {
     fn next_deadline(&self) -> Option<Instant> {
         let timers = self.peers.iter().flat_map(|p| p.timers.values().copied());
         let closing = self.closing.values().map(|c| c.deadline);
-        timers.chain(closing).chain(self.stop_by).min()
+        timers
+            .chain(closing)
+            .chain(self.stop_by)
+            .chain(self.resample_at)
+            .min()
     }
 
     fn command(&mut self, now: Instant, c: Command) {
@@ -994,8 +1027,8 @@ impl Loop {
     }
 
     /// Refreshes the snapshot [`Speaker::peers`] returns.
-    fn publish(&self, now: Instant) {
-        let snapshot = self
+    fn publish(&mut self, now: Instant) {
+        let snapshot: Vec<PeerStatus> = self
             .peers
             .iter()
             .map(|p| PeerStatus {
@@ -1009,10 +1042,15 @@ impl Loop {
                 last_error: p.session.last_error().cloned(),
                 stats: p.session.stats().clone(),
                 prefixes_advertised: p.rib.len(),
+                unacked_bytes: p.unacked_bytes(),
                 advertised: p.rib.prefixes().copied().collect(),
                 negotiated: p.session.established().map(|(_, n)| n.clone()),
             })
             .collect();
+        self.resample_at = snapshot
+            .iter()
+            .any(|s| s.unacked_bytes > 0)
+            .then(|| now + UNACKED_POLL);
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
     }
 }

@@ -61,6 +61,21 @@ pub fn set_md5(socket: &impl AsRawFd, peer: IpAddr, password: &str) -> io::Resul
     }
 }
 
+/// Bytes written to a connected TCP socket that the peer has not acknowledged, sent
+/// or not: `SIOCOUTQ` (tcp(7); linux/sockios.h defines it as `TIOCOUTQ`).
+pub fn unacked(socket: &impl AsRawFd) -> io::Result<usize> {
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through its argument, which points at `bytes`,
+    // alive for the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &raw mut bytes) };
+    if rc == 0 {
+        // The kernel reports a count, never negative.
+        Ok(usize::try_from(bytes).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn domain(addr: &IpAddr) -> Domain {
     if addr.is_ipv4() {
         Domain::IPV4

@@ -949,24 +949,34 @@ impl Daemon {
         failed
     }
 
-    /// Waits (bounded) until no established session still has a prefix in its
-    /// Adj-RIB-Out, i.e. every withdrawal has been sent.
+    /// Waits (bounded by [`WITHDRAW_WAIT`]) until no established session has a prefix in
+    /// its Adj-RIB-Out or output its peer's TCP has not acknowledged
+    /// (`PeerStatus::unacked_bytes`): the withdrawals have reached every router, not only
+    /// been queued behind a slow or stalled reader.
     fn wait_withdrawn(&self) {
         let Some(s) = &self.speaker else { return };
         let deadline = Instant::now() + WITHDRAW_WAIT;
         loop {
-            let pending: usize = s
+            let pending: Vec<_> = s
                 .peers()
-                .iter()
+                .into_iter()
                 .filter(|p| p.state == bgp::fsm::State::Established)
-                .map(|p| p.prefixes_advertised)
-                .sum();
-            if pending == 0 {
-                tracing::info!("every route withdrawn");
+                .filter(|p| p.prefixes_advertised > 0 || p.unacked_bytes > 0)
+                .collect();
+            if pending.is_empty() {
+                tracing::info!("every route withdrawn, and acknowledged by the peers");
                 return;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(pending, "routes still advertised after the withdraw wait");
+                for p in pending {
+                    let (peer, prefixes, unacked_bytes) =
+                        (p.address, p.prefixes_advertised, p.unacked_bytes);
+                    if prefixes > 0 {
+                        tracing::warn!(%peer, prefixes, unacked_bytes, "routes still advertised after the withdraw wait");
+                    } else {
+                        tracing::warn!(%peer, unacked_bytes, "withdrawal sent but not acknowledged by the peer after the withdraw wait");
+                    }
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
