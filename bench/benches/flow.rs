@@ -75,7 +75,7 @@ fn batch(t: &mut FlowTable<Value>, keys: &[(FlowKey, u64)], now: u64) -> u32 {
     }
     let mut acc = 0u32;
     for ((k, h), hint) in keys.iter().zip(hints) {
-        if let Some(e) = t.lookup_at(black_box(k), *h, hint, now) {
+        if let Some(e) = t.lookup_at(black_box(k), *h, hint, now, true) {
             acc = acc.wrapping_add(e.value.slot);
         }
     }

@@ -413,6 +413,7 @@ mod tests {
             last_error: None,
             stats: Default::default(),
             prefixes_advertised: advertised.len(),
+            unacked_bytes: 0,
             advertised,
             negotiated: None,
         }
