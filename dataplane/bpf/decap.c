@@ -11,10 +11,19 @@
  *     messages are passed) or version 1 (the IP header follows the UDP header directly).
  * The Ethernet header (with up to two VLAN tags) is moved forward over the outer
  * headers, and its EtherType set to the inner family. Outer fragments are passed as
- * they are (the kernel could not reassemble them into anything it understands either),
- * and so is an outer IPv4 header with a bad checksum (the kernel drops it, as it would
- * before its own ipip or fou saw it). A tunnel packet for us whose inner header is not
- * the IP version it claims is dropped.
+ * they are (the kernel could not reassemble them into anything it understands either).
+ * So is what the kernel's own path (ip_rcv, udp_rcv, fou) would discard, so that it drops
+ * and counts it, rather than our decapsulating corruption into a valid inner packet: an
+ * outer IPv4 header with a bad checksum, and GUE whose UDP length is under 12 (no GUE
+ * header) or beyond the packet, or whose non-zero UDP checksum is wrong (the kernel counts
+ * it in UDP InCsumErrors). A zero UDP checksum means none over IPv4 (RFC 768). Over IPv6
+ * it is not allowed (RFC 8200 §8.1) unless the receiving port opted in (RFC 6935, 6936;
+ * the kernel's fou does, other UDP sockets don't). This program does not: dsrgate's
+ * encapsulator always sends a checksum over IPv6, so a zero one is passed (and without
+ * fou the kernel drops it). Checksums are verified for UDP lengths up to GUE_MAX_ULEN,
+ * 9216 bytes (a 9000-byte MTU and 9216-byte jumbo frames fit); a longer GUE datagram with
+ * a checksum is passed, for the kernel to check.
+ * A tunnel packet for us whose inner header is not the IP version it claims is dropped.
  * Congestion marks survive as in the kernel's tunnels (RFC 6040 §4.2, normal mode): an
  * outer CE becomes the inner packet's CE if that is ECN-capable (the inner IPv4 checksum
  * updated incrementally, RFC 1624), and the packet is dropped if it is not.
@@ -68,6 +77,11 @@ enum action { A_PASS, A_DECAP, A_DROP };
 #define ECN_MASK 3
 #define ECN_CE 3
 
+/* bpf_csum_diff takes at most 512 bytes (a multiple of 4) per call. */
+#define CSUM_CHUNK 512
+/* The longest GUE datagram whose checksum is verified (9216; must stay under 0x4000). */
+#define GUE_MAX_ULEN (18 * CSUM_CHUNK)
+
 /* Whether the IPv4 header at ip (ihl already checked to be 5..15) sums to 0xffff. */
 static __always_inline int ipv4_checksum_ok(struct iphdr *ip, void *end)
 {
@@ -86,13 +100,89 @@ static __always_inline int ipv4_checksum_ok(struct iphdr *ip, void *end)
 	return sum == 0xffff;
 }
 
+/* Folds a one's-complement sum (RFC 1071) to 16 bits. */
+static __always_inline __u16 fold16(__u64 sum)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return sum;
+}
+
+/* Whether the UDP datagram at udp, of ulen bytes (its header's length, 12..GUE_MAX_ULEN),
+ * sums to 0xffff with `sum` (the pseudo-header's addresses). Words are summed as they lie
+ * in memory, as bpf_csum_diff does: the sum does not depend on byte order (RFC 1071
+ * §2(B)). */
+static __always_inline int udp_checksum_ok(struct udphdr_ *udp, void *end, __u32 ulen,
+					   __u64 sum)
+{
+	__u32 full = ulen / CSUM_CHUNK;
+	__u32 part = 0;
+
+	/* RFC 768 pseudo-header: addresses (in sum), protocol, UDP length. */
+	sum += bpf_htons(IPPROTO_UDP) + udp->len;
+	for (__u32 i = 0; i < GUE_MAX_ULEN / CSUM_CHUNK; i++) {
+		if (i >= full)
+			break;
+		void *p = (void *)udp + i * CSUM_CHUNK;
+		if (p + CSUM_CHUNK > end)
+			return 0;
+		part = bpf_csum_diff(NULL, 0, p, CSUM_CHUNK, part);
+	}
+	/* The rest, under 512 bytes, in pieces of 256, 128, ... 4, then 2 and 1. Each piece's
+	 * offset is ulen with its lower bits cleared (so the paths that took a piece or not
+	 * meet in one verifier state), masked with 0x3fff (ulen < 0x4000) to bound it. */
+#pragma unroll
+	for (__u32 k = CSUM_CHUNK / 2; k >= 4; k /= 2) {
+		__u8 *q = (void *)udp + (ulen & (0x3fff & ~(2 * k - 1)));
+		if (ulen & k) {
+			if ((void *)(q + k) > end)
+				return 0;
+			part = bpf_csum_diff(NULL, 0, (void *)q, k, part);
+		}
+	}
+	sum += part;
+	__u8 *q = (void *)udp + (ulen & (0x3fff & ~3));
+	if (ulen & 2) {
+		if ((void *)(q + 2) > end)
+			return 0;
+		sum += *(__u16 *)q;
+	}
+	/* An odd last byte is padded with a zero byte after it (RFC 768). */
+	q = (void *)udp + (ulen & (0x3fff & ~1));
+	if (ulen & 1) {
+		if ((void *)(q + 1) > end)
+			return 0;
+		sum += bpf_htons((__u16)*q << 8);
+	}
+	return fold16(sum) == 0xffff;
+}
+
+/* Whether udp (to the GUE port, its header in the frame) is GUE to decapsulate (see the
+ * comment at the top): its length holds a GUE header and fits both the frame and the IP
+ * packet of iplen bytes that holds it at `outer`, and its checksum is right or, over IPv4
+ * only, 0. */
+static __always_inline int udp_ok(struct udphdr_ *udp, void *end, __u32 outer, __u32 iplen,
+				  __u64 pseudo, int v6)
+{
+	__u32 ulen = bpf_ntohs(udp->len);
+
+	if (ulen < sizeof(*udp) + 4 || outer + ulen > iplen || (void *)udp + ulen > end)
+		return 0;
+	if (!udp->check)
+		return !v6;
+	return ulen <= GUE_MAX_ULEN && udp_checksum_ok(udp, end, ulen, pseudo);
+}
+
 /* Decides what to do with the packet at l3; on A_DECAP sets *strip (bytes of outer
  * headers after L2), *inner (4 or 6) and *ecn (the outer header's ECN field). */
 static __always_inline enum action classify(void *l3, void *end, __be16 proto, __u32 *strip,
 					    int *inner, __u8 *ecn)
 {
 	union addr16 dst = {};
-	__u32 outer;
+	__u32 outer, iplen;
+	__u64 pseudo = 0; /* the UDP pseudo-header's addresses, summed */
+	int v6 = 0;
 	__u8 next;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
@@ -106,6 +196,8 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 		*ecn = ip->tos & ECN_MASK;
 		addr_from_v4(&dst, ip->daddr);
 		outer = ip->ihl * 4;
+		iplen = bpf_ntohs(ip->tot_len);
+		pseudo = (__u64)ip->saddr + ip->daddr;
 		next = ip->protocol;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
@@ -114,6 +206,11 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 		addr_from_v6(&dst, &ip6->daddr);
 		*ecn = (ip6->flow_lbl[0] >> 4) & ECN_MASK;
 		outer = sizeof(*ip6);
+		iplen = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			pseudo += (__u64)ip6->saddr.in6_u.u6_addr32[i] + ip6->daddr.in6_u.u6_addr32[i];
+		v6 = 1;
 		next = ip6->nexthdr;
 	} else {
 		return A_PASS;
@@ -136,6 +233,8 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 	struct udphdr_ *udp = l3 + outer;
 	__u8 *gue = (void *)(udp + 1);
 	if (!cfg || !cfg->gue_port || (void *)(gue + 4) > end || udp->dest != cfg->gue_port)
+		return A_PASS;
+	if (!udp_ok(udp, end, outer, iplen, pseudo, v6))
 		return A_PASS;
 	switch (gue[0] >> 6) {
 	case 1: /* GUE version 1: direct IP encapsulation */
