@@ -16,12 +16,12 @@
  * and counts it, rather than our decapsulating corruption into a valid inner packet: an
  * outer IPv4 header with a bad checksum, and GUE whose UDP length is under 12 (no GUE
  * header) or beyond the packet, or whose non-zero UDP checksum is wrong (the kernel counts
- * it in UDP InCsumErrors). A zero UDP checksum means none over IPv4 (RFC 768). Over IPv6
- * it is not allowed (RFC 8200 §8.1) unless the receiving port opted in (RFC 6935, 6936;
- * the kernel's fou does, other UDP sockets don't). This program does not: dsrgate's
- * encapsulator always sends a checksum over IPv6, so a zero one is passed (and without
- * fou the kernel drops it). Checksums are verified for UDP lengths up to GUE_MAX_ULEN,
- * 9216 bytes (a 9000-byte MTU and 9216-byte jumbo frames fit); a longer GUE datagram with
+ * it in UDP InCsumErrors). A zero UDP checksum means none: over IPv4 always (RFC 768),
+ * over IPv6 because a tunnel port may opt in to it (RFC 8200 §8.1, RFC 6935, 6936) and
+ * the kernel's fou, which this program stands in for, does; so a node decapsulates the
+ * same GUE with either. (dsrgate's encapsulator sends 0 over IPv4 and a real checksum
+ * over IPv6, which any receiver takes.) Checksums are verified for UDP lengths up to
+ * GUE_MAX_ULEN, 9216 bytes (a 9000-byte MTU and 9216-byte jumbo frames fit); a longer GUE datagram with
  * a checksum is passed, for the kernel to check.
  * A tunnel packet for us whose inner header is not the IP version it claims is dropped.
  * Congestion marks survive as in the kernel's tunnels (RFC 6040 §4.2, normal mode): an
@@ -160,17 +160,16 @@ static __always_inline int udp_checksum_ok(struct udphdr_ *udp, void *end, __u32
 
 /* Whether udp (to the GUE port, its header in the frame) is GUE to decapsulate (see the
  * comment at the top): its length holds a GUE header and fits both the frame and the IP
- * packet of iplen bytes that holds it at `outer`, and its checksum is right or, over IPv4
- * only, 0. */
+ * packet of iplen bytes that holds it at `outer`, and its checksum is right or 0. */
 static __always_inline int udp_ok(struct udphdr_ *udp, void *end, __u32 outer, __u32 iplen,
-				  __u64 pseudo, int v6)
+				  __u64 pseudo)
 {
 	__u32 ulen = bpf_ntohs(udp->len);
 
 	if (ulen < sizeof(*udp) + 4 || outer + ulen > iplen || (void *)udp + ulen > end)
 		return 0;
 	if (!udp->check)
-		return !v6;
+		return 1;
 	return ulen <= GUE_MAX_ULEN && udp_checksum_ok(udp, end, ulen, pseudo);
 }
 
@@ -182,7 +181,6 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 	union addr16 dst = {};
 	__u32 outer, iplen;
 	__u64 pseudo = 0; /* the UDP pseudo-header's addresses, summed */
-	int v6 = 0;
 	__u8 next;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
@@ -210,7 +208,6 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 #pragma unroll
 		for (int i = 0; i < 4; i++)
 			pseudo += (__u64)ip6->saddr.in6_u.u6_addr32[i] + ip6->daddr.in6_u.u6_addr32[i];
-		v6 = 1;
 		next = ip6->nexthdr;
 	} else {
 		return A_PASS;
@@ -234,7 +231,7 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 	__u8 *gue = (void *)(udp + 1);
 	if (!cfg || !cfg->gue_port || (void *)(gue + 4) > end || udp->dest != cfg->gue_port)
 		return A_PASS;
-	if (!udp_ok(udp, end, outer, iplen, pseudo, v6))
+	if (!udp_ok(udp, end, outer, iplen, pseudo))
 		return A_PASS;
 	switch (gue[0] >> 6) {
 	case 1: /* GUE version 1: direct IP encapsulation */
