@@ -125,13 +125,6 @@ impl VipSpec {
     pub fn order(&self) -> (IpAddr, Protocol, &[u16], &str) {
         (self.addr, self.proto, &self.ports, &self.name)
     }
-
-    /// Whether two VIPs would receive the same packets.
-    pub fn overlaps(&self, other: &VipSpec) -> bool {
-        self.addr == other.addr
-            && self.proto == other.proto
-            && self.ports.iter().any(|p| other.ports.contains(p))
-    }
 }
 
 impl ServiceSet {
@@ -156,17 +149,19 @@ impl ServiceSet {
             .collect()
     }
 
-    /// The static set plus the Kubernetes VIPs that do not collide with it and fit within
-    /// the [`MAX_VIPS`] service ports a gateway steers (the config check holds the static
-    /// ones to it). A static VIP always wins; Kubernetes VIPs are taken whole, in the set's
-    /// canonical order, so gateways with one view keep the same ones. Each dropped VIP is
-    /// logged.
+    /// The static set plus the Kubernetes VIPs that fit within the [`MAX_VIPS`] service
+    /// ports a gateway steers (the config check holds the static ones to it) and are not on
+    /// a static VIP's address, whatever their ports: the operator's addresses are not the
+    /// Services' to share, as another Service's are not without its consent
+    /// ([`kube::model::SHARING_KEY_ANNOTATION`]). Kubernetes VIPs are taken whole, in the
+    /// set's canonical order, so gateways with one view keep the same ones. Each dropped VIP
+    /// is logged.
     pub fn merge(statics: &ServiceSet, kube: &ServiceSet) -> ServiceSet {
         let mut out = statics.clone();
         let mut ports: usize = statics.vips.iter().map(|v| v.ports.len()).sum();
         for v in &kube.vips {
-            if let Some(s) = statics.vips.iter().find(|s| s.overlaps(v)) {
-                tracing::warn!(service = %v.name, vip = %v.addr, conflicts_with = %s.name, "Kubernetes VIP collides with a static VIP; ignored");
+            if let Some(s) = statics.vips.iter().find(|s| s.addr == v.addr) {
+                tracing::warn!(service = %v.name, vip = %v.addr, conflicts_with = %s.name, "Kubernetes VIP on a static VIP's address; ignored");
                 continue;
             }
             if ports + v.ports.len() > MAX_VIPS {
@@ -185,6 +180,8 @@ impl ServiceSet {
 mod tests {
     use super::*;
     use crate::config::Timing;
+    use k8s_openapi::api::core::v1::Service;
+    use std::collections::HashMap;
 
     fn vip(
         addr: &str,
@@ -306,7 +303,7 @@ mod tests {
             vips: vec![
                 vip("203.0.113.1", &[443, 80], &[("10.0.0.9", 1)], None),
                 vip(
-                    "203.0.113.1",
+                    "203.0.113.2",
                     &[443],
                     &[("10.0.0.1", 1)],
                     Some(spec.clone()),
@@ -316,6 +313,7 @@ mod tests {
         let merged = ServiceSet::merge(&statics, &kube);
         assert_eq!(merged.vips.len(), 2);
         assert_eq!(merged.vips[0].ports, [80]);
+        assert_eq!(merged.vips[0].backends[0].addr.to_string(), "10.0.0.1");
         assert_eq!(merged.vips[1].ports, [443]);
         assert_eq!(
             merged.health_targets(),
@@ -324,5 +322,51 @@ mod tests {
                 spec
             }]
         );
+    }
+
+    /// A Service could put its ports on a static VIP's address (through its status, or
+    /// `spec.loadBalancerIP` without a pool) where they differed from the static ones, and
+    /// be announced with the operator's VIP.
+    #[test]
+    fn merge_refuses_services_on_a_static_address_whatever_the_port() {
+        let text = include_str!("../../../dsrgate.example.toml");
+        let c = crate::config::parse(text, std::path::Path::new("dsrgate.example.toml")).unwrap();
+        // Static: web 203.0.113.10 tcp 80, 443; dns 203.0.113.53 udp 53.
+        let svc = |name: &str, ip: &str, proto: &str, port: u16| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "team", "uid": format!("uid-{name}"),
+                    "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"type": "LoadBalancer", "loadBalancerClass": "dsrgate.io/dsr",
+                    "externalTrafficPolicy": "Cluster", "ipFamilies": ["IPv4"],
+                    "ports": [{"name": "p", "protocol": proto, "port": port, "targetPort": port,
+                        "nodePort": 30080}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}
+            }))
+            .unwrap()
+        };
+        let mut objs = kube::model::Objects::default();
+        for s in [
+            svc("web-alt", "203.0.113.10", "TCP", 8080),
+            svc("dns-tcp", "203.0.113.53", "TCP", 53),
+            svc("own", "203.0.113.130", "TCP", 8080),
+        ] {
+            objs.services
+                .insert(format!("team/{}", s.metadata.name.as_deref().unwrap()), s);
+        }
+        let cfg = c.kubernetes.as_ref().unwrap();
+        let kube = kube::model::compute(cfg, &objs, &mut HashMap::new()).set;
+        assert_eq!(kube.vips.len(), 3);
+        let merged = ServiceSet::merge(&static_list::service_set(&c), &kube);
+        let got: Vec<(&str, String)> = merged
+            .vips
+            .iter()
+            .map(|v| (v.name.as_str(), v.addr.to_string()))
+            .collect();
+        let want = [
+            ("web", "203.0.113.10"),
+            ("dns", "203.0.113.53"),
+            ("team/own", "203.0.113.130"),
+        ];
+        assert_eq!(got, want.map(|(n, a)| (n, a.to_owned())));
     }
 }

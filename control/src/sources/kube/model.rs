@@ -3,6 +3,7 @@
 //! malformed field drops that field (logged), never panics.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -17,6 +18,12 @@ use crate::sources::{BackendSpec, Origin, ServiceSet, TrafficPolicy, VipSpec};
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 /// Label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Lets Services share an address, as MetalLB's `metallb.universe.tf/allow-shared-ip` and
+/// Cilium's `lbipam.cilium.io/sharing-key` do: Services may be on one address only if each
+/// carries the same non-empty value here and no two use one port of one protocol. Without
+/// it an address is one Service's, so no namespace can put its ports on another team's
+/// address (and have them announced with it).
+pub const SHARING_KEY_ANNOTATION: &str = "dsrgate.io/allow-shared-ip";
 
 /// The objects the watchers hold, keyed `namespace/name` (nodes: `name`).
 #[derive(Default)]
@@ -83,7 +90,7 @@ fn raw_ingress_ips(svc: &Service) -> impl Iterator<Item = &str> {
         .filter_map(|i| i.ip.as_deref())
 }
 
-fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+fn ingress_ips(svc: &Service) -> BTreeSet<IpAddr> {
     raw_ingress_ips(svc)
         .filter_map(|ip| unicast(ip).ok())
         .collect()
@@ -114,7 +121,7 @@ fn spec_ip(cfg: &Kubernetes, svc: &Service) -> Option<IpAddr> {
     let ip = unicast(raw)
         .map_err(|why| tracing::warn!(service = %svc_key(svc), value = raw, "ignoring spec.loadBalancerIP: {why}"))
         .ok()?;
-    if !cfg.address_pool.is_empty() && !cfg.address_pool.iter().any(|r| r.contains(ip)) {
+    if !cfg.address_pool.is_empty() && !in_pool(cfg, ip) {
         tracing::warn!(service = %svc_key(svc), value = %ip, "ignoring spec.loadBalancerIP outside kubernetes.address_pool");
         return None;
     }
@@ -195,40 +202,186 @@ fn ready_endpoints_per_node<'a>(
         .collect()
 }
 
-/// The first pool address not in `used`, of the wanted family.
-fn pick_from_pool(cfg: &Kubernetes, used: &BTreeSet<IpAddr>, v6: bool) -> Option<IpAddr> {
-    cfg.address_pool
+/// Whether `ip` is in the address pool.
+fn in_pool(cfg: &Kubernetes, ip: IpAddr) -> bool {
+    cfg.address_pool.iter().any(|r| r.contains(ip))
+}
+
+/// The Service's [`SHARING_KEY_ANNOTATION`], unless it is empty.
+fn sharing_key(svc: &Service) -> Option<&str> {
+    let key = svc
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(SHARING_KEY_ANNOTATION)?;
+    (!key.trim().is_empty()).then_some(key.as_str())
+}
+
+/// The Service's ports that dsrgate serves, per protocol.
+fn served_ports(svc: &Service, key: &str) -> BTreeMap<Protocol, Vec<u16>> {
+    let mut by_proto: BTreeMap<Protocol, Vec<u16>> = BTreeMap::new();
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+    for p in ports.into_iter().flatten() {
+        let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            other => {
+                tracing::debug!(service = %key, protocol = other, "port protocol not served");
+                continue;
+            }
+        };
+        match u16::try_from(p.port) {
+            Ok(port) if port != 0 => by_proto.entry(proto).or_default().push(port),
+            _ => tracing::warn!(service = %key, port = p.port, "ignoring out-of-range port"),
+        }
+    }
+    by_proto
+}
+
+/// A selected Service as address allocation sees it.
+struct Claimant<'a> {
+    /// `namespace/name`.
+    key: &'a str,
+    svc: &'a Service,
+    share: Option<&'a str>,
+    /// Its usable `status.loadBalancer.ingress` addresses.
+    status: BTreeSet<IpAddr>,
+    ports: BTreeMap<Protocol, Vec<u16>>,
+}
+
+impl<'a> Claimant<'a> {
+    fn new(key: &'a str, svc: &'a Service) -> Self {
+        warn_refused_ingress(svc);
+        Claimant {
+            key,
+            svc,
+            share: sharing_key(svc),
+            status: ingress_ips(svc),
+            ports: served_ports(svc, key),
+        }
+    }
+}
+
+/// Why a Service may not be on one address with another.
+enum Conflict {
+    Unshared,
+    Port(Protocol, u16),
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Conflict::Unshared => write!(f, "they do not share one {SHARING_KEY_ANNOTATION} key"),
+            Conflict::Port(proto, port) => write!(f, "both use {proto} port {port}"),
+        }
+    }
+}
+
+/// Why `c` may not be on one address with `holder`, if it may not.
+///
+/// Traffic policies and selectors need not match. MetalLB requires `Local` Services on one
+/// address to select the same pods because it announces the address from the nodes with
+/// endpoints; dsrgate announces it from the gateways, and each (address, protocol, port)
+/// has its own backends and probes, so a `Local` Service's ports still reach only the nodes
+/// with its own endpoints. What the Services share is the route, announced while any of them
+/// is healthy: traffic for one without a healthy node then reaches the gateway and is
+/// dropped as "no backend", as for an unhealthy port of a single Service.
+fn conflict(c: &Claimant, holder: &Claimant) -> Option<Conflict> {
+    if c.share.is_none() || c.share != holder.share {
+        return Some(Conflict::Unshared);
+    }
+    c.ports.iter().find_map(|(proto, ports)| {
+        let theirs = holder.ports.get(proto)?;
+        let port = ports.iter().find(|p| theirs.contains(p))?;
+        Some(Conflict::Port(*proto, *port))
+    })
+}
+
+/// The Services given each address so far.
+type Holders<'c, 'a> = BTreeMap<IpAddr, Vec<&'c Claimant<'a>>>;
+
+/// The first Service at `ip` that `c` may not join, and why.
+fn blocker<'c, 'a>(
+    holders: &Holders<'c, 'a>,
+    c: &Claimant,
+    ip: IpAddr,
+) -> Option<(&'c Claimant<'a>, Conflict)> {
+    holders
+        .get(&ip)?
         .iter()
-        .filter(|r| r.first.is_ipv6() == v6)
-        .flat_map(|r| r.addresses())
-        .find(|ip| !used.contains(ip))
+        .find_map(|h| Some((*h, conflict(c, h)?)))
+}
+
+/// Gives `ip` to `c` unless a Service already there may not share it with `c`; then `c`
+/// gets no VIP at `ip` (logged with both names).
+fn claim<'c, 'a>(holders: &mut Holders<'c, 'a>, c: &'c Claimant<'a>, ip: IpAddr) -> bool {
+    if let Some((kept, why)) = blocker(holders, c, ip) {
+        tracing::warn!(service = %c.key, vip = %ip, kept = %kept.key, "address already taken by another Service ({why}); ignored");
+        return false;
+    }
+    holders.entry(ip).or_default().push(c);
+    true
+}
+
+/// A pool address of `c`'s family: the lowest one held by Services that `c` may join,
+/// else the lowest not in `used`.
+fn pick_from_pool(
+    cfg: &Kubernetes,
+    used: &BTreeSet<IpAddr>,
+    holders: &Holders,
+    c: &Claimant,
+) -> Option<IpAddr> {
+    let v6 = wants_ipv6(c.svc);
+    let shared = holders
+        .keys()
+        .copied()
+        .find(|ip| ip.is_ipv6() == v6 && in_pool(cfg, *ip) && blocker(holders, c, *ip).is_none());
+    shared.or_else(|| {
+        cfg.address_pool
+            .iter()
+            .filter(|r| r.first.is_ipv6() == v6)
+            .flat_map(|r| r.addresses())
+            .find(|ip| !used.contains(ip))
+    })
 }
 
 /// Computes the VIPs of the selected Services.
 ///
-/// Addresses: `status.loadBalancer.ingress[].ip`, else `spec.loadBalancerIP`,
-/// else a pool address. `assigned` remembers pool choices until the Service's
-/// status shows them, so a Service keeps one address while its status write is
-/// in flight. Pool addresses go to Services in creation order (then name), the
-/// lowest free first: gateways sharing a pool and a view choose alike.
+/// Addresses: `status.loadBalancer.ingress[].ip`, else `spec.loadBalancerIP`, else a pool
+/// address. A Service gets an address only if every Service already given it may share it
+/// ([`SHARING_KEY_ANNOTATION`]); otherwise it gets no VIP there (logged), and nothing is
+/// written to its status. Services are taken in creation order (then name), which gateways
+/// with one view agree on, and the addresses in their status before any request or pool
+/// choice: an address a Service was given stays its own, so an older Service cannot take a
+/// newer one's by naming it in `spec.loadBalancerIP`. Pool addresses go to Services in that
+/// order, the lowest free first (or the lowest they may share). `assigned` remembers pool
+/// choices until the Service's status shows them, so a Service keeps one address while its
+/// status write is in flight.
 pub fn compute(
     cfg: &Kubernetes,
     objs: &Objects,
     assigned: &mut HashMap<String, IpAddr>,
 ) -> Computed {
-    let mut selected_svcs: Vec<(&String, &Service)> = objs
+    let mut claimants: Vec<Claimant> = objs
         .services
         .iter()
         .filter(|(_, s)| selected(cfg, s))
+        .map(|(k, s)| Claimant::new(k, s))
         .collect();
-    selected_svcs.sort_by(|a, b| {
-        (a.1.metadata.creation_timestamp.as_ref().map(|t| &t.0), a.0)
-            .cmp(&(b.1.metadata.creation_timestamp.as_ref().map(|t| &t.0), b.0))
+    claimants.sort_by(|a, b| {
+        (
+            a.svc.metadata.creation_timestamp.as_ref().map(|t| &t.0),
+            a.key,
+        )
+            .cmp(&(
+                b.svc.metadata.creation_timestamp.as_ref().map(|t| &t.0),
+                b.key,
+            ))
     });
     assigned.retain(|k, _| {
-        selected_svcs
+        claimants
             .iter()
-            .any(|(key, s)| *key == k && ingress_ips(s).is_empty() && requested(s).is_none())
+            .any(|c| c.key == k && c.status.is_empty() && requested(c.svc).is_none())
     });
 
     let mut used: BTreeSet<IpAddr> = objs
@@ -242,74 +395,62 @@ pub fn compute(
         .collect();
     used.extend(assigned.values().copied());
 
-    let mut vips: Vec<VipSpec> = Vec::new();
-    let mut to_write = Vec::new();
-    for (k, svc) in selected_svcs {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        warn_refused_ingress(svc);
-        let mut addrs = ingress_ips(svc);
-        if addrs.is_empty() {
-            let ip = if requested(svc).is_some() {
-                spec_ip(cfg, svc)
-            } else if let Some(ip) = assigned.get(k) {
-                Some(*ip)
-            } else {
-                let ip = pick_from_pool(cfg, &used, wants_ipv6(svc));
-                match ip {
-                    Some(ip) => {
-                        used.insert(ip);
-                        assigned.insert(k.clone(), ip);
-                    }
-                    None if !cfg.address_pool.is_empty() => {
-                        tracing::warn!(service = %k, "address pool exhausted")
-                    }
-                    None => {}
-                }
-                ip
-            };
-            if let Some(ip) = ip {
-                if !cfg.address_pool.is_empty() {
-                    to_write.push(Assignment {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        ip,
-                    });
-                }
-                addrs.push(ip);
-            }
+    let mut holders = Holders::new();
+    for c in &claimants {
+        for ip in &c.status {
+            claim(&mut holders, c, *ip);
         }
-        for addr in addrs {
-            vips.extend(service_vips(cfg, objs, svc, &ns, &name, addr));
+    }
+    let mut to_write = Vec::new();
+    for c in claimants.iter().filter(|c| c.status.is_empty()) {
+        let ip = if requested(c.svc).is_some() {
+            spec_ip(cfg, c.svc)
+        } else {
+            // A pending choice stays unless a Service it may not join took the address since.
+            let ip = assigned
+                .get(c.key)
+                .copied()
+                .filter(|ip| blocker(&holders, c, *ip).is_none())
+                .or_else(|| pick_from_pool(cfg, &used, &holders, c));
+            match ip {
+                Some(ip) => {
+                    used.insert(ip);
+                    assigned.insert(c.key.to_owned(), ip);
+                }
+                None if !cfg.address_pool.is_empty() => {
+                    tracing::warn!(service = %c.key, "address pool exhausted")
+                }
+                None => {}
+            }
+            ip
+        };
+        if let Some(ip) = ip.filter(|ip| claim(&mut holders, c, *ip)) {
+            if !cfg.address_pool.is_empty() {
+                to_write.push(Assignment {
+                    namespace: c.svc.metadata.namespace.clone().unwrap_or_default(),
+                    name: c.svc.metadata.name.clone().unwrap_or_default(),
+                    ip,
+                });
+            }
         }
     }
 
-    // Two Services may claim one address and port; the older one keeps it.
-    let mut kept: Vec<VipSpec> = Vec::new();
-    for v in vips {
-        if let Some(first) = kept.iter().find(|k| k.overlaps(&v)) {
-            tracing::warn!(service = %v.name, vip = %v.addr, kept = %first.name, "VIP port already used by another Service; ignored");
-            continue;
-        }
-        kept.push(v);
-    }
-    let mut set = ServiceSet { vips: kept };
+    let vips = holders
+        .iter()
+        .flat_map(|(ip, cs)| cs.iter().flat_map(|c| service_vips(cfg, objs, c, *ip)))
+        .collect();
+    let mut set = ServiceSet { vips };
     set.normalize();
     Computed { set, to_write }
 }
 
 /// The VIPs (one per protocol) of one Service at one address.
-fn service_vips(
-    cfg: &Kubernetes,
-    objs: &Objects,
-    svc: &Service,
-    ns: &str,
-    name: &str,
-    addr: IpAddr,
-) -> Vec<VipSpec> {
-    let Some(spec) = &svc.spec else {
+fn service_vips(cfg: &Kubernetes, objs: &Objects, c: &Claimant, addr: IpAddr) -> Vec<VipSpec> {
+    let Some(spec) = &c.svc.spec else {
         return Vec::new();
     };
+    let ns = c.svc.metadata.namespace.as_deref().unwrap_or_default();
+    let name = c.svc.metadata.name.as_deref().unwrap_or_default();
     let policy = match spec.external_traffic_policy.as_deref() {
         Some("Local") => TrafficPolicy::Local,
         _ => TrafficPolicy::Cluster,
@@ -359,25 +500,8 @@ fn service_vips(
         timing: cfg.health,
     };
 
-    let mut by_proto: BTreeMap<Protocol, Vec<u16>> = BTreeMap::new();
-    for p in spec.ports.iter().flatten() {
-        let proto = match p.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            other => {
-                tracing::debug!(service = %format!("{ns}/{name}"), protocol = other, "port protocol not served");
-                continue;
-            }
-        };
-        match u16::try_from(p.port) {
-            Ok(port) if port != 0 => by_proto.entry(proto).or_default().push(port),
-            _ => {
-                tracing::warn!(service = %format!("{ns}/{name}"), port = p.port, "ignoring out-of-range port")
-            }
-        }
-    }
-    by_proto
-        .into_iter()
+    c.ports
+        .iter()
         .map(|(proto, ports)| VipSpec {
             name: format!("{ns}/{name}"),
             origin: Origin::Kubernetes {
@@ -387,8 +511,8 @@ fn service_vips(
                 health_check_node_port: hcnp,
             },
             addr,
-            proto,
-            ports,
+            proto: *proto,
+            ports: ports.clone(),
             hash: cfg.hash,
             encap: encap(cfg.encap, cfg.gue_port),
             min_healthy: cfg.min_healthy_backends,
@@ -529,6 +653,255 @@ mod tests {
         assert!(!got.contains_key("ns/m") && !got.contains_key("ns/bad-status"));
     }
 
+    /// A Service of type LoadBalancer as the API server returns it, created on day `day` of
+    /// 2026-01: `ports` as (protocol, port), `key` its sharing annotation, `request` its
+    /// `spec.loadBalancerIP`, `ingress` its status address.
+    fn lb(
+        name: &str,
+        day: u32,
+        ports: &[(&str, u16)],
+        key: Option<&str>,
+        request: Option<&str>,
+        ingress: Option<&str>,
+    ) -> Service {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(proto, port)| json!({"name": format!("{proto}-{port}").to_lowercase(),
+                "protocol": proto, "port": port, "targetPort": port, "nodePort": 30000 + port % 2000}))
+            .collect();
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                "creationTimestamp": format!("2026-01-{day:02}T00:00:00Z")},
+            "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": ports,
+                "clusterIP": "10.96.0.10", "externalTrafficPolicy": "Cluster",
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"},
+            "status": {"loadBalancer": {}}
+        });
+        if let Some(k) = key {
+            v["metadata"]["annotations"] = json!({ SHARING_KEY_ANNOTATION: k });
+        }
+        if let Some(ip) = request {
+            v["spec"]["loadBalancerIP"] = json!(ip);
+        }
+        if let Some(ip) = ingress {
+            v["status"]["loadBalancer"]["ingress"] = json!([{"ip": ip, "ipMode": "VIP"}]);
+        }
+        svc(v).unwrap()
+    }
+
+    fn objects(services: impl IntoIterator<Item = Service>) -> Objects {
+        let mut objs = Objects::default();
+        for s in services {
+            objs.services.insert(svc_key(&s), s);
+        }
+        objs
+    }
+
+    /// Each served Service's VIPs as `address proto ports`, and the Services whose address
+    /// would be written to their status.
+    fn served(objs: &Objects) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+        let c = compute(&cfg(), objs, &mut HashMap::new());
+        let mut vips: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for v in &c.set.vips {
+            vips.entry(v.name.clone())
+                .or_default()
+                .push(format!("{} {} {:?}", v.addr, v.proto, v.ports));
+        }
+        let written = c.to_write.iter().map(|a| format!("{} {}", a.name, a.ip));
+        (vips, written.collect())
+    }
+
+    /// Any Service could put its ports on another's address by naming it in
+    /// `spec.loadBalancerIP`, and have them announced with it.
+    #[test]
+    fn an_address_is_shared_only_by_services_with_one_key_on_distinct_ports() {
+        const IP: &str = "198.51.100.1";
+        // "new" comes first by name but was created second: "old" keeps the address.
+        let pair = |old_key: Option<&str>, new_key: Option<&str>, new_ports: &[(&str, u16)]| {
+            served(&objects([
+                lb(
+                    "old",
+                    1,
+                    &[("TCP", 80), ("UDP", 53)],
+                    old_key,
+                    Some(IP),
+                    None,
+                ),
+                lb("new", 2, new_ports, new_key, Some(IP), None),
+            ]))
+        };
+        let old = vec![format!("{IP} tcp [80]"), format!("{IP} udp [53]")];
+        for (old_key, new_key) in [
+            (None, None),
+            (Some("k"), None),
+            (None, Some("k")),
+            (Some("k"), Some("j")),
+            (Some(""), Some("")),
+        ] {
+            let (vips, written) = pair(old_key, new_key, &[("TCP", 443)]);
+            assert_eq!(vips.len(), 1, "{old_key:?} {new_key:?}: {vips:?}");
+            assert_eq!(vips["ns/old"], old);
+            // The refused request is not written to the newer Service's status either.
+            assert_eq!(written, [format!("old {IP}")]);
+        }
+        let (vips, written) = pair(Some("k"), Some("k"), &[("TCP", 443), ("UDP", 80)]);
+        assert_eq!(vips["ns/old"], old);
+        assert_eq!(
+            vips["ns/new"],
+            [format!("{IP} tcp [443]"), format!("{IP} udp [80]")]
+        );
+        assert_eq!(written, [format!("old {IP}"), format!("new {IP}")]);
+        // One port in common: the newer Service gets no VIP at the address, not even on
+        // its other ports, so it is not half served on an address it does not have.
+        let (vips, written) = pair(Some("k"), Some("k"), &[("TCP", 443), ("UDP", 53)]);
+        assert_eq!(vips.len(), 1, "{vips:?}");
+        assert_eq!(vips["ns/old"], old);
+        assert_eq!(written, [format!("old {IP}")]);
+    }
+
+    /// Status addresses written by another controller were served for every Service that
+    /// showed them; and a request for an address a Service holds took it along.
+    #[test]
+    fn status_addresses_are_kept_by_the_older_holder_before_any_request() {
+        let (vips, _) = served(&objects([
+            lb("old", 1, &[("TCP", 80)], None, None, Some("192.0.2.9")),
+            lb("new", 2, &[("TCP", 443)], None, None, Some("192.0.2.9")),
+        ]));
+        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/old"]);
+        // An older Service asking for a newer one's address does not get it.
+        let (vips, written) = served(&objects([
+            lb("asks", 1, &[("TCP", 80)], None, Some("198.51.100.2"), None),
+            lb(
+                "holds",
+                2,
+                &[("TCP", 443)],
+                None,
+                None,
+                Some("198.51.100.2"),
+            ),
+        ]));
+        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/holds"]);
+        assert!(written.is_empty(), "{written:?}");
+        // With one key they share it.
+        let (vips, _) = served(&objects([
+            lb("old", 1, &[("TCP", 80)], Some("k"), None, Some("192.0.2.9")),
+            lb(
+                "new",
+                2,
+                &[("TCP", 443)],
+                Some("k"),
+                None,
+                Some("192.0.2.9"),
+            ),
+        ]));
+        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/new", "ns/old"]);
+    }
+
+    #[test]
+    fn pool_addresses_are_shared_by_key_and_family_on_distinct_ports() {
+        let mut v6 = lb("f", 6, &[("TCP", 80)], Some("k"), None, None);
+        v6.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
+        let objs = objects([
+            lb("a", 1, &[("TCP", 80)], Some("k"), None, None),
+            lb("b", 2, &[("TCP", 443)], None, None, None),
+            lb("c", 3, &[("TCP", 443)], Some("k"), None, None),
+            lb("d", 4, &[("TCP", 80)], Some("k"), None, None),
+            lb("e", 5, &[("TCP", 8080)], Some("k"), None, None),
+            v6,
+            lb("g", 7, &[("TCP", 9000)], Some("j"), None, None),
+        ]);
+        let mut assigned = HashMap::new();
+        let c = compute(&cfg(), &objs, &mut assigned);
+        let got: BTreeMap<&str, String> = c
+            .to_write
+            .iter()
+            .map(|a| (a.name.as_str(), a.ip.to_string()))
+            .collect();
+        let want: BTreeMap<&str, String> = [
+            ("a", "198.51.100.0"),
+            ("b", "198.51.100.1"), // no key: an address of its own
+            ("c", "198.51.100.0"), // a's, on another port
+            ("d", "198.51.100.2"), // port 80 is a's
+            ("e", "198.51.100.0"), // .0 and .2 would do: the lowest
+            ("f", "2001:db8::"),   // the family's own
+            ("g", "198.51.100.3"), // another key
+        ]
+        .into_iter()
+        .map(|(n, ip)| (n, ip.to_owned()))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(c.set.vips.len(), 7);
+        // The same choices while the status writes are in flight.
+        let again = compute(&cfg(), &objs, &mut assigned);
+        assert_eq!((again.set, again.to_write), (c.set, c.to_write));
+    }
+
+    /// `Local` Services on one address need not select the same pods (see [`conflict`]):
+    /// each port goes to the nodes with its own Service's endpoints, probed on its own
+    /// health check node port.
+    #[test]
+    fn local_services_sharing_an_address_keep_their_own_nodes() {
+        let mut objs = objects(["web", "api"].into_iter().enumerate().map(|(i, name)| {
+            let port = 80 + i as u16;
+            let mut s = lb(
+                name,
+                1,
+                &[("TCP", port)],
+                Some("k"),
+                None,
+                Some("192.0.2.9"),
+            );
+            let spec = s.spec.as_mut().unwrap();
+            spec.external_traffic_policy = Some("Local".into());
+            spec.health_check_node_port = Some(32000 + i32::from(port));
+            s
+        }));
+        for (i, name) in ["web", "api"].into_iter().enumerate() {
+            let node = format!("n{i}");
+            let sl: EndpointSlice = serde_json::from_value(json!({
+                "metadata": {"name": format!("{name}-x"), "namespace": "ns",
+                    "labels": {SERVICE_NAME_LABEL: name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [format!("10.244.{i}.1")], "nodeName": node,
+                    "conditions": {"ready": true, "serving": true, "terminating": false}}]
+            }))
+            .unwrap();
+            objs.slices.insert(format!("ns/{name}-x"), sl);
+            let n: Node = serde_json::from_value(json!({"metadata": {"name": node},
+                "status": {"addresses": [{"type": "InternalIP", "address": format!("10.1.0.{i}")}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .unwrap();
+            objs.nodes.insert(node, n);
+        }
+        let c = compute(&cfg(), &objs, &mut HashMap::new());
+        let got: Vec<(&str, u16, String, Probe)> = c
+            .set
+            .vips
+            .iter()
+            .map(|v| {
+                let probe = v.health.as_ref().unwrap().probe.clone();
+                (
+                    v.name.as_str(),
+                    v.ports[0],
+                    v.backends[0].addr.to_string(),
+                    probe,
+                )
+            })
+            .collect();
+        let probe = |port| Probe::Http {
+            port,
+            path: "/healthz".into(),
+            weight_header: true,
+        };
+        assert_eq!(
+            got,
+            [
+                ("ns/web", 80, "10.1.0.0".to_owned(), probe(32080)),
+                ("ns/api", 81, "10.1.0.1".to_owned(), probe(32081)),
+            ]
+        );
+    }
+
     fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -587,12 +960,16 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever shape the API objects take, computing never panics.
+        /// Whatever shape the API objects take, computing never panics. The two Services
+        /// may claim one address, with or without one sharing key.
         #[test]
-        fn arbitrary_objects_never_panic(spec in arb_json(), status in arb_json(), slice_eps in arb_json(), node_status in arb_json()) {
+        fn arbitrary_objects_never_panic(spec in arb_json(), spec2 in arb_json(), status in arb_json(), keys in proptest::collection::vec(prop_oneof![Just(None), Just(Some("")), Just(Some("k")), Just(Some("j"))], 2), slice_eps in arb_json(), node_status in arb_json()) {
             let mut objs = Objects::default();
-            if let Some(s) = svc(json!({"metadata": {"name": "s", "namespace": "n"}, "spec": spec, "status": status})) {
-                objs.services.insert("n/s".into(), s);
+            for ((name, spec), key) in [("s", spec), ("t", spec2)].into_iter().zip(keys) {
+                let annotations = key.map(|k| json!({ SHARING_KEY_ANNOTATION: k }));
+                if let Some(s) = svc(json!({"metadata": {"name": name, "namespace": "n", "annotations": annotations}, "spec": spec, "status": status})) {
+                    objs.services.insert(format!("n/{name}"), s);
+                }
             }
             if let Ok(sl) = serde_json::from_value::<EndpointSlice>(json!({"metadata": {"name": "x", "namespace": "n", "labels": {"kubernetes.io/service-name": "s"}}, "addressType": "IPv4", "endpoints": slice_eps})) {
                 objs.slices.insert("n/x".into(), sl);
