@@ -95,7 +95,7 @@ pub(super) fn validate(c: &Config) -> (Found, Found) {
         }
     });
     if let Some(k) = &c.kubernetes {
-        v.key("kubernetes", |v| kubernetes(v, c, k, &shared));
+        v.key("kubernetes", |v| kubernetes(v, c, k));
     }
     (v.found, v.warned)
 }
@@ -513,28 +513,6 @@ fn shared_route(
     r.vips.push(i);
 }
 
-/// A Service may take a static VIP's address (through its status or
-/// `spec.loadBalancerIP`; the pool keeps clear of static VIPs) on another port, and then
-/// one route carries the static VIPs' communities and the Services' (`k`): that union
-/// must fit one UPDATE too, or the route, static VIPs and all, could not be announced.
-fn with_static_routes(v: &mut V, k: &VipBgp, shared: &HashMap<IpAddr, SharedRoute>) {
-    let mut routes: Vec<(&IpAddr, &SharedRoute)> = shared.iter().filter(|(_, r)| r.fits).collect();
-    routes.sort_by_key(|(_, r)| r.vips.first().copied());
-    for (addr, r) in routes {
-        let mut both = r.bgp.clone();
-        both.merge(k);
-        let vips: Vec<String> = r.vips.iter().map(|j| format!("vips[{j}]")).collect();
-        let with = format!(
-            " (with those of {} at {addr}: a Service that takes that address shares their route)",
-            vips.join(", ")
-        );
-        if !fits_one_update(v, &both, &with) {
-            // One error says it; the other addresses would repeat it.
-            return;
-        }
-    }
-}
-
 fn timing(v: &mut V, t: Timing) {
     if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&t.interval) {
         v.err("interval", "must be between 100ms and 1h");
@@ -761,7 +739,7 @@ fn vip_warnings(v: &mut V, c: &Config, vip: &Vip) {
     }
 }
 
-fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes, shared: &HashMap<IpAddr, SharedRoute>) {
+fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes) {
     if let Some(p) = &k.kubeconfig {
         if p.as_os_str().is_empty() {
             v.err(
@@ -817,10 +795,9 @@ fn kubernetes(v: &mut V, c: &Config, k: &super::Kubernetes, shared: &HashMap<IpA
         );
     }
     encap(v, k.encap, k.gue_port);
-    // Services sharing an address all carry these same communities.
-    if vip_bgp(v, &k.bgp) {
-        with_static_routes(v, &k.bgp, shared);
-    }
+    // Services sharing an address all carry these same communities, and a static VIP's
+    // address is never a Service's (`ServiceSet::merge`): no route carries both lists.
+    vip_bgp(v, &k.bgp);
     if k.min_healthy_backends == 0 {
         v.err(
             "min_healthy_backends",
