@@ -427,6 +427,21 @@ pub struct Timing {
     pub fall: u32,
 }
 
+impl Timing {
+    /// The timing of one probe shared by services that ask for different ones: the
+    /// shortest interval and timeout, the most successes to rise, the fewest failures to
+    /// fall. It takes a failing node out as soon as the quickest of them would, and the
+    /// result does not depend on the order of the services.
+    pub fn strictest(self, other: Timing) -> Timing {
+        Timing {
+            interval: self.interval.min(other.interval),
+            timeout: self.timeout.min(other.timeout),
+            rise: self.rise.max(other.rise),
+            fall: self.fall.min(other.fall),
+        }
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Timing {

@@ -6,7 +6,7 @@
 pub mod kube;
 pub mod static_list;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use dataplane::bpf::steer::MAX_VIPS;
@@ -140,13 +140,27 @@ impl ServiceSet {
     }
 
     /// Every distinct health target, for [`crate::health::HealthChecker::set_targets`].
+    /// Services that probe one node the same way share one probe (a target is what is
+    /// probed, not how often); if they ask for different timings it runs at
+    /// [`Timing::strictest`](crate::config::Timing::strictest) of them, whatever their
+    /// order.
     pub fn health_targets(&self) -> Vec<Target> {
-        let mut seen = HashSet::new();
-        self.vips
+        let mut at: HashMap<Target, usize> = HashMap::new();
+        let mut out: Vec<Target> = Vec::new();
+        for t in self
+            .vips
             .iter()
             .flat_map(|v| v.backends.iter().filter_map(move |b| v.target(b)))
-            .filter(|t| seen.insert(t.clone()))
-            .collect()
+        {
+            match at.get(&t) {
+                Some(&i) => out[i].spec.timing = out[i].spec.timing.strictest(t.spec.timing),
+                None => {
+                    at.insert(t.clone(), out.len());
+                    out.push(t);
+                }
+            }
+        }
+        out
     }
 
     /// The static set plus the Kubernetes VIPs that fit within the [`MAX_VIPS`] service
@@ -181,7 +195,7 @@ mod tests {
     use super::*;
     use crate::config::Timing;
     use k8s_openapi::api::core::v1::Service;
-    use std::collections::HashMap;
+    use std::time::Duration;
 
     fn vip(
         addr: &str,
@@ -322,6 +336,63 @@ mod tests {
                 spec
             }]
         );
+    }
+
+    /// Two services probing one node the same way share one probe at the strictest of
+    /// their timings, in either order (it used to run at the timing of whichever came
+    /// first); another probe of the same node stays its own.
+    #[test]
+    fn one_probe_shared_by_services_runs_at_their_strictest_timing() {
+        let timed = |probe, interval_ms, timeout_ms, rise, fall| HealthSpec {
+            probe,
+            timing: Timing {
+                interval: Duration::from_millis(interval_ms),
+                timeout: Duration::from_millis(timeout_ms),
+                rise,
+                fall,
+            },
+        };
+        let tcp = Probe::Tcp { port: 80 };
+        let slow = vip(
+            "203.0.113.1",
+            &[80],
+            &[("10.0.0.1", 1)],
+            Some(timed(tcp.clone(), 10_000, 5_000, 2, 5)),
+        );
+        let quick = vip(
+            "203.0.113.2",
+            &[80],
+            &[("10.0.0.1", 1), ("10.0.0.2", 1)],
+            Some(timed(tcp.clone(), 1_000, 800, 3, 2)),
+        );
+        let other = vip(
+            "203.0.113.3",
+            &[80],
+            &[("10.0.0.1", 1)],
+            Some(timed(Probe::Tcp { port: 81 }, 20_000, 1_000, 1, 9)),
+        );
+        let want = timed(tcp.clone(), 1_000, 800, 3, 2).timing;
+        for vips in [
+            vec![slow.clone(), quick.clone(), other.clone()],
+            vec![other.clone(), quick.clone(), slow.clone()],
+        ] {
+            let targets = ServiceSet { vips }.health_targets();
+            let timing = |addr: &str, probe: &Probe| {
+                let t: Vec<&Target> = targets
+                    .iter()
+                    .filter(|t| t.addr.to_string() == addr && t.spec.probe == *probe)
+                    .collect();
+                assert_eq!(t.len(), 1, "{targets:?}");
+                t[0].spec.timing
+            };
+            assert_eq!(targets.len(), 3, "{targets:?}");
+            assert_eq!(timing("10.0.0.1", &tcp), want);
+            assert_eq!(timing("10.0.0.2", &tcp), want);
+            assert_eq!(
+                timing("10.0.0.1", &Probe::Tcp { port: 81 }),
+                other.health.as_ref().unwrap().timing
+            );
+        }
     }
 
     /// A Service could put its ports on a static VIP's address (through its status, or
