@@ -561,34 +561,86 @@ impl Topology {
             ns.ip(&["link", "set", "dev", &b.name, "up"])?;
         }
         for l in &self.links {
-            self.build_link(&mut net, l)?;
+            let mut roots = Vec::new();
+            let built = Self::build_link(&net, l, &mut roots);
+            net.root_links.extend(roots);
+            built?;
         }
         for spec in &self.namespaces {
-            let ns = net.ns(&spec.name);
             for (ifname, addr) in &spec.addresses {
-                let mut args = vec!["addr", "add", addr.as_str(), "dev", ifname.as_str()];
-                if addr.contains(':') {
-                    args.push("nodad");
-                }
-                ns.ip(&args)?;
+                add_address(net.ns(&spec.name), ifname, addr)?;
             }
         }
         for spec in &self.namespaces {
-            let ns = net.ns(&spec.name);
             for route in &spec.routes {
-                let mut args: Vec<&str> = Vec::new();
-                if route.contains(':') {
-                    args.push("-6");
-                }
-                args.extend(["route", "add"]);
-                args.extend(route.split_whitespace());
-                ns.ip(&args)?;
+                ip_route(net.ns(&spec.name), "add", route)?;
             }
         }
         Ok(net)
     }
 
-    fn build_link(&self, net: &mut Net, l: &LinkSpec) -> Result<()> {
+    /// The veth with `ifname` in namespace `ns`, if both its ends are in namespaces.
+    fn link_of(&self, ns: &str, ifname: &str) -> Result<&LinkSpec> {
+        let l = self
+            .links
+            .iter()
+            .find(|l| {
+                [&l.a, &l.b]
+                    .iter()
+                    .any(|p| p.ns.as_deref() == Some(ns) && p.ifname == ifname)
+            })
+            .with_context(|| format!("no link {ifname} in namespace {ns}"))?;
+        ensure!(
+            l.a.ns.is_some() && l.b.ns.is_some(),
+            "the link of {ifname} in {ns} goes into the root namespace"
+        );
+        Ok(l)
+    }
+
+    /// Deletes the veth with `ifname` in namespace `ns` (and so its peer), as a network
+    /// manager does before it re-creates an interface ([`Topology::relink`]). A bridge
+    /// takes the lowest MAC of its ports unless one was set, so the peer's bridge keeps
+    /// the one it has, as a real router would: its neighbours would otherwise go on
+    /// sending to a MAC it no longer answers to.
+    pub fn unlink(&self, net: &Net, ns: &str, ifname: &str) -> Result<()> {
+        let l = self.link_of(ns, ifname)?;
+        for p in [&l.a, &l.b] {
+            if let (Some(ns), Some(bridge)) = (&p.ns, &p.master) {
+                let ns = net.ns(ns);
+                let mac = ns.mac(bridge)?.map(|b| format!("{b:02x}")).join(":");
+                ns.ip(&["link", "set", "dev", bridge, "address", &mac])?;
+            }
+        }
+        net.ns(ns).ip(&["link", "del", ifname]).map(drop)
+    }
+
+    /// Creates the veth with `ifname` in namespace `ns` again, as [`Topology::build`] did,
+    /// after [`Topology::unlink`]: both ends, their addresses, and their namespaces'
+    /// routes (replaced, so that routes through other interfaces stay).
+    pub fn relink(&self, net: &Net, ns: &str, ifname: &str) -> Result<()> {
+        let l = self.link_of(ns, ifname)?;
+        Self::build_link(net, l, &mut Vec::new())?;
+        for p in [&l.a, &l.b] {
+            for spec in self
+                .namespaces
+                .iter()
+                .filter(|n| p.ns.as_ref() == Some(&n.name))
+            {
+                let netns = net.ns(&spec.name);
+                for (_, addr) in spec.addresses.iter().filter(|(i, _)| *i == p.ifname) {
+                    add_address(netns, &p.ifname, addr)?;
+                }
+                for route in &spec.routes {
+                    ip_route(netns, "replace", route)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the veth pair of `l` and sets both ends up; the names of its ends in the
+    /// root namespace go to `roots` as soon as they exist.
+    fn build_link(net: &Net, l: &LinkSpec, roots: &mut Vec<String>) -> Result<()> {
         // Create from the root end if there is one (`ip -n NS` would put a peer without
         // `netns` in NS), so that a root-namespace name is only taken for a root port.
         let (a, b) = if l.b.ns.is_none() {
@@ -619,7 +671,7 @@ impl Topology {
         ip(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         for (p, name) in [(a, &a_name), (b, &b_name)] {
             if p.ns.is_none() {
-                net.root_links.push(name.clone());
+                roots.push(name.clone());
             }
             let run_ip = |args: &[&str]| match &p.ns {
                 Some(ns) => net.ns(ns).ip(args),
@@ -643,6 +695,26 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+/// Adds `addr` to `ifname` in `ns`; IPv6 without duplicate address detection.
+fn add_address(ns: &Netns, ifname: &str, addr: &str) -> Result<()> {
+    let mut args = vec!["addr", "add", addr, "dev", ifname];
+    if addr.contains(':') {
+        args.push("nodad");
+    }
+    ns.ip(&args).map(drop)
+}
+
+/// `ip route VERB ROUTE` in `ns`, with `-6` when the route mentions an IPv6 address.
+fn ip_route(ns: &Netns, verb: &str, route: &str) -> Result<()> {
+    let mut args: Vec<&str> = Vec::new();
+    if route.contains(':') {
+        args.push("-6");
+    }
+    args.extend(["route", verb]);
+    args.extend(route.split_whitespace());
+    ns.ip(&args).map(drop)
 }
 
 /// The root-namespace name of a port: the prefix without dashes, then the port name.

@@ -1,6 +1,6 @@
 //! The daemon's hold on the packet path: the steering program on the upstream interface,
-//! the AF_XDP workers behind it, and the checks that tell the announce policy whether they
-//! still forward.
+//! the AF_XDP workers behind it, the checks that tell the announce policy whether they
+//! still forward, and the rebuild when an interface under them was re-created.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use dataplane::bpf::{self, Steer, SteerCounters};
 use dataplane::pipeline::WorkerConfig;
 use dataplane::snapshot::{Snapshot, SourcePrefix};
-use dataplane::xsk::{PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig};
+use dataplane::xsk::{PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig, XskError};
 
 use crate::config::{Config, Topology};
 use crate::policy::DataplaneProblem;
@@ -22,6 +22,9 @@ use crate::sources::ServiceSet;
 /// A worker whose loop has made no visible progress for this long is stalled. An idle
 /// worker still counts a `poll` every 20 ms, a busy one counts frames.
 const STALL_AFTER: Duration = Duration::from_secs(2);
+/// The least time between two attempts to rebuild the packet path: each loads the
+/// steering program (the verifier runs) and opens every socket again.
+const REATTACH_EVERY: Duration = Duration::from_secs(5);
 
 /// The settings of `[dataplane]` that only a restart can change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,22 +87,49 @@ impl Heartbeats {
     }
 }
 
-/// The running packet path. Dropping it detaches the steering program, then stops the
+/// The packet path, rebuilt in place when its interfaces are re-created (see
+/// [`Dataplane::reattach`]). Dropping it detaches the steering program, then stops the
 /// workers (see [`Workers`]).
 pub struct Dataplane {
-    workers: Workers<Steer>,
     fixed: Fixed,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The steered service ports, applied again to a rebuilt path.
+    vips: Vec<bpf::Vip>,
+    /// `None` between a failed rebuild and the next one that succeeds.
+    path: Option<Path>,
+    /// The interface the last rebuild was for, named as detached while no path runs.
+    lost: String,
+    /// The mode of the last attach, for the status while no path runs.
+    xdp_mode: bpf::AttachMode,
+    /// No rebuild is tried before this.
+    next_attempt: Instant,
+    /// The interface a rebuild waits for to exist again (logged once).
+    waiting: Option<String>,
+    /// Successful rebuilds, for the log.
+    restarts: u64,
+}
+
+/// One attach: the steering program on the uplink and the workers behind it, on the
+/// interfaces that had the configured names then.
+struct Path {
+    workers: Workers<Steer>,
     uplink_ifindex: u32,
+    downlink_ifindex: Option<u32>,
     xdp_mode: bpf::AttachMode,
     beats: Heartbeats,
     /// Each worker's pipeline counters, in worker order.
     pipelines: Vec<Arc<PipelineStats>>,
 }
 
-impl Dataplane {
-    /// Attaches steering to the upstream interface and starts one worker per RX queue,
-    /// each reading `snapshot`.
-    pub fn start(fixed: &Fixed, snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Dataplane> {
+impl Path {
+    /// Attaches steering to the uplink, starts one worker per RX queue, each reading
+    /// `snapshot`, and steers `vips` to them. The attach never replaces another XDP
+    /// program: it is a bpf_link, which the kernel refuses (EBUSY) on an interface that
+    /// runs one (aya's netlink fallback for old kernels sets `XDP_FLAGS_UPDATE_IF_NOEXIST`).
+    fn start(fixed: &Fixed, snapshot: &Arc<ArcSwap<Snapshot>>, vips: &[bpf::Vip]) -> Result<Path> {
+        // Read before the sockets bind: a downlink re-created in between is then seen as
+        // such (and rebuilt again) rather than missed.
+        let downlink_ifindex = fixed.downlink.as_deref().and_then(ifindex_of);
         let steer = Steer::attach(&fixed.uplink)
             .with_context(|| format!("attaching the steering program to {}", fixed.uplink))?;
         let uplink_ifindex = steer.ifindex();
@@ -112,20 +142,57 @@ impl Dataplane {
             ..WorkerConfig::default()
         };
         let mut pipelines = Vec::new();
-        let workers = Workers::start(&xsk, steer, |_| {
+        let mut workers = Workers::start(&xsk, steer, |_| {
             let p = PipelineProcessor::new(wc, snapshot.clone());
             pipelines.push(p.stats());
             p
         })
         .with_context(|| format!("starting the AF_XDP workers on {}", fixed.uplink))?;
+        set_vips(&mut workers, vips)?;
         let beats = Heartbeats::new(workers.stats().iter().map(progress), Instant::now());
-        Ok(Dataplane {
+        Ok(Path {
             workers,
-            fixed: fixed.clone(),
             uplink_ifindex,
+            downlink_ifindex,
             xdp_mode,
             beats,
             pipelines,
+        })
+    }
+
+    /// Detaches steering (VIP traffic falls back to the kernel), then stops the workers;
+    /// an error if one had panicked.
+    fn stop(self, iface: &str) -> Result<(), XskError> {
+        let census = self.workers.stop()?;
+        let lost: i64 = census
+            .iter()
+            .map(|c| i64::from(c.total) - i64::from(c.accounted()))
+            .sum();
+        tracing::info!(
+            iface,
+            workers = census.len(),
+            frames_in_kernel = lost,
+            "workers stopped"
+        );
+        Ok(())
+    }
+}
+
+impl Dataplane {
+    /// Attaches steering to the upstream interface and starts one worker per RX queue,
+    /// each reading `snapshot`.
+    pub fn start(fixed: &Fixed, snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Dataplane> {
+        let path = Path::start(fixed, &snapshot, &[])?;
+        Ok(Dataplane {
+            fixed: fixed.clone(),
+            snapshot,
+            vips: Vec::new(),
+            lost: fixed.uplink.clone(),
+            xdp_mode: path.xdp_mode,
+            path: Some(path),
+            next_attempt: Instant::now(),
+            waiting: None,
+            restarts: 0,
         })
     }
 
@@ -137,7 +204,7 @@ impl Dataplane {
         self.xdp_mode
     }
 
-    /// Steers exactly the services of `services` to the workers.
+    /// Steers exactly the services of `services` to the workers, now and after a rebuild.
     pub fn set_vips(&mut self, services: &ServiceSet) -> Result<()> {
         let vips: BTreeSet<bpf::Vip> = services
             .vips
@@ -150,21 +217,24 @@ impl Dataplane {
                 })
             })
             .collect();
-        let vips: Vec<bpf::Vip> = vips.into_iter().collect();
-        self.workers
-            .steering_mut()
-            .set_vips(&vips)
-            .context("updating the steering program's VIP map")
+        self.vips = vips.into_iter().collect();
+        match &mut self.path {
+            Some(path) => set_vips(&mut path.workers, &self.vips),
+            None => Ok(()),
+        }
     }
 
+    /// Every worker's counters (none while no path runs).
     pub fn stats(&self) -> Vec<WorkerStats> {
-        self.workers.stats()
+        self.path
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.workers.stats())
     }
 
     /// The steering program's counters and the uplink it runs on; `None` (logged) if its
     /// maps cannot be read, which [`Dataplane::problem`] reports as a detached program.
     pub fn steering(&self) -> Option<(&str, SteerCounters)> {
-        match self.workers.steering().counters() {
+        match self.path.as_ref()?.workers.steering().counters() {
             Ok(c) => Some((&self.fixed.uplink, c)),
             Err(e) => {
                 tracing::debug!(error = %e, "reading the steering program's counters");
@@ -175,7 +245,7 @@ impl Dataplane {
 
     /// Each worker's pipeline counters (flow table, per-VIP traffic, snapshot generation).
     pub fn pipelines(&self) -> &[Arc<PipelineStats>] {
-        &self.pipelines
+        self.path.as_ref().map_or(&[], |p| &p.pipelines)
     }
 
     /// Fails if a worker's thread has ended. A worker only returns when stopped, so it
@@ -183,51 +253,122 @@ impl Dataplane {
     /// queue's VIP traffic is steered into a closed socket. Unlike a [`DataplaneProblem`]
     /// this does not heal: only a restart brings the worker back.
     pub fn check_workers(&self) -> Result<()> {
-        match self.workers.ended() {
+        match self.path.as_ref().and_then(|p| p.workers.ended()) {
             Some(ended) => anyhow::bail!("{ended}: it panicked; see the panic logged before"),
             None => Ok(()),
         }
     }
 
-    /// Why the packet path cannot forward, if it cannot: a worker that stopped making
-    /// progress, or the steering program gone from the interface.
+    /// Why the packet path cannot forward, if it cannot: an interface it no longer runs on
+    /// (first: the workers of a vanished interface also stall, and only this cause is
+    /// healed by [`Dataplane::reattach`]), or a worker that stopped making progress.
     pub fn problem(&mut self, stats: &[WorkerStats], now: Instant) -> Option<DataplaneProblem> {
-        if let Some(worker) = self
-            .beats
-            .stalled(stats.iter().map(progress), now, STALL_AFTER)
-        {
-            return Some(DataplaneProblem::WorkerStalled { worker });
+        if let Some(iface) = self.detached() {
+            return Some(DataplaneProblem::XdpDetached {
+                iface: iface.to_owned(),
+            });
         }
-        // The interface must be the one the program was attached to (not one re-created
-        // under its name), and still run our program: a `bpftool link detach` or another
-        // loader may have taken it away.
-        let iface = &self.fixed.uplink;
-        let attached = ifindex_of(iface) == Some(self.uplink_ifindex)
-            && self.workers.steering().attached().unwrap_or(false);
-        (!attached).then(|| DataplaneProblem::XdpDetached {
-            iface: iface.clone(),
-        })
+        let path = self.path.as_mut()?;
+        let worker = path
+            .beats
+            .stalled(stats.iter().map(progress), now, STALL_AFTER)?;
+        Some(DataplaneProblem::WorkerStalled { worker })
+    }
+
+    /// The interface the path no longer runs on: the uplink re-created under its name (a
+    /// new index) or no longer running our program (a `bpftool link detach`, another
+    /// loader), or in two-arm the downlink re-created; the last one rebuilt for while no
+    /// path runs.
+    fn detached(&self) -> Option<&str> {
+        let Some(path) = &self.path else {
+            return Some(&self.lost);
+        };
+        let uplink = self.fixed.uplink.as_str();
+        let attached = ifindex_of(uplink) == Some(path.uplink_ifindex)
+            && path.workers.steering().attached().unwrap_or(false);
+        if !attached {
+            return Some(uplink);
+        }
+        let downlink = self.fixed.downlink.as_deref()?;
+        (ifindex_of(downlink) != path.downlink_ifindex).then_some(downlink)
+    }
+
+    /// Rebuilds the packet path after [`Dataplane::problem`] found `iface` detached: stops
+    /// the old path (detaching steering if still attached, stopping the workers, closing
+    /// their sockets), then attaches to the interfaces now under the configured names with
+    /// the same settings, snapshot and VIPs. True if a new path runs. At most one attempt
+    /// per [`REATTACH_EVERY`]; while a configured interface does not exist there is none,
+    /// it is waited for. An attach that fails (another XDP program there, which is never
+    /// replaced: see [`Path::start`]) is logged and tried again. An error only if a worker
+    /// of the old path had panicked, which does not heal.
+    ///
+    /// The new workers start with empty flow tables. That loses nothing that still worked:
+    /// the flows arrived on an interface that is gone or no longer steered to them. Their
+    /// next packets are hashed again on the same Maglev tables (same snapshot), so they
+    /// reach the backend they had unless the backend set changed meanwhile, and new flows
+    /// get the same choices as before. The workers' counters start again from zero, as
+    /// after a restart.
+    pub fn reattach(&mut self, iface: &str, now: Instant) -> Result<bool> {
+        if now < self.next_attempt {
+            return Ok(false);
+        }
+        let absent = [Some(&self.fixed.uplink), self.fixed.downlink.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|i| ifindex_of(i).is_none());
+        if let Some(absent) = absent {
+            if self.waiting.as_ref() != Some(absent) {
+                tracing::warn!("{absent} does not exist: waiting for it to re-attach");
+                self.waiting = Some(absent.clone());
+            }
+            return Ok(false);
+        }
+        self.waiting = None;
+        self.next_attempt = now + REATTACH_EVERY;
+        self.lost = iface.to_owned();
+        tracing::info!("re-attaching to {iface}: rebuilding the packet path");
+        if let Some(old) = self.path.take() {
+            old.stop(&self.fixed.uplink)
+                .context("stopping the workers to re-attach")?;
+        }
+        match Path::start(&self.fixed, &self.snapshot, &self.vips) {
+            Ok(path) => {
+                self.restarts += 1;
+                self.xdp_mode = path.xdp_mode;
+                tracing::info!(
+                    restarts = self.restarts,
+                    xdp_mode = %path.xdp_mode,
+                    workers = path.pipelines.len(),
+                    "re-attached to {iface}"
+                );
+                self.path = Some(path);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in = ?REATTACH_EVERY,
+                    "re-attaching to {iface} failed"
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// Detaches steering (VIP traffic falls back to the kernel), then stops the workers.
     pub fn stop(self) {
-        let iface = self.fixed.uplink.clone();
-        match self.workers.stop() {
-            Ok(census) => {
-                let lost: i64 = census
-                    .iter()
-                    .map(|c| i64::from(c.total) - i64::from(c.accounted()))
-                    .sum();
-                tracing::info!(
-                    iface,
-                    workers = census.len(),
-                    frames_in_kernel = lost,
-                    "workers stopped"
-                );
-            }
-            Err(e) => tracing::error!(iface, error = %e, "stopping the workers"),
+        let Some(path) = self.path else { return };
+        if let Err(e) = path.stop(&self.fixed.uplink) {
+            tracing::error!(iface = %self.fixed.uplink, error = %e, "stopping the workers");
         }
     }
+}
+
+fn set_vips(workers: &mut Workers<Steer>, vips: &[bpf::Vip]) -> Result<()> {
+    workers
+        .steering_mut()
+        .set_vips(vips)
+        .context("updating the steering program's VIP map")
 }
 
 /// A number that grows whenever the worker's loop turns.

@@ -7,17 +7,24 @@
 //! ```
 //!
 //! The loop waits on a crossbeam `select!` for signals, health transitions and Kubernetes
-//! updates, with a [`TICK`] timeout; every turn it refreshes next hops (every
-//! [`NEIGH_EVERY`]), checks the dataplane, publishes a new snapshot if backends changed,
-//! re-evaluates the announce policy, hands the speaker its routes, and stores a fresh
-//! [`Status`](crate::status::Status) for the API.
+//! updates, with a [`TICK`] timeout; every turn it re-reads the egress interface and next
+//! hops (every [`NEIGH_EVERY`]), checks the dataplane, publishes a new snapshot if
+//! backends changed, re-evaluates the announce policy, hands the speaker its routes, and
+//! stores a fresh [`Status`](crate::status::Status) for the API.
 //!
-//! A dataplane problem that can heal (a stalled worker, unresolved next hops) withdraws
-//! every VIP while the daemon keeps running. One that cannot, a worker thread that ended
-//! (panicked), fails the control loop: the daemon shuts down as below, without the drain,
-//! and exits non-zero so that its supervisor restarts it. Any other failure (a helper
-//! thread that ended) shuts down the same way, with the drain if the dataplane can still
-//! forward; a worker that ends during the drain ends it, and the exit is non-zero.
+//! A dataplane problem that can heal withdraws every VIP while the daemon keeps running,
+//! and the policy announces them again once it clears: a stalled worker, unresolved next
+//! hops, or an interface re-created under its name or stripped of the steering program (a
+//! network manager re-creating a bond, VLAN or veth, a NIC re-probed, `bpftool link
+//! detach`). For the last the daemon rebuilds the packet path itself
+//! (`Dataplane::reattach`): at most one attempt every few seconds, an interface that does
+//! not exist is waited for, another XDP program is never replaced, and health, BGP
+//! sessions and the Kubernetes view go on as they were. One that cannot heal, a worker
+//! thread that ended (panicked), fails the control loop: the daemon shuts down as below,
+//! without the drain, and exits non-zero so that its supervisor restarts it. Any other
+//! failure (a helper thread that ended) shuts down the same way, with the drain if the
+//! dataplane can still forward; a worker that ends during the drain ends it, and the exit
+//! is non-zero.
 //!
 //! A service that a reload or a Kubernetes update removes goes the same way: its prefix
 //! is withdrawn (unless another service keeps the address) while its ports stay in the
@@ -204,11 +211,7 @@ impl Daemon {
         let fixed = Fixed::of(&config);
         let mut resolver = Resolver::new().context("opening an rtnetlink socket")?;
         let egress = fixed.egress().to_owned();
-        let egress_ifindex = ifindex(&egress)?;
-        let local_mac = resolver
-            .local_mac(egress_ifindex)
-            .with_context(|| format!("reading the MAC address of {egress}"))?;
-        let params = forwarding::params(&config, &fixed, local_mac)?;
+        let (egress_ifindex, local_mac, params) = read_egress(&mut resolver, &config, &fixed)?;
 
         let statics = static_list::service_set(&config);
         let (health, health_rx) = health::spawn().context("starting the health checker")?;
@@ -352,6 +355,7 @@ impl Daemon {
         // rather than report the dataplane unable to forward.
         let stale = now.saturating_duration_since(self.last_neigh) >= TICK;
         if now >= self.next_neigh || (stale && self.next_hop_problem().is_some()) {
+            self.refresh_egress(now);
             self.refresh_next_hops(now);
         }
         let stats = self.dataplane().stats();
@@ -381,6 +385,18 @@ impl Daemon {
         self.check_observed();
         self.evaluate(shutting_down);
         self.report(&stats, now);
+        // Last, once the withdrawal has gone to the speaker: a rebuild takes a while (the
+        // verifier runs). The routes stay withdrawn until the next turn finds the new path
+        // healthy. A drain ends soon and detaches anyway.
+        if let Some(DataplaneProblem::XdpDetached { iface }) = &self.problem {
+            let iface = iface.clone();
+            if !shutting_down && self.dataplane().reattach(&iface, now)? {
+                // A re-created interface has a new index and maybe a new MAC, and its
+                // neighbours are to be resolved again.
+                self.refresh_egress(now);
+                self.refresh_next_hops(now);
+            }
+        }
         Ok(())
     }
 
@@ -479,6 +495,29 @@ impl Daemon {
     /// Healthy backends (with their effective weight) of service `i`.
     fn healthy(&self, i: usize) -> Vec<BackendSpec> {
         self.services.vips[i].healthy_backends(|t| self.target_state(t))
+    }
+
+    /// Reads the egress interface again: re-created under its name, or configured in steps
+    /// by a network manager, it may have a new index, MAC or addresses (the snapshot's
+    /// outer source). What was read before stays while it cannot be read (it is gone).
+    fn refresh_egress(&mut self, now: Instant) {
+        let fixed = self.dataplane().fixed().clone();
+        let (ifindex, mac, params) = match read_egress(&mut self.resolver, &self.config, &fixed) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), "egress interface unreadable");
+                return;
+            }
+        };
+        if (ifindex, mac) != (self.egress_ifindex, self.local_mac) {
+            tracing::info!(egress = %fixed.egress(), ifindex,
+                mac = %crate::status::format_mac(mac), "egress interface changed");
+            (self.egress_ifindex, self.local_mac) = (ifindex, mac);
+        }
+        if params != self.params {
+            self.params = params;
+            self.dirty_since.get_or_insert(now);
+        }
     }
 
     fn refresh_next_hops(&mut self, now: Instant) {
@@ -1054,6 +1093,21 @@ fn served(desired: &ServiceSet, draining: &mut Vec<Draining>) -> (ServiceSet, Ve
     all.sort_by(|(a, _), (b, _)| a.order().cmp(&b.order()));
     let (vips, removed) = all.into_iter().unzip();
     (ServiceSet { vips }, removed)
+}
+
+/// The egress interface's index and MAC, and the snapshot parameters that take them.
+fn read_egress(
+    resolver: &mut Resolver,
+    config: &Config,
+    fixed: &Fixed,
+) -> Result<(u32, [u8; 6], Params)> {
+    let egress = fixed.egress();
+    let ifindex = ifindex(egress)?;
+    let mac = resolver
+        .local_mac(ifindex)
+        .with_context(|| format!("reading the MAC address of {egress}"))?;
+    let params = forwarding::params(config, fixed, mac)?;
+    Ok((ifindex, mac, params))
 }
 
 fn ifindex(iface: &str) -> Result<u32> {

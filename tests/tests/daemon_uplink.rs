@@ -1,0 +1,202 @@
+//! A gateway whose interface is re-created under its name (a network manager re-creating a
+//! bond, VLAN or veth; a NIC re-probed) heals without a restart: `dsrgate run` withdraws
+//! its VIPs, rebuilds its packet path on the new interface, announces again and forwards.
+//! It never replaces an XDP program someone else put there, and SIGTERM still withdraws
+//! then detaches.
+//!
+//! Topology: [`Lab::new`] (or [`Lab::two_arm`]) with one gateway and BIRD on the router;
+//! the gateway's veth is deleted, which deletes its peer on the router's bridge
+//! ([`Topology::unlink`]), and created again with the lab's addresses and routes
+//! ([`Topology::relink`]).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use dsrgate_tests::bird::{kernel_route, Bird};
+use dsrgate_tests::daemon::{dsrgate_bin, Daemon, GatewayConfig, Lab, PREFIX4};
+use dsrgate_tests::netns::{
+    dsr_topology, two_arm_topology, Arms, Netns, Topology, GW_DOWNLINK, GW_UPLINK, VIP4,
+};
+use dsrgate_tests::require_privileges_with;
+
+const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
+/// Re-announcing takes the gateway's BGP session coming back too: a one-arm gateway loses
+/// it with its uplink, and its connect retries back off while the link is gone.
+const BACK: Duration = Duration::from_secs(60);
+
+fn privileged(what: &str) -> bool {
+    require_privileges_with(what, &["bird", "birdc"])
+}
+
+/// BIRD and a gateway of `arms` forwarding the VIP, checked with real requests.
+fn gateway(lab: &Lab, arms: Arms) -> Result<(Bird<'_>, Daemon)> {
+    let mut cfg = GatewayConfig::new(1);
+    cfg.arms = arms;
+    let (bird, daemon) = lab.one_gateway(&cfg, &[])?;
+    lab.get_many(3)?;
+    Ok((bird, daemon))
+}
+
+/// Deletes gw1's `ifname`, waits until the daemon says it waits for it and the router has
+/// withdrawn the VIP, and returns the interface's index.
+fn delete(
+    lab: &Lab,
+    topology: &Topology,
+    bird: &Bird<'_>,
+    daemon: &Daemon,
+    ifname: &str,
+) -> Result<u32> {
+    let index = lab.ns("gw1").ifindex(ifname)?;
+    topology.unlink(&lab.net, "gw1", ifname)?;
+    daemon.wait_log(
+        &[
+            "dataplane unhealthy: withdrawing every VIP",
+            &format!("detached from {ifname}"),
+        ],
+        Duration::from_secs(5),
+    )?;
+    daemon.wait_log(
+        &[&format!("{ifname} does not exist: waiting for it")],
+        Duration::from_secs(5),
+    )?;
+    // A one-arm gateway's session went with the link: BIRD's hold timer (6 s) ends it.
+    bird.wait_route(PREFIX4, false, Duration::from_secs(15))?;
+    Ok(index)
+}
+
+/// gw1's `ifname` was created again under its name: a new interface.
+fn recreated(lab: &Lab, topology: &Topology, ifname: &str, old: u32) -> Result<()> {
+    topology.relink(&lab.net, "gw1", ifname)?;
+    let new = lab.ns("gw1").ifindex(ifname)?;
+    ensure!(new != old, "{ifname} kept its index {old}");
+    Ok(())
+}
+
+/// The daemon re-attached without a restart, and the router routes the VIP through it
+/// again, where requests succeed.
+fn healed(lab: &Lab, bird: &Bird<'_>, daemon: &mut Daemon, ifname: &str) -> Result<()> {
+    daemon.wait_log(
+        &[&format!(
+            "re-attaching to {ifname}: rebuilding the packet path"
+        )],
+        Duration::from_secs(10),
+    )?;
+    daemon.wait_log(&[&format!("re-attached to {ifname}")], BACK)?;
+    bird.wait_route(PREFIX4, true, BACK)?;
+    lab.wait_routed_via(bird, &[1])?;
+    ensure!(daemon.is_running(), "the daemon exited:\n{}", daemon.log());
+    lab.get_many(5)?;
+    Ok(())
+}
+
+/// SIGTERM: the route goes first, then the steering program; nothing stays attached.
+fn stops_clean(lab: &Lab, bird: &Bird<'_>, mut daemon: Daemon) -> Result<()> {
+    let gw1 = lab.ns("gw1");
+    let xdp_anywhere = |gw: &Netns| -> Result<bool> {
+        Ok(gw.xdp_attached(GW_UPLINK)?
+            || (lab.arms == Arms::Two && gw.xdp_attached(GW_DOWNLINK)?))
+    };
+    ensure!(xdp_anywhere(gw1)?, "nothing attached before SIGTERM");
+    daemon.sigterm_withdraws_then_detaches(
+        || Ok(bird.route(PREFIX4)?.is_none()),
+        || Ok(!xdp_anywhere(gw1)?),
+        Duration::from_secs(20),
+    )?;
+    daemon.wait_clean_exit(Duration::from_secs(15))?;
+    ensure!(!xdp_anywhere(gw1)?, "an XDP program stayed attached");
+    ensure!(
+        kernel_route(lab.ns("router"), VIP4)?.trim().is_empty(),
+        "the router still routes the VIP"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_recreated_uplink_is_reattached_and_announced_again() -> Result<()> {
+    if !privileged("daemon_uplink::a_recreated_uplink_is_reattached_and_announced_again") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let (bird, mut daemon) = gateway(&lab, Arms::One)?;
+    let topology = dsr_topology(1, 3);
+    let old = delete(&lab, &topology, &bird, &daemon, GW_UPLINK)?;
+    recreated(&lab, &topology, GW_UPLINK, old)?;
+    healed(&lab, &bird, &mut daemon, GW_UPLINK)?;
+    stops_clean(&lab, &bird, daemon)
+}
+
+#[test]
+fn a_recreated_downlink_is_reattached_while_bgp_stays_up() -> Result<()> {
+    if !privileged("daemon_uplink::a_recreated_downlink_is_reattached_while_bgp_stays_up") {
+        return Ok(());
+    }
+    let lab = Lab::two_arm(1, NODE_BIN)?;
+    let (bird, mut daemon) = gateway(&lab, Arms::Two)?;
+    let session = bird.protocol("gw1")?;
+    let topology = two_arm_topology(1, 3);
+    let old = delete(&lab, &topology, &bird, &daemon, GW_DOWNLINK)?;
+    recreated(&lab, &topology, GW_DOWNLINK, old)?;
+    healed(&lab, &bird, &mut daemon, GW_DOWNLINK)?;
+    // The session over the uplink never went down: its last state change is the same.
+    ensure!(
+        bird.protocol("gw1")? == session,
+        "the BGP session changed state: {session} -> {}",
+        bird.protocol("gw1")?
+    );
+    stops_clean(&lab, &bird, daemon)
+}
+
+#[test]
+fn a_foreign_xdp_program_on_the_recreated_uplink_is_left_alone() -> Result<()> {
+    if !privileged("daemon_uplink::a_foreign_xdp_program_on_the_recreated_uplink_is_left_alone") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let (bird, mut daemon) = gateway(&lab, Arms::One)?;
+    let gw1 = lab.ns("gw1");
+    let bin = dsrgate_bin()?;
+    let decap = |verb: &str| -> Result<()> {
+        let bin = bin.to_str().context("binary path")?;
+        gw1.exec(&[bin, "decap", verb, "--iface", GW_UPLINK])
+            .map(drop)
+    };
+
+    // While the daemon is stopped, the uplink is re-created and someone else's program
+    // (the node decapsulator) attached to it before the daemon can look.
+    let topology = dsr_topology(1, 3);
+    let old = gw1.ifindex(GW_UPLINK)?;
+    daemon.signal(libc::SIGSTOP)?;
+    let foreign = topology
+        .unlink(&lab.net, "gw1", GW_UPLINK)
+        .and_then(|()| recreated(&lab, &topology, GW_UPLINK, old))
+        .and_then(|()| decap("attach"));
+    daemon.signal(libc::SIGCONT)?;
+    foreign?;
+
+    // Every attempt fails, and the program stays: the one the decap command removes.
+    let failed = format!("re-attaching to {GW_UPLINK} failed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.log().matches(&failed).count() < 2 {
+        if Instant::now() > deadline {
+            bail!("fewer than 2 failed attempts:\n{}", daemon.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{}", daemon.wait_log(&[&failed], Duration::ZERO)?);
+    // BGP runs over the new uplink, but the VIP stays withdrawn.
+    let deadline = Instant::now() + BACK;
+    while !bird.protocol("gw1")?.contains("Established") {
+        if Instant::now() > deadline {
+            bail!("no BGP session: {}", bird.protocol("gw1")?);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(
+        bird.route(PREFIX4)?.is_none(),
+        "announced while another program holds the uplink"
+    );
+    decap("detach").context("the foreign program was replaced")?;
+
+    healed(&lab, &bird, &mut daemon, GW_UPLINK)?;
+    stops_clean(&lab, &bird, daemon)
+}
