@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::netns::{fabric4, gateway_host, Netns, Proc};
 
@@ -143,6 +143,27 @@ template bgp speakers {{
             .find(|l| l.split_whitespace().next() == Some(name))
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .with_context(|| format!("no protocol {name} in BIRD: {out}"))
+    }
+
+    /// The withdrawals BIRD has received on protocol `name`, over its channels (the
+    /// `Import withdraws:` rows of `show protocols all`, first column): a withdrawal shows
+    /// here even when the route came back before a look at the table could see it gone.
+    pub fn withdrawals_received(&self, name: &str) -> Result<u64> {
+        let out = self.birdc(&["show", "protocols", "all", name])?;
+        let rows: Vec<u64> = out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Import withdraws:"))
+            .map(|r| {
+                let n = r.split_whitespace().next().unwrap_or_default();
+                n.parse()
+                    .with_context(|| format!("withdrawals {n:?} in BIRD's {out}"))
+            })
+            .collect::<Result<_>>()?;
+        ensure!(
+            !rows.is_empty(),
+            "no route change stats for {name} in BIRD: {out}"
+        );
+        Ok(rows.iter().sum())
     }
 
     /// Everything BIRD logged so far (state changes, NOTIFICATIONs sent and received).
