@@ -33,9 +33,14 @@ pub use rib::{max_update_len, AdjRibOut, Changes, Export, RouteAttributes, Route
 /// how long [`Speaker::shutdown`] waits for all of them.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// How often [`PeerStatus::unacked_bytes`] is sampled again while it is not 0: the
-/// peer's acknowledgements do not wake the loop.
+/// How soon [`PeerStatus::unacked_bytes`] is sampled again while it is not 0 (the peer's
+/// acknowledgements do not wake the loop): after this while the count moves, twice as
+/// long after each sample that finds it unchanged, up to [`UNACKED_POLL_MAX`], and from
+/// the start again after each command (new routes, a shutdown: someone may wait for them
+/// to be acknowledged). A peer that has stopped reading then costs one status snapshot a
+/// second, not a hundred, and one that reads is still seen done within 10 ms.
 const UNACKED_POLL: Duration = Duration::from_millis(10);
+const UNACKED_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// One neighbour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +101,8 @@ pub struct PeerStatus {
     /// over the peer's connections. A snapshot with a prefix gone from
     /// `prefixes_advertised` and this at 0 says the withdrawal reached the peer's TCP
     /// (not that the router has processed it yet). Acknowledgements do not wake the
-    /// speaker, so while this is not 0 it is sampled again every 10 ms.
+    /// speaker, so while this is not 0 it is sampled again: every 10 ms while it moves,
+    /// backing off to once a second while it does not.
     pub unacked_bytes: usize,
     /// Those prefixes, sorted: what this peer has been sent and not had withdrawn.
     /// Empty unless Established (the Adj-RIB-Out is forgotten when a session goes
@@ -181,6 +187,8 @@ impl Speaker {
             failed: Vec::new(),
             stop_by: None,
             resample_at: None,
+            resample_every: UNACKED_POLL,
+            unacked: 0,
         };
         let now = Instant::now();
         for p in 0..event_loop.peers.len() {
@@ -389,6 +397,10 @@ struct Loop {
     stop_by: Option<Instant>,
     /// When to publish again because some output was not yet acknowledged.
     resample_at: Option<Instant>,
+    /// The wait before the next of those samples (see [`UNACKED_POLL`]).
+    resample_every: Duration,
+    /// The unacknowledged bytes of all peers at the last sample.
+    unacked: usize,
 }
 
 impl Loop {
@@ -427,6 +439,7 @@ impl Loop {
             }
             while let Ok(c) = self.commands.try_recv() {
                 self.command(now, c);
+                self.resample_every = UNACKED_POLL;
             }
             self.fire_timers(now);
             self.expire_closing(now);
@@ -1047,10 +1060,14 @@ impl Loop {
                 negotiated: p.session.established().map(|(_, n)| n.clone()),
             })
             .collect();
-        self.resample_at = snapshot
-            .iter()
-            .any(|s| s.unacked_bytes > 0)
-            .then(|| now + UNACKED_POLL);
+        let unacked: usize = snapshot.iter().map(|s| s.unacked_bytes).sum();
+        self.resample_every = match unacked {
+            0 => UNACKED_POLL,
+            n if n == self.unacked => (self.resample_every * 2).min(UNACKED_POLL_MAX),
+            _ => UNACKED_POLL,
+        };
+        self.resample_at = (unacked > 0).then(|| now + self.resample_every);
+        self.unacked = unacked;
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
     }
 }
