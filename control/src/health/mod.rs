@@ -88,7 +88,8 @@ pub struct HealthSpec {
 /// new target that starts down. Backends of several VIPs that share a node and
 /// a probe share one target, so a node is not probed once per VIP; if their
 /// timings differ, the first in the list given to
-/// [`HealthChecker::set_targets`] is used.
+/// [`HealthChecker::set_targets`] is used, and the daemon's list gives the
+/// strictest of them (`ServiceSet::health_targets`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: IpAddr,

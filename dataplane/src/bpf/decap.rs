@@ -42,8 +42,8 @@ pub struct DecapCounters {
     /// Tunnel packets whose inner packet went on to the kernel.
     pub decapsulated: u64,
     /// Not tunnel packets for this node, or ones left to the kernel, which drops them (a bad
-    /// outer IPv4 header checksum; GUE with a wrong UDP checksum or length, with no checksum
-    /// over IPv6, or over 9216 bytes with one): passed unchanged.
+    /// outer IPv4 header checksum; GUE with a wrong UDP checksum or length, or over 9216
+    /// bytes with a checksum): passed unchanged.
     pub passed: u64,
     /// Tunnel packets for this node with an inner header that is not what the outer one
     /// announced (or an unknown GUE version or protocol), or marked congested (CE) outside
