@@ -547,6 +547,93 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
     assert!(h.errors.is_empty(), "{:?}", h.errors);
 }
 
+/// A Service whose sharer dropped the key was refused on the pool address in its status, and
+/// stayed there for good: no VIP, and its status kept showing the dead address. Now it moves to
+/// a free pool address, written over its status once (a merge patch replaces the list, so
+/// the old address is gone), and stays there.
+#[test]
+fn a_service_refused_on_its_pool_status_address_moves_and_its_status_is_rewritten() {
+    const OLD: &str = "198.51.100.10";
+    const NEW: &str = "198.51.100.11";
+    let server = FakeApiServer::start();
+    base_cluster(&server);
+    let sharer = |name: &str, created: &str, p: Value, keyed: bool| {
+        let mut s = service(
+            "default",
+            name,
+            created,
+            "Cluster",
+            None,
+            json!([p]),
+            None,
+            Some(OLD),
+        );
+        if keyed {
+            s["metadata"]["annotations"] = json!({"dsrgate.io/allow-shared-ip": "k"});
+        }
+        s
+    };
+    let first = |keyed| {
+        sharer(
+            "first",
+            "2026-01-03T00:00:00Z",
+            port("a", "TCP", 8080, 31080),
+            keyed,
+        )
+    };
+    server.apply(Kind::Service, first(true));
+    server.apply(
+        Kind::Service,
+        sharer(
+            "second",
+            "2026-01-04T00:00:00Z",
+            port("b", "TCP", 8081, 31081),
+            true,
+        ),
+    );
+    let mut h = Harness::start(server, &["198.51.100.10-198.51.100.12"]);
+    let addr = |s: &ServiceSet, name: &str| find(s, name, Protocol::Tcp).map(|v| v.addr);
+    h.wait_for("both on the shared address", |s| {
+        addr(s, "default/first") == Some(ip(OLD)) && addr(s, "default/second") == Some(ip(OLD))
+    });
+    assert!(h.server.patches().is_empty());
+
+    h.server.apply(Kind::Service, first(false));
+    h.wait_for("second to move", |s| {
+        addr(s, "default/second") == Some(ip(NEW))
+    });
+    let moved = h.seen.len() - 1;
+    let deadline = Instant::now() + BOUND;
+    while h.server.patches().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let patches = h.server.patches();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(
+        patches[0].0,
+        "/api/v1/namespaces/default/services/second/status"
+    );
+    let written = json!([{"ip": NEW, "ipMode": "VIP"}]);
+    assert_eq!(patches[0].2["status"]["loadBalancer"]["ingress"], written);
+    let stored = h.server.object(Kind::Service, "default/second").unwrap();
+    assert_eq!(stored["status"]["loadBalancer"]["ingress"], written);
+
+    // Later changes neither write again nor move it back.
+    h.server
+        .apply(Kind::Node, node("node-e", "10.0.0.5", true, json!({})));
+    h.wait_for("node-e", |s| {
+        find(s, "default/second", Protocol::Tcp).is_some_and(|v| v.backends.len() == 3)
+    });
+    assert_eq!(h.server.patches().len(), 1);
+    for s in &h.seen[moved..] {
+        assert_eq!(addr(s, "default/second"), Some(ip(NEW)), "{s:#?}");
+        assert_eq!(addr(s, "default/first"), Some(ip(OLD)), "{s:#?}");
+    }
+    // Never without an address on the way.
+    assert!(h.seen.iter().all(|s| addr(s, "default/second").is_some()));
+    assert!(h.errors.is_empty(), "{:?}", h.errors);
+}
+
 /// The sets the test checks against: web has backends throughout.
 fn web_backends(s: &ServiceSet) -> BTreeMap<IpAddr, u32> {
     find(s, "default/web", Protocol::Tcp)

@@ -316,8 +316,10 @@ impl Sync {
 
     /// Writes pool addresses to Service status (merge patch of the status
     /// subresource, `ipMode: VIP` so kube-proxy accepts the decapsulated
-    /// packets addressed to it on every node). Retried every few seconds
-    /// until the watch shows the status.
+    /// packets addressed to it on every node). A merge patch replaces the
+    /// whole `ingress` list (RFC 7386), so a refused address it moves a
+    /// Service off is gone from its status, not kept next to the new one.
+    /// Retried every few seconds until the watch shows the status.
     async fn write_status(&mut self, client: &Client) {
         let pending = std::mem::take(&mut self.pending);
         for a in &pending {

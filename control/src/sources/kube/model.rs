@@ -19,10 +19,11 @@ pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-b
 /// Label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Lets Services share an address, as MetalLB's `metallb.universe.tf/allow-shared-ip` and
-/// Cilium's `lbipam.cilium.io/sharing-key` do: Services may be on one address only if each
-/// carries the same non-empty value here and no two use one port of one protocol. Without
-/// it an address is one Service's, so no namespace can put its ports on another team's
-/// address (and have them announced with it).
+/// Cilium's `lbipam.cilium.io/sharing-key` do: Services may be on one address only if they
+/// are in one namespace, each carries the same non-empty value here and no two use one port
+/// of one protocol. Without it an address is one Service's, and keys are per namespace, so
+/// no namespace can put its ports on another team's address (and have them announced with
+/// it) by naming the address or guessing the key.
 pub const SHARING_KEY_ANNOTATION: &str = "dsrgate.io/allow-shared-ip";
 
 /// The objects the watchers hold, keyed `namespace/name` (nodes: `name`).
@@ -44,7 +45,8 @@ pub struct Assignment {
 /// Result of [`compute`].
 pub struct Computed {
     pub set: ServiceSet,
-    /// Services whose `status.loadBalancer.ingress` lacks their address.
+    /// Services whose `status.loadBalancer.ingress` lacks their address: new ones, and those
+    /// moved off refused pool addresses, whose status the write replaces.
     pub to_write: Vec<Assignment>,
 }
 
@@ -265,6 +267,7 @@ impl<'a> Claimant<'a> {
 /// Why a Service may not be on one address with another.
 enum Conflict {
     Unshared,
+    Namespace,
     Port(Protocol, u16),
 }
 
@@ -272,12 +275,18 @@ impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Conflict::Unshared => write!(f, "they do not share one {SHARING_KEY_ANNOTATION} key"),
+            Conflict::Namespace => write!(f, "they are in different namespaces"),
             Conflict::Port(proto, port) => write!(f, "both use {proto} port {port}"),
         }
     }
 }
 
 /// Why `c` may not be on one address with `holder`, if it may not.
+///
+/// Services in different namespaces never share, whatever their keys: a key is a string
+/// anyone can copy, and a key that spanned namespaces would let any team join another's
+/// address, where the pool would even place it unasked. (Cilium LB-IPAM also requires one
+/// namespace unless both Services opt in with `lbipam.cilium.io/sharing-cross-namespace`.)
 ///
 /// Traffic policies and selectors need not match. MetalLB requires `Local` Services on one
 /// address to select the same pods because it announces the address from the nodes with
@@ -289,6 +298,9 @@ impl fmt::Display for Conflict {
 fn conflict(c: &Claimant, holder: &Claimant) -> Option<Conflict> {
     if c.share.is_none() || c.share != holder.share {
         return Some(Conflict::Unshared);
+    }
+    if c.svc.metadata.namespace != holder.svc.metadata.namespace {
+        return Some(Conflict::Namespace);
     }
     c.ports.iter().find_map(|(proto, ports)| {
         let theirs = holder.ports.get(proto)?;
@@ -345,18 +357,31 @@ fn pick_from_pool(
     })
 }
 
+/// Whether `c`, which kept none of its status addresses, gets an address as a new Service
+/// does (a pool address or its request, written over its status): it shows none, or only
+/// pool addresses, which are dsrgate's to replace. Left as it is, a refused pool address
+/// would stay in its status for good, a dead address for external-dns and clients. A
+/// refused address outside the pool is another controller's, and left to it.
+fn reassignable(cfg: &Kubernetes, c: &Claimant) -> bool {
+    c.status.iter().all(|ip| in_pool(cfg, *ip))
+}
+
 /// Computes the VIPs of the selected Services.
 ///
 /// Addresses: `status.loadBalancer.ingress[].ip`, else `spec.loadBalancerIP`, else a pool
 /// address. A Service gets an address only if every Service already given it may share it
-/// ([`SHARING_KEY_ANNOTATION`]); otherwise it gets no VIP there (logged), and nothing is
-/// written to its status. Services are taken in creation order (then name), which gateways
-/// with one view agree on, and the addresses in their status before any request or pool
-/// choice: an address a Service was given stays its own, so an older Service cannot take a
-/// newer one's by naming it in `spec.loadBalancerIP`. Pool addresses go to Services in that
-/// order, the lowest free first (or the lowest they may share). `assigned` remembers pool
-/// choices until the Service's status shows them, so a Service keeps one address while its
-/// status write is in flight.
+/// ([`SHARING_KEY_ANNOTATION`]); otherwise it gets no VIP there (logged), and that address
+/// is never written to its status. Services are taken in creation order (then name), which
+/// gateways with one view agree on, and the addresses in their status before any request or
+/// pool choice: an address a Service was given stays its own, so an older Service cannot
+/// take a newer one's by naming it in `spec.loadBalancerIP`. A Service refused on every
+/// status address, all of them pool addresses (its sharer dropped the key or took its port,
+/// or two gateways wrote one address to two Services), then goes on as one without an
+/// address; a refused address outside the pool is left as it is. Pool addresses go to
+/// Services in that order, the lowest free first (or the lowest they may share). `assigned`
+/// remembers pool choices until the Service's status shows them, so a Service keeps one
+/// address while its status write is in flight, even while its status still shows the
+/// refused one.
 pub fn compute(
     cfg: &Kubernetes,
     objs: &Objects,
@@ -378,10 +403,25 @@ pub fn compute(
                 b.key,
             ))
     });
+
+    let mut holders = Holders::new();
+    let mut homeless = Vec::new();
+    for c in &claimants {
+        let mut kept = false;
+        for ip in &c.status {
+            kept |= claim(&mut holders, c, *ip);
+        }
+        if !kept && reassignable(cfg, c) {
+            if !c.status.is_empty() {
+                tracing::warn!(service = %c.key, refused = ?c.status, "refused on every address in its status, all from the pool: assigning one anew");
+            }
+            homeless.push(c);
+        }
+    }
     assigned.retain(|k, _| {
-        claimants
+        homeless
             .iter()
-            .any(|c| c.key == k && c.status.is_empty() && requested(c.svc).is_none())
+            .any(|c| c.key == k && requested(c.svc).is_none())
     });
 
     let mut used: BTreeSet<IpAddr> = objs
@@ -395,14 +435,8 @@ pub fn compute(
         .collect();
     used.extend(assigned.values().copied());
 
-    let mut holders = Holders::new();
-    for c in &claimants {
-        for ip in &c.status {
-            claim(&mut holders, c, *ip);
-        }
-    }
     let mut to_write = Vec::new();
-    for c in claimants.iter().filter(|c| c.status.is_empty()) {
+    for c in homeless {
         let ip = if requested(c.svc).is_some() {
             spec_ip(cfg, c.svc)
         } else {
@@ -697,10 +731,21 @@ mod tests {
         objs
     }
 
+    /// `s` in namespace `ns`.
+    fn in_ns(mut s: Service, ns: &str) -> Service {
+        s.metadata.namespace = Some(ns.to_owned());
+        s
+    }
+
     /// Each served Service's VIPs as `address proto ports`, and the Services whose address
-    /// would be written to their status.
-    fn served(objs: &Objects) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
-        let c = compute(&cfg(), objs, &mut HashMap::new());
+    /// would be written to their status, as `name address`.
+    type Served = (BTreeMap<String, Vec<String>>, Vec<String>);
+
+    fn served(objs: &Objects) -> Served {
+        render(compute(&cfg(), objs, &mut HashMap::new()))
+    }
+
+    fn render(c: Computed) -> Served {
         let mut vips: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for v in &c.set.vips {
             vips.entry(v.name.clone())
@@ -836,6 +881,126 @@ mod tests {
         assert_eq!((again.set, again.to_write), (c.set, c.to_write));
     }
 
+    /// A Service refused on its status address was stuck there: only Services without one
+    /// got a pool address, so it had no VIP, and its status kept showing the dead address.
+    #[test]
+    fn a_service_refused_on_its_pool_status_address_moves_and_stays_moved() {
+        const OLD: &str = "198.51.100.1";
+        const NEW: &str = "198.51.100.0";
+        let b = |ingress: &str| lb("b", 2, &[("TCP", 443)], Some("k"), None, Some(ingress));
+        let (vips, written) = served(&objects([
+            lb("a", 1, &[("TCP", 80)], Some("k"), None, Some(OLD)),
+            b(OLD),
+        ]));
+        assert_eq!(vips["ns/b"], [format!("{OLD} tcp [443]")]);
+        assert!(written.is_empty(), "{written:?}");
+        // a drops its key, or takes b's port: a keeps the address, b moves.
+        for a in [
+            lb("a", 1, &[("TCP", 80)], None, None, Some(OLD)),
+            lb(
+                "a",
+                1,
+                &[("TCP", 80), ("TCP", 443)],
+                Some("k"),
+                None,
+                Some(OLD),
+            ),
+        ] {
+            let mut assigned = HashMap::new();
+            let objs = objects([a.clone(), b(OLD)]);
+            let (vips, written) = render(compute(&cfg(), &objs, &mut assigned));
+            assert_eq!(vips["ns/b"], [format!("{NEW} tcp [443]")], "{vips:?}");
+            assert!(vips["ns/a"].iter().all(|v| v.starts_with(OLD)), "{vips:?}");
+            assert_eq!(written, [format!("b {NEW}")]);
+            // The write is in flight, b's status still shows the old address, and an older
+            // Service without one appears: b keeps the new address, neither claiming the old
+            // one again nor giving the new one up to the older Service.
+            let early = |ingress| lb("early", 1, &[("TCP", 22)], None, None, ingress);
+            let objs = objects([a.clone(), early(None), b(OLD)]);
+            let (vips, written) = render(compute(&cfg(), &objs, &mut assigned));
+            assert_eq!(vips["ns/b"], [format!("{NEW} tcp [443]")], "{vips:?}");
+            assert_eq!(
+                written,
+                ["early 198.51.100.2".to_owned(), format!("b {NEW}")]
+            );
+            // The statuses show the new addresses: the same VIPs, nothing left to write.
+            let objs = objects([a, early(Some("198.51.100.2")), b(NEW)]);
+            let done = render(compute(&cfg(), &objs, &mut assigned));
+            assert_eq!(done, (vips, Vec::new()));
+            assert!(assigned.is_empty(), "{assigned:?}");
+        }
+        // A request still stands: b gets what it asks for, or nothing if that is the
+        // refused address.
+        let a = lb("a", 1, &[("TCP", 80)], None, None, Some(OLD));
+        let asks = |ip| lb("b", 2, &[("TCP", 443)], Some("k"), Some(ip), Some(OLD));
+        let (vips, written) = served(&objects([a.clone(), asks("198.51.100.3")]));
+        assert_eq!(vips["ns/b"], ["198.51.100.3 tcp [443]"]);
+        assert_eq!(written, ["b 198.51.100.3"]);
+        let (vips, written) = served(&objects([a, asks(OLD)]));
+        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/a"]);
+        assert!(written.is_empty(), "{written:?}");
+    }
+
+    /// An address outside the pool is another controller's: a Service refused on it keeps
+    /// it in its status and gets no VIP, not even the one it requests.
+    #[test]
+    fn a_refused_status_address_outside_the_pool_is_left_alone() {
+        let mut no_pool = cfg();
+        no_pool.address_pool.clear();
+        for (cfg, ip) in [(cfg(), "192.0.2.9"), (no_pool, "198.51.100.1")] {
+            let objs = objects([
+                lb("a", 1, &[("TCP", 80)], None, None, Some(ip)),
+                lb(
+                    "b",
+                    2,
+                    &[("TCP", 443)],
+                    None,
+                    Some("198.51.100.3"),
+                    Some(ip),
+                ),
+            ]);
+            let (vips, written) = render(compute(&cfg, &objs, &mut HashMap::new()));
+            assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/a"], "{ip}");
+            assert!(written.is_empty(), "{ip}: {written:?}");
+        }
+    }
+
+    /// Keys were compared across namespaces: any team could join another's address by
+    /// copying its key, and the pool placed it there unasked.
+    #[test]
+    fn services_in_different_namespaces_never_share() {
+        const IP: &str = "198.51.100.1";
+        let pair = |request, ingress| {
+            served(&objects([
+                lb("a", 1, &[("TCP", 80)], Some("k"), request, ingress),
+                in_ns(
+                    lb("b", 2, &[("TCP", 443)], Some("k"), request, ingress),
+                    "other",
+                ),
+            ]))
+        };
+        let (vips, written) = pair(Some(IP), None);
+        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/a"]);
+        assert_eq!(written, [format!("a {IP}")]);
+        let (vips, _) = pair(None, Some("192.0.2.9"));
+        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/a"]);
+        // A pool address in b's status: b moves off it.
+        let (vips, written) = pair(None, Some(IP));
+        assert_eq!(vips["ns/a"], [format!("{IP} tcp [80]")]);
+        assert_eq!(vips["other/b"], ["198.51.100.0 tcp [443]"]);
+        assert_eq!(written, ["b 198.51.100.0"]);
+        // The pool puts b on an address of its own, and c with a.
+        let (_, written) = served(&objects([
+            lb("a", 1, &[("TCP", 80)], Some("k"), None, None),
+            in_ns(lb("b", 2, &[("TCP", 443)], Some("k"), None, None), "other"),
+            lb("c", 3, &[("TCP", 8080)], Some("k"), None, None),
+        ]));
+        assert_eq!(
+            written,
+            ["a 198.51.100.0", "b 198.51.100.1", "c 198.51.100.0"]
+        );
+    }
+
     /// `Local` Services on one address need not select the same pods (see [`conflict`]):
     /// each port goes to the nodes with its own Service's endpoints, probed on its own
     /// health check node port.
@@ -915,6 +1080,7 @@ mod tests {
                 Just("IPv4"),
                 Just("IPv6"),
                 Just("1.2.3.4"),
+                Just("198.51.100.1"),
                 Just("::1"),
                 Just("Ready"),
                 Just("True"),
@@ -961,14 +1127,15 @@ mod tests {
 
     proptest! {
         /// Whatever shape the API objects take, computing never panics. The two Services
-        /// may claim one address, with or without one sharing key.
+        /// may claim one address (a pool address too), with or without one sharing key, in
+        /// one namespace or two.
         #[test]
-        fn arbitrary_objects_never_panic(spec in arb_json(), spec2 in arb_json(), status in arb_json(), keys in proptest::collection::vec(prop_oneof![Just(None), Just(Some("")), Just(Some("k")), Just(Some("j"))], 2), slice_eps in arb_json(), node_status in arb_json()) {
+        fn arbitrary_objects_never_panic(spec in arb_json(), spec2 in arb_json(), status in arb_json(), keys in proptest::collection::vec(prop_oneof![Just(None), Just(Some("")), Just(Some("k")), Just(Some("j"))], 2), t_ns in prop_oneof![Just("n"), Just("m")], slice_eps in arb_json(), node_status in arb_json()) {
             let mut objs = Objects::default();
-            for ((name, spec), key) in [("s", spec), ("t", spec2)].into_iter().zip(keys) {
+            for ((name, ns, spec), key) in [("s", "n", spec), ("t", t_ns, spec2)].into_iter().zip(keys) {
                 let annotations = key.map(|k| json!({ SHARING_KEY_ANNOTATION: k }));
-                if let Some(s) = svc(json!({"metadata": {"name": name, "namespace": "n", "annotations": annotations}, "spec": spec, "status": status})) {
-                    objs.services.insert(format!("n/{name}"), s);
+                if let Some(s) = svc(json!({"metadata": {"name": name, "namespace": ns, "annotations": annotations}, "spec": spec, "status": status})) {
+                    objs.services.insert(format!("{ns}/{name}"), s);
                 }
             }
             if let Ok(sl) = serde_json::from_value::<EndpointSlice>(json!({"metadata": {"name": "x", "namespace": "n", "labels": {"kubernetes.io/service-name": "s"}}, "addressType": "IPv4", "endpoints": slice_eps})) {
