@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 pub use arc_swap::ArcSwap;
 pub use bare::{BareForwarder, TunnelForwarder};
 pub use pipeline::{PipelineProcessor, PipelineStats};
-pub use socket::{XdpStats, XskMode, ENCAP_HEADROOM};
+pub use socket::{rx_queues, XdpStats, XskMode, ENCAP_HEADROOM};
 pub use stats::{WorkerStats, DROP_SLOTS};
 
 use crate::bpf::ShedFlags;

@@ -388,8 +388,11 @@ pub(crate) fn open(p: &Placement<'_>) -> Result<WorkerIo, XskError> {
 }
 
 /// Number of RX queues of `iface`, from `ETHTOOL_GCHANNELS` (the larger of the RX-only and the
-/// combined channel counts); 1 when the driver does not report channels.
-pub(crate) fn rx_queues(iface: &str) -> u32 {
+/// combined channel counts); 1 when the driver does not report channels. [`Workers::start`]
+/// starts this many workers unless told otherwise.
+///
+/// [`Workers::start`]: super::Workers::start
+pub fn rx_queues(iface: &str) -> u32 {
     #[repr(C)]
     #[derive(Default)]
     struct EthtoolChannels {
