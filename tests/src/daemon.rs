@@ -243,10 +243,29 @@ impl Daemon {
 
     /// Waits until the log has a line containing every one of `needles`; returns it.
     pub fn wait_log(&self, needles: &[&str], timeout: Duration) -> Result<String> {
+        self.wait_log_after(0, needles, timeout)
+    }
+
+    /// Where the log's complete lines end now: [`Daemon::wait_log_after`] it to look only
+    /// at lines written from here on (a line being written counts as after).
+    pub fn log_len(&self) -> usize {
+        self.log().rfind('\n').map_or(0, |i| i + 1)
+    }
+
+    /// [`Daemon::wait_log`] over the lines from `offset` (a [`Daemon::log_len`]) on, so
+    /// that a line an earlier event logged does not count.
+    pub fn wait_log_after(
+        &self,
+        offset: usize,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) = self
                 .log()
+                .get(offset..)
+                .unwrap_or_default()
                 .lines()
                 .find(|l| needles.iter().all(|n| l.contains(n)))
             {
