@@ -1,8 +1,9 @@
 //! A gateway whose interface is re-created under its name (a network manager re-creating a
 //! bond, VLAN or veth; a NIC re-probed) heals without a restart: `dsrgate run` withdraws
 //! its VIPs, rebuilds its packet path on the new interface, announces again and forwards.
-//! It never replaces an XDP program someone else put there, and SIGTERM still withdraws
-//! then detaches.
+//! It never replaces an XDP program someone else put there, waits until a re-created
+//! uplink is up, follows a change of its RX queues, and SIGTERM still withdraws then
+//! detaches.
 //!
 //! Topology: [`Lab::new`] (or [`Lab::two_arm`]) with one gateway and BIRD on the router;
 //! the gateway's veth is deleted, which deletes its peer on the router's bridge
@@ -20,6 +21,8 @@ use dsrgate_tests::netns::{
 use dsrgate_tests::require_privileges_with;
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
+/// `RUST_LOG` (for an `env` wrapper) with the packet path's debug lines.
+const DEBUG_FORWARDING: &str = "RUST_LOG=info,control::daemon::forwarding=debug";
 /// Re-announcing takes the gateway's BGP session coming back too: a one-arm gateway loses
 /// it with its uplink, and its connect retries back off while the link is gone.
 const BACK: Duration = Duration::from_secs(60);
@@ -28,11 +31,12 @@ fn privileged(what: &str) -> bool {
     require_privileges_with(what, &["bird", "birdc"])
 }
 
-/// BIRD and a gateway of `arms` forwarding the VIP, checked with real requests.
-fn gateway(lab: &Lab, arms: Arms) -> Result<(Bird<'_>, Daemon)> {
+/// BIRD and a gateway of `arms` (run under `wrapper`) forwarding the VIP, checked with
+/// real requests.
+fn gateway<'l>(lab: &'l Lab, arms: Arms, wrapper: &[&str]) -> Result<(Bird<'l>, Daemon)> {
     let mut cfg = GatewayConfig::new(1);
     cfg.arms = arms;
-    let (bird, daemon) = lab.one_gateway(&cfg, &[])?;
+    let (bird, daemon) = lab.one_gateway(&cfg, wrapper)?;
     lab.get_many(3)?;
     Ok((bird, daemon))
 }
@@ -47,15 +51,18 @@ fn delete(
     ifname: &str,
 ) -> Result<u32> {
     let index = lab.ns("gw1").ifindex(ifname)?;
+    let since = daemon.log_len();
     topology.unlink(&lab.net, "gw1", ifname)?;
-    daemon.wait_log(
+    daemon.wait_log_after(
+        since,
         &[
             "dataplane unhealthy: withdrawing every VIP",
             &format!("detached from {ifname}"),
         ],
         Duration::from_secs(5),
     )?;
-    daemon.wait_log(
+    daemon.wait_log_after(
+        since,
         &[&format!("{ifname} does not exist: waiting for it")],
         Duration::from_secs(5),
     )?;
@@ -72,16 +79,24 @@ fn recreated(lab: &Lab, topology: &Topology, ifname: &str, old: u32) -> Result<(
     Ok(())
 }
 
-/// The daemon re-attached without a restart, and the router routes the VIP through it
-/// again, where requests succeed.
-fn healed(lab: &Lab, bird: &Bird<'_>, daemon: &mut Daemon, ifname: &str) -> Result<()> {
-    daemon.wait_log(
+/// The daemon re-attached without a restart (logged after `since`, a
+/// [`Daemon::log_len`]), and the router routes the VIP through it again, where requests
+/// succeed.
+fn healed(
+    lab: &Lab,
+    bird: &Bird<'_>,
+    daemon: &mut Daemon,
+    ifname: &str,
+    since: usize,
+) -> Result<()> {
+    daemon.wait_log_after(
+        since,
         &[&format!(
             "re-attaching to {ifname}: rebuilding the packet path"
         )],
         Duration::from_secs(10),
     )?;
-    daemon.wait_log(&[&format!("re-attached to {ifname}")], BACK)?;
+    daemon.wait_log_after(since, &[&format!("re-attached to {ifname}")], BACK)?;
     bird.wait_route(PREFIX4, true, BACK)?;
     lab.wait_routed_via(bird, &[1])?;
     ensure!(daemon.is_running(), "the daemon exited:\n{}", daemon.log());
@@ -117,11 +132,12 @@ fn a_recreated_uplink_is_reattached_and_announced_again() -> Result<()> {
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
-    let (bird, mut daemon) = gateway(&lab, Arms::One)?;
+    let (bird, mut daemon) = gateway(&lab, Arms::One, &[])?;
     let topology = dsr_topology(1, 3);
+    let since = daemon.log_len();
     let old = delete(&lab, &topology, &bird, &daemon, GW_UPLINK)?;
     recreated(&lab, &topology, GW_UPLINK, old)?;
-    healed(&lab, &bird, &mut daemon, GW_UPLINK)?;
+    healed(&lab, &bird, &mut daemon, GW_UPLINK, since)?;
     stops_clean(&lab, &bird, daemon)
 }
 
@@ -131,12 +147,13 @@ fn a_recreated_downlink_is_reattached_while_bgp_stays_up() -> Result<()> {
         return Ok(());
     }
     let lab = Lab::two_arm(1, NODE_BIN)?;
-    let (bird, mut daemon) = gateway(&lab, Arms::Two)?;
+    let (bird, mut daemon) = gateway(&lab, Arms::Two, &[])?;
     let session = bird.protocol("gw1")?;
     let topology = two_arm_topology(1, 3);
+    let since = daemon.log_len();
     let old = delete(&lab, &topology, &bird, &daemon, GW_DOWNLINK)?;
     recreated(&lab, &topology, GW_DOWNLINK, old)?;
-    healed(&lab, &bird, &mut daemon, GW_DOWNLINK)?;
+    healed(&lab, &bird, &mut daemon, GW_DOWNLINK, since)?;
     // The session over the uplink never went down: its last state change is the same.
     ensure!(
         bird.protocol("gw1")? == session,
@@ -152,7 +169,8 @@ fn a_foreign_xdp_program_on_the_recreated_uplink_is_left_alone() -> Result<()> {
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
-    let (bird, mut daemon) = gateway(&lab, Arms::One)?;
+    // Debug lines of the packet path too: the repeated failures are logged at that level.
+    let (bird, mut daemon) = gateway(&lab, Arms::One, &["env", DEBUG_FORWARDING])?;
     let gw1 = lab.ns("gw1");
     let bin = dsrgate_bin()?;
     let decap = |verb: &str| -> Result<()> {
@@ -165,6 +183,7 @@ fn a_foreign_xdp_program_on_the_recreated_uplink_is_left_alone() -> Result<()> {
     // (the node decapsulator) attached to it before the daemon can look.
     let topology = dsr_topology(1, 3);
     let old = gw1.ifindex(GW_UPLINK)?;
+    let since = daemon.log_len();
     daemon.signal(libc::SIGSTOP)?;
     let foreign = topology
         .unlink(&lab.net, "gw1", GW_UPLINK)
@@ -173,16 +192,27 @@ fn a_foreign_xdp_program_on_the_recreated_uplink_is_left_alone() -> Result<()> {
     daemon.signal(libc::SIGCONT)?;
     foreign?;
 
-    // Every attempt fails, and the program stays: the one the decap command removes.
-    let failed = format!("re-attaching to {GW_UPLINK} failed");
+    // Every attempt fails, and the program stays: the one the decap command removes. The
+    // error is logged at error level once, its repeats at debug.
+    let failed = format!("re-attaching to {GW_UPLINK} failed; retrying every 5s");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while daemon.log().matches(&failed).count() < 2 {
+    while daemon.log()[since..].matches(&failed).count() < 2 {
         if Instant::now() > deadline {
             bail!("fewer than 2 failed attempts:\n{}", daemon.log());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("{}", daemon.wait_log(&[&failed], Duration::ZERO)?);
+    let log = daemon.log();
+    let errors: Vec<&str> = log[since..]
+        .lines()
+        .filter(|l| l.contains(&failed) && l.contains(" ERROR "))
+        .collect();
+    ensure!(
+        errors.len() == 1,
+        "{} failures at error level, not 1:\n{log}",
+        errors.len()
+    );
+    eprintln!("{}", errors[0]);
     // BGP runs over the new uplink, but the VIP stays withdrawn.
     let deadline = Instant::now() + BACK;
     while !bird.protocol("gw1")?.contains("Established") {
@@ -195,8 +225,96 @@ fn a_foreign_xdp_program_on_the_recreated_uplink_is_left_alone() -> Result<()> {
         bird.route(PREFIX4)?.is_none(),
         "announced while another program holds the uplink"
     );
+    let since = daemon.log_len();
     decap("detach").context("the foreign program was replaced")?;
 
-    healed(&lab, &bird, &mut daemon, GW_UPLINK)?;
+    healed(&lab, &bird, &mut daemon, GW_UPLINK, since)?;
+    stops_clean(&lab, &bird, daemon)
+}
+
+/// Sets the channels (RX and TX queues) of gw1's uplink, as a network manager or an
+/// operator's `ethtool -L` does.
+fn channels(gw1: &Netns, queues: u32) -> Result<()> {
+    let n = queues.to_string();
+    gw1.exec(&["ethtool", "-L", GW_UPLINK, "rx", &n, "tx", &n])
+        .map(drop)
+}
+
+#[test]
+fn a_recreated_uplink_is_rebuilt_once_up_and_again_when_its_queues_change() -> Result<()> {
+    if !privileged(
+        "daemon_uplink::a_recreated_uplink_is_rebuilt_once_up_and_again_when_its_queues_change",
+    ) {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let (bird, mut daemon) = gateway(&lab, Arms::One, &[])?;
+    let gw1 = lab.ns("gw1");
+    // The uplink comes back with room for two RX queues and its link not yet up (its peer
+    // on the router is down: no carrier), and is given one queue, while the daemon is
+    // stopped, so that it first sees the uplink so.
+    let mut topology = dsr_topology(1, 3);
+    let link = topology
+        .links
+        .iter_mut()
+        .find(|l| l.a.ns.as_deref() == Some("gw1") && l.a.ifname == GW_UPLINK)
+        .context("no gw1 uplink in the topology")?;
+    link.a.queues = Some(2);
+    let peer = link.b.clone();
+    let peer_ns = lab.ns(peer.ns.as_deref().context("the peer's namespace")?);
+    let carrier = |state: &str| {
+        peer_ns
+            .ip(&["link", "set", "dev", &peer.ifname, state])
+            .map(drop)
+    };
+    let old = gw1.ifindex(GW_UPLINK)?;
+    let since = daemon.log_len();
+    daemon.signal(libc::SIGSTOP)?;
+    let changed = topology
+        .unlink(&lab.net, "gw1", GW_UPLINK)
+        .and_then(|()| recreated(&lab, &topology, GW_UPLINK, old))
+        .and_then(|()| channels(gw1, 1))
+        .and_then(|()| carrier("down"));
+    daemon.signal(libc::SIGCONT)?;
+    changed?;
+
+    // No rebuild while the link is down; one once it is up.
+    daemon.wait_log_after(
+        since,
+        &[&format!("{GW_UPLINK} is down: waiting for it to come up")],
+        Duration::from_secs(10),
+    )?;
+    let up = daemon.log_len();
+    ensure!(
+        !daemon.log()[since..up].contains("rebuilding the packet path"),
+        "rebuilt while the uplink was down:\n{}",
+        daemon.log()
+    );
+    carrier("up")?;
+    healed(&lab, &bird, &mut daemon, GW_UPLINK, up)?;
+    daemon.wait_log_after(
+        up,
+        &[&format!("re-attached to {GW_UPLINK}"), "workers=1"],
+        Duration::ZERO,
+    )?;
+
+    // A second RX queue later: rebuilt with a worker for it, without a restart.
+    let more = daemon.log_len();
+    channels(gw1, 2)?;
+    daemon.wait_log_after(
+        more,
+        &[
+            &format!("re-attaching to {GW_UPLINK}: rebuilding the packet path"),
+            "2 RX queues, the workers were started for 1",
+        ],
+        Duration::from_secs(15),
+    )?;
+    daemon.wait_log_after(
+        more,
+        &[&format!("re-attached to {GW_UPLINK}"), "workers=2"],
+        Duration::from_secs(15),
+    )?;
+    bird.wait_route(PREFIX4, true, BACK)?;
+    lab.get_many(5)?;
     stops_clean(&lab, &bird, daemon)
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,9 @@ use arc_swap::ArcSwap;
 use dataplane::bpf::{self, Steer, SteerCounters};
 use dataplane::pipeline::WorkerConfig;
 use dataplane::snapshot::{Snapshot, SourcePrefix};
-use dataplane::xsk::{PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig, XskError};
+use dataplane::xsk::{
+    rx_queues, PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig, XskError,
+};
 
 use crate::config::{Config, Topology};
 use crate::policy::DataplaneProblem;
@@ -25,6 +28,11 @@ const STALL_AFTER: Duration = Duration::from_secs(2);
 /// The least time between two attempts to rebuild the packet path: each loads the
 /// steering program (the verifier runs) and opens every socket again.
 const REATTACH_EVERY: Duration = Duration::from_secs(5);
+/// How long the configured interfaces must look the same (index, link up, RX queues)
+/// before a rebuild: a network manager or udev may still be configuring one that
+/// reappeared (channels, link up, bond ports), and the queue count and native or generic
+/// mode that a rebuild finds stay until the next one.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// The settings of `[dataplane]` that only a restart can change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +95,7 @@ impl Heartbeats {
     }
 }
 
-/// The packet path, rebuilt in place when its interfaces are re-created (see
+/// The packet path, rebuilt in place when its interfaces are re-created or changed (see
 /// [`Dataplane::reattach`]). Dropping it detaches the steering program, then stops the
 /// workers (see [`Workers`]).
 pub struct Dataplane {
@@ -101,10 +109,19 @@ pub struct Dataplane {
     lost: String,
     /// The mode of the last attach, for the status while no path runs.
     xdp_mode: bpf::AttachMode,
+    /// The configured interfaces as last read, and since when they have looked so.
+    look: Look,
+    look_since: Instant,
+    /// The last check found a fault that a rebuild mends.
+    due: bool,
     /// No rebuild is tried before this.
     next_attempt: Instant,
-    /// The interface a rebuild waits for to exist again (logged once).
+    /// Why a rebuild waits (an interface absent or down), logged once.
     waiting: Option<String>,
+    /// The last error reading whether the uplink runs the steering program.
+    unreadable: LastError,
+    /// The last failed rebuild's error.
+    failed: LastError,
     /// Successful rebuilds, for the log.
     restarts: u64,
 }
@@ -113,12 +130,187 @@ pub struct Dataplane {
 /// interfaces that had the configured names then.
 struct Path {
     workers: Workers<Steer>,
-    uplink_ifindex: u32,
-    downlink_ifindex: Option<u32>,
+    started: Started,
     xdp_mode: bpf::AttachMode,
     beats: Heartbeats,
     /// Each worker's pipeline counters, in worker order.
     pipelines: Vec<Arc<PipelineStats>>,
+}
+
+/// What a path was started on: the interfaces' indexes, and one worker per RX queue the
+/// uplink had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Started {
+    uplink: u32,
+    downlink: Option<u32>,
+    workers: u32,
+}
+
+/// One configured interface as it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Link {
+    index: u32,
+    /// Up and running (see [`link_up`]).
+    up: bool,
+}
+
+/// The configured interfaces as they are now: each `None` while it does not exist (and the
+/// downlink in one-arm), and the uplink's RX queues as [`rx_queues`] counts them, which is
+/// how [`Workers::start`] counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Look {
+    uplink: Option<Link>,
+    downlink: Option<Link>,
+    rx_queues: u32,
+}
+
+impl Look {
+    fn read(fixed: &Fixed) -> Look {
+        let link = |iface: &str| {
+            ifindex_of(iface).map(|index| Link {
+                index,
+                up: link_up(iface),
+            })
+        };
+        let uplink = link(&fixed.uplink);
+        Look {
+            uplink,
+            downlink: fixed.downlink.as_deref().and_then(link),
+            rx_queues: uplink.map_or(0, |_| rx_queues(&fixed.uplink)),
+        }
+    }
+}
+
+/// Which configured interface a fault is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arm {
+    Uplink,
+    Downlink,
+}
+
+/// Why a path is out of step with its interfaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fault {
+    /// No path runs: the last rebuild failed.
+    Unbuilt,
+    /// The interface under the configured name is not the one the path runs on: gone, or
+    /// re-created with a new index.
+    Recreated(Arm),
+    /// The uplink no longer runs our program (`bpftool link detach`, another loader).
+    Detached,
+    /// Whether the uplink runs our program cannot be read (a netlink error: ENOBUFS, EINTR).
+    Unreadable(String),
+    /// The uplink's RX queues are not the workers' (an `ethtool -L` since): a queue without
+    /// a worker has no socket, so its VIP traffic goes to the kernel.
+    Queues { workers: u32, now: u32 },
+}
+
+impl Fault {
+    /// Whether the VIPs are withdrawn for it. Not for a queue change: every worker still
+    /// forwards its queue's traffic until the rebuild.
+    fn withdraws(&self) -> bool {
+        !matches!(self, Fault::Queues { .. })
+    }
+
+    /// Whether a rebuild mends it. Not an unreadable state: the path most likely still
+    /// forwards, and a rebuild would drop every flow table for one failed query.
+    fn rebuilds(&self) -> bool {
+        !matches!(self, Fault::Unreadable(_))
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Unbuilt => f.write_str("the last rebuild failed"),
+            Fault::Recreated(_) => f.write_str("re-created under its name, or gone"),
+            Fault::Detached => f.write_str("the steering program is no longer attached"),
+            Fault::Unreadable(e) => write!(f, "whether the steering program runs: {e}"),
+            Fault::Queues { workers, now } => {
+                write!(f, "{now} RX queues, the workers were started for {workers}")
+            }
+        }
+    }
+}
+
+impl Started {
+    /// The fault of a path started thus when the interfaces look like `look`. `attached`
+    /// answers whether the uplink still runs the steering program; it is only asked when
+    /// the uplink is the one the path runs on.
+    fn fault(&self, look: &Look, attached: impl FnOnce() -> Result<bool, String>) -> Option<Fault> {
+        if look.uplink.map(|l| l.index) != Some(self.uplink) {
+            return Some(Fault::Recreated(Arm::Uplink));
+        }
+        match attached() {
+            Ok(true) => {}
+            Ok(false) => return Some(Fault::Detached),
+            Err(e) => return Some(Fault::Unreadable(e)),
+        }
+        if look.downlink.map(|l| l.index) != self.downlink {
+            return Some(Fault::Recreated(Arm::Downlink));
+        }
+        (look.rx_queues != self.workers).then_some(Fault::Queues {
+            workers: self.workers,
+            now: look.rx_queues,
+        })
+    }
+}
+
+/// Why a rebuild must wait, if it must.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Unready<'a> {
+    Absent(&'a str),
+    Down(&'a str),
+    /// The interfaces changed less than [`SETTLE`] ago.
+    Settling,
+}
+
+impl Unready<'_> {
+    /// What is logged (once) while a rebuild waits; nothing while the interfaces settle.
+    fn message(&self) -> Option<String> {
+        match self {
+            Unready::Absent(i) => Some(format!("{i} does not exist: waiting for it to re-attach")),
+            Unready::Down(i) => Some(format!(
+                "{i} is down: waiting for it to come up to re-attach"
+            )),
+            Unready::Settling => None,
+        }
+    }
+}
+
+/// Whether the interfaces of `fixed`, looking like `look` for `stable`, can be rebuilt on:
+/// each exists and is up, and they have stopped changing.
+fn unready<'a>(fixed: &'a Fixed, look: &Look, stable: Duration) -> Option<Unready<'a>> {
+    let arms = [Some((fixed.uplink.as_str(), look.uplink))]
+        .into_iter()
+        .chain([fixed.downlink.as_deref().map(|d| (d, look.downlink))]);
+    for (iface, link) in arms.flatten() {
+        match link {
+            None => return Some(Unready::Absent(iface)),
+            Some(l) if !l.up => return Some(Unready::Down(iface)),
+            Some(_) => {}
+        }
+    }
+    (stable < SETTLE).then_some(Unready::Settling)
+}
+
+/// The last of a repeating error, so that a repeat can be logged lower than a new one.
+#[derive(Default)]
+struct LastError(Option<String>);
+
+impl LastError {
+    /// Records `error`; true if it is not the last one.
+    fn is_new(&mut self, error: &str) -> bool {
+        let new = self.0.as_deref() != Some(error);
+        if new {
+            self.0 = Some(error.to_owned());
+        }
+        new
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
+    }
 }
 
 impl Path {
@@ -129,10 +321,10 @@ impl Path {
     fn start(fixed: &Fixed, snapshot: &Arc<ArcSwap<Snapshot>>, vips: &[bpf::Vip]) -> Result<Path> {
         // Read before the sockets bind: a downlink re-created in between is then seen as
         // such (and rebuilt again) rather than missed.
-        let downlink_ifindex = fixed.downlink.as_deref().and_then(ifindex_of);
+        let downlink = fixed.downlink.as_deref().and_then(ifindex_of);
         let steer = Steer::attach(&fixed.uplink)
             .with_context(|| format!("attaching the steering program to {}", fixed.uplink))?;
-        let uplink_ifindex = steer.ifindex();
+        let uplink = steer.ifindex();
         let xdp_mode = steer.mode();
         let mut xsk = XskConfig::new(&fixed.uplink);
         xsk.downlink = fixed.downlink.clone();
@@ -151,9 +343,12 @@ impl Path {
         set_vips(&mut workers, vips)?;
         let beats = Heartbeats::new(workers.stats().iter().map(progress), Instant::now());
         Ok(Path {
+            started: Started {
+                uplink,
+                downlink,
+                workers: u32::try_from(pipelines.len()).unwrap_or(u32::MAX),
+            },
             workers,
-            uplink_ifindex,
-            downlink_ifindex,
             xdp_mode,
             beats,
             pipelines,
@@ -183,6 +378,7 @@ impl Dataplane {
     /// each reading `snapshot`.
     pub fn start(fixed: &Fixed, snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Dataplane> {
         let path = Path::start(fixed, &snapshot, &[])?;
+        let now = Instant::now();
         Ok(Dataplane {
             fixed: fixed.clone(),
             snapshot,
@@ -190,8 +386,13 @@ impl Dataplane {
             lost: fixed.uplink.clone(),
             xdp_mode: path.xdp_mode,
             path: Some(path),
-            next_attempt: Instant::now(),
+            look: Look::read(fixed),
+            look_since: now,
+            due: false,
+            next_attempt: now,
             waiting: None,
+            unreadable: LastError::default(),
+            failed: LastError::default(),
             restarts: 0,
         })
     }
@@ -260,12 +461,17 @@ impl Dataplane {
     }
 
     /// Why the packet path cannot forward, if it cannot: an interface it no longer runs on
-    /// (first: the workers of a vanished interface also stall, and only this cause is
-    /// healed by [`Dataplane::reattach`]), or a worker that stopped making progress.
+    /// or whose state cannot be read (first: the workers of a vanished interface also
+    /// stall, and only this cause is healed by [`Dataplane::reattach`]), or a worker that
+    /// stopped making progress. Also notes whether a rebuild is due, which a change of the
+    /// uplink's RX queues calls for without withdrawing.
     pub fn problem(&mut self, stats: &[WorkerStats], now: Instant) -> Option<DataplaneProblem> {
-        if let Some(iface) = self.detached() {
+        self.observe(now);
+        let fault = self.fault();
+        self.due = fault.as_ref().is_some_and(Fault::rebuilds);
+        if let Some(fault) = fault.filter(Fault::withdraws) {
             return Some(DataplaneProblem::XdpDetached {
-                iface: iface.to_owned(),
+                iface: self.iface(&fault).to_owned(),
             });
         }
         let path = self.path.as_mut()?;
@@ -275,61 +481,98 @@ impl Dataplane {
         Some(DataplaneProblem::WorkerStalled { worker })
     }
 
-    /// The interface the path no longer runs on: the uplink re-created under its name (a
-    /// new index) or no longer running our program (a `bpftool link detach`, another
-    /// loader), or in two-arm the downlink re-created; the last one rebuilt for while no
-    /// path runs.
-    fn detached(&self) -> Option<&str> {
-        let Some(path) = &self.path else {
-            return Some(&self.lost);
-        };
-        let uplink = self.fixed.uplink.as_str();
-        let attached = ifindex_of(uplink) == Some(path.uplink_ifindex)
-            && path.workers.steering().attached().unwrap_or(false);
-        if !attached {
-            return Some(uplink);
+    /// Reads the configured interfaces; a change restarts the settle time.
+    fn observe(&mut self, now: Instant) {
+        let look = Look::read(&self.fixed);
+        if look != self.look {
+            (self.look, self.look_since) = (look, now);
         }
-        let downlink = self.fixed.downlink.as_deref()?;
-        (ifindex_of(downlink) != path.downlink_ifindex).then_some(downlink)
     }
 
-    /// Rebuilds the packet path after [`Dataplane::problem`] found `iface` detached: stops
-    /// the old path (detaching steering if still attached, stopping the workers, closing
-    /// their sockets), then attaches to the interfaces now under the configured names with
-    /// the same settings, snapshot and VIPs. True if a new path runs. At most one attempt
-    /// per [`REATTACH_EVERY`]; while a configured interface does not exist there is none,
-    /// it is waited for. An attach that fails (another XDP program there, which is never
-    /// replaced: see [`Path::start`]) is logged and tried again. An error only if a worker
-    /// of the old path had panicked, which does not heal.
+    /// The path's fault as of the last [`Dataplane::observe`], asking the kernel whether
+    /// the uplink still runs the steering program. An unreadable answer is logged when it
+    /// differs from the last.
+    fn fault(&mut self) -> Option<Fault> {
+        let Some(path) = &self.path else {
+            return Some(Fault::Unbuilt);
+        };
+        let fault = path.started.fault(&self.look, || {
+            path.workers
+                .steering()
+                .attached()
+                .map_err(|e| e.to_string())
+        });
+        match &fault {
+            Some(Fault::Unreadable(error)) => {
+                if self.unreadable.is_new(error) {
+                    tracing::warn!(%error, iface = %self.fixed.uplink,
+                        "cannot read whether the steering program is attached; withdrawing, not rebuilding");
+                }
+            }
+            _ => self.unreadable.clear(),
+        }
+        fault
+    }
+
+    /// The interface `fault` is about.
+    fn iface(&self, fault: &Fault) -> &str {
+        match fault {
+            Fault::Unbuilt => &self.lost,
+            Fault::Recreated(Arm::Downlink) => self.fixed.downlink.as_deref().unwrap_or_default(),
+            _ => &self.fixed.uplink,
+        }
+    }
+
+    /// Rebuilds the packet path when [`Dataplane::problem`] found a fault that a rebuild
+    /// mends: an interface re-created under its name, the steering program gone, the
+    /// uplink's RX queues changed, or no path after a failed rebuild. It stops the old path
+    /// (detaching steering if still attached, stopping the workers, closing their sockets),
+    /// then attaches to the interfaces now under the configured names with the same
+    /// settings, snapshot and VIPs. True if a new path runs.
     ///
-    /// The new workers start with empty flow tables. That loses nothing that still worked:
-    /// the flows arrived on an interface that is gone or no longer steered to them. Their
-    /// next packets are hashed again on the same Maglev tables (same snapshot), so they
-    /// reach the backend they had unless the backend set changed meanwhile, and new flows
+    /// The fault is checked again first, so one failed netlink query never tears a working
+    /// path down. At most one attempt per [`REATTACH_EVERY`], and none while a configured
+    /// interface does not exist or is down, nor until the interfaces have looked the same
+    /// for [`SETTLE`]. An attach that fails (another XDP program there, which is never
+    /// replaced: see [`Path::start`]) is tried again; its error is logged at error level
+    /// when it is new, at debug when it repeats. An error only if a worker of the old path
+    /// had panicked, which does not heal.
+    ///
+    /// The new workers start with empty flow tables, so an open flow's next packet takes
+    /// the current Maglev choice (same snapshot, same tables): it keeps its backend only if
+    /// that is still the choice. A flow pinned across an earlier backend change (its
+    /// recorded backend is no longer the choice for its hash: a backend added or back up, a
+    /// weight changed) moves, as does one whose backend set changed meanwhile. New flows
     /// get the same choices as before. The workers' counters start again from zero, as
     /// after a restart.
-    pub fn reattach(&mut self, iface: &str, now: Instant) -> Result<bool> {
-        if now < self.next_attempt {
+    pub fn reattach(&mut self, now: Instant) -> Result<bool> {
+        if !self.due || now < self.next_attempt {
             return Ok(false);
         }
-        let absent = [Some(&self.fixed.uplink), self.fixed.downlink.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|i| ifindex_of(i).is_none());
-        if let Some(absent) = absent {
-            if self.waiting.as_ref() != Some(absent) {
-                tracing::warn!("{absent} does not exist: waiting for it to re-attach");
-                self.waiting = Some(absent.clone());
+        self.observe(now);
+        let stable = now.saturating_duration_since(self.look_since);
+        if let Some(unready) = unready(&self.fixed, &self.look, stable) {
+            let wait = unready.message();
+            if wait.is_some() && wait != self.waiting {
+                tracing::warn!("{}", wait.as_deref().unwrap_or_default());
             }
+            self.waiting = wait;
             return Ok(false);
         }
         self.waiting = None;
+        let Some(fault) = self.fault().filter(Fault::rebuilds) else {
+            self.due = false;
+            return Ok(false);
+        };
+        let iface = self.iface(&fault).to_owned();
         self.next_attempt = now + REATTACH_EVERY;
-        self.lost = iface.to_owned();
-        tracing::info!("re-attaching to {iface}: rebuilding the packet path");
+        self.lost = iface.clone();
         if let Some(old) = self.path.take() {
+            tracing::info!(reason = %fault, "re-attaching to {iface}: rebuilding the packet path");
             old.stop(&self.fixed.uplink)
                 .context("stopping the workers to re-attach")?;
+        } else {
+            tracing::debug!(reason = %fault, "re-attaching to {iface}: rebuilding the packet path");
         }
         match Path::start(&self.fixed, &self.snapshot, &self.vips) {
             Ok(path) => {
@@ -342,14 +585,19 @@ impl Dataplane {
                     "re-attached to {iface}"
                 );
                 self.path = Some(path);
+                self.due = false;
+                self.failed.clear();
                 Ok(true)
             }
             Err(e) => {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    retry_in = ?REATTACH_EVERY,
-                    "re-attaching to {iface} failed"
-                );
+                let error = format!("{e:#}");
+                let message =
+                    format!("re-attaching to {iface} failed; retrying every {REATTACH_EVERY:?}");
+                if self.failed.is_new(&error) {
+                    tracing::error!(error, "{message}");
+                } else {
+                    tracing::debug!(error, "{message}");
+                }
                 Ok(false)
             }
         }
@@ -374,6 +622,36 @@ fn set_vips(workers: &mut Workers<Steer>, vips: &[bpf::Vip]) -> Result<()> {
 /// A number that grows whenever the worker's loop turns.
 fn progress(s: &WorkerStats) -> u64 {
     s.rx + s.idle_polls + s.tx_ring_stalls + s.kick_again + s.kick_busy + s.kick_errors
+}
+
+/// Whether `iface`'s link is up and running: `IFF_UP` (set up) and `IFF_RUNNING` (its
+/// operational state is up, e.g. carrier; `ip link` shows `state UP`). Asked of this
+/// thread's network namespace, as the sockets bind in it.
+fn link_up(iface: &str) -> bool {
+    // SAFETY: plain socket(2) call; the fd is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` is a socket just opened and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid; the name is copied in bounded by IFNAMSIZ - 1.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of a live ifreq.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } != 0 {
+        return false;
+    }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
+    let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
+    let want = libc::IFF_UP | libc::IFF_RUNNING;
+    flags & want == want
 }
 
 fn ifindex_of(iface: &str) -> Option<u32> {
@@ -437,5 +715,83 @@ mod tests {
         assert_eq!(h.stalled([12, 21].into_iter(), at(2600), after), None);
         assert_eq!(h.stalled([13, 21].into_iter(), at(4000), after), None);
         assert_eq!(h.stalled([13, 21].into_iter(), at(4700), after), Some(1));
+    }
+
+    const STARTED: Started = Started {
+        uplink: 7,
+        downlink: None,
+        workers: 2,
+    };
+
+    fn up(index: u32) -> Option<Link> {
+        Some(Link { index, up: true })
+    }
+
+    fn look(uplink: Option<Link>, rx_queues: u32) -> Look {
+        Look {
+            uplink,
+            downlink: None,
+            rx_queues,
+        }
+    }
+
+    #[test]
+    fn a_failed_query_withdraws_but_only_a_change_rebuilds() {
+        let same = look(up(7), 2);
+        assert_eq!(STARTED.fault(&same, || Ok(true)), None);
+        // ENOBUFS once: withdrawn, but the path, which most likely still forwards, stays.
+        let unreadable = STARTED.fault(&same, || Err("ENOBUFS".into())).unwrap();
+        assert!(unreadable.withdraws() && !unreadable.rebuilds());
+        let detached = STARTED.fault(&same, || Ok(false)).unwrap();
+        assert_eq!(detached, Fault::Detached);
+        assert!(detached.withdraws() && detached.rebuilds());
+        // Another uplink under the name, or none: the old one's program is not asked about.
+        for uplink in [up(8), None] {
+            let f = STARTED.fault(&look(uplink, 2), || panic!("asked")).unwrap();
+            assert_eq!(f, Fault::Recreated(Arm::Uplink));
+            assert!(f.withdraws() && f.rebuilds());
+        }
+        let two_arm = Started {
+            downlink: Some(9),
+            ..STARTED
+        };
+        let mut recreated = same;
+        recreated.downlink = up(10);
+        assert_eq!(
+            two_arm.fault(&recreated, || Ok(true)),
+            Some(Fault::Recreated(Arm::Downlink))
+        );
+        // `ethtool -L` since the start: rebuilt, while the workers go on forwarding.
+        let queues = STARTED.fault(&look(up(7), 3), || Ok(true)).unwrap();
+        assert_eq!(queues, Fault::Queues { workers: 2, now: 3 });
+        assert!(!queues.withdraws() && queues.rebuilds());
+    }
+
+    #[test]
+    fn a_rebuild_waits_until_its_interfaces_exist_are_up_and_settled() {
+        let fixed = Fixed {
+            uplink: "eth0".into(),
+            downlink: Some("eth1".into()),
+            cores: Vec::new(),
+            flow_table_size: 1,
+        };
+        let mut look = Look {
+            uplink: up(7),
+            downlink: up(9),
+            rx_queues: 1,
+        };
+        assert_eq!(unready(&fixed, &look, SETTLE), None);
+        let early = SETTLE - Duration::from_millis(1);
+        assert_eq!(unready(&fixed, &look, early), Some(Unready::Settling));
+        look.downlink = Some(Link {
+            index: 9,
+            up: false,
+        });
+        assert_eq!(unready(&fixed, &look, SETTLE), Some(Unready::Down("eth1")));
+        look.uplink = None;
+        assert_eq!(
+            unready(&fixed, &look, SETTLE),
+            Some(Unready::Absent("eth0"))
+        );
     }
 }

@@ -17,9 +17,11 @@
 //! hops, or an interface re-created under its name or stripped of the steering program (a
 //! network manager re-creating a bond, VLAN or veth, a NIC re-probed, `bpftool link
 //! detach`). For the last the daemon rebuilds the packet path itself
-//! (`Dataplane::reattach`): at most one attempt every few seconds, an interface that does
-//! not exist is waited for, another XDP program is never replaced, and health, BGP
-//! sessions and the Kubernetes view go on as they were. One that cannot heal, a worker
+//! (`Dataplane::reattach`), and also, without withdrawing, when the uplink's RX queue
+//! count changed: at most one attempt every few seconds, once the interfaces exist, are
+//! up and have stopped changing for a moment; another XDP program is never replaced, and
+//! health, BGP sessions and the Kubernetes view go on as they were. A failed query of the
+//! attach state withdraws but never rebuilds. One that cannot heal, a worker
 //! thread that ended (panicked), fails the control loop: the daemon shuts down as below,
 //! without the drain, and exits non-zero so that its supervisor restarts it. Any other
 //! failure (a helper thread that ended) shuts down the same way, with the drain if the
@@ -385,17 +387,14 @@ impl Daemon {
         self.check_observed();
         self.evaluate(shutting_down);
         self.report(&stats, now);
-        // Last, once the withdrawal has gone to the speaker: a rebuild takes a while (the
+        // Last, once a withdrawal has gone to the speaker: a rebuild takes a while (the
         // verifier runs). The routes stay withdrawn until the next turn finds the new path
         // healthy. A drain ends soon and detaches anyway.
-        if let Some(DataplaneProblem::XdpDetached { iface }) = &self.problem {
-            let iface = iface.clone();
-            if !shutting_down && self.dataplane().reattach(&iface, now)? {
-                // A re-created interface has a new index and maybe a new MAC, and its
-                // neighbours are to be resolved again.
-                self.refresh_egress(now);
-                self.refresh_next_hops(now);
-            }
+        if !shutting_down && self.dataplane().reattach(now)? {
+            // A re-created interface has a new index and maybe a new MAC, and its
+            // neighbours are to be resolved again.
+            self.refresh_egress(now);
+            self.refresh_next_hops(now);
         }
         Ok(())
     }
