@@ -7,10 +7,10 @@
 //! ```
 //!
 //! The loop waits on a crossbeam `select!` for signals, health transitions and Kubernetes
-//! updates, with a [`TICK`] timeout; every turn it re-reads the egress interface and next
-//! hops (every [`NEIGH_EVERY`]), checks the dataplane, publishes a new snapshot if
-//! backends changed, re-evaluates the announce policy, hands the speaker its routes, and
-//! stores a fresh [`Status`](crate::status::Status) for the API.
+//! updates, with a [`TICK`] timeout; every turn it refreshes next hops (every
+//! [`NEIGH_EVERY`]), checks the dataplane, publishes a new snapshot if backends changed,
+//! re-evaluates the announce policy, hands the speaker its routes, and stores a fresh
+//! [`Status`](crate::status::Status) for the API.
 //!
 //! A dataplane problem that can heal withdraws every VIP while the daemon keeps running,
 //! and the policy announces them again once it clears: a stalled worker, unresolved next
@@ -20,8 +20,10 @@
 //! (`Dataplane::reattach`), and also, without withdrawing, when the uplink's RX queue
 //! count changed: at most one attempt every few seconds, once the interfaces exist, are
 //! up and have stopped changing for a moment; another XDP program is never replaced, and
-//! health, BGP sessions and the Kubernetes view go on as they were. A failed query of the
-//! attach state withdraws but never rebuilds. One that cannot heal, a worker
+//! health, BGP sessions and the Kubernetes view go on as they were. The egress interface
+//! (index, MAC, addresses) is read again after a rebuild until it has an outer source for
+//! each family it had one for, and otherwise only at start and on reload. A failed query
+//! of the attach state withdraws but never rebuilds. One that cannot heal, a worker
 //! thread that ended (panicked), fails the control loop: the daemon shuts down as below,
 //! without the drain, and exits non-zero so that its supervisor restarts it. Any other
 //! failure (a helper thread that ended) shuts down the same way, with the drain if the
@@ -66,6 +68,7 @@ use crate::sources::kube::{self as kube_source, KubeSource, KubeUpdate};
 use crate::sources::{static_list, BackendSpec, ServiceSet, VipSpec};
 use crate::status::SharedStatus;
 use dataplane::bpf::steer::MAX_VIPS;
+use dataplane::snapshot::SourcePrefix;
 use forwarding::{Dataplane, Fixed};
 
 /// Longest wait of the control loop between two turns.
@@ -181,6 +184,10 @@ struct Daemon {
     resolver: Resolver,
     egress_ifindex: u32,
     local_mac: [u8; 6],
+    /// From a rebuild or a new egress index on, until the egress has an outer source again
+    /// for each family (IPv4, IPv6) it had one for: the egress is read again with every
+    /// next-hop refresh.
+    egress_pending: Option<[bool; 2]>,
     next_hops: HashMap<IpAddr, Resolution>,
     macs: HashMap<IpAddr, [u8; 6]>,
     next_neigh: Instant,
@@ -241,6 +248,7 @@ impl Daemon {
             resolver,
             egress_ifindex,
             local_mac,
+            egress_pending: None,
             next_hops: HashMap::new(),
             macs: HashMap::new(),
             next_neigh: started,
@@ -391,8 +399,10 @@ impl Daemon {
         // verifier runs). The routes stay withdrawn until the next turn finds the new path
         // healthy. A drain ends soon and detaches anyway.
         if !shutting_down && self.dataplane().reattach(now)? {
-            // A re-created interface has a new index and maybe a new MAC, and its
-            // neighbours are to be resolved again.
+            // A re-created interface has a new index and maybe a new MAC and addresses, and
+            // its neighbours are to be resolved again.
+            self.egress_pending
+                .get_or_insert(outer_families(&self.params));
             self.refresh_egress(now);
             self.refresh_next_hops(now);
         }
@@ -496,11 +506,24 @@ impl Daemon {
         self.services.vips[i].healthy_backends(|t| self.target_state(t))
     }
 
-    /// Reads the egress interface again: re-created under its name, or configured in steps
-    /// by a network manager, it may have a new index, MAC or addresses (the snapshot's
-    /// outer source). What was read before stays while it cannot be read (it is gone).
+    /// Reads the egress interface again once it was re-created and after a rebuild (see
+    /// `egress_pending`): re-created under its name, or configured in steps by a network
+    /// manager, it may have a new index, MAC or addresses (the outer source, unless
+    /// configured). Not in steady state: an address briefly gone (a DHCP renew) would
+    /// withdraw every VIP, and a new first address (IPv6 temporary addresses) would move
+    /// the tunnels' source. What was read before stays while it cannot be read (it is
+    /// gone).
     fn refresh_egress(&mut self, now: Instant) {
         let fixed = self.dataplane().fixed().clone();
+        // Re-created under its name, it is read from then on, before the rebuild: the
+        // backends' routes already name its new index.
+        if ifindex(fixed.egress()).ok() != Some(self.egress_ifindex) {
+            self.egress_pending
+                .get_or_insert(outer_families(&self.params));
+        }
+        let Some(wanted) = self.egress_pending else {
+            return;
+        };
         let (ifindex, mac, params) = match read_egress(&mut self.resolver, &self.config, &fixed) {
             Ok(read) => read,
             Err(e) => {
@@ -508,15 +531,43 @@ impl Daemon {
                 return;
             }
         };
-        if (ifindex, mac) != (self.egress_ifindex, self.local_mac) {
-            tracing::info!(egress = %fixed.egress(), ifindex,
-                mac = %crate::status::format_mac(mac), "egress interface changed");
-            (self.egress_ifindex, self.local_mac) = (ifindex, mac);
+        if ifindex != self.egress_ifindex {
+            tracing::info!(egress = %fixed.egress(), ifindex, "egress interface re-created");
+            self.egress_ifindex = ifindex;
         }
-        if params != self.params {
-            self.params = params;
-            self.dirty_since.get_or_insert(now);
+        self.local_mac = mac;
+        let has = outer_families(&params);
+        if wanted.iter().zip(has).all(|(&want, has)| has || !want) {
+            self.egress_pending = None;
         }
+        self.set_params(params, now);
+    }
+
+    /// Takes new snapshot parameters (a reload, the egress read again), logging a change
+    /// of the egress MAC or of a tunnel outer source, which every tunnelled packet carries.
+    fn set_params(&mut self, params: Params, now: Instant) {
+        if params == self.params {
+            return;
+        }
+        let old = &self.params;
+        if params.local_mac != old.local_mac {
+            tracing::info!(
+                old = %crate::status::format_mac(old.local_mac),
+                new = %crate::status::format_mac(params.local_mac),
+                "egress MAC changed"
+            );
+        }
+        if (params.outer_src_v4, params.outer_src_v6) != (old.outer_src_v4, old.outer_src_v6) {
+            tracing::info!(
+                v4 = %source(params.outer_src_v4),
+                v6 = %source(params.outer_src_v6),
+                old_v4 = %source(old.outer_src_v4),
+                old_v6 = %source(old.outer_src_v6),
+                "tunnel outer source changed"
+            );
+        }
+        self.params = params;
+        self.dirty_since.get_or_insert(now);
     }
 
     fn refresh_next_hops(&mut self, now: Instant) {
@@ -859,10 +910,7 @@ impl Daemon {
             }
             (self.kube, self.kube_rx) = (source, rx);
         }
-        if params != self.params {
-            self.params = params;
-            self.dirty_since.get_or_insert(now);
-        }
+        self.set_params(params, now);
         self.statics = static_list::service_set(&new);
         self.config = new;
         self.services_changed(now);
@@ -1107,6 +1155,16 @@ fn read_egress(
         .with_context(|| format!("reading the MAC address of {egress}"))?;
     let params = forwarding::params(config, fixed, mac)?;
     Ok((ifindex, mac, params))
+}
+
+/// Whether `params` has an outer source for IPv4 and for IPv6.
+fn outer_families(params: &Params) -> [bool; 2] {
+    [params.outer_src_v4.is_some(), params.outer_src_v6.is_some()]
+}
+
+/// An outer source for the log: `ADDR/LEN`, or `none`.
+fn source<A: std::fmt::Display>(s: Option<SourcePrefix<A>>) -> String {
+    s.map_or_else(|| "none".to_owned(), |s| format!("{}/{}", s.addr, s.len))
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
