@@ -42,6 +42,9 @@ pub enum DataplaneProblem {
     WorkerStalled { worker: usize },
     /// The steering XDP program is no longer attached to an interface.
     XdpDetached { iface: String },
+    /// Whether the uplink still runs the steering program cannot be read (a netlink error):
+    /// withdrawn while unknown, but not rebuilt (see `Dataplane::reattach`).
+    SteeringUnreadable { iface: String, error: String },
     /// No next hop toward any backend has a resolved MAC address.
     NextHopUnresolved,
     /// The services' snapshot cannot be built, so the workers run on an older one that
@@ -55,6 +58,12 @@ impl fmt::Display for DataplaneProblem {
             DataplaneProblem::WorkerStalled { worker } => write!(f, "worker {worker} stalled"),
             DataplaneProblem::XdpDetached { iface } => {
                 write!(f, "XDP program detached from {iface}")
+            }
+            DataplaneProblem::SteeringUnreadable { iface, error } => {
+                write!(
+                    f,
+                    "cannot read whether {iface} runs the steering program: {error}"
+                )
             }
             DataplaneProblem::NextHopUnresolved => f.write_str("no next hop resolved"),
             DataplaneProblem::SnapshotRejected { error } => {

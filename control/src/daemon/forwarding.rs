@@ -206,10 +206,18 @@ enum Fault {
 }
 
 impl Fault {
-    /// Whether the VIPs are withdrawn for it. Not for a queue change: every worker still
-    /// forwards its queue's traffic until the rebuild.
-    fn withdraws(&self) -> bool {
-        !matches!(self, Fault::Queues { .. })
+    /// The problem that withdraws the VIPs for it, on `iface`. None for a queue change:
+    /// every worker still forwards its queue's traffic until the rebuild.
+    fn problem(&self, iface: &str) -> Option<DataplaneProblem> {
+        let iface = iface.to_owned();
+        match self {
+            Fault::Queues { .. } => None,
+            Fault::Unreadable(error) => Some(DataplaneProblem::SteeringUnreadable {
+                iface,
+                error: error.clone(),
+            }),
+            _ => Some(DataplaneProblem::XdpDetached { iface }),
+        }
     }
 
     /// Whether a rebuild mends it. Not an unreadable state: the path most likely still
@@ -469,10 +477,8 @@ impl Dataplane {
         self.observe(now);
         let fault = self.fault();
         self.due = fault.as_ref().is_some_and(Fault::rebuilds);
-        if let Some(fault) = fault.filter(Fault::withdraws) {
-            return Some(DataplaneProblem::XdpDetached {
-                iface: self.iface(&fault).to_owned(),
-            });
+        if let Some(problem) = fault.as_ref().and_then(|f| f.problem(self.iface(f))) {
+            return Some(problem);
         }
         let path = self.path.as_mut()?;
         let worker = path
@@ -741,15 +747,26 @@ mod tests {
         assert_eq!(STARTED.fault(&same, || Ok(true)), None);
         // ENOBUFS once: withdrawn, but the path, which most likely still forwards, stays.
         let unreadable = STARTED.fault(&same, || Err("ENOBUFS".into())).unwrap();
-        assert!(unreadable.withdraws() && !unreadable.rebuilds());
+        assert!(!unreadable.rebuilds());
+        // ... and said as what it is, not as a detached program.
+        assert_eq!(
+            unreadable.problem("eth0").map(|p| p.to_string()).as_deref(),
+            Some("cannot read whether eth0 runs the steering program: ENOBUFS")
+        );
         let detached = STARTED.fault(&same, || Ok(false)).unwrap();
         assert_eq!(detached, Fault::Detached);
-        assert!(detached.withdraws() && detached.rebuilds());
+        assert!(detached.rebuilds());
+        assert_eq!(
+            detached.problem("eth0"),
+            Some(DataplaneProblem::XdpDetached {
+                iface: "eth0".into()
+            })
+        );
         // Another uplink under the name, or none: the old one's program is not asked about.
         for uplink in [up(8), None] {
             let f = STARTED.fault(&look(uplink, 2), || panic!("asked")).unwrap();
             assert_eq!(f, Fault::Recreated(Arm::Uplink));
-            assert!(f.withdraws() && f.rebuilds());
+            assert!(f.problem("eth0").is_some() && f.rebuilds());
         }
         let two_arm = Started {
             downlink: Some(9),
@@ -764,7 +781,7 @@ mod tests {
         // `ethtool -L` since the start: rebuilt, while the workers go on forwarding.
         let queues = STARTED.fault(&look(up(7), 3), || Ok(true)).unwrap();
         assert_eq!(queues, Fault::Queues { workers: 2, now: 3 });
-        assert!(!queues.withdraws() && queues.rebuilds());
+        assert!(queues.problem("eth0").is_none() && queues.rebuilds());
     }
 
     #[test]
