@@ -209,8 +209,52 @@ impl Drop for Bird<'_> {
     }
 }
 
+/// Whether two `show protocols` lines show one session: every field equal, and the "since"
+/// times within 100 ms. BIRD keeps "since" on its monotonic clock and prints it as wall
+/// time, so a session that never changed can print a millisecond later once the VM's two
+/// clocks drift apart (seen in CI). So a session that went down and came back must be
+/// compared across a pause of well over 100 ms (the reload tests wait 1.1 s).
+pub fn same_session(a: &str, b: &str) -> bool {
+    // "NAME PROTO TABLE STATE HH:MM:SS.mmm INFO...": the other fields, and "since" in ms.
+    fn split(l: &str) -> (Vec<&str>, Option<u64>) {
+        let mut f: Vec<&str> = l.split_whitespace().collect();
+        let since = (f.len() > 4).then(|| f.remove(4));
+        let ms = since.and_then(|t| {
+            let (hms, ms) = t.split_once('.').unwrap_or((t, "0"));
+            let mut secs = 0u64;
+            for part in hms.split(':') {
+                secs = secs * 60 + part.parse::<u64>().ok()?;
+            }
+            Some(secs * 1000 + ms.parse::<u64>().ok()?)
+        });
+        (f, ms)
+    }
+    let ((fa, ta), (fb, tb)) = (split(a), split(b));
+    fa == fb
+        && match (ta, tb) {
+            (Some(x), Some(y)) => x.abs_diff(y) <= 100,
+            (x, y) => x == y,
+        }
+}
+
 /// The kernel route for `dst` in `ns`, as `ip route show` prints it (empty if none).
 pub fn kernel_route(ns: &Netns, dst: &str) -> Result<String> {
     let family = if dst.contains(':') { "-6" } else { "-4" };
     ns.ip(&[family, "route", "show", dst])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_session;
+
+    #[test]
+    fn same_session_allows_the_display_drift_of_since_only() {
+        let up = "a BGP --- up 23:12:22.574 Established";
+        assert!(same_session(up, up));
+        assert!(same_session(up, "a BGP --- up 23:12:22.575 Established"));
+        // Re-established after a pause, or another state: not the same session.
+        assert!(!same_session(up, "a BGP --- up 23:12:23.700 Established"));
+        assert!(!same_session(up, "a BGP --- start 23:12:22.574 Active"));
+        assert!(!same_session(up, "b BGP --- up 23:12:22.574 Established"));
+    }
 }
