@@ -26,7 +26,7 @@ use kube::{Client, Resource};
 
 use crate::config::Kubernetes;
 use crate::sources::ServiceSet;
-use model::{Assignment, Objects};
+use model::{Assignment, Objects, Problems};
 
 /// What the Kubernetes source tells the control loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +254,8 @@ struct Sync {
     assigned: HashMap<String, IpAddr>,
     pending: Vec<Assignment>,
     attempts: HashMap<(String, String), (IpAddr, Instant)>,
+    /// The last computation's problems, so each is logged once.
+    problems: Problems,
 }
 
 impl Sync {
@@ -269,6 +271,7 @@ impl Sync {
             assigned: HashMap::new(),
             pending: Vec::new(),
             attempts: HashMap::new(),
+            problems: Problems::new(),
         }
     }
 
@@ -303,6 +306,7 @@ impl Sync {
         (self.services.live, self.slices.live, self.nodes.live) =
             (objs.services, objs.slices, objs.nodes);
         self.pending = computed.to_write;
+        self.report(computed.problems);
         if self.last.as_ref() == Some(&computed.set) {
             return true;
         }
@@ -312,6 +316,19 @@ impl Sync {
         );
         self.last = Some(computed.set.clone());
         self.tx.send(KubeUpdate::Services(computed.set)).is_ok()
+    }
+
+    /// Logs the problems that are new since the last computation, and those gone: a
+    /// recompute runs on every watch event (endpoints change all the time in a large
+    /// cluster), and an unchanged problem is not news.
+    fn report(&mut self, now: Problems) {
+        for p in now.difference(&self.problems) {
+            tracing::warn!(service = %p.service, "{}", p.what);
+        }
+        for p in self.problems.difference(&now) {
+            tracing::info!(service = %p.service, "no longer: {}", p.what);
+        }
+        self.problems = now;
     }
 
     /// Writes pool addresses to Service status (merge patch of the status
@@ -406,6 +423,73 @@ mod tests {
         assert_eq!(st.live.keys().collect::<Vec<_>>(), ["a", "c"]);
         assert!(st.apply(Event::Delete(node("a"))));
         assert!(!st.apply(Event::Delete(node("a"))));
+    }
+
+    /// A problem is logged when it appears and when it is gone, not on every recompute.
+    #[test]
+    fn each_problem_is_logged_when_it_appears_and_when_it_is_gone() {
+        use std::sync::{Arc, Mutex};
+        let cfg = crate::config::parse(
+            "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+        .kubernetes
+        .unwrap();
+        let (tx, _rx) = crossbeam::channel::unbounded();
+        let mut sync = Sync::new(cfg, tx);
+        let problem = |service: &str, what: &str| model::Problem {
+            service: service.into(),
+            what: what.into(),
+        };
+        let a = Problems::from([problem("ns/a", "address pool exhausted")]);
+        let ab = Problems::from([
+            problem("ns/a", "address pool exhausted"),
+            problem("ns/b", "ignoring out-of-range port 70000"),
+        ]);
+        let log = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || WriteTo(writer.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for now in [a.clone(), a.clone(), ab.clone(), ab, a.clone(), a] {
+                sync.report(now);
+            }
+        });
+        let text = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].contains("WARN")
+                && lines[0].contains("ns/a")
+                && lines[0].contains("address pool exhausted"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("WARN") && lines[1].contains("ns/b") && lines[1].contains("70000"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("INFO")
+                && lines[2].contains("no longer: ignoring out-of-range port 70000"),
+            "{text}"
+        );
+    }
+
+    /// Appends what is logged to a shared buffer.
+    struct WriteTo(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for WriteTo {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

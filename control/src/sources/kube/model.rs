@@ -42,16 +42,33 @@ pub struct Assignment {
     pub ip: IpAddr,
 }
 
+/// Something in one Service that [`compute`] refused or worked around (an address it may
+/// not have, a port it cannot serve). Returned rather than logged: `compute` runs on every
+/// watch event, and the watcher logs a problem when it appears and when it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// `namespace/name`.
+    pub service: String,
+    pub what: String,
+}
+
+/// The problems one [`compute`] found.
+pub type Problems = BTreeSet<Problem>;
+
+fn note(problems: &mut Problems, service: &str, what: String) {
+    problems.insert(Problem {
+        service: service.to_owned(),
+        what,
+    });
+}
+
 /// Result of [`compute`].
 pub struct Computed {
     pub set: ServiceSet,
     /// Services whose `status.loadBalancer.ingress` lacks their address: new ones, and those
     /// moved off refused pool addresses, whose status the write replaces.
     pub to_write: Vec<Assignment>,
-}
-
-fn key(ns: Option<&str>, name: Option<&str>) -> String {
-    format!("{}/{}", ns.unwrap_or(""), name.unwrap_or(""))
+    pub problems: Problems,
 }
 
 /// Whether dsrgate serves this Service: type LoadBalancer, and the class we
@@ -60,13 +77,6 @@ pub fn selected(cfg: &Kubernetes, svc: &Service) -> bool {
     let Some(spec) = &svc.spec else { return false };
     spec.type_.as_deref() == Some("LoadBalancer")
         && spec.load_balancer_class.as_deref() == cfg.load_balancer_class.as_deref()
-}
-
-fn svc_key(svc: &Service) -> String {
-    key(
-        svc.metadata.namespace.as_deref(),
-        svc.metadata.name.as_deref(),
-    )
 }
 
 /// `raw` as a unicast address: a multicast, broadcast or unspecified address in one Service
@@ -98,11 +108,12 @@ fn ingress_ips(svc: &Service) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-/// Logs the status addresses [`ingress_ips`] leaves out.
-fn warn_refused_ingress(svc: &Service) {
+/// Notes the status addresses [`ingress_ips`] leaves out.
+fn note_refused_ingress(svc: &Service, key: &str, problems: &mut Problems) {
     for raw in raw_ingress_ips(svc) {
         if let Err(why) = unicast(raw) {
-            tracing::warn!(service = %svc_key(svc), value = raw, "ignoring status.loadBalancer.ingress ip: {why}");
+            let what = format!("ignoring status.loadBalancer.ingress ip {raw:?}: {why}");
+            note(problems, key, what);
         }
     }
 }
@@ -118,13 +129,17 @@ fn requested(svc: &Service) -> Option<&str> {
 /// one is configured (as MetalLB and Cilium LB-IPAM do), so a namespace that may create a
 /// Service cannot have any address of its choosing announced. A Service whose request is
 /// refused gets no VIP (never a pool address instead of the one it asked for).
-fn spec_ip(cfg: &Kubernetes, svc: &Service) -> Option<IpAddr> {
-    let raw = requested(svc)?;
+fn spec_ip(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<IpAddr> {
+    let raw = requested(c.svc)?;
     let ip = unicast(raw)
-        .map_err(|why| tracing::warn!(service = %svc_key(svc), value = raw, "ignoring spec.loadBalancerIP: {why}"))
+        .map_err(|why| {
+            let what = format!("ignoring spec.loadBalancerIP {raw:?}: {why}");
+            note(problems, c.key, what)
+        })
         .ok()?;
     if !cfg.address_pool.is_empty() && !in_pool(cfg, ip) {
-        tracing::warn!(service = %svc_key(svc), value = %ip, "ignoring spec.loadBalancerIP outside kubernetes.address_pool");
+        let what = format!("ignoring spec.loadBalancerIP {ip}: outside kubernetes.address_pool");
+        note(problems, c.key, what);
         return None;
     }
     Some(ip)
@@ -220,7 +235,7 @@ fn sharing_key(svc: &Service) -> Option<&str> {
 }
 
 /// The Service's ports that dsrgate serves, per protocol.
-fn served_ports(svc: &Service, key: &str) -> BTreeMap<Protocol, Vec<u16>> {
+fn served_ports(svc: &Service, key: &str, problems: &mut Problems) -> BTreeMap<Protocol, Vec<u16>> {
     let mut by_proto: BTreeMap<Protocol, Vec<u16>> = BTreeMap::new();
     let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
     for p in ports.into_iter().flatten() {
@@ -228,13 +243,18 @@ fn served_ports(svc: &Service, key: &str) -> BTreeMap<Protocol, Vec<u16>> {
             "TCP" => Protocol::Tcp,
             "UDP" => Protocol::Udp,
             other => {
-                tracing::debug!(service = %key, protocol = other, "port protocol not served");
+                let what = format!("port {}: protocol {other} is not served", p.port);
+                note(problems, key, what);
                 continue;
             }
         };
         match u16::try_from(p.port) {
             Ok(port) if port != 0 => by_proto.entry(proto).or_default().push(port),
-            _ => tracing::warn!(service = %key, port = p.port, "ignoring out-of-range port"),
+            _ => note(
+                problems,
+                key,
+                format!("ignoring out-of-range port {}", p.port),
+            ),
         }
     }
     by_proto
@@ -252,14 +272,14 @@ struct Claimant<'a> {
 }
 
 impl<'a> Claimant<'a> {
-    fn new(key: &'a str, svc: &'a Service) -> Self {
-        warn_refused_ingress(svc);
+    fn new(key: &'a str, svc: &'a Service, problems: &mut Problems) -> Self {
+        note_refused_ingress(svc, key, problems);
         Claimant {
             key,
             svc,
             share: sharing_key(svc),
             status: ingress_ips(svc),
-            ports: served_ports(svc, key),
+            ports: served_ports(svc, key, problems),
         }
     }
 }
@@ -325,10 +345,19 @@ fn blocker<'c, 'a>(
 }
 
 /// Gives `ip` to `c` unless a Service already there may not share it with `c`; then `c`
-/// gets no VIP at `ip` (logged with both names).
-fn claim<'c, 'a>(holders: &mut Holders<'c, 'a>, c: &'c Claimant<'a>, ip: IpAddr) -> bool {
+/// gets no VIP at `ip` (a problem that names both).
+fn claim<'c, 'a>(
+    holders: &mut Holders<'c, 'a>,
+    c: &'c Claimant<'a>,
+    ip: IpAddr,
+    problems: &mut Problems,
+) -> bool {
     if let Some((kept, why)) = blocker(holders, c, ip) {
-        tracing::warn!(service = %c.key, vip = %ip, kept = %kept.key, "address already taken by another Service ({why}); ignored");
+        let what = format!(
+            "address {ip} is taken by {} ({why}); not served there",
+            kept.key
+        );
+        note(problems, c.key, what);
         return false;
     }
     holders.entry(ip).or_default().push(c);
@@ -370,7 +399,7 @@ fn reassignable(cfg: &Kubernetes, c: &Claimant) -> bool {
 ///
 /// Addresses: `status.loadBalancer.ingress[].ip`, else `spec.loadBalancerIP`, else a pool
 /// address. A Service gets an address only if every Service already given it may share it
-/// ([`SHARING_KEY_ANNOTATION`]); otherwise it gets no VIP there (logged), and that address
+/// ([`SHARING_KEY_ANNOTATION`]); otherwise it gets no VIP there (a [`Problem`]), and that address
 /// is never written to its status. Services are taken in creation order (then name), which
 /// gateways with one view agree on, and the addresses in their status before any request or
 /// pool choice: an address a Service was given stays its own, so an older Service cannot
@@ -387,11 +416,12 @@ pub fn compute(
     objs: &Objects,
     assigned: &mut HashMap<String, IpAddr>,
 ) -> Computed {
+    let mut problems = Problems::new();
     let mut claimants: Vec<Claimant> = objs
         .services
         .iter()
         .filter(|(_, s)| selected(cfg, s))
-        .map(|(k, s)| Claimant::new(k, s))
+        .map(|(k, s)| Claimant::new(k, s, &mut problems))
         .collect();
     claimants.sort_by(|a, b| {
         (
@@ -409,11 +439,16 @@ pub fn compute(
     for c in &claimants {
         let mut kept = false;
         for ip in &c.status {
-            kept |= claim(&mut holders, c, *ip);
+            kept |= claim(&mut holders, c, *ip, &mut problems);
         }
         if !kept && reassignable(cfg, c) {
             if !c.status.is_empty() {
-                tracing::warn!(service = %c.key, refused = ?c.status, "refused on every address in its status, all from the pool: assigning one anew");
+                let what = format!(
+                    "refused on every address in its status ({:?}), all from the pool: \
+                     assigning one anew",
+                    c.status
+                );
+                note(&mut problems, c.key, what);
             }
             homeless.push(c);
         }
@@ -438,7 +473,7 @@ pub fn compute(
     let mut to_write = Vec::new();
     for c in homeless {
         let ip = if requested(c.svc).is_some() {
-            spec_ip(cfg, c.svc)
+            spec_ip(cfg, c, &mut problems)
         } else {
             // A pending choice stays unless a Service it may not join took the address since.
             let ip = assigned
@@ -452,13 +487,13 @@ pub fn compute(
                     assigned.insert(c.key.to_owned(), ip);
                 }
                 None if !cfg.address_pool.is_empty() => {
-                    tracing::warn!(service = %c.key, "address pool exhausted")
+                    note(&mut problems, c.key, "address pool exhausted".into())
                 }
                 None => {}
             }
             ip
         };
-        if let Some(ip) = ip.filter(|ip| claim(&mut holders, c, *ip)) {
+        if let Some(ip) = ip.filter(|ip| claim(&mut holders, c, *ip, &mut problems)) {
             if !cfg.address_pool.is_empty() {
                 to_write.push(Assignment {
                     namespace: c.svc.metadata.namespace.clone().unwrap_or_default(),
@@ -475,7 +510,11 @@ pub fn compute(
         .collect();
     let mut set = ServiceSet { vips };
     set.normalize();
-    Computed { set, to_write }
+    Computed {
+        set,
+        to_write,
+        problems,
+    }
 }
 
 /// The VIPs (one per protocol) of one Service at one address.
@@ -573,6 +612,15 @@ mod tests {
 
     fn svc(v: Value) -> Option<Service> {
         serde_json::from_value(v).ok()
+    }
+
+    fn svc_key(svc: &Service) -> String {
+        let m = &svc.metadata;
+        format!(
+            "{}/{}",
+            m.namespace.as_deref().unwrap_or(""),
+            m.name.as_deref().unwrap_or("")
+        )
     }
 
     #[test]
@@ -802,6 +850,49 @@ mod tests {
         assert_eq!(vips.len(), 1, "{vips:?}");
         assert_eq!(vips["ns/old"], old);
         assert_eq!(written, [format!("old {IP}")]);
+    }
+
+    /// Each refusal is a problem naming the Service and why, and a recompute of the same
+    /// objects finds the same problems (the watcher logs only the difference; each used
+    /// to be logged again on every watch event).
+    #[test]
+    fn problems_name_the_service_and_are_the_same_on_every_recompute() {
+        let objs = objects([
+            lb("old", 1, &[("TCP", 80)], None, Some("198.51.100.1"), None),
+            lb("new", 2, &[("TCP", 443)], None, Some("198.51.100.1"), None),
+            lb("far", 3, &[("TCP", 80)], None, Some("192.0.2.7"), None),
+            lb("sctp", 4, &[("SCTP", 80), ("TCP", 81)], None, None, None),
+        ]);
+        let mut assigned = HashMap::new();
+        let first = compute(&cfg(), &objs, &mut assigned).problems;
+        let got: Vec<(&str, &str)> = first
+            .iter()
+            .map(|p| (p.service.as_str(), p.what.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "ns/far",
+                    "ignoring spec.loadBalancerIP 192.0.2.7: outside kubernetes.address_pool"
+                ),
+                (
+                    "ns/new",
+                    "address 198.51.100.1 is taken by ns/old (they do not share one \
+                     dsrgate.io/allow-shared-ip key); not served there"
+                ),
+                ("ns/sctp", "port 80: protocol SCTP is not served"),
+            ]
+        );
+        for _ in 0..3 {
+            assert_eq!(compute(&cfg(), &objs, &mut assigned).problems, first);
+        }
+        // Gone once its cause is: the newer Service asks for another address.
+        let objs = objects([
+            lb("old", 1, &[("TCP", 80)], None, Some("198.51.100.1"), None),
+            lb("new", 2, &[("TCP", 443)], None, Some("198.51.100.2"), None),
+        ]);
+        assert!(compute(&cfg(), &objs, &mut assigned).problems.is_empty());
     }
 
     /// Status addresses written by another controller were served for every Service that
