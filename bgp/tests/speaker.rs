@@ -662,3 +662,53 @@ fn a_refused_listener_change_puts_the_md5_keys_back() {
         p.state == State::Established
     });
 }
+
+/// Whether a connection from `from` to `to` completes within a second: a listener
+/// holding a TCP MD5 key (RFC 2385) for `from` drops its unsigned SYNs.
+fn unsigned_connect(from: [u8; 4], to: SocketAddr) -> bool {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(IpAddr::from(from), 0).into())
+        .unwrap();
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(1))
+        .is_ok()
+}
+
+/// An IPv4 listener gets only the IPv4 peers' TCP MD5 keys: an IPv6 peer never reaches
+/// it, and Linux refuses a non-IPv4 key on an IPv4 socket (EINVAL), which used to fail
+/// the spawn and every reconfiguration. The IPv4 peer's key is still enforced.
+#[test]
+fn an_ipv4_listener_takes_the_ipv4_keys_and_skips_the_ipv6_ones() {
+    let port = free_port();
+    let listen = vec![SocketAddr::new(LOCALHOST, port)];
+    let gw = [127, 0, 0, 11];
+    let mut r = passive_peer(gw, port);
+    r.md5_password = Some("secret".into());
+    let mut v6 = passive_peer([0; 4], port);
+    v6.address = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    v6.md5_password = Some("other".into());
+    let router = Speaker::spawn(Config {
+        peers: vec![r.clone(), v6.clone()],
+        listen: listen.clone(),
+    })
+    .expect("an IPv6 peer's key does not stop an IPv4 listener");
+    assert!(
+        !unsigned_connect(gw, listen[0]),
+        "the listener takes unsigned connections from a peer with a key"
+    );
+    let _gateway = gateway_from(gw, port, Some("secret"));
+    wait_for("signed session up", &router, |p| {
+        p.address == IpAddr::from(gw) && p.state == State::Established
+    });
+
+    // A reconfiguration with a new IPv6 key is taken too.
+    v6.md5_password = Some("changed".into());
+    let done = router
+        .reconfigure(Config {
+            peers: vec![r, v6],
+            listen,
+        })
+        .expect("an IPv6 peer's new key does not stop an IPv4 listener");
+    assert_eq!(done.changed, [IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+}

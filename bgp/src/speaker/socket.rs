@@ -124,14 +124,17 @@ pub fn listen(addr: SocketAddr, md5: &[(IpAddr, &str)]) -> io::Result<mio::net::
 }
 
 /// Sets (or with `None` deletes) `peer`'s TCP MD5 key on a listener bound to `addr`.
+/// An IPv4 listener skips IPv6 peers: they can never connect to it, and Linux refuses a
+/// key whose address is not IPv4 on an IPv4 socket (EINVAL).
 pub fn listener_md5(
     listener: &impl AsRawFd,
     addr: SocketAddr,
     peer: IpAddr,
     password: Option<&str>,
 ) -> io::Result<()> {
-    // A dual-stack listener sees IPv4 peers as mapped addresses.
     let peer = match (addr, peer) {
+        (SocketAddr::V4(_), IpAddr::V6(_)) => return Ok(()),
+        // A dual-stack listener sees IPv4 peers as mapped addresses.
         (SocketAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
         _ => peer,
     };
