@@ -341,6 +341,20 @@ fn base_cluster(server: &FakeApiServer) {
             &[("fd00:244::1", "node-b", true, true, false)],
         ),
     );
+    // One ready pod each for the Cluster Services the tests add: a Cluster Service without
+    // a ready endpoint has no backends.
+    for (svc, pod) in [
+        ("dns", "10.244.1.5"),
+        ("first", "10.244.1.6"),
+        ("second", "10.244.1.7"),
+    ] {
+        let name = format!("{svc}-x1");
+        let eps = [(pod, "node-a", true, true, false)];
+        server.apply(
+            Kind::EndpointSlice,
+            slice("default", &name, svc, "IPv4", &eps),
+        );
+    }
 }
 
 #[test]
@@ -462,10 +476,10 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
             }
         );
     }
-    assert_eq!(
-        find(&set, "kube-system/old", Protocol::Tcp).unwrap().addr,
-        ip("198.51.100.10")
-    );
+    let old = find(&set, "kube-system/old", Protocol::Tcp).unwrap();
+    assert_eq!(old.addr, ip("198.51.100.10"));
+    // Cluster, but no pod at all: every node would refuse its traffic.
+    assert!(old.backends.is_empty(), "{:?}", old.backends);
 
     // The assignment was written to the status subresource.
     let deadline = Instant::now() + BOUND;

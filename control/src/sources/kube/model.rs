@@ -175,42 +175,52 @@ fn excluded(node: &Node) -> bool {
         .is_some_and(|l| l.contains_key(EXCLUDE_LABEL))
 }
 
-/// Ready endpoints of one Service per node: ready and serving (unset counts
-/// as true, as the API says) and not terminating. Each endpoint address counts
-/// once even if two slices list it (slices overlap while being rebalanced);
-/// only slices of the VIP's address family count, so dual-stack Services do
-/// not count each pod twice.
-fn ready_endpoints_per_node<'a>(
+/// The ready endpoints of one Service, as (node, address): ready and serving (unset counts
+/// as true, as the API says) and not terminating. Only slices of the VIP's address family
+/// count, so dual-stack Services do not count each pod twice. An endpoint may name no node
+/// (a manually managed slice pointing outside the cluster).
+fn ready_endpoints<'a>(
     objs: &'a Objects,
-    ns: &str,
-    name: &str,
+    ns: &'a str,
+    name: &'a str,
     v6: bool,
-) -> BTreeMap<&'a str, usize> {
+) -> impl Iterator<Item = (Option<&'a str>, &'a str)> + 'a {
     let family = if v6 { "IPv6" } else { "IPv4" };
-    let mut per_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for slice in objs.slices.values() {
-        let owner = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL));
-        if slice.metadata.namespace.as_deref() != Some(ns)
-            || owner.map(String::as_str) != Some(name)
-            || slice.address_type != family
-        {
-            continue;
-        }
-        for ep in slice.endpoints.iter().flatten() {
+    objs.slices
+        .values()
+        .filter(move |slice| {
+            let owner = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            slice.metadata.namespace.as_deref() == Some(ns)
+                && owner.map(String::as_str) == Some(name)
+                && slice.address_type == family
+        })
+        .flat_map(|slice| slice.endpoints.iter().flatten())
+        .filter_map(|ep| {
             let c = ep.conditions.as_ref();
             let ready = c.and_then(|c| c.ready).unwrap_or(true)
                 && c.and_then(|c| c.serving).unwrap_or(true)
                 && !c.and_then(|c| c.terminating).unwrap_or(false);
-            let (Some(node), Some(addr)) = (ep.node_name.as_deref(), ep.addresses.first()) else {
-                continue;
-            };
-            if ready {
-                per_node.entry(node).or_default().insert(addr.as_str());
-            }
+            let addr = ep.addresses.first()?;
+            ready.then_some((ep.node_name.as_deref(), addr.as_str()))
+        })
+}
+
+/// Ready endpoints of one Service per node ([`ready_endpoints`]). Each endpoint address
+/// counts once even if two slices list it (slices overlap while being rebalanced).
+fn ready_endpoints_per_node<'a>(
+    objs: &'a Objects,
+    ns: &'a str,
+    name: &'a str,
+    v6: bool,
+) -> BTreeMap<&'a str, usize> {
+    let mut per_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (node, addr) in ready_endpoints(objs, ns, name, v6) {
+        if let Some(node) = node {
+            per_node.entry(node).or_default().insert(addr);
         }
     }
     per_node
@@ -545,6 +555,13 @@ fn service_vips(cfg: &Kubernetes, objs: &Objects, c: &Claimant, addr: IpAddr) ->
                 })
             })
             .collect(),
+        // Any node forwards, but only to the Service's endpoints: with none ready (scaled
+        // to zero, every pod failing, a selector typo) every node would refuse the
+        // traffic while kube-proxy's own health still passes, so there is no backend and
+        // the address is withdrawn, where another site announcing it can take over.
+        TrafficPolicy::Cluster if ready_endpoints(objs, ns, name, v6).next().is_none() => {
+            Vec::new()
+        }
         TrafficPolicy::Cluster => objs
             .nodes
             .values()
@@ -704,6 +721,10 @@ mod tests {
         }
         objs.nodes.insert("n1".into(), node("n1", "10.1.0.1"));
         objs.nodes.insert("n2".into(), node("n2", "224.0.0.5"));
+        for name in ["in", "out", "bad-status", "status"] {
+            let eps = json!([{"addresses": ["10.244.0.9"], "nodeName": "n1"}]);
+            add_slice(&mut objs, slice(name, "IPv4", eps));
+        }
         let vips = |cfg: &Kubernetes, objs: &Objects| -> BTreeMap<String, Vec<String>> {
             let c = compute(cfg, objs, &mut HashMap::new());
             let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -769,6 +790,20 @@ mod tests {
             v["status"]["loadBalancer"]["ingress"] = json!([{"ip": ip, "ipMode": "VIP"}]);
         }
         svc(v).unwrap()
+    }
+
+    /// An EndpointSlice of `service` in namespace `ns` with endpoints `eps`.
+    fn slice(service: &str, family: &str, eps: Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-{family}"), "namespace": "ns",
+                "labels": {SERVICE_NAME_LABEL: service}},
+            "addressType": family, "endpoints": eps}))
+        .unwrap()
+    }
+
+    fn add_slice(objs: &mut Objects, s: EndpointSlice) {
+        let key = format!("ns/{}", s.metadata.name.as_deref().unwrap_or_default());
+        objs.slices.insert(key, s);
     }
 
     fn objects(services: impl IntoIterator<Item = Service>) -> Objects {
@@ -850,6 +885,56 @@ mod tests {
         assert_eq!(vips.len(), 1, "{vips:?}");
         assert_eq!(vips["ns/old"], old);
         assert_eq!(written, [format!("old {IP}")]);
+    }
+
+    /// A `Cluster` Service was served by every ready node whether or not it had a pod:
+    /// scaled to zero, it stayed announced while every node refused its traffic.
+    #[test]
+    fn a_cluster_service_has_backends_only_while_it_has_a_ready_endpoint() {
+        let node = |name: &str, addr: &str| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "status": {"addresses": [{"type": "InternalIP", "address": addr}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .unwrap()
+        };
+        let slice = |family: &str, eps: Value| slice("web", family, eps);
+        let backends = |slices: &[EndpointSlice]| -> Vec<String> {
+            let mut objs = objects([lb("web", 1, &[("TCP", 80)], None, None, None)]);
+            objs.nodes.insert("n1".into(), node("n1", "10.1.0.1"));
+            objs.nodes.insert("n2".into(), node("n2", "10.1.0.2"));
+            for s in slices {
+                add_slice(&mut objs, s.clone());
+            }
+            let set = compute(&cfg(), &objs, &mut HashMap::new()).set;
+            assert_eq!(set.vips.len(), 1, "{:?}", set.vips);
+            set.vips[0]
+                .backends
+                .iter()
+                .map(|b| b.addr.to_string())
+                .collect()
+        };
+        let ep = |ready: bool, terminating: bool, node: Option<&str>| {
+            let mut e = json!({"addresses": ["10.244.0.9"],
+                "conditions": {"ready": ready, "serving": ready, "terminating": terminating}});
+            if let Some(n) = node {
+                e["nodeName"] = json!(n);
+            }
+            e
+        };
+        let both = ["10.1.0.1", "10.1.0.2"];
+        assert!(backends(&[]).is_empty());
+        assert!(backends(&[slice("IPv4", json!([ep(false, false, Some("n1"))]))]).is_empty());
+        assert!(backends(&[slice("IPv4", json!([ep(true, true, Some("n1"))]))]).is_empty());
+        assert!(backends(&[slice("IPv6", json!([ep(true, false, Some("n1"))]))]).is_empty());
+        // Any node forwards to a pod anywhere, or to an endpoint on no node at all.
+        assert_eq!(
+            backends(&[slice("IPv4", json!([ep(true, false, Some("n1"))]))]),
+            both
+        );
+        assert_eq!(
+            backends(&[slice("IPv4", json!([ep(true, false, None)]))]),
+            both
+        );
     }
 
     /// Each refusal is a problem naming the Service and why, and a recompute of the same
