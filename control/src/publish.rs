@@ -1,8 +1,10 @@
 //! Turns the control plane's view (services, health, next hops) into one dataplane
 //! [`Snapshot`] and publishes it to the workers with a single `ArcSwap::store`.
 //!
-//! [`desired`] is pure: for every service port it takes the backends that may receive new
-//! flows (healthy, nonzero weight) and the next-hop MACs known for them. A healthy backend
+//! [`desired`] is pure: for every service port it takes the backends the snapshot carries
+//! (healthy; those at weight 0 drain: the Maglev table lists them but gives them no slot, so
+//! the flows recorded to them stay and no new flow goes there) and the next-hop MACs known
+//! for them. A healthy backend
 //! whose next hop is unresolved stays in the Maglev set, so that every gateway keeps the
 //! same table; the workers drop and count its packets as `no_next_hop`, and the announce
 //! policy does not count it as usable. [`Publisher`] compares the result with what is live,
@@ -69,7 +71,8 @@ pub struct Desired {
 }
 
 /// The snapshot content for `services`, whose backends' current usable weights come from
-/// `usable` (see [`crate::sources::VipSpec::healthy_backends`]), with next-hop MACs from
+/// `usable` (see [`crate::sources::VipSpec::serving_backends`]: draining ones at weight 0,
+/// which keep their flows), with next-hop MACs from
 /// `next_hops`. Backends a snapshot cannot carry (an IPv4 backend of an IPv6 VIP, or a
 /// family without an outer source address) are left out with a warning, and so are those
 /// beyond what one Maglev table holds (the table size, at most [`MAX_BACKENDS`]: a Cluster
@@ -433,6 +436,75 @@ mod tests {
         );
         assert_eq!(d.config.vips[0].backends.len(), 200);
         assert!(publisher.publish(d).unwrap().is_some());
+    }
+
+    /// A healthy backend at weight 0 drains: it is in the snapshot (so its recorded flows
+    /// stay) with no Maglev slot (so no new flow goes there). Setting a backend's weight to 0
+    /// changes only the slots it held; removing it once drained changes none.
+    #[test]
+    fn a_weight_zero_backend_is_published_draining_with_no_slots() {
+        let mut s = services();
+        s.vips[0].ports = vec![80];
+        s.vips[0].backends.truncate(2);
+        let (a, b) = (s.vips[0].backends[0].addr, s.vips[0].backends[1].addr);
+        let p = params();
+        let mut publisher = Publisher::new(desired(
+            &s,
+            |i| s.vips[i].serving_backends(|_| None),
+            &HashMap::new(),
+            &p,
+        ))
+        .unwrap();
+        let held = publisher.vips()[0].slots[&b];
+        assert!(held > 0 && held < 251, "{held}");
+
+        s.vips[0].backends[1].weight = 0;
+        let d = desired(
+            &s,
+            |i| s.vips[i].serving_backends(|_| None),
+            &HashMap::new(),
+            &p,
+        );
+        assert_eq!(
+            d.config.vips[0].backends,
+            [
+                BackendConfig { addr: a, weight: 1 },
+                BackendConfig { addr: b, weight: 0 }
+            ]
+        );
+        let key = d.config.vips[0].key;
+        let done = publisher.publish(d).unwrap().unwrap();
+        assert_eq!(
+            done.maglev,
+            [MaglevChange {
+                key,
+                changed_slots: held,
+                table_size: 251
+            }]
+        );
+        assert_eq!(publisher.vips()[0].slots, HashMap::from([(a, 251), (b, 0)]));
+        let live = publisher.handle().load_full();
+        let table = live.vip(&key).unwrap().maglev().clone();
+        assert_eq!(
+            table.backends().len(),
+            2,
+            "the draining backend stays listed"
+        );
+        let ia = table.backends().iter().position(|x| x.addr == a).unwrap() as u32;
+        assert!((0..251).all(|slot| table.slot(slot) == Some(ia)));
+
+        // Down (or removed): it leaves the table, and no slot changes.
+        let done = publisher
+            .publish(desired(
+                &s,
+                |i| s.vips[i].backends[..1].to_vec(),
+                &HashMap::new(),
+                &p,
+            ))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.maglev[0].changed_slots, 0);
+        assert_eq!(publisher.vips()[0].slots, HashMap::from([(a, 251)]));
     }
 
     #[test]

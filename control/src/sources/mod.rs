@@ -1,7 +1,7 @@
 //! Where VIPs and their backends come from: the static config
 //! ([`static_list`]) or the Kubernetes API ([`kube`]). Both produce the same
 //! [`ServiceSet`], which the control loop combines with health state
-//! ([`VipSpec::healthy_backends`]) before Maglev tables are built.
+//! ([`VipSpec::serving_backends`]) before Maglev tables are built.
 
 pub mod kube;
 pub mod static_list;
@@ -84,11 +84,14 @@ impl VipSpec {
         })
     }
 
-    /// The backends that may receive traffic now, with their effective weight:
-    /// unchecked VIPs keep every backend; checked ones keep those whose target
-    /// is up. A weight reported by the probe (kube-proxy's endpoint count)
-    /// replaces the configured one. Weight-0 backends are left out.
-    pub fn healthy_backends(
+    /// The backends the snapshot carries now, with their effective weight: unchecked VIPs
+    /// keep every backend; checked ones keep those whose target is up (a down one is left
+    /// out, and its flows re-hashed). A weight reported by the probe (kube-proxy's endpoint
+    /// count) replaces the configured one. A backend at weight 0 stays, draining: the
+    /// dataplane gives it no Maglev slot, so no new flow goes to it, but the flows recorded
+    /// to it stay there. Left out, each of them would be re-hashed to another node, which
+    /// resets its TCP connection.
+    pub fn serving_backends(
         &self,
         state: impl Fn(&Target) -> Option<(State, Option<u32>)>,
     ) -> Vec<BackendSpec> {
@@ -113,12 +116,24 @@ impl VipSpec {
                         _ => return None,
                     },
                 };
-                (weight > 0).then_some(BackendSpec {
+                Some(BackendSpec {
                     addr: b.addr,
                     weight,
                 })
             })
             .collect()
+    }
+
+    /// The [`serving_backends`](Self::serving_backends) that take new flows (nonzero
+    /// weight): the ones that count toward announcing (`min_healthy`). A VIP whose
+    /// backends are all draining has none, and is withdrawn.
+    pub fn healthy_backends(
+        &self,
+        state: impl Fn(&Target) -> Option<(State, Option<u32>)>,
+    ) -> Vec<BackendSpec> {
+        let mut out = self.serving_backends(state);
+        out.retain(|b| b.weight > 0);
+        out
     }
 
     /// The canonical order of a set's services ([`ServiceSet::normalize`]).
@@ -274,6 +289,51 @@ mod tests {
                 }
             ]
         );
+    }
+
+    /// Weight 0 drains: a healthy backend at weight 0 used to be left out of the snapshot, so
+    /// every flow recorded to it was re-hashed to another node (a TCP reset). It stays at
+    /// weight 0, does not count toward announcing, and leaves once it is down.
+    #[test]
+    fn a_weight_zero_backend_drains_until_it_is_down() {
+        let spec = HealthSpec {
+            probe: Probe::Http {
+                port: 30000,
+                path: "/healthz".into(),
+                weight_header: true,
+            },
+            timing: Timing::default(),
+        };
+        let b = |a: &str, weight| BackendSpec {
+            addr: a.parse().unwrap(),
+            weight,
+        };
+        let checked = vip(
+            "203.0.113.1",
+            &[80],
+            &[
+                ("10.0.0.1", 1),
+                ("10.0.0.2", 0),
+                ("10.0.0.3", 0),
+                ("10.0.0.4", 1),
+            ],
+            Some(spec),
+        );
+        let state = |t: &Target| match t.addr.to_string().as_str() {
+            "10.0.0.1" | "10.0.0.2" => Some((State::Up, None)),
+            "10.0.0.3" => Some((State::Down, None)),
+            // Up, but reports no local endpoint: draining too.
+            _ => Some((State::Up, Some(0))),
+        };
+        assert_eq!(
+            checked.serving_backends(state),
+            [b("10.0.0.1", 1), b("10.0.0.2", 0), b("10.0.0.4", 0)]
+        );
+        assert_eq!(checked.healthy_backends(state), [b("10.0.0.1", 1)]);
+
+        let unchecked = vip("203.0.113.1", &[80], &[("10.0.0.1", 0)], None);
+        assert_eq!(unchecked.serving_backends(|_| None), [b("10.0.0.1", 0)]);
+        assert_eq!(unchecked.healthy_backends(|_| None), []);
     }
 
     /// More service ports than the steering map holds used to fail the map update after a
