@@ -405,6 +405,52 @@ fn reassignable(cfg: &Kubernetes, c: &Claimant) -> bool {
     c.status.iter().all(|ip| in_pool(cfg, *ip))
 }
 
+/// Claims `c`'s status addresses; `c` itself if it kept none and goes on as a Service
+/// without an address ([`reassignable`]).
+fn keep_status<'c, 'a>(
+    cfg: &Kubernetes,
+    holders: &mut Holders<'c, 'a>,
+    c: &'c Claimant<'a>,
+    problems: &mut Problems,
+) -> Option<&'c Claimant<'a>> {
+    let mut kept = false;
+    for ip in &c.status {
+        kept |= claim(holders, c, *ip, problems);
+    }
+    if kept || !reassignable(cfg, c) {
+        return None;
+    }
+    if !c.status.is_empty() {
+        let what = format!(
+            "refused on every address in its status ({:?}), all from the pool: \
+             assigning one anew",
+            c.status
+        );
+        note(problems, c.key, what);
+    }
+    Some(c)
+}
+
+/// The address `c` asks for in `spec.loadBalancerIP` when its status shows others, all
+/// from the pool: the request was changed after the pool address was written (as MetalLB
+/// does, the Service moves, and its status is rewritten). A status address from outside
+/// the pool is another controller's, and stays.
+fn moving_to(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<IpAddr> {
+    if c.status.is_empty() || requested(c.svc).is_none() {
+        return None;
+    }
+    let ip = spec_ip(cfg, c, problems)?;
+    (!c.status.contains(&ip) && reassignable(cfg, c)).then_some(ip)
+}
+
+fn assignment(c: &Claimant, ip: IpAddr) -> Assignment {
+    Assignment {
+        namespace: c.svc.metadata.namespace.clone().unwrap_or_default(),
+        name: c.svc.metadata.name.clone().unwrap_or_default(),
+        ip,
+    }
+}
+
 /// Computes the VIPs of the selected Services.
 ///
 /// Addresses: `status.loadBalancer.ingress[].ip`, else `spec.loadBalancerIP`, else a pool
@@ -421,6 +467,9 @@ fn reassignable(cfg: &Kubernetes, c: &Claimant) -> bool {
 /// remembers pool choices until the Service's status shows them, so a Service keeps one
 /// address while its status write is in flight, even while its status still shows the
 /// refused one.
+/// A Service whose `spec.loadBalancerIP` names another address than its status, which
+/// shows only pool addresses, moves there once every Service that stays has its address,
+/// unless one of those may not share it ([`moving_to`]).
 pub fn compute(
     cfg: &Kubernetes,
     objs: &Objects,
@@ -446,21 +495,21 @@ pub fn compute(
 
     let mut holders = Holders::new();
     let mut homeless = Vec::new();
+    let mut to_write = Vec::new();
+    let mut movers = Vec::new();
     for c in &claimants {
-        let mut kept = false;
-        for ip in &c.status {
-            kept |= claim(&mut holders, c, *ip, &mut problems);
+        match moving_to(cfg, c, &mut problems) {
+            Some(ip) => movers.push((c, ip)),
+            None => homeless.extend(keep_status(cfg, &mut holders, c, &mut problems)),
         }
-        if !kept && reassignable(cfg, c) {
-            if !c.status.is_empty() {
-                let what = format!(
-                    "refused on every address in its status ({:?}), all from the pool: \
-                     assigning one anew",
-                    c.status
-                );
-                note(&mut problems, c.key, what);
-            }
-            homeless.push(c);
+    }
+    // After every Service that stays has its address, so a mover cannot take one that is
+    // another's; one that cannot move stays where it is.
+    for (c, ip) in movers {
+        if claim(&mut holders, c, ip, &mut problems) {
+            to_write.push(assignment(c, ip));
+        } else {
+            homeless.extend(keep_status(cfg, &mut holders, c, &mut problems));
         }
     }
     assigned.retain(|k, _| {
@@ -480,7 +529,6 @@ pub fn compute(
         .collect();
     used.extend(assigned.values().copied());
 
-    let mut to_write = Vec::new();
     for c in homeless {
         let ip = if requested(c.svc).is_some() {
             spec_ip(cfg, c, &mut problems)
@@ -505,11 +553,7 @@ pub fn compute(
         };
         if let Some(ip) = ip.filter(|ip| claim(&mut holders, c, *ip, &mut problems)) {
             if !cfg.address_pool.is_empty() {
-                to_write.push(Assignment {
-                    namespace: c.svc.metadata.namespace.clone().unwrap_or_default(),
-                    name: c.svc.metadata.name.clone().unwrap_or_default(),
-                    ip,
-                });
+                to_write.push(assignment(c, ip));
             }
         }
     }
@@ -1115,6 +1159,65 @@ mod tests {
         let (vips, written) = served(&objects([a, asks(OLD)]));
         assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/a"]);
         assert!(written.is_empty(), "{written:?}");
+    }
+
+    /// A `spec.loadBalancerIP` changed after a pool address was written was ignored for
+    /// good: the status address won, and nothing said so.
+    #[test]
+    fn a_changed_request_moves_the_service_unless_the_address_is_taken() {
+        const WAS: &str = "198.51.100.0";
+        let moved = |request: &str, others: Vec<Service>| {
+            let mut services = vec![lb("web", 5, &[("TCP", 80)], None, Some(request), Some(WAS))];
+            services.extend(others);
+            let objs = objects(services);
+            let c = compute(&cfg(), &objs, &mut HashMap::new());
+            let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+            let (vips, written) = render(c);
+            (vips["ns/web"].clone(), written, problems)
+        };
+        // Asked for another pool address: moved, and the status rewritten.
+        let (vips, written, problems) = moved("198.51.100.2", vec![]);
+        assert_eq!(vips, ["198.51.100.2 tcp [80]"]);
+        assert_eq!(written, ["web 198.51.100.2"]);
+        assert!(problems.is_empty(), "{problems:?}");
+        // Once the status shows it, nothing more to write.
+        let objs = objects([lb(
+            "web",
+            5,
+            &[("TCP", 80)],
+            None,
+            Some("198.51.100.2"),
+            Some("198.51.100.2"),
+        )]);
+        assert_eq!(
+            render(compute(&cfg(), &objs, &mut HashMap::new())).1,
+            Vec::<String>::new()
+        );
+        // Taken by another Service (even a newer one): stays, and says why.
+        let holder = lb(
+            "holder",
+            9,
+            &[("TCP", 80)],
+            None,
+            None,
+            Some("198.51.100.1"),
+        );
+        let (vips, written, problems) = moved("198.51.100.1", vec![holder]);
+        assert_eq!(vips, [format!("{WAS} tcp [80]")]);
+        assert!(written.is_empty(), "{written:?}");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("address 198.51.100.1 is taken by ns/holder"),
+            "{problems:?}"
+        );
+        // Outside the pool: refused, stays.
+        let (vips, written, problems) = moved("192.0.2.7", vec![]);
+        assert_eq!(vips, [format!("{WAS} tcp [80]")]);
+        assert!(written.is_empty(), "{written:?}");
+        assert_eq!(
+            problems,
+            ["ignoring spec.loadBalancerIP 192.0.2.7: outside kubernetes.address_pool"]
+        );
     }
 
     /// An address outside the pool is another controller's: a Service refused on it keeps
