@@ -162,6 +162,10 @@ pub enum SnapshotError {
     PortZero(VipKey),
     #[error("vip {0}: address must be unicast")]
     BadVipAddr(VipKey),
+    #[error("vip {0}: an IPv4-mapped IPv6 address (::ffff:0:0/96) is never a destination on the wire; write the IPv4 address")]
+    MappedVipAddr(VipKey),
+    #[error("vip {vip}: backend {addr} is an IPv4-mapped IPv6 address (::ffff:0:0/96), never a destination on the wire; write the IPv4 address")]
+    MappedBackend { vip: VipKey, addr: IpAddr },
     #[error("vip {0} is configured twice")]
     DuplicateVip(VipKey),
     #[error("vip {vip}: backend {addr} is listed twice")]
@@ -312,6 +316,11 @@ pub fn min_tunnel_mtu(inner_v6: bool, outer_v6: bool, encap: Encap) -> u16 {
     min.saturating_add(encap_overhead(outer_v6, encap) as u16)
 }
 
+/// An IPv6 address in `::ffff:0:0/96`, the IPv4-mapped block (RFC 4291 §2.5.5.2).
+fn is_mapped_v6(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
 pub(crate) fn mapped(a: IpAddr) -> [u8; 16] {
     match a {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
@@ -399,6 +408,12 @@ impl Snapshot {
             if !unicast {
                 return Err(SnapshotError::BadVipAddr(key));
             }
+            // IPv4 addresses are keyed IPv4-mapped, so `::ffff:a.b.c.d` would be the IPv4
+            // VIP's key; and no packet is addressed to one (RFC 4291 §2.5.5.2): refused
+            // rather than taken as either.
+            if is_mapped_v6(key.addr) {
+                return Err(SnapshotError::MappedVipAddr(key));
+            }
             if seen.insert(key, i).is_some() {
                 return Err(SnapshotError::DuplicateVip(key));
             }
@@ -407,6 +422,13 @@ impl Snapshot {
             }
             let mut list = Vec::with_capacity(v.backends.len());
             for b in &v.backends {
+                // A tunnel to it would be IPv6 to an address no router forwards.
+                if is_mapped_v6(b.addr) {
+                    return Err(SnapshotError::MappedBackend {
+                        vip: key,
+                        addr: b.addr,
+                    });
+                }
                 if key.addr.is_ipv6() && b.addr.is_ipv4() {
                     return Err(SnapshotError::FamilyMismatch {
                         vip: key,
@@ -729,6 +751,52 @@ mod tests {
             Snapshot::new(&c),
             Err(SnapshotError::DuplicateBackend { .. })
         ));
+    }
+
+    /// `::ffff:a.b.c.d` as a VIP would be keyed as the IPv4 VIP a.b.c.d, and as a backend
+    /// would be tunnelled to over IPv6 to an address no packet carries: both refused, named.
+    #[test]
+    fn ipv4_mapped_vips_and_backends_are_refused() {
+        let m: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let mut c = cfg();
+        c.vips[0].key.addr = m;
+        assert_eq!(
+            Snapshot::new(&c).err().unwrap().to_string(),
+            "vip [::ffff:10.0.0.1]:443/tcp: an IPv4-mapped IPv6 address (::ffff:0:0/96) is never a destination on the wire; write the IPv4 address"
+        );
+        let mut c = cfg();
+        let b: IpAddr = "::ffff:192.168.1.2".parse().unwrap();
+        c.vips[0].backends[0].addr = b;
+        c.outer_src_v6 = Some(SourcePrefix {
+            addr: "2001:db8:1::".parse().unwrap(),
+            len: 64,
+        });
+        assert_eq!(
+            Snapshot::new(&c).err(),
+            Some(SnapshotError::MappedBackend {
+                vip: c.vips[0].key,
+                addr: b
+            })
+        );
+        // The same backend for an IPv6 VIP, whose family it matches.
+        c.vips[0].key.addr = "2001:db8::10".parse().unwrap();
+        c.vips[0].backends.truncate(1);
+        assert!(matches!(
+            Snapshot::new(&c),
+            Err(SnapshotError::MappedBackend { .. })
+        ));
+        // Neighbours of the block are fine.
+        let mut c = cfg();
+        c.vips[0].key.addr = "::fffe:10.0.0.1".parse().unwrap();
+        c.vips[0].backends = vec![BackendConfig {
+            addr: "::1:ffff:192.168.1.2".parse().unwrap(),
+            weight: 1,
+        }];
+        c.outer_src_v6 = Some(SourcePrefix {
+            addr: "2001:db8:1::".parse().unwrap(),
+            len: 64,
+        });
+        assert!(Snapshot::new(&c).is_ok());
     }
 
     #[test]
