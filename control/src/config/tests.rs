@@ -594,11 +594,14 @@ fn pool(range: &str) -> String {
     format!("[dataplane]\nupstream_interface = \"eth0\"\n\n[kubernetes]\naddress_pool = [\"{range}\"]\n")
 }
 
-/// Edges of the blocks a VIP address may not be in (IPv4, IPv6): unspecified,
-/// loopback, multicast, broadcast; and some ordinary addresses.
-const POOL_EDGES: [(u128, u128); 9] = [
+/// Edges of the blocks a VIP address may not be in (IPv4, IPv6): unspecified and
+/// 0.0.0.0/8, loopback, IPv4-mapped (::ffff:0:0/96), multicast, broadcast; and some
+/// ordinary addresses.
+const POOL_EDGES: [(u128, u128); 11] = [
     (0, 0),
     (1, 1),
+    (0x00ff_ffff, 0xffff_0000_0000),
+    (0x0100_0000, 0xffff_ffff_ffff),
     (0x7f00_0000, 2),
     (0x8000_0000, 0x2001_0db8 << 96),
     (0xcb00_7100, 0xfe80 << 112),
@@ -619,16 +622,75 @@ fn pool_ranges_must_hold_only_unicast_addresses() {
         "::1/128",
         "::/127",
         "fe00::-ffff::",
+        "0.255.255.255-1.0.0.0",
+        "0.1.2.0/24",
+        "::2-fe80::",
+        "::ffff:192.0.2.0/120",
+        "::fffe:ffff:ffff-::ffff:0:0",
     ] {
         one_problem(&pool(bad), "kubernetes.address_pool[0]", "not unicast");
     }
     for good in [
         "1.0.0.0-126.255.255.255",
         "128.0.0.0-223.255.255.255",
-        "::2-fe80::",
+        "::2-::fffe:ffff:ffff",
+        "::1:0:0:0-fe80::",
         "2001:db8::/32",
     ] {
         parse(&pool(good), file()).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
+/// 0.0.0.0/8 names no host on the wire (RFC 1122 §3.2.1.3), and `::ffff:a.b.c.d` is the
+/// IPv4 address a.b.c.d inside a host, never on the wire (RFC 4291 §2.5.5.2; the dataplane
+/// keys IPv4 addresses so): neither is a VIP, a backend, a peer nor a next hop, and the
+/// problem names the field.
+#[test]
+fn this_network_and_ipv4_mapped_addresses_are_refused() {
+    for (vip, backend, msg) in [
+        ("0.1.2.3", "10.0.0.1", "0.1.2.3 is not a unicast address"),
+        (
+            "::ffff:203.0.113.10",
+            "fd00::1",
+            "::ffff:203.0.113.10 is an IPv4-mapped IPv6 address (::ffff:0:0/96), never an address on the wire; write the IPv4 address 203.0.113.10",
+        ),
+    ] {
+        let text = MINIMAL
+            .replace("203.0.113.10", vip)
+            .replace("10.0.0.1", backend);
+        one_problem(&text, "vips[0].address", msg);
+    }
+    for backend in ["0.0.0.1", "::ffff:10.0.0.1"] {
+        let text = MINIMAL.replace("10.0.0.1", backend);
+        let ps = problems(&text);
+        assert!(
+            ps.iter().any(|p| p.path == "vips[0].backends[0].address"
+                && (p.message.contains("not a unicast address")
+                    || p.message.contains("IPv4-mapped"))),
+            "{backend}: {ps:#?}"
+        );
+    }
+    for peer in ["0.0.0.9", "::ffff:192.0.2.1"] {
+        let text = format!(
+            "{MINIMAL}\n[bgp]\nlocal_as = 65001\nrouter_id = \"192.0.2.254\"\n\n[[bgp.peers]]\naddress = \"{peer}\"\nremote_as = 65000\n"
+        );
+        let ps = problems(&text);
+        assert!(
+            ps.iter().any(|p| p.path == "bgp.peers[0].address"),
+            "{peer}: {ps:#?}"
+        );
+    }
+    // Their neighbours are ordinary addresses.
+    for ok in ["1.0.0.0", "::fffe:cb00:710a", "::1:ffff:cb00:710a"] {
+        let text = MINIMAL.replace("203.0.113.10", ok);
+        let found = match parse(&text, file()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().to_vec(),
+        };
+        assert!(
+            !found.iter().any(|p| p.path == "vips[0].address"),
+            "{ok}: {found:#?}"
+        );
     }
 }
 

@@ -277,7 +277,7 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
         v.key("peers", |v| {
             v.at(Seg::Index(i), |v| {
                 if unusable(p.address) {
-                    v.err("address", format!("{} is not a unicast address", p.address));
+                    v.err("address", not_unicast(p.address));
                 } else if !seen.insert(p.address) {
                     v.err("address", format!("peer {} is configured twice", p.address));
                 }
@@ -309,7 +309,7 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
                 }
                 for nh in p.next_hop.iter() {
                     if unusable(nh) {
-                        v.err("next_hop", format!("{nh} is not a unicast address"));
+                        v.err("next_hop", not_unicast(nh));
                     } else if matches!(nh, IpAddr::V6(a) if a.is_unicast_link_local()) {
                         v.err(
                             "next_hop",
@@ -357,26 +357,42 @@ fn announceable(v: &mut V, c: &Config, field: &str, addr: IpAddr, what: &str) {
 }
 
 /// Addresses that can be neither a VIP, a node, nor a peer. Also applied to the addresses
-/// Kubernetes objects name ([`crate::sources::kube`]).
+/// Kubernetes objects name ([`crate::sources::kube`]). Besides the unspecified, loopback,
+/// multicast and broadcast addresses: 0.0.0.0/8, "this network", which names no host on
+/// the wire (RFC 1122 §3.2.1.3, RFC 6890); and IPv4-mapped IPv6 addresses, `::ffff:0:0/96`,
+/// which stand for an IPv4 address inside a host and are never on the wire (RFC 4291
+/// §2.5.5.2): the dataplane keys IPv4 addresses so, and would take `::ffff:a.b.c.d` for
+/// a.b.c.d (its snapshot refuses them as well).
 pub(crate) fn unusable(a: IpAddr) -> bool {
     a.is_unspecified()
         || a.is_multicast()
         || a.is_loopback()
         || match a {
-            IpAddr::V4(a) => a.is_broadcast(),
-            IpAddr::V6(_) => false,
+            IpAddr::V4(a) => a.is_broadcast() || a.octets()[0] == 0,
+            IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
         }
+}
+
+/// Why `a`, which [`unusable`] refuses, cannot be used: the message for its field.
+fn not_unicast(a: IpAddr) -> String {
+    match a {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("{a} is an IPv4-mapped IPv6 address (::ffff:0:0/96), never an address on the wire; write the IPv4 address {v4}"),
+            None => format!("{a} is not a unicast address"),
+        },
+        IpAddr::V4(_) => format!("{a} is not a unicast address"),
+    }
 }
 
 /// The blocks [`unusable`] refuses, for ranges: a pool range must avoid them all,
 /// not only at its ends.
-const NOT_UNICAST: [(IpAddr, IpAddr, &str); 7] = {
+const NOT_UNICAST: [(IpAddr, IpAddr, &str); 8] = {
     use IpAddr::{V4, V6};
     [
         (
             V4(Ipv4Addr::UNSPECIFIED),
-            V4(Ipv4Addr::UNSPECIFIED),
-            "0.0.0.0 (unspecified)",
+            V4(Ipv4Addr::new(0, 255, 255, 255)),
+            "0.0.0.0/8 (\"this network\", the unspecified address included)",
         ),
         (
             V4(Ipv4Addr::new(127, 0, 0, 0)),
@@ -402,6 +418,11 @@ const NOT_UNICAST: [(IpAddr, IpAddr, &str); 7] = {
             V6(Ipv6Addr::LOCALHOST),
             V6(Ipv6Addr::LOCALHOST),
             "::1 (loopback)",
+        ),
+        (
+            V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0)),
+            V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xffff, 0xffff)),
+            "::ffff:0:0/96 (IPv4-mapped)",
         ),
         (
             V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)),
@@ -596,10 +617,7 @@ fn vip_entry<'a>(
         }
     }
     if unusable(vip.address) {
-        v.err(
-            "address",
-            format!("{} is not a unicast address", vip.address),
-        );
+        v.err("address", not_unicast(vip.address));
     } else {
         announceable(v, c, "address", vip.address, &vip.address.to_string());
     }
@@ -691,7 +709,7 @@ fn vip_entry<'a>(
         v.key("backends", |v| {
             v.at(Seg::Index(j), |v| {
                 if unusable(b.address) {
-                    v.err("address", format!("{} is not a unicast address", b.address));
+                    v.err("address", not_unicast(b.address));
                 } else if !addrs.insert(b.address) {
                     v.err("address", format!("backend {} is listed twice", b.address));
                 }
