@@ -23,6 +23,14 @@
  * over IPv6, which any receiver takes.) Checksums are verified for UDP lengths up to
  * GUE_MAX_ULEN, 9216 bytes (a 9000-byte MTU and 9216-byte jumbo frames fit); a longer GUE datagram with
  * a checksum is passed, for the kernel to check.
+ * Passed as well, for the same reason: a tunnel packet whose outer length (IPv4 total
+ * length, IPv6 40 + payload length) runs past the frame, or leaves no byte of the inner
+ * packet inside it (the kernel trims a packet to that length, then finds no inner header),
+ * and GUE whose header, with its options, leaves no byte of the inner packet inside the
+ * UDP length: decapsulating those would make a packet of the bytes after the outer one. And
+ * an outer IPv6 header whose version is not 6, or whose destination is IPv4-mapped
+ * (::ffff:0:0/96, no address on the wire, RFC 4291 section 2.5.5.2; decap_addrs keys the
+ * node's IPv4 addresses so, and must not match it).
  * A tunnel packet for us whose inner header is not the IP version it claims is dropped.
  * Congestion marks survive as in the kernel's tunnels (RFC 6040 §4.2, normal mode): an
  * outer CE becomes the inner packet's CE if that is ECN-capable (the inner IPv4 checksum
@@ -199,9 +207,13 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 		next = ip->protocol;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
-		if ((void *)(ip6 + 1) > end)
+		if ((void *)(ip6 + 1) > end || ip6->version != 6)
 			return A_PASS;
 		addr_from_v6(&dst, &ip6->daddr);
+		/* ::ffff:a.b.c.d is no destination on the wire (RFC 4291 section 2.5.5.2), and
+		 * not the node's IPv4 address a.b.c.d, though decap_addrs keys that so. */
+		if (dst.w[0] == 0 && dst.w[1] == 0 && dst.w[2] == bpf_htonl(0xffff))
+			return A_PASS;
 		*ecn = (ip6->flow_lbl[0] >> 4) & ECN_MASK;
 		outer = sizeof(*ip6);
 		iplen = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
@@ -217,8 +229,20 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 		return A_PASS;
 	if (!bpf_map_lookup_elem(&decap_addrs, &dst))
 		return A_PASS;
+	/* The outer packet (IPv4 total length, IPv6 40 + payload length) must lie within the
+	 * frame: the kernel drops a truncated one (ip_rcv_core, ip6_rcv_core). Bytes after it
+	 * are Ethernet padding, which the kernel trims. iplen is at most 40 + 65535: the sum
+	 * cannot wrap, and nothing is read through it. */
+	if (l3 + iplen > end)
+		return A_PASS;
 
 	if (next == IPPROTO_IPIP || next == IPPROTO_IPV6) {
+		/* The inner packet must start inside the outer one: with no byte of it before
+		 * iplen (or an IPv4 total length under the header's), the kernel, which trims
+		 * the packet to iplen, would find no inner header and drop it; decapsulated, the
+		 * bytes after iplen would become a packet. */
+		if (outer >= iplen)
+			return A_PASS;
 		*inner = next == IPPROTO_IPIP ? 4 : 6;
 		*strip = outer;
 		return A_DECAP;
@@ -233,18 +257,28 @@ static __always_inline enum action classify(void *l3, void *end, __be16 proto, _
 		return A_PASS;
 	if (!udp_ok(udp, end, outer, iplen, pseudo))
 		return A_PASS;
+	/* Where the datagram ends (udp_ok: within the IP packet and the frame). The kernel
+	 * trims the packet to it (udp_rcv) before fou reads the GUE header. */
+	__u32 dgram_end = outer + bpf_ntohs(udp->len);
 	switch (gue[0] >> 6) {
 	case 1: /* GUE version 1: direct IP encapsulation */
 		*inner = gue[0] >> 4;
+		/* The inner header starts in the datagram: udp_ok wants 12 bytes or more. */
 		*strip = outer + sizeof(*udp);
 		return (*inner == 4 || *inner == 6) ? A_DECAP : A_DROP;
 	case 0:
 		if (gue[0] & 0x20)
 			return A_PASS; /* control message */
+		*strip = outer + sizeof(*udp) + 4 + (gue[0] & 0x1f) * 4;
+		/* A GUE header (with its Hlen words of options) longer than the datagram, or
+		 * one that leaves no byte of an inner packet in it: fou would drop it
+		 * (pskb_may_pull on the trimmed datagram), and decapsulated, bytes after the
+		 * datagram would become a packet. */
+		if (*strip >= dgram_end)
+			return A_PASS;
 		if (gue[1] != IPPROTO_IPIP && gue[1] != IPPROTO_IPV6)
 			return A_DROP;
 		*inner = gue[1] == IPPROTO_IPIP ? 4 : 6;
-		*strip = outer + sizeof(*udp) + 4 + (gue[0] & 0x1f) * 4;
 		return A_DECAP;
 	default:
 		return A_DROP;

@@ -360,3 +360,150 @@ fn gue_from_our_encapsulator_decapsulates() {
         assert_eq!((ret, &out[14..]), (XDP_PASS, &packet[..]), "outer v6 {v6}");
     }
 }
+
+/// `packet` in GUE version 0 (proto 4 or 41 by its version) with `hlen` words of options
+/// (zeros), UDP length `ulen` (None: the datagram's own) and no UDP checksum, over an outer
+/// header of the family `v6`, in a frame to the node. The IP packet holds it all, whatever
+/// the UDP length says.
+fn gue0(v6: bool, hlen: u8, packet: &[u8], ulen: Option<u16>) -> Vec<u8> {
+    let proto = if packet[0] >> 4 == 6 {
+        PROTO_IPV6
+    } else {
+        PROTO_IPIP
+    };
+    // Version 0, C 0, Hlen; Proto/ctype; flags 0 (draft-ietf-intarea-gue §3.1).
+    let mut body = vec![hlen & 0x1f, proto, 0, 0];
+    body.extend(vec![0u8; 4 * usize::from(hlen)]);
+    body.extend(packet);
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        (GW6.into(), NODE6.into())
+    } else {
+        (GW4.into(), NODE4.into())
+    };
+    let mut u = udp(src, dst, 5555, GUE_PORT, &body);
+    if let Some(len) = ulen {
+        u[4..6].copy_from_slice(&len.to_be_bytes());
+    }
+    u[6..8].fill(0);
+    outer(v6, PROTO_UDP, NOT_ECT, &u)
+}
+
+/// The outer packet's own length bounds what is decapsulated: where the inner packet would
+/// start at or beyond the end of the outer IP packet or of the GUE datagram, or the outer
+/// packet runs past the frame, the kernel (which trims a packet to its length, then reads
+/// the inner header) would drop it, so the program passes it unchanged for the kernel to
+/// drop and count. The program used to decapsulate the bytes after the outer packet as if
+/// they were inside it. So is an outer IPv6 header that says version 4, and one to the
+/// IPv4-mapped form of the node's IPv4 address (RFC 4291 §2.5.5.2), which the address map
+/// keys the same as the IPv4 address.
+#[test]
+fn what_lies_beyond_the_outer_packet_is_not_decapsulated() {
+    if !require_privileges("decap program load") {
+        return;
+    }
+    let mut ebpf = program();
+    let mut cases = Vec::new();
+    for v6 in [false, true] {
+        for inner_v6 in [false, true] {
+            let packet = inner(inner_v6, NOT_ECT);
+            let at = format!("outer v6 {v6}, inner v6 {inner_v6}");
+            // Controls: decapsulated with options inside the datagram, and with padding.
+            cases.push((
+                format!("{at}: GUE Hlen 2 inside the datagram"),
+                gue0(v6, 2, &packet, None),
+                Some(inner_frame(&packet)),
+            ));
+            let mut padded = tunnelled(v6, NOT_ECT, &packet);
+            padded.extend([0xa5; 6]);
+            let mut want = inner_frame(&packet);
+            want.extend([0xa5; 6]);
+            cases.push((format!("{at}: IP-in-IP, padding"), padded, Some(want)));
+            // A: UDP length 12 holds the GUE header and nothing else; the inner packet
+            // follows it inside the IP packet.
+            cases.push((
+                format!("{at}: GUE, UDP length 12"),
+                gue0(v6, 0, &packet, Some(12)),
+                None,
+            ));
+            // B: Hlen 2 (8 bytes of options) in a datagram with room for 4 of them, and one
+            // that ends exactly after them.
+            cases.push((
+                format!("{at}: GUE Hlen 2 beyond the datagram"),
+                gue0(v6, 2, &packet, Some(8 + 4 + 4)),
+                None,
+            ));
+            cases.push((
+                format!("{at}: GUE Hlen 2 ending the datagram"),
+                gue0(v6, 2, &packet, Some(8 + 4 + 8)),
+                None,
+            ));
+            // The outer packet's length leaves no room for the inner one.
+            let frame = tunnelled(v6, NOT_ECT, &packet);
+            let mut short = frame.clone();
+            if v6 {
+                short[14 + 4..14 + 6].fill(0);
+            } else {
+                // C: IPv4 total length 20.
+                short[14 + 2..14 + 4].copy_from_slice(&20u16.to_be_bytes());
+                fix_ipv4_checksum(&mut short[14..]);
+            }
+            cases.push((
+                format!("{at}: IP-in-IP, outer length ends at the inner header"),
+                short,
+                None,
+            ));
+            // The outer length runs 1 byte past the frame.
+            let mut long = frame.clone();
+            let (len_at, len) = if v6 {
+                (14 + 4, frame.len() - 14 - 40 + 1)
+            } else {
+                (14 + 2, frame.len() - 14 + 1)
+            };
+            long[len_at..len_at + 2].copy_from_slice(&(len as u16).to_be_bytes());
+            if !v6 {
+                fix_ipv4_checksum(&mut long[14..]);
+            }
+            cases.push((
+                format!("{at}: IP-in-IP, outer length past the frame"),
+                long,
+                None,
+            ));
+        }
+        // An outer IPv6 header that says version 4 (EtherType IPv6).
+        let mut v4_nibble = tunnelled(true, NOT_ECT, &inner(v6, NOT_ECT));
+        v4_nibble[14] = 0x40 | (v4_nibble[14] & 0x0f);
+        cases.push((
+            format!("outer IPv6 with version 4, inner v6 {v6}"),
+            v4_nibble,
+            None,
+        ));
+        // IPv6 to ::ffff:10.77.0.2, NODE4 as IPv4-mapped.
+        let p = inner(v6, NOT_ECT);
+        let next = if v6 { PROTO_IPV6 } else { PROTO_IPIP };
+        cases.push((
+            format!("outer IPv6 to ::ffff:NODE4, inner v6 {v6}"),
+            eth(
+                NODE_MAC,
+                GW_MAC,
+                ETH_IPV6,
+                &ipv6(GW6, NODE4.to_ipv6_mapped(), next, &p),
+            ),
+            None,
+        ));
+    }
+    // An IPv4 total length below its header's (19) is passed too.
+    let mut under = tunnelled(false, NOT_ECT, &inner(false, NOT_ECT));
+    under[14 + 2..14 + 4].copy_from_slice(&19u16.to_be_bytes());
+    fix_ipv4_checksum(&mut under[14..]);
+    cases.push(("IPv4 total length 19".into(), under, None));
+    let mut failures = Vec::new();
+    for (what, frame, want) in cases {
+        // None: passed unchanged.
+        let want = (XDP_PASS, want.unwrap_or_else(|| frame.clone()));
+        let got = run(&mut ebpf, &frame);
+        if got != want {
+            failures.push(format!("{what}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
