@@ -26,8 +26,10 @@
  * While the queue's worker is overloaded (`xsk_shed`), its VIP traffic is dropped here
  * and counted as `shed`: the cheapest point to drop what it could not process anyway.
  * Everything else gets XDP_PASS, so ARP, ND, BGP, SSH and health-check replies reach
- * the kernel. If no socket is bound for the queue the VIP packet is passed too
- * (bpf_redirect_map's XDP_PASS fallback) and counted as `no_socket`.
+ * the kernel; so do frames to a broadcast or multicast MAC address and IPv6 packets to an
+ * IPv4-mapped address (::ffff:0:0/96), whatever they carry, as the pipeline passes them.
+ * If no socket is bound for the queue the VIP packet is passed too (bpf_redirect_map's
+ * XDP_PASS fallback) and counted as `no_socket`.
  *
  * Malformed packets: a packet whose IP header says it is for a VIP address and
  * protocol but whose headers are truncated or inconsistent (bad IHL, total or payload
@@ -119,6 +121,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } steer_stats SEC(".maps");
+
+/* Whether a is in ::ffff:0:0/96, the IPv4-mapped block (RFC 4291 section 2.5.5.2). */
+static __always_inline int is_v4_mapped6(const struct in6_addr *a)
+{
+	return a->in6_u.u6_addr32[0] == 0 && a->in6_u.u6_addr32[1] == 0 &&
+	       a->in6_u.u6_addr32[2] == bpf_htonl(0xffff);
+}
 
 static __always_inline int is_vip_addr(struct vip_key *k)
 {
@@ -309,6 +318,16 @@ static __always_inline enum verdict classify_v6(void *l3, void *end)
 
 	if ((void *)(ip6 + 1) > end || ip6->version != 6)
 		return V_PASS;
+	/* To ::ffff:a.b.c.d, the IPv4-mapped block (RFC 4291 section 2.5.5.2): no destination on
+	 * the wire, and not the IPv4 VIP a.b.c.d whose key it would match (IPv4 keys are stored
+	 * v4-mapped). The kernel's, which drops it; the pipeline passes it too. The first word
+	 * is nonzero for almost every real address: one branch. */
+	if (is_v4_mapped6(&ip6->daddr))
+		return V_PASS;
+	/* From a v4-mapped source, VIP traffic is steered as any other and the pipeline drops
+	 * it (bad_source), counted by reason: the two agree, and a check here would cost every
+	 * IPv6 VIP packet a branch for frames no honest sender makes (the kernel, were it
+	 * passed, would drop it too, uncounted by us). */
 	nh = ip6->nexthdr;
 	if (skip_ext6(&p, end, &nh, &frag, &later, &ext_frag) < 0)
 		return V_PASS; /* protocol unknown, so not attributable to a VIP */
@@ -348,9 +367,13 @@ int xdp_steer(struct xdp_md *ctx)
 	__be16 proto;
 	int l2;
 
-	/* As the pipeline: untagged, or one 802.1Q tag; 802.1ad and stacked tags pass. */
+	/* As the pipeline: untagged, or one 802.1Q tag; 802.1ad and stacked tags pass. A frame
+	 * to a group address (broadcast or multicast: the I/G bit, the first byte's lowest) is
+	 * the kernel's, as in the pipeline: a router forwards no link-layer broadcast or
+	 * multicast (RFC 1812 section 5.3.4) nor answers one with an ICMP error (RFC 1122
+	 * section 3.2.2). parse_l2_tags has checked the Ethernet header is there. */
 	l2 = parse_l2_tags(data, end, &proto, 1, 0);
-	if (l2 >= 0) {
+	if (l2 >= 0 && !(((struct ethhdr *)data)->h_dest[0] & 1)) {
 		if (proto == bpf_htons(ETH_P_IP))
 			v = classify_v4(data + l2, end);
 		else if (proto == bpf_htons(ETH_P_IPV6))

@@ -68,8 +68,12 @@
 //! # What is not ours
 //! Non-IP frames, stacked VLAN tags, and traffic to anything but a configured (address,
 //! protocol, port) are [`Verdict::Pass`], as is non-error ICMP (echo, neighbour discovery) even
-//! to a VIP address. Other protocols to a VIP address, and fragmented ICMP, are
-//! [`DropReason::Unsupported`].
+//! to a VIP address. So are frames to a broadcast or multicast MAC address (a router forwards
+//! no link-layer broadcast, RFC 1812 §5.3.4, and sends no ICMP error about one, RFC 1122
+//! §3.2.2), and IPv6 packets to an IPv4-mapped address `::ffff:a.b.c.d` (no destination on the
+//! wire, RFC 4291 §2.5.5.2; not the IPv4 VIP a.b.c.d, though IPv4 VIPs are keyed so). An IPv6
+//! packet for a VIP from an IPv4-mapped source is [`DropReason::BadSource`]. Other protocols
+//! to a VIP address, and fragmented ICMP, are [`DropReason::Unsupported`].
 
 mod encap;
 mod icmp;
@@ -176,6 +180,11 @@ drop_reasons! {
     NoHeadroom = "no_headroom",
     /// An ICMP error to a VIP whose quoted header is malformed or not from that VIP.
     BadIcmp = "bad_icmp",
+    /// An IPv6 packet for a VIP from an IPv4-mapped source `::ffff:a.b.c.d` (or an ICMPv6
+    /// error about a packet to one): no source on the wire (RFC 4291 §2.5.5.2, RFC 6890),
+    /// which Linux discards on receipt (`ip6_rcv_core`), and its flow key would be the IPv4
+    /// client a.b.c.d's.
+    BadSource = "bad_source",
 }
 
 /// Packets and bytes.
@@ -501,6 +510,9 @@ fn classify_parsed(
     // From here on the frame is ours: validate what a router would.
     if !p.v6 && !ipv4_checksum_ok(pkt, usize::from(p.l3)) {
         return Err(DropReason::BadChecksum.into());
+    }
+    if p.v6 && parse::is_v4_mapped(&p.key.src) {
+        return Err(DropReason::BadSource.into());
     }
     if p.ttl <= 1 {
         return Err(DropReason::TtlExhausted.into());

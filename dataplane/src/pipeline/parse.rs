@@ -81,6 +81,15 @@ fn mapped_v4(b: &[u8]) -> [u8; 16] {
     ((u128::from(a) << 96) | (0xffffu128 << 80)).to_le_bytes()
 }
 
+/// Whether the 16 bytes at `a` are an IPv4-mapped IPv6 address, `::ffff:0:0/96` (RFC 4291
+/// §2.5.5.2): how IPv4 addresses are kept in a flow key and the VIP table, and never an
+/// address on the wire (RFC 6890 lists the block as not forwardable, not a valid source or
+/// destination).
+#[inline(always)]
+pub(crate) fn is_v4_mapped(a: &[u8]) -> bool {
+    a.get(..12) == Some(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff][..])
+}
+
 #[inline(always)]
 fn v6_addr(b: &[u8]) -> [u8; 16] {
     let mut a = [0u8; 16];
@@ -102,8 +111,9 @@ pub(crate) fn fast_v4(frame: &[u8]) -> Option<Parsed> {
     const L3: usize = ETHERNET_HEADER_LEN;
     let h = frame.first_chunk::<{ L3 + IPV4_HEADER_LEN + UDP_HEADER_LEN }>()?;
     let ip = &h[L3..];
-    // Ethertype IPv4, version 4 with IHL 5, and neither MF nor a fragment offset.
-    if h[12..14] != [0x08, 0x00] || ip[0] != 0x45 || be16(ip, 6) & 0x3fff != 0 {
+    // Ethertype IPv4, version 4 with IHL 5, and neither MF nor a fragment offset; a group
+    // (broadcast, multicast) destination MAC goes the general way, which passes it.
+    if h[12..14] != [0x08, 0x00] || ip[0] != 0x45 || be16(ip, 6) & 0x3fff != 0 || h[0] & 1 != 0 {
         return None;
     }
     let total = usize::from(be16(ip, 2));
@@ -154,10 +164,17 @@ pub(crate) fn fast_v4(frame: &[u8]) -> Option<Parsed> {
 }
 
 /// Parses an Ethernet frame into `p`: every frame [`fast_v4`] does not take. Non-IP frames
-/// (ARP, LLDP, ...) are `Pass`: the kernel's. On error `p` holds garbage.
+/// (ARP, LLDP, ...) are `Pass`: the kernel's. So is a frame to a group (broadcast or
+/// multicast) MAC address, whatever it carries: a router forwards no link-layer broadcast or
+/// multicast (RFC 1812 §5.3.4) and answers none with an ICMP error (RFC 1122 §3.2.2), and
+/// the steering program leaves them to the kernel. On error `p` holds garbage.
 #[inline(never)]
 pub(crate) fn parse_general(frame: &[u8], p: &mut Parsed) -> Result<(), Early> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
+    // The I/G bit of the destination address: broadcast is a group address too.
+    if frame[0] & 1 != 0 {
+        return Err(Early::Pass);
+    }
     let mut l3 = ETHERNET_HEADER_LEN;
     let mut ethertype = eth.ethertype();
     if u16::from(ethertype) == vlan::TPID_8021Q {
@@ -226,6 +243,13 @@ fn parse_v6(ip: &[u8], p: &mut Parsed) -> Result<(), Early> {
     let pkt = Ipv6Packet::new_unchecked(ip);
     if pkt.version() != 6 {
         return Err(DropReason::BadVersion.into());
+    }
+    // To `::ffff:a.b.c.d`: no destination on the wire (see `is_v4_mapped`), and not for the
+    // IPv4 VIP a.b.c.d, whose key it would match; encapsulated for it, it would go out as IPv6
+    // in an IPv4 tunnel header that says IPv4. The kernel's (which drops it), as the steering
+    // program decides.
+    if is_v4_mapped(&ip[24..40]) {
+        return Err(Early::Pass);
     }
     let total = pkt.total_len();
     // A zero payload length means a jumbogram (RFC 2675), which no Ethernet frame carries.

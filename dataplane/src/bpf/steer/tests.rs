@@ -322,8 +322,101 @@ fn steers_what_the_pipeline_handles_and_nothing_it_passes() {
     let later_data_81 = ipv6_dstopts(PROTO_UDP, &udp(c6, VIP6.into(), 5353, 81, &[]));
     let later_data_tcp80 = ipv6_dstopts(PROTO_TCP, &seg80);
     let v6frag = |f: Vec<u8>| eth6(&ipv6(CLIENT6, VIP6, FRAGMENT, &f));
+    // A frame to the group MAC address `mac` (the I/G bit set).
+    let to_group = |mac: [u8; 6], mut f: Vec<u8>| {
+        f[..6].copy_from_slice(&mac);
+        f
+    };
+    const BROADCAST: [u8; 6] = [0xff; 6];
+    const MULTICAST4: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+    const MULTICAST6: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
+    // VIP4 as an IPv6 address, the way the VIP table keys it: ::ffff:192.0.2.10.
+    let mapped_vip4 = VIP4.to_ipv6_mapped();
+    let to_mapped_vip4 = {
+        let t = tcp_syn(CLIENT6.into(), mapped_vip4.into(), 40000, 80);
+        ipv6(CLIENT6, mapped_vip4, PROTO_TCP, &t)
+    };
+    let icmp6_error_to_mapped_vip4 = {
+        let mut l4 = 80u16.to_be_bytes().to_vec();
+        l4.extend([0x9c, 0x40, 0, 0, 0, 1]);
+        let quoted = ipv6(mapped_vip4, CLIENT6, PROTO_TCP, &l4);
+        let m = icmp6(ROUTER6, mapped_vip4, 1, 4, [0; 4], &quoted);
+        ipv6(ROUTER6, mapped_vip4, PROTO_ICMPV6, &m)
+    };
     use Steered::*;
     h.check(&[
+        // A group destination MAC address (RFC 1812 §5.3.4: not forwarded), whatever it
+        // carries, is the kernel's.
+        (
+            "tcp4 SYN to VIP:80, broadcast MAC",
+            to_group(BROADCAST, eth4(&tcp4(80))),
+            Pass,
+        ),
+        (
+            "tcp4 SYN to VIP:80, IPv4 multicast MAC",
+            to_group(MULTICAST4, eth4(&tcp4(80))),
+            Pass,
+        ),
+        (
+            "tcp4 SYN to VIP:80, multicast MAC, one 802.1Q tag",
+            to_group(MULTICAST4, tagged(&[0x8100], ETH_IPV4, &tcp4(80))),
+            Pass,
+        ),
+        (
+            "tcp6 SYN to VIP6:80, IPv6 multicast MAC",
+            to_group(MULTICAST6, eth6(&tcp6_behind(&[]))),
+            Pass,
+        ),
+        (
+            "later fragment to VIP, broadcast MAC",
+            to_group(
+                BROADCAST,
+                eth4(&ipv4_frag(CLIENT4, VIP4, PROTO_UDP, (185, false), &[9; 24])),
+            ),
+            Pass,
+        ),
+        (
+            "icmp4 error quoting VIP:80, broadcast MAC",
+            to_group(
+                BROADCAST,
+                eth4(&icmp4_error_to(
+                    VIP4,
+                    3,
+                    4,
+                    &quoted4(PROTO_TCP, 80, (0, false)),
+                )),
+            ),
+            Pass,
+        ),
+        // IPv6 to ::ffff:VIP4 (RFC 4291 §2.5.5.2: no destination on the wire) is not VIP4's.
+        ("tcp6 SYN to ::ffff:VIP4:80", eth6(&to_mapped_vip4), Pass),
+        (
+            "later IPv6 fragment to ::ffff:VIP4",
+            eth6(&ipv6(
+                CLIENT6,
+                mapped_vip4,
+                FRAGMENT,
+                &ipv6_frag_hdr(PROTO_TCP, 100, false, &[7; 16]),
+            )),
+            Pass,
+        ),
+        (
+            "icmp6 error to ::ffff:VIP4 quoting a packet from it",
+            eth6(&icmp6_error_to_mapped_vip4),
+            Pass,
+        ),
+        // From an IPv4-mapped source to a real IPv6 VIP: steered, and the pipeline drops it
+        // (bad_source; checked below).
+        (
+            "tcp6 SYN from ::ffff:CLIENT4 to VIP6:80",
+            eth6(&ipv6(
+                CLIENT4.to_ipv6_mapped(),
+                VIP6,
+                PROTO_TCP,
+                &tcp_syn(CLIENT4.to_ipv6_mapped().into(), VIP6.into(), 40000, 80),
+            )),
+            Steer,
+        ),
         (
             "first fragment, destination options in the fragmentable part",
             v6frag(destopts_first),
@@ -558,6 +651,16 @@ fn steers_what_the_pipeline_handles_and_nothing_it_passes() {
             Steer,
         ),
     ]);
+    let mapped_source = eth6(&ipv6(
+        CLIENT4.to_ipv6_mapped(),
+        VIP6,
+        PROTO_TCP,
+        &tcp_syn(CLIENT4.to_ipv6_mapped().into(), VIP6.into(), 40000, 80),
+    ));
+    assert_eq!(
+        h.pipeline(&mapped_source),
+        Verdict::Drop(crate::pipeline::DropReason::BadSource)
+    );
 }
 
 #[test]
@@ -668,6 +771,25 @@ fn seeds() -> Vec<(u16, Vec<u8>)> {
                 &ipv6_frag_hdr(DSTOPTS, 7, false, &[0xab; 24]),
             ),
         ),
+        // IPv4-mapped addresses: to VIP4's mapped form, and from a mapped source to VIP6.
+        (
+            ETH_IPV6,
+            ipv6(
+                CLIENT6,
+                VIP4.to_ipv6_mapped(),
+                PROTO_TCP,
+                &tcp_syn(c6, VIP4.to_ipv6_mapped().into(), 40000, 80),
+            ),
+        ),
+        (
+            ETH_IPV6,
+            ipv6(
+                CLIENT4.to_ipv6_mapped(),
+                VIP6,
+                PROTO_UDP,
+                &udp(CLIENT4.to_ipv6_mapped().into(), v6, 5353, 443, b"q"),
+            ),
+        ),
     ]
 }
 
@@ -724,6 +846,8 @@ fn program_and_pipeline_agree_on_mutated_frames() {
         proptest::collection::vec((0usize..160, interesting), 0..4),
         proptest::option::weighted(0.2, 0usize..200),
         any::<bool>(),
+        // Now and then to a group (broadcast, multicast) MAC address.
+        proptest::bool::weighted(0.1),
     );
     const CASES: u32 = 4096;
     // How often each side decided each way: the mutations must reach both decisions.
@@ -734,7 +858,7 @@ fn program_and_pipeline_agree_on_mutated_frames() {
         ..Config::default()
     });
     runner
-        .run(&strategy, |(seed, tag, edits, cut, fix)| {
+        .run(&strategy, |(seed, tag, edits, cut, fix, group)| {
             let (ethertype, ref ip) = seeds[seed];
             let mut ip = ip.clone();
             for (at, b) in edits {
@@ -745,6 +869,9 @@ fn program_and_pipeline_agree_on_mutated_frames() {
                 fix_ipv4_checksum(&mut ip);
             }
             let mut frame = tagged(tags.get(tag).copied().unwrap_or(&[]), ethertype, &ip);
+            if group {
+                frame[0] |= 1;
+            }
             if let Some(len) = cut {
                 frame.truncate(len.max(14));
             }
