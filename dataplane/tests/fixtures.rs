@@ -165,7 +165,8 @@ fn pipeline_fixtures() {
     let c = worker.counters();
     assert_eq!(c.drop_count(DropReason::Truncated), 7);
     assert_eq!(c.drop_count(DropReason::TtlExhausted), 2);
-    assert_eq!(c.drop_count(DropReason::BadSource), 2);
+    assert_eq!(c.drop_count(DropReason::TooBig), 3);
+    assert_eq!(c.drop_count(DropReason::BadSource), 3);
     assert!(c.tx.packets > 0 && c.reply.packets == 2 && c.pass == 17);
     // And every verdict exactly once, where it was decided.
     let counted = [

@@ -747,15 +747,18 @@ fn resolve<'s>(
     Some((range.start + i as u32, &slots[i]))
 }
 
-/// ICMP errors never go to multicast, broadcast-looking, loopback or unspecified sources
-/// (RFC 1812 §4.3.2.7, RFC 4443 §2.4(e)).
+/// Whether a "too big" reply may go to `src`: no ICMP error goes to a source that does not
+/// name a single host (RFC 1122 §3.2.2, RFC 1812 §4.3.2.7, RFC 4443 §2.4(e)). IPv4: not
+/// 0.0.0.0/8 ("this network", the unspecified address included), 127.0.0.0/8 (loopback),
+/// 224.0.0.0/4 (multicast) nor 240.0.0.0/4 (reserved, the limited broadcast included).
+/// IPv6: not multicast, unspecified, loopback, nor IPv4-mapped (`::ffff:0:0/96`, no address
+/// on the wire: RFC 4291 §2.5.5.2).
 fn unicast_source(src: &[u8; 16], v6: bool) -> bool {
     if v6 {
         let a = std::net::Ipv6Addr::from(*src);
-        !(a.is_multicast() || a.is_unspecified() || a.is_loopback())
+        !(a.is_multicast() || a.is_unspecified() || a.is_loopback() || parse::is_v4_mapped(src))
     } else {
-        let a = std::net::Ipv4Addr::new(src[12], src[13], src[14], src[15]);
-        !(a.is_multicast() || a.is_broadcast() || a.is_unspecified() || a.is_loopback())
+        !matches!(src[12], 0 | 127 | 224..=255)
     }
 }
 
@@ -793,5 +796,54 @@ impl TokenBucket {
         let ok = self.tokens > 0;
         self.tokens -= u64::from(ok);
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unicast_source;
+    use std::net::IpAddr;
+
+    /// The blocks no "too big" reply goes to, at their edges, and their unicast neighbours.
+    #[test]
+    fn unicast_sources() {
+        let ok = |s: &str| {
+            let (key, v6) = match s.parse::<IpAddr>().unwrap() {
+                IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), false),
+                IpAddr::V6(a) => (a.octets(), true),
+            };
+            unicast_source(&key, v6)
+        };
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "0.255.255.255",
+            "127.0.0.1",
+            "224.0.0.1",
+            "239.255.255.255",
+            "240.0.0.1",
+            "255.255.255.254",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "ff02::1",
+            "::ffff:203.0.113.7",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+        for good in [
+            "1.0.0.0",
+            "126.255.255.255",
+            "128.0.0.0",
+            "223.255.255.255",
+            "203.0.113.7",
+            "2001:db8::7",
+            "::fffe:203.0.113.7",
+            "::1:ffff:203.0.113.7",
+            "64:ff9b::203.0.113.7",
+        ] {
+            assert!(ok(good), "{good}");
+        }
     }
 }
