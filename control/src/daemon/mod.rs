@@ -86,6 +86,19 @@ fn watcher(k: config::Kubernetes) -> Result<(Option<KubeSource>, Receiver<KubeUp
     Ok((Some(source), rx))
 }
 
+/// [`watcher`] for a reload: the new section's client is built and the API server checked
+/// before its thread starts ([`kube_source::spawn_checked`]), so a section that cannot
+/// work (a kubeconfig missing or unparsable, an unknown context, a certificate that does
+/// not verify, credentials or RBAC refused, no answer) fails the reload, and the running
+/// watcher goes on.
+fn checked_watcher(k: config::Kubernetes) -> Result<(Option<KubeSource>, Receiver<KubeUpdate>)> {
+    let (tx, rx) = channel::unbounded();
+    let source = kube_source::spawn_checked(k, tx, kube_source::CHECK_TIMEOUT)
+        .map_err(anyhow::Error::msg)
+        .context("the new [kubernetes] section")?;
+    Ok((Some(source), rx))
+}
+
 /// The capabilities `config` needs: the dataplane's, plus binding a port below 1024 for a
 /// BGP listener (passive peers; 179 by default) or the API.
 pub fn required_caps(config: &Config) -> Vec<Cap> {
@@ -852,9 +865,9 @@ impl Daemon {
     }
 
     /// Applies a valid config, or changes nothing and says why. What can fail (binding the
-    /// new API address, changing the BGP peers, starting the new watcher) happens before
-    /// anything is given up. BGP peers and listeners change in place
-    /// ([`Daemon::reconfigure_bgp`]), and only a change the running speaker cannot take
+    /// new API address, changing the BGP peers, starting the new watcher on a client built
+    /// and checked against the API) happens before anything is given up. BGP peers and
+    /// listeners change in place ([`Daemon::reconfigure_bgp`]), and only a change the running speaker cannot take
     /// (a `[bgp]` section added or removed, a listener refusing a TCP MD5 key) restarts
     /// it: the speaker must stop before its successor starts (their listeners share a
     /// port), so a successor that fails brings the previous speaker back.
@@ -876,11 +889,13 @@ impl Daemon {
         } else {
             None
         };
-        // The watcher to switch to, if the section changed (no watcher if it is gone). It
-        // starts before the old one stops; its own channel keeps the old one's last updates
-        // from arriving after its first.
+        // The watcher to switch to, if the section changed (no watcher if it is gone). Its
+        // client is built and the API checked first, so a section that cannot work fails
+        // the reload here with the old watcher still running. It starts before the old one
+        // stops; its own channel keeps the old one's last updates from arriving after its
+        // first.
         let kube = match (new.kubernetes != self.config.kubernetes, &new.kubernetes) {
-            (true, Some(k)) => Some(watcher(k.clone())?),
+            (true, Some(k)) => Some(checked_watcher(k.clone())?),
             (true, None) => Some((None, channel::never())),
             (false, _) => None,
         };

@@ -19,7 +19,7 @@ use crossbeam::channel::Sender;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource};
@@ -60,11 +60,69 @@ impl Drop for KubeSource {
     }
 }
 
-/// Starts the watcher thread.
+/// How long [`spawn_checked`] waits for the API server to answer its check.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the watcher thread. A client that cannot be built (the kubeconfig missing or
+/// unparsable, no in-cluster credentials) is reported as an error and retried every few
+/// seconds, as the API server is: at startup the credentials or the API may come later,
+/// and the static VIPs are served meanwhile.
 pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSource> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    start(runtime()?, cfg, tx, None)
+}
+
+/// Starts the watcher thread for a reload, on a client built and checked first, or says
+/// why it cannot work and starts nothing, so that the reload fails and the running
+/// watcher goes on. Built: the kubeconfig must exist and parse, and name a known context
+/// (or the in-cluster credentials must be there). Checked: within `timeout`, Services,
+/// EndpointSlices and Nodes must each be listed (one item): an API server that cannot be
+/// reached, whose certificate does not verify, or that refuses the credentials (401) or
+/// the RBAC (403) fails the check.
+///
+/// Why a check, rather than running the old watcher until the new one has listed
+/// everything: the reload's result (its log line and `dsrgate_config_reloads_total`) then
+/// says whether the new section works, as for any other rejected reload, and only one
+/// watcher ever feeds the Kubernetes view. With a hand-over, a section that never works
+/// would be reported as applied, and the old watcher would have to run on, unbounded, for
+/// a config that is no longer the file's. The cost is that a reload waits up to `timeout`
+/// for an API server that does not answer; the dataplane forwards meanwhile. What a list
+/// cannot show (a `watch` verb missing from the RBAC alone) appears later as watch errors.
+pub fn spawn_checked(
+    cfg: Kubernetes,
+    tx: Sender<KubeUpdate>,
+    timeout: Duration,
+) -> Result<KubeSource, String> {
+    let rt = runtime().map_err(|e| format!("starting the Kubernetes runtime: {e}"))?;
+    // The client's tasks (its request buffer, its pooled connections) are spawned on `rt`
+    // here and go on running on the watcher thread, which drives `rt` from then on.
+    let client = rt.block_on(async {
+        let config = config(&cfg).await?;
+        let url = config.cluster_url.clone();
+        let client = client_of(config)?;
+        match tokio::time::timeout(timeout, check(&client)).await {
+            Ok(Ok(())) => Ok(client),
+            Ok(Err(e)) => Err(format!("Kubernetes API {url}: {e}")),
+            Err(_) => Err(format!(
+                "Kubernetes API {url}: no answer within {timeout:?}"
+            )),
+        }
+    })?;
+    start(rt, cfg, tx, Some(client)).map_err(|e| format!("starting the Kubernetes watcher: {e}"))
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+}
+
+/// Runs the watcher on its own thread, on `client` if there is one.
+fn start(
+    rt: tokio::runtime::Runtime,
+    cfg: Kubernetes,
+    tx: Sender<KubeUpdate>,
+    client: Option<Client>,
+) -> std::io::Result<KubeSource> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let join = std::thread::Builder::new()
         .name("dsrgate-kube".into())
@@ -72,7 +130,7 @@ pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSou
             rt.block_on(async move {
                 tokio::select! {
                     _ = stop_rx => {}
-                    _ = run(cfg, tx) => {}
+                    _ = run(cfg, tx, client) => {}
                 }
             })
         })?;
@@ -80,6 +138,26 @@ pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSou
         stop: Some(stop_tx),
         join: Some(join),
     })
+}
+
+/// Lists one of each resource the watchers need, as they will (EndpointSlices with their
+/// label selector): the credentials, the certificate and the RBAC work.
+async fn check(client: &Client) -> Result<(), String> {
+    let one = ListParams::default().limit(1);
+    let services = Api::<Service>::all(client.clone());
+    let slices = Api::<EndpointSlice>::all(client.clone());
+    let nodes = Api::<Node>::all(client.clone());
+    let why =
+        |what: &'static str| move |e: kube::Error| format!("listing {what}: {}", with_causes(&e));
+    futures::try_join!(
+        async { services.list(&one).await.map_err(why("services")) },
+        async {
+            let sliced = one.clone().labels(model::SERVICE_NAME_LABEL);
+            slices.list(&sliced).await.map_err(why("endpointslices"))
+        },
+        async { nodes.list(&one).await.map_err(why("nodes")) },
+    )?;
+    Ok(())
 }
 
 /// `e` and its sources, joined by ": ". kube's own message often names only the layer that
@@ -102,7 +180,13 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// A client from the configured kubeconfig, or in-cluster credentials.
 pub async fn client(cfg: &Kubernetes) -> Result<Client, String> {
-    let config = match &cfg.kubeconfig {
+    client_of(config(cfg).await?)
+}
+
+/// The client configuration from the configured kubeconfig, or in-cluster credentials;
+/// an error names the file.
+async fn config(cfg: &Kubernetes) -> Result<kube::Config, String> {
+    Ok(match &cfg.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("kubeconfig {}: {}", path.display(), with_causes(&e)))?;
@@ -116,25 +200,37 @@ pub async fn client(cfg: &Kubernetes) -> Result<Client, String> {
         }
         None => kube::Config::incluster()
             .map_err(|e| format!("in-cluster credentials: {}", with_causes(&e)))?,
-    };
+    })
+}
+
+fn client_of(config: kube::Config) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| format!("Kubernetes client: {}", with_causes(&e)))
 }
 
 /// How long to wait before retrying a failed client setup or status write.
 const RETRY: Duration = Duration::from_secs(5);
 
-async fn run(cfg: Kubernetes, tx: Sender<KubeUpdate>) {
-    let client = loop {
-        match client(&cfg).await {
-            Ok(c) => break c,
+/// A client, retried every [`RETRY`] until one is built; `None` once the receiver is gone.
+async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>) -> Option<Client> {
+    loop {
+        match client(cfg).await {
+            Ok(c) => return Some(c),
             Err(e) => {
                 tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying");
-                if tx.send(KubeUpdate::Error(e)).is_err() {
-                    return;
-                }
+                tx.send(KubeUpdate::Error(e)).ok()?;
                 tokio::time::sleep(RETRY).await;
             }
         }
+    }
+}
+
+async fn run(cfg: Kubernetes, tx: Sender<KubeUpdate>, client: Option<Client>) {
+    let client = match client {
+        Some(c) => c,
+        None => match connect(&cfg, &tx).await {
+            Some(c) => c,
+            None => return,
+        },
     };
     let mut sync = Sync::new(cfg, tx);
     let wc = watcher::Config::default();

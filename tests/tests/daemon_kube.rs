@@ -1,0 +1,212 @@
+//! The daemon's `[kubernetes]` section against the fake API server of control's tests
+//! (`control/tests/fake_apiserver`), run in the gateway's namespace.
+//!
+//! Topology: [`Lab::new`] with one gateway; no BIRD (the Kubernetes VIP is looked at in
+//! `GET /status`, where a removed one is gone once its drain is over).
+
+#[path = "../../control/tests/fake_apiserver/mod.rs"]
+#[allow(dead_code)]
+mod fake_apiserver;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab};
+use dsrgate_tests::netns::{fabric4, node_host, Netns};
+use dsrgate_tests::require_privileges;
+use fake_apiserver::{FakeApiServer, Kind};
+use serde_json::{json, Value};
+
+const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
+/// The Kubernetes Service's address (its status), apart from the static VIP.
+const KUBE_VIP: &str = "203.0.113.10";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn node(n: u8) -> Value {
+    let name = format!("node{n}");
+    json!({
+        "metadata": {"name": name, "uid": format!("uid-{name}"), "labels": {}},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [{"type": "InternalIP", "address": fabric4(node_host(n))}]
+        }
+    })
+}
+
+/// `default/web`: LoadBalancer, `Cluster`, TCP 8080, at [`KUBE_VIP`].
+fn web_service() -> Value {
+    json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web",
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {
+            "type": "LoadBalancer",
+            "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080, "nodePort": 30080}],
+            "externalTrafficPolicy": "Cluster"
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": KUBE_VIP, "ipMode": "VIP"}]}}
+    })
+}
+
+fn web_slice() -> Value {
+    json!({
+        "metadata": {"name": "web-1", "namespace": "default", "uid": "uid-web-1",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.1.1"], "conditions": {"ready": true}, "nodeName": "node1"}],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+    })
+}
+
+/// The gateway's config with a `[kubernetes]` section on `kubeconfig`.
+fn config(kubeconfig: &Path) -> String {
+    format!(
+        "{}\n[kubernetes]\nkubeconfig = {:?}\n",
+        GatewayConfig::new(1).toml(),
+        kubeconfig.display().to_string()
+    )
+}
+
+fn api_get(gw: &Netns, path: &str) -> Result<String> {
+    let r = gw.enter(|| {
+        control::api::get(
+            "127.0.0.1:9180".parse().unwrap(),
+            path,
+            Duration::from_secs(2),
+        )
+    })??;
+    Ok(String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// Whether `GET /status` lists [`KUBE_VIP`].
+fn kube_vip_served(gw: &Netns) -> Result<bool> {
+    let status: control::status::Status = serde_json::from_str(&api_get(gw, "/status")?)?;
+    Ok(status
+        .vips
+        .iter()
+        .any(|v| v.address.to_string() == KUBE_VIP))
+}
+
+fn wait_kube_vip(gw: &Netns, daemon: &Daemon, served: bool) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while kube_vip_served(gw)? != served {
+        if Instant::now() > deadline {
+            bail!(
+                "{KUBE_VIP} still {} after {WAIT:?}:\n{}",
+                if served { "not served" } else { "served" },
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Rewrites the config for `kubeconfig`, sends SIGHUP, and returns the log line of the
+/// reload's result.
+fn reload(daemon: &Daemon, kubeconfig: &Path) -> Result<String> {
+    let from = daemon.log_len();
+    daemon.write_config(&config(kubeconfig))?;
+    daemon.signal(libc::SIGHUP)?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = daemon.log();
+        if let Some(l) = log
+            .get(from..)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("config reloaded") || l.contains("config reload rejected"))
+        {
+            return Ok(l.to_owned());
+        }
+        ensure!(Instant::now() < deadline, "no reload result:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn reloads(gw: &Netns, result: &str) -> Result<u64> {
+    let metrics = api_get(gw, "/metrics")?;
+    let prefix = format!("dsrgate_config_reloads_total{{result=\"{result}\"}} ");
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(Ok(0), str::parse)?)
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A reload whose `[kubernetes]` section cannot work (its kubeconfig missing, or naming an
+/// API server nothing answers on) is rejected and counted as failed, and the running
+/// watcher goes on: a Service deleted afterwards on the running server is removed. A reload
+/// to a section that works then switches watchers.
+#[test]
+fn a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_goes_on(
+) -> Result<()> {
+    if !require_privileges(
+        "daemon_kube::a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_goes_on",
+    ) {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let gw = lab.ns("gw1");
+    let server = gw.enter(FakeApiServer::start)?;
+    for n in 1..=3 {
+        server.apply(Kind::Node, node(n));
+    }
+    server.apply(Kind::Service, web_service());
+    server.apply(Kind::EndpointSlice, web_slice());
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("dsrgate-daemon-kube-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let kubeconfig = server.kubeconfig(&dir.0);
+    let mut daemon = Daemon::start(gw, &config(&kubeconfig), &[])?;
+    daemon.wait_log(&["dsrgate running"], WAIT)?;
+    wait_kube_vip(gw, &daemon, true)?;
+
+    // A kubeconfig that is not there: rejected, naming the file.
+    let line = reload(&daemon, Path::new("/nonexistent/dsrgate/kubeconfig"))?;
+    ensure!(
+        line.contains("config reload rejected") && line.contains("/nonexistent/dsrgate/kubeconfig"),
+        "{line}"
+    );
+    // One that names an API server nothing answers on (a port just closed, in the
+    // gateway's namespace): rejected, naming the cause.
+    let port = gw.enter(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+    })??;
+    let nowhere = dir.0.join("nowhere");
+    std::fs::create_dir_all(&nowhere)?;
+    let unreachable =
+        fake_apiserver::write_kubeconfig(&nowhere, &format!("http://127.0.0.1:{port}"), None);
+    let line = reload(&daemon, &unreachable)?;
+    ensure!(
+        line.contains("config reload rejected") && line.contains("Connection refused"),
+        "{line}"
+    );
+    ensure!(reloads(gw, "error")? == 2 && reloads(gw, "ok")? == 0);
+
+    // The running watcher still follows the server.
+    server.delete(Kind::Service, "default/web");
+    wait_kube_vip(gw, &daemon, false)?;
+
+    // A section that works (the same server, through another file) is applied.
+    let again = dir.0.join("again");
+    std::fs::create_dir_all(&again)?;
+    let line = reload(&daemon, &server.kubeconfig(&again))?;
+    ensure!(line.contains("config reloaded"), "{line}");
+    ensure!(reloads(gw, "ok")? == 1);
+    server.apply(Kind::Service, web_service());
+    wait_kube_vip(gw, &daemon, true)?;
+
+    daemon.signal(libc::SIGTERM)?;
+    daemon
+        .wait_clean_exit(Duration::from_secs(15))
+        .context("clean exit")
+}
