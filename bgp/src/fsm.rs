@@ -21,6 +21,10 @@ use crate::wire::{
 /// value", 4 minutes suggested).
 const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
 
+/// RFC 9687 §6: the SendHoldTime suggested is the greater of 8 minutes and twice the
+/// negotiated hold time.
+const MIN_SEND_HOLD_TIME: Duration = Duration::from_secs(480);
+
 /// Session parameters that do not change while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -42,6 +46,13 @@ pub struct Config {
     /// Advertise graceful restart (RFC 4724) with this restart time. Off by default:
     /// with it, routers keep a crashed gateway's routes for the restart time.
     pub graceful_restart: Option<u16>,
+    /// SendHoldTime (RFC 9687 §4.4, §6): how long an Established connection may hold
+    /// bytes the peer does not take before it is closed with NOTIFICATION Send Hold
+    /// Timer Expired, so that a peer that stopped reading stops using our routes too.
+    /// `None` is the RFC's default, the greater of 8 minutes and twice the negotiated
+    /// hold time; `Some(Duration::ZERO)` turns it off. A value not above the negotiated
+    /// hold time is raised to a second above it (§4.4: it MUST be greater).
+    pub send_hold_time: Option<Duration>,
 }
 
 impl Config {
@@ -57,6 +68,7 @@ impl Config {
             max_retry: Duration::from_secs(120),
             families: Family::ALL.to_vec(),
             graceful_restart: None,
+            send_hold_time: None,
         }
     }
 
@@ -144,13 +156,14 @@ impl fmt::Display for State {
     }
 }
 
-/// The timers of §8 (ConnectRetryTimer, HoldTimer, KeepaliveTimer), the last two
-/// per connection.
+/// The timers of §8 (ConnectRetryTimer, HoldTimer, KeepaliveTimer) and RFC 9687's
+/// SendHoldTimer, all but the first per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Timer {
     ConnectRetry,
     Hold(ConnId),
     Keepalive(ConnId),
+    SendHold(ConnId),
 }
 
 /// Why a session is stopped: the Cease subcode (RFC 4486) its NOTIFICATION carries.
@@ -193,6 +206,17 @@ pub enum Event<'a> {
     Incoming,
     /// Bytes read from a connection.
     Received { conn: ConnId, bytes: &'a [u8] },
+    /// How the bytes sent on a connection fare, which only the driver sees (RFC 9687
+    /// §4.3): `progressed` when the peer took some since the last report (its TCP
+    /// acknowledged them), `pending` when some still wait, queued or unacknowledged.
+    /// Report it after writing and whenever the send queue is looked at again. An
+    /// Established connection with bytes pending and none taken for the SendHoldTime
+    /// is closed with NOTIFICATION Send Hold Timer Expired.
+    SendQueue {
+        conn: ConnId,
+        progressed: bool,
+        pending: bool,
+    },
     /// Events 9-11: a timer armed with [`Output::ArmTimer`] fired.
     TimerExpired(Timer),
 }
@@ -334,6 +358,8 @@ struct Conn {
     phase: Phase,
     rx: Vec<u8>,
     negotiated: Option<Negotiated>,
+    /// When the SendHoldTimer (RFC 9687) is due, while it is armed.
+    send_hold: Option<Instant>,
 }
 
 /// One peer's BGP session.
@@ -439,6 +465,11 @@ impl Session {
             }
             Event::Incoming => self.incoming(now, out),
             Event::Received { conn, bytes } => self.received(now, conn, bytes, out),
+            Event::SendQueue {
+                conn,
+                progressed,
+                pending,
+            } => self.send_queue(now, conn, progressed, pending, out),
             Event::TimerExpired(timer) => self.timer(now, timer, out),
         }
         self.update_state(now, out);
@@ -502,6 +533,9 @@ impl Session {
             out.push(Output::Close(conn.id));
             out.push(Output::CancelTimer(Timer::Hold(conn.id)));
             out.push(Output::CancelTimer(Timer::Keepalive(conn.id)));
+            if conn.send_hold.is_some() {
+                out.push(Output::CancelTimer(Timer::SendHold(conn.id)));
+            }
         }
         out.push(Output::CancelTimer(Timer::ConnectRetry));
         self.last_error = Some(SessionError::NotificationSent(notification));
@@ -517,6 +551,7 @@ impl Session {
             phase: Phase::Connecting,
             rx: Vec::new(),
             negotiated: None,
+            send_hold: None,
         });
         out.push(Output::Connect(id));
         let timeout = self.jitter.apply(self.config.connect_retry);
@@ -576,6 +611,7 @@ impl Session {
             phase: Phase::Connecting,
             rx: Vec::new(),
             negotiated: None,
+            send_hold: None,
         });
         let i = self.conns.len() - 1;
         self.send_open(now, i, out);
@@ -823,6 +859,9 @@ impl Session {
         out.push(Output::Close(conn.id));
         out.push(Output::CancelTimer(Timer::Hold(conn.id)));
         out.push(Output::CancelTimer(Timer::Keepalive(conn.id)));
+        if conn.send_hold.is_some() {
+            out.push(Output::CancelTimer(Timer::SendHold(conn.id)));
+        }
     }
 
     fn timer(&mut self, now: Instant, timer: Timer, out: &mut Vec<Output>) {
@@ -855,6 +894,63 @@ impl Session {
                     }
                 }
             }
+            // RFC 9687 §4.3, SendHoldTimer_Expires: NOTIFICATION Send Hold Timer Expired
+            // (best effort: it waits behind what the peer did not take), close, Idle.
+            Timer::SendHold(id) => {
+                if let Some(i) = self
+                    .index(id)
+                    .filter(|&i| self.conns[i].send_hold.is_some())
+                {
+                    self.conns[i].send_hold = None;
+                    self.notify_and_drop(now, i, Notification::send_hold_timer_expired(), out);
+                }
+            }
+        }
+    }
+
+    /// [`Event::SendQueue`]: the SendHoldTimer (RFC 9687 §4.3) runs while bytes wait
+    /// on an Established connection, restarts each time the peer takes some, and stops
+    /// when none wait (an idle connection has nothing to time out).
+    fn send_queue(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        progressed: bool,
+        pending: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(i) = self.index(id) else { return };
+        let Some(limit) = self.send_hold_time(i) else {
+            return;
+        };
+        let conn = &mut self.conns[i];
+        if !pending {
+            if conn.send_hold.take().is_some() {
+                out.push(Output::CancelTimer(Timer::SendHold(id)));
+            }
+        } else if progressed || conn.send_hold.is_none() {
+            let at = now + limit;
+            conn.send_hold = Some(at);
+            out.push(Output::ArmTimer(Timer::SendHold(id), at));
+        }
+    }
+
+    /// The SendHoldTime of connection `i`, if it has one: only Established connections
+    /// do, and not when it is configured 0 or the negotiated hold time is 0 (RFC 9687
+    /// §4.3: the SendHoldTimer is stopped then). The default is the greater of 8
+    /// minutes and twice the hold time (§6); a configured value must exceed the hold
+    /// time (§4.4).
+    fn send_hold_time(&self, i: usize) -> Option<Duration> {
+        let conn = &self.conns[i];
+        if conn.phase != Phase::Established {
+            return None;
+        }
+        let hold = Duration::from_secs(u64::from(conn.negotiated.as_ref()?.hold_time));
+        match self.config.send_hold_time {
+            _ if hold.is_zero() => None,
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d.max(hold + Duration::from_secs(1))),
+            None => Some(MIN_SEND_HOLD_TIME.max(hold * 2)),
         }
     }
 

@@ -296,6 +296,99 @@ fn hold_timer_expiry_sends_notification_and_retries() {
     assert_eq!(h.s.state(), State::Connect);
 }
 
+/// RFC 9687 §4.3: bytes waiting on an Established connection that the peer does not
+/// take for the SendHoldTime (8 minutes here) end the session with NOTIFICATION 8, Send
+/// Hold Timer Expired; every report of progress restarts the timer, and a send queue
+/// found empty stops it.
+#[test]
+fn send_hold_timer_closes_a_connection_the_peer_stopped_taking_from() {
+    let queue = |progressed, pending| Event::SendQueue {
+        conn: 1,
+        progressed,
+        pending,
+    };
+    let mut h = Harness::new(config());
+    h.ev(Event::Start);
+    h.ev(Event::Connected(1));
+    // Not before Established (§4.3): the OPEN hold timer covers those states.
+    let out = h.ev(queue(false, true));
+    assert_eq!(armed(&out, Timer::SendHold(1)), None, "{out:?}");
+    h.recv(1, their_open());
+    h.recv(1, Message::Keepalive);
+    assert_eq!(h.s.state(), State::Established);
+
+    h.advance_to(10);
+    let out = h.ev(queue(false, true));
+    assert_eq!(armed(&out, Timer::SendHold(1)), Some(h.at(490)));
+    // Still stuck: the timer runs on from when it was set.
+    h.advance_to(100);
+    assert_eq!(h.ev(queue(false, true)), []);
+    // The peer took some: restarted.
+    h.advance_to(200);
+    let out = h.ev(queue(true, true));
+    assert_eq!(armed(&out, Timer::SendHold(1)), Some(h.at(680)));
+    // All taken: stopped, and an expiry already on its way does nothing.
+    h.advance_to(300);
+    let out = h.ev(queue(true, false));
+    assert_eq!(out, [Output::CancelTimer(Timer::SendHold(1))]);
+    assert_eq!(h.ev(queue(false, false)), []);
+    assert_eq!(h.ev(Event::TimerExpired(Timer::SendHold(1))), []);
+    assert_eq!(h.s.state(), State::Established);
+
+    h.advance_to(400);
+    let out = h.ev(queue(false, true));
+    assert_eq!(armed(&out, Timer::SendHold(1)), Some(h.at(880)));
+    h.advance_to(880);
+    let out = h.ev(Event::TimerExpired(Timer::SendHold(1)));
+    assert_eq!(notified(&out), Some((8, 0)), "{out:?}");
+    assert_eq!(notification(&out).unwrap().1.data, []);
+    assert!(out.contains(&Output::Close(1)));
+    assert!(out.contains(&Output::Down));
+    assert_eq!(h.s.state(), State::Idle);
+    let expected = Notification::send_hold_timer_expired();
+    assert_eq!(
+        h.s.last_error(),
+        Some(&SessionError::NotificationSent(expected.clone()))
+    );
+    assert_eq!(
+        h.s.last_error().unwrap().to_string(),
+        "sent NOTIFICATION: send hold timer expired / unspecific (8/0)"
+    );
+    assert_eq!(h.s.stats().sent.notification, 1);
+    // Retried like any other error.
+    jittered(&out, Timer::ConnectRetry, h.now, Duration::from_secs(2));
+}
+
+/// The SendHoldTime: by default the greater of 8 minutes and twice the negotiated hold
+/// time (RFC 9687 §6); a configured one, raised above the hold time if it is not
+/// (§4.4); none when configured 0 or when the negotiated hold time is 0 (§4.3: the
+/// SendHoldTimer is stopped then).
+#[test]
+fn send_hold_time_follows_the_hold_time_and_the_configuration() {
+    let send_hold = |ours: u16, theirs: u16, configured: Option<Duration>| {
+        let mut c = config();
+        c.hold_time = ours;
+        c.send_hold_time = configured;
+        let mut h = Harness::new(c);
+        h.establish(theirs);
+        let out = h.ev(Event::SendQueue {
+            conn: 1,
+            progressed: false,
+            pending: true,
+        });
+        armed(&out, Timer::SendHold(1)).map(|at| at - h.now)
+    };
+    let secs = |s| Some(Duration::from_secs(s));
+    assert_eq!(send_hold(9, 9, None), secs(480));
+    assert_eq!(send_hold(90, 90, None), secs(480));
+    assert_eq!(send_hold(600, 300, None), secs(600));
+    assert_eq!(send_hold(3, 3, secs(4)), secs(4));
+    assert_eq!(send_hold(9, 9, secs(2)), secs(10));
+    assert_eq!(send_hold(9, 9, Some(Duration::ZERO)), None);
+    assert_eq!(send_hold(9, 0, None), None);
+    assert_eq!(send_hold(0, 9, secs(60)), None);
+}
+
 #[test]
 fn hold_timer_expiry_in_open_sent_after_four_minutes() {
     let mut h = Harness::open_sent(config());
@@ -788,6 +881,7 @@ mod prop {
         Bytes(u64, Vec<u8>),
         Valid(u64, u8),
         Timer(u8, u64),
+        SendQueue(u64, bool, bool),
         Advance(u16),
     }
 
@@ -799,7 +893,9 @@ mod prop {
             ((1u64..5), proptest::collection::vec(any::<u8>(), 0..64))
                 .prop_map(|(c, b)| Step::Bytes(c, b)),
             ((1u64..5), 0u8..5).prop_map(|(c, k)| Step::Valid(c, k)),
-            ((0u8..3), (1u64..5)).prop_map(|(t, c)| Step::Timer(t, c)),
+            ((0u8..4), (1u64..5)).prop_map(|(t, c)| Step::Timer(t, c)),
+            ((1u64..5), any::<bool>(), any::<bool>())
+                .prop_map(|(c, progressed, pending)| Step::SendQueue(c, progressed, pending)),
             any::<u16>().prop_map(Step::Advance),
         ]
     }
@@ -834,8 +930,12 @@ mod prop {
                     Step::Timer(t, c) => h.ev(Event::TimerExpired(match t {
                         0 => Timer::ConnectRetry,
                         1 => Timer::Hold(c),
-                        _ => Timer::Keepalive(c),
+                        2 => Timer::Keepalive(c),
+                        _ => Timer::SendHold(c),
                     })),
+                    Step::SendQueue(conn, progressed, pending) => {
+                        h.ev(Event::SendQueue { conn, progressed, pending })
+                    }
                     Step::Advance(ms) => {
                         h.now += Duration::from_millis(u64::from(ms));
                         continue;

@@ -3,6 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
@@ -431,13 +433,7 @@ fn reconfigure_touches_only_the_peers_that_changed() {
 /// the peer reads everything, its TCP has acknowledged every byte and the count is 0.
 #[test]
 fn unacked_bytes_count_what_a_stalled_peer_has_not_acknowledged() {
-    // Set before listen: accepted sockets inherit it, and the window scale offered in
-    // the handshake is chosen from it (tcp(7), SO_RCVBUF).
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.bind(&SocketAddr::new(LOCALHOST, 0).into()).unwrap();
-    socket.listen(1).unwrap();
-    let listener = TcpListener::from(socket);
+    let listener = small_window_listener();
     let mut cfg = peer(listener.local_addr().unwrap().port(), 65001, 65000, 2);
     // Keepalives every 30 s: none wakes the speaker while the test runs, so only the
     // speaker sampling the queue again shows it emptied.
@@ -489,6 +485,100 @@ fn unacked_bytes_count_what_a_stalled_peer_has_not_acknowledged() {
         p.unacked_bytes == 0
     });
     assert_eq!((s.state, s.prefixes_advertised), (State::Established, 0));
+}
+
+/// A listener whose accepted sockets have a small receive buffer, so that a peer that
+/// does not read soon stops acknowledging.
+fn small_window_listener() -> TcpListener {
+    // Set before listen: accepted sockets inherit it, and the window scale offered in
+    // the handshake is chosen from it (tcp(7), SO_RCVBUF).
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(&SocketAddr::new(LOCALHOST, 0).into()).unwrap();
+    socket.listen(1).unwrap();
+    TcpListener::from(socket)
+}
+
+/// RFC 9687: a peer that keeps sending KEEPALIVEs but stops reading holds our UPDATEs
+/// (withdrawals too) forever; once it has taken nothing for the SendHoldTime, the
+/// speaker gives up with NOTIFICATION Send Hold Timer Expired and resets the connection
+/// (a FIN would wait behind the bytes the peer does not take), so the router drops our
+/// routes instead of using stale ones.
+#[test]
+fn a_peer_that_stops_reading_is_dropped_after_the_send_hold_time() {
+    let listener = small_window_listener();
+    let mut cfg = peer(listener.local_addr().unwrap().port(), 65001, 65000, 2);
+    cfg.session.hold_time = 3;
+    cfg.session.send_hold_time = Some(Duration::from_secs(4));
+    // No new connection while the test looks at the dropped one.
+    cfg.session.connect_retry = Duration::from_secs(600);
+    let speaker = Speaker::spawn(Config {
+        peers: vec![cfg],
+        listen: vec![],
+    })
+    .unwrap();
+    let mut peer = RawPeer::accept(&listener);
+    assert_eq!(peer.update(), Update::default());
+    assert_eq!(peer.update(), Update::end_of_rib(Family::Ipv6Unicast));
+    // KEEPALIVEs keep the session's hold timer going; nothing is read from now on.
+    let mut keepalives = peer.stream.try_clone().unwrap();
+    let keepalive = Message::Keepalive.to_bytes(Context::FOUR_OCTET).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let keepalives = std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) && keepalives.write_all(&keepalive).is_ok() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+
+    const COUNT: usize = 20_000;
+    let many: Routes = (0..COUNT)
+        .map(|i| {
+            let prefix = format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 0xff, i & 0xff);
+            (p(&prefix), RouteAttributes::default())
+        })
+        .collect();
+    let sent_at = Instant::now();
+    speaker.set_routes(many);
+    let s = wait_for("announced, not taken", &speaker, |p| {
+        p.prefixes_advertised == COUNT && p.unacked_bytes > 0
+    });
+    assert_eq!(s.state, State::Established);
+
+    let expired = SessionError::NotificationSent(Notification::send_hold_timer_expired());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = speaker.peers().remove(0);
+        if s.last_error.as_ref() == Some(&expired) {
+            break s;
+        }
+        let brief = (s.state, &s.last_error, s.unacked_bytes);
+        assert_eq!(s.state, State::Established, "{brief:?}");
+        assert!(Instant::now() < deadline, "still up: {brief:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        sent_at.elapsed() >= Duration::from_secs(4),
+        "dropped before the send hold time"
+    );
+    assert_ne!(s.state, State::Established);
+    assert_eq!((s.prefixes_advertised, s.unacked_bytes), (0, 0));
+    assert!(s.advertised.is_empty());
+    assert_eq!(s.stats.flaps, 1);
+
+    // The peer, still not reading, learns that the connection is gone: reset, since
+    // a FIN would wait behind the UPDATEs it did not take.
+    stop.store(true, Ordering::Relaxed);
+    keepalives.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        if let Some(e) = peer.stream.take_error().unwrap() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the connection was not reset");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
 }
 
 /// A router side (AS 65000) awaiting the gateway at `ip` on `port`.

@@ -30,7 +30,10 @@ use crate::wire::{Family, Prefix, Update};
 pub use rib::{max_update_len, AdjRibOut, Changes, Export, RouteAttributes, Routes, Unsendable};
 
 /// How long a closed connection may take to deliver its last NOTIFICATION, and
-/// how long [`Speaker::shutdown`] waits for all of them.
+/// how long [`Speaker::shutdown`] waits for all of them. One whose peer has not
+/// acknowledged everything by then is reset: its FIN would wait behind the bytes the
+/// peer does not take (RFC 9687's stalled peer), and the peer would never learn of the
+/// close.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// How soon [`PeerStatus::unacked_bytes`] is sampled again while it is not 0 (the peer's
@@ -306,6 +309,21 @@ struct Sock {
     token: Token,
     tx: Vec<u8>,
     connected: bool,
+    /// Bytes handed to the kernel so far.
+    written: u64,
+    /// Of those, how many the peer's TCP had acknowledged at the last look.
+    acked: u64,
+    /// Bytes were waiting for the peer at the last look (see [`Loop::watch_sending`]).
+    pending: bool,
+}
+
+impl Sock {
+    /// Writes as much of `tx` as the socket takes.
+    fn flush(&mut self) -> io::Result<()> {
+        let result = flush(&mut self.stream, &mut self.tx);
+        self.written += result.as_ref().map_or(0, |&n| n as u64);
+        result.map(drop)
+    }
 }
 
 /// A connection the session is done with, delivering its last bytes before close.
@@ -314,6 +332,18 @@ struct Closing {
     tx: Vec<u8>,
     write_shut: bool,
     deadline: Instant,
+}
+
+impl Closing {
+    /// Makes the close that follows a reset (RST) if the peer has not acknowledged all
+    /// that was written ([`LINGER`]).
+    fn reset_if_undelivered(&self) {
+        let undelivered = !self.tx.is_empty() || socket::unacked(&self.stream).unwrap_or(0) > 0;
+        if undelivered {
+            // SO_LINGER 0: close() sends RST and discards the queue (socket(7)).
+            let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        }
+    }
 }
 
 struct Peer {
@@ -413,6 +443,9 @@ impl Loop {
                 let open =
                     self.peers.iter().any(|p| !p.socks.is_empty()) || !self.closing.is_empty();
                 if !open || now >= by {
+                    self.closing
+                        .values()
+                        .for_each(Closing::reset_if_undelivered);
                     return;
                 }
             }
@@ -441,6 +474,7 @@ impl Loop {
                 self.command(now, c);
                 self.resample_every = UNACKED_POLL;
             }
+            self.watch_sending(now);
             self.fire_timers(now);
             self.expire_closing(now);
             self.publish(now);
@@ -657,6 +691,41 @@ impl Loop {
         }
     }
 
+    /// Tells each session how what it sent fares ([`Event::SendQueue`], for the RFC 9687
+    /// SendHoldTimer): whether the peer's TCP acknowledged more since the last look, and
+    /// whether bytes still wait, in our queue or the socket's (`SIOCOUTQ`). A peer that
+    /// stopped reading closes its receive window: its TCP then acknowledges nothing more,
+    /// however much the kernel still takes. Called each time round the loop, which comes
+    /// round at least once a second while bytes are unacknowledged ([`UNACKED_POLL_MAX`]),
+    /// and before timers fire, so that a timer due sees the latest progress.
+    fn watch_sending(&mut self, now: Instant) {
+        let mut reports = Vec::new();
+        for (p, peer) in self.peers.iter_mut().enumerate() {
+            for (&conn, sock) in peer.socks.iter_mut().filter(|(_, s)| s.connected) {
+                let queued = socket::unacked(&sock.stream).unwrap_or(0);
+                let acked = sock.written.saturating_sub(queued as u64);
+                let progressed = acked > sock.acked;
+                sock.acked = sock.acked.max(acked);
+                let pending = !sock.tx.is_empty() || queued > 0;
+                if pending || sock.pending {
+                    reports.push((p, conn, progressed, pending));
+                }
+                sock.pending = pending;
+            }
+        }
+        for (p, conn, progressed, pending) in reports {
+            self.feed(
+                now,
+                p,
+                Event::SendQueue {
+                    conn,
+                    progressed,
+                    pending,
+                },
+            );
+        }
+    }
+
     fn fire_timers(&mut self, now: Instant) {
         for p in 0..self.peers.len() {
             let due: Vec<Timer> = self.peers[p]
@@ -704,7 +773,7 @@ impl Loop {
                 Output::Send(id, bytes) => {
                     if let Some(sock) = self.peers[p].socks.get_mut(&id) {
                         sock.tx.extend_from_slice(&bytes);
-                        if let Err(e) = flush(&mut sock.stream, &mut sock.tx) {
+                        if let Err(e) = sock.flush() {
                             self.failed.push((p, id, e.to_string()));
                         }
                     }
@@ -849,6 +918,9 @@ impl Loop {
                 token,
                 tx: Vec::new(),
                 connected,
+                written: 0,
+                acked: 0,
+                pending: false,
             },
         );
         Ok(())
@@ -918,7 +990,7 @@ impl Loop {
             }
             return;
         }
-        if let Err(e) = flush(&mut sock.stream, &mut sock.tx) {
+        if let Err(e) = sock.flush() {
             return self.feed(
                 now,
                 p,
@@ -983,7 +1055,7 @@ impl Loop {
             self.tokens.remove(&sock.token);
             return;
         }
-        let _ = flush(&mut sock.stream, &mut sock.tx);
+        let _ = sock.flush();
         let mut c = Closing {
             stream: sock.stream,
             tx: sock.tx,
@@ -1028,6 +1100,9 @@ impl Loop {
             .map(|(t, _)| *t)
             .collect();
         for t in expired {
+            if let Some(c) = self.closing.get(&t) {
+                c.reset_if_undelivered();
+            }
             self.drop_closing(t);
         }
     }
@@ -1072,18 +1147,20 @@ impl Loop {
     }
 }
 
-/// Writes as much of `tx` as the socket takes.
-fn flush(stream: &mut TcpStream, tx: &mut Vec<u8>) -> io::Result<()> {
+/// Writes as much of `tx` as the socket takes; how much that was.
+fn flush(stream: &mut TcpStream, tx: &mut Vec<u8>) -> io::Result<usize> {
+    let mut written = 0;
     while !tx.is_empty() {
         match stream.write(tx) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 tx.drain(..n);
+                written += n;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(written)
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// Error codes (RFC 4271 §4.5, RFC 7313 §5).
+/// Error codes (RFC 4271 §4.5, RFC 7313 §5, RFC 9687 §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotificationCode {
     MessageHeader = 1,
@@ -13,6 +13,7 @@ pub enum NotificationCode {
     FiniteStateMachine = 5,
     Cease = 6,
     RouteRefreshMessage = 7,
+    SendHoldTimerExpired = 8,
 }
 
 /// Cease subcodes (RFC 4486 §4).
@@ -53,6 +54,12 @@ impl Notification {
     /// The Hold Timer expired (RFC 4271 §6.5).
     pub fn hold_timer_expired() -> Notification {
         Notification::new(NotificationCode::HoldTimerExpired, 0)
+    }
+
+    /// The peer took none of the bytes waiting for it for the SendHoldTime (RFC 9687
+    /// §4.3); no subcode, no data (§6).
+    pub fn send_hold_timer_expired() -> Notification {
+        Notification::new(NotificationCode::SendHoldTimerExpired, 0)
     }
 
     /// A message arrived that the current state does not expect (RFC 4271 §6.6); the
@@ -119,6 +126,7 @@ impl Notification {
             5 => "finite state machine error",
             6 => "cease",
             7 => "ROUTE-REFRESH message error",
+            8 => "send hold timer expired",
             _ => "unknown error code",
         };
         let sub = match (self.code, self.subcode) {
