@@ -966,11 +966,13 @@ impl Session {
         }
     }
 
-    /// A third of the hold time, jittered (§10): always well inside the hold time.
+    /// A third of the hold time, jittered (§10): always well inside the hold time. Never
+    /// under a second (§4.4: KEEPALIVEs MUST NOT be sent more often than one per second),
+    /// which the jitter would make of hold time 3's one second.
     fn arm_keepalive(&mut self, now: Instant, i: usize, out: &mut Vec<Output>) {
         let conn = &self.conns[i];
         if let Some(every) = conn.negotiated.as_ref().and_then(Negotiated::keepalive) {
-            let at = now + self.jitter.apply(every);
+            let at = now + self.jitter.apply(every).max(Duration::from_secs(1));
             out.push(Output::ArmTimer(Timer::Keepalive(conn.id), at));
         }
     }

@@ -262,6 +262,36 @@ fn keepalive_and_connect_retry_timers_are_jittered() {
     assert!(keepalives.iter().any(|d| *d > keepalive * 19 / 20));
 }
 
+/// RFC 4271 §4.4: KEEPALIVEs MUST NOT be sent more often than one per second. With
+/// hold time 3 the interval is 1 s, which the jitter would cut to 0.75 s.
+#[test]
+fn keepalives_are_never_less_than_a_second_apart() {
+    for seed in 0..20 {
+        let mut c = config();
+        c.hold_time = 3;
+        let mut h = Harness::new(c.clone());
+        h.s = Session::new(c, seed);
+        h.ev(Event::Start);
+        h.ev(Event::Connected(1));
+        let out = h.recv(1, peer_open(65000, 3, PEER_ID));
+        let mut delays = vec![armed(&out, Timer::Keepalive(1)).unwrap() - h.now];
+        h.recv(1, Message::Keepalive);
+        assert_eq!(h.s.state(), State::Established);
+        for _ in 0..10 {
+            let out = h.ev(Event::TimerExpired(Timer::Keepalive(1)));
+            delays.push(armed(&out, Timer::Keepalive(1)).unwrap() - h.now);
+            let mut out = Vec::new();
+            h.s.send_update(h.now, &Update::end_of_rib(Family::Ipv4Unicast), &mut out)
+                .unwrap();
+            delays.push(armed(&out, Timer::Keepalive(1)).unwrap() - h.now);
+        }
+        assert!(
+            delays.iter().all(|d| *d == Duration::from_secs(1)),
+            "seed {seed}: {delays:?}"
+        );
+    }
+}
+
 #[test]
 fn hold_time_zero_means_no_keepalives() {
     let mut h = Harness::new(config());
