@@ -421,8 +421,9 @@ struct Loop {
     next_token: usize,
     routes: Routes,
     closing: HashMap<Token, Closing>,
-    /// Connections whose socket failed while outputs were being carried out.
-    failed: Vec<(usize, ConnId, String)>,
+    /// Connections whose socket failed while outputs were being carried out, by peer
+    /// address: a reconfiguration may move the peers before they are handed back.
+    failed: Vec<(IpAddr, ConnId, String)>,
     /// Set by shutdown: the loop ends when everything is closed, or at this time.
     stop_by: Option<Instant>,
     /// When to publish again because some output was not yet acknowledged.
@@ -498,6 +499,7 @@ impl Loop {
                 for p in 0..self.peers.len() {
                     self.sync(now, p);
                 }
+                self.hand_back_failures(now);
             }
             Command::Reconfigure(config, reply) => {
                 let result = self.reconfigure(now, config);
@@ -752,7 +754,16 @@ impl Loop {
     /// the session it belongs to.
     fn carry_out(&mut self, now: Instant, p: usize, out: Vec<Output>) {
         self.apply(now, p, out);
-        while let Some((p, conn, reason)) = self.failed.pop() {
+        self.hand_back_failures(now);
+    }
+
+    /// Feeds each socket failure left in [`Loop::failed`] to the session it belongs to,
+    /// if that peer is still configured.
+    fn hand_back_failures(&mut self, now: Instant) {
+        while let Some((address, conn, reason)) = self.failed.pop() {
+            let Some(p) = self.peers.iter().position(|p| p.config.address == address) else {
+                continue;
+            };
             self.feed(
                 now,
                 p,
@@ -762,6 +773,12 @@ impl Loop {
                 },
             );
         }
+    }
+
+    /// Records that connection `id` of peer `p` failed, for [`Loop::hand_back_failures`].
+    fn failed(&mut self, p: usize, id: ConnId, error: &io::Error) {
+        let address = self.peers[p].config.address;
+        self.failed.push((address, id, error.to_string()));
     }
 
     fn apply(&mut self, now: Instant, p: usize, out: Vec<Output>) {
@@ -774,7 +791,7 @@ impl Loop {
                     if let Some(sock) = self.peers[p].socks.get_mut(&id) {
                         sock.tx.extend_from_slice(&bytes);
                         if let Err(e) = sock.flush() {
-                            self.failed.push((p, id, e.to_string()));
+                            self.failed(p, id, &e);
                         }
                     }
                 }
@@ -891,7 +908,7 @@ impl Loop {
         let stream = socket::connect(addr, cfg.local_address, cfg.md5_password.as_deref());
         match stream.and_then(|s| self.register(p, id, s, false)) {
             Ok(()) => debug!(peer = %addr, "connecting"),
-            Err(e) => self.failed.push((p, id, e.to_string())),
+            Err(e) => self.failed(p, id, &e),
         }
     }
 
@@ -944,19 +961,24 @@ impl Loop {
                 debug!(%from, "connection from an unknown peer refused");
                 continue;
             };
-            let mut out = Vec::new();
-            self.peers[p].session.handle(now, Event::Incoming, &mut out);
-            if let Some(id) = out.iter().find_map(|o| match o {
-                Output::Accept(id) => Some(*id),
-                _ => None,
-            }) {
-                let _ = stream.set_nodelay(true);
-                if let Err(e) = self.register(p, id, stream, true) {
-                    self.failed.push((p, id, e.to_string()));
-                }
-            }
-            self.carry_out(now, p, out);
+            self.incoming(now, p, stream);
         }
+    }
+
+    /// Peer `p` connected to us: its session takes the connection or refuses it.
+    fn incoming(&mut self, now: Instant, p: usize, stream: TcpStream) {
+        let mut out = Vec::new();
+        self.peers[p].session.handle(now, Event::Incoming, &mut out);
+        if let Some(id) = out.iter().find_map(|o| match o {
+            Output::Accept(id) => Some(*id),
+            _ => None,
+        }) {
+            let _ = stream.set_nodelay(true);
+            if let Err(e) = self.register(p, id, stream, true) {
+                self.failed(p, id, &e);
+            }
+        }
+        self.carry_out(now, p, out);
     }
 
     fn conn_ready(&mut self, now: Instant, p: usize, id: ConnId, buf: &mut [u8]) {
@@ -1163,4 +1185,109 @@ fn flush(stream: &mut TcpStream, tx: &mut Vec<u8>) -> io::Result<usize> {
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Context, Message};
+
+    /// A speaker loop for `peers`, driven by hand: no thread, no listener.
+    fn event_loop(peers: Vec<PeerConfig>) -> Loop {
+        let (_, commands) = mpsc::channel();
+        Loop {
+            poll: Poll::new().unwrap(),
+            commands,
+            status: Arc::new(Mutex::new(Vec::new())),
+            listeners: Vec::new(),
+            peers: peers.into_iter().map(Peer::new).collect(),
+            tokens: HashMap::new(),
+            next_token: FIRST_CONN,
+            routes: Routes::new(),
+            closing: HashMap::new(),
+            failed: Vec::new(),
+            stop_by: None,
+            resample_at: None,
+            resample_every: UNACKED_POLL,
+            unacked: 0,
+        }
+    }
+
+    fn passive(last: u8) -> PeerConfig {
+        let address = IpAddr::V4(Ipv4Addr::new(192, 0, 2, last));
+        let mut c = PeerConfig::new(address, 65001, 65000, Ipv4Addr::new(10, 0, 0, 2));
+        c.session.passive = true;
+        c
+    }
+
+    /// Brings peer `p`'s session up over a loopback connection, the peer's end of which
+    /// is returned (it is never read: the kernel's buffers take what the tests send).
+    fn establish(l: &mut Loop, p: usize) -> std::net::TcpStream {
+        let now = Instant::now();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        l.feed(now, p, Event::Start);
+        l.incoming(now, p, TcpStream::from_std(ours));
+        let conn = *l.peers[p].socks.keys().next().unwrap();
+        let open = fsm::Config::new(65000, 65001, Ipv4Addr::new(10, 0, 0, 1)).open();
+        for msg in [Message::Open(open), Message::Keepalive] {
+            let bytes = msg.to_bytes(Context::FOUR_OCTET).unwrap();
+            l.feed(
+                now,
+                p,
+                Event::Received {
+                    conn,
+                    bytes: &bytes,
+                },
+            );
+        }
+        assert_eq!(l.peers[p].session.state(), State::Established);
+        theirs
+    }
+
+    fn state(l: &Loop, address: IpAddr) -> State {
+        let peer = l
+            .peers
+            .iter()
+            .find(|p| p.config.address == address)
+            .unwrap();
+        peer.session.state()
+    }
+
+    /// A write that fails while new routes go out is handed to the session of the peer it
+    /// belongs to, even when a reconfiguration moves the peers before that: it used to go
+    /// to whichever peer took the failed one's position, and close that one's session.
+    #[test]
+    fn a_write_failure_reaches_its_own_peer_after_the_peers_move() {
+        let (a, b) = (passive(1), passive(2));
+        let mut l = event_loop(vec![a.clone(), b.clone()]);
+        let a_end = establish(&mut l, 0);
+        let _b_end = establish(&mut l, 1);
+        // A's end resets the connection (SO_LINGER 0): the next write to it fails.
+        socket2::SockRef::from(&a_end)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(a_end);
+        std::thread::sleep(Duration::from_millis(100));
+
+        let now = Instant::now();
+        let prefix: Prefix = "198.51.100.1/32".parse().unwrap();
+        let routes: Routes = [(prefix, RouteAttributes::default())].into_iter().collect();
+        l.command(now, Command::SetRoutes(routes));
+        // B and A swap places, and C is added (its start hands failures back).
+        let (reply, result) = mpsc::channel();
+        let config = Config {
+            peers: vec![b.clone(), a.clone(), passive(3)],
+            listen: Vec::new(),
+        };
+        l.command(now, Command::Reconfigure(config, reply));
+        let done = result.recv().unwrap().unwrap();
+        assert_eq!(done.kept, [b.address, a.address]);
+
+        assert_ne!(state(&l, a.address), State::Established);
+        assert_eq!(state(&l, b.address), State::Established);
+        assert_eq!(l.peers[0].rib.len(), 1, "B carries the route");
+    }
 }
