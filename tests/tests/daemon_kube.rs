@@ -2,7 +2,8 @@
 //! (`control/tests/fake_apiserver`), run in the gateway's namespace.
 //!
 //! Topology: [`Lab::new`] with one gateway; no BIRD (the Kubernetes VIP is looked at in
-//! `GET /status`, where a removed one is gone once its drain is over).
+//! `GET /status`, where a removed one is gone once its drain is over). The status-write
+//! test runs the Kubernetes source alone, on the channel that feeds the daemon.
 
 #[path = "../../control/tests/fake_apiserver/mod.rs"]
 #[allow(dead_code)]
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use control::sources::kube::KubeUpdate;
+use control::sources::ServiceSet;
 use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab};
 use dsrgate_tests::netns::{fabric4, node_host, Netns};
 use dsrgate_tests::require_privileges;
@@ -36,15 +39,24 @@ fn node(n: u8) -> Value {
 
 /// `default/web`: LoadBalancer, `Cluster`, TCP 8080, at [`KUBE_VIP`].
 fn web_service() -> Value {
+    service("web", json!([http(8080)]), Some(KUBE_VIP))
+}
+
+fn http(port: u16) -> Value {
+    json!({"name": format!("http-{port}"), "protocol": "TCP", "port": port, "targetPort": port, "nodePort": 30000 + port % 1000})
+}
+
+/// A LoadBalancer Service in `default`, `Cluster`, with `ports`, at `ip` if it has one.
+fn service(name: &str, ports: Value, ip: Option<&str>) -> Value {
+    let ingress = match ip {
+        Some(ip) => json!([{"ip": ip, "ipMode": "VIP"}]),
+        None => json!([]),
+    };
     json!({
-        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
                      "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {
-            "type": "LoadBalancer",
-            "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080, "nodePort": 30080}],
-            "externalTrafficPolicy": "Cluster"
-        },
-        "status": {"loadBalancer": {"ingress": [{"ip": KUBE_VIP, "ipMode": "VIP"}]}}
+        "spec": {"type": "LoadBalancer", "ports": ports, "externalTrafficPolicy": "Cluster"},
+        "status": {"loadBalancer": {"ingress": ingress}}
     })
 }
 
@@ -209,4 +221,112 @@ fn a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_g
     daemon
         .wait_clean_exit(Duration::from_secs(15))
         .context("clean exit")
+}
+
+/// A status write that the API server holds unanswered (a hung connection, a slow
+/// admission webhook) delays no watch event: a Service changed meanwhile still reaches the
+/// daemon. Unanswered for long, the write fails and is tried again; once the server answers
+/// again, it is carried out.
+#[test]
+fn a_hung_status_write_delays_no_watch_event() -> Result<()> {
+    const POOL_IP: &str = "198.51.100.10";
+    let server = FakeApiServer::start();
+    for n in 1..=3 {
+        server.apply(Kind::Node, node(n));
+    }
+    server.apply(Kind::Service, web_service());
+    server.apply(Kind::EndpointSlice, web_slice());
+    // Without an address: gets one from the pool, written to its status.
+    server.apply(Kind::Service, service("dns", json!([http(53)]), None));
+    server.set_hang_patches(true);
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("dsrgate-kube-status-write-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0)?;
+    let text = format!(
+        "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\nkubeconfig = {:?}\n\
+         address_pool = [\"{POOL_IP}-198.51.100.12\"]\n",
+        server.kubeconfig(&dir.0).display().to_string()
+    );
+    let cfg = control::config::parse(&text, Path::new("kube.toml"))?
+        .kubernetes
+        .context("no [kubernetes]")?;
+    let (tx, rx) = crossbeam::channel::unbounded();
+    let _source = control::sources::kube::spawn(cfg, tx)?;
+    let wait_set = |what: &str, pred: &dyn Fn(&ServiceSet) -> bool| -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(KubeUpdate::Services(set)) if pred(&set) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => bail!("no set with {what} after {WAIT:?}"),
+            }
+        }
+    };
+    let vip = |set: &ServiceSet, name: &str| {
+        set.vips
+            .iter()
+            .find(|v| v.name == format!("default/{name}"))
+            .cloned()
+    };
+    wait_set("dns on its pool address", &|s| {
+        vip(s, "dns").is_some_and(|v| v.addr.to_string() == POOL_IP)
+    })?;
+    let deadline = Instant::now() + WAIT;
+    while !server.requests().iter().any(|r| r.starts_with("PATCH ")) {
+        ensure!(Instant::now() < deadline, "no status write");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The write hangs; web gains a port.
+    server.apply(
+        Kind::Service,
+        service("web", json!([http(8080), http(8443)]), Some(KUBE_VIP)),
+    );
+    wait_set("web's new port while the write hangs", &|s| {
+        vip(s, "web").is_some_and(|v| v.ports == [8080, 8443])
+    })?;
+
+    // Unanswered for long enough, the write fails, is reported, and is tried again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(KubeUpdate::Error(e)) if e.contains("default/dns") => {
+                ensure!(e.contains("no answer within"), "{e}");
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => bail!("the hung write was not reported after {WAIT:?}"),
+        }
+    }
+    let patches = |server: &FakeApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("PATCH "))
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while patches(&server) < 2 {
+        ensure!(
+            Instant::now() < deadline,
+            "the hung write was not tried again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    server.set_hang_patches(false);
+    let written = |server: &FakeApiServer| {
+        server
+            .object(Kind::Service, "default/dns")
+            .is_some_and(|o| o["status"]["loadBalancer"]["ingress"][0]["ip"] == POOL_IP)
+    };
+    let deadline = Instant::now() + WAIT;
+    while !written(&server) {
+        ensure!(Instant::now() < deadline, "dns's status never written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //! resourceVersion, BOOKMARK events, ERROR 410 Expired after compaction),
 //! label-existence selectors, and merge PATCH of the Service status
 //! subresource, in plain HTTP or over TLS. Tests can drop every watch,
-//! compact history, or make the server fail with 500s.
+//! compact history, make the server fail with 500s, or hold PATCHes unanswered.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -62,6 +62,8 @@ struct State {
     /// Bumped to end every open watch.
     generation: u64,
     failing: bool,
+    /// PATCHes wait, unanswered, while this is set.
+    hang_patches: bool,
     shutdown: bool,
     requests: Vec<String>,
     /// Each request's `Authorization` header ("" when it had none).
@@ -276,6 +278,15 @@ impl FakeApiServer {
         cv.notify_all();
     }
 
+    /// Holds every PATCH unanswered (as a hung connection or a slow admission webhook
+    /// does) until called again with `false`; then those held are carried out.
+    #[allow(dead_code)] // Used by the daemon's tests (tests/tests/daemon_kube.rs).
+    pub fn set_hang_patches(&self, hang: bool) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap().hang_patches = hang;
+        cv.notify_all();
+    }
+
     /// Request lines received so far ("GET /api/v1/nodes?...").
     pub fn requests(&self) -> Vec<String> {
         self.state.0.lock().unwrap().requests.clone()
@@ -411,6 +422,12 @@ fn handle<S: Read + Write>(stream: &mut S, st: &(Mutex<State>, Condvar)) -> std:
     }
 
     if method == "PATCH" {
+        let (lock, cv) = st;
+        let mut s = lock.lock().unwrap();
+        while s.hang_patches && !s.shutdown {
+            s = cv.wait(s).unwrap();
+        }
+        drop(s);
         // /api/v1/namespaces/{ns}/services/{name}/status
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         if let ["api", "v1", "namespaces", ns, "services", name, "status"] = segs[..] {

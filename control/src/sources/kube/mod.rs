@@ -10,7 +10,7 @@
 
 pub mod model;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource};
+use tokio::task::JoinSet;
 
 use crate::config::Kubernetes;
 use crate::sources::ServiceSet;
@@ -209,6 +210,10 @@ fn client_of(config: kube::Config) -> Result<Client, String> {
 
 /// How long to wait before retrying a failed client setup or status write.
 const RETRY: Duration = Duration::from_secs(5);
+/// How long one status write may take before it counts as failed (and is retried): kube's
+/// client has no read timeout of its own, and a hung connection or a slow admission
+/// webhook would otherwise hold the write, and its retries, for good.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client, retried every [`RETRY`] until one is built; `None` once the receiver is gone.
 async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>) -> Option<Client> {
@@ -251,6 +256,8 @@ async fn run(cfg: Kubernetes, tx: Sender<KubeUpdate>, client: Option<Client>) {
         nodes
     ));
     let mut retry = tokio::time::interval(RETRY);
+    // Status writes run as tasks of their own, so that a slow one delays no watch event.
+    let mut writes = JoinSet::new();
     loop {
         tokio::select! {
             change = changes.next() => {
@@ -261,12 +268,18 @@ async fn run(cfg: Kubernetes, tx: Sender<KubeUpdate>, client: Option<Client>) {
                     sync.apply(change);
                 }
             }
+            Some(done) = writes.join_next() => {
+                // A write task neither panics nor is aborted while `writes` lives.
+                if let Ok(w) = done {
+                    sync.written(w);
+                }
+            }
             _ = retry.tick() => {}
         }
         if !sync.publish() {
             return;
         }
-        sync.write_status(&client).await;
+        sync.write_status(&client, &mut writes);
     }
 }
 
@@ -349,7 +362,11 @@ struct Sync {
     last: Option<ServiceSet>,
     assigned: HashMap<String, IpAddr>,
     pending: Vec<Assignment>,
+    /// Per Service (namespace, name): the address last written and when the write ended
+    /// (or began, while it runs).
     attempts: HashMap<(String, String), (IpAddr, Instant)>,
+    /// The Services whose status write runs now.
+    writing: HashSet<(String, String)>,
     /// The last computation's problems, so each is logged once.
     problems: Problems,
 }
@@ -367,6 +384,7 @@ impl Sync {
             assigned: HashMap::new(),
             pending: Vec::new(),
             attempts: HashMap::new(),
+            writing: HashSet::new(),
             problems: Problems::new(),
         }
     }
@@ -433,56 +451,97 @@ impl Sync {
     /// whole `ingress` list (RFC 7386), so a refused address it moves a
     /// Service off is gone from its status, not kept next to the new one.
     /// Retried every few seconds until the watch shows the status.
-    async fn write_status(&mut self, client: &Client) {
-        let pending = std::mem::take(&mut self.pending);
-        for a in &pending {
+    ///
+    /// Each write is a task in `writes`, bounded by [`WRITE_TIMEOUT`], whose outcome
+    /// comes back through [`Sync::written`]: a hung API connection or a slow admission
+    /// webhook delays neither the watch events nor the other Services' writes. One write
+    /// per Service runs at a time.
+    fn write_status(&mut self, client: &Client, writes: &mut JoinSet<Written>) {
+        for a in &self.pending {
             let id = (a.namespace.clone(), a.name.clone());
-            if self
-                .attempts
-                .get(&id)
-                .is_some_and(|(ip, t)| *ip == a.ip && t.elapsed() < RETRY)
+            if self.writing.contains(&id)
+                || self
+                    .attempts
+                    .get(&id)
+                    .is_some_and(|(ip, t)| *ip == a.ip && t.elapsed() < RETRY)
             {
                 continue;
             }
-            self.attempts.insert(id, (a.ip, Instant::now()));
+            self.attempts.insert(id.clone(), (a.ip, Instant::now()));
+            self.writing.insert(id);
+            let key = format!("{}/{}", a.namespace, a.name);
+            let version = self
+                .services
+                .live
+                .get(&key)
+                .and_then(|s| s.meta().resource_version.clone());
             let api: Api<Service> = Api::namespaced(client.clone(), &a.namespace);
-            let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": a.ip.to_string(), "ipMode": "VIP"}]}}});
-            match api
-                .patch_status(&a.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(svc) => {
-                    tracing::info!(service = %format!("{}/{}", a.namespace, a.name), ip = %a.ip, "assigned a pool address");
-                    let _ = self.tx.send(KubeUpdate::Assigned {
-                        namespace: a.namespace.clone(),
-                        name: a.name.clone(),
-                        ip: a.ip,
-                    });
-                    // Apply the answer at once instead of waiting for the watch.
-                    if let Some(slot) = self.services.live.get_mut(&Store::<Service>::key(&svc)) {
+            let a = a.clone();
+            writes.spawn(async move {
+                let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": a.ip.to_string(), "ipMode": "VIP"}]}}});
+                let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+                let write = api.patch_status(&a.name, &params, &patch);
+                let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                    Ok(Ok(svc)) => Ok(svc),
+                    Ok(Err(e)) => Err(with_causes(&e)),
+                    Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+                };
+                Written {
+                    a,
+                    version,
+                    result,
+                }
+            });
+        }
+        self.attempts.retain(|id, _| {
+            self.writing.contains(id)
+                || self
+                    .pending
+                    .iter()
+                    .any(|a| a.namespace == id.0 && a.name == id.1)
+        });
+    }
+
+    /// Takes the outcome of a status write. A failed one (an error or no answer in time) is
+    /// logged and retried [`RETRY`] after it ended.
+    fn written(&mut self, w: Written) {
+        let Written { a, version, result } = w;
+        let id = (a.namespace.clone(), a.name.clone());
+        self.writing.remove(&id);
+        match result {
+            Ok(svc) => {
+                tracing::info!(service = %format!("{}/{}", a.namespace, a.name), ip = %a.ip, "assigned a pool address");
+                // Apply the answer at once instead of waiting for the watch, unless the
+                // watch has shown a change since the write began (it will show the write).
+                let key = Store::<Service>::key(&svc);
+                if let Some(slot) = self.services.live.get_mut(&key) {
+                    if slot.meta().resource_version == version {
                         *slot = svc;
                         self.dirty = true;
                     }
                 }
-                Err(e) => {
-                    let msg = format!(
-                        "writing {}/{} status: {}",
-                        a.namespace,
-                        a.name,
-                        with_causes(&e)
-                    );
-                    tracing::warn!(error = %msg, "status write failed; will retry");
-                    let _ = self.tx.send(KubeUpdate::Error(msg));
-                }
+                let _ = self.tx.send(KubeUpdate::Assigned {
+                    namespace: a.namespace,
+                    name: a.name,
+                    ip: a.ip,
+                });
+            }
+            Err(e) => {
+                let msg = format!("writing {}/{} status: {e}", a.namespace, a.name);
+                tracing::warn!(error = %msg, "status write failed; will retry");
+                self.attempts.insert(id, (a.ip, Instant::now()));
+                let _ = self.tx.send(KubeUpdate::Error(msg));
             }
         }
-        self.pending = pending;
-        self.attempts.retain(|(ns, name), _| {
-            self.pending
-                .iter()
-                .any(|a| a.namespace == *ns && a.name == *name)
-        });
     }
+}
+
+/// The outcome of one status write: the assignment, its Service's resourceVersion when
+/// the write began, and the Service as written or why not.
+struct Written {
+    a: Assignment,
+    version: Option<String>,
+    result: Result<Service, String>,
 }
 
 #[cfg(test)]
