@@ -31,6 +31,16 @@ impl Counter {
         self.state
     }
 
+    /// A new target that starts up, as the up target it replaces was, with that
+    /// one's weight; its own `fall` failures take it down.
+    pub fn inherited(weight: Option<u32>) -> Counter {
+        Counter {
+            state: State::Up,
+            weight,
+            ..Counter::default()
+        }
+    }
+
     /// The weight the target reported in its last successful probe, if any.
     pub fn weight(&self) -> Option<u32> {
         self.weight

@@ -8,7 +8,8 @@
 //! `healthCheckNodePort` `/healthz`, whose `X-Load-Balancing-Endpoint-Weight`
 //! header carries the node's local endpoint count, reported as the weight.
 //! A probe that has not finished within `timeout` fails. A target starts
-//! [`State::Down`], goes up after `rise` consecutive successes, and down after
+//! [`State::Down`] (unless it replaces an up one, see [`Targets`]), goes up
+//! after `rise` consecutive successes, and down after
 //! `fall` consecutive failures; each change is a [`HealthEvent`] with its
 //! reason, for the control loop, the logs, and the metrics. A failure that
 //! changes nothing still makes one ([`Transition::StillDown`]) when it tells
@@ -85,7 +86,8 @@ pub struct HealthSpec {
 /// address and the [`Probe`]), not at the timing: a reload that only retimes a
 /// check finds the same target and keeps its state, as HAProxy and IPVS keep a
 /// server's state across a reload, while a new port, path or probe kind is a
-/// new target that starts down. Backends of several VIPs that share a node and
+/// new target (which may start with the verdict of the one it replaces, see
+/// [`Targets`]). Backends of several VIPs that share a node and
 /// a probe share one target, so a node is not probed once per VIP; if their
 /// timings differ, the first in the list given to
 /// [`HealthChecker::set_targets`] is used, and the daemon's list gives the
@@ -118,6 +120,154 @@ impl fmt::Display for Target {
             Probe::Tcp { .. } => write!(f, "tcp://{sa}"),
             Probe::Http { path, .. } => write!(f, "http://{sa}{path}"),
         }
+    }
+}
+
+/// The targets to probe, each with its users: opaque keys of what it probes for (the
+/// daemon's are its VIPs), which say which new target replaces which old one.
+///
+/// Make-before-break: a new target (not in the previous list) on a node whose user probed
+/// that node with another target before starts with that target's verdict if it was up,
+/// instead of down, and from there its own probes apply `rise` and `fall` as usual. A
+/// Service's probe changes with no change of the node (`externalTrafficPolicy` Cluster to
+/// Local moves it from kube-proxy's port to the `healthCheckNodePort`; a reload changes a
+/// port, path or type), and started down, every gateway at once emptied the VIP's table
+/// and withdrew it until the new probe had risen. A node that was down, or not probed
+/// yet, still starts down, and so does a target with no predecessor (a new Service, a new
+/// node): a verdict is never made up, only carried over from the same node for the same
+/// user. With several predecessors, the target starts up only if all of them were up.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    list: Vec<Target>,
+    /// Per target of `list`, its users, sorted.
+    users: Vec<Vec<String>>,
+    index: HashMap<Target, usize>,
+}
+
+impl Targets {
+    /// Adds `user` to `target`, which is added if new (the first one's timing stays);
+    /// returns the stored target.
+    pub fn insert(&mut self, target: Target, user: &str) -> &mut Target {
+        let i = match self.index.get(&target) {
+            Some(&i) => i,
+            None => {
+                self.index.insert(target.clone(), self.list.len());
+                self.list.push(target);
+                self.users.push(Vec::new());
+                self.list.len() - 1
+            }
+        };
+        if let Err(at) = self.users[i].binary_search_by(|u| u.as_str().cmp(user)) {
+            self.users[i].insert(at, user.to_owned());
+        }
+        &mut self.list[i]
+    }
+
+    /// Who uses `target`, if it is in the list.
+    pub fn users(&self, target: &Target) -> Option<&[String]> {
+        self.index.get(target).map(|&i| self.users[i].as_slice())
+    }
+
+    /// For each target of `self` that `prev` does not have and that replaces some of
+    /// `prev`'s (see [`Targets`]) all up by `verdict`: the target, the first it replaces,
+    /// and the weight they agree on (else none).
+    fn inherited(
+        &self,
+        prev: &Targets,
+        verdict: impl Fn(&Target) -> Option<(State, Option<u32>)>,
+    ) -> Vec<(Target, Target, Option<u32>)> {
+        let mut out = Vec::new();
+        for (t, users) in self.list.iter().zip(&self.users) {
+            if prev.index.contains_key(t) || users.is_empty() {
+                continue;
+            }
+            let replaced: Vec<&Target> = prev
+                .list
+                .iter()
+                .zip(&prev.users)
+                .filter(|(p, pu)| p.addr == t.addr && pu.iter().any(|u| users.contains(u)))
+                .map(|(p, _)| p)
+                .collect();
+            let Some(&first) = replaced.first() else {
+                continue;
+            };
+            let mut weights = Vec::new();
+            for p in &replaced {
+                match verdict(p) {
+                    Some((State::Up, w)) => weights.push(w),
+                    _ => break,
+                }
+            }
+            if weights.len() < replaced.len() {
+                continue;
+            }
+            let weight = weights[0].filter(|_| weights.iter().all(|w| *w == weights[0]));
+            out.push((t.clone(), first.clone(), weight));
+        }
+        out
+    }
+}
+
+impl PartialEq for Targets {
+    /// The same targets (with their timings) and users, in the same order.
+    fn eq(&self, other: &Self) -> bool {
+        self.users == other.users
+            && self.list.len() == other.list.len()
+            && self
+                .list
+                .iter()
+                .zip(&other.list)
+                .all(|(a, b)| a == b && a.spec.timing == b.spec.timing)
+    }
+}
+
+impl std::ops::Deref for Targets {
+    type Target = [Target];
+    fn deref(&self) -> &[Target] {
+        &self.list
+    }
+}
+
+impl IntoIterator for Targets {
+    type Item = Target;
+    type IntoIter = std::vec::IntoIter<Target>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Targets {
+    type Item = &'a Target;
+    type IntoIter = std::slice::Iter<'a, Target>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+impl FromIterator<Target> for Targets {
+    /// Targets without users (which inherit nothing); of duplicates the first stays.
+    fn from_iter<I: IntoIterator<Item = Target>>(iter: I) -> Self {
+        let mut out = Targets::default();
+        for t in iter {
+            if !out.index.contains_key(&t) {
+                out.index.insert(t.clone(), out.list.len());
+                out.list.push(t);
+                out.users.push(Vec::new());
+            }
+        }
+        out
+    }
+}
+
+impl From<Vec<Target>> for Targets {
+    fn from(v: Vec<Target>) -> Self {
+        v.into_iter().collect()
+    }
+}
+
+impl<const N: usize> From<[Target; N]> for Targets {
+    fn from(v: [Target; N]) -> Self {
+        v.into_iter().collect()
     }
 }
 
@@ -200,6 +350,9 @@ pub enum Transition {
     /// A failure while down, with a reason not reported since the target went
     /// down (or started): the state stays down, the reason is news.
     StillDown,
+    /// A new target starts up, as `from`, the up target it replaces (see
+    /// [`Targets`]), was: not a transition of the node.
+    Inherited { from: Target },
 }
 
 /// A transition of one target, with the reason (for `Down` and `StillDown`,
@@ -232,6 +385,9 @@ impl fmt::Display for HealthEvent {
                 write!(f, "{} weight {:?} -> {:?}", self.target, from, to)
             }
             Transition::StillDown => write!(f, "{} is down ({})", self.target, self.reason),
+            Transition::Inherited { from } => {
+                write!(f, "{} starts up, as {from} which it replaces", self.target)
+            }
         }
     }
 }
@@ -269,6 +425,8 @@ pub struct HealthChecker {
     /// Epochs of [`set_targets`](Self::set_targets) (a [`HealthThread`]
     /// assigns its own and passes them in).
     epochs: Epochs,
+    /// The last list given to [`set_targets`](Self::set_targets).
+    targets: Targets,
 }
 
 /// Which run of each target is current. A target gets a new epoch each time it
@@ -330,6 +488,7 @@ impl HealthChecker {
             next_token: 0,
             rng: fastrand::Rng::new(),
             epochs: Epochs::default(),
+            targets: Targets::default(),
         })
     }
 
@@ -341,16 +500,23 @@ impl HealthChecker {
     /// Replaces the set of targets. Targets already known keep their state
     /// and schedule (a changed timing applies from the next probe, and the
     /// rise/fall streak starts over so the new counts apply in full); new ones
-    /// start down, first probed within one interval.
-    pub fn set_targets(&mut self, targets: impl IntoIterator<Item = Target>) {
-        let stamped = self.epochs.assign(targets);
-        self.apply(stamped);
+    /// start down, or up as the up targets they replace ([`Targets`]), first
+    /// probed within one interval. Returns a [`Transition::Inherited`] event
+    /// per target that starts up.
+    pub fn set_targets(&mut self, targets: impl Into<Targets>) -> Vec<HealthEvent> {
+        let targets = targets.into();
+        let inherited = targets.inherited(&self.targets, |t| self.state(t));
+        let stamped = self.epochs.assign(targets.iter().cloned());
+        let events = inherited_events(inherited, &stamped);
+        self.apply(stamped, &seeds(&events));
+        self.targets = targets;
+        events
     }
 
     /// [`set_targets`](Self::set_targets) with epochs from [`Epochs::assign`]:
     /// a known target whose epoch changed was removed and added again since,
-    /// and starts afresh.
-    fn apply(&mut self, targets: Vec<(Target, u64)>) {
+    /// and starts afresh; a new one in `seeds` starts up with that weight.
+    fn apply(&mut self, targets: Vec<(Target, u64)>, seeds: &HashMap<Target, Option<u32>>) {
         let now = Instant::now();
         let mut next: HashMap<Target, Slot> = HashMap::new();
         for (t, epoch) in targets {
@@ -375,7 +541,9 @@ impl HealthChecker {
             };
             let slot = kept.unwrap_or_else(|| Slot {
                 epoch,
-                counter: Counter::default(),
+                counter: seeds
+                    .get(&t)
+                    .map_or_else(Counter::default, |w| Counter::inherited(*w)),
                 due: now + interval.mul_f64(self.rng.f64()),
                 running: None,
             });
@@ -539,8 +707,69 @@ impl HealthChecker {
     }
 }
 
+/// The events for targets that start up as the ones they replace.
+fn inherited_events(
+    inherited: Vec<(Target, Target, Option<u32>)>,
+    stamped: &[(Target, u64)],
+) -> Vec<HealthEvent> {
+    let epochs: HashMap<&Target, u64> = stamped.iter().map(|(t, e)| (t, *e)).collect();
+    inherited
+        .into_iter()
+        .filter_map(|(target, from, weight)| {
+            let epoch = *epochs.get(&target)?;
+            let event = HealthEvent {
+                target,
+                epoch,
+                transition: Transition::Inherited { from },
+                state: State::Up,
+                weight,
+                reason: Reason::Passed,
+            };
+            tracing::info!(target = %event.target, "{event}");
+            Some(event)
+        })
+        .collect()
+}
+
+/// The targets that start up, with their weight.
+fn seeds(events: &[HealthEvent]) -> HashMap<Target, Option<u32>> {
+    events
+        .iter()
+        .map(|e| (e.target.clone(), e.weight))
+        .collect()
+}
+
 enum Command {
-    SetTargets(Vec<(Target, u64)>),
+    SetTargets(Vec<(Target, u64)>, HashMap<Target, Option<u32>>),
+}
+
+/// The caller's side of a [`HealthThread`]: the current epochs and list.
+#[derive(Default)]
+struct Listed {
+    epochs: Epochs,
+    targets: Targets,
+}
+
+/// Each target's last verdict the checker thread sent, with its epoch.
+type Verdicts = HashMap<Target, (u64, State, Option<u32>)>;
+
+/// The sender of a [`HealthThread`]'s events: shared by the thread and
+/// [`HealthThread::set_targets`], and emptied when the thread ends, so the
+/// receiver still disconnects then.
+type EventSender = Arc<std::sync::Mutex<Option<Sender<HealthEvent>>>>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each is consistent after any panic (replaced or updated whole).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Empties the events' sender when the checker thread ends, however it ends.
+struct CloseOnExit(EventSender);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        *lock(&self.0) = None;
+    }
 }
 
 /// A [`HealthChecker`] on its own thread. Dropping it stops the thread.
@@ -548,7 +777,10 @@ pub struct HealthThread {
     /// Assigned here, on the caller's side, so that
     /// [`is_current`](Self::is_current) knows the current epochs the moment
     /// [`set_targets`](Self::set_targets) returns, before the thread has seen them.
-    epochs: std::sync::Mutex<Epochs>,
+    listed: std::sync::Mutex<Listed>,
+    /// What the thread last reported per target, for [`Targets`]' inheritance.
+    verdicts: Arc<std::sync::Mutex<Verdicts>>,
+    events: EventSender,
     commands: Option<Sender<Command>>,
     waker: Arc<Waker>,
     join: Option<JoinHandle<()>>,
@@ -560,18 +792,22 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
     let waker = checker.waker();
     let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded::<Command>();
     let (ev_tx, ev_rx) = crossbeam::channel::unbounded();
+    let events: EventSender = Arc::new(std::sync::Mutex::new(Some(ev_tx)));
+    let verdicts: Arc<std::sync::Mutex<Verdicts>> = Arc::default();
+    let (thread_events, thread_verdicts) = (events.clone(), verdicts.clone());
     let join = std::thread::Builder::new()
         .name("dsrgate-health".into())
         .spawn(move || {
+            let _close = CloseOnExit(thread_events.clone());
             let mut out = Vec::new();
             loop {
                 loop {
                     match cmd_rx.try_recv() {
-                        Ok(Command::SetTargets(t)) => {
+                        Ok(Command::SetTargets(t, seeds)) => {
                             // Test builds: end this thread on a new target list.
                             #[cfg(feature = "failpoints")]
                             fail::fail_point!("health-set-targets");
-                            checker.apply(t)
+                            checker.apply(t, &seeds)
                         }
                         Err(crossbeam::channel::TryRecvError::Empty) => break,
                         Err(crossbeam::channel::TryRecvError::Disconnected) => return,
@@ -582,7 +818,13 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 for ev in out.drain(..) {
-                    if ev_tx.send(ev).is_err() {
+                    // Recorded before it is sent: a verdict the consumer holds is here.
+                    lock(&thread_verdicts)
+                        .insert(ev.target.clone(), (ev.epoch, ev.state, ev.weight));
+                    let sent = lock(&thread_events)
+                        .as_ref()
+                        .is_some_and(|tx| tx.send(ev).is_ok());
+                    if !sent {
                         return;
                     }
                 }
@@ -590,7 +832,9 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
         })?;
     Ok((
         HealthThread {
-            epochs: std::sync::Mutex::new(Epochs::default()),
+            listed: std::sync::Mutex::new(Listed::default()),
+            verdicts,
+            events,
             commands: Some(cmd_tx),
             waker,
             join: Some(join),
@@ -600,13 +844,42 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
 }
 
 impl HealthThread {
-    /// Replaces the probed targets (see [`HealthChecker::set_targets`]).
-    pub fn set_targets(&self, targets: Vec<Target>) {
-        let mut epochs = self.epochs();
-        let stamped = epochs.assign(targets);
+    /// Replaces the probed targets (see [`HealthChecker::set_targets`]). The
+    /// [`Transition::Inherited`] events of targets that start up as the ones
+    /// they replace are sent before this returns, from the verdicts the thread
+    /// last sent: a consumer that takes the events waiting before it acts on
+    /// the new list (the daemon takes them before it publishes) never sees a
+    /// replaced probe without a verdict.
+    pub fn set_targets(&self, targets: impl Into<Targets>) {
+        let targets = targets.into();
+        let mut listed = lock(&self.listed);
+        let inherited = {
+            let verdicts = lock(&self.verdicts);
+            let current = &listed.epochs.current;
+            targets.inherited(&listed.targets, |t| {
+                let epoch = current.get(t)?;
+                let (e, state, weight) = verdicts.get(t)?;
+                (e == epoch).then_some((*state, *weight))
+            })
+        };
+        let stamped = listed.epochs.assign(targets.iter().cloned());
+        let events = inherited_events(inherited, &stamped);
+        {
+            let mut verdicts = lock(&self.verdicts);
+            verdicts.retain(|t, _| targets.index.contains_key(t));
+            for ev in &events {
+                verdicts.insert(ev.target.clone(), (ev.epoch, ev.state, ev.weight));
+            }
+        }
+        if let Some(tx) = lock(&self.events).as_ref() {
+            for ev in &events {
+                let _ = tx.send(ev.clone());
+            }
+        }
+        listed.targets = targets;
         if let Some(tx) = &self.commands {
             // Sent under the lock, so the thread sees lists in assignment order.
-            let _ = tx.send(Command::SetTargets(stamped));
+            let _ = tx.send(Command::SetTargets(stamped, seeds(&events)));
             let _ = self.waker.wake();
         }
     }
@@ -616,14 +889,7 @@ impl HealthThread {
     /// (see [`Epochs`]). A consumer that ignores the others holds the same
     /// state as the checker.
     pub fn is_current(&self, ev: &HealthEvent) -> bool {
-        self.epochs().is_current(ev)
-    }
-
-    fn epochs(&self) -> std::sync::MutexGuard<'_, Epochs> {
-        // Epochs are consistent after any panic (assign replaces the map whole).
-        self.epochs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.listed).epochs.is_current(ev)
     }
 }
 
@@ -840,5 +1106,159 @@ mod tests {
         // A retiming keeps the run: its events stay current.
         checker.set_targets(vec![tcp(listener.local_addr().unwrap(), 80, 2, 2)]);
         assert!(checker.is_current(&fresh));
+    }
+
+    /// Which new target inherits which verdict: only from a target of the same node for
+    /// the same user, only if up, and with several predecessors only if all are up.
+    #[test]
+    fn a_new_target_inherits_only_the_up_verdict_of_those_it_replaces() {
+        let t = |a: &str, port| tcp(SocketAddr::new(a.parse().unwrap(), port), 1000, 2, 2);
+        let list = |items: &[(&Target, &str)]| {
+            let mut out = Targets::default();
+            for (target, user) in items {
+                out.insert((*target).clone(), user);
+            }
+            out
+        };
+        let (a1, a2, a3) = (t("192.0.2.1", 1), t("192.0.2.1", 2), t("192.0.2.1", 3));
+        let (b1, b2) = (t("192.0.2.2", 1), t("192.0.2.2", 2));
+        let prev = list(&[(&a1, "x"), (&b1, "x"), (&a3, "y"), (&a3, "z")]);
+        let up = |w| Some((State::Up, w));
+        let verdict = |target: &Target| match target {
+            x if *x == a1 => up(Some(3)),
+            x if *x == a3 => up(None),
+            x if *x == b1 => Some((State::Down, None)),
+            _ => None,
+        };
+        let got = |next: &Targets| -> Vec<(Target, Target, Option<u32>)> {
+            next.inherited(&prev, verdict)
+        };
+        // x's probe moves to port 2: a node that was up starts up, with its weight; one
+        // that was down does not. The kept target inherits nothing (it has its own).
+        let next = list(&[(&a2, "x"), (&b2, "x"), (&a3, "y")]);
+        assert_eq!(got(&next), [(a2.clone(), a1.clone(), Some(3))]);
+        // A new user of a new target on the same node (a new Service) inherits nothing.
+        assert_eq!(got(&list(&[(&a2, "w")])), []);
+        // Two predecessors, both up, disagreeing on the weight: up, without one.
+        assert_eq!(
+            got(&list(&[(&a2, "x"), (&a2, "y")])),
+            [(a2.clone(), a1.clone(), None)]
+        );
+        // One of them down (or never probed): starts down.
+        let verdict_down = |target: &Target| (*target == a1).then_some((State::Up, None));
+        assert_eq!(
+            list(&[(&a2, "x"), (&a2, "y")]).inherited(&prev, verdict_down),
+            []
+        );
+        // Targets without users (a plain list) inherit nothing.
+        assert_eq!(
+            Targets::from(vec![a2.clone()]).inherited(&prev, verdict),
+            []
+        );
+    }
+
+    /// A VIP's probe changes with no change of its nodes (Kubernetes:
+    /// externalTrafficPolicy Cluster to Local moves it to the healthCheckNodePort; a
+    /// reload: another port). The new targets used to start down, so at once every
+    /// gateway had no usable backend: an empty table and a withdrawn VIP until the new
+    /// probe rose. Done as the daemon does it, a node that was up stays usable right
+    /// after the change, one that was down stays down, and the new probe's own `fall`
+    /// then applies.
+    #[test]
+    fn a_changed_probe_keeps_up_nodes_usable_and_down_ones_down() {
+        use crate::config::{HashMode, Protocol, VipBgp};
+        use crate::sources::{BackendSpec, Encap, Origin, ServiceSet, VipSpec};
+
+        let old_port = TcpListener::bind("127.0.0.1:0").unwrap();
+        let new_port = TcpListener::bind("127.0.0.1:0").unwrap();
+        // 127.0.0.2 is a node where nothing listens.
+        let (up, down): (IpAddr, IpAddr) =
+            ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let set = |port: u16| ServiceSet {
+            vips: vec![VipSpec {
+                name: "team/web".into(),
+                origin: Origin::Static,
+                addr: "203.0.113.1".parse().unwrap(),
+                proto: Protocol::Tcp,
+                ports: vec![80],
+                hash: HashMode::FiveTuple,
+                encap: Encap::Ipip,
+                min_healthy: 1,
+                bgp: VipBgp::default(),
+                backends: [up, down]
+                    .map(|addr| BackendSpec { addr, weight: 1 })
+                    .to_vec(),
+                health: Some(HealthSpec {
+                    probe: Probe::Tcp { port },
+                    timing: Timing {
+                        interval: Duration::from_millis(50),
+                        timeout: Duration::from_millis(50),
+                        rise: 2,
+                        fall: 2,
+                    },
+                }),
+            }],
+        };
+        let before = set(old_port.local_addr().unwrap().port());
+        let after = set(new_port.local_addr().unwrap().port());
+        let (checker, rx) = spawn().unwrap();
+        // The daemon's view: the current events' verdicts.
+        let mut states: HashMap<Target, (State, Option<u32>)> = HashMap::new();
+        let take = |states: &mut HashMap<Target, (State, Option<u32>)>, ev: HealthEvent| {
+            if checker.is_current(&ev) {
+                states.insert(ev.target, (ev.state, ev.weight));
+            }
+        };
+        let usable = |set: &ServiceSet, states: &HashMap<Target, (State, Option<u32>)>| {
+            set.vips[0].healthy_backends(|t| states.get(t).copied())
+        };
+        let only_up = [BackendSpec {
+            addr: up,
+            weight: 1,
+        }];
+
+        checker.set_targets(before.health_targets());
+        let deadline = Instant::now() + BOUND;
+        while usable(&before, &states) != only_up
+            || !states.values().any(|(s, _)| *s == State::Down)
+        {
+            assert!(Instant::now() < deadline, "{states:?}");
+            if let Ok(ev) = rx.recv_timeout(Duration::from_millis(50)) {
+                take(&mut states, ev);
+            }
+        }
+
+        // The daemon's serve, then its loop: forget the targets no longer probed, set the
+        // new list, take the events waiting, publish.
+        let targets = after.health_targets();
+        let keep: std::collections::HashSet<&Target> = targets.iter().collect();
+        states.retain(|t, _| keep.contains(t));
+        checker.set_targets(targets);
+        while let Ok(ev) = rx.try_recv() {
+            take(&mut states, ev);
+        }
+        assert_eq!(usable(&after, &states), only_up, "{states:?}");
+
+        // From there the new probe decides: its node stays up while it answers, and goes
+        // down after `fall` failures; the node that was down rises only by its own probes.
+        std::thread::sleep(Duration::from_millis(300));
+        while let Ok(ev) = rx.try_recv() {
+            let news = checker.is_current(&ev);
+            assert!(
+                !news || (ev.state, ev.target.addr) == (State::Down, down),
+                "{ev:?}"
+            );
+            take(&mut states, ev);
+        }
+        assert_eq!(usable(&after, &states), only_up, "{states:?}");
+        drop(new_port);
+        let deadline = Instant::now() + BOUND;
+        while !usable(&after, &states).is_empty() {
+            assert!(Instant::now() < deadline, "{states:?}");
+            if let Ok(ev) = rx.recv_timeout(Duration::from_millis(50)) {
+                take(&mut states, ev);
+            }
+        }
+        drop(old_port);
     }
 }

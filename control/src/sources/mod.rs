@@ -6,13 +6,12 @@
 pub mod kube;
 pub mod static_list;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use dataplane::bpf::steer::MAX_VIPS;
 
 use crate::config::{HashMode, Protocol, VipBgp};
-use crate::health::{HealthSpec, Probe, State, Target};
+use crate::health::{HealthSpec, Probe, State, Target, Targets};
 
 /// Every VIP the gateway should serve, sorted by address, protocol, ports.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -136,6 +135,12 @@ impl VipSpec {
         out
     }
 
+    /// Who a health target probes for ([`ServiceSet::health_targets`]): the VIP, by name,
+    /// address and protocol, which a change of its probe, ports or backends keeps.
+    pub fn user(&self) -> String {
+        format!("{} {} {:?}", self.name, self.addr, self.proto)
+    }
+
     /// The canonical order of a set's services ([`ServiceSet::normalize`]).
     pub fn order(&self) -> (IpAddr, Protocol, &[u16], &str) {
         (self.addr, self.proto, &self.ports, &self.name)
@@ -158,21 +163,16 @@ impl ServiceSet {
     /// Services that probe one node the same way share one probe (a target is what is
     /// probed, not how often); if they ask for different timings it runs at
     /// [`Timing::strictest`](crate::config::Timing::strictest) of them, whatever their
-    /// order.
-    pub fn health_targets(&self) -> Vec<Target> {
-        let mut at: HashMap<Target, usize> = HashMap::new();
-        let mut out: Vec<Target> = Vec::new();
-        for t in self
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().filter_map(move |b| v.target(b)))
-        {
-            match at.get(&t) {
-                Some(&i) => out[i].spec.timing = out[i].spec.timing.strictest(t.spec.timing),
-                None => {
-                    at.insert(t.clone(), out.len());
-                    out.push(t);
-                }
+    /// order. Each target's users are its VIPs ([`VipSpec::user`]): a VIP's new probe of a
+    /// node starts with the verdict of its old one ([`Targets`]).
+    pub fn health_targets(&self) -> Targets {
+        let mut out = Targets::default();
+        for v in &self.vips {
+            let user = v.user();
+            for t in v.backends.iter().filter_map(|b| v.target(b)) {
+                let timing = t.spec.timing;
+                let kept = out.insert(t, &user);
+                kept.spec.timing = kept.spec.timing.strictest(timing);
             }
         }
         out
@@ -210,6 +210,7 @@ mod tests {
     use super::*;
     use crate::config::Timing;
     use k8s_openapi::api::core::v1::Service;
+    use std::collections::HashMap;
     use std::time::Duration;
 
     fn vip(
@@ -390,7 +391,7 @@ mod tests {
         assert_eq!(merged.vips[0].backends[0].addr.to_string(), "10.0.0.1");
         assert_eq!(merged.vips[1].ports, [443]);
         assert_eq!(
-            merged.health_targets(),
+            merged.health_targets()[..],
             [Target {
                 addr: "10.0.0.1".parse().unwrap(),
                 spec
