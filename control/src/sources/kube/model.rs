@@ -760,12 +760,15 @@ mod tests {
             mk("in", Some("198.51.100.2"), &[]),
             mk("bad-status", Some(""), &["255.255.255.255", "0.0.0.0"]),
             mk("status", None, &["ff02::1", "192.0.2.9"]),
+            // IPv4-mapped: the dataplane keys the IPv4 address so, and would serve this
+            // Service's ports on 198.51.100.3 past the ownership checks.
+            mk("mapped", Some("::ffff:198.51.100.3"), &["::ffff:192.0.2.9"]),
         ] {
             objs.services.insert(svc_key(&s), s);
         }
         objs.nodes.insert("n1".into(), node("n1", "10.1.0.1"));
         objs.nodes.insert("n2".into(), node("n2", "224.0.0.5"));
-        for name in ["in", "out", "bad-status", "status"] {
+        for name in ["in", "out", "bad-status", "status", "mapped"] {
             let eps = json!([{"addresses": ["10.244.0.9"], "nodeName": "n1"}]);
             add_slice(&mut objs, slice(name, "IPv4", eps));
         }
@@ -787,6 +790,7 @@ mod tests {
             !got.contains_key("ns/m") && !got.contains_key("ns/out"),
             "{got:?}"
         );
+        assert!(!got.contains_key("ns/mapped"), "{got:?}");
         assert_eq!(got["ns/in"], ["198.51.100.2"]);
         // A status of nothing usable counts as none, as does an empty request: the Service
         // gets a pool address.
@@ -798,6 +802,7 @@ mod tests {
         let got = vips(&open, &objs);
         assert_eq!(got["ns/out"], ["192.0.2.7"]);
         assert!(!got.contains_key("ns/m") && !got.contains_key("ns/bad-status"));
+        assert!(!got.contains_key("ns/mapped"), "{got:?}");
     }
 
     /// A Service of type LoadBalancer as the API server returns it, created on day `day` of
