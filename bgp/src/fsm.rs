@@ -229,8 +229,11 @@ pub enum Output {
     Connect(ConnId),
     /// Keep the incoming connection, known from now on by this id.
     Accept(ConnId),
-    /// Close the incoming connection without using it.
-    Refuse,
+    /// Close the incoming connection without using it, after sending it this
+    /// NOTIFICATION if the socket takes it at once (RFC 4486 §4: a connection accepted
+    /// and then disallowed SHOULD be told so). The session does not count it as sent:
+    /// the connection was never the session's.
+    Refuse(Notification),
     Send(ConnId, Vec<u8>),
     /// Close after sending what was queued.
     Close(ConnId),
@@ -586,10 +589,17 @@ impl Session {
     }
 
     fn incoming(&mut self, now: Instant, out: &mut Vec<Output>) {
-        // Idle refuses connections (§8.2.2); an Established session keeps its
-        // connection (§6.8).
-        if !self.running || self.idle || self.conns.iter().any(|c| c.phase == Phase::Established) {
-            out.push(Output::Refuse);
+        // Idle refuses connections (§8.2.2), with Cease / Connection Rejected (RFC 4486
+        // §4); an Established session keeps its connection and closes the new one (§6.8),
+        // with Cease / Connection Collision Resolution.
+        if self.conns.iter().any(|c| c.phase == Phase::Established) {
+            let cease = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
+            out.push(Output::Refuse(cease));
+            return;
+        }
+        if !self.running || self.idle {
+            let cease = Notification::cease(CeaseSubcode::ConnectionRejected);
+            out.push(Output::Refuse(cease));
             return;
         }
         // The peer connecting again means it gave up its earlier connection: keep

@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use bgp::fsm::{Config, ConnId, Event, Output, Session, SessionError, State, StopReason, Timer};
-use bgp::wire::{Capability, Context, Family, Message, Notification, Open, RouteRefresh, Update};
+use bgp::wire::{
+    Capability, CeaseSubcode, Context, Family, Message, Notification, Open, RouteRefresh, Update,
+};
 
 const OUR_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PEER_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -542,8 +544,13 @@ fn passive_waits_for_the_peer() {
     h.recv(1, their_open());
     h.recv(1, Message::Keepalive);
     assert_eq!(h.s.state(), State::Established);
-    // An Established session keeps its connection.
-    assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+    // An Established session keeps its connection (§6.8).
+    assert_eq!(
+        h.ev(Event::Incoming),
+        vec![Output::Refuse(Notification::cease(
+            CeaseSubcode::ConnectionCollisionResolution
+        ))]
+    );
     // After a failure a passive session never connects; it waits in Active again.
     let out = h.ev(Event::ConnectionFailed {
         conn: 1,
@@ -555,14 +562,23 @@ fn passive_waits_for_the_peer() {
     assert_eq!(h.s.state(), State::Active);
 }
 
+/// §8.2.2: Idle refuses connections, telling the peer with Cease / Connection Rejected
+/// (RFC 4486 §4).
 #[test]
 fn idle_refuses_connections() {
+    let rejected = || {
+        vec![Output::Refuse(Notification::cease(
+            CeaseSubcode::ConnectionRejected,
+        ))]
+    };
     let mut h = Harness::new(config());
-    assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+    assert_eq!(h.ev(Event::Incoming), rejected());
     h.establish(9);
     h.ev(Event::TimerExpired(Timer::Hold(1)));
     assert_eq!(h.s.state(), State::Idle);
-    assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+    let notifications = h.s.stats().sent.notification;
+    assert_eq!(h.ev(Event::Incoming), rejected());
+    assert_eq!(h.s.stats().sent.notification, notifications);
 }
 
 /// §6.8: both sides connect at once. Each test sees the peer's OPEN on one
@@ -834,7 +850,12 @@ fn admin_shutdown_sends_cease_with_message() {
     assert_eq!(h.s.state(), State::Idle);
     // Stopped sessions stay down: no retry, no connections.
     assert!(!out.iter().any(|o| matches!(o, Output::ArmTimer(..))));
-    assert_eq!(h.ev(Event::Incoming), vec![Output::Refuse]);
+    assert_eq!(
+        h.ev(Event::Incoming),
+        vec![Output::Refuse(Notification::cease(
+            CeaseSubcode::ConnectionRejected
+        ))]
+    );
 }
 
 #[test]

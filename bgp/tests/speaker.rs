@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,12 +21,19 @@ use bgp::wire::{
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// A port free on 127.0.0.1, below Linux's ephemeral range (32768 up): a port handed
+/// out by binding port 0 could be handed out again to another test's listener while a
+/// gateway still connects to it, and that listener would take the wrong gateway.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 100 * 100;
+    loop {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = 20_000 + offset as u16;
+        if TcpListener::bind((LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn wait_for(what: &str, speaker: &Speaker, cond: impl Fn(&PeerStatus) -> bool) -> PeerStatus {
@@ -753,16 +760,25 @@ fn a_refused_listener_change_puts_the_md5_keys_back() {
     });
 }
 
-/// Whether a connection from `from` to `to` completes within a second: a listener
+/// A connection from `from` to `to`, if it completes within a second: a listener
 /// holding a TCP MD5 key (RFC 2385) for `from` drops its unsigned SYNs.
-fn unsigned_connect(from: [u8; 4], to: SocketAddr) -> bool {
+fn connect_from(from: [u8; 4], to: SocketAddr) -> Option<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     socket
         .bind(&SocketAddr::new(IpAddr::from(from), 0).into())
         .unwrap();
     socket
         .connect_timeout(&to.into(), Duration::from_secs(1))
-        .is_ok()
+        .ok()?;
+    let stream = TcpStream::from(socket);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    Some(stream)
+}
+
+fn unsigned_connect(from: [u8; 4], to: SocketAddr) -> bool {
+    connect_from(from, to).is_some()
 }
 
 /// An IPv4 listener gets only the IPv4 peers' TCP MD5 keys: an IPv6 peer never reaches
@@ -801,4 +817,52 @@ fn an_ipv4_listener_takes_the_ipv4_keys_and_skips_the_ipv6_ones() {
         })
         .expect("an IPv6 peer's new key does not stop an IPv4 listener");
     assert_eq!(done.changed, [IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+}
+
+/// RFC 4486 §4: a connection the speaker accepts and then refuses is told so with Cease /
+/// Connection Rejected before it is closed: a passive peer's connection while its
+/// session waits in Idle after a failure, and a connection from an address that is no
+/// peer.
+#[test]
+fn a_connection_refused_in_idle_gets_cease_connection_rejected() {
+    let port = free_port();
+    let listen = SocketAddr::new(LOCALHOST, port);
+    let gw = [127, 0, 0, 12];
+    let mut r = passive_peer(gw, port);
+    // Idle for long after the failure below.
+    r.session.connect_retry = Duration::from_secs(600);
+    let router = Speaker::spawn(Config {
+        peers: vec![r],
+        listen: vec![listen],
+    })
+    .unwrap();
+    let mut peer = RawPeer {
+        stream: connect_from(gw, listen).expect("the listener takes the peer"),
+        open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
+    };
+    assert!(matches!(peer.recv(), Message::Open(_)));
+    let open = fsm::Config::new(65001, 65000, Ipv4Addr::new(10, 0, 0, 12)).open();
+    peer.send(&Message::Open(open));
+    peer.send(&Message::Keepalive);
+    assert_eq!(peer.recv(), Message::Keepalive);
+    wait_for("session up", &router, |p| p.state == State::Established);
+    drop(peer);
+    wait_for("session idle after the close", &router, |p| {
+        p.state == State::Idle
+    });
+
+    let rejected = Notification::cease(CeaseSubcode::ConnectionRejected);
+    let mut again = RawPeer {
+        stream: connect_from(gw, listen).expect("the listener takes the peer"),
+        open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
+    };
+    assert_eq!(again.notification(), rejected);
+    let s = wait_for("still idle", &router, |p| p.state == State::Idle);
+    assert_eq!(s.stats.sent.notification, 0, "{s:?}");
+
+    let mut stranger = RawPeer {
+        stream: connect_from([127, 0, 0, 13], listen).expect("the listener takes anyone"),
+        open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
+    };
+    assert_eq!(stranger.notification(), rejected);
 }

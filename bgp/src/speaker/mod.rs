@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::fsm::{
     self, ConnId, Event, Negotiated, Output, Session, SessionError, State, Stats, StopReason, Timer,
 };
-use crate::wire::{Family, Prefix, Update};
+use crate::wire::{CeaseSubcode, Context, Family, Message, Notification, Prefix, Update};
 pub use rib::{max_update_len, AdjRibOut, Changes, Export, RouteAttributes, Routes, Unsendable};
 
 /// How long a closed connection may take to deliver its last NOTIFICATION, and
@@ -786,7 +786,7 @@ impl Loop {
             match o {
                 Output::Connect(id) => self.connect(p, id),
                 // Decided in accept(), which looks at these before applying the rest.
-                Output::Accept(_) | Output::Refuse => {}
+                Output::Accept(_) | Output::Refuse(_) => {}
                 Output::Send(id, bytes) => {
                     if let Some(sock) = self.peers[p].socks.get_mut(&id) {
                         sock.tx.extend_from_slice(&bytes);
@@ -959,6 +959,12 @@ impl Loop {
             let ip = socket::canonical(from.ip());
             let Some(p) = self.peers.iter().position(|p| p.config.address == ip) else {
                 debug!(%from, "connection from an unknown peer refused");
+                // RFC 4486 §4, best effort: one write, then close; a stranger gets no
+                // more of our time.
+                let rejected = Notification::cease(CeaseSubcode::ConnectionRejected);
+                if let Ok(bytes) = Message::Notification(rejected).to_bytes(Context::default()) {
+                    let _ = (&stream).write(&bytes);
+                }
                 continue;
             };
             self.incoming(now, p, stream);
@@ -969,16 +975,52 @@ impl Loop {
     fn incoming(&mut self, now: Instant, p: usize, stream: TcpStream) {
         let mut out = Vec::new();
         self.peers[p].session.handle(now, Event::Incoming, &mut out);
-        if let Some(id) = out.iter().find_map(|o| match o {
-            Output::Accept(id) => Some(*id),
+        let decision = out.iter().find_map(|o| match o {
+            Output::Accept(id) => Some(Ok(*id)),
+            Output::Refuse(n) => Some(Err(n.clone())),
             _ => None,
-        }) {
-            let _ = stream.set_nodelay(true);
-            if let Err(e) = self.register(p, id, stream, true) {
-                self.failed(p, id, &e);
+        });
+        match decision {
+            Some(Ok(id)) => {
+                let _ = stream.set_nodelay(true);
+                if let Err(e) = self.register(p, id, stream, true) {
+                    self.failed(p, id, &e);
+                }
             }
+            Some(Err(n)) => self.refuse(now, stream, n),
+            None => {}
         }
         self.carry_out(now, p, out);
+    }
+
+    /// Closes an incoming connection its session refused, after sending `n` (RFC 4486
+    /// §4) as far as the socket takes it without waiting. It then lingers like any
+    /// closed connection ([`Loop::close`]): the peer's OPEN, already in, must not turn
+    /// the close into a reset that could discard the NOTIFICATION.
+    fn refuse(&mut self, now: Instant, mut stream: TcpStream, n: Notification) {
+        let Ok(tx) = Message::Notification(n).to_bytes(Context::default()) else {
+            return;
+        };
+        let token = self.token();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, token, interest)
+            .is_err()
+        {
+            return;
+        }
+        let sock = Sock {
+            stream,
+            token,
+            tx,
+            connected: true,
+            written: 0,
+            acked: 0,
+            pending: false,
+        };
+        self.linger(now, sock);
     }
 
     fn conn_ready(&mut self, now: Instant, p: usize, id: ConnId, buf: &mut [u8]) {
@@ -1190,7 +1232,6 @@ fn flush(stream: &mut TcpStream, tx: &mut Vec<u8>) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Context, Message};
 
     /// A speaker loop for `peers`, driven by hand: no thread, no listener.
     fn event_loop(peers: Vec<PeerConfig>) -> Loop {
