@@ -52,6 +52,11 @@ pub const MAX_CONNECTIONS: usize = 32;
 #[derive(Debug)]
 pub struct ApiServer {
     addr: SocketAddr,
+    /// What it serves, and its request timeout: to start it again elsewhere
+    /// ([`ApiServer::move_to`]).
+    registry: Arc<Registry>,
+    status: SharedStatus,
+    timeout: Duration,
     stop: Arc<AtomicBool>,
     /// A second handle on the listening socket, used to wake the blocked `accept`.
     listener: TcpListener,
@@ -174,7 +179,7 @@ impl ApiServer {
         let waker = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
-            handler: Handler::new(registry, status),
+            handler: Handler::new(registry.clone(), status.clone()),
             timeout,
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
@@ -187,10 +192,47 @@ impl ApiServer {
         tracing::info!(%addr, "API listening (/metrics, /status, /healthz)");
         Ok(ApiServer {
             addr,
+            registry,
+            status,
+            timeout,
             stop,
             listener: waker,
             thread: Some(thread),
         })
+    }
+
+    /// Whether a server on `listen` cannot start beside this one only because their
+    /// addresses overlap: Linux refuses to bind a listening port again on an address that
+    /// covers or is covered by a bound one (`0.0.0.0:9180` and `127.0.0.1:9180`), even with
+    /// `SO_REUSEADDR`. `err` is what [`ApiServer::start`] on `listen` failed with.
+    pub fn overlaps(&self, listen: SocketAddr, err: &io::Error) -> bool {
+        err.kind() == io::ErrorKind::AddrInUse && listen.port() == self.addr.port()
+    }
+
+    /// Moves the server to `listen` when it cannot start there beside this one
+    /// ([`ApiServer::overlaps`]): stops this one, then binds `listen`. If that fails, this
+    /// one's address is bound again, and the error comes back with that server (`None` if
+    /// even that failed, which is logged).
+    pub fn move_to(
+        mut self,
+        listen: SocketAddr,
+    ) -> Result<ApiServer, (io::Error, Option<ApiServer>)> {
+        self.stop_and_join();
+        let (registry, status, timeout) =
+            (self.registry.clone(), self.status.clone(), self.timeout);
+        let back = self.addr;
+        drop(self);
+        tracing::info!(from = %back, to = %listen, "moving the API: the old address stops before the new one binds");
+        match ApiServer::start_with_timeout(listen, registry.clone(), status.clone(), timeout) {
+            Ok(api) => Ok(api),
+            Err(e) => match ApiServer::start_with_timeout(back, registry, status, timeout) {
+                Ok(api) => Err((e, Some(api))),
+                Err(again) => {
+                    tracing::error!(addr = %back, error = %again, "cannot bind the API's address again; no API until the next reload");
+                    Err((e, None))
+                }
+            },
+        }
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -1325,6 +1367,49 @@ mod tests {
         // The server still answers.
         let r = get(server.local_addr(), "/healthz", Duration::from_secs(5)).unwrap();
         assert_eq!(r.status, 200);
+    }
+
+    fn healthz(addr: SocketAddr) -> io::Result<u16> {
+        get(addr, "/healthz", Duration::from_secs(2)).map(|r| r.status)
+    }
+
+    /// `0.0.0.0:P` cannot be bound beside `127.0.0.1:P`: the server moves there instead,
+    /// and back to where it was when the new address cannot be bound.
+    #[test]
+    fn a_server_moves_to_an_overlapping_address_or_stays() {
+        let start = |listen: SocketAddr| {
+            ApiServer::start(
+                listen,
+                Arc::new(Registry::default()),
+                crate::status::shared(Status::default()),
+            )
+        };
+        let loopback = start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = loopback.local_addr().port();
+        let any = SocketAddr::from(([0, 0, 0, 0], port));
+        let err = start(any).unwrap_err();
+        assert!(loopback.overlaps(any, &err), "{err}");
+        assert!(!loopback.overlaps(SocketAddr::from(([0, 0, 0, 0], port ^ 1)), &err));
+
+        let moved = loopback.move_to(any).unwrap();
+        assert_eq!(moved.local_addr(), any);
+        assert_eq!(
+            healthz(SocketAddr::from(([127, 0, 0, 1], port))).unwrap(),
+            200
+        );
+
+        // 192.0.2.1 (TEST-NET-1) is no address of this host: the bind fails, and the
+        // server is back on its address.
+        let (err, back) = moved
+            .move_to(SocketAddr::from(([192, 0, 2, 1], port)))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrNotAvailable, "{err}");
+        let back = back.expect("bound again");
+        assert_eq!(back.local_addr(), any);
+        assert_eq!(
+            healthz(SocketAddr::from(([127, 0, 0, 1], port))).unwrap(),
+            200
+        );
     }
 
     /// Stopping the server ends connections in flight, however slowly their clients read

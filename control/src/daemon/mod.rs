@@ -864,13 +864,16 @@ impl Daemon {
         }
     }
 
-    /// Applies a valid config, or changes nothing and says why. What can fail (binding the
-    /// new API address, changing the BGP peers, starting the new watcher on a client built
-    /// and checked against the API) happens before anything is given up. BGP peers and
-    /// listeners change in place ([`Daemon::reconfigure_bgp`]), and only a change the running speaker cannot take
-    /// (a `[bgp]` section added or removed, a listener refusing a TCP MD5 key) restarts
-    /// it: the speaker must stop before its successor starts (their listeners share a
-    /// port), so a successor that fails brings the previous speaker back.
+    /// Applies a valid config, or changes nothing and says why. What can fail (starting the
+    /// new watcher on a client built and checked against the API, binding the new API
+    /// address, changing the BGP peers) happens before anything is given up, except for an
+    /// API address that overlaps the running one on its port: that one moves at once, and
+    /// back if the BGP change fails ([`Daemon::start_api`]). BGP peers and listeners
+    /// change in place ([`Daemon::reconfigure_bgp`]), and only a change the running
+    /// speaker cannot take (a `[bgp]` section added or removed, a listener refusing a TCP
+    /// MD5 key) restarts it: the speaker must stop before its successor starts (their
+    /// listeners share a port), so a successor that fails brings the previous speaker
+    /// back.
     fn apply(&mut self, new: Config) -> Result<()> {
         caps::require(&required_caps(&new))?;
         let now = Instant::now();
@@ -882,13 +885,6 @@ impl Daemon {
             );
         }
         let params = forwarding::params(&new, &fixed, self.local_mac)?;
-        let api = if new.api.listen != self.config.api.listen {
-            let api = ApiServer::start(new.api.listen, self.registry.clone(), self.status.clone())
-                .with_context(|| format!("starting the API on {}", new.api.listen))?;
-            Some(api)
-        } else {
-            None
-        };
         // The watcher to switch to, if the section changed (no watcher if it is gone). Its
         // client is built and the API checked first, so a section that cannot work fails
         // the reload here with the old watcher still running. It starts before the old one
@@ -899,15 +895,15 @@ impl Daemon {
             (true, None) => Some((None, channel::never())),
             (false, _) => None,
         };
-        if new.bgp != self.config.bgp && !self.reconfigure_bgp(new.bgp.as_ref())? {
-            if let Err(e) = self.restart_speaker(new.bgp.as_ref()) {
-                let running = self.config.bgp.clone();
-                if let Err(again) = self.restart_speaker(running.as_ref()) {
-                    tracing::error!(
-                        error = format!("{again:#}"),
-                        "cannot start the BGP speaker with the running settings either; \
-                         no routes are announced"
-                    );
+        let (api, moved) = if new.api.listen != self.config.api.listen {
+            self.start_api(new.api.listen)?
+        } else {
+            (None, None)
+        };
+        if new.bgp != self.config.bgp {
+            if let Err(e) = self.change_bgp(new.bgp.as_ref()) {
+                if let Some(running) = moved {
+                    self.move_api(running);
                 }
                 return Err(e);
             }
@@ -929,6 +925,70 @@ impl Daemon {
         self.statics = static_list::service_set(&new);
         self.config = new;
         self.services_changed(now);
+        Ok(())
+    }
+
+    /// The API on `listen`, a reload's new address: started beside the running one (the
+    /// first of the pair, to replace it on commit), or, when the two addresses overlap on
+    /// one port (`127.0.0.1:9180` and `0.0.0.0:9180`, which Linux does not bind at once),
+    /// moved: the running one stops, then the new one binds, and it serves from now on
+    /// (the second of the pair is then the running address, to move back to if the reload
+    /// fails later). If the move fails, the running address is bound again.
+    fn start_api(
+        &mut self,
+        listen: std::net::SocketAddr,
+    ) -> Result<(Option<ApiServer>, Option<std::net::SocketAddr>)> {
+        let context = || format!("starting the API on {listen}");
+        let err = match ApiServer::start(listen, self.registry.clone(), self.status.clone()) {
+            Ok(api) => return Ok((Some(api), None)),
+            Err(e) => e,
+        };
+        let Some(running) = self.api.take_if(|a| a.overlaps(listen, &err)) else {
+            return Err(err).with_context(context);
+        };
+        let from = running.local_addr();
+        match running.move_to(listen) {
+            Ok(api) => {
+                self.api = Some(api);
+                Ok((None, Some(from)))
+            }
+            Err((e, back)) => {
+                self.api = back;
+                Err(e).with_context(context)
+            }
+        }
+    }
+
+    /// Moves the API back to `running` after a reload that moved it failed (logged if it
+    /// cannot).
+    fn move_api(&mut self, running: std::net::SocketAddr) {
+        let Some(api) = self.api.take() else { return };
+        match api.move_to(running) {
+            Ok(api) => self.api = Some(api),
+            Err((e, back)) => {
+                tracing::error!(addr = %running, error = %e, "cannot bind the API's running address again");
+                self.api = back;
+            }
+        }
+    }
+
+    /// Applies a changed `[bgp]` section: in place ([`Daemon::reconfigure_bgp`]), or by
+    /// restarting the speaker, which gives way to the running settings if it fails.
+    fn change_bgp(&mut self, bgp: Option<&config::Bgp>) -> Result<()> {
+        if self.reconfigure_bgp(bgp)? {
+            return Ok(());
+        }
+        if let Err(e) = self.restart_speaker(bgp) {
+            let running = self.config.bgp.clone();
+            if let Err(again) = self.restart_speaker(running.as_ref()) {
+                tracing::error!(
+                    error = format!("{again:#}"),
+                    "cannot start the BGP speaker with the running settings either; \
+                     no routes are announced"
+                );
+            }
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -1,0 +1,116 @@
+//! A reload that moves the API between addresses that overlap on one port
+//! (`127.0.0.1:9180` and `0.0.0.0:9180`, which Linux does not bind at once) is applied, and
+//! the API answers on the new address. One that moved the API and then fails (a BGP
+//! listener that cannot bind) moves it back.
+//!
+//! Topology: [`Lab::new`] with one gateway; no BIRD.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab};
+use dsrgate_tests::netns::{gateway_host, Arms, Netns};
+use dsrgate_tests::require_privileges;
+
+const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `GET /healthz` at `addr` from inside `gw`.
+fn healthz(gw: &Netns, addr: SocketAddr) -> Result<u16> {
+    Ok(gw
+        .enter(|| control::api::get(addr, "/healthz", Duration::from_secs(2)))??
+        .status)
+}
+
+/// Rewrites the config with `api.listen = listen`, sends SIGHUP, and returns the log line
+/// of the reload's result.
+fn reload(daemon: &Daemon, cfg: &GatewayConfig, listen: &str) -> Result<String> {
+    reload_text(daemon, &with_api(&cfg.toml(), listen))
+}
+
+fn with_api(toml: &str, listen: &str) -> String {
+    toml.replace(
+        "listen = \"127.0.0.1:9180\"",
+        &format!("listen = \"{listen}\""),
+    )
+}
+
+/// [`reload`] with the config `text`.
+fn reload_text(daemon: &Daemon, text: &str) -> Result<String> {
+    let from = daemon.log_len();
+    daemon.write_config(text)?;
+    daemon.signal(libc::SIGHUP)?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = daemon.log();
+        if let Some(l) = log
+            .get(from..)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("config reloaded") || l.contains("config reload rejected"))
+        {
+            return Ok(l.to_owned());
+        }
+        ensure!(Instant::now() < deadline, "no reload result:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_api_moves_between_overlapping_addresses_on_one_port() -> Result<()> {
+    if !require_privileges(
+        "daemon_api_reload::the_api_moves_between_overlapping_addresses_on_one_port",
+    ) {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let gw = lab.ns("gw1");
+    let cfg = GatewayConfig::new(1);
+    let mut daemon = Daemon::start(gw, &cfg.toml(), &[])?;
+    daemon.wait_log(&["dsrgate running"], WAIT)?;
+    let loopback: SocketAddr = "127.0.0.1:9180".parse()?;
+    // The gateway's uplink address: only the wildcard address serves it.
+    let uplink: SocketAddr = format!("{}:9180", Arms::One.uplink4(gateway_host(1))).parse()?;
+    ensure!(healthz(gw, loopback)? == 200);
+    ensure!(healthz(gw, uplink).is_err(), "the API answers on {uplink}");
+
+    // The API moves, then the BGP change fails (its passive peer wants the port the API
+    // has just taken): rejected whole, and the API is back where it was.
+    let passive = with_api(&cfg.toml(), "0.0.0.0:9180").replace(
+        "hold_time = \"6s\"",
+        "hold_time = \"6s\"\npassive = true\nport = 9180",
+    );
+    let line = reload_text(&daemon, &passive)?;
+    ensure!(
+        line.contains("config reload rejected") && line.contains("9180"),
+        "{line}"
+    );
+    ensure!(healthz(gw, loopback)? == 200);
+    ensure!(healthz(gw, uplink).is_err(), "the API answers on {uplink}");
+
+    let line = reload(&daemon, &cfg, "0.0.0.0:9180")?;
+    ensure!(line.contains("config reloaded"), "{line}");
+    ensure!(healthz(gw, uplink)? == 200);
+    ensure!(healthz(gw, loopback)? == 200);
+
+    // And back.
+    let line = reload(&daemon, &cfg, "127.0.0.1:9180")?;
+    ensure!(line.contains("config reloaded"), "{line}");
+    ensure!(healthz(gw, loopback)? == 200);
+    ensure!(
+        healthz(gw, uplink).is_err(),
+        "the API still answers on {uplink}"
+    );
+
+    let metrics =
+        gw.enter(|| control::api::get(loopback, "/metrics", Duration::from_secs(2)))??;
+    let text = String::from_utf8_lossy(&metrics.body);
+    ensure!(
+        text.contains("dsrgate_config_reloads_total{result=\"ok\"} 2")
+            && text.contains("dsrgate_config_reloads_total{result=\"error\"} 1"),
+        "{text}"
+    );
+    daemon.signal(libc::SIGTERM)?;
+    daemon.wait_clean_exit(Duration::from_secs(15))
+}
