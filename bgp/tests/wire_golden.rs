@@ -507,6 +507,56 @@ fn header_errors_name_their_notifications() {
     );
 }
 
+/// RFC 7313 §5: a BoRR or EoRR (subtype 1, 2) whose body is not four octets is answered
+/// with ROUTE-REFRESH Message Error / Invalid Message Length (7/1) carrying the whole
+/// message; an unknown subtype is framed, to be ignored; a plain refresh (subtype 0),
+/// or one too short to show its subtype, stays a Bad Message Length (1/2).
+#[test]
+fn route_refresh_length_errors_depend_on_the_subtype() {
+    let borr = "ffffffffffffffffffffffffffffffff 0018 05 0001 01 01 00";
+    assert_eq!(notification_of(borr), (7, 1, hex(borr)));
+    let eorr = "ffffffffffffffffffffffffffffffff 0016 05 0001 02";
+    assert_eq!(notification_of(eorr), (7, 1, hex(eorr)));
+    let shown = err(eorr).notification().to_string();
+    assert!(
+        shown.starts_with("ROUTE-REFRESH message error / invalid message length (7/1), data ff ff"),
+        "{shown}"
+    );
+    // Read whole before it is judged: the data is the whole message.
+    assert_eq!(
+        frame(&hex("ffffffffffffffffffffffffffffffff 0018 05 0001 01 01")),
+        Ok(None)
+    );
+    // Too short to show a subtype, or subtype 0: 1/2.
+    assert_eq!(
+        notification_of("ffffffffffffffffffffffffffffffff 0015 05 0001"),
+        (1, 2, vec![0, 0x15])
+    );
+    assert_eq!(
+        notification_of("ffffffffffffffffffffffffffffffff 0016 05 0001 00"),
+        (1, 2, vec![0, 0x16])
+    );
+    // An unknown subtype is decoded, whatever its length, for the session to ignore.
+    for unknown in [
+        "ffffffffffffffffffffffffffffffff 0016 05 0001 03",
+        "ffffffffffffffffffffffffffffffff 0019 05 0001 ff 01 0000",
+    ] {
+        match decode(&hex(unknown)) {
+            Ok(Message::RouteRefresh(rr)) => assert!(rr.subtype >= 3, "{rr:?}"),
+            other => panic!("{unknown}: {other:?}"),
+        }
+    }
+    // The longest BoRR: its data is cut to fit a NOTIFICATION.
+    let mut long = hex("ffffffffffffffffffffffffffffffff 1000 05 0001 01 01");
+    long.resize(4096, 0);
+    let n = decode(&long).unwrap_err().notification();
+    assert_eq!((n.code, n.subcode, n.data.len()), (7, 1, 4096 - 21));
+    assert_eq!(n.data[..], long[..4096 - 21]);
+    assert!(Message::Notification(n)
+        .to_bytes(Context::default())
+        .is_ok());
+}
+
 #[test]
 fn open_errors_name_their_notifications() {
     // Version 3: 2/1, data is the version we support.

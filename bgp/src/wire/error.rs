@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::notification::{Notification, NotificationCode};
+use super::{HEADER_LEN, MAX_MESSAGE_LEN};
 
 /// Why a received message was rejected. [`DecodeError::notification`] gives the
 /// NOTIFICATION RFC 4271 §6 names for it.
@@ -24,6 +25,10 @@ pub enum DecodeError {
     /// §6.3 as revised by RFC 7606: a bad UPDATE.
     #[error("bad UPDATE: {0}")]
     Update(#[from] UpdateError),
+    /// RFC 7313 §5: a ROUTE-REFRESH of subtype 1 or 2 (BoRR, EoRR) whose body is not
+    /// four octets.
+    #[error("ROUTE-REFRESH of subtype {subtype} with a bad length ({} octets)", message.len())]
+    RouteRefreshLength { subtype: u8, message: Vec<u8> },
 }
 
 /// OPEN message errors (RFC 4271 §6.2, RFC 5492 §5).
@@ -142,6 +147,13 @@ impl DecodeError {
                 e.kind as u8,
                 e.data.clone(),
             ),
+            // Invalid Message Length, with the whole message (RFC 7313 §5), cut to what
+            // a NOTIFICATION holds.
+            DecodeError::RouteRefreshLength { message, .. } => {
+                let room = MAX_MESSAGE_LEN - HEADER_LEN - 2;
+                let data = message[..message.len().min(room)].to_vec();
+                (NotificationCode::RouteRefreshMessage, 1, data)
+            }
         };
         Notification {
             code: code as u8,

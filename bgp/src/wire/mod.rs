@@ -160,7 +160,9 @@ pub fn frame(buf: &[u8]) -> Result<Option<(u8, usize)>, DecodeError> {
         kind::NOTIFICATION => (21, MAX_MESSAGE_LEN),
         kind::KEEPALIVE => (19, 19),
         // RFC 2918 §3: AFI, reserved, SAFI. Longer ones carry ORFs (RFC 5291), which
-        // this speaker never negotiates.
+        // this speaker never negotiates. The reserved octet is RFC 7313's subtype, and
+        // the length rule depends on it.
+        kind::ROUTE_REFRESH if len != 23 => return route_refresh_length(buf, length),
         kind::ROUTE_REFRESH => (23, 23),
         other => {
             if !(HEADER_LEN..=MAX_MESSAGE_LEN).contains(&len) {
@@ -176,6 +178,32 @@ pub fn frame(buf: &[u8]) -> Result<Option<(u8, usize)>, DecodeError> {
         return Ok(None);
     }
     Ok(Some((kind, len)))
+}
+
+/// [`frame`] for a ROUTE-REFRESH whose length is not 23, decided by its subtype
+/// (RFC 7313 §5): a BoRR or EoRR (1, 2) is answered with ROUTE-REFRESH Message Error /
+/// Invalid Message Length carrying the message, so it is read whole first; an unknown
+/// subtype (3 and up) MUST be ignored, so it is framed like any message, for the
+/// session to ignore; a plain refresh (0), or one too short to show its subtype, is a
+/// Bad Message Length (RFC 4271 §6.1), as nothing else defines its error.
+fn route_refresh_length(buf: &[u8], length: u16) -> Result<Option<(u8, usize)>, DecodeError> {
+    const SUBTYPE: usize = HEADER_LEN + 2;
+    let len = usize::from(length);
+    if !(SUBTYPE + 1..=MAX_MESSAGE_LEN).contains(&len) {
+        return Err(DecodeError::BadMessageLength { length });
+    }
+    let Some(&subtype) = buf.get(SUBTYPE) else {
+        return Ok(None);
+    };
+    match subtype {
+        0 => Err(DecodeError::BadMessageLength { length }),
+        _ if buf.len() < len => Ok(None),
+        1 | 2 => Err(DecodeError::RouteRefreshLength {
+            subtype,
+            message: buf[..len].to_vec(),
+        }),
+        _ => Ok(Some((kind::ROUTE_REFRESH, len))),
+    }
 }
 
 /// ROUTE-REFRESH (RFC 2918 §3); the reserved octet carries the RFC 7313 subtype.
@@ -203,11 +231,13 @@ impl RouteRefresh {
     }
 
     fn parse(body: &[u8]) -> RouteRefresh {
-        // frame() guarantees exactly four body octets.
+        // frame() guarantees three body octets, and four but for an unknown subtype,
+        // which the session ignores (RFC 7313 §5).
+        let octet = |i: usize| body.get(i).copied().unwrap_or(0);
         RouteRefresh {
-            afi: u16::from_be_bytes([body[0], body[1]]),
-            subtype: body[2],
-            safi: body[3],
+            afi: u16::from_be_bytes([octet(0), octet(1)]),
+            subtype: octet(2),
+            safi: octet(3),
         }
     }
 
