@@ -213,6 +213,14 @@ fn a_foreign_xdp_program_on_the_recreated_uplink_is_left_alone() -> Result<()> {
         errors.len()
     );
     eprintln!("{}", errors[0]);
+    // Refused before our program is loaded, naming the one that is there.
+    ensure!(
+        errors[0].contains(&format!(
+            "{GW_UPLINK} runs XDP program \\\"xdp_decap\\\" (id "
+        )),
+        "the error does not name the program: {}",
+        errors[0]
+    );
     // BGP runs over the new uplink, but the VIP stays withdrawn.
     let deadline = Instant::now() + BACK;
     while !bird.protocol("gw1")?.contains("Established") {

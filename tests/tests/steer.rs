@@ -3,7 +3,7 @@
 //! AF_XDP socket receives it, everything else reaches the kernel, and nothing stays
 //! attached afterwards.
 
-use dataplane::bpf::{AttachMode, Steer, SteerCounters, Vip};
+use dataplane::bpf::{AttachMode, BpfError, Steer, SteerCounters, Vip};
 use dsrgate_tests::frames::*;
 use dsrgate_tests::netns::{unique_prefix, Net, Port, Topology, VIP4, VIP6};
 use dsrgate_tests::require_privileges;
@@ -662,4 +662,35 @@ fn nothing_stays_attached_after_drop() {
 
     let err = gw.net.ns("gw").enter(|| Steer::attach("nosuch0")).unwrap();
     assert!(err.is_err());
+}
+
+/// An interface that runs another XDP program is refused before anything is loaded, with
+/// the program named; the program stays. (The kernel's "busy" came only after a load and a
+/// verifier run, and named nothing.)
+#[test]
+fn an_interface_with_another_xdp_program_is_refused_and_left_alone() {
+    if !require_privileges("steer test") {
+        return;
+    }
+    let gw = Gw::new();
+    let first = gw.attach(None);
+    let err = gw
+        .net
+        .ns("gw")
+        .enter(|| Steer::attach("eth0"))
+        .unwrap()
+        .err()
+        .expect("a second program attached over the first");
+    let text = err.to_string();
+    assert!(
+        matches!(err, BpfError::Foreign { ref name, .. } if name == "xdp_steer"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("eth0 runs XDP program \"xdp_steer\" (id "),
+        "{text}"
+    );
+    let still = gw.net.ns("gw").enter(|| first.attached()).unwrap();
+    assert!(still.unwrap(), "the running program was replaced");
+    assert_eq!(gw.xdp_shown(), "xdp");
 }

@@ -193,8 +193,30 @@ impl Steer {
     }
 
     /// As [`Steer::attach`], but only in `mode` if one is given.
+    ///
+    /// An interface that already runs an XDP program is refused before anything is loaded
+    /// ([`BpfError::Foreign`], naming it): dsrgate never replaces another program (the
+    /// kernel would refuse the link anyway), and a daemon that retries a rebuild would
+    /// otherwise load and verify its program on every attempt only to be told "busy".
     pub fn attach_with(iface: &str, mode: Option<AttachMode>) -> Result<Steer> {
         let ifindex = ifindex(iface)?;
+        let present = super::netlink::xdp_program(ifindex).map_err(|source| BpfError::Netlink {
+            iface: iface.into(),
+            source,
+        })?;
+        if let Some((id, _)) = present {
+            let name = aya::programs::loaded_programs()
+                .filter_map(|p| p.ok())
+                .find(|p| p.id() == id)
+                .and_then(|p| p.name_as_str().map(str::to_owned))
+                .unwrap_or_else(|| "?".into());
+            return Err(BpfError::Foreign {
+                iface: iface.into(),
+                name,
+                id,
+                expected: PROGRAM,
+            });
+        }
         let mut ebpf = load()?;
         let prog = super::xdp_program(&mut ebpf, PROGRAM)?;
         let prog_id = prog
