@@ -674,13 +674,9 @@ fn an_interface_with_another_xdp_program_is_refused_and_left_alone() {
     }
     let gw = Gw::new();
     let first = gw.attach(None);
-    let err = gw
-        .net
-        .ns("gw")
-        .enter(|| Steer::attach("eth0"))
-        .unwrap()
-        .err()
-        .expect("a second program attached over the first");
+    let Err(err) = gw.net.ns("gw").enter(|| Steer::attach("eth0")).unwrap() else {
+        panic!("a second program attached over the first");
+    };
     let text = err.to_string();
     assert!(
         matches!(err, BpfError::Foreign { ref name, .. } if name == "xdp_steer"),
