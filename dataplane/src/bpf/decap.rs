@@ -43,7 +43,9 @@ pub struct DecapCounters {
     pub decapsulated: u64,
     /// Not tunnel packets for this node, or ones left to the kernel, which drops them (a bad
     /// outer IPv4 header checksum; GUE with a wrong UDP checksum or length, or over 9216
-    /// bytes with a checksum): passed unchanged.
+    /// bytes with a checksum; an outer length past the frame or ending before the inner
+    /// packet; an outer IPv6 header of another version or to an IPv4-mapped address):
+    /// passed unchanged.
     pub passed: u64,
     /// Tunnel packets for this node with an inner header that is not what the outer one
     /// announced (or an unknown GUE version or protocol), or marked congested (CE) outside
