@@ -14,7 +14,6 @@ use dsrgate_tests::require_privileges_with;
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 
 #[test]
-#[ignore = "until the daemon's publish feeds desired() with VipSpec::serving_backends"]
 fn a_weight_zero_node_keeps_its_connections_and_takes_no_new_ones() -> Result<()> {
     if !require_privileges_with(
         "daemon_drain::a_weight_zero_node_keeps_its_connections_and_takes_no_new_ones",

@@ -514,9 +514,16 @@ impl Daemon {
             .map(|s| (if s.up { State::Up } else { State::Down }, s.weight))
     }
 
-    /// Healthy backends (with their effective weight) of service `i`.
+    /// Healthy backends (with their effective weight) of service `i`: those that count
+    /// toward announcing it.
     fn healthy(&self, i: usize) -> Vec<BackendSpec> {
         self.services.vips[i].healthy_backends(|t| self.target_state(t))
+    }
+
+    /// The backends service `i`'s table lists: the healthy ones and, at weight 0, healthy
+    /// ones draining, whose recorded flows stay on them.
+    fn serving(&self, i: usize) -> Vec<BackendSpec> {
+        self.services.vips[i].serving_backends(|t| self.target_state(t))
     }
 
     /// Reads the egress interface again once it was re-created and after a rebuild (see
@@ -656,7 +663,7 @@ impl Daemon {
         let since = self.dirty_since.take().unwrap_or(now);
         let next = desired(
             &self.services,
-            |i| self.healthy(i),
+            |i| self.serving(i),
             &self.macs,
             &self.params,
         );
@@ -802,10 +809,10 @@ impl Daemon {
                 },
             }
         };
-        let healthy: Vec<Vec<BackendSpec>> =
-            (0..services.vips.len()).map(|i| self.healthy(i)).collect();
+        let serving: Vec<Vec<BackendSpec>> =
+            (0..services.vips.len()).map(|i| self.serving(i)).collect();
         let weights = |si: usize, addr: IpAddr| {
-            healthy[si]
+            serving[si]
                 .iter()
                 .find(|b| b.addr == addr)
                 .map(|b| b.weight)
