@@ -236,6 +236,28 @@ impl Daemon {
         std::fs::write(self.config_path(), text).context("writing the config")
     }
 
+    /// Writes `text` as the config, sends SIGHUP, and returns the log line of the reload's
+    /// result (`config reloaded` or `config reload rejected`), waiting up to `timeout`.
+    pub fn reload(&self, text: &str, timeout: Duration) -> Result<String> {
+        let from = self.log_len();
+        self.write_config(text)?;
+        self.signal(libc::SIGHUP)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if let Some(l) = log
+                .get(from..)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains("config reloaded") || l.contains("config reload rejected"))
+            {
+                return Ok(l.to_owned());
+            }
+            ensure!(Instant::now() < deadline, "no reload result:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

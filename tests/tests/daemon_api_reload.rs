@@ -6,7 +6,7 @@
 //! Topology: [`Lab::new`] with one gateway; no BIRD.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab};
@@ -26,7 +26,7 @@ fn healthz(gw: &Netns, addr: SocketAddr) -> Result<u16> {
 /// Rewrites the config with `api.listen = listen`, sends SIGHUP, and returns the log line
 /// of the reload's result.
 fn reload(daemon: &Daemon, cfg: &GatewayConfig, listen: &str) -> Result<String> {
-    reload_text(daemon, &with_api(&cfg.toml(), listen))
+    daemon.reload(&with_api(&cfg.toml(), listen), WAIT)
 }
 
 fn with_api(toml: &str, listen: &str) -> String {
@@ -34,27 +34,6 @@ fn with_api(toml: &str, listen: &str) -> String {
         "listen = \"127.0.0.1:9180\"",
         &format!("listen = \"{listen}\""),
     )
-}
-
-/// [`reload`] with the config `text`.
-fn reload_text(daemon: &Daemon, text: &str) -> Result<String> {
-    let from = daemon.log_len();
-    daemon.write_config(text)?;
-    daemon.signal(libc::SIGHUP)?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = daemon.log();
-        if let Some(l) = log
-            .get(from..)
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.contains("config reloaded") || l.contains("config reload rejected"))
-        {
-            return Ok(l.to_owned());
-        }
-        ensure!(Instant::now() < deadline, "no reload result:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -81,7 +60,7 @@ fn the_api_moves_between_overlapping_addresses_on_one_port() -> Result<()> {
         "hold_time = \"6s\"",
         "hold_time = \"6s\"\npassive = true\nport = 9180",
     );
-    let line = reload_text(&daemon, &passive)?;
+    let line = daemon.reload(&passive, WAIT)?;
     ensure!(
         line.contains("config reload rejected") && line.contains("9180"),
         "{line}"

@@ -117,23 +117,7 @@ fn wait_kube_vip(gw: &Netns, daemon: &Daemon, served: bool) -> Result<()> {
 /// Rewrites the config for `kubeconfig`, sends SIGHUP, and returns the log line of the
 /// reload's result.
 fn reload(daemon: &Daemon, kubeconfig: &Path) -> Result<String> {
-    let from = daemon.log_len();
-    daemon.write_config(&config(kubeconfig))?;
-    daemon.signal(libc::SIGHUP)?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = daemon.log();
-        if let Some(l) = log
-            .get(from..)
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.contains("config reloaded") || l.contains("config reload rejected"))
-        {
-            return Ok(l.to_owned());
-        }
-        ensure!(Instant::now() < deadline, "no reload result:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.reload(&config(kubeconfig), WAIT)
 }
 
 fn reloads(gw: &Netns, result: &str) -> Result<u64> {

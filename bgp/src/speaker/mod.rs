@@ -177,22 +177,7 @@ impl Speaker {
         register_listeners(&poll, &mut listeners)?;
         let (commands, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(Vec::new()));
-        let mut event_loop = Loop {
-            poll,
-            commands: rx,
-            status: status.clone(),
-            listeners,
-            peers: config.peers.into_iter().map(Peer::new).collect(),
-            tokens: HashMap::new(),
-            next_token: FIRST_CONN,
-            routes: Routes::new(),
-            closing: HashMap::new(),
-            failed: Vec::new(),
-            stop_by: None,
-            resample_at: None,
-            resample_every: UNACKED_POLL,
-            unacked: 0,
-        };
+        let mut event_loop = Loop::new(poll, rx, status.clone(), listeners, config.peers);
         let now = Instant::now();
         for p in 0..event_loop.peers.len() {
             event_loop.feed(now, p, Event::Start);
@@ -435,6 +420,32 @@ struct Loop {
 }
 
 impl Loop {
+    /// A loop with no connection yet, for `peers`, listening on `listeners`.
+    fn new(
+        poll: Poll,
+        commands: mpsc::Receiver<Command>,
+        status: Arc<Mutex<Vec<PeerStatus>>>,
+        listeners: Vec<Listener>,
+        peers: Vec<PeerConfig>,
+    ) -> Loop {
+        Loop {
+            poll,
+            commands,
+            status,
+            listeners,
+            peers: peers.into_iter().map(Peer::new).collect(),
+            tokens: HashMap::new(),
+            next_token: FIRST_CONN,
+            routes: Routes::new(),
+            closing: HashMap::new(),
+            failed: Vec::new(),
+            stop_by: None,
+            resample_at: None,
+            resample_every: UNACKED_POLL,
+            unacked: 0,
+        }
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; 65536];
@@ -1236,22 +1247,8 @@ mod tests {
     /// A speaker loop for `peers`, driven by hand: no thread, no listener.
     fn event_loop(peers: Vec<PeerConfig>) -> Loop {
         let (_, commands) = mpsc::channel();
-        Loop {
-            poll: Poll::new().unwrap(),
-            commands,
-            status: Arc::new(Mutex::new(Vec::new())),
-            listeners: Vec::new(),
-            peers: peers.into_iter().map(Peer::new).collect(),
-            tokens: HashMap::new(),
-            next_token: FIRST_CONN,
-            routes: Routes::new(),
-            closing: HashMap::new(),
-            failed: Vec::new(),
-            stop_by: None,
-            resample_at: None,
-            resample_every: UNACKED_POLL,
-            unacked: 0,
-        }
+        let status = Arc::new(Mutex::new(Vec::new()));
+        Loop::new(Poll::new().unwrap(), commands, status, Vec::new(), peers)
     }
 
     fn passive(last: u8) -> PeerConfig {

@@ -256,14 +256,7 @@ mod tests {
             }]
         );
 
-        let spec = HealthSpec {
-            probe: Probe::Http {
-                port: 30000,
-                path: "/healthz".into(),
-                weight_header: true,
-            },
-            timing: Timing::default(),
-        };
+        let spec = kube_proxy_probe();
         let checked = vip(
             "203.0.113.1",
             &[80],
@@ -292,19 +285,24 @@ mod tests {
         );
     }
 
-    /// Weight 0 drains: a healthy backend at weight 0 used to be left out of the snapshot, so
-    /// every flow recorded to it was re-hashed to another node (a TCP reset). It stays at
-    /// weight 0, does not count toward announcing, and leaves once it is down.
-    #[test]
-    fn a_weight_zero_backend_drains_until_it_is_down() {
-        let spec = HealthSpec {
+    /// An HTTP probe with the weight header, as Kubernetes `Local` Services get.
+    fn kube_proxy_probe() -> HealthSpec {
+        HealthSpec {
             probe: Probe::Http {
                 port: 30000,
                 path: "/healthz".into(),
                 weight_header: true,
             },
             timing: Timing::default(),
-        };
+        }
+    }
+
+    /// Weight 0 drains: a healthy backend at weight 0 used to be left out of the snapshot, so
+    /// every flow recorded to it was re-hashed to another node (a TCP reset). It stays at
+    /// weight 0, does not count toward announcing, and leaves once it is down.
+    #[test]
+    fn a_weight_zero_backend_drains_until_it_is_down() {
+        let spec = kube_proxy_probe();
         let b = |a: &str, weight| BackendSpec {
             addr: a.parse().unwrap(),
             weight,

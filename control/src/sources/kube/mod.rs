@@ -580,17 +580,18 @@ mod tests {
         assert!(!st.apply(Event::Delete(node("a"))));
     }
 
+    /// A `[kubernetes]` section with every default.
+    fn kube_cfg() -> Kubernetes {
+        let text = "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\n";
+        let cfg = crate::config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        cfg.kubernetes.unwrap()
+    }
+
     /// A problem is logged when it appears and when it is gone, not on every recompute.
     #[test]
     fn each_problem_is_logged_when_it_appears_and_when_it_is_gone() {
         use std::sync::{Arc, Mutex};
-        let cfg = crate::config::parse(
-            "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\n",
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap()
-        .kubernetes
-        .unwrap();
+        let cfg = kube_cfg();
         let (tx, _rx) = crossbeam::channel::unbounded();
         let mut sync = Sync::new(cfg, tx);
         let problem = |service: &str, what: &str| model::Problem {
@@ -649,13 +650,7 @@ mod tests {
 
     #[test]
     fn nothing_is_sent_before_every_resource_has_synced() {
-        let cfg = crate::config::parse(
-            "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\n",
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap()
-        .kubernetes
-        .unwrap();
+        let cfg = kube_cfg();
         let (tx, rx) = crossbeam::channel::unbounded();
         let mut sync = Sync::new(cfg, tx);
         sync.apply(Change::Node(Box::new(Ok(Event::Init))));
