@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 
 use crate::config::{unusable, Kubernetes, Protocol, MAX_WEIGHT};
 use crate::health::{HealthSpec, Probe};
@@ -175,50 +175,76 @@ fn excluded(node: &Node) -> bool {
         .is_some_and(|l| l.contains_key(EXCLUDE_LABEL))
 }
 
-/// The ready endpoints of one Service, as (node, address): ready and serving (unset counts
-/// as true, as the API says) and not terminating. Only slices of the VIP's address family
-/// count, so dual-stack Services do not count each pod twice. An endpoint may name no node
-/// (a manually managed slice pointing outside the cluster).
-fn ready_endpoints<'a>(
-    objs: &'a Objects,
-    ns: &'a str,
-    name: &'a str,
-    v6: bool,
-) -> impl Iterator<Item = (Option<&'a str>, &'a str)> + 'a {
-    let family = if v6 { "IPv6" } else { "IPv4" };
-    objs.slices
-        .values()
-        .filter(move |slice| {
+/// The EndpointSlices of each Service, by namespace and Service name: built once per
+/// [`compute`], so each Service's lookup does not scan every slice of the cluster.
+struct Slices<'a>(HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>);
+
+impl<'a> Slices<'a> {
+    fn new(objs: &'a Objects) -> Self {
+        let mut by_service: HashMap<&str, HashMap<&str, Vec<&EndpointSlice>>> = HashMap::new();
+        for slice in objs.slices.values() {
             let owner = slice
                 .metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(SERVICE_NAME_LABEL));
-            slice.metadata.namespace.as_deref() == Some(ns)
-                && owner.map(String::as_str) == Some(name)
-                && slice.address_type == family
-        })
-        .flat_map(|slice| slice.endpoints.iter().flatten())
-        .filter_map(|ep| {
-            let c = ep.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true)
-                && c.and_then(|c| c.serving).unwrap_or(true)
-                && !c.and_then(|c| c.terminating).unwrap_or(false);
-            let addr = ep.addresses.first()?;
-            ready.then_some((ep.node_name.as_deref(), addr.as_str()))
-        })
+            if let (Some(ns), Some(owner)) = (slice.metadata.namespace.as_deref(), owner) {
+                let of_ns = by_service.entry(ns).or_default();
+                of_ns.entry(owner.as_str()).or_default().push(slice);
+            }
+        }
+        Slices(by_service)
+    }
+
+    /// The endpoints of one Service in slices of the VIP's address family (so dual-stack
+    /// Services do not count each pod twice), as (node, address), that `usable` accepts.
+    /// An endpoint may name no node (a manually managed slice pointing outside the
+    /// cluster).
+    fn endpoints(
+        &self,
+        ns: &str,
+        name: &str,
+        v6: bool,
+        usable: fn(Option<&EndpointConditions>) -> bool,
+    ) -> impl Iterator<Item = (Option<&'a str>, &'a str)> + '_ {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        self.0
+            .get(ns)
+            .and_then(|of_ns| of_ns.get(name))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |slice| slice.address_type == family)
+            .flat_map(|slice| slice.endpoints.iter().flatten())
+            .filter(move |ep| usable(ep.conditions.as_ref()))
+            .filter_map(|ep| Some((ep.node_name.as_deref(), ep.addresses.first()?.as_str())))
+    }
 }
 
-/// Ready endpoints of one Service per node ([`ready_endpoints`]). Each endpoint address
-/// counts once even if two slices list it (slices overlap while being rebalanced).
+/// Ready: ready and serving (unset counts as true, as the API says) and not terminating.
+fn ready(c: Option<&EndpointConditions>) -> bool {
+    c.and_then(|c| c.ready).unwrap_or(true)
+        && c.and_then(|c| c.serving).unwrap_or(true)
+        && !c.and_then(|c| c.terminating).unwrap_or(false)
+}
+
+/// Serving: ready, or terminating but still serving, which kube-proxy falls back to for
+/// `Cluster` traffic when a Service has no ready endpoint (a rollout's last old pod, a
+/// StatefulSet pod restarting); its own health stays up meanwhile.
+fn serving(c: Option<&EndpointConditions>) -> bool {
+    c.and_then(|c| c.serving.or(c.ready)).unwrap_or(true)
+}
+
+/// Ready endpoints of one Service per node. Each endpoint address counts once even if two
+/// slices list it (slices overlap while being rebalanced).
 fn ready_endpoints_per_node<'a>(
-    objs: &'a Objects,
-    ns: &'a str,
-    name: &'a str,
+    slices: &Slices<'a>,
+    ns: &str,
+    name: &str,
     v6: bool,
 ) -> BTreeMap<&'a str, usize> {
     let mut per_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (node, addr) in ready_endpoints(objs, ns, name, v6) {
+    for (node, addr) in slices.endpoints(ns, name, v6, ready) {
         if let Some(node) = node {
             per_node.entry(node).or_default().insert(addr);
         }
@@ -443,6 +469,34 @@ fn moving_to(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<
     (!c.status.contains(&ip) && reassignable(cfg, c)).then_some(ip)
 }
 
+/// Moves `c` to `ip` off its status addresses, unless a Service that may not share it holds
+/// it, or a pool choice for another Service is on its way to that Service's status.
+fn move_to<'c, 'a>(
+    holders: &mut Holders<'c, 'a>,
+    assigned: &HashMap<String, IpAddr>,
+    c: &'c Claimant<'a>,
+    ip: IpAddr,
+    problems: &mut Problems,
+) -> bool {
+    if let Some((other, _)) = assigned.iter().find(|(k, a)| **a == ip && *k != c.key) {
+        let what = format!("address {ip} is being given to {other}; staying where it is");
+        note(problems, c.key, what);
+        return false;
+    }
+    if !claim(holders, c, ip, problems) {
+        return false;
+    }
+    for was in &c.status {
+        if let Some(hs) = holders.get_mut(was) {
+            hs.retain(|h| h.key != c.key);
+            if hs.is_empty() {
+                holders.remove(was);
+            }
+        }
+    }
+    true
+}
+
 fn assignment(c: &Claimant, ip: IpAddr) -> Assignment {
     Assignment {
         namespace: c.svc.metadata.namespace.clone().unwrap_or_default(),
@@ -468,8 +522,8 @@ fn assignment(c: &Claimant, ip: IpAddr) -> Assignment {
 /// address while its status write is in flight, even while its status still shows the
 /// refused one.
 /// A Service whose `spec.loadBalancerIP` names another address than its status, which
-/// shows only pool addresses, moves there once every Service that stays has its address,
-/// unless one of those may not share it ([`moving_to`]).
+/// shows only pool addresses, moves there in its turn among the Services without an
+/// address, keeping its status address until then ([`moving_to`], [`move_to`]).
 pub fn compute(
     cfg: &Kubernetes,
     objs: &Objects,
@@ -494,28 +548,21 @@ pub fn compute(
     });
 
     let mut holders = Holders::new();
-    let mut homeless = Vec::new();
     let mut to_write = Vec::new();
-    let mut movers = Vec::new();
+    // Services without an address (None), and those moving (Some: they keep their status
+    // address until they have the new one), in creation order.
+    let mut turns = Vec::new();
     for c in &claimants {
-        match moving_to(cfg, c, &mut problems) {
-            Some(ip) => movers.push((c, ip)),
-            None => homeless.extend(keep_status(cfg, &mut holders, c, &mut problems)),
-        }
-    }
-    // After every Service that stays has its address, so a mover cannot take one that is
-    // another's; one that cannot move stays where it is.
-    for (c, ip) in movers {
-        if claim(&mut holders, c, ip, &mut problems) {
-            to_write.push(assignment(c, ip));
-        } else {
-            homeless.extend(keep_status(cfg, &mut holders, c, &mut problems));
+        let target = moving_to(cfg, c, &mut problems);
+        match keep_status(cfg, &mut holders, c, &mut problems) {
+            Some(homeless) => turns.push((homeless, None)),
+            None => turns.extend(target.map(|ip| (c, Some(ip)))),
         }
     }
     assigned.retain(|k, _| {
-        homeless
+        turns
             .iter()
-            .any(|c| c.key == k && requested(c.svc).is_none())
+            .any(|(c, to)| c.key == k && to.is_none() && requested(c.svc).is_none())
     });
 
     let mut used: BTreeSet<IpAddr> = objs
@@ -529,7 +576,13 @@ pub fn compute(
         .collect();
     used.extend(assigned.values().copied());
 
-    for c in homeless {
+    for (c, target) in turns {
+        if let Some(ip) = target {
+            move_to(&mut holders, assigned, c, ip, &mut problems).then(|| {
+                to_write.push(assignment(c, ip));
+            });
+            continue;
+        }
         let ip = if requested(c.svc).is_some() {
             spec_ip(cfg, c, &mut problems)
         } else {
@@ -558,9 +611,13 @@ pub fn compute(
         }
     }
 
+    let slices = Slices::new(objs);
     let vips = holders
         .iter()
-        .flat_map(|(ip, cs)| cs.iter().flat_map(|c| service_vips(cfg, objs, c, *ip)))
+        .flat_map(|(ip, cs)| {
+            cs.iter()
+                .flat_map(|c| service_vips(cfg, objs, &slices, c, *ip))
+        })
         .collect();
     let mut set = ServiceSet { vips };
     set.normalize();
@@ -572,7 +629,13 @@ pub fn compute(
 }
 
 /// The VIPs (one per protocol) of one Service at one address.
-fn service_vips(cfg: &Kubernetes, objs: &Objects, c: &Claimant, addr: IpAddr) -> Vec<VipSpec> {
+fn service_vips(
+    cfg: &Kubernetes,
+    objs: &Objects,
+    slices: &Slices,
+    c: &Claimant,
+    addr: IpAddr,
+) -> Vec<VipSpec> {
     let Some(spec) = &c.svc.spec else {
         return Vec::new();
     };
@@ -589,7 +652,7 @@ fn service_vips(cfg: &Kubernetes, objs: &Objects, c: &Claimant, addr: IpAddr) ->
     let v6 = addr.is_ipv6();
 
     let backends: Vec<BackendSpec> = match policy {
-        TrafficPolicy::Local => ready_endpoints_per_node(objs, ns, name, v6)
+        TrafficPolicy::Local => ready_endpoints_per_node(slices, ns, name, v6)
             .into_iter()
             .filter_map(|(node, count)| {
                 let addr = node_addr(cfg, objs.nodes.get(node)?, v6)?;
@@ -599,11 +662,11 @@ fn service_vips(cfg: &Kubernetes, objs: &Objects, c: &Claimant, addr: IpAddr) ->
                 })
             })
             .collect(),
-        // Any node forwards, but only to the Service's endpoints: with none ready (scaled
+        // Any node forwards, but only to the Service's endpoints: with none serving (scaled
         // to zero, every pod failing, a selector typo) every node would refuse the
         // traffic while kube-proxy's own health still passes, so there is no backend and
         // the address is withdrawn, where another site announcing it can take over.
-        TrafficPolicy::Cluster if ready_endpoints(objs, ns, name, v6).next().is_none() => {
+        TrafficPolicy::Cluster if slices.endpoints(ns, name, v6, serving).next().is_none() => {
             Vec::new()
         }
         TrafficPolicy::Cluster => objs
@@ -937,9 +1000,10 @@ mod tests {
     }
 
     /// A `Cluster` Service was served by every ready node whether or not it had a pod:
-    /// scaled to zero, it stayed announced while every node refused its traffic.
+    /// scaled to zero, it stayed announced while every node refused its traffic. A pod that
+    /// is terminating but still serving counts, as kube-proxy falls back to it.
     #[test]
-    fn a_cluster_service_has_backends_only_while_it_has_a_ready_endpoint() {
+    fn a_cluster_service_has_backends_only_while_it_has_a_serving_endpoint() {
         let node = |name: &str, addr: &str| -> Node {
             serde_json::from_value(json!({"metadata": {"name": name},
                 "status": {"addresses": [{"type": "InternalIP", "address": addr}],
@@ -962,9 +1026,9 @@ mod tests {
                 .map(|b| b.addr.to_string())
                 .collect()
         };
-        let ep = |ready: bool, terminating: bool, node: Option<&str>| {
+        let ep = |ready: bool, serving: bool, terminating: bool, node: Option<&str>| {
             let mut e = json!({"addresses": ["10.244.0.9"],
-                "conditions": {"ready": ready, "serving": ready, "terminating": terminating}});
+                "conditions": {"ready": ready, "serving": serving, "terminating": terminating}});
             if let Some(n) = node {
                 e["nodeName"] = json!(n);
             }
@@ -972,16 +1036,21 @@ mod tests {
         };
         let both = ["10.1.0.1", "10.1.0.2"];
         assert!(backends(&[]).is_empty());
-        assert!(backends(&[slice("IPv4", json!([ep(false, false, Some("n1"))]))]).is_empty());
-        assert!(backends(&[slice("IPv4", json!([ep(true, true, Some("n1"))]))]).is_empty());
-        assert!(backends(&[slice("IPv6", json!([ep(true, false, Some("n1"))]))]).is_empty());
-        // Any node forwards to a pod anywhere, or to an endpoint on no node at all.
+        assert!(
+            backends(&[slice("IPv4", json!([ep(false, false, false, Some("n1"))]))]).is_empty()
+        );
+        assert!(backends(&[slice("IPv4", json!([ep(false, false, true, Some("n1"))]))]).is_empty());
+        assert!(backends(&[slice("IPv6", json!([ep(true, true, false, Some("n1"))]))]).is_empty());
+        // Any node forwards to a pod anywhere, or to an endpoint on no node at all, or to a
+        // terminating one still serving.
+        let draining = ep(false, true, true, Some("n1"));
+        assert_eq!(backends(&[slice("IPv4", json!([draining]))]), both);
         assert_eq!(
-            backends(&[slice("IPv4", json!([ep(true, false, Some("n1"))]))]),
+            backends(&[slice("IPv4", json!([ep(true, true, false, Some("n1"))]))]),
             both
         );
         assert_eq!(
-            backends(&[slice("IPv4", json!([ep(true, false, None)]))]),
+            backends(&[slice("IPv4", json!([ep(true, true, false, None)]))]),
             both
         );
     }
@@ -1214,6 +1283,36 @@ mod tests {
         assert!(
             problems[0].starts_with("address 198.51.100.1 is taken by ns/holder"),
             "{problems:?}"
+        );
+        // An older Service without an address asking for it, or given it from the pool with
+        // its status write in flight, has its turn first: no move.
+        let older = lb("older", 1, &[("TCP", 80)], None, Some("198.51.100.1"), None);
+        let (vips, written, problems) = moved("198.51.100.1", vec![older]);
+        assert_eq!(vips, [format!("{WAS} tcp [80]")]);
+        assert_eq!(written, ["older 198.51.100.1"]);
+        assert!(
+            problems[0].starts_with("address 198.51.100.1 is taken by ns/older"),
+            "{problems:?}"
+        );
+        let objs = objects([
+            lb("older", 1, &[("TCP", 80)], None, None, None),
+            lb(
+                "web",
+                5,
+                &[("TCP", 80)],
+                None,
+                Some("198.51.100.1"),
+                Some(WAS),
+            ),
+        ]);
+        let mut assigned =
+            HashMap::from([("ns/older".to_owned(), "198.51.100.1".parse().unwrap())]);
+        let c = compute(&cfg(), &objs, &mut assigned);
+        let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+        assert_eq!(render(c).1, ["older 198.51.100.1"]);
+        assert_eq!(
+            problems,
+            ["address 198.51.100.1 is being given to ns/older; staying where it is"]
         );
         // Outside the pool: refused, stays.
         let (vips, written, problems) = moved("192.0.2.7", vec![]);
