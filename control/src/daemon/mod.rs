@@ -902,7 +902,15 @@ impl Daemon {
             (true, None) => Some((None, channel::never())),
             (false, _) => None,
         };
-        let (api, moved) = if new.api.listen != self.config.api.listen {
+        // Also when the API is not where the running config has it: a reload that moved it
+        // failed and could not bind its address again (logged as "no API until the next
+        // reload"), so any later reload starts it.
+        let api_runs_there = self.api.as_ref().is_some_and(|a| {
+            let at = a.local_addr();
+            let port = new.api.listen.port();
+            at.ip() == new.api.listen.ip() && (at.port() == port || port == 0)
+        });
+        let (api, moved) = if new.api.listen != self.config.api.listen || !api_runs_there {
             self.start_api(new.api.listen)?
         } else {
             (None, None)
