@@ -139,7 +139,7 @@ impl InFlight {
 /// weight above [`MAX_WEIGHT`] counts as [`MAX_WEIGHT`].
 /// `None`: the head is incomplete and more may come. Public for the fuzz target.
 pub fn evaluate(buf: &[u8], weight_header: bool, eof: bool) -> Option<Outcome> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = header_slots(buf);
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
         Ok(httparse::Status::Partial) if !eof => None,
@@ -147,8 +147,30 @@ pub fn evaluate(buf: &[u8], weight_header: bool, eof: bool) -> Option<Outcome> {
     }
 }
 
+/// Room for every header `buf` can hold (one per line): a healthy backend behind a proxy
+/// may send more headers than a fixed array holds, which httparse refuses as malformed.
+/// Bounded by the head's size ([`MAX_RESPONSE_HEAD`]); a probe's read, not a packet's.
+fn header_slots(buf: &[u8]) -> Vec<httparse::Header<'_>> {
+    let lines = buf.iter().filter(|&&b| b == b'\n').count();
+    vec![httparse::EMPTY_HEADER; lines]
+}
+
+/// The weight a kube-proxy header gives, capped as configured weights are (one node's
+/// header cannot claim more of the Maglev table than a configured backend could): decimal
+/// digits only, however many (a value past `u32` is capped like one within it).
+fn header_weight(v: &[u8]) -> Option<u32> {
+    let digits = v.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let w = digits.iter().try_fold(0u32, |w, d| {
+        w.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+    });
+    Some(w.unwrap_or(u32::MAX).min(MAX_WEIGHT))
+}
+
 fn judge(buf: &[u8], weight_header: bool) -> Outcome {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = header_slots(buf);
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
@@ -173,15 +195,8 @@ fn judge(buf: &[u8], weight_header: bool) -> Outcome {
         .map(|h| h.value);
     match value {
         None => Outcome::Pass { weight: None },
-        Some(v) => match std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        {
-            // Capped as configured weights are: one node's header cannot claim more of
-            // the Maglev table than a configured backend could.
-            Some(w) => Outcome::Pass {
-                weight: Some(w.min(MAX_WEIGHT)),
-            },
+        Some(v) => match header_weight(v) {
+            Some(w) => Outcome::Pass { weight: Some(w) },
             None => Outcome::Fail(Reason::BadResponse(
                 "unreadable X-Load-Balancing-Endpoint-Weight header",
             )),
@@ -224,14 +239,34 @@ mod tests {
             ),
             pass(Some(MAX_WEIGHT))
         );
-        assert!(matches!(
+        // However many digits: capped alike (one past u32 failed the probe).
+        assert_eq!(
             evaluate(
-                b"HTTP/1.1 200 OK\r\nX-Load-Balancing-Endpoint-Weight: lots\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nx-load-balancing-endpoint-weight: 4294967296000\r\n\r\n",
                 true,
                 false
             ),
-            Some(Outcome::Fail(Reason::BadResponse(_)))
-        ));
+            pass(Some(MAX_WEIGHT))
+        );
+        for bad in ["lots", "+3", "-1", "3 4", "", "0x10"] {
+            let head =
+                format!("HTTP/1.1 200 OK\r\nX-Load-Balancing-Endpoint-Weight: {bad}\r\n\r\n");
+            assert!(
+                matches!(
+                    evaluate(head.as_bytes(), true, false),
+                    Some(Outcome::Fail(Reason::BadResponse(_)))
+                ),
+                "{bad:?}"
+            );
+        }
+        // More headers than a fixed array holds: still a response (it was "malformed").
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..100 {
+            many.extend_from_slice(format!("X-Header-{i}: v\r\n").as_bytes());
+        }
+        assert_eq!(evaluate(&many, true, false), None);
+        many.extend_from_slice(b"X-Load-Balancing-Endpoint-Weight: 9\r\n\r\n");
+        assert_eq!(evaluate(&many, true, false), pass(Some(9)));
         assert_eq!(evaluate(b"HTTP/1.1 200 OK\r\n", true, false), None);
         assert!(matches!(
             evaluate(b"HTTP/1.1 200 OK\r\n", true, true),
