@@ -652,6 +652,16 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<HttpRe
             Ok(0) => break,
             Ok(n) => data.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A read timeout shows as EAGAIN on Linux ("Resource temporarily unavailable").
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                let what = format!("connected, but no complete answer within {timeout:?}");
+                return Err(io::Error::new(io::ErrorKind::TimedOut, what));
+            }
             Err(e) => return Err(e),
         }
         if data.len() > MAX_RESPONSE {
@@ -1122,12 +1132,6 @@ impl Collector for StatusCollector {
             "worker_tx_packets",
             "Frames a worker transmitted",
             s.workers.iter().map(|w| (worker(w), w.tx_packets)),
-        )?;
-        counter(
-            e,
-            "worker_passed_packets",
-            "Frames a worker handed to the kernel",
-            s.workers.iter().map(|w| (worker(w), w.passed_packets)),
         )?;
         counter(
             e,

@@ -258,8 +258,6 @@ pub struct WorkerStatus {
     pub bind_mode: BindMode,
     pub rx_packets: u64,
     pub tx_packets: u64,
-    /// Frames handed to the kernel.
-    pub passed_packets: u64,
     /// Drops by reason: the dataplane's `DropReason` names, the worker loop's own
     /// (`not_for_a_vip`, `tx_ring_full`, `bad_verdict`), and the kernel's for the socket:
     /// `rx_ring_full` (the worker's RX ring was full) and `rx_dropped` (no free frame in
@@ -287,8 +285,10 @@ impl WorkerStatus {
 
 /// Fetches `/status` from a running daemon's API.
 pub fn fetch(api: SocketAddr, timeout: Duration) -> anyhow::Result<Status> {
-    let response = crate::api::get(api, "/status", timeout)
-        .map_err(|e| anyhow::anyhow!("cannot reach the dsrgate API at {api}: {e}"))?;
+    let response = crate::api::get(api, "/status", timeout).map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => anyhow::anyhow!("the dsrgate API at {api}: {e}"),
+        _ => anyhow::anyhow!("cannot reach the dsrgate API at {api}: {e}"),
+    })?;
     decode(&response).map_err(|e| anyhow::anyhow!("GET http://{api}/status {e}"))
 }
 
@@ -505,12 +505,11 @@ fn workers_table(s: &Status) -> Option<Table> {
             "MODE",
             "RX",
             "TX",
-            "PASSED",
             "DROPS",
             "SHED STARTS",
             "FLOWS",
         ],
-        &[1, 2, 4, 5, 6, 7, 8, 9],
+        &[1, 2, 4, 5, 6, 7, 8],
     );
     for w in &s.workers {
         let xdp = match w.xdp_mode {
@@ -528,7 +527,6 @@ fn workers_table(s: &Status) -> Option<Table> {
             format!("{xdp}/{bind}"),
             w.rx_packets.to_string(),
             w.tx_packets.to_string(),
-            w.passed_packets.to_string(),
             w.total_drops().to_string(),
             w.shed_starts.to_string(),
             format!("{}/{}", w.flow_entries, w.flow_capacity),
@@ -594,6 +592,23 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A listener that accepts and never answers was "cannot reach ...: Resource
+    /// temporarily unavailable (os error 11)", about an address it did reach.
+    #[test]
+    fn an_api_that_never_answers_is_told_from_one_that_cannot_be_reached() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+        let err = fetch(addr, Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!("the dsrgate API at {addr}: connected, but no complete answer within 300ms")
+        );
+        drop(held.join());
+    }
 
     /// A status with every kind of row: two services (one withdrawn), an unresolved next
     /// hop, an established and a failed BGP session, two workers.
@@ -717,7 +732,6 @@ pub(crate) mod tests {
                     bind_mode: BindMode::Copy,
                     rx_packets: 100000,
                     tx_packets: 99990,
-                    passed_packets: 5,
                     drops: [
                         ("no_next_hop".to_owned(), 7),
                         ("truncated".to_owned(), 3),
@@ -738,7 +752,6 @@ pub(crate) mod tests {
                     bind_mode: BindMode::ZeroCopy,
                     rx_packets: 23456,
                     tx_packets: 23456,
-                    passed_packets: 0,
                     drops: BTreeMap::new(),
                     flow_entries: 0,
                     flow_capacity: 65536,
@@ -778,9 +791,9 @@ Steering
  eth0           123463          2    5012        1   640
 
 Workers
- INTERFACE  QUEUE  CORE  MODE                   RX     TX  PASSED  DROPS  SHED STARTS      FLOWS
- eth0           0     1  native/copy        100000  99990       5     21            4  812/65536
- eth0           1     -  generic/zero-copy   23456  23456       0      0            0    0/65536
+ INTERFACE  QUEUE  CORE  MODE                   RX     TX  DROPS  SHED STARTS      FLOWS
+ eth0           0     1  native/copy        100000  99990     21            4  812/65536
+ eth0           1     -  generic/zero-copy   23456  23456      0            0    0/65536
 ";
         let got = render(&sample());
         assert_eq!(got, golden, "got:\n{got}");
