@@ -265,9 +265,6 @@ fn worker(
         },
         rx_packets: w.rx,
         tx_packets: w.tx + w.reply,
-        // An AF_XDP socket cannot hand a frame back to the kernel; the steering program
-        // passes non-VIP traffic before it reaches a worker.
-        passed_packets: 0,
         drops,
         flow_entries,
         flow_capacity,

@@ -69,7 +69,6 @@ pub fn a_status(packets: u64) -> Status {
             bind_mode: BindMode::Copy,
             rx_packets: packets,
             tx_packets: packets,
-            passed_packets: 1,
             drops: [("truncated".to_owned(), 4), ("rx_ring_full".to_owned(), 5)].into(),
             flow_entries: 3,
             flow_capacity: 1024,
