@@ -135,10 +135,14 @@ impl XskConfig {
     }
 }
 
-/// Frames of one worker by location. `accounted() <= total` always. The difference is what
-/// the kernel holds: frames in transit and, in copy mode, frames it took from the fill ring
-/// but then dropped because the RX ring was full (it keeps those for its next receive).
-/// With no overload since start, `accounted() == total` once traffic stops.
+/// Frames of one worker by location. The difference from `total` is what the kernel holds:
+/// frames in transit and, in copy mode, frames it took from the fill ring but then dropped
+/// because the RX ring was full (it keeps those for its next receive). With no overload
+/// since start, `accounted() == total` once traffic stops. While frames move, a count is
+/// only an estimate, and may even exceed `total`: the kernel publishes a received frame on
+/// RX before it releases its fill entry, and in copy mode a send that fails with EBUSY
+/// completes a frame before it releases its TX entry, so one frame can be seen in two
+/// rings at once, whatever order they are read in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {
     pub total: u32,
