@@ -85,9 +85,10 @@ fn mapped_v4(b: &[u8]) -> [u8; 16] {
 /// §2.5.5.2): how IPv4 addresses are kept in a flow key and the VIP table, and never an
 /// address on the wire (RFC 6890 lists the block as not forwardable, not a valid source or
 /// destination).
+/// One 128-bit compare (a slice compare cost about 12 instructions, twice per IPv6 packet).
 #[inline(always)]
-pub(crate) fn is_v4_mapped(a: &[u8]) -> bool {
-    a.get(..12) == Some(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff][..])
+pub(crate) fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    u128::from_be_bytes(*a) >> 32 == 0xffff
 }
 
 #[inline(always)]
@@ -248,7 +249,11 @@ fn parse_v6(ip: &[u8], p: &mut Parsed) -> Result<(), Early> {
     // IPv4 VIP a.b.c.d, whose key it would match; encapsulated for it, it would go out as IPv6
     // in an IPv4 tunnel header that says IPv4. The kernel's (which drops it), as the steering
     // program decides.
-    if is_v4_mapped(&ip[24..40]) {
+    if ip
+        .get(24..)
+        .and_then(|d| d.first_chunk())
+        .is_some_and(is_v4_mapped)
+    {
         return Err(Early::Pass);
     }
     let total = pkt.total_len();
