@@ -505,15 +505,23 @@ impl HealthChecker {
     /// per target that starts up.
     pub fn set_targets(&mut self, targets: impl Into<Targets>) -> Vec<HealthEvent> {
         let targets = targets.into();
-        let inherited = targets.inherited(&self.targets, |t| self.state(t));
         let stamped = self.epochs.assign(targets.iter().cloned());
+        self.set_stamped(targets, stamped)
+    }
+
+    /// [`set_targets`](Self::set_targets) with epochs from [`Epochs::assign`] (a
+    /// [`HealthThread`] assigns its own). Which new target inherits is decided here, from
+    /// the slots' own state, never from a verdict reported earlier: a target that has just
+    /// gone down, its event not yet read, is down here.
+    fn set_stamped(&mut self, targets: Targets, stamped: Vec<(Target, u64)>) -> Vec<HealthEvent> {
+        let inherited = targets.inherited(&self.targets, |t| self.state(t));
         let events = inherited_events(inherited, &stamped);
         self.apply(stamped, &seeds(&events));
         self.targets = targets;
         events
     }
 
-    /// [`set_targets`](Self::set_targets) with epochs from [`Epochs::assign`]:
+    /// Applies a stamped list to the slots:
     /// a known target whose epoch changed was removed and added again since,
     /// and starts afresh; a new one in `seeds` starts up with that weight.
     fn apply(&mut self, targets: Vec<(Target, u64)>, seeds: &HashMap<Target, Option<u32>>) {
@@ -740,74 +748,68 @@ fn seeds(events: &[HealthEvent]) -> HashMap<Target, Option<u32>> {
 }
 
 enum Command {
-    SetTargets(Vec<(Target, u64)>, HashMap<Target, Option<u32>>),
+    /// A new list, its epochs, and where to say it is applied (its
+    /// [`Transition::Inherited`] events sent).
+    SetTargets {
+        targets: Targets,
+        stamped: Vec<(Target, u64)>,
+        done: Sender<()>,
+    },
 }
 
-/// The caller's side of a [`HealthThread`]: the current epochs and list.
-#[derive(Default)]
-struct Listed {
-    epochs: Epochs,
-    targets: Targets,
-}
-
-/// Each target's last verdict the checker thread sent, with its epoch.
-type Verdicts = HashMap<Target, (u64, State, Option<u32>)>;
-
-/// The sender of a [`HealthThread`]'s events: shared by the thread and
-/// [`HealthThread::set_targets`], and emptied when the thread ends, so the
-/// receiver still disconnects then.
-type EventSender = Arc<std::sync::Mutex<Option<Sender<HealthEvent>>>>;
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each is consistent after any panic (replaced or updated whole).
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Empties the events' sender when the checker thread ends, however it ends.
-struct CloseOnExit(EventSender);
-
-impl Drop for CloseOnExit {
-    fn drop(&mut self) {
-        *lock(&self.0) = None;
-    }
-}
+/// How long [`HealthThread::set_targets`] waits for the thread to apply a list. The
+/// thread never waits on the network, so this is reached only if it is stuck.
+const APPLY_BOUND: Duration = Duration::from_secs(2);
 
 /// A [`HealthChecker`] on its own thread. Dropping it stops the thread.
 pub struct HealthThread {
     /// Assigned here, on the caller's side, so that
     /// [`is_current`](Self::is_current) knows the current epochs the moment
-    /// [`set_targets`](Self::set_targets) returns, before the thread has seen them.
-    listed: std::sync::Mutex<Listed>,
-    /// What the thread last reported per target, for [`Targets`]' inheritance.
-    verdicts: Arc<std::sync::Mutex<Verdicts>>,
-    events: EventSender,
+    /// [`set_targets`](Self::set_targets) returns, whatever the thread is doing.
+    epochs: std::sync::Mutex<Epochs>,
     commands: Option<Sender<Command>>,
     waker: Arc<Waker>,
     join: Option<JoinHandle<()>>,
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Replaced whole, so consistent after any panic.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Starts the checker thread; transitions arrive on the returned receiver.
+///
+/// The receiver disconnects when the thread ends, however it ends: the thread alone
+/// holds the sender.
 pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
     let mut checker = HealthChecker::new()?;
     let waker = checker.waker();
     let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded::<Command>();
+    // Unbounded, and this matters: `set_targets` waits for the thread to have sent a
+    // list's events, and its caller (the daemon) is the one who reads them, so a send
+    // that could wait for room would deadlock the two.
     let (ev_tx, ev_rx) = crossbeam::channel::unbounded();
-    let events: EventSender = Arc::new(std::sync::Mutex::new(Some(ev_tx)));
-    let verdicts: Arc<std::sync::Mutex<Verdicts>> = Arc::default();
-    let (thread_events, thread_verdicts) = (events.clone(), verdicts.clone());
     let join = std::thread::Builder::new()
         .name("dsrgate-health".into())
         .spawn(move || {
-            let _close = CloseOnExit(thread_events.clone());
+            let send = |out: &mut Vec<HealthEvent>| out.drain(..).all(|ev| ev_tx.send(ev).is_ok());
             let mut out = Vec::new();
             loop {
                 loop {
                     match cmd_rx.try_recv() {
-                        Ok(Command::SetTargets(t, seeds)) => {
+                        Ok(Command::SetTargets {
+                            targets,
+                            stamped,
+                            done,
+                        }) => {
                             // Test builds: end this thread on a new target list.
                             #[cfg(feature = "failpoints")]
                             fail::fail_point!("health-set-targets");
-                            checker.apply(t, &seeds)
+                            out.extend(checker.set_stamped(targets, stamped));
+                            if !send(&mut out) {
+                                return;
+                            }
+                            let _ = done.send(());
                         }
                         Err(crossbeam::channel::TryRecvError::Empty) => break,
                         Err(crossbeam::channel::TryRecvError::Disconnected) => return,
@@ -817,24 +819,14 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
                     tracing::error!(error = %e, "health checker poll failed");
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                for ev in out.drain(..) {
-                    // Recorded before it is sent: a verdict the consumer holds is here.
-                    lock(&thread_verdicts)
-                        .insert(ev.target.clone(), (ev.epoch, ev.state, ev.weight));
-                    let sent = lock(&thread_events)
-                        .as_ref()
-                        .is_some_and(|tx| tx.send(ev).is_ok());
-                    if !sent {
-                        return;
-                    }
+                if !send(&mut out) {
+                    return;
                 }
             }
         })?;
     Ok((
         HealthThread {
-            listed: std::sync::Mutex::new(Listed::default()),
-            verdicts,
-            events,
+            epochs: std::sync::Mutex::new(Epochs::default()),
             commands: Some(cmd_tx),
             waker,
             join: Some(join),
@@ -844,44 +836,36 @@ pub fn spawn() -> io::Result<(HealthThread, Receiver<HealthEvent>)> {
 }
 
 impl HealthThread {
-    /// Replaces the probed targets (see [`HealthChecker::set_targets`]). The
-    /// [`Transition::Inherited`] events of targets that start up as the ones
-    /// they replace are sent before this returns, from the verdicts the thread
-    /// last sent: a consumer that takes the events waiting before it acts on
-    /// the new list (the daemon takes them before it publishes) never sees a
-    /// replaced probe without a verdict.
+    /// Replaces the probed targets (see [`HealthChecker::set_targets`]), and returns
+    /// once the thread has applied them, or has ended, or after [`APPLY_BOUND`].
+    ///
+    /// The thread decides which new targets start up as those they replace, from its
+    /// own state when it applies the list: a verdict read here could be outdated by a
+    /// `Down` the thread has just made, which then, being about a replaced target, would
+    /// be dropped as stale while the new target held the failed node up. The
+    /// [`Transition::Inherited`] events are sent before this returns: a consumer that
+    /// takes the events waiting before it acts on the new list (the daemon takes them
+    /// before it publishes) never sees a replaced probe without a verdict.
     pub fn set_targets(&self, targets: impl Into<Targets>) {
         let targets = targets.into();
-        let mut listed = lock(&self.listed);
-        let inherited = {
-            let verdicts = lock(&self.verdicts);
-            let current = &listed.epochs.current;
-            targets.inherited(&listed.targets, |t| {
-                let epoch = current.get(t)?;
-                let (e, state, weight) = verdicts.get(t)?;
-                (e == epoch).then_some((*state, *weight))
-            })
-        };
-        let stamped = listed.epochs.assign(targets.iter().cloned());
-        let events = inherited_events(inherited, &stamped);
+        let (done_tx, done) = crossbeam::channel::bounded(1);
         {
-            let mut verdicts = lock(&self.verdicts);
-            verdicts.retain(|t, _| targets.index.contains_key(t));
-            for ev in &events {
-                verdicts.insert(ev.target.clone(), (ev.epoch, ev.state, ev.weight));
+            let mut epochs = lock(&self.epochs);
+            let stamped = epochs.assign(targets.iter().cloned());
+            if let Some(tx) = &self.commands {
+                // Sent under the lock, so the thread sees lists in assignment order.
+                let _ = tx.send(Command::SetTargets {
+                    targets,
+                    stamped,
+                    done: done_tx,
+                });
+                let _ = self.waker.wake();
             }
         }
-        if let Some(tx) = lock(&self.events).as_ref() {
-            for ev in &events {
-                let _ = tx.send(ev.clone());
-            }
-        }
-        listed.targets = targets;
-        if let Some(tx) = &self.commands {
-            // Sent under the lock, so the thread sees lists in assignment order.
-            let _ = tx.send(Command::SetTargets(stamped, seeds(&events)));
-            let _ = self.waker.wake();
-        }
+        // A thread that has ended, or ends before it applies this, drops `done_tx`
+        // (with the command): this returns at once, and the caller learns of the end
+        // from the events' receiver.
+        let _ = done.recv_timeout(APPLY_BOUND);
     }
 
     /// Whether `ev` is about a target's current run: false for a target no
@@ -889,7 +873,7 @@ impl HealthThread {
     /// (see [`Epochs`]). A consumer that ignores the others holds the same
     /// state as the checker.
     pub fn is_current(&self, ev: &HealthEvent) -> bool {
-        lock(&self.listed).epochs.is_current(ev)
+        lock(&self.epochs).is_current(ev)
     }
 }
 
@@ -1261,4 +1245,69 @@ mod tests {
         }
         drop(old_port);
     }
+
+    /// The race an inheritance decided outside the checker left open: a node's old probe
+    /// goes down, and its probe changes before the daemon has read that `Down`. Read
+    /// then, the `Down` is about a replaced target and is dropped as stale; had the new
+    /// probe started up on the strength of an `Up` reported earlier, the failed node
+    /// would stay in the table for the new probe's whole `fall`. It must start down.
+    #[test]
+    fn a_node_that_has_just_failed_is_not_inherited_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let old = tcp(addr, 50, 1, 1);
+        // The new probe's port: nothing listens there, so it does not rise on its own.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let new = tcp(closed, 50, 1, 1);
+        let list = |t: &Target| {
+            let mut out = Targets::default();
+            out.insert(t.clone(), "team/web");
+            out
+        };
+        let (checker, rx) = spawn().unwrap();
+        let mut states: HashMap<Target, State> = HashMap::new();
+        checker.set_targets(list(&old));
+        let up = rx.recv_timeout(BOUND).unwrap();
+        assert_eq!(
+            (up.transition.clone(), up.state),
+            (Transition::Up, State::Up)
+        );
+        states.insert(up.target.clone(), up.state);
+
+        // The checker's verdict is down; the daemon has not read it yet.
+        drop(listener);
+        let down = loop {
+            let ev = rx.recv_timeout(BOUND).unwrap();
+            if ev.transition == Transition::Down {
+                break ev;
+            }
+        };
+        assert_eq!((down.target.clone(), down.epoch), (old.clone(), up.epoch));
+        stale_up(&checker, &up);
+
+        // The daemon's serve then loop: forget the replaced target, set the new list,
+        // take the events waiting (the unread `Down` first).
+        states.retain(|t, _| *t == new);
+        checker.set_targets(list(&new));
+        let mut waiting = vec![down];
+        waiting.extend(rx.try_iter());
+        for ev in waiting {
+            assert!(
+                !matches!(ev.transition, Transition::Inherited { .. }),
+                "{ev:?}"
+            );
+            if checker.is_current(&ev) {
+                states.insert(ev.target, ev.state);
+            }
+        }
+        assert_ne!(states.get(&new), Some(&State::Up), "{states:?}");
+    }
+
+    /// Puts the race's stale `Up` where the caller's side keeps verdicts. It keeps none
+    /// now (the checker decides from its own state); before, this wrote `up` into
+    /// `HealthThread::verdicts`, and the test failed there.
+    fn stale_up(_checker: &HealthThread, _up: &HealthEvent) {}
 }
