@@ -440,19 +440,9 @@ fn reconfigure_touches_only_the_peers_that_changed() {
 /// the peer reads everything, its TCP has acknowledged every byte and the count is 0.
 #[test]
 fn unacked_bytes_count_what_a_stalled_peer_has_not_acknowledged() {
-    let listener = small_window_listener();
-    let mut cfg = peer(listener.local_addr().unwrap().port(), 65001, 65000, 2);
     // Keepalives every 30 s: none wakes the speaker while the test runs, so only the
     // speaker sampling the queue again shows it emptied.
-    cfg.session.hold_time = 90;
-    let speaker = Speaker::spawn(Config {
-        peers: vec![cfg],
-        listen: vec![],
-    })
-    .unwrap();
-    let mut peer = RawPeer::accept(&listener);
-    assert_eq!(peer.update(), Update::default());
-    assert_eq!(peer.update(), Update::end_of_rib(Family::Ipv6Unicast));
+    let (speaker, mut peer) = small_window_session(|cfg| cfg.session.hold_time = 90);
     wait_for("session up, nothing in flight", &speaker, |p| {
         p.state == State::Established && p.unacked_bytes == 0
     });
@@ -506,19 +496,12 @@ fn small_window_listener() -> TcpListener {
     TcpListener::from(socket)
 }
 
-/// RFC 9687: a peer that keeps sending KEEPALIVEs but stops reading holds our UPDATEs
-/// (withdrawals too) forever; once it has taken nothing for the SendHoldTime, the
-/// speaker gives up with NOTIFICATION Send Hold Timer Expired and resets the connection
-/// (a FIN would wait behind the bytes the peer does not take), so the router drops our
-/// routes instead of using stale ones.
-#[test]
-fn a_peer_that_stops_reading_is_dropped_after_the_send_hold_time() {
+/// A speaker with one session (as `adjust` sets it) to a raw peer whose socket has a small
+/// receive buffer, past the initial UPDATE and End-of-RIB.
+fn small_window_session(adjust: impl FnOnce(&mut PeerConfig)) -> (Speaker, RawPeer) {
     let listener = small_window_listener();
     let mut cfg = peer(listener.local_addr().unwrap().port(), 65001, 65000, 2);
-    cfg.session.hold_time = 3;
-    cfg.session.send_hold_time = Some(Duration::from_secs(4));
-    // No new connection while the test looks at the dropped one.
-    cfg.session.connect_retry = Duration::from_secs(600);
+    adjust(&mut cfg);
     let speaker = Speaker::spawn(Config {
         peers: vec![cfg],
         listen: vec![],
@@ -527,6 +510,22 @@ fn a_peer_that_stops_reading_is_dropped_after_the_send_hold_time() {
     let mut peer = RawPeer::accept(&listener);
     assert_eq!(peer.update(), Update::default());
     assert_eq!(peer.update(), Update::end_of_rib(Family::Ipv6Unicast));
+    (speaker, peer)
+}
+
+/// RFC 9687: a peer that keeps sending KEEPALIVEs but stops reading holds our UPDATEs
+/// (withdrawals too) forever; once it has taken nothing for the SendHoldTime, the
+/// speaker gives up with NOTIFICATION Send Hold Timer Expired and resets the connection
+/// (a FIN would wait behind the bytes the peer does not take), so the router drops our
+/// routes instead of using stale ones.
+#[test]
+fn a_peer_that_stops_reading_is_dropped_after_the_send_hold_time() {
+    let (speaker, peer) = small_window_session(|cfg| {
+        cfg.session.hold_time = 3;
+        cfg.session.send_hold_time = Some(Duration::from_secs(4));
+        // No new connection while the test looks at the dropped one.
+        cfg.session.connect_retry = Duration::from_secs(600);
+    });
     // KEEPALIVEs keep the session's hold timer going; nothing is read from now on.
     let mut keepalives = peer.stream.try_clone().unwrap();
     let keepalive = Message::Keepalive.to_bytes(Context::FOUR_OCTET).unwrap();
