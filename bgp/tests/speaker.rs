@@ -449,12 +449,7 @@ fn unacked_bytes_count_what_a_stalled_peer_has_not_acknowledged() {
 
     // About 100 kB of UPDATEs, far more than the peer's receive buffer holds.
     const COUNT: usize = 20_000;
-    let many: Routes = (0..COUNT)
-        .map(|i| {
-            let prefix = format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 0xff, i & 0xff);
-            (p(&prefix), RouteAttributes::default())
-        })
-        .collect();
+    let many = host_routes(COUNT);
     speaker.set_routes(many);
     let s = wait_for("announced", &speaker, |p| p.prefixes_advertised == COUNT);
     assert!(
@@ -494,6 +489,16 @@ fn small_window_listener() -> TcpListener {
     socket.bind(&SocketAddr::new(LOCALHOST, 0).into()).unwrap();
     socket.listen(1).unwrap();
     TcpListener::from(socket)
+}
+
+/// `count` /32 routes (about 5 bytes each in an UPDATE).
+fn host_routes(count: usize) -> Routes {
+    (0..count)
+        .map(|i| {
+            let prefix = format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 0xff, i & 0xff);
+            (p(&prefix), RouteAttributes::default())
+        })
+        .collect()
 }
 
 /// A speaker with one session (as `adjust` sets it) to a raw peer whose socket has a small
@@ -538,12 +543,7 @@ fn a_peer_that_stops_reading_is_dropped_after_the_send_hold_time() {
     });
 
     const COUNT: usize = 20_000;
-    let many: Routes = (0..COUNT)
-        .map(|i| {
-            let prefix = format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 0xff, i & 0xff);
-            (p(&prefix), RouteAttributes::default())
-        })
-        .collect();
+    let many = host_routes(COUNT);
     let sent_at = Instant::now();
     speaker.set_routes(many);
     let s = wait_for("announced, not taken", &speaker, |p| {
