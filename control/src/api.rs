@@ -634,6 +634,19 @@ impl HttpResponse {
 /// Largest response [`get`] reads.
 const MAX_RESPONSE: usize = 64 << 20;
 
+/// What [`get`] fails with when the server accepted the connection but did not answer in
+/// time: it was reached, unlike a refused or timed-out connect.
+#[derive(Debug)]
+pub struct NoAnswer(pub Duration);
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connected, but no complete answer within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
 /// `GET path` from the API at `addr` (one connection, `Connection: close`), all within
 /// `timeout`. The client side of this module, for `dsrgate status` and the tests.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<HttpResponse> {
@@ -646,8 +659,13 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<HttpRe
     )?;
     let mut data = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    let no_answer = || io::Error::new(io::ErrorKind::TimedOut, NoAnswer(timeout));
     loop {
-        stream.set_read_timeout(Some(time_left(deadline, "response timed out")?))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(no_answer());
+        }
+        stream.set_read_timeout(Some(left))?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => data.extend_from_slice(&chunk[..n]),
@@ -659,8 +677,7 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<HttpRe
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                let what = format!("connected, but no complete answer within {timeout:?}");
-                return Err(io::Error::new(io::ErrorKind::TimedOut, what));
+                return Err(no_answer())
             }
             Err(e) => return Err(e),
         }

@@ -285,9 +285,12 @@ impl WorkerStatus {
 
 /// Fetches `/status` from a running daemon's API.
 pub fn fetch(api: SocketAddr, timeout: Duration) -> anyhow::Result<Status> {
-    let response = crate::api::get(api, "/status", timeout).map_err(|e| match e.kind() {
-        std::io::ErrorKind::TimedOut => anyhow::anyhow!("the dsrgate API at {api}: {e}"),
-        _ => anyhow::anyhow!("cannot reach the dsrgate API at {api}: {e}"),
+    let response = crate::api::get(api, "/status", timeout).map_err(|e| {
+        if e.get_ref().is_some_and(|e| e.is::<crate::api::NoAnswer>()) {
+            anyhow::anyhow!("the dsrgate API at {api}: {e}")
+        } else {
+            anyhow::anyhow!("cannot reach the dsrgate API at {api}: {e}")
+        }
     })?;
     decode(&response).map_err(|e| anyhow::anyhow!("GET http://{api}/status {e}"))
 }
@@ -608,6 +611,17 @@ pub(crate) mod tests {
             format!("the dsrgate API at {addr}: connected, but no complete answer within 300ms")
         );
         drop(held.join());
+        // Nothing listening: not reached.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let err = fetch(addr, Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("cannot reach the dsrgate API at {addr}: ")),
+            "{err}"
+        );
     }
 
     /// A status with every kind of row: two services (one withdrawn), an unresolved next

@@ -902,16 +902,21 @@ impl Daemon {
             (true, None) => Some((None, channel::never())),
             (false, _) => None,
         };
-        // Also when the API is not where the running config has it: a reload that moved it
-        // failed and could not bind its address again (logged as "no API until the next
-        // reload"), so any later reload starts it.
         let api_runs_there = self.api.as_ref().is_some_and(|a| {
             let at = a.local_addr();
             let port = new.api.listen.port();
             at.ip() == new.api.listen.ip() && (at.port() == port || port == 0)
         });
-        let (api, moved) = if new.api.listen != self.config.api.listen || !api_runs_there {
+        let (api, moved) = if new.api.listen != self.config.api.listen {
             self.start_api(new.api.listen)?
+        } else if !api_runs_there {
+            // A reload that moved the API failed and could not bind its address again
+            // (logged as "no API until the next reload"): any later reload tries again,
+            // but one that keeps the address is not refused if it still cannot bind.
+            self.start_api(new.api.listen).unwrap_or_else(|e| {
+                tracing::error!(error = format!("{e:#}"), "the API is still not running");
+                (None, None)
+            })
         } else {
             (None, None)
         };
