@@ -75,8 +75,8 @@ pub struct Desired {
 /// which keep their flows), with next-hop MACs from
 /// `next_hops`. Backends a snapshot cannot carry (an IPv4 backend of an IPv6 VIP, or a
 /// family without an outer source address) are left out with a warning, and so are those
-/// beyond what one Maglev table holds (the table size, at most [`MAX_BACKENDS`]: a Cluster
-/// Service on more nodes than that keeps the lowest addresses, the same on every gateway),
+/// beyond what one Maglev table holds (see [`fit_one_table`]: a Cluster Service on more nodes
+/// than that keeps the lowest addresses, the same on every gateway),
 /// so that one bad Kubernetes object cannot block every other update.
 pub fn desired(
     services: &ServiceSet,
@@ -102,12 +102,11 @@ pub fn desired(
                 weight: b.weight,
             })
             .collect();
-        let room = MAX_BACKENDS.min(params.maglev_size as usize);
-        if backends.len() > room {
-            tracing::warn!(vip = %spec.name, backends = backends.len(),
-                "only the {room} lowest backend addresses fit one Maglev table; the rest are left out");
-            backends.sort_unstable_by_key(|b| b.addr);
-            backends.truncate(room);
+        let offered = backends.len();
+        if fit_one_table(&mut backends, params.maglev_size) {
+            tracing::warn!(vip = %spec.name, backends = offered, kept = backends.len(),
+                "more backends than one Maglev table holds; the lowest addresses are kept, \
+                 serving ones before draining ones, and the rest are left out");
         }
         for &port in &spec.ports {
             vips.push(VipConfig {
@@ -152,6 +151,26 @@ pub fn desired(
         egress_vlan: None,
     };
     Desired { config, origins }
+}
+
+/// Cuts `backends` to what one Maglev table of `size` slots holds, if it must: at most
+/// `size` serving backends (each needs a slot) and [`MAX_BACKENDS`] in all. Serving ones are
+/// kept before draining ones, since a cut draining backend only loses its old flows while a
+/// cut serving one takes new flows away from a node that is up; within each group the lowest
+/// addresses are kept, so every gateway cuts alike. Returns whether anything was cut.
+fn fit_one_table(backends: &mut Vec<BackendConfig>, size: u32) -> bool {
+    let serving = backends.iter().filter(|b| b.weight > 0).count();
+    let serving_room = MAX_BACKENDS.min(size as usize);
+    if serving <= serving_room && backends.len() <= MAX_BACKENDS {
+        return false;
+    }
+    // Serving first (weight 0 sorts last), then by address.
+    backends.sort_unstable_by_key(|b| (b.weight == 0, b.addr));
+    let kept_serving = serving.min(serving_room);
+    let kept_draining = (backends.len() - serving).min(MAX_BACKENDS - kept_serving);
+    backends.drain(kept_serving..serving);
+    backends.truncate(kept_serving + kept_draining);
+    true
 }
 
 /// The snapshot protocol of a config protocol.
@@ -436,6 +455,50 @@ mod tests {
         );
         assert_eq!(d.config.vips[0].backends.len(), 200);
         assert!(publisher.publish(d).unwrap().is_some());
+    }
+
+    /// A cut keeps serving backends before draining ones, whatever their addresses: draining
+    /// ones need no slot, so they never take a serving one's place under the table size, and
+    /// under [`MAX_BACKENDS`] they are the ones left out.
+    #[test]
+    fn a_cut_keeps_serving_backends_before_draining_ones() {
+        let backend = |base: u32, i: u32, weight: u32| BackendSpec {
+            addr: IpAddr::V4(Ipv4Addr::from(base + i)),
+            weight,
+        };
+        let cut = |backends: Vec<BackendSpec>, maglev_size: u32| {
+            let mut s = services();
+            s.vips[0].backends = backends;
+            let p = Params {
+                maglev_size,
+                ..params()
+            };
+            let d = desired(&s, |i| s.vips[i].backends.clone(), &HashMap::new(), &p);
+            let kept = &d.config.vips[0].backends;
+            let serving = kept.iter().filter(|b| b.weight > 0).count();
+            (serving, kept.len() - serving, d)
+        };
+        // 300 serving over 251 slots, 5 draining at lower addresses: 251 serving stay (the
+        // lowest), and all 5 draining ones, which take no slot.
+        let draining_low = (0..5).map(|i| backend(0x0900_0000, i, 0));
+        let serving = (0..300).map(|i| backend(0x0a00_0000, i, 1));
+        let (s, d, desired) = cut(draining_low.chain(serving).collect(), 251);
+        assert_eq!((s, d), (251, 5));
+        assert!(desired.config.vips[0]
+            .backends
+            .iter()
+            .any(|b| b.addr.to_string() == "10.0.0.250"));
+        Publisher::new(desired).unwrap();
+        // Over MAX_BACKENDS in all with every serving one fitting the table: the draining
+        // ones are cut (the lowest kept), never a serving one.
+        let serving = (0..MAX_BACKENDS as u32 - 5).map(|i| backend(0x0b00_0000, i, 1));
+        let draining_low = (0..10).map(|i| backend(0x0900_0000, i, 0));
+        let (s, d, desired) = cut(draining_low.chain(serving).collect(), 65537);
+        assert_eq!((s, d), (MAX_BACKENDS - 5, 5));
+        assert!(desired.config.vips[0]
+            .backends
+            .iter()
+            .any(|b| b.addr.to_string() == "9.0.0.4"));
     }
 
     /// A healthy backend at weight 0 drains: it is in the snapshot (so its recorded flows
