@@ -5,9 +5,10 @@
 //! (healthy; those at weight 0 drain: the Maglev table lists them but gives them no slot, so
 //! the flows recorded to them stay and no new flow goes there) and the next-hop MACs known
 //! for them. A healthy backend
-//! whose next hop is unresolved stays in the Maglev set, so that every gateway keeps the
-//! same table; the workers drop and count its packets as `no_next_hop`, and the announce
-//! policy does not count it as usable. [`Publisher`] compares the result with what is live,
+//! whose next hop is unresolved, or of a family this gateway has no outer source address
+//! for, stays in the Maglev set, so that every gateway keeps the same table; the workers
+//! drop and count its packets (`no_next_hop`, `no_tunnel_source`), and the announce policy
+//! does not count it as usable. [`Publisher`] compares the result with what is live,
 //! builds the Maglev tables (the expensive step, here on the control thread, never in a
 //! worker; unchanged VIPs share the live snapshot's tables, neither rebuilt nor copied) only
 //! when something changed, and swaps the result in. Workers load the snapshot once per batch, so the next batch runs on it. Each
@@ -44,16 +45,23 @@ pub struct Params {
 }
 
 impl Params {
-    /// Whether a packet for `vip` can be tunnelled to `backend`: IPv4 in IPv4 or IPv6, IPv6
-    /// in IPv6 (not IPv6 in IPv4), and only with an outer source address of the backend's
-    /// family.
+    /// Whether a packet for `vip` can be tunnelled to `backend` from this gateway: the
+    /// families fit ([`families_fit`]) and an outer source address of the backend's family
+    /// is configured. The second part is this gateway's own matter, so it decides only
+    /// whether the backend counts toward announcing, never whether it is in the table.
     pub fn can_tunnel(&self, vip: IpAddr, backend: IpAddr) -> bool {
-        match (vip, backend) {
-            (IpAddr::V6(_), IpAddr::V4(_)) => false,
-            (_, IpAddr::V4(_)) => self.outer_src_v4.is_some(),
-            (_, IpAddr::V6(_)) => self.outer_src_v6.is_some(),
-        }
+        families_fit(vip, backend)
+            && match backend {
+                IpAddr::V4(_) => self.outer_src_v4.is_some(),
+                IpAddr::V6(_) => self.outer_src_v6.is_some(),
+            }
     }
+}
+
+/// Whether a tunnel can carry `vip`'s packets to `backend` at all: IPv4 in IPv4 or IPv6,
+/// IPv6 in IPv6, not IPv6 in IPv4. The same on every gateway.
+pub fn families_fit(vip: IpAddr, backend: IpAddr) -> bool {
+    !(vip.is_ipv6() && backend.is_ipv4())
 }
 
 /// Where snapshot VIP `i` came from: `services.vips[spec]`, port `port`.
@@ -73,8 +81,8 @@ pub struct Desired {
 /// The snapshot content for `services`, whose backends' current usable weights come from
 /// `usable` (see [`crate::sources::VipSpec::serving_backends`]: draining ones at weight 0,
 /// which keep their flows), with next-hop MACs from
-/// `next_hops`. Backends a snapshot cannot carry (an IPv4 backend of an IPv6 VIP, or a
-/// family without an outer source address) are left out with a warning, and so are those
+/// `next_hops`. Backends no tunnel can carry (an IPv4 backend of an IPv6 VIP) are left out
+/// with a warning, and so are those
 /// beyond what one Maglev table holds (see [`fit_one_table`]: a Cluster Service on more nodes
 /// than that keeps the lowest addresses, the same on every gateway),
 /// so that one bad Kubernetes object cannot block every other update.
@@ -90,10 +98,10 @@ pub fn desired(
         let mut backends: Vec<BackendConfig> = usable(i)
             .into_iter()
             .filter(|b| {
-                let ok = params.can_tunnel(spec.addr, b.addr);
+                let ok = families_fit(spec.addr, b.addr);
                 if !ok {
                     tracing::warn!(vip = %spec.name, backend = %b.addr,
-                        "backend left out: no tunnel of its address family for this VIP");
+                        "backend left out: an IPv6 VIP cannot be tunnelled over IPv4");
                 }
                 ok
             })
@@ -596,7 +604,7 @@ mod tests {
 
     #[test]
     fn one_snapshot_vip_per_port_and_unusable_families_left_out() {
-        let s = services();
+        let mut s = services();
         let hops = HashMap::from([("198.51.100.11".parse().unwrap(), [2, 0, 0, 0, 0, 11])]);
         let d = desired(&s, |i| s.vips[i].backends.clone(), &hops, &params());
         assert_eq!(d.config.vips.len(), 2);
@@ -604,9 +612,44 @@ mod tests {
             d.origins,
             [Origin { spec: 0, port: 80 }, Origin { spec: 0, port: 443 }]
         );
-        // No IPv6 outer source: the IPv6 backend cannot be reached.
-        assert_eq!(d.config.vips[0].backends.len(), 2);
+        assert_eq!(d.config.vips[0].backends.len(), 3);
         assert_eq!(d.config.next_hops.len(), 1);
+        // An IPv6 VIP leaves its IPv4 backends out: no tunnel carries IPv6 in IPv4.
+        s.vips[0].addr = "2001:db8:100::10".parse().unwrap();
+        let d = desired(&s, |i| s.vips[i].backends.clone(), &hops, &params());
+        assert_eq!(d.config.vips[0].backends.len(), 1);
+    }
+
+    /// Two gateways that differ only in whether they have an IPv6 outer source build the
+    /// same tables: the one without counts its IPv6 backends as unusable instead (it was
+    /// the one that left them out, and so sent their flows to other nodes).
+    #[test]
+    fn the_tables_do_not_depend_on_this_gateways_outer_sources() {
+        let s = services();
+        let with_v6 = Params {
+            outer_src_v6: Some(SourcePrefix {
+                addr: "2001:db8::2".parse().unwrap(),
+                len: 128,
+            }),
+            ..params()
+        };
+        let a = desired(
+            &s,
+            |i| s.vips[i].backends.clone(),
+            &HashMap::new(),
+            &params(),
+        );
+        let b = desired(
+            &s,
+            |i| s.vips[i].backends.clone(),
+            &HashMap::new(),
+            &with_v6,
+        );
+        assert_eq!(a.config.vips, b.config.vips);
+        let (pa, pb) = (Publisher::new(a).unwrap(), Publisher::new(b).unwrap());
+        let maglev = |p: &Publisher| p.handle().load().vips()[0].maglev().clone();
+        assert_eq!(maglev(&pa), maglev(&pb));
+        assert!(!params().can_tunnel(s.vips[0].addr, "2001:db8::1".parse().unwrap()));
     }
 
     #[test]

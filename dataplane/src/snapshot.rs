@@ -124,9 +124,11 @@ pub struct SnapshotConfig {
     pub hash_seed: u64,
     /// Largest outer packet (IP header included) the path to the nodes carries.
     pub tunnel_mtu: u16,
-    /// Outer source for IPv4 tunnels; required if any backend is IPv4.
+    /// Outer source for IPv4 tunnels. Without it, IPv4 backends keep their places in the
+    /// Maglev tables (every gateway must build the same ones, and whether this one has a
+    /// source is its own matter) but their packets are dropped as `no_tunnel_source`.
     pub outer_src_v4: Option<SourcePrefix<Ipv4Addr>>,
-    /// Outer source for IPv6 tunnels; required if any backend is IPv6.
+    /// Outer source for IPv6 tunnels; the same rule for IPv6 backends.
     pub outer_src_v6: Option<SourcePrefix<Ipv6Addr>>,
     /// Source MAC of frames sent toward the nodes.
     pub local_mac: [u8; 6],
@@ -176,10 +178,6 @@ pub enum SnapshotError {
     FamilyMismatch { vip: VipKey, addr: IpAddr },
     #[error("vip {vip}: maglev: {msg}")]
     Maglev { vip: VipKey, msg: String },
-    #[error("outer_src_v4 is required: vip {0} has an IPv4 backend")]
-    NoOuterSrcV4(VipKey),
-    #[error("outer_src_v6 is required: vip {0} has an IPv6 backend")]
-    NoOuterSrcV6(VipKey),
     #[error("outer_src_{family}: prefix length {len} is out of range")]
     BadPrefix { family: &'static str, len: u8 },
     #[error("tunnel_mtu {mtu}: after {overhead} bytes of encapsulation an inner {family} packet would be below its minimum MTU {min}")]
@@ -204,8 +202,11 @@ pub struct BackendSlot {
     pub addr: [u8; 16],
     pub is_v4: bool,
     pub weight: u32,
-    /// Resolved next-hop MAC, or `None` while unresolved.
+    /// Resolved next-hop MAC, or `None` while unresolved, and always `None` when there is no
+    /// outer source of its family (`sourced` false), so that the hot path checks one field.
     pub mac: Option<[u8; 6]>,
+    /// Whether an outer source address of its family is configured.
+    pub sourced: bool,
     /// The IP-in-IP outer headers toward it, when its VIP uses IP-in-IP and `mac` is known.
     pub(crate) outer: Option<OuterTemplate>,
 }
@@ -435,12 +436,6 @@ impl Snapshot {
                         addr: b.addr,
                     });
                 }
-                if b.addr.is_ipv4() && cfg.outer_src_v4.is_none() {
-                    return Err(SnapshotError::NoOuterSrcV4(key));
-                }
-                if b.addr.is_ipv6() && cfg.outer_src_v6.is_none() {
-                    return Err(SnapshotError::NoOuterSrcV6(key));
-                }
                 if list.iter().any(|x: &Backend| x.addr == b.addr) {
                     return Err(SnapshotError::DuplicateBackend {
                         vip: key,
@@ -478,7 +473,11 @@ impl Snapshot {
             })?;
             let start = backends.len() as u32;
             for b in table.backends() {
-                let mac = cfg.next_hops.get(&b.addr).copied();
+                let sourced = match b.addr {
+                    IpAddr::V4(_) => cfg.outer_src_v4.is_some(),
+                    IpAddr::V6(_) => cfg.outer_src_v6.is_some(),
+                };
+                let mac = cfg.next_hops.get(&b.addr).copied().filter(|_| sourced);
                 let outer = match (v.encap, mac) {
                     (Encap::IpIp, Some(m)) => Some(OuterTemplate::new(
                         b.addr.is_ipv6(),
@@ -495,6 +494,7 @@ impl Snapshot {
                     is_v4: b.addr.is_ipv4(),
                     weight: b.weight,
                     mac,
+                    sourced,
                     outer,
                 });
             }
@@ -727,18 +727,31 @@ mod tests {
         assert_eq!(*t(1), *Snapshot::new(&cfg()).unwrap().vips()[0].maglev());
     }
 
+    /// Whether this gateway has an outer source of a family is its own matter: without one,
+    /// the backends of that family keep their Maglev slots (the table every gateway builds)
+    /// and are marked unsourced, with no MAC, so their packets drop.
+    #[test]
+    fn backends_without_an_outer_source_keep_their_slots() {
+        let with = Snapshot::new(&cfg()).unwrap();
+        let mut c = cfg();
+        c.outer_src_v4 = None;
+        let without = Snapshot::new(&c).unwrap();
+        for (a, b) in with.vips().iter().zip(without.vips()) {
+            assert_eq!(a.maglev(), b.maglev());
+        }
+        assert!(with.backends().iter().all(|b| b.sourced));
+        assert!(without
+            .backends()
+            .iter()
+            .all(|b| !b.sourced && b.mac.is_none()));
+    }
+
     #[test]
     fn errors_name_the_vip() {
         let mut c = cfg();
         c.vips[1].key.port = 443;
         let e = Snapshot::new(&c).err().unwrap();
         assert_eq!(e.to_string(), "vip 10.0.0.1:443/tcp is configured twice");
-        let mut c = cfg();
-        c.outer_src_v4 = None;
-        assert!(matches!(
-            Snapshot::new(&c),
-            Err(SnapshotError::NoOuterSrcV4(_))
-        ));
         let mut c = cfg();
         c.tunnel_mtu = 80;
         assert!(matches!(

@@ -92,6 +92,11 @@ fn hex(b: &[u8]) -> String {
 fn pipeline_fixtures() {
     let base = Snapshot::new(&config(None)).unwrap();
     let vlan200 = Snapshot::new(&config(Some(200))).unwrap();
+    let no_src6 = Snapshot::new(&SnapshotConfig {
+        outer_src_v6: None,
+        ..config(None)
+    })
+    .unwrap();
     let mut worker = Worker::new(WorkerConfig {
         flow_capacity: 4096,
         ..WorkerConfig::default()
@@ -112,6 +117,7 @@ fn pipeline_fixtures() {
         let snap = match cfg {
             "base" => &base,
             "vlan200" => &vlan200,
+            "no_src6" => &no_src6,
             other => panic!("{name}: unknown config {other}"),
         };
         let input = unhex(input);

@@ -353,6 +353,20 @@ fn outer_prefix_family_mismatch() {
     );
 }
 
+/// An IPv6 VIP with an IPv4 backend was accepted, then never announced: the backend was
+/// left out of every publish.
+#[test]
+fn an_ipv6_vip_with_an_ipv4_backend_is_refused() {
+    let text = MINIMAL.replace("203.0.113.10", "2001:db8:100::10");
+    one_problem(
+        &text,
+        "vips[0].backends[0].address",
+        "no tunnel carries IPv6 in IPv4",
+    );
+    // The other way round is IPv4-in-IPv6, which is carried.
+    parse(&MINIMAL.replace("10.0.0.1", "2001:db8:1::1"), file()).unwrap();
+}
+
 /// `MINIMAL` with `n` communities and `m` large communities on its VIP, or on
 /// `[kubernetes]`.
 fn with_communities(n: usize, m: usize, med: bool, kube: bool) -> String {

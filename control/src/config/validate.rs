@@ -713,6 +713,9 @@ fn vip_entry<'a>(
                 } else if !addrs.insert(b.address) {
                     v.err("address", format!("backend {} is listed twice", b.address));
                 }
+                if vip.address.is_ipv6() && b.address.is_ipv4() {
+                    v.err("address", format!("{} is IPv4 but the VIP is IPv6: no tunnel carries IPv6 in IPv4 (IPv4 VIPs may have IPv6 backends)", b.address));
+                }
                 if !outer.is_empty() && outer.for_family(b.address.is_ipv4()).is_none() {
                     let family = if b.address.is_ipv4() { "IPv4" } else { "IPv6" };
                     v.err("address", format!("{} cannot be reached: dataplane.outer_source_prefix has no {family} prefix (add one, or leave the option out to use the egress interface's addresses)", b.address));

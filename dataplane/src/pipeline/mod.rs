@@ -54,7 +54,8 @@
 //! IPv6 flow label, GUE source port (49152-65535) and the host bits of the outer source
 //! prefix from disjoint bits of the flow hash, so the fabric's ECMP and the node's RSS spread
 //! flows while each flow keeps one path. The next-hop MAC comes from the snapshot; an
-//! unresolved one is [`DropReason::NoNextHop`]. With an egress VLAN configured, frames toward
+//! unresolved one is [`DropReason::NoNextHop`], and a backend of a family with no outer source
+//! configured is [`DropReason::NoTunnelSource`]. With an egress VLAN configured, frames toward
 //! the nodes carry that tag whatever tag they arrived with.
 //!
 //! # Path MTU
@@ -171,6 +172,10 @@ drop_reasons! {
     NoBackend = "no_backend",
     /// The chosen backend's next-hop MAC is not resolved yet.
     NoNextHop = "no_next_hop",
+    /// No outer source address of the chosen backend's family is configured on this
+    /// gateway. The backend keeps its Maglev slots, so that this gateway's table stays the
+    /// one every other gateway builds.
+    NoTunnelSource = "no_tunnel_source",
     /// Too big for the tunnel and not allowed a "too big" reply: IPv4 without DF, a later
     /// fragment, an ICMP error, or a sender address no reply may go to.
     TooBig = "too_big",
@@ -610,7 +615,12 @@ impl State {
             return c(self, Verdict::Drop(DropReason::NoBackend));
         };
         let Some(dst_mac) = b.mac else {
-            return c(self, Verdict::Drop(DropReason::NoNextHop));
+            let why = if b.sourced {
+                DropReason::NoNextHop
+            } else {
+                DropReason::NoTunnelSource
+            };
+            return c(self, Verdict::Drop(why));
         };
         let outer_v6 = !b.is_v4;
         let overhead = encap_overhead(outer_v6, vip.encap);
