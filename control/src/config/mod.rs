@@ -528,10 +528,12 @@ fn default_kube_proxy_health_port() -> u16 {
 /// Everything that can be wrong with a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read: {source}", file.display())]
+    // The cause is in the message and is not a `source`: `{e:#}` (main) would print it
+    // twice, and `{e}` (the reload log) not at all.
+    #[error("{}: cannot read: {error}", file.display())]
     Io {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}", Problems(file, problems))]
     Invalid {
@@ -585,9 +587,9 @@ impl fmt::Display for Problems<'_> {
 
 /// Reads, parses, and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         file: path.to_owned(),
-        source,
+        error,
     })?;
     parse(&text, path)
 }

@@ -97,6 +97,23 @@ fn missing_file_names_the_file() {
 }
 
 #[test]
+fn missing_file_states_the_cause_once() {
+    let path = Path::new("/nonexistent/dsrgate.toml");
+    let cause = std::fs::read_to_string(path).unwrap_err().to_string();
+    let e = load(path).unwrap_err();
+    // The reload log prints `{e}`; `dsrgate check` and `run` print the chain, `{e:#}`.
+    let plain = e.to_string();
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    for shown in [&plain, &chain] {
+        assert_eq!(shown.matches(cause.as_str()).count(), 1, "{shown}");
+        assert!(
+            shown.starts_with("/nonexistent/dsrgate.toml: cannot read: "),
+            "{shown}"
+        );
+    }
+}
+
+#[test]
 fn unknown_key_names_path_and_line() {
     let text = MINIMAL.replace("port = 80", "port = 80\nprot = 81");
     let p = one_problem(&text, "vips[0].prot", "unknown field `prot`");
