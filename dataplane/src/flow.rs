@@ -25,9 +25,12 @@
 //!   home lines, since ~90% of flows sit in one; the second stage would only cost time.
 //!
 //! An insert takes an empty slot when the tags show one; only when both buckets are full
-//! does it read their entries, to reuse an expired one or else evict the least recently seen
-//! of the eight (counted in [`FlowTable::evictions`]). Idle timeouts are
-//! per [`TimeoutClass`]; an entry idle past its timeout is a miss and its slot is reusable.
+//! does it read their entries, to reuse an expired one or else evict, of the eight, the one
+//! nearest its idle timeout (counted in [`FlowTable::evictions`]): the least recently seen
+//! within a class, and a connection not yet confirmed (only a SYN seen) or closing goes
+//! before an established one idle as long, so a flood of spoofed SYNs evicts its own
+//! entries rather than live connections. Idle timeouts are per [`TimeoutClass`]; an entry
+//! idle past its timeout is a miss and its slot is reusable.
 //! Time is the caller's `now_ns` (read once per batch); the table never reads a clock.
 //!
 //! Timestamps are stored in 21 bits of 2^28 ns (≈268 ms) ticks, so an entry expires between
@@ -91,13 +94,18 @@ impl FlowKey {
     }
 }
 
-/// Which idle timeout applies to a flow.
+/// Which idle timeout applies to a flow. The pipeline moves a TCP flow between the three
+/// TCP classes by the flags it sees (see `crate::pipeline`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutClass {
     TcpEstablished,
-    /// After a FIN or RST: the flow only needs to outlive the retransmits of its close.
+    /// After a FIN: the flow only needs to outlive the retransmits of its close.
     TcpClosing,
     Udp,
+    /// A SYN or a RST was the last thing seen: the connection may not exist (a SYN never
+    /// answered, spoofed or not; a RST that took effect). The next ordinary packet confirms
+    /// it as established; until then it has a short timeout and is evicted first.
+    TcpUnconfirmed,
 }
 
 /// Idle timeouts per class, in nanoseconds.
@@ -106,6 +114,7 @@ pub struct FlowTimeouts {
     pub tcp_established_ns: u64,
     pub tcp_closing_ns: u64,
     pub udp_ns: u64,
+    pub tcp_unconfirmed_ns: u64,
 }
 
 impl Default for FlowTimeouts {
@@ -113,12 +122,16 @@ impl Default for FlowTimeouts {
     /// keepalive-free connections, short enough that a full table recycles), 10 s for a
     /// closing TCP flow (covers FIN/ACK retransmits, like IPVS's FIN_WAIT/CLOSE states), and
     /// 60 s for UDP (DNS, QUIC and most request/response protocols finish well inside it;
-    /// QUIC's default idle timeout is 30 s).
+    /// QUIC's default idle timeout is 30 s), and 30 s for an unconfirmed TCP flow (a SYN's
+    /// retransmits re-record it each time, and the handshake's ACK follows its SYN-ACK,
+    /// which a server retries for about a minute: an ACK after the entry expired takes the
+    /// current Maglev choice, which is the SYN's unless the backends changed meanwhile).
     fn default() -> Self {
         FlowTimeouts {
             tcp_established_ns: 300_000_000_000,
             tcp_closing_ns: 10_000_000_000,
             udp_ns: 60_000_000_000,
+            tcp_unconfirmed_ns: 30_000_000_000,
         }
     }
 }
@@ -130,6 +143,7 @@ impl FlowTimeouts {
             TimeoutClass::TcpEstablished => self.tcp_established_ns,
             TimeoutClass::TcpClosing => self.tcp_closing_ns,
             TimeoutClass::Udp => self.udp_ns,
+            TimeoutClass::TcpUnconfirmed => self.tcp_unconfirmed_ns,
         }
     }
 }
@@ -194,11 +208,13 @@ impl<V> FlowEntry<V> {
         match self.meta.get() >> CLASS_SHIFT & 3 {
             0 => TimeoutClass::TcpEstablished,
             1 => TimeoutClass::TcpClosing,
-            _ => TimeoutClass::Udp,
+            2 => TimeoutClass::Udp,
+            _ => TimeoutClass::TcpUnconfirmed,
         }
     }
 
     /// Changes the idle timeout that applies from now on (e.g. to `TcpClosing` on a FIN).
+    #[inline]
     pub fn set_class(&mut self, c: TimeoutClass) {
         self.set_meta(self.meta.get() & !(3 << CLASS_SHIFT) | (c as u32) << CLASS_SHIFT);
     }
@@ -252,12 +268,12 @@ impl TickTimeouts {
         // Half the wrap is the longest idle time a 21-bit stamp can tell apart.
         let max = (SEEN_MASK >> 1) as u64;
         let ticks = |ns: u64| ns.div_ceil(1 << TICK_SHIFT).min(max) as u32;
-        // Indexed by the class bits; 3 never occurs.
+        // Indexed by the class bits.
         TickTimeouts([
             ticks(t.tcp_established_ns),
             ticks(t.tcp_closing_ns),
             ticks(t.udp_ns),
-            0,
+            ticks(t.tcp_unconfirmed_ns),
         ])
     }
 
@@ -267,8 +283,13 @@ impl TickTimeouts {
     }
 
     #[inline]
+    fn of_meta(&self, meta: u32) -> u32 {
+        self.0[(meta >> CLASS_SHIFT & 3) as usize]
+    }
+
+    #[inline]
     fn expired_meta(&self, meta: u32, now_ns: u64) -> bool {
-        age(meta, now_ns) > self.0[(meta >> CLASS_SHIFT & 3) as usize]
+        age(meta, now_ns) > self.of_meta(meta)
     }
 }
 
@@ -386,13 +407,21 @@ impl Default for SlotHint {
 }
 
 /// One bucket as [`FlowTable::scan`] sees it for an insert.
-#[derive(Default)]
 struct Scan {
     /// Ways that are empty or hold an expired entry.
     reusable: u32,
-    /// The way of the least recently seen live entry, and its age in ticks.
-    oldest: usize,
-    oldest_age: u32,
+    /// The way of the live entry nearest its idle timeout, and the ticks it has left.
+    victim: usize,
+    victim_left: u32,
+}
+
+impl Scan {
+    /// A bucket with nothing to reuse or evict.
+    const NONE: Scan = Scan {
+        reusable: 0,
+        victim: 0,
+        victim_left: u32::MAX,
+    };
 }
 
 /// A fixed-capacity flow table for one worker. See the module docs.
@@ -523,22 +552,19 @@ impl<V: Copy> FlowTable<V> {
     }
 
     /// One full bucket's entries for an insert, as 4-bit masks (bit = way), without a branch
-    /// per slot: which are expired, and which live one is the least recently seen.
+    /// per slot: which are expired, and which live one is nearest its timeout.
     #[inline]
     fn scan(&self, b: usize, now_ns: u64) -> Scan {
         let ticks = self.ticks;
-        let mut s = Scan::default();
+        let mut s = Scan::NONE;
         for (w, Line(slot)) in self.buckets[b].slots.iter().enumerate() {
             let meta = slot.as_ref().map_or(0, FlowEntry::meta);
-            let expired = ticks.expired_meta(meta, now_ns);
-            s.reusable |= u32::from(meta == 0 || expired) << w;
-            let a = if meta != 0 && !expired {
-                age(meta, now_ns)
-            } else {
-                0
-            };
-            if a >= s.oldest_age {
-                (s.oldest, s.oldest_age) = (w, a);
+            let (timeout, a) = (ticks.of_meta(meta), age(meta, now_ns));
+            let reusable = meta == 0 || a > timeout;
+            s.reusable |= u32::from(reusable) << w;
+            let left = if reusable { u32::MAX } else { timeout - a };
+            if left <= s.victim_left {
+                (s.victim, s.victim_left) = (w, left);
             }
         }
         s
@@ -697,19 +723,20 @@ impl<V: Copy> FlowTable<V> {
     fn free_slot(&mut self, p: Place, empty: (u32, u32), now_ns: u64) -> (usize, usize) {
         let (mut ra, mut rb) = empty;
         if ra | rb == 0 {
-            // Both full: look at the entries for expired ones, else evict the LRU.
+            // Both full: look at the entries for expired ones, else evict the one nearest
+            // its timeout.
             let sa = self.scan(p.a, now_ns);
             let sb = if p.b != p.a {
                 self.scan(p.b, now_ns)
             } else {
-                Scan::default()
+                Scan::NONE
             };
             if sa.reusable | sb.reusable == 0 {
                 self.evictions += 1;
-                return if sb.oldest_age > sa.oldest_age {
-                    (p.b, sb.oldest)
+                return if sb.victim_left < sa.victim_left {
+                    (p.b, sb.victim)
                 } else {
-                    (p.a, sa.oldest)
+                    (p.a, sa.victim)
                 };
             }
             (ra, rb) = (sa.reusable, sb.reusable);
@@ -1073,10 +1100,11 @@ mod tests {
             tcp_established_ns: 300 * S,
             tcp_closing_ns: 10 * S,
             udp_ns: 60 * S,
+            tcp_unconfirmed_ns: 30 * S,
         };
         let mut t: FlowTable<u8> = FlowTable::new(64, to);
-        let (a, b, c) = (key(1), key(2), key(3));
-        let (ha, hb, hc) = (a.hash(SEED), b.hash(SEED), c.hash(SEED));
+        let (a, b, c, d) = (key(1), key(2), key(3), key(4));
+        let (ha, hb, hc, hd) = (a.hash(SEED), b.hash(SEED), c.hash(SEED), d.hash(SEED));
         // Timestamps are 2^28 ns ticks: an entry lives at least its timeout and expires within
         // two ticks after it.
         const LATE: u64 = 2 << TICK_SHIFT;
@@ -1084,6 +1112,9 @@ mod tests {
         t.insert(&a, ha, 1, TimeoutClass::TcpEstablished, t0);
         t.insert(&b, hb, 2, TimeoutClass::TcpClosing, t0);
         t.insert(&c, hc, 3, TimeoutClass::Udp, t0);
+        t.insert(&d, hd, 4, TimeoutClass::TcpUnconfirmed, t0);
+        assert!(t.lookup(&d, hd, t0 + 30 * S).is_some());
+        assert!(t.lookup(&d, hd, t0 + 60 * S + LATE).is_none());
         assert!(t.lookup(&b, hb, t0 + 10 * S).is_some());
         assert!(t.lookup(&b, hb, t0 + 20 * S + LATE).is_none());
         assert_eq!(t.len(), 2, "an expired hit frees its slot");
@@ -1307,7 +1338,7 @@ mod tests {
         /// overflows; when one does (evictions > 0) the case is discarded.
         #[test]
         fn behaves_like_a_map_when_nothing_is_evicted(ops in proptest::collection::vec(op(), 1..200)) {
-            let to = FlowTimeouts { tcp_established_ns: 50 * S, tcp_closing_ns: 10 * S, udp_ns: 30 * S };
+            let to = FlowTimeouts { tcp_established_ns: 50 * S, tcp_closing_ns: 10 * S, udp_ns: 30 * S, tcp_unconfirmed_ns: 20 * S };
             let mut t: FlowTable<u32> = FlowTable::new(256, to);
             let mut model: HashMap<FlowKey, (u32, TimeoutClass, u64)> = HashMap::new();
             let mut now = 0u64;

@@ -152,7 +152,8 @@ fn removed_backend_rehashes_and_draining_backend_keeps_flows() {
 
 /// A flow forgotten after its idle timeout is balanced afresh: with a changed table, its
 /// next packet goes to the table's current choice instead of its recorded backend. The
-/// timeout is per class: established TCP, TCP after a FIN or RST, and UDP.
+/// timeout is per class, which TCP flags move: unconfirmed after a SYN or a RST, established
+/// once an ordinary packet follows, closing for good after a FIN; and UDP.
 #[test]
 fn idle_timeouts_follow_protocol_and_tcp_state() {
     const S: u64 = 1_000_000_000;
@@ -162,6 +163,7 @@ fn idle_timeouts_follow_protocol_and_tcp_state() {
             tcp_established_ns: 300 * S,
             tcp_closing_ns: 10 * S,
             udp_ns: 60 * S,
+            tcp_unconfirmed_ns: 30 * S,
         },
         ..WorkerConfig::default()
     });
@@ -173,33 +175,48 @@ fn idle_timeouts_follow_protocol_and_tcp_state() {
     let udp = |i: usize| flow_frame(client(i), 10000 + i as u16, ip(VIP), 53, 17, 0);
     // Flows the larger table sends elsewhere, so that forgetting one shows.
     let choice = |s, f: &[u8]| sent_to(&mut worker(), s, NOW, f).unwrap();
-    let mut moved = (0..500).filter(|&i| {
+    let mut moved = (0..1000).filter(|&i| {
         choice(&s1, &pkt(i, SYN)) != choice(&s2, &pkt(i, SYN))
             && choice(&s1, &udp(i)) != choice(&s2, &udp(i))
     });
-    let [fin, rst, open, open2, dgram] = std::array::from_fn(|_| moved.next().unwrap());
 
-    for (i, last) in [(fin, FIN | ACK), (rst, RST), (open, ACK)] {
-        let b = sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap();
-        assert_eq!(sent_to(&mut w, &s1, NOW + S, &pkt(i, last)), Some(b));
-        let idle = if i == open { 300 * S } else { 10 * S };
-        // Just inside the timeout the flow is remembered (and its idle time starts again) ...
-        let t = NOW + S + idle - S;
-        assert_eq!(sent_to(&mut w, &s2, t, &pkt(i, ACK)), Some(b), "flow {i}");
-        // ... and past it, forgotten.
-        let fresh = choice(&s2, &pkt(i, ACK));
-        assert_eq!(
-            sent_to(&mut w, &s2, t + idle + S, &pkt(i, ACK)),
-            Some(fresh)
-        );
+    // A history (seconds after NOW, flags) on the old table, and the idle timeout it leaves.
+    let histories: [(&str, &[(u64, u8)], u64); 6] = [
+        ("an unanswered SYN", &[(0, SYN)], 30),
+        ("an open connection", &[(0, SYN), (1, ACK)], 300),
+        ("a FIN", &[(0, SYN), (1, ACK), (2, FIN | ACK)], 10),
+        (
+            "the ACKs after a FIN",
+            &[(0, SYN), (1, ACK), (2, FIN | ACK), (3, ACK)],
+            10,
+        ),
+        ("a RST", &[(0, SYN), (1, ACK), (2, RST | ACK)], 30),
+        (
+            "a RST the server ignored",
+            &[(0, SYN), (1, ACK), (2, RST), (3, ACK)],
+            300,
+        ),
+    ];
+    for (what, history, idle) in histories {
+        // Two flows with this history: one seen again just inside the timeout, one just past.
+        for (margin, remembered) in [(idle - 1, true), (idle + 1, false)] {
+            let i = moved.next().unwrap();
+            let mut b = None;
+            for &(at, flags) in history {
+                b = sent_to(&mut w, &s1, NOW + at * S, &pkt(i, flags));
+            }
+            let last = history.last().unwrap().0;
+            let then = sent_to(&mut w, &s2, NOW + (last + margin) * S, &pkt(i, ACK));
+            let expected = if remembered {
+                b
+            } else {
+                Some(choice(&s2, &pkt(i, ACK)))
+            };
+            assert_eq!(then, expected, "{what}, {margin} s later");
+        }
     }
-    // An established flow outlives the closing timeout.
-    let b = sent_to(&mut w, &s1, NOW, &pkt(open2, SYN)).unwrap();
-    assert_eq!(
-        sent_to(&mut w, &s2, NOW + 11 * S, &pkt(open2, ACK)),
-        Some(b)
-    );
 
+    let dgram = moved.next().unwrap();
     let b = sent_to(&mut w, &s1, NOW, &udp(dgram)).unwrap();
     assert_eq!(sent_to(&mut w, &s2, NOW + 59 * S, &udp(dgram)), Some(b));
     let fresh = choice(&s2, &udp(dgram));
@@ -207,6 +224,56 @@ fn idle_timeouts_follow_protocol_and_tcp_state() {
         sent_to(&mut w, &s2, NOW + 120 * S, &udp(dgram)),
         Some(fresh)
     );
+}
+
+/// A full table evicts the entry nearest its timeout: a flood of SYNs that are never
+/// answered (spoofed sources) replaces its own unconfirmed entries, not an established
+/// connection that has been idle for a while, so a draining backend keeps its connection.
+#[test]
+fn a_syn_flood_does_not_evict_established_connections() {
+    const S: u64 = 1_000_000_000;
+    let mut w = Worker::new(WorkerConfig {
+        flow_capacity: 4096,
+        ..WorkerConfig::default()
+    });
+    let s1 = snapshot(1, &tcp_vip(), &set(8));
+    // Established connections, each idle 60 s when the flood starts.
+    let open: Vec<IpAddr> = (0..512)
+        .map(|i| {
+            sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap();
+            sent_to(&mut w, &s1, NOW + S, &pkt(i, ACK)).unwrap()
+        })
+        .collect();
+    // Every backend the connections are on drains, so a forgotten one would move.
+    let s2 = snapshot(
+        2,
+        &tcp_vip(),
+        &set(8)
+            .into_iter()
+            .map(|(a, _)| (a, 0))
+            .chain(set(16).into_iter().skip(8))
+            .collect::<Vec<_>>(),
+    );
+    let flood_at = NOW + 61 * S;
+    for i in 0..20_000 {
+        let syn = flow_frame(
+            ip(&format!("198.18.{}.{}", i / 200, 1 + i % 200)),
+            1024 + i as u16,
+            ip(VIP),
+            80,
+            6,
+            SYN,
+        );
+        sent_to(&mut w, &s2, flood_at, &syn).unwrap();
+    }
+    assert!(w.flows().evictions() > 10_000, "the table was full");
+    for (i, b) in open.iter().enumerate() {
+        assert_eq!(
+            sent_to(&mut w, &s2, flood_at + S, &pkt(i, ACK)).as_ref(),
+            Some(b),
+            "connection {i}"
+        );
+    }
 }
 
 #[test]
@@ -373,7 +440,8 @@ fn icmp_errors_do_not_refresh_an_idle_flow() {
     let mut fresh = worker();
     let mut moved = 0;
     for i in 0..100 {
-        let owner = sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap();
+        sent_to(&mut w, &s1, NOW, &pkt(i, SYN)).unwrap();
+        let owner = sent_to(&mut w, &s1, NOW, &pkt(i, ACK)).unwrap();
         // Errors through most of the idle time; the flow is still alive for each.
         for t in [idle / 2, idle * 9 / 10] {
             assert_eq!(

@@ -556,25 +556,50 @@ fn is_syn(p: &Parsed) -> bool {
         && p.kind == Kind::Flow
 }
 
-/// A FIN or RST on a TCP header of the packet's own (not a fragment's or an ICMP error's):
-/// the flow moves to the closing timeout.
+/// Whether `p` has a TCP header of its own (not a fragment's, not an ICMP error's quote).
 #[inline]
-fn is_closing(p: &Parsed) -> bool {
-    p.tcp_flags & (TCP_FIN | TCP_RST) != 0
-        && p.key.proto == TCP
-        && !p.fragment
-        && p.kind == Kind::Flow
+fn own_tcp(p: &Parsed) -> bool {
+    p.key.proto == TCP && !p.fragment && p.kind == Kind::Flow
 }
 
-/// The idle-timeout class a flow entry gets when `p` creates it.
+/// The idle-timeout class a flow entry gets when `p` creates it: closing on a FIN,
+/// unconfirmed on a SYN or a RST, else established (a flow met mid-way, e.g. after another
+/// gateway failed).
 #[inline]
 fn timeout_class(p: &Parsed) -> TimeoutClass {
+    let f = if own_tcp(p) { p.tcp_flags } else { 0 };
     if p.key.proto != TCP {
         TimeoutClass::Udp
-    } else if is_closing(p) {
+    } else if f & TCP_FIN != 0 {
         TimeoutClass::TcpClosing
+    } else if f & (TCP_SYN | TCP_RST) != 0 {
+        TimeoutClass::TcpUnconfirmed
     } else {
         TimeoutClass::TcpEstablished
+    }
+}
+
+/// The class a recorded TCP flow in class `now` moves to when `p` hits it, if it moves.
+/// A FIN closes it for good: after its own FIN a client sends only ACKs, and the last one
+/// must not bring back the long timeout. A RST makes an open flow unconfirmed, not closing:
+/// a RST the server ignored (out of window, RFC 5961 §3) is followed by ordinary packets,
+/// which confirm the flow again, while after one that took effect the client sends nothing
+/// more on it. An ordinary packet confirms an unconfirmed flow.
+#[inline]
+fn next_class(p: &Parsed, now: TimeoutClass) -> Option<TimeoutClass> {
+    if !own_tcp(p) {
+        return None;
+    }
+    let f = p.tcp_flags;
+    match now {
+        TimeoutClass::TcpEstablished | TimeoutClass::TcpUnconfirmed if f & TCP_FIN != 0 => {
+            Some(TimeoutClass::TcpClosing)
+        }
+        TimeoutClass::TcpEstablished if f & TCP_RST != 0 => Some(TimeoutClass::TcpUnconfirmed),
+        TimeoutClass::TcpUnconfirmed if f & (TCP_SYN | TCP_RST) == 0 => {
+            Some(TimeoutClass::TcpEstablished)
+        }
+        _ => None,
     }
 }
 
@@ -701,8 +726,8 @@ impl State {
                         c
                     }
                 };
-                if is_closing(p) {
-                    e.set_class(TimeoutClass::TcpClosing);
+                if let Some(c) = next_class(p, e.class()) {
+                    e.set_class(c);
                 }
                 return Some(chosen);
             }
