@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::fsm::{
     self, ConnId, Event, Negotiated, Output, Session, SessionError, State, Stats, StopReason, Timer,
@@ -150,6 +150,17 @@ pub enum ReconfigureError {
     Stopped,
 }
 
+/// Why [`Speaker::spawn`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A listening address could not be bound (in use, or not on this host).
+    #[error("cannot listen for BGP on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: io::Error },
+    /// The event loop or its thread could not be set up.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 enum Command {
     SetRoutes(Routes),
     Reconfigure(Config, Sender<Result<Reconfigured, ReconfigureError>>),
@@ -169,15 +180,21 @@ impl Speaker {
     /// (a port in use, a bad MD5 key) are returned; later ones show in [`peers`].
     ///
     /// [`peers`]: Speaker::peers
-    pub fn spawn(config: Config) -> io::Result<Speaker> {
+    pub fn spawn(config: Config) -> Result<Speaker, SpawnError> {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::new();
-        bind_missing(&config.listen, &mut listeners, &config.peers).map_err(|(_, error)| error)?;
+        bind_missing(&config.listen, &mut listeners, &config.peers)
+            .map_err(|(addr, error)| SpawnError::Listen { addr, error })?;
         register_listeners(&poll, &mut listeners)?;
+        Ok(Speaker::run(poll, listeners, config.peers)?)
+    }
+
+    /// Starts the thread of a loop on `poll`, with `listeners` registered in it.
+    fn run(poll: Poll, listeners: Vec<Listener>, peers: Vec<PeerConfig>) -> io::Result<Speaker> {
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (commands, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(Vec::new()));
-        let mut event_loop = Loop::new(poll, rx, status.clone(), listeners, config.peers);
+        let mut event_loop = Loop::new(poll, rx, status.clone(), listeners, peers);
         let now = Instant::now();
         for p in 0..event_loop.peers.len() {
             event_loop.feed(now, p, Event::Start);
@@ -192,6 +209,14 @@ impl Speaker {
             status,
             thread: Some(thread),
         })
+    }
+
+    /// Whether the speaker's thread has ended: after [`Speaker::shutdown`], or on its own
+    /// (its event loop failed, or it panicked), when its sessions are closed and nothing
+    /// is announced any more, while [`Speaker::peers`] still shows the last state it
+    /// published. Cheap: meant to be polled.
+    pub fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Replaces the set of announced prefixes. Peers get only the differences.
@@ -466,7 +491,8 @@ impl Loop {
                 .map(|at| at.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    warn!("BGP speaker poll failed: {e}");
+                    // The thread ends: its owner sees that ([`Speaker::ended`]) and gives up.
+                    error!("BGP speaker poll failed; the speaker stops: {e}");
                     return;
                 }
             }
@@ -1327,5 +1353,47 @@ mod tests {
         assert_ne!(state(&l, a.address), State::Established);
         assert_eq!(state(&l, b.address), State::Established);
         assert_eq!(l.peers[0].rib.len(), 1, "B carries the route");
+    }
+
+    /// A speaker whose event loop fails (here its next `epoll_wait`, on a descriptor that
+    /// no longer is an epoll instance: EINVAL) ends its thread, and says so: its owner
+    /// must not go on as if its sessions were up.
+    #[test]
+    fn a_speaker_whose_loop_fails_has_ended() {
+        use std::os::fd::AsRawFd;
+        let poll = Poll::new().unwrap();
+        let epoll = poll.as_raw_fd();
+        let speaker = Speaker::run(poll, Vec::new(), vec![passive(1)]).unwrap();
+        assert!(!speaker.ended(), "a running speaker has not ended");
+
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: `epoll` stays an open descriptor owned by the loop's `Poll` (which
+        // closes it when dropped); dup2 only makes it refer to /dev/null from now on.
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), epoll) } >= 0);
+        // A poll already waiting holds the old instance: wake it, so it polls again.
+        speaker.waker.wake().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !speaker.ended() {
+            assert!(Instant::now() < deadline, "the speaker's thread still runs");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A listener that cannot be bound is named in the error.
+    #[test]
+    fn a_listener_that_cannot_bind_is_named() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let Err(e) = Speaker::spawn(Config {
+            peers: vec![passive(1)],
+            listen: vec![addr],
+        }) else {
+            panic!("{addr} was bound twice");
+        };
+        assert!(
+            matches!(e, SpawnError::Listen { addr: a, .. } if a == addr),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
     }
 }
