@@ -41,6 +41,7 @@
 //! unwinds through `Daemon`'s fields in declaration order, which is the same order: the
 //! speaker (withdraw, Cease) before the dataplane (detach).
 
+mod checks;
 mod forwarding;
 mod report;
 mod routes;
@@ -52,7 +53,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bgp::speaker::{ReconfigureError, Routes, Speaker};
+use bgp::speaker::{ReconfigureError, Routes, SpawnError, Speaker};
 use crossbeam::channel::{self, Receiver};
 use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -231,6 +232,12 @@ impl Daemon {
     fn start(path: PathBuf, config: Config) -> Result<Daemon> {
         let started = Instant::now();
         let fixed = Fixed::of(&config);
+        checks::interfaces(&path, &fixed)?;
+        if !fixed.cores.is_empty() {
+            let allowed = checks::allowed_cpus()
+                .context("reading the CPUs this process may run on (sched_getaffinity)")?;
+            checks::cores(&path, &fixed.cores, &allowed)?;
+        }
         let mut resolver = Resolver::new().context("opening an rtnetlink socket")?;
         let egress = fixed.egress().to_owned();
         let (egress_ifindex, local_mac, params) = read_egress(&mut resolver, &config, &fixed)?;
@@ -290,9 +297,10 @@ impl Daemon {
         d.dataplane = Some(Dataplane::start(&fixed, d.publisher.handle())?);
         d.sync_vips()?;
         if let Some(bgp) = &d.config.bgp {
-            d.speaker = Some(
-                Speaker::spawn(routes::speaker_config(bgp)).context("starting the BGP speaker")?,
-            );
+            let speaker = Speaker::spawn(routes::speaker_config(bgp))
+                .map_err(|e| spawn_error(&d.path, bgp, e))
+                .context("starting the BGP speaker")?;
+            d.speaker = Some(speaker);
         }
         if let Some(k) = d.config.kubernetes.clone() {
             (d.kube, d.kube_rx) = watcher(k)?;
@@ -321,7 +329,8 @@ impl Daemon {
             .expect("the dataplane runs until shutdown")
     }
 
-    /// Until SIGTERM or SIGINT (Ok) or a failure (Err): a helper thread that ended, or an
+    /// Until SIGTERM or SIGINT (Ok) or a failure (Err): a helper thread that ended (the BGP
+    /// speaker's among them, or no speaker running while `[bgp]` is configured), or an
     /// AF_XDP worker that did.
     fn control_loop(&mut self, signals: &Receiver<i32>) -> Result<()> {
         loop {
@@ -349,6 +358,7 @@ impl Daemon {
             while let Ok(ev) = self.health_rx.try_recv() {
                 self.on_health(ev, Instant::now());
             }
+            checks::speaker(self.speaker.as_ref(), self.config.bgp.is_some())?;
             self.turn(Instant::now(), false)?;
         }
     }
@@ -885,11 +895,12 @@ impl Daemon {
         caps::require(&required_caps(&new))?;
         let now = Instant::now();
         let fixed = self.dataplane().fixed().clone();
-        if Fixed::of(&new) != fixed {
-            tracing::warn!(
-                "dataplane interfaces, worker cores and flow_table_size change only on restart; \
-                 keeping the running ones"
-            );
+        // A reload is applied or refused whole: one that changes what only a restart
+        // applies is refused, rather than applied in part with the config then claiming
+        // values that are not in effect.
+        let restart = checks::restart_only_changes(&self.path, &self.config, &new);
+        if !restart.is_empty() {
+            anyhow::bail!("{}", restart.join("; "));
         }
         let params = forwarding::params(&new, &fixed, self.local_mac)?;
         // The watcher to switch to, if the section changed (no watcher if it is gone). Its
@@ -1004,7 +1015,7 @@ impl Daemon {
                 tracing::error!(
                     error = format!("{again:#}"),
                     "cannot start the BGP speaker with the running settings either; \
-                     no routes are announced"
+                     no routes are announced, and the daemon stops"
                 );
             }
             return Err(e);
@@ -1018,8 +1029,8 @@ impl Daemon {
     /// reason); an error when a new listening address cannot be bound, which a restart
     /// would not mend.
     fn reconfigure_bgp(&self, bgp: Option<&config::Bgp>) -> Result<bool> {
-        let result = match (&self.speaker, bgp) {
-            (Some(speaker), Some(bgp)) => speaker.reconfigure(routes::speaker_config(bgp)),
+        let (result, bgp) = match (&self.speaker, bgp) {
+            (Some(speaker), Some(bgp)) => (speaker.reconfigure(routes::speaker_config(bgp)), bgp),
             (_, None) => {
                 tracing::info!("BGP section removed: stopping the speaker");
                 return Ok(false);
@@ -1040,7 +1051,11 @@ impl Daemon {
                 );
                 Ok(true)
             }
-            Err(e @ ReconfigureError::Listen { .. }) => Err(e.into()),
+            Err(ReconfigureError::Listen { addr, error }) => Err(spawn_error(
+                &self.path,
+                bgp,
+                SpawnError::Listen { addr, error },
+            )),
             Err(e) => {
                 tracing::info!(reason = %e, "BGP settings changed: restarting the speaker");
                 Ok(false)
@@ -1056,6 +1071,7 @@ impl Daemon {
         }
         if let Some(bgp) = bgp {
             let s = Speaker::spawn(routes::speaker_config(bgp))
+                .map_err(|e| spawn_error(&self.path, bgp, e))
                 .context("restarting the BGP speaker")?;
             s.set_routes(self.routes.clone());
             self.speaker = Some(s);
@@ -1136,6 +1152,11 @@ impl Daemon {
     /// been queued behind a slow or stalled reader.
     fn wait_withdrawn(&self) {
         let Some(s) = &self.speaker else { return };
+        if s.ended() {
+            // Its sessions are closed: the routers dropped its routes with them.
+            tracing::warn!("the BGP speaker has ended: nothing left to withdraw");
+            return;
+        }
         let deadline = Instant::now() + WITHDRAW_WAIT;
         loop {
             let pending: Vec<_> = s
@@ -1250,6 +1271,17 @@ fn read_egress(
         .with_context(|| format!("reading the MAC address of {egress}"))?;
     let params = forwarding::params(config, fixed, mac)?;
     Ok((ifindex, mac, params))
+}
+
+/// A speaker that could not start, its listener named with the fields of `bgp` (in `file`)
+/// that asked for it.
+fn spawn_error(file: &Path, bgp: &config::Bgp, e: SpawnError) -> anyhow::Error {
+    match e {
+        SpawnError::Listen { addr, .. } => {
+            checks::field_error(file, &checks::listen_fields(bgp, addr), e)
+        }
+        SpawnError::Io(e) => e.into(),
+    }
 }
 
 /// Whether `params` has an outer source for IPv4 and for IPv6.

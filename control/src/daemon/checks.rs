@@ -1,0 +1,313 @@
+//! What the daemon checks of a config against the host and against the running config:
+//! at start, that its interfaces exist and its worker cores are ones this process may run
+//! on; at reload, that nothing only a restart applies has changed. Each error names the
+//! file and the field, as `FILE: `field`: message`.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use bgp::speaker::Speaker;
+
+use super::forwarding::Fixed;
+use crate::config::{Bgp, Config, Topology};
+
+/// An error about `fields` (dotted paths, e.g. `dataplane.upstream_interface`) of `file`.
+pub fn field_error(file: &Path, fields: &[String], message: impl Display) -> anyhow::Error {
+    let fields: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+    anyhow!("{}: {}: {message}", file.display(), fields.join(", "))
+}
+
+/// Fails, naming the field, if a configured interface does not exist in this namespace.
+pub fn interfaces(file: &Path, fixed: &Fixed) -> Result<()> {
+    let arms = [
+        ("upstream_interface", Some(&fixed.uplink)),
+        ("downstream_interface", fixed.downlink.as_ref()),
+    ];
+    for (field, iface) in arms {
+        if let Some(iface) = iface {
+            super::ifindex(iface).map_err(|e| {
+                field_error(file, &[format!("dataplane.{field}")], format!("{e:#}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Fails, naming the first such field, if a worker core is not one of `allowed` (the CPUs
+/// this process may run on): its worker could not be pinned there.
+pub fn cores(file: &Path, cores: &[usize], allowed: &[usize]) -> Result<()> {
+    for (i, core) in cores.iter().enumerate() {
+        if !allowed.contains(core) {
+            return Err(field_error(
+                file,
+                &[format!("dataplane.worker_cores[{i}]")],
+                format!(
+                    "core {core} is not available (this process may run on {})",
+                    cpu_list(allowed)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on (its affinity mask, `sched_getaffinity`).
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    const WORD: usize = libc::c_ulong::BITS as usize;
+    // A mask of CPU_SETSIZE bits, doubled while the kernel's is larger (EINVAL).
+    let mut words = libc::CPU_SETSIZE as usize / WORD;
+    loop {
+        let mut mask: Vec<libc::c_ulong> = vec![0; words];
+        let bytes = words * std::mem::size_of::<libc::c_ulong>();
+        // SAFETY: `mask` is `bytes` long and writable; the kernel writes at most that many
+        // bytes (cpu_set_t is an array of unsigned longs, so any length of them is one).
+        let r = unsafe { libc::sched_getaffinity(0, bytes, mask.as_mut_ptr().cast()) };
+        if r == 0 {
+            return Ok((0..words * WORD)
+                .filter(|&cpu| mask[cpu / WORD] & (1 << (cpu % WORD)) != 0)
+                .collect());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) || words >= 1 << 16 {
+            return Err(e);
+        }
+        words *= 2;
+    }
+}
+
+/// CPUs as ranges: `0-3,6,8-9`.
+pub fn cpu_list(cpus: &[usize]) -> String {
+    let mut cpus = cpus.to_vec();
+    cpus.sort_unstable();
+    cpus.dedup();
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for c in cpus {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == c => *end = c,
+            _ => ranges.push((c, c)),
+        }
+    }
+    if ranges.is_empty() {
+        return "no CPU".to_owned();
+    }
+    ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The settings of `new` that differ from the running `old` and that only a restart
+/// applies (the interfaces, the worker cores, the flow table's size): one error line for
+/// each, naming the field and both values.
+pub fn restart_only_changes(file: &Path, old: &Config, new: &Config) -> Vec<String> {
+    let (o, n) = (&old.dataplane, &new.dataplane);
+    let topology = |t: Topology| match t {
+        Topology::OneArm => "one-arm",
+        Topology::TwoArm => "two-arm",
+    };
+    let iface = |i: &Option<String>| {
+        i.as_ref()
+            .map_or_else(|| "none".to_owned(), |i| format!("{i:?}"))
+    };
+    let mut changes = Vec::new();
+    let mut changed = |field: &str, from: String, to: String| {
+        if from != to {
+            changes.push(
+                field_error(
+                    file,
+                    &[format!("dataplane.{field}")],
+                    format!("changed from {from} to {to}: only a restart applies it"),
+                )
+                .to_string(),
+            );
+        }
+    };
+    changed(
+        "topology",
+        topology(o.topology).into(),
+        topology(n.topology).into(),
+    );
+    changed(
+        "upstream_interface",
+        format!("{:?}", o.upstream_interface),
+        format!("{:?}", n.upstream_interface),
+    );
+    changed(
+        "downstream_interface",
+        iface(&o.downstream_interface),
+        iface(&n.downstream_interface),
+    );
+    changed(
+        "worker_cores",
+        format!("{:?}", o.worker_cores),
+        format!("{:?}", n.worker_cores),
+    );
+    changed(
+        "flow_table_size",
+        o.flow_table_size.to_string(),
+        n.flow_table_size.to_string(),
+    );
+    debug_assert!(
+        !changes.is_empty() || Fixed::of(old) == Fixed::of(new),
+        "a restart-only setting is not compared"
+    );
+    changes
+}
+
+/// The fields of `bgp` that ask for a listener on `addr`: the `local_address` of each
+/// passive peer awaited there, or the `port` of each awaited on every address (`[::]`).
+pub fn listen_fields(bgp: &Bgp, addr: SocketAddr) -> Vec<String> {
+    let fields: Vec<String> = bgp
+        .peers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.passive && p.port == addr.port())
+        .filter_map(|(i, p)| match p.local_address {
+            Some(a) if a == addr.ip() => Some(format!("bgp.peers[{i}].local_address")),
+            None if addr.ip().is_unspecified() => Some(format!("bgp.peers[{i}].port")),
+            _ => None,
+        })
+        .collect();
+    if fields.is_empty() {
+        vec!["bgp.peers".to_owned()]
+    } else {
+        fields
+    }
+}
+
+/// Fails if no BGP speaker runs while `[bgp]` is configured (`configured`): its thread
+/// ended (its event loop failed, or it panicked: its sessions are closed, though its last
+/// status still shows them), or it could not be started again after a failed restart.
+/// Nothing is announced then, and only a restart of the daemon brings it back.
+pub fn speaker(speaker: Option<&Speaker>, configured: bool) -> Result<()> {
+    match speaker {
+        Some(s) if s.ended() => Err(anyhow!(
+            "the BGP speaker thread ended (see the error or panic logged before): \
+             its sessions are closed"
+        )),
+        None if configured => Err(anyhow!(
+            "no BGP speaker runs: it could not be started again with the running settings \
+             (see the error logged before)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    const BASE: &str = "[dataplane]\nupstream_interface = \"eth0\"\nflow_table_size = 4096\n";
+
+    fn parse(text: &str) -> Config {
+        config::parse(text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn cpu_lists_are_ranges() {
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert_eq!(cpu_list(&[5]), "5");
+        assert_eq!(cpu_list(&[]), "no CPU");
+    }
+
+    #[test]
+    fn a_core_this_process_may_not_run_on_is_named() {
+        let file = Path::new("/etc/dsrgate.toml");
+        assert!(cores(file, &[0, 1], &[0, 1]).is_ok());
+        let e = cores(file, &[1, 1000], &[0, 1]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/dsrgate.toml: `dataplane.worker_cores[1]`: core 1000 is not available \
+             (this process may run on 0-1)"
+        );
+    }
+
+    #[test]
+    fn this_process_may_run_somewhere() {
+        let cpus = allowed_cpus().unwrap();
+        assert!(!cpus.is_empty());
+        assert!(cpus.len() <= std::thread::available_parallelism().unwrap().get());
+    }
+
+    #[test]
+    fn a_missing_interface_is_named_with_its_field() {
+        let c = parse(&BASE.replace("eth0", "nosuch0"));
+        let e = interfaces(Path::new("/etc/d.toml"), &Fixed::of(&c))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/d.toml: `dataplane.upstream_interface`: ") && e.contains("nosuch0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn restart_only_changes_are_named() {
+        let file = Path::new("d.toml");
+        let old = parse(BASE);
+        assert!(restart_only_changes(file, &old, &old).is_empty());
+        let new = parse(
+            &BASE
+                .replace("eth0", "eth1")
+                .replace("4096", "8192\nworker_cores = [1]"),
+        );
+        assert_eq!(
+            restart_only_changes(file, &old, &new),
+            [
+                "d.toml: `dataplane.upstream_interface`: changed from \"eth0\" to \"eth1\": \
+                 only a restart applies it",
+                "d.toml: `dataplane.worker_cores`: changed from [] to [1]: only a restart \
+                 applies it",
+                "d.toml: `dataplane.flow_table_size`: changed from 4096 to 8192: only a \
+                 restart applies it",
+            ]
+        );
+        let two = parse(&BASE.replace(
+            "upstream_interface = \"eth0\"",
+            "topology = \"two-arm\"\nupstream_interface = \"eth0\"\ndownstream_interface = \"eth1\"",
+        ));
+        let changes = restart_only_changes(file, &old, &two);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes[0].contains("`dataplane.topology`: changed from one-arm to two-arm"));
+        assert!(changes[1].contains("`dataplane.downstream_interface`: changed from none"));
+    }
+
+    #[test]
+    fn a_listener_is_named_by_the_peers_that_ask_for_it() {
+        let c = parse(&format!(
+            "{BASE}\n[bgp]\nlocal_as = 65001\nrouter_id = \"192.0.2.1\"\n\
+             [[bgp.peers]]\naddress = \"192.0.2.2\"\nremote_as = 65000\npassive = true\n\
+             local_address = \"192.0.2.99\"\n\
+             [[bgp.peers]]\naddress = \"192.0.2.3\"\nremote_as = 65000\npassive = true\n\
+             port = 1179\n\
+             [[bgp.peers]]\naddress = \"192.0.2.4\"\nremote_as = 65000\n"
+        ));
+        let bgp = c.bgp.as_ref().unwrap();
+        let at = |a: &str| listen_fields(bgp, a.parse().unwrap());
+        assert_eq!(at("192.0.2.99:179"), ["bgp.peers[0].local_address"]);
+        assert_eq!(at("[::]:1179"), ["bgp.peers[1].port"]);
+    }
+
+    #[test]
+    fn a_speaker_that_ended_or_is_missing_fails_the_loop() {
+        assert!(speaker(None, false).is_ok(), "no [bgp], no speaker");
+        let e = speaker(None, true).unwrap_err().to_string();
+        assert!(e.contains("no BGP speaker runs"), "{e}");
+
+        let mut s = Speaker::spawn(bgp::speaker::Config::default()).unwrap();
+        assert!(speaker(Some(&s), true).is_ok(), "a running speaker");
+        s.shutdown("test");
+        let e = speaker(Some(&s), true).unwrap_err().to_string();
+        assert!(e.contains("the BGP speaker thread ended"), "{e}");
+    }
+}
