@@ -565,6 +565,16 @@ fn headroom_and_rate_limit() {
         run(&mut w, &s, NOW + 100_000_000, &big).0,
         Verdict::Reply { .. }
     ));
+    // The rate holds when batches come more often than a token's interval: one too-big
+    // packet every 60 ms for 6 s, against a token every 100 ms, gets 60 replies, not the
+    // one in two intervals a refill that restarted the interval at each batch gave (50).
+    let replies = (1..=100u64)
+        .filter(|k| {
+            let now = NOW + 100_000_000 + k * 60_000_000;
+            matches!(run(&mut w, &s, now, &big).0, Verdict::Reply { .. })
+        })
+        .count();
+    assert_eq!(replies, 60);
 }
 
 #[test]

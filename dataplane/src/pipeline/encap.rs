@@ -30,7 +30,9 @@ pub(crate) struct Tunnel {
     /// The flow hash: GUE source port (bits 8..22) and IPv6 flow label (bits 24..44) come
     /// from it, so the fabric's ECMP and the node's RSS spread flows while one flow keeps one
     /// path. Those bits avoid the high ones, which pick the Maglev slot (all flows of one
-    /// backend share them), and the low ones, which pick the outer source address.
+    /// backend share them). The outer source's host bits come from the low bits (an IPv6
+    /// prefix's from all of them), so a source prefix wider than /24 (IPv4) shares bits with
+    /// these; each field still spreads flows.
     pub hash: u64,
 }
 

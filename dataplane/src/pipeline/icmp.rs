@@ -76,6 +76,9 @@ pub(crate) fn too_big(
         h.set_total_len((hdr_len + quote) as u16);
         h.set_hop_limit(REPLY_TTL);
         h.set_next_header(IpProtocol::Icmp);
+        // Internetwork control (CS6), as RFC 1812 §4.3.2.5 asks of errors a router sends
+        // and Linux does: QoS that drops low classes first keeps these.
+        h.set_dscp(48);
         h.set_src_addr(v4(&p.key.dst));
         h.set_dst_addr(v4(&p.key.src));
         h.fill_checksum();

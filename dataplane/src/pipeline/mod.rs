@@ -52,7 +52,8 @@
 //! covers the largest case); Ethernet padding is dropped. Outer fields: TTL / hop limit 64,
 //! DSCP and ECN copied, IPv4 DF set and ID 0 (the pipeline enforces the tunnel MTU itself),
 //! IPv6 flow label, GUE source port (49152-65535) and the host bits of the outer source
-//! prefix from disjoint bits of the flow hash, so the fabric's ECMP and the node's RSS spread
+//! prefix from bits of the flow hash other than the high ones that pick the Maglev slot
+//! (which all flows of one backend share), so the fabric's ECMP and the node's RSS spread
 //! flows while each flow keeps one path. The next-hop MAC comes from the snapshot; an
 //! unresolved one is [`DropReason::NoNextHop`], and a backend of a family with no outer source
 //! configured is [`DropReason::NoTunnelSource`]. With an egress VLAN configured, frames toward
@@ -219,8 +220,9 @@ pub struct Counters {
     pub reply: PacketBytes,
     /// Frames handed to the kernel.
     pub pass: u64,
-    /// Per VIP, by snapshot index: frames received for it (bytes as received). VIPs past the
-    /// capacity chosen at creation are not counted.
+    /// Per VIP, by snapshot index: frames received for it that reached balancing (bytes as
+    /// received); one dropped before that (bad checksum, TTL exhausted, bad source) is only
+    /// in `drops`. VIPs past the capacity chosen at creation are not counted.
     pub vips: Box<[PacketBytes]>,
     /// Per backend slot, by snapshot index: frames sent to it (bytes as transmitted).
     pub backends: Box<[PacketBytes]>,
@@ -823,7 +825,9 @@ impl TokenBucket {
         let n = now_ns.saturating_sub(self.last_ns) / self.ns_per_token.max(1);
         if n > 0 {
             self.tokens = (self.tokens + n).min(self.burst);
-            self.last_ns = now_ns;
+            // Keep the part of a token's interval already elapsed: with batches more often
+            // than one interval, restarting it at `now_ns` lost up to half the rate.
+            self.last_ns += n * self.ns_per_token;
         }
     }
 
