@@ -261,6 +261,7 @@ impl<S: Steering> Workers<S> {
             ios.push(io);
         }
 
+        warn_shared_cores(&cfg.cores, ios.len());
         let shed = steering.shed_flags();
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Workers {
@@ -270,11 +271,10 @@ impl<S: Steering> Workers<S> {
         };
         for (i, io) in ios.into_iter().enumerate() {
             let core = (!cfg.cores.is_empty()).then(|| cfg.cores[i % cfg.cores.len()]);
-            let info = WorkerStats {
+            let mut info = WorkerStats {
                 iface: cfg.uplink.clone(),
                 queue: i as u32,
                 mode: Some(io.mode),
-                core,
                 ..WorkerStats::default()
             };
             let stats = Arc::new(SharedStats::default());
@@ -287,17 +287,29 @@ impl<S: Steering> Workers<S> {
                     queue: i as u32,
                     source,
                 })?;
+            let (pinned_tx, pinned_rx) = std::sync::mpsc::sync_channel(1);
             let thread = std::thread::Builder::new()
                 .name(format!("xsk-{}-q{i}", cfg.uplink))
                 .spawn(move || {
-                    if let Some(id) = core {
-                        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-                            tracing::warn!(core = id, "could not pin worker");
+                    let pinned = core.filter(|&id| {
+                        let ok = core_affinity::set_for_current(core_affinity::CoreId { id });
+                        if !ok {
+                            tracing::warn!(
+                                core = id,
+                                queue = i,
+                                "could not pin worker; it runs unpinned"
+                            );
                         }
-                    }
+                        ok
+                    });
+                    // The receiver waits for this before the worker is counted as started.
+                    let _ = pinned_tx.send(pinned);
                     worker.run()
                 })
                 .map_err(XskError::Thread)?;
+            // The core the worker runs on, only once it is pinned there. A thread that
+            // ended before saying is unpinned here (and found ended by [`Workers::ended`]).
+            info.core = pinned_rx.recv().unwrap_or(None);
             workers.handles.push(Handle {
                 thread,
                 stats,
@@ -375,6 +387,32 @@ impl<S: Steering> Workers<S> {
             None => Ok(out),
         }
     }
+}
+
+/// Warns when `workers` workers share the configured `cores` (more RX queues than cores:
+/// worker `i` runs on `cores[i % cores.len()]`), naming the workers on each core. Legitimate,
+/// but each shared core then polls several queues.
+fn warn_shared_cores(cores: &[usize], workers: usize) {
+    if cores.is_empty() || workers <= cores.len() {
+        return;
+    }
+    let sharing: Vec<String> = cores
+        .iter()
+        .enumerate()
+        .map(|(c, core)| {
+            let on: Vec<String> = (c..workers)
+                .step_by(cores.len())
+                .map(|w| w.to_string())
+                .collect();
+            format!("core {core}: workers {}", on.join(", "))
+        })
+        .collect();
+    tracing::warn!(
+        workers,
+        cores = cores.len(),
+        sharing = %sharing.join("; "),
+        "more RX queues than worker_cores: workers share cores"
+    );
 }
 
 /// The text of a panic payload: `panic!` makes a `&str` or a `String`.
