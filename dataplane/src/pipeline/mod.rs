@@ -589,10 +589,14 @@ fn timeout_class(p: &Parsed) -> TimeoutClass {
 /// more on it. An ordinary packet confirms an unconfirmed flow.
 #[inline]
 fn next_class(p: &Parsed, now: TimeoutClass) -> Option<TimeoutClass> {
+    let f = p.tcp_flags;
+    // The common case first, in two tests: an ordinary packet of a confirmed flow.
+    if f & (TCP_FIN | TCP_RST) == 0 && now != TimeoutClass::TcpUnconfirmed {
+        return None;
+    }
     if !own_tcp(p) {
         return None;
     }
-    let f = p.tcp_flags;
     match now {
         TimeoutClass::TcpEstablished | TimeoutClass::TcpUnconfirmed if f & TCP_FIN != 0 => {
             Some(TimeoutClass::TcpClosing)
