@@ -20,7 +20,7 @@ pub enum Cap {
     /// "privileged" loaders: without it `BPF_PROG_LOAD` fails with EACCES ("pointer
     /// arithmetic with it prohibited for !root"). Found by running the daemon as `nobody`.
     Perfmon = 38,
-    /// Listen on the BGP port 179 (only when a peer is passive).
+    /// Listen on a port below 1024: BGP's 179 for a passive peer, or an `[api] listen` port.
     NetBindService = 10,
 }
 

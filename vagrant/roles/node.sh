@@ -57,11 +57,13 @@ decap_on() {
     "$BIN/dsrgate" decap attach --iface "$IFACE" | sed "s/^/[$ROLE] /"
     ;;
   ipip)
-    # IPv4-in-IPv4 arrives on tunl0, IPv6-in-IPv6 on ip6tnl0 (the modules' fallback
-    # devices, which accept tunnelled packets from any source).
+    # IPv4-in-IPv4 arrives on tunl0, IPv6-in-IPv6 and IPv4-in-IPv6 on ip6tnl0 (the modules'
+    # fallback devices, which accept tunnelled packets from any source; ip6tnl0 takes only
+    # IPv6 inside until its mode is "any").
     modprobe ipip
     modprobe ip6_tunnel
     ip link set dev tunl0 up
+    ip -6 tunnel change ip6tnl0 mode any
     ip link set dev ip6tnl0 up
     sysctl_set net.ipv4.conf.tunl0.rp_filter 2
     say "decap through the kernel's tunl0 and ip6tnl0"

@@ -65,10 +65,27 @@ fn attached_decap(iface: &str, ifindex: u32) -> Result<Option<(ProgramInfo, Atta
     let Some((id, how)) = netlink::xdp_program(ifindex).map_err(netlink_err(iface))? else {
         return Ok(None);
     };
+    // Listing programs needs CAP_SYS_ADMIN: without it every entry is an error, and the
+    // program would seem to have vanished.
+    let mut denied = None;
     let info = loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == id)
-        .ok_or_else(|| BpfError::Config(format!("XDP program id {id} on {iface} vanished")))?;
+        .filter_map(|p| match p {
+            Ok(p) => Some(p),
+            Err(e) => {
+                denied.get_or_insert_with(|| e.to_string());
+                None
+            }
+        })
+        .find(|p| p.id() == id);
+    let Some(info) = info else {
+        return Err(BpfError::Config(match denied {
+            Some(e) => format!(
+                "cannot look up XDP program id {id} on {iface} (listing BPF programs needs \
+                 CAP_SYS_ADMIN): {e}"
+            ),
+            None => format!("XDP program id {id} on {iface} vanished"),
+        }));
+    };
     if info.name_as_str() != Some(PROGRAM) || how == Attached::Multi || how == Attached::Hardware {
         return Err(BpfError::Foreign {
             iface: iface.into(),
