@@ -266,14 +266,15 @@ fn udp6_flow(i: usize, _flags: u8) -> Vec<u8> {
 /// New flows only: every packet is a SYN from a client never seen before (Maglev lookup and
 /// flow-table insert), at the steady state of a busy gateway: `--flows` flows live in a table
 /// of twice as many slots (as in `tcp4_hit_1m`), and as many flows go idle as arrive. The
-/// clock advances per batch so that the default 300 s TCP timeout spans `--flows` SYNs; the
+/// clock advances per batch so that the timeout of a flow only a SYN has been seen on (30 s,
+/// `tcp_unconfirmed_ns`) spans `--flows` SYNs; the
 /// table is filled that way before timing starts, so from then on each insert finds the
 /// candidate buckets at the realistic mix of live, expired and empty slots (an expiry sweep
 /// runs between batches, untimed: see [`EXPIRE_BUCKETS`]).
 fn syns(a: &Args) -> anyhow::Result<CaseResult> {
     let timeouts = FlowTimeouts::default();
     let mut b = Bench::new(snapshot(a.backends, false), a.flows * 2);
-    let step = timeouts.tcp_established_ns * BATCH as u64 / a.flows as u64;
+    let step = timeouts.tcp_unconfirmed_ns * BATCH as u64 / a.flows as u64;
     let mut now = 1_000_000_000;
     let mut rng = Rng(7);
     let warmup = a.flows / BATCH;
