@@ -798,6 +798,100 @@ fn missing_kubeconfig_is_an_error_naming_the_file() {
     assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
 }
 
+/// Runs `f` on a thread of its own and returns what it returns, failing the test if it has
+/// not returned within [`BOUND`]: for a call that must not wait for a credential plugin.
+fn within_bound<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(BOUND)
+        .unwrap_or_else(|_| panic!("{what} has not returned after {BOUND:?}"))
+}
+
+/// A kubeconfig in a new directory for `server` whose user's credentials come from a
+/// plugin running `script`; the directory is returned to be kept while the plugin runs.
+fn exec_kubeconfig(server: &FakeApiServer, script: &str) -> (PathBuf, TempDir) {
+    let dir = temp_dir();
+    let url = format!("http://{}", server.addr);
+    (
+        fake_apiserver::write_exec_kubeconfig(&dir.0, &url, script),
+        dir,
+    )
+}
+
+/// A user whose credentials a plugin (`users[].user.exec`) gives: its token is what the
+/// watcher sends, whether started at once or after a reload's check.
+#[test]
+fn an_exec_credential_plugins_token_is_sent() {
+    let server = FakeApiServer::start();
+    base_cluster(&server);
+    let (path, _dir) = exec_kubeconfig(&server, &fake_apiserver::exec_token("exec-token"));
+    let (source, rx) = spawn(kube_config(Some(path.clone()), &[]));
+    web_from_base_cluster(&rx).expect("the set, with the plugin's token");
+    drop(source);
+    let (tx, rx) = crossbeam::channel::unbounded();
+    let cfg = kube_config(Some(path), &[]);
+    let _source = kube::spawn_checked(cfg, tx, kube::CHECK_TIMEOUT).expect("the check");
+    web_from_base_cluster(&rx).expect("the set after the check, with the plugin's token");
+    // Every request (not a connection the pool opened and closed unused) had the token.
+    let requests = server.requests();
+    let auth: Vec<_> = requests
+        .iter()
+        .zip(server.authorizations())
+        .filter(|(r, _)| !r.trim().is_empty())
+        .map(|(_, a)| a)
+        .collect();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|a| a == "Bearer exec-token"),
+        "{requests:?} {auth:?}"
+    );
+}
+
+/// A reload's check of a kubeconfig whose credential plugin does not answer fails within
+/// its timeout, naming the kubeconfig and the plugin, rather than waiting for the plugin
+/// (it runs on the caller's thread: the daemon's control loop), and starts nothing.
+#[test]
+fn a_credential_plugin_that_does_not_answer_fails_the_check_in_time() {
+    let server = FakeApiServer::start();
+    base_cluster(&server);
+    let (path, _dir) = exec_kubeconfig(&server, &fake_apiserver::exec_hung());
+    let cfg = kube_config(Some(path.clone()), &[]);
+    let (tx, rx) = crossbeam::channel::unbounded();
+    let checked = within_bound("the check", move || {
+        kube::spawn_checked(cfg, tx, kube::CHECK_TIMEOUT).map(drop)
+    });
+    let e = checked.expect_err("the check passed without credentials");
+    assert!(
+        e.contains(&path.display().to_string())
+            && e.contains("credential plugin")
+            && e.contains("did not answer in time"),
+        "{e}"
+    );
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), []);
+    assert_eq!(server.requests(), Vec::<String>::new());
+}
+
+/// A watcher whose credential plugin does not answer reports it (the static VIPs are
+/// served meanwhile, and the credentials may come later), and stops when dropped without
+/// waiting for the plugin: the daemon drops it on a reload that changes the section, and
+/// on exit.
+#[test]
+fn a_watcher_waiting_for_its_credential_plugin_reports_it_and_stops_when_dropped() {
+    let server = FakeApiServer::start();
+    base_cluster(&server);
+    let (path, _dir) = exec_kubeconfig(&server, &fake_apiserver::exec_hung());
+    let (source, rx) = spawn(kube_config(Some(path.clone()), &[]));
+    let e = first_error(&rx);
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("credential plugin"),
+        "{e}"
+    );
+    within_bound("dropping the watcher", move || drop(source));
+    assert!(rx.try_iter().all(|u| matches!(u, KubeUpdate::Error(_))));
+    assert_eq!(server.requests(), Vec::<String>::new());
+}
+
 /// Waits for the first set in which `default/web` has its backends from [`base_cluster`].
 fn web_from_base_cluster(rx: &Receiver<KubeUpdate>) -> Result<(), Vec<String>> {
     let deadline = Instant::now() + BOUND;

@@ -126,6 +126,35 @@ pub fn write_kubeconfig(
     path
 }
 
+/// Writes `dir/kubeconfig` pointing kube at `url` with a user whose credentials come from
+/// a plugin (`users[].user.exec`): `/bin/sh` running `script`, written to
+/// `dir/credential-plugin.sh` (run by the shell rather than executed itself, so that no
+/// "text file busy" can come of a test thread forking while it is written).
+pub fn write_exec_kubeconfig(dir: &std::path::Path, url: &str, script: &str) -> std::path::PathBuf {
+    let plugin = dir.join("credential-plugin.sh");
+    std::fs::write(&plugin, script).unwrap();
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/sh\n      args: [{:?}]\n      interactiveMode: Never\n",
+        plugin.display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A credential plugin's script that gives the bearer token `token` at once.
+pub fn exec_token(token: &str) -> String {
+    format!(
+        "printf '%s' '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{token}\"}}}}'\n"
+    )
+}
+
+/// A credential plugin's script that hangs for a minute, as one waiting on a login or an
+/// identity provider that does not answer, then gives a token.
+pub fn exec_hung() -> String {
+    format!("sleep 60\n{}", exec_token("late-token"))
+}
+
 /// A certificate authority and a server certificate it signed for 127.0.0.1, as a
 /// cluster's CA signs the API server's: the CA in PEM, and a TLS configuration that
 /// presents the server certificate.

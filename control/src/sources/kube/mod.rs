@@ -50,6 +50,8 @@ pub struct KubeSource {
     join: Option<JoinHandle<()>>,
 }
 
+/// Dropping it does not wait for a credential plugin: the watcher thread leaves any that
+/// runs (to build the client or refresh its token) behind, and ends.
 impl Drop for KubeSource {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -61,13 +63,17 @@ impl Drop for KubeSource {
     }
 }
 
-/// How long [`spawn_checked`] waits for the API server to answer its check.
+/// How long [`spawn_checked`] waits for the client to be built and the API server to answer
+/// its check; also how long the watcher waits for a client before it reports that none is
+/// coming.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the watcher thread. A client that cannot be built (the kubeconfig missing or
 /// unparsable, no in-cluster credentials) is reported as an error and retried every few
 /// seconds, as the API server is: at startup the credentials or the API may come later,
-/// and the static VIPs are served meanwhile.
+/// and the static VIPs are served meanwhile. A client whose credential plugin has not
+/// finished after [`CHECK_TIMEOUT`] is reported too, and waited for (not started again).
+/// The caller's thread never waits for the client.
 pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSource> {
     start(runtime()?, cfg, tx, None)
 }
@@ -75,10 +81,13 @@ pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSou
 /// Starts the watcher thread for a reload, on a client built and checked first, or says
 /// why it cannot work and starts nothing, so that the reload fails and the running
 /// watcher goes on. Built: the kubeconfig must exist and parse, and name a known context
-/// (or the in-cluster credentials must be there). Checked: within `timeout`, Services,
+/// (or the in-cluster credentials must be there), and its user's credential plugin (an
+/// `exec` command), if it has one, must give credentials. Checked: Services,
 /// EndpointSlices and Nodes must each be listed (one item): an API server that cannot be
 /// reached, whose certificate does not verify, or that refuses the credentials (401) or
-/// the RBAC (403) fails the check.
+/// the RBAC (403) fails the check. Both must be done within `timeout`, which bounds this
+/// call: a credential plugin or an API server that does not answer fails it, and a plugin
+/// still running is left behind, not waited for.
 ///
 /// Why a check, rather than running the old watcher until the new one has listed
 /// everything: the reload's result (its log line and `dsrgate_config_reloads_total`) then
@@ -86,8 +95,9 @@ pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSou
 /// watcher ever feeds the Kubernetes view. With a hand-over, a section that never works
 /// would be reported as applied, and the old watcher would have to run on, unbounded, for
 /// a config that is no longer the file's. The cost is that a reload waits up to `timeout`
-/// for an API server that does not answer; the dataplane forwards meanwhile. What a list
-/// cannot show (a `watch` verb missing from the RBAC alone) appears later as watch errors.
+/// for a credential plugin or an API server that does not answer; the dataplane forwards
+/// meanwhile. What a list cannot show (a `watch` verb missing from the RBAC alone)
+/// appears later as watch errors.
 pub fn spawn_checked(
     cfg: Kubernetes,
     tx: Sender<KubeUpdate>,
@@ -96,19 +106,68 @@ pub fn spawn_checked(
     let rt = runtime().map_err(|e| format!("starting the Kubernetes runtime: {e}"))?;
     // The client's tasks (its request buffer, its pooled connections) are spawned on `rt`
     // here and go on running on the watcher thread, which drives `rt` from then on.
-    let client = rt.block_on(async {
-        let config = config(&cfg).await?;
-        let url = config.cluster_url.clone();
-        let client = client_of(config)?;
-        match tokio::time::timeout(timeout, check(&client)).await {
+    let checked = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (client, url) = match tokio::time::timeout_at(deadline, build(&cfg)).await {
+            Ok(built) => built.map_err(|e| panicked(&cfg, &e))??,
+            Err(_) => return Err(not_built(&cfg, timeout)),
+        };
+        match tokio::time::timeout_at(deadline, check(&client)).await {
             Ok(Ok(())) => Ok(client),
             Ok(Err(e)) => Err(format!("Kubernetes API {url}: {e}")),
             Err(_) => Err(format!(
                 "Kubernetes API {url}: no answer within {timeout:?}"
             )),
         }
-    })?;
-    start(rt, cfg, tx, Some(client)).map_err(|e| format!("starting the Kubernetes watcher: {e}"))
+    });
+    match checked {
+        Ok(client) => start(rt, cfg, tx, Some(client))
+            .map_err(|e| format!("starting the Kubernetes watcher: {e}")),
+        Err(e) => {
+            // A credential plugin that has not finished holds a thread of `rt`'s blocking
+            // pool, which dropping `rt` would wait for: leave it behind instead.
+            rt.shutdown_background();
+            Err(e)
+        }
+    }
+}
+
+/// Where the client comes from, for messages: the kubeconfig, or in-cluster credentials.
+fn origin(cfg: &Kubernetes) -> String {
+    match &cfg.kubeconfig {
+        Some(path) => format!("kubeconfig {}", path.display()),
+        None => "in-cluster credentials".to_owned(),
+    }
+}
+
+/// Why no client was built within `timeout`. Reading the kubeconfig is quick; what takes
+/// time is the credentials its user names, when a plugin (an `exec` command) makes them.
+fn not_built(cfg: &Kubernetes, timeout: Duration) -> String {
+    format!(
+        "{}: no client within {timeout:?}: the user's credential plugin (its `exec` command) \
+         did not answer in time",
+        origin(cfg)
+    )
+}
+
+fn panicked(cfg: &Kubernetes, e: &tokio::task::JoinError) -> String {
+    format!("{}: building the client failed: {e}", origin(cfg))
+}
+
+/// Builds the client, and says which API server it is for, on the blocking pool of the
+/// current runtime: making the client runs the kubeconfig user's credential plugin (an
+/// `exec` command), if it has one, and waits for it, for as long as it runs. Off the
+/// runtime's thread, that wait can be bounded, and the thread goes on answering a stop.
+fn build(cfg: &Kubernetes) -> tokio::task::JoinHandle<Result<(Client, String), String>> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        // Reading the configuration is file reading that kube writes as async; it needs no
+        // runtime of its own. The client's tasks are spawned on the runtime this blocking
+        // task belongs to (its context is entered here).
+        let config = futures::executor::block_on(config(&cfg))?;
+        let url = config.cluster_url.to_string();
+        Ok((client_of(config)?, url))
+    })
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -133,7 +192,11 @@ fn start(
                     _ = stop_rx => {}
                     _ = run(cfg, tx, client) => {}
                 }
-            })
+            });
+            // Dropping `rt` would wait for its blocking tasks: a credential plugin that does
+            // not finish, run to build the client or to refresh its token, would hold this
+            // thread, and whoever joins it. It is left behind instead.
+            rt.shutdown_background();
         })?;
     Ok(KubeSource {
         stop: Some(stop_tx),
@@ -179,11 +242,6 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// A client from the configured kubeconfig, or in-cluster credentials.
-pub async fn client(cfg: &Kubernetes) -> Result<Client, String> {
-    client_of(config(cfg).await?)
-}
-
 /// The client configuration from the configured kubeconfig, or in-cluster credentials;
 /// an error names the file.
 async fn config(cfg: &Kubernetes) -> Result<kube::Config, String> {
@@ -216,10 +274,22 @@ const RETRY: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client, retried every [`RETRY`] until one is built; `None` once the receiver is gone.
+/// One that is not built within [`CHECK_TIMEOUT`] (a credential plugin that does not
+/// finish) is reported, and waited for rather than started again beside it.
 async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>) -> Option<Client> {
     loop {
-        match client(cfg).await {
-            Ok(c) => return Some(c),
+        let mut built = build(cfg);
+        let result = match tokio::time::timeout(CHECK_TIMEOUT, &mut built).await {
+            Ok(result) => result,
+            Err(_) => {
+                let e = not_built(cfg, CHECK_TIMEOUT);
+                tracing::error!(error = %e, "no Kubernetes client yet; waiting for it");
+                tx.send(KubeUpdate::Error(e)).ok()?;
+                built.await
+            }
+        };
+        match result.map_err(|e| panicked(cfg, &e)).and_then(|r| r) {
+            Ok((c, _)) => return Some(c),
             Err(e) => {
                 tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying");
                 tx.send(KubeUpdate::Error(e)).ok()?;
