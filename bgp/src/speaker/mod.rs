@@ -532,6 +532,8 @@ impl Loop {
     fn command(&mut self, now: Instant, c: Command) {
         match c {
             Command::SetRoutes(routes) => {
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("bgp-speaker-set-routes");
                 self.routes = routes;
                 for p in 0..self.peers.len() {
                     self.sync(now, p);
@@ -539,6 +541,8 @@ impl Loop {
                 self.hand_back_failures(now);
             }
             Command::Reconfigure(config, reply) => {
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("bgp-speaker-reconfigure");
                 let result = self.reconfigure(now, config);
                 self.publish(now);
                 // The caller waits for this unless it went away.
