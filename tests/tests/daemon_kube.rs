@@ -207,6 +207,108 @@ fn a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_g
         .context("clean exit")
 }
 
+/// A kubeconfig in `dir/name` for `server` whose user's credential plugin
+/// (`users[].user.exec`) does not answer: it sleeps a minute before it gives a token.
+fn hung_plugin_kubeconfig(server: &FakeApiServer, dir: &Path, name: &str) -> Result<PathBuf> {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let url = format!("http://{}", server.addr);
+    Ok(fake_apiserver::write_exec_kubeconfig(
+        &dir,
+        &url,
+        &fake_apiserver::exec_hung(),
+    ))
+}
+
+/// A reload to a `[kubernetes]` section whose kubeconfig's credential plugin does not
+/// answer is refused within the check's timeout, naming the kubeconfig and the plugin,
+/// rather than holding the control loop for as long as the plugin runs: the old watcher
+/// goes on (a Service deleted afterwards is removed), the API answers, and SIGTERM stops
+/// the daemon cleanly, without waiting for the plugin left running.
+#[test]
+fn a_reload_whose_credential_plugin_does_not_answer_is_refused_and_the_daemon_goes_on() -> Result<()>
+{
+    if !require_privileges(
+        "daemon_kube::a_reload_whose_credential_plugin_does_not_answer_is_refused_and_the_daemon_goes_on",
+    ) {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let gw = lab.ns("gw1");
+    let server = gw.enter(FakeApiServer::start)?;
+    for n in 1..=3 {
+        server.apply(Kind::Node, node(n));
+    }
+    server.apply(Kind::Service, web_service());
+    server.apply(Kind::EndpointSlice, web_slice());
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("dsrgate-daemon-kube-hung-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0)?;
+    let kubeconfig = server.kubeconfig(&dir.0);
+    let mut daemon = Daemon::start(gw, &config(&kubeconfig), &[])?;
+    daemon.wait_log(&["dsrgate running"], WAIT)?;
+    wait_kube_vip(gw, &daemon, true)?;
+
+    let hung = hung_plugin_kubeconfig(&server, &dir.0, "hung")?;
+    let line = reload(&daemon, &hung)?;
+    ensure!(
+        line.contains("config reload rejected")
+            && line.contains("[kubernetes]")
+            && line.contains(&hung.display().to_string())
+            && line.contains("credential plugin")
+            && line.contains("did not answer in time"),
+        "{line}"
+    );
+    ensure!(reloads(gw, "error")? == 1 && reloads(gw, "ok")? == 0);
+    // The old config is kept: its watcher still follows the server.
+    ensure!(
+        kube_vip_served(gw)?,
+        "{KUBE_VIP} gone after a refused reload"
+    );
+    server.delete(Kind::Service, "default/web");
+    wait_kube_vip(gw, &daemon, false)?;
+
+    daemon.signal(libc::SIGTERM)?;
+    daemon
+        .wait_clean_exit(Duration::from_secs(15))
+        .context("clean exit")
+}
+
+/// A daemon started on a kubeconfig whose credential plugin does not answer runs (the
+/// static VIPs are served; the credentials may come later), says that the plugin did not
+/// answer, and stops cleanly on SIGTERM without waiting for the plugin.
+#[test]
+fn a_daemon_started_on_a_credential_plugin_that_does_not_answer_runs_and_stops_cleanly(
+) -> Result<()> {
+    if !require_privileges(
+        "daemon_kube::a_daemon_started_on_a_credential_plugin_that_does_not_answer_runs_and_stops_cleanly",
+    ) {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let gw = lab.ns("gw1");
+    let server = gw.enter(FakeApiServer::start)?;
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "dsrgate-daemon-kube-hung-start-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0)?;
+    let hung = hung_plugin_kubeconfig(&server, &dir.0, "hung")?;
+    let mut daemon = Daemon::start(gw, &config(&hung), &[])?;
+    daemon.wait_log(&["dsrgate running"], WAIT)?;
+    let line = daemon.wait_log(&["credential plugin", "did not answer in time"], WAIT)?;
+    ensure!(line.contains(&hung.display().to_string()), "{line}");
+    let status: control::status::Status = serde_json::from_str(&api_get(gw, "/status")?)?;
+    ensure!(!status.vips.is_empty(), "no static VIP served: {status:?}");
+    ensure!(server.requests().is_empty(), "{:?}", server.requests());
+
+    daemon.signal(libc::SIGTERM)?;
+    daemon
+        .wait_clean_exit(Duration::from_secs(15))
+        .context("clean exit")
+}
+
 /// A status write that the API server holds unanswered (a hung connection, a slow
 /// admission webhook) delays no watch event: a Service changed meanwhile still reaches the
 /// daemon. Unanswered for long, the write fails and is tried again; once the server answers
