@@ -150,6 +150,9 @@ fn removed_backend_rehashes_and_draining_backend_keeps_flows() {
     }
 }
 
+/// A flow's packets: seconds after `NOW`, TCP flags.
+type History = &'static [(u64, u8)];
+
 /// A flow forgotten after its idle timeout is balanced afresh: with a changed table, its
 /// next packet goes to the table's current choice instead of its recorded backend. The
 /// timeout is per class, which TCP flags move: unconfirmed after a SYN or a RST, established
@@ -180,8 +183,8 @@ fn idle_timeouts_follow_protocol_and_tcp_state() {
             && choice(&s1, &udp(i)) != choice(&s2, &udp(i))
     });
 
-    // A history (seconds after NOW, flags) on the old table, and the idle timeout it leaves.
-    let histories: [(&str, &[(u64, u8)], u64); 6] = [
+    // A history on the old table, and the idle timeout it leaves.
+    let histories: [(&str, History, u64); 6] = [
         ("an unanswered SYN", &[(0, SYN)], 30),
         ("an open connection", &[(0, SYN), (1, ACK)], 300),
         ("a FIN", &[(0, SYN), (1, ACK), (2, FIN | ACK)], 10),
