@@ -181,6 +181,30 @@ fn fit_one_table(backends: &mut Vec<BackendConfig>, size: u32) -> bool {
     true
 }
 
+/// The address families whose serving backends (nonzero weight) `config` has no outer
+/// source for, each with how many distinct such backends there are: they keep their Maglev
+/// slots, and their packets are dropped as `no_tunnel_source`.
+pub fn unsourced(config: &SnapshotConfig) -> Vec<(&'static str, usize)> {
+    let families = [
+        ("IPv4", true, config.outer_src_v4.is_none()),
+        ("IPv6", false, config.outer_src_v6.is_none()),
+    ];
+    families
+        .into_iter()
+        .filter(|(_, _, missing)| *missing)
+        .filter_map(|(family, v4, _)| {
+            let backends: std::collections::HashSet<IpAddr> = config
+                .vips
+                .iter()
+                .flat_map(|v| &v.backends)
+                .filter(|b| b.weight > 0 && b.addr.is_ipv4() == v4)
+                .map(|b| b.addr)
+                .collect();
+            (!backends.is_empty()).then_some((family, backends.len()))
+        })
+        .collect()
+}
+
 /// The snapshot protocol of a config protocol.
 pub fn proto(p: Protocol) -> Proto {
     match p {
@@ -646,6 +670,9 @@ mod tests {
             &with_v6,
         );
         assert_eq!(a.config.vips, b.config.vips);
+        // The gateway without says which family it cannot serve, and how many backends.
+        assert_eq!(unsourced(&a.config), [("IPv6", 1)]);
+        assert_eq!(unsourced(&b.config), []);
         let (pa, pb) = (Publisher::new(a).unwrap(), Publisher::new(b).unwrap());
         let maglev = |p: &Publisher| p.handle().load().vips()[0].maglev().clone();
         assert_eq!(maglev(&pa), maglev(&pb));

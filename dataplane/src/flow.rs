@@ -27,9 +27,12 @@
 //! An insert takes an empty slot when the tags show one; only when both buckets are full
 //! does it read their entries, to reuse an expired one or else evict, of the eight, the one
 //! nearest its idle timeout (counted in [`FlowTable::evictions`]): the least recently seen
-//! within a class, and a connection not yet confirmed (only a SYN seen) or closing goes
-//! before an established one idle as long, so a flood of spoofed SYNs evicts its own
-//! entries rather than live connections. Idle timeouts are per [`TimeoutClass`]; an entry
+//! within a class, and across classes the one with the least time left, so an unconfirmed
+//! (only a SYN seen) or closing entry goes before an established one idle for less than
+//! the difference of their timeouts (270 s and 290 s by default). A flood of spoofed SYNs
+//! thus mostly evicts its own entries, not live connections; a flood of spoofed ACKs makes
+//! established entries, which outlive a real client's SYN entry (its handshake ACK then
+//! takes the current Maglev choice, the SYN's own unless the backends changed). Idle timeouts are per [`TimeoutClass`]; an entry
 //! idle past its timeout is a miss and its slot is reusable.
 //! Time is the caller's `now_ns` (read once per batch); the table never reads a clock.
 //!
@@ -702,8 +705,8 @@ impl<V: Copy> FlowTable<V> {
     /// Inserts `key` (or overwrites it if present) with `value` and `class`, seen at `now_ns`.
     /// A new key takes an empty slot (by the tags) in the emptier candidate bucket, its home
     /// if free (see `pick_free`). With both buckets full it reads their entries and takes
-    /// an expired one the same way, or else evicts the least recently seen of the eight
-    /// (counted).
+    /// an expired one the same way, or else evicts the one of the eight with the least time
+    /// left before its idle timeout (counted).
     pub fn insert(
         &mut self,
         key: &FlowKey,
@@ -1210,6 +1213,40 @@ mod tests {
         }
     }
 
+    /// Across classes the victim is the entry with the least time left, in whichever of
+    /// the two buckets it is: an unconfirmed entry seen last goes before established ones
+    /// seen earlier (each key in turn is the unconfirmed one, so both buckets hold it).
+    #[test]
+    fn full_candidates_evict_the_entry_nearest_its_timeout() {
+        let ks = rivals(2 * WAYS + 1);
+        for j in 0..2 * WAYS {
+            let mut t = table(2 * WAYS);
+            for (i, k) in ks[..2 * WAYS].iter().enumerate() {
+                let class = if i == j {
+                    TimeoutClass::TcpUnconfirmed
+                } else {
+                    TimeoutClass::TcpEstablished
+                };
+                // The unconfirmed one is the most recently seen.
+                let seen = if i == j { 2 * WAYS } else { i } as u64 * S;
+                t.insert(k, k.hash(SEED), i as u64, class, seen);
+            }
+            let new = &ks[2 * WAYS];
+            t.insert(
+                new,
+                new.hash(SEED),
+                99,
+                TimeoutClass::TcpEstablished,
+                20 * S,
+            );
+            assert_eq!(t.evictions(), 1);
+            for (i, k) in ks[..2 * WAYS].iter().enumerate() {
+                let kept = t.lookup(k, k.hash(SEED), 21 * S).is_some();
+                assert_eq!(kept, i != j, "key {i} with key {j} unconfirmed");
+            }
+        }
+    }
+
     #[test]
     fn full_candidates_reuse_an_expired_entry_before_evicting() {
         let mut t = table(2 * WAYS);
@@ -1334,7 +1371,8 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Insert(u8, u32, bool),
+        /// Key, value, and class: UDP, established, or unconfirmed TCP.
+        Insert(u8, u32, u8),
         /// A lookup with no hint (0), a fresh one (1), or the last fresh hint taken, for
         /// whatever key and however stale (2).
         Lookup(u8, u8),
@@ -1344,7 +1382,7 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u8..48, any::<u32>(), any::<bool>()).prop_map(|(k, v, u)| Op::Insert(k, v, u)),
+            (0u8..48, any::<u32>(), 0u8..3).prop_map(|(k, v, c)| Op::Insert(k, v, c)),
             (0u8..48, 0u8..3).prop_map(|(k, h)| Op::Lookup(k, h)),
             (0u8..48).prop_map(Op::Remove),
             (0u64..20 * S).prop_map(Op::Tick),
@@ -1374,9 +1412,9 @@ mod tests {
             let mut last_hint = SlotHint::UNPROBED;
             for op in ops {
                 match op {
-                    Op::Insert(k, v, udp) => {
+                    Op::Insert(k, v, c) => {
                         let key = key(k as u32);
-                        let class = if udp { TimeoutClass::Udp } else { TimeoutClass::TcpEstablished };
+                        let class = [TimeoutClass::Udp, TimeoutClass::TcpEstablished, TimeoutClass::TcpUnconfirmed][usize::from(c)];
                         t.insert(&key, key.hash(SEED), v, class, now);
                         model.insert(key, (v, class, now));
                     }

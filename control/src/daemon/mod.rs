@@ -216,6 +216,9 @@ struct Daemon {
     unobserved: Option<(u64, u64)>,
     /// Why the last snapshot failed to build, until one builds.
     rejected: Option<String>,
+    /// The address families whose serving backends had no outer source at the last
+    /// publish (see [`crate::publish::unsourced`]): logged when this changes.
+    unsourced: Vec<&'static str>,
     vips_dirty: bool,
 
     policy: Policy,
@@ -281,6 +284,7 @@ impl Daemon {
             dirty_since: Some(started),
             unobserved: None,
             rejected: None,
+            unsourced: Vec::new(),
             vips_dirty: true,
             policy: Policy::default(),
             routes: Routes::new(),
@@ -669,6 +673,35 @@ impl Daemon {
         (healthy > 0).then_some(DataplaneProblem::NextHopUnresolved)
     }
 
+    /// Logs when the families this gateway cannot tunnel to (`unsourced`, from
+    /// [`crate::publish::unsourced`]) change: their backends look healthy and keep their
+    /// slots, and only this says why their share of the traffic is dropped.
+    fn report_unsourced(&mut self, unsourced: Vec<(&'static str, usize)>) {
+        let families: Vec<&'static str> = unsourced.iter().map(|(f, _)| *f).collect();
+        if families == self.unsourced {
+            return;
+        }
+        for (family, backends) in &unsourced {
+            if !self.unsourced.contains(family) {
+                tracing::warn!(
+                    family,
+                    backends,
+                    "no outer source address of this family: its backends keep their Maglev \
+                     slots, but their packets are dropped (no_tunnel_source); set \
+                     dataplane.outer_source_prefix, or give the egress interface a global \
+                     address of this family"
+                );
+            }
+        }
+        for family in self.unsourced.iter().filter(|f| !families.contains(f)) {
+            tracing::info!(
+                family,
+                "backends of this family are tunnelled again (or none is left)"
+            );
+        }
+        self.unsourced = families;
+    }
+
     fn publish(&mut self, now: Instant) {
         let since = self.dirty_since.take().unwrap_or(now);
         let next = desired(
@@ -677,6 +710,7 @@ impl Daemon {
             &self.macs,
             &self.params,
         );
+        self.report_unsourced(crate::publish::unsourced(&next.config));
         match self.publisher.publish(next) {
             Ok(Some(p)) => {
                 self.rejected = None;

@@ -65,14 +65,18 @@ fn attached_decap(iface: &str, ifindex: u32) -> Result<Option<(ProgramInfo, Atta
     let Some((id, how)) = netlink::xdp_program(ifindex).map_err(netlink_err(iface))? else {
         return Ok(None);
     };
-    // Listing programs needs CAP_SYS_ADMIN: without it every entry is an error, and the
-    // program would seem to have vanished.
+    // Listing programs needs CAP_SYS_ADMIN: without it every entry is an EPERM error, and
+    // the program would seem to have vanished. (Other errors are programs unloaded while
+    // listed.)
     let mut denied = None;
     let info = loaded_programs()
         .filter_map(|p| match p {
             Ok(p) => Some(p),
             Err(e) => {
-                denied.get_or_insert_with(|| e.to_string());
+                if matches!(&e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM))
+                {
+                    denied.get_or_insert_with(|| e.to_string());
+                }
                 None
             }
         })

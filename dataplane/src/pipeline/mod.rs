@@ -52,9 +52,8 @@
 //! covers the largest case); Ethernet padding is dropped. Outer fields: TTL / hop limit 64,
 //! DSCP and ECN copied, IPv4 DF set and ID 0 (the pipeline enforces the tunnel MTU itself),
 //! IPv6 flow label, GUE source port (49152-65535) and the host bits of the outer source
-//! prefix from bits of the flow hash other than the high ones that pick the Maglev slot
-//! (which all flows of one backend share), so the fabric's ECMP and the node's RSS spread
-//! flows while each flow keeps one path. The next-hop MAC comes from the snapshot; an
+//! prefix from the flow hash (see [`encap::Tunnel`] for which bits), so the fabric's ECMP
+//! and the node's RSS spread flows while each flow keeps one path. The next-hop MAC comes from the snapshot; an
 //! unresolved one is [`DropReason::NoNextHop`], and a backend of a family with no outer source
 //! configured is [`DropReason::NoTunnelSource`]. With an egress VLAN configured, frames toward
 //! the nodes carry that tag whatever tag they arrived with.
