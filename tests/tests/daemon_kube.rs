@@ -70,6 +70,15 @@ fn web_slice() -> Value {
     })
 }
 
+/// Nodes 1-3 and the `web` Service with its one endpoint on node1.
+fn serve_web(server: &FakeApiServer) {
+    for n in 1..=3 {
+        server.apply(Kind::Node, node(n));
+    }
+    server.apply(Kind::Service, web_service());
+    server.apply(Kind::EndpointSlice, web_slice());
+}
+
 /// The gateway's config with a `[kubernetes]` section on `kubeconfig`.
 fn config(kubeconfig: &Path) -> String {
     format!(
@@ -151,11 +160,7 @@ fn a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_g
     let lab = Lab::new(1, NODE_BIN)?;
     let gw = lab.ns("gw1");
     let server = gw.enter(FakeApiServer::start)?;
-    for n in 1..=3 {
-        server.apply(Kind::Node, node(n));
-    }
-    server.apply(Kind::Service, web_service());
-    server.apply(Kind::EndpointSlice, web_slice());
+    serve_web(&server);
     let dir =
         TempDir(std::env::temp_dir().join(format!("dsrgate-daemon-kube-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
@@ -236,11 +241,7 @@ fn a_reload_whose_credential_plugin_does_not_answer_is_refused_and_the_daemon_go
     let lab = Lab::new(1, NODE_BIN)?;
     let gw = lab.ns("gw1");
     let server = gw.enter(FakeApiServer::start)?;
-    for n in 1..=3 {
-        server.apply(Kind::Node, node(n));
-    }
-    server.apply(Kind::Service, web_service());
-    server.apply(Kind::EndpointSlice, web_slice());
+    serve_web(&server);
     let dir = TempDir(
         std::env::temp_dir().join(format!("dsrgate-daemon-kube-hung-{}", std::process::id())),
     );
@@ -317,11 +318,7 @@ fn a_daemon_started_on_a_credential_plugin_that_does_not_answer_runs_and_stops_c
 fn a_hung_status_write_delays_no_watch_event() -> Result<()> {
     const POOL_IP: &str = "198.51.100.10";
     let server = FakeApiServer::start();
-    for n in 1..=3 {
-        server.apply(Kind::Node, node(n));
-    }
-    server.apply(Kind::Service, web_service());
-    server.apply(Kind::EndpointSlice, web_slice());
+    serve_web(&server);
     // Without an address: gets one from the pool, written to its status.
     server.apply(Kind::Service, service("dns", json!([http(53)]), None));
     server.set_hang_patches(true);
