@@ -848,6 +848,28 @@ fn an_exec_credential_plugins_token_is_sent() {
     );
 }
 
+/// A role that may list but not watch used to pass the check, and its watcher failed only
+/// once it had replaced the running one: the check opens a watch of each resource too.
+#[test]
+fn a_check_refuses_credentials_that_may_list_but_not_watch() {
+    let server = FakeApiServer::start();
+    base_cluster(&server);
+    let dir = temp_dir();
+    let cfg = || kube_config(Some(server.kubeconfig(&dir.0)), &[]);
+    server.set_forbid_watch(true);
+    let (tx, rx) = crossbeam::channel::unbounded();
+    let e = kube::spawn_checked(cfg(), tx, kube::CHECK_TIMEOUT)
+        .map(drop)
+        .expect_err("the check passed without the watch verb");
+    assert!(e.contains("watching") && e.contains("403"), "{e}");
+    assert_eq!(rx.try_iter().count(), 0, "a refused check starts nothing");
+    // With the verb, the same check passes and the watcher runs.
+    server.set_forbid_watch(false);
+    let (tx, rx) = crossbeam::channel::unbounded();
+    let _source = kube::spawn_checked(cfg(), tx, kube::CHECK_TIMEOUT).expect("the check");
+    web_from_base_cluster(&rx).expect("the set after the check");
+}
+
 /// A reload's check of a kubeconfig whose credential plugin does not answer fails within
 /// its timeout, naming the kubeconfig and the plugin, rather than waiting for the plugin
 /// (it runs on the caller's thread: the daemon's control loop), and starts nothing.

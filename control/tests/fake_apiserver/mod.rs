@@ -62,6 +62,8 @@ struct State {
     /// Bumped to end every open watch.
     generation: u64,
     failing: bool,
+    /// Watches are refused with 403, as for a role without the `watch` verb.
+    forbid_watch: bool,
     /// PATCHes wait, unanswered, while this is set.
     hang_patches: bool,
     shutdown: bool,
@@ -307,6 +309,13 @@ impl FakeApiServer {
         cv.notify_all();
     }
 
+    /// Refuses every watch with 403 Forbidden (lists still answer), as the API server does
+    /// for a role that may list but not watch.
+    #[allow(dead_code)] // Used by the source's tests (control/tests/kube.rs) only.
+    pub fn set_forbid_watch(&self, forbid: bool) {
+        self.state.0.lock().unwrap().forbid_watch = forbid;
+    }
+
     /// Holds every PATCH unanswered (as a hung connection or a slow admission webhook
     /// does) until called again with `false`; then those held are carried out.
     #[allow(dead_code)] // Used by the daemon's tests (tests/tests/daemon_kube.rs).
@@ -446,6 +455,19 @@ fn handle<S: Read + Write>(stream: &mut S, st: &(Mutex<State>, Condvar)) -> std:
                 stream,
                 500,
                 &status_json(500, "InternalError", "etcdserver: request timed out"),
+            );
+        }
+        let watching = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
+        if s.forbid_watch && watching {
+            drop(s);
+            return respond(
+                stream,
+                403,
+                &status_json(
+                    403,
+                    "Forbidden",
+                    "User \"system:serviceaccount:dsrgate:dsrgate\" cannot watch resource",
+                ),
             );
         }
     }

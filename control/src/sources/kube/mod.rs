@@ -19,7 +19,7 @@ use crossbeam::channel::Sender;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, WatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource};
@@ -83,7 +83,7 @@ pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSou
 /// watcher goes on. Built: the kubeconfig must exist and parse, and name a known context
 /// (or the in-cluster credentials must be there), and its user's credential plugin (an
 /// `exec` command), if it has one, must give credentials. Checked: Services,
-/// EndpointSlices and Nodes must each be listed (one item): an API server that cannot be
+/// EndpointSlices and Nodes must each be listed (one item) and watched: an API server that cannot be
 /// reached, whose certificate does not verify, or that refuses the credentials (401) or
 /// the RBAC (403) fails the check. Both must be done within `timeout`, which bounds this
 /// call: a credential plugin or an API server that does not answer fails it, and a plugin
@@ -96,8 +96,7 @@ pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSou
 /// would be reported as applied, and the old watcher would have to run on, unbounded, for
 /// a config that is no longer the file's. The cost is that a reload waits up to `timeout`
 /// for a credential plugin or an API server that does not answer; the dataplane forwards
-/// meanwhile. What a list cannot show (a `watch` verb missing from the RBAC alone)
-/// appears later as watch errors.
+/// meanwhile.
 pub fn spawn_checked(
     cfg: Kubernetes,
     tx: Sender<KubeUpdate>,
@@ -205,21 +204,54 @@ fn start(
 }
 
 /// Lists one of each resource the watchers need, as they will (EndpointSlices with their
-/// label selector): the credentials, the certificate and the RBAC work.
+/// label selector), and opens a watch of each: the credentials, the certificate and the
+/// RBAC (both verbs) work.
 async fn check(client: &Client) -> Result<(), String> {
     let one = ListParams::default().limit(1);
     let services = Api::<Service>::all(client.clone());
     let slices = Api::<EndpointSlice>::all(client.clone());
     let nodes = Api::<Node>::all(client.clone());
-    let why =
-        |what: &'static str| move |e: kube::Error| format!("listing {what}: {}", with_causes(&e));
-    futures::try_join!(
-        async { services.list(&one).await.map_err(why("services")) },
+    let why = |what: &'static str| move |e: kube::Error| format!("{what}: {}", with_causes(&e));
+    let sliced = one.clone().labels(model::SERVICE_NAME_LABEL);
+    let (s, e, n) = futures::try_join!(
+        async { services.list(&one).await.map_err(why("listing services")) },
         async {
-            let sliced = one.clone().labels(model::SERVICE_NAME_LABEL);
-            slices.list(&sliced).await.map_err(why("endpointslices"))
+            slices
+                .list(&sliced)
+                .await
+                .map_err(why("listing endpointslices"))
         },
-        async { nodes.list(&one).await.map_err(why("nodes")) },
+        async { nodes.list(&one).await.map_err(why("listing nodes")) },
+    )?;
+    // `watch` is a verb of its own in RBAC: a role that may list but not watch passes the
+    // lists, and its watcher would fail only once it had replaced the running one. A watch
+    // is refused (403) or answered (200) at once; the stream is then dropped unread.
+    let rv = |m: &kube::core::ListMeta| m.resource_version.clone().unwrap_or_default();
+    let (s, e, n) = (rv(&s.metadata), rv(&e.metadata), rv(&n.metadata));
+    let watch = WatchParams::default().timeout(1);
+    let sliced = watch.clone().labels(model::SERVICE_NAME_LABEL);
+    futures::try_join!(
+        async {
+            services
+                .watch(&watch, &s)
+                .await
+                .map(drop)
+                .map_err(why("watching services"))
+        },
+        async {
+            slices
+                .watch(&sliced, &e)
+                .await
+                .map(drop)
+                .map_err(why("watching endpointslices"))
+        },
+        async {
+            nodes
+                .watch(&watch, &n)
+                .await
+                .map(drop)
+                .map_err(why("watching nodes"))
+        },
     )?;
     Ok(())
 }
