@@ -207,53 +207,40 @@ fn start(
 /// label selector), and opens a watch of each: the credentials, the certificate and the
 /// RBAC (both verbs) work.
 async fn check(client: &Client) -> Result<(), String> {
-    let one = ListParams::default().limit(1);
-    let services = Api::<Service>::all(client.clone());
-    let slices = Api::<EndpointSlice>::all(client.clone());
-    let nodes = Api::<Node>::all(client.clone());
-    let why = |what: &'static str| move |e: kube::Error| format!("{what}: {}", with_causes(&e));
-    let sliced = one.clone().labels(model::SERVICE_NAME_LABEL);
-    let (s, e, n) = futures::try_join!(
-        async { services.list(&one).await.map_err(why("listing services")) },
-        async {
-            slices
-                .list(&sliced)
-                .await
-                .map_err(why("listing endpointslices"))
-        },
-        async { nodes.list(&one).await.map_err(why("listing nodes")) },
-    )?;
-    // `watch` is a verb of its own in RBAC: a role that may list but not watch passes the
-    // lists, and its watcher would fail only once it had replaced the running one. A watch
-    // is refused (403) or answered (200) at once; the stream is then dropped unread.
-    let rv = |m: &kube::core::ListMeta| m.resource_version.clone().unwrap_or_default();
-    let (s, e, n) = (rv(&s.metadata), rv(&e.metadata), rv(&n.metadata));
-    let watch = WatchParams::default().timeout(1);
-    let sliced = watch.clone().labels(model::SERVICE_NAME_LABEL);
     futures::try_join!(
-        async {
-            services
-                .watch(&watch, &s)
-                .await
-                .map(drop)
-                .map_err(why("watching services"))
-        },
-        async {
-            slices
-                .watch(&sliced, &e)
-                .await
-                .map(drop)
-                .map_err(why("watching endpointslices"))
-        },
-        async {
-            nodes
-                .watch(&watch, &n)
-                .await
-                .map(drop)
-                .map_err(why("watching nodes"))
-        },
+        may_list_and_watch(Api::<Service>::all(client.clone()), "services", None),
+        may_list_and_watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            "endpointslices",
+            Some(model::SERVICE_NAME_LABEL),
+        ),
+        may_list_and_watch(Api::<Node>::all(client.clone()), "nodes", None),
     )?;
     Ok(())
+}
+
+/// Lists one item of `api` (with `labels`, as its watcher selects), then opens a watch
+/// from the list's version. `watch` is a verb of its own in RBAC: a role that may list but
+/// not watch passes the list, and its watcher would fail only once it had replaced the
+/// running one. A watch is refused (403) or answered (200) at once; the stream is then
+/// dropped unread.
+async fn may_list_and_watch<K>(api: Api<K>, what: &str, labels: Option<&str>) -> Result<(), String>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let why =
+        |verb: &'static str| move |e: kube::Error| format!("{verb} {what}: {}", with_causes(&e));
+    let mut list = ListParams::default().limit(1);
+    let mut watch = WatchParams::default().timeout(1);
+    if let Some(l) = labels {
+        (list, watch) = (list.labels(l), watch.labels(l));
+    }
+    let listed = api.list(&list).await.map_err(why("listing"))?;
+    let version = listed.metadata.resource_version.unwrap_or_default();
+    api.watch(&watch, &version)
+        .await
+        .map(drop)
+        .map_err(why("watching"))
 }
 
 /// `e` and its sources, joined by ": ". kube's own message often names only the layer that
