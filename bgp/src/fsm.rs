@@ -13,8 +13,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::wire::{
-    frame, kind, Capability, CeaseSubcode, Context, DecodeError, EncodeError, Family,
-    GracefulRestart, Message, Notification, Open, OpenError, Update,
+    frame, kind, Capability, CeaseSubcode, Context, DecodeError, EncodeError, Family, Message,
+    Notification, Open, OpenError, Update,
 };
 
 /// RFC 4271 §8.2.2: the hold timer while waiting for the peer's OPEN ("a large
@@ -43,9 +43,6 @@ pub struct Config {
     pub max_retry: Duration,
     /// Families advertised with the multiprotocol capability (RFC 4760 §8).
     pub families: Vec<Family>,
-    /// Advertise graceful restart (RFC 4724) with this restart time. Off by default:
-    /// with it, routers keep a crashed gateway's routes for the restart time.
-    pub graceful_restart: Option<u16>,
     /// SendHoldTime (RFC 9687 §4.4, §6): how long an Established connection may hold
     /// bytes the peer does not take before it is closed with NOTIFICATION Send Hold
     /// Timer Expired, so that a peer that stopped reading stops using our routes too.
@@ -67,12 +64,14 @@ impl Config {
             connect_retry: Duration::from_secs(5),
             max_retry: Duration::from_secs(120),
             families: Family::ALL.to_vec(),
-            graceful_restart: None,
             send_hold_time: None,
         }
     }
 
-    /// The OPEN we send (§4.2), all capabilities in one optional parameter.
+    /// The OPEN we send (§4.2), all capabilities in one optional parameter. Never
+    /// graceful restart (RFC 4724): the dataplane goes with the process, so no
+    /// forwarding state outlives a restart, and a router that kept a restarting
+    /// gateway's routes would send its traffic into nothing.
     pub fn open(&self) -> Open {
         let mut caps: Vec<Capability> = self
             .families
@@ -81,21 +80,6 @@ impl Config {
             .collect();
         caps.push(Capability::RouteRefresh);
         caps.push(Capability::FourOctetAs { asn: self.local_as });
-        if let Some(restart_time) = self.graceful_restart {
-            caps.push(Capability::GracefulRestart(GracefulRestart {
-                restarting: false,
-                notification: false,
-                restart_time: restart_time.min(0x0fff),
-                families: self
-                    .families
-                    .iter()
-                    .map(|f| {
-                        let (afi, safi) = f.afi_safi();
-                        (afi, safi, true)
-                    })
-                    .collect(),
-            }));
-        }
         Open::new(self.local_as, self.hold_time, self.router_id, caps)
     }
 }

@@ -163,7 +163,7 @@ fn active_session_comes_up_and_negotiates_hold_time() {
         (open.asn(), open.hold_time, open.bgp_id),
         (65001, 9, OUR_ID)
     );
-    // Graceful restart is off by default.
+    // Never graceful restart: no forwarding state outlives the process (RFC 4724 §3).
     assert!(open.graceful_restart().is_none());
     assert_eq!(armed(&out, Timer::Hold(1)), Some(h.at(240)));
     assert_eq!(h.s.state(), State::OpenSent);
@@ -908,16 +908,6 @@ fn route_refresh_is_passed_on_for_negotiated_families() {
         );
         assert_eq!(h.s.state(), State::Established);
     }
-}
-
-#[test]
-fn graceful_restart_is_advertised_only_when_configured() {
-    let mut cfg = config();
-    cfg.graceful_restart = Some(30);
-    let open = cfg.open();
-    let gr = open.graceful_restart().unwrap();
-    assert_eq!(gr.restart_time, 30);
-    assert_eq!(gr.families, vec![(1, 1, true), (2, 1, true)]);
 }
 
 mod prop {
