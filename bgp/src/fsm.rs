@@ -357,7 +357,8 @@ pub struct Session {
     next_id: ConnId,
     running: bool,
     /// After an error, Idle until the ConnectRetry timer restarts the session
-    /// (§8.1.1 AllowAutomaticStart with DampPeerOscillations).
+    /// (§8.1.1 AllowAutomaticStart with DampPeerOscillations). Never for a passive
+    /// session (see [`Session::drop_conn`]).
     idle: bool,
     /// ConnectRetryCounter (§8): consecutive failures, reset when Established.
     failures: u32,
@@ -574,8 +575,9 @@ impl Session {
 
     fn incoming(&mut self, now: Instant, out: &mut Vec<Output>) {
         // Idle refuses connections (§8.2.2), with Cease / Connection Rejected (RFC 4486
-        // §4); an Established session keeps its connection and closes the new one (§6.8),
-        // with Cease / Connection Collision Resolution.
+        // §4): only a session that connects itself waits there between attempts. An
+        // Established session keeps its connection and closes the new one (§6.8), with
+        // Cease / Connection Collision Resolution.
         if self.conns.iter().any(|c| c.phase == Phase::Established) {
             let cease = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
             out.push(Output::Refuse(cease));
@@ -1008,9 +1010,17 @@ impl Session {
         self.last_error = Some(error);
         if self.conns.is_empty() && self.running {
             self.failures = self.failures.saturating_add(1);
-            self.idle = to_idle;
-            let delay = self.jitter.apply(self.retry_delay());
-            out.push(Output::ArmTimer(Timer::ConnectRetry, now + delay));
+            // A passive session has no connect to hold back: damping it (§8.1.1
+            // DampPeerOscillations, optional) could only refuse the peer's next
+            // connection, and the peer would then wait its own ConnectRetry time (120 s
+            // by default in BIRD and FRR) before trying again. It waits in Active, which
+            // accepts at once (§8.2.2 Idle state, events 4 and 5), and the peer's own
+            // timers pace its attempts.
+            if !self.config.passive {
+                self.idle = to_idle;
+                let delay = self.jitter.apply(self.retry_delay());
+                out.push(Output::ArmTimer(Timer::ConnectRetry, now + delay));
+            }
         }
     }
 

@@ -551,15 +551,57 @@ fn passive_waits_for_the_peer() {
             CeaseSubcode::ConnectionCollisionResolution
         ))]
     );
-    // After a failure a passive session never connects; it waits in Active again.
+    // After a failure a passive session never connects; it waits in Active again, with
+    // no timer to wait for.
     let out = h.ev(Event::ConnectionFailed {
         conn: 1,
         reason: "reset",
     });
-    h.now = armed(&out, Timer::ConnectRetry).unwrap();
-    let out = h.ev(Event::TimerExpired(Timer::ConnectRetry));
     assert!(!out.iter().any(|o| matches!(o, Output::Connect(_))));
+    assert_eq!(armed(&out, Timer::ConnectRetry), None, "{out:?}");
     assert_eq!(h.s.state(), State::Active);
+}
+
+/// A passive session that went down (here the router reset it: Cease / Administrative
+/// Reset, as `birdc restart` sends) accepts the router's next connection at once, however
+/// often it failed before: it has no connect of its own to damp (RFC 4271 §8.1.1
+/// DampPeerOscillations), and a refusal would make the router wait its own connect-retry
+/// time (120 s by default in BIRD) before it tries again. It used to wait in Idle, as a
+/// session that connects does, and refuse with Cease / Connection Rejected.
+#[test]
+fn a_passive_session_accepts_at_once_after_a_flap() {
+    let mut cfg = config();
+    cfg.passive = true;
+    let mut h = Harness::new(cfg);
+    h.ev(Event::Start);
+    for flap in 0..4 {
+        let out = h.ev(Event::Incoming);
+        let Some(&Output::Accept(conn)) = out.first() else {
+            panic!("flap {flap}: the router's connection was not accepted: {out:?}");
+        };
+        h.recv(conn, their_open());
+        h.recv(conn, Message::Keepalive);
+        assert_eq!(h.s.state(), State::Established, "flap {flap}");
+        h.now += Duration::from_secs(1);
+        let reset = Notification::cease(CeaseSubcode::AdministrativeReset);
+        let out = h.recv(conn, Message::Notification(reset));
+        assert_eq!(h.s.state(), State::Active, "flap {flap}: {out:?}");
+        h.now += Duration::from_secs(1);
+    }
+    // A session that connects itself still waits between attempts, refusing meanwhile.
+    let mut h = Harness::new(config());
+    h.establish(9);
+    h.recv(
+        1,
+        Message::Notification(Notification::cease(CeaseSubcode::AdministrativeReset)),
+    );
+    assert_eq!(h.s.state(), State::Idle);
+    assert_eq!(
+        h.ev(Event::Incoming),
+        vec![Output::Refuse(Notification::cease(
+            CeaseSubcode::ConnectionRejected
+        ))]
+    );
 }
 
 /// §8.2.2: Idle refuses connections, telling the peer with Cease / Connection Rejected

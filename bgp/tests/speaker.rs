@@ -819,16 +819,18 @@ fn an_ipv4_listener_takes_the_ipv4_keys_and_skips_the_ipv6_ones() {
 }
 
 /// RFC 4486 §4: a connection the speaker accepts and then refuses is told so with Cease /
-/// Connection Rejected before it is closed: a passive peer's connection while its
-/// session waits in Idle after a failure, and a connection from an address that is no
-/// peer.
+/// Connection Rejected before it is closed: the peer's connection while its session waits
+/// in Idle after a failure (a session that connects itself; a passive one accepts at
+/// once), and a connection from an address that is no peer.
 #[test]
 fn a_connection_refused_in_idle_gets_cease_connection_rejected() {
     let port = free_port();
     let listen = SocketAddr::new(LOCALHOST, port);
     let gw = [127, 0, 0, 12];
     let mut r = passive_peer(gw, port);
-    // Idle for long after the failure below.
+    // It connects too, to 127.0.0.12, where nothing listens; the peer's own connection
+    // reaches its listener. Idle for long after the failure below.
+    r.session.passive = false;
     r.session.connect_retry = Duration::from_secs(600);
     let router = Speaker::spawn(Config {
         peers: vec![r],
