@@ -33,6 +33,12 @@ pub struct Config {
     pub router_id: Ipv4Addr,
     /// Hold time we propose: 0 (no keepalives) or at least 3 seconds (§4.2).
     pub hold_time: u16,
+    /// The lowest hold time accepted from the peer, 0 for any (§4.2: "an implementation
+    /// MAY reject connections on the basis of the Hold Time"). A lower proposal, 0
+    /// included, is refused with NOTIFICATION OPEN Message Error / Unacceptable Hold
+    /// Time (§6.2): the peer cannot then turn off the session's liveness check by
+    /// proposing 0, whatever `hold_time` we propose.
+    pub min_hold_time: u16,
     /// Only accept connections, never initiate (§8.1.1 PassiveTcpEstablishment).
     pub passive: bool,
     /// ConnectRetryTime (§10): the connect timeout and the first retry delay,
@@ -60,6 +66,7 @@ impl Config {
             remote_as,
             router_id,
             hold_time: 90,
+            min_hold_time: 0,
             passive: false,
             connect_retry: Duration::from_secs(5),
             max_retry: Duration::from_secs(120),
@@ -577,11 +584,13 @@ impl Session {
         // Idle refuses connections (§8.2.2), with Cease / Connection Rejected (RFC 4486
         // §4): only a session that connects itself waits there between attempts. An
         // Established session keeps its connection and closes the new one (§6.8), with
-        // Cease / Connection Collision Resolution.
-        if self.conns.iter().any(|c| c.phase == Phase::Established) {
-            let cease = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
-            out.push(Output::Refuse(cease));
-            return;
+        // Cease / Connection Collision Resolution; on hold time 0 it takes the new one.
+        if let Some(up) = self.conns.iter().find(|c| c.phase == Phase::Established) {
+            if !Self::unwatched(up) {
+                let cease = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
+                out.push(Output::Refuse(cease));
+                return;
+            }
         }
         if !self.running || self.idle {
             let cease = Notification::cease(CeaseSubcode::ConnectionRejected);
@@ -589,8 +598,12 @@ impl Session {
             return;
         }
         // The peer connecting again means it gave up its earlier connection: keep
-        // at most one in each direction.
-        if let Some(j) = self.conns.iter().position(|c| !c.outbound) {
+        // at most one in each direction (an Established one goes at the new OPEN).
+        if let Some(j) = self
+            .conns
+            .iter()
+            .position(|c| !c.outbound && c.phase != Phase::Established)
+        {
             self.collision_loser(j, out);
         }
         let id = self.alloc();
@@ -801,6 +814,12 @@ impl Session {
                 self.collision_loser(j, out);
                 continue;
             }
+            if self.conns[j].phase == Phase::Established {
+                // Only taken on hold time 0 ([`Session::incoming`]): the peer lost the
+                // session that connection carries, so the new one replaces it.
+                self.collision_loser(j, out);
+                continue;
+            }
             let keep_inbound = (u32::from(self.config.router_id), self.config.local_as)
                 < (u32::from(open.bgp_id), open.asn());
             // Two connections in one direction: the older one goes.
@@ -824,6 +843,17 @@ impl Session {
         self.arm_keepalive(now, i, out);
     }
 
+    /// Whether Established connection `c` runs on hold time 0, so that nothing would
+    /// notice if the peer lost it: no KEEPALIVE is due, no hold timer runs, and a peer
+    /// that restarted without closing it (power lost, a VM restored) leaves it open
+    /// while nothing is written. Its new connection then replaces this one rather than
+    /// being refused as a collision, again on every retry (§6.8: an Established
+    /// connection wins "unless allowed via configuration"). A connection on a nonzero
+    /// hold time keeps its place: its hold timer finds a peer that is gone.
+    fn unwatched(c: &Conn) -> bool {
+        c.negotiated.as_ref().is_some_and(|n| n.hold_time == 0)
+    }
+
     fn check_open(&self, open: &Open) -> Result<(), OpenError> {
         let asn = open.asn();
         // RFC 7607: AS 0 is never valid.
@@ -833,6 +863,12 @@ impl Session {
         // RFC 6286 §2.2: within an AS the identifiers must differ.
         if self.config.local_as == self.config.remote_as && open.bgp_id == self.config.router_id {
             return Err(OpenError::BadBgpIdentifier { id: open.bgp_id });
+        }
+        // §4.2, §6.2: a hold time below local policy (1 and 2 are refused when parsed).
+        if open.hold_time < self.config.min_hold_time {
+            return Err(OpenError::UnacceptableHoldTime {
+                hold_time: open.hold_time,
+            });
         }
         Ok(())
     }

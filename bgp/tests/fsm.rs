@@ -302,6 +302,76 @@ fn hold_time_zero_means_no_keepalives() {
     assert_eq!(h.s.established().unwrap().1.keepalive(), None);
 }
 
+/// A peer that proposes hold time 0 turns off the session's liveness check, whatever we
+/// propose; `min_hold_time` refuses that, and any proposal below it, with NOTIFICATION
+/// OPEN Message Error / Unacceptable Hold Time (RFC 4271 §4.2, §6.2).
+#[test]
+fn a_hold_time_below_the_configured_minimum_is_refused() {
+    let mut cfg = config();
+    cfg.hold_time = 90;
+    cfg.min_hold_time = 9;
+    for (peer_hold, refused) in [(0, true), (3, true), (8, true), (9, false), (240, false)] {
+        let mut h = Harness::open_sent(cfg.clone());
+        let out = h.recv(1, peer_open(65000, peer_hold, PEER_ID));
+        let expected = refused.then_some((2, 6));
+        assert_eq!(notified(&out), expected, "hold time {peer_hold}: {out:?}");
+        let state = if refused {
+            State::Idle
+        } else {
+            State::OpenConfirm
+        };
+        assert_eq!(h.s.state(), state, "hold time {peer_hold}");
+    }
+    // Without a minimum the peer's 0 is the session's.
+    let mut h = Harness::new(config());
+    h.establish(0);
+    assert_eq!(h.s.established().unwrap().1.hold_time, 0);
+}
+
+/// On hold time 0 nothing shows that the peer lost the session (a router that restarted
+/// without closing its connections: no KEEPALIVE is due and no hold timer runs), so its
+/// new connection replaces the Established one once its OPEN is valid, as RFC 4271 §6.8
+/// allows "via configuration". It used to be refused with Cease / Connection Collision
+/// Resolution on every retry, forever. On a nonzero hold time the Established
+/// connection still wins: its hold timer finds a peer that is gone.
+#[test]
+fn on_hold_time_zero_a_new_connection_replaces_the_established_one() {
+    let mut cfg = config();
+    cfg.hold_time = 90;
+    let mut h = Harness::new(cfg);
+    h.establish(0);
+    let out = h.ev(Event::Incoming);
+    assert_eq!(out.first(), Some(&Output::Accept(2)), "{out:?}");
+    assert!(matches!(sent(&out)[..], [(2, Message::Open(_))]), "{out:?}");
+    // The old connection carries the session until the new one shows it is the peer.
+    assert_eq!(h.s.established().map(|(c, _)| c), Some(1));
+    // An OPEN that fails its checks leaves the old one alone.
+    let out = h.recv(2, peer_open(65099, 0, PEER_ID));
+    assert_eq!(notification(&out).map(|(c, _)| c), Some(2), "{out:?}");
+    assert_eq!(h.s.established().map(|(c, _)| c), Some(1));
+
+    let out = h.ev(Event::Incoming);
+    assert_eq!(out.first(), Some(&Output::Accept(3)), "{out:?}");
+    let out = h.recv(3, peer_open(65000, 0, PEER_ID));
+    let collision = Notification::cease(CeaseSubcode::ConnectionCollisionResolution);
+    assert_eq!(notification(&out), Some((1, collision)), "{out:?}");
+    assert!(out.contains(&Output::Close(1)) && out.contains(&Output::Down));
+    assert_eq!(h.s.state(), State::OpenConfirm);
+    h.recv(3, Message::Keepalive);
+    assert_eq!(h.s.established().map(|(c, _)| c), Some(3));
+    assert_eq!(h.s.stats().flaps, 1);
+
+    let mut h = Harness::new(config());
+    h.establish(9);
+    assert_eq!(
+        h.ev(Event::Incoming),
+        vec![Output::Refuse(Notification::cease(
+            CeaseSubcode::ConnectionCollisionResolution
+        ))]
+    );
+    assert_eq!(h.s.established().map(|(c, _)| c), Some(1));
+}
+
 #[test]
 fn hold_timer_expiry_sends_notification_and_retries() {
     let mut h = Harness::new(config());

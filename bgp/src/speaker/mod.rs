@@ -1024,6 +1024,9 @@ impl Loop {
         match decision {
             Some(Ok(id)) => {
                 let _ = stream.set_nodelay(true);
+                if let Err(e) = socket::keep_alive(&stream) {
+                    warn!(peer = %self.peers[p].config.address, "cannot turn on TCP keepalive: {e}");
+                }
                 if let Err(e) = self.register(p, id, stream, true) {
                     self.failed(p, id, &e);
                 }
@@ -1381,6 +1384,61 @@ mod tests {
             assert!(Instant::now() < deadline, "the speaker's thread still runs");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// `getsockopt` of one int.
+    fn int_option(fd: &impl std::os::fd::AsRawFd, level: i32, name: i32) -> i32 {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are live for the call, and `len` is `value`'s size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    /// (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) of a socket.
+    fn keepalive(fd: &impl std::os::fd::AsRawFd) -> [i32; 4] {
+        [
+            int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+            int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        ]
+    }
+
+    /// Every BGP connection, ours or the peer's, probes a silent peer with TCP keepalives
+    /// and fails within a minute when it does not answer: on hold time 0 nothing else
+    /// would notice a router that restarted without closing the connection. Without them
+    /// the session stayed Established, refusing the router's new connections, forever.
+    #[test]
+    fn every_bgp_connection_probes_a_silent_peer() {
+        let expected = [
+            1,
+            socket::KEEPALIVE_IDLE.as_secs() as i32,
+            socket::KEEPALIVE_INTERVAL.as_secs() as i32,
+            socket::KEEPALIVE_PROBES as i32,
+        ];
+        assert!(
+            socket::KEEPALIVE_IDLE + socket::KEEPALIVE_INTERVAL * socket::KEEPALIVE_PROBES
+                <= Duration::from_secs(60)
+        );
+        // Accepted: the peer connected.
+        let mut l = event_loop(vec![passive(1)]);
+        let _theirs = establish(&mut l, 0);
+        let sock = l.peers[0].socks.values().next().unwrap();
+        assert_eq!(keepalive(&sock.stream), expected, "accepted");
+        // Ours.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = socket::connect(listener.local_addr().unwrap(), None, None).unwrap();
+        assert_eq!(keepalive(&ours), expected, "connected");
     }
 
     /// A listener that cannot be bound is named in the error.

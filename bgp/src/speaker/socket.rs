@@ -3,9 +3,10 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
 
 /// `TCP_MD5SIG_MAXKEYLEN` in linux/tcp.h.
 const MD5_MAX_KEY: usize = 80;
@@ -76,6 +77,26 @@ pub fn unacked(socket: &impl AsRawFd) -> io::Result<usize> {
     }
 }
 
+/// TCP keepalive on every BGP connection (tcp(7)): after [`KEEPALIVE_IDLE`] without a
+/// segment from the peer, a probe every [`KEEPALIVE_INTERVAL`], and after
+/// [`KEEPALIVE_PROBES`] unanswered the connection fails (ETIMEDOUT): a minute in all. A
+/// peer that restarted answers the first probe with a reset. This is what finds a lost
+/// session on hold time 0, which sends nothing at all (RFC 4271 §4.4); on a nonzero hold
+/// time the hold timer usually finds it first. A live peer's TCP answers the probes even
+/// while its BGP process is frozen (the hold timer's and RFC 9687's case).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// Turns on keepalive probing for `socket`, timed as [`KEEPALIVE_IDLE`] says.
+pub fn keep_alive(socket: &impl AsFd) -> io::Result<()> {
+    let params = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    SockRef::from(socket).set_tcp_keepalive(&params)
+}
+
 fn domain(addr: &IpAddr) -> Domain {
     if addr.is_ipv4() {
         Domain::IPV4
@@ -93,6 +114,7 @@ pub fn connect(
     let socket = Socket::new(domain(&peer.ip()), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
+    keep_alive(&socket)?;
     if let Some(password) = md5 {
         set_md5(&socket, peer.ip(), password)?;
     }

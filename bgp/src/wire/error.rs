@@ -49,7 +49,8 @@ pub enum OpenError {
     /// Subcode 4: an optional parameter other than Capabilities.
     #[error("unsupported optional parameter {kind}")]
     UnsupportedOptionalParameter { kind: u8 },
-    /// Subcode 6: hold time 1 or 2 (§4.2), or below local policy.
+    /// Subcode 6: hold time 1 or 2 (§4.2), or below the configured minimum
+    /// ([`crate::fsm::Config::min_hold_time`]; §4.2 allows refusing on the hold time).
     #[error("unacceptable hold time {hold_time}")]
     UnacceptableHoldTime { hold_time: u16 },
     /// Subcode 7 (RFC 5492 §5): a capability we require is missing; the data lists it.
