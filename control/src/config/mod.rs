@@ -186,6 +186,11 @@ pub struct Peer {
     /// Proposed hold time (RFC 4271 §4.2): 0, or at least 3 s.
     #[serde(default = "default_hold_time", with = "duration")]
     pub hold_time: Duration,
+    /// The lowest hold time accepted from the peer (RFC 4271 §4.2 allows refusing on
+    /// it): 0 for any, or 3 s up to `hold_time`. A lower proposal, 0 included, is
+    /// refused with NOTIFICATION Unacceptable Hold Time.
+    #[serde(default, with = "duration")]
+    pub min_hold_time: Duration,
     /// Source address of the session, or for a passive peer the address it connects
     /// to; default: chosen by the kernel (passive: every address).
     #[serde(default)]

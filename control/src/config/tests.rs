@@ -988,6 +988,30 @@ fn every_static_vip_family_needs_a_next_hop() {
     );
 }
 
+/// `min_hold_time`: 0 (the default) or from 3 s, and never above the hold time we
+/// propose, since the session runs on the lower of the two proposals.
+#[test]
+fn min_hold_time_is_checked_against_the_hold_time() {
+    let c = parse(&with_peer("", ""), file()).unwrap();
+    assert_eq!(c.bgp.unwrap().peers[0].min_hold_time, Duration::ZERO);
+    let c = parse(&with_peer("min_hold_time = \"30s\"", ""), file()).unwrap();
+    assert_eq!(
+        c.bgp.unwrap().peers[0].min_hold_time,
+        Duration::from_secs(30)
+    );
+    for (lines, needle) in [
+        ("min_hold_time = \"2s\"", "from 3s to 65535s"),
+        ("min_hold_time = \"3500ms\"", "from 3s to 65535s"),
+        ("min_hold_time = \"91s\"", "91s is above hold_time (90s)"),
+        (
+            "hold_time = \"0s\"\nmin_hold_time = \"3s\"",
+            "3s is above hold_time (0s)",
+        ),
+    ] {
+        one_problem(&with_peer(lines, ""), "bgp.peers[0].min_hold_time", needle);
+    }
+}
+
 /// The warnings of a valid config, as (path, message).
 fn warnings(text: &str) -> Vec<(String, String)> {
     let c = parse(text, file()).unwrap_or_else(|e| panic!("refused: {e}"));

@@ -290,13 +290,30 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
                 if p.port == 0 {
                     v.err("port", "port 0 is out of range (1..=65535)");
                 }
-                let h = p.hold_time;
-                if h.subsec_nanos() != 0
-                    || (h.as_secs() != 0 && !(3..=65535).contains(&h.as_secs()))
-                {
+                let hold_time_ok = |h: Duration| {
+                    h.subsec_nanos() == 0 && (h.is_zero() || (3..=65535).contains(&h.as_secs()))
+                };
+                if !hold_time_ok(p.hold_time) {
                     v.err(
                         "hold_time",
                         "must be 0 or a whole number of seconds from 3s to 65535s (RFC 4271 §4.2)",
+                    );
+                }
+                if !hold_time_ok(p.min_hold_time) {
+                    v.err(
+                        "min_hold_time",
+                        "must be 0 (any hold time) or a whole number of seconds from 3s to 65535s (RFC 4271 §4.2)",
+                    );
+                } else if !p.min_hold_time.is_zero()
+                    && (p.hold_time.is_zero() || p.min_hold_time > p.hold_time)
+                {
+                    v.err(
+                        "min_hold_time",
+                        format!(
+                            "{}s is above hold_time ({}s): a session runs on the lower of the two proposals (RFC 4271 §4.2), so it could never have the hold time asked for",
+                            p.min_hold_time.as_secs(),
+                            p.hold_time.as_secs()
+                        ),
                     );
                 }
                 if let Some(l) = p.local_address {

@@ -25,6 +25,7 @@ pub fn speaker_config(bgp: &Bgp) -> speaker::Config {
             pc.port = p.port;
             pc.local_address = p.local_address;
             pc.session.hold_time = u16::try_from(p.hold_time.as_secs()).unwrap_or(u16::MAX);
+            pc.session.min_hold_time = u16::try_from(p.min_hold_time.as_secs()).unwrap_or(u16::MAX);
             pc.session.passive = p.passive;
             pc.session.connect_retry = CONNECT_RETRY;
             pc.next_hop_v4 = p.next_hop.v4;
@@ -138,6 +139,13 @@ mod tests {
             sc.peers[1].next_hop_v6,
             Some("2001:db8::2".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn min_hold_time_reaches_the_session() {
+        let sc = speaker_config(&bgp(&["min_hold_time = \"30s\"", ""]));
+        assert_eq!(sc.peers[0].session.min_hold_time, 30);
+        assert_eq!(sc.peers[1].session.min_hold_time, 0);
     }
 
     #[test]
