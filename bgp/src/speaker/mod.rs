@@ -275,6 +275,17 @@ impl Drop for Speaker {
     }
 }
 
+/// The loop's read buffer.
+const READ_BUFFER: usize = 65536;
+
+/// Reads of one socket per turn of the loop, at most (with [`READ_BUFFER`], 1 MiB). A
+/// socket with more to read is read again the next turn, after the commands, the timers
+/// (every session's KEEPALIVEs and hold timers) and the other sockets' events: a peer
+/// that streams messages faster than they are handled used to keep the loop reading it
+/// alone, and the other sessions' routers then timed them out (RFC 4271 §10 assumes the
+/// KeepaliveTimer is honoured).
+const READS_PER_TURN: usize = 16;
+
 const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
 const FIRST_CONN: usize = 1 << 16;
@@ -442,6 +453,9 @@ struct Loop {
     resample_every: Duration,
     /// The unacknowledged bytes of all peers at the last sample.
     unacked: usize,
+    /// Sockets (of sessions or closing) whose reads stopped at [`READS_PER_TURN`] with
+    /// more perhaps waiting: they are read again next turn, which then does not wait.
+    unread: Vec<Token>,
 }
 
 impl Loop {
@@ -468,55 +482,70 @@ impl Loop {
             resample_at: None,
             resample_every: UNACKED_POLL,
             unacked: 0,
+            unread: Vec::new(),
         }
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let now = Instant::now();
-            if let Some(by) = self.stop_by {
-                let open =
-                    self.peers.iter().any(|p| !p.socks.is_empty()) || !self.closing.is_empty();
-                if !open || now >= by {
-                    self.closing
-                        .values()
-                        .for_each(Closing::reset_if_undelivered);
-                    return;
-                }
+        let mut buf = vec![0u8; READ_BUFFER];
+        while self.turn(&mut events, &mut buf) {}
+    }
+
+    /// One turn of the loop: waits for I/O, a command or the next timer, reads what is
+    /// ready (each socket at most [`READS_PER_TURN`] times), carries out the commands,
+    /// fires the timers due and publishes the peers' state. False when the loop ends.
+    fn turn(&mut self, events: &mut Events, buf: &mut [u8]) -> bool {
+        let now = Instant::now();
+        if let Some(by) = self.stop_by {
+            let open = self.peers.iter().any(|p| !p.socks.is_empty()) || !self.closing.is_empty();
+            if !open || now >= by {
+                self.closing
+                    .values()
+                    .for_each(Closing::reset_if_undelivered);
+                return false;
             }
-            let timeout = self
-                .next_deadline()
-                .map(|at| at.saturating_duration_since(now));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    // The thread ends: its owner sees that ([`Speaker::ended`]) and gives up.
-                    error!("BGP speaker poll failed; the speaker stops: {e}");
-                    return;
-                }
-            }
-            let now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    Token(t) if t < FIRST_CONN => self.accept(now, t - FIRST_LISTENER),
-                    token => match self.tokens.get(&token).copied() {
-                        Some(Owner::Conn(p, id)) => self.conn_ready(now, p, id, &mut buf),
-                        Some(Owner::Closing) => self.closing_ready(token, &mut buf),
-                        None => {}
-                    },
-                }
-            }
-            while let Ok(c) = self.commands.try_recv() {
-                self.command(now, c);
-                self.resample_every = UNACKED_POLL;
-            }
-            self.watch_sending(now);
-            self.fire_timers(now);
-            self.expire_closing(now);
-            self.publish(now);
         }
+        let timeout = match self.unread.is_empty() {
+            true => self
+                .next_deadline()
+                .map(|at| at.saturating_duration_since(now)),
+            false => Some(Duration::ZERO),
+        };
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                // The thread ends: its owner sees that ([`Speaker::ended`]) and gives up.
+                error!("BGP speaker poll failed; the speaker stops: {e}");
+                return false;
+            }
+        }
+        let now = Instant::now();
+        let mut ready: Vec<Token> = events.iter().map(|e| e.token()).collect();
+        for token in std::mem::take(&mut self.unread) {
+            if !ready.contains(&token) {
+                ready.push(token);
+            }
+        }
+        for token in ready {
+            match token {
+                WAKER => {}
+                Token(t) if t < FIRST_CONN => self.accept(now, t - FIRST_LISTENER),
+                token => match self.tokens.get(&token).copied() {
+                    Some(Owner::Conn(p, id)) => self.conn_ready(now, p, id, buf),
+                    Some(Owner::Closing) => self.closing_ready(token, buf),
+                    None => {}
+                },
+            }
+        }
+        while let Ok(c) = self.commands.try_recv() {
+            self.command(now, c);
+            self.resample_every = UNACKED_POLL;
+        }
+        self.watch_sending(now);
+        self.fire_timers(now);
+        self.expire_closing(now);
+        self.publish(now);
+        true
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -1108,8 +1137,11 @@ impl Loop {
                 },
             );
         }
-        loop {
+        let token = sock.token;
+        for _ in 0..READS_PER_TURN {
             let Some(sock) = self.peers[p].socks.get_mut(&id) else {
+                // The session closed it: what is left is read as it closes.
+                self.unread.push(token);
                 return;
             };
             match sock.stream.read(buf) {
@@ -1145,6 +1177,8 @@ impl Loop {
                 }
             }
         }
+        // More may wait: the rest next turn, after the timers and the other sockets.
+        self.unread.push(token);
     }
 
     /// Stops using a connection: what is queued (a NOTIFICATION, usually) still goes
@@ -1186,7 +1220,13 @@ impl Loop {
             c.write_shut = true;
             done = c.stream.shutdown(Shutdown::Write).is_err();
         }
+        let mut reads = 0;
         while !done {
+            if reads == READS_PER_TURN {
+                self.unread.push(token);
+                break;
+            }
+            reads += 1;
             match c.stream.read(buf) {
                 Ok(0) => done = true,
                 Ok(_) => {}
@@ -1439,6 +1479,75 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let ours = socket::connect(listener.local_addr().unwrap(), None, None).unwrap();
         assert_eq!(keepalive(&ours), expected, "connected");
+    }
+
+    /// Bytes waiting in a socket's receive queue (`FIONREAD`, tcp(7)'s SIOCINQ).
+    fn queued(fd: &impl std::os::fd::AsRawFd) -> usize {
+        let mut bytes: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through its argument, alive for the call.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut bytes) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        usize::try_from(bytes).unwrap()
+    }
+
+    /// A peer that streams messages is read a bounded share per turn of the loop, and
+    /// the rest on the turns after, without waiting for new readiness: between its
+    /// shares the other sessions' timers fire. The loop used to read a socket until it
+    /// had nothing more, so a peer sending faster than its messages were handled kept
+    /// every other session's KEEPALIVEs from going out, until their routers' hold
+    /// timers expired. Here the stream is all queued before the turn, so that the old
+    /// loop would read it whole in that one turn whatever the scheduling.
+    #[test]
+    fn a_streaming_peer_is_read_a_share_per_turn() {
+        let mut l = event_loop(vec![passive(1), passive(2)]);
+        let mut a_end = establish(&mut l, 0);
+        let _b_end = establish(&mut l, 1);
+        let keepalive = Message::Keepalive.to_bytes(Context::default()).unwrap();
+        let count = 1700;
+        a_end.write_all(&keepalive.repeat(count)).unwrap();
+        let a_sock = &l.peers[0].socks.values().next().unwrap().stream;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while queued(a_sock) < count * keepalive.len() {
+            assert!(Instant::now() < deadline, "the stream never arrived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // B's KEEPALIVE is due.
+        let b = &mut l.peers[1];
+        let keepalive_timer = *b
+            .timers
+            .keys()
+            .find(|t| matches!(t, Timer::Keepalive(_)))
+            .unwrap();
+        b.timers.insert(keepalive_timer, Instant::now());
+        let b_sent = b.session.stats().sent.keepalive;
+        let a_received = |l: &Loop| l.peers[0].session.stats().received.keepalive - 1;
+
+        // A buffer of 512 octets: a turn reads at most 16 of them, 8 KiB, of 32 KiB.
+        let (mut events, mut buf) = (Events::with_capacity(16), [0u8; 512]);
+        assert!(l.turn(&mut events, &mut buf));
+        let first = a_received(&l);
+        assert!(
+            first > 0 && first as usize * keepalive.len() <= READS_PER_TURN * buf.len(),
+            "the first turn took {first} of A's {count} KEEPALIVEs"
+        );
+        assert_eq!(
+            l.peers[1].session.stats().sent.keepalive,
+            b_sent + 1,
+            "B's KEEPALIVE did not go out in that turn"
+        );
+        // The rest comes in the next turns, with no new data to signal it.
+        let mut turns = 1;
+        while (a_received(&l) as usize) < count {
+            assert!(
+                !l.unread.is_empty(),
+                "A's stream is left unread after {} KEEPALIVEs",
+                a_received(&l)
+            );
+            assert!(l.turn(&mut events, &mut buf));
+            turns += 1;
+        }
+        assert!(turns >= 4, "{turns} turns");
+        assert_eq!(l.peers[0].session.state(), State::Established);
     }
 
     /// A listener that cannot be bound is named in the error.
