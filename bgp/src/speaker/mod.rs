@@ -700,13 +700,13 @@ impl Loop {
             for (peer, key) in &keys {
                 // Deleting a key the listener never had (`None` after `None`) is not
                 // asked for: `keys` holds only changes.
-                socket::listener_md5(&l.socket, l.addr, *peer, key.as_deref()).map_err(
-                    |error| ReconfigureError::Md5 {
+                socket::listener_md5(&l.socket, *peer, key.as_deref()).map_err(|error| {
+                    ReconfigureError::Md5 {
                         peer: *peer,
                         listener: l.addr,
                         error,
-                    },
-                )?;
+                    }
+                })?;
             }
         }
         Ok(())

@@ -2,11 +2,12 @@
 //! and TCP MD5 signatures (RFC 2385) through the Linux TCP_MD5SIG socket option.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
+use tracing::warn;
 
 /// `TCP_MD5SIG_MAXKEYLEN` in linux/tcp.h.
 const MD5_MAX_KEY: usize = 80;
@@ -130,37 +131,59 @@ pub fn connect(
 }
 
 /// A non-blocking listener; `md5` lists the peers that must sign their segments.
+/// Every address, `[::]`, on a host without IPv6 (booted with `ipv6.disable=1`, where
+/// an IPv6 socket cannot even be made) is every IPv4 address, `0.0.0.0`, instead: the
+/// dual-stack socket would only have served IPv4 peers there anyway.
 pub fn listen(addr: SocketAddr, md5: &[(IpAddr, &str)]) -> io::Result<mio::net::TcpListener> {
-    let socket = Socket::new(domain(&addr.ip()), Type::STREAM, Some(Protocol::TCP))?;
+    listen_with(addr, md5, |domain| {
+        Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+    })
+}
+
+/// [`listen`], making its socket with `new_socket` (which the tests make fail as a host
+/// without IPv6 does).
+fn listen_with(
+    addr: SocketAddr,
+    md5: &[(IpAddr, &str)],
+    new_socket: impl Fn(Domain) -> io::Result<Socket>,
+) -> io::Result<mio::net::TcpListener> {
+    let socket = match new_socket(domain(&addr.ip())) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                && addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) =>
+        {
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            warn!("no IPv6 on this host ({e}): BGP peers are awaited on {v4}, IPv4 only, instead of {addr}");
+            return listen_with(v4, md5, new_socket);
+        }
+        result => result?,
+    };
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
     for (peer, password) in md5 {
-        listener_md5(&socket, addr, *peer, Some(*password))?;
+        listener_md5(&socket, *peer, Some(*password))?;
     }
     socket.bind(&addr.into())?;
     socket.listen(16)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
-/// Sets (or with `None` deletes) `peer`'s TCP MD5 key on a listener bound to `addr`.
-/// An IPv4 listener skips IPv6 peers: they can never connect to it, and Linux refuses a
-/// key whose address is not IPv4 on an IPv4 socket (EINVAL).
-pub fn listener_md5(
-    listener: &impl AsRawFd,
-    addr: SocketAddr,
-    peer: IpAddr,
-    password: Option<&str>,
-) -> io::Result<()> {
-    let peer = match (addr, peer) {
-        (SocketAddr::V4(_), IpAddr::V6(_)) => return Ok(()),
+/// Sets (or with `None` deletes) `peer`'s TCP MD5 key on a listener. An IPv4 listener
+/// skips IPv6 peers: they can never connect to it, and Linux refuses a key whose
+/// address is not IPv4 on an IPv4 socket (EINVAL). The listener's own family decides,
+/// not the address it was asked for: `[::]` may be served by `0.0.0.0` ([`listen`]).
+pub fn listener_md5(listener: &impl AsFd, peer: IpAddr, password: Option<&str>) -> io::Result<()> {
+    let ipv4_socket = SockRef::from(listener).local_addr()?.is_ipv4();
+    let peer = match (ipv4_socket, peer) {
+        (true, IpAddr::V6(_)) => return Ok(()),
         // A dual-stack listener sees IPv4 peers as mapped addresses.
-        (SocketAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (false, IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
         _ => peer,
     };
-    set_md5(listener, peer, password.unwrap_or(""))
+    set_md5(&listener.as_fd(), peer, password.unwrap_or(""))
 }
 
 /// An IPv4 peer reaching a dual-stack listener shows up as `::ffff:a.b.c.d`.
@@ -168,5 +191,40 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener on every address, `[::]`, on a host without IPv6 (no IPv6 socket can be
+    /// made there: EAFNOSUPPORT) listens on `0.0.0.0` instead, takes IPv4 peers, and sets
+    /// and changes their TCP MD5 keys as an IPv4 listener does. The speaker used to fail
+    /// to start there, though nothing it was asked for needed IPv6.
+    #[test]
+    fn without_ipv6_every_address_is_every_ipv4_address() {
+        let no_ipv6 = |domain| match domain {
+            Domain::IPV6 => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+            _ => Socket::new(domain, Type::STREAM, Some(Protocol::TCP)),
+        };
+        let v4_peer = IpAddr::from([192, 0, 2, 1]);
+        let v6_peer: IpAddr = "2001:db8::1".parse().unwrap();
+        let keys = [(v4_peer, "four"), (v6_peer, "six")];
+        let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
+        let listener = listen_with(any6, &keys, no_ipv6).unwrap();
+        let bound = listener.local_addr().unwrap();
+        assert!(bound.is_ipv4() && bound.ip().is_unspecified(), "{bound}");
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, bound.port())).unwrap();
+        // A reload's new keys: the IPv4 peer's is set, the IPv6 one's skipped.
+        listener_md5(&listener, v4_peer, Some("new")).unwrap();
+        listener_md5(&listener, v6_peer, None).unwrap();
+        // A specific IPv6 address, or another error, is not taken for that.
+        let one6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 0));
+        let e = listen_with(one6, &[], no_ipv6).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAFNOSUPPORT));
+        let no_files = |_| Err(io::Error::from_raw_os_error(libc::EMFILE));
+        let e = listen_with(any6, &[], no_files).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
     }
 }
