@@ -132,6 +132,10 @@ pub struct BackendStatus {
     /// Maglev slots this backend holds (of the service's `table_size`).
     pub slots: u32,
     pub next_hop: NextHopStatus,
+    /// This gateway has an outer source address of the backend's family. Without one the
+    /// backend keeps its Maglev slots (so the tables match the other gateways'), but its
+    /// packets are dropped as `no_tunnel_source` and it does not count toward announcing.
+    pub tunnel_source: bool,
     /// Frames sent to this backend, and their bytes (after encapsulation).
     pub packets: u64,
     pub bytes: u64,
@@ -432,7 +436,11 @@ fn backends_table(s: &Status) -> Option<Table> {
                 health,
                 b.weight.to_string(),
                 share(b.slots, v.table_size),
-                next_hop(&b.next_hop),
+                if b.tunnel_source {
+                    next_hop(&b.next_hop)
+                } else {
+                    no_source(b.address)
+                },
                 b.packets.to_string(),
                 bytes(b.bytes),
             ]);
@@ -555,6 +563,12 @@ fn next_hop(n: &NextHopStatus) -> String {
     }
 }
 
+/// Said instead of the next hop of a backend this gateway has no outer source for.
+fn no_source(backend: IpAddr) -> String {
+    let family = if backend.is_ipv4() { "IPv4" } else { "IPv6" };
+    format!("no outer {family} source: dropped")
+}
+
 /// `33.3%` of the table.
 fn share(slots: u32, table_size: u32) -> String {
     if table_size == 0 {
@@ -659,6 +673,7 @@ pub(crate) mod tests {
                             weight: 1,
                             slots: 32769,
                             next_hop: hop("198.51.100.11", Some("02:00:00:00:00:0b")),
+                            tunnel_source: true,
                             packets: 61728,
                             bytes: 50000000,
                         },
@@ -669,6 +684,7 @@ pub(crate) mod tests {
                             weight: 1,
                             slots: 32768,
                             next_hop: hop("198.51.100.1", None),
+                            tunnel_source: true,
                             packets: 0,
                             bytes: 0,
                         },
@@ -684,6 +700,7 @@ pub(crate) mod tests {
                                 ),
                                 ..NextHopStatus::default()
                             },
+                            tunnel_source: true,
                             packets: 7,
                             bytes: 700,
                         },
@@ -700,7 +717,17 @@ pub(crate) mod tests {
                     table_size: 65537,
                     packets: 0,
                     bytes: 0,
-                    backends: vec![],
+                    backends: vec![BackendStatus {
+                        address: "2001:db8::13".parse().unwrap(),
+                        health: Health::Up,
+                        health_reason: None,
+                        weight: 1,
+                        slots: 65537,
+                        next_hop: hop("2001:db8::13", Some("02:00:00:00:00:0d")),
+                        tunnel_source: false,
+                        packets: 0,
+                        bytes: 0,
+                    }],
                 },
             ],
             untracked_backends: 3,
@@ -785,14 +812,15 @@ dsrgate 0.1.0, up 1h02m, snapshot generation 42, dataplane ok
 VIPs
  SERVICE                    NAME  ANNOUNCED   UP  GEN  PACKETS     BYTES  REASON
  192.0.2.10:80/tcp          web   yes        2/3   41   123456  94.2 MiB  announced
- [2001:db8:100::10]:53/udp  dns6  no         0/0   40        0       0 B  withdrawn: 0 healthy backends, 1 required
+ [2001:db8:100::10]:53/udp  dns6  no         1/1   40        0       0 B  withdrawn: 0 healthy backends, 1 required
   2 service ports not counted per VIP (per-VIP table full): PACKETS and BYTES under-count
 
 Backends
- SERVICE            BACKEND        HEALTH                     WEIGHT  SHARE  NEXT HOP                                         PACKETS     BYTES
- 192.0.2.10:80/tcp  198.51.100.11  up                              1  50.0%  198.51.100.11 02:00:00:00:00:0b                    61728  47.7 MiB
- 192.0.2.10:80/tcp  198.51.100.12  up                              1  50.0%  198.51.100.1 unresolved                                0       0 B
- 192.0.2.10:80/tcp  198.51.100.13  down (connection refused)       1   0.0%  no route: Network is unreachable (os error 101)        7     700 B
+ SERVICE                    BACKEND        HEALTH                     WEIGHT   SHARE  NEXT HOP                                         PACKETS     BYTES
+ 192.0.2.10:80/tcp          198.51.100.11  up                              1   50.0%  198.51.100.11 02:00:00:00:00:0b                    61728  47.7 MiB
+ 192.0.2.10:80/tcp          198.51.100.12  up                              1   50.0%  198.51.100.1 unresolved                                0       0 B
+ 192.0.2.10:80/tcp          198.51.100.13  down (connection refused)       1    0.0%  no route: Network is unreachable (os error 101)        7     700 B
+ [2001:db8:100::10]:53/udp  2001:db8::13   up                              1  100.0%  no outer IPv6 source: dropped                          0       0 B
   3 backend slots not counted per backend (per-backend table full): PACKETS and BYTES under-count
 
 BGP peers

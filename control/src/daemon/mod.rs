@@ -874,6 +874,7 @@ impl Daemon {
             health: &health,
             weights: &weights,
             next_hops: &self.next_hops,
+            tunnel: &|vip, backend| self.params.can_tunnel(vip, backend),
             live: self.publisher.vips(),
             policy: &self.policy,
             peers: &peers,

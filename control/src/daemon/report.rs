@@ -40,6 +40,8 @@ pub struct Inputs<'a> {
     /// Effective weight of `(spec index, backend)` while it is usable.
     pub weights: &'a dyn Fn(usize, IpAddr) -> Option<u32>,
     pub next_hops: &'a HashMap<IpAddr, Resolution>,
+    /// Whether this gateway can tunnel `(VIP address, backend)` ([`crate::publish::Params::can_tunnel`]).
+    pub tunnel: &'a dyn Fn(IpAddr, IpAddr) -> bool,
     pub live: &'a [LiveVip],
     pub policy: &'a Policy,
     pub peers: &'a [bgp::speaker::PeerStatus],
@@ -99,6 +101,7 @@ pub fn build(i: &Inputs<'_>) -> Status {
                             .get(&b.addr)
                             .map(NextHopStatus::from)
                             .unwrap_or_default(),
+                        tunnel_source: (i.tunnel)(spec.addr, b.addr),
                         packets,
                         bytes,
                     }
@@ -367,6 +370,7 @@ mod tests {
                 },
                 weights: &|_, _| None,
                 next_hops: &next_hops,
+                tunnel: &|_, _| true,
                 live: &[],
                 policy: &policy,
                 peers: &[],
@@ -605,6 +609,7 @@ mod tests {
             },
             weights: &|_, _| None,
             next_hops: &next_hops,
+            tunnel: &|_, _| true,
             live: &live,
             policy: &policy,
             peers: &[],

@@ -37,6 +37,7 @@ pub fn a_status(packets: u64) -> Status {
                     mac: Some("02:00:00:00:00:0b".into()),
                     error: None,
                 },
+                tunnel_source: true,
                 packets,
                 bytes: packets * 120,
             }],
