@@ -553,6 +553,23 @@ fn passive_speaker_and_connection_collision() -> Result<()> {
     )
 }
 
+/// The link-local address of the interface of `ns` that has address `global`.
+fn link_local_beside(ns: &Netns, global: &str) -> Result<String> {
+    let line = ns.ip(&["-6", "-o", "addr", "show", "to", global])?;
+    let dev = line
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("no interface has {global}: {line:?}"))?;
+    let dev = dev.split('@').next().unwrap_or(dev);
+    let ll = ns.ip(&["-6", "-o", "addr", "show", "dev", dev, "scope", "link"])?;
+    ll.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string)
+        .with_context(|| format!("no link-local address on {dev}: {ll:?}"))
+}
+
 #[test]
 fn ipv6_session_carries_both_families() -> Result<()> {
     let sessions = [(1, 65001, fabric6(gateway_host(1)))];
@@ -565,6 +582,15 @@ fn ipv6_session_carries_both_families() -> Result<()> {
         assert!(k4.contains("via 198.51.100.2"), "{k4}");
         let k6 = kernel_route(lab.router(), VIP6)?;
         assert!(k6.contains("via 2001:db8:f::2"), "{k6}");
+        // The router shares the next hop's link: gw1's link-local address there goes
+        // with the global one (RFC 2545 §3), and BIRD still forwards to the global one.
+        let global = fabric6(gateway_host(1));
+        let link_local = link_local_beside(lab.net.ns("gw1"), &global)?;
+        let v6 = lab.bird.route("2001:db8:100::10/128")?.unwrap_or_default();
+        assert!(
+            v6.contains(&format!("BGP.next_hop: {global} {link_local}")),
+            "no link-local next hop {link_local}:\n{v6}"
+        );
         Ok(())
     })
 }

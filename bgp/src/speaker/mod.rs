@@ -909,6 +909,22 @@ impl Loop {
             .get(&conn)
             .and_then(|s| s.stream.local_addr().ok())
             .map(|a| socket::canonical(a.ip()));
+        let next_hop_v6 = peer.config.next_hop_v6.or(match local {
+            Some(IpAddr::V6(a)) if !a.is_unicast_link_local() => Some(a),
+            _ => None,
+        });
+        // RFC 2545 §3, on an IPv6 session: the next hop's link-local address too when the
+        // next hop is this host on the peer's link.
+        let next_hop_v6_link_local = match (local, peer.config.address, next_hop_v6) {
+            (Some(IpAddr::V6(local)), IpAddr::V6(to), Some(nh)) => match socket::ipv6_addresses() {
+                Ok(addresses) => socket::link_local_next_hop(&addresses, local, to, nh),
+                Err(e) => {
+                    warn!(peer = %peer.config.address, "cannot list the interfaces' addresses, so no link-local next hop goes with {nh}: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
         let export = Export {
             local_as: peer.config.session.local_as,
             internal: peer.config.session.local_as == peer.config.session.remote_as,
@@ -918,10 +934,8 @@ impl Loop {
                 Some(IpAddr::V4(a)) => Some(a),
                 _ => None,
             }),
-            next_hop_v6: peer.config.next_hop_v6.or(match local {
-                Some(IpAddr::V6(a)) if !a.is_unicast_link_local() => Some(a),
-                _ => None,
-            }),
+            next_hop_v6,
+            next_hop_v6_link_local,
         };
         for f in &export.families {
             let missing = match f {
@@ -932,7 +946,7 @@ impl Loop {
                 warn!(peer = %peer.config.address, "no {f} next hop for this session: configure one to announce {f} routes");
             }
         }
-        info!(peer = %peer.config.address, local = ?local, hold = negotiated.hold_time, "BGP session established");
+        info!(peer = %peer.config.address, local = ?local, hold = negotiated.hold_time, link_local_next_hop = ?export.next_hop_v6_link_local, "BGP session established");
         peer.rib.clear();
         let mut changes = peer.rib.sync(&self.routes, &export);
         changes

@@ -35,6 +35,9 @@ pub struct Export {
     /// without one cannot be announced.
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// The link-local address that goes with `next_hop_v6` in MP_REACH_NLRI, when the
+    /// peer shares a link with it (RFC 2545 §3: then, and only then, it is included).
+    pub next_hop_v6_link_local: Option<Ipv6Addr>,
 }
 
 impl Export {
@@ -54,9 +57,14 @@ impl Export {
             if let Some(nh) = self.next_hop_v6 {
                 // RFC 4760 §3: MP_REACH_NLRI first is customary; the NLRI is filled in
                 // by the packer.
+                // RFC 2545 §3: the global address, then the link-local one if any.
+                let next_hops = std::iter::once(nh)
+                    .chain(self.next_hop_v6_link_local)
+                    .map(Into::into)
+                    .collect();
                 out.push(PathAttribute::MpReach(MpReach {
                     family,
-                    next_hops: vec![nh.into()],
+                    next_hops,
                     nlri: vec![],
                 }));
             }
@@ -294,7 +302,8 @@ fn announcements(routes: &Routes, export: &Export) -> (Vec<Update>, Vec<Unsendab
 
 /// The longest UPDATE that announces one host route with `attrs` (plus the spare
 /// octet the packer keeps), over every session this speaker may have: eBGP or iBGP,
-/// 2- or 4-octet AS numbers (a wide local AS then adds AS4_PATH), IPv4 or IPv6. A
+/// 2- or 4-octet AS numbers (a wide local AS then adds AS4_PATH), IPv4 or IPv6 (with
+/// a link-local next hop too). A
 /// route is sent on every session if this is at most [`MAX_MESSAGE_LEN`]; the
 /// configuration checks it so that no route it accepts is refused.
 pub fn max_update_len(attrs: &RouteAttributes) -> usize {
@@ -308,6 +317,7 @@ pub fn max_update_len(attrs: &RouteAttributes) -> usize {
                 families: Family::ALL.to_vec(),
                 next_hop_v4: Some(Ipv4Addr::UNSPECIFIED),
                 next_hop_v6: Some(Ipv6Addr::UNSPECIFIED),
+                next_hop_v6_link_local: Some(Ipv6Addr::UNSPECIFIED),
             })
     });
     let mut longest = 0;
@@ -342,6 +352,7 @@ mod tests {
             families: Family::ALL.to_vec(),
             next_hop_v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
             next_hop_v6: Some("2001:db8::2".parse().unwrap()),
+            next_hop_v6_link_local: None,
         }
     }
 
@@ -551,6 +562,7 @@ mod tests {
             med: Option<u32>,
             internal: bool,
             four_octet: bool,
+            link_local: bool,
             local_as in proptest::prop_oneof![1u32..65535, 65536u32..=u32::MAX],
         ) {
             let attrs = RouteAttributes {
@@ -564,6 +576,7 @@ mod tests {
             e.internal = internal;
             e.local_as = local_as;
             e.ctx = Context { four_octet_as: four_octet };
+            e.next_hop_v6_link_local = link_local.then(|| "fe80::2".parse().unwrap());
             let want: Routes = ["192.0.2.10/32", "2001:db8:100::10/128"]
                 .iter()
                 .map(|p| (p.parse().unwrap(), attrs.clone()))
@@ -578,6 +591,33 @@ mod tests {
             if max_update_len(&attrs) <= MAX_MESSAGE_LEN {
                 proptest::prop_assert!(c.refused.is_empty());
             }
+        }
+    }
+
+    /// RFC 2545 §3: a peer on the next hop's link gets its link-local address too,
+    /// after the global one: a next hop of 32 octets.
+    #[test]
+    fn an_on_link_peer_gets_the_link_local_next_hop_too() {
+        let global: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let link_local: Ipv6Addr = "fe80::2".parse().unwrap();
+        for (ll, next_hops) in [
+            (None, vec![std::net::IpAddr::V6(global)]),
+            (Some(link_local), vec![global.into(), link_local.into()]),
+        ] {
+            let mut e = export();
+            e.next_hop_v6_link_local = ll;
+            let ups = AdjRibOut::default()
+                .sync(&routes(&[("2001:db8:100::10/128", None)]), &e)
+                .updates;
+            let bytes = Message::Update(ups[0].clone()).to_bytes(e.ctx).unwrap();
+            let Ok(Message::Update(u)) = Message::parse(&bytes, e.ctx) else {
+                panic!("{bytes:?}");
+            };
+            let Some(PathAttribute::MpReach(mp)) = u.attributes.first() else {
+                panic!("{u:?}");
+            };
+            assert_eq!(mp.next_hops, next_hops);
+            assert_eq!(mp.nlri, ["2001:db8:100::10/128".parse::<Prefix>().unwrap()]);
         }
     }
 

@@ -186,6 +186,97 @@ pub fn listener_md5(listener: &impl AsFd, peer: IpAddr, password: Option<&str>) 
     set_md5(&listener.as_fd(), peer, password.unwrap_or(""))
 }
 
+/// One IPv6 address of an interface, as getifaddrs(3) lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub interface: String,
+    pub addr: Ipv6Addr,
+    pub prefix_len: u32,
+}
+
+/// The IPv6 addresses of every interface (getifaddrs(3)).
+pub fn ipv6_addresses() -> io::Result<Vec<InterfaceAddress>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list it allocates through the pointer it is given,
+    // which is live for the call; the list is freed below, once.
+    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is an entry of the list getifaddrs made, not freed yet.
+        let ifa = unsafe { &*entry };
+        entry = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null ifa_addr points at a socket address whose family field
+        // says how long it is; only an AF_INET6 one is read as a sockaddr_in6, and its
+        // netmask has that family too (getifaddrs(3)). ifa_name is a C string.
+        let (addr, mask, name) = unsafe {
+            if i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET6 {
+                continue;
+            }
+            (
+                (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
+                    .sin6_addr
+                    .s6_addr,
+                (*ifa.ifa_netmask.cast::<libc::sockaddr_in6>())
+                    .sin6_addr
+                    .s6_addr,
+                std::ffi::CStr::from_ptr(ifa.ifa_name),
+            )
+        };
+        out.push(InterfaceAddress {
+            interface: name.to_string_lossy().into_owned(),
+            addr: Ipv6Addr::from(addr),
+            prefix_len: u128::from_be_bytes(mask).count_ones(),
+        });
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once; nothing points into it
+    // any more (everything kept was copied).
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+/// RFC 2545 §3: the link-local address to send after global next hop `next_hop` to
+/// `peer`, on a session from `local`: "if and only if the BGP speaker shares a common
+/// subnet with the entity identified by the global IPv6 address ... and the peer the
+/// route is being advertised to". That is the link-local address of the interface that
+/// has `local`, when `next_hop` is an address of that interface too (the next hop is
+/// this host, on that link) and `peer` is inside one of its global prefixes (on that
+/// link as well). None otherwise: the link-local address of a next hop that is another
+/// host is not ours to know, and a peer elsewhere could not reach one.
+pub fn link_local_next_hop(
+    addresses: &[InterfaceAddress],
+    local: Ipv6Addr,
+    peer: Ipv6Addr,
+    next_hop: Ipv6Addr,
+) -> Option<Ipv6Addr> {
+    let within = |a: &InterfaceAddress, ip: Ipv6Addr| {
+        let mask = u128::MAX
+            .checked_shl(128 - a.prefix_len.min(128))
+            .unwrap_or(0);
+        u128::from(a.addr) & mask == u128::from(ip) & mask
+    };
+    addresses
+        .iter()
+        .filter(|a| a.addr == local)
+        .map(|a| &a.interface)
+        .find_map(|interface| {
+            let on = || addresses.iter().filter(|a| &a.interface == interface);
+            let here = on().any(|a| a.addr == next_hop);
+            let peer_on_link = on()
+                .filter(|a| !a.addr.is_unicast_link_local())
+                .any(|a| within(a, peer));
+            if !(here && peer_on_link) {
+                return None;
+            }
+            on().map(|a| a.addr).find(Ipv6Addr::is_unicast_link_local)
+        })
+}
+
 /// An IPv4 peer reaching a dual-stack listener shows up as `::ffff:a.b.c.d`.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -197,6 +288,58 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn on(interface: &str, cidr: &str) -> InterfaceAddress {
+        let (addr, len) = cidr.split_once('/').unwrap();
+        InterfaceAddress {
+            interface: interface.into(),
+            addr: addr.parse().unwrap(),
+            prefix_len: len.parse().unwrap(),
+        }
+    }
+
+    fn ip(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    /// RFC 2545 §3: the link-local address goes with the next hop when, and only when,
+    /// the next hop is this host on the link that has the session and the peer.
+    #[test]
+    fn the_link_local_next_hop_is_sent_only_on_the_peers_link() {
+        let host = [
+            on("lo", "::1/128"),
+            on("eth0", "2001:db8:f::2/64"),
+            on("eth0", "2001:db8:f::12/64"),
+            on("eth0", "fe80::2/64"),
+            on("eth1", "2001:db8:e::2/64"),
+            on("eth1", "fe80::1:2/64"),
+            on("eth2", "2001:db8:d::2/64"),
+        ];
+        let ll = |local: &str, peer: &str, nh: &str| {
+            link_local_next_hop(&host, ip(local), ip(peer), ip(nh))
+        };
+        // The session's own address, or another of its interface's.
+        assert_eq!(
+            ll("2001:db8:f::2", "2001:db8:f::1", "2001:db8:f::2"),
+            Some(ip("fe80::2"))
+        );
+        assert_eq!(
+            ll("2001:db8:f::2", "2001:db8:f::1", "2001:db8:f::12"),
+            Some(ip("fe80::2"))
+        );
+        assert_eq!(
+            ll("2001:db8:e::2", "2001:db8:e::1", "2001:db8:e::2"),
+            Some(ip("fe80::1:2"))
+        );
+        // A next hop on another link, or another host's: its link-local is not ours.
+        assert_eq!(ll("2001:db8:f::2", "2001:db8:f::1", "2001:db8:e::2"), None);
+        assert_eq!(ll("2001:db8:f::2", "2001:db8:f::1", "2001:db8:f::3"), None);
+        // A peer off the link (multihop).
+        assert_eq!(ll("2001:db8:f::2", "2001:db8:99::1", "2001:db8:f::2"), None);
+        // An interface without a link-local address, or a local address on none.
+        assert_eq!(ll("2001:db8:d::2", "2001:db8:d::1", "2001:db8:d::2"), None);
+        assert_eq!(ll("2001:db8:c::2", "2001:db8:f::1", "2001:db8:c::2"), None);
+    }
 
     /// A listener on every address, `[::]`, on a host without IPv6 (no IPv6 socket can be
     /// made there: EAFNOSUPPORT) listens on `0.0.0.0` instead, takes IPv4 peers, and sets

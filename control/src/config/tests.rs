@@ -408,7 +408,7 @@ fn with_communities(n: usize, m: usize, med: bool, kube: bool) -> String {
 
 /// Whether a route with `b`'s attributes goes out in UPDATEs of at most 4096 octets
 /// on every kind of session: eBGP or iBGP, 2- or 4-octet AS numbers with a narrow or
-/// a wide local AS, IPv4 or IPv6.
+/// a wide local AS, IPv4 or IPv6 (a global and a link-local next hop, the longest).
 fn announced_everywhere(b: &VipBgp) -> bool {
     use bgp::speaker::{AdjRibOut, Export, Routes};
     use bgp::wire::{Context, Family, Message};
@@ -422,6 +422,7 @@ fn announced_everywhere(b: &VipBgp) -> bool {
                     families: Family::ALL.to_vec(),
                     next_hop_v4: Some("192.0.2.1".parse().unwrap()),
                     next_hop_v6: Some("2001:db8::1".parse().unwrap()),
+                    next_hop_v6_link_local: Some("fe80::1".parse().unwrap()),
                 };
                 for p in ["203.0.113.10/32", "2001:db8:100::10/128"] {
                     let routes = Routes::from([(p.parse().unwrap(), b.route_attributes())]);
