@@ -989,6 +989,41 @@ fn every_static_vip_family_needs_a_next_hop() {
     );
 }
 
+/// A link-local peer address names no host without an interface (the session's connect
+/// failed with EINVAL, retried forever), so it is refused, naming the field; and such a
+/// peer does not count as one that gives IPv6 VIPs a next hop. Both used to pass.
+#[test]
+fn a_link_local_peer_is_refused_and_carries_no_ipv6_route() {
+    let text = with_peer("", VIP6).replace("\"192.0.2.254\"", "\"fe80::1\"");
+    let ps = problems(&text);
+    let found = |path: &str| {
+        ps.iter()
+            .find(|p| p.path == path)
+            .unwrap_or_else(|| panic!("no problem at {path}: {ps:#?}"))
+    };
+    let peer = found("bgp.peers[0].address");
+    assert!(peer.message.contains("fe80::1 is link-local"), "{ps:#?}");
+    assert!(peer.location.is_some());
+    // The IPv6 VIP has no next hop now (MINIMAL's IPv4 one never had).
+    let vip6 = found("vips[1].address");
+    assert!(
+        vip6.message.contains("no BGP peer has an IPv6 next hop"),
+        "{ps:#?}"
+    );
+    found("vips[0].address");
+    assert_eq!(ps.len(), 3, "{ps:#?}");
+    // Nor may a session be bound to a link-local address.
+    let bound = with_peer(
+        "local_address = \"fe80::2\"\nnext_hop = [\"192.0.2.1\", \"2001:db8::1\"]",
+        "",
+    );
+    one_problem(
+        &bound.replace("\"192.0.2.254\"", "\"2001:db8::fe\""),
+        "bgp.peers[0].local_address",
+        "fe80::2 is link-local",
+    );
+}
+
 /// `min_hold_time`: 0 (the default) or from 3 s, and never above the hold time we
 /// propose, since the session runs on the lower of the two proposals.
 #[test]

@@ -278,6 +278,8 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
             v.at(Seg::Index(i), |v| {
                 if unusable(p.address) {
                     v.err("address", not_unicast(p.address));
+                } else if link_local(p.address) {
+                    v.err("address", format!("{} is link-local: a session to it needs the interface it is on, which the address does not say; peer with a global address", p.address));
                 } else if !seen.insert(p.address) {
                     v.err("address", format!("peer {} is configured twice", p.address));
                 }
@@ -322,12 +324,14 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
                             "local_address",
                             format!("{l} is not of the peer address's family"),
                         );
+                    } else if link_local(l) {
+                        v.err("local_address", format!("{l} is link-local: binding to it needs the interface it is on, which the address does not say; use a global address"));
                     }
                 }
                 for nh in p.next_hop.iter() {
                     if unusable(nh) {
                         v.err("next_hop", not_unicast(nh));
-                    } else if matches!(nh, IpAddr::V6(a) if a.is_unicast_link_local()) {
+                    } else if link_local(nh) {
                         v.err(
                             "next_hop",
                             format!("{nh} is link-local; an IPv6 next hop must be a global address (RFC 2545 §3)"),
@@ -356,11 +360,10 @@ fn announceable(v: &mut V, c: &Config, field: &str, addr: IpAddr, what: &str) {
         return;
     };
     let v4 = addr.is_ipv4();
-    if bgp
-        .peers
-        .iter()
-        .any(|p| p.address.is_ipv4() == v4 || p.next_hop.for_family(v4).is_some())
-    {
+    // A link-local peer (refused on its own) has no session, so no local address either.
+    if bgp.peers.iter().any(|p| {
+        (p.address.is_ipv4() == v4 && !link_local(p.address)) || p.next_hop.for_family(v4).is_some()
+    }) {
         return;
     }
     let (family, example) = match v4 {
@@ -388,6 +391,12 @@ pub(crate) fn unusable(a: IpAddr) -> bool {
             IpAddr::V4(a) => a.is_broadcast() || a.octets()[0] == 0,
             IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
         }
+}
+
+/// An IPv6 link-local address (fe80::/10, RFC 4291 §2.5.6): it names a host only
+/// together with an interface (a scope), which a configured address does not carry.
+fn link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
 /// Why `a`, which [`unusable`] refuses, cannot be used: the message for its field.
