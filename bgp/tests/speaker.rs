@@ -867,3 +867,28 @@ fn a_connection_refused_in_idle_gets_cease_connection_rejected() {
     };
     assert_eq!(stranger.notification(), rejected);
 }
+
+/// A speaker whose whole configuration is removed (the daemon's `[bgp]` section) tells
+/// every peer Cease / Peer De-configured (RFC 4486 subcode 3), as a reconfiguration tells
+/// a peer it removes, after withdrawing its routes.
+#[test]
+fn deconfigure_tells_every_peer_it_was_removed() {
+    let (listener, cfg) = raw_peer_at([127, 0, 0, 14]);
+    let mut speaker = Speaker::spawn(Config {
+        peers: vec![cfg],
+        listen: vec![],
+    })
+    .unwrap();
+    let mut peer = RawPeer::accept(&listener);
+    assert_eq!(peer.update(), Update::default());
+    assert_eq!(peer.update(), Update::end_of_rib(Family::Ipv6Unicast));
+    speaker.set_routes(routes(&["192.0.2.10/32"]));
+    assert_eq!(peer.update().announced().count(), 1);
+    speaker.deconfigure();
+    assert_eq!(peer.update().withdrawn_all().count(), 1);
+    assert_eq!(
+        peer.notification(),
+        Notification::cease(CeaseSubcode::PeerDeconfigured)
+    );
+    assert!(speaker.ended());
+}

@@ -14,6 +14,7 @@ mod socket;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -114,6 +115,17 @@ pub struct PeerStatus {
     pub negotiated: Option<Negotiated>,
 }
 
+/// What [`Speaker::snapshot`] returns: every peer, as of the commands it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The generation ([`Speaker::generation`]) of the last command the speaker had
+    /// carried out when it took this snapshot: the peers show that command's effect
+    /// (new routes in their Adj-RIB-Out, the UPDATEs that carry them written or queued),
+    /// and that of every command before it.
+    pub generation: u64,
+    pub peers: Vec<PeerStatus>,
+}
+
 /// What [`Speaker::reconfigure`] did, each list in the new config's order (removed
 /// peers in the old one's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,14 +176,19 @@ pub enum SpawnError {
 enum Command {
     SetRoutes(Routes),
     Reconfigure(Config, Sender<Result<Reconfigured, ReconfigureError>>),
-    Shutdown(String),
+    /// Withdraw everything and close every session with Cease: Administrative Shutdown
+    /// with this message, or Peer De-configured without one.
+    Shutdown(Option<String>),
 }
 
 /// Handle to the speaker thread.
 pub struct Speaker {
-    commands: Sender<Command>,
+    /// Each command with its generation.
+    commands: Sender<(u64, Command)>,
+    /// The generation of the last command sent.
+    generation: AtomicU64,
     waker: Arc<Waker>,
-    status: Arc<Mutex<Vec<PeerStatus>>>,
+    status: Arc<Mutex<Snapshot>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -193,7 +210,7 @@ impl Speaker {
     fn run(poll: Poll, listeners: Vec<Listener>, peers: Vec<PeerConfig>) -> io::Result<Speaker> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (commands, rx) = mpsc::channel();
-        let status = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(Snapshot::default()));
         let mut event_loop = Loop::new(poll, rx, status.clone(), listeners, peers);
         let now = Instant::now();
         for p in 0..event_loop.peers.len() {
@@ -205,6 +222,7 @@ impl Speaker {
             .spawn(move || event_loop.run())?;
         Ok(Speaker {
             commands,
+            generation: AtomicU64::new(0),
             waker,
             status,
             thread: Some(thread),
@@ -240,28 +258,53 @@ impl Speaker {
 
     /// A snapshot of every peer.
     pub fn peers(&self) -> Vec<PeerStatus> {
+        self.snapshot().peers
+    }
+
+    /// A snapshot of every peer, with the generation of the last command it reflects.
+    /// The speaker carries out commands asynchronously: a snapshot whose generation is
+    /// below [`Speaker::generation`] may not show the latest routes yet.
+    pub fn snapshot(&self) -> Snapshot {
         self.status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    /// The generation of the last command sent to the speaker ([`Speaker::set_routes`],
+    /// [`Speaker::reconfigure`]); it counts up from 1, and 0 is the state at start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Withdraws every route, sends Cease / Administrative Shutdown with `message`
     /// (RFC 8203) and waits (at most a couple of seconds) until the sessions are
     /// closed. Later calls do nothing.
     pub fn shutdown(&mut self, message: &str) {
+        self.stop(Some(message.to_string()));
+    }
+
+    /// [`Speaker::shutdown`] for a speaker whose configuration is gone (the whole `[bgp]`
+    /// section was removed): every session is told Cease / Peer De-configured (RFC 4486
+    /// subcode 3), as [`Speaker::reconfigure`] tells each peer it removes.
+    pub fn deconfigure(&mut self) {
+        self.stop(None);
+    }
+
+    fn stop(&mut self, message: Option<String>) {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        self.command(Command::Shutdown(message.to_string()));
+        self.command(Command::Shutdown(message));
         if thread.join().is_err() {
             warn!("BGP speaker thread panicked");
         }
     }
 
     fn command(&self, c: Command) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         // A send fails only when the thread is gone, and then there is nothing to do.
-        if self.commands.send(c).is_ok() {
+        if self.commands.send((generation, c)).is_ok() {
             if let Err(e) = self.waker.wake() {
                 warn!("cannot wake the BGP speaker: {e}");
             }
@@ -433,8 +476,10 @@ enum Owner {
 
 struct Loop {
     poll: Poll,
-    commands: Receiver<Command>,
-    status: Arc<Mutex<Vec<PeerStatus>>>,
+    commands: Receiver<(u64, Command)>,
+    /// The generation of the last command carried out.
+    applied: u64,
+    status: Arc<Mutex<Snapshot>>,
     /// In the order of [`Config::listen`]; a listener's token is its position.
     listeners: Vec<Listener>,
     peers: Vec<Peer>,
@@ -462,14 +507,15 @@ impl Loop {
     /// A loop with no connection yet, for `peers`, listening on `listeners`.
     fn new(
         poll: Poll,
-        commands: mpsc::Receiver<Command>,
-        status: Arc<Mutex<Vec<PeerStatus>>>,
+        commands: mpsc::Receiver<(u64, Command)>,
+        status: Arc<Mutex<Snapshot>>,
         listeners: Vec<Listener>,
         peers: Vec<PeerConfig>,
     ) -> Loop {
         Loop {
             poll,
             commands,
+            applied: 0,
             status,
             listeners,
             peers: peers.into_iter().map(Peer::new).collect(),
@@ -537,8 +583,9 @@ impl Loop {
                 },
             }
         }
-        while let Ok(c) = self.commands.try_recv() {
+        while let Ok((generation, c)) = self.commands.try_recv() {
             self.command(now, c);
+            self.applied = generation;
             self.resample_every = UNACKED_POLL;
         }
         self.watch_sending(now);
@@ -578,11 +625,20 @@ impl Loop {
                 let _ = reply.send(result);
             }
             Command::Shutdown(message) => {
-                info!("BGP speaker shutting down: {message}");
+                let reason = match &message {
+                    Some(message) => {
+                        info!("BGP speaker shutting down: {message}");
+                        StopReason::Shutdown(message)
+                    }
+                    None => {
+                        info!("BGP speaker shutting down: its configuration was removed; telling every peer Cease / Peer De-configured");
+                        StopReason::Deconfigured
+                    }
+                };
                 self.routes.clear();
                 for p in 0..self.peers.len() {
                     self.sync(now, p);
-                    self.feed(now, p, Event::Stop(StopReason::Shutdown(&message)));
+                    self.feed(now, p, Event::Stop(reason));
                 }
                 self.stop_by = Some(now + LINGER);
             }
@@ -1305,7 +1361,10 @@ impl Loop {
         };
         self.resample_at = (unacked > 0).then(|| now + self.resample_every);
         self.unacked = unacked;
-        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = Snapshot {
+            generation: self.applied,
+            peers: snapshot,
+        };
     }
 }
 
@@ -1334,7 +1393,7 @@ mod tests {
     /// A speaker loop for `peers`, driven by hand: no thread, no listener.
     fn event_loop(peers: Vec<PeerConfig>) -> Loop {
         let (_, commands) = mpsc::channel();
-        let status = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(Snapshot::default()));
         Loop::new(Poll::new().unwrap(), commands, status, Vec::new(), peers)
     }
 
@@ -1562,6 +1621,36 @@ mod tests {
         }
         assert!(turns >= 4, "{turns} turns");
         assert_eq!(l.peers[0].session.state(), State::Established);
+    }
+
+    /// A snapshot names the last command it shows: one taken after [`Speaker::set_routes`]
+    /// returned but before the speaker carried it out is older than
+    /// [`Speaker::generation`], so that a caller waiting for the routes to go can tell it
+    /// from one that shows them gone.
+    #[test]
+    fn a_snapshot_names_the_last_command_it_shows() {
+        let mut speaker = Speaker::run(Poll::new().unwrap(), Vec::new(), vec![passive(1)]).unwrap();
+        assert_eq!(
+            (speaker.generation(), speaker.snapshot().generation),
+            (0, 0)
+        );
+        let prefix: Prefix = "198.51.100.1/32".parse().unwrap();
+        for round in 1..=3 {
+            let routes: Routes = [(prefix, RouteAttributes::default())].into_iter().collect();
+            speaker.set_routes(routes);
+            speaker.set_routes(Routes::new());
+            assert_eq!(speaker.generation(), 2 * round);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while speaker.snapshot().generation < speaker.generation() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the speaker never took its commands"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(speaker.snapshot().generation, 2 * round);
+        }
+        speaker.shutdown("test over");
     }
 
     /// A listener that cannot be bound is named in the error.
