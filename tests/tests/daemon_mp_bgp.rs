@@ -2,7 +2,8 @@
 //! on gw1 peers with BIRD 2 on the router over IPv4 only, with an ipv4 and an ipv6
 //! channel on BIRD's side, and the peer's `next_hop` given per family. BIRD must learn
 //! both VIPs over that one session, each with its family's next hop, and lose only the
-//! IPv6 one when that VIP loses its backends or leaves the config.
+//! IPv6 one when that VIP loses its backends or leaves the config; both go, with Cease /
+//! Peer De-configured, when the `[bgp]` section does.
 //!
 //! Topology: [`Lab::new`] with one gateway. The IPv4 VIP is on nodes 1 and 2, the IPv6
 //! VIP on node 3 alone, so stopping node 3 leaves only the IPv6 VIP without a backend.
@@ -10,7 +11,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use dsrgate_tests::bird::{kernel_route, Bird};
 use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab, PREFIX4, SETTLE};
 use dsrgate_tests::netns::{fabric4, fabric6, gateway_host, node_host, Netns, VIP4, VIP6};
@@ -166,5 +167,21 @@ fn one_ipv4_session_carries_the_ipv6_vip() -> Result<()> {
     daemon.signal(libc::SIGHUP)?;
     daemon.wait_log(&["config reloaded"], Duration::from_secs(5))?;
     check_only_ipv6_withdrawn(&lab, &bird, &before)?;
+
+    // The whole [bgp] section goes: BIRD is told Cease / Peer De-configured (RFC 4486
+    // subcode 3), as a removed peer is, not Administrative Shutdown.
+    let toml = config(false)?;
+    let (start, end) = (toml.find("[bgp]"), toml.find("[[vips]]"));
+    let (Some(start), Some(end)) = (start, end) else {
+        bail!("no [bgp] before [[vips]] in:\n{toml}");
+    };
+    let offset = daemon.log_len();
+    daemon.write_config(&format!("{}{}", &toml[..start], &toml[end..]))?;
+    daemon.signal(libc::SIGHUP)?;
+    daemon.wait_log_after(offset, &["config reloaded"], Duration::from_secs(5))?;
+    bird.wait_route(PREFIX4, false, WITHDRAW)?;
+    let log = bird.log();
+    ensure!(log.contains(" gw1: Received: Peer de-configured"), "{log}");
+    ensure!(!log.contains("Received: Administrative shutdown"), "{log}");
     Ok(())
 }

@@ -1099,10 +1099,14 @@ impl Daemon {
     }
 
     /// Stops the speaker, then starts one for `bgp` (none without a `[bgp]` section) with
-    /// the current routes.
+    /// the current routes. Without one, the peers are told Cease / Peer De-configured
+    /// (RFC 4486), as a peer removed from the section is.
     fn restart_speaker(&mut self, bgp: Option<&config::Bgp>) -> Result<()> {
         if let Some(mut old) = self.speaker.take() {
-            old.shutdown("dsrgate configuration changed");
+            match bgp {
+                Some(_) => old.shutdown("dsrgate configuration changed"),
+                None => old.deconfigure(),
+            }
         }
         if let Some(bgp) = bgp {
             let s = Speaker::spawn(routes::speaker_config(bgp))
