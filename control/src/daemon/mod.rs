@@ -1188,7 +1188,8 @@ impl Daemon {
     /// Waits (bounded by [`WITHDRAW_WAIT`]) until no established session has a prefix in
     /// its Adj-RIB-Out or output its peer's TCP has not acknowledged
     /// (`PeerStatus::unacked_bytes`): the withdrawals have reached every router, not only
-    /// been queued behind a slow or stalled reader.
+    /// been queued behind a slow or stalled reader. Only a snapshot that shows the
+    /// speaker's last command (the withdrawal; [`routes::unwithdrawn`]) counts.
     fn wait_withdrawn(&self) {
         let Some(s) = &self.speaker else { return };
         if s.ended() {
@@ -1196,19 +1197,26 @@ impl Daemon {
             tracing::warn!("the BGP speaker has ended: nothing left to withdraw");
             return;
         }
+        let generation = s.generation();
         let deadline = Instant::now() + WITHDRAW_WAIT;
         loop {
-            let pending: Vec<_> = s
-                .peers()
-                .into_iter()
-                .filter(|p| p.state == bgp::fsm::State::Established)
-                .filter(|p| p.prefixes_advertised > 0 || p.unacked_bytes > 0)
-                .collect();
-            if pending.is_empty() {
+            if s.ended() {
+                tracing::warn!(
+                    "the BGP speaker ended during the withdraw wait; its sessions closed with it"
+                );
+                return;
+            }
+            let snapshot = s.snapshot();
+            let pending = routes::unwithdrawn(&snapshot, generation);
+            if pending.as_ref().is_some_and(Vec::is_empty) {
                 tracing::info!("every route withdrawn, and acknowledged by the peers");
                 return;
             }
             if Instant::now() >= deadline {
+                let Some(pending) = pending else {
+                    tracing::warn!("the BGP speaker has not carried out the withdrawal after the withdraw wait");
+                    return;
+                };
                 for p in pending {
                     let (peer, prefixes, unacked_bytes) =
                         (p.address, p.prefixes_advertised, p.unacked_bytes);

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use bgp::speaker::{self, PeerConfig, Routes};
+use bgp::fsm::State;
+use bgp::speaker::{self, PeerConfig, PeerStatus, Routes, Snapshot};
 use bgp::wire::Prefix;
 
 use crate::config::{Bgp, Peer, VipBgp};
@@ -78,6 +79,26 @@ pub fn routes(announced: impl Iterator<Item = IpAddr>, services: &ServiceSet) ->
             (Prefix::host(addr), bgp.route_attributes())
         })
         .collect()
+}
+
+/// The sessions that still carry a route, or hold bytes (the withdrawal) that their
+/// peer's TCP has not acknowledged, by `snapshot`, once every route was withdrawn by
+/// the speaker's command of generation `generation` ([`speaker::Speaker::generation`]).
+/// `None` while the snapshot is older than that command, since the speaker carries out
+/// commands on its own thread: such a snapshot shows the sessions as they were before
+/// it, and one in OpenConfirm there may have come up and been sent the old routes, or
+/// one Established with none may have been sent some, all before the withdrawal. In a
+/// snapshot of that generation or later, only Established sessions can carry
+/// anything: the others are sent no route when they come up, the speaker having none.
+pub fn unwithdrawn(snapshot: &Snapshot, generation: u64) -> Option<Vec<&PeerStatus>> {
+    (snapshot.generation >= generation).then(|| {
+        snapshot
+            .peers
+            .iter()
+            .filter(|p| p.state == State::Established)
+            .filter(|p| p.prefixes_advertised > 0 || p.unacked_bytes > 0)
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -183,6 +204,57 @@ mod tests {
             .listen,
             [sock("[::]:179"), sock("[::]:1179")]
         );
+    }
+
+    fn session(state: State, prefixes: usize, unacked_bytes: usize) -> PeerStatus {
+        PeerStatus {
+            address: IpAddr::from([192, 0, 2, 254]),
+            remote_as: 65000,
+            state,
+            uptime: None,
+            last_error: None,
+            stats: Default::default(),
+            prefixes_advertised: prefixes,
+            unacked_bytes,
+            advertised: Vec::new(),
+            negotiated: None,
+        }
+    }
+
+    /// A snapshot taken before the speaker carried out the withdrawal is no answer: its
+    /// sessions (one about to be Established and sent the old routes, one Established
+    /// and not sent any yet) look withdrawn, and the daemon used to log "every route
+    /// withdrawn, and acknowledged" from it and start the drain while the routes were
+    /// still to be sent. From the withdrawal's generation on, Established sessions with
+    /// a route or unacknowledged bytes are waited for, and the others are not.
+    #[test]
+    fn a_withdrawal_is_judged_by_a_snapshot_that_shows_it() {
+        let before = Snapshot {
+            generation: 6,
+            peers: vec![
+                session(State::OpenConfirm, 0, 0),
+                session(State::Established, 0, 0),
+            ],
+        };
+        assert_eq!(unwithdrawn(&before, 7), None);
+        let after = Snapshot {
+            generation: 7,
+            ..before.clone()
+        };
+        assert_eq!(unwithdrawn(&after, 7), Some(vec![]));
+        let sessions = vec![
+            session(State::Established, 1, 0),
+            session(State::Established, 0, 120),
+            session(State::Established, 0, 0),
+            session(State::OpenConfirm, 0, 57),
+            session(State::Active, 0, 0),
+        ];
+        let later = Snapshot {
+            generation: 9,
+            peers: sessions.clone(),
+        };
+        let pending = unwithdrawn(&later, 7).unwrap();
+        assert_eq!(pending, [&sessions[0], &sessions[1]]);
     }
 
     /// The speaker really awaits a passive peer at its local address and port: a
