@@ -508,8 +508,10 @@ fn sigterm_withdraws_before_detaching_while_another_gateway_serves() -> Result<(
 /// program again, and the VIP is announced and forwarded again.
 #[test]
 fn steering_detached_from_outside_withdraws_every_vip_until_it_is_back() -> Result<()> {
-    if !privileged(
+    // bpftool detaches the program from outside.
+    if !require_privileges_with(
         "daemon_e2e::steering_detached_from_outside_withdraws_every_vip_until_it_is_back",
+        &["bird", "birdc", "bpftool"],
     ) {
         return Ok(());
     }
