@@ -24,14 +24,46 @@ use std::time::{Duration, Instant};
 pub const IFNAME_MAX: usize = 15;
 
 /// A prefix no other test in this or a concurrent test process uses: `d<pid>x<n>-`.
+///
+/// The first call also deletes what killed test processes left: every `d<pid>x<n>-`
+/// namespace whose pid is not running (its processes are killed with it), and those of
+/// this process's own pid (a dead process had it before; this one has made none yet).
 pub fn unique_prefix() -> String {
     // Relaxed is enough: the counter only has to hand out distinct values.
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_dead_test_namespaces);
     format!(
         "d{}x{}-",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The pid in a [`unique_prefix`] namespace name (`d<pid>x<n>-...`).
+fn test_namespace_pid(name: &str) -> Option<u32> {
+    let (pid, rest) = name.strip_prefix('d')?.split_once('x')?;
+    let (n, _) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// See [`unique_prefix`]. Best effort: errors (for example without root) are ignored.
+fn sweep_dead_test_namespaces() {
+    let Ok(names) = list_namespaces() else {
+        return;
+    };
+    let me = std::process::id();
+    for name in names {
+        if let Some(pid) = test_namespace_pid(&name) {
+            if pid == me || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = destroy_namespace(&name);
+            }
+        }
+    }
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
@@ -106,9 +138,33 @@ impl Netns {
     /// A [`Command`] that runs `program` inside the namespace (`ip netns exec`).
     /// Note that `ip netns exec` gives the program its own mount namespace with a fresh
     /// `/sys`.
+    ///
+    /// The program is killed (SIGKILL) when the thread that spawned it exits
+    /// (`PR_SET_PDEATHSIG`; `ip netns exec` execs the program, which keeps the setting), so
+    /// a test process that is killed (Ctrl-C, a CI timeout) leaves no daemon or BIRD
+    /// running. A background process must therefore be spawned by the thread that owns
+    /// its guard ([`Proc`]), as the tests do, not by a short-lived helper thread.
     pub fn command(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt;
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name, program]);
+        // SAFETY: getpid is async-signal-safe.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid, raise); it allocates nothing.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl: then nobody is left to
+                // deliver the signal, so take it now.
+                if libc::getppid() != parent {
+                    libc::raise(libc::SIGKILL);
+                }
+                Ok(())
+            });
+        }
         c
     }
 
@@ -1140,6 +1196,66 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bridge br"));
+    }
+
+    #[test]
+    fn test_namespace_pids_are_parsed() {
+        assert_eq!(test_namespace_pid("d123x4-client"), Some(123));
+        assert_eq!(
+            test_namespace_pid(&format!("{}gw1", unique_prefix())),
+            Some(std::process::id())
+        );
+        for other in [
+            "dsr-client",
+            "lab-gw1",
+            "dx1-a",
+            "d12x-a",
+            "d12y3-a",
+            "lt12-node1",
+        ] {
+            assert_eq!(test_namespace_pid(other), None, "{other}");
+        }
+    }
+
+    /// A process spawned in a namespace dies with the thread that spawned it: a killed test
+    /// process leaves none running.
+    #[test]
+    fn spawned_processes_die_with_their_spawner() {
+        if !crate::require_privileges("netns pdeathsig test") {
+            return;
+        }
+        let net = {
+            let mut t = Topology::default();
+            t.ns("a");
+            t.build(&unique_prefix()).unwrap()
+        };
+        let a = net.ns("a");
+        let pid = std::thread::scope(|s| {
+            s.spawn(|| {
+                let p = a.spawn(&["sleep", "300"]).unwrap();
+                let pid = p.pid() as i32;
+                // Not killed by the guard: only the spawner's death can end it.
+                std::mem::forget(p);
+                pid
+            })
+            .join()
+            .unwrap()
+        });
+        let gone = |pid: i32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.is_empty() || stat.contains(") Z")
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            gone(pid),
+            "process {pid} outlived the thread that spawned it"
+        );
+        // Reap the zombie (our child).
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     }
 
     #[test]
