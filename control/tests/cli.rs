@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use dsrgate_tests::TempDir;
+
 const BIN: &str = env!("CARGO_BIN_EXE_dsrgate");
 
 fn example() -> String {
@@ -14,9 +16,7 @@ fn example() -> String {
     .expect("reading the example config")
 }
 
-fn write(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("dsrgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn write(dir: &TempDir, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
@@ -24,7 +24,8 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn check_accepts_the_example_and_names_the_broken_field() {
-    let good = write("good.toml", &example());
+    let dir = TempDir::new("cli");
+    let good = write(&dir, "good.toml", &example());
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&good)
@@ -36,6 +37,7 @@ fn check_accepts_the_example_and_names_the_broken_field() {
 
     // Valid but probably unmeant: accepted, with a warning that names file, line and field.
     let unchecked = write(
+        &dir,
         "unchecked.toml",
         "[dataplane]\nupstream_interface = \"eth0\"\n\n[[vips]]\naddress = \"203.0.113.10\"\nport = 80\n\n[[vips.backends]]\naddress = \"10.0.0.1\"\n",
     );
@@ -53,6 +55,7 @@ fn check_accepts_the_example_and_names_the_broken_field() {
     );
 
     let bad = write(
+        &dir,
         "bad.toml",
         &example().replace("tunnel_mtu = 1500", "tunnel_mtu = 99999"),
     );
@@ -69,7 +72,6 @@ fn check_accepts_the_example_and_names_the_broken_field() {
             "{cmd}: {err}"
         );
     }
-    let _ = std::fs::remove_dir_all(good.parent().unwrap());
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dsrgate_tests::require_privileges_with;
+use dsrgate_tests::{require_privileges_with, TempDir};
 
 fn vagrant_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../vagrant")
@@ -16,7 +16,7 @@ fn vagrant_dir() -> PathBuf {
 /// home) in a temporary directory, so the test leaves nothing in the repository or in
 /// root's home, and never phones home.
 fn vagrant(dir: &Path, multi_vm: bool, args: &[&str]) -> (Output, String) {
-    let scratch = tempdir("vagrant");
+    let scratch = TempDir::new("vagrant");
     let mut cmd = Command::new("vagrant");
     cmd.args(args)
         .current_dir(dir)
@@ -30,23 +30,12 @@ fn vagrant(dir: &Path, multi_vm: bool, args: &[&str]) -> (Output, String) {
         cmd.env("DSRGATE_MULTI_VM", "1");
     }
     let out = cmd.output().expect("running vagrant");
-    let _ = std::fs::remove_dir_all(&scratch);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out, text)
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "dsrgate-{tag}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn have_vagrant(what: &str) -> bool {
@@ -94,7 +83,7 @@ fn a_broken_vagrantfile_is_rejected() {
     if !have_vagrant("vagrant validate (broken file)") {
         return;
     }
-    let dir = tempdir("vagrant-broken");
+    let dir = TempDir::new("vagrant-broken");
     let text = std::fs::read_to_string(vagrant_dir().join("Vagrantfile")).unwrap();
     let broken = text.replacen(
         "config.vm.box = BOX",
@@ -105,11 +94,10 @@ fn a_broken_vagrantfile_is_rejected() {
     std::fs::write(dir.join("Vagrantfile"), broken).unwrap();
     std::fs::copy(vagrant_dir().join("lab.env"), dir.join("lab.env")).unwrap();
     for multi in [false, true] {
-        let (out, text) = vagrant(&dir, multi, &["validate", "--ignore-provider"]);
+        let (out, text) = vagrant(dir.path(), multi, &["validate", "--ignore-provider"]);
         assert!(!out.status.success(), "{text}");
         assert!(text.contains("boxx"), "{text}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Loads the Vagrantfile in Ruby (vagrant's own interpreter) with `Vagrant.configure`
@@ -120,7 +108,7 @@ fn multi_vm_provisioning_matches_the_role_scripts() {
     if !have_vagrant("Vagrantfile role scripts") || !require_privileges_with("ruby", &["ruby"]) {
         return;
     }
-    let out_dir = tempdir("vagrant-roles");
+    let out_dir = TempDir::new("vagrant-roles");
     let script = format!(
         r#"module Vagrant; def self.configure(_version); end; end
 ENV["DSRGATE_MULTI_VM"] = "1"
@@ -128,7 +116,7 @@ load "{vf}"
 ROLE_SCRIPTS.each {{ |name, sh| File.write(File.join("{out}", name + ".sh"), sh) }}
 "#,
         vf = vagrant_dir().join("Vagrantfile").display(),
-        out = out_dir.display()
+        out = out_dir.path().display()
     );
     let out = Command::new("ruby").args(["-e", &script]).output().unwrap();
     assert!(
@@ -169,5 +157,4 @@ ROLE_SCRIPTS.each {{ |name, sh| File.write(File.join("{out}", name + ".sh"), sh)
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&out_dir);
 }
