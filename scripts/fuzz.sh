@@ -27,7 +27,11 @@ case "${1:-run}" in
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     export RUSTC_BOOTSTRAP=1
     for c in "${CRATES[@]}"; do
-      for t in $(cd "$c" && cargo fuzz list); do
+      # Not `for t in $(cargo fuzz list)`: a failing substitution in a for list is ignored
+      # (set -e does not see it), and the loop would fuzz nothing and succeed.
+      targets=$(cd "$c" && cargo fuzz list)
+      [ -n "$targets" ] || { echo "no fuzz targets in $c/fuzz" >&2 && exit 1; }
+      for t in $targets; do
         echo "==> fuzzing $c/$t for ${secs}s"
         (cd "$c" && cargo fuzz run "$t" -- -max_total_time="$secs")
       done
