@@ -16,21 +16,42 @@
 #
 # Environment: DSRGATE_LAB_PROFILE=release|debug (which cargo profile to build and run,
 # default release), DSRGATE_LAB_BUILD=0 (use the binaries already built, as they are),
-# CARGO_TARGET_DIR (as for cargo).
+# CARGO_TARGET_DIR (as for cargo). DSRGATE_LAB_PREFIX and DSRGATE_LAB_STATE run a second,
+# separate instance of the lab: its namespace prefix (default lab-) and state directory
+# (default /run/dsrgate-lab); tests/tests/lab.rs runs its own instance that way.
 set -euo pipefail
+
+# Debian's plain `su` keeps the user's PATH, without the sbin directories that hold bird,
+# birdc and ethtool.
+for d in /sbin /usr/sbin; do
+  case ":$PATH:" in *":$d:"*) ;; *) PATH=$d:$PATH ;; esac
+done
+export PATH
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$LAB_DIR")
 ROLES=$LAB_DIR/roles
 # shellcheck source=vagrant/lab.env
 . "$LAB_DIR/lab.env"
+LAB_PREFIX=${DSRGATE_LAB_PREFIX:-$LAB_PREFIX}
+LAB_STATE=${DSRGATE_LAB_STATE:-$LAB_STATE}
+# Short (namespace names show up in interface names and messages) and unlike any other
+# instance's: `down` removes every namespace that starts with the prefix.
+[[ $LAB_PREFIX =~ ^[a-z][a-z0-9]{0,10}-$ ]] ||
+  { echo "lab: DSRGATE_LAB_PREFIX must be a letter, then up to 10 letters or digits, then '-' (not $LAB_PREFIX)" >&2 && exit 2; }
+[[ $LAB_STATE == /?* && $LAB_STATE != */ && $LAB_STATE != *..* ]] ||
+  { echo "lab: DSRGATE_LAB_STATE must be an absolute directory path (not $LAB_STATE)" >&2 && exit 2; }
 
 PROFILE=${DSRGATE_LAB_PROFILE:-release}
 case $PROFILE in
 release | debug) ;;
 *) echo "DSRGATE_LAB_PROFILE must be release or debug" >&2 && exit 2 ;;
 esac
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE
+# Absolute: cargo resolves a relative CARGO_TARGET_DIR against the workspace ($REPO), where
+# it builds, not against the caller's directory.
+TARGET=${CARGO_TARGET_DIR:-target}
+[[ $TARGET == /* ]] || TARGET=$REPO/$TARGET
+BIN=$TARGET/$PROFILE
 STATE=$LAB_STATE
 GATEWAYS=$(seq 1 "$LAB_GATEWAYS")
 NODES=$(seq 1 "$LAB_NODES")
@@ -46,7 +67,7 @@ fab6() { printf '%s:%x\n' "$LAB_FABRIC6" "$1"; }
 gw_host() { echo $((1 + $1)); }
 node_host() { echo $((10 + $1)); }
 
-# in_ns NAME CMD...: runs CMD in namespace lab-NAME.
+# in_ns NAME CMD...: runs CMD in namespace ${LAB_PREFIX}NAME (lab-NAME by default).
 in_ns() {
   local ns=$LAB_PREFIX$1
   shift
@@ -61,7 +82,7 @@ ns_exists() { [ -e "/run/netns/$LAB_PREFIX$1" ]; }
 node_role() {
   local n=$1 cmd=$2
   shift 2
-  in_ns "node$n" "$ROLES/node.sh" "$cmd" --name "node$n" --iface eth0 --bin "$BIN" \
+  in_ns "node$n" bash "$ROLES/node.sh" "$cmd" --name "node$n" --iface eth0 --bin "$BIN" \
     --state "$STATE/node$n" --decap xdp "$@"
 }
 
@@ -73,7 +94,7 @@ node_start() {
 router_role() {
   local cmd=$1
   shift
-  in_ns router "$ROLES/router.sh" "$cmd" --state "$STATE/router" "$@"
+  in_ns router bash "$ROLES/router.sh" "$cmd" --state "$STATE/router" "$@"
 }
 
 router_start() {
@@ -89,7 +110,7 @@ router_start() {
 gw_role() {
   local g=$1 cmd=$2
   shift 2
-  in_ns "gw$g" "$ROLES/gateway.sh" "$cmd" --name "gw$g" --bin "$BIN" --state "$STATE/gw$g" "$@"
+  in_ns "gw$g" bash "$ROLES/gateway.sh" "$cmd" --name "gw$g" --bin "$BIN" --state "$STATE/gw$g" "$@"
 }
 
 gw_start() {
@@ -140,7 +161,9 @@ v = [v for v in s['vips'] if v['name'] == 'web4' and v['port'] == 80][0]
 print(' '.join(sorted(b['address'] for b in v['backends'] if b['slots'] > 0)))" 2>/dev/null
 }
 
-# gw_packets GW: VIP packets the gateway has forwarded.
+is_count() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+# gw_packets GW: VIP packets the gateway has forwarded ("?" if its API does not answer).
 gw_packets() {
   gw_status_py "$1" "print(sum(v['packets'] for v in s['vips']))" 2>/dev/null || echo "?"
 }
@@ -190,13 +213,38 @@ build() {
     say "==> using the $PROFILE binaries in $BIN as they are (DSRGATE_LAB_BUILD=0)"
   else
     [ "$PROFILE" = release ] && flag=(--release)
+    cpu_fallback
     say "==> building the $PROFILE binaries (${bins[*]})"
     dsrgate_ensure_cargo
-    (cd "$REPO" && cargo build "${flag[@]}" "${pkgs[@]}" --bins)
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build "${flag[@]}" "${pkgs[@]}" --bins)
   fi
   for b in "${bins[@]}"; do
     [ -x "$BIN/$b" ] || die "$BIN/$b missing after the build"
   done
+}
+
+# The CPU features of x86-64-v3, which .cargo/config.toml builds for, as /proc/cpuinfo
+# names them (abm is LZCNT).
+V3_FLAGS=(avx avx2 bmi1 bmi2 f16c fma movbe abm xsave)
+
+# cpu_fallback: on an x86-64 CPU without them (a VM under Hyper-V or with a generic CPU
+# model often hides AVX2 and BMI2), builds for baseline x86-64 instead, so that the
+# binaries do not die with SIGILL. An explicit RUSTFLAGS is left alone.
+cpu_fallback() {
+  [ "$(uname -m)" = x86_64 ] || return 0
+  local f missing=() flags
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  for f in "${V3_FLAGS[@]}"; do
+    [[ $flags == *" $f "* ]] || missing+=("$f")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  if [ -n "${RUSTFLAGS:-}" ]; then
+    say "==> this CPU lacks ${missing[*]} (x86-64-v3); building with your RUSTFLAGS=$RUSTFLAGS"
+    return 0
+  fi
+  say "==> this CPU lacks ${missing[*]}, which x86-64-v3 (the default build) needs:"
+  say "    building for baseline x86-64 (RUSTFLAGS=\"-C target-cpu=x86-64\"; a few % slower)"
+  export RUSTFLAGS="-C target-cpu=x86-64"
 }
 
 install_deps() {
@@ -208,7 +256,12 @@ install_deps() {
 
 cmd_build() {
   case ${1:-all} in
-  all | tools) install_deps && build "${1:-all}" ;;
+  all | tools)
+    # Not `install_deps && build`: a function left of && runs without errexit, so a
+    # failed apt-get would be ignored.
+    install_deps
+    build "${1:-all}"
+    ;;
   none) install_deps ;;
   *) die "build what? all, tools or none" ;;
   esac
@@ -219,8 +272,11 @@ cmd_up() {
   build all
   mkdir -p "$STATE"
 
-  say "==> topology (dsrgate-topo up lab)"
-  "$BIN/dsrgate-topo" up lab
+  # What `down` uses when the profile or target directory differs from up's.
+  printf '%s\n' "$BIN" >"$STATE/bin"
+
+  say "==> topology (dsrgate-topo up lab $LAB_PREFIX)"
+  "$BIN/dsrgate-topo" up lab "$LAB_PREFIX"
 
   local n g
   say "==> nodes: decapsulator, VIPs on lo, dsrgate-node"
@@ -333,9 +389,15 @@ tunnel; the node answers the client directly (Direct Server Return)."
     counts=()
     all_carried=1
     for g in $GATEWAYS; do
-      d=$((${after[g - 1]} - ${before[g - 1]}))
+      # gw_packets prints "?" when the gateway's API did not answer: no count, not an
+      # arithmetic error that would end the demo without a word.
+      if is_count "${after[g - 1]}" && is_count "${before[g - 1]}"; then
+        d=$((after[g - 1] - before[g - 1]))
+      else
+        d="?"
+      fi
       counts+=("gw$g $d")
-      [ "$d" -gt 0 ] || all_carried=0
+      [ "$d" != "?" ] && [ "$d" -gt 0 ] || all_carried=0
     done
     [ "$all_carried" = 1 ] && break
     sleep 0.05
@@ -450,7 +512,7 @@ from the same backends, so it sends each one to the node that already holds it."
   p2=$(gw_packets 1)
   conn_map >"$STATE/demo/step4-before.txt"
   tell "Echo connections per node before: $(per_node "$STATE/demo/step4-before.txt")"
-  if [ "$p2" != "?" ] && [ "$p1" != "?" ] && [ "$p2" -gt "$p1" ]; then
+  if is_count "$p1" && is_count "$p2" && [ "$p2" -gt "$p1" ]; then
     ok "gw1 carries some of them ($((p2 - p1)) packets in 2 s)"
   else fail "gw1 carries none of these connections ($p1 -> $p2 packets)"; fi
   tell "The router routes $LAB_VIP4 via: $(vip_gateways "$LAB_VIP4")"
@@ -500,30 +562,47 @@ cmd_demo() {
     say "Demo finished: every step did what it said."
   else
     say "Demo finished with FAILED steps (see above)."
-    return 1
   fi
+  say "The lab is still up: vagrant/lab.sh status to look at it, vagrant/lab.sh down to remove it."
+  [ "$DEMO_FAILED" = 0 ]
 }
 
 # ---------------------------------------------------------------------------------------
 # down
 
+# remove_namespaces: every namespace with the prefix, killing what runs inside (as
+# `dsrgate-topo down` does, in shell, for when that binary is not there).
+remove_namespaces() {
+  local ns pid
+  for ns in $(cd /run/netns 2>/dev/null && compgen -G "${LAB_PREFIX}*"); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$ns"
+  done
+}
+
 cmd_down() {
   local g n
+  # The binaries `up` ran, if they are still there (the profile or target directory of
+  # this call may differ, or `cargo clean` may have removed them).
+  if [ -f "$STATE/bin" ] && [ -x "$(cat "$STATE/bin")/dsrgate" ]; then BIN=$(cat "$STATE/bin"); fi
   if ns_exists router || compgen -G "/run/netns/${LAB_PREFIX}*" >/dev/null; then
+    # A role that fails to stop cleanly does not stop `down`: deleting its namespace below
+    # kills its processes and removes its XDP program with the interface.
     say "==> stopping the gateways (withdraw, drain, detach)"
     for g in $GATEWAYS; do
-      if ns_exists "gw$g"; then gw_role "$g" stop & fi
+      if ns_exists "gw$g"; then gw_role "$g" stop || say "(gw$g did not stop cleanly)" & fi
     done
     wait
-    if ns_exists router; then router_role stop; fi
+    if ns_exists router; then router_role stop || say "(the router did not stop cleanly)"; fi
     for n in $NODES; do
-      if ns_exists "node$n"; then node_role "$n" stop; fi
+      if ns_exists "node$n"; then node_role "$n" stop || say "(node$n did not stop cleanly)"; fi
     done
     say "==> removing the namespaces"
     if [ -x "$BIN/dsrgate-topo" ]; then
       "$BIN/dsrgate-topo" down "$LAB_PREFIX"
     else
-      die "$BIN/dsrgate-topo is missing: build it (cargo build -p dsrgate-tests --bins) and run down again"
+      say "    ($BIN/dsrgate-topo is missing: removing them with ip netns)"
+      remove_namespaces
     fi
   fi
   rm -rf "$STATE"

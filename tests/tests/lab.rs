@@ -1,12 +1,15 @@
-//! The lab end to end: `vagrant/lab.sh up` on a fresh topology, `status`, the four `demo`
-//! steps (the demo checks every claim it makes and exits non-zero when one fails; this
-//! test also checks the lines that report them), `up` again (idempotent), then `down`, and
-//! nothing left behind: no `lab-` namespace, no process the lab started, no XDP program
-//! it attached, no state directory.
+//! The lab end to end: `vagrant/lab.sh demo` on a lab that is down (the Quick start's
+//! command: it runs `up` first, then the four steps; the demo checks every claim it makes
+//! and exits non-zero when one fails, and this test also checks the lines that report
+//! them), then `status`, `up` again (idempotent: nothing restarts), then `down`, and
+//! nothing left behind: no namespace of the instance, no process the lab started, no XDP
+//! program it attached, no state directory.
 //!
-//! The lab has fixed names (`lab-*`, `/run/dsrgate-lab`), so this is the only test that
-//! builds it, and it refuses to run while a lab is already up. A guard runs `down` even
-//! when an assertion fails.
+//! The test runs its own instance of the lab (`DSRGATE_LAB_PREFIX=lt<pid>-`,
+//! `DSRGATE_LAB_STATE=/run/dsrgate-lt<pid>`), so it runs whether or not a user's lab
+//! (`lab-*`, `/run/dsrgate-lab`) is up, and checks that it leaves that lab as it was. A
+//! guard runs `down` even when an assertion fails, and an instance left by a killed test
+//! process is removed before the next one starts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -104,9 +107,38 @@ fn lab_env_matches_the_topology_builder() {
     }
 }
 
-/// Runs `lab.sh ARGS` with the binaries of this test's own cargo profile; output echoed
-/// (cargo shows it for a failing test) and returned.
-fn lab(args: &[&str]) -> (bool, String) {
+/// One instance of the lab: its namespace prefix and state directory.
+struct Instance {
+    prefix: String,
+    state: String,
+}
+
+impl Instance {
+    /// This test process's own instance (short: namespace names end up in messages and
+    /// the prefix is limited to 12 characters by lab.sh).
+    fn of_pid(pid: u32) -> Instance {
+        Instance {
+            prefix: format!("lt{pid}-"),
+            state: format!("/run/dsrgate-lt{pid}"),
+        }
+    }
+
+    fn namespaces(&self) -> Vec<String> {
+        namespaces_with(&self.prefix)
+    }
+}
+
+fn namespaces_with(prefix: &str) -> Vec<String> {
+    netns::list_namespaces()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// Runs `lab.sh ARGS` on instance `inst` with the binaries of this test's own cargo
+/// profile; output echoed (cargo shows it for a failing test) and returned.
+fn lab(inst: &Instance, args: &[&str]) -> (bool, String) {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/lab-<hash>
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
@@ -119,6 +151,8 @@ fn lab(args: &[&str]) -> (bool, String) {
     let mut cmd = Command::new(repo().join("vagrant/lab.sh"));
     dsrgate_tests::daemon::without_cargo_test_env(&mut cmd);
     cmd.args(args)
+        .env("DSRGATE_LAB_PREFIX", &inst.prefix)
+        .env("DSRGATE_LAB_STATE", &inst.state)
         .env("DSRGATE_LAB_PROFILE", profile)
         .env("CARGO_TARGET_DIR", target_dir)
         .stdin(Stdio::null());
@@ -143,14 +177,15 @@ fn lab(args: &[&str]) -> (bool, String) {
 }
 
 /// Runs `lab.sh down` when dropped, unless the test did so already.
-struct Down {
+struct Down<'a> {
+    inst: &'a Instance,
     done: bool,
 }
 
-impl Drop for Down {
+impl Drop for Down<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let (ok, text) = lab(&["down"]);
+            let (ok, text) = lab(self.inst, &["down"]);
             if !ok {
                 eprintln!("cleanup `lab.sh down` failed:\n{text}");
             }
@@ -158,18 +193,47 @@ impl Drop for Down {
     }
 }
 
-fn lab_namespaces() -> Vec<String> {
-    netns::list_namespaces()
+/// Takes down the instances of test processes that no longer run (killed before their
+/// guard could), and a stale one of this process's pid.
+fn remove_dead_instances() {
+    let mut pids: Vec<u32> = netns::list_namespaces()
         .unwrap()
-        .into_iter()
-        .filter(|n| n.starts_with("lab-"))
-        .collect()
+        .iter()
+        .filter_map(|n| n.strip_prefix("lt")?.split_once('-')?.0.parse().ok())
+        .collect();
+    pids.extend(
+        std::fs::read_dir("/run")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("dsrgate-lt")?
+                    .parse::<u32>()
+                    .ok()
+            }),
+    );
+    pids.sort();
+    pids.dedup();
+    let me = std::process::id();
+    for pid in pids {
+        if pid == me || !Path::new(&format!("/proc/{pid}")).exists() {
+            let (ok, text) = lab(&Instance::of_pid(pid), &["down"]);
+            assert!(
+                ok,
+                "removing the instance of dead test process {pid}:\n{text}"
+            );
+        }
+    }
 }
 
-/// Pids from the lab's pid files.
+/// Pids from a lab's pid files.
 fn lab_pids(state: &Path) -> Vec<(String, i32)> {
     let mut pids = Vec::new();
-    for role in std::fs::read_dir(state).unwrap().flatten() {
+    let Ok(roles) = std::fs::read_dir(state) else {
+        return pids;
+    };
+    for role in roles.flatten().filter(|r| r.path().is_dir()) {
         for f in std::fs::read_dir(role.path()).unwrap().flatten() {
             let p = f.path();
             if p.extension().is_some_and(|e| e == "pid") {
@@ -183,13 +247,13 @@ fn lab_pids(state: &Path) -> Vec<(String, i32)> {
 }
 
 /// The ids of the XDP programs attached to `eth0` of the lab's gateways and nodes.
-fn xdp_programs() -> Vec<(String, u32)> {
+fn xdp_programs(inst: &Instance) -> Vec<(String, u32)> {
     let mut ids = Vec::new();
     for ns in ["gw1", "gw2", "node1", "node2", "node3"] {
         let out = Command::new("ip")
             .args([
                 "-n",
-                &format!("lab-{ns}"),
+                &format!("{}{ns}", inst.prefix),
                 "-o",
                 "link",
                 "show",
@@ -204,7 +268,7 @@ fn xdp_programs() -> Vec<(String, u32)> {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|id| id.parse().ok())
-            .unwrap_or_else(|| panic!("no XDP program on lab-{ns} eth0: {line}"));
+            .unwrap_or_else(|| panic!("no XDP program on {}{ns} eth0: {line}", inst.prefix));
         ids.push((ns.to_owned(), id));
     }
     ids
@@ -217,8 +281,10 @@ fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// Processes whose command line mentions the lab's state directory (configs, sockets).
+/// Processes whose command line mentions a file in the lab's state directory (configs,
+/// sockets). With the `/`, so that `/run/dsrgate-lt12` does not match `/run/dsrgate-lt123`.
 fn processes_using(state: &str) -> Vec<String> {
+    let state = format!("{state}/");
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let name = entry.file_name();
@@ -227,7 +293,7 @@ fn processes_using(state: &str) -> Vec<String> {
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(state) && process_alive(pid) {
+        if cmdline.contains(&state) && process_alive(pid) {
             found.push(format!("{pid}: {cmdline}"));
         }
     }
@@ -246,28 +312,37 @@ fn lab_up_demo_down_leaves_nothing() {
     if !require_privileges_with("the lab (vagrant/lab.sh)", &tools) {
         return;
     }
-    let state = lab_env()["LAB_STATE"].clone();
-    let busy = !lab_namespaces().is_empty() || Path::new(&state).exists();
-    if busy {
-        let why = format!(
-            "a lab is already up ({:?}, {state}); this test would take over its fixed names",
-            lab_namespaces()
-        );
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("skipping the lab test: {why}");
-        return;
-    }
-    let mut guard = Down { done: false };
+    // The user's lab, if one is up: it must be exactly as it was afterwards.
+    let env = lab_env();
+    let (user_prefix, user_state) = (&env["LAB_PREFIX"], &env["LAB_STATE"]);
+    let user_namespaces = namespaces_with(user_prefix);
+    let user_pids: Vec<(String, i32)> = lab_pids(Path::new(user_state))
+        .into_iter()
+        .filter(|(_, pid)| process_alive(*pid))
+        .collect();
+
+    remove_dead_instances();
+    let inst = Instance::of_pid(std::process::id());
+    let state = inst.state.clone();
+    assert!(inst.namespaces().is_empty() && !Path::new(&state).exists());
+    let mut guard = Down {
+        inst: &inst,
+        done: false,
+    };
 
     // The Quick start's command: `demo` on a lab that is down brings it up first.
-    let (ok, demo) = lab(&["demo"]);
+    let (ok, demo) = lab(&inst, &["demo"]);
     assert!(ok, "lab.sh demo failed:\n{demo}");
     assert_has(&demo, "the lab is not up: bringing it up first");
-    assert_has(&demo, "lab: up (lab-client lab-router lab-gw1 lab-gw2");
+    let p = &inst.prefix;
+    assert_has(
+        &demo,
+        &format!("lab: up ({p}client {p}router {p}gw1 {p}gw2"),
+    );
     assert_has(&demo, "announced and routed after");
     assert_has(&demo, "The lab is up.");
 
-    let (ok, status) = lab(&["status"]);
+    let (ok, status) = lab(&inst, &["status"]);
     assert!(ok, "{status}");
     assert_eq!(status.matches("Established").count(), 4, "{status}");
     for needle in [
@@ -314,22 +389,22 @@ fn lab_up_demo_down_leaves_nothing() {
             .filter(|(ns, _)| ns.starts_with("gw"))
             .collect()
     };
-    let before = gateways(xdp_programs());
-    let (ok, again) = lab(&["up"]);
+    let before = gateways(xdp_programs(&inst));
+    let (ok, again) = lab(&inst, &["up"]);
     assert!(ok, "{again}");
     assert_has(&again, "lab: already up");
     assert_eq!(lab_pids(Path::new(&state)), pids, "up restarted something");
-    let programs = xdp_programs();
+    let programs = xdp_programs(&inst);
     assert_eq!(
         gateways(programs.clone()),
         before,
         "up replaced a gateway's program"
     );
 
-    let (ok, down) = lab(&["down"]);
+    let (ok, down) = lab(&inst, &["down"]);
     guard.done = true;
     assert!(ok, "lab.sh down failed:\n{down}");
-    assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
+    assert!(inst.namespaces().is_empty(), "{:?}", inst.namespaces());
     assert!(!Path::new(&state).exists(), "{state} left behind");
     for (file, pid) in &pids {
         assert!(!process_alive(*pid), "process {pid} ({file}) still runs");
@@ -346,8 +421,20 @@ fn lab_up_demo_down_leaves_nothing() {
             .unwrap();
         assert!(
             !out.status.success(),
-            "XDP program {id} of lab-{ns} is still loaded: {}",
+            "XDP program {id} of {p}{ns} is still loaded: {}",
             String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // The user's lab (if any) is untouched: its namespaces and processes are all there.
+    let now = namespaces_with(user_prefix);
+    for ns in &user_namespaces {
+        assert!(now.contains(ns), "the user's lab lost namespace {ns}");
+    }
+    for (file, pid) in &user_pids {
+        assert!(
+            process_alive(*pid),
+            "the user's lab lost process {pid} ({file})"
         );
     }
 }

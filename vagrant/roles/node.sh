@@ -75,7 +75,15 @@ decap_off() {
   case $DECAP in
   xdp)
     if ip -o link show dev "$IFACE" 2>/dev/null | grep -q ' prog/xdp'; then
-      "$BIN/dsrgate" decap detach --iface "$IFACE" | sed "s/^/[$ROLE] /"
+      if [ -x "$BIN/dsrgate" ]; then
+        "$BIN/dsrgate" decap detach --iface "$IFACE" | sed "s/^/[$ROLE] /"
+      else
+        # The binaries are gone (cargo clean, another profile): the decapsulator is an
+        # ordinary netlink attachment in either mode, which ip removes as well.
+        ip link set dev "$IFACE" xdpgeneric off 2>/dev/null || true
+        ip link set dev "$IFACE" xdpdrv off 2>/dev/null || true
+        say "no $BIN/dsrgate: XDP program removed from $IFACE with ip"
+      fi
     fi
     ;;
   ipip)
