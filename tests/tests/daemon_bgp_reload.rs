@@ -238,7 +238,7 @@ fn reload_keeping_a(
 }
 
 /// Taking a gateway out of BGP without stopping it: a reload without `[bgp]` withdraws
-/// its route and closes the session with Cease / Administrative Shutdown (RFC 8203),
+/// its route and closes the session with Cease / Peer De-configured (RFC 4486 subcode 3),
 /// while the dataplane keeps running; a section whose speaker cannot start is rejected;
 /// a reload with the section back announces again.
 #[test]
@@ -264,7 +264,7 @@ fn removing_the_bgp_section_withdraws_and_adding_it_back_announces() -> Result<(
     bird.wait_route(PREFIX4, false, SETTLE)?;
     daemon.wait_log(&["BGP section removed"], Duration::from_secs(5))?;
     let log = bird.log();
-    ensure!(log.contains("Received: Administrative shutdown"), "{log}");
+    ensure!(log.contains("Received: Peer de-configured"), "{log}");
     ensure!(
         !bird.protocol("gw1")?.ends_with("Established"),
         "{}",
