@@ -106,13 +106,16 @@ struct {
 /* Per RX queue, set by that queue's worker while it is overloaded (its RX ring stays
  * nearly full): VIP traffic for the queue is dropped here, before the kernel copies it
  * into the UMEM only to find the ring full. Memory-mapped by the workers, so setting it
- * costs them a store, not a syscall. */
+ * costs them a store, not a syscall. The value is 8 bytes because the mapping shows the
+ * elements as the kernel stores them, round_up(value_size, 8) bytes apart
+ * (array_map_alloc): with 8-byte values, element i is at byte 8 * i and nothing is padding
+ * (ShedFlags in dataplane/src/bpf/steer.rs writes them so). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, MAX_QUEUES);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } xsk_shed SEC(".maps");
 
 struct {
@@ -382,7 +385,7 @@ int xdp_steer(struct xdp_md *ctx)
 
 	if (v == V_STEER) {
 		__u32 queue = ctx->rx_queue_index;
-		__u32 *shed = bpf_map_lookup_elem(&xsk_shed, &queue);
+		__u64 *shed = bpf_map_lookup_elem(&xsk_shed, &queue);
 		if (shed && *shed) {
 			count(&steer_stats, STEER_SHED);
 			return XDP_DROP;

@@ -34,6 +34,11 @@ struct Gw {
 
 impl Gw {
     fn new() -> Gw {
+        Gw::with_queues(None)
+    }
+
+    /// With `queues` TX and RX queues on both veth ends (veth's default is one).
+    fn with_queues(queues: Option<u32>) -> Gw {
         let mut t = Topology::default();
         let cl = t.ns("cl");
         cl.addresses.push(("eth0".into(), format!("{CL4}/24")));
@@ -41,11 +46,12 @@ impl Gw {
         let gw = t.ns("gw");
         gw.addresses.push(("eth0".into(), format!("{GW4}/24")));
         gw.addresses.push(("eth0".into(), format!("{GW6}/64")));
-        t.link(
-            Port::new("cl", "eth0").tx_off(),
-            Port::new("gw", "eth0"),
-            None,
-        );
+        let (mut cl_port, mut gw_port) =
+            (Port::new("cl", "eth0").tx_off(), Port::new("gw", "eth0"));
+        if let Some(n) = queues {
+            (cl_port, gw_port) = (cl_port.queues(n), gw_port.queues(n));
+        }
+        t.link(cl_port, gw_port, None);
         let net = t.build(&unique_prefix()).expect("building the topology");
         let gw_mac = net.ns("gw").mac("eth0").unwrap();
         let cl_mac = net.ns("cl").mac("eth0").unwrap();
@@ -641,6 +647,88 @@ fn an_overloaded_queue_has_its_vip_traffic_shed_and_only_that() {
         "steered again (no socket bound)"
     );
     assert_eq!(d.shed, c.shed);
+}
+
+/// The CPUs online on this host as a sysfs CPU mask: comma-separated 32-bit hex groups,
+/// most significant first (what `xps_cpus` takes).
+fn online_cpu_mask() -> String {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let mut cpus = Vec::new();
+    for range in online.trim().split(',') {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    let mut words = vec![0u32; cpus.iter().max().unwrap() / 32 + 1];
+    for c in cpus {
+        words[c / 32] |= 1 << (c % 32);
+    }
+    words
+        .iter()
+        .rev()
+        .map(|w| format!("{w:08x}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Gw {
+    /// Makes the client send every frame on its TX queue `queue` (of `queues`), which veth
+    /// delivers on the gateway's RX queue of the same number: XPS maps every CPU to that
+    /// queue alone.
+    fn send_on_queue(&self, queue: u32, queues: u32, frames: &[Vec<u8>]) {
+        let all = online_cpu_mask();
+        let cl = self.net.ns("cl");
+        // Clear the others first, so that no CPU ever maps to two queues (which XPS would
+        // spread by hash).
+        for q in (0..queues).filter(|&q| q != queue).chain([queue]) {
+            let mask = if q == queue { all.as_str() } else { "0" };
+            cl.exec(&[
+                "sh",
+                "-c",
+                &format!("echo {mask} > /sys/class/net/eth0/queues/tx-{q}/xps_cpus"),
+            ])
+            .unwrap();
+        }
+        self.send(frames);
+    }
+}
+
+/// Each RX queue has its own overload flag: the flags a worker sets through the mapping are
+/// the elements the program reads (the kernel stores them 8 bytes apart, not 4), and the
+/// program sheds exactly the flagged queue's VIP traffic.
+#[test]
+fn each_rx_queue_has_its_own_shed_flag() {
+    if !require_privileges("steer test (per-queue shedding)") {
+        return;
+    }
+    const QUEUES: u32 = 4;
+    let gw = Gw::with_queues(Some(QUEUES));
+    let steer = gw.attach(None);
+    let flags = steer.shed_flags().expect("mapping xsk_shed");
+    let read = || -> Vec<bool> { (0..QUEUES).map(|q| steer.shed_flag(q).unwrap()).collect() };
+    assert_eq!(read(), [false; 4]);
+    flags.set(1, true);
+    assert_eq!(read(), [false, true, false, false], "queue 1's flag");
+    flags.set(2, true);
+    assert_eq!(read(), [false, true, true, false], "queues 1 and 2");
+    flags.set(1, false);
+    assert_eq!(read(), [false, false, true, false], "queue 2's flag alone");
+
+    // Queue 2 alone is flagged: its VIP frame is shed, every other queue's is steered (to
+    // no socket: none is bound).
+    let vip = gw.eth4(&udp4(VIP4, 53));
+    for q in 0..QUEUES {
+        let before = steer.counters().unwrap();
+        gw.send_on_queue(q, QUEUES, &[vip.clone()]);
+        let c = wait_for(&steer, |c| {
+            c.shed + c.no_socket + c.redirected > before.shed + before.no_socket + before.redirected
+        });
+        let got = (c.shed - before.shed, c.no_socket - before.no_socket);
+        let want = if q == 2 { (1, 0) } else { (0, 1) };
+        assert_eq!(
+            got, want,
+            "RX queue {q}: (shed, steered): {before:?} -> {c:?}"
+        );
+    }
 }
 
 #[test]

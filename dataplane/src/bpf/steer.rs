@@ -9,7 +9,7 @@ use aya::{Ebpf, Pod};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const PROGRAM: &str = "xdp_steer";
@@ -107,12 +107,16 @@ pub struct SteerCounters {
 /// (in copy mode the copy happens before the kernel finds the ring full). Setting a flag
 /// is one store: no syscall. The mapping keeps the map alive on its own, so the flags stay
 /// valid after the program is detached (when nothing reads them any more).
+///
+/// The mapping shows the array as the kernel stores it: element `i` at byte
+/// `i * round_up(value_size, 8)` (`array_map_alloc`). The values are `__u64`, so the
+/// stride is their size and flag `q` is the `q`th `AtomicU64`.
 pub struct ShedFlags {
-    /// `MAX_QUEUES` flags.
-    ptr: std::ptr::NonNull<AtomicU32>,
+    /// `MAX_QUEUES` flags, 8 bytes apart.
+    ptr: std::ptr::NonNull<AtomicU64>,
 }
 
-// SAFETY: the mapping is shared memory accessed only through `AtomicU32`s; the pointer is
+// SAFETY: the mapping is shared memory accessed only through `AtomicU64`s; the pointer is
 // valid until `drop` unmaps it, and `&self` methods never hand out references to it.
 unsafe impl Send for ShedFlags {}
 // SAFETY: as above; concurrent atomic stores from several workers (to different queues,
@@ -120,12 +124,17 @@ unsafe impl Send for ShedFlags {}
 unsafe impl Sync for ShedFlags {}
 
 impl ShedFlags {
-    const BYTES: usize = MAX_QUEUES * std::mem::size_of::<u32>();
+    /// Bytes of the mapping: `MAX_QUEUES` elements of `STRIDE` bytes.
+    const BYTES: usize = MAX_QUEUES * Self::STRIDE;
+    /// Bytes from one element of `xsk_shed` to the next: its value size (`__u64` in
+    /// steer.c), which the kernel would round up to a multiple of 8 if it were not one.
+    const STRIDE: usize = std::mem::size_of::<u64>();
 
     fn map(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<ShedFlags> {
-        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array map, whose value
-        // area is at least `BYTES` long (MAX_QUEUES u32 values, rounded up to a page by the
-        // kernel). We own the returned mapping and unmap it in `drop`.
+        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array map of MAX_QUEUES
+        // `__u64` values, which the kernel stores STRIDE (8) bytes apart from the start of
+        // the mapping; its value area is at least `BYTES` long (rounded up to a page). We
+        // own the returned mapping and unmap it in `drop`.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -139,7 +148,7 @@ impl ShedFlags {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let ptr = std::ptr::NonNull::new(p.cast::<AtomicU32>())
+        let ptr = std::ptr::NonNull::new(p.cast::<AtomicU64>())
             .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
         Ok(ShedFlags { ptr })
     }
@@ -149,10 +158,11 @@ impl ShedFlags {
     /// packets late only sheds (or admits) those packets.
     pub fn set(&self, queue: u32, shed: bool) {
         if (queue as usize) < MAX_QUEUES {
-            // SAFETY: in bounds of the live mapping; AtomicU32 has u32's layout and the
-            // mapping is page-aligned.
+            // SAFETY: element `queue` of the live mapping: `queue * STRIDE` bytes in, within
+            // `BYTES`. AtomicU64 has u64's size (STRIDE) and alignment, and the mapping is
+            // page-aligned, so the element is aligned.
             unsafe { &*self.ptr.as_ptr().add(queue as usize) }
-                .store(u32::from(shed), Ordering::Relaxed);
+                .store(u64::from(shed), Ordering::Relaxed);
         }
     }
 }
@@ -336,6 +346,16 @@ impl Steer {
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<SteerCounters> {
         counters(&self.ebpf)
+    }
+
+    /// RX queue `queue`'s overload flag as the program reads it: looked up through the
+    /// map (a syscall), not through the workers' mapping. For tests and diagnostics.
+    pub fn shed_flag(&self, queue: u32) -> Result<bool> {
+        const MAP: &str = "xsk_shed";
+        let map_err = |source| BpfError::Map { map: MAP, source };
+        let map = self.ebpf.map(MAP).ok_or(BpfError::Missing(MAP))?;
+        let flags = aya::maps::Array::<&MapData, u64>::try_from(map).map_err(map_err)?;
+        Ok(flags.get(&queue, 0).map_err(map_err)? != 0)
     }
 
     /// Maps the per-queue overload flags into this process, for the workers.
