@@ -155,8 +155,8 @@ struct Link {
 }
 
 /// The configured interfaces as they are now: each `None` while it does not exist (and the
-/// downlink in one-arm), and the uplink's RX queues as [`rx_queues`] counts them, which is
-/// how [`Workers::start`] counts them.
+/// downlink in one-arm), and the uplink's RX queues as [`rx_queues`] counts them, up to the
+/// steering program's limit, which is how [`Workers::start`] counts them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Look {
     uplink: Option<Link>,
@@ -176,7 +176,9 @@ impl Look {
         Look {
             uplink,
             downlink: fixed.downlink.as_deref().and_then(link),
-            rx_queues: uplink.map_or(0, |_| rx_queues(&fixed.uplink)),
+            rx_queues: uplink.map_or(0, |_| {
+                rx_queues(&fixed.uplink).min(bpf::steer::MAX_QUEUES as u32)
+            }),
         }
     }
 }

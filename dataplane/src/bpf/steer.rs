@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const PROGRAM: &str = "xdp_steer";
-/// `MAX_QUEUES` in steer.c: entries of the XSKMAP and of `xsk_shed`.
-const MAX_QUEUES: usize = 256;
+/// `MAX_QUEUES` in steer.c: entries of the XSKMAP and of `xsk_shed`, so the RX queues
+/// (0 to `MAX_QUEUES - 1`) whose VIP traffic can be steered to a socket.
+pub const MAX_QUEUES: usize = 256;
 
 /// Most service ports (address, protocol, port) a gateway steers. `vips` and `vip_addrs` in
 /// steer.c hold twice as many (`2 * MAX_VIPS` there), because [`Steer::set_vips`] adds the

@@ -75,6 +75,12 @@ pub trait Steering: Send {
     /// Point the XSKMAP slot of RX queue `queue` at the socket `fd`.
     fn insert_xsk(&mut self, queue: u32, fd: RawFd) -> std::io::Result<()>;
 
+    /// How many RX queues, from queue 0, the program can steer to a socket (its XSKMAP's
+    /// size). [`Workers::start`] serves no more than this.
+    fn max_queues(&self) -> u32 {
+        u32::MAX
+    }
+
     /// The program's per-queue overload flags, if it has them: an overloaded worker sets
     /// its queue's flag so that the program drops its traffic before the kernel copies it.
     fn shed_flags(&self) -> Option<Arc<ShedFlags>> {
@@ -85,6 +91,10 @@ pub trait Steering: Send {
 impl Steering for crate::bpf::Steer {
     fn insert_xsk(&mut self, queue: u32, fd: RawFd) -> std::io::Result<()> {
         self.set_socket(queue, &fd).map_err(std::io::Error::other)
+    }
+
+    fn max_queues(&self) -> u32 {
+        crate::bpf::steer::MAX_QUEUES as u32
     }
 
     fn shed_flags(&self) -> Option<Arc<ShedFlags>> {
@@ -240,6 +250,7 @@ impl<S: Steering> Workers<S> {
         if queues == 0 {
             return Err(XskError::Config("zero queues".into()));
         }
+        let queues = served_queues(&cfg.uplink, queues, steering.max_queues());
         let mut ios = Vec::with_capacity(queues as usize);
         for q in 0..queues {
             let io = socket::open(&socket::Placement {
@@ -387,6 +398,25 @@ impl<S: Steering> Workers<S> {
             None => Ok(out),
         }
     }
+}
+
+/// How many of `queues` RX queues of `iface` get a worker: all of them, or the first
+/// `max` the steering program can steer to (warned: the others' VIP traffic goes to the
+/// kernel, counted by the program as `no_socket`).
+pub(crate) fn served_queues(iface: &str, queues: u32, max: u32) -> u32 {
+    if queues <= max {
+        return queues;
+    }
+    tracing::warn!(
+        iface,
+        queues,
+        served = max,
+        "more RX queues than the steering program serves: queues {max} and above get no \
+         worker, and their VIP traffic goes to the kernel (counted as no_socket); reduce \
+         the channels (ethtool -L) or spread RSS over the first {max} queues \
+         (ethtool -X {iface} equal {max})"
+    );
+    max
 }
 
 /// Warns when `workers` workers share the configured `cores` (more RX queues than cores:

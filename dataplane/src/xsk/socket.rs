@@ -387,25 +387,34 @@ pub(crate) fn open(p: &Placement<'_>) -> Result<WorkerIo, XskError> {
     })
 }
 
-/// Number of RX queues of `iface`, from `ETHTOOL_GCHANNELS` (the larger of the RX-only and the
-/// combined channel counts); 1 when the driver does not report channels. [`Workers::start`]
-/// starts this many workers unless told otherwise.
+/// `struct ethtool_channels` (`linux/ethtool.h`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// The RX queues that channel counts make: each combined channel has one, and so does each
+/// RX-only channel (`rx_count` counts only those), as the kernel counts them in
+/// `ethtool_set_channels`. At least 1: a device always has a queue 0.
+fn rx_queue_count(ch: &EthtoolChannels) -> u32 {
+    ch.combined_count.saturating_add(ch.rx_count).max(1)
+}
+
+/// Number of RX queues of `iface`, from `ETHTOOL_GCHANNELS` (combined plus RX-only
+/// channels); 1 when the driver does not report channels. [`Workers::start`] starts this
+/// many workers unless told otherwise.
 ///
 /// [`Workers::start`]: super::Workers::start
 pub fn rx_queues(iface: &str) -> u32 {
-    #[repr(C)]
-    #[derive(Default)]
-    struct EthtoolChannels {
-        cmd: u32,
-        max_rx: u32,
-        max_tx: u32,
-        max_other: u32,
-        max_combined: u32,
-        rx_count: u32,
-        tx_count: u32,
-        other_count: u32,
-        combined_count: u32,
-    }
     const ETHTOOL_GCHANNELS: u32 = 0x3c;
     let mut ch = EthtoolChannels {
         cmd: ETHTOOL_GCHANNELS,
@@ -433,5 +442,27 @@ pub fn rx_queues(iface: &str) -> u32 {
     if r != 0 {
         return 1;
     }
-    ch.rx_count.max(ch.combined_count).max(1)
+    rx_queue_count(&ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rx_queues_count_combined_and_rx_only_channels() {
+        let ch = |rx_count, combined_count| EthtoolChannels {
+            rx_count,
+            combined_count,
+            tx_count: 3,
+            ..Default::default()
+        };
+        // `ethtool -L eth0 combined 8 rx 8`: 16 RX queues.
+        assert_eq!(rx_queue_count(&ch(8, 8)), 16);
+        assert_eq!(rx_queue_count(&ch(0, 4)), 4);
+        // RX-only channels alone (TX-only ones beside them).
+        assert_eq!(rx_queue_count(&ch(2, 0)), 2);
+        // A driver that reports no channels still has queue 0.
+        assert_eq!(rx_queue_count(&ch(0, 0)), 1);
+    }
 }

@@ -485,6 +485,64 @@ fn a_worker_that_panics_is_reported_and_stop_still_detaches_everything() {
     assert_no_xsk(gw);
 }
 
+/// The real steering program, but with an XSKMAP of `max` entries: like the kernel for an
+/// index past a map's end, inserting a socket for a later queue fails with E2BIG.
+struct Capped {
+    steer: Steer,
+    max: u32,
+}
+
+impl Steering for Capped {
+    fn insert_xsk(&mut self, queue: u32, fd: RawFd) -> std::io::Result<()> {
+        if queue >= self.max {
+            return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        self.steer.insert_xsk(queue, fd)
+    }
+
+    fn max_queues(&self) -> u32 {
+        self.max
+    }
+}
+
+/// An uplink with more RX queues than the steering program can steer to starts with a
+/// worker for each queue it can serve, rather than failing on the first one it cannot.
+#[test]
+fn queues_past_the_steering_limit_get_no_worker_and_the_rest_run() {
+    if !dsrgate_tests::require_privileges("AF_XDP queue limit test") {
+        return;
+    }
+    let lab = Lab::with_queues(2);
+    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
+    let workers = lab
+        .net
+        .ns("gw")
+        .enter(move || {
+            let mut steer = Steer::attach("eth0").expect("steering program");
+            steer
+                .set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])
+                .unwrap();
+            let mut cfg = XskConfig::new("eth0");
+            cfg.downlink = Some("eth1".to_string());
+            cfg.frames = 1024;
+            cfg.ring_size = 512;
+            Workers::start(&cfg, Capped { steer, max: 1 }, move |_| BareForwarder {
+                src,
+                dst,
+            })
+            .expect("workers for the queues the program serves")
+        })
+        .unwrap();
+    let stats = workers.stats();
+    assert_eq!(stats.iter().map(|s| s.queue).collect::<Vec<_>>(), [0]);
+    // Queue 0's share of the flows is forwarded.
+    send_all(&lab.sender(), &lab.frames(200));
+    wait_for("worker 0 forwarding", || {
+        (workers.stats()[0].tx > 0).then_some(())
+    });
+    assert_all_frames_home(&workers.stop().unwrap());
+}
+
 const HOLD_ENV: &str = "DSRGATE_XSK_HOLD";
 
 /// Not a test on its own: the child process of `sigkill_leaves_nothing_attached`, which runs
