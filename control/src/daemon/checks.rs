@@ -9,6 +9,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use bgp::speaker::Speaker;
+use dataplane::xsk::{interface_mtu, max_rx_frame, XskConfig};
 
 use super::forwarding::Fixed;
 use crate::config::{Bgp, Config, Topology};
@@ -19,7 +20,9 @@ pub fn field_error(file: &Path, fields: &[String], message: impl Display) -> any
     anyhow!("{}: {}: {message}", file.display(), fields.join(", "))
 }
 
-/// Fails, naming the field, if a configured interface does not exist in this namespace.
+/// Fails, naming the field, if a configured interface does not exist in this namespace,
+/// or if the upstream interface's MTU is larger than the AF_XDP workers can receive
+/// ([`uplink_mtu`]).
 pub fn interfaces(file: &Path, fixed: &Fixed) -> Result<()> {
     let arms = [
         ("upstream_interface", Some(&fixed.uplink)),
@@ -32,7 +35,38 @@ pub fn interfaces(file: &Path, fixed: &Fixed) -> Result<()> {
             })?;
         }
     }
-    Ok(())
+    let mtu = interface_mtu(&fixed.uplink).map_err(|e| {
+        field_error(
+            file,
+            &["dataplane.upstream_interface".to_owned()],
+            format!("reading the MTU of {}: {e}", fixed.uplink),
+        )
+    })?;
+    uplink_mtu(file, &fixed.uplink, mtu, &XskConfig::new(&fixed.uplink))
+}
+
+/// Fails, naming the field, if `mtu`, the upstream interface `iface`'s, is larger than the
+/// IP packets the workers (configured as `xsk`) receive whole ([`XskConfig::max_mtu`]):
+/// the kernel would drop a larger VIP packet before a worker saw it, so it would get no
+/// "too big" reply either. The downstream interface only transmits (the workers' frames,
+/// which came in on the upstream one), so its MTU has no such limit.
+pub fn uplink_mtu(file: &Path, iface: &str, mtu: u32, xsk: &XskConfig) -> Result<()> {
+    let limit = xsk.max_mtu();
+    if mtu <= limit {
+        return Ok(());
+    }
+    Err(field_error(
+        file,
+        &["dataplane.upstream_interface".to_owned()],
+        format!(
+            "{iface} has MTU {mtu}, more than the {limit} the AF_XDP workers can receive (a \
+             {}-byte UMEM frame less {} bytes of headroom, an Ethernet header and one VLAN \
+             tag): the kernel would drop larger VIP packets before any worker saw them, with \
+             no \"too big\" reply; set the MTU of {iface} to {limit} or less",
+            xsk.frame_size,
+            xsk.frame_size - max_rx_frame(xsk.frame_size),
+        ),
+    ))
 }
 
 /// Fails, naming the first such field, if a worker core is not one of `allowed` (the CPUs
@@ -249,6 +283,64 @@ mod tests {
             e.starts_with("/etc/d.toml: `dataplane.upstream_interface`: ") && e.contains("nosuch0"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_uplink_mtu_the_workers_cannot_receive_is_named_with_its_limit() {
+        let file = Path::new("/etc/d.toml");
+        let xsk = XskConfig::new("eth0");
+        assert!(uplink_mtu(file, "eth0", 1500, &xsk).is_ok());
+        assert!(uplink_mtu(file, "eth0", 3758, &xsk).is_ok());
+        let e = uplink_mtu(file, "eth0", 3759, &xsk)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/etc/d.toml: `dataplane.upstream_interface`: eth0 has MTU 3759, more than the \
+             3758 the AF_XDP workers can receive (a 4096-byte UMEM frame less 320 bytes of \
+             headroom, an Ethernet header and one VLAN tag): the kernel would drop larger VIP \
+             packets before any worker saw them, with no \"too big\" reply; set the MTU of \
+             eth0 to 3758 or less"
+        );
+    }
+
+    /// The check reads the real interface: `lo` (MTU 65536) is refused as an uplink.
+    #[test]
+    fn the_start_check_reads_the_uplink_mtu() {
+        let c = parse(&BASE.replace("eth0", "lo"));
+        let e = interfaces(Path::new("/etc/d.toml"), &Fixed::of(&c))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/d.toml: `dataplane.upstream_interface`: lo has MTU 65536, ")
+                && e.ends_with("set the MTU of lo to 3758 or less"),
+            "{e}"
+        );
+    }
+
+    /// At the limit the uplink is accepted, one byte over it is refused: a veth in a
+    /// scratch namespace.
+    #[test]
+    fn an_uplink_at_the_mtu_limit_starts_and_one_byte_over_does_not() {
+        use dsrgate_tests::netns::{unique_prefix, Port, Topology};
+        if !dsrgate_tests::require_privileges("uplink MTU check") {
+            return;
+        }
+        let mut t = Topology::default();
+        t.ns("a");
+        t.ns("b");
+        t.link(Port::new("a", "up0"), Port::new("b", "eth0"), Some(3758));
+        let net = t.build(&unique_prefix()).unwrap();
+        let c = parse(&BASE.replace("eth0", "up0"));
+        let a = net.ns("a");
+        let check = || {
+            a.enter(|| interfaces(Path::new("d.toml"), &Fixed::of(&c)).map_err(|e| e.to_string()))
+                .unwrap()
+        };
+        assert_eq!(check(), Ok(()));
+        a.ip(&["link", "set", "dev", "up0", "mtu", "3759"]).unwrap();
+        let e = check().unwrap_err();
+        assert!(e.contains("up0 has MTU 3759, more than the 3758"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use dataplane::bpf::{self, Steer, SteerCounters};
 use dataplane::pipeline::WorkerConfig;
 use dataplane::snapshot::{Snapshot, SourcePrefix};
 use dataplane::xsk::{
-    rx_queues, PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig, XskError,
+    interface_mtu, rx_queues, PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig,
+    XskError,
 };
 
 use crate::config::{Config, Topology};
@@ -124,6 +125,73 @@ pub struct Dataplane {
     failed: LastError,
     /// Successful rebuilds, for the log.
     restarts: u64,
+    /// Whether the uplink's MTU still fits the workers' frames.
+    mtu: MtuWatch,
+}
+
+/// Follows the uplink's MTU against the largest the workers receive whole
+/// ([`XskConfig::max_mtu`]), which the daemon checks at start (`checks::uplink_mtu`). A
+/// change past it at runtime is logged at error level, not made a [`DataplaneProblem`]:
+/// only VIP packets larger than the limit are lost (dropped by the kernel, counted in the
+/// workers' `rx_dropped`), while every smaller one is still forwarded, and withdrawing
+/// would move all of the traffic away, or stop it altogether where every gateway got the
+/// same change.
+struct MtuWatch {
+    limit: u32,
+    /// The uplink's MTU while it is over the limit.
+    over: Option<u32>,
+}
+
+/// What [`MtuWatch::update`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MtuChange {
+    /// The MTU is now this, over the limit (first seen so, or changed while so).
+    TooLarge(u32),
+    /// The MTU fits again.
+    Fits(u32),
+}
+
+impl MtuWatch {
+    fn new(limit: u32) -> MtuWatch {
+        MtuWatch { limit, over: None }
+    }
+
+    /// Takes the uplink's MTU as read now (`None` if it cannot be read: nothing changes).
+    fn update(&mut self, mtu: Option<u32>) -> Option<MtuChange> {
+        let mtu = mtu?;
+        let over = (mtu > self.limit).then_some(mtu);
+        if over == self.over {
+            return None;
+        }
+        let was = std::mem::replace(&mut self.over, over);
+        match over {
+            Some(m) => Some(MtuChange::TooLarge(m)),
+            None => was.map(|_| MtuChange::Fits(mtu)),
+        }
+    }
+
+    /// Reads `iface`'s MTU and logs a change past the limit or back.
+    fn check(&mut self, iface: &str) {
+        let limit = self.limit;
+        match self.update(interface_mtu(iface).ok()) {
+            Some(MtuChange::TooLarge(mtu)) => tracing::error!(
+                iface,
+                mtu,
+                limit,
+                "{iface} has MTU {mtu}, more than the {limit} the AF_XDP workers can \
+                 receive: the kernel drops larger VIP packets before any worker sees them \
+                 (counted in the workers' rx_dropped), with no \"too big\" reply; set the \
+                 MTU of {iface} to {limit} or less"
+            ),
+            Some(MtuChange::Fits(mtu)) => tracing::info!(
+                iface,
+                mtu,
+                limit,
+                "{iface}'s MTU fits the AF_XDP workers' frames again"
+            ),
+            None => {}
+        }
+    }
 }
 
 /// One attach: the steering program on the uplink and the workers behind it, on the
@@ -404,6 +472,7 @@ impl Dataplane {
             unreadable: LastError::default(),
             failed: LastError::default(),
             restarts: 0,
+            mtu: MtuWatch::new(XskConfig::new(&fixed.uplink).max_mtu()),
         })
     }
 
@@ -477,6 +546,7 @@ impl Dataplane {
     /// uplink's RX queues calls for without withdrawing.
     pub fn problem(&mut self, stats: &[WorkerStats], now: Instant) -> Option<DataplaneProblem> {
         self.observe(now);
+        self.mtu.check(&self.fixed.uplink);
         let fault = self.fault();
         self.due = fault.as_ref().is_some_and(Fault::rebuilds);
         if let Some(problem) = fault.as_ref().and_then(|f| f.problem(self.iface(f))) {
@@ -784,6 +854,19 @@ mod tests {
         let queues = STARTED.fault(&look(up(7), 3), || Ok(true)).unwrap();
         assert_eq!(queues, Fault::Queues { workers: 2, now: 3 });
         assert!(queues.problem("eth0").is_none() && queues.rebuilds());
+    }
+
+    #[test]
+    fn an_uplink_mtu_raised_past_the_limit_is_reported_once_and_again_when_it_fits() {
+        let mut w = MtuWatch::new(3758);
+        assert_eq!(w.update(Some(1500)), None);
+        assert_eq!(w.update(Some(3758)), None, "at the limit");
+        assert_eq!(w.update(Some(9000)), Some(MtuChange::TooLarge(9000)));
+        assert_eq!(w.update(Some(9000)), None, "said once");
+        assert_eq!(w.update(None), None, "unreadable: nothing changes");
+        assert_eq!(w.update(Some(4000)), Some(MtuChange::TooLarge(4000)));
+        assert_eq!(w.update(Some(1500)), Some(MtuChange::Fits(1500)));
+        assert_eq!(w.update(Some(1400)), None);
     }
 
     #[test]

@@ -30,7 +30,9 @@ use std::thread::JoinHandle;
 pub use arc_swap::ArcSwap;
 pub use bare::{BareForwarder, TunnelForwarder};
 pub use pipeline::{PipelineProcessor, PipelineStats};
-pub use socket::{rx_queues, XdpStats, XskMode, ENCAP_HEADROOM};
+pub use socket::{
+    interface_mtu, max_rx_frame, rx_queues, XdpStats, XskMode, ENCAP_HEADROOM, XDP_PACKET_HEADROOM,
+};
 pub use stats::{WorkerStats, DROP_SLOTS};
 
 use crate::bpf::ShedFlags;
@@ -143,7 +145,19 @@ impl XskConfig {
             tx_skb_budget: 256,
         }
     }
+
+    /// The largest uplink MTU whose frames the workers receive whole: [`max_rx_frame`] less
+    /// an Ethernet header and one 802.1Q tag (3758 with 4 KiB frames). A VIP packet larger
+    /// than this is dropped by the kernel before any worker sees it, so it gets no "too big"
+    /// reply either.
+    pub fn max_mtu(&self) -> u32 {
+        max_rx_frame(self.frame_size).saturating_sub(ETH_VLAN_HEADER)
+    }
 }
+
+/// An Ethernet header (14 bytes) and one 802.1Q tag (4), the most L2 header the workers
+/// handle in front of an IP packet.
+const ETH_VLAN_HEADER: u32 = 18;
 
 /// Frames of one worker by location. The difference from `total` is what the kernel holds:
 /// frames in transit and, in copy mode, frames it took from the fill ring but then dropped

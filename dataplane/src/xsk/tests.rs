@@ -56,6 +56,26 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16) -> Vec<u8> {
     )
 }
 
+/// An Ethernet/IPv4/UDP frame to the VIP from source port `sport`, `len` bytes long.
+fn udp_frame_of_len(dst: [u8; 6], src: [u8; 6], sport: u16, len: usize) -> Vec<u8> {
+    let payload = vec![0x5a; len - 14 - 20 - 8];
+    let udp = frames::udp(
+        IpAddr::V4(GEN_IP),
+        IpAddr::V4(VIP),
+        sport,
+        VIP_PORT,
+        &payload,
+    );
+    let f = frames::eth(
+        dst,
+        src,
+        0x0800,
+        &frames::ipv4(GEN_IP, VIP, frames::PROTO_UDP, &udp),
+    );
+    assert_eq!(f.len(), len);
+    f
+}
+
 /// Send `frames` in bursts of 32 with a short pause: well below what the worker handles, so
 /// nothing may be lost.
 fn send_all(s: &PacketSocket, frames: &[Vec<u8>]) {
@@ -483,6 +503,73 @@ fn a_worker_that_panics_is_reported_and_stop_still_detaches_everything() {
     }
     assert!(!gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
     assert_no_xsk(gw);
+}
+
+/// The frame limit the daemon checks the uplink's MTU against is the kernel's: on a link
+/// with room for larger frames, a frame of [`max_rx_frame`] bytes reaches the worker and one
+/// a byte longer is dropped by the kernel (`rx_dropped`), unseen by the worker.
+#[test]
+fn the_kernel_receives_frames_up_to_max_rx_frame_and_drops_longer_ones() {
+    if !dsrgate_tests::require_privileges("AF_XDP frame size test") {
+        return;
+    }
+    let mut t = Topology::default();
+    t.ns("gen")
+        .addresses
+        .push(("eth0".into(), format!("{GEN_IP}/24")));
+    t.ns("gw")
+        .addresses
+        .push(("eth0".into(), "198.19.0.2/24".into()));
+    t.link(
+        Port::new("gen", "eth0"),
+        Port::new("gw", "eth0"),
+        Some(4000),
+    );
+    let net = t.build(&unique_prefix()).expect("topology");
+    let gen_mac = net.ns("gen").mac("eth0").unwrap();
+    let gw_mac = net.ns("gw").mac("eth0").unwrap();
+    let workers = net
+        .ns("gw")
+        .enter(move || {
+            // Native XDP on veth takes no frame this large: the program runs generic.
+            let mut steer = Steer::attach("eth0").expect("steering program");
+            steer
+                .set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])
+                .unwrap();
+            let mut cfg = XskConfig::new("eth0");
+            cfg.frames = 1024;
+            cfg.ring_size = 512;
+            assert_eq!(max_rx_frame(cfg.frame_size), 3776);
+            assert_eq!(cfg.max_mtu(), 3776 - 18);
+            Workers::start(&cfg, steer, move |_| BareForwarder {
+                src: gw_mac,
+                dst: gen_mac,
+            })
+            .expect("workers")
+        })
+        .unwrap();
+    let sender = net
+        .ns("gen")
+        .enter(|| PacketSocket::open("eth0"))
+        .unwrap()
+        .unwrap();
+    let longest = max_rx_frame(XskConfig::new("eth0").frame_size) as usize;
+    sender
+        .send(&udp_frame_of_len(gw_mac, gen_mac, 10_000, longest))
+        .unwrap();
+    wait_for("the longest frame at the worker", || {
+        (workers.stats()[0].rx == 1).then_some(())
+    });
+    sender
+        .send(&udp_frame_of_len(gw_mac, gen_mac, 10_001, longest + 1))
+        .unwrap();
+    // The kernel's counters reach the stats once a second.
+    let s = wait_for("a frame dropped by the kernel", || {
+        let s = workers.stats().remove(0);
+        (s.kernel.rx_dropped > 0).then_some(s)
+    });
+    assert_eq!((s.rx, s.kernel.rx_dropped), (1, 1), "{s:?}");
+    assert_all_frames_home(&workers.stop().unwrap());
 }
 
 /// The real steering program, but with an XSKMAP of `max` entries: like the kernel for an
