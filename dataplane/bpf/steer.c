@@ -27,7 +27,9 @@
  * and counted as `shed`: the cheapest point to drop what it could not process anyway.
  * Everything else gets XDP_PASS, so ARP, ND, BGP, SSH and health-check replies reach
  * the kernel; so do frames to a broadcast or multicast MAC address and IPv6 packets to an
- * IPv4-mapped address (::ffff:0:0/96), whatever they carry, as the pipeline passes them.
+ * IPv4-mapped address (::ffff:0:0/96), whatever they carry, as the pipeline passes them,
+ * and frames to another station's MAC address (only frames to the interface's own, in
+ * `steer_mac`, are steered), which the kernel drops.
  * If no socket is bound for the queue the VIP packet is passed too (bpf_redirect_map's
  * XDP_PASS fallback) and counted as `no_socket`.
  *
@@ -118,12 +120,42 @@ struct {
 	__type(value, __u64);
 } xsk_shed SEC(".maps");
 
+/* The MAC address of the interface the program is attached to, set by the loader before it
+ * attaches and kept current (dataplane/src/bpf/steer.rs). Only frames to it are steered. */
+struct steer_mac {
+	__u8 addr[ETH_ALEN];
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct steer_mac);
+} steer_mac SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STEER_NCOUNTERS);
 	__type(key, __u32);
 	__type(value, __u64);
 } steer_stats SEC(".maps");
+
+/* Whether the frame is addressed to this interface's MAC address (steer_mac). A frame to
+ * another station's unicast address (a veth, a promiscuous NIC or a bridge port delivers
+ * those too) is the kernel's, which drops it (PACKET_OTHERHOST): a router forwards only what
+ * is sent to it. So is a frame to a group address (broadcast or multicast), which is never
+ * an interface's address: a router forwards no link-layer broadcast or multicast (RFC 1812
+ * section 5.3.4) nor answers one with an ICMP error (RFC 1122 section 3.2.2). The caller
+ * has checked that the Ethernet header is there. */
+static __always_inline int to_this_host(const struct ethhdr *eth)
+{
+	__u32 zero = 0;
+	const struct steer_mac *m = bpf_map_lookup_elem(&steer_mac, &zero);
+
+	return m && *(const __u32 *)&eth->h_dest[0] == *(const __u32 *)&m->addr[0] &&
+	       *(const __u16 *)&eth->h_dest[4] == *(const __u16 *)&m->addr[4];
+}
 
 /* Whether a is in ::ffff:0:0/96, the IPv4-mapped block (RFC 4291 section 2.5.5.2). */
 static __always_inline int is_v4_mapped6(const struct in6_addr *a)
@@ -370,13 +402,12 @@ int xdp_steer(struct xdp_md *ctx)
 	__be16 proto;
 	int l2;
 
-	/* As the pipeline: untagged, or one 802.1Q tag; 802.1ad and stacked tags pass. A frame
-	 * to a group address (broadcast or multicast: the I/G bit, the first byte's lowest) is
-	 * the kernel's, as in the pipeline: a router forwards no link-layer broadcast or
-	 * multicast (RFC 1812 section 5.3.4) nor answers one with an ICMP error (RFC 1122
-	 * section 3.2.2). parse_l2_tags has checked the Ethernet header is there. */
+	/* As the pipeline: untagged, or one 802.1Q tag; 802.1ad and stacked tags pass. Only a
+	 * frame to this interface's MAC address (to_this_host) may be steered: the pipeline
+	 * passes frames to a group address too, and a worker never sees a frame to another
+	 * station's. parse_l2_tags has checked the Ethernet header is there. */
 	l2 = parse_l2_tags(data, end, &proto, 1, 0);
-	if (l2 >= 0 && !(((struct ethhdr *)data)->h_dest[0] & 1)) {
+	if (l2 >= 0 && to_this_host(data)) {
 		if (proto == bpf_htons(ETH_P_IP))
 			v = classify_v4(data + l2, end);
 		else if (proto == bpf_htons(ETH_P_IPV6))

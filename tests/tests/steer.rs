@@ -17,6 +17,8 @@ const CL4: &str = "10.88.0.1";
 const CL6: &str = "fd88::1";
 const CLIENT4: &str = "203.0.113.10";
 const CLIENT6: &str = "2001:db8:c::10";
+/// A unicast MAC address of no interface here.
+const OTHER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
 
 fn v4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
@@ -157,8 +159,8 @@ fn icmp6_error(kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
 }
 
 /// IPv4 to the VIP's TCP service with IHL 3: unusable, so dropped by the program. Sent
-/// after each case as a marker: once it is counted, the case before it has been too
-/// (one veth queue keeps order).
+/// after each case as a marker (to the MAC address the program steers): once it is
+/// counted, the case before it has been too (one veth queue keeps order).
 fn bad_ihl() -> Vec<u8> {
     let mut p = tcp4(VIP4, 80);
     p[0] = 0x43;
@@ -187,7 +189,8 @@ fn wait_for(steer: &Steer, done: impl Fn(&SteerCounters) -> bool) -> SteerCounte
 fn check_cases(gw: &Gw, steer: &Steer, cases: &[(&str, Vec<u8>, Want)]) {
     for (name, frame, want) in cases {
         let before = steer.counters().unwrap();
-        gw.send(&[frame.clone(), gw.eth4(&bad_ihl())]);
+        let marker = eth(steer.mac(), gw.cl_mac, ETH_IPV4, &bad_ihl());
+        gw.send(&[frame.clone(), marker]);
         let extra_drop = u64::from(*want == Want::Drop);
         wait_for(steer, |c| c.dropped > before.dropped + extra_drop);
         // Counted before the marker, or not at all; the pause catches a case that was
@@ -269,6 +272,23 @@ fn steers_exactly_the_vip_traffic() {
             "802.1Q tcp4 to vip:80",
             eth_vlan(gw.gw_mac, gw.cl_mac, 100, ETH_IPV4, &tcp4(VIP4, 80)),
             Want::Steer,
+        ),
+        // Another host's unicast MAC (veth filters nothing): the kernel's, which drops it
+        // as PACKET_OTHERHOST. A router forwards only what is sent to it.
+        (
+            "tcp4 to vip:80, another host's MAC",
+            eth(OTHER_MAC, gw.cl_mac, ETH_IPV4, &tcp4(VIP4, 80)),
+            Want::Pass,
+        ),
+        (
+            "802.1Q tcp4 to vip:80, another host's MAC",
+            eth_vlan(OTHER_MAC, gw.cl_mac, 100, ETH_IPV4, &tcp4(VIP4, 80)),
+            Want::Pass,
+        ),
+        (
+            "ihl 3 to vip:80, another host's MAC",
+            eth(OTHER_MAC, gw.cl_mac, ETH_IPV4, &bad_ihl()),
+            Want::Pass,
         ),
         // Stacked tags are the kernel's, as in the pipeline (a worker could not give the
         // frame back).
@@ -647,6 +667,46 @@ fn an_overloaded_queue_has_its_vip_traffic_shed_and_only_that() {
         "steered again (no socket bound)"
     );
     assert_eq!(d.shed, c.shed);
+}
+
+/// The program steers frames to the interface's MAC address, and follows it when it
+/// changes: after [`Steer::refresh_mac`], frames to the new address are steered and frames
+/// to the old one are the kernel's.
+#[test]
+fn only_frames_to_the_interfaces_mac_are_steered_and_a_new_mac_is_followed() {
+    if !require_privileges("steer test (MAC)") {
+        return;
+    }
+    let gw = Gw::new();
+    let mut steer = gw.attach(None);
+    assert_eq!(steer.mac(), gw.gw_mac);
+    // Read in the gateway's namespace, where the interface is.
+    let refresh = |steer: &mut Steer| gw.net.ns("gw").enter(|| steer.refresh_mac()).unwrap();
+    assert_eq!(refresh(&mut steer).unwrap(), None, "unchanged");
+    let to = |mac| eth(mac, gw.cl_mac, ETH_IPV4, &tcp4(VIP4, 80));
+    check_cases(
+        &gw,
+        &steer,
+        &[
+            ("to the interface's MAC", to(gw.gw_mac), Want::Steer),
+            ("to another host's MAC", to(OTHER_MAC), Want::Pass),
+        ],
+    );
+
+    gw.net
+        .ns("gw")
+        .ip(&["link", "set", "dev", "eth0", "address", "02:00:00:00:00:99"])
+        .unwrap();
+    assert_eq!(refresh(&mut steer).unwrap(), Some(OTHER_MAC));
+    assert_eq!(steer.mac(), OTHER_MAC);
+    check_cases(
+        &gw,
+        &steer,
+        &[
+            ("to the new MAC", to(OTHER_MAC), Want::Steer),
+            ("to the old MAC", to(gw.gw_mac), Want::Pass),
+        ],
+    );
 }
 
 /// The CPUs online on this host as a sysfs CPU mask: comma-separated 32-bit hex groups,

@@ -547,6 +547,7 @@ impl Dataplane {
     pub fn problem(&mut self, stats: &[WorkerStats], now: Instant) -> Option<DataplaneProblem> {
         self.observe(now);
         self.mtu.check(&self.fixed.uplink);
+        self.follow_mac();
         let fault = self.fault();
         self.due = fault.as_ref().is_some_and(Fault::rebuilds);
         if let Some(problem) = fault.as_ref().and_then(|f| f.problem(self.iface(f))) {
@@ -557,6 +558,27 @@ impl Dataplane {
             .beats
             .stalled(stats.iter().map(progress), now, STALL_AFTER)?;
         Some(DataplaneProblem::WorkerStalled { worker })
+    }
+
+    /// Gives the steering program the uplink's MAC address again if it changed (`ip link
+    /// set address`, a bond failing over to a port with its own MAC): it steers only frames
+    /// to that address. One ioctl a turn; a change is seen within a turn, and VIP frames to
+    /// the new address reach the kernel until then. An interface that cannot be read is
+    /// left to [`Dataplane::problem`]'s checks (gone, or re-created: rebuilt).
+    fn follow_mac(&mut self) {
+        let Some(path) = self.path.as_mut() else {
+            return;
+        };
+        let iface = &self.fixed.uplink;
+        match path.workers.steering_mut().refresh_mac() {
+            Ok(Some(mac)) => tracing::info!(
+                iface,
+                mac = %crate::status::format_mac(mac),
+                "uplink MAC address changed: the steering program follows it"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::debug!(iface, %error, "reading the uplink's MAC address"),
+        }
     }
 
     /// Reads the configured interfaces; a change restarts the settle time.

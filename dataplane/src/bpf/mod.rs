@@ -70,6 +70,12 @@ pub enum BpfError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the MAC address of {iface}: {source}")]
+    Mac {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no XDP program is attached to {0}")]
     NotAttached(String),
     #[error(

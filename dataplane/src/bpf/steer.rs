@@ -180,6 +180,9 @@ pub struct Steer {
     ebpf: Ebpf,
     iface: String,
     ifindex: u32,
+    /// The interface's MAC address as the program has it (`steer_mac`): only frames to it
+    /// are steered.
+    mac: [u8; 6],
     mode: AttachMode,
     /// The loaded program's kernel id, to tell it from whatever else an interface runs.
     prog_id: u32,
@@ -198,7 +201,8 @@ impl std::fmt::Debug for Steer {
 impl Steer {
     /// Loads the program and attaches it to `iface` (in the caller's network namespace)
     /// in native mode, falling back to generic mode. No VIPs are configured yet, so until
-    /// [`Steer::set_vips`] everything passes.
+    /// [`Steer::set_vips`] everything passes. The program steers only frames to `iface`'s
+    /// MAC address as read now: [`Steer::refresh_mac`] follows a change.
     pub fn attach(iface: &str) -> Result<Steer> {
         Self::attach_with(iface, None)
     }
@@ -229,6 +233,11 @@ impl Steer {
             });
         }
         let mut ebpf = load()?;
+        let mac = interface_mac(iface).map_err(|source| BpfError::Mac {
+            iface: iface.into(),
+            source,
+        })?;
+        set_mac(&mut ebpf, mac)?;
         let prog = super::xdp_program(&mut ebpf, PROGRAM)?;
         let prog_id = prog
             .info()
@@ -272,6 +281,7 @@ impl Steer {
             ebpf,
             iface: iface.into(),
             ifindex,
+            mac,
             mode,
             prog_id,
             link: Some(link),
@@ -301,6 +311,30 @@ impl Steer {
     /// The mode actually obtained.
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// The MAC address frames must be sent to for the program to steer them.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Reads the interface's MAC address again and gives the program a new one (one map
+    /// update), so that it keeps steering what the interface receives after an `ip link set
+    /// address` or a bond's failover to a port with another MAC. Returns the new address if
+    /// it changed. Until this runs, VIP frames to the new address go to the kernel (counted
+    /// as `passed`), which does not own the VIP. The interface must still be the one the
+    /// program was attached to (a re-created one gets a new program).
+    pub fn refresh_mac(&mut self) -> Result<Option<[u8; 6]>> {
+        let mac = interface_mac(&self.iface).map_err(|source| BpfError::Mac {
+            iface: self.iface.clone(),
+            source,
+        })?;
+        if mac == self.mac {
+            return Ok(None);
+        }
+        set_mac(&mut self.ebpf, mac)?;
+        self.mac = mac;
+        Ok(Some(mac))
     }
 
     /// Replaces the set of steered services. New entries are added before stale ones are
@@ -399,6 +433,68 @@ fn load() -> Result<Ebpf> {
     })?;
     super::load_xdp(&mut ebpf, PROGRAM)?;
     Ok(ebpf)
+}
+
+/// `struct steer_mac` in steer.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SteerMac {
+    addr: [u8; 6],
+    pad: [u8; 2],
+}
+
+// SAFETY: SteerMac is repr(C), made only of bytes, with no implicit padding (6+2 bytes), so
+// every bit pattern is valid and no uninitialised bytes reach the kernel.
+unsafe impl Pod for SteerMac {}
+
+/// Gives the program the MAC address frames must be sent to for it to steer them.
+fn set_mac(ebpf: &mut Ebpf, mac: [u8; 6]) -> Result<()> {
+    const MAP: &str = "steer_mac";
+    let map_err = |source| BpfError::Map { map: MAP, source };
+    let mut map = aya::maps::Array::<&mut MapData, SteerMac>::try_from(
+        ebpf.map_mut(MAP).ok_or(BpfError::Missing(MAP))?,
+    )
+    .map_err(map_err)?;
+    map.set(
+        0,
+        SteerMac {
+            addr: mac,
+            pad: [0; 2],
+        },
+        0,
+    )
+    .map_err(map_err)
+}
+
+/// The MAC address of `iface` (`SIOCGIFHWADDR`), in the caller's network namespace.
+pub(crate) fn interface_mac(iface: &str) -> std::io::Result<[u8; 6]> {
+    // SAFETY: plain socket(2) call; checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket just opened and owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid; the name is copied in bounded by IFNAMSIZ - 1.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the name and writes the address of a live ifreq.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut ifr) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR succeeded, so the union holds the hardware address.
+    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, &b) in mac.iter_mut().zip(&sa.sa_data[..6]) {
+        *m = b as u8;
+    }
+    Ok(mac)
 }
 
 /// See [`Steer::set_vips`].

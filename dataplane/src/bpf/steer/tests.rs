@@ -75,6 +75,7 @@ impl Harness {
             })
             .collect();
         set_vips(&mut ebpf, &vips).unwrap();
+        set_mac(&mut ebpf, GW_MAC).unwrap();
         let cfg = SnapshotConfig {
             generation: 1,
             vips: services()
@@ -150,9 +151,19 @@ impl Harness {
         common::run(&mut self.worker, &self.snap, NOW, frame).0
     }
 
-    /// Runs both on `frame`; an error if they disagree.
+    /// Runs both on `frame`; an error if they disagree. A frame to another station's
+    /// unicast MAC address never reaches a worker: the program must pass it (the kernel
+    /// drops it), whatever the pipeline would make of it.
     fn both(&mut self, frame: &[u8]) -> Result<Steered, String> {
         let s = self.steer(frame);
+        if frame[0] & 1 == 0 && frame[..6] != GW_MAC {
+            return match s {
+                Steered::Pass => Ok(s),
+                _ => Err(format!(
+                    "{s:?}, but it is for another station's MAC address"
+                )),
+            };
+        }
         let v = self.pipeline(frame);
         match (s, v) {
             (Steered::Steer, Verdict::Pass) => {
@@ -343,8 +354,34 @@ fn steers_what_the_pipeline_handles_and_nothing_it_passes() {
         let m = icmp6(ROUTER6, mapped_vip4, 1, 4, [0; 4], &quoted);
         ipv6(ROUTER6, mapped_vip4, PROTO_ICMPV6, &m)
     };
+    // A frame to another station's unicast MAC address (a veth or a promiscuous NIC
+    // delivers those).
+    let to_other = |mut f: Vec<u8>| {
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
+        f
+    };
     use Steered::*;
     h.check(&[
+        // Another station's MAC address: the kernel's, which drops it.
+        (
+            "tcp4 SYN to VIP:80, another station's MAC",
+            to_other(eth4(&tcp4(80))),
+            Pass,
+        ),
+        (
+            "tcp6 SYN to VIP6:80, another station's MAC, one 802.1Q tag",
+            to_other(tagged(&[0x8100], ETH_IPV6, &tcp6_behind(&[]))),
+            Pass,
+        ),
+        (
+            "malformed, to VIP:80, another station's MAC",
+            to_other(eth4(&{
+                let mut p = tcp4(80);
+                p[0] = 0x43;
+                p
+            })),
+            Pass,
+        ),
         // A group destination MAC address (RFC 1812 §5.3.4: not forwarded), whatever it
         // carries, is the kernel's.
         (
@@ -846,8 +883,10 @@ fn program_and_pipeline_agree_on_mutated_frames() {
         proptest::collection::vec((0usize..160, interesting), 0..4),
         proptest::option::weighted(0.2, 0usize..200),
         any::<bool>(),
-        // Now and then to a group (broadcast, multicast) MAC address.
+        // Now and then to a group (broadcast, multicast) MAC address, or to another
+        // station's.
         proptest::bool::weighted(0.1),
+        proptest::bool::weighted(0.05),
     );
     const CASES: u32 = 4096;
     // How often each side decided each way: the mutations must reach both decisions.
@@ -858,7 +897,7 @@ fn program_and_pipeline_agree_on_mutated_frames() {
         ..Config::default()
     });
     runner
-        .run(&strategy, |(seed, tag, edits, cut, fix, group)| {
+        .run(&strategy, |(seed, tag, edits, cut, fix, group, other)| {
             let (ethertype, ref ip) = seeds[seed];
             let mut ip = ip.clone();
             for (at, b) in edits {
@@ -871,6 +910,9 @@ fn program_and_pipeline_agree_on_mutated_frames() {
             let mut frame = tagged(tags.get(tag).copied().unwrap_or(&[]), ethertype, &ip);
             if group {
                 frame[0] |= 1;
+            }
+            if other {
+                frame[5] ^= 0x80;
             }
             if let Some(len) = cut {
                 frame.truncate(len.max(14));
