@@ -23,7 +23,7 @@ use crate::policy::DataplaneProblem;
 use crate::publish::{proto, Params};
 use crate::sources::ServiceSet;
 
-/// A worker whose loop has made no visible progress for this long is stalled. An idle
+/// A worker that has made no progress ([`progress`]) for this long is stalled. An idle
 /// worker still counts a `poll` every 20 ms, a busy one counts frames.
 const STALL_AFTER: Duration = Duration::from_secs(2);
 /// The least time between two attempts to rebuild the packet path: each loads the
@@ -719,9 +719,12 @@ fn set_vips(workers: &mut Workers<Steer>, vips: &[bpf::Vip]) -> Result<()> {
         .context("updating the steering program's VIP map")
 }
 
-/// A number that grows whenever the worker's loop turns.
+/// A number that grows while the worker does its job: frames received, frames the kernel
+/// finished sending, and idle polls (which the worker counts only with nothing left to
+/// send). Not the turns of its loop: a worker whose kicks fail or whose TX ring stays full
+/// turns without forwarding anything, and must be found stalled.
 fn progress(s: &WorkerStats) -> u64 {
-    s.rx + s.idle_polls + s.tx_ring_stalls + s.kick_again + s.kick_busy + s.kick_errors
+    s.rx + s.completed + s.idle_polls
 }
 
 /// Whether `iface`'s link is up and running: `IFF_UP` (set up) and `IFF_RUNNING` (its
@@ -815,6 +818,58 @@ mod tests {
         assert_eq!(h.stalled([12, 21].into_iter(), at(2600), after), None);
         assert_eq!(h.stalled([13, 21].into_iter(), at(4000), after), None);
         assert_eq!(h.stalled([13, 21].into_iter(), at(4700), after), Some(1));
+    }
+
+    /// Failed kicks and a full TX ring are the loop turning, not the worker forwarding:
+    /// only received frames, completed ones and idle polls keep it from being stalled.
+    #[test]
+    fn failed_kicks_and_tx_stalls_are_not_progress() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(2);
+        let base = WorkerStats {
+            rx: 100,
+            completed: 90,
+            idle_polls: 7,
+            ..WorkerStats::default()
+        };
+        let mut h = Heartbeats::new([progress(&base)].into_iter(), t0);
+        let stuck = WorkerStats {
+            tx_ring_stalls: 5000,
+            kick_errors: 4000,
+            kick_again: 30,
+            kick_busy: 20,
+            ..base.clone()
+        };
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(
+            h.stalled([progress(&stuck)].into_iter(), at(1000), after),
+            None
+        );
+        assert_eq!(
+            h.stalled([progress(&stuck)].into_iter(), at(2500), after),
+            Some(0)
+        );
+        for moved in [
+            WorkerStats {
+                rx: 101,
+                ..stuck.clone()
+            },
+            WorkerStats {
+                completed: 91,
+                ..stuck.clone()
+            },
+            WorkerStats {
+                idle_polls: 8,
+                ..stuck.clone()
+            },
+        ] {
+            let mut h = Heartbeats::new([progress(&stuck)].into_iter(), t0);
+            assert_eq!(
+                h.stalled([progress(&moved)].into_iter(), at(2500), after),
+                None,
+                "{moved:?}"
+            );
+        }
     }
 
     const STARTED: Started = Started {

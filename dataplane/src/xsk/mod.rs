@@ -113,7 +113,9 @@ pub struct XskConfig {
     /// and so do `Tx` frames in a one-arm topology.
     pub uplink: String,
     /// Interface toward the nodes in a two-arm topology: `Tx` frames leave here. It needs at
-    /// least as many queues as the uplink has workers. `None` means one-arm.
+    /// least as many queues as the uplink has workers. `None` means one-arm. Two-arm
+    /// sockets are bound in copy mode, even on NICs with zero-copy (see
+    /// `socket::uplink_bind_flags`).
     pub downlink: Option<String>,
     /// Cores to pin workers to: worker `i` runs on `cores[i % cores.len()]`. Empty: unpinned.
     pub cores: Vec<usize>,

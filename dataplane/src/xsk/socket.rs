@@ -357,8 +357,29 @@ fn port(
     })
 }
 
-/// Create and bind one worker's sockets. The kernel picks zero-copy when the driver supports
-/// it and falls back to copy mode otherwise; the mode obtained is read back and reported.
+/// The bind flags of a worker's uplink socket: `need_wakeup`, and in a two-arm topology
+/// copy mode. One-arm, the kernel picks zero-copy when the driver has it.
+///
+/// Two-arm is held to copy mode because a socket that shares its UMEM on another device
+/// (the downlink's) gets the first socket's mode, and zero-copy there would need what the
+/// downlink does not have: its driver would transmit only with an XDP program attached (ice,
+/// i40e and mlx5 refuse the wakeup otherwise, so nothing would leave), and the queues bound
+/// to the UMEM would receive only into its fill ring, which stays empty (the kernel's
+/// traffic on those downlink queues, ARP and health-check replies among it, would be
+/// dropped). A downlink driver without zero-copy would fail the bind outright. None of this
+/// can be tried without a zero-copy NIC; copy mode is what veth offers and what is tested.
+pub(crate) fn uplink_bind_flags(two_arm: bool) -> u16 {
+    let copy = if two_arm {
+        SocketConfig::XDP_BIND_COPY
+    } else {
+        0
+    };
+    SocketConfig::XDP_BIND_NEED_WAKEUP | copy
+}
+
+/// Create and bind one worker's sockets. One-arm, the kernel picks zero-copy when the
+/// driver supports it and falls back to copy mode otherwise; two-arm is copy mode (see
+/// [`uplink_bind_flags`]). The mode obtained is read back and reported.
 pub(crate) fn open(p: &Placement<'_>) -> Result<WorkerIo, XskError> {
     if !p.frame_size.is_power_of_two() || p.frame_size < 2048 {
         return Err(XskError::Config(format!(
@@ -395,7 +416,7 @@ pub(crate) fn open(p: &Placement<'_>) -> Result<WorkerIo, XskError> {
         p.queue,
         p,
         true,
-        SocketConfig::XDP_BIND_NEED_WAKEUP,
+        uplink_bind_flags(p.downlink.is_some()),
     )?;
     let opts = getsockopt_u32(up.fd(), XDP_OPTIONS).map_err(|source| XskError::Socket {
         iface: p.uplink.to_string(),
@@ -494,6 +515,16 @@ pub fn rx_queues(iface: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_arm_binds_in_copy_mode_and_one_arm_lets_the_kernel_choose() {
+        let wakeup = SocketConfig::XDP_BIND_NEED_WAKEUP;
+        assert_eq!(uplink_bind_flags(false), wakeup);
+        assert_eq!(
+            uplink_bind_flags(true),
+            wakeup | SocketConfig::XDP_BIND_COPY
+        );
+    }
 
     #[test]
     fn rx_queues_count_combined_and_rx_only_channels() {

@@ -17,6 +17,7 @@ pub(crate) struct Counters {
     pub(crate) rx: u64,
     pub(crate) tx: u64,
     pub(crate) reply: u64,
+    pub(crate) completed: u64,
     pub(crate) pass_dropped: u64,
     pub(crate) drops: [u64; DROP_SLOTS],
     pub(crate) bad_verdicts: u64,
@@ -52,6 +53,8 @@ pub struct WorkerStats {
     pub tx: u64,
     /// Frames queued back out of the uplink (`Verdict::Reply`).
     pub reply: u64,
+    /// Frames the kernel has finished transmitting (taken from the completion rings).
+    pub completed: u64,
     /// `Verdict::Pass` frames, which an AF_XDP socket cannot return to the kernel: dropped.
     pub pass_dropped: u64,
     /// Drops by pipeline reason, indexed by `DropReason as usize` (names: `DropReason::ALL`).
@@ -70,7 +73,8 @@ pub struct WorkerStats {
     pub kick_busy: u64,
     /// `sendto` failed otherwise (device down or gone).
     pub kick_errors: u64,
-    /// Times the worker slept in `poll` for lack of traffic.
+    /// Times the worker slept in `poll` for lack of traffic, with nothing left to send (a
+    /// worker whose TX does not drain is not idle: it is stalled).
     pub idle_polls: u64,
     /// Times the worker fell behind and had the steering program shed its queue's traffic
     /// (the packets shed are counted by the program).
@@ -139,6 +143,7 @@ shared!(
     rx,
     tx,
     reply,
+    completed,
     pass_dropped,
     bad_verdicts,
     bad_descs,

@@ -505,6 +505,46 @@ fn a_worker_that_panics_is_reported_and_stop_still_detaches_everything() {
     assert_no_xsk(gw);
 }
 
+/// A worker whose TX cannot drain (the downlink is down: every kick fails) is stalled, not
+/// idle: it counts no idle polls, receives and completes nothing, while its failed kicks
+/// grow. The daemon's stall detector counts only those three. Once the downlink is up
+/// again, the queued frames leave.
+#[test]
+fn a_worker_whose_kicks_fail_counts_no_idle_polls() {
+    if !dsrgate_tests::require_privileges("AF_XDP stalled TX test") {
+        return;
+    }
+    let lab = Lab::new();
+    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
+    let workers = lab.start(true, move |_| BareForwarder { src, dst });
+    let gw = lab.net.ns("gw");
+    gw.ip(&["link", "set", "dev", "eth1", "down"]).unwrap();
+    let n = 10;
+    send_all(&lab.sender(), &lab.frames(n));
+    let stuck = wait_for("frames stuck behind failed kicks", || {
+        let s = workers.stats().remove(0);
+        (s.rx == u64::from(n) && s.kick_errors > 0).then_some(s)
+    });
+    // An idle worker polls every 1024 empty turns (about 20 ms apart when idle): over this
+    // wait a worker counting its failed turns as idle would count several.
+    let before = workers.stats().remove(0);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = workers.stats().remove(0);
+    assert!(after.kick_errors > before.kick_errors, "{after:?}");
+    assert_eq!(
+        (after.rx, after.completed, after.idle_polls),
+        (before.rx, before.completed, before.idle_polls),
+        "{stuck:?}"
+    );
+    assert_eq!(after.tx, u64::from(n), "queued, not sent");
+
+    gw.ip(&["link", "set", "dev", "eth1", "up"]).unwrap();
+    wait_for("the queued frames completed", || {
+        (workers.stats()[0].completed == u64::from(n)).then_some(())
+    });
+    assert_all_frames_home(&workers.stop().unwrap());
+}
+
 /// The frame limit the daemon checks the uplink's MTU against is the kernel's: on a link
 /// with room for larger frames, a frame of [`max_rx_frame`] bytes reaches the worker and one
 /// a byte longer is dropped by the kernel (`rx_dropped`), unseen by the worker.

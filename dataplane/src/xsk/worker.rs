@@ -242,7 +242,12 @@ impl<P: Processor> Worker<P> {
             idle += 1;
             if idle >= IDLE_SPINS {
                 idle = 0;
-                self.counters.idle_polls += 1;
+                // Idle only with nothing left to send: a worker whose TX cannot drain (kicks
+                // failing, the ring full) is stalled, and the daemon's stall detector counts
+                // idle polls as a sign of life.
+                if self.tx_pending() == 0 {
+                    self.counters.idle_polls += 1;
+                }
                 self.sleep();
             } else {
                 std::hint::spin_loop();
@@ -254,6 +259,12 @@ impl<P: Processor> Worker<P> {
         self.drain();
         self.housekeeping();
         self.census()
+    }
+
+    /// Descriptors queued on the TX rings that the kernel has not taken yet.
+    fn tx_pending(&self) -> u32 {
+        let down = self.io.down.as_ref().map_or(0, |d| d.tx.pending());
+        self.io.up.tx.pending() + down
     }
 
     /// One pass of the loop; true if any frame moved.
@@ -318,6 +329,7 @@ impl<P: Processor> Worker<P> {
                 }
             }
         }
+        self.counters.completed += u64::from(n);
         n
     }
 
