@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -245,9 +245,68 @@ pub struct LiveVip {
     pub slots: HashMap<IpAddr, u32>,
 }
 
+/// The live snapshot, in the cell the workers load it from, and the snapshots it replaced
+/// that a worker may still hold. A worker holds the snapshot it loaded until its batch ends;
+/// were that the last reference, the worker would free the snapshot (its Maglev tables: the
+/// allocator's lock, perhaps an munmap) on the packet path. So a replaced snapshot is kept
+/// here until every worker is past it ([`Live::release`], with what the workers report in
+/// [`dataplane::xsk::PipelineStats::oldest_held`]), and freed on the control thread.
+/// Clones share both.
+#[derive(Clone)]
+pub struct Live {
+    cell: Arc<ArcSwap<Snapshot>>,
+    /// Replaced snapshots, oldest first. Only the control thread touches it (the mutex
+    /// just lets the publisher and the dataplane share it); the workers never do.
+    retired: Arc<Mutex<Vec<Arc<Snapshot>>>>,
+}
+
+impl Live {
+    fn new(first: Snapshot) -> Live {
+        Live {
+            cell: Arc::new(ArcSwap::from_pointee(first)),
+            retired: Arc::default(),
+        }
+    }
+
+    /// The cell the workers load from.
+    pub fn cell(&self) -> &Arc<ArcSwap<Snapshot>> {
+        &self.cell
+    }
+
+    /// Makes `next` live, keeping the snapshot it replaces until [`Live::release`].
+    fn store(&self, next: Snapshot) {
+        let old = self.cell.swap(Arc::new(next));
+        self.retired().push(old);
+    }
+
+    /// Drops the replaced snapshots older than `oldest_held`, the oldest generation a
+    /// worker may still hold (the least [`dataplane::xsk::PipelineStats::oldest_held`] of
+    /// the running workers; `u64::MAX` when none runs). Returns how many it dropped; this
+    /// is the last reference to each unless something on the control side holds one too.
+    pub fn release(&self, oldest_held: u64) -> usize {
+        let mut retired = self.retired();
+        let before = retired.len();
+        retired.retain(|s| s.generation() >= oldest_held);
+        before - retired.len()
+    }
+
+    /// Replaced snapshots not released yet.
+    pub fn retired_count(&self) -> usize {
+        self.retired().len()
+    }
+
+    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Snapshot>>> {
+        // Nothing that holds the lock can panic half way (a push, a retain), so a
+        // poisoned lock still holds a consistent list.
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Owns the live snapshot and its generation counter.
 pub struct Publisher {
-    live: Arc<ArcSwap<Snapshot>>,
+    live: Live,
     generation: u64,
     /// The content of the live snapshot (generation 0), to detect changes.
     current: SnapshotConfig,
@@ -262,15 +321,16 @@ impl Publisher {
         let snap = Snapshot::new(&cfg)?;
         let vips = live_vips(&snap, &first.origins, None, &first.config, None, 1);
         Ok(Publisher {
-            live: Arc::new(ArcSwap::from_pointee(snap)),
+            live: Live::new(snap),
             generation: 1,
             current: first.config,
             vips,
         })
     }
 
-    /// The handle the workers load from.
-    pub fn handle(&self) -> Arc<ArcSwap<Snapshot>> {
+    /// The live snapshot, for the dataplane: its workers load from [`Live::cell`], and it
+    /// releases the snapshots they are past ([`Live::release`]).
+    pub fn handle(&self) -> Live {
         self.live.clone()
     }
 
@@ -300,7 +360,7 @@ impl Publisher {
         cfg.generation = generation;
         let started = Instant::now();
         // Unchanged VIPs share the live snapshot's Maglev tables: only changed ones are built.
-        let prev = self.live.load_full();
+        let prev = self.live.cell.load_full();
         let snap = Snapshot::rebuild(&cfg, Some(&prev))?;
         let build = started.elapsed();
         let maglev = maglev_changes(&prev, &snap);
@@ -312,7 +372,7 @@ impl Publisher {
             Some(&self.current),
             generation,
         );
-        self.live.store(Arc::new(snap));
+        self.live.store(snap);
         let live_at = Instant::now();
         self.generation = generation;
         self.current = next.config;
@@ -578,7 +638,7 @@ mod tests {
             }]
         );
         assert_eq!(publisher.vips()[0].slots, HashMap::from([(a, 251), (b, 0)]));
-        let live = publisher.handle().load_full();
+        let live = publisher.handle().cell().load_full();
         let table = live.vip(&key).unwrap().maglev().clone();
         assert_eq!(
             table.backends().len(),
@@ -674,7 +734,7 @@ mod tests {
         assert_eq!(unsourced(&a.config), [("IPv6", 1)]);
         assert_eq!(unsourced(&b.config), []);
         let (pa, pb) = (Publisher::new(a).unwrap(), Publisher::new(b).unwrap());
-        let maglev = |p: &Publisher| p.handle().load().vips()[0].maglev().clone();
+        let maglev = |p: &Publisher| p.handle().cell().load().vips()[0].maglev().clone();
         assert_eq!(maglev(&pa), maglev(&pb));
         assert!(!params().can_tunnel(s.vips[0].addr, "2001:db8::1".parse().unwrap()));
     }
@@ -686,7 +746,7 @@ mod tests {
         let all = |_: usize| s.vips[0].backends[..2].to_vec();
         let mut publisher = Publisher::new(desired(&s, all, &HashMap::new(), &p)).unwrap();
         let handle = publisher.handle();
-        assert_eq!(handle.load().generation(), 1);
+        assert_eq!(handle.cell().load().generation(), 1);
         assert!(publisher
             .publish(desired(&s, all, &HashMap::new(), &p))
             .unwrap()
@@ -718,7 +778,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         );
-        assert_eq!(handle.load().generation(), 2);
+        assert_eq!(handle.cell().load().generation(), 2);
         assert_eq!(publisher.vips()[0].generation, 2);
         assert_eq!(
             publisher.vips()[0].slots[&"198.51.100.11".parse::<IpAddr>().unwrap()],
@@ -756,7 +816,7 @@ mod tests {
         let two = |_: usize| s.vips[0].backends[..2].to_vec();
         let mut publisher = Publisher::new(desired(&s, two, &HashMap::new(), &p)).unwrap();
         let handle = publisher.handle();
-        let before = handle.load_full();
+        let before = handle.cell().load_full();
         let live_before = publisher.vips().to_vec();
 
         // VIP A loses a backend; VIP B keeps both.
@@ -765,7 +825,7 @@ mod tests {
             .publish(desired(&s, a_changes, &HashMap::new(), &p))
             .unwrap()
             .unwrap();
-        let after = handle.load_full();
+        let after = handle.cell().load_full();
         let table = |snap: &Snapshot, k: &VipKey| snap.vip(k).unwrap().maglev().clone();
         assert!(!table(&after, &keys[0]).shares(&table(&before, &keys[0])));
         assert!(table(&after, &keys[1]).shares(&table(&before, &keys[1])));
@@ -778,5 +838,67 @@ mod tests {
         assert_eq!(publisher.vips()[1], live_before[1]);
         assert_eq!(publisher.vips()[0].slots.values().sum::<u32>(), 251);
         assert_eq!(publisher.vips()[0].slots.len(), 1);
+    }
+
+    /// A worker that holds the live snapshot in a batch while a new one is published does
+    /// not drop the last reference to it when the batch ends: the publisher keeps it until
+    /// the worker reports a later generation (after a batch, or idle), and it is freed on
+    /// the control thread, by [`Live::release`].
+    #[test]
+    fn a_replaced_snapshot_outlives_the_batch_that_held_it_and_is_freed_on_release() {
+        use dataplane::pipeline::WorkerConfig;
+        use dataplane::xsk::{PipelineProcessor, Processor};
+        let s = services();
+        let p = params();
+        let two = |_: usize| s.vips[0].backends[..2].to_vec();
+        let one = |_: usize| s.vips[0].backends[..1].to_vec();
+        let mut publisher = Publisher::new(desired(&s, two, &HashMap::new(), &p)).unwrap();
+        let live = publisher.handle();
+        let mut worker = PipelineProcessor::new(
+            WorkerConfig {
+                flow_capacity: 1024,
+                ..WorkerConfig::default()
+            },
+            live.cell().clone(),
+        );
+        let stats = worker.stats();
+        let oldest = || stats.oldest_held();
+        assert_eq!(oldest(), 0, "nothing reported yet");
+
+        // A batch holds generation 1 (as `process` does) while generation 2 is published.
+        let first = Arc::downgrade(&live.cell().load_full());
+        let batch = live.cell().load();
+        publisher
+            .publish(desired(&s, one, &HashMap::new(), &p))
+            .unwrap()
+            .unwrap();
+        assert_eq!(live.retired_count(), 1);
+        drop(batch);
+        assert!(
+            first.upgrade().is_some(),
+            "the worker's batch dropped the last reference"
+        );
+        // Not past it yet: kept.
+        assert_eq!(live.release(oldest()), 0);
+        // The next batch runs on generation 2: generation 1 is freed, here.
+        worker.process(1, &mut [], &mut []);
+        assert_eq!(oldest(), 2);
+        assert_eq!(live.release(oldest()), 1);
+        assert!(first.upgrade().is_none(), "not freed by release");
+
+        // An idle worker says so between batches (housekeeping, about once a second).
+        let second = Arc::downgrade(&live.cell().load_full());
+        let hops = HashMap::from([("198.51.100.11".parse().unwrap(), [2, 0, 0, 0, 0, 11])]);
+        publisher
+            .publish(desired(&s, one, &hops, &p))
+            .unwrap()
+            .unwrap();
+        assert_eq!(live.release(oldest()), 0);
+        assert!(second.upgrade().is_some());
+        worker.housekeeping(2);
+        assert_eq!(oldest(), 3);
+        assert_eq!(live.release(oldest()), 1);
+        assert!(second.upgrade().is_none());
+        assert_eq!(live.retired_count(), 0);
     }
 }

@@ -20,7 +20,7 @@ use dataplane::xsk::{
 
 use crate::config::{Config, Topology};
 use crate::policy::DataplaneProblem;
-use crate::publish::{proto, Params};
+use crate::publish::{proto, Live, Params};
 use crate::sources::ServiceSet;
 
 /// A worker that has made no progress ([`progress`]) for this long is stalled. An idle
@@ -101,7 +101,9 @@ impl Heartbeats {
 /// workers (see [`Workers`]).
 pub struct Dataplane {
     fixed: Fixed,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The live snapshot the workers read, and the ones it replaced that a worker may still
+    /// hold, released each turn once every worker is past them.
+    snapshot: Live,
     /// The steered service ports, applied again to a rebuilt path.
     vips: Vec<bpf::Vip>,
     /// `None` between a failed rebuild and the next one that succeeds.
@@ -454,8 +456,8 @@ impl Path {
 impl Dataplane {
     /// Attaches steering to the upstream interface and starts one worker per RX queue,
     /// each reading `snapshot`.
-    pub fn start(fixed: &Fixed, snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Dataplane> {
-        let path = Path::start(fixed, &snapshot, &[])?;
+    pub fn start(fixed: &Fixed, snapshot: Live) -> Result<Dataplane> {
+        let path = Path::start(fixed, snapshot.cell(), &[])?;
         let now = Instant::now();
         Ok(Dataplane {
             fixed: fixed.clone(),
@@ -548,6 +550,7 @@ impl Dataplane {
         self.observe(now);
         self.mtu.check(&self.fixed.uplink);
         self.follow_mac();
+        self.release_snapshots();
         let fault = self.fault();
         self.due = fault.as_ref().is_some_and(Fault::rebuilds);
         if let Some(problem) = fault.as_ref().and_then(|f| f.problem(self.iface(f))) {
@@ -558,6 +561,18 @@ impl Dataplane {
             .beats
             .stalled(stats.iter().map(progress), now, STALL_AFTER)?;
         Some(DataplaneProblem::WorkerStalled { worker })
+    }
+
+    /// Frees, here on the control thread, the replaced snapshots every worker is past
+    /// (see [`Live`]); all of them while no worker runs.
+    fn release_snapshots(&mut self) {
+        let oldest = self
+            .pipelines()
+            .iter()
+            .map(|p| p.oldest_held())
+            .min()
+            .unwrap_or(u64::MAX);
+        self.snapshot.release(oldest);
     }
 
     /// Gives the steering program the uplink's MAC address again if it changed (`ip link
@@ -674,7 +689,7 @@ impl Dataplane {
         } else {
             tracing::debug!(reason = %fault, "re-attaching to {iface}: rebuilding the packet path");
         }
-        match Path::start(&self.fixed, &self.snapshot, &self.vips) {
+        match Path::start(&self.fixed, self.snapshot.cell(), &self.vips) {
             Ok(path) => {
                 self.restarts += 1;
                 self.xdp_mode = path.xdp_mode;

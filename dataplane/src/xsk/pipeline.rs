@@ -61,6 +61,9 @@ const PUBLISH_NS: u64 = 100_000_000;
 pub struct PipelineStats {
     generation: AtomicU64,
     generation_at_ns: AtomicU64,
+    /// The generation live when the worker last looked between batches, holding no
+    /// snapshot (see [`PipelineStats::oldest_held`]).
+    idle_generation: AtomicU64,
     flows: AtomicU64,
     evictions: AtomicU64,
     /// Per VIP key: frames and bytes received (see [`PipelineStats::vips`]).
@@ -247,6 +250,7 @@ impl PipelineStats {
         PipelineStats {
             generation: AtomicU64::new(0),
             generation_at_ns: AtomicU64::new(0),
+            idle_generation: AtomicU64::new(0),
             flows: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             vips: Entries::new(vip_entries(max_vips)),
@@ -263,6 +267,21 @@ impl PipelineStats {
         // of its time: a reader that sees a generation sees its time (or a later one's).
         let g = self.generation.load(Ordering::Acquire);
         (g, self.generation_at_ns.load(Ordering::Relaxed))
+    }
+
+    /// No snapshot older than this generation is held by the worker, now or later: it
+    /// holds the one a batch loaded until the batch ends, and reports the batch's
+    /// generation (once a batch on it has started, every older one is let go), and between
+    /// batches, about once a second, the generation then live (it holds none then). 0
+    /// until it has reported either. The control side keeps the snapshots it replaced until
+    /// every worker is past them, so that the last reference to one is never dropped (and
+    /// the snapshot freed) on a worker.
+    pub fn oldest_held(&self) -> u64 {
+        // Acquire pairs with the Release stores of both, each made after the worker dropped
+        // its hold on every older snapshot: a reader that sees a generation here sees those
+        // references gone, so its own drop of an older snapshot is the last.
+        let batch = self.generation.load(Ordering::Acquire);
+        batch.max(self.idle_generation.load(Ordering::Acquire))
     }
 
     /// Flows in the worker's table and live flows it evicted for lack of room.
@@ -515,6 +534,10 @@ impl Processor for PipelineProcessor {
     /// publishes under the layout of the snapshot it last ran a batch on, which is the one
     /// its counts were made under.
     fn housekeeping(&mut self, now_ns: u64) {
+        // Between batches the worker holds no snapshot: the load's guard is dropped at the
+        // end of the statement, before the store. Release: see `oldest_held`.
+        let live = self.snapshot.load().generation();
+        self.stats.idle_generation.store(live, Ordering::Release);
         self.sweep(now_ns, SWEEP_MAX_IDLE);
         if now_ns >= self.next_publish {
             self.next_publish = now_ns + PUBLISH_NS;
