@@ -31,7 +31,10 @@
  * and frames to another station's MAC address (only frames to the interface's own, in
  * `steer_mac`, are steered), which the kernel drops.
  * If no socket is bound for the queue the VIP packet is passed too (bpf_redirect_map's
- * XDP_PASS fallback) and counted as `no_socket`.
+ * XDP_PASS fallback) and counted as `no_socket`. `redirected` counts what
+ * bpf_redirect_map accepted, not what reached the socket: the kernel may still drop the
+ * frame (RX ring full, frame too long for a UMEM frame, socket bound to another device);
+ * see SteerCounters::redirected in dataplane/src/bpf/steer.rs.
  *
  * Malformed packets: a packet whose IP header says it is for a VIP address and
  * protocol but whose headers are truncated or inconsistent (bad IHL, total or payload

@@ -531,8 +531,9 @@ impl Dataplane {
     }
 
     /// Fails if a worker's thread has ended. A worker only returns when stopped, so it
-    /// panicked (the panic hook logged the message under the thread's name), and its RX
-    /// queue's VIP traffic is steered into a closed socket. Unlike a [`DataplaneProblem`]
+    /// panicked (the panic hook logged the message under the thread's name), its socket is
+    /// closed, and its RX queue's VIP traffic goes to the kernel (`no_socket`), which does
+    /// not own the VIPs. Unlike a [`DataplaneProblem`]
     /// this does not heal: only a restart brings the worker back.
     pub fn check_workers(&self) -> Result<()> {
         match self.path.as_ref().and_then(|p| p.workers.ended()) {

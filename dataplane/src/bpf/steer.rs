@@ -89,7 +89,15 @@ impl VipKey {
 /// Summed per-CPU counters of the steering program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SteerCounters {
-    /// VIP traffic handed to an AF_XDP socket.
+    /// VIP traffic handed to the AF_XDP socket of its RX queue: `bpf_redirect_map` found
+    /// the queue's entry in the XSKMAP. Not a count of deliveries: the kernel can still drop
+    /// the frame after the program returns, and then the worker never sees it. Its RX ring
+    /// full (the worker's `rx_ring_full`), a frame longer than a UMEM frame holds (its
+    /// `rx_dropped`) or no free frame in its fill ring (`rx_dropped` and
+    /// `rx_fill_ring_empty_descs`), a socket bound to another device than the one the frame
+    /// arrived on (a bond's port in native mode; counted by no socket counter, at most as
+    /// an XDP redirect error by the driver). So `redirected` minus the workers' `rx` is
+    /// what the kernel lost on the way.
     pub redirected: u64,
     /// VIP traffic that found no socket bound for its queue, so went to the kernel.
     pub no_socket: u64,

@@ -213,8 +213,9 @@ pub enum XskError {
 
 /// A worker thread that ended while the workers were meant to run. A worker returns only
 /// when stopped, so it panicked: the panic hook has printed its message under the thread's
-/// name, its socket is closed, and its RX queue's steered traffic goes nowhere until
-/// [`Workers::stop`] detaches steering.
+/// name, and its sockets are closed, which takes the uplink one out of the XSKMAP: its RX
+/// queue's VIP traffic goes to the kernel (the program counts it as `no_socket`), which
+/// does not own the VIPs, until [`Workers::stop`] detaches steering.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ended {
     /// The worker's index, which is also its uplink RX queue.

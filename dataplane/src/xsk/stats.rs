@@ -49,9 +49,9 @@ pub struct WorkerStats {
     pub core: Option<usize>,
     /// Frames taken from the RX ring.
     pub rx: u64,
-    /// Frames queued toward the nodes (`Verdict::Tx`).
+    /// Frames queued toward the nodes (`Verdict::Tx`): put in a TX ring.
     pub tx: u64,
-    /// Frames queued back out of the uplink (`Verdict::Reply`).
+    /// Frames queued back out of the uplink (`Verdict::Reply`): put in a TX ring.
     pub reply: u64,
     /// Frames the kernel has finished transmitting (taken from the completion rings).
     pub completed: u64,

@@ -461,6 +461,8 @@ impl<P: Processor> Worker<P> {
         };
         let mut to_down = [empty; BATCH];
         let mut to_up = [empty; BATCH];
+        // Whether each of `to_up` is a `Tx` frame (one-arm) rather than a `Reply`.
+        let mut up_is_tx = [false; BATCH];
         let (mut nd, mut nu) = (0, 0);
         let two_arm = self.io.down.is_some();
         let c = &mut self.counters;
@@ -481,17 +483,14 @@ impl<P: Processor> Worker<P> {
                         len: len as u32,
                         options: 0,
                     };
-                    if two_arm && matches!(verdicts[i], Verdict::Tx { .. }) {
+                    let tx = matches!(verdicts[i], Verdict::Tx { .. });
+                    if two_arm && tx {
                         to_down[nd] = desc;
                         nd += 1;
                     } else {
                         to_up[nu] = desc;
+                        up_is_tx[nu] = tx;
                         nu += 1;
-                    }
-                    if matches!(verdicts[i], Verdict::Tx { .. }) {
-                        c.tx += 1;
-                    } else {
-                        c.reply += 1;
                     }
                 }
                 Verdict::Tx { .. } | Verdict::Reply { .. } => {
@@ -513,18 +512,25 @@ impl<P: Processor> Worker<P> {
             }
         }
 
+        // `tx` and `reply` count what went into a TX ring; a frame that found no slot (the
+        // room checked before receiving makes that all but impossible) counts only as
+        // `tx_ring_full`.
         let mut unsent = 0;
         if let Some(d) = self.io.down.as_mut() {
             let sent = enqueue(d, &to_down[..nd]);
             for desc in &to_down[sent..nd] {
                 self.stash.push(desc.addr & mask);
             }
+            self.counters.tx += sent as u64;
             unsent += nd - sent;
         }
         let sent = enqueue(&mut self.io.up, &to_up[..nu]);
         for desc in &to_up[sent..nu] {
             self.stash.push(desc.addr & mask);
         }
+        let sent_tx = up_is_tx[..sent].iter().filter(|&&tx| tx).count();
+        self.counters.tx += sent_tx as u64;
+        self.counters.reply += (sent - sent_tx) as u64;
         unsent += nu - sent;
         self.counters.tx_ring_full += unsent as u64;
         n
