@@ -778,7 +778,7 @@ fn each_rx_queue_has_its_own_shed_flag() {
     let vip = gw.eth4(&udp4(VIP4, 53));
     for q in 0..QUEUES {
         let before = steer.counters().unwrap();
-        gw.send_on_queue(q, QUEUES, &[vip.clone()]);
+        gw.send_on_queue(q, QUEUES, std::slice::from_ref(&vip));
         let c = wait_for(&steer, |c| {
             c.shed + c.no_socket + c.redirected > before.shed + before.no_socket + before.redirected
         });
