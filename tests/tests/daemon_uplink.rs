@@ -141,6 +141,40 @@ fn a_recreated_uplink_is_reattached_and_announced_again() -> Result<()> {
     stops_clean(&lab, &bird, daemon)
 }
 
+/// A new MAC address on the uplink (`ip link set address`, a bond's failover) is followed
+/// without a rebuild: the steering program steers frames to the new address, the tunnelled
+/// frames leave from it, and the VIP keeps forwarding.
+#[test]
+fn a_changed_uplink_mac_is_followed() -> Result<()> {
+    if !privileged("daemon_uplink::a_changed_uplink_mac_is_followed") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let (bird, mut daemon) = gateway(&lab, Arms::One, &[])?;
+    let since = daemon.log_len();
+    let mac = "02:00:00:00:99:01";
+    lab.ns("gw1")
+        .ip(&["link", "set", "dev", GW_UPLINK, "address", mac])?;
+    // The router's and the nodes' caches still name the old address: forget it, as a
+    // gratuitous ARP (`arp_notify`) would make them.
+    for ns in ["router", "node1", "node2", "node3"] {
+        lab.ns(ns).ip(&["neigh", "flush", "all"])?;
+    }
+    for needles in [
+        &["uplink MAC address changed"][..],
+        &["egress MAC changed", mac],
+    ] {
+        daemon.wait_log_after(since, needles, Duration::from_secs(10))?;
+    }
+    ensure!(
+        !daemon.log()[since..].contains("rebuilding the packet path"),
+        "rebuilt:\n{}",
+        daemon.log()
+    );
+    lab.get_many(5)?;
+    stops_clean(&lab, &bird, daemon)
+}
+
 #[test]
 fn a_recreated_downlink_is_reattached_while_bgp_stays_up() -> Result<()> {
     if !privileged("daemon_uplink::a_recreated_downlink_is_reattached_while_bgp_stays_up") {

@@ -540,9 +540,9 @@ impl Daemon {
         self.services.vips[i].serving_backends(|t| self.target_state(t))
     }
 
-    /// Reads the egress interface again once it was re-created and after a rebuild (see
-    /// `egress_pending`): re-created under its name, or configured in steps by a network
-    /// manager, it may have a new index, MAC or addresses (the outer source, unless
+    /// Reads the egress interface again once it was re-created, its MAC changed, or after a
+    /// rebuild (see `egress_pending`): re-created under its name, or configured in steps by
+    /// a network manager, it may have a new index, MAC or addresses (the outer source, unless
     /// configured). Not in steady state: an address briefly gone (a DHCP renew) would
     /// withdraw every VIP, and a new first address (IPv6 temporary addresses) would move
     /// the tunnels' source. What was read before stays while it cannot be read (it is
@@ -551,7 +551,15 @@ impl Daemon {
         let fixed = self.dataplane().fixed().clone();
         // Re-created under its name, it is read from then on, before the rebuild: the
         // backends' routes already name its new index.
-        if ifindex(fixed.egress()).ok() != Some(self.egress_ifindex) {
+        // So is one whose MAC changed (`ip link set address`, a bond's failover): every
+        // tunnelled frame carries it as its source, and the steering program follows it
+        // too.
+        let moved = ifindex(fixed.egress()).ok() != Some(self.egress_ifindex)
+            || self
+                .resolver
+                .local_mac(self.egress_ifindex)
+                .is_ok_and(|mac| mac != self.params.local_mac);
+        if moved {
             self.egress_pending
                 .get_or_insert(outer_families(&self.params));
         }
