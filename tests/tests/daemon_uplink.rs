@@ -150,7 +150,7 @@ fn a_changed_uplink_mac_is_followed() -> Result<()> {
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
-    let (bird, mut daemon) = gateway(&lab, Arms::One, &[])?;
+    let (bird, daemon) = gateway(&lab, Arms::One, &[])?;
     let since = daemon.log_len();
     let mac = "02:00:00:00:99:01";
     lab.ns("gw1")
