@@ -14,6 +14,7 @@ extern crate self as dataplane;
 
 pub mod bpf;
 pub mod flow;
+pub mod iface;
 pub mod maglev;
 pub mod pipeline;
 pub mod snapshot;

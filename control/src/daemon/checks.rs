@@ -9,7 +9,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use bgp::speaker::Speaker;
-use dataplane::xsk::{interface_mtu, max_rx_frame, XskConfig};
+use dataplane::iface;
+use dataplane::xsk::{max_rx_frame, XskConfig};
 
 use super::forwarding::Fixed;
 use crate::config::{Bgp, Config, Topology};
@@ -35,7 +36,7 @@ pub fn interfaces(file: &Path, fixed: &Fixed) -> Result<()> {
             })?;
         }
     }
-    let mtu = interface_mtu(&fixed.uplink).map_err(|e| {
+    let mtu = iface::mtu(&fixed.uplink).map_err(|e| {
         field_error(
             file,
             &["dataplane.upstream_interface".to_owned()],

@@ -14,8 +14,7 @@ use dataplane::bpf::{self, Steer, SteerCounters};
 use dataplane::pipeline::WorkerConfig;
 use dataplane::snapshot::{Snapshot, SourcePrefix};
 use dataplane::xsk::{
-    interface_mtu, rx_queues, PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig,
-    XskError,
+    rx_queues, PipelineProcessor, PipelineStats, WorkerStats, Workers, XskConfig, XskError,
 };
 
 use crate::config::{Config, Topology};
@@ -175,7 +174,7 @@ impl MtuWatch {
     /// Reads `iface`'s MTU and logs a change past the limit or back.
     fn check(&mut self, iface: &str) {
         let limit = self.limit;
-        match self.update(interface_mtu(iface).ok()) {
+        match self.update(dataplane::iface::mtu(iface).ok()) {
             Some(MtuChange::TooLarge(mtu)) => tracing::error!(
                 iface,
                 mtu,

@@ -241,7 +241,7 @@ impl Steer {
             });
         }
         let mut ebpf = load()?;
-        let mac = interface_mac(iface).map_err(|source| BpfError::Mac {
+        let mac = crate::iface::mac(iface).map_err(|source| BpfError::Mac {
             iface: iface.into(),
             source,
         })?;
@@ -333,7 +333,7 @@ impl Steer {
     /// as `passed`), which does not own the VIP. The interface must still be the one the
     /// program was attached to (a re-created one gets a new program).
     pub fn refresh_mac(&mut self) -> Result<Option<[u8; 6]>> {
-        let mac = interface_mac(&self.iface).map_err(|source| BpfError::Mac {
+        let mac = crate::iface::mac(&self.iface).map_err(|source| BpfError::Mac {
             iface: self.iface.clone(),
             source,
         })?;
@@ -472,37 +472,6 @@ fn set_mac(ebpf: &mut Ebpf, mac: [u8; 6]) -> Result<()> {
         0,
     )
     .map_err(map_err)
-}
-
-/// The MAC address of `iface` (`SIOCGIFHWADDR`), in the caller's network namespace.
-pub(crate) fn interface_mac(iface: &str) -> std::io::Result<[u8; 6]> {
-    // SAFETY: plain socket(2) call; checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket just opened and owned by nothing else.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: an all-zero ifreq is valid; the name is copied in bounded by IFNAMSIZ - 1.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR reads the name and writes the address of a live ifreq.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut ifr) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFHWADDR succeeded, so the union holds the hardware address.
-    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
-    let mut mac = [0u8; 6];
-    for (m, &b) in mac.iter_mut().zip(&sa.sa_data[..6]) {
-        *m = b as u8;
-    }
-    Ok(mac)
 }
 
 /// See [`Steer::set_vips`].

@@ -30,9 +30,7 @@ use std::thread::JoinHandle;
 pub use arc_swap::ArcSwap;
 pub use bare::{BareForwarder, TunnelForwarder};
 pub use pipeline::{PipelineProcessor, PipelineStats};
-pub use socket::{
-    interface_mtu, max_rx_frame, rx_queues, XdpStats, XskMode, ENCAP_HEADROOM, XDP_PACKET_HEADROOM,
-};
+pub use socket::{max_rx_frame, rx_queues, XdpStats, XskMode, ENCAP_HEADROOM, XDP_PACKET_HEADROOM};
 pub use stats::{WorkerStats, DROP_SLOTS};
 
 use crate::bpf::ShedFlags;

@@ -45,40 +45,6 @@ pub fn max_rx_frame(frame_size: u32) -> u32 {
     frame_size.saturating_sub(XDP_PACKET_HEADROOM + ENCAP_HEADROOM)
 }
 
-/// The MTU of `iface` (`SIOCGIFMTU`), in the calling thread's network namespace.
-pub fn interface_mtu(iface: &str) -> io::Result<u32> {
-    // SAFETY: plain socket(2) call; checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket just opened and owned by nothing else.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: an all-zero ifreq is valid; the name is copied in bounded by IFNAMSIZ - 1.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFMTU reads the name and writes the MTU of a live ifreq.
-    let r = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCGIFMTU,
-            &mut ifr,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFMTU succeeded, so the union holds the MTU.
-    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
-    Ok(u32::try_from(mtu).unwrap_or(0))
-}
-
 /// How the kernel moves frames between the device and the UMEM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XskMode {
@@ -487,26 +453,9 @@ pub fn rx_queues(iface: &str) -> u32 {
         cmd: ETHTOOL_GCHANNELS,
         ..Default::default()
     };
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return 1;
-    }
-    // SAFETY: an all-zero ifreq is valid; the name is copied in bounded by IFNAMSIZ - 1.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut ch as *mut EthtoolChannels).cast();
-    // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_channels.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-    // SAFETY: closing the fd we opened above.
-    unsafe { libc::close(fd) };
-    if r != 0 {
+    // SAFETY: `EthtoolChannels` is the kernel's `struct ethtool_channels`, holding
+    // ETHTOOL_GCHANNELS.
+    if unsafe { crate::iface::ethtool(iface, &mut ch) }.is_err() {
         return 1;
     }
     rx_queue_count(&ch)
