@@ -1,6 +1,6 @@
-//! Interface queries by `ioctl` on a throwaway socket (MTU, MAC address, ethtool), in the
-//! calling thread's network namespace: what the packet path needs to know about the
-//! interfaces it attaches to, without a netlink round trip.
+//! Interface queries by `ioctl` on a throwaway socket (MTU, link state, MAC address,
+//! ethtool), in the calling thread's network namespace: what the packet path needs to know
+//! about the interfaces it attaches to, without a netlink round trip.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -44,6 +44,19 @@ pub fn mtu(iface: &str) -> io::Result<u32> {
     // SAFETY: SIOCGIFMTU succeeded, so the union holds the MTU.
     let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
     Ok(u32::try_from(mtu).unwrap_or(0))
+}
+
+/// Whether `iface`'s link is up and running: `IFF_UP` (set up) and `IFF_RUNNING` (its
+/// operational state is up, e.g. carrier; `ip link` shows `state UP`). False when it
+/// cannot be read (it does not exist).
+pub fn link_up(iface: &str) -> bool {
+    let Ok(ifr) = ioctl(iface, libc::SIOCGIFFLAGS, |_| {}) else {
+        return false;
+    };
+    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
+    let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
+    let want = libc::IFF_UP | libc::IFF_RUNNING;
+    flags & want == want
 }
 
 /// The MAC address of `iface` (`SIOCGIFHWADDR`).

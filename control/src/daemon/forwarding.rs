@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -219,7 +218,7 @@ struct Started {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Link {
     index: u32,
-    /// Up and running (see [`link_up`]).
+    /// Up and running (see [`dataplane::iface::link_up`]).
     up: bool,
 }
 
@@ -238,7 +237,7 @@ impl Look {
         let link = |iface: &str| {
             ifindex_of(iface).map(|index| Link {
                 index,
-                up: link_up(iface),
+                up: dataplane::iface::link_up(iface),
             })
         };
         let uplink = link(&fixed.uplink);
@@ -740,36 +739,6 @@ fn set_vips(workers: &mut Workers<Steer>, vips: &[bpf::Vip]) -> Result<()> {
 /// turns without forwarding anything, and must be found stalled.
 fn progress(s: &WorkerStats) -> u64 {
     s.rx + s.completed + s.idle_polls
-}
-
-/// Whether `iface`'s link is up and running: `IFF_UP` (set up) and `IFF_RUNNING` (its
-/// operational state is up, e.g. carrier; `ip link` shows `state UP`). Asked of this
-/// thread's network namespace, as the sockets bind in it.
-fn link_up(iface: &str) -> bool {
-    // SAFETY: plain socket(2) call; the fd is owned from here on.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: `fd` is a socket just opened and owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: an all-zero ifreq is valid; the name is copied in bounded by IFNAMSIZ - 1.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of a live ifreq.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } != 0 {
-        return false;
-    }
-    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
-    let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
-    let want = libc::IFF_UP | libc::IFF_RUNNING;
-    flags & want == want
 }
 
 fn ifindex_of(iface: &str) -> Option<u32> {
