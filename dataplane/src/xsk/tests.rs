@@ -179,6 +179,12 @@ impl Lab {
         }
     }
 
+    /// Two-arm workers that forward every frame, unchanged but for its MACs, to the sink.
+    fn forward_to_sink(&self) -> Workers<Steer> {
+        let (src, dst) = (self.gw_down_mac, self.sink_mac);
+        self.start(true, move |_| BareForwarder { src, dst })
+    }
+
     fn start<P, F>(&self, downlink: bool, make: F) -> Workers<Steer>
     where
         P: Processor + 'static,
@@ -264,15 +270,14 @@ fn two_arm_forwards_every_frame_out_of_the_downlink() {
         return;
     }
     let lab = Lab::new();
-    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
-    let workers = lab.start(true, move |_| BareForwarder { src, dst });
+    let workers = lab.forward_to_sink();
     let sink = lab.socket("sink");
     let n = 3000;
     let got = exchange(&lab.sender(), &lab.frames(n), &sink, |k| k);
     assert_eq!(got.len(), n as usize, "frames delivered to the sink");
     assert!(
         got.iter()
-            .all(|&(d, s, _, o)| d == dst && s == src && o.is_none()),
+            .all(|&(d, s, _, o)| d == lab.sink_mac && s == lab.gw_down_mac && o.is_none()),
         "MACs rewritten"
     );
     assert_each_once(&got, n);
@@ -378,9 +383,8 @@ fn every_rx_queue_gets_its_own_worker_and_all_of_them_forward() {
         return;
     }
     let lab = Lab::with_queues(2);
-    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
     // No queue count configured: the workers follow the uplink's (ETHTOOL_GCHANNELS).
-    let workers = lab.start(true, move |_| BareForwarder { src, dst });
+    let workers = lab.forward_to_sink();
     let sink = lab.socket("sink");
     let n = 2000;
     // The sender's TX queue, and so the gateway's RX queue, follows each flow's hash.
@@ -430,8 +434,7 @@ fn stop_detaches_steering_and_closes_sockets() {
         return;
     }
     let lab = Lab::new();
-    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
-    let workers = lab.start(true, move |_| BareForwarder { src, dst });
+    let workers = lab.forward_to_sink();
     let gw = lab.net.ns("gw");
     assert!(gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
     assert_all_frames_home(&workers.stop().unwrap());
@@ -515,8 +518,7 @@ fn a_worker_whose_kicks_fail_counts_no_idle_polls() {
         return;
     }
     let lab = Lab::new();
-    let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
-    let workers = lab.start(true, move |_| BareForwarder { src, dst });
+    let workers = lab.forward_to_sink();
     let gw = lab.net.ns("gw");
     gw.ip(&["link", "set", "dev", "eth1", "down"]).unwrap();
     let n = 10;
