@@ -329,6 +329,16 @@ const READ_BUFFER: usize = 65536;
 /// KeepaliveTimer is honoured).
 const READS_PER_TURN: usize = 16;
 
+/// Connections one listener accepts per turn of the loop, at most. A listener with more
+/// waiting is come back to the next turn, after the commands, the timers and the
+/// sessions' sockets: connections completing as fast as the loop refused them (a
+/// stranger's flood, each one accepted, told Cease and closed) used to keep it in
+/// `accept` until the sessions' routers timed them out. A full listen backlog
+/// ([`socket::BACKLOG`], 16), more than a speaker's few peers ever queue at once, so a
+/// turn still takes all of theirs, while 16 refusals (an accept, one write and a close
+/// each) are a small part of a turn.
+const ACCEPTS_PER_TURN: usize = socket::BACKLOG as usize;
+
 const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
 const FIRST_CONN: usize = 1 << 16;
@@ -498,8 +508,10 @@ struct Loop {
     resample_every: Duration,
     /// The unacknowledged bytes of all peers at the last sample.
     unacked: usize,
-    /// Sockets (of sessions or closing) whose reads stopped at [`READS_PER_TURN`] with
-    /// more perhaps waiting: they are read again next turn, which then does not wait.
+    /// Sockets (of sessions or closing) whose reads stopped at [`READS_PER_TURN`], and
+    /// listeners whose accepts stopped at [`ACCEPTS_PER_TURN`], with more perhaps
+    /// waiting: edge-triggered, they would get no new event for it, so they are read
+    /// again next turn, which then does not wait.
     unread: Vec<Token>,
 }
 
@@ -539,8 +551,9 @@ impl Loop {
     }
 
     /// One turn of the loop: waits for I/O, a command or the next timer, reads what is
-    /// ready (each socket at most [`READS_PER_TURN`] times), carries out the commands,
-    /// fires the timers due and publishes the peers' state. False when the loop ends.
+    /// ready (each socket at most [`READS_PER_TURN`] times, each listener's connections
+    /// up to [`ACCEPTS_PER_TURN`]), carries out the commands, fires the timers due and
+    /// publishes the peers' state. False when the loop ends.
     fn turn(&mut self, events: &mut Events, buf: &mut [u8]) -> bool {
         let now = Instant::now();
         if let Some(by) = self.stop_by {
@@ -1083,8 +1096,9 @@ impl Loop {
         Ok(())
     }
 
+    /// Accepts what waits on listener `l`, up to [`ACCEPTS_PER_TURN`] connections.
     fn accept(&mut self, now: Instant, l: usize) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             let Some(listener) = self.listeners.get(l) else {
                 return;
             };
@@ -1109,6 +1123,8 @@ impl Loop {
             };
             self.incoming(now, p, stream);
         }
+        // More may wait: the rest next turn, after the timers and the sessions' sockets.
+        self.unread.push(Token(FIRST_LISTENER + l));
     }
 
     /// Peer `p` connected to us: its session takes the connection or refuses it.
@@ -1499,22 +1515,34 @@ mod tests {
         }
     }
 
-    /// `getsockopt` of one int.
-    fn int_option(fd: &impl std::os::fd::AsRawFd, level: i32, name: i32) -> i32 {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    /// `getsockopt` of an option whose value is a `T`.
+    ///
+    /// # Safety
+    ///
+    /// Any bytes are a `T`: an integer, or a C struct of integers.
+    unsafe fn option<T>(fd: &impl std::os::fd::AsRawFd, level: i32, name: i32) -> T {
+        let mut value = std::mem::MaybeUninit::<T>::zeroed();
+        let mut len = std::mem::size_of::<T>() as libc::socklen_t;
         // SAFETY: `value` and `len` are live for the call, and `len` is `value`'s size.
         let rc = unsafe {
             libc::getsockopt(
                 fd.as_raw_fd(),
                 level,
                 name,
-                (&raw mut value).cast(),
+                value.as_mut_ptr().cast(),
                 &raw mut len,
             )
         };
         assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        value
+        // SAFETY: zeroed, then written by the kernel; the caller vouches that any bytes
+        // are a `T`.
+        unsafe { value.assume_init() }
+    }
+
+    /// `getsockopt` of one int.
+    fn int_option(fd: &impl std::os::fd::AsRawFd, level: i32, name: i32) -> i32 {
+        // SAFETY: any 4 bytes are a c_int.
+        unsafe { option::<libc::c_int>(fd, level, name) }
     }
 
     /// (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) of a socket.
@@ -1563,6 +1591,16 @@ mod tests {
         usize::try_from(bytes).unwrap()
     }
 
+    /// Makes an Established peer's KEEPALIVE due now.
+    fn keepalive_due(peer: &mut Peer) {
+        let keepalive = *peer
+            .timers
+            .keys()
+            .find(|t| matches!(t, Timer::Keepalive(_)))
+            .unwrap();
+        peer.timers.insert(keepalive, Instant::now());
+    }
+
     /// A peer that streams messages is read a bounded share per turn of the loop, and
     /// the rest on the turns after, without waiting for new readiness: between its
     /// shares the other sessions' timers fire. The loop used to read a socket until it
@@ -1584,15 +1622,8 @@ mod tests {
             assert!(Instant::now() < deadline, "the stream never arrived");
             std::thread::sleep(Duration::from_millis(10));
         }
-        // B's KEEPALIVE is due.
-        let b = &mut l.peers[1];
-        let keepalive_timer = *b
-            .timers
-            .keys()
-            .find(|t| matches!(t, Timer::Keepalive(_)))
-            .unwrap();
-        b.timers.insert(keepalive_timer, Instant::now());
-        let b_sent = b.session.stats().sent.keepalive;
+        keepalive_due(&mut l.peers[1]);
+        let b_sent = l.peers[1].session.stats().sent.keepalive;
         let a_received = |l: &Loop| l.peers[0].session.stats().received.keepalive - 1;
 
         // A buffer of 512 octets: a turn reads at most 16 of them, 8 KiB, of 32 KiB.
@@ -1621,6 +1652,86 @@ mod tests {
         }
         assert!(turns >= 4, "{turns} turns");
         assert_eq!(l.peers[0].session.state(), State::Established);
+    }
+
+    /// Connections waiting in a listener's accept queue: on a listening socket,
+    /// TCP_INFO's `tcpi_unacked` is that queue's length (Linux's tcp_get_info; `ss -l`
+    /// shows it as Recv-Q).
+    fn accept_queue(listener: &impl std::os::fd::AsRawFd) -> usize {
+        // SAFETY: tcp_info is a C struct of integers only.
+        let info: libc::tcp_info = unsafe { option(listener, libc::IPPROTO_TCP, libc::TCP_INFO) };
+        info.tcpi_unacked as usize
+    }
+
+    /// A flood of connections to the listener, here from an address that is no peer, is
+    /// accepted a bounded share per turn of the loop, and the rest on the turns after
+    /// without new readiness (the listener is edge-triggered): between its shares the
+    /// sessions' timers fire. The loop used to accept until the queue was empty, so
+    /// connections completing as fast as it refused them kept every session's KEEPALIVEs
+    /// from going out. Here the flood is all queued before the first turn (on a listener
+    /// with room for it), so that the old loop would take it whole in that one turn.
+    #[test]
+    fn a_flood_of_connections_is_accepted_a_share_per_turn() {
+        use socket2::{Domain, Socket, Type};
+        const FLOOD: usize = 200;
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        socket.listen(FLOOD as i32).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let mut l = event_loop(vec![passive(1)]);
+        l.listeners.push(Listener {
+            addr,
+            socket: TcpListener::from_std(socket.into()),
+        });
+        register_listeners(&l.poll, &mut l.listeners).unwrap();
+        let _session = establish(&mut l, 0);
+        let mut flood: Vec<std::net::TcpStream> = (0..FLOOD)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while accept_queue(&l.listeners[0].socket) < FLOOD {
+            assert!(Instant::now() < deadline, "the connections never queued");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let (mut events, mut buf) = (Events::with_capacity(16), [0u8; 512]);
+        let (mut waiting, mut turns) = (FLOOD, 0);
+        while waiting > 0 {
+            keepalive_due(&mut l.peers[0]);
+            let sent = l.peers[0].session.stats().sent.keepalive;
+            assert!(l.turn(&mut events, &mut buf));
+            turns += 1;
+            let left = accept_queue(&l.listeners[0].socket);
+            assert_eq!(
+                waiting - left,
+                ACCEPTS_PER_TURN.min(waiting),
+                "turn {turns} accepted {} of the {waiting} waiting",
+                waiting - left
+            );
+            assert_eq!(
+                l.peers[0].session.stats().sent.keepalive,
+                sent + 1,
+                "the session's KEEPALIVE did not go out in turn {turns}"
+            );
+            waiting = left;
+        }
+        assert_eq!(turns, FLOOD.div_ceil(ACCEPTS_PER_TURN));
+        assert_eq!(l.peers[0].session.state(), State::Established);
+        // Each was refused as before: Cease / Connection Rejected, then closed.
+        let rejected = Message::Notification(Notification::cease(CeaseSubcode::ConnectionRejected))
+            .to_bytes(Context::default())
+            .unwrap();
+        for stream in &mut flood {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).unwrap();
+            assert_eq!(got, rejected);
+        }
     }
 
     /// A snapshot names the last command it shows: one taken after [`Speaker::set_routes`]

@@ -130,6 +130,11 @@ pub fn connect(
     Ok(mio::net::TcpStream::from_std(socket.into()))
 }
 
+/// Connections a listener holds, their handshake done, until they are accepted
+/// (listen(2)): a speaker has a few peers, each connecting once at a time (twice in a
+/// collision).
+pub const BACKLOG: u16 = 16;
+
 /// A non-blocking listener; `md5` lists the peers that must sign their segments.
 /// Every address, `[::]`, on a host without IPv6 (booted with `ipv6.disable=1`, where
 /// an IPv6 socket cannot even be made) is every IPv4 address, `0.0.0.0`, instead: the
@@ -167,7 +172,7 @@ fn listen_with(
         listener_md5(&socket, *peer, Some(*password))?;
     }
     socket.bind(&addr.into())?;
-    socket.listen(16)?;
+    socket.listen(i32::from(BACKLOG))?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
