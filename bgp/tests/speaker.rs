@@ -190,26 +190,44 @@ struct RawPeer {
 }
 
 impl RawPeer {
+    /// A peer on `stream`, connected to the speaker or accepted from it, before any
+    /// message.
+    fn on(stream: TcpStream) -> RawPeer {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawPeer {
+            stream,
+            open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
+        }
+    }
+
     /// Accepts the gateway's connection on `listener` and brings the session up as
     /// AS 65000 with both families, ROUTE-REFRESH and 4-octet AS numbers.
     fn accept(listener: &TcpListener) -> RawPeer {
         let (stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut peer = RawPeer {
-            stream,
-            open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
-        };
-        match peer.recv() {
-            Message::Open(open) => peer.open = open,
+        let mut peer = RawPeer::on(stream);
+        peer.establish(fsm::Config::new(65000, 65001, Ipv4Addr::new(10, 0, 0, 1)));
+        peer
+    }
+
+    /// Brings the session up as `ours` says: the speaker's OPEN (kept), ours, then a
+    /// KEEPALIVE each way.
+    fn establish(&mut self, ours: fsm::Config) {
+        match self.recv() {
+            Message::Open(open) => self.open = open,
             other => panic!("expected an OPEN, got {other:?}"),
         }
-        let open = fsm::Config::new(65000, 65001, Ipv4Addr::new(10, 0, 0, 1)).open();
-        peer.send(&Message::Open(open));
-        assert_eq!(peer.recv(), Message::Keepalive);
-        peer.send(&Message::Keepalive);
-        peer
+        self.send(&Message::Open(ours.open()));
+        assert_eq!(self.recv(), Message::Keepalive);
+        self.send(&Message::Keepalive);
+    }
+
+    /// The End-of-RIB of each family, all that a new session gets while there are no
+    /// routes.
+    fn end_of_rib(&mut self) {
+        assert_eq!(self.update(), Update::default());
+        assert_eq!(self.update(), Update::end_of_rib(Family::Ipv6Unicast));
     }
 
     /// The NOTIFICATION that ends the session (KEEPALIVEs before it are skipped), after
@@ -338,6 +356,19 @@ fn raw_peer_at(ip: [u8; 4]) -> (TcpListener, PeerConfig) {
     (listener, cfg)
 }
 
+/// A speaker with one peer, `cfg`, whose session with the raw peer listening on
+/// `listener` is up and past its End-of-RIBs.
+fn raw_session(listener: &TcpListener, cfg: PeerConfig) -> (Speaker, RawPeer) {
+    let speaker = Speaker::spawn(Config {
+        peers: vec![cfg],
+        listen: vec![],
+    })
+    .unwrap();
+    let mut peer = RawPeer::accept(listener);
+    peer.end_of_rib();
+    (speaker, peer)
+}
+
 /// Reconfiguring peer by peer: an unchanged session goes on with no NOTIFICATION and
 /// keeps getting UPDATEs; a removed peer gets Cease / Peer De-configured, a changed one
 /// Cease / Other Configuration Change and a new session with its new settings, and a new
@@ -359,9 +390,7 @@ fn reconfigure_touches_only_the_peers_that_changed() {
         .map(RawPeer::accept)
         .collect();
     for s in &mut sessions {
-        // End-of-RIB for each family: there are no routes yet.
-        assert_eq!(s.update(), Update::default());
-        assert_eq!(s.update(), Update::end_of_rib(Family::Ipv6Unicast));
+        s.end_of_rib();
     }
     let [mut kept_s, mut removed_s, mut changed_s] =
         <[RawPeer; 3]>::try_from(sessions).ok().unwrap();
@@ -396,8 +425,7 @@ fn reconfigure_touches_only_the_peers_that_changed() {
     assert_eq!(changed_s.open.hold_time, 9, "the new settings");
     let mut added_s = RawPeer::accept(&added_l);
     for s in [&mut changed_s, &mut added_s] {
-        assert_eq!(s.update(), Update::default());
-        assert_eq!(s.update(), Update::end_of_rib(Family::Ipv6Unicast));
+        s.end_of_rib();
     }
     let peers = speaker.peers();
     assert_eq!(
@@ -507,15 +535,7 @@ fn small_window_session(adjust: impl FnOnce(&mut PeerConfig)) -> (Speaker, RawPe
     let listener = small_window_listener();
     let mut cfg = peer(listener.local_addr().unwrap().port(), 65001, 65000, 2);
     adjust(&mut cfg);
-    let speaker = Speaker::spawn(Config {
-        peers: vec![cfg],
-        listen: vec![],
-    })
-    .unwrap();
-    let mut peer = RawPeer::accept(&listener);
-    assert_eq!(peer.update(), Update::default());
-    assert_eq!(peer.update(), Update::end_of_rib(Family::Ipv6Unicast));
-    (speaker, peer)
+    raw_session(&listener, cfg)
 }
 
 /// RFC 9687: a peer that keeps sending KEEPALIVEs but stops reading holds our UPDATEs
@@ -769,11 +789,7 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> Option<TcpStream> {
     socket
         .connect_timeout(&to.into(), Duration::from_secs(1))
         .ok()?;
-    let stream = TcpStream::from(socket);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    Some(stream)
+    Some(TcpStream::from(socket))
 }
 
 fn unsigned_connect(from: [u8; 4], to: SocketAddr) -> bool {
@@ -837,15 +853,8 @@ fn a_connection_refused_in_idle_gets_cease_connection_rejected() {
         listen: vec![listen],
     })
     .unwrap();
-    let mut peer = RawPeer {
-        stream: connect_from(gw, listen).expect("the listener takes the peer"),
-        open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
-    };
-    assert!(matches!(peer.recv(), Message::Open(_)));
-    let open = fsm::Config::new(65001, 65000, Ipv4Addr::new(10, 0, 0, 12)).open();
-    peer.send(&Message::Open(open));
-    peer.send(&Message::Keepalive);
-    assert_eq!(peer.recv(), Message::Keepalive);
+    let mut peer = RawPeer::on(connect_from(gw, listen).expect("the listener takes the peer"));
+    peer.establish(fsm::Config::new(65001, 65000, Ipv4Addr::new(10, 0, 0, 12)));
     wait_for("session up", &router, |p| p.state == State::Established);
     drop(peer);
     wait_for("session idle after the close", &router, |p| {
@@ -853,18 +862,13 @@ fn a_connection_refused_in_idle_gets_cease_connection_rejected() {
     });
 
     let rejected = Notification::cease(CeaseSubcode::ConnectionRejected);
-    let mut again = RawPeer {
-        stream: connect_from(gw, listen).expect("the listener takes the peer"),
-        open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
-    };
+    let mut again = RawPeer::on(connect_from(gw, listen).expect("the listener takes the peer"));
     assert_eq!(again.notification(), rejected);
     let s = wait_for("still idle", &router, |p| p.state == State::Idle);
     assert_eq!(s.stats.sent.notification, 0, "{s:?}");
 
-    let mut stranger = RawPeer {
-        stream: connect_from([127, 0, 0, 13], listen).expect("the listener takes anyone"),
-        open: Open::new(0, 0, Ipv4Addr::UNSPECIFIED, vec![]),
-    };
+    let mut stranger =
+        RawPeer::on(connect_from([127, 0, 0, 13], listen).expect("the listener takes anyone"));
     assert_eq!(stranger.notification(), rejected);
 }
 
@@ -874,14 +878,7 @@ fn a_connection_refused_in_idle_gets_cease_connection_rejected() {
 #[test]
 fn deconfigure_tells_every_peer_it_was_removed() {
     let (listener, cfg) = raw_peer_at([127, 0, 0, 14]);
-    let mut speaker = Speaker::spawn(Config {
-        peers: vec![cfg],
-        listen: vec![],
-    })
-    .unwrap();
-    let mut peer = RawPeer::accept(&listener);
-    assert_eq!(peer.update(), Update::default());
-    assert_eq!(peer.update(), Update::end_of_rib(Family::Ipv6Unicast));
+    let (mut speaker, mut peer) = raw_session(&listener, cfg);
     speaker.set_routes(routes(&["192.0.2.10/32"]));
     assert_eq!(peer.update().announced().count(), 1);
     speaker.deconfigure();
