@@ -1113,6 +1113,21 @@ impl Collector for StatusCollector {
             }),
         )?;
 
+        // The uplink's MTU against what the workers receive.
+        let uplink = |m: &crate::status::UplinkMtu| vec![("interface", m.interface.clone())];
+        gauge(
+            e,
+            "uplink_mtu",
+            "MTU of the uplink interface, as last read",
+            s.uplink_mtu.iter().map(|m| (uplink(m), i64::from(m.mtu))),
+        )?;
+        gauge(
+            e,
+            "uplink_mtu_limit",
+            "Largest uplink MTU the AF_XDP workers receive whole; while dsrgate_uplink_mtu is above it, the kernel drops larger VIP packets (drops reason rx_dropped) with no \"too big\" reply",
+            s.uplink_mtu.iter().map(|m| (uplink(m), i64::from(m.limit))),
+        )?;
+
         // Workers.
         let worker = |w: &crate::status::WorkerStatus| {
             vec![
@@ -1149,6 +1164,12 @@ impl Collector for StatusCollector {
             "worker_tx_packets",
             "Frames a worker transmitted",
             s.workers.iter().map(|w| (worker(w), w.tx_packets)),
+        )?;
+        counter(
+            e,
+            "worker_completed_packets",
+            "Frames the kernel finished transmitting for a worker (from its completion rings); dsrgate_worker_tx_packets_total less this is frames still queued in the kernel, or lost there",
+            s.workers.iter().map(|w| (worker(w), w.completed_packets)),
         )?;
         counter(
             e,
@@ -1260,6 +1281,12 @@ mod tests {
             "dsrgate_worker_shed_starts_total{interface=\"eth0\",queue=\"0\"} 4",
             "dsrgate_worker_shed_starts_total{interface=\"eth0\",queue=\"1\"} 0",
             "dsrgate_worker_fill_ring_empty_total{interface=\"eth0\",queue=\"0\"} 9",
+            "dsrgate_worker_completed_packets_total{interface=\"eth0\",queue=\"0\"} 99982",
+            "dsrgate_worker_completed_packets_total{interface=\"eth0\",queue=\"1\"} 23456",
+            "# TYPE dsrgate_worker_completed_packets_total counter",
+            "dsrgate_uplink_mtu{interface=\"eth0\"} 4000",
+            "dsrgate_uplink_mtu_limit{interface=\"eth0\"} 3758",
+            "# TYPE dsrgate_uplink_mtu gauge",
             "dsrgate_flow_table_entries{interface=\"eth0\",queue=\"0\"} 812",
             "dsrgate_flow_table_evictions_total{interface=\"eth0\",queue=\"0\"} 2",
             "dsrgate_health_transitions_total{backend=\"198.51.100.13\",to=\"down\",reason=\"refused\"} 1",
@@ -1277,13 +1304,16 @@ mod tests {
         }
 
         // A new tick replaces the sampled state whole: a removed VIP's series disappear.
+        // So do the uplink MTU's, while it has not been read.
         let mut next = sample();
         next.vips.truncate(1);
         next.vips[0].packets += 10;
+        next.uplink_mtu = None;
         status.store(Arc::new(next));
         let text = scrape(&registry);
         assert!(text.contains("dsrgate_vip_packets_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\"} 123466"));
         assert!(!text.contains("2001:db8:100::10"), "{text}");
+        assert!(!text.contains("dsrgate_uplink_mtu{"), "{text}");
     }
 
     /// An API server for the slow-client tests, with request timeout `timeout`, whose

@@ -38,6 +38,11 @@ pub struct Status {
     pub generation: u64,
     /// Why the dataplane cannot forward (which withdraws every VIP), if it cannot.
     pub dataplane_problem: Option<String>,
+    /// The uplink's MTU against what the workers receive (`None` from a daemon older than
+    /// the field, or before the MTU was first read). Over the limit is a fault that
+    /// withdraws nothing: only the larger VIP packets are lost.
+    #[serde(default)]
+    pub uplink_mtu: Option<UplinkMtu>,
     pub vips: Vec<VipStatus>,
     /// Backend slots of the running snapshot that the backends' `packets` and `bytes`
     /// leave out, because a worker's table of (VIP, backend) pairs is full (it holds a
@@ -56,6 +61,23 @@ pub struct Status {
     #[serde(default)]
     pub steering: Vec<SteeringStatus>,
     pub workers: Vec<WorkerStatus>,
+}
+
+/// The uplink's MTU as last read, and the largest the AF_XDP workers receive whole
+/// (`XskConfig::max_mtu`). The daemon refuses to start over it; raised past it while
+/// running, the kernel drops VIP packets larger than `limit` before any worker sees them
+/// (counted in the workers' `rx_dropped`), with no "too big" reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkMtu {
+    pub interface: String,
+    pub mtu: u32,
+    pub limit: u32,
+}
+
+impl UplinkMtu {
+    pub fn over_limit(&self) -> bool {
+        self.mtu > self.limit
+    }
 }
 
 /// What the XDP steering program on one uplink did with the packets it saw, summed over
@@ -261,7 +283,12 @@ pub struct WorkerStatus {
     pub xdp_mode: XdpMode,
     pub bind_mode: BindMode,
     pub rx_packets: u64,
+    /// Frames put in a TX ring, toward the nodes or back out of the uplink.
     pub tx_packets: u64,
+    /// Frames the kernel finished transmitting (from the completion rings): `tx_packets`
+    /// less this is frames still queued in the kernel, or lost there.
+    #[serde(default)]
+    pub completed_packets: u64,
     /// Drops by reason: the dataplane's `DropReason` names, the worker loop's own
     /// (`not_for_a_vip`, `tx_ring_full`, `bad_verdict`), and the kernel's for the socket:
     /// `rx_ring_full` (the worker's RX ring was full) and `rx_dropped` (no free frame in
@@ -326,6 +353,13 @@ pub fn render(s: &Status) -> String {
         s.generation,
         dataplane
     );
+    if let Some(m) = s.uplink_mtu.as_ref().filter(|m| m.over_limit()) {
+        let _ = writeln!(
+            out,
+            "  uplink {} has MTU {}, over the {} the AF_XDP workers receive: the kernel drops larger VIP packets (rx_dropped), with no \"too big\" reply",
+            m.interface, m.mtu, m.limit
+        );
+    }
 
     section(&mut out, "VIPs", vips_table(s));
     if s.untracked_vips > 0 {
@@ -516,11 +550,12 @@ fn workers_table(s: &Status) -> Option<Table> {
             "MODE",
             "RX",
             "TX",
+            "COMPLETED",
             "DROPS",
             "SHED STARTS",
             "FLOWS",
         ],
-        &[1, 2, 4, 5, 6, 7, 8],
+        &[1, 2, 4, 5, 6, 7, 8, 9],
     );
     for w in &s.workers {
         let xdp = match w.xdp_mode {
@@ -538,6 +573,7 @@ fn workers_table(s: &Status) -> Option<Table> {
             format!("{xdp}/{bind}"),
             w.rx_packets.to_string(),
             w.tx_packets.to_string(),
+            w.completed_packets.to_string(),
             w.total_drops().to_string(),
             w.shed_starts.to_string(),
             format!("{}/{}", w.flow_entries, w.flow_capacity),
@@ -639,7 +675,8 @@ pub(crate) mod tests {
     }
 
     /// A status with every kind of row: two services (one withdrawn), an unresolved next
-    /// hop, an established and a failed BGP session, two workers.
+    /// hop, an established and a failed BGP session, two workers, an uplink MTU over the
+    /// limit.
     pub(crate) fn sample() -> Status {
         let hop = |via: &str, mac: Option<&str>| NextHopStatus {
             resolved: mac.is_some(),
@@ -653,6 +690,11 @@ pub(crate) mod tests {
             uptime_secs: 3723,
             generation: 42,
             dataplane_problem: None,
+            uplink_mtu: Some(UplinkMtu {
+                interface: "eth0".into(),
+                mtu: 4000,
+                limit: 3758,
+            }),
             vips: vec![
                 VipStatus {
                     name: "web".into(),
@@ -773,6 +815,7 @@ pub(crate) mod tests {
                     bind_mode: BindMode::Copy,
                     rx_packets: 100000,
                     tx_packets: 99990,
+                    completed_packets: 99982,
                     drops: [
                         ("no_next_hop".to_owned(), 7),
                         ("truncated".to_owned(), 3),
@@ -793,6 +836,7 @@ pub(crate) mod tests {
                     bind_mode: BindMode::ZeroCopy,
                     rx_packets: 23456,
                     tx_packets: 23456,
+                    completed_packets: 23456,
                     drops: BTreeMap::new(),
                     flow_entries: 0,
                     flow_capacity: 65536,
@@ -808,6 +852,7 @@ pub(crate) mod tests {
     fn renders_aligned_tables() {
         let golden = "\
 dsrgate 0.1.0, up 1h02m, snapshot generation 42, dataplane ok
+  uplink eth0 has MTU 4000, over the 3758 the AF_XDP workers receive: the kernel drops larger VIP packets (rx_dropped), with no \"too big\" reply
 
 VIPs
  SERVICE                    NAME  ANNOUNCED   UP  GEN  PACKETS     BYTES  REASON
@@ -833,9 +878,9 @@ Steering
  eth0           123463          2    5012        1   640
 
 Workers
- INTERFACE  QUEUE  CORE  MODE                   RX     TX  DROPS  SHED STARTS      FLOWS
- eth0           0     1  native/copy        100000  99990     21            4  812/65536
- eth0           1     -  generic/zero-copy   23456  23456      0            0    0/65536
+ INTERFACE  QUEUE  CORE  MODE                   RX     TX  COMPLETED  DROPS  SHED STARTS      FLOWS
+ eth0           0     1  native/copy        100000  99990      99982     21            4  812/65536
+ eth0           1     -  generic/zero-copy   23456  23456      23456      0            0    0/65536
 ";
         let got = render(&sample());
         assert_eq!(got, golden, "got:\n{got}");
@@ -846,6 +891,12 @@ Workers
         let s = Status {
             version: "0.1.0".into(),
             dataplane_problem: Some("XDP program detached from eth0".into()),
+            // At the limit: fits, so not mentioned.
+            uplink_mtu: Some(UplinkMtu {
+                interface: "eth0".into(),
+                mtu: 3758,
+                limit: 3758,
+            }),
             ..Status::default()
         };
         assert_eq!(
@@ -874,25 +925,35 @@ Workers
         assert_eq!(v["workers"][0]["shed_starts"], 4);
         assert_eq!(v["workers"][0]["fill_ring_empty"], 9);
         assert_eq!(v["workers"][0]["drops"]["rx_ring_full"], 11);
+        assert_eq!(v["workers"][0]["completed_packets"], 99982);
+        assert_eq!(
+            v["uplink_mtu"],
+            serde_json::json!({"interface": "eth0", "mtu": 4000, "limit": 3758})
+        );
         // A daemon from before these fields existed: they read as 0 or empty.
         let mut old = v.clone();
         let o = old.as_object_mut().unwrap();
         o.remove("untracked_backends");
         o.remove("steering");
+        o.remove("uplink_mtu");
         for w in o["workers"].as_array_mut().unwrap() {
             let w = w.as_object_mut().unwrap();
             w.remove("shed_starts");
             w.remove("fill_ring_empty");
+            w.remove("completed_packets");
         }
         let old: Status = serde_json::from_value(old).unwrap();
         assert_eq!(old.untracked_backends, 0);
         assert!(old.steering.is_empty());
+        assert_eq!(old.uplink_mtu, None);
         assert!(old
             .workers
             .iter()
-            .all(|w| w.shed_starts == 0 && w.fill_ring_empty == 0));
-        // Rendered without a Steering table, and without failing.
-        assert!(render(&old).contains("\nSteering\n  (none)\n"));
+            .all(|w| w.shed_starts == 0 && w.fill_ring_empty == 0 && w.completed_packets == 0));
+        // Rendered without a Steering table or an MTU line, and without failing.
+        let text = render(&old);
+        assert!(text.contains("\nSteering\n  (none)\n"), "{text}");
+        assert!(!text.contains("has MTU"), "{text}");
     }
 
     #[test]

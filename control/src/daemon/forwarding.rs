@@ -20,6 +20,7 @@ use crate::config::{Config, Topology};
 use crate::policy::DataplaneProblem;
 use crate::publish::{proto, Live, Params};
 use crate::sources::ServiceSet;
+use crate::status::UplinkMtu;
 
 /// A worker that has made no progress ([`progress`]) for this long is stalled. An idle
 /// worker still counts a `poll` every 20 ms, a busy one counts frames.
@@ -131,15 +132,15 @@ pub struct Dataplane {
 
 /// Follows the uplink's MTU against the largest the workers receive whole
 /// ([`XskConfig::max_mtu`]), which the daemon checks at start (`checks::uplink_mtu`). A
-/// change past it at runtime is logged at error level, not made a [`DataplaneProblem`]:
-/// only VIP packets larger than the limit are lost (dropped by the kernel, counted in the
-/// workers' `rx_dropped`), while every smaller one is still forwarded, and withdrawing
-/// would move all of the traffic away, or stop it altogether where every gateway got the
-/// same change.
+/// change past it at runtime is logged at error level and shown in the status
+/// ([`MtuWatch::status`]), not made a [`DataplaneProblem`]: only VIP packets larger than
+/// the limit are lost (dropped by the kernel, counted in the workers' `rx_dropped`), while
+/// every smaller one is still forwarded, and withdrawing would move all of the traffic
+/// away, or stop it altogether where every gateway got the same change.
 struct MtuWatch {
     limit: u32,
-    /// The uplink's MTU while it is over the limit.
-    over: Option<u32>,
+    /// The uplink's MTU as last read (`None` until it first is).
+    mtu: Option<u32>,
 }
 
 /// What [`MtuWatch::update`] found.
@@ -153,21 +154,33 @@ enum MtuChange {
 
 impl MtuWatch {
     fn new(limit: u32) -> MtuWatch {
-        MtuWatch { limit, over: None }
+        MtuWatch { limit, mtu: None }
+    }
+
+    /// The MTU while it is over the limit.
+    fn over(&self) -> Option<u32> {
+        self.mtu.filter(|&m| m > self.limit)
     }
 
     /// Takes the uplink's MTU as read now (`None` if it cannot be read: nothing changes).
     fn update(&mut self, mtu: Option<u32>) -> Option<MtuChange> {
         let mtu = mtu?;
-        let over = (mtu > self.limit).then_some(mtu);
-        if over == self.over {
-            return None;
-        }
-        let was = std::mem::replace(&mut self.over, over);
-        match over {
+        let was = self.over();
+        self.mtu = Some(mtu);
+        match self.over() {
+            over if over == was => None,
             Some(m) => Some(MtuChange::TooLarge(m)),
-            None => was.map(|_| MtuChange::Fits(mtu)),
+            None => Some(MtuChange::Fits(mtu)),
         }
+    }
+
+    /// The MTU as last read against the limit, for `iface` (the uplink).
+    fn status(&self, iface: &str) -> Option<UplinkMtu> {
+        Some(UplinkMtu {
+            interface: iface.to_owned(),
+            mtu: self.mtu?,
+            limit: self.limit,
+        })
     }
 
     /// Reads `iface`'s MTU and logs a change past the limit or back.
@@ -521,6 +534,11 @@ impl Dataplane {
                 None
             }
         }
+    }
+
+    /// The uplink's MTU as [`Dataplane::problem`] last read it, against the workers' limit.
+    pub fn uplink_mtu(&self) -> Option<UplinkMtu> {
+        self.mtu.status(&self.fixed.uplink)
     }
 
     /// Each worker's pipeline counters (flow table, per-VIP traffic, snapshot generation).
@@ -920,13 +938,26 @@ mod tests {
     #[test]
     fn an_uplink_mtu_raised_past_the_limit_is_reported_once_and_again_when_it_fits() {
         let mut w = MtuWatch::new(3758);
+        let shown = |w: &MtuWatch| w.status("eth0").map(|s| (s.mtu, s.over_limit()));
+        assert_eq!(shown(&w), None, "not read yet");
         assert_eq!(w.update(Some(1500)), None);
+        assert_eq!(shown(&w), Some((1500, false)));
         assert_eq!(w.update(Some(3758)), None, "at the limit");
         assert_eq!(w.update(Some(9000)), Some(MtuChange::TooLarge(9000)));
+        assert_eq!(
+            w.status("eth0"),
+            Some(UplinkMtu {
+                interface: "eth0".into(),
+                mtu: 9000,
+                limit: 3758
+            })
+        );
         assert_eq!(w.update(Some(9000)), None, "said once");
         assert_eq!(w.update(None), None, "unreadable: nothing changes");
+        assert_eq!(shown(&w), Some((9000, true)), "shown as last read");
         assert_eq!(w.update(Some(4000)), Some(MtuChange::TooLarge(4000)));
         assert_eq!(w.update(Some(1500)), Some(MtuChange::Fits(1500)));
+        assert_eq!(shown(&w), Some((1500, false)));
         assert_eq!(w.update(Some(1400)), None);
     }
 

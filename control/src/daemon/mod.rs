@@ -878,6 +878,7 @@ impl Daemon {
             uptime: now.saturating_duration_since(self.started),
             generation: self.publisher.generation(),
             dataplane_problem: self.problem.as_ref().map(ToString::to_string),
+            uplink_mtu: dp.uplink_mtu(),
             services,
             health: &health,
             weights: &weights,

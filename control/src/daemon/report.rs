@@ -18,7 +18,7 @@ use crate::publish::{proto, LiveVip};
 use crate::sources::ServiceSet;
 use crate::status::{
     BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Status, SteeringStatus,
-    VipStatus, WorkerStatus, XdpMode,
+    UplinkMtu, VipStatus, WorkerStatus, XdpMode,
 };
 
 /// A backend's health as the control loop tracks it.
@@ -34,6 +34,8 @@ pub struct Inputs<'a> {
     pub uptime: Duration,
     pub generation: u64,
     pub dataplane_problem: Option<String>,
+    /// The uplink's MTU against the workers' limit (`None` until it is first read).
+    pub uplink_mtu: Option<UplinkMtu>,
     pub services: &'a ServiceSet,
     /// Health of `(spec index, backend)`.
     pub health: &'a dyn Fn(usize, IpAddr) -> BackendHealth,
@@ -127,6 +129,7 @@ pub fn build(i: &Inputs<'_>) -> Status {
         uptime_secs: i.uptime.as_secs(),
         generation: i.generation,
         dataplane_problem: i.dataplane_problem.clone(),
+        uplink_mtu: i.uplink_mtu.clone(),
         vips,
         untracked_backends: most_on_any_worker(i.pipelines, PipelineStats::untracked_backends),
         untracked_vips: most_on_any_worker(i.pipelines, PipelineStats::untracked_vips),
@@ -268,6 +271,7 @@ fn worker(
         },
         rx_packets: w.rx,
         tx_packets: w.tx + w.reply,
+        completed_packets: w.completed,
         drops,
         flow_entries,
         flow_capacity,
@@ -331,7 +335,8 @@ mod tests {
 
     /// The steering program's verdicts become the uplink's steering counters, and the
     /// kernel's socket counters become the worker's: RX ring full and frames the kernel
-    /// dropped count among its drops, shedding and fill-ring misses on their own.
+    /// dropped count among its drops, shedding, fill-ring misses and completed frames on
+    /// their own. The uplink's MTU is reported as read.
     #[test]
     fn steering_and_kernel_counters_reach_the_status() {
         let services = ServiceSet::default();
@@ -341,6 +346,9 @@ mod tests {
             iface: "eth0".into(),
             queue: 1,
             rx: 1000,
+            tx: 990,
+            reply: 6,
+            completed: 993,
             tx_ring_full: 2,
             shed_starts: 3,
             kernel: dataplane::xsk::XdpStats {
@@ -358,11 +366,17 @@ mod tests {
             dropped: 2,
             shed: 300,
         };
+        let mtu = UplinkMtu {
+            interface: "eth0".into(),
+            mtu: 4000,
+            limit: 3758,
+        };
         let report = |steering| {
             build(&Inputs {
                 uptime: Duration::from_secs(1),
                 generation: 1,
                 dataplane_problem: None,
+                uplink_mtu: Some(mtu.clone()),
                 services: &services,
                 health: &|_, _| BackendHealth {
                     up: true,
@@ -400,6 +414,8 @@ mod tests {
         assert_eq!(w.total_drops(), 17 + 5 + 2);
         assert_eq!(w.shed_starts, 3);
         assert_eq!(w.fill_ring_empty, 4);
+        assert_eq!((w.tx_packets, w.completed_packets), (996, 993));
+        assert_eq!(s.uplink_mtu, Some(mtu.clone()));
         // Counters that could not be read are left out, not reported as zeros.
         assert!(report(None).steering.is_empty());
     }
@@ -602,6 +618,7 @@ mod tests {
             uptime: Duration::from_secs(1),
             generation: 2,
             dataplane_problem: None,
+            uplink_mtu: None,
             services: &services,
             health: &|_, _| BackendHealth {
                 up: true,

@@ -1,10 +1,10 @@
 //! The [`Status`] the API and dashboard tests serve: one VIP with one backend, one BGP
-//! peer, the steering program on one uplink, one worker; `packets` sets the traffic
-//! counters.
+//! peer, the steering program on one uplink (its MTU within the limit), one worker;
+//! `packets` sets the traffic counters.
 
 use control::status::{
     BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Protocol, Status,
-    SteeringStatus, VipStatus, WorkerStatus, XdpMode,
+    SteeringStatus, UplinkMtu, VipStatus, WorkerStatus, XdpMode,
 };
 
 pub fn a_status(packets: u64) -> Status {
@@ -13,6 +13,11 @@ pub fn a_status(packets: u64) -> Status {
         uptime_secs: 12,
         generation: 7,
         dataplane_problem: None,
+        uplink_mtu: Some(UplinkMtu {
+            interface: "eth0".into(),
+            mtu: 1500,
+            limit: 3758,
+        }),
         vips: vec![VipStatus {
             name: "web".into(),
             address: "192.0.2.10".parse().unwrap(),
@@ -70,6 +75,7 @@ pub fn a_status(packets: u64) -> Status {
             bind_mode: BindMode::Copy,
             rx_packets: packets,
             tx_packets: packets,
+            completed_packets: packets,
             drops: [("truncated".to_owned(), 4), ("rx_ring_full".to_owned(), 5)].into(),
             flow_entries: 3,
             flow_capacity: 1024,
