@@ -42,6 +42,16 @@ enum Cmd {
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// Also check this host, as `run` does before it starts anything: the interfaces
+        /// exist in this network namespace, the uplink's MTU fits the AF_XDP workers, the
+        /// worker cores are CPUs this process may run on, the BGP and API listening
+        /// addresses are this host's (not whether their ports are free: the running
+        /// daemon holds them), and this process has the capabilities the daemon needs;
+        /// every problem is reported. Run it on the gateway as the daemon runs (its user
+        /// or capabilities, network namespace, CPU affinity). Without it only the file is
+        /// checked, as on a machine that is not the gateway.
+        #[arg(long)]
+        host: bool,
     },
     /// Print a running daemon's VIPs, backends, BGP peers and workers.
     Status {
@@ -70,7 +80,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Cmd::Check { config } => check(&config),
+        Cmd::Check { config, host } => check(&config, host),
         Cmd::Status { api } => status::fetch(api, Duration::from_secs(5)).map(|s| {
             print!("{}", status::render(&s));
         }),
@@ -85,7 +95,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
+/// `dsrgate check`: the file, then with `host` what the daemon's start checks of this host
+/// ([`daemon::host_problems`]), one line each.
+fn check(path: &std::path::Path, host: bool) -> anyhow::Result<()> {
     let c = config::load(path)?;
     for w in &c.warnings {
         eprintln!(
@@ -93,13 +105,20 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             config::Problems(path, std::slice::from_ref(w))
         );
     }
+    if host {
+        let problems = daemon::host_problems(path, &c);
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("\n"));
+        }
+    }
     let peers = c.bgp.as_ref().map_or(0, |b| b.peers.len());
     println!(
-        "{}: ok ({} static VIPs, {} BGP peers, Kubernetes {})",
+        "{}: ok ({} static VIPs, {} BGP peers, Kubernetes {}){}",
         path.display(),
         c.vips.len(),
         peers,
-        if c.kubernetes.is_some() { "on" } else { "off" }
+        if c.kubernetes.is_some() { "on" } else { "off" },
+        if host { "; this host: ok" } else { "" }
     );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! What the daemon checks of a config against the host and against the running config:
-//! at start, that its interfaces exist and its worker cores are ones this process may run
-//! on; at reload, that nothing only a restart applies has changed. Each error names the
-//! file and the field, as `FILE: `field`: message`.
+//! at start, that this process has the capabilities the daemon needs, that its interfaces
+//! exist and its worker cores are ones this process may run on ([`host_problems`], which
+//! `dsrgate check --host` runs too); at reload, that nothing only a restart applies has
+//! changed. Each error names the file and the field, as `FILE: `field`: message`.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use dataplane::iface;
 use dataplane::xsk::{max_rx_frame, XskConfig};
 
 use super::forwarding::Fixed;
+use crate::caps;
 use crate::config::{Bgp, Config, Topology};
 
 /// An error about `fields` (dotted paths, e.g. `dataplane.upstream_interface`) of `file`.
@@ -21,29 +23,89 @@ pub fn field_error(file: &Path, fields: &[String], message: impl Display) -> any
     anyhow!("{}: {}: {message}", file.display(), fields.join(", "))
 }
 
-/// Fails, naming the field, if a configured interface does not exist in this namespace,
-/// or if the upstream interface's MTU is larger than the AF_XDP workers can receive
-/// ([`uplink_mtu`]).
-pub fn interfaces(file: &Path, fixed: &Fixed) -> Result<()> {
-    let arms = [
-        ("upstream_interface", Some(&fixed.uplink)),
-        ("downstream_interface", fixed.downlink.as_ref()),
-    ];
-    for (field, iface) in arms {
-        if let Some(iface) = iface {
-            super::ifindex(iface).map_err(|e| {
-                field_error(file, &[format!("dataplane.{field}")], format!("{e:#}"))
-            })?;
+/// Everything about this host that stops the daemon from starting with `config` (from
+/// `file`), one line each, naming the file (and the field): capabilities this process
+/// lacks, configured interfaces missing from this network namespace or an uplink MTU too
+/// large ([`interfaces`]), worker cores this process may not run on ([`worker_cores`]),
+/// listening addresses that are not this host's ([`listen_addresses`]). All of them, not
+/// only the first, so that an operator sees everything to fix at once: the daemon's start
+/// refuses with them all, and `dsrgate check --host` prints them.
+pub fn host_problems(file: &Path, config: &Config) -> Vec<String> {
+    let fixed = Fixed::of(config);
+    let caps = caps::require(&super::required_caps(config))
+        .err()
+        .map(|e| anyhow!("{}: {e:#}", file.display()));
+    caps.into_iter()
+        .chain(interfaces(file, &fixed))
+        .chain(worker_cores(file, &fixed.cores))
+        .chain(listen_addresses(file, config))
+        .map(|e| format!("{e:#}"))
+        .collect()
+}
+
+/// A problem, naming the fields, for each address the BGP listeners or the API would
+/// listen at that cannot be bound in this namespace (not one of its addresses: EADDRNOTAVAIL;
+/// an IPv6 one on a host without IPv6). Only the address is tried, with a UDP socket on
+/// port 0, which nothing else holds: whether the port is free is not checked, since the
+/// daemon itself holds its ports while it runs (and `dsrgate check --host` is run before a
+/// restart or a reload). `[::]` and `0.0.0.0` are every address, so not tried.
+fn listen_addresses(file: &Path, config: &Config) -> Vec<anyhow::Error> {
+    let bindable = |addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            return Ok(());
         }
-    }
-    let mtu = iface::mtu(&fixed.uplink).map_err(|e| {
+        std::net::UdpSocket::bind((addr.ip(), 0)).map(drop)
+    };
+    let bgp = config.bgp.iter().flat_map(|bgp| {
+        super::routes::speaker_config(bgp)
+            .listen
+            .into_iter()
+            .filter_map(|addr| {
+                let e = bindable(addr).err()?;
+                let message = format!("cannot listen for BGP on {addr}: {e}");
+                Some(field_error(file, &listen_fields(bgp, addr), message))
+            })
+    });
+    let api = config.api.listen;
+    let api = bindable(api).err().map(|e| {
         field_error(
             file,
-            &["dataplane.upstream_interface".to_owned()],
-            format!("reading the MTU of {}: {e}", fixed.uplink),
+            &["api.listen".to_owned()],
+            format!("cannot listen on {api}: {e}"),
         )
-    })?;
-    uplink_mtu(file, &fixed.uplink, mtu, &XskConfig::new(&fixed.uplink))
+    });
+    bgp.chain(api).collect()
+}
+
+/// A problem, naming the field, for each configured interface that does not exist in this
+/// namespace, and for an upstream interface whose MTU is larger than the AF_XDP workers
+/// can receive ([`uplink_mtu`]).
+fn interfaces(file: &Path, fixed: &Fixed) -> Vec<anyhow::Error> {
+    let missing = |field: &str, iface: &str| {
+        super::ifindex(iface)
+            .err()
+            .map(|e| field_error(file, &[format!("dataplane.{field}")], format!("{e:#}")))
+    };
+    let mut problems = Vec::new();
+    match missing("upstream_interface", &fixed.uplink) {
+        Some(e) => problems.push(e),
+        // Only an uplink that exists has an MTU to check.
+        None => match iface::mtu(&fixed.uplink) {
+            Ok(mtu) => {
+                let xsk = XskConfig::new(&fixed.uplink);
+                problems.extend(uplink_mtu(file, &fixed.uplink, mtu, &xsk).err());
+            }
+            Err(e) => problems.push(field_error(
+                file,
+                &["dataplane.upstream_interface".to_owned()],
+                format!("reading the MTU of {}: {e}", fixed.uplink),
+            )),
+        },
+    }
+    if let Some(downlink) = &fixed.downlink {
+        problems.extend(missing("downstream_interface", downlink));
+    }
+    problems
 }
 
 /// Fails, naming the field, if `mtu`, the upstream interface `iface`'s, is larger than the
@@ -70,22 +132,37 @@ pub fn uplink_mtu(file: &Path, iface: &str, mtu: u32, xsk: &XskConfig) -> Result
     ))
 }
 
-/// Fails, naming the first such field, if a worker core is not one of `allowed` (the CPUs
-/// this process may run on): its worker could not be pinned there.
-pub fn cores(file: &Path, cores: &[usize], allowed: &[usize]) -> Result<()> {
-    for (i, core) in cores.iter().enumerate() {
-        if !allowed.contains(core) {
-            return Err(field_error(
+/// A problem, naming its field, for each worker core that is not one of `allowed` (the
+/// CPUs this process may run on): its worker could not be pinned there.
+fn cores(file: &Path, cores: &[usize], allowed: &[usize]) -> Vec<anyhow::Error> {
+    cores
+        .iter()
+        .enumerate()
+        .filter(|(_, core)| !allowed.contains(core))
+        .map(|(i, core)| {
+            field_error(
                 file,
                 &[format!("dataplane.worker_cores[{i}]")],
                 format!(
                     "core {core} is not available (this process may run on {})",
                     cpu_list(allowed)
                 ),
-            ));
-        }
+            )
+        })
+        .collect()
+}
+
+/// [`cores`] against this process's CPUs ([`allowed_cpus`]). No cores (unpinned workers,
+/// one per RX queue, however many there are) is nothing to check.
+fn worker_cores(file: &Path, worker_cores: &[usize]) -> Vec<anyhow::Error> {
+    if worker_cores.is_empty() {
+        return Vec::new();
     }
-    Ok(())
+    match allowed_cpus() {
+        Ok(allowed) => cores(file, worker_cores, &allowed),
+        Err(e) => vec![anyhow::Error::new(e)
+            .context("reading the CPUs this process may run on (sched_getaffinity)")],
+    }
 }
 
 /// The CPUs this process may run on (its affinity mask, `sched_getaffinity`).
@@ -248,6 +325,10 @@ mod tests {
         config::parse(text, Path::new("t.toml")).unwrap()
     }
 
+    fn lines(problems: Vec<anyhow::Error>) -> Vec<String> {
+        problems.iter().map(|e| format!("{e:#}")).collect()
+    }
+
     #[test]
     fn cpu_lists_are_ranges() {
         assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
@@ -258,12 +339,15 @@ mod tests {
     #[test]
     fn a_core_this_process_may_not_run_on_is_named() {
         let file = Path::new("/etc/dsrgate.toml");
-        assert!(cores(file, &[0, 1], &[0, 1]).is_ok());
-        let e = cores(file, &[1, 1000], &[0, 1]).unwrap_err().to_string();
+        assert!(cores(file, &[0, 1], &[0, 1]).is_empty());
         assert_eq!(
-            e,
-            "/etc/dsrgate.toml: `dataplane.worker_cores[1]`: core 1000 is not available \
-             (this process may run on 0-1)"
+            lines(cores(file, &[1, 1000, 0, 1001], &[0, 1])),
+            [
+                "/etc/dsrgate.toml: `dataplane.worker_cores[1]`: core 1000 is not available \
+                 (this process may run on 0-1)",
+                "/etc/dsrgate.toml: `dataplane.worker_cores[3]`: core 1001 is not available \
+                 (this process may run on 0-1)",
+            ]
         );
     }
 
@@ -274,15 +358,25 @@ mod tests {
         assert!(cpus.len() <= std::thread::available_parallelism().unwrap().get());
     }
 
+    /// Both arms missing: both named, and no MTU read of the missing uplink.
     #[test]
-    fn a_missing_interface_is_named_with_its_field() {
-        let c = parse(&BASE.replace("eth0", "nosuch0"));
-        let e = interfaces(Path::new("/etc/d.toml"), &Fixed::of(&c))
-            .unwrap_err()
-            .to_string();
+    fn each_missing_interface_is_named_with_its_field() {
+        let c = parse(&BASE.replace(
+            "upstream_interface = \"eth0\"",
+            "topology = \"two-arm\"\nupstream_interface = \"nosuch0\"\n\
+             downstream_interface = \"nosuch1\"",
+        ));
+        let e = lines(interfaces(Path::new("/etc/d.toml"), &Fixed::of(&c)));
+        assert_eq!(e.len(), 2, "{e:?}");
         assert!(
-            e.starts_with("/etc/d.toml: `dataplane.upstream_interface`: ") && e.contains("nosuch0"),
-            "{e}"
+            e[0].starts_with("/etc/d.toml: `dataplane.upstream_interface`: ")
+                && e[0].contains("nosuch0"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("/etc/d.toml: `dataplane.downstream_interface`: ")
+                && e[1].contains("nosuch1"),
+            "{e:?}"
         );
     }
 
@@ -309,13 +403,13 @@ mod tests {
     #[test]
     fn the_start_check_reads_the_uplink_mtu() {
         let c = parse(&BASE.replace("eth0", "lo"));
-        let e = interfaces(Path::new("/etc/d.toml"), &Fixed::of(&c))
-            .unwrap_err()
-            .to_string();
+        let e = lines(interfaces(Path::new("/etc/d.toml"), &Fixed::of(&c)));
         assert!(
-            e.starts_with("/etc/d.toml: `dataplane.upstream_interface`: lo has MTU 65536, ")
-                && e.ends_with("set the MTU of lo to 3758 or less"),
-            "{e}"
+            e.len() == 1
+                && e[0]
+                    .starts_with("/etc/d.toml: `dataplane.upstream_interface`: lo has MTU 65536, ")
+                && e[0].ends_with("set the MTU of lo to 3758 or less"),
+            "{e:?}"
         );
     }
 
@@ -335,13 +429,38 @@ mod tests {
         let c = parse(&BASE.replace("eth0", "up0"));
         let a = net.ns("a");
         let check = || {
-            a.enter(|| interfaces(Path::new("d.toml"), &Fixed::of(&c)).map_err(|e| e.to_string()))
+            a.enter(|| lines(interfaces(Path::new("d.toml"), &Fixed::of(&c))))
                 .unwrap()
         };
-        assert_eq!(check(), Ok(()));
+        assert_eq!(check(), Vec::<String>::new());
         a.ip(&["link", "set", "dev", "up0", "mtu", "3759"]).unwrap();
-        let e = check().unwrap_err();
-        assert!(e.contains("up0 has MTU 3759, more than the 3758"), "{e}");
+        let e = check();
+        assert!(
+            e.len() == 1 && e[0].contains("up0 has MTU 3759, more than the 3758"),
+            "{e:?}"
+        );
+    }
+
+    /// Only the address is tried: a port in use (as a running daemon's are) is no problem,
+    /// nor is `[::]`; an address this host lacks is, named by the fields that ask for it.
+    #[test]
+    fn a_listening_address_this_host_lacks_is_named() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let c = parse(&format!(
+            "{BASE}\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+             [bgp]\nlocal_as = 65001\nrouter_id = \"192.0.2.1\"\n\
+             [[bgp.peers]]\naddress = \"192.0.2.2\"\nremote_as = 65000\npassive = true\n\
+             [[bgp.peers]]\naddress = \"192.0.2.3\"\nremote_as = 65000\npassive = true\n\
+             port = 1179\nlocal_address = \"192.0.2.99\"\n"
+        ));
+        assert_eq!(
+            lines(listen_addresses(Path::new("d.toml"), &c)),
+            [
+                "d.toml: `bgp.peers[1].local_address`: cannot listen for BGP on \
+                 192.0.2.99:1179: Cannot assign requested address (os error 99)"
+            ]
+        );
     }
 
     #[test]

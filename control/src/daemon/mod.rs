@@ -46,6 +46,8 @@ mod forwarding;
 mod report;
 mod routes;
 
+pub use checks::host_problems;
+
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -136,7 +138,10 @@ fn log_warnings(path: &Path, c: &Config) {
 pub fn run(path: &Path) -> Result<()> {
     let config = config::load(path)?;
     log_warnings(path, &config);
-    caps::require(&required_caps(&config))?;
+    let problems = checks::host_problems(path, &config);
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
     let signals = signals()?;
     let mut daemon = Daemon::start(path.to_owned(), config)?;
     let outcome = daemon.control_loop(&signals);
@@ -235,12 +240,6 @@ impl Daemon {
     fn start(path: PathBuf, config: Config) -> Result<Daemon> {
         let started = Instant::now();
         let fixed = Fixed::of(&config);
-        checks::interfaces(&path, &fixed)?;
-        if !fixed.cores.is_empty() {
-            let allowed = checks::allowed_cpus()
-                .context("reading the CPUs this process may run on (sched_getaffinity)")?;
-            checks::cores(&path, &fixed.cores, &allowed)?;
-        }
         let mut resolver = Resolver::new().context("opening an rtnetlink socket")?;
         let egress = fixed.egress().to_owned();
         let (egress_ifindex, local_mac, params) = read_egress(&mut resolver, &config, &fixed)?;
