@@ -2,17 +2,19 @@
 //! bond, VLAN or veth; a NIC re-probed) heals without a restart: `dsrgate run` withdraws
 //! its VIPs, rebuilds its packet path on the new interface, announces again and forwards.
 //! It never replaces an XDP program someone else put there, waits until a re-created
-//! uplink is up, follows a change of its RX queues, and SIGTERM still withdraws then
-//! detaches.
+//! uplink is up, follows a change of its RX queues, shows an uplink MTU raised past what
+//! its workers receive (without withdrawing), and SIGTERM still withdraws then detaches.
 //!
 //! Topology: [`Lab::new`] (or [`Lab::two_arm`]) with one gateway and BIRD on the router;
 //! the gateway's veth is deleted, which deletes its peer on the router's bridge
 //! ([`Topology::unlink`]), and created again with the lab's addresses and routes
 //! ([`Topology::relink`]).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use control::status::{render, Status, UplinkMtu};
 use dsrgate_tests::bird::{kernel_route, same_session, Bird};
 use dsrgate_tests::daemon::{dsrgate_bin, Daemon, GatewayConfig, Lab, PREFIX4};
 use dsrgate_tests::netns::{
@@ -172,6 +174,103 @@ fn a_changed_uplink_mac_is_followed() -> Result<()> {
         daemon.log()
     );
     lab.get_many(5)?;
+    stops_clean(&lab, &bird, daemon)
+}
+
+/// gw1's `/status` and `/metrics`, fetched until `ok` holds for both: the control loop
+/// refreshes them about once a second.
+fn wait_shown(gw1: &Netns, what: &str, ok: impl Fn(&Status, &str) -> bool) -> Result<Status> {
+    let api: SocketAddr = "127.0.0.1:9180".parse()?;
+    let timeout = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, metrics) = gw1.enter(|| -> Result<_> {
+            let status = control::status::fetch(api, timeout)?;
+            let metrics = control::api::get(api, "/metrics", timeout)?;
+            Ok((status, String::from_utf8_lossy(&metrics.body).into_owned()))
+        })??;
+        if ok(&status, &metrics) {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out waiting for {what}:\n{}\n{metrics}",
+                render(&status)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The values of the samples in `metrics` whose series starts with `prefix`.
+fn samples<'m>(metrics: &'m str, prefix: &'m str) -> impl Iterator<Item = f64> + 'm {
+    metrics
+        .lines()
+        .filter(move |l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The frames the kernel finished sending are shown per worker; an uplink MTU raised past
+/// what the workers receive whole (3758 with 4 KiB frames) is shown in `/status`,
+/// `dsrgate status` and `/metrics` while it lasts, without withdrawing the VIP: smaller
+/// packets still forward.
+#[test]
+fn completed_frames_and_an_uplink_mtu_over_the_limit_are_shown() -> Result<()> {
+    if !privileged("daemon_uplink::completed_frames_and_an_uplink_mtu_over_the_limit_are_shown") {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let (bird, daemon) = gateway(&lab, Arms::One, &[])?;
+    let gw1 = lab.ns("gw1");
+    // The requests made so far went out of the uplink tunnelled: their frames completed.
+    let completed = format!("dsrgate_worker_completed_packets_total{{interface=\"{GW_UPLINK}\",");
+    let s = wait_shown(gw1, "completed frames", |s, m| {
+        s.workers.iter().any(|w| w.completed_packets > 0)
+            && samples(m, &completed).sum::<f64>() > 0.0
+    })?;
+    let before = s.uplink_mtu.context("no uplink MTU in the status")?;
+    ensure!(
+        before.interface == GW_UPLINK && !before.over_limit(),
+        "{before:?}"
+    );
+
+    let mtu = |mtu: u32| {
+        gw1.ip(&["link", "set", "dev", GW_UPLINK, "mtu", &mtu.to_string()])
+            .map(drop)
+    };
+    let series = format!("dsrgate_uplink_mtu{{interface=\"{GW_UPLINK}\"}} ");
+    let limit_series = format!("dsrgate_uplink_mtu_limit{{interface=\"{GW_UPLINK}\"}} ");
+    let limit = dataplane::xsk::XskConfig::new(GW_UPLINK).max_mtu();
+    ensure!(before.limit == limit, "{before:?}");
+    let over = UplinkMtu {
+        mtu: 4000,
+        ..before.clone()
+    };
+    ensure!(over.over_limit(), "{over:?}");
+    mtu(over.mtu)?;
+    let s = wait_shown(gw1, "the uplink MTU over the limit", |s, m| {
+        s.uplink_mtu.as_ref() == Some(&over)
+            && samples(m, &series).eq([4000.0])
+            && samples(m, &limit_series).eq([f64::from(limit)])
+    })?;
+    let text = render(&s);
+    ensure!(
+        text.contains(&format!(
+            "uplink {GW_UPLINK} has MTU 4000, over the {limit} the AF_XDP workers receive"
+        )),
+        "{text}"
+    );
+    // Not a dataplane problem: the VIP stays announced and forwards.
+    ensure!(s.dataplane_problem.is_none(), "{text}");
+    ensure!(bird.route(PREFIX4)?.is_some(), "withdrawn for the MTU");
+    lab.get_many(3)?;
+
+    mtu(before.mtu)?;
+    let s = wait_shown(gw1, "the uplink MTU back within the limit", |s, m| {
+        s.uplink_mtu.as_ref() == Some(&before) && samples(m, &series).eq([f64::from(before.mtu)])
+    })?;
+    let text = render(&s);
+    ensure!(!text.contains("has MTU"), "{text}");
     stops_clean(&lab, &bird, daemon)
 }
 
