@@ -1162,7 +1162,7 @@ impl Collector for StatusCollector {
         counter(
             e,
             "worker_tx_packets",
-            "Frames a worker transmitted",
+            "Frames a worker put in a TX ring (toward the nodes, or replies out of the uplink)",
             s.workers.iter().map(|w| (worker(w), w.tx_packets)),
         )?;
         counter(
