@@ -42,8 +42,8 @@
 //! swept long before that; otherwise an entry idle for a multiple of 6.5 days could look fresh.
 
 /// A flow's 5-tuple. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so one key
-/// type serves both families. For 3-tuple hashing (per-VIP option, and fragments, which have
-/// no ports) the caller zeroes the ports.
+/// type serves both families. For a 3-tuple VIP's Maglev pick the caller zeroes both ports;
+/// a fragment, which has none, is keyed with source port 0 and its fragment VIP's port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: [u8; 16],

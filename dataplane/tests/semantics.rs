@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use common::*;
 use dataplane::flow::FlowTimeouts;
 use dataplane::pipeline::{DropReason, Frame, Verdict, Worker, WorkerConfig};
-use dataplane::snapshot::{Encap, HashMode, Proto};
+use dataplane::snapshot::{Encap, HashMode, Proto, Snapshot, SnapshotConfig};
 
 const VIP: &str = "10.0.0.1";
 const NOW: u64 = 5_000_000_000;
@@ -101,6 +101,81 @@ fn a_clients_new_connection_on_a_three_tuple_vip_moves_none_of_its_open_ones() {
     }
     // Ten more backends move about half the clients' choices: the case above was exercised.
     assert!((25..=75).contains(&moved), "{moved} of 100 clients moved");
+}
+
+/// A 3-tuple VIP hashes addresses and protocol only: a client's connections to each of its
+/// ports (one backend set) reach one backend.
+#[test]
+fn a_three_tuple_vip_sends_a_clients_connections_on_every_port_to_one_backend() {
+    let vips = [
+        (VIP, Proto::Tcp, 80, HashMode::ThreeTuple, Encap::IpIp),
+        (VIP, Proto::Tcp, 443, HashMode::ThreeTuple, Encap::IpIp),
+    ];
+    let s = snapshot(1, &vips, &set(8));
+    let mut w = worker();
+    let mut seen = HashSet::new();
+    for i in 0..50 {
+        let syn = |sport, port| flow_frame(client(i), sport, ip(VIP), port, 6, SYN);
+        let b = sent_to(&mut w, &s, NOW, &syn(10000, 80)).unwrap();
+        assert_eq!(
+            sent_to(&mut w, &s, NOW, &syn(20000, 443)),
+            Some(b),
+            "client {i}"
+        );
+        seen.insert(b);
+    }
+    assert!(seen.len() > 4, "clients spread: {} backends", seen.len());
+}
+
+/// A reload that changes the hash seed moves no recorded flow, nor its outer source: the
+/// flow table keeps the seed its worker started with. What it does not know takes the new
+/// seed's Maglev choice, the one a gateway started on the new seed makes.
+#[test]
+fn a_seed_change_keeps_established_flows() {
+    let seeded = |generation, seed| {
+        Snapshot::new(&SnapshotConfig {
+            maglev_seed: seed,
+            hash_seed: seed,
+            ..snapshot_config(generation, &tcp_vip(), &set(10))
+        })
+        .unwrap()
+    };
+    let (s1, s2) = (seeded(1, 1), seeded(2, 2));
+    let mut w = worker();
+    let first: Vec<Decap> = (0..200)
+        .map(|i| decap(&run(&mut w, &s1, NOW, &pkt(i, SYN)).1))
+        .collect();
+    let mut fresh = worker();
+    let mut moved = 0;
+    for (i, f) in first.iter().enumerate() {
+        let d = decap(&run(&mut w, &s2, NOW, &pkt(i, ACK)).1);
+        assert_eq!(
+            (d.outer_dst, d.outer_src),
+            (f.outer_dst, f.outer_src),
+            "flow {i} stays"
+        );
+        assert_eq!(
+            sent_to(&mut w, &s2, NOW, &quoting_error(i)),
+            Some(f.outer_dst),
+            "an error about flow {i}"
+        );
+        let choice = sent_to(&mut fresh, &s2, NOW, &pkt(i, SYN)).unwrap();
+        moved += usize::from(choice != f.outer_dst);
+        // A new connection on the tuple takes the new seed's choice, and keeps it.
+        assert_eq!(sent_to(&mut w, &s2, NOW, &pkt(i, SYN)), Some(choice));
+        assert_eq!(sent_to(&mut w, &s2, NOW, &pkt(i, ACK)), Some(choice));
+    }
+    // The new seed moves about nine in ten choices: the case above was exercised.
+    assert!(moved > 150, "the new seed moved {moved} of 200 flows");
+    // Flows new to this worker, met with a SYN or mid-way: the new seed's choice.
+    for i in 1000..1200 {
+        let flags = if i % 2 == 0 { SYN } else { ACK };
+        assert_eq!(
+            sent_to(&mut w, &s2, NOW, &pkt(i, flags)),
+            sent_to(&mut fresh, &s2, NOW, &pkt(i, flags)),
+            "new flow {i}"
+        );
+    }
 }
 
 #[test]
@@ -322,6 +397,13 @@ fn fragments_of_a_datagram_share_a_backend() {
             Encap::IpIp,
         ),
         (
+            "10.0.0.2",
+            Proto::Udp,
+            5353,
+            HashMode::ThreeTuple,
+            Encap::IpIp,
+        ),
+        (
             "2001:db8::1",
             Proto::Udp,
             53,
@@ -347,9 +429,12 @@ fn fragments_of_a_datagram_share_a_backend() {
             assert_eq!(b1, b2, "datagram {i} to {vip}");
             seen.insert(b1);
             if vip == "10.0.0.2" {
-                // 3-tuple VIP: unfragmented packets of the client go to the same backend.
-                let whole = flow_frame(c, 7777, d, 53, 17, 0);
-                assert_eq!(sent_to(&mut w, &s, NOW, &whole), Some(b1));
+                // 3-tuple VIP: unfragmented packets of the client go to the same backend,
+                // to the fragment VIP's port and to another port with the same backends.
+                for port in [53, 5353] {
+                    let whole = flow_frame(c, 7777, d, port, 17, 0);
+                    assert_eq!(sent_to(&mut w, &s, NOW, &whole), Some(b1), "port {port}");
+                }
             }
         }
         let (c, d) = (ip(&format!("2001:db8:c::{:x}", i + 1)), ip("2001:db8::1"));

@@ -19,23 +19,37 @@
 //!
 //! # Hash and fragments
 //! The flow hash covers (source, destination, protocol, source port, destination port) by
-//! default. A VIP in [`HashMode::ThreeTuple`] picks the Maglev slot by a hash without the
-//! source port, so a client's connections share a backend; each connection still has a flow
-//! entry of its own, so a client's new connection after a table change takes the current
+//! default. A VIP in [`HashMode::ThreeTuple`] picks the Maglev slot by a hash without either
+//! port, so a client's connections share a backend, on every port of the VIP's address whose
+//! backend set is the same (those ports have identical tables); each connection still has a
+//! flow entry of its own, so a client's new connection after a table change takes the current
 //! choice without moving the connections it has open (one entry for the client would let the
-//! new SYN re-point them all). IPv4 and IPv6 fragments are keyed and hashed without the source
-//! port, and since a later fragment carries no destination port either, every fragment is
-//! attributed to the *fragment VIP* of its (address, protocol): the VIP with the lowest port
-//! (see [`Snapshot::lookup_vip`]), whose port stands in for the missing one. So the first and
-//! the later fragments of a datagram compute the same key and reach the same backend, on every
+//! new SYN re-point them all).
+//!
+//! Two seeds key the hash. The Maglev pick uses the snapshot's (`hash_seed`), so it agrees
+//! with every gateway's current choice. The flow table's place of a flow, and what else must
+//! stay fixed for a flow's life (the outer source bits, GUE source port and IPv6 flow label),
+//! use the flow table's own seed, which is the first snapshot's and never changes: a reload
+//! that changes the seed then still finds every recorded flow. While the two are equal (no
+//! seed change since the worker started) the pick reuses the flow hash. ICMP errors look up
+//! the flow table with the swapped tuple, so by its seed, like the flow's own packets.
+//!
+//! IPv4 and IPv6 fragments are keyed and hashed without the source port, and since a later
+//! fragment carries no destination port either, every fragment is attributed to the
+//! *fragment VIP* of its (address, protocol): the VIP with the lowest port (see
+//! [`Snapshot::lookup_vip`]), whose port stands in for the missing one. So the first and the
+//! later fragments of a datagram compute the same key and reach the same backend, on every
 //! gateway, in any order, with no reassembly state. An IPv6 datagram whose Fragmentable Part
 //! opens with an extension header (Destination Options, AH) names its upper protocol in the
 //! first fragment only, so all its fragments are attributed as UDP (see
 //! [`crate::wire::ipv6ext::Upper::keyed_proto`]). The trade-off: a datagram that is
-//! fragmented may reach a different backend than the same flow's unfragmented datagrams
-//! (unless its VIP is 3-tuple), and one that is for another port of that address is balanced
-//! by the fragment VIP's backend set. Fragmented UDP is rare and is mostly one-shot (DNS,
-//! IKE); TCP avoids fragmentation with PMTU discovery, which the Path MTU handling supports.
+//! fragmented may reach a different backend than the same flow's unfragmented datagrams, and
+//! one that is for another port of that address is balanced by the fragment VIP's backend
+//! set. Not when the fragment VIP is 3-tuple: its fragments then pick by addresses and
+//! protocol, as the unfragmented packets to every 3-tuple port of the address with the same
+//! backend set (and weights) do; a port with another set, or in 5-tuple mode, can still
+//! differ. Fragmented UDP is rare and is mostly one-shot (DNS, IKE); TCP avoids fragmentation
+//! with PMTU discovery, which the Path MTU handling supports.
 //!
 //! # TTL
 //! A packet for a VIP that arrives with TTL (hop limit) 0 or 1 is dropped
@@ -299,10 +313,11 @@ pub struct FlowValue {
 struct Pending {
     p: Parsed,
     vip: u32,
-    /// The flow's hash: its flow-table place, outer source and GUE port.
+    /// The flow's hash by the flow table's seed: its flow-table place, outer source, GUE
+    /// port and flow label.
     hash: u64,
-    /// The hash its Maglev slot is picked by: `hash`, or without the source port for a
-    /// [`HashMode::ThreeTuple`] VIP.
+    /// The hash its Maglev slot is picked by, by the snapshot's seed: `hash` while the seeds
+    /// are equal, without the ports for a [`HashMode::ThreeTuple`] VIP.
     pick: u64,
     /// Where the flow table expects the flow (from the prefetch pass).
     slot: SlotHint,
@@ -310,7 +325,8 @@ struct Pending {
     syn: bool,
 }
 
-/// One RX queue's pipeline state. See the module docs.
+/// One RX queue's pipeline state. See the module docs. Its flow table is keyed by the hash
+/// seed of the first snapshot it processes, for its life.
 pub struct Worker {
     state: State,
     /// Per-frame scratch for the two passes, reused by every batch.
@@ -320,6 +336,9 @@ pub struct Worker {
 /// What outlives a batch.
 struct State {
     flows: FlowTable<FlowValue>,
+    /// The seed `flows` is keyed by: the first snapshot's `hash_seed`, for the worker's life
+    /// (see the module docs). `None` until the first batch.
+    flow_seed: Option<u64>,
     counters: Counters,
     icmp: TokenBucket,
 }
@@ -330,6 +349,7 @@ impl Worker {
         Worker {
             state: State {
                 flows: FlowTable::new(cfg.flow_capacity, cfg.timeouts),
+                flow_seed: None,
                 counters: Counters {
                     vips: vec![PacketBytes::default(); cfg.max_vips].into_boxed_slice(),
                     backends: vec![PacketBytes::default(); cfg.max_backends].into_boxed_slice(),
@@ -382,6 +402,7 @@ impl Worker {
     ) {
         let st = &mut self.state;
         st.icmp.refill(now_ns);
+        let seed = *st.flow_seed.get_or_insert(snap.hash_seed);
         // Pass 1: parse, find the VIP, hash, and start loading the flow's tag lines (a SYN
         // inserts, which reads them, and takes the current Maglev choice: also its Maglev
         // slot), or while few flows are live its home slots.
@@ -389,7 +410,7 @@ impl Worker {
         let mut todo: u64 = 0;
         let mut last = None;
         for (i, (f, w)) in frames.iter().zip(self.pending.iter_mut()).enumerate() {
-            match classify(snap, f, w, &mut last) {
+            match classify(snap, seed, f, w, &mut last) {
                 Ok(()) => {
                     let syn = is_syn(&w.p);
                     w.syn = syn;
@@ -449,10 +470,12 @@ struct LastVip {
 }
 
 /// Pass 1 for one frame: everything up to the flow lookup. `Ok` leaves `w` ready for it.
-/// `last` carries the previous frame's service lookup within the batch (same snapshot).
+/// `seed` is the flow table's; `last` carries the previous frame's service lookup within the
+/// batch (same snapshot).
 #[inline]
 fn classify(
     snap: &Snapshot,
+    seed: u64,
     f: &Frame<'_>,
     w: &mut Pending,
     last: &mut Option<LastVip>,
@@ -466,13 +489,13 @@ fn classify(
     // (through a local, it was copied twice).
     let (vip, hash, pick) = match parse::fast_v4(pkt) {
         Some(mut q) => {
-            let r = classify_parsed(snap, pkt, &mut q, last)?;
+            let r = classify_parsed(snap, seed, pkt, &mut q, last)?;
             w.p = q;
             r
         }
         None => {
             parse::parse_general(pkt, &mut w.p)?;
-            classify_parsed(snap, pkt, &mut w.p, last)?
+            classify_parsed(snap, seed, pkt, &mut w.p, last)?
         }
     };
     w.vip = vip;
@@ -481,11 +504,12 @@ fn classify(
     Ok(())
 }
 
-/// [`classify`] after parsing `pkt` into `p`: its VIP, flow hash and Maglev hash (see
-/// [`Pending`]), `p.key` adjusted for a fragment.
+/// [`classify`] after parsing `pkt` into `p`: its VIP, flow hash (by the flow table's `seed`)
+/// and Maglev hash (see [`Pending`]), `p.key` adjusted for a fragment.
 #[inline(always)]
 fn classify_parsed(
     snap: &Snapshot,
+    seed: u64,
     pkt: &[u8],
     p: &mut Parsed,
     last: &mut Option<LastVip>,
@@ -534,10 +558,14 @@ fn classify_parsed(
     } else {
         (p.key.src_port, p.key.dst_port)
     };
-    let hash = p.key.hash(snap.hash_seed);
-    let pick = if v.hash == HashMode::ThreeTuple {
+    let hash = p.key.hash(seed);
+    // A second hash for a 3-tuple VIP or after a seed change; the flow entry keeps the whole
+    // key either way.
+    let pick = if v.hash == HashMode::ThreeTuple || seed != snap.hash_seed {
+        let three = v.hash == HashMode::ThreeTuple;
         FlowKey {
-            src_port: 0,
+            src_port: if three { 0 } else { p.key.src_port },
+            dst_port: if three { 0 } else { p.key.dst_port },
             ..p.key
         }
         .hash(snap.hash_seed)

@@ -245,7 +245,16 @@ pub fn snapshot(
     vips: &[(&str, Proto, u16, HashMode, Encap)],
     backends: &[(IpAddr, u32)],
 ) -> Snapshot {
-    Snapshot::new(&SnapshotConfig {
+    Snapshot::new(&snapshot_config(generation, vips, backends)).unwrap()
+}
+
+/// What [`snapshot`] builds from, for a test that changes a field.
+pub fn snapshot_config(
+    generation: u64,
+    vips: &[(&str, Proto, u16, HashMode, Encap)],
+    backends: &[(IpAddr, u32)],
+) -> SnapshotConfig {
+    SnapshotConfig {
         generation,
         vips: vips
             .iter()
@@ -277,8 +286,7 @@ pub fn snapshot(
             .map(|&(a, _)| (a, [2, 0, 0, 0, 1, 1]))
             .collect::<HashMap<_, _>>(),
         ..SnapshotConfig::default()
-    })
-    .unwrap()
+    }
 }
 
 /// Runs one frame through `w`; returns the verdict and the frame's bytes afterwards (the
