@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use dataplane::bpf::steer::MAX_VIPS;
 
 use crate::config::{HashMode, Protocol, VipBgp};
-use crate::health::{HealthSpec, Probe, State, Target, Targets};
+use crate::health::{HealthSpec, State, Target, Targets};
 
 /// Every VIP the gateway should serve, sorted by address, protocol, ports.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -83,44 +83,47 @@ impl VipSpec {
         })
     }
 
-    /// The backends the snapshot carries now, with their effective weight: unchecked VIPs
-    /// keep every backend; checked ones keep those whose target is up (a down one is left
-    /// out, and its flows re-hashed). A weight reported by the probe (kube-proxy's endpoint
-    /// count) replaces the configured one. A backend at weight 0 stays, draining: the
-    /// dataplane gives it no Maglev slot, so no new flow goes to it, but the flows recorded
-    /// to it stay there. Left out, each of them would be re-hashed to another node, which
-    /// resets its TCP connection.
+    /// The backends the snapshot carries now: unchecked VIPs keep every backend; checked
+    /// ones keep those whose target is up (a down one is left out, and its flows re-hashed),
+    /// and a `Local` Service's nodes at weight 0 whatever their probe says
+    /// ([`Self::drains_while_down`]). The weight is always the source's: a weight a probe
+    /// reports (kube-proxy's endpoint count) is ignored, as each gateway's probe sees a
+    /// change at its own moment, up to an interval after the EndpointSlice that every
+    /// gateway has within moments, and their Maglev tables would differ meanwhile. A backend
+    /// at weight 0 stays, draining: the dataplane gives it no Maglev slot, so no new flow
+    /// goes to it, but the flows recorded to it stay there. Left out, each of them would be
+    /// re-hashed to another node, which resets its TCP connection.
     pub fn serving_backends(
         &self,
         state: impl Fn(&Target) -> Option<(State, Option<u32>)>,
     ) -> Vec<BackendSpec> {
-        let reports_weight = matches!(
-            &self.health,
-            Some(HealthSpec {
-                probe: Probe::Http {
-                    weight_header: true,
-                    ..
-                },
-                ..
-            })
-        );
         self.backends
             .iter()
-            .filter_map(|b| {
-                let weight = match self.target(b) {
-                    None => b.weight,
-                    Some(t) => match state(&t) {
-                        Some((State::Up, Some(w))) if reports_weight => w,
-                        Some((State::Up, _)) => b.weight,
-                        _ => return None,
-                    },
-                };
-                Some(BackendSpec {
-                    addr: b.addr,
-                    weight,
-                })
+            .filter(|b| match self.target(b) {
+                None => true,
+                Some(t) => {
+                    matches!(state(&t), Some((State::Up, _)))
+                        || (b.weight == 0 && self.drains_while_down())
+                }
             })
+            .copied()
             .collect()
+    }
+
+    /// Whether a backend at weight 0 stays while its probe fails: a `Local` Service's node
+    /// at weight 0 has only terminating endpoints that still serve (see
+    /// [`kube::model`]), and kube-proxy answers its health check with 503 precisely then,
+    /// so that load balancers send it no new connections; it still forwards the open
+    /// ones. It leaves once those endpoints leave the EndpointSlice. A static or `Cluster`
+    /// backend at weight 0 drains only while its probe passes.
+    fn drains_while_down(&self) -> bool {
+        matches!(
+            self.origin,
+            Origin::Kubernetes {
+                traffic_policy: TrafficPolicy::Local,
+                ..
+            }
+        )
     }
 
     /// The [`serving_backends`](Self::serving_backends) that take new flows (nonzero
@@ -209,6 +212,7 @@ impl ServiceSet {
 mod tests {
     use super::*;
     use crate::config::Timing;
+    use crate::health::Probe;
     use k8s_openapi::api::core::v1::Service;
     use std::collections::HashMap;
     use std::time::Duration;
@@ -240,8 +244,12 @@ mod tests {
         }
     }
 
+    /// The weight kube-proxy's header reported replaced the source's (the EndpointSlice's
+    /// count): each gateway's probe sees a scale event at its own moment, up to an interval
+    /// after the slice, so the gateways' Maglev tables differed meanwhile, and a stale
+    /// header overrode a fresher slice. The probe now says only up or down.
     #[test]
-    fn healthy_backends_use_state_and_reported_weight() {
+    fn healthy_backends_follow_the_probe_state_with_the_sources_weight() {
         let unchecked = vip(
             "203.0.113.1",
             &[80],
@@ -260,13 +268,14 @@ mod tests {
         let checked = vip(
             "203.0.113.1",
             &[80],
-            &[("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)],
+            &[("10.0.0.1", 3), ("10.0.0.2", 1), ("10.0.0.3", 1)],
             Some(spec),
         );
         let up: IpAddr = "10.0.0.1".parse().unwrap();
         let unreported: IpAddr = "10.0.0.2".parse().unwrap();
         let got = checked.healthy_backends(|t| match t.addr {
-            a if a == up => Some((State::Up, Some(4))),
+            // The slice says 3, the header still 2.
+            a if a == up => Some((State::Up, Some(2))),
             a if a == unreported => Some((State::Up, None)),
             _ => Some((State::Down, None)),
         });
@@ -275,7 +284,7 @@ mod tests {
             [
                 BackendSpec {
                     addr: up,
-                    weight: 4
+                    weight: 3
                 },
                 BackendSpec {
                     addr: unreported,
@@ -321,18 +330,71 @@ mod tests {
         let state = |t: &Target| match t.addr.to_string().as_str() {
             "10.0.0.1" | "10.0.0.2" => Some((State::Up, None)),
             "10.0.0.3" => Some((State::Down, None)),
-            // Up, but reports no local endpoint: draining too.
+            // Up, whatever count it reports: its own weight.
             _ => Some((State::Up, Some(0))),
         };
         assert_eq!(
             checked.serving_backends(state),
-            [b("10.0.0.1", 1), b("10.0.0.2", 0), b("10.0.0.4", 0)]
+            [b("10.0.0.1", 1), b("10.0.0.2", 0), b("10.0.0.4", 1)]
         );
-        assert_eq!(checked.healthy_backends(state), [b("10.0.0.1", 1)]);
+        assert_eq!(
+            checked.healthy_backends(state),
+            [b("10.0.0.1", 1), b("10.0.0.4", 1)]
+        );
 
         let unchecked = vip("203.0.113.1", &[80], &[("10.0.0.1", 0)], None);
         assert_eq!(unchecked.serving_backends(|_| None), [b("10.0.0.1", 0)]);
         assert_eq!(unchecked.healthy_backends(|_| None), []);
+    }
+
+    /// A `Local` Service's node whose endpoints are all terminating (but still serving) is
+    /// at weight 0, and kube-proxy's health check answers 503 for it on purpose: it used to
+    /// leave with its probe, which re-hashed (reset) every connection to its pods. It stays
+    /// at weight 0 whatever the probe says; a weight-0 `Cluster` node (excluded, NotReady)
+    /// leaves once its probe fails, as does a `Local` node with ready endpoints.
+    #[test]
+    fn a_draining_local_node_stays_while_its_probe_fails() {
+        let b = |a: &str, weight| BackendSpec {
+            addr: a.parse().unwrap(),
+            weight,
+        };
+        let kube = |traffic_policy| {
+            let mut v = vip(
+                "203.0.113.1",
+                &[80],
+                &[("10.0.0.1", 2), ("10.0.0.2", 0), ("10.0.0.3", 0)],
+                Some(kube_proxy_probe()),
+            );
+            v.origin = Origin::Kubernetes {
+                namespace: "ns".into(),
+                name: "web".into(),
+                traffic_policy,
+                health_check_node_port: Some(30000),
+            };
+            v
+        };
+        // 10.0.0.2 answers 503; 10.0.0.3 has no verdict yet.
+        let state = |t: &Target| match t.addr.to_string().as_str() {
+            "10.0.0.1" => Some((State::Up, Some(2))),
+            "10.0.0.2" => Some((State::Down, Some(0))),
+            _ => None,
+        };
+        let local = kube(TrafficPolicy::Local);
+        assert_eq!(
+            local.serving_backends(state),
+            [b("10.0.0.1", 2), b("10.0.0.2", 0), b("10.0.0.3", 0)]
+        );
+        assert_eq!(local.healthy_backends(state), [b("10.0.0.1", 2)]);
+        let all_down = |_: &Target| Some((State::Down, None));
+        assert_eq!(
+            local.serving_backends(all_down),
+            [b("10.0.0.2", 0), b("10.0.0.3", 0)]
+        );
+        assert_eq!(local.healthy_backends(all_down), []);
+
+        let cluster = kube(TrafficPolicy::Cluster);
+        assert_eq!(cluster.serving_backends(state), [b("10.0.0.1", 2)]);
+        assert_eq!(cluster.serving_backends(all_down), []);
     }
 
     /// More service ports than the steering map holds used to fail the map update after a

@@ -235,24 +235,51 @@ fn serving(c: Option<&EndpointConditions>) -> bool {
     c.and_then(|c| c.serving.or(c.ready)).unwrap_or(true)
 }
 
-/// Ready endpoints of one Service per node. Each endpoint address counts once even if two
-/// slices list it (slices overlap while being rebalanced).
-fn ready_endpoints_per_node<'a>(
+/// Draining: terminating but still serving (a pod in its grace period). kube-proxy keeps
+/// forwarding a `Local` Service's traffic to such endpoints while its node has no ready one
+/// (KEP-1669), but its health check counts only ready endpoints, so it answers 503.
+fn draining(c: Option<&EndpointConditions>) -> bool {
+    serving(c) && c.and_then(|c| c.terminating).unwrap_or(false)
+}
+
+/// The weight of each node of a `Local` Service: its number of ready endpoints, each address
+/// counted once even if two slices list it (slices overlap while being rebalanced); 0 for a
+/// node with none ready but some [`draining`], which keeps the flows pinned to it (and so
+/// the connections to its terminating pods) and takes no new ones. A node with neither is
+/// not a backend. The weights come from the slices alone, which every gateway sees alike.
+fn local_weights<'a>(
     slices: &Slices<'a>,
     ns: &str,
     name: &str,
     v6: bool,
-) -> BTreeMap<&'a str, usize> {
+) -> BTreeMap<&'a str, u32> {
     let mut per_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (node, addr) in slices.endpoints(ns, name, v6, ready) {
         if let Some(node) = node {
             per_node.entry(node).or_default().insert(addr);
         }
     }
-    per_node
+    let mut weights: BTreeMap<&str, u32> = per_node
         .into_iter()
-        .map(|(n, eps)| (n, eps.len()))
-        .collect()
+        .map(|(n, eps)| {
+            let w = u32::try_from(eps.len()).unwrap_or(MAX_WEIGHT);
+            (n, w.min(MAX_WEIGHT))
+        })
+        .collect();
+    for (node, _) in slices.endpoints(ns, name, v6, draining) {
+        if let Some(node) = node {
+            weights.entry(node).or_insert(0);
+        }
+    }
+    weights
+}
+
+/// The weight of a node for `Cluster` Services: 1, or 0 (draining) while it is not Ready or
+/// carries [`EXCLUDE_LABEL`] (often set before maintenance), so that the connections it
+/// carries go on and new ones go elsewhere. It leaves once its probe of kube-proxy fails,
+/// or once it is deleted.
+fn cluster_weight(node: &Node) -> u32 {
+    u32::from(node_ready(node) && !excluded(node))
 }
 
 /// Whether `ip` is in the address pool.
@@ -652,14 +679,11 @@ fn service_vips(
     let v6 = addr.is_ipv6();
 
     let backends: Vec<BackendSpec> = match policy {
-        TrafficPolicy::Local => ready_endpoints_per_node(slices, ns, name, v6)
+        TrafficPolicy::Local => local_weights(slices, ns, name, v6)
             .into_iter()
-            .filter_map(|(node, count)| {
+            .filter_map(|(node, weight)| {
                 let addr = node_addr(cfg, objs.nodes.get(node)?, v6)?;
-                Some(BackendSpec {
-                    addr,
-                    weight: u32::try_from(count).unwrap_or(MAX_WEIGHT).min(MAX_WEIGHT),
-                })
+                Some(BackendSpec { addr, weight })
             })
             .collect(),
         // Any node forwards, but only to the Service's endpoints: with none serving (scaled
@@ -672,14 +696,20 @@ fn service_vips(
         TrafficPolicy::Cluster => objs
             .nodes
             .values()
-            .filter(|n| node_ready(n) && !excluded(n))
-            .filter_map(|n| node_addr(cfg, n, v6))
-            .map(|addr| BackendSpec { addr, weight: 1 })
+            .filter_map(|n| {
+                let addr = node_addr(cfg, n, v6)?;
+                Some(BackendSpec {
+                    addr,
+                    weight: cluster_weight(n),
+                })
+            })
             .collect(),
     };
-    // Local: kube-proxy's per-Service answer on healthCheckNodePort (200 only
-    // while the node has local endpoints, with their count). Cluster: kube-proxy's
-    // own health, since any node forwards.
+    // Local: kube-proxy's per-Service answer on healthCheckNodePort (200 only while the
+    // node has ready local endpoints). Its endpoint-count header only has to be readable:
+    // the weight is the slices' (see `local_weights`), which every gateway has within
+    // moments, where each one's probe would see a new count up to an interval later.
+    // Cluster: kube-proxy's own health, since any node forwards.
     let probe = match (policy, hcnp) {
         (TrafficPolicy::Local, Some(port)) => Probe::Http {
             port,
@@ -997,6 +1027,115 @@ mod tests {
         assert_eq!(vips.len(), 1, "{vips:?}");
         assert_eq!(vips["ns/old"], old);
         assert_eq!(written, [format!("old {IP}")]);
+    }
+
+    /// A Node as the API server returns it: Ready or not, with `labels`.
+    fn kube_node(name: &str, addr: &str, ready: bool, labels: Value) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "labels": labels},
+            "status": {"addresses": [{"type": "InternalIP", "address": addr},
+                    {"type": "Hostname", "address": name}],
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                    "reason": if ready { "KubeletReady" } else { "NodeStatusUnknown" }}]}
+        }))
+        .unwrap()
+    }
+
+    /// An endpoint of pod `ip` on `node` with its three conditions, as the EndpointSlice
+    /// controller writes them (ready = serving and not terminating).
+    fn endpoint(ip: &str, node: &str, ready: bool, serving: bool, terminating: bool) -> Value {
+        json!({"addresses": [ip], "nodeName": node,
+            "targetRef": {"kind": "Pod", "namespace": "ns", "name": format!("web-{ip}")},
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
+    }
+
+    /// Each VIP's backends as `address weight`.
+    fn weights(objs: &Objects) -> Vec<Vec<String>> {
+        let set = compute(&cfg(), objs, &mut HashMap::new()).set;
+        set.vips
+            .iter()
+            .map(|v| {
+                let b = v.backends.iter();
+                b.map(|b| format!("{} {}", b.addr, b.weight)).collect()
+            })
+            .collect()
+    }
+
+    /// A `Local` Service's node whose last pod began its graceful termination (`serving`,
+    /// `terminating`, not `ready`) left the backends at once, and the flows pinned to it were
+    /// re-hashed to other nodes, which reset them, while kube-proxy still forwarded to that
+    /// pod. It stays at weight 0 (draining) until its endpoints leave the slice; a node with
+    /// a ready endpoint keeps its weight, and one whose pods neither are ready nor serve is
+    /// no backend.
+    #[test]
+    fn a_local_node_with_only_terminating_serving_endpoints_drains_at_weight_0() {
+        let mut web = lb("web", 1, &[("TCP", 80)], None, None, Some("192.0.2.9"));
+        let spec = web.spec.as_mut().unwrap();
+        spec.external_traffic_policy = Some("Local".into());
+        spec.health_check_node_port = Some(32080);
+        let mut objs = objects([web]);
+        for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let n = kube_node(name, &format!("10.1.0.{}", i + 1), true, json!({}));
+            objs.nodes.insert(name.into(), n);
+        }
+        let with = |eps: Vec<Value>| {
+            let mut objs = Objects {
+                services: objs.services.clone(),
+                slices: BTreeMap::new(),
+                nodes: objs.nodes.clone(),
+            };
+            add_slice(&mut objs, slice("web", "IPv4", Value::from(eps)));
+            weights(&objs)
+        };
+        let b = [
+            endpoint("10.244.2.1", "b", true, true, false),
+            endpoint("10.244.2.2", "b", true, true, false),
+        ];
+        // a's only pod terminates, still serving; c's terminates and no longer serves; d's
+        // fails its readiness probe.
+        let mut eps = vec![endpoint("10.244.1.1", "a", false, true, true)];
+        eps.extend(b.clone());
+        eps.push(endpoint("10.244.3.1", "c", false, false, true));
+        eps.push(endpoint("10.244.4.1", "d", false, false, false));
+        assert_eq!(with(eps), [["10.1.0.1 0", "10.1.0.2 2"]]);
+        // Terminating next to a ready one: a keeps the ready one's weight.
+        let mut eps = vec![
+            endpoint("10.244.1.1", "a", false, true, true),
+            endpoint("10.244.1.2", "a", true, true, false),
+        ];
+        eps.extend(b.clone());
+        assert_eq!(with(eps), [["10.1.0.1 1", "10.1.0.2 2"]]);
+        // The pod is gone from the slice: so is a.
+        assert_eq!(with(b.to_vec()), [["10.1.0.2 2"]]);
+    }
+
+    /// A `Cluster` Service's node that was labelled to be excluded (a usual step before
+    /// maintenance) or went NotReady left the backends at once, which reset every
+    /// connection through it. It drains at weight 0 instead (its probe of kube-proxy decides
+    /// when it leaves, see `VipSpec::serving_backends`), is back at full weight once the
+    /// label is removed, and is gone once the Node is deleted.
+    #[test]
+    fn an_excluded_or_not_ready_cluster_node_drains_at_weight_0() {
+        let mut objs = objects([lb("web", 1, &[("TCP", 80)], None, None, Some("192.0.2.9"))]);
+        let eps = json!([endpoint("10.244.1.1", "a", true, true, false)]);
+        add_slice(&mut objs, slice("web", "IPv4", eps));
+        let exclude = json!({ EXCLUDE_LABEL: "" });
+        for (name, addr, ready, labels) in [
+            ("a", "10.1.0.1", true, json!({"kubernetes.io/os": "linux"})),
+            ("b", "10.1.0.2", true, exclude.clone()),
+            ("c", "10.1.0.3", false, json!({})),
+        ] {
+            objs.nodes
+                .insert(name.into(), kube_node(name, addr, ready, labels));
+        }
+        assert_eq!(weights(&objs), [["10.1.0.1 1", "10.1.0.2 0", "10.1.0.3 0"]]);
+        // The label is removed: b is back at full weight.
+        let b = kube_node("b", "10.1.0.2", true, json!({}));
+        objs.nodes.insert("b".into(), b);
+        assert_eq!(weights(&objs), [["10.1.0.1 1", "10.1.0.2 1", "10.1.0.3 0"]]);
+        // c is deleted: gone.
+        objs.nodes.remove("c");
+        assert_eq!(weights(&objs), [["10.1.0.1 1", "10.1.0.2 1"]]);
     }
 
     /// A `Cluster` Service was served by every ready node whether or not it had a pod:
