@@ -13,11 +13,21 @@
 //! another service keeps it. A prefix that disappears without such a drain is reported
 //! withdrawn for the same reason before it is forgotten.
 //!
+//! An address is not announced the first time (since the daemon started or since the
+//! address was added) until every backend its services health-check has a verdict from
+//! this run: up, or failed at least once ([`WithdrawReason::HealthPending`]). A checked
+//! backend counts as absent until it has passed `rise` probes, so the first backends up
+//! would otherwise make a table that other gateways, which have all of them, do not share,
+//! and the flows that ECMP moves to a restarted gateway would reach other backends. The
+//! wait is bounded by the probes' schedule (about `rise` intervals, plus `timeout`). Once
+//! announced, an address is never withdrawn for it: a backend added later joins the table
+//! when it is up.
+//!
 //! The policy is pure: health and dataplane state come in, decisions and the transitions
 //! since the last evaluation come out. The caller logs and counts the transitions and
 //! hands the announced set to the BGP speaker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -30,6 +40,10 @@ pub struct ServiceHealth {
     /// The announce policy: fewer healthy backends than this and the service does not
     /// count toward announcing its address.
     pub min_healthy: u32,
+    /// Backends it health-checks that have no verdict yet (neither up nor failed once).
+    pub pending_backends: u32,
+    /// Backends it health-checks, pending or not.
+    pub checked_backends: u32,
     /// Removed from the config or the Kubernetes API, and only served until its drain
     /// ends: it never counts toward announcing its address.
     pub removed: bool,
@@ -92,6 +106,12 @@ pub enum WithdrawReason {
     ShuttingDown,
     /// Every service on the address was removed (its flows drain).
     Removed,
+    /// Enough backends are up, but the address was never announced and some of the
+    /// backends its services check have no verdict yet (counts summed over its services).
+    HealthPending {
+        pending: u32,
+        checked: u32,
+    },
 }
 
 impl fmt::Display for Decision {
@@ -111,6 +131,11 @@ impl fmt::Display for Decision {
             Decision::Withdraw(WithdrawReason::Removed) => {
                 f.write_str("withdrawn: removed, draining")
             }
+            Decision::Withdraw(WithdrawReason::HealthPending { pending, checked }) => write!(
+                f,
+                "withdrawn: waiting for first health verdicts ({} of {checked})",
+                checked.saturating_sub(*pending)
+            ),
         }
     }
 }
@@ -128,13 +153,17 @@ pub struct Transition {
 #[derive(Default, Debug)]
 pub struct Policy {
     decisions: BTreeMap<IpAddr, Decision>,
+    /// Known prefixes announced at least once: no longer held for pending verdicts.
+    announced_once: BTreeSet<IpAddr>,
 }
 
 impl Policy {
     /// Decides every prefix from the services' health and the dataplane's state, and
     /// returns what changed. Prefixes that no longer have any service are forgotten (the
     /// speaker withdraws them because they are absent from [`Policy::announced`]); one
-    /// not already withdrawn as [`WithdrawReason::Removed`] is reported so first.
+    /// not already withdrawn as [`WithdrawReason::Removed`] is reported so first. A prefix
+    /// never announced is held while any of its services not removed has pending
+    /// backends, even if another of them could announce it: that one's table is partial.
     pub fn evaluate(
         &mut self,
         services: &[ServiceHealth],
@@ -165,6 +194,27 @@ impl Policy {
                 })
                 .or_insert(d);
         }
+        for (addr, d) in &mut best {
+            if *d != Decision::Announce || self.announced_once.contains(addr) {
+                continue;
+            }
+            let own = services.iter().filter(|s| s.addr == *addr && !s.removed);
+            let (pending, checked) = own.fold((0u32, 0u32), |(p, c), s| {
+                (
+                    p.saturating_add(s.pending_backends),
+                    c.saturating_add(s.checked_backends),
+                )
+            });
+            if pending > 0 {
+                *d = Decision::Withdraw(WithdrawReason::HealthPending { pending, checked });
+            }
+        }
+        self.announced_once.retain(|a| best.contains_key(a));
+        self.announced_once.extend(
+            best.iter()
+                .filter(|(_, d)| **d == Decision::Announce)
+                .map(|(a, _)| *a),
+        );
         let mut out = Vec::new();
         let removed = Decision::Withdraw(WithdrawReason::Removed);
         for (addr, from) in &self.decisions {
@@ -230,7 +280,18 @@ mod tests {
             addr: addr.parse().unwrap(),
             healthy_backends: healthy,
             min_healthy: min,
+            pending_backends: 0,
+            checked_backends: 0,
             removed: false,
+        }
+    }
+
+    /// Checks `checked` backends, of which `pending` have no verdict yet.
+    fn checking(addr: &str, healthy: u32, pending: u32, checked: u32) -> ServiceHealth {
+        ServiceHealth {
+            pending_backends: pending,
+            checked_backends: checked,
+            ..svc(addr, healthy, 1)
         }
     }
 
@@ -380,5 +441,96 @@ mod tests {
                 required: 1
             })
         );
+    }
+
+    /// A starting gateway (or a new address) with one backend up of three, the others
+    /// not probed yet: a table of one would send the flows ECMP moves here elsewhere
+    /// than the other gateways do. Announced once the last verdict is in; from then on a
+    /// new backend without a verdict does not withdraw it.
+    #[test]
+    fn the_first_announcement_waits_for_every_verdict() {
+        let mut p = Policy::default();
+        let t = p.evaluate(&[checking("192.0.2.10", 1, 2, 3)], None, false);
+        let held = Decision::Withdraw(WithdrawReason::HealthPending {
+            pending: 2,
+            checked: 3,
+        });
+        assert_eq!(t[0].to, held);
+        assert_eq!(
+            held.to_string(),
+            "withdrawn: waiting for first health verdicts (1 of 3)"
+        );
+        assert_eq!(p.announced().count(), 0);
+        // One more verdict, a failure: still held.
+        let t = p.evaluate(&[checking("192.0.2.10", 1, 1, 3)], None, false);
+        assert_eq!(
+            t[0].to.to_string(),
+            "withdrawn: waiting for first health verdicts (2 of 3)"
+        );
+        assert_eq!(p.announced().count(), 0);
+
+        let t = p.evaluate(&[checking("192.0.2.10", 1, 0, 3)], None, false);
+        assert_eq!(t[0].to, Decision::Announce);
+        assert!(
+            p.evaluate(&[checking("192.0.2.10", 1, 1, 4)], None, false)
+                .is_empty(),
+            "a new backend does not withdraw an announced address"
+        );
+        // Withdrawn for another reason and back: not held again.
+        p.evaluate(&[checking("192.0.2.10", 0, 1, 4)], None, false);
+        p.evaluate(&[checking("192.0.2.10", 1, 1, 4)], None, false);
+        assert_eq!(p.announced().count(), 1);
+
+        // Forgotten, then added again: a new address, held again.
+        p.evaluate(&[], None, false);
+        p.evaluate(&[checking("192.0.2.10", 1, 1, 4)], None, false);
+        assert_eq!(p.announced().count(), 0);
+    }
+
+    /// The hold only ever replaces an announcement: without enough backends up, or with
+    /// a reason that withdraws everything, that reason is the one reported.
+    #[test]
+    fn pending_verdicts_do_not_hide_other_reasons() {
+        let mut p = Policy::default();
+        let s = [checking("192.0.2.10", 0, 2, 3)];
+        let t = p.evaluate(&s, None, false);
+        assert_eq!(
+            t[0].to,
+            Decision::Withdraw(WithdrawReason::TooFewHealthyBackends {
+                healthy: 0,
+                required: 1
+            })
+        );
+        let s = [checking("192.0.2.10", 2, 1, 3)];
+        let t = p.evaluate(&s, None, true);
+        assert_eq!(t[0].to, Decision::Withdraw(WithdrawReason::ShuttingDown));
+        let problem = DataplaneProblem::NextHopUnresolved;
+        let t = p.evaluate(&s, Some(&problem), false);
+        assert_eq!(
+            t[0].to,
+            Decision::Withdraw(WithdrawReason::Dataplane(problem))
+        );
+    }
+
+    /// One address, two services: the one ready does not announce it while the other
+    /// waits for verdicts (its table would be partial); a removed one does not hold it.
+    #[test]
+    fn any_service_of_an_address_still_pending_holds_it() {
+        let mut p = Policy::default();
+        let ready = svc("192.0.2.10", 3, 1);
+        p.evaluate(&[ready, checking("192.0.2.10", 0, 2, 2)], None, false);
+        assert_eq!(
+            p.decisions()[&"192.0.2.10".parse::<IpAddr>().unwrap()],
+            Decision::Withdraw(WithdrawReason::HealthPending {
+                pending: 2,
+                checked: 2
+            })
+        );
+        let gone = ServiceHealth {
+            removed: true,
+            ..checking("192.0.2.10", 0, 2, 2)
+        };
+        p.evaluate(&[ready, gone], None, false);
+        assert_eq!(p.announced().count(), 1);
     }
 }

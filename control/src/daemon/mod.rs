@@ -795,14 +795,26 @@ impl Daemon {
                     .filter(|b| self.macs.contains_key(&b.addr))
                     .filter(|b| self.params.can_tunnel(v.addr, b.addr))
                     .count();
+                // A target with no entry has had no verdict from this run: not up, and
+                // not a single failure yet.
+                let (mut checked, mut pending) = (0, 0);
+                for t in v.backends.iter().filter_map(|b| v.target(b)) {
+                    checked += 1;
+                    pending += usize::from(!self.targets.contains_key(&t));
+                }
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
                 ServiceHealth {
                     addr: v.addr,
-                    healthy_backends: u32::try_from(usable).unwrap_or(u32::MAX),
+                    healthy_backends: count(usable),
                     min_healthy: v.min_healthy,
+                    pending_backends: count(pending),
+                    checked_backends: count(checked),
                     removed: self.removed[i],
                 }
             })
             .collect();
+        let held =
+            |d: &Decision| matches!(d, Decision::Withdraw(WithdrawReason::HealthPending { .. }));
         for t in self
             .policy
             .evaluate(&health, self.problem.as_ref(), shutting_down)
@@ -815,8 +827,19 @@ impl Daemon {
                 Decision::Withdraw(WithdrawReason::Dataplane(_)) => (false, "dataplane"),
                 Decision::Withdraw(WithdrawReason::ShuttingDown) => (false, "shutting_down"),
                 Decision::Withdraw(WithdrawReason::Removed) => (false, "removed"),
+                Decision::Withdraw(WithdrawReason::HealthPending { .. }) => {
+                    (false, "health_pending")
+                }
             };
-            if announce || t.to == Decision::Withdraw(WithdrawReason::Removed) {
+            let from_held = t.from.as_ref().is_some_and(held);
+            if from_held && held(&t.to) {
+                // Only the counts changed: the status shows them, the log need not.
+                continue;
+            }
+            if announce && from_held {
+                tracing::info!(vip = %t.addr, "first health verdicts in: announcing");
+            } else if announce || t.to == Decision::Withdraw(WithdrawReason::Removed) || held(&t.to)
+            {
                 tracing::info!(vip = %t.addr, "{}", t.to);
             } else {
                 tracing::warn!(vip = %t.addr, "{}", t.to);
