@@ -2,22 +2,31 @@
 //! (`control/tests/fake_apiserver`), run in the gateway's namespace.
 //!
 //! Topology: [`Lab::new`] with one gateway; no BIRD (the Kubernetes VIP is looked at in
-//! `GET /status`, where a removed one is gone once its drain is over). The status-write
-//! test runs the Kubernetes source alone, on the channel that feeds the daemon.
+//! `GET /status`, where a removed one is gone once its drain is over), except in the
+//! terminating-pod test, whose `Local` Service is the lab's VIP4, announced to BIRD and
+//! reached from the client, with kube-proxy's health check played on each node. The
+//! status-write test runs the Kubernetes source alone, on the channel that feeds the daemon.
 
 #[path = "../../control/tests/fake_apiserver/mod.rs"]
 #[allow(dead_code)]
 mod fake_apiserver;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use control::sources::kube::KubeUpdate;
 use control::sources::ServiceSet;
-use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab};
-use dsrgate_tests::netns::{fabric4, node_host, Netns};
-use dsrgate_tests::require_privileges;
+use dsrgate_tests::bird::Bird;
+use dsrgate_tests::daemon::{
+    check_client, connect, node_of, request, Daemon, GatewayConfig, Lab, PREFIX4,
+};
+use dsrgate_tests::netns::{fabric4, node_host, Netns, VIP4};
+use dsrgate_tests::{require_privileges, require_privileges_with};
 use fake_apiserver::{FakeApiServer, Kind};
 use serde_json::{json, Value};
 
@@ -412,4 +421,251 @@ fn a_hung_status_write_delays_no_watch_event() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The `healthCheckNodePort` kube-proxy opens on a node for one `Local` Service: 200 while the
+/// node has a ready endpoint of it, else 503, with the count in
+/// `X-Load-Balancing-Endpoint-Weight` (kube-proxy's `pkg/proxy/healthcheck/service_health.go`;
+/// terminating endpoints are not counted, so that load balancers send no new connections).
+struct ServiceHealth {
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServiceHealth {
+    fn start(ns: &Netns, port: u16) -> Result<ServiceHealth> {
+        let listener = ns.enter(|| TcpListener::bind(("0.0.0.0", port)))??;
+        listener.set_nonblocking(true)?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (ready.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let _ = answer_health(conn, r.load(Ordering::Relaxed));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(ServiceHealth {
+            ready,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ServiceHealth {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers one probe as kube-proxy does, once its request head is in.
+fn answer_health(mut conn: TcpStream, ready: bool) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let (status, count) = if ready {
+        ("200 OK", 1)
+    } else {
+        ("503 Service Unavailable", 0)
+    };
+    let body = format!("{{\"localEndpoints\": {count}, \"serviceProxyHealthy\": true}}");
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n\
+         X-Load-Balancing-Endpoint-Weight: {count}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The `healthCheckNodePort` of [`local_web_service`].
+const HEALTH_NODE_PORT: u16 = 32080;
+
+/// `default/web` at the lab's VIP4, TCP 80, `externalTrafficPolicy: Local`, probed on
+/// [`HEALTH_NODE_PORT`].
+fn local_web_service() -> Value {
+    let mut svc = service("web", json!([http(80)]), Some(VIP4));
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    svc["spec"]["healthCheckNodePort"] = json!(HEALTH_NODE_PORT);
+    svc
+}
+
+/// `web`'s EndpointSlice: one pod on each of `nodes`, ready, or terminating but still
+/// serving (in its grace period) on `terminating`.
+fn local_web_slice(nodes: &[u8], terminating: Option<u8>) -> Value {
+    let eps: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let (ready, t) = if terminating == Some(*n) {
+                (false, true)
+            } else {
+                (true, false)
+            };
+            json!({"addresses": [format!("10.244.{n}.1")], "nodeName": format!("node{n}"),
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("web-{n}")},
+                "conditions": {"ready": ready, "serving": true, "terminating": t}})
+        })
+        .collect();
+    json!({
+        "metadata": {"name": "web-1", "namespace": "default", "uid": "uid-web-1",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{"name": "http-80", "protocol": "TCP", "port": 80}]
+    })
+}
+
+/// VIP4:80's backend at `addr` in `GET /status`, if it is listed.
+fn web_backend(gw: &Netns, addr: &str) -> Result<Option<control::status::BackendStatus>> {
+    let status: control::status::Status = serde_json::from_str(&api_get(gw, "/status")?)?;
+    let vip = status
+        .vips
+        .iter()
+        .find(|v| v.address.to_string() == VIP4 && v.port == 80)
+        .context("VIP4:80 not in /status")?;
+    Ok(vip
+        .backends
+        .iter()
+        .find(|b| b.address.to_string() == addr)
+        .cloned())
+}
+
+/// Waits until VIP4:80's backend at `addr` (`None`: not listed) satisfies `pred`.
+fn wait_backend(
+    gw: &Netns,
+    daemon: &Daemon,
+    addr: &str,
+    what: &str,
+    pred: impl Fn(Option<&control::status::BackendStatus>) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let b = web_backend(gw, addr)?;
+        if pred(b.as_ref()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "backend {addr} not {what} after {WAIT:?}: {b:?}\n{}",
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `Local` Service's pod that begins its graceful termination (`serving`, `terminating`,
+/// not `ready`) keeps its open connection: its node stays at weight 0 while kube-proxy's
+/// health check on it answers 503, and new connections go to the other nodes. The node
+/// used to leave the backends at once, and the connection was re-hashed to another node,
+/// which reset it. It leaves once the pod leaves the EndpointSlice.
+#[test]
+fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> Result<()> {
+    if !require_privileges_with(
+        "daemon_kube::a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere",
+        &["bird", "birdc"],
+    ) {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let gw = lab.ns("gw1");
+    let health: Vec<ServiceHealth> = (1..=3)
+        .map(|n| ServiceHealth::start(lab.ns(&format!("node{n}")), HEALTH_NODE_PORT))
+        .collect::<Result<_>>()?;
+    let server = gw.enter(FakeApiServer::start)?;
+    for n in 1..=3 {
+        server.apply(Kind::Node, node(n));
+    }
+    server.apply(Kind::Service, local_web_service());
+    server.apply(Kind::EndpointSlice, local_web_slice(&[1, 2, 3], None));
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "dsrgate-daemon-kube-terminating-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0)?;
+    // The lab's gateway without its static VIP: VIP4 is the Service's.
+    let text = GatewayConfig::new(1).toml();
+    let (base, _) = text.split_once("[[vips]]").context("no [[vips]]")?;
+    let text = format!(
+        "{base}[kubernetes]\nkubeconfig = {:?}\n\n[kubernetes.health]\ninterval = \"300ms\"\n\
+         timeout = \"200ms\"\nrise = 2\nfall = 2\n",
+        server.kubeconfig(&dir.0).display().to_string()
+    );
+    let bird = Bird::start(lab.ns("router"), &[lab.bird_neighbor(1, 65001)], "")?;
+    let mut daemon = Daemon::start(gw, &text, &[])?;
+    lab.wait_routed_via(&bird, &[1])?;
+    lab.get_many(3)?;
+
+    // A long-lived connection, pinned to whichever node took it.
+    let mut flow = connect(lab.ns("client"), Duration::from_secs(2))?;
+    let body = request(&mut flow, false)?;
+    check_client(&body)?;
+    let node_name = node_of(&body);
+    let n: u8 = node_name
+        .strip_prefix("node")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no node number in {body:?}"))?;
+    let addr = fabric4(node_host(n));
+
+    // Its pod starts terminating: kube-proxy's health check on its node fails, as it does
+    // when the node has no ready endpoint.
+    server.apply(Kind::EndpointSlice, local_web_slice(&[1, 2, 3], Some(n)));
+    health[usize::from(n) - 1].set_ready(false);
+    wait_backend(gw, &daemon, &addr, "draining and down", |b| match b {
+        Some(b) => b.weight == 0 && b.health == control::status::Health::Down,
+        // Gone: the connection is re-hashed (the old behaviour, which the requests below
+        // find out).
+        None => true,
+    })?;
+
+    // The open connection goes on with its node, several times over.
+    for i in 0..5 {
+        let body = request(&mut flow, false).with_context(|| {
+            format!("request {i} on the open connection after its pod began terminating")
+        })?;
+        check_client(&body)?;
+        ensure!(
+            node_of(&body) == node_name,
+            "the open connection moved from {node_name}: {body:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // New connections go elsewhere, and the VIP stays announced.
+    let nodes = lab.get_many(12)?;
+    ensure!(
+        !nodes.contains(&node_name),
+        "a new connection went to the draining {node_name}: {nodes:?}"
+    );
+    bird.wait_route(PREFIX4, true, Duration::from_secs(1))?;
+    drop(flow);
+
+    // The pod is gone from the slice: so is its node.
+    let others: Vec<u8> = (1..=3).filter(|m| *m != n).collect();
+    server.apply(Kind::EndpointSlice, local_web_slice(&others, None));
+    wait_backend(gw, &daemon, &addr, "gone", |b| b.is_none())?;
+
+    daemon.signal(libc::SIGTERM)?;
+    daemon
+        .wait_clean_exit(Duration::from_secs(15))
+        .context("clean exit")
 }
