@@ -754,7 +754,7 @@ pub struct AnnounceTransitionLabels {
     /// `announce` or `withdraw`.
     pub to: String,
     /// Why, as a short label: `healthy`, `too_few_healthy_backends`, `dataplane`,
-    /// `shutting_down`.
+    /// `shutting_down`, `removed`, `health_pending`.
     pub reason: String,
 }
 
