@@ -254,6 +254,12 @@ fn weights(pairs: &[(&str, u32)]) -> BTreeMap<IpAddr, u32> {
     pairs.iter().map(|(a, w)| (ip(a), *w)).collect()
 }
 
+/// `default/web`'s backends in [`base_cluster`]: a with its two ready endpoints, b at weight
+/// 0 (its only endpoint terminates, still serving: draining), c with one.
+fn base_web() -> BTreeMap<IpAddr, u32> {
+    weights(&[("10.0.0.1", 2), ("10.0.0.2", 0), ("10.0.0.3", 1)])
+}
+
 /// Nodes a..d: c is excluded from external load balancers, d is not Ready.
 /// `default/web`: `Local`, health node port 32000, address 203.0.113.10.
 fn web_service(ports: Value) -> Value {
@@ -434,10 +440,11 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
     let web = find(&set, "default/web", Protocol::Tcp).unwrap();
     assert_eq!(web.addr, ip("203.0.113.10"));
     assert_eq!(web.ports, [80, 443]);
-    // a: 2 unique ready endpoints; b: only a terminating one (and an IPv6
-    // slice that does not count for an IPv4 VIP); c: 1 (the exclude label
-    // is for Cluster Services only); d: none.
-    assert_eq!(backends(web), weights(&[("10.0.0.1", 2), ("10.0.0.3", 1)]));
+    // a: 2 unique ready endpoints; b: only a terminating one that still
+    // serves, so it drains at weight 0 (and an IPv6 slice that does not count
+    // for an IPv4 VIP); c: 1 (the exclude label is for Cluster Services
+    // only); d: none.
+    assert_eq!(backends(web), base_web());
     let web_health = web.health.as_ref().unwrap();
     assert_eq!(
         web_health.probe,
@@ -465,8 +472,17 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
             "the lowest free pool address"
         );
         assert_eq!(dns.ports, [53]);
-        // Ready and not excluded: a and b.
-        assert_eq!(backends(dns), weights(&[("10.0.0.1", 1), ("10.0.0.2", 1)]));
+        // Ready and not excluded: a and b; the excluded c and the NotReady d
+        // drain at weight 0.
+        assert_eq!(
+            backends(dns),
+            weights(&[
+                ("10.0.0.1", 1),
+                ("10.0.0.2", 1),
+                ("10.0.0.3", 0),
+                ("10.0.0.4", 0)
+            ])
+        );
         assert_eq!(
             dns.health.as_ref().unwrap().probe,
             Probe::Http {
@@ -501,8 +517,9 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
         "198.51.100.11"
     );
 
-    // Changes flow through the watch: c's endpoint starts terminating, a new
-    // Ready node joins, the excluded node loses its label.
+    // Changes flow through the watch: b's endpoint is gone, c's terminates and
+    // no longer serves, a new Ready node joins, the excluded node loses its
+    // label (back to full weight).
     h.server.apply(
         Kind::EndpointSlice,
         web_v4_slice(&[
@@ -515,9 +532,16 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
         .apply(Kind::Node, node("node-e", "10.0.0.5", true, json!({})));
     h.server
         .apply(Kind::Node, node("node-c", "10.0.0.3", true, json!({})));
+    let dns = weights(&[
+        ("10.0.0.1", 1),
+        ("10.0.0.2", 1),
+        ("10.0.0.3", 1),
+        ("10.0.0.4", 0),
+        ("10.0.0.5", 1),
+    ]);
     let set = h.wait_for("the watch changes", |s| {
         find(s, "default/web", Protocol::Tcp).is_some_and(|w| w.backends.len() == 1)
-            && find(s, "default/dns", Protocol::Tcp).is_some_and(|d| d.backends.len() == 4)
+            && find(s, "default/dns", Protocol::Tcp).is_some_and(|d| backends(d) == dns)
     });
     assert_eq!(
         backends(find(&set, "default/web", Protocol::Tcp).unwrap()),
@@ -525,12 +549,7 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
     );
     assert_eq!(
         backends(find(&set, "default/dns", Protocol::Udp).unwrap()),
-        weights(&[
-            ("10.0.0.1", 1),
-            ("10.0.0.2", 1),
-            ("10.0.0.3", 1),
-            ("10.0.0.5", 1)
-        ])
+        dns
     );
     // The status write is not repeated once the watch shows it.
     assert_eq!(h.server.patches().len(), 1);
@@ -636,7 +655,7 @@ fn a_service_refused_on_its_pool_status_address_moves_and_its_status_is_rewritte
     h.server
         .apply(Kind::Node, node("node-e", "10.0.0.5", true, json!({})));
     h.wait_for("node-e", |s| {
-        find(s, "default/second", Protocol::Tcp).is_some_and(|v| v.backends.len() == 3)
+        find(s, "default/second", Protocol::Tcp).is_some_and(|v| v.backends.len() == 5)
     });
     assert_eq!(h.server.patches().len(), 1);
     for s in &h.seen[moved..] {
@@ -660,9 +679,7 @@ fn dropped_watches_410_and_api_errors_keep_the_last_state() {
     let server = FakeApiServer::start();
     base_cluster(&server);
     let mut h = Harness::start(server, &[]);
-    h.wait_for("initial sync", |s| {
-        web_backends(s) == weights(&[("10.0.0.1", 2), ("10.0.0.3", 1)])
-    });
+    h.wait_for("initial sync", |s| web_backends(s) == base_web());
 
     // 1. A bookmark, then every watch is dropped; while they are down, b's
     // endpoint becomes ready. The re-watch resumes from the bookmark and
@@ -686,7 +703,7 @@ fn dropped_watches_410_and_api_errors_keep_the_last_state() {
         ]),
     );
     h.wait_for("the change after a dropped watch", |s| {
-        web_backends(s).contains_key(&ip("10.0.0.2"))
+        web_backends(s).get(&ip("10.0.0.2")) == Some(&1)
     });
     let reqs = h.server.requests();
     assert!(
@@ -921,9 +938,9 @@ fn web_from_base_cluster(rx: &Receiver<KubeUpdate>) -> Result<(), Vec<String>> {
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(KubeUpdate::Services(set)) => {
-                if find(&set, "default/web", Protocol::Tcp).is_some_and(|web| {
-                    backends(web) == weights(&[("10.0.0.1", 2), ("10.0.0.3", 1)])
-                }) {
+                if find(&set, "default/web", Protocol::Tcp)
+                    .is_some_and(|web| backends(web) == base_web())
+                {
                     return Ok(());
                 }
             }
