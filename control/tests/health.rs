@@ -352,8 +352,8 @@ fn static_vip_backends_follow_health() {
     let (checker, rx) = health::spawn().unwrap();
     checker.set_targets(set.health_targets());
 
-    let mut states: HashMap<Target, (State, Option<u32>)> = HashMap::new();
-    let usable = |states: &mut HashMap<Target, (State, Option<u32>)>, want: &[BackendSpec]| {
+    let mut states: HashMap<Target, State> = HashMap::new();
+    let usable = |states: &mut HashMap<Target, State>, want: &[BackendSpec]| {
         let deadline = std::time::Instant::now() + BOUND;
         loop {
             let now = vip.healthy_backends(|t| states.get(t).copied());
@@ -365,7 +365,7 @@ fn static_vip_backends_follow_health() {
                 "stuck at {now:?}, want {want:?}"
             );
             if let Ok(ev) = rx.recv_timeout(Duration::from_millis(100)) {
-                states.insert(ev.target.clone(), (ev.state, ev.weight));
+                states.insert(ev.target.clone(), ev.state);
             }
         }
     };

@@ -122,7 +122,6 @@ pub fn required_caps(config: &Config) -> Vec<Cap> {
 #[derive(Clone, Debug)]
 struct TargetState {
     up: bool,
-    weight: Option<u32>,
     reason: String,
 }
 
@@ -453,7 +452,6 @@ impl Daemon {
             ev.target,
             TargetState {
                 up,
-                weight: ev.weight,
                 reason: ev.reason.to_string(),
             },
         );
@@ -521,10 +519,10 @@ impl Daemon {
     }
 
     /// A backend's state as [`crate::sources::VipSpec::healthy_backends`] wants it.
-    fn target_state(&self, t: &Target) -> Option<(State, Option<u32>)> {
+    fn target_state(&self, t: &Target) -> Option<State> {
         self.targets
             .get(t)
-            .map(|s| (if s.up { State::Up } else { State::Down }, s.weight))
+            .map(|s| if s.up { State::Up } else { State::Down })
     }
 
     /// Healthy backends (with their effective weight) of service `i`: those that count

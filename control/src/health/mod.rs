@@ -6,7 +6,8 @@
 //! is a TCP connect, or an HTTP/1.1 GET whose status must be 2xx/3xx; for
 //! `externalTrafficPolicy: Local` Services the GET goes to kube-proxy's
 //! `healthCheckNodePort` `/healthz`, whose `X-Load-Balancing-Endpoint-Weight`
-//! header carries the node's local endpoint count, reported as the weight.
+//! header carries the node's local endpoint count; it is read (a malformed one
+//! fails the probe) and reported, but the table's weight is the EndpointSlices'.
 //! A probe that has not finished within `timeout` fails. A target starts
 //! [`State::Down`] (unless it replaces an up one, see [`Targets`]), goes up
 //! after `rise` consecutive successes, and down after
@@ -59,7 +60,8 @@ pub enum Probe {
     /// Connect to `port`; success once the handshake completes.
     Tcp { port: u16 },
     /// `GET path` on `port`; success on 2xx/3xx. With `weight_header`, the
-    /// [`WEIGHT_HEADER`] value becomes the target's weight.
+    /// [`WEIGHT_HEADER`] value must be readable; it is reported, not used as the
+    /// table's weight.
     Http {
         port: u16,
         path: String,
@@ -1194,7 +1196,7 @@ mod tests {
             }
         };
         let usable = |set: &ServiceSet, states: &HashMap<Target, (State, Option<u32>)>| {
-            set.vips[0].healthy_backends(|t| states.get(t).copied())
+            set.vips[0].healthy_backends(|t| states.get(t).map(|s| s.0))
         };
         let only_up = [BackendSpec {
             addr: up,

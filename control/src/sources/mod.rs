@@ -93,17 +93,13 @@ impl VipSpec {
     /// at weight 0 stays, draining: the dataplane gives it no Maglev slot, so no new flow
     /// goes to it, but the flows recorded to it stay there. Left out, each of them would be
     /// re-hashed to another node, which resets its TCP connection.
-    pub fn serving_backends(
-        &self,
-        state: impl Fn(&Target) -> Option<(State, Option<u32>)>,
-    ) -> Vec<BackendSpec> {
+    pub fn serving_backends(&self, state: impl Fn(&Target) -> Option<State>) -> Vec<BackendSpec> {
         self.backends
             .iter()
             .filter(|b| match self.target(b) {
                 None => true,
                 Some(t) => {
-                    matches!(state(&t), Some((State::Up, _)))
-                        || (b.weight == 0 && self.drains_while_down())
+                    state(&t) == Some(State::Up) || (b.weight == 0 && self.drains_while_down())
                 }
             })
             .copied()
@@ -129,10 +125,7 @@ impl VipSpec {
     /// The [`serving_backends`](Self::serving_backends) that take new flows (nonzero
     /// weight): the ones that count toward announcing (`min_healthy`). A VIP whose
     /// backends are all draining has none, and is withdrawn.
-    pub fn healthy_backends(
-        &self,
-        state: impl Fn(&Target) -> Option<(State, Option<u32>)>,
-    ) -> Vec<BackendSpec> {
+    pub fn healthy_backends(&self, state: impl Fn(&Target) -> Option<State>) -> Vec<BackendSpec> {
         let mut out = self.serving_backends(state);
         out.retain(|b| b.weight > 0);
         out
@@ -244,10 +237,11 @@ mod tests {
         }
     }
 
-    /// The weight kube-proxy's header reported replaced the source's (the EndpointSlice's
-    /// count): each gateway's probe sees a scale event at its own moment, up to an interval
-    /// after the slice, so the gateways' Maglev tables differed meanwhile, and a stale
-    /// header overrode a fresher slice. The probe now says only up or down.
+    /// The weight kube-proxy's header reported used to replace the source's (the
+    /// EndpointSlice's count): each gateway's probe sees a scale event at its own moment, up
+    /// to an interval after the slice, so the gateways' Maglev tables differed meanwhile,
+    /// and a stale header overrode a fresher slice. The probe now says only up or down (the
+    /// state passed in carries no weight), and the weight is the source's.
     #[test]
     fn healthy_backends_follow_the_probe_state_with_the_sources_weight() {
         let unchecked = vip(
@@ -274,10 +268,8 @@ mod tests {
         let up: IpAddr = "10.0.0.1".parse().unwrap();
         let unreported: IpAddr = "10.0.0.2".parse().unwrap();
         let got = checked.healthy_backends(|t| match t.addr {
-            // The slice says 3, the header still 2.
-            a if a == up => Some((State::Up, Some(2))),
-            a if a == unreported => Some((State::Up, None)),
-            _ => Some((State::Down, None)),
+            a if a == up || a == unreported => Some(State::Up),
+            _ => Some(State::Down),
         });
         assert_eq!(
             got,
@@ -328,10 +320,10 @@ mod tests {
             Some(spec),
         );
         let state = |t: &Target| match t.addr.to_string().as_str() {
-            "10.0.0.1" | "10.0.0.2" => Some((State::Up, None)),
-            "10.0.0.3" => Some((State::Down, None)),
+            "10.0.0.1" | "10.0.0.2" => Some(State::Up),
+            "10.0.0.3" => Some(State::Down),
             // Up, whatever count it reports: its own weight.
-            _ => Some((State::Up, Some(0))),
+            _ => Some(State::Up),
         };
         assert_eq!(
             checked.serving_backends(state),
@@ -375,8 +367,8 @@ mod tests {
         };
         // 10.0.0.2 answers 503; 10.0.0.3 has no verdict yet.
         let state = |t: &Target| match t.addr.to_string().as_str() {
-            "10.0.0.1" => Some((State::Up, Some(2))),
-            "10.0.0.2" => Some((State::Down, Some(0))),
+            "10.0.0.1" => Some(State::Up),
+            "10.0.0.2" => Some(State::Down),
             _ => None,
         };
         let local = kube(TrafficPolicy::Local);
@@ -385,7 +377,7 @@ mod tests {
             [b("10.0.0.1", 2), b("10.0.0.2", 0), b("10.0.0.3", 0)]
         );
         assert_eq!(local.healthy_backends(state), [b("10.0.0.1", 2)]);
-        let all_down = |_: &Target| Some((State::Down, None));
+        let all_down = |_: &Target| Some(State::Down);
         assert_eq!(
             local.serving_backends(all_down),
             [b("10.0.0.2", 0), b("10.0.0.3", 0)]
