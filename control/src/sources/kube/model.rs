@@ -840,12 +840,7 @@ mod tests {
                 "spec": spec, "status": {"loadBalancer": {"ingress": ingress}}}))
             .unwrap()
         };
-        let node = |name: &str, addr: &str| -> Node {
-            serde_json::from_value(json!({"metadata": {"name": name},
-                "status": {"addresses": [{"type": "InternalIP", "address": addr}],
-                    "conditions": [{"type": "Ready", "status": "True"}]}}))
-            .unwrap()
-        };
+        let node = |name: &str, addr: &str| kube_node(name, addr, true, json!({}));
         let mut objs = Objects::default();
         for s in [
             mk("m", Some("224.0.0.1"), &[]),
@@ -1143,12 +1138,7 @@ mod tests {
     /// is terminating but still serving counts, as kube-proxy falls back to it.
     #[test]
     fn a_cluster_service_has_backends_only_while_it_has_a_serving_endpoint() {
-        let node = |name: &str, addr: &str| -> Node {
-            serde_json::from_value(json!({"metadata": {"name": name},
-                "status": {"addresses": [{"type": "InternalIP", "address": addr}],
-                    "conditions": [{"type": "Ready", "status": "True"}]}}))
-            .unwrap()
-        };
+        let node = |name: &str, addr: &str| kube_node(name, addr, true, json!({}));
         let slice = |family: &str, eps: Value| slice("web", family, eps);
         let backends = |slices: &[EndpointSlice]| -> Vec<String> {
             let mut objs = objects([lb("web", 1, &[("TCP", 80)], None, None, None)]);
@@ -1554,10 +1544,7 @@ mod tests {
             }))
             .unwrap();
             objs.slices.insert(format!("ns/{name}-x"), sl);
-            let n: Node = serde_json::from_value(json!({"metadata": {"name": node},
-                "status": {"addresses": [{"type": "InternalIP", "address": format!("10.1.0.{i}")}],
-                    "conditions": [{"type": "Ready", "status": "True"}]}}))
-            .unwrap();
+            let n = kube_node(&node, &format!("10.1.0.{i}"), true, json!({}));
             objs.nodes.insert(node, n);
         }
         let c = compute(&cfg(), &objs, &mut HashMap::new());
