@@ -271,6 +271,9 @@ impl Drop for ApiServer {
 fn accept_loop(listener: TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) {
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
     let mut next_id: u64 = 0;
+    // Whether the last accept failed: a lasting failure (EMFILE while descriptors run
+    // out) is warned of once, not twenty times a second.
+    let mut failing = false;
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::Acquire) {
@@ -281,11 +284,19 @@ fn accept_loop(listener: TcpListener, stop: &AtomicBool, shared: &Arc<Shared>) {
             Ok((stream, _)) => stream,
             Err(e) => {
                 // ECONNABORTED, EMFILE and the like: nothing to do but try again, gently.
-                tracing::warn!(error = %e, "API accept failed");
+                if failing {
+                    tracing::debug!(error = %e, "API accept still fails");
+                } else {
+                    tracing::warn!(error = %e, "API accept failed; trying again every 50ms");
+                }
+                failing = true;
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
+        if std::mem::take(&mut failing) {
+            tracing::info!("API accepting connections again");
+        }
         // Relaxed is enough: the count only bounds concurrency, it orders no other memory.
         if shared.active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
             shared.active.fetch_sub(1, Ordering::Relaxed);
