@@ -12,6 +12,16 @@ pub struct Counter {
     /// While down, the failure reason last reported (by the transition down or a
     /// [`Transition::StillDown`]); `None` while up and before the first failure.
     reported: Option<Reason>,
+    /// Until the first verdict (see [`Counter::settled`]): what counts toward it.
+    unsettled: Option<Unsettled>,
+}
+
+/// The results of a target that has no first verdict yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Unsettled {
+    results: u32,
+    /// The last results that were all failures.
+    failures: u32,
 }
 
 impl Default for Counter {
@@ -22,6 +32,7 @@ impl Default for Counter {
             streak: 0,
             weight: None,
             reported: None,
+            unsettled: Some(Unsettled::default()),
         }
     }
 }
@@ -32,13 +43,28 @@ impl Counter {
     }
 
     /// A new target that starts up, as the up target it replaces was, with that
-    /// one's weight; its own `fall` failures take it down.
+    /// one's weight (its first verdict); its own `fall` failures take it down.
     pub fn inherited(weight: Option<u32>) -> Counter {
         Counter {
             state: State::Up,
             weight,
+            unsettled: None,
             ..Counter::default()
         }
+    }
+
+    /// Whether the target has its first verdict, the one a VIP's first announcement waits
+    /// for: up (`rise` successes, or inherited), or down as the checker would take an up
+    /// target down, after `fall` failures in a row. A single failure is not one: a first
+    /// probe lost by chance would leave a backend that is up out of the first table.
+    ///
+    /// A target that flaps, reaching neither, is settled down after `rise + fall` results,
+    /// which bounds the wait at the time the checker takes to take a target down and bring
+    /// it back up. It is enough for a backend that answers from its `fall`-th probe on
+    /// (one starting a little late, or whose first probes are lost) to rise in time and be
+    /// settled up. A target that has never failed is not settled down: it rises.
+    pub fn settled(&self) -> bool {
+        self.unsettled.is_none()
     }
 
     /// The weight the target reported in its last successful probe, if any.
@@ -54,8 +80,45 @@ impl Counter {
     }
 
     /// Records one probe result; returns the transition it caused, if any,
-    /// with the reason to log.
+    /// with the reason to log. A target settled down by this result (see
+    /// [`Counter::settled`]) reports a [`Transition::StillDown`], with the reason last
+    /// reported if this result has no news of its own.
     pub fn record(
+        &mut self,
+        outcome: &Outcome,
+        rise: u32,
+        fall: u32,
+    ) -> Option<(Transition, Reason)> {
+        let change = self.hysteresis(outcome, rise, fall);
+        match self.settle(outcome, rise, fall) {
+            Some(reason) => Some(change.unwrap_or((Transition::StillDown, reason))),
+            None => change,
+        }
+    }
+
+    /// Counts one result toward the first verdict; returns the reason to report if it
+    /// settles the target down.
+    fn settle(&mut self, outcome: &Outcome, rise: u32, fall: u32) -> Option<Reason> {
+        let u = self.unsettled.as_mut()?;
+        if self.state == State::Up {
+            self.unsettled = None;
+            return None;
+        }
+        u.results = u.results.saturating_add(1);
+        u.failures = match outcome {
+            Outcome::Fail(_) => u.failures.saturating_add(1),
+            Outcome::Pass { .. } => 0,
+        };
+        if u.failures < fall && u.results < rise.saturating_add(fall) {
+            return None;
+        }
+        let reason = self.reported.clone()?;
+        self.unsettled = None;
+        Some(reason)
+    }
+
+    /// The rise/fall state machine.
+    fn hysteresis(
         &mut self,
         outcome: &Outcome,
         rise: u32,
@@ -117,17 +180,23 @@ mod tests {
         Outcome::Fail(Reason::Refused)
     }
 
-    /// A target that never comes up reports its first failure, and a new reason,
-    /// but not every probe.
+    /// A target that never comes up reports its first failure, its first verdict, and a
+    /// new reason, but not every probe.
     #[test]
     fn a_down_target_says_why_once_per_reason() {
         let mut c = Counter::default();
         let timeout = Outcome::Fail(Reason::Timeout);
         assert_eq!(
-            c.record(&fail(), 2, 2),
+            c.record(&fail(), 2, 3),
             Some((Transition::StillDown, Reason::Refused))
         );
-        assert_eq!(c.record(&fail(), 2, 2), None);
+        assert_eq!(c.record(&fail(), 2, 3), None);
+        assert_eq!(
+            c.record(&fail(), 2, 3),
+            Some((Transition::StillDown, Reason::Refused)),
+            "the first verdict"
+        );
+        assert_eq!(c.record(&fail(), 2, 3), None);
         assert_eq!(c.record(&pass(), 2, 2), None);
         assert_eq!(c.record(&fail(), 2, 2), None, "same reason");
         assert_eq!(
@@ -223,9 +292,100 @@ mod tests {
         );
     }
 
+    /// A first probe lost by chance is no verdict: the target is settled once it is up.
+    #[test]
+    fn a_first_failure_then_rise_successes_settles_up() {
+        let mut c = Counter::default();
+        assert!(!c.settled());
+        assert_eq!(
+            c.record(&fail(), 2, 3),
+            Some((Transition::StillDown, Reason::Refused)),
+            "the status says why"
+        );
+        assert!(!c.settled(), "one failure is not the checker's verdict");
+        assert_eq!(c.record(&pass(), 2, 3), None);
+        assert!(!c.settled());
+        assert_eq!(
+            c.record(&pass(), 2, 3),
+            Some((Transition::Up, Reason::Passed))
+        );
+        assert!(c.settled());
+    }
+
+    /// `fall` failures in a row settle a target that never came up, as they take an up one
+    /// down; the verdict is news even when its reason is not.
+    #[test]
+    fn fall_failures_in_a_row_settle_down() {
+        let mut c = Counter::default();
+        c.record(&fail(), 2, 3);
+        assert_eq!(c.record(&fail(), 2, 3), None);
+        assert!(!c.settled());
+        assert_eq!(
+            c.record(&fail(), 2, 3),
+            Some((Transition::StillDown, Reason::Refused))
+        );
+        assert!(c.settled());
+        assert_eq!(c.state(), State::Down);
+        assert_eq!(c.record(&fail(), 2, 3), None, "said once");
+        // With `fall = 1` the first failure is the verdict, and says why.
+        let mut c = Counter::default();
+        assert_eq!(
+            c.record(&fail(), 2, 1),
+            Some((Transition::StillDown, Reason::Refused))
+        );
+        assert!(c.settled());
+    }
+
+    /// A target that never passes `rise` in a row nor fails `fall` in a row is settled down
+    /// after `rise + fall` results; a success in between starts the failures over.
+    #[test]
+    fn a_flapping_target_is_settled_down_after_rise_plus_fall_results() {
+        let mut c = Counter::default();
+        let timeout = Outcome::Fail(Reason::Timeout);
+        for (i, outcome) in [fail(), pass(), fail(), fail(), pass()].iter().enumerate() {
+            assert!(!c.settled(), "after {i} results");
+            let t = c.record(outcome, 3, 3);
+            assert!(t.is_none() || i == 0, "{i}: {t:?}");
+        }
+        assert_eq!(
+            c.record(&timeout, 3, 3),
+            Some((Transition::StillDown, Reason::Timeout))
+        );
+        assert!(c.settled());
+        // Settled on a success: the last failure says why.
+        let mut c = Counter::default();
+        for outcome in [pass(), fail(), pass(), fail()] {
+            c.record(&outcome, 2, 3);
+        }
+        assert!(!c.settled());
+        assert_eq!(
+            c.record(&pass(), 2, 3),
+            Some((Transition::StillDown, Reason::Refused))
+        );
+        assert!(c.settled());
+        assert_eq!(c.state(), State::Down);
+    }
+
+    /// A target that starts up as the one it replaces has its verdict; so does a target up
+    /// after having been settled down.
+    #[test]
+    fn an_inherited_target_is_settled() {
+        let c = Counter::inherited(Some(3));
+        assert!(c.settled());
+        assert_eq!((c.state(), c.weight()), (State::Up, Some(3)));
+        let mut c = Counter::default();
+        c.record(&fail(), 1, 1);
+        c.record(&pass(), 1, 1);
+        assert!(c.settled());
+        c.record(&fail(), 1, 1);
+        assert!(c.settled(), "a first verdict stays");
+    }
+
     proptest! {
         /// Against a model: the state flips exactly when the last `rise`
-        /// (or `fall`) results all disagree with it.
+        /// (or `fall`) results all disagree with it; the first verdict is in once up, or
+        /// after a failure and `fall` failures in a row or `rise + fall` results, and
+        /// always within `rise + fall` results.
         #[test]
         fn matches_model(results in proptest::collection::vec(any::<bool>(), 0..200), rise in 1u32..5, fall in 1u32..5) {
             let mut c = Counter::default();
@@ -233,6 +393,7 @@ mod tests {
             let mut run = 0u32;
             // Whether the down state's (only) reason has been reported.
             let mut reported = false;
+            let (mut settled, mut seen, mut failures) = (false, 0u32, 0u32);
             for ok in results {
                 let t = c.record(&if ok { pass() } else { fail() }, rise, fall);
                 if ok != up { run += 1 } else { run = 0 }
@@ -240,9 +401,18 @@ mod tests {
                 let still_down = !up && !ok && !reported;
                 if flip { up = !up; run = 0; reported = !up; }
                 if still_down { reported = true; }
+                let mut settles = false;
+                if !settled {
+                    seen += 1;
+                    failures = if ok { 0 } else { failures + 1 };
+                    settled = up || (reported && (failures >= fall || seen >= rise + fall));
+                    settles = settled && !up;
+                }
                 prop_assert_eq!(t.as_ref().is_some_and(|t| t.0 != Transition::StillDown), flip);
-                prop_assert_eq!(t.is_some_and(|t| t.0 == Transition::StillDown), still_down);
+                prop_assert_eq!(t.is_some_and(|t| t.0 == Transition::StillDown), still_down || settles);
                 prop_assert_eq!(c.state() == State::Up, up);
+                prop_assert_eq!(c.settled(), settled);
+                prop_assert!(c.settled() || seen < rise + fall);
             }
         }
     }

@@ -15,7 +15,9 @@
 //! reason, for the control loop, the logs, and the metrics. A failure that
 //! changes nothing still makes one ([`Transition::StillDown`]) when it tells
 //! something new: the first failure of a target that never came up, or a
-//! down target failing for another reason than the one last reported.
+//! down target failing for another reason than the one last reported. So does
+//! the result that gives a target that never came up its first verdict, down
+//! ([`HealthEvent::settled`], see [`Counter::settled`]).
 //!
 //! # Which path probes take
 //! Probes leave through the gateway's own kernel stack and routing table to
@@ -350,7 +352,9 @@ pub enum Transition {
     /// The reported weight changed while up.
     Weight { from: Option<u32>, to: Option<u32> },
     /// A failure while down, with a reason not reported since the target went
-    /// down (or started): the state stays down, the reason is news.
+    /// down (or started): the state stays down, the reason is news. Or the result
+    /// that settles a target that never came up (see [`HealthEvent::settled`]),
+    /// with the reason last reported.
     StillDown,
     /// A new target starts up, as `from`, the up target it replaces (see
     /// [`Targets`]), was: not a transition of the node.
@@ -368,6 +372,9 @@ pub struct HealthEvent {
     pub state: State,
     pub weight: Option<u32>,
     pub reason: Reason,
+    /// The target has its first verdict of this run ([`Counter::settled`]): up, or down
+    /// after `fall` failures in a row (or flapping for `rise + fall` probes).
+    pub settled: bool,
 }
 
 impl fmt::Display for HealthEvent {
@@ -693,6 +700,7 @@ impl HealthChecker {
             self.by_token.remove(&r.token);
         }
         let timing = target.spec.timing;
+        let was_settled = slot.counter.settled();
         if let Some((transition, reason)) = slot.counter.record(&outcome, timing.rise, timing.fall)
         {
             let event = HealthEvent {
@@ -702,10 +710,16 @@ impl HealthChecker {
                 state: slot.counter.state(),
                 weight: slot.counter.weight(),
                 reason,
+                settled: slot.counter.settled(),
             };
             match event.transition {
                 Transition::Down => {
                     tracing::warn!(target = %event.target, reason = %event.reason, "backend down")
+                }
+                // A target that never came up, now settled down: a line of its own, the
+                // moment a VIP's first announcement stops waiting for it.
+                Transition::StillDown if !was_settled && event.settled => {
+                    tracing::warn!(target = %event.target, reason = %event.reason, "backend down: first verdict")
                 }
                 Transition::StillDown => {
                     tracing::warn!(target = %event.target, reason = %event.reason, "backend still down")
@@ -734,6 +748,7 @@ fn inherited_events(
                 state: State::Up,
                 weight,
                 reason: Reason::Passed,
+                settled: true,
             };
             tracing::info!(target = %event.target, "{event}");
             Some(event)
@@ -974,6 +989,7 @@ mod tests {
             state: State::Up,
             weight: None,
             reason: Reason::Passed,
+            settled: true,
         };
         let up_a = ev(&a, first[0].1);
         assert!(e.is_current(&up_a));
@@ -992,7 +1008,9 @@ mod tests {
     }
 
     /// A target that never comes up says why, once: the daemon's status shows
-    /// the reason instead of "not probed yet", and the log has it.
+    /// the reason instead of "not probed yet", and the log has it. Its first verdict,
+    /// after `fall` failures, is news too (a VIP's first announcement waits for it),
+    /// and then nothing more.
     #[test]
     fn a_target_that_never_comes_up_says_why_once() {
         // Nothing listens on this port (bound, then closed).
@@ -1005,12 +1023,22 @@ mod tests {
         checker.set_targets([t.clone()]);
         let ev = next_event(&mut checker);
         assert_eq!(
-            (ev.transition.clone(), ev.state, ev.reason.clone()),
-            (Transition::StillDown, State::Down, Reason::Refused)
+            (
+                ev.transition.clone(),
+                ev.state,
+                ev.reason.clone(),
+                ev.settled
+            ),
+            (Transition::StillDown, State::Down, Reason::Refused, false)
         );
         assert_eq!(
             ev.to_string(),
             format!("tcp://{addr} is down (connection refused)")
+        );
+        let verdict = next_event(&mut checker);
+        assert_eq!(
+            (verdict.transition, verdict.reason, verdict.settled),
+            (Transition::StillDown, Reason::Refused, true)
         );
         let mut out = Vec::new();
         let until = Instant::now() + Duration::from_millis(300);
@@ -1020,6 +1048,29 @@ mod tests {
                 .unwrap();
         }
         assert!(out.is_empty(), "only once: {out:?}");
+    }
+
+    /// A backend whose first probe fails (it starts late, or the probe is lost) has no
+    /// verdict yet: it has one once up. Taken as its verdict, that one failure let a
+    /// starting gateway announce a VIP with the backend left out of its table.
+    #[test]
+    fn a_first_failure_is_no_verdict() {
+        // Nothing listens on this port until the first probe has failed.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut checker = HealthChecker::new().unwrap();
+        // A `fall` far above the failures the test may see before it listens.
+        checker.set_targets([tcp(addr, 30, 2, 20)]);
+        let first = next_event(&mut checker);
+        assert_eq!(
+            (first.transition, first.settled),
+            (Transition::StillDown, false)
+        );
+        let _listener = TcpListener::bind(addr).unwrap();
+        let up = next_event(&mut checker);
+        assert_eq!((up.transition, up.settled), (Transition::Up, true));
     }
 
     /// A reload that changes only the timing keeps an up target up (no event,
