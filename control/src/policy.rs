@@ -15,13 +15,16 @@
 //!
 //! An address is not announced the first time (since the daemon started or since the
 //! address was added) until every backend its services health-check has a verdict from
-//! this run: up, or failed at least once ([`WithdrawReason::HealthPending`]). A checked
-//! backend counts as absent until it has passed `rise` probes, so the first backends up
-//! would otherwise make a table that other gateways, which have all of them, do not share,
-//! and the flows that ECMP moves to a restarted gateway would reach other backends. The
-//! wait is bounded by the probes' schedule (about `rise` intervals, plus `timeout`). Once
-//! announced, an address is never withdrawn for it: a backend added later joins the table
-//! when it is up.
+//! this run, as the health checker settles it: up, or down after `fall` failures in a row,
+//! as an up backend goes down ([`WithdrawReason::HealthPending`]). A checked backend
+//! counts as absent until it has passed `rise` probes, so the first backends up would
+//! otherwise make a table that other gateways, which have all of them, do not share, and
+//! the flows that ECMP moves to a restarted gateway would reach other backends. A single
+//! failure is no verdict for the same reason: a first probe lost by chance would leave an
+//! up backend out. The wait is bounded by the probes' schedule: a backend that flaps is
+//! taken as down after `rise + fall` probes (about that many intervals, plus `timeout`).
+//! Once announced, an address is never withdrawn for it: a backend added later joins the
+//! table when it is up.
 //!
 //! The policy is pure: health and dataplane state come in, decisions and the transitions
 //! since the last evaluation come out. The caller logs and counts the transitions and
@@ -40,7 +43,8 @@ pub struct ServiceHealth {
     /// The announce policy: fewer healthy backends than this and the service does not
     /// count toward announcing its address.
     pub min_healthy: u32,
-    /// Backends it health-checks that have no verdict yet (neither up nor failed once).
+    /// Backends it health-checks that have no verdict yet: not up, and not down after
+    /// `fall` failures in a row (or `rise + fall` probes).
     pub pending_backends: u32,
     /// Backends it health-checks, pending or not.
     pub checked_backends: u32,
@@ -461,7 +465,7 @@ mod tests {
             "withdrawn: waiting for first health verdicts (1 of 3)"
         );
         assert_eq!(p.announced().count(), 0);
-        // One more verdict, a failure: still held.
+        // One more verdict, down: still held.
         let t = p.evaluate(&[checking("192.0.2.10", 1, 1, 3)], None, false);
         assert_eq!(
             t[0].to.to_string(),

@@ -123,6 +123,8 @@ pub fn required_caps(config: &Config) -> Vec<Cap> {
 struct TargetState {
     up: bool,
     reason: String,
+    /// It has its first verdict of this run ([`HealthEvent::settled`]).
+    settled: bool,
 }
 
 /// Logs what a loaded config accepted but an operator probably did not mean.
@@ -446,13 +448,15 @@ impl Daemon {
             self.metrics
                 .health_transition(ev.target.addr, up, ev.reason.label());
         }
-        // A target still down only tells why (for the status): nothing to republish.
+        // A target still down only tells why (for the status), or that it has its first
+        // verdict (for the policy, evaluated every turn): nothing to republish.
         let news_only = ev.transition == Transition::StillDown;
         self.targets.insert(
             ev.target,
             TargetState {
                 up,
                 reason: ev.reason.to_string(),
+                settled: ev.settled,
             },
         );
         if !news_only {
@@ -793,12 +797,13 @@ impl Daemon {
                     .filter(|b| self.macs.contains_key(&b.addr))
                     .filter(|b| self.params.can_tunnel(v.addr, b.addr))
                     .count();
-                // A target with no entry has had no verdict from this run: not up, and
-                // not a single failure yet.
+                // A target with no entry has not been probed in this run; one failure is
+                // no verdict either: the checker settles it up, or down as it would take
+                // an up target down.
                 let (mut checked, mut pending) = (0, 0);
                 for t in v.backends.iter().filter_map(|b| v.target(b)) {
                     checked += 1;
-                    pending += usize::from(!self.targets.contains_key(&t));
+                    pending += usize::from(!self.targets.get(&t).is_some_and(|s| s.settled));
                 }
                 let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
                 ServiceHealth {
