@@ -1115,3 +1115,58 @@ fn a_maglev_table_under_100_slots_per_backend_is_a_warning() {
     );
     assert!(w[0].1.contains("(e.g. 211)"), "{w:#?}");
 }
+
+#[test]
+fn a_udp_vips_check_on_its_own_port_is_a_warning() {
+    let text = |proto: &str, health: &str| {
+        format!(
+            "[dataplane]\nupstream_interface = \"eth0\"\n\n[[vips]]\naddress = \"203.0.113.10\"\nprotocol = \"{proto}\"\nports = [514, 515]\n[vips.health]\n{health}\n\n[[vips.backends]]\naddress = \"10.0.0.1\"\n"
+        )
+    };
+    for kind in ["tcp", "http"] {
+        let w = warnings(&text("udp", &format!("type = \"{kind}\"")));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w[0].0, "vips[0].health.port");
+        assert!(
+            w[0].1.contains("to TCP port 514 (the VIP's first port)"),
+            "{w:#?}"
+        );
+    }
+    // A port of its own, or a TCP VIP, is what was meant.
+    assert_eq!(warnings(&text("udp", "type = \"tcp\"\nport = 8080")), []);
+    assert_eq!(warnings(&text("tcp", "type = \"http\"")), []);
+}
+
+#[test]
+fn an_outer_source_prefix_over_a_vip_a_backend_or_the_pool_is_a_warning() {
+    let text = |prefix: &str, kube: &str| {
+        format!(
+            "[dataplane]\nupstream_interface = \"eth0\"\nouter_source_prefix = [\"{prefix}\", \"2001:db8:ff::/64\"]\n\n[[vips]]\naddress = \"203.0.113.10\"\nport = 80\n[vips.health]\ntype = \"tcp\"\n\n[[vips.backends]]\naddress = \"10.0.0.1\"\n\n[[vips.backends]]\naddress = \"10.0.0.2\"\n{kube}"
+        )
+    };
+    let pool = "\n[kubernetes]\naddress_pool = [\"198.51.100.128/26\"]\n";
+    assert_eq!(warnings(&text("192.0.2.0/24", pool)), []);
+    for (prefix, kube, needle) in [
+        (
+            "203.0.113.0/24",
+            "",
+            "contains the VIP 203.0.113.10 (vips[0])",
+        ),
+        (
+            "10.0.0.2/32",
+            "",
+            "contains the backend 10.0.0.2 (vips[0].backends[1])",
+        ),
+        (
+            "198.51.100.0/24",
+            pool,
+            "contains addresses of the Kubernetes address pool (kubernetes.address_pool[0])",
+        ),
+    ] {
+        let w = warnings(&text(prefix, kube));
+        assert_eq!(w.len(), 1, "{prefix}: {w:#?}");
+        assert_eq!(w[0].0, "dataplane.outer_source_prefix");
+        assert!(w[0].1.contains(needle), "{w:#?}");
+        assert!(w[0].1.contains("martian"), "{w:#?}");
+    }
+}

@@ -187,7 +187,41 @@ fn dataplane(v: &mut V, c: &Config) {
                 format!("{p} is not a unicast prefix"),
             );
         }
+        if let Some(why) = outer_overlap(c, &p) {
+            v.warn("outer_source_prefix", format!("{p} contains {why}: a node that decapsulates with an ipip or ip6tnl device (see Node setup) holds the VIPs on lo, and its kernel drops a tunnelled packet whose outer source is an address of its own as a martian, so the flows whose hash picks that source are lost (nodes that decapsulate in XDP do not check it); take a prefix outside the VIPs, the address pool and the backends"));
+        }
     }
+}
+
+/// The first address that tunnelled packets must not come from and that the outer source
+/// prefix `p` contains, said for a warning: a static VIP, a backend, or part of the
+/// Kubernetes address pool (whose addresses become VIPs).
+fn outer_overlap(c: &Config, p: &ipnet::IpNet) -> Option<String> {
+    for (i, vip) in c.vips.iter().enumerate() {
+        if p.contains(&vip.address) {
+            return Some(format!("the VIP {} (vips[{i}])", vip.address));
+        }
+        if let Some((j, b)) =
+            (vip.backends.iter().enumerate()).find(|(_, b)| p.contains(&b.address))
+        {
+            return Some(format!(
+                "the backend {} (vips[{i}].backends[{j}])",
+                b.address
+            ));
+        }
+    }
+    let block = PoolRange {
+        first: p.network(),
+        last: p.broadcast(),
+    };
+    let pool = c
+        .kubernetes
+        .as_ref()
+        .map_or(&[][..], |k| &k.address_pool[..]);
+    let (i, _) = pool.iter().enumerate().find(|(_, r)| r.overlaps(&block))?;
+    Some(format!(
+        "addresses of the Kubernetes address pool (kubernetes.address_pool[{i}])"
+    ))
 }
 
 /// RFC 791: every IPv4 host accepts datagrams of 576 octets; no `tunnel_mtu` is
@@ -765,6 +799,19 @@ fn vip_entry<'a>(
 
 /// What a valid VIP's backends leave unlikely to work as meant.
 fn vip_warnings(v: &mut V, c: &Config, vip: &Vip) {
+    if let Some(h) = vip.health.as_ref().filter(|h| h.port.is_none()) {
+        if vip.protocol == super::Protocol::Udp {
+            let port = vip.port_list().first().copied().unwrap_or_default();
+            let kind = match h.kind {
+                ProbeKind::Tcp => "TCP connection",
+                ProbeKind::Http => "HTTP request",
+            };
+            v.warn(
+                "health.port",
+                format!("the check of this UDP VIP is a {kind} to TCP port {port} (the VIP's first port) of each backend, where a UDP service usually has no listener: every probe fails and the VIP is never announced; set `port` to a TCP port the backends serve for their health"),
+            );
+        }
+    }
     let active = vip.backends.iter().filter(|b| b.weight > 0).count();
     let min = vip.min_healthy_backends as usize;
     if !vip.backends.is_empty() && (1..=vip.backends.len()).contains(&min) && active < min {
