@@ -21,8 +21,9 @@ const GEN_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
 const VIP_PORT: u16 = 9;
 
-/// gen ─ gw (two-arm) ─ sink, every veth end with `queues` TX and RX queues.
-fn topology(queues: u32) -> Topology {
+/// gen ─ gw (two-arm) ─ sink, every veth end with `queues` TX and RX queues, gen ─ gw with
+/// `mtu` if given.
+fn topology(queues: u32, mtu: Option<u32>) -> Topology {
     let port = |ns: &str, ifname: &str| Port::new(ns, ifname).queues(queues);
     let mut t = Topology::default();
     t.ns("gen")
@@ -34,30 +35,13 @@ fn topology(queues: u32) -> Topology {
     t.ns("sink")
         .addresses
         .push(("eth0".into(), "198.19.1.1/24".into()));
-    t.link(port("gen", "eth0"), port("gw", "eth0"), None);
+    t.link(port("gen", "eth0"), port("gw", "eth0"), mtu);
     t.link(port("gw", "eth1"), port("sink", "eth0"), None);
     t
 }
 
-/// A 60-byte Ethernet/IPv4/UDP frame to the VIP from source port `sport`.
-fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16) -> Vec<u8> {
-    let udp = frames::udp(
-        IpAddr::V4(GEN_IP),
-        IpAddr::V4(VIP),
-        sport,
-        VIP_PORT,
-        &[0; 18],
-    );
-    frames::eth(
-        dst,
-        src,
-        0x0800,
-        &frames::ipv4(GEN_IP, VIP, frames::PROTO_UDP, &udp),
-    )
-}
-
 /// An Ethernet/IPv4/UDP frame to the VIP from source port `sport`, `len` bytes long.
-fn udp_frame_of_len(dst: [u8; 6], src: [u8; 6], sport: u16, len: usize) -> Vec<u8> {
+fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16, len: usize) -> Vec<u8> {
     let payload = vec![0x5a; len - 14 - 20 - 8];
     let udp = frames::udp(
         IpAddr::V4(GEN_IP),
@@ -169,7 +153,11 @@ impl Lab {
     }
 
     fn with_queues(queues: u32) -> Lab {
-        let net = topology(queues).build(&unique_prefix()).expect("topology");
+        Lab::build(topology(queues, None))
+    }
+
+    fn build(topology: Topology) -> Lab {
+        let net = topology.build(&unique_prefix()).expect("topology");
         Lab {
             gen_mac: net.ns("gen").mac("eth0").unwrap(),
             gw_up_mac: net.ns("gw").mac("eth0").unwrap(),
@@ -185,8 +173,25 @@ impl Lab {
         self.start(true, move |_| BareForwarder { src, dst })
     }
 
+    /// Workers on the uplink (and with `downlink`, eth1) running `make`'s processors,
+    /// behind the steering program for the VIP.
     fn start<P, F>(&self, downlink: bool, make: F) -> Workers<Steer>
     where
+        P: Processor + 'static,
+        F: FnMut(usize) -> P + Send,
+    {
+        self.start_with(config(downlink.then_some("eth1")), |steer| steer, make)
+    }
+
+    /// [`Lab::start`] with `cfg`, and the steering program as `steering` wraps it.
+    fn start_with<S, P, F>(
+        &self,
+        cfg: XskConfig,
+        steering: impl FnOnce(Steer) -> S + Send,
+        make: F,
+    ) -> Workers<S>
+    where
+        S: Steering,
         P: Processor + 'static,
         F: FnMut(usize) -> P + Send,
     {
@@ -197,18 +202,14 @@ impl Lab {
                 steer
                     .set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])
                     .unwrap();
-                let mut cfg = XskConfig::new("eth0");
-                cfg.downlink = downlink.then(|| "eth1".to_string());
-                cfg.frames = 1024;
-                cfg.ring_size = 512;
-                Workers::start(&cfg, steer, make).expect("workers")
+                Workers::start(&cfg, steering(steer), make).expect("workers")
             })
             .unwrap()
     }
 
     fn frames(&self, n: u16) -> Vec<Vec<u8>> {
         (0..n)
-            .map(|i| udp_frame(self.gw_up_mac, self.gen_mac, 10_000 + i))
+            .map(|i| udp_frame(self.gw_up_mac, self.gen_mac, 10_000 + i, 60))
             .collect()
     }
 
@@ -227,6 +228,17 @@ impl Lab {
             .unwrap()
             .expect("packet socket")
     }
+}
+
+/// The workers' config on the gateway's eth0 (and `downlink`), with a small UMEM (1024
+/// frames and 512-entry rings: 4 MiB a worker rather than the default's 16), enough for the
+/// few thousand frames a test sends.
+fn config(downlink: Option<&str>) -> XskConfig {
+    let mut cfg = XskConfig::new("eth0");
+    cfg.downlink = downlink.map(str::to_string);
+    cfg.frames = 1024;
+    cfg.ring_size = 512;
+    cfg
 }
 
 /// Passes (to nowhere: the frame is in user space) every frame with an odd UDP source
@@ -256,6 +268,13 @@ fn assert_each_once(got: &[Seen], n: u16) {
     ports.sort_unstable();
     ports.dedup();
     assert_eq!(ports.len(), n as usize, "each frame exactly once");
+}
+
+/// The worker received and sent all `n` frames and dropped none.
+fn assert_forwarded_all(s: &WorkerStats, n: u16) {
+    assert_eq!(s.rx, u64::from(n));
+    assert_eq!(s.tx, u64::from(n));
+    assert_eq!(s.dropped(), 0);
 }
 
 fn assert_all_frames_home(census: &[Census]) {
@@ -289,9 +308,7 @@ fn two_arm_forwards_every_frame_out_of_the_downlink() {
         Some(XskMode::Copy),
         "veth offers copy mode only"
     );
-    assert_eq!(stats[0].rx, u64::from(n));
-    assert_eq!(stats[0].tx, u64::from(n));
-    assert_eq!(stats[0].dropped(), 0);
+    assert_forwarded_all(&stats[0], n);
     assert_all_frames_home(&workers.stop().unwrap());
 }
 
@@ -371,9 +388,7 @@ fn two_arm_pipeline_encapsulates_every_frame_out_of_the_downlink() {
     );
     assert_each_once(&got, n);
     let stats = workers.stats();
-    assert_eq!(stats[0].rx, u64::from(n));
-    assert_eq!(stats[0].tx, u64::from(n));
-    assert_eq!(stats[0].dropped(), 0);
+    assert_forwarded_all(&stats[0], n);
     assert_all_frames_home(&workers.stop().unwrap());
 }
 
@@ -555,55 +570,30 @@ fn the_kernel_receives_frames_up_to_max_rx_frame_and_drops_longer_ones() {
     if !dsrgate_tests::require_privileges("AF_XDP frame size test") {
         return;
     }
-    let mut t = Topology::default();
-    t.ns("gen")
-        .addresses
-        .push(("eth0".into(), format!("{GEN_IP}/24")));
-    t.ns("gw")
-        .addresses
-        .push(("eth0".into(), "198.19.0.2/24".into()));
-    t.link(
-        Port::new("gen", "eth0"),
-        Port::new("gw", "eth0"),
-        Some(4000),
+    let lab = Lab::build(topology(1, Some(4000)));
+    let cfg = config(None);
+    assert_eq!(max_rx_frame(cfg.frame_size), 3776);
+    assert_eq!(cfg.max_mtu(), 3776 - 18);
+    // Native XDP on veth takes no frame this large: the program runs generic.
+    let (gw_mac, gen_mac) = (lab.gw_up_mac, lab.gen_mac);
+    let workers = lab.start_with(
+        cfg,
+        |steer| steer,
+        move |_| BareForwarder {
+            src: gw_mac,
+            dst: gen_mac,
+        },
     );
-    let net = t.build(&unique_prefix()).expect("topology");
-    let gen_mac = net.ns("gen").mac("eth0").unwrap();
-    let gw_mac = net.ns("gw").mac("eth0").unwrap();
-    let workers = net
-        .ns("gw")
-        .enter(move || {
-            // Native XDP on veth takes no frame this large: the program runs generic.
-            let mut steer = Steer::attach("eth0").expect("steering program");
-            steer
-                .set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])
-                .unwrap();
-            let mut cfg = XskConfig::new("eth0");
-            cfg.frames = 1024;
-            cfg.ring_size = 512;
-            assert_eq!(max_rx_frame(cfg.frame_size), 3776);
-            assert_eq!(cfg.max_mtu(), 3776 - 18);
-            Workers::start(&cfg, steer, move |_| BareForwarder {
-                src: gw_mac,
-                dst: gen_mac,
-            })
-            .expect("workers")
-        })
-        .unwrap();
-    let sender = net
-        .ns("gen")
-        .enter(|| PacketSocket::open("eth0"))
-        .unwrap()
-        .unwrap();
+    let sender = lab.sender();
     let longest = max_rx_frame(XskConfig::new("eth0").frame_size) as usize;
     sender
-        .send(&udp_frame_of_len(gw_mac, gen_mac, 10_000, longest))
+        .send(&udp_frame(gw_mac, gen_mac, 10_000, longest))
         .unwrap();
     wait_for("the longest frame at the worker", || {
         (workers.stats()[0].rx == 1).then_some(())
     });
     sender
-        .send(&udp_frame_of_len(gw_mac, gen_mac, 10_001, longest + 1))
+        .send(&udp_frame(gw_mac, gen_mac, 10_001, longest + 1))
         .unwrap();
     // The kernel's counters reach the stats once a second.
     let s = wait_for("a frame dropped by the kernel", || {
@@ -643,25 +633,11 @@ fn queues_past_the_steering_limit_get_no_worker_and_the_rest_run() {
     }
     let lab = Lab::with_queues(2);
     let (src, dst) = (lab.gw_down_mac, lab.sink_mac);
-    let workers = lab
-        .net
-        .ns("gw")
-        .enter(move || {
-            let mut steer = Steer::attach("eth0").expect("steering program");
-            steer
-                .set_vips(&[Vip::udp(IpAddr::V4(VIP), VIP_PORT)])
-                .unwrap();
-            let mut cfg = XskConfig::new("eth0");
-            cfg.downlink = Some("eth1".to_string());
-            cfg.frames = 1024;
-            cfg.ring_size = 512;
-            Workers::start(&cfg, Capped { steer, max: 1 }, move |_| BareForwarder {
-                src,
-                dst,
-            })
-            .expect("workers for the queues the program serves")
-        })
-        .unwrap();
+    let workers = lab.start_with(
+        config(Some("eth1")),
+        |steer| Capped { steer, max: 1 },
+        move |_| BareForwarder { src, dst },
+    );
     let stats = workers.stats();
     assert_eq!(stats.iter().map(|s| s.queue).collect::<Vec<_>>(), [0]);
     // Queue 0's share of the flows is forwarded.
@@ -683,10 +659,7 @@ fn hold_attached_until_killed() {
         return;
     }
     let steer = Steer::attach("eth0").expect("steering program");
-    let mut cfg = XskConfig::new("eth0");
-    cfg.frames = 1024;
-    cfg.ring_size = 512;
-    let workers = Workers::start(&cfg, steer, |_| BareForwarder {
+    let workers = Workers::start(&config(None), steer, |_| BareForwarder {
         src: [0; 6],
         dst: [0; 6],
     })
@@ -731,13 +704,61 @@ fn sigkill_leaves_nothing_attached() {
     assert!(gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
     child.signal(libc::SIGKILL).unwrap();
     let _ = child.child().wait();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp") {
-        assert!(
-            Instant::now() < deadline,
-            "XDP program still attached after SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the XDP program detached after SIGKILL", || {
+        (!gw.ip(&["link", "show", "eth0"]).unwrap().contains("xdp")).then_some(())
+    });
     assert_no_xsk(gw);
+}
+
+/// The CPUs this process may run on, and the first CPU below 1024 it may not.
+fn cpus() -> (Vec<usize>, usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a writable cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY (both): every `cpu` is below CPU_SETSIZE (1024).
+    let allowed = (0..1024)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    let not = (0..1024)
+        .rev()
+        .find(|&cpu| !unsafe { libc::CPU_ISSET(cpu, &set) })
+        .expect("a host with 1024 CPUs");
+    (allowed, not)
+}
+
+/// A worker's stats name the core it runs on only when it could be pinned there: a worker
+/// whose core this process may not run on runs unpinned, and says so (`core: None`),
+/// rather than reporting the core it was given.
+#[test]
+fn only_a_pinned_worker_reports_its_core() {
+    if !dsrgate_tests::require_privileges("AF_XDP worker pinning test") {
+        return;
+    }
+    let lab = Lab::with_queues(2);
+    let (allowed, unavailable) = cpus();
+    let mut cfg = config(None);
+    cfg.cores = vec![allowed[0], unavailable];
+    let workers = lab.start_with(
+        cfg,
+        |steer| steer,
+        |_| BareForwarder {
+            src: [0; 6],
+            dst: [0; 6],
+        },
+    );
+    let stats = workers.stats();
+    workers.stop().expect("stop");
+    let cores: Vec<Option<usize>> = stats.iter().map(|s| s.core).collect();
+    assert_eq!(
+        cores,
+        [Some(allowed[0]), None],
+        "core {unavailable} cannot be pinned"
+    );
 }
