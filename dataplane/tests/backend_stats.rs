@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use common::*;
-use dataplane::pipeline::{Verdict, WorkerConfig};
+use dataplane::pipeline::Verdict;
 use dataplane::snapshot::{Encap, HashMode, Proto, Snapshot, VipKey};
-use dataplane::xsk::{ArcSwap, PipelineProcessor, PipelineStats, Processor};
+use dataplane::xsk::{PipelineProcessor, PipelineStats, Processor};
 
 const VIP: &str = "10.0.0.1";
 const SECOND: u64 = 1_000_000_000;
@@ -62,14 +62,7 @@ fn sum(sent: &[(IpAddr, u64)], addr: IpAddr) -> (u64, u64) {
 #[test]
 fn backend_counts_follow_addresses_across_snapshots() {
     let (a, b, c) = (backend_addr(0), backend_addr(1), backend_addr(2));
-    let current = Arc::new(ArcSwap::from_pointee(snap(1, &[a, c])));
-    let mut p = PipelineProcessor::new(
-        WorkerConfig {
-            flow_capacity: 1 << 12,
-            ..WorkerConfig::default()
-        },
-        current.clone(),
-    );
+    let (current, mut p) = processor(snap(1, &[a, c]), |_| {});
     let stats = p.stats();
     let now = 10 * SECOND;
     // Generation 1: slots are [80→a, 80→c, 443→a, 443→c]. Only the first batch publishes
@@ -109,15 +102,7 @@ fn backend_counts_follow_addresses_across_snapshots() {
 #[test]
 fn a_full_table_counts_into_nothing_and_says_so() {
     let (a, b, c) = (backend_addr(0), backend_addr(1), backend_addr(2));
-    let current = Arc::new(ArcSwap::from_pointee(snap(1, &[a])));
-    let mut p = PipelineProcessor::new(
-        WorkerConfig {
-            flow_capacity: 1 << 12,
-            max_backends: 3,
-            ..WorkerConfig::default()
-        },
-        current.clone(),
-    );
+    let (current, mut p) = processor(snap(1, &[a]), |cfg| cfg.max_backends = 3);
     let stats = p.stats();
     send(&mut p, SECOND, 80, 5);
     // 2 pairs known; generation 2 brings 4 new ones, of which one fits.

@@ -7,9 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use dataplane::pipeline::{Verdict, WorkerConfig};
+use dataplane::pipeline::Verdict;
 use dataplane::snapshot::{Encap, HashMode, Proto, Snapshot, VipKey};
-use dataplane::xsk::{ArcSwap, PipelineProcessor, PipelineStats, Processor};
+use dataplane::xsk::{PipelineProcessor, PipelineStats, Processor};
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -49,14 +49,7 @@ fn reported(s: &PipelineStats, vip: &str) -> (u64, u64) {
 #[test]
 fn vip_counts_follow_the_vip_across_snapshots() {
     let (early, late) = ("10.0.0.10", "10.0.0.20");
-    let current = Arc::new(ArcSwap::from_pointee(snap(1, &[late])));
-    let mut p = PipelineProcessor::new(
-        WorkerConfig {
-            flow_capacity: 1 << 12,
-            ..WorkerConfig::default()
-        },
-        current.clone(),
-    );
+    let (current, mut p) = processor(snap(1, &[late]), |_| {});
     let stats = p.stats();
     let mut now = 10 * SECOND;
 
@@ -93,18 +86,9 @@ fn vip_counts_follow_the_vip_across_snapshots() {
 
 #[test]
 fn vips_past_the_counters_are_untracked_and_say_so() {
-    let current = Arc::new(ArcSwap::from_pointee(snap(
-        1,
-        &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
-    )));
-    let mut p = PipelineProcessor::new(
-        WorkerConfig {
-            flow_capacity: 1 << 12,
-            max_vips: 2,
-            ..WorkerConfig::default()
-        },
-        current.clone(),
-    );
+    let (current, mut p) = processor(snap(1, &["10.0.0.1", "10.0.0.2", "10.0.0.3"]), |cfg| {
+        cfg.max_vips = 2
+    });
     let stats = p.stats();
     let sent = send(&mut p, SECOND, "10.0.0.2", 3);
     send(&mut p, SECOND, "10.0.0.3", 3);

@@ -281,56 +281,72 @@ fn worker(
     }
 }
 
+/// The dataplane's test helpers (snapshots, frames, a processor), included as its benches
+/// include them.
+#[cfg(test)]
+#[path = "../../../dataplane/tests/common/mod.rs"]
+mod common;
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use dataplane::pipeline::WorkerConfig;
-    use dataplane::snapshot::{
-        BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
-    };
-    use dataplane::xsk::{ArcSwap, PipelineProcessor, Processor};
+    use dataplane::snapshot::{Encap, HashMode, Proto, Snapshot};
+    use dataplane::xsk::{PipelineProcessor, Processor};
 
     use super::*;
+
+    /// A TCP VIP on port 80 at each of `vips`, IP-in-IP to `backends`.
+    fn snapshot(generation: u64, vips: &[&str], backends: &[IpAddr]) -> Snapshot {
+        let vips: Vec<_> = vips
+            .iter()
+            .map(|&a| (a, Proto::Tcp, 80, HashMode::FiveTuple, Encap::IpIp))
+            .collect();
+        let backends: Vec<_> = backends.iter().map(|&b| (b, 1)).collect();
+        common::snapshot(generation, &vips, &backends)
+    }
 
     /// The stats of a worker with room for `max_backends` (VIP, backend) pairs, after it
     /// has taken up a snapshot of one VIP with three backends.
     fn worker_on_three_backends(max_backends: usize) -> Arc<PipelineStats> {
-        let snap = Snapshot::new(&SnapshotConfig {
-            generation: 1,
-            vips: vec![VipConfig {
-                key: VipKey {
-                    addr: "192.0.2.10".parse().unwrap(),
-                    proto: Proto::Tcp,
-                    port: 80,
-                },
-                backends: (11..14)
-                    .map(|n| BackendConfig {
-                        addr: IpAddr::from([198, 51, 100, n]),
-                        weight: 1,
-                    })
-                    .collect(),
-                hash: HashMode::FiveTuple,
-                encap: Encap::IpIp,
-            }],
-            outer_src_v4: Some(SourcePrefix {
-                addr: "172.16.0.0".parse().unwrap(),
-                len: 24,
-            }),
-            ..SnapshotConfig::default()
-        })
-        .unwrap();
-        let mut p = PipelineProcessor::new(
-            WorkerConfig {
-                flow_capacity: 1 << 12,
-                max_backends,
-                ..WorkerConfig::default()
-            },
-            Arc::new(ArcSwap::from_pointee(snap)),
-        );
+        let backends: Vec<IpAddr> = (11..14).map(|n| IpAddr::from([198, 51, 100, n])).collect();
+        let (_, mut p) = common::processor(snapshot(1, &["192.0.2.10"], &backends), |cfg| {
+            cfg.max_backends = max_backends
+        });
         // A batch, even an empty one, makes the worker take up the snapshot.
         p.process(1, &mut [], &mut []);
         p.stats()
+    }
+
+    /// Inputs with everything these tests do not look at left empty or healthy; `policy`
+    /// and `next_hops` are the caller's, to borrow.
+    fn inputs<'a>(
+        services: &'a ServiceSet,
+        policy: &'a Policy,
+        next_hops: &'a HashMap<IpAddr, Resolution>,
+    ) -> Inputs<'a> {
+        Inputs {
+            uptime: Duration::from_secs(1),
+            generation: 1,
+            dataplane_problem: None,
+            uplink_mtu: None,
+            services,
+            health: &|_, _| BackendHealth {
+                up: true,
+                reason: None,
+            },
+            weights: &|_, _| None,
+            next_hops,
+            tunnel: &|_, _| true,
+            live: &[],
+            policy,
+            peers: &[],
+            workers: &[],
+            pipelines: &[],
+            xdp_mode: AttachMode::Driver,
+            flow_capacity: 1024,
+            steering: None,
+        }
     }
 
     /// The steering program's verdicts become the uplink's steering counters, and the
@@ -373,26 +389,10 @@ mod tests {
         };
         let report = |steering| {
             build(&Inputs {
-                uptime: Duration::from_secs(1),
-                generation: 1,
-                dataplane_problem: None,
                 uplink_mtu: Some(mtu.clone()),
-                services: &services,
-                health: &|_, _| BackendHealth {
-                    up: true,
-                    reason: None,
-                },
-                weights: &|_, _| None,
-                next_hops: &next_hops,
-                tunnel: &|_, _| true,
-                live: &[],
-                policy: &policy,
-                peers: &[],
                 workers: &workers,
-                pipelines: &[],
-                xdp_mode: AttachMode::Driver,
-                flow_capacity: 1024,
                 steering,
+                ..inputs(&services, &policy, &next_hops)
             })
         };
         let s = report(Some(("eth0", counters)));
@@ -501,88 +501,36 @@ mod tests {
     /// before: adding a VIP that sorts first moves the others, and their counts with them.
     #[test]
     fn vip_counters_follow_the_vip_when_an_earlier_one_is_added() {
-        use std::net::Ipv4Addr;
-
-        use dataplane::pipeline::{Frame, Verdict};
-        use dsrgate_tests::frames::{eth, ipv4, tcp_syn, ETH_IPV4, PROTO_TCP};
+        use dataplane::pipeline::Verdict;
 
         use crate::config::{HashMode as SpecHash, Protocol, VipBgp};
         use crate::sources::{Encap as SpecEncap, Origin, VipSpec};
 
-        let (early, late): (IpAddr, IpAddr) =
-            ("10.0.0.10".parse().unwrap(), "10.0.0.20".parse().unwrap());
+        const EARLY: &str = "10.0.0.10";
+        const LATE: &str = "10.0.0.20";
+        let (early, late) = (common::ip(EARLY), common::ip(LATE));
         let node = IpAddr::from([198, 51, 100, 11]);
         let key = |addr| VipKey {
             addr,
             proto: Proto::Tcp,
             port: 80,
         };
-        let snap = |generation, vips: &[IpAddr]| {
-            Arc::new(
-                Snapshot::new(&SnapshotConfig {
-                    generation,
-                    vips: vips
-                        .iter()
-                        .map(|&a| VipConfig {
-                            key: key(a),
-                            backends: vec![BackendConfig {
-                                addr: node,
-                                weight: 1,
-                            }],
-                            hash: HashMode::FiveTuple,
-                            encap: Encap::IpIp,
-                        })
-                        .collect(),
-                    outer_src_v4: Some(SourcePrefix {
-                        addr: "172.16.0.0".parse().unwrap(),
-                        len: 24,
-                    }),
-                    next_hops: [(node, [2, 0, 0, 0, 1, 1])].into_iter().collect(),
-                    ..SnapshotConfig::default()
-                })
-                .unwrap(),
-            )
-        };
-        let current = Arc::new(ArcSwap::new(snap(1, &[late])));
-        let mut p = PipelineProcessor::new(
-            WorkerConfig {
-                flow_capacity: 1 << 12,
-                ..WorkerConfig::default()
-            },
-            current.clone(),
-        );
+        let (current, mut p) = common::processor(snapshot(1, &[LATE], &[node]), |_| {});
         let stats = p.stats();
         let mut len = 0;
         // SYNs of distinct flows to `late`:80.
         let mut syn = |p: &mut PipelineProcessor, now, sport| {
-            let (src, dst) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(10, 0, 0, 20));
-            let l4 = tcp_syn(src.into(), dst.into(), sport, 80);
-            let frame = eth(
-                [2, 0, 0, 0, 0, 1],
-                [2, 0, 0, 0, 0, 0xfe],
-                ETH_IPV4,
-                &ipv4(src, dst, PROTO_TCP, &l4),
-            );
+            let src = IpAddr::from([198, 18, 0, 1]);
+            let frame = common::flow_frame(src, sport, late, 80, 6, common::SYN);
             len = frame.len() as u64;
-            let mut buf = vec![0u8; 256 + frame.len()];
-            buf[256..].copy_from_slice(&frame);
-            let mut v = [Verdict::Pass];
-            p.process(
-                now,
-                &mut [Frame {
-                    buf: &mut buf,
-                    offset: 256,
-                    len: frame.len(),
-                }],
-                &mut v,
-            );
-            assert!(matches!(v[0], Verdict::Tx { .. }), "{:?}", v[0]);
+            let (v, _) = common::run_with(&frame, |f, v| p.process(now, f, v));
+            assert!(matches!(v, Verdict::Tx { .. }), "{v:?}");
         };
         const SECOND: u64 = 1_000_000_000;
         for sport in 0..50 {
             syn(&mut p, SECOND, 1000 + sport);
         }
-        current.store(snap(2, &[early, late]));
+        current.store(Arc::new(snapshot(2, &[EARLY, LATE], &[node])));
         syn(&mut p, 2 * SECOND, 2000);
         p.housekeeping(4 * SECOND);
 
@@ -615,26 +563,10 @@ mod tests {
             .collect();
         let (policy, next_hops) = (Policy::default(), HashMap::new());
         let s = build(&Inputs {
-            uptime: Duration::from_secs(1),
             generation: 2,
-            dataplane_problem: None,
-            uplink_mtu: None,
-            services: &services,
-            health: &|_, _| BackendHealth {
-                up: true,
-                reason: None,
-            },
-            weights: &|_, _| None,
-            next_hops: &next_hops,
-            tunnel: &|_, _| true,
             live: &live,
-            policy: &policy,
-            peers: &[],
-            workers: &[],
             pipelines: &[stats.clone(), stats],
-            xdp_mode: AttachMode::Driver,
-            flow_capacity: 1024,
-            steering: None,
+            ..inputs(&services, &policy, &next_hops)
         });
         let counts: Vec<_> = s
             .vips

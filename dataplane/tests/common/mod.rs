@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use dataplane::pipeline::{Frame, Verdict, Worker};
+use dataplane::pipeline::{Frame, Verdict, Worker, WorkerConfig};
 use dataplane::snapshot::{
     BackendConfig, Encap, HashMode, Proto, Snapshot, SnapshotConfig, SourcePrefix, VipConfig,
     VipKey,
 };
+use dataplane::xsk::{ArcSwap, PipelineProcessor};
 
 pub const HEADROOM: usize = 256;
 pub const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -324,4 +326,20 @@ pub fn sent_to(w: &mut Worker, snap: &Snapshot, now: u64, frame: &[u8]) -> Optio
         (Verdict::Tx { .. }, out) => Some(decap(&out).outer_dst),
         _ => None,
     }
+}
+
+/// A processor on `first`, which the test replaces through the returned handle as the
+/// daemon does on a reload; its flow table has 4096 slots (the default's size is a
+/// gateway's), its other limits as `limits` sets them.
+pub fn processor(
+    first: Snapshot,
+    limits: impl FnOnce(&mut WorkerConfig),
+) -> (Arc<ArcSwap<Snapshot>>, PipelineProcessor) {
+    let mut cfg = WorkerConfig {
+        flow_capacity: 1 << 12,
+        ..WorkerConfig::default()
+    };
+    limits(&mut cfg);
+    let current = Arc::new(ArcSwap::from_pointee(first));
+    (current.clone(), PipelineProcessor::new(cfg, current))
 }
