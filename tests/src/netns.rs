@@ -1170,32 +1170,26 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_specs() {
-        let mut t = Topology::default();
-        t.ns("a");
-        t.link(Port::new("a", "x"), Port::new("b", "y"), None);
-        assert!(t
-            .validate("p-")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown namespace b"));
-
-        let mut t = Topology::default();
-        t.ns("a");
-        t.link(Port::new("a", "waytoolonginterface"), Port::root("r"), None);
-        assert!(t
-            .validate("p-")
-            .unwrap_err()
-            .to_string()
-            .contains("longer than 15"));
-
-        let mut t = Topology::default();
-        t.ns("a");
-        t.link(Port::new("a", "x").bridged("br"), Port::root("r"), None);
-        assert!(t
-            .validate("p-")
-            .unwrap_err()
-            .to_string()
-            .contains("bridge br"));
+        // Namespace `a` and a link between `ends`: refused, saying `why`.
+        let rejects = |ends: (Port, Port), why: &str| {
+            let mut t = Topology::default();
+            t.ns("a");
+            t.link(ends.0, ends.1, None);
+            let err = t.validate("p-").unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        };
+        rejects(
+            (Port::new("a", "x"), Port::new("b", "y")),
+            "unknown namespace b",
+        );
+        rejects(
+            (Port::new("a", "waytoolonginterface"), Port::root("r")),
+            "longer than 15",
+        );
+        rejects(
+            (Port::new("a", "x").bridged("br"), Port::root("r")),
+            "bridge br",
+        );
     }
 
     #[test]
