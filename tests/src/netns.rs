@@ -1305,25 +1305,17 @@ mod tests {
         );
 
         net.keep();
-        let mine = |n: &String| n.starts_with(&prefix);
-        assert_eq!(
+        let mine = || {
             list_namespaces()
                 .unwrap()
                 .iter()
-                .filter(|n| mine(n))
-                .count(),
-            6
-        );
+                .filter(|n| n.starts_with(&prefix))
+                .count()
+        };
+        assert_eq!(mine(), 6);
         let gone = destroy_prefix(&prefix).unwrap();
         assert_eq!(gone.len(), 6);
-        assert_eq!(
-            list_namespaces()
-                .unwrap()
-                .iter()
-                .filter(|n| mine(n))
-                .count(),
-            0
-        );
+        assert_eq!(mine(), 0);
     }
 
     /// Builds two hosts on a bridge plus a root link, pings across in v4 and v6, runs a
