@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -21,6 +21,8 @@ use crate::netns::{
 
 /// The VIP's BGP prefix.
 pub const PREFIX4: &str = "192.0.2.10/32";
+/// Where [`GatewayConfig::toml`] has the daemon's API listen, in the gateway's namespace.
+pub const API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
 /// Session setup, first health rise, first announcement.
 pub const SETTLE: Duration = Duration::from_secs(20);
 
@@ -142,7 +144,7 @@ drain_time = "{drain}"
 flow_table_size = 4096
 
 [api]
-listen = "127.0.0.1:9180"
+listen = "{API}"
 
 [bgp]
 local_as = 65001
@@ -509,6 +511,23 @@ impl Lab {
 
     pub fn ns(&self, name: &str) -> &Netns {
         self.net.ns(name)
+    }
+
+    /// A static route of the router's own for the VIP via gateway `gw`, worse (metric 4000)
+    /// than BIRD's: once BGP has withdrawn the VIP it still sends the VIP to `gw`, as a
+    /// router that has not converged yet does.
+    pub fn stale_route(&self, gw: u8) -> Result<()> {
+        let via = self.arms.uplink4(gateway_host(gw));
+        self.ns("router").ip(&[
+            "route",
+            "add",
+            &format!("{VIP4}/32"),
+            "via",
+            &via,
+            "metric",
+            "4000",
+        ])?;
+        Ok(())
     }
 
     pub fn stop_service(&self, n: u8) {

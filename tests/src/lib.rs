@@ -149,6 +149,37 @@ pub fn settled<T: PartialEq + std::fmt::Debug>(
     }
 }
 
+/// Reads with `read` until `done` holds for what it read, and returns that. A failed read
+/// is tried again (what it reads may not be up yet). After `timeout`, an error naming
+/// `what` with the last read as `show` renders it, or the last read's error.
+pub fn poll<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut read: impl FnMut() -> anyhow::Result<T>,
+    done: impl Fn(&T) -> bool,
+    show: impl Fn(&T) -> String,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = read();
+        if let Ok(t) = &last {
+            if done(t) {
+                return last;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return match last {
+                Ok(t) => Err(anyhow::anyhow!(
+                    "timed out waiting for {what}:\n{}",
+                    show(&t)
+                )),
+                Err(e) => Err(e.context(format!("timed out waiting for {what}"))),
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The full path of `tool` if it is an executable file in a `PATH` directory: where
 /// `Command::new(tool)` finds it. (`scripts/test.sh` and `vagrant/lab.sh` put the sbin
 /// directories on PATH, which a non-login root shell such as Debian's `su` may lack.)

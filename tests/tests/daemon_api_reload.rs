@@ -5,22 +5,24 @@
 //!
 //! Topology: [`Lab::new`] with one gateway; no BIRD.
 
+mod api;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab};
+use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab, API};
 use dsrgate_tests::netns::{gateway_host, Arms, Netns};
 use dsrgate_tests::require_privileges;
+
+use api::reloads;
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 const WAIT: Duration = Duration::from_secs(30);
 
 /// `GET /healthz` at `addr` from inside `gw`.
 fn healthz(gw: &Netns, addr: SocketAddr) -> Result<u16> {
-    Ok(gw
-        .enter(|| control::api::get(addr, "/healthz", Duration::from_secs(2)))??
-        .status)
+    Ok(api::get(gw, addr, "/healthz")??.status)
 }
 
 /// Rewrites the config with `api.listen = listen`, sends SIGHUP, and returns the log line
@@ -48,7 +50,7 @@ fn the_api_moves_between_overlapping_addresses_on_one_port() -> Result<()> {
     let cfg = GatewayConfig::new(1);
     let mut daemon = Daemon::start(gw, &cfg.toml(), &[])?;
     daemon.wait_log(&["dsrgate running"], WAIT)?;
-    let loopback: SocketAddr = "127.0.0.1:9180".parse()?;
+    let loopback = API;
     // The gateway's uplink address: only the wildcard address serves it.
     let uplink: SocketAddr = format!("{}:9180", Arms::One.uplink4(gateway_host(1))).parse()?;
     ensure!(healthz(gw, loopback)? == 200);
@@ -82,12 +84,9 @@ fn the_api_moves_between_overlapping_addresses_on_one_port() -> Result<()> {
         "the API still answers on {uplink}"
     );
 
-    let metrics =
-        gw.enter(|| control::api::get(loopback, "/metrics", Duration::from_secs(2)))??;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = api::metrics(gw)?;
     ensure!(
-        text.contains("dsrgate_config_reloads_total{result=\"ok\"} 2")
-            && text.contains("dsrgate_config_reloads_total{result=\"error\"} 1"),
+        reloads(&text, "ok") == 2 && reloads(&text, "error") == 1,
         "{text}"
     );
     daemon.signal(libc::SIGTERM)?;

@@ -4,6 +4,8 @@
 //! Topology ([`dsr_topology`]): client ── router (BIRD, AS 65000) ── fabric ── gw1 (gw2)
 //! and node1..node3. The router learns the VIP only from the gateways' BGP sessions.
 
+mod api;
+
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,8 @@ use dsrgate_tests::daemon::{
 use dsrgate_tests::netns::{fabric4, gateway_host, node_host, Netns, GW_UPLINK, VIP4};
 use dsrgate_tests::require_privileges_with;
 
+use api::{metrics, reloads, status, wait_status};
+
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 
 fn privileged(what: &str) -> bool {
@@ -27,40 +31,9 @@ fn gateway_config(gw: u8) -> GatewayConfig {
     GatewayConfig::new(gw)
 }
 
-/// The daemon's `/status`, fetched inside the gateway namespace.
-fn status(gw: &Netns) -> Result<control::status::Status> {
-    let api: SocketAddr = "127.0.0.1:9180".parse()?;
-    gw.enter(|| control::status::fetch(api, Duration::from_secs(2)))?
-}
-
 /// Whether an XDP program is attached to the gateway's uplink in `ns`.
 fn xdp_attached(ns: &Netns) -> Result<bool> {
     ns.xdp_attached(GW_UPLINK)
-}
-
-fn wait_status(
-    gw: &Netns,
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&control::status::Status) -> bool,
-) -> Result<control::status::Status> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(s) = status(gw) {
-            if ok(&s) {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out waiting for {what}:\n{}",
-                    control::status::render(&s)
-                );
-            }
-        } else if Instant::now() > deadline {
-            bail!("timed out waiting for {what}: no status");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Fresh GETs in a loop on a background thread until stopped; collects failures.
@@ -333,9 +306,8 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
     let load = Load::start(lab.ns("client"));
     // A port out of range: rejected, naming the file and the field.
     let broken = cfg.toml().replace("ports = [80, 7]", "ports = [80, 70000]");
-    daemon.write_config(&broken)?;
-    daemon.signal(libc::SIGHUP)?;
-    let line = daemon.wait_log(&["config reload rejected"], Duration::from_secs(5))?;
+    let line = daemon.reload(&broken, Duration::from_secs(5))?;
+    assert!(line.contains("config reload rejected"), "{line}");
     assert!(line.contains("vips[0].ports[1]"), "{line}");
     assert!(line.contains("dsrgate.toml"), "{line}");
     std::thread::sleep(Duration::from_millis(500));
@@ -351,9 +323,8 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
         cfg.toml(),
         fabric4(node_host(1))
     );
-    daemon.write_config(&unchecked)?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log(&["config reloaded"], Duration::from_secs(5))?;
+    let line = daemon.reload(&unchecked, Duration::from_secs(5))?;
+    assert!(line.contains("config reloaded"), "{line}");
     let line = daemon.wait_log(&["config warning"], Duration::from_secs(1))?;
     assert!(
         line.contains("dsrgate.toml") && line.contains("`vips[1].health`: no health check"),
@@ -374,22 +345,9 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
     let (ok, failures) = load.finish();
     assert!(failures.is_empty(), "{ok} ok, failures: {failures:#?}");
     assert!(ok > 10, "only {ok} requests in the reload window");
-    let metrics = lab.ns("gw1").enter(|| {
-        control::api::get(
-            "127.0.0.1:9180".parse().unwrap(),
-            "/metrics",
-            Duration::from_secs(2),
-        )
-    })??;
-    let text = String::from_utf8_lossy(&metrics.body);
-    assert!(
-        text.contains("dsrgate_config_reloads_total{result=\"error\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("dsrgate_config_reloads_total{result=\"ok\"} 1"),
-        "{text}"
-    );
+    let text = metrics(lab.ns("gw1"))?;
+    assert!(reloads(&text, "error") == 1, "{text}");
+    assert!(reloads(&text, "ok") == 1, "{text}");
     // The requests above went through the steering program to a worker.
     let redirected: f64 = text
         .lines()
@@ -409,37 +367,22 @@ fn sighup_with_a_broken_config_keeps_forwarding_and_sigint_exits_cleanly() -> Re
         .toml()
         .replace("hold_time = \"6s\"", "hold_time = \"6s\"\npassive = true")
         .replace("127.0.0.1:9180", "127.0.0.1:9181");
-    daemon.write_config(&taken)?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log(
-        &[
-            "config reload rejected",
-            "cannot listen for BGP on [::]:179",
-        ],
-        Duration::from_secs(10),
-    )?;
+    let line = daemon.reload(&taken, Duration::from_secs(10))?;
+    assert!(
+        line.contains("config reload rejected")
+            && line.contains("cannot listen for BGP on [::]:179"),
+        "{line}"
+    );
     assert!(
         !daemon.log().contains("restarting the speaker"),
         "{}",
         daemon.log()
     );
     bird.wait_route(PREFIX4, true, Duration::from_secs(20))?;
-    let api = |port: u16| {
-        gw1.enter(|| {
-            control::api::get(
-                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                "/metrics",
-                Duration::from_secs(2),
-            )
-        })
-    };
-    let text = String::from_utf8_lossy(&api(9180)??.body).into_owned();
+    let text = metrics(gw1)?;
+    assert!(reloads(&text, "error") == 2, "{text}");
     assert!(
-        text.contains("dsrgate_config_reloads_total{result=\"error\"} 2"),
-        "{text}"
-    );
-    assert!(
-        api(9181)?.is_err(),
+        api::get(gw1, SocketAddr::from(([127, 0, 0, 1], 9181)), "/metrics")?.is_err(),
         "the API moved to the rejected config's address"
     );
 

@@ -11,27 +11,13 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use dsrgate_tests::daemon::{GatewayConfig, Lab, PREFIX4};
-use dsrgate_tests::netns::{fabric4, gateway_host, GW_UPLINK, VIP4};
+use dsrgate_tests::netns::GW_UPLINK;
 use dsrgate_tests::require_privileges_with;
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 
 fn privileged(what: &str) -> bool {
     require_privileges_with(what, &["bird", "birdc"])
-}
-
-/// The router's fallback route for the VIP through gw1.
-fn stale_route(lab: &Lab) -> Result<()> {
-    lab.ns("router").ip(&[
-        "route",
-        "add",
-        &format!("{VIP4}/32"),
-        "via",
-        &fabric4(gateway_host(1)),
-        "metric",
-        "4000",
-    ])?;
-    Ok(())
 }
 
 #[test]
@@ -48,7 +34,7 @@ fn a_failure_with_a_healthy_dataplane_drains_then_exits_non_zero() -> Result<()>
     let failpoint = "FAILPOINTS=health-set-targets=1*off->panic(injected health fault)";
     let (bird, mut daemon) = lab.one_gateway(&cfg, &["env", failpoint])?;
     let gw1 = lab.ns("gw1");
-    stale_route(&lab)?;
+    lab.stale_route(1)?;
     lab.get_many(3)?;
 
     // A reload that changes the services sends a new target list.
@@ -84,7 +70,7 @@ fn a_worker_ending_during_the_drain_makes_the_exit_non_zero() -> Result<()> {
     // A worker panics on its first batch of VIP traffic: none is sent before the drain.
     let failpoint = "FAILPOINTS=xsk-worker-batch=panic(injected worker fault)";
     let (bird, mut daemon) = lab.one_gateway(&cfg, &["env", failpoint])?;
-    stale_route(&lab)?;
+    lab.stale_route(1)?;
     daemon.signal(libc::SIGTERM)?;
     bird.wait_route(PREFIX4, false, Duration::from_secs(10))?;
     daemon.wait_log(&["draining while still forwarding"], Duration::from_secs(5))?;

@@ -11,6 +11,8 @@
 #[allow(dead_code)]
 mod fake_apiserver;
 
+mod api;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,12 +23,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use control::sources::kube::KubeUpdate;
 use control::sources::ServiceSet;
+use control::status::{BackendStatus, Health, Status};
 use dsrgate_tests::bird::Bird;
 use dsrgate_tests::daemon::{
     check_client, connect, node_of, request, Daemon, GatewayConfig, Lab, PREFIX4,
 };
 use dsrgate_tests::netns::{fabric4, node_host, Netns, VIP4};
-use dsrgate_tests::{require_privileges, require_privileges_with};
+use dsrgate_tests::{require_privileges, require_privileges_with, TempDir};
 use fake_apiserver::{FakeApiServer, Kind};
 use serde_json::{json, Value};
 
@@ -97,39 +100,29 @@ fn config(kubeconfig: &Path) -> String {
     )
 }
 
-fn api_get(gw: &Netns, path: &str) -> Result<String> {
-    let r = gw.enter(|| {
-        control::api::get(
-            "127.0.0.1:9180".parse().unwrap(),
-            path,
-            Duration::from_secs(2),
-        )
-    })??;
-    Ok(String::from_utf8_lossy(&r.body).into_owned())
-}
-
-/// Whether `GET /status` lists [`KUBE_VIP`].
-fn kube_vip_served(gw: &Netns) -> Result<bool> {
-    let status: control::status::Status = serde_json::from_str(&api_get(gw, "/status")?)?;
-    Ok(status
+/// Whether `status` lists [`KUBE_VIP`].
+fn kube_vip_served(status: &Status) -> bool {
+    status
         .vips
         .iter()
-        .any(|v| v.address.to_string() == KUBE_VIP))
+        .any(|v| v.address.to_string() == KUBE_VIP)
 }
 
-fn wait_kube_vip(gw: &Netns, daemon: &Daemon, served: bool) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    while kube_vip_served(gw)? != served {
-        if Instant::now() > deadline {
-            bail!(
-                "{KUBE_VIP} still {} after {WAIT:?}:\n{}",
-                if served { "not served" } else { "served" },
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_kube_vip(gw: &Netns, served: bool) -> Result<()> {
+    let what = format!("{KUBE_VIP} {}", if served { "served" } else { "gone" });
+    api::wait_status(gw, &what, WAIT, |s| kube_vip_served(s) == served)?;
     Ok(())
+}
+
+/// The fake API server in `gw` with [`serve_web`]'s objects, and the daemon watching it
+/// through a kubeconfig in `dir`, once it serves [`KUBE_VIP`].
+fn watching_web(gw: &Netns, dir: &TempDir) -> Result<(FakeApiServer, Daemon)> {
+    let server = gw.enter(FakeApiServer::start)?;
+    serve_web(&server);
+    let daemon = Daemon::start(gw, &config(&server.kubeconfig(dir.path())), &[])?;
+    daemon.wait_log(&["dsrgate running"], WAIT)?;
+    wait_kube_vip(gw, true)?;
+    Ok((server, daemon))
 }
 
 /// Rewrites the config for `kubeconfig`, sends SIGHUP, and returns the log line of the
@@ -138,20 +131,9 @@ fn reload(daemon: &Daemon, kubeconfig: &Path) -> Result<String> {
     daemon.reload(&config(kubeconfig), WAIT)
 }
 
+/// The reloads with `result` (`ok` or `error`) that `/metrics` counts.
 fn reloads(gw: &Netns, result: &str) -> Result<u64> {
-    let metrics = api_get(gw, "/metrics")?;
-    let prefix = format!("dsrgate_config_reloads_total{{result=\"{result}\"}} ");
-    Ok(metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(Ok(0), str::parse)?)
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    Ok(api::reloads(&api::metrics(gw)?, result))
 }
 
 /// A reload whose `[kubernetes]` section cannot work (its kubeconfig missing, or naming an
@@ -168,15 +150,8 @@ fn a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_g
     }
     let lab = Lab::new(1, NODE_BIN)?;
     let gw = lab.ns("gw1");
-    let server = gw.enter(FakeApiServer::start)?;
-    serve_web(&server);
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("dsrgate-daemon-kube-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
-    let kubeconfig = server.kubeconfig(&dir.0);
-    let mut daemon = Daemon::start(gw, &config(&kubeconfig), &[])?;
-    daemon.wait_log(&["dsrgate running"], WAIT)?;
-    wait_kube_vip(gw, &daemon, true)?;
+    let dir = TempDir::new("daemon-kube");
+    let (server, mut daemon) = watching_web(gw, &dir)?;
 
     // A kubeconfig that is not there: rejected, naming the file.
     let line = reload(&daemon, Path::new("/nonexistent/dsrgate/kubeconfig"))?;
@@ -191,7 +166,7 @@ fn a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_g
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
     })??;
-    let nowhere = dir.0.join("nowhere");
+    let nowhere = dir.path().join("nowhere");
     std::fs::create_dir_all(&nowhere)?;
     let unreachable =
         fake_apiserver::write_kubeconfig(&nowhere, &format!("http://127.0.0.1:{port}"), None);
@@ -204,16 +179,16 @@ fn a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_g
 
     // The running watcher still follows the server.
     server.delete(Kind::Service, "default/web");
-    wait_kube_vip(gw, &daemon, false)?;
+    wait_kube_vip(gw, false)?;
 
     // A section that works (the same server, through another file) is applied.
-    let again = dir.0.join("again");
+    let again = dir.path().join("again");
     std::fs::create_dir_all(&again)?;
     let line = reload(&daemon, &server.kubeconfig(&again))?;
     ensure!(line.contains("config reloaded"), "{line}");
     ensure!(reloads(gw, "ok")? == 1);
     server.apply(Kind::Service, web_service());
-    wait_kube_vip(gw, &daemon, true)?;
+    wait_kube_vip(gw, true)?;
 
     daemon.signal(libc::SIGTERM)?;
     daemon
@@ -249,18 +224,10 @@ fn a_reload_whose_credential_plugin_does_not_answer_is_refused_and_the_daemon_go
     }
     let lab = Lab::new(1, NODE_BIN)?;
     let gw = lab.ns("gw1");
-    let server = gw.enter(FakeApiServer::start)?;
-    serve_web(&server);
-    let dir = TempDir(
-        std::env::temp_dir().join(format!("dsrgate-daemon-kube-hung-{}", std::process::id())),
-    );
-    std::fs::create_dir_all(&dir.0)?;
-    let kubeconfig = server.kubeconfig(&dir.0);
-    let mut daemon = Daemon::start(gw, &config(&kubeconfig), &[])?;
-    daemon.wait_log(&["dsrgate running"], WAIT)?;
-    wait_kube_vip(gw, &daemon, true)?;
+    let dir = TempDir::new("daemon-kube-hung");
+    let (server, mut daemon) = watching_web(gw, &dir)?;
 
-    let hung = hung_plugin_kubeconfig(&server, &dir.0, "hung")?;
+    let hung = hung_plugin_kubeconfig(&server, dir.path(), "hung")?;
     let line = reload(&daemon, &hung)?;
     ensure!(
         line.contains("config reload rejected")
@@ -273,11 +240,11 @@ fn a_reload_whose_credential_plugin_does_not_answer_is_refused_and_the_daemon_go
     ensure!(reloads(gw, "error")? == 1 && reloads(gw, "ok")? == 0);
     // The old config is kept: its watcher still follows the server.
     ensure!(
-        kube_vip_served(gw)?,
+        kube_vip_served(&api::status(gw)?),
         "{KUBE_VIP} gone after a refused reload"
     );
     server.delete(Kind::Service, "default/web");
-    wait_kube_vip(gw, &daemon, false)?;
+    wait_kube_vip(gw, false)?;
 
     daemon.signal(libc::SIGTERM)?;
     daemon
@@ -299,17 +266,13 @@ fn a_daemon_started_on_a_credential_plugin_that_does_not_answer_runs_and_stops_c
     let lab = Lab::new(1, NODE_BIN)?;
     let gw = lab.ns("gw1");
     let server = gw.enter(FakeApiServer::start)?;
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "dsrgate-daemon-kube-hung-start-{}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&dir.0)?;
-    let hung = hung_plugin_kubeconfig(&server, &dir.0, "hung")?;
+    let dir = TempDir::new("daemon-kube-hung-start");
+    let hung = hung_plugin_kubeconfig(&server, dir.path(), "hung")?;
     let mut daemon = Daemon::start(gw, &config(&hung), &[])?;
     daemon.wait_log(&["dsrgate running"], WAIT)?;
     let line = daemon.wait_log(&["credential plugin", "did not answer in time"], WAIT)?;
     ensure!(line.contains(&hung.display().to_string()), "{line}");
-    let status: control::status::Status = serde_json::from_str(&api_get(gw, "/status")?)?;
+    let status = api::status(gw)?;
     ensure!(!status.vips.is_empty(), "no static VIP served: {status:?}");
     ensure!(server.requests().is_empty(), "{:?}", server.requests());
 
@@ -331,14 +294,11 @@ fn a_hung_status_write_delays_no_watch_event() -> Result<()> {
     // Without an address: gets one from the pool, written to its status.
     server.apply(Kind::Service, service("dns", json!([http(53)]), None));
     server.set_hang_patches(true);
-    let dir = TempDir(
-        std::env::temp_dir().join(format!("dsrgate-kube-status-write-{}", std::process::id())),
-    );
-    std::fs::create_dir_all(&dir.0)?;
+    let dir = TempDir::new("kube-status-write");
     let text = format!(
         "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\nkubeconfig = {:?}\n\
          address_pool = [\"{POOL_IP}-198.51.100.12\"]\n",
-        server.kubeconfig(&dir.0).display().to_string()
+        server.kubeconfig(dir.path()).display().to_string()
     );
     let cfg = control::config::parse(&text, Path::new("kube.toml"))?
         .kubernetes
@@ -535,43 +495,22 @@ fn local_web_slice(nodes: &[u8], terminating: Option<u8>) -> Value {
     })
 }
 
-/// VIP4:80's backend at `addr` in `GET /status`, if it is listed.
-fn web_backend(gw: &Netns, addr: &str) -> Result<Option<control::status::BackendStatus>> {
-    let status: control::status::Status = serde_json::from_str(&api_get(gw, "/status")?)?;
-    let vip = status
-        .vips
-        .iter()
-        .find(|v| v.address.to_string() == VIP4 && v.port == 80)
-        .context("VIP4:80 not in /status")?;
-    Ok(vip
-        .backends
-        .iter()
-        .find(|b| b.address.to_string() == addr)
-        .cloned())
-}
-
-/// Waits until VIP4:80's backend at `addr` (`None`: not listed) satisfies `pred`.
+/// Waits until VIP4:80 is listed with its backend at `addr` (`None`: not listed)
+/// satisfying `pred`.
 fn wait_backend(
     gw: &Netns,
-    daemon: &Daemon,
     addr: &str,
     what: &str,
-    pred: impl Fn(Option<&control::status::BackendStatus>) -> bool,
+    pred: impl Fn(Option<&BackendStatus>) -> bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let b = web_backend(gw, addr)?;
-        if pred(b.as_ref()) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "backend {addr} not {what} after {WAIT:?}: {b:?}\n{}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = format!("VIP4:80 with backend {addr} {what}");
+    api::wait_status(gw, &what, WAIT, |s| {
+        s.vips
+            .iter()
+            .find(|v| v.address.to_string() == VIP4 && v.port == 80)
+            .is_some_and(|vip| pred(vip.backends.iter().find(|b| b.address.to_string() == addr)))
+    })?;
+    Ok(())
 }
 
 /// A `Local` Service's pod that begins its graceful termination (`serving`, `terminating`,
@@ -598,18 +537,14 @@ fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> R
     }
     server.apply(Kind::Service, local_web_service());
     server.apply(Kind::EndpointSlice, local_web_slice(&[1, 2, 3], None));
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "dsrgate-daemon-kube-terminating-{}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&dir.0)?;
+    let dir = TempDir::new("daemon-kube-terminating");
     // The lab's gateway without its static VIP: VIP4 is the Service's.
     let text = GatewayConfig::new(1).toml();
     let (base, _) = text.split_once("[[vips]]").context("no [[vips]]")?;
     let text = format!(
         "{base}[kubernetes]\nkubeconfig = {:?}\n\n[kubernetes.health]\ninterval = \"300ms\"\n\
          timeout = \"200ms\"\nrise = 2\nfall = 2\n",
-        server.kubeconfig(&dir.0).display().to_string()
+        server.kubeconfig(dir.path()).display().to_string()
     );
     let bird = Bird::start(lab.ns("router"), &[lab.bird_neighbor(1, 65001)], "")?;
     let mut daemon = Daemon::start(gw, &text, &[])?;
@@ -631,8 +566,8 @@ fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> R
     // when the node has no ready endpoint.
     server.apply(Kind::EndpointSlice, local_web_slice(&[1, 2, 3], Some(n)));
     health[usize::from(n) - 1].set_ready(false);
-    wait_backend(gw, &daemon, &addr, "draining and down", |b| match b {
-        Some(b) => b.weight == 0 && b.health == control::status::Health::Down,
+    wait_backend(gw, &addr, "draining and down", |b| match b {
+        Some(b) => b.weight == 0 && b.health == Health::Down,
         // Gone: the connection is re-hashed (the old behaviour, which the requests below
         // find out).
         None => true,
@@ -662,7 +597,7 @@ fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> R
     // The pod is gone from the slice: so is its node.
     let others: Vec<u8> = (1..=3).filter(|m| *m != n).collect();
     server.apply(Kind::EndpointSlice, local_web_slice(&others, None));
-    wait_backend(gw, &daemon, &addr, "gone", |b| b.is_none())?;
+    wait_backend(gw, &addr, "gone", |b| b.is_none())?;
 
     daemon.signal(libc::SIGTERM)?;
     daemon

@@ -8,8 +8,9 @@
 //! Topology: [`Lab::new`] with one gateway. The IPv4 VIP is on nodes 1 and 2, the IPv6
 //! VIP on node 3 alone, so stopping node 3 leaves only the IPv6 VIP without a backend.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod api;
+
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use dsrgate_tests::bird::{kernel_route, Bird};
@@ -73,21 +74,14 @@ fn session(bird: &Bird<'_>) -> Result<String> {
 /// Waits until dsrgate's `/status` (refreshed each tick) says it announces `count`
 /// prefixes to its one peer.
 fn wait_announced(gw: &Netns, count: u32) -> Result<()> {
-    let api: SocketAddr = "127.0.0.1:9180".parse()?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = gw.enter(|| control::status::fetch(api, Duration::from_secs(2)))??;
-        ensure!(status.peers.len() == 1, "peers: {:?}", status.peers);
-        let announced = status.peers[0].prefixes_announced;
-        if announced == count {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "dsrgate announces {announced} prefixes, not {count}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = api::wait_status(
+        gw,
+        &format!("{count} prefixes announced"),
+        Duration::from_secs(5),
+        |s| s.peers.len() != 1 || s.peers[0].prefixes_announced == count,
+    )?;
+    ensure!(status.peers.len() == 1, "peers: {:?}", status.peers);
+    Ok(())
 }
 
 /// Both VIPs over the one session, from protocol gw1, via gw1's address of their family.
@@ -163,9 +157,8 @@ fn one_ipv4_session_carries_the_ipv6_vip() -> Result<()> {
     ensure!(session(&bird)? == before, "the session was reset");
 
     // The IPv6 VIP leaves the config on SIGHUP: only its route goes.
-    daemon.write_config(&config(false)?)?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log(&["config reloaded"], Duration::from_secs(5))?;
+    let line = daemon.reload(&config(false)?, Duration::from_secs(5))?;
+    ensure!(line.contains("config reloaded"), "{line}");
     check_only_ipv6_withdrawn(&lab, &bird, &before)?;
 
     // The whole [bgp] section goes: BIRD is told Cease / Peer De-configured (RFC 4486
@@ -175,10 +168,11 @@ fn one_ipv4_session_carries_the_ipv6_vip() -> Result<()> {
     let (Some(start), Some(end)) = (start, end) else {
         bail!("no [bgp] before [[vips]] in:\n{toml}");
     };
-    let offset = daemon.log_len();
-    daemon.write_config(&format!("{}{}", &toml[..start], &toml[end..]))?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log_after(offset, &["config reloaded"], Duration::from_secs(5))?;
+    let line = daemon.reload(
+        &format!("{}{}", &toml[..start], &toml[end..]),
+        Duration::from_secs(5),
+    )?;
+    ensure!(line.contains("config reloaded"), "{line}");
     bird.wait_route(PREFIX4, false, WITHDRAW)?;
     let log = bird.log();
     ensure!(log.contains(" gw1: Received: Peer de-configured"), "{log}");

@@ -6,6 +6,8 @@
 //!
 //! Topology: [`Lab::new`] with one gateway; no BIRD.
 
+mod api;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,15 +16,15 @@ use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab};
 use dsrgate_tests::netns::{Netns, GW_UPLINK};
 use dsrgate_tests::require_privileges;
 
+use api::reloads;
+
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Whether the API answers `/healthz` at `addr` from inside `gw`.
 fn answers(gw: &Netns, addr: &str) -> Result<bool> {
     let addr: SocketAddr = addr.parse()?;
-    Ok(gw
-        .enter(|| control::api::get(addr, "/healthz", Duration::from_secs(2)))?
-        .is_ok_and(|r| r.status == 200))
+    Ok(api::get(gw, addr, "/healthz")?.is_ok_and(|r| r.status == 200))
 }
 
 #[test]
@@ -78,17 +80,9 @@ fn a_reload_that_needs_a_restart_is_refused_whole() -> Result<()> {
     ensure!(line.contains("config reloaded"), "{line}");
     ensure!(answers(gw, "127.0.0.1:9181")?, "the API did not move");
 
-    let metrics = gw.enter(|| {
-        control::api::get(
-            "127.0.0.1:9181".parse().expect("an address"),
-            "/metrics",
-            Duration::from_secs(2),
-        )
-    })??;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = api::metrics_at(gw, "127.0.0.1:9181".parse()?)?;
     ensure!(
-        text.contains("dsrgate_config_reloads_total{result=\"ok\"} 1")
-            && text.contains("dsrgate_config_reloads_total{result=\"error\"} 2"),
+        reloads(&text, "ok") == 1 && reloads(&text, "error") == 2,
         "{text}"
     );
     daemon.signal(libc::SIGTERM)?;

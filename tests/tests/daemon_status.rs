@@ -1,10 +1,12 @@
 //! What `/status` says about a backend that never comes up: why it is down (the probe's
 //! failure), not "not probed yet", and the log says it once.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod api;
 
-use anyhow::{bail, ensure, Result};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use control::status::{BackendStatus, Status};
 use dsrgate_tests::daemon::{GatewayConfig, Lab};
 use dsrgate_tests::netns::{fabric4, node_host};
 use dsrgate_tests::require_privileges_with;
@@ -23,26 +25,20 @@ fn a_backend_that_never_comes_up_shows_why() -> Result<()> {
     lab.stop_service(3);
     let (_bird, mut daemon) = lab.one_gateway(&GatewayConfig::new(1), &[])?;
     let node3 = fabric4(node_host(3));
-    let api: SocketAddr = "127.0.0.1:9180".parse()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let health = loop {
-        let s = lab
-            .ns("gw1")
-            .enter(|| control::status::fetch(api, Duration::from_secs(2)))??;
-        let b = s
-            .vips
+    let node3_in = |s: &Status| -> Option<BackendStatus> {
+        s.vips
             .iter()
             .flat_map(|v| &v.backends)
             .find(|b| b.address.to_string() == node3)
-            .cloned();
-        if let Some(b) = b.filter(|b| b.health_reason.as_deref() != Some("not probed yet")) {
-            break b;
-        }
-        if Instant::now() > deadline {
-            bail!("node3 still not probed:\n{}", control::status::render(&s));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+            .cloned()
     };
+    let s = api::wait_status(
+        lab.ns("gw1"),
+        "node3 probed",
+        Duration::from_secs(10),
+        |s| node3_in(s).is_some_and(|b| b.health_reason.as_deref() != Some("not probed yet")),
+    )?;
+    let health = node3_in(&s).context("node3 not in the status")?;
     ensure!(
         health.health == control::status::Health::Down
             && health.health_reason.as_deref() == Some("connection refused"),

@@ -7,15 +7,18 @@
 //! client ── router (BIRD) ── upstream ── eth0 gw1 eth1 ── fabric ── node1..node3,
 //! and the router is on the fabric too, so the nodes' replies go straight to the client.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod api;
 
-use anyhow::{bail, ensure, Result};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
 use dsrgate_tests::bird::{kernel_route, Bird};
 use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab, PREFIX4};
 use dsrgate_tests::netns::{gateway_host, upstream4, Arms, Netns, GW_DOWNLINK, GW_UPLINK, VIP4};
 use dsrgate_tests::{require_privileges_with, settled};
+
+use api::{status, wait_status};
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 /// Fresh client connections through the gateway.
@@ -23,12 +26,6 @@ const CONNECTIONS: usize = 200;
 /// Packets the client sends toward the VIP on each connection at least: SYN, the ACK of
 /// the handshake, the request.
 const MIN_PACKETS_PER_CONNECTION: u64 = 3;
-
-/// The daemon's `/status`, fetched inside the gateway namespace.
-fn status(gw: &Netns) -> Result<control::status::Status> {
-    let api: SocketAddr = "127.0.0.1:9180".parse()?;
-    gw.enter(|| control::status::fetch(api, Duration::from_secs(2)))?
-}
 
 /// Frames the workers sent toward the nodes, once the count has stopped moving (workers
 /// publish their counters per batch and the status is refreshed every control-loop turn).
@@ -94,25 +91,18 @@ fn two_arm_tunnels_out_of_the_downlink_peers_over_the_uplink_and_exits_clean() -
 
     // Every backend holds Maglev slots, its next hop resolved through the downlink.
     let downlink = gw.ifindex(GW_DOWNLINK)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = status(gw)?;
-        let ready = s.vips.iter().all(|v| {
-            v.backends
-                .iter()
-                .all(|b| b.slots > 0 && b.next_hop.ifindex == Some(downlink))
-        });
-        if ready {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "backends not all in the Maglev set via {GW_DOWNLINK} (ifindex {downlink}):\n{}",
-                control::status::render(&s)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_status(
+        gw,
+        &format!("every backend in the Maglev set via {GW_DOWNLINK} (ifindex {downlink})"),
+        Duration::from_secs(20),
+        |s| {
+            s.vips.iter().all(|v| {
+                v.backends
+                    .iter()
+                    .all(|b| b.slots > 0 && b.next_hop.ifindex == Some(downlink))
+            })
+        },
+    )?;
 
     // Client connections: all succeed, spread over the nodes, and each node sees the
     // client's own address (checked per response by `get_many`).

@@ -10,7 +10,8 @@
 //! ([`Topology::unlink`]), and created again with the lab's addresses and routes
 //! ([`Topology::relink`]).
 
-use std::net::SocketAddr;
+mod api;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -20,7 +21,9 @@ use dsrgate_tests::daemon::{dsrgate_bin, Daemon, GatewayConfig, Lab, PREFIX4};
 use dsrgate_tests::netns::{
     dsr_topology, two_arm_topology, Arms, Netns, Topology, GW_DOWNLINK, GW_UPLINK, VIP4,
 };
-use dsrgate_tests::require_privileges_with;
+use dsrgate_tests::{poll, require_privileges_with};
+
+use api::samples;
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
 /// `RUST_LOG` (for an `env` wrapper) with the packet path's debug lines.
@@ -180,34 +183,14 @@ fn a_changed_uplink_mac_is_followed() -> Result<()> {
 /// gw1's `/status` and `/metrics`, fetched until `ok` holds for both: the control loop
 /// refreshes them about once a second.
 fn wait_shown(gw1: &Netns, what: &str, ok: impl Fn(&Status, &str) -> bool) -> Result<Status> {
-    let api: SocketAddr = "127.0.0.1:9180".parse()?;
-    let timeout = Duration::from_secs(2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, metrics) = gw1.enter(|| -> Result<_> {
-            let status = control::status::fetch(api, timeout)?;
-            let metrics = control::api::get(api, "/metrics", timeout)?;
-            Ok((status, String::from_utf8_lossy(&metrics.body).into_owned()))
-        })??;
-        if ok(&status, &metrics) {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "timed out waiting for {what}:\n{}\n{metrics}",
-                render(&status)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The values of the samples in `metrics` whose series starts with `prefix`.
-fn samples<'m>(metrics: &'m str, prefix: &'m str) -> impl Iterator<Item = f64> + 'm {
-    metrics
-        .lines()
-        .filter(move |l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+    let (status, _) = poll(
+        what,
+        Duration::from_secs(10),
+        || Ok((api::status(gw1)?, api::metrics(gw1)?)),
+        |(s, m)| ok(s, m),
+        |(s, m)| format!("{}\n{m}", render(s)),
+    )?;
+    Ok(status)
 }
 
 /// The frames the kernel finished sending are shown per worker; an uplink MTU raised past

@@ -6,11 +6,13 @@
 //! router's own (a worse metric than BIRD's) keeps sending the VIP to gw1 after BGP has
 //! withdrawn it: a router that has not converged yet.
 
+mod api;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use dsrgate_tests::daemon::{check_client, connect, request, GatewayConfig, Lab, PREFIX4};
-use dsrgate_tests::netns::{fabric4, gateway_host, VIP4};
+use dsrgate_tests::netns::VIP4;
 use dsrgate_tests::require_privileges_with;
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_dsrgate-node");
@@ -28,24 +30,17 @@ fn a_removed_vip_is_withdrawn_then_forwarded_for_the_drain_time() -> Result<()> 
     cfg.drain_time = "4s";
     let (bird, mut daemon) = lab.one_gateway(&cfg, &[])?;
     let client = lab.ns("client");
-    let gw1 = fabric4(gateway_host(1));
-    lab.ns("router").ip(&[
-        "route",
-        "add",
-        &format!("{VIP4}/32"),
-        "via",
-        &gw1,
-        "metric",
-        "4000",
-    ])?;
+    lab.stale_route(1)?;
     lab.get_many(3)?;
     let mut flow = connect(client, Duration::from_secs(2))?;
     check_client(&request(&mut flow, false)?)?;
 
     // The VIP moves to another address: the old one is removed.
-    daemon.write_config(&cfg.toml().replace(VIP4, "192.0.2.20"))?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log(&["config reloaded"], Duration::from_secs(5))?;
+    let line = daemon.reload(
+        &cfg.toml().replace(VIP4, "192.0.2.20"),
+        Duration::from_secs(5),
+    )?;
+    ensure!(line.contains("config reloaded"), "{line}");
     bird.wait_route(PREFIX4, false, Duration::from_secs(5))?;
     let withdrawn = Instant::now();
 
@@ -58,14 +53,7 @@ fn a_removed_vip_is_withdrawn_then_forwarded_for_the_drain_time() -> Result<()> 
     );
     let line = daemon.wait_log(&["withdrawn: removed, draining"], Duration::from_secs(1))?;
     ensure!(line.contains(VIP4), "{line}");
-    let metrics = lab.ns("gw1").enter(|| {
-        control::api::get(
-            "127.0.0.1:9180".parse().unwrap(),
-            "/metrics",
-            Duration::from_secs(2),
-        )
-    })??;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = api::metrics(lab.ns("gw1"))?;
     ensure!(
         text.lines()
             .any(|l| l.starts_with("dsrgate_announce_transitions_total{")
