@@ -146,11 +146,10 @@ fn a_changed_peer_is_reset_and_the_others_stay_up() -> Result<()> {
         "{config}"
     );
     let (a, b) = (settled_protocol(&bird, "a")?, settled_protocol(&bird, "b")?);
-    daemon.write_config(&config)?;
-    daemon.signal(libc::SIGHUP)?;
-    let line = daemon.wait_log(&["config reload rejected"], Duration::from_secs(5))?;
+    let line = daemon.reload(&config, Duration::from_secs(5))?;
     ensure!(
-        line.contains(&format!("cannot listen for BGP on [::]:{api_port}")),
+        line.contains("config reload rejected")
+            && line.contains(&format!("cannot listen for BGP on [::]:{api_port}")),
         "{line}"
     );
     ensure!(
@@ -285,12 +284,11 @@ fn removing_the_bgp_section_withdraws_and_adding_it_back_announces() -> Result<(
         "hold_time = \"6s\"\npassive = true\nport = 9180",
     );
     assert!(taken.contains("127.0.0.1:9180"), "{taken}");
-    daemon.write_config(&taken)?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log(
-        &["config reload rejected", "restarting the BGP speaker"],
-        Duration::from_secs(5),
-    )?;
+    let line = daemon.reload(&taken, Duration::from_secs(5))?;
+    ensure!(
+        line.contains("config reload rejected") && line.contains("restarting the BGP speaker"),
+        "{line}"
+    );
     ensure!(
         bird.route(PREFIX4)?.is_none(),
         "announced by a rejected config"

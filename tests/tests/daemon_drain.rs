@@ -43,9 +43,11 @@ fn a_weight_zero_node_keeps_its_connections_and_takes_no_new_ones() -> Result<()
     let text = cfg.toml();
     ensure!(text.contains(&backend), "{text}");
     let from = daemon.log_len();
-    daemon.write_config(&text.replace(&backend, &format!("{backend}weight = 0\n")))?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log_after(from, &["config reloaded"], Duration::from_secs(5))?;
+    let line = daemon.reload(
+        &text.replace(&backend, &format!("{backend}weight = 0\n")),
+        Duration::from_secs(5),
+    )?;
+    ensure!(line.contains("config reloaded"), "{line}");
     daemon.wait_log_after(from, &["maglev table rebuilt"], Duration::from_secs(5))?;
 
     // The open connection goes on with its node, several times over.

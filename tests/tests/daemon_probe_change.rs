@@ -30,9 +30,11 @@ fn a_changed_probe_on_up_nodes_never_withdraws() -> Result<()> {
     let probe = "path = \"/\"\n";
     ensure!(text.contains(probe), "{text}");
     let from = daemon.log_len();
-    daemon.write_config(&text.replace(probe, "path = \"/healthz\"\n"))?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log_after(from, &["config reloaded"], Duration::from_secs(5))?;
+    let line = daemon.reload(
+        &text.replace(probe, "path = \"/healthz\"\n"),
+        Duration::from_secs(5),
+    )?;
+    ensure!(line.contains("config reloaded"), "{line}");
     let line = daemon.wait_log_after(from, &["/healthz starts up"], Duration::from_secs(1))?;
     ensure!(line.contains(":80/ which it replaces"), "{line}");
     // New connections go on at once, and nothing is withdrawn while the new probes run

@@ -95,8 +95,7 @@ fn a_speaker_that_ends_on_reload_falls_back_to_the_running_settings() -> Result<
     );
 
     // The running settings stay in force: a clean reload still goes through.
-    daemon.write_config(&config)?;
-    daemon.signal(libc::SIGHUP)?;
-    daemon.wait_log(&["config reloaded"], Duration::from_secs(5))?;
+    let line = daemon.reload(&config, Duration::from_secs(5))?;
+    ensure!(line.contains("config reloaded"), "{line}");
     Ok(())
 }
