@@ -540,6 +540,42 @@ impl Lab {
         Ok(())
     }
 
+    /// A long-lived connection from the client, its first answer checked: the connection
+    /// and the node that answered (`nodeN`) with its number.
+    pub fn pinned_connection(&self) -> Result<(TcpStream, String, u8)> {
+        let mut flow = connect(self.ns("client"), Duration::from_secs(2))?;
+        let body = request(&mut flow, false)?;
+        check_client(&body)?;
+        let node = node_of(&body);
+        let n = node
+            .strip_prefix("node")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no node number in {body:?}"))?;
+        Ok((flow, node, n))
+    }
+
+    /// What a draining `node` does: it keeps its open connection `flow`, several requests
+    /// over, while new connections go to the other nodes. `since` says what began the
+    /// drain, for the error.
+    pub fn drains(&self, flow: &mut TcpStream, node: &str, since: &str) -> Result<()> {
+        for i in 0..5 {
+            let body = request(flow, false)
+                .with_context(|| format!("request {i} on the open connection {since}"))?;
+            check_client(&body)?;
+            ensure!(
+                node_of(&body) == node,
+                "the open connection moved from {node}: {body:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let nodes = self.get_many(12)?;
+        ensure!(
+            !nodes.iter().any(|n| n == node),
+            "a new connection went to the draining {node}: {nodes:?}"
+        );
+        Ok(())
+    }
+
     /// One fresh connection from the client: `GET /`, the body (`node=.. client=..`).
     pub fn get(&self, timeout: Duration) -> Result<String> {
         let mut s = connect(self.ns("client"), timeout)?;

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use dsrgate_tests::daemon::{check_client, connect, node_of, request, GatewayConfig, Lab, PREFIX4};
+use anyhow::{ensure, Result};
+use dsrgate_tests::daemon::{check_client, request, GatewayConfig, Lab, PREFIX4};
 use dsrgate_tests::netns::{fabric4, node_host};
 use dsrgate_tests::require_privileges_with;
 
@@ -24,18 +24,10 @@ fn a_weight_zero_node_keeps_its_connections_and_takes_no_new_ones() -> Result<()
     let lab = Lab::new(1, NODE_BIN)?;
     let cfg = GatewayConfig::new(1);
     let (bird, mut daemon) = lab.one_gateway(&cfg, &[])?;
-    let client = lab.ns("client");
     lab.get_many(3)?;
 
     // A long-lived connection, pinned to whichever node took it.
-    let mut flow = connect(client, Duration::from_secs(2))?;
-    let body = request(&mut flow, false)?;
-    check_client(&body)?;
-    let node = node_of(&body);
-    let n: u8 = node
-        .strip_prefix("node")
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no node number in {body:?}"))?;
+    let (mut flow, node, n) = lab.pinned_connection()?;
 
     // That node drains.
     let addr = fabric4(node_host(n));
@@ -50,23 +42,9 @@ fn a_weight_zero_node_keeps_its_connections_and_takes_no_new_ones() -> Result<()
     ensure!(line.contains("config reloaded"), "{line}");
     daemon.wait_log_after(from, &["maglev table rebuilt"], Duration::from_secs(5))?;
 
-    // The open connection goes on with its node, several times over.
-    for i in 0..5 {
-        let body = request(&mut flow, false)
-            .with_context(|| format!("request {i} on the open connection after the drain"))?;
-        check_client(&body)?;
-        ensure!(
-            node_of(&body) == node,
-            "the open connection moved from {node}: {body:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // New connections avoid it.
-    let nodes = lab.get_many(12)?;
-    ensure!(
-        !nodes.contains(&node),
-        "a new connection went to the draining {node}: {nodes:?}"
-    );
+    // The open connection goes on with its node, several times over; new connections
+    // avoid it.
+    lab.drains(&mut flow, &node, "after the drain")?;
     // Still announced: two nodes take new flows.
     bird.wait_route(PREFIX4, true, Duration::from_secs(1))?;
     check_client(&request(&mut flow, false)?)?;

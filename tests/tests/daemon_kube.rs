@@ -25,9 +25,7 @@ use control::sources::kube::KubeUpdate;
 use control::sources::ServiceSet;
 use control::status::{BackendStatus, Health, Status};
 use dsrgate_tests::bird::Bird;
-use dsrgate_tests::daemon::{
-    check_client, connect, node_of, request, Daemon, GatewayConfig, Lab, PREFIX4,
-};
+use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab, PREFIX4};
 use dsrgate_tests::netns::{fabric4, node_host, Netns, VIP4};
 use dsrgate_tests::{require_privileges, require_privileges_with, TempDir};
 use fake_apiserver::{FakeApiServer, Kind};
@@ -552,14 +550,7 @@ fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> R
     lab.get_many(3)?;
 
     // A long-lived connection, pinned to whichever node took it.
-    let mut flow = connect(lab.ns("client"), Duration::from_secs(2))?;
-    let body = request(&mut flow, false)?;
-    check_client(&body)?;
-    let node_name = node_of(&body);
-    let n: u8 = node_name
-        .strip_prefix("node")
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no node number in {body:?}"))?;
+    let (mut flow, node_name, n) = lab.pinned_connection()?;
     let addr = fabric4(node_host(n));
 
     // Its pod starts terminating: kube-proxy's health check on its node fails, as it does
@@ -573,24 +564,9 @@ fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> R
         None => true,
     })?;
 
-    // The open connection goes on with its node, several times over.
-    for i in 0..5 {
-        let body = request(&mut flow, false).with_context(|| {
-            format!("request {i} on the open connection after its pod began terminating")
-        })?;
-        check_client(&body)?;
-        ensure!(
-            node_of(&body) == node_name,
-            "the open connection moved from {node_name}: {body:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // New connections go elsewhere, and the VIP stays announced.
-    let nodes = lab.get_many(12)?;
-    ensure!(
-        !nodes.contains(&node_name),
-        "a new connection went to the draining {node_name}: {nodes:?}"
-    );
+    // The open connection goes on with its node, several times over; new connections go
+    // elsewhere, and the VIP stays announced.
+    lab.drains(&mut flow, &node_name, "after its pod began terminating")?;
     bird.wait_route(PREFIX4, true, Duration::from_secs(1))?;
     drop(flow);
 
