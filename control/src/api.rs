@@ -1139,6 +1139,30 @@ impl Collector for StatusCollector {
             s.uplink_mtu.iter().map(|m| (uplink(m), i64::from(m.limit))),
         )?;
 
+        // The Kubernetes watch (no series without `[kubernetes]`).
+        let none = Labels::new;
+        gauge(
+            e,
+            "kubernetes_synced",
+            "1 while Services, EndpointSlices and Nodes have each been listed and none of their watches is failing; 0 while not yet listed, or while the watch fails and the last good Kubernetes VIPs are kept",
+            s.kubernetes.iter().map(|k| (none(), i64::from(k.synced))),
+        )?;
+        gauge(
+            e,
+            "kubernetes_last_event_timestamp_seconds",
+            "When a Kubernetes list or watch last brought objects, of any resource (Unix time)",
+            s.kubernetes
+                .iter()
+                .filter_map(|k| k.last_event_unix)
+                .map(|t| (none(), i64::try_from(t).unwrap_or(i64::MAX))),
+        )?;
+        counter(
+            e,
+            "kubernetes_errors",
+            "Errors of the Kubernetes watch (or of building its client) since the watcher started; the last good Kubernetes VIPs stay meanwhile",
+            s.kubernetes.iter().map(|k| (none(), k.errors)),
+        )?;
+
         // Workers.
         let worker = |w: &crate::status::WorkerStatus| {
             vec![
@@ -1325,6 +1349,42 @@ mod tests {
         assert!(text.contains("dsrgate_vip_packets_total{vip=\"192.0.2.10\",protocol=\"tcp\",port=\"80\",name=\"web\"} 123466"));
         assert!(!text.contains("2001:db8:100::10"), "{text}");
         assert!(!text.contains("dsrgate_uplink_mtu{"), "{text}");
+    }
+
+    /// The Kubernetes watch's series, only with `[kubernetes]`.
+    #[test]
+    fn kubernetes_metrics() {
+        let status = crate::status::shared(sample());
+        let mut registry = Registry::default();
+        Metrics::register(&mut registry, status.clone());
+        let text = scrape(&registry);
+        assert!(
+            !text.lines().any(|l| l.starts_with("dsrgate_kubernetes")),
+            "{text}"
+        );
+        let mut s = sample();
+        s.kubernetes = Some(crate::status::KubernetesStatus {
+            synced: false,
+            last_event_unix: Some(1_800_000_000),
+            error: Some("watching services: 403".into()),
+            error_since_unix: Some(1_800_000_100),
+            errors: 5,
+        });
+        status.store(Arc::new(s));
+        let text = scrape(&registry);
+        for line in [
+            "# TYPE dsrgate_kubernetes_synced gauge",
+            "dsrgate_kubernetes_synced 0",
+            "# TYPE dsrgate_kubernetes_last_event_timestamp_seconds gauge",
+            "dsrgate_kubernetes_last_event_timestamp_seconds 1800000000",
+            "# TYPE dsrgate_kubernetes_errors_total counter",
+            "dsrgate_kubernetes_errors_total 5",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
     }
 
     /// An API server for the slow-client tests, with request timeout `timeout`, whose

@@ -61,6 +61,33 @@ pub struct Status {
     #[serde(default)]
     pub steering: Vec<SteeringStatus>,
     pub workers: Vec<WorkerStatus>,
+    /// How current the Kubernetes view is; absent without `[kubernetes]` (and from a daemon
+    /// older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesStatus>,
+}
+
+/// The Kubernetes watch: whether this gateway's Kubernetes VIPs follow the API, or are
+/// the last good ones kept while it fails (a gateway whose view is stale can choose other
+/// backends than its peers). Times are Unix seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesStatus {
+    /// Services, EndpointSlices and Nodes have each been listed, and none of their watches
+    /// is failing.
+    pub synced: bool,
+    /// When a list or watch last brought objects, of any of them.
+    #[serde(default)]
+    pub last_event_unix: Option<u64>,
+    /// While not synced: the last error (of a watch, or of building the client).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When the errors that `error` ends began.
+    #[serde(default)]
+    pub error_since_unix: Option<u64>,
+    /// Errors since the watcher started (a reload that changes `[kubernetes]` starts a new
+    /// one).
+    #[serde(default)]
+    pub errors: u64,
 }
 
 /// The uplink's MTU as last read, and the largest the AF_XDP workers receive whole
@@ -353,6 +380,9 @@ pub fn render(s: &Status) -> String {
         s.generation,
         dataplane
     );
+    if let Some(k) = &s.kubernetes {
+        let _ = writeln!(out, "  {}", kubernetes(k, unix_now()));
+    }
     if let Some(m) = s.uplink_mtu.as_ref().filter(|m| m.over_limit()) {
         let _ = writeln!(
             out,
@@ -381,6 +411,31 @@ pub fn render(s: &Status) -> String {
     section(&mut out, "Steering", steering_table(s));
     section(&mut out, "Workers", workers_table(s));
     out
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The status line of the Kubernetes watch, its ages counted to `now` (Unix seconds).
+fn kubernetes(k: &KubernetesStatus, now: u64) -> String {
+    let ago = |t: u64| format!("{} ago", duration(now.saturating_sub(t)));
+    let last = k.last_event_unix.map_or_else(|| "none yet".to_owned(), ago);
+    let state = match (k.synced, &k.error) {
+        (true, _) => "synced".to_owned(),
+        (false, None) => "not synced yet (listing)".to_owned(),
+        (false, Some(e)) => {
+            let since = k
+                .error_since_unix
+                .map(|t| format!(" for {}", duration(now.saturating_sub(t))))
+                .unwrap_or_default();
+            format!("FAILING{since} ({e}), keeping the last good services")
+        }
+    };
+    format!("kubernetes {state}; last event {last}; {} errors", k.errors)
 }
 
 fn section(out: &mut String, title: &str, table: Option<Table>) {
@@ -845,6 +900,7 @@ pub(crate) mod tests {
                     fill_ring_empty: 0,
                 },
             ],
+            kubernetes: None,
         }
     }
 
@@ -954,6 +1010,82 @@ Workers
         let text = render(&old);
         assert!(text.contains("\nSteering\n  (none)\n"), "{text}");
         assert!(!text.contains("has MTU"), "{text}");
+    }
+
+    /// A gateway whose Kubernetes watch fails says so in its status line, with the error and
+    /// since when, as one that is still listing or synced does.
+    #[test]
+    fn renders_the_kubernetes_watch() {
+        let now = 1_800_000_000;
+        let failing = KubernetesStatus {
+            synced: false,
+            last_event_unix: Some(now - 3723),
+            error: Some("watching services: 403 Forbidden".into()),
+            error_since_unix: Some(now - 125),
+            errors: 7,
+        };
+        assert_eq!(
+            kubernetes(&failing, now),
+            "kubernetes FAILING for 2m05s (watching services: 403 Forbidden), keeping the last \
+             good services; last event 1h02m ago; 7 errors"
+        );
+        let listing = KubernetesStatus::default();
+        assert_eq!(
+            kubernetes(&listing, now),
+            "kubernetes not synced yet (listing); last event none yet; 0 errors"
+        );
+        let synced = KubernetesStatus {
+            synced: true,
+            last_event_unix: Some(now - 4),
+            errors: 7,
+            ..failing.clone()
+        };
+        assert_eq!(
+            kubernetes(&synced, now),
+            "kubernetes synced; last event 4s ago; 7 errors"
+        );
+        // The line goes under the first, only with `[kubernetes]`.
+        let mut s = sample();
+        assert!(!render(&s).contains("kubernetes"));
+        s.kubernetes = Some(failing);
+        let text = render(&s);
+        let second = text.lines().nth(1).unwrap();
+        assert!(
+            second.starts_with("  kubernetes FAILING for ") && second.contains("403 Forbidden"),
+            "{text}"
+        );
+    }
+
+    /// `kubernetes` is absent without `[kubernetes]`, and reads as absent from a daemon
+    /// older than it.
+    #[test]
+    fn kubernetes_json() {
+        let mut s = sample();
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(v.get("kubernetes").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
+        s.kubernetes = Some(KubernetesStatus {
+            synced: false,
+            last_event_unix: Some(1_800_000_000),
+            error: Some("watching nodes: 500".into()),
+            error_since_unix: Some(1_800_000_100),
+            errors: 3,
+        });
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            v["kubernetes"],
+            serde_json::json!({"synced": false, "last_event_unix": 1_800_000_000u64,
+                "error": "watching nodes: 500", "error_since_unix": 1_800_000_100u64, "errors": 3})
+        );
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
+        let minimal = serde_json::json!({"synced": true});
+        assert_eq!(
+            serde_json::from_value::<KubernetesStatus>(minimal).unwrap(),
+            KubernetesStatus {
+                synced: true,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

@@ -186,6 +186,8 @@ struct Daemon {
     kube: Option<KubeSource>,
     /// The running watcher's updates ([`channel::never`] without one).
     kube_rx: Receiver<KubeUpdate>,
+    /// Whether the watcher's view was in sync at the last report, to log when that changes.
+    kube_synced: bool,
 
     path: PathBuf,
     config: Config,
@@ -260,6 +262,7 @@ impl Daemon {
             health_rx,
             kube: None,
             kube_rx: channel::never(),
+            kube_synced: false,
             path,
             statics: statics.clone(),
             kube_set: ServiceSet::default(),
@@ -482,6 +485,24 @@ impl Daemon {
                 tracing::warn!(error = %e, "Kubernetes API error; keeping the last good services")
             }
         }
+    }
+
+    /// Logs when the Kubernetes view falls out of sync (each error is logged as it comes)
+    /// and when it is in sync again.
+    fn log_kube_sync(&mut self, k: &crate::status::KubernetesStatus) {
+        if k.synced == self.kube_synced {
+            return;
+        }
+        match &k.error {
+            _ if k.synced => tracing::info!("Kubernetes view in sync"),
+            Some(e) => tracing::warn!(
+                error = %e,
+                "Kubernetes view out of sync; keeping the last good services"
+            ),
+            // A new watcher, listing.
+            None => {}
+        }
+        self.kube_synced = k.synced;
     }
 
     /// After the static or Kubernetes set changed: merge, start draining the service
@@ -895,6 +916,7 @@ impl Daemon {
                 .map(|b| b.weight)
         };
         let peers = self.speaker.as_ref().map(|s| s.peers()).unwrap_or_default();
+        let kubernetes = self.kube.as_ref().map(KubeSource::state);
         let dp = self
             .dataplane
             .as_ref()
@@ -917,8 +939,12 @@ impl Daemon {
             xdp_mode: dp.xdp_mode(),
             flow_capacity: u64::from(dp.fixed().flow_table_size),
             steering: dp.steering(),
+            kubernetes: kubernetes.clone(),
         });
         self.status.store(Arc::new(status));
+        if let Some(k) = kubernetes {
+            self.log_kube_sync(&k);
+        }
     }
 
     /// SIGHUP: load the file again. An invalid file changes nothing; a valid one is applied

@@ -17,8 +17,8 @@ use crate::policy::{Decision, Policy};
 use crate::publish::{proto, LiveVip};
 use crate::sources::ServiceSet;
 use crate::status::{
-    BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Status, SteeringStatus,
-    UplinkMtu, VipStatus, WorkerStatus, XdpMode,
+    BackendStatus, BindMode, Health, KubernetesStatus, NextHopStatus, PeerState, PeerStatus,
+    Status, SteeringStatus, UplinkMtu, VipStatus, WorkerStatus, XdpMode,
 };
 
 /// A backend's health as the control loop tracks it.
@@ -55,6 +55,8 @@ pub struct Inputs<'a> {
     /// The steering program's counters and the uplink it is attached to (`None` when they
     /// could not be read).
     pub steering: Option<(&'a str, SteerCounters)>,
+    /// The Kubernetes watch's state (`None` without `[kubernetes]`).
+    pub kubernetes: Option<KubernetesStatus>,
 }
 
 pub fn build(i: &Inputs<'_>) -> Status {
@@ -148,6 +150,7 @@ pub fn build(i: &Inputs<'_>) -> Status {
                 worker(w, i.xdp_mode, i.flow_capacity, flows)
             })
             .collect(),
+        kubernetes: i.kubernetes.clone(),
     }
 }
 
@@ -346,6 +349,7 @@ mod tests {
             xdp_mode: AttachMode::Driver,
             flow_capacity: 1024,
             steering: None,
+            kubernetes: None,
         }
     }
 

@@ -1,10 +1,10 @@
 //! The [`Status`] the API and dashboard tests serve: one VIP with one backend, one BGP
-//! peer, the steering program on one uplink (its MTU within the limit), one worker;
-//! `packets` sets the traffic counters.
+//! peer, the steering program on one uplink (its MTU within the limit), one worker, a
+//! synced Kubernetes watch; `packets` sets the traffic counters.
 
 use control::status::{
-    BackendStatus, BindMode, Health, NextHopStatus, PeerState, PeerStatus, Protocol, Status,
-    SteeringStatus, UplinkMtu, VipStatus, WorkerStatus, XdpMode,
+    BackendStatus, BindMode, Health, KubernetesStatus, NextHopStatus, PeerState, PeerStatus,
+    Protocol, Status, SteeringStatus, UplinkMtu, VipStatus, WorkerStatus, XdpMode,
 };
 
 pub fn a_status(packets: u64) -> Status {
@@ -83,5 +83,12 @@ pub fn a_status(packets: u64) -> Status {
             shed_starts: 1,
             fill_ring_empty: 0,
         }],
+        kubernetes: Some(KubernetesStatus {
+            synced: true,
+            last_event_unix: Some(1_800_000_000),
+            error: None,
+            error_since_unix: None,
+            errors: 1,
+        }),
     }
 }

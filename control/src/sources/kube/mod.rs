@@ -6,14 +6,16 @@
 //! Nothing is sent until all three resources have been listed once. A re-list
 //! (after a 410 Gone, or a restarted watch) is buffered and swapped in whole
 //! when complete, and API errors change nothing: the last good set stays in
-//! force, so errors never empty the backend sets.
+//! force, so errors never empty the backend sets. How current the view is (listed, the
+//! last event, the last error) is kept beside it for the status ([`KubeSource::state`]).
 
 pub mod model;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam::channel::Sender;
 use futures::{Stream, StreamExt};
@@ -27,6 +29,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Kubernetes;
 use crate::sources::ServiceSet;
+use crate::status::KubernetesStatus;
 use model::{Assignment, Objects, Problems};
 
 /// What the Kubernetes source tells the control loop.
@@ -48,6 +51,93 @@ pub enum KubeUpdate {
 pub struct KubeSource {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     join: Option<JoinHandle<()>>,
+    watch: Shared,
+}
+
+impl KubeSource {
+    /// How current the watcher's view is, now.
+    pub fn state(&self) -> KubernetesStatus {
+        lock(&self.watch).state(Instant::now())
+    }
+}
+
+/// How long a watch error counts as current without another. The watcher retries a
+/// failed watch after at most 30 s (plus as much again of jitter), and each failure is an
+/// error; a retry that succeeds is silent, as a resumed watch brings nothing until the
+/// next change (a quiet Service watch can go hours without one). So a resource with no
+/// event since its last error is taken to be watched again once this has passed.
+pub const QUIET: Duration = Duration::from_secs(120);
+
+/// The watch's state, written by the watcher thread and read for the status.
+type Shared = Arc<Mutex<Watch>>;
+
+fn lock(w: &Shared) -> std::sync::MutexGuard<'_, Watch> {
+    w.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The resources watched, in [`Watch`]'s order.
+#[derive(Clone, Copy)]
+enum Watched {
+    Services = 0,
+    Slices = 1,
+    Nodes = 2,
+}
+
+/// What is known of the watch: per resource (services, endpointslices, nodes) whether it
+/// has been listed, and when it last failed with no event since; the last event and error.
+#[derive(Default)]
+struct Watch {
+    listed: [bool; 3],
+    failed: [Option<Instant>; 3],
+    last_event: Option<SystemTime>,
+    /// The last error, and when the errors it ends began.
+    error: Option<(String, SystemTime)>,
+    errors: u64,
+}
+
+impl Watch {
+    fn synced(&self, now: Instant) -> bool {
+        self.listed.iter().all(|&l| l)
+            && self
+                .failed
+                .iter()
+                .flatten()
+                .all(|&t| now.saturating_duration_since(t) >= QUIET)
+    }
+
+    /// `r` brought objects (a list page, its end, a change), and has been listed if `listed`.
+    fn event(&mut self, r: Watched, listed: bool) {
+        self.listed[r as usize] |= listed;
+        self.failed[r as usize] = None;
+        self.last_event = Some(SystemTime::now());
+    }
+
+    /// An error of `r`'s watch, or (`None`) of building the client.
+    fn failed(&mut self, r: Option<Watched>, e: &str) {
+        let now = Instant::now();
+        let since = match &self.error {
+            Some((_, since)) if !self.synced(now) => *since,
+            _ => SystemTime::now(),
+        };
+        if let Some(r) = r {
+            self.failed[r as usize] = Some(now);
+        }
+        self.error = Some((e.to_owned(), since));
+        self.errors += 1;
+    }
+
+    fn state(&self, now: Instant) -> KubernetesStatus {
+        let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let synced = self.synced(now);
+        let error = self.error.as_ref().filter(|_| !synced);
+        KubernetesStatus {
+            synced,
+            last_event_unix: self.last_event.map(unix),
+            error: error.map(|(e, _)| e.clone()),
+            error_since_unix: error.map(|&(_, since)| unix(since)),
+            errors: self.errors,
+        }
+    }
 }
 
 /// Dropping it does not wait for a credential plugin: the watcher thread leaves any that
@@ -183,13 +273,15 @@ fn start(
     client: Option<Client>,
 ) -> std::io::Result<KubeSource> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let watch = Shared::default();
+    let shared = watch.clone();
     let join = std::thread::Builder::new()
         .name("dsrgate-kube".into())
         .spawn(move || {
             rt.block_on(async move {
                 tokio::select! {
                     _ = stop_rx => {}
-                    _ = run(cfg, tx, client) => {}
+                    _ = run(cfg, tx, client, shared) => {}
                 }
             });
             // Dropping `rt` would wait for its blocking tasks: a credential plugin that does
@@ -200,6 +292,7 @@ fn start(
     Ok(KubeSource {
         stop: Some(stop_tx),
         join: Some(join),
+        watch,
     })
 }
 
@@ -295,7 +388,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client, retried every [`RETRY`] until one is built; `None` once the receiver is gone.
 /// One that is not built within [`CHECK_TIMEOUT`] (a credential plugin that does not
 /// finish) is reported, and waited for rather than started again beside it.
-async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>) -> Option<Client> {
+async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>, watch: &Shared) -> Option<Client> {
     loop {
         let mut built = build(cfg);
         let result = match tokio::time::timeout(CHECK_TIMEOUT, &mut built).await {
@@ -303,6 +396,7 @@ async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>) -> Option<Client> {
             Err(_) => {
                 let e = not_built(cfg, CHECK_TIMEOUT);
                 tracing::error!(error = %e, "no Kubernetes client yet; waiting for it");
+                lock(watch).failed(None, &e);
                 tx.send(KubeUpdate::Error(e)).ok()?;
                 built.await
             }
@@ -311,6 +405,7 @@ async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>) -> Option<Client> {
             Ok((c, _)) => return Some(c),
             Err(e) => {
                 tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying");
+                lock(watch).failed(None, &e);
                 tx.send(KubeUpdate::Error(e)).ok()?;
                 tokio::time::sleep(RETRY).await;
             }
@@ -318,15 +413,15 @@ async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>) -> Option<Client> {
     }
 }
 
-async fn run(cfg: Kubernetes, tx: Sender<KubeUpdate>, client: Option<Client>) {
+async fn run(cfg: Kubernetes, tx: Sender<KubeUpdate>, client: Option<Client>, watch: Shared) {
     let client = match client {
         Some(c) => c,
-        None => match connect(&cfg, &tx).await {
+        None => match connect(&cfg, &tx, &watch).await {
             Some(c) => c,
             None => return,
         },
     };
-    let mut sync = Sync::new(cfg, tx);
+    let mut sync = Sync::new(cfg, tx, watch);
     let wc = watcher::Config::default();
     let services = watcher(Api::<Service>::all(client.clone()), wc.clone())
         .default_backoff()
@@ -458,13 +553,15 @@ struct Sync {
     writing: HashSet<(String, String)>,
     /// The last computation's problems, so each is logged once.
     problems: Problems,
+    watch: Shared,
 }
 
 impl Sync {
-    fn new(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> Sync {
+    fn new(cfg: Kubernetes, tx: Sender<KubeUpdate>, watch: Shared) -> Sync {
         Sync {
             cfg,
             tx,
+            watch,
             services: Store::new(),
             slices: Store::new(),
             nodes: Store::new(),
@@ -479,16 +576,32 @@ impl Sync {
     }
 
     fn apply(&mut self, change: Change) {
-        let (what, result) = match change {
-            Change::Service(r) => ("services", (*r).map(|ev| self.services.apply(ev))),
-            Change::Slice(r) => ("endpointslices", (*r).map(|ev| self.slices.apply(ev))),
-            Change::Node(r) => ("nodes", (*r).map(|ev| self.nodes.apply(ev))),
+        use Watched::*;
+        // `Init` only says that a list begins; the others bring objects.
+        let (r, what, result) = match change {
+            Change::Service(r) => (
+                Services,
+                "services",
+                (*r).map(|ev| seen(&mut self.services, ev)),
+            ),
+            Change::Slice(r) => (
+                Slices,
+                "endpointslices",
+                (*r).map(|ev| seen(&mut self.slices, ev)),
+            ),
+            Change::Node(r) => (Nodes, "nodes", (*r).map(|ev| seen(&mut self.nodes, ev))),
         };
         match result {
-            Ok(changed) => self.dirty |= changed,
+            Ok((changed, brought, listed)) => {
+                self.dirty |= changed;
+                if brought {
+                    lock(&self.watch).event(r, listed);
+                }
+            }
             Err(e) => {
                 let msg = format!("watching {what}: {}", with_causes(&e));
                 tracing::warn!(error = %msg, "Kubernetes watch error; keeping the last state");
+                lock(&self.watch).failed(Some(r), &msg);
                 let _ = self.tx.send(KubeUpdate::Error(msg));
             }
         }
@@ -625,6 +738,13 @@ impl Sync {
     }
 }
 
+/// Applies `ev` to `store`: whether its live objects changed, whether the event brought
+/// objects (anything but the start of a list), and whether the store has been listed.
+fn seen<K: Resource>(store: &mut Store<K>, ev: Event<K>) -> (bool, bool, bool) {
+    let brought = !matches!(ev, Event::Init);
+    (store.apply(ev), brought, store.synced)
+}
+
 /// The outcome of one status write: the assignment, its Service's resourceVersion when
 /// the write began, and the Service as written or why not.
 struct Written {
@@ -682,7 +802,7 @@ mod tests {
         use std::sync::{Arc, Mutex};
         let cfg = kube_cfg();
         let (tx, _rx) = crossbeam::channel::unbounded();
-        let mut sync = Sync::new(cfg, tx);
+        let mut sync = Sync::new(cfg, tx, Shared::default());
         let problem = |service: &str, what: &str| model::Problem {
             service: service.into(),
             what: what.into(),
@@ -741,7 +861,7 @@ mod tests {
     fn nothing_is_sent_before_every_resource_has_synced() {
         let cfg = kube_cfg();
         let (tx, rx) = crossbeam::channel::unbounded();
-        let mut sync = Sync::new(cfg, tx);
+        let mut sync = Sync::new(cfg, tx, Shared::default());
         sync.apply(Change::Node(Box::new(Ok(Event::Init))));
         sync.apply(Change::Node(Box::new(Ok(Event::InitDone))));
         sync.apply(Change::Service(Box::new(Ok(Event::Init))));
@@ -759,5 +879,63 @@ mod tests {
         sync.apply(Change::Node(Box::new(Ok(Event::Apply(node("x"))))));
         assert!(sync.publish());
         assert!(rx.try_recv().is_err());
+    }
+
+    /// The watch's state: synced once all three resources are listed; a failing watch
+    /// unsyncs it, with its error and since when, until the resource brings objects again
+    /// or [`QUIET`] passes without another error; errors are counted throughout.
+    #[test]
+    fn the_watch_state_follows_lists_errors_and_events() {
+        let (tx, _rx) = crossbeam::channel::unbounded();
+        let watch = Shared::default();
+        let mut sync = Sync::new(kube_cfg(), tx, watch.clone());
+        let state = |at: Instant| lock(&watch).state(at);
+        let now = Instant::now;
+        // No client yet.
+        lock(&watch).failed(None, "kubeconfig /k: missing");
+        let s = state(now());
+        assert!(!s.synced && s.last_event_unix.is_none() && s.errors == 1);
+        assert_eq!(s.error.as_deref(), Some("kubeconfig /k: missing"));
+        // A list that begins brings nothing yet.
+        sync.apply(Change::Node(Box::new(Ok(Event::Init))));
+        assert!(state(now()).last_event_unix.is_none());
+        sync.apply(Change::Node(Box::new(Ok(Event::InitDone))));
+        sync.apply(Change::Service(Box::new(Ok(Event::Init))));
+        sync.apply(Change::Service(Box::new(Ok(Event::InitDone))));
+        assert!(!state(now()).synced);
+        sync.apply(Change::Slice(Box::new(Ok(Event::Init))));
+        sync.apply(Change::Slice(Box::new(Ok(Event::InitDone))));
+        let s = state(now());
+        assert!(s.synced && s.last_event_unix.is_some(), "{s:?}");
+        assert_eq!((s.error, s.error_since_unix, s.errors), (None, None, 1));
+
+        let fail = || Change::Service(Box::new(Err(watcher::Error::NoResourceVersion)));
+        sync.apply(fail());
+        let s = state(now());
+        assert!(!s.synced, "{s:?}");
+        assert!(s
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("watching services: "));
+        let since = s.error_since_unix;
+        assert!(since.is_some());
+        assert_eq!(s.errors, 2);
+        sync.apply(fail());
+        let s = state(now());
+        assert_eq!((s.synced, s.error_since_unix, s.errors), (false, since, 3));
+        // Another resource's event does not end it; its own does.
+        sync.apply(Change::Node(Box::new(Ok(Event::Apply(node("x"))))));
+        assert!(!state(now()).synced);
+        sync.apply(Change::Service(Box::new(Ok(Event::Delete(
+            Service::default(),
+        )))));
+        let s = state(now());
+        assert_eq!((s.synced, s.error, s.errors), (true, None, 3));
+        // A retried watch that works is silent: without another error, it counts as
+        // watched again after QUIET.
+        sync.apply(fail());
+        let s = state(now() + QUIET);
+        assert_eq!((s.synced, s.error, s.errors), (true, None, 4));
     }
 }
