@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use control::sources::kube::KubeUpdate;
 use control::sources::ServiceSet;
-use control::status::{BackendStatus, Health, Status};
+use control::status::{BackendStatus, Health, KubernetesStatus, Status};
 use dsrgate_tests::bird::Bird;
 use dsrgate_tests::daemon::{Daemon, GatewayConfig, Lab, PREFIX4};
 use dsrgate_tests::netns::{fabric4, node_host, Netns, VIP4};
@@ -187,6 +187,86 @@ fn a_reload_to_a_kubernetes_section_that_cannot_work_fails_and_the_old_watcher_g
     ensure!(reloads(gw, "ok")? == 1);
     server.apply(Kind::Service, web_service());
     wait_kube_vip(gw, true)?;
+
+    daemon.signal(libc::SIGTERM)?;
+    daemon
+        .wait_clean_exit(Duration::from_secs(15))
+        .context("clean exit")
+}
+
+/// Waits until the `kubernetes` object of `/status` satisfies `pred`; returns it.
+fn wait_kube_state(
+    gw: &Netns,
+    what: &str,
+    pred: impl Fn(&KubernetesStatus) -> bool,
+) -> Result<KubernetesStatus> {
+    let s = api::wait_status(gw, what, WAIT, |s| s.kubernetes.as_ref().is_some_and(&pred))?;
+    s.kubernetes.context("no kubernetes in /status")
+}
+
+/// The value of the unlabelled series `name` in `/metrics`.
+fn metric(gw: &Netns, name: &str) -> Result<f64> {
+    let metrics = api::metrics(gw)?;
+    let series = format!("{name} ");
+    let value = api::samples(&metrics, &series).next();
+    value.with_context(|| format!("no {name} in:\n{metrics}"))
+}
+
+/// A gateway whose Kubernetes API fails says so: `/status` and `/metrics` show it synced
+/// once listed, then, while the API server answers every request with 500, not synced,
+/// with the error, since when, and a growing error count, while the Kubernetes VIP stays
+/// served (the last good services); once the server answers again and each resource
+/// changes, synced again.
+#[test]
+fn a_failing_kubernetes_api_shows_in_status_and_metrics_while_the_vips_stay() -> Result<()> {
+    if !require_privileges(
+        "daemon_kube::a_failing_kubernetes_api_shows_in_status_and_metrics_while_the_vips_stay",
+    ) {
+        return Ok(());
+    }
+    let lab = Lab::new(1, NODE_BIN)?;
+    let gw = lab.ns("gw1");
+    let dir = TempDir::new("daemon-kube-sync");
+    let (server, mut daemon) = watching_web(gw, &dir)?;
+    let k = wait_kube_state(gw, "synced", |k| k.synced)?;
+    ensure!(k.error.is_none() && k.last_event_unix.is_some(), "{k:?}");
+    ensure!(metric(gw, "dsrgate_kubernetes_synced")? == 1.0);
+    ensure!(metric(gw, "dsrgate_kubernetes_last_event_timestamp_seconds")? > 0.0);
+
+    server.set_failing(true);
+    let failing = wait_kube_state(gw, "failing", |k| !k.synced && k.errors > 0)?;
+    ensure!(
+        failing
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("watching"))
+            && failing.error_since_unix.is_some(),
+        "{failing:?}"
+    );
+    // The watcher retries, and each failure counts; the errors began when they did.
+    let more = wait_kube_state(gw, "counting errors", |k| k.errors > failing.errors)?;
+    ensure!(
+        !more.synced && more.error_since_unix == failing.error_since_unix,
+        "{more:?}"
+    );
+    ensure!(metric(gw, "dsrgate_kubernetes_synced")? == 0.0);
+    ensure!(metric(gw, "dsrgate_kubernetes_errors_total")? >= more.errors as f64);
+    daemon.wait_log(&["Kubernetes view out of sync", "watching"], WAIT)?;
+    ensure!(
+        kube_vip_served(&api::status(gw)?),
+        "{KUBE_VIP} gone while the API fails"
+    );
+
+    // Answering again, each resource brings a change once its watch is back.
+    server.set_failing(false);
+    server.apply(Kind::Node, node(1));
+    server.apply(Kind::Service, web_service());
+    server.apply(Kind::EndpointSlice, web_slice());
+    let k = wait_kube_state(gw, "synced again", |k| k.synced)?;
+    ensure!(k.error.is_none() && k.errors >= more.errors, "{k:?}");
+    ensure!(metric(gw, "dsrgate_kubernetes_synced")? == 1.0);
+    daemon.wait_log(&["Kubernetes view in sync"], WAIT)?;
+    ensure!(kube_vip_served(&api::status(gw)?), "{KUBE_VIP} gone");
 
     daemon.signal(libc::SIGTERM)?;
     daemon
