@@ -207,6 +207,15 @@ impl Harness {
         }
     }
 
+    /// The status patches the server received, once there is one (or after [`BOUND`]).
+    fn patches(&self) -> Vec<(String, String, Value)> {
+        let deadline = Instant::now() + BOUND;
+        while self.server.patches().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.server.patches()
+    }
+
     /// Waits until an API error has been reported.
     fn wait_for_error(&mut self) {
         let deadline = Instant::now() + BOUND;
@@ -498,11 +507,7 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
     assert!(old.backends.is_empty(), "{:?}", old.backends);
 
     // The assignment was written to the status subresource.
-    let deadline = Instant::now() + BOUND;
-    while h.server.patches().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let patches = h.server.patches();
+    let patches = h.patches();
     assert_eq!(patches.len(), 1, "{patches:?}");
     let (path, ctype, body) = &patches[0];
     assert_eq!(path, "/api/v1/namespaces/default/services/dns/status");
@@ -636,11 +641,7 @@ fn a_service_refused_on_its_pool_status_address_moves_and_its_status_is_rewritte
         addr(s, "default/second") == Some(ip(NEW))
     });
     let moved = h.seen.len() - 1;
-    let deadline = Instant::now() + BOUND;
-    while h.server.patches().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let patches = h.server.patches();
+    let patches = h.patches();
     assert_eq!(patches.len(), 1, "{patches:?}");
     assert_eq!(
         patches[0].0,
@@ -664,6 +665,42 @@ fn a_service_refused_on_its_pool_status_address_moves_and_its_status_is_rewritte
     }
     // Never without an address on the way.
     assert!(h.seen.iter().all(|s| addr(s, "default/second").is_some()));
+    assert!(h.errors.is_empty(), "{:?}", h.errors);
+}
+
+/// Without an `address_pool`, a granted `spec.loadBalancerIP` was served but never written to
+/// the Service's status, the only address kube-proxy accepts traffic for (`ipMode: VIP`): the
+/// nodes dropped what the gateway tunnelled to them, and kubectl showed `<pending>`.
+#[test]
+fn a_requested_address_is_written_to_status_without_a_pool() {
+    let server = FakeApiServer::start();
+    base_cluster(&server);
+    let mut dns = service(
+        "default",
+        "dns",
+        "2026-01-03T00:00:00Z",
+        "Cluster",
+        None,
+        json!([port("dns-udp", "UDP", 53, 30053)]),
+        None,
+        None,
+    );
+    dns["spec"]["loadBalancerIP"] = json!("192.0.2.7");
+    server.apply(Kind::Service, dns);
+    let mut h = Harness::start(server, &[]);
+    h.wait_for("dns at its requested address", |s| {
+        find(s, "default/dns", Protocol::Udp).is_some_and(|v| v.addr == ip("192.0.2.7"))
+    });
+    let patches = h.patches();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(
+        patches[0].0,
+        "/api/v1/namespaces/default/services/dns/status"
+    );
+    let written = json!([{"ip": "192.0.2.7", "ipMode": "VIP"}]);
+    assert_eq!(patches[0].2["status"]["loadBalancer"]["ingress"], written);
+    let stored = h.server.object(Kind::Service, "default/dns").unwrap();
+    assert_eq!(stored["status"]["loadBalancer"]["ingress"], written);
     assert!(h.errors.is_empty(), "{:?}", h.errors);
 }
 

@@ -34,7 +34,8 @@ pub struct Objects {
     pub nodes: BTreeMap<String, Node>,
 }
 
-/// A pool address that must be written to a Service's status.
+/// An address dsrgate gave a Service (from the pool or its `spec.loadBalancerIP`) that must
+/// be written to its status: kube-proxy accepts traffic only for status addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub namespace: String,
@@ -65,8 +66,10 @@ fn note(problems: &mut Problems, service: &str, what: String) {
 /// Result of [`compute`].
 pub struct Computed {
     pub set: ServiceSet,
-    /// Services whose `status.loadBalancer.ingress` lacks their address: new ones, and those
-    /// moved off refused pool addresses, whose status the write replaces.
+    /// Services whose `status.loadBalancer.ingress` lacks their address: new ones (a pool
+    /// address or their granted request, pool or not: kube-proxy accepts traffic only for
+    /// status addresses), and those moved off refused pool addresses, whose status the
+    /// write replaces.
     pub to_write: Vec<Assignment>,
     pub problems: Problems,
 }
@@ -487,13 +490,26 @@ fn keep_status<'c, 'a>(
 /// The address `c` asks for in `spec.loadBalancerIP` when its status shows others, all
 /// from the pool: the request was changed after the pool address was written (as MetalLB
 /// does, the Service moves, and its status is rewritten). A status address from outside
-/// the pool is another controller's, and stays.
+/// the pool may be another controller's, and stays (logged): without a pool that is every
+/// status address, the ones dsrgate wrote for an earlier request too.
 fn moving_to(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<IpAddr> {
     if c.status.is_empty() || requested(c.svc).is_none() {
         return None;
     }
     let ip = spec_ip(cfg, c, problems)?;
-    (!c.status.contains(&ip) && reassignable(cfg, c)).then_some(ip)
+    if c.status.contains(&ip) {
+        return None;
+    }
+    if !reassignable(cfg, c) {
+        let what = format!(
+            "spec.loadBalancerIP {ip} is not in its status ({:?}), which holds addresses \
+             from outside kubernetes.address_pool: not moving",
+            c.status
+        );
+        note(problems, c.key, what);
+        return None;
+    }
+    Some(ip)
 }
 
 /// Moves `c` to `ip` off its status addresses, unless a Service that may not share it holds
@@ -632,9 +648,7 @@ pub fn compute(
             ip
         };
         if let Some(ip) = ip.filter(|ip| claim(&mut holders, c, *ip, &mut problems)) {
-            if !cfg.address_pool.is_empty() {
-                to_write.push(assignment(c, ip));
-            }
+            to_write.push(assignment(c, ip));
         }
     }
 
@@ -1131,6 +1145,42 @@ mod tests {
         // c is deleted: gone.
         objs.nodes.remove("c");
         assert_eq!(weights(&objs), [["10.1.0.1 1", "10.1.0.2 1"]]);
+    }
+
+    /// Without an `address_pool`, a granted `spec.loadBalancerIP` was served but never written
+    /// to the Service's status, and kube-proxy, which accepts traffic only for status
+    /// addresses, dropped what the gateway tunnelled to it (kubectl showed `<pending>`).
+    #[test]
+    fn a_granted_request_is_written_to_status_without_a_pool() {
+        let mut no_pool = cfg();
+        no_pool.address_pool.clear();
+        let with = |request, ingress| {
+            let mut objs = objects([lb("web", 1, &[("TCP", 80)], None, Some(request), ingress)]);
+            let eps = json!([endpoint("10.244.1.1", "a", true, true, false)]);
+            add_slice(&mut objs, slice("web", "IPv4", eps));
+            let a = kube_node("a", "10.1.0.1", true, json!({}));
+            objs.nodes.insert("a".into(), a);
+            let c = compute(&no_pool, &objs, &mut HashMap::new());
+            let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+            let (vips, written) = render(c);
+            (vips, written, problems)
+        };
+        let (vips, written, problems) = with("192.0.2.7", None);
+        assert_eq!(vips["ns/web"], ["192.0.2.7 tcp [80]"]);
+        assert_eq!(written, ["web 192.0.2.7"]);
+        assert!(problems.is_empty(), "{problems:?}");
+        // Once the status shows it, nothing more to write.
+        let (vips, written, _) = with("192.0.2.7", Some("192.0.2.7"));
+        assert_eq!(vips["ns/web"], ["192.0.2.7 tcp [80]"]);
+        assert!(written.is_empty(), "{written:?}");
+        // Without a pool a status address is not dsrgate's to replace (it may be another
+        // controller's): a changed request leaves the Service where it is, and says so.
+        let (vips, written, problems) = with("192.0.2.8", Some("192.0.2.7"));
+        assert_eq!(vips["ns/web"], ["192.0.2.7 tcp [80]"]);
+        assert!(written.is_empty(), "{written:?}");
+        let why = "spec.loadBalancerIP 192.0.2.8 is not in its status ({192.0.2.7}), which \
+                   holds addresses from outside kubernetes.address_pool: not moving";
+        assert_eq!(problems, [why]);
     }
 
     /// A `Cluster` Service was served by every ready node whether or not it had a pod:
