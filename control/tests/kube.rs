@@ -264,9 +264,10 @@ fn weights(pairs: &[(&str, u32)]) -> BTreeMap<IpAddr, u32> {
 }
 
 /// `default/web`'s backends in [`base_cluster`]: a with its two ready endpoints, b at weight
-/// 0 (its only endpoint terminates, still serving: draining), c with one.
+/// 0 (its only endpoint terminates, still serving: draining), c at weight 0 too (excluded
+/// from external load balancers, for `Local` Services as for `Cluster` ones).
 fn base_web() -> BTreeMap<IpAddr, u32> {
-    weights(&[("10.0.0.1", 2), ("10.0.0.2", 0), ("10.0.0.3", 1)])
+    weights(&[("10.0.0.1", 2), ("10.0.0.2", 0), ("10.0.0.3", 0)])
 }
 
 /// Nodes a..d: c is excluded from external load balancers, d is not Ready.
@@ -451,8 +452,7 @@ fn local_and_cluster_backends_weights_and_pool_assignment() {
     assert_eq!(web.ports, [80, 443]);
     // a: 2 unique ready endpoints; b: only a terminating one that still
     // serves, so it drains at weight 0 (and an IPv6 slice that does not count
-    // for an IPv4 VIP); c: 1 (the exclude label is for Cluster Services
-    // only); d: none.
+    // for an IPv4 VIP); c: a ready one, but excluded, so at weight 0; d: none.
     assert_eq!(backends(web), base_web());
     let web_health = web.health.as_ref().unwrap();
     assert_eq!(
@@ -771,7 +771,7 @@ fn dropped_watches_410_and_api_errors_keep_the_last_state() {
     });
     assert_eq!(
         web_backends(&set),
-        weights(&[("10.0.0.1", 2), ("10.0.0.2", 1), ("10.0.0.3", 1)])
+        weights(&[("10.0.0.1", 2), ("10.0.0.2", 1), ("10.0.0.3", 0)])
     );
     let lists = |h: &Harness| {
         h.server
@@ -805,7 +805,7 @@ fn dropped_watches_410_and_api_errors_keep_the_last_state() {
     });
     assert_eq!(
         web_backends(&set),
-        weights(&[("10.0.0.1", 2), ("10.0.0.22", 1), ("10.0.0.3", 1)])
+        weights(&[("10.0.0.1", 2), ("10.0.0.22", 1), ("10.0.0.3", 0)])
     );
     assert!(h.seen.len() > sets_before);
 

@@ -14,7 +14,8 @@ use crate::health::{HealthSpec, Probe};
 use crate::sources::static_list::encap;
 use crate::sources::{BackendSpec, Origin, ServiceSet, TrafficPolicy, VipSpec};
 
-/// Label that excludes a node from `Cluster` Services' backends.
+/// Label that drains a node (weight 0) for every Service, as upstream's service controller
+/// excludes it from every load balancer.
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 /// Label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -693,10 +694,13 @@ fn service_vips(
     let v6 = addr.is_ipv6();
 
     let backends: Vec<BackendSpec> = match policy {
+        // An excluded node drains as a `Cluster` one does, kept while it has endpoints.
         TrafficPolicy::Local => local_weights(slices, ns, name, v6)
             .into_iter()
             .filter_map(|(node, weight)| {
-                let addr = node_addr(cfg, objs.nodes.get(node)?, v6)?;
+                let node = objs.nodes.get(node)?;
+                let addr = node_addr(cfg, node, v6)?;
+                let weight = if excluded(node) { 0 } else { weight };
                 Some(BackendSpec { addr, weight })
             })
             .collect(),
@@ -1145,6 +1149,26 @@ mod tests {
         // c is deleted: gone.
         objs.nodes.remove("c");
         assert_eq!(weights(&objs), [["10.1.0.1 1", "10.1.0.2 1"]]);
+    }
+
+    /// A `Local` Service's node labelled to be excluded (before maintenance) kept its full
+    /// weight, so it took new flows for every `Local` Service; upstream's service controller
+    /// excludes it for every Service. It drains at weight 0, kept while it has endpoints.
+    #[test]
+    fn an_excluded_local_node_drains_at_weight_0() {
+        let mut web = lb("web", 1, &[("TCP", 80)], None, None, Some("192.0.2.9"));
+        web.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let mut objs = objects([web]);
+        let eps = json!([
+            endpoint("10.244.1.1", "a", true, true, false),
+            endpoint("10.244.2.1", "b", true, true, false)
+        ]);
+        add_slice(&mut objs, slice("web", "IPv4", eps));
+        let a = kube_node("a", "10.1.0.1", true, json!({ EXCLUDE_LABEL: "" }));
+        objs.nodes.insert("a".into(), a);
+        let b = kube_node("b", "10.1.0.2", true, json!({}));
+        objs.nodes.insert("b".into(), b);
+        assert_eq!(weights(&objs), [["10.1.0.1 0", "10.1.0.2 1"]]);
     }
 
     /// Without an `address_pool`, a granted `spec.loadBalancerIP` was served but never written
