@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 
-use crate::config::{unusable, Kubernetes, Protocol, MAX_WEIGHT};
+use crate::config::{unusable, HashMode, Kubernetes, Protocol, MAX_WEIGHT};
 use crate::health::{HealthSpec, Probe};
 use crate::sources::static_list::encap;
 use crate::sources::{BackendSpec, Origin, ServiceSet, TrafficPolicy, VipSpec};
@@ -744,6 +744,12 @@ fn service_vips(
         probe,
         timing: cfg.health,
     };
+    // ClientIP affinity: every gateway sends one client to one node (the 3-tuple ignores
+    // its ports), where kube-proxy's own affinity keeps it on one pod.
+    let hash = match spec.session_affinity.as_deref() {
+        Some("ClientIP") => HashMode::ThreeTuple,
+        _ => cfg.hash,
+    };
 
     c.ports
         .iter()
@@ -758,7 +764,7 @@ fn service_vips(
             addr,
             proto: *proto,
             ports: ports.clone(),
-            hash: cfg.hash,
+            hash,
             encap: encap(cfg.encap, cfg.gue_port),
             min_healthy: cfg.min_healthy_backends,
             bgp: cfg.bgp.clone(),
@@ -1205,6 +1211,30 @@ mod tests {
         let why = "spec.loadBalancerIP 192.0.2.8 is not in its status ({192.0.2.7}), which \
                    holds addresses from outside kubernetes.address_pool: not moving";
         assert_eq!(problems, [why]);
+    }
+
+    /// `sessionAffinity: ClientIP` was ignored: one client's connections went to different
+    /// nodes, and so to different pods. Its VIPs hash the 3-tuple, which every gateway maps
+    /// alike; other Services keep the configured hash.
+    #[test]
+    fn client_ip_affinity_hashes_the_3_tuple() {
+        let with = |affinity: Option<&str>| {
+            let mut web = lb(
+                "web",
+                1,
+                &[("TCP", 80), ("UDP", 53)],
+                None,
+                None,
+                Some("192.0.2.9"),
+            );
+            web.spec.as_mut().unwrap().session_affinity = affinity.map(str::to_owned);
+            let set = compute(&cfg(), &objects([web]), &mut HashMap::new()).set;
+            set.vips.iter().map(|v| v.hash).collect::<Vec<_>>()
+        };
+        assert_eq!(cfg().hash, HashMode::FiveTuple);
+        assert_eq!(with(Some("ClientIP")), [HashMode::ThreeTuple; 2]);
+        assert_eq!(with(Some("None")), [HashMode::FiveTuple; 2]);
+        assert_eq!(with(None), [HashMode::FiveTuple; 2]);
     }
 
     /// A `Cluster` Service was served by every ready node whether or not it had a pod:
