@@ -45,11 +45,12 @@ pub struct Assignment {
 }
 
 /// Something in one Service that [`compute`] refused or worked around (an address it may
-/// not have, a port it cannot serve). Returned rather than logged: `compute` runs on every
-/// watch event, and the watcher logs a problem when it appears and when it is gone.
+/// not have, a port it cannot serve), or a Node it cannot use. Returned rather than logged:
+/// `compute` runs on every watch event, and the watcher logs a problem when it appears and
+/// when it is gone.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
-    /// `namespace/name`.
+    /// `namespace/name`; for a Node, `node NAME` (no Service key has a space).
     pub service: String,
     pub what: String,
 }
@@ -162,6 +163,21 @@ fn node_addr(cfg: &Kubernetes, node: &Node, v6: bool) -> Option<IpAddr> {
         .filter(|a| a.type_ == cfg.node_address_type.as_str())
         .filter_map(|a| a.address.parse::<IpAddr>().ok())
         .find(|ip| ip.is_ipv6() == v6 && !unusable(*ip))
+}
+
+/// Notes each node without a usable address of `node_address_type`, which is no Service's
+/// backend: `ExternalIP` on bare metal, say, would leave every VIP without backends and
+/// nothing would say why.
+fn note_addressless_nodes(cfg: &Kubernetes, objs: &Objects, problems: &mut Problems) {
+    for (name, node) in &objs.nodes {
+        if node_addr(cfg, node, false).is_none() && node_addr(cfg, node, true).is_none() {
+            let what = format!(
+                "no usable {} address (kubernetes.node_address_type): no Service's backend",
+                cfg.node_address_type.as_str()
+            );
+            note(problems, &format!("node {name}"), what);
+        }
+    }
 }
 
 fn node_ready(node: &Node) -> bool {
@@ -541,6 +557,17 @@ fn move_to<'c, 'a>(
     true
 }
 
+/// Why a Service of family `v6` got no pool address: an IPv6 Service with only IPv4 ranges
+/// is a configuration gap, not a full pool.
+fn no_pool_address(cfg: &Kubernetes, v6: bool) -> String {
+    if cfg.address_pool.iter().any(|r| r.first.is_ipv6() == v6) {
+        "address pool exhausted".into()
+    } else {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        format!("kubernetes.address_pool has no {family} range")
+    }
+}
+
 fn assignment(c: &Claimant, ip: IpAddr) -> Assignment {
     Assignment {
         namespace: c.svc.metadata.namespace.clone().unwrap_or_default(),
@@ -641,9 +668,11 @@ pub fn compute(
                     used.insert(ip);
                     assigned.insert(c.key.to_owned(), ip);
                 }
-                None if !cfg.address_pool.is_empty() => {
-                    note(&mut problems, c.key, "address pool exhausted".into())
-                }
+                None if !cfg.address_pool.is_empty() => note(
+                    &mut problems,
+                    c.key,
+                    no_pool_address(cfg, wants_ipv6(c.svc)),
+                ),
                 None => {}
             }
             ip
@@ -653,6 +682,7 @@ pub fn compute(
         }
     }
 
+    note_addressless_nodes(cfg, objs, &mut problems);
     let slices = Slices::new(objs);
     let vips = holders
         .iter()
@@ -1235,6 +1265,63 @@ mod tests {
         assert_eq!(with(Some("ClientIP")), [HashMode::ThreeTuple; 2]);
         assert_eq!(with(Some("None")), [HashMode::FiveTuple; 2]);
         assert_eq!(with(None), [HashMode::FiveTuple; 2]);
+    }
+
+    /// An IPv6 Service with only IPv4 pool ranges was reported "address pool exhausted",
+    /// which sent the operator after a full pool instead of a missing range.
+    #[test]
+    fn a_family_without_pool_ranges_is_reported_as_such() {
+        let mut v4_only = cfg();
+        v4_only.address_pool.retain(|r| r.first.is_ipv4());
+        let problems = |cfg: &Kubernetes, n: u32| -> Vec<String> {
+            let services = (0..n).map(|i| {
+                let mut s = lb(&format!("s{i}"), i + 1, &[("TCP", 80)], None, None, None);
+                s.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
+                s
+            });
+            let c = compute(cfg, &objects(services), &mut HashMap::new());
+            c.problems
+                .into_iter()
+                .map(|p| format!("{} {}", p.service, p.what))
+                .collect()
+        };
+        assert_eq!(
+            problems(&v4_only, 1),
+            ["ns/s0 kubernetes.address_pool has no IPv6 range"]
+        );
+        // A range of the family, all of it taken: exhausted.
+        assert_eq!(problems(&cfg(), 5), ["ns/s4 address pool exhausted"]);
+    }
+
+    /// A node without an address of `node_address_type` (`ExternalIP` on bare metal) was
+    /// dropped from every VIP without a word. It is a problem naming the node and the type.
+    #[test]
+    fn a_node_without_an_address_of_the_configured_type_is_reported() {
+        let mut external = cfg();
+        external.node_address_type = crate::config::NodeAddressType::ExternalIP;
+        let mut objs = objects([lb("web", 1, &[("TCP", 80)], None, None, Some("192.0.2.9"))]);
+        let eps = json!([endpoint("10.244.1.1", "a", true, true, false)]);
+        add_slice(&mut objs, slice("web", "IPv4", eps));
+        objs.nodes
+            .insert("a".into(), kube_node("a", "10.1.0.1", true, json!({})));
+        let c = compute(&external, &objs, &mut HashMap::new());
+        assert!(c.set.vips[0].backends.is_empty());
+        let got: Vec<(&str, &str)> = c
+            .problems
+            .iter()
+            .map(|p| (p.service.as_str(), p.what.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [(
+                "node a",
+                "no usable ExternalIP address (kubernetes.node_address_type): no Service's backend"
+            )]
+        );
+        // With its InternalIP configured, it is a backend, and no problem.
+        let c = compute(&cfg(), &objs, &mut HashMap::new());
+        assert_eq!(c.set.vips[0].backends.len(), 1);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
     }
 
     /// A `Cluster` Service was served by every ready node whether or not it had a pod:
