@@ -479,7 +479,7 @@ impl Daemon {
                 name,
                 ip,
             } => {
-                tracing::info!(service = %format!("{namespace}/{name}"), %ip, "pool address assigned")
+                tracing::info!(service = %format!("{namespace}/{name}"), %ip, "address written to the Service's status")
             }
             KubeUpdate::Error(e) => {
                 tracing::warn!(error = %e, "Kubernetes API error; keeping the last good services")

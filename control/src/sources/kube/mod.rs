@@ -37,7 +37,8 @@ use model::{Assignment, Objects, Problems};
 pub enum KubeUpdate {
     /// The complete set of Kubernetes VIPs; replaces the previous one.
     Services(ServiceSet),
-    /// A pool address was written to a Service's status.
+    /// A granted address (pool or requested) was written to a Service's status; the
+    /// daemon logs it.
     Assigned {
         namespace: String,
         name: String,
@@ -647,7 +648,7 @@ impl Sync {
         self.problems = now;
     }
 
-    /// Writes pool addresses to Service status (merge patch of the status
+    /// Writes granted addresses (pool or requested) to Service status (merge patch of the status
     /// subresource, `ipMode: VIP` so kube-proxy accepts the decapsulated
     /// packets addressed to it on every node). A merge patch replaces the
     /// whole `ingress` list (RFC 7386), so a refused address it moves a
@@ -712,7 +713,6 @@ impl Sync {
         self.writing.remove(&id);
         match result {
             Ok(svc) => {
-                tracing::info!(service = %format!("{}/{}", a.namespace, a.name), ip = %a.ip, "assigned a pool address");
                 // Apply the answer at once instead of waiting for the watch, unless the
                 // watch has shown a change since the write began (it will show the write).
                 let key = Store::<Service>::key(&svc);
