@@ -68,7 +68,7 @@ use crate::neigh::{Resolution, Resolver};
 use crate::policy::{DataplaneProblem, Decision, Policy, ServiceHealth, WithdrawReason};
 use crate::publish::{desired, Desired, Params, Publisher};
 use crate::sources::kube::{self as kube_source, KubeSource, KubeUpdate};
-use crate::sources::{static_list, BackendSpec, ServiceSet, VipSpec};
+use crate::sources::{static_list, BackendSpec, LeftOut, ServiceSet, VipSpec};
 use crate::status::SharedStatus;
 use dataplane::bpf::steer::MAX_VIPS;
 use dataplane::snapshot::SourcePrefix;
@@ -193,6 +193,8 @@ struct Daemon {
     config: Config,
     statics: ServiceSet,
     kube_set: ServiceSet,
+    /// The Kubernetes VIPs the last merge left out, each logged once (see [`LeftOut::news`]).
+    left_out: Vec<LeftOut>,
     /// The static and Kubernetes services merged: what should be served and announced.
     desired: ServiceSet,
     /// Service ports removed from `desired` that are still served until their drain ends.
@@ -266,6 +268,7 @@ impl Daemon {
             path,
             statics: statics.clone(),
             kube_set: ServiceSet::default(),
+            left_out: Vec::new(),
             desired: statics.clone(),
             draining: Vec::new(),
             removed: vec![false; statics.vips.len()],
@@ -508,7 +511,10 @@ impl Daemon {
     /// After the static or Kubernetes set changed: merge, start draining the service
     /// ports no longer there, and serve the result.
     fn services_changed(&mut self, now: Instant) {
-        let desired = ServiceSet::merge(&self.statics, &self.kube_set);
+        let (desired, left_out) = ServiceSet::merge(&self.statics, &self.kube_set);
+        for l in LeftOut::news(&mut self.left_out, left_out) {
+            l.log();
+        }
         if desired == self.desired {
             return;
         }

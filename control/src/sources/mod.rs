@@ -179,25 +179,85 @@ impl ServiceSet {
     /// a static VIP's address, whatever their ports: the operator's addresses are not the
     /// Services' to share, as another Service's are not without its consent
     /// ([`kube::model::SHARING_KEY_ANNOTATION`]). Kubernetes VIPs are taken whole, in the
-    /// set's canonical order, so gateways with one view keep the same ones. Each dropped VIP
-    /// is logged.
-    pub fn merge(statics: &ServiceSet, kube: &ServiceSet) -> ServiceSet {
+    /// set's canonical order, so gateways with one view keep the same ones. Also the VIPs
+    /// left out, for the caller to log ([`LeftOut::news`]: each once, not on every
+    /// Kubernetes update).
+    pub fn merge(statics: &ServiceSet, kube: &ServiceSet) -> (ServiceSet, Vec<LeftOut>) {
         let mut out = statics.clone();
+        let mut left_out = Vec::new();
         let mut ports: usize = statics.vips.iter().map(|v| v.ports.len()).sum();
         for v in &kube.vips {
-            if let Some(s) = statics.vips.iter().find(|s| s.addr == v.addr) {
-                tracing::warn!(service = %v.name, vip = %v.addr, conflicts_with = %s.name, "Kubernetes VIP on a static VIP's address; ignored");
-                continue;
+            let why = if let Some(s) = statics.vips.iter().find(|s| s.addr == v.addr) {
+                Some(LeftOutWhy::StaticAddress(s.name.clone()))
+            } else if ports + v.ports.len() > MAX_VIPS {
+                Some(LeftOutWhy::SteeringLimit { steered: ports })
+            } else {
+                None
+            };
+            match why {
+                Some(why) => left_out.push(LeftOut {
+                    service: v.name.clone(),
+                    addr: v.addr,
+                    ports: v.ports.len(),
+                    why,
+                }),
+                None => {
+                    ports += v.ports.len();
+                    out.vips.push(v.clone());
+                }
             }
-            if ports + v.ports.len() > MAX_VIPS {
-                tracing::warn!(service = %v.name, vip = %v.addr, ports = v.ports.len(), "Kubernetes VIP ignored: the gateway already steers {ports} of at most {MAX_VIPS} service ports");
-                continue;
-            }
-            ports += v.ports.len();
-            out.vips.push(v.clone());
         }
         out.normalize();
-        out
+        (out, left_out)
+    }
+}
+
+/// A Kubernetes VIP that [`ServiceSet::merge`] left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub service: String,
+    pub addr: IpAddr,
+    /// Its service ports.
+    pub ports: usize,
+    pub why: LeftOutWhy,
+}
+
+/// Why a Kubernetes VIP was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeftOutWhy {
+    /// Its address is the static VIP of this name's.
+    StaticAddress(String),
+    /// The gateway already steered this many of at most [`MAX_VIPS`] service ports.
+    SteeringLimit { steered: usize },
+}
+
+impl LeftOut {
+    /// Logs the VIPs of `now` that `before` did not leave out for the same reason (the
+    /// count of steered ports aside, which moves with every other Service), so a VIP left
+    /// out is logged when that starts, not on every Kubernetes update; `now` becomes
+    /// `before`.
+    pub fn news(before: &mut Vec<LeftOut>, now: Vec<LeftOut>) -> Vec<&LeftOut> {
+        let same = |a: &LeftOut, b: &LeftOut| {
+            a.service == b.service
+                && a.addr == b.addr
+                && std::mem::discriminant(&a.why) == std::mem::discriminant(&b.why)
+        };
+        let new: Vec<usize> = (0..now.len())
+            .filter(|&i| !before.iter().any(|b| same(b, &now[i])))
+            .collect();
+        *before = now;
+        new.into_iter().map(|i| &before[i]).collect()
+    }
+
+    pub fn log(&self) {
+        match &self.why {
+            LeftOutWhy::StaticAddress(s) => {
+                tracing::warn!(service = %self.service, vip = %self.addr, conflicts_with = %s, "Kubernetes VIP on a static VIP's address; ignored")
+            }
+            LeftOutWhy::SteeringLimit { steered } => {
+                tracing::warn!(service = %self.service, vip = %self.addr, ports = self.ports, "Kubernetes VIP ignored: the gateway already steers {steered} of at most {MAX_VIPS} service ports")
+            }
+        }
     }
 }
 
@@ -405,11 +465,61 @@ mod tests {
                 vip("203.0.113.3", &[1, 2, 3, 4, 5, 6, 7, 8, 9], &[], None),
             ],
         };
-        let merged = ServiceSet::merge(&statics, &kube);
+        let (merged, _) = ServiceSet::merge(&statics, &kube);
         let addrs: Vec<String> = merged.vips.iter().map(|v| v.addr.to_string()).collect();
         assert_eq!(addrs, ["192.0.2.1", "203.0.113.1", "203.0.113.3"]);
         let ports: usize = merged.vips.iter().map(|v| v.ports.len()).sum();
         assert_eq!(ports, MAX_VIPS);
+    }
+
+    /// What merge leaves out is logged when it starts, not on every Kubernetes update (each
+    /// one merges again, and used to log every VIP left out again).
+    #[test]
+    fn a_vip_left_out_is_reported_once() {
+        let statics = ServiceSet {
+            vips: vec![vip("192.0.2.1", &[80], &[("10.0.0.1", 1)], None)],
+        };
+        let many: Vec<u16> = (1..=(MAX_VIPS - 10) as u16).collect();
+        let kube = |extra: &[&str]| ServiceSet {
+            vips: [
+                vip("192.0.2.1", &[443], &[], None),
+                vip("203.0.113.1", &many, &[], None),
+            ]
+            .into_iter()
+            .chain(
+                extra
+                    .iter()
+                    .map(|a| vip(a, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &[], None)),
+            )
+            .collect(),
+        };
+        let said = |set: &ServiceSet, before: &mut Vec<LeftOut>| {
+            let (_, left_out) = ServiceSet::merge(&statics, set);
+            let news = LeftOut::news(before, left_out);
+            news.iter()
+                .map(|l| format!("{} {:?}", l.addr, l.why))
+                .collect::<Vec<_>>()
+        };
+        let mut before = Vec::new();
+        assert_eq!(
+            said(&kube(&["203.0.113.2"]), &mut before),
+            [
+                "192.0.2.1 StaticAddress(\"192.0.2.1\")",
+                &format!("203.0.113.2 SteeringLimit {{ steered: {} }}", MAX_VIPS - 9)
+            ]
+        );
+        // The same again, and with one more left out: only the new one.
+        assert!(said(&kube(&["203.0.113.2"]), &mut before).is_empty());
+        assert_eq!(
+            said(&kube(&["203.0.113.2", "203.0.113.3"]), &mut before),
+            [format!(
+                "203.0.113.3 SteeringLimit {{ steered: {} }}",
+                MAX_VIPS - 9
+            )]
+        );
+        // Served again, then left out again: said again.
+        assert!(said(&kube(&[]), &mut before).is_empty());
+        assert_eq!(said(&kube(&["203.0.113.2"]), &mut before).len(), 1);
     }
 
     #[test]
@@ -437,7 +547,7 @@ mod tests {
                 ),
             ],
         };
-        let merged = ServiceSet::merge(&statics, &kube);
+        let (merged, _) = ServiceSet::merge(&statics, &kube);
         assert_eq!(merged.vips.len(), 2);
         assert_eq!(merged.vips[0].ports, [80]);
         assert_eq!(merged.vips[0].backends[0].addr.to_string(), "10.0.0.1");
@@ -540,7 +650,7 @@ mod tests {
         let cfg = c.kubernetes.as_ref().unwrap();
         let kube = kube::model::compute(cfg, &objs, &mut HashMap::new()).set;
         assert_eq!(kube.vips.len(), 3);
-        let merged = ServiceSet::merge(&static_list::service_set(&c), &kube);
+        let (merged, _) = ServiceSet::merge(&static_list::service_set(&c), &kube);
         let got: Vec<(&str, String)> = merged
             .vips
             .iter()
