@@ -43,6 +43,9 @@ pub enum Origin {
         traffic_policy: TrafficPolicy,
         /// `spec.healthCheckNodePort` (Local Services).
         health_check_node_port: Option<u16>,
+        /// `metadata.creationTimestamp`, in Unix seconds: the older Service's VIPs are
+        /// admitted first when not all fit ([`ServiceSet::merge`]).
+        created: Option<i64>,
     },
 }
 
@@ -178,15 +181,23 @@ impl ServiceSet {
     /// ports a gateway steers (the config check holds the static ones to it) and are not on
     /// a static VIP's address, whatever their ports: the operator's addresses are not the
     /// Services' to share, as another Service's are not without its consent
-    /// ([`kube::model::SHARING_KEY_ANNOTATION`]). Kubernetes VIPs are taken whole, in the
-    /// set's canonical order, so gateways with one view keep the same ones. Also the VIPs
+    /// ([`kube::model::SHARING_KEY_ANNOTATION`]). Kubernetes VIPs are taken whole, the
+    /// oldest Service's first (then by name and the set's order), so that a new Service
+    /// never pushes out one already served, and gateways with one view keep the same ones.
+    /// Also the VIPs
     /// left out, for the caller to log ([`LeftOut::news`]: each once, not on every
     /// Kubernetes update).
     pub fn merge(statics: &ServiceSet, kube: &ServiceSet) -> (ServiceSet, Vec<LeftOut>) {
         let mut out = statics.clone();
         let mut left_out = Vec::new();
         let mut ports: usize = statics.vips.iter().map(|v| v.ports.len()).sum();
-        for v in &kube.vips {
+        let mut admission: Vec<&VipSpec> = kube.vips.iter().collect();
+        // Stable: VIPs of one age and name keep the set's order.
+        admission.sort_by_key(|v| match &v.origin {
+            Origin::Kubernetes { created, .. } => (*created, v.name.as_str()),
+            Origin::Static => (None, v.name.as_str()),
+        });
+        for v in admission {
             let why = if let Some(s) = statics.vips.iter().find(|s| s.addr == v.addr) {
                 Some(LeftOutWhy::StaticAddress(s.name.clone()))
             } else if ports + v.ports.len() > MAX_VIPS {
@@ -422,6 +433,7 @@ mod tests {
                 name: "web".into(),
                 traffic_policy,
                 health_check_node_port: Some(30000),
+                created: None,
             };
             v
         };
@@ -470,6 +482,39 @@ mod tests {
         assert_eq!(addrs, ["192.0.2.1", "203.0.113.1", "203.0.113.3"]);
         let ports: usize = merged.vips.iter().map(|v| v.ports.len()).sum();
         assert_eq!(ports, MAX_VIPS);
+    }
+
+    /// Past the steering limit, the newest Service is the one left out: admitted in address
+    /// order, a new Service with a low address pushed out an older one already served.
+    #[test]
+    fn the_newest_services_are_left_out_past_the_steering_limit() {
+        let service = |addr: &str, ports: usize, created: i64| {
+            let ports: Vec<u16> = (1..=ports as u16).collect();
+            let mut v = vip(addr, &ports, &[], None);
+            v.origin = Origin::Kubernetes {
+                namespace: "ns".into(),
+                name: format!("svc-{created}"),
+                traffic_policy: TrafficPolicy::Cluster,
+                health_check_node_port: None,
+                created: Some(created),
+            };
+            v
+        };
+        let old = [
+            service("203.0.113.50", 5, 100),
+            service("203.0.113.60", MAX_VIPS - 5, 200),
+        ];
+        let kube = ServiceSet {
+            vips: [service("203.0.113.1", 1, 300)]
+                .into_iter()
+                .chain(old.clone())
+                .collect(),
+        };
+        let (merged, left_out) = ServiceSet::merge(&ServiceSet::default(), &kube);
+        let addrs: Vec<String> = merged.vips.iter().map(|v| v.addr.to_string()).collect();
+        assert_eq!(addrs, ["203.0.113.50", "203.0.113.60"]);
+        assert_eq!(left_out.len(), 1);
+        assert_eq!(left_out[0].addr.to_string(), "203.0.113.1");
     }
 
     /// What merge leaves out is logged when it starts, not on every Kubernetes update (each

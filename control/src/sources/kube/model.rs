@@ -713,6 +713,7 @@ fn service_vips(
     };
     let ns = c.svc.metadata.namespace.as_deref().unwrap_or_default();
     let name = c.svc.metadata.name.as_deref().unwrap_or_default();
+    let created = c.svc.metadata.creation_timestamp.as_ref();
     let policy = match spec.external_traffic_policy.as_deref() {
         Some("Local") => TrafficPolicy::Local,
         _ => TrafficPolicy::Cluster,
@@ -790,6 +791,7 @@ fn service_vips(
                 name: name.to_owned(),
                 traffic_policy: policy,
                 health_check_node_port: hcnp,
+                created: created.map(|t| t.0.as_second()),
             },
             addr,
             proto: *proto,
