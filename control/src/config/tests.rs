@@ -627,9 +627,9 @@ fn pool(range: &str) -> String {
 }
 
 /// Edges of the blocks a VIP address may not be in (IPv4, IPv6): unspecified and
-/// 0.0.0.0/8, loopback, IPv4-mapped (::ffff:0:0/96), multicast, broadcast; and some
-/// ordinary addresses.
-const POOL_EDGES: [(u128, u128); 11] = [
+/// 0.0.0.0/8, loopback, IPv4-mapped (::ffff:0:0/96), link-local (fe80::/10), multicast,
+/// broadcast; and some ordinary addresses.
+const POOL_EDGES: [(u128, u128); 12] = [
     (0, 0),
     (1, 1),
     (0x00ff_ffff, 0xffff_0000_0000),
@@ -637,6 +637,7 @@ const POOL_EDGES: [(u128, u128); 11] = [
     (0x7f00_0000, 2),
     (0x8000_0000, 0x2001_0db8 << 96),
     (0xcb00_7100, 0xfe80 << 112),
+    (0xcb00_7200, 0xfec0 << 112),
     (0xe000_0000, 0xff00 << 112),
     (0xf000_0000, 0xff02 << 112),
     (0xffff_fffe, u128::MAX - 1),
@@ -659,6 +660,9 @@ fn pool_ranges_must_hold_only_unicast_addresses() {
         "::2-fe80::",
         "::ffff:192.0.2.0/120",
         "::fffe:ffff:ffff-::ffff:0:0",
+        "fe80::/64",
+        "fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff-fe80::",
+        "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff-fec0::1",
     ] {
         one_problem(&pool(bad), "kubernetes.address_pool[0]", "not unicast");
     }
@@ -666,11 +670,44 @@ fn pool_ranges_must_hold_only_unicast_addresses() {
         "1.0.0.0-126.255.255.255",
         "128.0.0.0-223.255.255.255",
         "::2-::fffe:ffff:ffff",
-        "::1:0:0:0-fe80::",
+        "::1:0:0:0-fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "fec0::-fec0::ff",
         "2001:db8::/32",
     ] {
         parse(&pool(good), file()).unwrap_or_else(|e| panic!("{good}: {e}"));
     }
+}
+
+/// A link-local address (fe80::/10) is forwarded by no router and names a host only on
+/// one link: as a VIP no client could reach it, as a backend the tunnel would leave by
+/// whichever interface routes fe80::/10. Refused for VIPs, backends and the outer source
+/// (a pool range over it is refused by `pool_ranges_must_hold_only_unicast_addresses`); a
+/// peer or a next hop keeps its own, more specific message (tested with them).
+#[test]
+fn link_local_addresses_are_refused() {
+    let msg = "fe80::10 is link-local (fe80::/10): routers do not forward it and it names a host only on one link; use a global address";
+    let vip = MINIMAL
+        .replace("203.0.113.10", "fe80::10")
+        .replace("10.0.0.1", "fd00::1");
+    one_problem(&vip, "vips[0].address", msg);
+    let backend = MINIMAL
+        .replace("203.0.113.10", "2001:db8::10")
+        .replace("10.0.0.1", "fe80::10");
+    let ps = problems(&backend);
+    assert!(
+        ps.iter()
+            .any(|p| p.path == "vips[0].backends[0].address" && p.message == msg),
+        "{ps:#?}"
+    );
+    let outer = MINIMAL.replace(
+        "[dataplane]",
+        "[dataplane]\nouter_source_prefix = \"fe80::/64\"",
+    );
+    let ps = problems(&outer);
+    assert!(
+        ps.iter().any(|p| p.path == "dataplane.outer_source_prefix"),
+        "{ps:#?}"
+    );
 }
 
 /// 0.0.0.0/8 names no host on the wire (RFC 1122 §3.2.1.3), and `::ffff:a.b.c.d` is the

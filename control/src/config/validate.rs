@@ -310,10 +310,10 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
     for (i, p) in b.peers.iter().enumerate() {
         v.key("peers", |v| {
             v.at(Seg::Index(i), |v| {
-                if unusable(p.address) {
-                    v.err("address", not_unicast(p.address));
-                } else if link_local(p.address) {
+                if link_local(p.address) {
                     v.err("address", format!("{} is link-local: a session to it needs the interface it is on, which the address does not say; peer with a global address", p.address));
+                } else if unusable(p.address) {
+                    v.err("address", not_unicast(p.address));
                 } else if !seen.insert(p.address) {
                     v.err("address", format!("peer {} is configured twice", p.address));
                 }
@@ -363,13 +363,13 @@ fn bgp_section(v: &mut V, b: &super::Bgp) {
                     }
                 }
                 for nh in p.next_hop.iter() {
-                    if unusable(nh) {
-                        v.err("next_hop", not_unicast(nh));
-                    } else if link_local(nh) {
+                    if link_local(nh) {
                         v.err(
                             "next_hop",
                             format!("{nh} is link-local; an IPv6 next hop must be a global address (RFC 2545 §3)"),
                         );
+                    } else if unusable(nh) {
+                        v.err("next_hop", not_unicast(nh));
                     }
                 }
                 if let Some(pw) = &p.md5_password {
@@ -413,14 +413,17 @@ fn announceable(v: &mut V, c: &Config, field: &str, addr: IpAddr, what: &str) {
 /// Addresses that can be neither a VIP, a node, nor a peer. Also applied to the addresses
 /// Kubernetes objects name ([`crate::sources::kube`]). Besides the unspecified, loopback,
 /// multicast and broadcast addresses: 0.0.0.0/8, "this network", which names no host on
-/// the wire (RFC 1122 §3.2.1.3, RFC 6890); and IPv4-mapped IPv6 addresses, `::ffff:0:0/96`,
+/// the wire (RFC 1122 §3.2.1.3, RFC 6890); IPv4-mapped IPv6 addresses, `::ffff:0:0/96`,
 /// which stand for an IPv4 address inside a host and are never on the wire (RFC 4291
 /// §2.5.5.2): the dataplane keys IPv4 addresses so, and would take `::ffff:a.b.c.d` for
-/// a.b.c.d (its snapshot refuses them as well).
+/// a.b.c.d (its snapshot refuses them as well); and [`link_local`] addresses, which no
+/// router forwards (a VIP there is unreachable from clients) and which name a node only
+/// on one link (a tunnel to one would leave by whichever interface routes fe80::/10).
 pub(crate) fn unusable(a: IpAddr) -> bool {
     a.is_unspecified()
         || a.is_multicast()
         || a.is_loopback()
+        || link_local(a)
         || match a {
             IpAddr::V4(a) => a.is_broadcast() || a.octets()[0] == 0,
             IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
@@ -438,6 +441,7 @@ fn not_unicast(a: IpAddr) -> String {
     match a {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => format!("{a} is an IPv4-mapped IPv6 address (::ffff:0:0/96), never an address on the wire; write the IPv4 address {v4}"),
+            None if link_local(a) => format!("{a} is link-local (fe80::/10): routers do not forward it and it names a host only on one link; use a global address"),
             None => format!("{a} is not a unicast address"),
         },
         IpAddr::V4(_) => format!("{a} is not a unicast address"),
@@ -446,7 +450,7 @@ fn not_unicast(a: IpAddr) -> String {
 
 /// The blocks [`unusable`] refuses, for ranges: a pool range must avoid them all,
 /// not only at its ends.
-const NOT_UNICAST: [(IpAddr, IpAddr, &str); 8] = {
+const NOT_UNICAST: [(IpAddr, IpAddr, &str); 9] = {
     use IpAddr::{V4, V6};
     [
         (
@@ -483,6 +487,13 @@ const NOT_UNICAST: [(IpAddr, IpAddr, &str); 8] = {
             V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0)),
             V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xffff, 0xffff)),
             "::ffff:0:0/96 (IPv4-mapped)",
+        ),
+        (
+            V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+            V6(Ipv6Addr::new(
+                0xfebf, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff,
+            )),
+            "fe80::/10 (link-local)",
         ),
         (
             V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)),
