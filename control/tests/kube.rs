@@ -1098,3 +1098,80 @@ fn in_cluster_child() {
         panic!("no set with in-cluster credentials; errors: {errors:?}");
     }
 }
+
+/// A dual-stack Service (`PreferDualStack`, IPv4 and IPv6) got a pool address of its first
+/// family only, and was unreachable over IPv6. It gets one of each family, each served with
+/// the nodes' addresses of that family, and both reach its status in one merge patch, in
+/// `spec.ipFamilies` order, written once.
+#[test]
+fn a_dual_stack_service_gets_and_writes_an_address_of_each_family() {
+    let server = FakeApiServer::start();
+    for (name, v4, v6) in [
+        ("node-a", "10.0.0.1", "fd00::a"),
+        ("node-b", "10.0.0.2", "fd00::b"),
+    ] {
+        let mut n = node(name, v4, true, json!({}));
+        n["status"]["addresses"][1]["address"] = json!(v6);
+        server.apply(Kind::Node, n);
+    }
+    let mut dual = service(
+        "default",
+        "dual",
+        "2026-01-03T00:00:00Z",
+        "Cluster",
+        None,
+        json!([port("http", "TCP", 80, 30080)]),
+        None,
+        None,
+    );
+    dual["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
+    dual["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    dual["spec"]["clusterIPs"] = json!(["10.96.0.10", "fd00:96::10"]);
+    server.apply(Kind::Service, dual);
+    for (family, pod) in [("IPv4", "10.244.1.9"), ("IPv6", "fd00:244::9")] {
+        let eps = [(pod, "node-a", true, true, false)];
+        let name = format!("dual-{}", family.to_lowercase());
+        server.apply(
+            Kind::EndpointSlice,
+            slice("default", &name, "dual", family, &eps),
+        );
+    }
+    let mut h = Harness::start(server, &["198.51.100.10-198.51.100.12", "2001:db8::/126"]);
+    let addrs = |s: &ServiceSet| -> Vec<IpAddr> {
+        let vips = s.vips.iter().filter(|v| v.name == "default/dual");
+        vips.map(|v| v.addr).collect()
+    };
+    let set = h.wait_for("an address of each family", |s| addrs(s).len() == 2);
+    assert_eq!(addrs(&set), [ip("198.51.100.10"), ip("2001:db8::")]);
+    for v in &set.vips {
+        let want = if v.addr.is_ipv6() {
+            weights(&[("fd00::a", 1), ("fd00::b", 1)])
+        } else {
+            weights(&[("10.0.0.1", 1), ("10.0.0.2", 1)])
+        };
+        assert_eq!(backends(v), want, "{}", v.addr);
+    }
+    let patches = h.patches();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    let (path, ctype, body) = &patches[0];
+    assert_eq!(path, "/api/v1/namespaces/default/services/dual/status");
+    assert_eq!(ctype, "application/merge-patch+json");
+    let written = json!([
+        {"ip": "198.51.100.10", "ipMode": "VIP"},
+        {"ip": "2001:db8::", "ipMode": "VIP"}
+    ]);
+    assert_eq!(body["status"]["loadBalancer"]["ingress"], written);
+    let stored = h.server.object(Kind::Service, "default/dual").unwrap();
+    assert_eq!(stored["status"]["loadBalancer"]["ingress"], written);
+    // Later changes neither write again nor move it.
+    h.server
+        .apply(Kind::Node, node("node-c", "10.0.0.3", true, json!({})));
+    let set = h.wait_for("node-c", |s| {
+        s.vips
+            .iter()
+            .any(|v| v.addr.is_ipv4() && v.backends.len() == 3)
+    });
+    assert_eq!(addrs(&set), [ip("198.51.100.10"), ip("2001:db8::")]);
+    assert_eq!(h.server.patches().len(), 1);
+    assert!(h.errors.is_empty(), "{:?}", h.errors);
+}

@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use crate::config::Kubernetes;
 use crate::sources::ServiceSet;
 use crate::status::KubernetesStatus;
-use model::{Assignment, Objects, Problems};
+use model::{Assigned, Assignment, Objects, Problems};
 
 /// What the Kubernetes source tells the control loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub enum KubeUpdate {
     /// The complete set of Kubernetes VIPs; replaces the previous one.
     Services(ServiceSet),
     /// A granted address (pool or requested) was written to a Service's status; the
-    /// daemon logs it.
+    /// daemon logs it. One for each address of a dual-stack Service.
     Assigned {
         namespace: String,
         name: String,
@@ -545,11 +545,11 @@ struct Sync {
     nodes: Store<Node>,
     dirty: bool,
     last: Option<ServiceSet>,
-    assigned: HashMap<String, IpAddr>,
+    assigned: Assigned,
     pending: Vec<Assignment>,
-    /// Per Service (namespace, name): the address last written and when the write ended
+    /// Per Service (namespace, name): the addresses last written and when the write ended
     /// (or began, while it runs).
-    attempts: HashMap<(String, String), (IpAddr, Instant)>,
+    attempts: HashMap<(String, String), (Vec<IpAddr>, Instant)>,
     /// The Services whose status write runs now.
     writing: HashSet<(String, String)>,
     /// The last computation's problems, so each is logged once.
@@ -568,7 +568,7 @@ impl Sync {
             nodes: Store::new(),
             dirty: false,
             last: None,
-            assigned: HashMap::new(),
+            assigned: Assigned::new(),
             pending: Vec::new(),
             attempts: HashMap::new(),
             writing: HashSet::new(),
@@ -652,7 +652,8 @@ impl Sync {
     /// subresource, `ipMode: VIP` so kube-proxy accepts the decapsulated
     /// packets addressed to it on every node). A merge patch replaces the
     /// whole `ingress` list (RFC 7386), so a refused address it moves a
-    /// Service off is gone from its status, not kept next to the new one.
+    /// Service off is gone from its status, not kept next to the new one, and a
+    /// dual-stack Service's addresses are written together, in one patch.
     /// Retried every few seconds until the watch shows the status.
     ///
     /// Each write is a task in `writes`, bounded by [`WRITE_TIMEOUT`], whose outcome
@@ -666,11 +667,12 @@ impl Sync {
                 || self
                     .attempts
                     .get(&id)
-                    .is_some_and(|(ip, t)| *ip == a.ip && t.elapsed() < RETRY)
+                    .is_some_and(|(ips, t)| *ips == a.ips && t.elapsed() < RETRY)
             {
                 continue;
             }
-            self.attempts.insert(id.clone(), (a.ip, Instant::now()));
+            self.attempts
+                .insert(id.clone(), (a.ips.clone(), Instant::now()));
             self.writing.insert(id);
             let key = format!("{}/{}", a.namespace, a.name);
             let version = self
@@ -681,7 +683,12 @@ impl Sync {
             let api: Api<Service> = Api::namespaced(client.clone(), &a.namespace);
             let a = a.clone();
             writes.spawn(async move {
-                let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": a.ip.to_string(), "ipMode": "VIP"}]}}});
+                let ingress: Vec<_> = a
+                    .ips
+                    .iter()
+                    .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                    .collect();
+                let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
                 let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
                 let write = api.patch_status(&a.name, &params, &patch);
                 let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
@@ -689,11 +696,7 @@ impl Sync {
                     Ok(Err(e)) => Err(with_causes(&e)),
                     Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
                 };
-                Written {
-                    a,
-                    version,
-                    result,
-                }
+                Written { a, version, result }
             });
         }
         self.attempts.retain(|id, _| {
@@ -722,16 +725,18 @@ impl Sync {
                         self.dirty = true;
                     }
                 }
-                let _ = self.tx.send(KubeUpdate::Assigned {
-                    namespace: a.namespace,
-                    name: a.name,
-                    ip: a.ip,
-                });
+                for ip in a.ips {
+                    let _ = self.tx.send(KubeUpdate::Assigned {
+                        namespace: a.namespace.clone(),
+                        name: a.name.clone(),
+                        ip,
+                    });
+                }
             }
             Err(e) => {
                 let msg = format!("writing {}/{} status: {e}", a.namespace, a.name);
                 tracing::warn!(error = %msg, "status write failed; will retry");
-                self.attempts.insert(id, (a.ip, Instant::now()));
+                self.attempts.insert(id, (a.ips, Instant::now()));
                 let _ = self.tx.send(KubeUpdate::Error(msg));
             }
         }

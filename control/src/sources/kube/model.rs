@@ -35,14 +35,20 @@ pub struct Objects {
     pub nodes: BTreeMap<String, Node>,
 }
 
-/// An address dsrgate gave a Service (from the pool or its `spec.loadBalancerIP`) that must
-/// be written to its status: kube-proxy accepts traffic only for status addresses.
+/// The addresses of a Service to write to its status, when dsrgate gave it one (from the
+/// pool or its `spec.loadBalancerIP`): kube-proxy accepts traffic only for status
+/// addresses. All of them, one family or each of a dual-stack Service's in `spec.ipFamilies`
+/// order, as the write replaces the whole list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub namespace: String,
     pub name: String,
-    pub ip: IpAddr,
+    pub ips: Vec<IpAddr>,
 }
+
+/// Pool choices not yet in their Service's status, by Service (`namespace/name`) and
+/// family (true: IPv6).
+pub type Assigned = HashMap<(String, bool), IpAddr>;
 
 /// Something in one Service that [`compute`] refused or worked around (an address it may
 /// not have, a port it cannot serve), or a Node it cannot use. Returned rather than logged:
@@ -130,18 +136,27 @@ fn requested(svc: &Service) -> Option<&str> {
     (!raw.trim().is_empty()).then_some(raw)
 }
 
-/// The requested address if it may be granted: unicast, and inside the address pool when
-/// one is configured (as MetalLB and Cilium LB-IPAM do), so a namespace that may create a
-/// Service cannot have any address of its choosing announced. A Service whose request is
-/// refused gets no VIP (never a pool address instead of the one it asked for).
+/// The requested address if it may be granted: unicast, of `c`'s family (kube-proxy drops
+/// traffic for an address of a family the Service does not have), and inside the address
+/// pool when one is configured (as MetalLB and Cilium LB-IPAM do), so a namespace that may
+/// create a Service cannot have any address of its choosing announced. A family whose
+/// request is refused gets no VIP (never a pool address instead of the one it asked for).
 fn spec_ip(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<IpAddr> {
-    let raw = requested(c.svc)?;
+    let raw = c.request?;
     let ip = unicast(raw)
         .map_err(|why| {
             let what = format!("ignoring spec.loadBalancerIP {raw:?}: {why}");
             note(problems, c.key, what)
         })
         .ok()?;
+    if ip.is_ipv6() != c.v6 {
+        let what = format!(
+            "ignoring spec.loadBalancerIP {ip}: the Service has no {} family (spec.ipFamilies)",
+            family_name(ip.is_ipv6())
+        );
+        note(problems, c.key, what);
+        return None;
+    }
     if !cfg.address_pool.is_empty() && !in_pool(cfg, ip) {
         let what = format!("ignoring spec.loadBalancerIP {ip}: outside kubernetes.address_pool");
         note(problems, c.key, what);
@@ -150,9 +165,61 @@ fn spec_ip(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<Ip
     Some(ip)
 }
 
-fn wants_ipv6(svc: &Service) -> bool {
-    let fams = svc.spec.as_ref().and_then(|s| s.ip_families.as_ref());
-    fams.and_then(|f| f.first()).map(String::as_str) == Some("IPv6")
+fn family_name(v6: bool) -> &'static str {
+    if v6 {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
+/// The families (true: IPv6) the Service gets an address of, in `spec.ipFamilies` order,
+/// and whether it is served only with all of them. One address per family, as MetalLB and
+/// Cilium LB-IPAM assign: `SingleStack` (or no policy) the first family; `PreferDualStack`
+/// each listed family, serving those it can have; `RequireDualStack` each listed family, and
+/// none unless it has all (see [`compute`]). The API server lists one or two distinct
+/// families and accepts only these policies; anything else (an unknown family or policy, a
+/// duplicate, a third entry) is left out (noted). No family listed: IPv4, as the API server
+/// defaulted single-stack clusters before dual-stack.
+fn families(svc: &Service, key: &str, problems: &mut Problems) -> (Vec<bool>, bool) {
+    let spec = svc.spec.as_ref();
+    let (dual, all_or_none) = match spec.and_then(|s| s.ip_family_policy.as_deref()) {
+        None | Some("SingleStack") => (false, false),
+        Some("PreferDualStack") => (true, false),
+        Some("RequireDualStack") => (true, true),
+        Some(other) => {
+            let what = format!("unknown spec.ipFamilyPolicy {other:?}: its first family only");
+            note(problems, key, what);
+            (false, false)
+        }
+    };
+    let mut fams = Vec::new();
+    for f in spec
+        .and_then(|s| s.ip_families.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let v6 = match f.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            other => {
+                note(
+                    problems,
+                    key,
+                    format!("ignoring spec.ipFamilies entry {other:?}"),
+                );
+                continue;
+            }
+        };
+        if !fams.contains(&v6) {
+            fams.push(v6);
+        }
+    }
+    if fams.is_empty() {
+        fams.push(false);
+    }
+    fams.truncate(if dual { 2 } else { 1 });
+    (fams, all_or_none)
 }
 
 /// The address of `node` of the configured type and of the VIP's family.
@@ -343,28 +410,65 @@ fn served_ports(svc: &Service, key: &str, problems: &mut Problems) -> BTreeMap<P
     by_proto
 }
 
-/// A selected Service as address allocation sees it.
+/// One family of a selected Service as address allocation sees it: each address of a
+/// dual-stack Service is claimed (shared, refused, taken from the pool) on its own.
 struct Claimant<'a> {
     /// `namespace/name`.
     key: &'a str,
     svc: &'a Service,
+    /// Its family: true for IPv6.
+    v6: bool,
+    /// Whether its Service is served only with an address of each of its families
+    /// (`RequireDualStack`).
+    all_or_none: bool,
     share: Option<&'a str>,
-    /// Its usable `status.loadBalancer.ingress` addresses.
+    /// Its usable `status.loadBalancer.ingress` addresses of its family.
     status: BTreeSet<IpAddr>,
+    /// The Service's `spec.loadBalancerIP` if it is this family's to grant or refuse: the
+    /// request's own family, or every family if it has none of them (unparseable, or of a
+    /// family the Service does not have), so that such a request is refused (no pool
+    /// address in place of it).
+    request: Option<&'a str>,
     ports: BTreeMap<Protocol, Vec<u16>>,
 }
 
-impl<'a> Claimant<'a> {
-    fn new(key: &'a str, svc: &'a Service, problems: &mut Problems) -> Self {
-        note_refused_ingress(svc, key, problems);
-        Claimant {
+/// The claimants of one selected Service, one per family in [`families`] order. Its status
+/// addresses of a family it does not have are left out (noted): kube-proxy drops their
+/// traffic.
+fn claimants<'a>(key: &'a str, svc: &'a Service, problems: &mut Problems) -> Vec<Claimant<'a>> {
+    note_refused_ingress(svc, key, problems);
+    let (fams, all_or_none) = families(svc, key, problems);
+    let status = ingress_ips(svc);
+    for ip in status.iter().filter(|ip| !fams.contains(&ip.is_ipv6())) {
+        let what = format!(
+            "ignoring status.loadBalancer.ingress ip {ip}: the Service has no {} family \
+             (spec.ipFamilies)",
+            family_name(ip.is_ipv6())
+        );
+        note(problems, key, what);
+    }
+    let request = requested(svc);
+    let request_family = request
+        .and_then(|r| r.parse::<IpAddr>().ok())
+        .map(|ip| ip.is_ipv6())
+        .filter(|v6| fams.contains(v6));
+    let ports = served_ports(svc, key, problems);
+    fams.iter()
+        .map(|&v6| Claimant {
             key,
             svc,
+            v6,
+            all_or_none,
             share: sharing_key(svc),
-            status: ingress_ips(svc),
-            ports: served_ports(svc, key, problems),
-        }
-    }
+            status: status
+                .iter()
+                .copied()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .collect(),
+            request: request.filter(|_| request_family.is_none_or(|f| f == v6)),
+            ports: ports.clone(),
+        })
+        .collect()
 }
 
 /// Why a Service may not be on one address with another.
@@ -455,7 +559,7 @@ fn pick_from_pool(
     holders: &Holders,
     c: &Claimant,
 ) -> Option<IpAddr> {
-    let v6 = wants_ipv6(c.svc);
+    let v6 = c.v6;
     let shared = holders
         .keys()
         .copied()
@@ -478,20 +582,20 @@ fn reassignable(cfg: &Kubernetes, c: &Claimant) -> bool {
     c.status.iter().all(|ip| in_pool(cfg, *ip))
 }
 
-/// Claims `c`'s status addresses; `c` itself if it kept none and goes on as a Service
-/// without an address ([`reassignable`]).
+/// Claims `c`'s status addresses; whether it kept none and goes on as a Service without an
+/// address ([`reassignable`]).
 fn keep_status<'c, 'a>(
     cfg: &Kubernetes,
     holders: &mut Holders<'c, 'a>,
     c: &'c Claimant<'a>,
     problems: &mut Problems,
-) -> Option<&'c Claimant<'a>> {
+) -> bool {
     let mut kept = false;
     for ip in &c.status {
         kept |= claim(holders, c, *ip, problems);
     }
     if kept || !reassignable(cfg, c) {
-        return None;
+        return false;
     }
     if !c.status.is_empty() {
         let what = format!(
@@ -501,7 +605,7 @@ fn keep_status<'c, 'a>(
         );
         note(problems, c.key, what);
     }
-    Some(c)
+    true
 }
 
 /// The address `c` asks for in `spec.loadBalancerIP` when its status shows others, all
@@ -510,7 +614,7 @@ fn keep_status<'c, 'a>(
 /// the pool may be another controller's, and stays (logged): without a pool that is every
 /// status address, the ones dsrgate wrote for an earlier request too.
 fn moving_to(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<IpAddr> {
-    if c.status.is_empty() || requested(c.svc).is_none() {
+    if c.status.is_empty() || c.request.is_none() {
         return None;
     }
     let ip = spec_ip(cfg, c, problems)?;
@@ -529,16 +633,33 @@ fn moving_to(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<
     Some(ip)
 }
 
+/// Takes `c` off `ip`.
+fn release(holders: &mut Holders, c: &Claimant, ip: IpAddr) {
+    if let Some(hs) = holders.get_mut(&ip) {
+        hs.retain(|h| !std::ptr::eq(*h, c));
+        if hs.is_empty() {
+            holders.remove(&ip);
+        }
+    }
+}
+
+/// Whether `c` holds `ip`.
+fn holds(holders: &Holders, c: &Claimant, ip: IpAddr) -> bool {
+    holders
+        .get(&ip)
+        .is_some_and(|hs| hs.iter().any(|h| std::ptr::eq(*h, c)))
+}
+
 /// Moves `c` to `ip` off its status addresses, unless a Service that may not share it holds
 /// it, or a pool choice for another Service is on its way to that Service's status.
 fn move_to<'c, 'a>(
     holders: &mut Holders<'c, 'a>,
-    assigned: &HashMap<String, IpAddr>,
+    assigned: &Assigned,
     c: &'c Claimant<'a>,
     ip: IpAddr,
     problems: &mut Problems,
 ) -> bool {
-    if let Some((other, _)) = assigned.iter().find(|(k, a)| **a == ip && *k != c.key) {
+    if let Some(((other, _), _)) = assigned.iter().find(|((k, _), a)| **a == ip && k != c.key) {
         let what = format!("address {ip} is being given to {other}; staying where it is");
         note(problems, c.key, what);
         return false;
@@ -547,14 +668,47 @@ fn move_to<'c, 'a>(
         return false;
     }
     for was in &c.status {
-        if let Some(hs) = holders.get_mut(was) {
-            hs.retain(|h| h.key != c.key);
-            if hs.is_empty() {
-                holders.remove(was);
-            }
-        }
+        release(holders, c, *was);
     }
     true
+}
+
+/// Gives `c`, which has no address, its request, else a pool address: the pending choice
+/// (unless a Service it may not join took that address since), else a new one, added to
+/// `fresh` if no Service had it. The address, if `c` got one.
+fn grant<'c, 'a>(
+    cfg: &Kubernetes,
+    holders: &mut Holders<'c, 'a>,
+    used: &mut BTreeSet<IpAddr>,
+    assigned: &mut Assigned,
+    fresh: &mut Vec<IpAddr>,
+    c: &'c Claimant<'a>,
+    problems: &mut Problems,
+) -> Option<IpAddr> {
+    let ip = if c.request.is_some() {
+        spec_ip(cfg, c, problems)
+    } else {
+        let id = (c.key.to_owned(), c.v6);
+        let ip = assigned
+            .get(&id)
+            .copied()
+            .filter(|ip| blocker(holders, c, *ip).is_none())
+            .or_else(|| pick_from_pool(cfg, used, holders, c));
+        match ip {
+            Some(ip) => {
+                if used.insert(ip) {
+                    fresh.push(ip);
+                }
+                assigned.insert(id, ip);
+            }
+            None if !cfg.address_pool.is_empty() => {
+                note(problems, c.key, no_pool_address(cfg, c.v6))
+            }
+            None => {}
+        }
+        ip
+    };
+    ip.filter(|ip| claim(holders, c, *ip, problems))
 }
 
 /// Why a Service of family `v6` got no pool address: an IPv6 Service with only IPv4 ranges
@@ -563,31 +717,35 @@ fn no_pool_address(cfg: &Kubernetes, v6: bool) -> String {
     if cfg.address_pool.iter().any(|r| r.first.is_ipv6() == v6) {
         "address pool exhausted".into()
     } else {
-        let family = if v6 { "IPv6" } else { "IPv4" };
-        format!("kubernetes.address_pool has no {family} range")
+        format!("kubernetes.address_pool has no {} range", family_name(v6))
     }
 }
 
-fn assignment(c: &Claimant, ip: IpAddr) -> Assignment {
-    Assignment {
-        namespace: c.svc.metadata.namespace.clone().unwrap_or_default(),
-        name: c.svc.metadata.name.clone().unwrap_or_default(),
-        ip,
-    }
+/// What a claimant does once the status addresses are claimed.
+#[derive(Clone, Copy)]
+enum Turn {
+    /// Keeps what it holds (perhaps nothing: refused on another controller's address).
+    Stay,
+    /// Holds nothing, and gets an address as a new Service does ([`grant`]).
+    Homeless,
+    /// Moves to its changed request, holding its status address until then.
+    Move(IpAddr),
 }
 
 /// Computes the VIPs of the selected Services.
 ///
 /// Addresses: `status.loadBalancer.ingress[].ip`, else `spec.loadBalancerIP`, else a pool
-/// address. A Service gets an address only if every Service already given it may share it
+/// address, one of each family the Service has ([`families`]), each claimed on its own.
+/// A Service gets an address only if every Service already given it may share it
 /// ([`SHARING_KEY_ANNOTATION`]); otherwise it gets no VIP there (a [`Problem`]), and that address
 /// is never written to its status. Services are taken in creation order (then name), which
 /// gateways with one view agree on, and the addresses in their status before any request or
 /// pool choice: an address a Service was given stays its own, so an older Service cannot
 /// take a newer one's by naming it in `spec.loadBalancerIP`. A Service refused on every
-/// status address, all of them pool addresses (its sharer dropped the key or took its port,
-/// or two gateways wrote one address to two Services), then goes on as one without an
-/// address; a refused address outside the pool is left as it is. Pool addresses go to
+/// status address of a family, all of them pool addresses (its sharer dropped the key or
+/// took its port, or two gateways wrote one address to two Services), then goes on as one
+/// without an address of that family; a refused address outside the pool is left as it
+/// is. Pool addresses go to
 /// Services in that order, the lowest free first (or the lowest they may share). `assigned`
 /// remembers pool choices until the Service's status shows them, so a Service keeps one
 /// address while its status write is in flight, even while its status still shows the
@@ -595,18 +753,22 @@ fn assignment(c: &Claimant, ip: IpAddr) -> Assignment {
 /// A Service whose `spec.loadBalancerIP` names another address than its status, which
 /// shows only pool addresses, moves there in its turn among the Services without an
 /// address, keeping its status address until then ([`moving_to`], [`move_to`]).
-pub fn compute(
-    cfg: &Kubernetes,
-    objs: &Objects,
-    assigned: &mut HashMap<String, IpAddr>,
-) -> Computed {
+///
+/// A dual-stack Service that can have an address of only one family (no range of the other,
+/// the pool exhausted, the address refused) is served on that one if it prefers dual-stack,
+/// and on none if it requires it (so that its status never shows one family of a Service
+/// that must have both): either is a problem naming the missing family. A Service given
+/// any new address has all it holds written to its status at once, in family order, as has
+/// one whose status shows a pool address of a family it no longer has.
+pub fn compute(cfg: &Kubernetes, objs: &Objects, assigned: &mut Assigned) -> Computed {
     let mut problems = Problems::new();
     let mut claimants: Vec<Claimant> = objs
         .services
         .iter()
         .filter(|(_, s)| selected(cfg, s))
-        .map(|(k, s)| Claimant::new(k, s, &mut problems))
+        .flat_map(|(k, s)| claimants(k, s, &mut problems))
         .collect();
+    // Stable: a Service's families keep their order, next to each other.
     claimants.sort_by(|a, b| {
         (
             a.svc.metadata.creation_timestamp.as_ref().map(|t| &t.0),
@@ -619,21 +781,20 @@ pub fn compute(
     });
 
     let mut holders = Holders::new();
-    let mut to_write = Vec::new();
-    // Services without an address (None), and those moving (Some: they keep their status
-    // address until they have the new one), in creation order.
-    let mut turns = Vec::new();
+    let mut turns = Vec::with_capacity(claimants.len());
     for c in &claimants {
         let target = moving_to(cfg, c, &mut problems);
-        match keep_status(cfg, &mut holders, c, &mut problems) {
-            Some(homeless) => turns.push((homeless, None)),
-            None => turns.extend(target.map(|ip| (c, Some(ip)))),
-        }
+        let turn = if keep_status(cfg, &mut holders, c, &mut problems) {
+            Turn::Homeless
+        } else {
+            target.map_or(Turn::Stay, Turn::Move)
+        };
+        turns.push((c, turn));
     }
-    assigned.retain(|k, _| {
-        turns
-            .iter()
-            .any(|(c, to)| c.key == k && to.is_none() && requested(c.svc).is_none())
+    assigned.retain(|(k, v6), _| {
+        turns.iter().any(|(c, t)| {
+            c.key == k && c.v6 == *v6 && matches!(t, Turn::Homeless) && c.request.is_none()
+        })
     });
 
     let mut used: BTreeSet<IpAddr> = objs
@@ -647,38 +808,85 @@ pub fn compute(
         .collect();
     used.extend(assigned.values().copied());
 
-    for (c, target) in turns {
-        if let Some(ip) = target {
-            move_to(&mut holders, assigned, c, ip, &mut problems).then(|| {
-                to_write.push(assignment(c, ip));
-            });
-            continue;
-        }
-        let ip = if requested(c.svc).is_some() {
-            spec_ip(cfg, c, &mut problems)
-        } else {
-            // A pending choice stays unless a Service it may not join took the address since.
-            let ip = assigned
-                .get(c.key)
-                .copied()
-                .filter(|ip| blocker(&holders, c, *ip).is_none())
-                .or_else(|| pick_from_pool(cfg, &used, &holders, c));
-            match ip {
-                Some(ip) => {
-                    used.insert(ip);
-                    assigned.insert(c.key.to_owned(), ip);
+    let mut to_write = Vec::new();
+    for service in turns.chunk_by(|a, b| a.0.key == b.0.key) {
+        let mut fresh = Vec::new();
+        let mut granted = false;
+        // What each family holds now.
+        let mut held: Vec<Vec<IpAddr>> = Vec::with_capacity(service.len());
+        for &(c, turn) in service {
+            let new = match turn {
+                Turn::Stay => None,
+                Turn::Move(ip) => {
+                    move_to(&mut holders, assigned, c, ip, &mut problems).then_some(ip)
                 }
-                None if !cfg.address_pool.is_empty() => note(
+                Turn::Homeless => grant(
+                    cfg,
+                    &mut holders,
+                    &mut used,
+                    assigned,
+                    &mut fresh,
+                    c,
                     &mut problems,
-                    c.key,
-                    no_pool_address(cfg, wants_ipv6(c.svc)),
                 ),
-                None => {}
-            }
-            ip
+            };
+            granted |= new.is_some();
+            let mut ips: Vec<IpAddr> = c
+                .status
+                .iter()
+                .copied()
+                .filter(|ip| holds(&holders, c, *ip))
+                .collect();
+            ips.extend(new);
+            held.push(ips);
+        }
+        let (first, _) = service[0];
+        let names = |with: bool| -> Vec<&str> {
+            let fams = service
+                .iter()
+                .zip(&held)
+                .filter(|(_, ips)| ips.is_empty() != with);
+            fams.map(|((c, _), _)| family_name(c.v6)).collect()
         };
-        if let Some(ip) = ip.filter(|ip| claim(&mut holders, c, *ip, &mut problems)) {
-            to_write.push(assignment(c, ip));
+        let (have, missing) = (names(true), names(false));
+        if !have.is_empty() && !missing.is_empty() {
+            let (have, missing) = (have.join(", "), missing.join(", "));
+            if first.all_or_none {
+                let what = format!(
+                    "no {missing} address, and spec.ipFamilyPolicy is RequireDualStack: \
+                     not served on {have} either"
+                );
+                note(&mut problems, first.key, what);
+                for (&(c, _), ips) in service.iter().zip(&held) {
+                    for ip in ips {
+                        release(&mut holders, c, *ip);
+                    }
+                    assigned.remove(&(c.key.to_owned(), c.v6));
+                }
+                for ip in fresh {
+                    used.remove(&ip);
+                }
+                continue;
+            }
+            let what = format!(
+                "no {missing} address: served on {have} only (spec.ipFamilyPolicy \
+                 PreferDualStack)"
+            );
+            note(&mut problems, first.key, what);
+        }
+        // A status address of a family the Service no longer has (dual-stack turned single),
+        // if it is from the pool, is taken out of the status.
+        let dropped = ingress_ips(first.svc)
+            .into_iter()
+            .any(|ip| in_pool(cfg, ip) && !service.iter().any(|(c, _)| c.v6 == ip.is_ipv6()));
+        let ips = held.concat();
+        if (granted || dropped) && !ips.is_empty() {
+            let meta = &first.svc.metadata;
+            to_write.push(Assignment {
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+                ips,
+            });
         }
     }
 
@@ -824,6 +1032,12 @@ mod tests {
         serde_json::from_value(v).ok()
     }
 
+    /// Addresses as the tests compare them: separated by spaces.
+    fn ips(ips: &[IpAddr]) -> String {
+        let ips: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+        ips.join(" ")
+    }
+
     fn svc_key(svc: &Service) -> String {
         let m = &svc.metadata;
         format!(
@@ -852,7 +1066,7 @@ mod tests {
         let got: BTreeMap<String, String> = c
             .to_write
             .iter()
-            .map(|a| (a.name.clone(), a.ip.to_string()))
+            .map(|a| (a.name.clone(), ips(&a.ips)))
             .collect();
         assert_eq!(got["b"], "198.51.100.0");
         assert_eq!(got["a"], "198.51.100.1");
@@ -864,7 +1078,7 @@ mod tests {
         let got2: BTreeMap<String, String> = c2
             .to_write
             .iter()
-            .map(|a| (a.name.clone(), a.ip.to_string()))
+            .map(|a| (a.name.clone(), ips(&a.ips)))
             .collect();
         assert_eq!(
             (got2["a"].as_str(), got2["b"].as_str(), got2["d"].as_str()),
@@ -878,6 +1092,358 @@ mod tests {
         let c3 = compute(&cfg(), &objs, &mut assigned);
         assert_eq!(c3.to_write.len(), 6 - 1);
         assert!(!c3.set.vips.iter().any(|v| v.name == "ns/f"));
+    }
+
+    /// `s` with `spec.ipFamilyPolicy` `policy` and `spec.ipFamilies` `fams`, as the API server
+    /// returns a dual-stack Service.
+    fn stack(mut s: Service, policy: &str, fams: &[&str]) -> Service {
+        let spec = s.spec.as_mut().unwrap();
+        spec.ip_family_policy = Some(policy.to_owned());
+        spec.ip_families = Some(fams.iter().map(|f| (*f).to_owned()).collect());
+        s
+    }
+
+    /// `s` with `ips` in `status.loadBalancer.ingress`.
+    fn showing(mut s: Service, ips: &[&str]) -> Service {
+        let ingress = ips.iter().map(|ip| json!({"ip": ip, "ipMode": "VIP"}));
+        s.status = svc(json!({"metadata": {}, "status": {"loadBalancer": {
+            "ingress": ingress.collect::<Vec<_>>()}}}))
+        .unwrap()
+        .status;
+        s
+    }
+
+    /// A dual-stack Service got an address of its first family only, so it was unreachable
+    /// over the other. It gets one of each family in `spec.ipFamilies` (in that order in
+    /// its status, written in one go), each served with the nodes' addresses of that family,
+    /// kept while the write is in flight, and nothing is written once the status shows
+    /// them. A SingleStack Service still gets one.
+    #[test]
+    fn a_dual_stack_service_gets_an_address_of_each_family() {
+        let node = |name: &str, v4: &str, v6: &str| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "status": {"addresses": [{"type": "InternalIP", "address": v4},
+                        {"type": "InternalIP", "address": v6}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .unwrap()
+        };
+        let mut objs = objects([
+            stack(
+                lb("v4first", 1, &[("TCP", 80)], None, None, None),
+                "PreferDualStack",
+                &["IPv4", "IPv6"],
+            ),
+            stack(
+                lb("v6first", 2, &[("TCP", 80)], None, None, None),
+                "RequireDualStack",
+                &["IPv6", "IPv4"],
+            ),
+            lb("single", 3, &[("TCP", 80)], None, None, None),
+        ]);
+        objs.nodes
+            .insert("a".into(), node("a", "10.1.0.1", "fd00::1"));
+        for name in ["v4first", "v6first", "single"] {
+            let eps = json!([endpoint("10.244.1.1", "a", true, true, false)]);
+            add_slice(&mut objs, slice(name, "IPv4", eps));
+            let eps = json!([endpoint("fd00:244::1", "a", true, true, false)]);
+            add_slice(&mut objs, slice(name, "IPv6", eps));
+        }
+        let mut assigned = HashMap::new();
+        let c = compute(&cfg(), &objs, &mut assigned);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let backends: Vec<(String, String)> = c
+            .set
+            .vips
+            .iter()
+            .map(|v| {
+                (
+                    v.addr.to_string(),
+                    ips(&v.backends.iter().map(|b| b.addr).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        let (vips, written) = render(c);
+        assert_eq!(
+            written,
+            [
+                "v4first 198.51.100.0 2001:db8::",
+                "v6first 2001:db8::1 198.51.100.1",
+                "single 198.51.100.2"
+            ]
+        );
+        assert_eq!(
+            vips["ns/v4first"],
+            ["198.51.100.0 tcp [80]", "2001:db8:: tcp [80]"]
+        );
+        assert_eq!(
+            vips["ns/v6first"],
+            ["198.51.100.1 tcp [80]", "2001:db8::1 tcp [80]"]
+        );
+        assert_eq!(vips["ns/single"], ["198.51.100.2 tcp [80]"]);
+        // Each VIP's backends are the nodes' addresses of its family.
+        for (vip, nodes) in &backends {
+            let v6 = vip.contains(':');
+            assert_eq!(nodes, if v6 { "fd00::1" } else { "10.1.0.1" }, "{vip}");
+        }
+        // While the writes are in flight, an older Service appears (one day, first by
+        // name): the choices stay.
+        objs.services.insert(
+            "ns/early".into(),
+            stack(
+                lb("early", 1, &[("TCP", 80)], None, None, None),
+                "PreferDualStack",
+                &["IPv4", "IPv6"],
+            ),
+        );
+        let (_, again) = render(compute(&cfg(), &objs, &mut assigned));
+        assert_eq!(
+            again,
+            [
+                "early 198.51.100.3 2001:db8::2",
+                "v4first 198.51.100.0 2001:db8::",
+                "v6first 2001:db8::1 198.51.100.1",
+                "single 198.51.100.2"
+            ]
+        );
+        // The statuses show them: the same VIPs, nothing left to write.
+        objs.services.remove("ns/early");
+        for (key, status) in [
+            ("ns/v4first", &["198.51.100.0", "2001:db8::"][..]),
+            ("ns/v6first", &["2001:db8::1", "198.51.100.1"]),
+            ("ns/single", &["198.51.100.2"]),
+        ] {
+            let s = objs.services[key].clone();
+            objs.services.insert(key.into(), showing(s, status));
+        }
+        let (done, written) = render(compute(&cfg(), &objs, &mut assigned));
+        assert_eq!(done, vips);
+        assert!(written.is_empty(), "{written:?}");
+        assert!(assigned.is_empty(), "{assigned:?}");
+    }
+
+    /// A dual-stack Service that can have one family only (here: no IPv6 range): if it
+    /// prefers dual-stack it is served on the other, and says which family is missing; if it
+    /// requires it, it gets neither (nothing served, nothing written), and the address it
+    /// would have had goes to the next Service.
+    #[test]
+    fn a_dual_stack_service_missing_a_family_is_served_on_the_other_unless_required() {
+        let mut v4_only = cfg();
+        v4_only.address_pool.retain(|r| r.first.is_ipv4());
+        let with = |policy: &str| {
+            let objs = objects([
+                stack(
+                    lb("dual", 1, &[("TCP", 80)], None, None, None),
+                    policy,
+                    &["IPv4", "IPv6"],
+                ),
+                lb("next", 2, &[("TCP", 80)], None, None, None),
+            ]);
+            let c = compute(&v4_only, &objs, &mut HashMap::new());
+            let problems: Vec<String> = c
+                .problems
+                .iter()
+                .map(|p| format!("{} {}", p.service, p.what))
+                .collect();
+            let (vips, written) = render(c);
+            (vips, written, problems)
+        };
+        let (vips, written, problems) = with("PreferDualStack");
+        assert_eq!(vips["ns/dual"], ["198.51.100.0 tcp [80]"]);
+        assert_eq!(written, ["dual 198.51.100.0", "next 198.51.100.1"]);
+        assert_eq!(
+            problems,
+            [
+                "ns/dual kubernetes.address_pool has no IPv6 range",
+                "ns/dual no IPv6 address: served on IPv4 only (spec.ipFamilyPolicy \
+                 PreferDualStack)"
+            ]
+        );
+        let (vips, written, problems) = with("RequireDualStack");
+        assert!(!vips.contains_key("ns/dual"), "{vips:?}");
+        assert_eq!(written, ["next 198.51.100.0"]);
+        assert_eq!(
+            problems,
+            [
+                "ns/dual kubernetes.address_pool has no IPv6 range",
+                "ns/dual no IPv6 address, and spec.ipFamilyPolicy is RequireDualStack: not \
+                 served on IPv4 either"
+            ]
+        );
+        // The IPv6 address taken by another Service: the same for RequireDualStack.
+        let mut holder = lb("holder", 1, &[("TCP", 80)], None, None, Some("2001:db8::3"));
+        holder.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
+        let objs = objects([
+            holder,
+            stack(
+                lb(
+                    "dual",
+                    2,
+                    &[("TCP", 80)],
+                    None,
+                    Some("2001:db8::3"),
+                    Some("198.51.100.2"),
+                ),
+                "RequireDualStack",
+                &["IPv4", "IPv6"],
+            ),
+        ]);
+        let (vips, written) = served(&objs);
+        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/holder"]);
+        assert!(written.is_empty(), "{written:?}");
+    }
+
+    /// `spec.loadBalancerIP` names one address: it is that family's, and a dual-stack
+    /// Service's other family comes from the pool. A request of a family the Service does
+    /// not have (kube-proxy would drop its traffic) is refused.
+    #[test]
+    fn a_request_grants_its_family_and_the_pool_the_other() {
+        let prefer = |request| {
+            stack(
+                lb("web", 1, &[("TCP", 80)], None, Some(request), None),
+                "PreferDualStack",
+                &["IPv4", "IPv6"],
+            )
+        };
+        let (vips, written) = served(&objects([prefer("198.51.100.2")]));
+        assert_eq!(
+            vips["ns/web"],
+            ["198.51.100.2 tcp [80]", "2001:db8:: tcp [80]"]
+        );
+        assert_eq!(written, ["web 198.51.100.2 2001:db8::"]);
+        let (vips, written) = served(&objects([prefer("2001:db8::2")]));
+        assert_eq!(
+            vips["ns/web"],
+            ["198.51.100.0 tcp [80]", "2001:db8::2 tcp [80]"]
+        );
+        assert_eq!(written, ["web 198.51.100.0 2001:db8::2"]);
+        // A SingleStack IPv4 Service asking for an IPv6 address: refused, no pool address
+        // in its place.
+        let objs = objects([lb(
+            "web",
+            1,
+            &[("TCP", 80)],
+            None,
+            Some("2001:db8::2"),
+            None,
+        )]);
+        let c = compute(&cfg(), &objs, &mut HashMap::new());
+        let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+        assert_eq!(
+            problems,
+            [
+                "ignoring spec.loadBalancerIP 2001:db8::2: the Service has no IPv6 family \
+              (spec.ipFamilies)"
+            ]
+        );
+        assert_eq!(render(c), (BTreeMap::new(), Vec::new()));
+    }
+
+    /// Each address of a dual-stack Service is shared on its own: Services with one key
+    /// share an address of each family where their ports differ; where they collide the
+    /// newer one gets addresses of its own, and a Service that holds only one family's
+    /// address blocks that family only.
+    #[test]
+    fn dual_stack_addresses_are_shared_per_family() {
+        let dual = |name, day, port, key| {
+            stack(
+                lb(name, day, &[("TCP", port)], key, None, None),
+                "PreferDualStack",
+                &["IPv4", "IPv6"],
+            )
+        };
+        let mut v6 = lb("v6", 4, &[("TCP", 8080)], Some("k"), None, None);
+        v6.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
+        let (vips, written) = served(&objects([
+            dual("a", 1, 80, Some("k")),
+            dual("b", 2, 443, Some("k")),
+            dual("c", 3, 80, Some("k")),
+            v6,
+            dual("d", 5, 8080, Some("k")),
+        ]));
+        assert_eq!(
+            written,
+            [
+                "a 198.51.100.0 2001:db8::",
+                "b 198.51.100.0 2001:db8::",
+                "c 198.51.100.1 2001:db8::1",
+                "v6 2001:db8::",
+                "d 198.51.100.0 2001:db8::1"
+            ]
+        );
+        assert_eq!(vips.len(), 5, "{vips:?}");
+    }
+
+    /// Kubernetes objects are untrusted: an unknown policy or family, duplicates and a third
+    /// entry (none of which the API server accepts) never panic; what is known is used and
+    /// the rest is noted.
+    #[test]
+    fn unknown_policies_and_families_are_noted_and_never_panic() {
+        let with = |policy: &str, fams: &[&str]| {
+            let objs = objects([stack(
+                lb("web", 1, &[("TCP", 80)], None, None, None),
+                policy,
+                fams,
+            )]);
+            let c = compute(&cfg(), &objs, &mut HashMap::new());
+            let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+            (render(c).1, problems)
+        };
+        let none = Vec::<String>::new();
+        assert_eq!(
+            with("PreferDualStack", &["IPv6", "IPv6", "IPv4", "IPv4"]),
+            (vec!["web 2001:db8:: 198.51.100.0".to_owned()], none.clone())
+        );
+        assert_eq!(
+            with("RequireDualStack", &["IPv4", "IPv6", "IPv4"]),
+            (vec!["web 198.51.100.0 2001:db8::".to_owned()], none.clone())
+        );
+        assert_eq!(
+            with("SingleStack", &["IPv6", "IPv4"]),
+            (vec!["web 2001:db8::".to_owned()], none)
+        );
+        assert_eq!(
+            with("TripleStack", &["IPX", "IPv6", "IPv4"]),
+            (
+                vec!["web 2001:db8::".to_owned()],
+                vec![
+                    "ignoring spec.ipFamilies entry \"IPX\"".to_owned(),
+                    "unknown spec.ipFamilyPolicy \"TripleStack\": its first family only".to_owned()
+                ]
+            )
+        );
+        assert_eq!(with("PreferDualStack", &[]).0, ["web 198.51.100.0"]);
+    }
+
+    /// A dual-stack Service turned single-stack (the API server lets the second family be
+    /// dropped) kept its IPv6 pool address announced, and in its status for external-dns,
+    /// while kube-proxy dropped its traffic. It is served on its one family, and its status
+    /// is rewritten without the other.
+    #[test]
+    fn a_family_the_service_no_longer_has_leaves_its_status() {
+        let s = showing(
+            lb("web", 1, &[("TCP", 80)], None, None, None),
+            &["198.51.100.1", "2001:db8::1"],
+        );
+        let c = compute(&cfg(), &objects([s]), &mut HashMap::new());
+        let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+        assert_eq!(
+            problems,
+            [
+                "ignoring status.loadBalancer.ingress ip 2001:db8::1: the Service has no IPv6 \
+              family (spec.ipFamilies)"
+            ]
+        );
+        let (vips, written) = render(c);
+        assert_eq!(vips["ns/web"], ["198.51.100.1 tcp [80]"]);
+        assert_eq!(written, ["web 198.51.100.1"]);
+        // Once written, nothing more; an IPv6 address from outside the pool (another
+        // controller's) is not served, nor written away.
+        for status in [&["198.51.100.1"][..], &["198.51.100.1", "2001:db8:1::1"]] {
+            let s = showing(lb("web", 1, &[("TCP", 80)], None, None, None), status);
+            let (vips, written) = served(&objects([s]));
+            assert_eq!(vips["ns/web"], ["198.51.100.1 tcp [80]"]);
+            assert!(written.is_empty(), "{written:?}");
+        }
     }
 
     /// One Service's address that is not unicast used to reach the snapshot builder, which
@@ -1028,7 +1594,10 @@ mod tests {
                 .or_default()
                 .push(format!("{} {} {:?}", v.addr, v.proto, v.ports));
         }
-        let written = c.to_write.iter().map(|a| format!("{} {}", a.name, a.ip));
+        let written = c
+            .to_write
+            .iter()
+            .map(|a| format!("{} {}", a.name, ips(&a.ips)));
         (vips, written.collect())
     }
 
@@ -1476,7 +2045,7 @@ mod tests {
         let got: BTreeMap<&str, String> = c
             .to_write
             .iter()
-            .map(|a| (a.name.as_str(), a.ip.to_string()))
+            .map(|a| (a.name.as_str(), ips(&a.ips)))
             .collect();
         let want: BTreeMap<&str, String> = [
             ("a", "198.51.100.0"),
@@ -1627,8 +2196,10 @@ mod tests {
                 Some(WAS),
             ),
         ]);
-        let mut assigned =
-            HashMap::from([("ns/older".to_owned(), "198.51.100.1".parse().unwrap())]);
+        let mut assigned = HashMap::from([(
+            ("ns/older".to_owned(), false),
+            "198.51.100.1".parse().unwrap(),
+        )]);
         let c = compute(&cfg(), &objs, &mut assigned);
         let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
         assert_eq!(render(c).1, ["older 198.51.100.1"]);
@@ -1781,6 +2352,9 @@ mod tests {
                 Just("UDP"),
                 Just("IPv4"),
                 Just("IPv6"),
+                Just("PreferDualStack"),
+                Just("RequireDualStack"),
+                Just("2001:db8::1"),
                 Just("1.2.3.4"),
                 Just("198.51.100.1"),
                 Just("::1"),
@@ -1816,7 +2390,8 @@ mod tests {
                         Just("terminating"),
                         Just("nodeName"),
                         Just("labels"),
-                        Just("ipFamilies")
+                        Just("ipFamilies"),
+                        Just("ipFamilyPolicy")
                     ]
                     .prop_map(str::to_owned),
                     inner,
