@@ -692,8 +692,11 @@ mod tests {
             objs.services
                 .insert(format!("team/{}", s.metadata.name.as_deref().unwrap()), s);
         }
-        let cfg = c.kubernetes.as_ref().unwrap();
-        let kube = kube::model::compute(cfg, &objs, &mut HashMap::new()).set;
+        // Without a pool: with one, a Service of the class is moved off a status address
+        // outside it before the merge sees it.
+        let mut cfg = c.kubernetes.clone().unwrap();
+        cfg.address_pool.clear();
+        let kube = kube::model::compute(&cfg, &objs, &mut HashMap::new()).set;
         assert_eq!(kube.vips.len(), 3);
         let (merged, _) = ServiceSet::merge(&static_list::service_set(&c), &kube);
         let got: Vec<(&str, String)> = merged

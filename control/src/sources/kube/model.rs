@@ -573,31 +573,52 @@ fn pick_from_pool(
     })
 }
 
+/// Whether status address `ip` is dsrgate's to replace: a pool address, or, while there is a
+/// pool, any address of a Service of the configured `load_balancer_class`. No other
+/// controller serves that class, so such an address outside the pool is one the pool lost
+/// (shrunk on reload), as MetalLB reallocates a Service whose address left every pool.
+/// Without a class a Service may show another controller's address (one written by MetalLB
+/// before a migration, say), which cannot be told from one the pool lost.
+fn ours(cfg: &Kubernetes, ip: IpAddr) -> bool {
+    in_pool(cfg, ip) || (cfg.load_balancer_class.is_some() && !cfg.address_pool.is_empty())
+}
+
 /// Whether `c`, which kept none of its status addresses, gets an address as a new Service
 /// does (a pool address or its request, written over its status): it shows none, or only
-/// pool addresses, which are dsrgate's to replace. Left as it is, a refused pool address
+/// addresses that are dsrgate's ([`ours`]). Left as it is, a refused pool address
 /// would stay in its status for good, a dead address for external-dns and clients. A
 /// refused address outside the pool is another controller's, and left to it.
 fn reassignable(cfg: &Kubernetes, c: &Claimant) -> bool {
-    c.status.iter().all(|ip| in_pool(cfg, *ip))
+    c.status.iter().all(|ip| ours(cfg, *ip))
 }
 
-/// Claims `c`'s status addresses; whether it kept none and goes on as a Service without an
-/// address ([`reassignable`]).
+/// Claims `c`'s status addresses, but not those [`ours`] outside the pool, which the pool
+/// lost and which are no longer announced. Returns whether `c` kept none and goes on as a
+/// Service without an address ([`reassignable`]).
 fn keep_status<'c, 'a>(
     cfg: &Kubernetes,
     holders: &mut Holders<'c, 'a>,
     c: &'c Claimant<'a>,
     problems: &mut Problems,
 ) -> bool {
-    let mut kept = false;
+    let (mut kept, mut refused) = (false, false);
     for ip in &c.status {
-        kept |= claim(holders, c, *ip, problems);
+        if !in_pool(cfg, *ip) && ours(cfg, *ip) {
+            let what = format!(
+                "status address {ip} is outside kubernetes.address_pool: not served, \
+                 assigning one anew"
+            );
+            note(problems, c.key, what);
+        } else if claim(holders, c, *ip, problems) {
+            kept = true;
+        } else {
+            refused = true;
+        }
     }
     if kept || !reassignable(cfg, c) {
         return false;
     }
-    if !c.status.is_empty() {
+    if refused {
         let what = format!(
             "refused on every address in its status ({:?}), all from the pool: \
              assigning one anew",
@@ -745,7 +766,7 @@ enum Turn {
 /// status address of a family, all of them pool addresses (its sharer dropped the key or
 /// took its port, or two gateways wrote one address to two Services), then goes on as one
 /// without an address of that family; a refused address outside the pool is left as it
-/// is. Pool addresses go to
+/// is, unless the Service is of the configured class ([`ours`]). Pool addresses go to
 /// Services in that order, the lowest free first (or the lowest they may share). `assigned`
 /// remembers pool choices until the Service's status shows them, so a Service keeps one
 /// address while its status write is in flight, even while its status still shows the
@@ -759,7 +780,7 @@ enum Turn {
 /// and on none if it requires it (so that its status never shows one family of a Service
 /// that must have both): either is a problem naming the missing family. A Service given
 /// any new address has all it holds written to its status at once, in family order, as has
-/// one whose status shows a pool address of a family it no longer has.
+/// one whose status shows an address of a family it no longer has that is dsrgate's.
 pub fn compute(cfg: &Kubernetes, objs: &Objects, assigned: &mut Assigned) -> Computed {
     let mut problems = Problems::new();
     let mut claimants: Vec<Claimant> = objs
@@ -875,10 +896,10 @@ pub fn compute(cfg: &Kubernetes, objs: &Objects, assigned: &mut Assigned) -> Com
             note(&mut problems, first.key, what);
         }
         // A status address of a family the Service no longer has (dual-stack turned single),
-        // if it is from the pool, is taken out of the status.
+        // if it is dsrgate's, is taken out of the status.
         let dropped = ingress_ips(first.svc)
             .into_iter()
-            .any(|ip| in_pool(cfg, ip) && !service.iter().any(|(c, _)| c.v6 == ip.is_ipv6()));
+            .any(|ip| ours(cfg, ip) && !service.iter().any(|(c, _)| c.v6 == ip.is_ipv6()));
         let ips = held.concat();
         if (granted || dropped) && !ips.is_empty() {
             let meta = &first.svc.metadata;
@@ -1444,6 +1465,77 @@ mod tests {
             assert_eq!(vips["ns/web"], ["198.51.100.1 tcp [80]"]);
             assert!(written.is_empty(), "{written:?}");
         }
+    }
+
+    /// The pool was shrunk (on reload) to leave out a Service's pool address: the Service
+    /// kept it, announced, whatever the pool said. A Service of the configured
+    /// `load_balancer_class` is dsrgate's alone, so it moves to an address of the new pool
+    /// (or its request there), written over its status, as MetalLB reallocates; its other
+    /// family, still in the pool, stays. A Service without a class keeps it: its address
+    /// cannot be told from another controller's (one MetalLB wrote before a migration), and
+    /// what dsrgate wrote itself is not remembered across restarts or by other gateways,
+    /// which must decide alike. So does any Service once no pool is left to move to.
+    #[test]
+    fn an_address_that_left_the_pool_is_reassigned_for_a_service_of_our_class() {
+        const OLD: &str = "198.51.100.1";
+        let shrunk = |class: Option<&str>, pool: &[&str]| {
+            let text = format!(
+                "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\n\
+                 address_pool = {pool:?}\n{}",
+                class.map_or(String::new(), |c| format!("load_balancer_class = {c:?}\n"))
+            );
+            let cfg = crate::config::parse(&text, std::path::Path::new("t.toml"));
+            cfg.unwrap().kubernetes.unwrap()
+        };
+        let web = |class: Option<&str>, request: Option<&str>, status: &[&str]| {
+            let mut s = lb("web", 1, &[("TCP", 80)], None, request, None);
+            s.spec.as_mut().unwrap().load_balancer_class = class.map(str::to_owned);
+            showing(s, status)
+        };
+        let run = |cfg: &Kubernetes, s: Service| {
+            let c = compute(cfg, &objects([s]), &mut HashMap::new());
+            let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+            let (vips, written) = render(c);
+            (
+                vips.get("ns/web").cloned().unwrap_or_default(),
+                written,
+                problems,
+            )
+        };
+        // Before: OLD is a pool address, kept.
+        let (vips, written, _) = run(&shrunk(None, &["198.51.100.0/30"]), web(None, None, &[OLD]));
+        assert_eq!((vips, written), (vec![format!("{OLD} tcp [80]")], vec![]));
+
+        let class = Some("dsrgate.io/dsr");
+        let new_pool = ["203.0.113.0/30", "2001:db8::/126"];
+        let (vips, written, problems) = run(&shrunk(class, &new_pool), web(class, None, &[OLD]));
+        assert_eq!(vips, ["203.0.113.0 tcp [80]"]);
+        assert_eq!(written, ["web 203.0.113.0"]);
+        let why = format!(
+            "status address {OLD} is outside kubernetes.address_pool: not served, assigning \
+             one anew"
+        );
+        assert_eq!(problems, [why]);
+        // Asking for an address of the new pool: moved there.
+        let s = web(class, Some("203.0.113.2"), &[OLD]);
+        let (vips, written, _) = run(&shrunk(class, &new_pool), s);
+        assert_eq!(vips, ["203.0.113.2 tcp [80]"]);
+        assert_eq!(written, ["web 203.0.113.2"]);
+        // Dual-stack: the IPv4 address left the pool, the IPv6 one did not.
+        let s = stack(
+            web(class, None, &[OLD, "2001:db8::1"]),
+            "RequireDualStack",
+            &["IPv4", "IPv6"],
+        );
+        let (vips, written, _) = run(&shrunk(class, &new_pool), s);
+        assert_eq!(vips, ["203.0.113.0 tcp [80]", "2001:db8::1 tcp [80]"]);
+        assert_eq!(written, ["web 203.0.113.0 2001:db8::1"]);
+        // Without a class, or without a pool, the address stays.
+        let (vips, written, problems) = run(&shrunk(None, &new_pool), web(None, None, &[OLD]));
+        assert_eq!((vips, written), (vec![format!("{OLD} tcp [80]")], vec![]));
+        assert!(problems.is_empty(), "{problems:?}");
+        let (vips, written, _) = run(&shrunk(class, &[]), web(class, None, &[OLD]));
+        assert_eq!((vips, written), (vec![format!("{OLD} tcp [80]")], vec![]));
     }
 
     /// One Service's address that is not unicast used to reach the snapshot builder, which
