@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use control::health::{
-    self, HealthEvent, HealthSpec, Probe, Reason, State, Target, Timing, Transition,
+    self, HealthEvent, HealthSpec, Probe, Reason, State, Target, Timing, Transition, Verdict,
 };
 use crossbeam::channel::Receiver;
 
@@ -243,8 +243,14 @@ fn http_status_weight_header_and_timeout() {
     let before = server.requests.load(Ordering::SeqCst);
     let down = next_event(&rx);
     assert_eq!(
-        (down.transition, down.state, down.reason),
-        (Transition::Down, State::Down, Reason::HttpStatus(503))
+        (down.verdict(), down.transition, down.state, down.reason),
+        (
+            Verdict::Down,
+            Transition::Down,
+            State::Down,
+            Reason::HttpStatus(503)
+        ),
+        "it answers: not silent"
     );
     // Down on the second consecutive failure, not the first (a probe may have
     // been in flight when the mode changed, hence the range).
@@ -258,11 +264,18 @@ fn http_status_weight_header_and_timeout() {
     server.mode.store(SILENT, Ordering::SeqCst);
     let down = next_event(&rx);
     assert_eq!(
-        (down.transition, down.reason),
-        (Transition::Down, Reason::Timeout)
+        (down.verdict(), down.transition, down.reason),
+        (Verdict::Silent, Transition::Down, Reason::Timeout),
+        "no answer to `fall` probes"
     );
 
     server.mode.store(OK, Ordering::SeqCst);
+    let answers = next_event(&rx);
+    assert_eq!(
+        (answers.verdict(), answers.transition),
+        (Verdict::Down, Transition::Answers),
+        "the first pass, before `rise`"
+    );
     assert_eq!(next_event(&rx).transition, Transition::Up);
     server.mode.store(GARBAGE, Ordering::SeqCst);
     let down = next_event(&rx);
@@ -352,8 +365,8 @@ fn static_vip_backends_follow_health() {
     let (checker, rx) = health::spawn().unwrap();
     checker.set_targets(set.health_targets());
 
-    let mut states: HashMap<Target, State> = HashMap::new();
-    let usable = |states: &mut HashMap<Target, State>, want: &[BackendSpec]| {
+    let mut states: HashMap<Target, Verdict> = HashMap::new();
+    let usable = |states: &mut HashMap<Target, Verdict>, want: &[BackendSpec]| {
         let deadline = std::time::Instant::now() + BOUND;
         loop {
             let now = vip.healthy_backends(|t| states.get(t).copied());
@@ -365,7 +378,7 @@ fn static_vip_backends_follow_health() {
                 "stuck at {now:?}, want {want:?}"
             );
             if let Ok(ev) = rx.recv_timeout(Duration::from_millis(100)) {
-                states.insert(ev.target.clone(), ev.state);
+                states.insert(ev.target.clone(), ev.verdict());
             }
         }
     };
@@ -386,4 +399,131 @@ fn static_vip_backends_follow_health() {
     usable(&mut states, &[]);
     b.mode.store(OK, Ordering::SeqCst);
     usable(&mut states, &[bb]);
+}
+
+/// A `Local` Service's nodes at weight 0 (their endpoints all terminating) against real
+/// servers: kube-proxy's 503 keeps a node draining, but a node that does not answer (a
+/// closed port, a server that accepts and never answers) leaves once `fall` probes in a
+/// row went unanswered, and so does one that answered 503 and then stops answering. Both
+/// used to stay as long as the EndpointSlice listed them: a dead node black-holed every
+/// flow pinned to it.
+#[test]
+fn a_draining_local_node_stays_while_it_answers_503_and_leaves_once_silent() {
+    use control::config::{HashMode, Protocol, VipBgp};
+    use control::sources::{BackendSpec, Encap, Origin, ServiceSet, TrafficPolicy, VipSpec};
+    use std::collections::HashMap;
+
+    type Verdicts = HashMap<Target, (Verdict, bool, Reason)>;
+    /// Takes events, as the daemon does, until `done`.
+    fn wait_for(
+        rx: &Receiver<HealthEvent>,
+        verdicts: &mut Verdicts,
+        what: &str,
+        done: impl Fn(&Verdicts) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + BOUND;
+        while !done(verdicts) {
+            assert!(std::time::Instant::now() < deadline, "{what}: {verdicts:?}");
+            if let Ok(ev) = rx.recv_timeout(Duration::from_millis(50)) {
+                let v = (ev.verdict(), ev.settled, ev.reason.clone());
+                verdicts.insert(ev.target, v);
+            }
+        }
+    }
+
+    let draining = HttpServer::start("127.0.0.10");
+    let port = draining.addr.port();
+    let dying = HttpServer::start_on("127.0.0.11", port);
+    // 127.0.0.12: nothing listens on the port (kube-proxy gone): refused.
+    let _serving = HttpServer::start_on("127.0.0.13", port);
+    draining.mode.store(UNAVAILABLE, Ordering::SeqCst);
+    dying.mode.store(UNAVAILABLE, Ordering::SeqCst);
+    let b = |a: &str, weight| BackendSpec {
+        addr: a.parse().unwrap(),
+        weight,
+    };
+    let vip = VipSpec {
+        name: "team/web".into(),
+        origin: Origin::Kubernetes {
+            namespace: "team".into(),
+            name: "web".into(),
+            traffic_policy: TrafficPolicy::Local,
+            health_check_node_port: Some(port),
+            created: None,
+        },
+        addr: "203.0.113.1".parse().unwrap(),
+        proto: Protocol::Tcp,
+        ports: vec![80],
+        hash: HashMode::FiveTuple,
+        encap: Encap::Ipip,
+        min_healthy: 1,
+        bgp: VipBgp::default(),
+        backends: vec![
+            b("127.0.0.10", 0),
+            b("127.0.0.11", 0),
+            b("127.0.0.12", 0),
+            b("127.0.0.13", 1),
+        ],
+        health: Some(HealthSpec {
+            probe: Probe::Http {
+                port,
+                path: "/healthz".into(),
+                weight_header: true,
+            },
+            timing: timing(2, 2, 150, 100),
+        }),
+    };
+    let target = |a: &str| vip.target(&b(a, 0)).unwrap();
+    let serving = |v: &Verdicts| vip.serving_backends(|t| v.get(t).map(|s| s.0));
+    let (checker, rx) = health::spawn().unwrap();
+    checker.set_targets(
+        ServiceSet {
+            vips: vec![vip.clone()],
+        }
+        .health_targets(),
+    );
+    let mut verdicts = Verdicts::new();
+
+    wait_for(&rx, &mut verdicts, "every node's first verdict", |v| {
+        v.len() == 4 && v.values().all(|s| s.1)
+    });
+    let got = |v: &Verdicts, a: &str| v[&target(a)].clone();
+    let answering = (Verdict::Down, true, Reason::HttpStatus(503));
+    assert_eq!(got(&verdicts, "127.0.0.10"), answering);
+    assert_eq!(got(&verdicts, "127.0.0.11"), answering);
+    assert_eq!(
+        got(&verdicts, "127.0.0.12"),
+        (Verdict::Silent, true, Reason::Refused)
+    );
+    assert_eq!(got(&verdicts, "127.0.0.13").0, Verdict::Up);
+    assert_eq!(
+        serving(&verdicts),
+        [b("127.0.0.10", 0), b("127.0.0.11", 0), b("127.0.0.13", 1)],
+        "the closed port leaves, the 503s stay"
+    );
+
+    // 127.0.0.11 dies: its server accepts and never answers.
+    dying.mode.store(SILENT, Ordering::SeqCst);
+    wait_for(&rx, &mut verdicts, "the silent node leaves", |v| {
+        serving(v) == [b("127.0.0.10", 0), b("127.0.0.13", 1)]
+    });
+    assert_eq!(
+        got(&verdicts, "127.0.0.11"),
+        (Verdict::Silent, true, Reason::Timeout)
+    );
+    // The node answering 503 stays, probe after probe.
+    let before = draining.requests.load(Ordering::SeqCst);
+    wait_for(&rx, &mut verdicts, "three more 503s", |_| {
+        draining.requests.load(Ordering::SeqCst) >= before + 3
+    });
+    assert_eq!(got(&verdicts, "127.0.0.10"), answering);
+
+    // It answers 503 again (rebooted, its pods still terminating): back, at weight 0.
+    dying.mode.store(UNAVAILABLE, Ordering::SeqCst);
+    wait_for(
+        &rx,
+        &mut verdicts,
+        "the node answering again is back",
+        |v| serving(v) == [b("127.0.0.10", 0), b("127.0.0.11", 0), b("127.0.0.13", 1)],
+    );
 }

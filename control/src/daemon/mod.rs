@@ -63,7 +63,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::api::{ApiServer, Metrics};
 use crate::caps::{self, Cap};
 use crate::config::{self, Config};
-use crate::health::{self, HealthEvent, HealthThread, State, Target, Transition};
+use crate::health::{self, HealthEvent, HealthThread, State, Target, Transition, Verdict};
 use crate::neigh::{Resolution, Resolver};
 use crate::policy::{DataplaneProblem, Decision, Policy, ServiceHealth, WithdrawReason};
 use crate::publish::{desired, Desired, Params, Publisher};
@@ -122,6 +122,9 @@ pub fn required_caps(config: &Config) -> Vec<Cap> {
 #[derive(Clone, Debug)]
 struct TargetState {
     up: bool,
+    /// Down, and its node does not answer ([`HealthEvent::silent`]).
+    silent: bool,
+    /// Why it is down ([`HealthEvent::why`]).
     reason: String,
     /// It has its first verdict of this run ([`HealthEvent::settled`]).
     settled: bool,
@@ -455,13 +458,17 @@ impl Daemon {
                 .health_transition(ev.target.addr, up, ev.reason.label());
         }
         // A target still down only tells why (for the status), or that it has its first
-        // verdict (for the policy, evaluated every turn): nothing to republish.
-        let news_only = ev.transition == Transition::StillDown;
+        // verdict (for the policy, evaluated every turn): nothing to republish, unless its
+        // node stopped or started answering (a draining node leaves or stays).
+        let was_silent = self.targets.get(&ev.target).is_some_and(|s| s.silent);
+        let news_only = ev.transition == Transition::StillDown && ev.silent == was_silent;
+        let reason = ev.why();
         self.targets.insert(
             ev.target,
             TargetState {
                 up,
-                reason: ev.reason.to_string(),
+                silent: ev.silent,
+                reason,
                 settled: ev.settled,
             },
         );
@@ -549,11 +556,12 @@ impl Daemon {
         self.vips_dirty = true;
     }
 
-    /// A backend's state as [`crate::sources::VipSpec::healthy_backends`] wants it.
-    fn target_state(&self, t: &Target) -> Option<State> {
-        self.targets
-            .get(t)
-            .map(|s| if s.up { State::Up } else { State::Down })
+    /// A backend's verdict as [`crate::sources::VipSpec::healthy_backends`] wants it.
+    fn target_state(&self, t: &Target) -> Option<Verdict> {
+        self.targets.get(t).map(|s| {
+            let state = if s.up { State::Up } else { State::Down };
+            Verdict::new(state, s.silent)
+        })
     }
 
     /// Healthy backends (with their effective weight) of service `i`: those that count

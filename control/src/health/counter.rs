@@ -14,6 +14,10 @@ pub struct Counter {
     reported: Option<Reason>,
     /// Until the first verdict (see [`Counter::settled`]): what counts toward it.
     unsettled: Option<Unsettled>,
+    /// Consecutive failures without an answer ([`Reason::answered`]).
+    unanswered: u32,
+    /// See [`Counter::silent`].
+    silent: bool,
 }
 
 /// The results of a target that has no first verdict yet.
@@ -33,6 +37,8 @@ impl Default for Counter {
             weight: None,
             reported: None,
             unsettled: Some(Unsettled::default()),
+            unanswered: 0,
+            silent: false,
         }
     }
 }
@@ -67,6 +73,15 @@ impl Counter {
         self.unsettled.is_none()
     }
 
+    /// Whether the target is down and its last `fall` probes, at least, all went unanswered
+    /// (timed out, refused, unreachable, no HTTP response: see [`Reason::answered`]): its
+    /// node is taken for dead, not for one that answers "drain me" (kube-proxy's 503).
+    /// Judged with the same `fall` as up and down, so one lost probe of a node answering
+    /// 503 does not make it silent; any answer ends it.
+    pub fn silent(&self) -> bool {
+        self.silent
+    }
+
     /// The weight the target reported in its last successful probe, if any.
     pub fn weight(&self) -> Option<u32> {
         self.weight
@@ -77,12 +92,16 @@ impl Counter {
     /// failures (and a down one up after the new `rise` successes).
     pub fn retimed(&mut self) {
         self.streak = 0;
+        self.unanswered = 0;
     }
 
     /// Records one probe result; returns the transition it caused, if any,
     /// with the reason to log. A target settled down by this result (see
     /// [`Counter::settled`]) reports a [`Transition::StillDown`], with the reason last
-    /// reported if this result has no news of its own.
+    /// reported if this result has no news of its own. A down target that becomes
+    /// [`silent`](Counter::silent), or stops being so, with no other news reports
+    /// [`Transition::Silent`] or [`Transition::Answers`]: whatever this returns, a change
+    /// of `silent` is always reported.
     pub fn record(
         &mut self,
         outcome: &Outcome,
@@ -90,10 +109,28 @@ impl Counter {
         fall: u32,
     ) -> Option<(Transition, Reason)> {
         let change = self.hysteresis(outcome, rise, fall);
-        match self.settle(outcome, rise, fall) {
+        let change = match self.settle(outcome, rise, fall) {
             Some(reason) => Some(change.unwrap_or((Transition::StillDown, reason))),
             None => change,
+        };
+        let was_silent = self.silent;
+        self.unanswered = match outcome {
+            Outcome::Fail(reason) if !reason.answered() => self.unanswered.saturating_add(1),
+            _ => 0,
+        };
+        self.silent = self.state == State::Down && self.unanswered >= fall;
+        if change.is_some() || self.silent == was_silent {
+            return change;
         }
+        let reason = match outcome {
+            Outcome::Fail(reason) => reason.clone(),
+            Outcome::Pass { .. } => Reason::Passed,
+        };
+        if !self.silent {
+            return Some((Transition::Answers, reason));
+        }
+        self.reported = Some(reason.clone());
+        Some((Transition::Silent, reason))
     }
 
     /// Counts one result toward the first verdict; returns the reason to report if it
@@ -180,6 +217,97 @@ mod tests {
         Outcome::Fail(Reason::Refused)
     }
 
+    /// A node that answers 503 (kube-proxy: "drain me") is down but not silent; one that
+    /// then stops answering is silent once `fall` probes in a row went unanswered, not on
+    /// the first one lost, and says so; any answer ends it. Nothing made this difference
+    /// before: a dead draining node was kept as one answering 503.
+    #[test]
+    fn a_node_that_stops_answering_is_silent_after_fall_probes() {
+        let unavailable = Outcome::Fail(Reason::HttpStatus(503));
+        let timeout = Outcome::Fail(Reason::Timeout);
+        let mut c = Counter::inherited(None);
+        c.record(&unavailable, 2, 3);
+        c.record(&unavailable, 2, 3);
+        assert_eq!(
+            c.record(&unavailable, 2, 3),
+            Some((Transition::Down, Reason::HttpStatus(503)))
+        );
+        assert!(!c.silent(), "it answers");
+        assert_eq!(
+            c.record(&timeout, 2, 3),
+            Some((Transition::StillDown, Reason::Timeout))
+        );
+        assert_eq!(c.record(&timeout, 2, 3), None);
+        assert!(!c.silent(), "two probes lost are not `fall`");
+        assert_eq!(
+            c.record(&timeout, 2, 3),
+            Some((Transition::Silent, Reason::Timeout))
+        );
+        assert!(c.silent());
+        assert_eq!(c.record(&timeout, 2, 3), None, "said once");
+        assert_eq!(
+            c.record(&fail(), 2, 3),
+            Some((Transition::StillDown, Reason::Refused)),
+            "another failure without an answer"
+        );
+        assert!(c.silent());
+        // A 503 again: it answers (a new reason says so).
+        assert_eq!(
+            c.record(&unavailable, 2, 3),
+            Some((Transition::StillDown, Reason::HttpStatus(503)))
+        );
+        assert!(!c.silent());
+        // A pass while it rises: it answers, with no other news.
+        for _ in 0..3 {
+            c.record(&timeout, 2, 3);
+        }
+        assert!(c.silent());
+        assert_eq!(
+            c.record(&pass(), 2, 3),
+            Some((Transition::Answers, Reason::Passed))
+        );
+        assert!(!c.silent());
+        assert_eq!(c.record(&pass(), 2, 3).map(|t| t.0), Some(Transition::Up));
+    }
+
+    /// A node that dies while up is silent from the transition down on; one that never
+    /// came up, from its first verdict; a retiming counts the unanswered probes afresh.
+    #[test]
+    fn a_node_silent_from_the_start_is_silent_with_its_verdict() {
+        let timeout = Outcome::Fail(Reason::Timeout);
+        let mut c = Counter::inherited(None);
+        c.record(&timeout, 2, 2);
+        assert!(!c.silent(), "up");
+        assert_eq!(
+            c.record(&timeout, 2, 2),
+            Some((Transition::Down, Reason::Timeout))
+        );
+        assert!(c.silent());
+
+        let mut c = Counter::default();
+        assert_eq!(
+            c.record(&fail(), 2, 2),
+            Some((Transition::StillDown, Reason::Refused))
+        );
+        assert!(!c.silent());
+        assert_eq!(
+            c.record(&fail(), 2, 2),
+            Some((Transition::StillDown, Reason::Refused)),
+            "the first verdict"
+        );
+        assert!(c.silent() && c.settled());
+
+        let mut c = Counter::inherited(None);
+        for _ in 0..3 {
+            c.record(&Outcome::Fail(Reason::HttpStatus(503)), 1, 3);
+        }
+        c.record(&timeout, 1, 3);
+        c.record(&timeout, 1, 3);
+        c.retimed();
+        assert_eq!(c.record(&timeout, 1, 3), None);
+        assert!(!c.silent(), "counted afresh");
+    }
+
     /// A target that never comes up reports its first failure, its first verdict, and a
     /// new reason, but not every probe.
     #[test]
@@ -197,7 +325,11 @@ mod tests {
             "the first verdict"
         );
         assert_eq!(c.record(&fail(), 2, 3), None);
-        assert_eq!(c.record(&pass(), 2, 2), None);
+        assert_eq!(
+            c.record(&pass(), 2, 2),
+            Some((Transition::Answers, Reason::Passed)),
+            "it was silent"
+        );
         assert_eq!(c.record(&fail(), 2, 2), None, "same reason");
         assert_eq!(
             c.record(&timeout, 2, 2),
@@ -244,7 +376,11 @@ mod tests {
             c.record(&fail(), 3, 2),
             Some((Transition::Down, Reason::Refused))
         );
-        assert_eq!(c.record(&pass(), 3, 2), None);
+        assert_eq!(
+            c.record(&pass(), 3, 2),
+            Some((Transition::Answers, Reason::Passed)),
+            "it was silent"
+        );
         assert_eq!(
             c.record(&fail(), 3, 2),
             None,
@@ -385,32 +521,51 @@ mod tests {
         /// Against a model: the state flips exactly when the last `rise`
         /// (or `fall`) results all disagree with it; the first verdict is in once up, or
         /// after a failure and `fall` failures in a row or `rise + fall` results, and
-        /// always within `rise + fall` results.
+        /// always within `rise + fall` results; a target is silent exactly while down
+        /// with its last `fall` results unanswered, and every change of that is reported.
+        /// Results: 0 passes, 1 an answer that fails (503), 2 no answer (refused).
         #[test]
-        fn matches_model(results in proptest::collection::vec(any::<bool>(), 0..200), rise in 1u32..5, fall in 1u32..5) {
+        fn matches_model(results in proptest::collection::vec(0u8..3, 0..200), rise in 1u32..5, fall in 1u32..5) {
             let mut c = Counter::default();
             let mut up = false;
             let mut run = 0u32;
-            // Whether the down state's (only) reason has been reported.
-            let mut reported = false;
+            // The down state's reason last reported.
+            let mut reported: Option<u8> = None;
             let (mut settled, mut seen, mut failures) = (false, 0u32, 0u32);
-            for ok in results {
-                let t = c.record(&if ok { pass() } else { fail() }, rise, fall);
+            let (mut silent, mut unanswered) = (false, 0u32);
+            for r in results {
+                let ok = r == 0;
+                let outcome = match r {
+                    0 => pass(),
+                    1 => Outcome::Fail(Reason::HttpStatus(503)),
+                    _ => fail(),
+                };
+                let t = c.record(&outcome, rise, fall);
                 if ok != up { run += 1 } else { run = 0 }
                 let flip = run == if up { fall } else { rise };
-                let still_down = !up && !ok && !reported;
-                if flip { up = !up; run = 0; reported = !up; }
-                if still_down { reported = true; }
+                let still_down = !up && !ok && reported != Some(r);
+                if flip { up = !up; run = 0; reported = (!up).then_some(r); }
+                if still_down { reported = Some(r); }
                 let mut settles = false;
                 if !settled {
                     seen += 1;
                     failures = if ok { 0 } else { failures + 1 };
-                    settled = up || (reported && (failures >= fall || seen >= rise + fall));
+                    settled = up || (reported.is_some() && (failures >= fall || seen >= rise + fall));
                     settles = settled && !up;
                 }
-                prop_assert_eq!(t.as_ref().is_some_and(|t| t.0 != Transition::StillDown), flip);
-                prop_assert_eq!(t.is_some_and(|t| t.0 == Transition::StillDown), still_down || settles);
+                unanswered = if r == 2 { unanswered + 1 } else { 0 };
+                let now_silent = !up && unanswered >= fall;
+                let quiet = !flip && !still_down && !settles;
+                let said_silence = quiet && now_silent != silent;
+                silent = now_silent;
+                if said_silence && silent { reported = Some(r); }
+                let is = |want: &[Transition]| t.as_ref().is_some_and(|t| want.contains(&t.0));
+                prop_assert_eq!(is(&[Transition::Up, Transition::Down]), flip);
+                prop_assert_eq!(is(&[Transition::StillDown]), still_down || settles);
+                prop_assert_eq!(is(&[Transition::Silent]), said_silence && silent);
+                prop_assert_eq!(is(&[Transition::Answers]), said_silence && !silent);
                 prop_assert_eq!(c.state() == State::Up, up);
+                prop_assert_eq!(c.silent(), silent);
                 prop_assert_eq!(c.settled(), settled);
                 prop_assert!(c.settled() || seen < rise + fall);
             }

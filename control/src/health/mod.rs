@@ -19,6 +19,14 @@
 //! the result that gives a target that never came up its first verdict, down
 //! ([`HealthEvent::settled`], see [`Counter::settled`]).
 //!
+//! A down target is also judged by whether its node answers ([`Reason::answered`]): an
+//! HTTP status that fails is an answer (kube-proxy's 503 for a node whose endpoints are
+//! all terminating: a live node asking to be drained); a timeout, a refused or failed
+//! connection, or no readable HTTP response is not. After `fall` failures in a row
+//! without an answer the target is [`HealthEvent::silent`] (its node taken for dead,
+//! [`Transition::Silent`]) until it answers again ([`Transition::Answers`]). Only the
+//! rule for draining nodes reads it ([`crate::sources::VipSpec::serving_backends`]).
+//!
 //! # Which path probes take
 //! Probes leave through the gateway's own kernel stack and routing table to
 //! the node's address; they are *not* encapsulated through the dataplane
@@ -283,6 +291,28 @@ pub enum State {
     Down,
 }
 
+/// A target's verdict as the table rules read it
+/// ([`crate::sources::VipSpec::serving_backends`]): its [`State`], and for a down one
+/// whether its node still answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Up,
+    /// Down, its node answering (or not yet `fall` probes in a row without an answer).
+    Down,
+    /// Down, `fall` probes in a row without an answer ([`Counter::silent`]).
+    Silent,
+}
+
+impl Verdict {
+    pub fn new(state: State, silent: bool) -> Verdict {
+        match (state, silent) {
+            (State::Up, _) => Verdict::Up,
+            (State::Down, false) => Verdict::Down,
+            (State::Down, true) => Verdict::Silent,
+        }
+    }
+}
+
 /// The result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -312,6 +342,16 @@ impl Reason {
             }
             k => Reason::Io(k),
         }
+    }
+
+    /// Whether the node answered the probe: a pass, or an HTTP status that fails
+    /// (kube-proxy answers 503 on purpose for a node whose endpoints are all
+    /// terminating). No answer in time, a refused or failed connection, or a response
+    /// that is not readable HTTP is none: what a dead node (or one whose proxy is down)
+    /// gives, and what the rule for draining nodes does not wait out
+    /// ([`crate::sources::VipSpec::serving_backends`]).
+    pub fn answered(&self) -> bool {
+        matches!(self, Reason::Passed | Reason::HttpStatus(_))
     }
 
     /// A short stable label, for metrics.
@@ -359,6 +399,12 @@ pub enum Transition {
     /// A new target starts up, as `from`, the up target it replaces (see
     /// [`Targets`]), was: not a transition of the node.
     Inherited { from: Target },
+    /// A down target's last `fall` probes all went unanswered (see [`Reason::answered`]):
+    /// it is now [`HealthEvent::silent`], its node taken for dead.
+    Silent,
+    /// A silent target answered with no other news: a pass, short of `rise` in a row (a
+    /// failing status is a new reason, a [`Transition::StillDown`] that is not silent).
+    Answers,
 }
 
 /// A transition of one target, with the reason (for `Down` and `StillDown`,
@@ -375,6 +421,28 @@ pub struct HealthEvent {
     /// The target has its first verdict of this run ([`Counter::settled`]): up, or down
     /// after `fall` failures in a row (or flapping for `rise + fall` probes).
     pub settled: bool,
+    /// Down, and its last `fall` probes went unanswered ([`Counter::silent`]).
+    pub silent: bool,
+}
+
+impl HealthEvent {
+    /// The target's verdict after this event.
+    pub fn verdict(&self) -> Verdict {
+        Verdict::new(self.state, self.silent)
+    }
+
+    /// Why a down target is down, for the status: the last failure, and whether the
+    /// node has stopped answering (then a draining node leaves the table too).
+    pub fn why(&self) -> String {
+        if self.silent {
+            format!(
+                "{}; no answer to {} probes in a row",
+                self.reason, self.target.spec.timing.fall
+            )
+        } else {
+            self.reason.to_string()
+        }
+    }
 }
 
 impl fmt::Display for HealthEvent {
@@ -396,6 +464,19 @@ impl fmt::Display for HealthEvent {
             Transition::StillDown => write!(f, "{} is down ({})", self.target, self.reason),
             Transition::Inherited { from } => {
                 write!(f, "{} starts up, as {from} which it replaces", self.target)
+            }
+            Transition::Silent => write!(
+                f,
+                "{} is down and does not answer ({})",
+                self.target,
+                self.why()
+            ),
+            Transition::Answers => {
+                write!(
+                    f,
+                    "{} answers again ({}), still down",
+                    self.target, self.reason
+                )
             }
         }
     }
@@ -711,18 +792,23 @@ impl HealthChecker {
                 weight: slot.counter.weight(),
                 reason,
                 settled: slot.counter.settled(),
+                silent: slot.counter.silent(),
             };
+            let (reason, silent) = (event.why(), event.silent);
             match event.transition {
                 Transition::Down => {
-                    tracing::warn!(target = %event.target, reason = %event.reason, "backend down")
+                    tracing::warn!(target = %event.target, %reason, silent, "backend down")
                 }
                 // A target that never came up, now settled down: a line of its own, the
                 // moment a VIP's first announcement stops waiting for it.
                 Transition::StillDown if !was_settled && event.settled => {
-                    tracing::warn!(target = %event.target, reason = %event.reason, "backend down: first verdict")
+                    tracing::warn!(target = %event.target, %reason, silent, "backend down: first verdict")
                 }
                 Transition::StillDown => {
-                    tracing::warn!(target = %event.target, reason = %event.reason, "backend still down")
+                    tracing::warn!(target = %event.target, %reason, silent, "backend still down")
+                }
+                Transition::Silent => {
+                    tracing::warn!(target = %event.target, %reason, "backend down and not answering: taken for dead, a draining node leaves too")
                 }
                 _ => tracing::info!(target = %event.target, "{event}"),
             }
@@ -749,6 +835,7 @@ fn inherited_events(
                 weight,
                 reason: Reason::Passed,
                 settled: true,
+                silent: false,
             };
             tracing::info!(target = %event.target, "{event}");
             Some(event)
@@ -990,6 +1077,7 @@ mod tests {
             weight: None,
             reason: Reason::Passed,
             settled: true,
+            silent: false,
         };
         let up_a = ev(&a, first[0].1);
         assert!(e.is_current(&up_a));
@@ -1240,13 +1328,14 @@ mod tests {
         let after = set(new_port.local_addr().unwrap().port());
         let (checker, rx) = spawn().unwrap();
         // The daemon's view: the current events' verdicts.
-        let mut states: HashMap<Target, (State, Option<u32>)> = HashMap::new();
-        let take = |states: &mut HashMap<Target, (State, Option<u32>)>, ev: HealthEvent| {
+        let mut states: HashMap<Target, (Verdict, Option<u32>)> = HashMap::new();
+        let take = |states: &mut HashMap<Target, (Verdict, Option<u32>)>, ev: HealthEvent| {
             if checker.is_current(&ev) {
-                states.insert(ev.target, (ev.state, ev.weight));
+                let verdict = ev.verdict();
+                states.insert(ev.target, (verdict, ev.weight));
             }
         };
-        let usable = |set: &ServiceSet, states: &HashMap<Target, (State, Option<u32>)>| {
+        let usable = |set: &ServiceSet, states: &HashMap<Target, (Verdict, Option<u32>)>| {
             set.vips[0].healthy_backends(|t| states.get(t).map(|s| s.0))
         };
         let only_up = [BackendSpec {
@@ -1257,7 +1346,7 @@ mod tests {
         checker.set_targets(before.health_targets());
         let deadline = Instant::now() + BOUND;
         while usable(&before, &states) != only_up
-            || !states.values().any(|(s, _)| *s == State::Down)
+            || !states.values().any(|(s, _)| *s != Verdict::Up)
         {
             assert!(Instant::now() < deadline, "{states:?}");
             if let Ok(ev) = rx.recv_timeout(Duration::from_millis(50)) {

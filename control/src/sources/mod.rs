@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use dataplane::bpf::steer::MAX_VIPS;
 
 use crate::config::{HashMode, Protocol, VipBgp};
-use crate::health::{HealthSpec, State, Target, Targets};
+use crate::health::{HealthSpec, Target, Targets, Verdict};
 
 /// Every VIP the gateway should serve, sorted by address, protocol, ports.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,33 +88,47 @@ impl VipSpec {
 
     /// The backends the snapshot carries now: unchecked VIPs keep every backend; checked
     /// ones keep those whose target is up (a down one is left out, and its flows re-hashed),
-    /// and a `Local` Service's nodes at weight 0 whatever their probe says
-    /// ([`Self::drains_while_down`]). The weight is always the source's: a weight a probe
+    /// and a `Local` Service's nodes at weight 0 while their node answers, or has no verdict
+    /// yet ([`Self::drains_while_down`]). The weight is always the source's: a weight a probe
     /// reports (kube-proxy's endpoint count) is ignored, as each gateway's probe sees a
     /// change at its own moment, up to an interval after the EndpointSlice that every
     /// gateway has within moments, and their Maglev tables would differ meanwhile. A backend
     /// at weight 0 stays, draining: the dataplane gives it no Maglev slot, so no new flow
     /// goes to it, but the flows recorded to it stay there. Left out, each of them would be
     /// re-hashed to another node, which resets its TCP connection.
-    pub fn serving_backends(&self, state: impl Fn(&Target) -> Option<State>) -> Vec<BackendSpec> {
+    pub fn serving_backends(
+        &self,
+        verdict: impl Fn(&Target) -> Option<Verdict>,
+    ) -> Vec<BackendSpec> {
         self.backends
             .iter()
             .filter(|b| match self.target(b) {
                 None => true,
-                Some(t) => {
-                    state(&t) == Some(State::Up) || (b.weight == 0 && self.drains_while_down())
-                }
+                Some(t) => match verdict(&t) {
+                    Some(Verdict::Up) => true,
+                    Some(Verdict::Silent) => false,
+                    Some(Verdict::Down) | None => b.weight == 0 && self.drains_while_down(),
+                },
             })
             .copied()
             .collect()
     }
 
-    /// Whether a backend at weight 0 stays while its probe fails: a `Local` Service's node
-    /// at weight 0 has only terminating endpoints that still serve (see
-    /// [`kube::model`]), and kube-proxy answers its health check with 503 precisely then,
-    /// so that load balancers send it no new connections; it still forwards the open
-    /// ones. It leaves once those endpoints leave the EndpointSlice. A static or `Cluster`
-    /// backend at weight 0 drains only while its probe passes.
+    /// Whether a backend at weight 0 stays while its probe fails but its node answers: a
+    /// `Local` Service's node at weight 0 has only terminating endpoints that still serve
+    /// (see [`kube::model`]), and kube-proxy answers its health check with 503 precisely
+    /// then, so that load balancers send it no new connections; it still forwards the open
+    /// ones. It leaves once those endpoints leave the EndpointSlice, or once its probe is
+    /// [`Verdict::Silent`] (`fall` probes in a row without an answer: a node that died, or
+    /// whose kube-proxy did, and whose EndpointSlice lists its endpoints until the node
+    /// controller evicts them; kept, every flow to it would be black-holed meanwhile, where
+    /// re-hashed its clients get a reset). A static or `Cluster` backend at weight 0 drains
+    /// only while its probe passes.
+    ///
+    /// Each gateway decides from its own probes, as for any down backend: one that cannot
+    /// reach a node drops it while another keeps it. Their Maglev tables still agree, as a
+    /// node at weight 0 holds no slot: only the flows this gateway recorded to the node
+    /// move.
     fn drains_while_down(&self) -> bool {
         matches!(
             self.origin,
@@ -128,8 +142,11 @@ impl VipSpec {
     /// The [`serving_backends`](Self::serving_backends) that take new flows (nonzero
     /// weight): the ones that count toward announcing (`min_healthy`). A VIP whose
     /// backends are all draining has none, and is withdrawn.
-    pub fn healthy_backends(&self, state: impl Fn(&Target) -> Option<State>) -> Vec<BackendSpec> {
-        let mut out = self.serving_backends(state);
+    pub fn healthy_backends(
+        &self,
+        verdict: impl Fn(&Target) -> Option<Verdict>,
+    ) -> Vec<BackendSpec> {
+        let mut out = self.serving_backends(verdict);
         out.retain(|b| b.weight > 0);
         out
     }
@@ -339,8 +356,8 @@ mod tests {
         let up: IpAddr = "10.0.0.1".parse().unwrap();
         let unreported: IpAddr = "10.0.0.2".parse().unwrap();
         let got = checked.healthy_backends(|t| match t.addr {
-            a if a == up || a == unreported => Some(State::Up),
-            _ => Some(State::Down),
+            a if a == up || a == unreported => Some(Verdict::Up),
+            _ => Some(Verdict::Down),
         });
         assert_eq!(
             got,
@@ -391,10 +408,10 @@ mod tests {
             Some(spec),
         );
         let state = |t: &Target| match t.addr.to_string().as_str() {
-            "10.0.0.1" | "10.0.0.2" => Some(State::Up),
-            "10.0.0.3" => Some(State::Down),
+            "10.0.0.1" | "10.0.0.2" => Some(Verdict::Up),
+            "10.0.0.3" => Some(Verdict::Down),
             // Up, whatever count it reports: its own weight.
-            _ => Some(State::Up),
+            _ => Some(Verdict::Up),
         };
         assert_eq!(
             checked.serving_backends(state),
@@ -439,8 +456,8 @@ mod tests {
         };
         // 10.0.0.2 answers 503; 10.0.0.3 has no verdict yet.
         let state = |t: &Target| match t.addr.to_string().as_str() {
-            "10.0.0.1" => Some(State::Up),
-            "10.0.0.2" => Some(State::Down),
+            "10.0.0.1" => Some(Verdict::Up),
+            "10.0.0.2" => Some(Verdict::Down),
             _ => None,
         };
         let local = kube(TrafficPolicy::Local);
@@ -449,7 +466,7 @@ mod tests {
             [b("10.0.0.1", 2), b("10.0.0.2", 0), b("10.0.0.3", 0)]
         );
         assert_eq!(local.healthy_backends(state), [b("10.0.0.1", 2)]);
-        let all_down = |_: &Target| Some(State::Down);
+        let all_down = |_: &Target| Some(Verdict::Down);
         assert_eq!(
             local.serving_backends(all_down),
             [b("10.0.0.2", 0), b("10.0.0.3", 0)]
@@ -459,6 +476,50 @@ mod tests {
         let cluster = kube(TrafficPolicy::Cluster);
         assert_eq!(cluster.serving_backends(state), [b("10.0.0.1", 2)]);
         assert_eq!(cluster.serving_backends(all_down), []);
+    }
+
+    /// A draining `Local` node that died (no answer to `fall` probes in a row: power, kernel,
+    /// cable) used to stay like one answering 503, its EndpointSlice unchanged until the
+    /// node controller evicts its pods, and every flow to it was black-holed meanwhile. It
+    /// leaves: its flows are re-hashed to live nodes (a reset, not a hang). A node answering
+    /// 503, or down but not yet silent, or not yet probed, stays.
+    #[test]
+    fn a_silent_draining_local_node_leaves() {
+        let b = |a: &str, weight| BackendSpec {
+            addr: a.parse().unwrap(),
+            weight,
+        };
+        let mut local = vip(
+            "203.0.113.1",
+            &[80],
+            &[
+                ("10.0.0.1", 2),
+                ("10.0.0.2", 0),
+                ("10.0.0.3", 0),
+                ("10.0.0.4", 0),
+                ("10.0.0.5", 1),
+            ],
+            Some(kube_proxy_probe()),
+        );
+        local.origin = Origin::Kubernetes {
+            namespace: "ns".into(),
+            name: "web".into(),
+            traffic_policy: TrafficPolicy::Local,
+            health_check_node_port: Some(30000),
+            created: None,
+        };
+        // .2 answers 503, .3 has stopped answering, .4 has no verdict, .5 is dead too.
+        let verdict = |t: &Target| match t.addr.to_string().as_str() {
+            "10.0.0.1" => Some(Verdict::Up),
+            "10.0.0.2" => Some(Verdict::Down),
+            "10.0.0.3" | "10.0.0.5" => Some(Verdict::Silent),
+            _ => None,
+        };
+        assert_eq!(
+            local.serving_backends(verdict),
+            [b("10.0.0.1", 2), b("10.0.0.2", 0), b("10.0.0.4", 0)]
+        );
+        assert_eq!(local.healthy_backends(verdict), [b("10.0.0.1", 2)]);
     }
 
     /// More service ports than the steering map holds used to fail the map update after a
