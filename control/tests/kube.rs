@@ -115,8 +115,29 @@ fn slice(ns: &str, name: &str, service: &str, family: &str, eps: &[Ep]) -> Value
         },
         "addressType": family,
         "endpoints": endpoints,
-        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+        "ports": slice_ports(service)
     })
+}
+
+/// The ports the EndpointSlice controller lists in `service`'s slices: the names and
+/// protocols of the ports these tests give it, which kube-proxy (and dsrgate) match to
+/// the Service's ports.
+fn slice_ports(service: &str) -> Value {
+    let ports: &[(&str, &str, u16)] = match service {
+        "web" => &[
+            ("http", "TCP", 80),
+            ("https", "TCP", 443),
+            ("alt", "TCP", 8443),
+        ],
+        "dns" => &[("dns-udp", "UDP", 53), ("dns-tcp", "TCP", 53)],
+        "first" => &[("a", "TCP", 8080)],
+        "second" => &[("b", "TCP", 8081)],
+        _ => &[],
+    };
+    let ports = ports
+        .iter()
+        .map(|(name, proto, port)| json!({"name": name, "protocol": proto, "port": port}));
+    Value::from(ports.collect::<Vec<_>>())
 }
 
 struct Harness {

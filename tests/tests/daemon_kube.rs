@@ -70,13 +70,17 @@ fn service(name: &str, ports: Value, ip: Option<&str>) -> Value {
     })
 }
 
+/// `web`'s slice: one ready pod on node1, with both ports `web` ever has (8080, and 8443
+/// once [`a_hung_status_write_delays_no_watch_event`] adds it), which dsrgate, as
+/// kube-proxy, matches to the Service's ports by name and protocol.
 fn web_slice() -> Value {
     json!({
         "metadata": {"name": "web-1", "namespace": "default", "uid": "uid-web-1",
                      "labels": {"kubernetes.io/service-name": "web"}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": ["10.244.1.1"], "conditions": {"ready": true}, "nodeName": "node1"}],
-        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+        "ports": [{"name": "http-8080", "protocol": "TCP", "port": 8080},
+                  {"name": "http-8443", "protocol": "TCP", "port": 8443}]
     })
 }
 

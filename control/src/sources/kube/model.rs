@@ -283,17 +283,18 @@ impl<'a> Slices<'a> {
         Slices(by_service)
     }
 
-    /// The endpoints of one Service in slices of the VIP's address family (so dual-stack
-    /// Services do not count each pod twice), as (node, address), that `usable` accepts.
-    /// An endpoint may name no node (a manually managed slice pointing outside the
-    /// cluster).
-    fn endpoints(
-        &self,
+    /// The endpoints of one Service port in slices of the VIP's address family (so
+    /// dual-stack Services do not count each pod twice) that carry that port, as
+    /// (node, address), that `usable` accepts. An endpoint may name no node (a manually
+    /// managed slice pointing outside the cluster).
+    fn endpoints<'s>(
+        &'s self,
         ns: &str,
         name: &str,
         v6: bool,
+        port: &'s ServedPort<'s>,
         usable: fn(Option<&EndpointConditions>) -> bool,
-    ) -> impl Iterator<Item = (Option<&'a str>, &'a str)> + '_ {
+    ) -> impl Iterator<Item = (Option<&'a str>, &'a str)> + 's {
         let family = if v6 { "IPv6" } else { "IPv4" };
         self.0
             .get(ns)
@@ -301,47 +302,65 @@ impl<'a> Slices<'a> {
             .into_iter()
             .flatten()
             .copied()
-            .filter(move |slice| slice.address_type == family)
+            .filter(move |slice| slice.address_type == family && carries(slice, port))
             .flat_map(|slice| slice.endpoints.iter().flatten())
             .filter(move |ep| usable(ep.conditions.as_ref()))
             .filter_map(|ep| Some((ep.node_name.as_deref(), ep.addresses.first()?.as_str())))
     }
 }
 
-/// Ready: ready and serving (unset counts as true, as the API says) and not terminating.
+/// Whether `slice` lists `port`, by name and protocol, with a port number: kube-proxy takes
+/// a slice's endpoints for exactly the Service ports it lists so (pods whose named target
+/// port resolves otherwise, or is missing, are in other slices, or in none for that port).
+fn carries(slice: &EndpointSlice, port: &ServedPort) -> bool {
+    slice.ports.iter().flatten().any(|p| {
+        p.name.as_deref() == Some(port.name)
+            && protocol(p.protocol.as_deref()) == Some(port.proto)
+            && p.port.is_some_and(|n| n != 0)
+    })
+}
+
+/// Ready: the `ready` condition alone (unset counts as true, as the API says), which is
+/// what kube-proxy forwards to and its `Local` health check counts. It is usually serving
+/// and not terminating, but with `publishNotReadyAddresses` the EndpointSlice controller
+/// sets it for every pod, not ready and terminating ones too, and kube-proxy forwards to
+/// them all.
 fn ready(c: Option<&EndpointConditions>) -> bool {
     c.and_then(|c| c.ready).unwrap_or(true)
-        && c.and_then(|c| c.serving).unwrap_or(true)
-        && !c.and_then(|c| c.terminating).unwrap_or(false)
 }
 
-/// Serving: ready, or terminating but still serving, which kube-proxy falls back to for
-/// `Cluster` traffic when a Service has no ready endpoint (a rollout's last old pod, a
-/// StatefulSet pod restarting); its own health stays up meanwhile.
+/// Serving: kube-proxy forwards to it, being [`ready`] or, when none is, [`draining`],
+/// which it falls back to for `Cluster` traffic (a rollout's last old pod, a StatefulSet
+/// pod restarting); its own health stays up meanwhile.
 fn serving(c: Option<&EndpointConditions>) -> bool {
-    c.and_then(|c| c.serving.or(c.ready)).unwrap_or(true)
+    ready(c) || draining(c)
 }
 
-/// Draining: terminating but still serving (a pod in its grace period). kube-proxy keeps
-/// forwarding a `Local` Service's traffic to such endpoints while its node has no ready one
-/// (KEP-1669), but its health check counts only ready endpoints, so it answers 503.
+/// Draining: not ready, terminating but still serving (a pod in its grace period).
+/// kube-proxy keeps forwarding a `Local` Service's traffic to such endpoints while its node
+/// has no ready one (KEP-1669), but its health check counts only ready endpoints, so it
+/// answers 503.
 fn draining(c: Option<&EndpointConditions>) -> bool {
-    serving(c) && c.and_then(|c| c.terminating).unwrap_or(false)
+    !ready(c)
+        && c.and_then(|c| c.serving).unwrap_or(true)
+        && c.and_then(|c| c.terminating).unwrap_or(false)
 }
 
-/// The weight of each node of a `Local` Service: its number of ready endpoints, each address
-/// counted once even if two slices list it (slices overlap while being rebalanced); 0 for a
-/// node with none ready but some [`draining`], which keeps the flows pinned to it (and so
-/// the connections to its terminating pods) and takes no new ones. A node with neither is
-/// not a backend. The weights come from the slices alone, which every gateway sees alike.
+/// The weight of each node for one port of a `Local` Service: its number of ready
+/// endpoints of that port, each address counted once even if two slices list it (slices
+/// overlap while being rebalanced); 0 for a node with none ready but some [`draining`],
+/// which keeps the flows pinned to it (and so the connections to its terminating pods) and
+/// takes no new ones. A node with neither is not a backend. The weights come from the
+/// slices alone, which every gateway sees alike.
 fn local_weights<'a>(
     slices: &Slices<'a>,
     ns: &str,
     name: &str,
     v6: bool,
+    port: &ServedPort,
 ) -> BTreeMap<&'a str, u32> {
     let mut per_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (node, addr) in slices.endpoints(ns, name, v6, ready) {
+    for (node, addr) in slices.endpoints(ns, name, v6, port, ready) {
         if let Some(node) = node {
             per_node.entry(node).or_default().insert(addr);
         }
@@ -353,7 +372,7 @@ fn local_weights<'a>(
             (n, w.min(MAX_WEIGHT))
         })
         .collect();
-    for (node, _) in slices.endpoints(ns, name, v6, draining) {
+    for (node, _) in slices.endpoints(ns, name, v6, port, draining) {
         if let Some(node) = node {
             weights.entry(node).or_insert(0);
         }
@@ -384,27 +403,49 @@ fn sharing_key(svc: &Service) -> Option<&str> {
     (!key.trim().is_empty()).then_some(key.as_str())
 }
 
+/// A protocol of the API (unset: TCP, its default), if dsrgate serves it.
+fn protocol(raw: Option<&str>) -> Option<Protocol> {
+    match raw.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// A Service port dsrgate serves, with the name (empty when unnamed) and protocol that
+/// EndpointSlices list it by.
+struct ServedPort<'a> {
+    name: &'a str,
+    proto: Protocol,
+    port: u16,
+}
+
+/// The Service's ports, each one dsrgate serves or why it does not.
+fn service_ports(svc: &Service) -> impl Iterator<Item = Result<ServedPort<'_>, String>> {
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+    ports.into_iter().flatten().map(|p| {
+        let Some(proto) = protocol(p.protocol.as_deref()) else {
+            let raw = p.protocol.as_deref().unwrap_or_default();
+            return Err(format!("port {}: protocol {raw} is not served", p.port));
+        };
+        match u16::try_from(p.port) {
+            Ok(port) if port != 0 => Ok(ServedPort {
+                name: p.name.as_deref().unwrap_or_default(),
+                proto,
+                port,
+            }),
+            _ => Err(format!("ignoring out-of-range port {}", p.port)),
+        }
+    })
+}
+
 /// The Service's ports that dsrgate serves, per protocol.
 fn served_ports(svc: &Service, key: &str, problems: &mut Problems) -> BTreeMap<Protocol, Vec<u16>> {
     let mut by_proto: BTreeMap<Protocol, Vec<u16>> = BTreeMap::new();
-    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
-    for p in ports.into_iter().flatten() {
-        let proto = match p.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            other => {
-                let what = format!("port {}: protocol {other} is not served", p.port);
-                note(problems, key, what);
-                continue;
-            }
-        };
-        match u16::try_from(p.port) {
-            Ok(port) if port != 0 => by_proto.entry(proto).or_default().push(port),
-            _ => note(
-                problems,
-                key,
-                format!("ignoring out-of-range port {}", p.port),
-            ),
+    for p in service_ports(svc) {
+        match p {
+            Ok(p) => by_proto.entry(p.proto).or_default().push(p.port),
+            Err(what) => note(problems, key, what),
         }
     }
     by_proto
@@ -929,7 +970,8 @@ pub fn compute(cfg: &Kubernetes, objs: &Objects, assigned: &mut Assigned) -> Com
     }
 }
 
-/// The VIPs (one per protocol) of one Service at one address.
+/// The VIPs of one Service at one address: one per protocol and set of backends, since each
+/// port has the backends of the EndpointSlices that carry it.
 fn service_vips(
     cfg: &Kubernetes,
     objs: &Objects,
@@ -953,36 +995,57 @@ fn service_vips(
         .filter(|p| *p != 0);
     let v6 = addr.is_ipv6();
 
-    let backends: Vec<BackendSpec> = match policy {
-        // An excluded node drains as a `Cluster` one does, kept while it has endpoints.
-        TrafficPolicy::Local => local_weights(slices, ns, name, v6)
-            .into_iter()
-            .filter_map(|(node, weight)| {
-                let node = objs.nodes.get(node)?;
-                let addr = node_addr(cfg, node, v6)?;
-                let weight = if excluded(node) { 0 } else { weight };
-                Some(BackendSpec { addr, weight })
-            })
-            .collect(),
-        // Any node forwards, but only to the Service's endpoints: with none serving (scaled
-        // to zero, every pod failing, a selector typo) every node would refuse the
-        // traffic while kube-proxy's own health still passes, so there is no backend and
-        // the address is withdrawn, where another site announcing it can take over.
-        TrafficPolicy::Cluster if slices.endpoints(ns, name, v6, serving).next().is_none() => {
-            Vec::new()
-        }
-        TrafficPolicy::Cluster => objs
-            .nodes
-            .values()
-            .filter_map(|n| {
-                let addr = node_addr(cfg, n, v6)?;
-                Some(BackendSpec {
-                    addr,
-                    weight: cluster_weight(n),
+    let backends_of = |port: &ServedPort| -> Vec<BackendSpec> {
+        let mut backends: Vec<BackendSpec> = match policy {
+            // An excluded node drains as a `Cluster` one does, kept while it has endpoints.
+            TrafficPolicy::Local => local_weights(slices, ns, name, v6, port)
+                .into_iter()
+                .filter_map(|(node, weight)| {
+                    let node = objs.nodes.get(node)?;
+                    let addr = node_addr(cfg, node, v6)?;
+                    let weight = if excluded(node) { 0 } else { weight };
+                    Some(BackendSpec { addr, weight })
                 })
-            })
-            .collect(),
+                .collect(),
+            // Any node forwards, but only to the port's endpoints: with none serving (scaled
+            // to zero, every pod failing, a selector typo, pods without the port) every node
+            // would refuse the traffic while kube-proxy's own health still passes, so there
+            // is no backend, and with no other port served the address is withdrawn, where
+            // another site announcing it can take over.
+            TrafficPolicy::Cluster
+                if slices
+                    .endpoints(ns, name, v6, port, serving)
+                    .next()
+                    .is_none() =>
+            {
+                Vec::new()
+            }
+            TrafficPolicy::Cluster => objs
+                .nodes
+                .values()
+                .filter_map(|n| {
+                    let addr = node_addr(cfg, n, v6)?;
+                    Some(BackendSpec {
+                        addr,
+                        weight: cluster_weight(n),
+                    })
+                })
+                .collect(),
+        };
+        backends.sort_unstable();
+        backends
     };
+    // The ports of each protocol with the same backends share a VIP, whatever the order of
+    // the slices or of the Service's ports. A port number listed twice for one protocol
+    // (which the API refuses) is served once, as the first lists it.
+    let mut groups: BTreeMap<(Protocol, Vec<BackendSpec>), Vec<u16>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for port in service_ports(c.svc).filter_map(Result::ok) {
+        if seen.insert((port.proto, port.port)) {
+            let ports = groups.entry((port.proto, backends_of(&port))).or_default();
+            ports.push(port.port);
+        }
+    }
     // Local: kube-proxy's per-Service answer on healthCheckNodePort (200 only while the
     // node has ready local endpoints). Its endpoint-count header only has to be readable:
     // the weight is the slices' (see `local_weights`), which every gateway has within
@@ -1011,9 +1074,9 @@ fn service_vips(
         _ => cfg.hash,
     };
 
-    c.ports
-        .iter()
-        .map(|(proto, ports)| VipSpec {
+    groups
+        .into_iter()
+        .map(|((proto, backends), ports)| VipSpec {
             name: format!("{ns}/{name}"),
             origin: Origin::Kubernetes {
                 namespace: ns.to_owned(),
@@ -1023,13 +1086,13 @@ fn service_vips(
                 created: created.map(|t| t.0.as_second()),
             },
             addr,
-            proto: *proto,
-            ports: ports.clone(),
+            proto,
+            ports,
             hash,
             encap: encap(cfg.encap, cfg.gue_port),
             min_healthy: cfg.min_healthy_backends,
             bgp: cfg.bgp.clone(),
-            backends: backends.clone(),
+            backends,
             health: Some(health.clone()),
         })
         .collect()
@@ -1038,6 +1101,8 @@ fn service_vips(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::ServicePort;
+    use k8s_openapi::api::discovery::v1::EndpointPort;
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -1652,7 +1717,24 @@ mod tests {
         .unwrap()
     }
 
-    fn add_slice(objs: &mut Objects, s: EndpointSlice) {
+    /// Adds `s`; one without `ports` gets its Service's, as the EndpointSlice controller
+    /// writes them (kube-proxy uses a slice's endpoints only for the ports it lists).
+    fn add_slice(objs: &mut Objects, mut s: EndpointSlice) {
+        let labels = s.metadata.labels.as_ref();
+        let owner = labels.and_then(|l| l.get(SERVICE_NAME_LABEL));
+        let svc = owner.and_then(|name| objs.services.get(&format!("ns/{name}")));
+        let ports = svc.and_then(|svc| svc.spec.as_ref()?.ports.clone());
+        if s.ports.is_none() {
+            s.ports = ports.map(|ports| {
+                let port = |p: ServicePort| EndpointPort {
+                    name: Some(p.name.unwrap_or_default()),
+                    protocol: p.protocol,
+                    port: Some(p.port),
+                    app_protocol: None,
+                };
+                ports.into_iter().map(port).collect()
+            });
+        }
         let key = format!("ns/{}", s.metadata.name.as_deref().unwrap_or_default());
         objs.slices.insert(key, s);
     }
@@ -2038,6 +2120,177 @@ mod tests {
         );
     }
 
+    /// A Service as the API server returns it with `policy`, `publishNotReadyAddresses`,
+    /// and `ports` as (name, protocol, port, targetPort).
+    fn kube_service(
+        policy: &str,
+        publish_not_ready: bool,
+        ports: &[(&str, &str, u16, Value)],
+    ) -> Service {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(name, proto, port, target)| {
+                json!({"name": name, "protocol": proto,
+                "port": port, "targetPort": target, "nodePort": 30000 + port % 2000})
+            })
+            .collect();
+        svc(json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "uid-web",
+                "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": ports,
+                "clusterIP": "10.96.0.10", "externalTrafficPolicy": policy,
+                "healthCheckNodePort": 32080, "publishNotReadyAddresses": publish_not_ready,
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.9", "ipMode": "VIP"}]}}
+        }))
+        .unwrap()
+    }
+
+    /// `objs` with nodes a..d at 10.1.0.1..4, all Ready.
+    fn with_nodes(mut objs: Objects) -> Objects {
+        for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let n = kube_node(name, &format!("10.1.0.{}", i + 1), true, json!({}));
+            objs.nodes.insert(name.into(), n);
+        }
+        objs
+    }
+
+    /// Each VIP as `proto ports: address weight, ...`.
+    fn vips_and_weights(objs: &Objects) -> Vec<String> {
+        let set = compute(&cfg(), objs, &mut HashMap::new()).set;
+        set.vips
+            .iter()
+            .map(|v| {
+                let b: Vec<String> = v
+                    .backends
+                    .iter()
+                    .map(|b| format!("{} {}", b.addr, b.weight))
+                    .collect();
+                format!("{} {:?}: {}", v.proto, v.ports, b.join(", "))
+            })
+            .collect()
+    }
+
+    /// With `publishNotReadyAddresses`, the EndpointSlice controller marks every pod
+    /// `ready` (not ready and terminating ones too), with `serving` its real readiness;
+    /// kube-proxy forwards by `ready` alone and its `Local` health check counts those. Such
+    /// a Service's pods used to count as not ready: a `Local` one lost the nodes whose pods
+    /// were not ready (every node, while they all start), and a `Cluster` one its backends,
+    /// while kube-proxy forwarded to them. An endpoint neither ready nor terminating (a
+    /// hand-written slice saying `serving`) is not forwarded to, and counts for nothing.
+    #[test]
+    fn endpoints_count_as_kube_proxy_forwards_to_them_with_publish_not_ready_addresses() {
+        let http = [("http", "TCP", 80, json!(8080))];
+        let eps = json!([
+            // a: a pod not ready yet; b: a ready one and a terminating one that no longer
+            // serves; c: only a terminating one; d: not ready, hand-written, no `ready`.
+            endpoint("10.244.1.1", "a", true, false, false),
+            endpoint("10.244.2.1", "b", true, true, false),
+            endpoint("10.244.2.2", "b", true, false, true),
+            endpoint("10.244.3.1", "c", true, false, true),
+            endpoint("10.244.4.1", "d", false, true, false),
+        ]);
+        let mut objs = with_nodes(objects([kube_service("Local", true, &http)]));
+        add_slice(&mut objs, slice("web", "IPv4", eps));
+        assert_eq!(
+            vips_and_weights(&objs),
+            ["tcp [80]: 10.1.0.1 1, 10.1.0.2 2, 10.1.0.3 1"]
+        );
+        // Cluster: only pods that are not ready (all `ready: true` here): every node.
+        let eps = json!([endpoint("10.244.1.1", "a", true, false, false)]);
+        let mut objs = with_nodes(objects([kube_service("Cluster", true, &http)]));
+        add_slice(&mut objs, slice("web", "IPv4", eps));
+        assert_eq!(
+            vips_and_weights(&objs),
+            ["tcp [80]: 10.1.0.1 1, 10.1.0.2 1, 10.1.0.3 1, 10.1.0.4 1"]
+        );
+        // Not ready and not terminating, whatever `serving` says: no endpoint at all.
+        let eps = json!([endpoint("10.244.4.1", "d", false, true, false)]);
+        let mut objs = with_nodes(objects([kube_service("Cluster", false, &http)]));
+        add_slice(&mut objs, slice("web", "IPv4", eps));
+        assert_eq!(vips_and_weights(&objs), ["tcp [80]: "]);
+    }
+
+    /// An EndpointSlice lists the Service ports its endpoints have (by name and protocol,
+    /// with the target port resolved per pod), and kube-proxy programs each Service port
+    /// only with endpoints of slices that carry it. One set of nodes used to serve every
+    /// port of a protocol: a `Local` port went to nodes whose pods lack it (their named
+    /// target port missing or resolved otherwise), and a `Cluster` port without any
+    /// endpoint to every node, all of which dropped its traffic. Ports with the same nodes
+    /// share one VIP; the result does not depend on the slices' order.
+    #[test]
+    fn each_service_port_has_the_nodes_of_the_slices_that_carry_it() {
+        let ports = [
+            ("http", "TCP", 80, json!("web")),
+            ("admin", "TCP", 8443, json!(8443)),
+            ("metrics", "TCP", 9090, json!(9090)),
+            ("dns", "UDP", 53, json!(5353)),
+        ];
+        let ported = |name: &str, eps: Value, ports: Value| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns",
+                    "labels": {SERVICE_NAME_LABEL: "web",
+                        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+                "addressType": "IPv4", "endpoints": eps, "ports": ports}))
+            .unwrap()
+        };
+        // Pods on a and b name their port `web` 8080 and have admin and metrics; the one on
+        // c resolves `web` to 8081 and has neither; a slice lists `dns` for TCP only.
+        let slices = |names: [&str; 3]| {
+            [
+                ported(
+                    names[0],
+                    json!([
+                        endpoint("10.244.1.1", "a", true, true, false),
+                        endpoint("10.244.2.1", "b", true, true, false)
+                    ]),
+                    json!([{"name": "http", "protocol": "TCP", "port": 8080},
+                        {"name": "admin", "protocol": "TCP", "port": 8443},
+                        {"name": "metrics", "protocol": "TCP", "port": 9090}]),
+                ),
+                ported(
+                    names[1],
+                    json!([endpoint("10.244.3.1", "c", true, true, false)]),
+                    json!([{"name": "http", "protocol": "TCP", "port": 8081}]),
+                ),
+                ported(
+                    names[2],
+                    json!([endpoint("10.244.4.1", "d", true, true, false)]),
+                    json!([{"name": "dns", "protocol": "TCP", "port": 5353},
+                        {"protocol": "TCP", "port": 8443}]),
+                ),
+            ]
+        };
+        let served = |policy: &str, names: [&str; 3]| {
+            let mut objs = with_nodes(objects([kube_service(policy, false, &ports)]));
+            for s in slices(names) {
+                add_slice(&mut objs, s);
+            }
+            vips_and_weights(&objs)
+        };
+        let local = served("Local", ["web-1", "web-2", "web-3"]);
+        assert_eq!(
+            local,
+            [
+                "tcp [80]: 10.1.0.1 1, 10.1.0.2 1, 10.1.0.3 1",
+                "tcp [8443, 9090]: 10.1.0.1 1, 10.1.0.2 1",
+                "udp [53]: ",
+            ]
+        );
+        assert_eq!(served("Local", ["web-c", "web-b", "web-a"]), local);
+        // Cluster: every node for a port with an endpoint anywhere, none for the UDP port.
+        let all = "10.1.0.1 1, 10.1.0.2 1, 10.1.0.3 1, 10.1.0.4 1";
+        let cluster = served("Cluster", ["web-1", "web-2", "web-3"]);
+        assert_eq!(
+            cluster,
+            [
+                format!("tcp [80, 8443, 9090]: {all}"),
+                "udp [53]: ".to_owned()
+            ]
+        );
+        assert_eq!(served("Cluster", ["web-c", "web-b", "web-a"]), cluster);
+    }
+
     /// Each refusal is a problem naming the Service and why, and a recompute of the same
     /// objects finds the same problems (the watcher logs only the difference; each used
     /// to be logged again on every watch event).
@@ -2396,7 +2649,8 @@ mod tests {
                     "labels": {SERVICE_NAME_LABEL: name}},
                 "addressType": "IPv4",
                 "endpoints": [{"addresses": [format!("10.244.{i}.1")], "nodeName": node,
-                    "conditions": {"ready": true, "serving": true, "terminating": false}}]
+                    "conditions": {"ready": true, "serving": true, "terminating": false}}],
+                "ports": [{"name": format!("tcp-{}", 80 + i), "protocol": "TCP", "port": 80 + i}]
             }))
             .unwrap();
             objs.slices.insert(format!("ns/{name}-x"), sl);
