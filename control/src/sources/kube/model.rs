@@ -2751,7 +2751,8 @@ mod tests {
     proptest! {
         /// Whatever shape the API objects take, computing never panics. The two Services
         /// may claim one address (a pool address too), with or without one sharing key, in
-        /// one namespace or two.
+        /// one namespace or two. The slice lists unnamed TCP and UDP ports, so that its
+        /// endpoints count for the Services' unnamed ports.
         #[test]
         fn arbitrary_objects_never_panic(spec in arb_json(), spec2 in arb_json(), status in arb_json(), keys in proptest::collection::vec(prop_oneof![Just(None), Just(Some("")), Just(Some("k")), Just(Some("j"))], 2), t_ns in prop_oneof![Just("n"), Just("m")], slice_eps in arb_json(), node_status in arb_json()) {
             let mut objs = Objects::default();
@@ -2761,7 +2762,7 @@ mod tests {
                     objs.services.insert(format!("{ns}/{name}"), s);
                 }
             }
-            if let Ok(sl) = serde_json::from_value::<EndpointSlice>(json!({"metadata": {"name": "x", "namespace": "n", "labels": {"kubernetes.io/service-name": "s"}}, "addressType": "IPv4", "endpoints": slice_eps})) {
+            if let Ok(sl) = serde_json::from_value::<EndpointSlice>(json!({"metadata": {"name": "x", "namespace": "n", "labels": {"kubernetes.io/service-name": "s"}}, "addressType": "IPv4", "endpoints": slice_eps, "ports": [{"name": "", "protocol": "TCP", "port": 80}, {"name": "", "protocol": "UDP", "port": 53}]})) {
                 objs.slices.insert("n/x".into(), sl);
             }
             if let Ok(n) = serde_json::from_value::<Node>(json!({"metadata": {"name": "n1"}, "status": node_status})) {
