@@ -1,10 +1,12 @@
 //! A small Kubernetes API server for tests: it serves real API objects (JSON
 //! in the API-reference shapes) over HTTP on 127.0.0.1 with list
 //! (resourceVersion), watch (chunked stream of JSON events from a
-//! resourceVersion, BOOKMARK events, ERROR 410 Expired after compaction),
+//! resourceVersion, BOOKMARK events, ERROR 410 Expired after compaction, ended after
+//! `timeoutSeconds`),
 //! label-existence selectors, and merge PATCH of the Service status
 //! subresource, in plain HTTP or over TLS. Tests can drop every watch,
-//! compact history, make the server fail with 500s, or hold PATCHes unanswered.
+//! compact history, make the server fail with 500s, hold PATCHes unanswered, or accept
+//! watches and then send nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -66,6 +68,9 @@ struct State {
     forbid_watch: bool,
     /// PATCHes wait, unanswered, while this is set.
     hang_patches: bool,
+    /// Watches begun while this is set are answered (200, headers) and then get nothing,
+    /// not even their end.
+    hang_watches: bool,
     shutdown: bool,
     requests: Vec<String>,
     /// Each request's `Authorization` header ("" when it had none).
@@ -323,6 +328,14 @@ impl FakeApiServer {
         let (lock, cv) = &*self.state;
         lock.lock().unwrap().hang_patches = hang;
         cv.notify_all();
+    }
+
+    /// Answers every watch that begins from now on and then sends it nothing (no event, no
+    /// bookmark, not its end at `timeoutSeconds`), as an API server or a proxy that hangs
+    /// does, until called again with `false`; those begun meanwhile stay hung.
+    #[allow(dead_code)] // Used by control/tests/kube_endpoints.rs only.
+    pub fn set_hang_watches(&self, hang: bool) {
+        self.state.0.lock().unwrap().hang_watches = hang;
     }
 
     /// Request lines received so far ("GET /api/v1/nodes?...").
@@ -584,11 +597,25 @@ fn handle<S: Read + Write>(stream: &mut S, st: &(Mutex<State>, Condvar)) -> std:
         send(stream, &json!({"type": "ERROR", "object": gone}))?;
         return end(stream);
     }
+    if s.hang_watches {
+        stream.flush()?;
+        while !s.shutdown {
+            s = cv.wait(s).unwrap();
+        }
+        return Ok(());
+    }
     let generation = s.generation;
+    // As the API server does, the watch ends after `timeoutSeconds` (0 or none: never here).
+    let ends = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .filter(|&t| t > 0)
+        .map(|t| std::time::Instant::now() + Duration::from_secs(t));
     let mut cursor = from;
     loop {
         // A dropped stream delivers nothing more; the client resumes from its cursor.
-        if s.shutdown || s.generation != generation {
+        let timed_out = ends.is_some_and(|t| std::time::Instant::now() >= t);
+        if s.shutdown || s.generation != generation || timed_out {
             drop(s);
             return end(stream);
         }

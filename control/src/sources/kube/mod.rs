@@ -8,6 +8,8 @@
 //! when complete, and API errors change nothing: the last good set stays in
 //! force, so errors never empty the backend sets. How current the view is (listed, the
 //! last event, the last error) is kept beside it for the status ([`KubeSource::state`]).
+//! A watch that delivers nothing for longer than the API server keeps it open (plus a
+//! margin) is an error too, and is started again ([`WATCH_TIMEOUT`]).
 
 pub mod model;
 
@@ -62,12 +64,29 @@ impl KubeSource {
     }
 }
 
+/// How long the API server keeps a watch open (`timeoutSeconds`) before it ends it, and the
+/// watcher resumes it: a watch that works delivers something (an event, a bookmark, or its
+/// end) at least this often. client-go asks for 5 to 10 minutes; one minute bounds how
+/// long a hung watch goes unnoticed, for three cheap resumed watches a minute.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How much longer than the watch timeout a watch (or any answer) may deliver nothing
+/// before it counts as hung: the client's read timeout then fails it, which is reported, and
+/// the watcher starts it again. It must stay under the 5 s that kube's watcher waits past
+/// the watch timeout before it drops a silent watch by itself, without a word, and starts
+/// another that may hang as well: kube sets no read timeout of its own, so an API server
+/// that accepts the watch and then sends nothing was never an error.
+const HUNG_MARGIN: Duration = Duration::from_secs(3);
+
 /// How long a watch error counts as current without another. The watcher retries a
-/// failed watch after at most 30 s (plus as much again of jitter), and each failure is an
-/// error; a retry that succeeds is silent, as a resumed watch brings nothing until the
-/// next change (a quiet Service watch can go hours without one). So a resource with no
-/// event since its last error is taken to be watched again once this has passed.
-pub const QUIET: Duration = Duration::from_secs(120);
+/// failed watch after at most 30 s (plus as much again of jitter), and a retried watch
+/// that hangs fails again after the watch timeout and [`HUNG_MARGIN`]; a retry that
+/// succeeds is silent, as a resumed watch brings nothing until the next change (a quiet
+/// Service watch can go hours without one). So a resource with no event since its last
+/// error is taken to be watched again once this has passed.
+pub const QUIET: Duration = WATCH_TIMEOUT
+    .saturating_add(HUNG_MARGIN)
+    .saturating_add(Duration::from_secs(60));
 
 /// The watch's state, written by the watcher thread and read for the status.
 type Shared = Arc<Mutex<Watch>>;
@@ -166,7 +185,18 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// finished after [`CHECK_TIMEOUT`] is reported too, and waited for (not started again).
 /// The caller's thread never waits for the client.
 pub fn spawn(cfg: Kubernetes, tx: Sender<KubeUpdate>) -> std::io::Result<KubeSource> {
-    start(runtime()?, cfg, tx, None)
+    spawn_watching(cfg, tx, WATCH_TIMEOUT)
+}
+
+/// [`spawn`], with watches that the API server ends after `watch_timeout` (whole seconds,
+/// at least one) instead of [`WATCH_TIMEOUT`], and that count as hung after it and
+/// [`HUNG_MARGIN`] without a byte: tests wait for that a few seconds, not a minute.
+pub fn spawn_watching(
+    cfg: Kubernetes,
+    tx: Sender<KubeUpdate>,
+    watch_timeout: Duration,
+) -> std::io::Result<KubeSource> {
+    start(runtime()?, cfg, tx, None, watch_timeout)
 }
 
 /// Starts the watcher thread for a reload, on a client built and checked first, or says
@@ -198,7 +228,8 @@ pub fn spawn_checked(
     // here and go on running on the watcher thread, which drives `rt` from then on.
     let checked = rt.block_on(async {
         let deadline = tokio::time::Instant::now() + timeout;
-        let (client, url) = match tokio::time::timeout_at(deadline, build(&cfg)).await {
+        let built = build(&cfg, WATCH_TIMEOUT);
+        let (client, url) = match tokio::time::timeout_at(deadline, built).await {
             Ok(built) => built.map_err(|e| panicked(&cfg, &e))??,
             Err(_) => return Err(not_built(&cfg, timeout)),
         };
@@ -211,7 +242,7 @@ pub fn spawn_checked(
         }
     });
     match checked {
-        Ok(client) => start(rt, cfg, tx, Some(client))
+        Ok(client) => start(rt, cfg, tx, Some(client), WATCH_TIMEOUT)
             .map_err(|e| format!("starting the Kubernetes watcher: {e}")),
         Err(e) => {
             // A credential plugin that has not finished holds a thread of `rt`'s blocking
@@ -248,7 +279,10 @@ fn panicked(cfg: &Kubernetes, e: &tokio::task::JoinError) -> String {
 /// current runtime: making the client runs the kubeconfig user's credential plugin (an
 /// `exec` command), if it has one, and waits for it, for as long as it runs. Off the
 /// runtime's thread, that wait can be bounded, and the thread goes on answering a stop.
-fn build(cfg: &Kubernetes) -> tokio::task::JoinHandle<Result<(Client, String), String>> {
+fn build(
+    cfg: &Kubernetes,
+    watch_timeout: Duration,
+) -> tokio::task::JoinHandle<Result<(Client, String), String>> {
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
         // Reading the configuration is file reading that kube writes as async; it needs no
@@ -256,7 +290,7 @@ fn build(cfg: &Kubernetes) -> tokio::task::JoinHandle<Result<(Client, String), S
         // task belongs to (its context is entered here).
         let config = futures::executor::block_on(config(&cfg))?;
         let url = config.cluster_url.to_string();
-        Ok((client_of(config)?, url))
+        Ok((client_of(config, watch_timeout)?, url))
     })
 }
 
@@ -272,6 +306,7 @@ fn start(
     cfg: Kubernetes,
     tx: Sender<KubeUpdate>,
     client: Option<Client>,
+    watch_timeout: Duration,
 ) -> std::io::Result<KubeSource> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let watch = Shared::default();
@@ -282,7 +317,7 @@ fn start(
             rt.block_on(async move {
                 tokio::select! {
                     _ = stop_rx => {}
-                    _ = run(cfg, tx, client, shared) => {}
+                    _ = run(cfg, tx, client, shared, watch_timeout) => {}
                 }
             });
             // Dropping `rt` would wait for its blocking tasks: a credential plugin that does
@@ -337,6 +372,21 @@ where
         .map_err(why("watching"))
 }
 
+/// Whether `e` is, or comes of, a read that timed out: the client's read timeout (see
+/// [`client_of`]) ends a watch that delivers nothing.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// `e` and its sources, joined by ": ". kube's own message often names only the layer that
 /// failed ("client error (Connect)"); the cause an operator can act on (a certificate from
 /// an unknown issuer, a refused connection) is further down the chain.
@@ -375,23 +425,32 @@ async fn config(cfg: &Kubernetes) -> Result<kube::Config, String> {
     })
 }
 
-fn client_of(config: kube::Config) -> Result<Client, String> {
+/// The client, whose reads time out after the watch timeout and [`HUNG_MARGIN`] without a
+/// byte, counted from the request (not from when its pooled connection went idle).
+fn client_of(mut config: kube::Config, watch_timeout: Duration) -> Result<Client, String> {
+    config.read_timeout = Some(watch_timeout + HUNG_MARGIN);
+    config.reset_reader_on_write = true;
     Client::try_from(config).map_err(|e| format!("Kubernetes client: {}", with_causes(&e)))
 }
 
 /// How long to wait before retrying a failed client setup or status write.
 const RETRY: Duration = Duration::from_secs(5);
-/// How long one status write may take before it counts as failed (and is retried): kube's
-/// client has no read timeout of its own, and a hung connection or a slow admission
-/// webhook would otherwise hold the write, and its retries, for good.
+/// How long one status write may take before it counts as failed (and is retried): the
+/// client's read timeout, made for watches, is over a minute, and a hung connection or a
+/// slow admission webhook would hold the write, and its retries, that long.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client, retried every [`RETRY`] until one is built; `None` once the receiver is gone.
 /// One that is not built within [`CHECK_TIMEOUT`] (a credential plugin that does not
 /// finish) is reported, and waited for rather than started again beside it.
-async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>, watch: &Shared) -> Option<Client> {
+async fn connect(
+    cfg: &Kubernetes,
+    tx: &Sender<KubeUpdate>,
+    watch: &Shared,
+    watch_timeout: Duration,
+) -> Option<Client> {
     loop {
-        let mut built = build(cfg);
+        let mut built = build(cfg, watch_timeout);
         let result = match tokio::time::timeout(CHECK_TIMEOUT, &mut built).await {
             Ok(result) => result,
             Err(_) => {
@@ -414,16 +473,25 @@ async fn connect(cfg: &Kubernetes, tx: &Sender<KubeUpdate>, watch: &Shared) -> O
     }
 }
 
-async fn run(cfg: Kubernetes, tx: Sender<KubeUpdate>, client: Option<Client>, watch: Shared) {
+async fn run(
+    cfg: Kubernetes,
+    tx: Sender<KubeUpdate>,
+    client: Option<Client>,
+    watch: Shared,
+    watch_timeout: Duration,
+) {
     let client = match client {
         Some(c) => c,
-        None => match connect(&cfg, &tx, &watch).await {
+        None => match connect(&cfg, &tx, &watch, watch_timeout).await {
             Some(c) => c,
             None => return,
         },
     };
-    let mut sync = Sync::new(cfg, tx, watch);
-    let wc = watcher::Config::default();
+    let mut sync = Sync::new(cfg, tx, watch, watch_timeout + HUNG_MARGIN);
+    let secs = u32::try_from(watch_timeout.as_secs())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let wc = watcher::Config::default().timeout(secs);
     let services = watcher(Api::<Service>::all(client.clone()), wc.clone())
         .default_backoff()
         .map(|r| Change::Service(Box::new(r)));
@@ -555,14 +623,17 @@ struct Sync {
     /// The last computation's problems, so each is logged once.
     problems: Problems,
     watch: Shared,
+    /// How long a watch may deliver nothing before the client's read timeout ends it.
+    hung_after: Duration,
 }
 
 impl Sync {
-    fn new(cfg: Kubernetes, tx: Sender<KubeUpdate>, watch: Shared) -> Sync {
+    fn new(cfg: Kubernetes, tx: Sender<KubeUpdate>, watch: Shared, hung_after: Duration) -> Sync {
         Sync {
             cfg,
             tx,
             watch,
+            hung_after,
             services: Store::new(),
             slices: Store::new(),
             nodes: Store::new(),
@@ -600,7 +671,16 @@ impl Sync {
                 }
             }
             Err(e) => {
-                let msg = format!("watching {what}: {}", with_causes(&e));
+                let msg = if timed_out(&e) {
+                    format!(
+                        "watching {what}: nothing from the API server for {:?}, longer than it \
+                         keeps a watch open; watching again ({})",
+                        self.hung_after,
+                        with_causes(&e)
+                    )
+                } else {
+                    format!("watching {what}: {}", with_causes(&e))
+                };
                 tracing::warn!(error = %msg, "Kubernetes watch error; keeping the last state");
                 lock(&self.watch).failed(Some(r), &msg);
                 let _ = self.tx.send(KubeUpdate::Error(msg));
@@ -807,7 +887,7 @@ mod tests {
         use std::sync::{Arc, Mutex};
         let cfg = kube_cfg();
         let (tx, _rx) = crossbeam::channel::unbounded();
-        let mut sync = Sync::new(cfg, tx, Shared::default());
+        let mut sync = Sync::new(cfg, tx, Shared::default(), WATCH_TIMEOUT);
         let problem = |service: &str, what: &str| model::Problem {
             service: service.into(),
             what: what.into(),
@@ -866,7 +946,7 @@ mod tests {
     fn nothing_is_sent_before_every_resource_has_synced() {
         let cfg = kube_cfg();
         let (tx, rx) = crossbeam::channel::unbounded();
-        let mut sync = Sync::new(cfg, tx, Shared::default());
+        let mut sync = Sync::new(cfg, tx, Shared::default(), WATCH_TIMEOUT);
         sync.apply(Change::Node(Box::new(Ok(Event::Init))));
         sync.apply(Change::Node(Box::new(Ok(Event::InitDone))));
         sync.apply(Change::Service(Box::new(Ok(Event::Init))));
@@ -893,7 +973,7 @@ mod tests {
     fn the_watch_state_follows_lists_errors_and_events() {
         let (tx, _rx) = crossbeam::channel::unbounded();
         let watch = Shared::default();
-        let mut sync = Sync::new(kube_cfg(), tx, watch.clone());
+        let mut sync = Sync::new(kube_cfg(), tx, watch.clone(), WATCH_TIMEOUT);
         let state = |at: Instant| lock(&watch).state(at);
         let now = Instant::now;
         // No client yet.
