@@ -132,6 +132,7 @@ fn slice_ports(service: &str) -> Value {
         "dns" => &[("dns-udp", "UDP", 53), ("dns-tcp", "TCP", 53)],
         "first" => &[("a", "TCP", 8080)],
         "second" => &[("b", "TCP", 8081)],
+        "dual" => &[("http", "TCP", 80)],
         _ => &[],
     };
     let ports = ports
