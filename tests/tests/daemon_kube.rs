@@ -3,7 +3,7 @@
 //!
 //! Topology: [`Lab::new`] with one gateway; no BIRD (the Kubernetes VIP is looked at in
 //! `GET /status`, where a removed one is gone once its drain is over), except in the
-//! terminating-pod test, whose `Local` Service is the lab's VIP4, announced to BIRD and
+//! draining-node tests, whose `Local` Service is the lab's VIP4, announced to BIRD and
 //! reached from the client, with kube-proxy's health check played on each node. The
 //! status-write test runs the Kubernetes source alone, on the channel that feeds the daemon.
 
@@ -13,7 +13,7 @@ mod fake_apiserver;
 
 mod api;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -595,17 +595,27 @@ fn wait_backend(
     Ok(())
 }
 
-/// A `Local` Service's pod that begins its graceful termination (`serving`, `terminating`,
-/// not `ready`) keeps its open connection: its node stays at weight 0 while kube-proxy's
-/// health check on it answers 503, and new connections go to the other nodes. The node
-/// used to leave the backends at once, and the connection was re-hashed to another node,
-/// which reset it. It leaves once the pod leaves the EndpointSlice.
-#[test]
-fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> Result<()> {
-    if !require_privileges_with(
-        "daemon_kube::a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere",
-        &["bird", "birdc"],
-    ) {
+/// What a draining-node test works with, from [`with_a_draining_local_node`].
+struct Draining<'a> {
+    lab: &'a Lab,
+    server: &'a FakeApiServer,
+    bird: &'a Bird<'a>,
+    /// A long-lived connection, pinned to the draining node, which still serves it.
+    flow: TcpStream,
+    node_name: String,
+    n: u8,
+    /// The draining node's address.
+    addr: String,
+}
+
+/// Runs `then` on the lab with BIRD and the daemon serving [`local_web_service`] (VIP4, a
+/// pod on each node, kube-proxy's health check played on each), once the pod of the node
+/// that took a long-lived connection began terminating (`serving`, `terminating`, not
+/// `ready`; its health check answers 503), its node is at weight 0 and down, and the
+/// connection goes on with it while new ones go elsewhere, the VIP announced. Then stops
+/// the daemon, which must exit cleanly. Returns `Ok` at once when `test` is skipped.
+fn with_a_draining_local_node(test: &str, then: impl FnOnce(Draining) -> Result<()>) -> Result<()> {
+    if !require_privileges_with(test, &["bird", "birdc"]) {
         return Ok(());
     }
     let lab = Lab::new(1, NODE_BIN)?;
@@ -619,7 +629,7 @@ fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> R
     }
     server.apply(Kind::Service, local_web_service());
     server.apply(Kind::EndpointSlice, local_web_slice(&[1, 2, 3], None));
-    let dir = TempDir::new("daemon-kube-terminating");
+    let dir = TempDir::new("daemon-kube-draining");
     // The lab's gateway without its static VIP: VIP4 is the Service's.
     let text = GatewayConfig::new(1).toml();
     let (base, _) = text.split_once("[[vips]]").context("no [[vips]]")?;
@@ -633,7 +643,6 @@ fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> R
     lab.wait_routed_via(&bird, &[1])?;
     lab.get_many(3)?;
 
-    // A long-lived connection, pinned to whichever node took it.
     let (mut flow, node_name, n) = lab.pinned_connection()?;
     let addr = fabric4(node_host(n));
 
@@ -647,20 +656,80 @@ fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> R
         // find out).
         None => true,
     })?;
-
     // The open connection goes on with its node, several times over; new connections go
     // elsewhere, and the VIP stays announced.
     lab.drains(&mut flow, &node_name, "after its pod began terminating")?;
     bird.wait_route(PREFIX4, true, Duration::from_secs(1))?;
-    drop(flow);
 
-    // The pod is gone from the slice: so is its node.
-    let others: Vec<u8> = (1..=3).filter(|m| *m != n).collect();
-    server.apply(Kind::EndpointSlice, local_web_slice(&others, None));
-    wait_backend(gw, &addr, "gone", |b| b.is_none())?;
-
+    then(Draining {
+        lab: &lab,
+        server: &server,
+        bird: &bird,
+        flow,
+        node_name,
+        n,
+        addr,
+    })?;
     daemon.signal(libc::SIGTERM)?;
     daemon
         .wait_clean_exit(Duration::from_secs(15))
         .context("clean exit")
+}
+
+/// A `Local` Service's pod that begins its graceful termination keeps its open connection:
+/// its node stays at weight 0 while kube-proxy's health check on it answers 503, and new
+/// connections go to the other nodes ([`with_a_draining_local_node`]). The node used to
+/// leave the backends at once, and the connection was re-hashed to another node, which
+/// reset it. It leaves once the pod leaves the EndpointSlice.
+#[test]
+fn a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere() -> Result<()> {
+    with_a_draining_local_node(
+        "daemon_kube::a_terminating_local_pod_keeps_its_connection_and_new_ones_go_elsewhere",
+        |d| {
+            drop(d.flow);
+            // The pod is gone from the slice: so is its node.
+            let others: Vec<u8> = (1..=3).filter(|m| *m != d.n).collect();
+            d.server
+                .apply(Kind::EndpointSlice, local_web_slice(&others, None));
+            wait_backend(d.lab.ns("gw1"), &d.addr, "gone", |b| b.is_none())
+        },
+    )
+}
+
+/// A draining `Local` node that dies (its link down: no answer to any probe) used to stay
+/// as one answering 503 does, until its pods left the EndpointSlice: its open connection
+/// hung, every packet black-holed at the gateway. Once `fall` probes in a row go
+/// unanswered it leaves, and the connection is re-hashed to a live node, which resets it.
+#[test]
+fn a_draining_local_node_that_dies_loses_its_connection_to_a_reset() -> Result<()> {
+    with_a_draining_local_node(
+        "daemon_kube::a_draining_local_node_that_dies_loses_its_connection_to_a_reset",
+        |mut d| {
+            let node_name = &d.node_name;
+            // The node dies; its EndpointSlice does not change (the node controller is slow).
+            d.lab.ns(node_name).ip(&["link", "set", "eth0", "down"])?;
+            wait_backend(d.lab.ns("gw1"), &d.addr, "silent", |b| {
+                b.and_then(|b| b.health_reason.as_deref())
+                    .is_some_and(|r| r.contains("no answer to 2 probes in a row"))
+            })?;
+            // The open connection is re-hashed to a live node, which resets it: the client
+            // learns at once (its retransmissions would reach the node that left, too), not
+            // after a hang.
+            d.flow.set_read_timeout(Some(Duration::from_secs(10)))?;
+            d.flow.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+            let mut buf = [0u8; 512];
+            match d.flow.read(&mut buf) {
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    bail!("the connection to the dead {node_name} hangs")
+                }
+                other => bail!("the connection to the dead {node_name}: {other:?}, not a reset"),
+            }
+            // New connections go to the live nodes, and the VIP stays announced.
+            let nodes = d.lab.get_many(6)?;
+            ensure!(!nodes.contains(node_name), "{nodes:?}");
+            d.bird.wait_route(PREFIX4, true, Duration::from_secs(1))?;
+            Ok(())
+        },
+    )
 }
