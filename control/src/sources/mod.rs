@@ -198,41 +198,49 @@ impl ServiceSet {
     /// ports a gateway steers (the config check holds the static ones to it) and are not on
     /// a static VIP's address, whatever their ports: the operator's addresses are not the
     /// Services' to share, as another Service's are not without its consent
-    /// ([`kube::model::SHARING_KEY_ANNOTATION`]). Kubernetes VIPs are taken whole, the
-    /// oldest Service's first (then by name and the set's order), so that a new Service
-    /// never pushes out one already served, and gateways with one view keep the same ones.
-    /// Also the VIPs
-    /// left out, for the caller to log ([`LeftOut::news`]: each once, not on every
-    /// Kubernetes update).
+    /// ([`kube::model::SHARING_KEY_ANNOTATION`]). Kubernetes Services are taken whole, the
+    /// oldest first (then by name), so that a new Service never pushes out one already
+    /// served, and gateways with one view keep the same ones. A Service is several VIPs
+    /// (one per address family, protocol and set of backends, which differ by port), and
+    /// past the limit it is left out with all of them: served on some of its ports or one
+    /// of its families only, it would fail its users in ways its status cannot show. Also
+    /// the VIPs left out, for the caller to log ([`LeftOut::news`]: each once, not on
+    /// every Kubernetes update).
     pub fn merge(statics: &ServiceSet, kube: &ServiceSet) -> (ServiceSet, Vec<LeftOut>) {
         let mut out = statics.clone();
         let mut left_out = Vec::new();
         let mut ports: usize = statics.vips.iter().map(|v| v.ports.len()).sum();
         let mut admission: Vec<&VipSpec> = kube.vips.iter().collect();
-        // Stable: VIPs of one age and name keep the set's order.
-        admission.sort_by_key(|v| match &v.origin {
-            Origin::Kubernetes { created, .. } => (*created, v.name.as_str()),
-            Origin::Static => (None, v.name.as_str()),
-        });
-        for v in admission {
-            let why = if let Some(s) = statics.vips.iter().find(|s| s.addr == v.addr) {
-                Some(LeftOutWhy::StaticAddress(s.name.clone()))
-            } else if ports + v.ports.len() > MAX_VIPS {
-                Some(LeftOutWhy::SteeringLimit { steered: ports })
-            } else {
-                None
-            };
-            match why {
-                Some(why) => left_out.push(LeftOut {
-                    service: v.name.clone(),
-                    addr: v.addr,
-                    ports: v.ports.len(),
-                    why,
-                }),
-                None => {
-                    ports += v.ports.len();
-                    out.vips.push(v.clone());
+        let service = |v: &VipSpec| match &v.origin {
+            Origin::Kubernetes { created, .. } => (*created, v.name.clone()),
+            Origin::Static => (None, v.name.clone()),
+        };
+        // Stable: the VIPs of one Service stay together, in the set's order.
+        admission.sort_by_key(|v| service(v));
+        let mut leave = |v: &VipSpec, why: LeftOutWhy| {
+            left_out.push(LeftOut {
+                service: v.name.clone(),
+                addr: v.addr,
+                ports: v.ports.len(),
+                why,
+            })
+        };
+        for vips in admission.chunk_by(|a, b| service(a) == service(b)) {
+            let mut fits = Vec::new();
+            for v in vips {
+                match statics.vips.iter().find(|s| s.addr == v.addr) {
+                    Some(s) => leave(v, LeftOutWhy::StaticAddress(s.name.clone())),
+                    None => fits.push(*v),
                 }
+            }
+            let needs: usize = fits.iter().map(|v| v.ports.len()).sum();
+            if ports + needs > MAX_VIPS {
+                for v in fits {
+                    leave(v, LeftOutWhy::SteeringLimit { steered: ports });
+                }
+            } else {
+                ports += needs;
+                out.vips.extend(fits.into_iter().cloned());
             }
         }
         out.normalize();
@@ -576,6 +584,54 @@ mod tests {
         assert_eq!(addrs, ["203.0.113.50", "203.0.113.60"]);
         assert_eq!(left_out.len(), 1);
         assert_eq!(left_out[0].addr.to_string(), "203.0.113.1");
+    }
+
+    /// Past the steering limit a Service is left out whole: its VIPs (one per family,
+    /// protocol and set of backends) were admitted one at a time, so it could be served on
+    /// some of its ports or on one family only.
+    #[test]
+    fn a_service_past_the_steering_limit_is_left_out_whole() {
+        let kube = |addr: &str, ports: std::ops::RangeInclusive<u16>, name: &str, created| {
+            let ports: Vec<u16> = ports.collect();
+            let mut v = vip(addr, &ports, &[], None);
+            v.name = format!("ns/{name}");
+            v.origin = Origin::Kubernetes {
+                namespace: "ns".into(),
+                name: name.into(),
+                traffic_policy: TrafficPolicy::Cluster,
+                health_check_node_port: None,
+                created: Some(created),
+            };
+            v
+        };
+        let last = MAX_VIPS as u16;
+        let set = ServiceSet {
+            vips: vec![
+                kube("203.0.113.1", 1..=last - 4, "old", 100),
+                // `web`: three VIPs, 6 ports in all, where 4 are left.
+                kube("203.0.113.2", 80..=81, "web", 200),
+                kube("203.0.113.2", 443..=444, "web", 200),
+                kube("2001:db8::2", 80..=81, "web", 200),
+                // A newer Service that fits.
+                kube("203.0.113.3", 53..=53, "dns", 300),
+            ],
+        };
+        let (merged, left_out) = ServiceSet::merge(&ServiceSet::default(), &set);
+        let served: Vec<&str> = merged.vips.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(served, ["ns/old", "ns/dns"]);
+        let left: Vec<String> = left_out
+            .iter()
+            .map(|l| format!("{} {} {:?}", l.service, l.addr, l.why))
+            .collect();
+        let why = format!("SteeringLimit {{ steered: {} }}", MAX_VIPS - 4);
+        assert_eq!(
+            left,
+            [
+                format!("ns/web 203.0.113.2 {why}"),
+                format!("ns/web 203.0.113.2 {why}"),
+                format!("ns/web 2001:db8::2 {why}"),
+            ]
+        );
     }
 
     /// What merge leaves out is logged when it starts, not on every Kubernetes update (each
