@@ -13,7 +13,7 @@ use control::health::Probe;
 use control::sources::kube::{self, KubeUpdate};
 use control::sources::{Origin, ServiceSet, TrafficPolicy, VipSpec};
 use crossbeam::channel::Receiver;
-use fake_apiserver::{FakeApiServer, Kind};
+use fake_apiserver::{endpoint_slice, Endpoint, FakeApiServer, Kind};
 use serde_json::{json, Value};
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -87,36 +87,9 @@ fn port(name: &str, proto: &str, port: u16, node_port: u16) -> Value {
     json!({"name": name, "protocol": proto, "port": port, "targetPort": port, "nodePort": node_port})
 }
 
-/// One endpoint: (pod address, node, ready, serving, terminating).
-type Ep<'a> = (&'a str, &'a str, bool, bool, bool);
-
-fn slice(ns: &str, name: &str, service: &str, family: &str, eps: &[Ep]) -> Value {
-    let endpoints: Vec<Value> = eps
-        .iter()
-        .map(|(addr, node, ready, serving, terminating)| {
-            json!({
-                "addresses": [addr],
-                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
-                "nodeName": node,
-                "targetRef": {"kind": "Pod", "namespace": ns, "name": format!("{service}-{addr}"), "uid": format!("pod-{addr}")},
-                "zone": "zone-a"
-            })
-        })
-        .collect();
-    json!({
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "uid": format!("uid-{name}"),
-            "generateName": format!("{service}-"),
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-            "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service, "uid": format!("uid-{ns}-{service}"), "controller": true, "blockOwnerDeletion": true}]
-        },
-        "addressType": family,
-        "endpoints": endpoints,
-        "ports": slice_ports(service)
-    })
+/// `service`'s slice in `ns`, with the ports [`slice_ports`] gives it.
+fn slice(ns: &str, name: &str, service: &str, family: &str, eps: &[Endpoint]) -> Value {
+    endpoint_slice(ns, name, service, family, eps, slice_ports(service))
 }
 
 /// The ports the EndpointSlice controller lists in `service`'s slices: the names and
@@ -308,7 +281,7 @@ fn web_service(ports: Value) -> Value {
 }
 
 /// `default/web`'s IPv4 slice.
-fn web_v4_slice(eps: &[Ep]) -> Value {
+fn web_v4_slice(eps: &[Endpoint]) -> Value {
     slice("default", "web-abc12", "web", "IPv4", eps)
 }
 

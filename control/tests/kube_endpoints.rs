@@ -12,7 +12,7 @@ use control::config::Kubernetes;
 use control::sources::kube::{self, KubeSource, KubeUpdate};
 use control::sources::ServiceSet;
 use crossbeam::channel::Receiver;
-use fake_apiserver::{FakeApiServer, Kind};
+use fake_apiserver::{endpoint_slice, Endpoint, FakeApiServer, Kind};
 use serde_json::{json, Value};
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -54,38 +54,13 @@ fn web() -> Value {
     })
 }
 
-/// A pod's endpoint: (address, node, ready, serving, terminating).
-type Ep<'a> = (&'a str, &'a str, bool, bool, bool);
-
 /// One of `web`'s EndpointSlices with `eps` and `ports` (name, target port resolved).
-fn web_slice(name: &str, eps: &[Ep], ports: &[(&str, u16)]) -> Value {
-    let endpoints: Vec<Value> = eps
-        .iter()
-        .map(|(addr, node, ready, serving, terminating)| {
-            json!({
-                "addresses": [addr],
-                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
-                "nodeName": node,
-                "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("web-{node}"),
-                    "uid": format!("pod-{addr}")}
-            })
-        })
-        .collect();
+fn web_slice(name: &str, eps: &[Endpoint], ports: &[(&str, u16)]) -> Value {
     let ports: Vec<Value> = ports
         .iter()
         .map(|(name, port)| json!({"name": name, "protocol": "TCP", "port": port}))
         .collect();
-    json!({
-        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
-            "generateName": "web-", "creationTimestamp": "2026-01-01T00:00:00Z",
-            "labels": {"kubernetes.io/service-name": "web",
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web",
-                "uid": "uid-web", "controller": true, "blockOwnerDeletion": true}]},
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": ports
-    })
+    endpoint_slice("default", name, "web", "IPv4", eps, ports.into())
 }
 
 struct TempDir(PathBuf);

@@ -162,6 +162,48 @@ pub fn exec_hung() -> String {
     format!("sleep 60\n{}", exec_token("late-token"))
 }
 
+/// One endpoint of a slice: (pod address, node, ready, serving, terminating).
+pub type Endpoint<'a> = (&'a str, &'a str, bool, bool, bool);
+
+/// An EndpointSlice of `service` in `ns` as the EndpointSlice controller writes it, with
+/// `eps` and its `ports` list (name, protocol, resolved target port), which kube-proxy
+/// (and dsrgate) match to the Service's ports by name and protocol.
+pub fn endpoint_slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    family: &str,
+    eps: &[Endpoint],
+    ports: Value,
+) -> Value {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(addr, node, ready, serving, terminating)| {
+            json!({
+                "addresses": [addr],
+                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                "nodeName": node,
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": format!("{service}-{addr}"), "uid": format!("pod-{addr}")},
+                "zone": "zone-a"
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "uid": format!("uid-{name}"),
+            "generateName": format!("{service}-"),
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service, "uid": format!("uid-{ns}-{service}"), "controller": true, "blockOwnerDeletion": true}]
+        },
+        "addressType": family,
+        "endpoints": endpoints,
+        "ports": ports
+    })
+}
+
 /// A certificate authority and a server certificate it signed for 127.0.0.1, as a
 /// cluster's CA signs the API server's: the CA in PEM, and a TLS configuration that
 /// presents the server certificate.
