@@ -118,7 +118,10 @@ impl Counter {
             Outcome::Fail(reason) if !reason.answered() => self.unanswered.saturating_add(1),
             _ => 0,
         };
-        self.silent = self.state == State::Down && self.unanswered >= fall;
+        // A silent target stays so while it goes on not answering, also when a retiming
+        // restarted the count: only an answer brings it back.
+        self.silent = self.state == State::Down
+            && (self.unanswered >= fall || (was_silent && self.unanswered > 0));
         if change.is_some() || self.silent == was_silent {
             return change;
         }
@@ -426,6 +429,24 @@ mod tests {
             c.record(&fail(), 1, 2),
             Some((Transition::Down, Reason::Refused))
         );
+    }
+
+    /// A retiming restarts the count of probes in a row, but a silent target stays silent
+    /// until it answers: it used to be taken for answering again at its next timeout (and
+    /// a dead draining node rejoined for `fall - 1` probes).
+    #[test]
+    fn a_silent_target_stays_silent_across_a_retiming() {
+        let mut c = Counter::inherited(None);
+        for _ in 0..3 {
+            c.record(&Outcome::Fail(Reason::Timeout), 2, 3);
+        }
+        assert!(c.silent());
+        c.retimed();
+        assert_eq!(c.record(&Outcome::Fail(Reason::Timeout), 2, 3), None);
+        assert!(c.silent());
+        let answered = c.record(&Outcome::Fail(Reason::HttpStatus(503)), 2, 3);
+        assert_eq!(answered.map(|(_, r)| r), Some(Reason::HttpStatus(503)));
+        assert!(!c.silent());
     }
 
     /// A first probe lost by chance is no verdict: the target is settled once it is up.
