@@ -79,14 +79,15 @@ pub const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
 const HUNG_MARGIN: Duration = Duration::from_secs(3);
 
 /// How long a watch error counts as current without another. The watcher retries a
-/// failed watch after at most 30 s (plus as much again of jitter), and a retried watch
-/// that hangs fails again after the watch timeout and [`HUNG_MARGIN`]; a retry that
-/// succeeds is silent, as a resumed watch brings nothing until the next change (a quiet
-/// Service watch can go hours without one). So a resource with no event since its last
-/// error is taken to be watched again once this has passed.
+/// failed watch after at most 30 s (plus as much again of jitter), a retried watch
+/// connects within kube's connect timeout (30 s), and one that hangs fails again after the
+/// watch timeout and [`HUNG_MARGIN`]; a retry that succeeds is silent, as a resumed watch
+/// brings nothing until the next change (a quiet Service watch can go hours without one).
+/// So a resource with no event since its last error is taken to be watched again once
+/// all of these have passed, and a few seconds more.
 pub const QUIET: Duration = WATCH_TIMEOUT
     .saturating_add(HUNG_MARGIN)
-    .saturating_add(Duration::from_secs(60));
+    .saturating_add(Duration::from_secs(60 + 30 + 7));
 
 /// The watch's state, written by the watcher thread and read for the status.
 type Shared = Arc<Mutex<Watch>>;

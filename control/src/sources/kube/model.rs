@@ -721,7 +721,11 @@ fn move_to<'c, 'a>(
     ip: IpAddr,
     problems: &mut Problems,
 ) -> bool {
-    if let Some(((other, _), _)) = assigned.iter().find(|((k, _), a)| **a == ip && k != c.key) {
+    // The first such Service by name, so the message is the same on every gateway and run.
+    let given = assigned
+        .iter()
+        .filter(|((k, _), a)| **a == ip && k != c.key);
+    if let Some(((other, _), _)) = given.min_by(|(a, _), (b, _)| a.cmp(b)) {
         let what = format!("address {ip} is being given to {other}; staying where it is");
         note(problems, c.key, what);
         return false;
