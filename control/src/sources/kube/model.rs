@@ -822,8 +822,9 @@ enum Turn {
 ///
 /// A dual-stack Service that can have an address of only one family (no range of the other,
 /// the pool exhausted, the address refused) is served on that one if it prefers dual-stack,
-/// and on none if it requires it (so that its status never shows one family of a Service
-/// that must have both): either is a problem naming the missing family. A Service given
+/// and if it requires it, gets no new address (so that dsrgate never writes one family of
+/// a Service that must have both) but keeps those its status shows (so that one served
+/// before stays so): either is a problem naming the missing family. A Service given
 /// any new address has all it holds written to its status at once, in family order, as has
 /// one whose status shows an address of a family it no longer has that is dsrgate's.
 pub fn compute(cfg: &Kubernetes, objs: &Objects, assigned: &mut Assigned) -> Computed {
@@ -918,27 +919,47 @@ pub fn compute(cfg: &Kubernetes, objs: &Objects, assigned: &mut Assigned) -> Com
         if !have.is_empty() && !missing.is_empty() {
             let (have, missing) = (have.join(", "), missing.join(", "));
             if first.all_or_none {
-                let what = format!(
-                    "no {missing} address, and spec.ipFamilyPolicy is RequireDualStack: \
-                     not served on {have} either"
-                );
-                note(&mut problems, first.key, what);
-                for (&(c, _), ips) in service.iter().zip(&held) {
-                    for ip in ips {
+                // No new address then, but what its status shows stays (a Service served on
+                // one family before dual-stack was asked for, or before this rule): taken
+                // away, it would go dark while its status still showed the address.
+                granted = false;
+                for (&(c, turn), ips) in service.iter().zip(held.iter_mut()) {
+                    for ip in ips.iter().filter(|ip| !c.status.contains(ip)) {
                         release(&mut holders, c, *ip);
                     }
+                    if let Turn::Move(_) = turn {
+                        for ip in &c.status {
+                            claim(&mut holders, c, *ip, &mut problems);
+                        }
+                    }
+                    ips.clear();
+                    ips.extend(c.status.iter().filter(|ip| holds(&holders, c, **ip)));
                     assigned.remove(&(c.key.to_owned(), c.v6));
                 }
-                for ip in fresh {
+                for ip in fresh.drain(..) {
                     used.remove(&ip);
                 }
-                continue;
+                let kept: Vec<String> = held.concat().iter().map(IpAddr::to_string).collect();
+                let what = if kept.is_empty() {
+                    format!(
+                        "no {missing} address, and spec.ipFamilyPolicy is RequireDualStack: \
+                         not served on {have} either"
+                    )
+                } else {
+                    format!(
+                        "no {missing} address, and spec.ipFamilyPolicy is RequireDualStack: \
+                         no new address, served only on {} from its status",
+                        kept.join(", ")
+                    )
+                };
+                note(&mut problems, first.key, what);
+            } else {
+                let what = format!(
+                    "no {missing} address: served on {have} only (spec.ipFamilyPolicy \
+                     PreferDualStack)"
+                );
+                note(&mut problems, first.key, what);
             }
-            let what = format!(
-                "no {missing} address: served on {have} only (spec.ipFamilyPolicy \
-                 PreferDualStack)"
-            );
-            note(&mut problems, first.key, what);
         }
         // A status address of a family the Service no longer has (dual-stack turned single),
         // if it is dsrgate's, is taken out of the status.
@@ -1359,7 +1380,28 @@ mod tests {
                  served on IPv4 either"
             ]
         );
-        // The IPv6 address taken by another Service: the same for RequireDualStack.
+        // One served on IPv4 before (before dual-stack was asked for, or an older dsrgate)
+        // keeps that address: it used to go dark, its status still showing the address.
+        let objs = objects([stack(
+            lb("dual", 1, &[("TCP", 80)], None, None, Some("198.51.100.1")),
+            "RequireDualStack",
+            &["IPv4", "IPv6"],
+        )]);
+        let c = compute(&v4_only, &objs, &mut HashMap::new());
+        let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+        assert_eq!(
+            problems,
+            [
+                "kubernetes.address_pool has no IPv6 range",
+                "no IPv6 address, and spec.ipFamilyPolicy is RequireDualStack: no new \
+                 address, served only on 198.51.100.1 from its status"
+            ]
+        );
+        let (vips, written) = render(c);
+        assert_eq!(vips["ns/dual"], ["198.51.100.1 tcp [80]"]);
+        assert!(written.is_empty(), "{written:?}");
+        // The IPv6 address taken by another Service: no new address either; the status's
+        // IPv4 address stays.
         let mut holder = lb("holder", 1, &[("TCP", 80)], None, None, Some("2001:db8::3"));
         holder.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
         let objs = objects([
@@ -1378,7 +1420,8 @@ mod tests {
             ),
         ]);
         let (vips, written) = served(&objs);
-        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/holder"]);
+        assert_eq!(vips.keys().collect::<Vec<_>>(), ["ns/dual", "ns/holder"]);
+        assert_eq!(vips["ns/dual"], ["198.51.100.2 tcp [80]"]);
         assert!(written.is_empty(), "{written:?}");
     }
 
