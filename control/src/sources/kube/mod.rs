@@ -623,6 +623,10 @@ struct Sync {
     writing: HashSet<(String, String)>,
     /// The last computation's problems, so each is logged once.
     problems: Problems,
+    /// The status addresses the pool lost ([`model::lost`]), and when each was first seen.
+    lost_since: HashMap<(String, IpAddr), Instant>,
+    /// When the first of them is to be moved: a recompute is due then, event or not.
+    next_reclaim: Option<Instant>,
     watch: Shared,
     /// How long a watch may deliver nothing before the client's read timeout ends it.
     hung_after: Duration,
@@ -645,6 +649,8 @@ impl Sync {
             attempts: HashMap::new(),
             writing: HashSet::new(),
             problems: Problems::new(),
+            lost_since: HashMap::new(),
+            next_reclaim: None,
         }
     }
 
@@ -691,6 +697,14 @@ impl Sync {
 
     /// Recomputes and sends the set if it changed; false once the receiver is gone.
     fn publish(&mut self) -> bool {
+        self.publish_at(Instant::now())
+    }
+
+    /// [`Self::publish`] at `now`. A status address the pool lost is still the Service's
+    /// until it has been lost for [`model::RECLAIM_AFTER`], so that gateways whose pools
+    /// differ while a config change rolls out do not move the Service back and forth.
+    fn publish_at(&mut self, now: Instant) -> bool {
+        self.dirty |= self.next_reclaim.is_some_and(|t| now >= t);
         if !(self.dirty && self.services.synced && self.slices.synced && self.nodes.synced) {
             return true;
         }
@@ -700,7 +714,16 @@ impl Sync {
             slices: std::mem::take(&mut self.slices.live),
             nodes: std::mem::take(&mut self.nodes.live),
         };
-        let computed = model::compute(&self.cfg, &objs, &mut self.assigned);
+        let lost = model::lost(&self.cfg, &objs);
+        self.lost_since.retain(|k, _| lost.contains(k));
+        for k in lost {
+            self.lost_since.entry(k).or_insert(now);
+        }
+        let due = |since: &Instant| *since + model::RECLAIM_AFTER;
+        let waiting = self.lost_since.iter().filter(|(_, t)| due(t) > now);
+        let waiting = waiting.map(|(k, _)| k.clone()).collect();
+        self.next_reclaim = self.lost_since.values().map(due).filter(|t| *t > now).min();
+        let computed = model::compute_waiting(&self.cfg, &objs, &mut self.assigned, &waiting);
         (self.services.live, self.slices.live, self.nodes.live) =
             (objs.services, objs.slices, objs.nodes);
         self.pending = computed.to_write;
@@ -965,6 +988,58 @@ mod tests {
         sync.apply(Change::Node(Box::new(Ok(Event::Apply(node("x"))))));
         assert!(sync.publish());
         assert!(rx.try_recv().is_err());
+    }
+
+    /// A status address the pool lost is served, and its Service left where it is, until it
+    /// has been lost for [`model::RECLAIM_AFTER`]; then, with no event, the Service moves
+    /// to a pool address (written to its status). It moved at once: while a pool change
+    /// rolled out, a gateway with the new pool and one with the old moved each Service back
+    /// and forth, each out of the other's pool, as fast as the API server answered.
+    #[test]
+    fn a_service_moves_off_an_address_the_pool_lost_only_after_a_while() {
+        let text = "[dataplane]\nupstream_interface = \"eth0\"\n[kubernetes]\n\
+                    load_balancer_class = \"example.com/dsrgate\"\n\
+                    address_pool = [\"198.51.100.0/30\"]\n";
+        let cfg = crate::config::parse(text, std::path::Path::new("t.toml"))
+            .unwrap()
+            .kubernetes
+            .unwrap();
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let mut sync = Sync::new(cfg, tx, Shared::default(), WATCH_TIMEOUT);
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1",
+                "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": "example.com/dsrgate",
+                "ports": [{"name": "http", "protocol": "TCP", "port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7", "ipMode": "VIP"}]}}
+        }))
+        .unwrap();
+        sync.apply(Change::Node(Box::new(Ok(Event::Init))));
+        sync.apply(Change::Node(Box::new(Ok(Event::InitDone))));
+        sync.apply(Change::Slice(Box::new(Ok(Event::Init))));
+        sync.apply(Change::Slice(Box::new(Ok(Event::InitDone))));
+        sync.apply(Change::Service(Box::new(Ok(Event::Init))));
+        sync.apply(Change::Service(Box::new(Ok(Event::InitApply(svc)))));
+        sync.apply(Change::Service(Box::new(Ok(Event::InitDone))));
+        let addrs = |rx: &crossbeam::channel::Receiver<KubeUpdate>| -> Vec<String> {
+            match rx.try_recv() {
+                Ok(KubeUpdate::Services(set)) => {
+                    set.vips.iter().map(|v| v.addr.to_string()).collect()
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let start = Instant::now();
+        assert!(sync.publish_at(start));
+        assert_eq!(addrs(&rx), ["203.0.113.7"]);
+        assert!(sync.pending.is_empty(), "{:?}", sync.pending);
+        // Nothing happens meanwhile.
+        assert!(sync.publish_at(start + model::RECLAIM_AFTER / 2));
+        assert!(rx.try_recv().is_err());
+        assert!(sync.publish_at(start + model::RECLAIM_AFTER));
+        assert_eq!(addrs(&rx), ["198.51.100.0"]);
+        let written: Vec<_> = sync.pending.iter().map(|a| a.ips.clone()).collect();
+        assert_eq!(written, [vec!["198.51.100.0".parse::<IpAddr>().unwrap()]]);
     }
 
     /// The watch's state: synced once all three resources are listed; a failing watch

@@ -614,49 +614,93 @@ fn pick_from_pool(
     })
 }
 
-/// Whether status address `ip` is dsrgate's to replace: a pool address, or, while there is a
-/// pool, any address of a Service of the configured `load_balancer_class`. No other
-/// controller serves that class, so such an address outside the pool is one the pool lost
-/// (shrunk on reload), as MetalLB reallocates a Service whose address left every pool.
-/// Without a class a Service may show another controller's address (one written by MetalLB
-/// before a migration, say), which cannot be told from one the pool lost.
+/// Whether status address `ip` is dsrgate's to replace: a pool address, or one the pool
+/// [`lost`].
 fn ours(cfg: &Kubernetes, ip: IpAddr) -> bool {
-    in_pool(cfg, ip) || (cfg.load_balancer_class.is_some() && !cfg.address_pool.is_empty())
+    in_pool(cfg, ip) || lost_from_pool(cfg, ip)
+}
+
+/// Whether a status address `ip` of a selected Service is one the pool lost: outside it,
+/// while there is a pool and a `load_balancer_class`. No other controller serves that
+/// class, so such an address is one the pool lost (shrunk on reload), as MetalLB
+/// reallocates a Service whose address left every pool. Without a class a Service may show
+/// another controller's address (one written by MetalLB before a migration, say), which
+/// cannot be told from one the pool lost.
+fn lost_from_pool(cfg: &Kubernetes, ip: IpAddr) -> bool {
+    !in_pool(cfg, ip) && cfg.load_balancer_class.is_some() && !cfg.address_pool.is_empty()
+}
+
+/// How long a status address the pool lost is still served before its Service is moved:
+/// long enough for a config change to reach every gateway (see [`compute_waiting`]).
+pub const RECLAIM_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The status addresses the pool lost ([`lost_from_pool`]), by Service (`namespace/name`).
+/// The caller moves them only once each has been lost for [`RECLAIM_AFTER`]
+/// ([`compute_waiting`]).
+pub fn lost(cfg: &Kubernetes, objs: &Objects) -> BTreeSet<(String, IpAddr)> {
+    let selected = objs.services.iter().filter(|(_, s)| selected(cfg, s));
+    selected
+        .flat_map(|(k, s)| ingress_ips(s).into_iter().map(move |ip| (k.clone(), ip)))
+        .filter(|(_, ip)| lost_from_pool(cfg, *ip))
+        .collect()
+}
+
+/// Whether `c`'s status address `ip` is one the pool lost and no longer `waiting`.
+fn reclaimed(
+    cfg: &Kubernetes,
+    waiting: &BTreeSet<(String, IpAddr)>,
+    c: &Claimant,
+    ip: IpAddr,
+) -> bool {
+    lost_from_pool(cfg, ip) && !waiting.contains(&(c.key.to_owned(), ip))
 }
 
 /// Whether `c`, which kept none of its status addresses, gets an address as a new Service
 /// does (a pool address or its request, written over its status): it shows none, or only
-/// addresses that are dsrgate's ([`ours`]). Left as it is, a refused pool address
-/// would stay in its status for good, a dead address for external-dns and clients. A
-/// refused address outside the pool is another controller's, and left to it.
-fn reassignable(cfg: &Kubernetes, c: &Claimant) -> bool {
-    c.status.iter().all(|ip| ours(cfg, *ip))
+/// pool addresses and [`reclaimed`] ones, which are dsrgate's to replace. Left as it is, a
+/// refused pool address would stay in its status for good, a dead address for external-dns
+/// and clients. A refused address outside the pool is another controller's, and left to it.
+fn reassignable(cfg: &Kubernetes, waiting: &BTreeSet<(String, IpAddr)>, c: &Claimant) -> bool {
+    c.status
+        .iter()
+        .all(|ip| in_pool(cfg, *ip) || reclaimed(cfg, waiting, c, *ip))
 }
 
-/// Claims `c`'s status addresses, but not those [`ours`] outside the pool, which the pool
-/// lost and which are no longer announced. Returns whether `c` kept none and goes on as a
-/// Service without an address ([`reassignable`]).
+/// Claims `c`'s status addresses, but not those [`reclaimed`], which are no longer
+/// announced. Returns whether `c` kept none and goes on as a Service without an address
+/// ([`reassignable`]).
 fn keep_status<'c, 'a>(
     cfg: &Kubernetes,
+    waiting: &BTreeSet<(String, IpAddr)>,
     holders: &mut Holders<'c, 'a>,
     c: &'c Claimant<'a>,
     problems: &mut Problems,
 ) -> bool {
     let (mut kept, mut refused) = (false, false);
     for ip in &c.status {
-        if !in_pool(cfg, *ip) && ours(cfg, *ip) {
+        if reclaimed(cfg, waiting, c, *ip) {
             let what = format!(
                 "status address {ip} is outside kubernetes.address_pool: not served, \
                  assigning one anew"
             );
             note(problems, c.key, what);
-        } else if claim(holders, c, *ip, problems) {
+            continue;
+        }
+        if lost_from_pool(cfg, *ip) {
+            let what = format!(
+                "status address {ip} is outside kubernetes.address_pool: still served, and \
+                 moved once it has been outside for {}s (so every gateway has the new pool)",
+                RECLAIM_AFTER.as_secs()
+            );
+            note(problems, c.key, what);
+        }
+        if claim(holders, c, *ip, problems) {
             kept = true;
         } else {
             refused = true;
         }
     }
-    if kept || !reassignable(cfg, c) {
+    if kept || !reassignable(cfg, waiting, c) {
         return false;
     }
     if refused {
@@ -675,7 +719,12 @@ fn keep_status<'c, 'a>(
 /// does, the Service moves, and its status is rewritten). A status address from outside
 /// the pool may be another controller's, and stays (logged): without a pool that is every
 /// status address, the ones dsrgate wrote for an earlier request too.
-fn moving_to(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<IpAddr> {
+fn moving_to(
+    cfg: &Kubernetes,
+    waiting: &BTreeSet<(String, IpAddr)>,
+    c: &Claimant,
+    problems: &mut Problems,
+) -> Option<IpAddr> {
     if c.status.is_empty() || c.request.is_none() {
         return None;
     }
@@ -683,7 +732,7 @@ fn moving_to(cfg: &Kubernetes, c: &Claimant, problems: &mut Problems) -> Option<
     if c.status.contains(&ip) {
         return None;
     }
-    if !reassignable(cfg, c) {
+    if !reassignable(cfg, waiting, c) {
         let what = format!(
             "spec.loadBalancerIP {ip} is not in its status ({:?}), which holds addresses \
              from outside kubernetes.address_pool: not moving",
@@ -828,6 +877,20 @@ enum Turn {
 /// any new address has all it holds written to its status at once, in family order, as has
 /// one whose status shows an address of a family it no longer has that is dsrgate's.
 pub fn compute(cfg: &Kubernetes, objs: &Objects, assigned: &mut Assigned) -> Computed {
+    compute_waiting(cfg, objs, assigned, &BTreeSet::new())
+}
+
+/// [`compute`], keeping the [`lost`] status addresses in `waiting` as the Services' own
+/// (served, not moved): a gateway that moved a Service as soon as its address left the
+/// pool would, while another gateway still has the old pool, rewrite its status back and
+/// forth with that one as fast as the API server answers, each moving it out of the
+/// other's pool.
+pub fn compute_waiting(
+    cfg: &Kubernetes,
+    objs: &Objects,
+    assigned: &mut Assigned,
+    waiting: &BTreeSet<(String, IpAddr)>,
+) -> Computed {
     let mut problems = Problems::new();
     let mut claimants: Vec<Claimant> = objs
         .services
@@ -850,8 +913,8 @@ pub fn compute(cfg: &Kubernetes, objs: &Objects, assigned: &mut Assigned) -> Com
     let mut holders = Holders::new();
     let mut turns = Vec::with_capacity(claimants.len());
     for c in &claimants {
-        let target = moving_to(cfg, c, &mut problems);
-        let turn = if keep_status(cfg, &mut holders, c, &mut problems) {
+        let target = moving_to(cfg, waiting, c, &mut problems);
+        let turn = if keep_status(cfg, waiting, &mut holders, c, &mut problems) {
             Turn::Homeless
         } else {
             target.map_or(Turn::Stay, Turn::Move)
@@ -1628,6 +1691,27 @@ mod tests {
              one anew"
         );
         assert_eq!(problems, [why]);
+        // Until it has been lost for RECLAIM_AFTER (its caller's clock), it is still served
+        // where it is, and nothing is written.
+        let waiting = BTreeSet::from([("ns/web".to_owned(), OLD.parse().unwrap())]);
+        let objs = objects([web(class, None, &[OLD])]);
+        let c = compute_waiting(
+            &shrunk(class, &new_pool),
+            &objs,
+            &mut HashMap::new(),
+            &waiting,
+        );
+        let problems: Vec<String> = c.problems.iter().map(|p| p.what.clone()).collect();
+        assert_eq!(
+            problems,
+            [format!(
+                "status address {OLD} is outside kubernetes.address_pool: still served, and moved \
+                 once it has been outside for 300s (so every gateway has the new pool)"
+            )]
+        );
+        let (vips, written) = render(c);
+        assert_eq!(vips["ns/web"], [format!("{OLD} tcp [80]")]);
+        assert!(written.is_empty(), "{written:?}");
         // Asking for an address of the new pool: moved there.
         let s = web(class, Some("203.0.113.2"), &[OLD]);
         let (vips, written, _) = run(&shrunk(class, &new_pool), s);
